@@ -1,0 +1,168 @@
+//! Client authentication: checks the credentials in CONNECT against the configured token, single
+//! user, or users list (plain or bcrypt passwords). Secrets never leave this module in logs.
+
+use natrium_protocol::ConnectInfo;
+
+use crate::options::AuthOptions;
+
+/// Who a client authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user name, when users are configured.
+    pub user: Option<String>,
+}
+
+/// Why a client was refused; the wire error is always `Authorization Violation`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing credentials")]
+    Missing,
+    #[error("bad token")]
+    BadToken,
+    #[error("unknown user {0:?}")]
+    UnknownUser(String),
+    #[error("bad password for user {0:?}")]
+    BadPassword(String),
+}
+
+pub struct Authenticator {
+    opts: AuthOptions,
+}
+
+impl Authenticator {
+    pub fn new(opts: AuthOptions) -> Self {
+        Authenticator { opts }
+    }
+
+    pub fn required(&self) -> bool {
+        self.opts.required()
+    }
+
+    /// Checks CONNECT's credentials. Without configured auth everyone is accepted.
+    pub fn check(&self, c: &ConnectInfo) -> Result<Identity, AuthError> {
+        let o = &self.opts;
+        if let Some(token) = &o.token {
+            let given = c.auth_token.as_deref().ok_or(AuthError::Missing)?;
+            return if password_matches(token, given) {
+                Ok(Identity { user: None })
+            } else {
+                Err(AuthError::BadToken)
+            };
+        }
+        if let Some(user) = &o.user {
+            let given = c.user.as_deref().ok_or(AuthError::Missing)?;
+            let pass = c.pass.as_deref().unwrap_or("");
+            if given != user {
+                return Err(AuthError::UnknownUser(given.to_string()));
+            }
+            let want = o.password.as_deref().unwrap_or("");
+            return if password_matches(want, pass) {
+                Ok(Identity {
+                    user: Some(user.clone()),
+                })
+            } else {
+                Err(AuthError::BadPassword(given.to_string()))
+            };
+        }
+        if !o.users.is_empty() {
+            let given = match (&c.user, &o.no_auth_user) {
+                (Some(u), _) => u.as_str(),
+                (None, Some(nau)) if c.pass.is_none() && c.auth_token.is_none() => {
+                    return Ok(Identity {
+                        user: Some(nau.clone()),
+                    })
+                }
+                _ => return Err(AuthError::Missing),
+            };
+            let entry = o
+                .users
+                .iter()
+                .find(|u| u.user == given)
+                .ok_or_else(|| AuthError::UnknownUser(given.to_string()))?;
+            let pass = c.pass.as_deref().unwrap_or("");
+            return if password_matches(&entry.password, pass) {
+                Ok(Identity {
+                    user: Some(entry.user.clone()),
+                })
+            } else {
+                Err(AuthError::BadPassword(given.to_string()))
+            };
+        }
+        Ok(Identity { user: None })
+    }
+}
+
+fn is_bcrypt(s: &str) -> bool {
+    s.starts_with("$2a$") || s.starts_with("$2b$") || s.starts_with("$2y$") || s.starts_with("$2x$")
+}
+
+/// Compares a configured secret (plain or bcrypt hash) with what the client sent.
+fn password_matches(configured: &str, given: &str) -> bool {
+    if is_bcrypt(configured) {
+        bcrypt::verify(given, configured).unwrap_or(false)
+    } else {
+        constant_time_eq(configured.as_bytes(), given.as_bytes())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::User;
+
+    fn connect(user: Option<&str>, pass: Option<&str>, token: Option<&str>) -> ConnectInfo {
+        ConnectInfo {
+            user: user.map(String::from),
+            pass: pass.map(String::from),
+            auth_token: token.map(String::from),
+            ..ConnectInfo::default()
+        }
+    }
+
+    #[test]
+    fn token_user_and_users() {
+        let a = Authenticator::new(AuthOptions {
+            token: Some("s3cr3t".into()),
+            ..AuthOptions::default()
+        });
+        assert!(a.check(&connect(None, None, Some("s3cr3t"))).is_ok());
+        assert_eq!(
+            a.check(&connect(None, None, Some("nope"))),
+            Err(AuthError::BadToken)
+        );
+        assert_eq!(a.check(&connect(None, None, None)), Err(AuthError::Missing));
+
+        let hash = bcrypt::hash("pw2", 4).expect("hash");
+        let a = Authenticator::new(AuthOptions {
+            users: vec![
+                User {
+                    user: "a".into(),
+                    password: "pw1".into(),
+                },
+                User {
+                    user: "b".into(),
+                    password: hash,
+                },
+            ],
+            no_auth_user: Some("a".into()),
+            ..AuthOptions::default()
+        });
+        assert!(a.check(&connect(Some("a"), Some("pw1"), None)).is_ok());
+        assert!(a.check(&connect(Some("b"), Some("pw2"), None)).is_ok());
+        assert!(a.check(&connect(Some("b"), Some("pw1"), None)).is_err());
+        assert!(a.check(&connect(Some("c"), Some("pw1"), None)).is_err());
+        assert_eq!(
+            a.check(&connect(None, None, None)),
+            Ok(Identity {
+                user: Some("a".into())
+            })
+        );
+    }
+}

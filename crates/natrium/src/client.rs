@@ -1,0 +1,727 @@
+//! One client connection: a reader task that parses, authenticates and routes what the client
+//! sends, and a writer task that drains the client's outbound buffer to its socket.
+//!
+//! Publish path: parse (zero-copy) → match via the connection's own cache (no lock while the
+//! account's generation is unchanged) → append MSG frames straight into each receiver's outbound
+//! buffer (one short, per-receiver lock) → after the whole read is processed, wake each touched
+//! receiver's writer once. A receiver whose buffer exceeds `max_pending` is cut off as a slow
+//! consumer; the publisher never waits on a receiver.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use natrium_protocol::{
+    encode, headers, parse_op, ClientOp, ConnectInfo, Limits, ParseError, Parsed,
+};
+use natrium_subjects::{
+    is_valid_publish_subject, is_valid_queue, is_valid_subject, matches, Matches,
+};
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::account::Account;
+use crate::server::ServerInner;
+
+/// Why a connection ended; the names follow nats-server's closed-connection reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    ClientClosed,
+    ReadError,
+    WriteError,
+    SlowConsumerPendingBytes,
+    SlowConsumerWriteDeadline,
+    ProtocolViolation,
+    AuthenticationTimeout,
+    AuthenticationViolation,
+    StaleConnection,
+    MaxPayloadExceeded,
+    MaxControlLineExceeded,
+    MaxConnectionsExceeded,
+    ServerShutdown,
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            CloseReason::ClientClosed => "Client Closed",
+            CloseReason::ReadError => "Read Error",
+            CloseReason::WriteError => "Write Error",
+            CloseReason::SlowConsumerPendingBytes => "Slow Consumer (Pending Bytes)",
+            CloseReason::SlowConsumerWriteDeadline => "Slow Consumer (Write Deadline)",
+            CloseReason::ProtocolViolation => "Protocol Violation",
+            CloseReason::AuthenticationTimeout => "Authentication Timeout",
+            CloseReason::AuthenticationViolation => "Authentication Failure",
+            CloseReason::StaleConnection => "Stale Connection",
+            CloseReason::MaxPayloadExceeded => "Maximum Payload Exceeded",
+            CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
+            CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
+            CloseReason::ServerShutdown => "Server Shutdown",
+        };
+        f.write_str(s)
+    }
+}
+
+struct Outbound {
+    buf: Vec<u8>,
+    closed: bool,
+}
+
+/// The part of a client other tasks touch: its outbound buffer and its subscriptions.
+pub struct ClientShared {
+    pub cid: u64,
+    pub addr: SocketAddr,
+    out: Mutex<Outbound>,
+    /// Wakes the writer when `out` goes from empty to non-empty or closes.
+    wake: Notify,
+    /// Wakes the reader when another task closes this client.
+    kill: Notify,
+    close_reason: Mutex<Option<CloseReason>>,
+    /// Whether the client accepts HMSG (set from CONNECT).
+    headers: AtomicBool,
+    /// Subscriptions by sid.
+    subs: Mutex<FxHashMap<Box<[u8]>, SubRef>>,
+    max_pending: usize,
+}
+
+impl ClientShared {
+    pub(crate) fn new(cid: u64, addr: SocketAddr, max_pending: usize) -> Arc<Self> {
+        Arc::new(ClientShared {
+            cid,
+            addr,
+            out: Mutex::new(Outbound {
+                buf: Vec::new(),
+                closed: false,
+            }),
+            wake: Notify::new(),
+            kill: Notify::new(),
+            close_reason: Mutex::new(None),
+            headers: AtomicBool::new(false),
+            subs: Mutex::new(FxHashMap::default()),
+            max_pending,
+        })
+    }
+
+    /// Appends protocol bytes (PONG, +OK, -ERR, INFO) and wakes the writer.
+    pub(crate) fn send(&self, bytes: &[u8]) {
+        {
+            let mut out = self.out.lock();
+            if out.closed {
+                return;
+            }
+            out.buf.extend_from_slice(bytes);
+        }
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn send_err(&self, text: &str) {
+        let mut b = Vec::with_capacity(text.len() + 10);
+        encode::err(&mut b, text);
+        self.send(&b);
+    }
+
+    /// Closes the connection: the writer flushes what is queued (unless the client is a slow
+    /// consumer, whose backlog is dropped) and the reader stops. The first reason wins.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        {
+            let mut r = self.close_reason.lock();
+            if r.is_some() {
+                return;
+            }
+            *r = Some(reason);
+        }
+        {
+            let mut out = self.out.lock();
+            out.closed = true;
+            if matches!(
+                reason,
+                CloseReason::SlowConsumerPendingBytes | CloseReason::SlowConsumerWriteDeadline
+            ) {
+                out.buf = Vec::new();
+            }
+        }
+        self.wake.notify_one();
+        self.kill.notify_one();
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        *self.close_reason.lock()
+    }
+
+    pub fn num_subs(&self) -> usize {
+        self.subs.lock().len()
+    }
+}
+
+/// A subscription; shared between its client and the account's trie.
+pub struct Subscription {
+    pub client: Arc<ClientShared>,
+    pub subject: Box<[u8]>,
+    pub queue: Option<Box<[u8]>>,
+    pub sid: Box<[u8]>,
+    /// Auto-unsubscribe after this many deliveries; 0 means never.
+    max: AtomicU64,
+    delivered: AtomicU64,
+}
+
+/// A handle on a subscription compared by identity, as the trie stores it.
+#[derive(Clone)]
+pub struct SubRef(pub Arc<Subscription>);
+
+impl PartialEq for SubRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// The reader's per-connection cache of match results, valid while the account's generation holds.
+struct MatchCache {
+    generation: u64,
+    results: FxHashMap<Box<[u8]>, Matches<SubRef>>,
+}
+
+const MATCH_CACHE_MAX: usize = 4096;
+
+impl MatchCache {
+    fn lookup(&mut self, account: &Account, subject: &[u8]) -> &Matches<SubRef> {
+        let generation = account.generation();
+        if generation != self.generation {
+            self.results.clear();
+            self.generation = generation;
+        }
+        if !self.results.contains_key(subject) {
+            if self.results.len() >= MATCH_CACHE_MAX {
+                self.results.clear();
+            }
+            let found = account.matches(subject);
+            self.results.insert(subject.into(), found);
+        }
+        // Present: inserted just above if it was missing.
+        &self.results[subject]
+    }
+}
+
+/// Per-read delivery bookkeeping: which writers to wake, which subscriptions hit their max.
+struct Delivery {
+    cid: u64,
+    echo: bool,
+    flush: Vec<Arc<ClientShared>>,
+    expired: Vec<SubRef>,
+    rng: fastrand::Rng,
+}
+
+struct Msg<'a> {
+    subject: &'a [u8],
+    reply: Option<&'a [u8]>,
+    headers: Option<&'a [u8]>,
+    payload: &'a [u8],
+}
+
+impl Delivery {
+    /// Appends one MSG/HMSG for `sub` to its client's outbound buffer. Returns whether it did.
+    fn deliver(&mut self, sub: &SubRef, m: &Msg<'_>) -> bool {
+        let s = &sub.0;
+        let client = &s.client;
+        if !self.echo && client.cid == self.cid {
+            return false;
+        }
+        let max = s.max.load(Ordering::Relaxed);
+        if max > 0 {
+            let n = s.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+            if n > max {
+                return false;
+            }
+            if n == max {
+                self.expired.push(sub.clone());
+            }
+        }
+        let headers = if client.headers.load(Ordering::Relaxed) {
+            m.headers
+        } else {
+            None
+        };
+        let size = m.subject.len() + m.payload.len() + headers.map_or(0, <[u8]>::len);
+        let mut out = client.out.lock();
+        if out.closed {
+            return false;
+        }
+        if out.buf.len() + size > client.max_pending {
+            drop(out);
+            tracing::info!(
+                "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
+                client.addr,
+                client.cid,
+                client.max_pending
+            );
+            client.close(CloseReason::SlowConsumerPendingBytes);
+            return false;
+        }
+        let was_empty = out.buf.is_empty();
+        encode::msg(&mut out.buf, m.subject, &s.sid, m.reply, headers, m.payload);
+        drop(out);
+        if was_empty {
+            self.flush.push(client.clone());
+        }
+        true
+    }
+
+    fn flush(&mut self) {
+        for c in self.flush.drain(..) {
+            c.wake.notify_one();
+        }
+    }
+}
+
+/// What the reader loop keeps for one connection.
+pub(crate) struct Conn {
+    shared: Arc<ClientShared>,
+    server: Arc<ServerInner>,
+    account: Arc<Account>,
+    limits: Limits,
+    connected: bool,
+    verbose: bool,
+    pedantic: bool,
+    no_responders: bool,
+    name: String,
+    cache: MatchCache,
+    dl: Delivery,
+    pings_out: u32,
+}
+
+/// An error that ends the connection, with the -ERR text to send first (if any).
+struct Fatal {
+    reason: CloseReason,
+    err: Option<String>,
+}
+
+impl Fatal {
+    fn new(reason: CloseReason, err: impl Into<String>) -> Self {
+        Fatal {
+            reason,
+            err: Some(err.into()),
+        }
+    }
+}
+
+impl Conn {
+    pub(crate) fn new(shared: Arc<ClientShared>, server: Arc<ServerInner>) -> Self {
+        let account = server.global_account();
+        let limits = Limits {
+            max_control_line: server.opts.max_control_line,
+            max_payload: server.opts.max_payload,
+        };
+        Conn {
+            dl: Delivery {
+                cid: shared.cid,
+                echo: true,
+                flush: Vec::new(),
+                expired: Vec::new(),
+                rng: fastrand::Rng::new(),
+            },
+            shared,
+            server,
+            account,
+            limits,
+            connected: false,
+            verbose: false,
+            pedantic: false,
+            no_responders: false,
+            name: String::new(),
+            cache: MatchCache {
+                generation: u64::MAX,
+                results: FxHashMap::default(),
+            },
+            pings_out: 0,
+        }
+    }
+
+    /// Runs the connection until it closes; `info` is the INFO line already encoded.
+    pub(crate) async fn run<S>(mut self, stream: S, info: Vec<u8>)
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (mut rd, wr) = tokio::io::split(stream);
+        self.shared.send(&info);
+        let writer = tokio::spawn(write_loop(
+            self.shared.clone(),
+            wr,
+            self.server.opts.write_deadline,
+        ));
+        let reason = self.read_loop(&mut rd).await;
+        self.shared.close(reason);
+        let reason = self.shared.close_reason().unwrap_or(reason);
+        self.cleanup();
+        let _ = writer.await;
+        tracing::debug!(
+            "{} - cid:{} - \"{}\" - Client connection closed: {}",
+            self.shared.addr,
+            self.shared.cid,
+            self.name,
+            reason
+        );
+    }
+
+    async fn read_loop<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> CloseReason {
+        let server = self.server.clone();
+        let opts = &server.opts;
+        let mut rbuf = BytesMut::with_capacity(512);
+        let mut ping = tokio::time::interval_at(
+            tokio::time::Instant::now() + opts.ping_interval,
+            opts.ping_interval,
+        );
+        let auth_required = self.server.auth.required();
+        let auth_deadline = tokio::time::sleep(if auth_required {
+            opts.auth_timeout
+        } else {
+            Duration::from_secs(u32::MAX as u64)
+        });
+        tokio::pin!(auth_deadline);
+        let mut shutdown = self.server.shutdown_rx();
+        loop {
+            if rbuf.capacity() - rbuf.len() < 256 {
+                let grow = rbuf.capacity().clamp(512, 64 * 1024);
+                rbuf.reserve(grow);
+            }
+            let fatal = tokio::select! {
+                biased;
+                _ = self.shared.kill.notified() => {
+                    return self.shared.close_reason().unwrap_or(CloseReason::ServerShutdown);
+                }
+                _ = shutdown.changed() => return CloseReason::ServerShutdown,
+                r = rd.read_buf(&mut rbuf) => match r {
+                    Ok(0) => return CloseReason::ClientClosed,
+                    Err(_) => return CloseReason::ReadError,
+                    Ok(_) => {
+                        let r = self.process(&mut rbuf);
+                        self.dl.flush();
+                        match r {
+                            Ok(()) => None,
+                            Err(f) => Some(f),
+                        }
+                    }
+                },
+                _ = ping.tick() => {
+                    if self.pings_out + 1 > opts.ping_max {
+                        Some(Fatal::new(CloseReason::StaleConnection, "Stale Connection"))
+                    } else {
+                        self.pings_out += 1;
+                        self.shared.send(encode::PING);
+                        None
+                    }
+                }
+                _ = &mut auth_deadline, if auth_required && !self.connected => {
+                    Some(Fatal::new(CloseReason::AuthenticationTimeout, "Authentication Timeout"))
+                }
+            };
+            if let Some(f) = fatal {
+                if let Some(e) = &f.err {
+                    self.shared.send_err(e);
+                    if f.reason != CloseReason::AuthenticationViolation {
+                        tracing::error!("{} - cid:{} - {}", self.shared.addr, self.shared.cid, e);
+                    }
+                }
+                return f.reason;
+            }
+            if rbuf.is_empty() && rbuf.capacity() > 64 * 1024 {
+                rbuf = BytesMut::with_capacity(512);
+            }
+        }
+    }
+
+    /// Processes every complete operation in `rbuf` and removes them from it.
+    fn process(&mut self, rbuf: &mut BytesMut) -> Result<(), Fatal> {
+        let mut pos = 0;
+        let result = loop {
+            let parsed = match parse_op(&rbuf[pos..], &self.limits) {
+                Ok(p) => p,
+                Err(e) => break Err(self.parse_error(e)),
+            };
+            match parsed {
+                Parsed::Incomplete { total } => {
+                    if let Some(total) = total {
+                        let have = rbuf.len() - pos;
+                        rbuf.reserve(total.saturating_sub(have));
+                    }
+                    break Ok(());
+                }
+                Parsed::Op { op, len } => {
+                    pos += len;
+                    if !self.connected
+                        && !matches!(op, ClientOp::Connect(_))
+                        && self.server.auth.required()
+                    {
+                        break Err(Fatal::new(
+                            CloseReason::AuthenticationViolation,
+                            "Authorization Violation",
+                        ));
+                    }
+                    if let Err(f) = self.handle(op) {
+                        break Err(f);
+                    }
+                }
+            }
+        };
+        rbuf.advance(pos);
+        result
+    }
+
+    fn parse_error(&self, e: ParseError) -> Fatal {
+        let reason = match e {
+            ParseError::MaxPayload { .. } => CloseReason::MaxPayloadExceeded,
+            ParseError::ControlLineTooLong => CloseReason::MaxControlLineExceeded,
+            _ => CloseReason::ProtocolViolation,
+        };
+        Fatal::new(reason, e.to_string())
+    }
+
+    fn handle(&mut self, op: ClientOp<'_>) -> Result<(), Fatal> {
+        match op {
+            ClientOp::Pub {
+                subject,
+                reply,
+                headers,
+                payload,
+            } => {
+                if headers.is_some()
+                    && !self.shared.headers.load(Ordering::Relaxed)
+                    && self.connected
+                {
+                    return Err(Fatal::new(
+                        CloseReason::ProtocolViolation,
+                        "Unknown Protocol Operation",
+                    ));
+                }
+                // nats-server acknowledges a verbose PUB before delivering it.
+                self.ok();
+                self.publish(&Msg {
+                    subject,
+                    reply,
+                    headers,
+                    payload,
+                });
+            }
+            ClientOp::Sub {
+                subject,
+                queue,
+                sid,
+            } => self.subscribe(subject, queue, sid),
+            ClientOp::Unsub { sid, max } => {
+                self.unsubscribe(sid, max);
+                self.ok();
+            }
+            ClientOp::Ping => self.shared.send(encode::PONG),
+            ClientOp::Pong => self.pings_out = 0,
+            ClientOp::Connect(json) => self.connect(json)?,
+            ClientOp::Ignored => {}
+        }
+        Ok(())
+    }
+
+    fn ok(&self) {
+        if self.verbose {
+            self.shared.send(encode::OK);
+        }
+    }
+
+    fn connect(&mut self, json: &[u8]) -> Result<(), Fatal> {
+        let info = ConnectInfo::from_json(json).map_err(|_| {
+            Fatal::new(CloseReason::ProtocolViolation, "Unknown Protocol Operation")
+        })?;
+        if !self.connected {
+            if let Err(e) = self.server.auth.check(&info) {
+                tracing::error!(
+                    "{} - cid:{} - authentication error: {}",
+                    self.shared.addr,
+                    self.shared.cid,
+                    e
+                );
+                return Err(Fatal::new(
+                    CloseReason::AuthenticationViolation,
+                    "Authorization Violation",
+                ));
+            }
+        }
+        self.connected = true;
+        self.verbose = info.verbose;
+        self.pedantic = info.pedantic;
+        self.dl.echo = info.echo;
+        self.shared.headers.store(info.headers, Ordering::Relaxed);
+        self.no_responders = info.no_responders && info.headers;
+        self.name = format!(
+            "{}{}{}",
+            info.name.as_deref().unwrap_or(""),
+            if info.lang.is_some() { ":" } else { "" },
+            info.lang.as_deref().unwrap_or("")
+        );
+        self.ok();
+        Ok(())
+    }
+
+    fn publish(&mut self, m: &Msg<'_>) {
+        let valid = if self.pedantic {
+            is_valid_publish_subject(m.subject)
+        } else {
+            natrium_subjects::is_literal(m.subject) && !m.subject.is_empty()
+        };
+        if !valid {
+            self.shared.send_err("Invalid Publish Subject");
+            return;
+        }
+        let found = self.cache.lookup(&self.account, m.subject);
+        let mut delivered = false;
+        for sub in &found.plain {
+            delivered |= self.dl.deliver(sub, m);
+        }
+        for (_, members) in &found.queues {
+            let n = members.len();
+            let start = self.dl.rng.usize(..n);
+            for i in 0..n {
+                if self.dl.deliver(&members[(start + i) % n], m) {
+                    delivered = true;
+                    break;
+                }
+            }
+        }
+        if !delivered && self.no_responders {
+            if let Some(reply) = m.reply {
+                self.send_no_responders(reply);
+            }
+        }
+        if !self.dl.expired.is_empty() {
+            for sub in std::mem::take(&mut self.dl.expired) {
+                remove_subscription(&self.account, &sub);
+            }
+        }
+    }
+
+    /// The 503 status a requester gets when nobody listens, sent on its own reply subscription.
+    fn send_no_responders(&mut self, reply: &[u8]) {
+        let sid = {
+            let subs = self.shared.subs.lock();
+            subs.values()
+                .find(|s| matches(&s.0.subject, reply))
+                .map(|s| s.0.sid.clone())
+        };
+        if let Some(sid) = sid {
+            let mut b = Vec::new();
+            encode::msg(&mut b, reply, &sid, None, Some(headers::NO_RESPONDERS), b"");
+            self.shared.send(&b);
+        }
+    }
+
+    fn subscribe(&mut self, subject: &[u8], queue: Option<&[u8]>, sid: &[u8]) {
+        if !is_valid_subject(subject) {
+            self.shared.send_err("Invalid Subject");
+            return;
+        }
+        if let Some(q) = queue {
+            if !is_valid_queue(q) {
+                self.shared.send_err("Invalid Queue Name");
+                return;
+            }
+        }
+        let sub = SubRef(Arc::new(Subscription {
+            client: self.shared.clone(),
+            subject: subject.into(),
+            queue: queue.map(Into::into),
+            sid: sid.into(),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+        }));
+        {
+            let mut subs = self.shared.subs.lock();
+            if subs.contains_key(sid) {
+                // nats-server ignores a SUB that reuses a live sid.
+                drop(subs);
+                self.ok();
+                return;
+            }
+            subs.insert(sid.into(), sub.clone());
+        }
+        self.account.insert(sub);
+        self.ok();
+    }
+
+    fn unsubscribe(&mut self, sid: &[u8], max: Option<u64>) {
+        let sub = self.shared.subs.lock().get(sid).cloned();
+        let Some(sub) = sub else { return };
+        if let Some(max) = max {
+            let s = &sub.0;
+            if max > 0 && s.delivered.load(Ordering::Relaxed) < max {
+                s.max.store(max, Ordering::Relaxed);
+                // A delivery racing with this store may have pushed `delivered` past `max`.
+                if s.delivered.load(Ordering::Relaxed) < max {
+                    return;
+                }
+            }
+        }
+        remove_subscription(&self.account, &sub);
+    }
+
+    fn cleanup(&mut self) {
+        let subs: Vec<SubRef> = self.shared.subs.lock().drain().map(|(_, s)| s).collect();
+        for sub in &subs {
+            self.account.remove(sub);
+        }
+        self.server.remove_client(self.shared.cid);
+    }
+}
+
+/// Removes a subscription from its client's sid map and from the account.
+fn remove_subscription(account: &Account, sub: &SubRef) {
+    {
+        let mut subs = sub.0.client.subs.lock();
+        if subs.get(&sub.0.sid).is_some_and(|s| s == sub) {
+            subs.remove(&sub.0.sid);
+        }
+    }
+    account.remove(sub);
+}
+
+/// Drains the outbound buffer to the socket, one write per batch, until the client closes.
+async fn write_loop<W: AsyncWrite>(shared: Arc<ClientShared>, wr: W, deadline: Duration) {
+    tokio::pin!(wr);
+    let mut spare: Vec<u8> = Vec::new();
+    loop {
+        let closed = {
+            let mut out = shared.out.lock();
+            if !out.buf.is_empty() {
+                std::mem::swap(&mut out.buf, &mut spare);
+            }
+            out.closed
+        };
+        if spare.is_empty() {
+            if closed {
+                break;
+            }
+            shared.wake.notified().await;
+            continue;
+        }
+        match tokio::time::timeout(deadline, wr.write_all(&spare)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                shared.close(CloseReason::WriteError);
+                break;
+            }
+            Err(_) => {
+                tracing::info!(
+                    "{} - cid:{} - Slow Consumer Detected: WriteDeadline of {:?} exceeded",
+                    shared.addr,
+                    shared.cid,
+                    deadline
+                );
+                shared.close(CloseReason::SlowConsumerWriteDeadline);
+                break;
+            }
+        }
+        spare.clear();
+        if spare.capacity() > 1024 * 1024 {
+            spare = Vec::new();
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+}

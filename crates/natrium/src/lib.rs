@@ -1,0 +1,15 @@
+//! Natrium: a message server speaking the NATS protocol, usable as a library (`Server::start`) and
+//! as the `natrium` binary. Module map: `server` (listener, lifecycle), `client` (per-connection
+//! reader/writer and the publish path), `account` (subject spaces), `auth`, `options`, `cli`,
+//! `logging`. See docs/ARCHITECTURE.md.
+
+pub mod account;
+pub mod auth;
+pub mod cli;
+pub mod client;
+pub mod logging;
+pub mod options;
+pub mod server;
+
+pub use options::{Options, PROTOCOL_VERSION, VERSION};
+pub use server::{Server, ServerError};

@@ -1,0 +1,121 @@
+//! The `natrium` binary: nats-server's flags, logging, pid and ports files, and signals around
+//! an embedded `natrium::Server`.
+
+use std::process::ExitCode;
+
+use natrium::cli::{Cli, USAGE};
+use natrium::{logging, Server, PROTOCOL_VERSION, VERSION};
+
+fn main() -> ExitCode {
+    let cli = match Cli::parse(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("natrium: {e}\n\n{USAGE}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.show_help {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if cli.show_version {
+        println!("natrium: v{VERSION} (nats-server protocol v{PROTOCOL_VERSION})");
+        return ExitCode::SUCCESS;
+    }
+    let (opts, warnings) = match cli.options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("natrium: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.test_config {
+        for w in &warnings {
+            eprintln!("natrium: warning: {w}");
+        }
+        println!(
+            "natrium: configuration file {} test is successful",
+            cli.config
+                .as_ref()
+                .map_or("<none>".into(), |p| p.display().to_string())
+        );
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = logging::init(
+        opts.debug,
+        opts.trace,
+        opts.logtime,
+        opts.log_file.as_deref(),
+    ) {
+        eprintln!("natrium: can not open log file: {e}");
+        return ExitCode::from(1);
+    }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("natrium: can not start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("natrium: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(opts: natrium::Options) -> anyhow::Result<()> {
+    let pid_file = opts.pid_file.clone();
+    let ports_dir = opts.ports_file_dir.clone();
+    let server = Server::start(opts).await?;
+    if let Some(p) = &pid_file {
+        std::fs::write(p, std::process::id().to_string())?;
+    }
+    let ports_file = match &ports_dir {
+        Some(dir) => {
+            let exe = std::env::args()
+                .next()
+                .and_then(|a| {
+                    std::path::Path::new(&a)
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                })
+                .unwrap_or_else(|| "natrium".into());
+            let path = dir.join(format!("{exe}_{}.ports", std::process::id()));
+            let doc = serde_json::json!({ "nats": [server.client_url()] });
+            std::fs::write(&path, serde_json::to_vec(&doc)?)?;
+            Some(path)
+        }
+        None => None,
+    };
+    wait_for_signal().await?;
+    tracing::info!("Initiating Shutdown...");
+    server.shutdown().await;
+    if let Some(p) = ports_file {
+        let _ = std::fs::remove_file(p);
+    }
+    if let Some(p) = pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("Trapped \"terminated\" signal"),
+        _ = int.recv() => tracing::info!("Trapped \"interrupt\" signal"),
+    }
+    Ok(())
+}

@@ -1,0 +1,448 @@
+//! The server's typed options: defaults as nats-server has them, loading from a parsed config file,
+//! validation, and a one-line summary for the startup log. Command-line flags are merged in `cli`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use natrium_config::{ConfigError, Map, Spanned, Value};
+
+/// The nats-server release whose client-visible behaviour Natrium implements (sent in INFO).
+pub const PROTOCOL_VERSION: &str = "2.10.24";
+/// Natrium's own version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub user: String,
+    /// Plain text, or a bcrypt hash (`$2a$`, `$2b$`, `$2y$`).
+    pub password: String,
+}
+
+/// Client authentication settings (the `authorization` block and its flag equivalents).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthOptions {
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub users: Vec<User>,
+    pub no_auth_user: Option<String>,
+}
+
+impl AuthOptions {
+    pub fn required(&self) -> bool {
+        self.token.is_some() || self.user.is_some() || !self.users.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    pub host: String,
+    /// `-1` picks a random free port, as nats-server does.
+    pub port: i32,
+    pub server_name: Option<String>,
+    pub max_payload: usize,
+    pub max_control_line: usize,
+    pub max_connections: usize,
+    /// Bytes a client may have waiting for its socket before it is cut off as a slow consumer.
+    pub max_pending: usize,
+    pub ping_interval: Duration,
+    pub ping_max: u32,
+    pub write_deadline: Duration,
+    pub auth_timeout: Duration,
+    pub auth: AuthOptions,
+    pub debug: bool,
+    pub trace: bool,
+    pub logtime: bool,
+    pub log_file: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    pub ports_file_dir: Option<PathBuf>,
+    /// The file the options were loaded from, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            host: "0.0.0.0".into(),
+            port: 4222,
+            server_name: None,
+            max_payload: 1024 * 1024,
+            max_control_line: 4096,
+            max_connections: 64 * 1024,
+            max_pending: 64 * 1024 * 1024,
+            ping_interval: Duration::from_secs(120),
+            ping_max: 2,
+            write_deadline: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(2),
+            auth: AuthOptions::default(),
+            debug: false,
+            trace: false,
+            logtime: true,
+            log_file: None,
+            pid_file: None,
+            ports_file_dir: None,
+            config_file: None,
+        }
+    }
+}
+
+/// Why options could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error(transparent)]
+    Parse(#[from] ConfigError),
+    #[error("{pos}: {msg}")]
+    Invalid { pos: String, msg: String },
+    #[error("{0}")]
+    Validation(String),
+}
+
+/// Keys nats-server knows that this version of Natrium accepts but does not act on yet; they are
+/// reported as warnings so a config written for nats-server still loads.
+const NOT_YET_SUPPORTED: &[&str] = &[
+    "jetstream",
+    "http",
+    "http_port",
+    "monitor_port",
+    "https",
+    "https_port",
+    "http_base_path",
+    "tls",
+    "cluster",
+    "gateway",
+    "leafnodes",
+    "leaf",
+    "websocket",
+    "mqtt",
+    "accounts",
+    "system_account",
+    "operator",
+    "operators",
+    "resolver",
+    "resolver_preload",
+    "lame_duck_duration",
+    "lame_duck_grace_period",
+    "max_subscriptions",
+    "max_subs",
+    "syslog",
+    "remote_syslog",
+    "log_size_limit",
+    "logfile_size_limit",
+    "connect_error_reports",
+    "reconnect_error_reports",
+    "server_tags",
+    "client_advertise",
+    "no_header_support",
+    "disable_sublist_cache",
+    "max_traced_msg_len",
+    "default_permissions",
+];
+
+impl Options {
+    /// Loads a config file on top of the defaults. Returns the options and warnings to log.
+    pub fn from_file(path: &Path) -> Result<(Options, Vec<String>), OptionsError> {
+        let map = natrium_config::parse_file(path)?;
+        let mut opts = Options {
+            config_file: Some(path.to_path_buf()),
+            ..Options::default()
+        };
+        let warnings = opts.apply_config(&map)?;
+        Ok((opts, warnings))
+    }
+
+    /// Applies the keys of a parsed config map. Unknown keys become warnings, not errors.
+    pub fn apply_config(&mut self, map: &Map) -> Result<Vec<String>, OptionsError> {
+        let mut warnings = Vec::new();
+        for (key, v) in map.iter() {
+            match key.to_ascii_lowercase().as_str() {
+                "listen" => {
+                    let (host, port) = parse_listen(v)?;
+                    if let Some(h) = host {
+                        self.host = h;
+                    }
+                    self.port = port;
+                }
+                "host" | "net" => self.host = string(v)?,
+                "port" => self.port = int(v)? as i32,
+                "server_name" => self.server_name = Some(string(v)?),
+                "max_payload" => self.max_payload = size(v)? as usize,
+                "max_control_line" => self.max_control_line = size(v)? as usize,
+                "max_connections" | "max_conn" => self.max_connections = int(v)? as usize,
+                "max_pending" => self.max_pending = size(v)? as usize,
+                "ping_interval" => self.ping_interval = duration(v)?,
+                "ping_max" => self.ping_max = int(v)? as u32,
+                "write_deadline" => self.write_deadline = duration(v)?,
+                "debug" => self.debug = boolean(v)?,
+                "trace" => self.trace = boolean(v)?,
+                "logtime" => self.logtime = boolean(v)?,
+                "log_file" => self.log_file = Some(string(v)?.into()),
+                "pid_file" => self.pid_file = Some(string(v)?.into()),
+                "ports_file_dir" => self.ports_file_dir = Some(string(v)?.into()),
+                "no_auth_user" => self.auth.no_auth_user = Some(string(v)?),
+                "authorization" => self.apply_authorization(v, &mut warnings)?,
+                k if NOT_YET_SUPPORTED.contains(&k) => warnings.push(format!(
+                    "{}: config key {key:?} is not supported yet by this version of natrium and is ignored",
+                    v.pos
+                )),
+                _ => warnings.push(format!("{}: unknown config key {key:?} ignored", v.pos)),
+            }
+        }
+        Ok(warnings)
+    }
+
+    fn apply_authorization(
+        &mut self,
+        v: &Spanned,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), OptionsError> {
+        let map = map_of(v)?;
+        for (key, v) in map.iter() {
+            match key.to_ascii_lowercase().as_str() {
+                "token" => self.auth.token = Some(string(v)?),
+                "user" | "username" => self.auth.user = Some(string(v)?),
+                "pass" | "password" => self.auth.password = Some(string(v)?),
+                "timeout" => self.auth_timeout = duration_secs_f(v)?,
+                "users" => {
+                    let Value::Array(items) = &v.value else {
+                        return Err(invalid(v, "expected an array of users"));
+                    };
+                    for item in items {
+                        let u = map_of(item)?;
+                        let user = u
+                            .get("user")
+                            .or_else(|| u.get("username"))
+                            .ok_or_else(|| invalid(item, "user entry has no 'user'"))?;
+                        let password = match u.get("password").or_else(|| u.get("pass")) {
+                            Some(p) => string(p)?,
+                            None => String::new(),
+                        };
+                        for (k, kv) in u.iter() {
+                            if !matches!(k.to_ascii_lowercase().as_str(), "user" | "username" | "password" | "pass") {
+                                warnings.push(format!(
+                                    "{}: user key {k:?} is not supported yet by this version of natrium and is ignored",
+                                    kv.pos
+                                ));
+                            }
+                        }
+                        self.auth.users.push(User {
+                            user: string(user)?,
+                            password,
+                        });
+                    }
+                }
+                _ => warnings.push(format!(
+                    "{}: authorization key {key:?} is not supported yet by this version of natrium and is ignored",
+                    v.pos
+                )),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the options are coherent.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let bad = |m: &str| Err(OptionsError::Validation(m.to_string()));
+        if self.port < -1 || self.port > 65535 {
+            return bad("port must be between -1 and 65535");
+        }
+        if self.max_payload == 0 || self.max_payload > 64 * 1024 * 1024 {
+            return bad("max_payload must be between 1 byte and 64 MB");
+        }
+        if self.max_payload > self.max_pending {
+            return bad("max_payload cannot exceed max_pending");
+        }
+        if self.max_control_line < 64 {
+            return bad("max_control_line must be at least 64");
+        }
+        let a = &self.auth;
+        if a.token.is_some() && (a.user.is_some() || !a.users.is_empty()) {
+            return bad("can not have a token and a user/users at the same time");
+        }
+        if a.user.is_some() && !a.users.is_empty() {
+            return bad("can not have a single user/pass and a users array");
+        }
+        if let Some(nau) = &a.no_auth_user {
+            if !a.users.iter().any(|u| &u.user == nau) {
+                return bad(&format!(
+                    "no_auth_user: {nau:?} not present as user in authorization block"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// One line describing the effective configuration, for the startup log (no secrets).
+    pub fn summary(&self) -> String {
+        let auth = if self.auth.token.is_some() {
+            "token".to_string()
+        } else if self.auth.user.is_some() {
+            "user/password".to_string()
+        } else if !self.auth.users.is_empty() {
+            format!("{} users", self.auth.users.len())
+        } else {
+            "none".to_string()
+        };
+        format!(
+            "listen={}:{} max_payload={} max_pending={} max_connections={} ping_interval={:?} auth={}",
+            self.host, self.port, self.max_payload, self.max_pending, self.max_connections, self.ping_interval, auth
+        )
+    }
+}
+
+fn invalid(v: &Spanned, msg: &str) -> OptionsError {
+    OptionsError::Invalid {
+        pos: v.pos.to_string(),
+        msg: msg.to_string(),
+    }
+}
+
+fn string(v: &Spanned) -> Result<String, OptionsError> {
+    match &v.value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Integer(i) => Ok(i.to_string()),
+        other => Err(invalid(
+            v,
+            &format!("expected a string, got {}", other.kind_name()),
+        )),
+    }
+}
+
+fn int(v: &Spanned) -> Result<i64, OptionsError> {
+    match &v.value {
+        Value::Integer(i) => Ok(*i),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| invalid(v, &format!("expected an integer, got {s:?}"))),
+        other => Err(invalid(
+            v,
+            &format!("expected an integer, got {}", other.kind_name()),
+        )),
+    }
+}
+
+fn size(v: &Spanned) -> Result<i64, OptionsError> {
+    match &v.value {
+        Value::Integer(i) if *i >= 0 => Ok(*i),
+        Value::String(s) => natrium_config::parse_size(s)
+            .ok_or_else(|| invalid(v, &format!("expected a size like 1MB, got {s:?}"))),
+        _ => Err(invalid(v, "expected a non-negative size")),
+    }
+}
+
+fn boolean(v: &Spanned) -> Result<bool, OptionsError> {
+    match &v.value {
+        Value::Bool(b) => Ok(*b),
+        other => Err(invalid(
+            v,
+            &format!("expected a boolean, got {}", other.kind_name()),
+        )),
+    }
+}
+
+/// Durations: a Go duration string (`"2m"`, `"500ms"`) or a number of seconds.
+fn duration(v: &Spanned) -> Result<Duration, OptionsError> {
+    match &v.value {
+        Value::String(s) => natrium_config::parse_duration(s)
+            .ok_or_else(|| invalid(v, &format!("expected a duration like \"2m\", got {s:?}"))),
+        Value::Integer(i) if *i >= 0 => Ok(Duration::from_secs(*i as u64)),
+        Value::Float(f) if *f >= 0.0 => Ok(Duration::from_secs_f64(*f)),
+        other => Err(invalid(
+            v,
+            &format!("expected a duration, got {}", other.kind_name()),
+        )),
+    }
+}
+
+/// `authorization.timeout` is seconds, possibly fractional.
+fn duration_secs_f(v: &Spanned) -> Result<Duration, OptionsError> {
+    duration(v)
+}
+
+fn map_of(v: &Spanned) -> Result<&Map, OptionsError> {
+    match &v.value {
+        Value::Map(m) => Ok(m),
+        other => Err(invalid(
+            v,
+            &format!("expected a map, got {}", other.kind_name()),
+        )),
+    }
+}
+
+/// `listen: "host:port"`, `listen: ":4222"` or `listen: 4222`.
+fn parse_listen(v: &Spanned) -> Result<(Option<String>, i32), OptionsError> {
+    match &v.value {
+        Value::Integer(p) => Ok((None, *p as i32)),
+        Value::String(s) => {
+            let (host, port) = s
+                .rsplit_once(':')
+                .ok_or_else(|| invalid(v, "listen must be host:port"))?;
+            let port = port
+                .parse()
+                .map_err(|_| invalid(v, &format!("bad port in listen {s:?}")))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            Ok(((!host.is_empty()).then(|| host.to_string()), port))
+        }
+        other => Err(invalid(
+            v,
+            &format!("expected host:port, got {}", other.kind_name()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(src: &str) -> (Options, Vec<String>) {
+        let map = natrium_config::parse_str(src).expect("parses");
+        let mut o = Options::default();
+        let w = o.apply_config(&map).expect("applies");
+        (o, w)
+    }
+
+    #[test]
+    fn maps_core_keys() {
+        let (o, w) = load(
+            "listen: 127.0.0.1:4333\nserver_name: n1\nmax_payload: 2MB\nping_interval: \"30s\"\nping_max: 3\n\
+             write_deadline: 5\nmax_connections: 100\nauthorization { user: a, password: b, timeout: 1.5 }\n\
+             jetstream { store_dir: /tmp/x }\nbogus_key: 1\n",
+        );
+        assert_eq!(o.host, "127.0.0.1");
+        assert_eq!(o.port, 4333);
+        assert_eq!(o.server_name.as_deref(), Some("n1"));
+        assert_eq!(o.max_payload, 2 * 1024 * 1024);
+        assert_eq!(o.ping_interval, Duration::from_secs(30));
+        assert_eq!(o.ping_max, 3);
+        assert_eq!(o.write_deadline, Duration::from_secs(5));
+        assert_eq!(o.max_connections, 100);
+        assert_eq!(o.auth.user.as_deref(), Some("a"));
+        assert_eq!(o.auth_timeout, Duration::from_millis(1500));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("jetstream") && w[0].contains("not supported yet"));
+        assert!(w[1].contains("bogus_key"));
+        o.validate().expect("valid");
+    }
+
+    #[test]
+    fn users_list_and_validation() {
+        let (o, _) = load("authorization { users: [ {user: a, password: x}, {user: b, password: \"$2a$04$abc\"} ] }\nno_auth_user: a");
+        assert_eq!(o.auth.users.len(), 2);
+        assert_eq!(o.auth.no_auth_user.as_deref(), Some("a"));
+        o.validate().expect("valid");
+        let (o, _) = load("authorization { token: t, user: u }");
+        assert!(o.validate().is_err());
+        let (o, _) = load("port: 70000");
+        assert!(o.validate().is_err());
+    }
+
+    #[test]
+    fn bad_types_name_their_position() {
+        let map = natrium_config::parse_str("port: 1\nmax_payload: [1]\n").expect("parses");
+        let err = Options::default()
+            .apply_config(&map)
+            .expect_err("bad type")
+            .to_string();
+        assert!(err.contains("2:"), "{err}");
+    }
+}

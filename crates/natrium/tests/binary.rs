@@ -1,0 +1,178 @@
+//! The `natrium` binary as harnesses written for nats-server drive it: flags, the log lines they
+//! wait for, pid and ports files, config files, `-t`, and shutdown on SIGTERM.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_natrium");
+
+/// Waits until `path` contains `needle`; returns the file's text.
+fn wait_for(path: &std::path::Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{needle:?} never appeared in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn listen_port(log: &str) -> u16 {
+    let line = log
+        .lines()
+        .find(|l| l.contains("Listening for client connections on"))
+        .expect("listening line");
+    line.rsplit(':')
+        .next()
+        .expect("port")
+        .trim()
+        .parse()
+        .expect("numeric port")
+}
+
+#[test]
+fn starts_like_nats_server_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("server.log");
+    let pid = dir.path().join("server.pid");
+    let mut child = Command::new(BIN)
+        .args(["-p", "-1", "-a", "127.0.0.1", "-n", "harness"])
+        .arg("-l")
+        .arg(&log)
+        .arg("-P")
+        .arg(&pid)
+        .arg("--ports_file_dir")
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let text = wait_for(&log, "Server is ready");
+    // nats-server's line format: [pid] date time [INF] text
+    let first = text.lines().next().expect("a line");
+    assert!(first.starts_with(&format!("[{}] ", child.id())), "{first}");
+    assert!(text.contains("[INF] Starting natrium"), "{text}");
+    assert!(text.contains(natrium::VERSION));
+    let port = listen_port(&text);
+    assert_ne!(port, 0);
+    assert_eq!(
+        std::fs::read_to_string(&pid).expect("pid file"),
+        child.id().to_string()
+    );
+    let ports_file = dir.path().join(format!("natrium_{}.ports", child.id()));
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ports_file).expect("ports file")).expect("json");
+    assert_eq!(ports["nats"][0], format!("nats://127.0.0.1:{port}"));
+
+    // A real client works against it.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let c = async_nats::connect(format!("127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        assert_eq!(c.server_info().server_name, "harness");
+        c.flush().await.expect("flush");
+    });
+
+    // SAFETY-free: sending a signal to our own child by pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "server did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!pid.exists(), "pid file removed on exit");
+    assert!(std::fs::read_to_string(&log)
+        .expect("log")
+        .contains("Server Exiting"));
+}
+
+#[test]
+fn config_file_and_test_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("server.conf");
+    let mut f = std::fs::File::create(&conf).expect("create");
+    writeln!(
+        f,
+        "# a config written for nats-server\nlisten: 127.0.0.1:-1\nserver_name: from-conf\n\
+         max_payload: 64KB\nauthorization {{ user: u, password: p }}\njetstream {{ store_dir: /tmp/x }}"
+    )
+    .expect("write");
+    drop(f);
+    let out = Command::new(BIN)
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .expect("run -t");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("jetstream") && stderr.contains("not supported yet"),
+        "{stderr}"
+    );
+
+    let log = dir.path().join("c.log");
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-l")
+        .arg(&log)
+        .spawn()
+        .expect("spawn");
+    let text = wait_for(&log, "Server is ready");
+    let port = listen_port(&text);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let url = format!("127.0.0.1:{port}");
+        assert!(
+            async_nats::connect(&url).await.is_err(),
+            "auth from the file is enforced"
+        );
+        let c = async_nats::ConnectOptions::with_user_and_password("u".into(), "p".into())
+            .connect(&url)
+            .await
+            .expect("connect");
+        assert_eq!(c.server_info().server_name, "from-conf");
+        assert_eq!(c.server_info().max_payload, 64 * 1024);
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().expect("wait").success());
+
+    // A broken config names file, line and column and fails -t.
+    std::fs::write(&conf, "port: 4222\nauthorization {\n  user: x\n").expect("write");
+    let out = Command::new(BIN)
+        .arg("-t")
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .expect("run -t");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("server.conf"), "{stderr}");
+}
+
+#[test]
+fn unknown_and_unimplemented_flags_are_named() {
+    let out = Command::new(BIN).arg("--bogus").output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-bogus"));
+    let out = Command::new(BIN).arg("-js").output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-js"));
+    let out = Command::new(BIN).arg("-v").output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(natrium::VERSION));
+}

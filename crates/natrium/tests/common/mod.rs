@@ -1,0 +1,114 @@
+//! Test harness: in-process servers on random loopback ports, and a raw protocol socket for the
+//! cases a well-behaved client library cannot produce.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use natrium::{Options, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Options for a test server: loopback, random port.
+pub fn opts() -> Options {
+    Options {
+        host: "127.0.0.1".into(),
+        port: -1,
+        ..Options::default()
+    }
+}
+
+pub async fn start(o: Options) -> Server {
+    Server::start(o).await.expect("server starts")
+}
+
+pub async fn client(s: &Server) -> async_nats::Client {
+    async_nats::connect(s.client_url())
+        .await
+        .expect("client connects")
+}
+
+/// A raw TCP connection speaking the protocol by hand.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl Raw {
+    /// Connects and consumes the INFO line.
+    pub async fn connect(s: &Server) -> Raw {
+        let stream = TcpStream::connect(s.addr()).await.expect("tcp connect");
+        let mut r = Raw {
+            stream,
+            buf: Vec::new(),
+        };
+        let info = r.read_until("\r\n").await;
+        assert!(info.starts_with("INFO {"), "got {info:?}");
+        r
+    }
+
+    pub async fn send(&mut self, bytes: &str) {
+        self.stream
+            .write_all(bytes.as_bytes())
+            .await
+            .expect("write");
+    }
+
+    /// Reads until `pat` appears; returns everything read up to and including it.
+    pub async fn read_until(&mut self, pat: &str) -> String {
+        let fut = async {
+            loop {
+                if let Some(i) = find(&self.buf, pat.as_bytes()) {
+                    let out: Vec<u8> = self.buf.drain(..i + pat.len()).collect();
+                    return String::from_utf8_lossy(&out).into_owned();
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.stream.read(&mut chunk).await.expect("read");
+                assert!(
+                    n > 0,
+                    "connection closed while waiting for {pat:?}; had {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "timed out waiting for {pat:?}; had {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                )
+            })
+    }
+
+    /// Reads until the server closes the connection; returns what arrived.
+    pub async fn read_to_close(&mut self) -> String {
+        let fut = async {
+            loop {
+                let mut chunk = [0u8; 4096];
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return String::from_utf8_lossy(&self.buf).into_owned(),
+                    Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .expect("server closes the connection")
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Waits until `f` holds, polling; panics after 10 s.
+pub async fn eventually(mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in time");
+}

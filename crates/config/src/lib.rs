@@ -28,7 +28,21 @@
 //! - Duplicate keys are kept; [`Map::get`] returns the last, as nats-server does.
 //!
 //! Limits: nesting of maps, arrays, includes and environment values together is capped at
-//! [`MAX_DEPTH`]; files larger than [`MAX_FILE_BYTES`] are refused. No input panics.
+//! [`MAX_DEPTH`] (about 0.75 MiB of stack in a debug build, much less optimised); files
+//! larger than [`MAX_FILE_BYTES`] are refused; variable references may copy at most
+//! [`MAX_VARIABLE_VALUES`] values in all. No input panics.
+//!
+//! ```
+//! let conf = natrium_config::parse_str(
+//!     "port: 4222\njetstream { max_mem: 1G }\nping_interval: \"2m\"",
+//! )?;
+//! assert_eq!(conf.get("port").and_then(|v| v.as_i64()), Some(4222));
+//! let js = conf.get("jetstream").and_then(|v| v.as_map()).unwrap();
+//! assert_eq!(js.get("max_mem").and_then(|v| v.as_i64()), Some(1_000_000_000));
+//! let ping = conf.get("ping_interval").and_then(|v| v.as_str()).unwrap();
+//! assert_eq!(natrium_config::parse_duration(ping), Some(std::time::Duration::from_secs(120)));
+//! # Ok::<(), natrium_config::ConfigError>(())
+//! ```
 
 mod error;
 mod lexer;
@@ -40,7 +54,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use error::ConfigError;
-pub use parser::{MAX_DEPTH, MAX_FILE_BYTES, MAX_INCLUDE_DEPTH};
+pub use parser::{MAX_DEPTH, MAX_FILE_BYTES, MAX_INCLUDE_DEPTH, MAX_VARIABLE_VALUES};
 pub use scalar::{parse_duration, parse_size};
 pub use value::{Map, Pos, Spanned, Value};
 

@@ -18,6 +18,9 @@ pub const MAX_DEPTH: usize = 128;
 pub const MAX_INCLUDE_DEPTH: usize = 16;
 /// Maximum depth of environment variables whose values refer to further variables.
 const MAX_ENV_DEPTH: usize = 8;
+/// Most values that variable references may copy in one parse, so that variables referring
+/// to variables cannot blow a small file up exponentially.
+pub const MAX_VARIABLE_VALUES: usize = 1 << 18;
 /// Largest configuration file read, top-level or included.
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -32,6 +35,8 @@ pub(crate) struct Shared<'e> {
     include_depth: usize,
     depth: usize,
     env_depth: usize,
+    /// Values copied by variable references so far.
+    copied: usize,
 }
 
 impl<'e> Shared<'e> {
@@ -42,6 +47,7 @@ impl<'e> Shared<'e> {
             include_depth: 0,
             depth: 0,
             env_depth: 0,
+            copied: 0,
         }
     }
 
@@ -104,6 +110,7 @@ pub(crate) fn read_source(path: &Path, regular_only: bool) -> Result<String, Con
             .get(..e.utf8_error().valid_up_to())
             .unwrap_or(&[]);
         let prefix = std::str::from_utf8(valid).unwrap_or("");
+        let prefix = prefix.strip_prefix('\u{feff}').unwrap_or(prefix);
         let line = prefix.matches('\n').count() + 1;
         let col = prefix.rsplit('\n').next().unwrap_or("").chars().count() + 1;
         ConfigError::syntax(
@@ -150,10 +157,17 @@ impl Parser<'_, '_, '_> {
                         self.cur.bump();
                         return Ok(());
                     }
-                    return Err(ConfigError::syntax(
-                        self.cur.pos(),
-                        "unexpected '}' with no map open",
-                    ));
+                    // nats-server tolerates stray closing braces at the very end of a file
+                    // (left over from JSON-like documents); anywhere else they are errors.
+                    let pos = self.cur.pos();
+                    while self.cur.peek() == Some('}') {
+                        self.cur.bump();
+                        self.cur.skip_trivia();
+                    }
+                    if self.cur.at_eof() {
+                        return Ok(());
+                    }
+                    return Err(ConfigError::syntax(pos, "unexpected '}' with no map open"));
                 }
                 Some('{') if top => {
                     let pos = self.cur.pos();
@@ -392,6 +406,17 @@ impl Parser<'_, '_, '_> {
             .rev()
             .find_map(|scope| scope.lookup_var(name));
         if let Some(found) = defined {
+            let budget = MAX_VARIABLE_VALUES.saturating_sub(self.shared.copied);
+            let size = found.count_values(budget.saturating_add(1));
+            if size > budget {
+                return Err(ConfigError::syntax(
+                    pos,
+                    format!(
+                        "variable references copy more than {MAX_VARIABLE_VALUES} values in total"
+                    ),
+                ));
+            }
+            self.shared.copied += size;
             let mut value = found.clone();
             value.pos = pos;
             return Ok(value);

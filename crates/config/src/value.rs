@@ -148,6 +148,24 @@ impl Spanned {
         self.value.as_array()
     }
 
+    /// The number of values in this tree (this one included), counting at most to `limit`.
+    pub(crate) fn count_values(&self, limit: usize) -> usize {
+        let mut count = 0;
+        let mut stack = vec![self];
+        while let Some(v) = stack.pop() {
+            count += 1;
+            if count >= limit {
+                return limit;
+            }
+            match &v.value {
+                Value::Array(items) => stack.extend(items.iter()),
+                Value::Map(map) => stack.extend(map.entries.iter().map(|e| &e.value)),
+                _ => {}
+            }
+        }
+        count
+    }
+
     /// Sets this value's position, and that of everything nested in it, to `pos`.
     pub(crate) fn relocate(&mut self, pos: &Pos) {
         self.pos = pos.clone();

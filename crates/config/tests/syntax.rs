@@ -448,6 +448,67 @@ fn json_documents_parse() {
 }
 
 #[test]
+fn nats_server_compatibility_cases() {
+    // Stray closing braces at the very end are tolerated, as nats-server does.
+    let m = parse("accounts { users = [{}]}\n}\n");
+    assert_eq!(at(&m, "accounts.users").as_array().unwrap().len(), 1);
+    assert!(parse("a: 1 }} # trailing\n").get("a").is_some());
+    // Top-level blocks, nested and with comments around them.
+    let m = parse("\n{\n  {\n    listen: 0.0.0.0:4222 // c\n  }\n  # w1\n}\n# w2\n");
+    assert_eq!(s(&m, "listen"), "0.0.0.0:4222");
+    assert!(parse("{}").is_empty());
+    assert!(parse("\n{\n}\n").is_empty());
+    // JSON-ish maps with a trailing comma and a missing one.
+    let m = parse(
+        "{\n \"jetstream\": {\n  \"store_dir\": \"/tmp/nats\"\n  \"max_mem\": 1000000,\n },\n \"port\": 4222\n}\n",
+    );
+    assert_eq!(i(&m, "jetstream.max_mem"), 1_000_000);
+    assert_eq!(s(&m, "jetstream.store_dir"), "/tmp/nats");
+    assert_eq!(i(&m, "port"), 4222);
+    // Capitalised booleans in JSON-like blocks.
+    let m = parse("{\n  \"debug\":   False\n  \"prof_port\": 8221\n}");
+    assert!(!b(&m, "debug"));
+    // Keys without values are invalid, however they are separated.
+    for src in ["aaaa", "   aaaa   ", "# c\n  aaaa\n", "a,a,a"] {
+        let (msg, _) = msg_at(&parse_err(src));
+        assert!(
+            msg.starts_with("expected a value for key 'a"),
+            "{src:?}: {msg}"
+        );
+    }
+    // The nats-server test suite's size table.
+    let m = parse(
+        "k = 8k\nkb = 4kb\nki = 3ki\nkib = 4ki\nm = 1m\nmb = 2MB\nmi = 2Mi\nmib = 64MiB\ng = 2g\n\
+         gb = 22GB\ngi = 22Gi\ngib = 22GiB\ntb = 22TB\nti = 22Ti\ntib = 22TiB\npb = 22PB\npi = 22Pi\npib = 22PiB\n",
+    );
+    let k: i64 = 1024;
+    for (key, v) in [
+        ("k", 8000),
+        ("kb", 4 * k),
+        ("ki", 3 * k),
+        ("kib", 4 * k),
+        ("m", 1_000_000),
+        ("mb", 2 * k * k),
+        ("mi", 2 * k * k),
+        ("mib", 64 * k * k),
+        ("g", 2_000_000_000),
+        ("gb", 22 * k * k * k),
+        ("gi", 22 * k * k * k),
+        ("gib", 22 * k * k * k),
+        ("tb", 22 * k.pow(4)),
+        ("ti", 22 * k.pow(4)),
+        ("tib", 22 * k.pow(4)),
+        ("pb", 22 * k.pow(5)),
+        ("pi", 22 * k.pow(5)),
+        ("pib", 22 * k.pow(5)),
+    ] {
+        assert_eq!(i(&m, key), v, "{key}");
+    }
+    // A digit-led token with a size letter but more after it is a string.
+    assert_eq!(s(&parse("foo = 3Gyz"), "foo"), "3Gyz");
+}
+
+#[test]
 fn value_helpers_and_kind_names() {
     let m = parse("s: x\ni: 1\nf: 1.5\nb: on\na: [1]\nm {}");
     let kinds: Vec<&str> = m.iter().map(|(_, v)| v.value.kind_name()).collect();
@@ -563,7 +624,7 @@ fn error_text_after_value() {
 
 #[test]
 fn error_stray_brackets_and_separators() {
-    let (msg, pos) = msg_at(&parse_err("a: 1\n}"));
+    let (msg, pos) = msg_at(&parse_err("a: 1\n}\nb: 2"));
     assert!(msg.contains("unexpected '}'"), "{msg}");
     assert_eq!(pos, "2:1");
     let (msg, _) = msg_at(&parse_err("]"));

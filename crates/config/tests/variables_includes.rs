@@ -231,6 +231,20 @@ fn unknown_variable_error_names_it() {
 }
 
 #[test]
+fn exponential_variable_copies_are_capped() {
+    let mut src = String::from("v0: [1, 2, 3, 4, 5, 6, 7, 8]\n");
+    for k in 1..12 {
+        let refs = vec![format!("$v{}", k - 1); 8].join(", ");
+        src.push_str(&format!("v{k}: [{refs}]\n"));
+    }
+    let e = parse_str_with_env(&src, &no_env).unwrap_err();
+    assert!(e.to_string().contains("copy more than"), "{e}");
+    // Modest reuse is fine.
+    let m = parse("L: [1, 2, 3]\na: $L\nb: [$L, $L]\n");
+    assert_eq!(at(&m, "b").as_array().unwrap().len(), 2);
+}
+
+#[test]
 fn bare_bcrypt_hashes_are_strings() {
     let m =
         parse("p1: $2a$11$W2zko751KUvVy59mUTWmpOdWjpEm5qhcCZRd05GjI/sSOT.xtiHyG\np2: $2b$10$abc");
@@ -315,6 +329,41 @@ fn include_forms() {
         .map(|(_, v)| v.as_str().unwrap())
         .collect();
     assert_eq!(includes, ["not-a-directive", "also-not"]);
+}
+
+#[test]
+fn json_files_can_be_included_into_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "foo.json",
+        r#"{ "users": [ {"user": "foo"} ] }"#,
+    );
+    write(
+        dir.path(),
+        "bar.json",
+        "{\n  \"users\": [ {\"user\": \"bar\"} ]\n}\n",
+    );
+    write(dir.path(), "quux.json", "{}");
+    write(
+        dir.path(),
+        "main.conf",
+        "accounts {\n  foo  { include 'foo.json'  }\n  bar  { include bar.json}\n  quux { include \"quux.json\" }\n}\n",
+    );
+    let m = parse_file(&dir.path().join("main.conf")).unwrap();
+    let user = |acc: &str| {
+        at(&m, &format!("accounts.{acc}.users")).as_array().unwrap()[0]
+            .as_map()
+            .unwrap()
+            .get("user")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(user("foo"), "foo");
+    assert_eq!(user("bar"), "bar");
+    assert!(at(&m, "accounts.quux").as_map().unwrap().is_empty());
 }
 
 #[test]

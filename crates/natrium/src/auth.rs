@@ -99,7 +99,13 @@ fn is_bcrypt(s: &str) -> bool {
 /// Compares a configured secret (plain or bcrypt hash) with what the client sent.
 fn password_matches(configured: &str, given: &str) -> bool {
     if is_bcrypt(configured) {
-        bcrypt::verify(given, configured).unwrap_or(false)
+        // bcrypt is deliberately slow (milliseconds to a second): on a multi-threaded runtime let
+        // the worker's other tasks move elsewhere while this one hashes.
+        let verify = || bcrypt::verify(given, configured).unwrap_or(false);
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(verify),
+            _ => verify(),
+        }
     } else {
         constant_time_eq(configured.as_bytes(), given.as_bytes())
     }

@@ -80,6 +80,8 @@ pub struct ClientShared {
     wake: Notify,
     /// Wakes the reader when another task closes this client.
     kill: Notify,
+    /// Signalled by the writer after each write, for publishers stalled on this client.
+    drained: Notify,
     close_reason: Mutex<Option<CloseReason>>,
     /// Whether the client accepts HMSG (set from CONNECT).
     headers: AtomicBool,
@@ -99,6 +101,7 @@ impl ClientShared {
             }),
             wake: Notify::new(),
             kill: Notify::new(),
+            drained: Notify::new(),
             close_reason: Mutex::new(None),
             headers: AtomicBool::new(false),
             subs: Mutex::new(FxHashMap::default()),
@@ -155,7 +158,36 @@ impl ClientShared {
     pub fn num_subs(&self) -> usize {
         self.subs.lock().len()
     }
+
+    fn pending(&self) -> usize {
+        self.out.lock().buf.len()
+    }
+
+    /// Above this many pending bytes a publisher briefly waits for this client's writer.
+    fn stall_threshold(&self) -> usize {
+        self.max_pending / 2
+    }
+
+    /// Waits, at most `STALL_MAX`, until this client's backlog drops below the stall threshold.
+    async fn wait_drained(&self) {
+        let deadline = tokio::time::Instant::now() + STALL_MAX;
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.pending() <= self.stall_threshold() || self.out.lock().closed {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
 }
+
+/// The longest a publisher waits, per read, for a receiver that is falling behind. Like
+/// nats-server's stall, this is bounded: a receiver that stays behind is cut off at `max_pending`.
+const STALL_MAX: Duration = Duration::from_millis(5);
 
 /// A subscription; shared between its client and the account's trie.
 pub struct Subscription {
@@ -211,6 +243,8 @@ struct Delivery {
     echo: bool,
     flush: Vec<Arc<ClientShared>>,
     expired: Vec<SubRef>,
+    /// A receiver past its stall threshold during this read; the reader waits on it afterwards.
+    stall: Option<Arc<ClientShared>>,
     rng: fastrand::Rng,
 }
 
@@ -262,7 +296,11 @@ impl Delivery {
         }
         let was_empty = out.buf.is_empty();
         encode::msg(&mut out.buf, m.subject, &s.sid, m.reply, headers, m.payload);
+        let behind = out.buf.len() > client.stall_threshold();
         drop(out);
+        if behind && self.stall.is_none() && client.cid != self.cid {
+            self.stall = Some(client.clone());
+        }
         if was_empty {
             self.flush.push(client.clone());
         }
@@ -320,6 +358,7 @@ impl Conn {
                 echo: true,
                 flush: Vec::new(),
                 expired: Vec::new(),
+                stall: None,
                 rng: fastrand::Rng::new(),
             },
             shared,
@@ -373,6 +412,8 @@ impl Conn {
             tokio::time::Instant::now() + opts.ping_interval,
             opts.ping_interval,
         );
+        // After a stall, do not fire the missed pings back to back (that would look stale).
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let auth_required = self.server.auth.required();
         let auth_deadline = tokio::time::sleep(if auth_required {
             opts.auth_timeout
@@ -398,10 +439,10 @@ impl Conn {
                     Ok(_) => {
                         let r = self.process(&mut rbuf);
                         self.dl.flush();
-                        match r {
-                            Ok(()) => None,
-                            Err(f) => Some(f),
+                        if let Some(slow) = self.dl.stall.take() {
+                            slow.wait_drained().await;
                         }
+                        r.err()
                     }
                 },
                 _ = ping.tick() => {
@@ -722,6 +763,7 @@ async fn write_loop<W: AsyncWrite>(shared: Arc<ClientShared>, wr: W, deadline: D
         if spare.capacity() > 1024 * 1024 {
             spare = Vec::new();
         }
+        shared.drained.notify_waiters();
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
 }

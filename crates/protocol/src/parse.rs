@@ -521,14 +521,11 @@ mod tests {
             let mut ops = Vec::new();
             let mut buf = stream[..cut].to_vec();
             let mut start = 0;
-            loop {
-                match parse_op(&buf[start..], &Limits::default()).expect("valid prefix") {
-                    Parsed::Op { op, len } => {
-                        ops.push(format!("{op:?}"));
-                        start += len;
-                    }
-                    Parsed::Incomplete { .. } => break,
-                }
+            while let Parsed::Op { op, len } =
+                parse_op(&buf[start..], &Limits::default()).expect("valid prefix")
+            {
+                ops.push(format!("{op:?}"));
+                start += len;
             }
             buf.drain(..start);
             buf.extend_from_slice(&stream[cut..]);

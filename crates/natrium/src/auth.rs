@@ -3,13 +3,16 @@
 
 use natrium_protocol::ConnectInfo;
 
-use crate::options::AuthOptions;
+use crate::options::{AuthOptions, Permissions, User};
 
 /// Who a client authenticated as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The user name, when users are configured.
     pub user: Option<String>,
+    /// The account the client joins; `None` is the global account.
+    pub account: Option<String>,
+    pub permissions: Option<Permissions>,
 }
 
 /// Why a client was refused; the wire error is always `Authorization Violation`.
@@ -23,6 +26,16 @@ pub enum AuthError {
     UnknownUser(String),
     #[error("bad password for user {0:?}")]
     BadPassword(String),
+}
+
+impl AuthError {
+    /// The user name the failed attempt claimed, if any.
+    pub fn user(&self) -> Option<&str> {
+        match self {
+            AuthError::UnknownUser(u) | AuthError::BadPassword(u) => Some(u),
+            AuthError::Missing | AuthError::BadToken => None,
+        }
+    }
 }
 
 pub struct Authenticator {
@@ -44,7 +57,7 @@ impl Authenticator {
         if let Some(token) = &o.token {
             let given = c.auth_token.as_deref().ok_or(AuthError::Missing)?;
             return if password_matches(token, given) {
-                Ok(Identity { user: None })
+                Ok(self.anonymous())
             } else {
                 Err(AuthError::BadToken)
             };
@@ -59,6 +72,7 @@ impl Authenticator {
             return if password_matches(want, pass) {
                 Ok(Identity {
                     user: Some(user.clone()),
+                    ..self.anonymous()
                 })
             } else {
                 Err(AuthError::BadPassword(given.to_string()))
@@ -68,9 +82,12 @@ impl Authenticator {
             let given = match (&c.user, &o.no_auth_user) {
                 (Some(u), _) => u.as_str(),
                 (None, Some(nau)) if c.pass.is_none() && c.auth_token.is_none() => {
-                    return Ok(Identity {
-                        user: Some(nau.clone()),
-                    })
+                    let entry = o
+                        .users
+                        .iter()
+                        .find(|u| &u.user == nau)
+                        .ok_or_else(|| AuthError::UnknownUser(nau.clone()))?;
+                    return Ok(self.identity_of(entry));
                 }
                 _ => return Err(AuthError::Missing),
             };
@@ -81,14 +98,42 @@ impl Authenticator {
                 .ok_or_else(|| AuthError::UnknownUser(given.to_string()))?;
             let pass = c.pass.as_deref().unwrap_or("");
             return if password_matches(&entry.password, pass) {
-                Ok(Identity {
-                    user: Some(entry.user.clone()),
-                })
+                Ok(self.identity_of(entry))
             } else {
                 Err(AuthError::BadPassword(given.to_string()))
             };
         }
-        Ok(Identity { user: None })
+        Ok(self.anonymous())
+    }
+
+    /// The account a configured user belongs to.
+    pub fn account_of(&self, user: Option<&str>) -> Option<&str> {
+        let user = user?;
+        self.opts
+            .users
+            .iter()
+            .find(|u| u.user == user)?
+            .account
+            .as_deref()
+    }
+
+    fn anonymous(&self) -> Identity {
+        Identity {
+            user: None,
+            account: None,
+            permissions: self.opts.default_permissions.clone(),
+        }
+    }
+
+    fn identity_of(&self, u: &User) -> Identity {
+        Identity {
+            user: Some(u.user.clone()),
+            account: u.account.clone(),
+            permissions: u
+                .permissions
+                .clone()
+                .or_else(|| self.opts.default_permissions.clone()),
+        }
     }
 }
 
@@ -151,10 +196,12 @@ mod tests {
                 User {
                     user: "a".into(),
                     password: "pw1".into(),
+                    ..User::default()
                 },
                 User {
                     user: "b".into(),
                     password: hash,
+                    ..User::default()
                 },
             ],
             no_auth_user: Some("a".into()),
@@ -165,10 +212,8 @@ mod tests {
         assert!(a.check(&connect(Some("b"), Some("pw1"), None)).is_err());
         assert!(a.check(&connect(Some("c"), Some("pw1"), None)).is_err());
         assert_eq!(
-            a.check(&connect(None, None, None)),
-            Ok(Identity {
-                user: Some("a".into())
-            })
+            a.check(&connect(None, None, None)).map(|i| i.user),
+            Ok(Some("a".into()))
         );
     }
 }

@@ -24,7 +24,8 @@ use rustc_hash::FxHashMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use crate::account::Account;
+use crate::account::{Account, Forward, ForwardKind};
+use crate::perms::{ClientPerms, ResponseGrants, SubDecision};
 use crate::server::ServerInner;
 
 /// Why a connection ended; the names follow nats-server's closed-connection reasons.
@@ -88,6 +89,9 @@ pub struct ClientShared {
     /// Subscriptions by sid.
     subs: Mutex<FxHashMap<Box<[u8]>, SubRef>>,
     max_pending: usize,
+    /// Set when the client has `allow_responses`: deliveries with a reply then record a grant.
+    responses: Mutex<Option<(crate::options::ResponsePermission, ResponseGrants)>>,
+    track_responses: AtomicBool,
 }
 
 impl ClientShared {
@@ -106,6 +110,8 @@ impl ClientShared {
             headers: AtomicBool::new(false),
             subs: Mutex::new(FxHashMap::default()),
             max_pending,
+            responses: Mutex::new(None),
+            track_responses: AtomicBool::new(false),
         })
     }
 
@@ -189,15 +195,47 @@ impl ClientShared {
 /// nats-server's stall, this is bounded: a receiver that stays behind is cut off at `max_pending`.
 const STALL_MAX: Duration = Duration::from_millis(5);
 
-/// A subscription; shared between its client and the account's trie.
+/// Where a subscription's messages go.
+pub enum Target {
+    /// A connected client's outbound buffer.
+    Client(Arc<ClientShared>),
+    /// Another account (an import, or the reply path of a service import).
+    Forward(Arc<Forward>),
+}
+
+/// A subscription; shared between its owner and the account's trie.
 pub struct Subscription {
-    pub client: Arc<ClientShared>,
+    pub target: Target,
     pub subject: Box<[u8]>,
     pub queue: Option<Box<[u8]>>,
     pub sid: Box<[u8]>,
     /// Auto-unsubscribe after this many deliveries; 0 means never.
     max: AtomicU64,
     delivered: AtomicU64,
+    /// Subjects this subscription overlaps but its permissions deny; filtered at delivery.
+    deny: Option<Vec<Box<[u8]>>>,
+}
+
+impl Subscription {
+    /// An internal subscription that forwards into another account.
+    pub(crate) fn forward(subject: &[u8], forward: Forward, max: u64) -> SubRef {
+        SubRef(Arc::new(Subscription {
+            target: Target::Forward(Arc::new(forward)),
+            subject: subject.into(),
+            queue: None,
+            sid: Box::default(),
+            max: AtomicU64::new(max),
+            delivered: AtomicU64::new(0),
+            deny: None,
+        }))
+    }
+
+    fn client(&self) -> Option<&Arc<ClientShared>> {
+        match &self.target {
+            Target::Client(c) => Some(c),
+            Target::Forward(_) => None,
+        }
+    }
 }
 
 /// A handle on a subscription compared by identity, as the trie stores it.
@@ -242,7 +280,8 @@ struct Delivery {
     cid: u64,
     echo: bool,
     flush: Vec<Arc<ClientShared>>,
-    expired: Vec<SubRef>,
+    /// Subscriptions that reached their max, with the account whose trie holds them.
+    expired: Vec<(Arc<Account>, SubRef)>,
     /// A receiver past its stall threshold during this read; the reader waits on it afterwards.
     stall: Option<Arc<ClientShared>>,
     rng: fastrand::Rng,
@@ -255,13 +294,48 @@ struct Msg<'a> {
     payload: &'a [u8],
 }
 
+/// How deep forwarding between accounts may go (import cycles end here).
+const MAX_FORWARD_DEPTH: u8 = 4;
+
 impl Delivery {
-    /// Appends one MSG/HMSG for `sub` to its client's outbound buffer. Returns whether it did.
-    fn deliver(&mut self, sub: &SubRef, m: &Msg<'_>) -> bool {
+    /// Delivers to every plain match and one member of each queue group. Returns whether anything
+    /// was delivered.
+    fn deliver_all(
+        &mut self,
+        account: &Arc<Account>,
+        found: &Matches<SubRef>,
+        m: &Msg<'_>,
+        depth: u8,
+    ) -> bool {
+        let mut delivered = false;
+        for sub in &found.plain {
+            delivered |= self.deliver(account, sub, m, depth);
+        }
+        for (_, members) in &found.queues {
+            let n = members.len();
+            let start = self.rng.usize(..n);
+            for i in 0..n {
+                if self.deliver(account, &members[(start + i) % n], m, depth) {
+                    delivered = true;
+                    break;
+                }
+            }
+        }
+        delivered
+    }
+
+    /// Delivers one message to one subscription of `account`. Returns whether it did.
+    fn deliver(&mut self, account: &Arc<Account>, sub: &SubRef, m: &Msg<'_>, depth: u8) -> bool {
         let s = &sub.0;
-        let client = &s.client;
-        if !self.echo && client.cid == self.cid {
-            return false;
+        if let Some(deny) = &s.deny {
+            if deny.iter().any(|d| matches(d, m.subject)) {
+                return false;
+            }
+        }
+        if let Target::Client(client) = &s.target {
+            if !self.echo && client.cid == self.cid {
+                return false;
+            }
         }
         let max = s.max.load(Ordering::Relaxed);
         if max > 0 {
@@ -270,14 +344,23 @@ impl Delivery {
                 return false;
             }
             if n == max {
-                self.expired.push(sub.clone());
+                self.expired.push((account.clone(), sub.clone()));
             }
         }
+        let client = match &s.target {
+            Target::Client(c) => c,
+            Target::Forward(f) => return self.forward(f, m, depth),
+        };
         let headers = if client.headers.load(Ordering::Relaxed) {
             m.headers
         } else {
             None
         };
+        if let (Some(reply), true) = (m.reply, client.track_responses.load(Ordering::Relaxed)) {
+            if let Some((perm, grants)) = client.responses.lock().as_mut() {
+                grants.grant(reply, perm);
+            }
+        }
         let size = m.subject.len() + m.payload.len() + headers.map_or(0, <[u8]>::len);
         let mut out = client.out.lock();
         if out.closed {
@@ -307,6 +390,26 @@ impl Delivery {
         true
     }
 
+    /// Carries a message across an import into the target account.
+    fn forward(&mut self, f: &Forward, m: &Msg<'_>, depth: u8) -> bool {
+        if depth >= MAX_FORWARD_DEPTH {
+            return false;
+        }
+        let subject = f.map.apply(m.subject);
+        if let (ForwardKind::Service { importer }, Some(reply)) = (&f.kind, m.reply) {
+            // The responder answers in the exporter's account; carry that answer back.
+            f.to.add_response_route(reply, importer.clone());
+        }
+        let fm = Msg {
+            subject: &subject,
+            reply: m.reply,
+            headers: m.headers,
+            payload: m.payload,
+        };
+        let found = f.to.matches(&subject);
+        self.deliver_all(&f.to, &found, &fm, depth + 1)
+    }
+
     fn flush(&mut self) {
         for c in self.flush.drain(..) {
             c.wake.notify_one();
@@ -325,6 +428,8 @@ pub(crate) struct Conn {
     pedantic: bool,
     no_responders: bool,
     name: String,
+    user: Option<String>,
+    perms: Option<ClientPerms>,
     cache: MatchCache,
     dl: Delivery,
     pings_out: u32,
@@ -370,6 +475,8 @@ impl Conn {
             pedantic: false,
             no_responders: false,
             name: String::new(),
+            user: None,
+            perms: None,
             cache: MatchCache {
                 generation: u64::MAX,
                 results: FxHashMap::default(),
@@ -573,18 +680,35 @@ impl Conn {
             Fatal::new(CloseReason::ProtocolViolation, "Unknown Protocol Operation")
         })?;
         if !self.connected {
-            if let Err(e) = self.server.auth.check(&info) {
-                tracing::error!(
-                    "{} - cid:{} - authentication error: {}",
-                    self.shared.addr,
-                    self.shared.cid,
-                    e
-                );
-                return Err(Fatal::new(
-                    CloseReason::AuthenticationViolation,
-                    "Authorization Violation",
-                ));
+            let identity = match self.server.auth.check(&info) {
+                Ok(id) => id,
+                Err(e) => {
+                    self.server
+                        .audit_auth_failure(&self.shared.addr, self.shared.cid, &e);
+                    return Err(Fatal::new(
+                        CloseReason::AuthenticationViolation,
+                        "Authorization Violation",
+                    ));
+                }
+            };
+            if let Some(acc) = identity.account.as_deref() {
+                self.account = self.server.account(acc).ok_or_else(|| {
+                    Fatal::new(
+                        CloseReason::AuthenticationViolation,
+                        "Authorization Violation",
+                    )
+                })?;
+                self.cache.generation = u64::MAX;
             }
+            if let Some(p) = &identity.permissions {
+                let perms = ClientPerms::new(p);
+                if let Some(rp) = perms.responses.clone() {
+                    *self.shared.responses.lock() = Some((rp, ResponseGrants::default()));
+                    self.shared.track_responses.store(true, Ordering::Relaxed);
+                }
+                self.perms = Some(perms);
+            }
+            self.user = identity.user;
         }
         self.connected = true;
         self.verbose = info.verbose;
@@ -612,31 +736,55 @@ impl Conn {
             self.shared.send_err("Invalid Publish Subject");
             return;
         }
-        let found = self.cache.lookup(&self.account, m.subject);
-        let mut delivered = false;
-        for sub in &found.plain {
-            delivered |= self.dl.deliver(sub, m);
-        }
-        for (_, members) in &found.queues {
-            let n = members.len();
-            let start = self.dl.rng.usize(..n);
-            for i in 0..n {
-                if self.dl.deliver(&members[(start + i) % n], m) {
-                    delivered = true;
-                    break;
-                }
+        if let Some(perms) = &mut self.perms {
+            if !perms.can_publish(m.subject) && !self.take_response_grant(m.subject) {
+                self.violation("Publish to", m.subject, None);
+                return;
             }
         }
+        let found = self.cache.lookup(&self.account, m.subject);
+        let delivered = self.dl.deliver_all(&self.account, found, m, 0);
         if !delivered && self.no_responders {
             if let Some(reply) = m.reply {
                 self.send_no_responders(reply);
             }
         }
         if !self.dl.expired.is_empty() {
-            for sub in std::mem::take(&mut self.dl.expired) {
-                remove_subscription(&self.account, &sub);
+            for (account, sub) in std::mem::take(&mut self.dl.expired) {
+                remove_subscription(&account, &sub);
             }
         }
+    }
+
+    fn take_response_grant(&self, subject: &[u8]) -> bool {
+        if !self.shared.track_responses.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.shared
+            .responses
+            .lock()
+            .as_mut()
+            .is_some_and(|(_, grants)| grants.take(subject))
+    }
+
+    /// Sends nats-server's permissions error (the connection stays) and audits it.
+    fn violation(&self, what: &str, subject: &[u8], queue: Option<&[u8]>) {
+        let subject = String::from_utf8_lossy(subject);
+        let text = match queue {
+            Some(q) => format!(
+                "Permissions Violation for {what} \"{subject}\" using queue \"{}\"",
+                String::from_utf8_lossy(q)
+            ),
+            None => format!("Permissions Violation for {what} \"{subject}\""),
+        };
+        self.server.audit_violation(
+            &self.account,
+            self.user.as_deref(),
+            &self.shared.addr,
+            self.shared.cid,
+            &text,
+        );
+        self.shared.send_err(&text);
     }
 
     /// The 503 status a requester gets when nobody listens, sent on its own reply subscription.
@@ -665,13 +813,26 @@ impl Conn {
                 return;
             }
         }
+        let deny = match self
+            .perms
+            .as_ref()
+            .map(|p| p.check_subscribe(subject, queue))
+        {
+            None | Some(SubDecision::Allowed) => None,
+            Some(SubDecision::AllowedExcept(d)) => Some(d),
+            Some(SubDecision::Denied) => {
+                self.violation("Subscription to", subject, queue);
+                return;
+            }
+        };
         let sub = SubRef(Arc::new(Subscription {
-            client: self.shared.clone(),
+            target: Target::Client(self.shared.clone()),
             subject: subject.into(),
             queue: queue.map(Into::into),
             sid: sid.into(),
             max: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            deny,
         }));
         {
             let mut subs = self.shared.subs.lock();
@@ -712,10 +873,10 @@ impl Conn {
     }
 }
 
-/// Removes a subscription from its client's sid map and from the account.
+/// Removes a subscription from its client's sid map (if it has a client) and from the account.
 fn remove_subscription(account: &Account, sub: &SubRef) {
-    {
-        let mut subs = sub.0.client.subs.lock();
+    if let Some(client) = sub.0.client() {
+        let mut subs = client.subs.lock();
         if subs.get(&sub.0.sid).is_some_and(|s| s == sub) {
             subs.remove(&sub.0.sid);
         }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod logging;
 pub mod options;
+pub mod perms;
 pub mod server;
 
 pub use options::{Options, PROTOCOL_VERSION, VERSION};

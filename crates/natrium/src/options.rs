@@ -8,14 +8,75 @@ use natrium_config::{ConfigError, Map, Spanned, Value};
 
 /// The nats-server release whose client-visible behaviour Natrium implements (sent in INFO).
 pub const PROTOCOL_VERSION: &str = "2.10.24";
+/// The default system account, as in nats-server.
+pub const SYSTEM_ACCOUNT: &str = "$SYS";
 /// Natrium's own version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct User {
     pub user: String,
     /// Plain text, or a bcrypt hash (`$2a$`, `$2b$`, `$2y$`).
     pub password: String,
+    /// Falls back to `default_permissions` when absent.
+    pub permissions: Option<Permissions>,
+    /// The account the user belongs to; `None` is the global account.
+    pub account: Option<String>,
+}
+
+/// Allow and deny lists for one direction. `allow: None` allows everything not denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectPermission {
+    pub allow: Option<Vec<String>>,
+    pub deny: Vec<String>,
+}
+
+/// Permission to publish to the reply subjects of requests received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponsePermission {
+    /// Responses allowed per request.
+    pub max: usize,
+    /// How long a reply subject stays open; zero means until used.
+    pub expires: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Option<SubjectPermission>,
+    pub subscribe: Option<SubjectPermission>,
+    pub allow_responses: Option<ResponsePermission>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    Stream,
+    Service,
+}
+
+/// An account's `exports` entry: a subject others may import; `accounts` empty means public.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    pub kind: ExportKind,
+    pub subject: String,
+    pub accounts: Vec<String>,
+}
+
+/// An account's `imports` entry: `subject` of `account`, seen locally as `to` (or with `prefix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Import {
+    pub kind: ExportKind,
+    pub account: String,
+    pub subject: String,
+    pub to: Option<String>,
+    pub prefix: Option<String>,
+}
+
+/// One entry of the `accounts` block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountOptions {
+    pub name: String,
+    pub exports: Vec<Export>,
+    pub imports: Vec<Import>,
 }
 
 /// Client authentication settings (the `authorization` block and its flag equivalents).
@@ -26,6 +87,7 @@ pub struct AuthOptions {
     pub password: Option<String>,
     pub users: Vec<User>,
     pub no_auth_user: Option<String>,
+    pub default_permissions: Option<Permissions>,
 }
 
 impl AuthOptions {
@@ -50,6 +112,9 @@ pub struct Options {
     pub write_deadline: Duration,
     pub auth_timeout: Duration,
     pub auth: AuthOptions,
+    pub accounts: Vec<AccountOptions>,
+    /// The system account's name (`$SYS` unless configured).
+    pub system_account: String,
     pub debug: bool,
     pub trace: bool,
     pub logtime: bool,
@@ -75,6 +140,8 @@ impl Default for Options {
             write_deadline: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(2),
             auth: AuthOptions::default(),
+            accounts: Vec::new(),
+            system_account: SYSTEM_ACCOUNT.to_string(),
             debug: false,
             trace: false,
             logtime: true,
@@ -114,8 +181,6 @@ const NOT_YET_SUPPORTED: &[&str] = &[
     "leaf",
     "websocket",
     "mqtt",
-    "accounts",
-    "system_account",
     "operator",
     "operators",
     "resolver",
@@ -135,7 +200,6 @@ const NOT_YET_SUPPORTED: &[&str] = &[
     "no_header_support",
     "disable_sublist_cache",
     "max_traced_msg_len",
-    "default_permissions",
 ];
 
 impl Options {
@@ -180,6 +244,9 @@ impl Options {
                 "ports_file_dir" => self.ports_file_dir = Some(string(v)?.into()),
                 "no_auth_user" => self.auth.no_auth_user = Some(string(v)?),
                 "authorization" => self.apply_authorization(v, &mut warnings)?,
+                "accounts" => self.apply_accounts(v, &mut warnings)?,
+                "system_account" => self.system_account = string(v)?,
+                "default_permissions" => self.auth.default_permissions = Some(permissions(v)?),
                 k if NOT_YET_SUPPORTED.contains(&k) => warnings.push(format!(
                     "{}: config key {key:?} is not supported yet by this version of natrium and is ignored",
                     v.pos
@@ -203,38 +270,55 @@ impl Options {
                 "pass" | "password" => self.auth.password = Some(string(v)?),
                 "timeout" => self.auth_timeout = duration_secs_f(v)?,
                 "users" => {
-                    let Value::Array(items) = &v.value else {
-                        return Err(invalid(v, "expected an array of users"));
-                    };
-                    for item in items {
-                        let u = map_of(item)?;
-                        let user = u
-                            .get("user")
-                            .or_else(|| u.get("username"))
-                            .ok_or_else(|| invalid(item, "user entry has no 'user'"))?;
-                        let password = match u.get("password").or_else(|| u.get("pass")) {
-                            Some(p) => string(p)?,
-                            None => String::new(),
-                        };
-                        for (k, kv) in u.iter() {
-                            if !matches!(k.to_ascii_lowercase().as_str(), "user" | "username" | "password" | "pass") {
-                                warnings.push(format!(
-                                    "{}: user key {k:?} is not supported yet by this version of natrium and is ignored",
-                                    kv.pos
-                                ));
-                            }
-                        }
-                        self.auth.users.push(User {
-                            user: string(user)?,
-                            password,
-                        });
-                    }
+                    let users = users(v, None, warnings)?;
+                    self.auth.users.extend(users);
+                }
+                "default_permissions" | "permissions" => {
+                    self.auth.default_permissions = Some(permissions(v)?)
                 }
                 _ => warnings.push(format!(
                     "{}: authorization key {key:?} is not supported yet by this version of natrium and is ignored",
                     v.pos
                 )),
             }
+        }
+        Ok(())
+    }
+
+    fn apply_accounts(
+        &mut self,
+        v: &Spanned,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), OptionsError> {
+        for (name, body) in map_of(v)?.iter() {
+            let mut acc = AccountOptions {
+                name: name.to_string(),
+                ..AccountOptions::default()
+            };
+            // `accounts { A: {} }` and `accounts { A {} }`; a bare `A: {}` with no body is fine too.
+            if let Value::Map(m) = &body.value {
+                for (key, kv) in m.iter() {
+                    match key.to_ascii_lowercase().as_str() {
+                        "users" => self.auth.users.extend(users(kv, Some(name), warnings)?),
+                        "exports" => acc.exports = exports(kv)?,
+                        "imports" => acc.imports = imports(kv)?,
+                        "default_permissions" => {}
+                        _ => warnings.push(format!(
+                            "{}: account key {key:?} is not supported yet by this version of natrium and is ignored",
+                            kv.pos
+                        )),
+                    }
+                }
+                if let Some(dp) = m.get("default_permissions") {
+                    let dp = permissions(dp)?;
+                    for u in self.auth.users.iter_mut() {
+                        if u.account.as_deref() == Some(name) && u.permissions.is_none() {
+                            u.permissions = Some(dp.clone());
+                        }
+                    }
+                }
+            }
+            self.accounts.push(acc);
         }
         Ok(())
     }
@@ -260,6 +344,31 @@ impl Options {
         }
         if a.user.is_some() && !a.users.is_empty() {
             return bad("can not have a single user/pass and a users array");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for u in &a.users {
+            if !seen.insert(u.user.as_str()) {
+                return bad(&format!("duplicate user {:?} detected", u.user));
+            }
+            if let Some(acc) = &u.account {
+                if !self.accounts.iter().any(|x| &x.name == acc) {
+                    return bad(&format!(
+                        "user {:?} refers to unknown account {acc:?}",
+                        u.user
+                    ));
+                }
+            }
+        }
+        let account_names: Vec<&str> = self.accounts.iter().map(|x| x.name.as_str()).collect();
+        for acc in &self.accounts {
+            for imp in &acc.imports {
+                if !account_names.contains(&imp.account.as_str()) {
+                    return bad(&format!(
+                        "account {:?} imports from unknown account {:?}",
+                        acc.name, imp.account
+                    ));
+                }
+            }
         }
         if let Some(nau) = &a.no_auth_user {
             if !a.users.iter().any(|u| &u.user == nau) {
@@ -287,6 +396,233 @@ impl Options {
             self.host, self.port, self.max_payload, self.max_pending, self.max_connections, self.ping_interval, auth
         )
     }
+}
+
+/// A `users` array; `account` is set for users declared inside an account.
+fn users(
+    v: &Spanned,
+    account: Option<&str>,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<User>, OptionsError> {
+    let Value::Array(items) = &v.value else {
+        return Err(invalid(v, "expected an array of users"));
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let u = map_of(item)?;
+        let user = u
+            .get("user")
+            .or_else(|| u.get("username"))
+            .ok_or_else(|| invalid(item, "user entry has no 'user'"))?;
+        let password = match u.get("password").or_else(|| u.get("pass")) {
+            Some(p) => string(p)?,
+            None => String::new(),
+        };
+        let permissions = match u.get("permissions") {
+            Some(p) => Some(permissions(p)?),
+            None => None,
+        };
+        for (k, kv) in u.iter() {
+            if !matches!(
+                k.to_ascii_lowercase().as_str(),
+                "user" | "username" | "password" | "pass" | "permissions"
+            ) {
+                warnings.push(format!(
+                    "{}: user key {k:?} is not supported yet by this version of natrium and is ignored",
+                    kv.pos
+                ));
+            }
+        }
+        out.push(User {
+            user: string(user)?,
+            password,
+            permissions,
+            account: account.map(String::from),
+        });
+    }
+    Ok(out)
+}
+
+/// `permissions { publish: ..., subscribe: ..., allow_responses: ... }`.
+fn permissions(v: &Spanned) -> Result<Permissions, OptionsError> {
+    let m = map_of(v)?;
+    let mut p = Permissions::default();
+    for (key, kv) in m.iter() {
+        match key.to_ascii_lowercase().as_str() {
+            "publish" | "pub" => p.publish = Some(subject_permission(kv)?),
+            "subscribe" | "sub" => p.subscribe = Some(subject_permission(kv)?),
+            "allow_responses" | "allow_responses_max" => {
+                p.allow_responses = response_permission(kv)?
+            }
+            other => return Err(invalid(kv, &format!("unknown permission key {other:?}"))),
+        }
+    }
+    Ok(p)
+}
+
+/// A string, a list (both mean allow) or `{ allow: ..., deny: ... }`.
+fn subject_permission(v: &Spanned) -> Result<SubjectPermission, OptionsError> {
+    match &v.value {
+        Value::String(_) | Value::Array(_) => Ok(SubjectPermission {
+            allow: Some(subject_list(v)?),
+            deny: Vec::new(),
+        }),
+        Value::Map(m) => {
+            let mut sp = SubjectPermission::default();
+            for (key, kv) in m.iter() {
+                match key.to_ascii_lowercase().as_str() {
+                    "allow" => sp.allow = Some(subject_list(kv)?),
+                    "deny" => sp.deny = subject_list(kv)?,
+                    other => return Err(invalid(kv, &format!("unknown permission key {other:?}"))),
+                }
+            }
+            Ok(sp)
+        }
+        other => Err(invalid(
+            v,
+            &format!("expected subjects, got {}", other.kind_name()),
+        )),
+    }
+}
+
+fn subject_list(v: &Spanned) -> Result<Vec<String>, OptionsError> {
+    let list = match &v.value {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().map(string).collect::<Result<_, _>>()?,
+        other => {
+            return Err(invalid(
+                v,
+                &format!("expected subjects, got {}", other.kind_name()),
+            ))
+        }
+    };
+    for s in &list {
+        // Subscribe entries may carry a queue group after a space: "foo.> workers".
+        let subject = s.split_whitespace().next().unwrap_or("");
+        if !natrium_subjects::is_valid_subject(subject.as_bytes()) {
+            return Err(invalid(v, &format!("invalid subject {s:?} in permissions")));
+        }
+    }
+    Ok(list)
+}
+
+fn response_permission(v: &Spanned) -> Result<Option<ResponsePermission>, OptionsError> {
+    let default = ResponsePermission {
+        max: 1,
+        expires: Duration::ZERO,
+    };
+    match &v.value {
+        Value::Bool(false) => Ok(None),
+        Value::Bool(true) => Ok(Some(default)),
+        Value::Integer(n) if *n > 0 => Ok(Some(ResponsePermission {
+            max: *n as usize,
+            ..default
+        })),
+        Value::Map(m) => {
+            let mut rp = default;
+            if let Some(max) = m.get("max") {
+                rp.max = int(max)?.max(1) as usize;
+            }
+            if let Some(exp) = m.get("expires").or_else(|| m.get("ttl")) {
+                rp.expires = duration(exp)?;
+            }
+            Ok(Some(rp))
+        }
+        _ => Err(invalid(
+            v,
+            "allow_responses must be true, a number or { max, expires }",
+        )),
+    }
+}
+
+fn exports(v: &Spanned) -> Result<Vec<Export>, OptionsError> {
+    let Value::Array(items) = &v.value else {
+        return Err(invalid(v, "expected an array of exports"));
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let m = map_of(item)?;
+        let (kind, subject) = match (m.get("stream"), m.get("service")) {
+            (Some(s), None) => (ExportKind::Stream, string(s)?),
+            (None, Some(s)) => (ExportKind::Service, string(s)?),
+            _ => {
+                return Err(invalid(
+                    item,
+                    "an export needs exactly one of 'stream' or 'service'",
+                ))
+            }
+        };
+        if !natrium_subjects::is_valid_subject(subject.as_bytes()) {
+            return Err(invalid(
+                item,
+                &format!("invalid export subject {subject:?}"),
+            ));
+        }
+        let accounts = match m.get("accounts") {
+            Some(a) => subject_list_plain(a)?,
+            None => Vec::new(),
+        };
+        out.push(Export {
+            kind,
+            subject,
+            accounts,
+        });
+    }
+    Ok(out)
+}
+
+fn subject_list_plain(v: &Spanned) -> Result<Vec<String>, OptionsError> {
+    match &v.value {
+        Value::String(s) => Ok(vec![s.clone()]),
+        Value::Array(items) => items.iter().map(string).collect(),
+        other => Err(invalid(
+            v,
+            &format!("expected a list of names, got {}", other.kind_name()),
+        )),
+    }
+}
+
+fn imports(v: &Spanned) -> Result<Vec<Import>, OptionsError> {
+    let Value::Array(items) = &v.value else {
+        return Err(invalid(v, "expected an array of imports"));
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let m = map_of(item)?;
+        let (kind, src) = match (m.get("stream"), m.get("service")) {
+            (Some(s), None) => (ExportKind::Stream, s),
+            (None, Some(s)) => (ExportKind::Service, s),
+            _ => {
+                return Err(invalid(
+                    item,
+                    "an import needs exactly one of 'stream' or 'service'",
+                ))
+            }
+        };
+        let src_map = map_of(src)?;
+        let account = src_map
+            .get("account")
+            .ok_or_else(|| invalid(src, "import needs an 'account'"))?;
+        let subject = src_map
+            .get("subject")
+            .ok_or_else(|| invalid(src, "import needs a 'subject'"))?;
+        let to = match m.get("to").or_else(|| m.get("local_subject")) {
+            Some(t) => Some(string(t)?),
+            None => None,
+        };
+        let prefix = match m.get("prefix") {
+            Some(p) => Some(string(p)?),
+            None => None,
+        };
+        out.push(Import {
+            kind,
+            account: string(account)?,
+            subject: string(subject)?,
+            to,
+            prefix,
+        });
+    }
+    Ok(out)
 }
 
 fn invalid(v: &Spanned, msg: &str) -> OptionsError {

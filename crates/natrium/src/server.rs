@@ -13,10 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::account::{Account, GLOBAL_ACCOUNT};
-use crate::auth::Authenticator;
-use crate::client::{ClientShared, CloseReason, Conn};
-use crate::options::{Options, OptionsError, PROTOCOL_VERSION, VERSION};
+use crate::account::{Account, Forward, ForwardKind, SubjectMap, GLOBAL_ACCOUNT};
+use crate::auth::{AuthError, Authenticator};
+use crate::client::{ClientShared, CloseReason, Conn, Subscription};
+use crate::options::{ExportKind, Options, OptionsError, PROTOCOL_VERSION, VERSION};
 
 /// Errors starting a server.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,8 @@ pub(crate) struct ServerInner {
     pub(crate) name: String,
     pub(crate) auth: Authenticator,
     global: Arc<Account>,
+    /// Every account by name, the global and system accounts included. Fixed after start.
+    accounts: FxHashMap<String, Arc<Account>>,
     clients: Mutex<FxHashMap<u64, Arc<ClientShared>>>,
     next_cid: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -48,6 +50,43 @@ pub(crate) struct ServerInner {
 impl ServerInner {
     pub(crate) fn global_account(&self) -> Arc<Account> {
         self.global.clone()
+    }
+
+    pub(crate) fn account(&self, name: &str) -> Option<Arc<Account>> {
+        self.accounts.get(name).cloned()
+    }
+
+    /// Logs and counts a failed authentication (never the secret).
+    pub(crate) fn audit_auth_failure(&self, addr: &SocketAddr, cid: u64, e: &AuthError) {
+        let account = self
+            .auth
+            .account_of(e.user())
+            .and_then(|a| self.accounts.get(a))
+            .unwrap_or(&self.global);
+        account.auth_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            "{addr} - cid:{cid} - authentication error: {e} (account {:?})",
+            account.name
+        );
+    }
+
+    /// Logs and counts a permissions violation.
+    pub(crate) fn audit_violation(
+        &self,
+        account: &Account,
+        user: Option<&str>,
+        addr: &SocketAddr,
+        cid: u64,
+        text: &str,
+    ) {
+        account
+            .permission_violations
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "{addr} - cid:{cid} - account {:?} user {:?}: {text}",
+            account.name,
+            user.unwrap_or("")
+        );
     }
 
     pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
@@ -112,12 +151,15 @@ impl Server {
         }
         tracing::info!("Effective options: {}", opts.summary());
         let (shutdown, _) = watch::channel(false);
+        let global = Account::new(GLOBAL_ACCOUNT);
+        let accounts = build_accounts(&opts, &global)?;
         let inner = Arc::new(ServerInner {
             auth: Authenticator::new(opts.auth.clone()),
             opts,
             id,
             name,
-            global: Account::new(GLOBAL_ACCOUNT),
+            global,
+            accounts,
             clients: Mutex::new(FxHashMap::default()),
             next_cid: AtomicU64::new(1),
             shutdown,
@@ -187,6 +229,75 @@ impl Server {
         }
         tracing::info!("Server Exiting..");
     }
+}
+
+/// Creates the configured accounts (plus the global and system ones) and wires their imports as
+/// internal forwarding subscriptions, refusing imports the exporter does not allow.
+fn build_accounts(
+    opts: &Options,
+    global: &Arc<Account>,
+) -> Result<FxHashMap<String, Arc<Account>>, OptionsError> {
+    let mut accounts = FxHashMap::default();
+    accounts.insert(GLOBAL_ACCOUNT.to_string(), global.clone());
+    for a in &opts.accounts {
+        accounts.insert(a.name.clone(), Account::new(a.name.clone()));
+    }
+    accounts
+        .entry(opts.system_account.clone())
+        .or_insert_with(|| Account::new(opts.system_account.clone()));
+    for importer_cfg in &opts.accounts {
+        let importer = &accounts[&importer_cfg.name];
+        for imp in &importer_cfg.imports {
+            let exporter_cfg = opts.accounts.iter().find(|a| a.name == imp.account);
+            let allowed = exporter_cfg.is_some_and(|e| {
+                e.exports.iter().any(|x| {
+                    x.kind == imp.kind
+                        && natrium_subjects::is_subset(imp.subject.as_bytes(), x.subject.as_bytes())
+                        && (x.accounts.is_empty() || x.accounts.contains(&importer_cfg.name))
+                })
+            });
+            if !allowed {
+                return Err(OptionsError::Validation(format!(
+                    "account {:?}: import of {:?} from account {:?} is not exported to it",
+                    importer_cfg.name, imp.subject, imp.account
+                )));
+            }
+            let exporter = &accounts[&imp.account];
+            match imp.kind {
+                ExportKind::Stream => {
+                    let map =
+                        SubjectMap::new(&imp.subject, imp.to.as_deref(), imp.prefix.as_deref());
+                    let sub = Subscription::forward(
+                        imp.subject.as_bytes(),
+                        Forward {
+                            to: importer.clone(),
+                            map,
+                            kind: ForwardKind::Stream,
+                        },
+                        0,
+                    );
+                    exporter.insert(sub);
+                }
+                ExportKind::Service => {
+                    let local = imp.to.clone().unwrap_or_else(|| imp.subject.clone());
+                    let map = SubjectMap::new(&local, Some(&imp.subject), None);
+                    let sub = Subscription::forward(
+                        local.as_bytes(),
+                        Forward {
+                            to: exporter.clone(),
+                            map,
+                            kind: ForwardKind::Service {
+                                importer: importer.clone(),
+                            },
+                        },
+                        0,
+                    );
+                    importer.insert(sub);
+                }
+            }
+        }
+    }
+    Ok(accounts)
 }
 
 async fn accept_loop(inner: Arc<ServerInner>, listener: TcpListener) {

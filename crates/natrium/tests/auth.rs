@@ -69,10 +69,12 @@ async fn users_list_with_bcrypt() {
         User {
             user: "plain".into(),
             password: "p1".into(),
+            ..User::default()
         },
         User {
             user: "hashed".into(),
             password: bcrypt::hash("p2", 4).expect("hash"),
+            ..User::default()
         },
     ];
     let s = start(o).await;

@@ -29,6 +29,28 @@ pub struct Account {
     pub auth_failures: AtomicU64,
     /// Permission violations by users of this account (audit counter).
     pub permission_violations: AtomicU64,
+    pub slow_consumers: AtomicU64,
+    pub total_connections: AtomicU64,
+    /// Traffic of this account's clients that have disconnected (live clients are summed on read).
+    pub closed_totals: Mutex<Totals>,
+}
+
+/// Message and byte counts, as clients see them: `in` from clients, `out` to clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub in_msgs: u64,
+    pub in_bytes: u64,
+    pub out_msgs: u64,
+    pub out_bytes: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, s: &crate::client::ClientStats) {
+        self.in_msgs += s.in_msgs;
+        self.in_bytes += s.in_bytes;
+        self.out_msgs += s.out_msgs;
+        self.out_bytes += s.out_bytes;
+    }
 }
 
 impl Account {
@@ -40,6 +62,9 @@ impl Account {
             responses: Mutex::new(VecDeque::new()),
             auth_failures: AtomicU64::new(0),
             permission_violations: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            total_connections: AtomicU64::new(0),
+            closed_totals: Mutex::new(Totals::default()),
         })
     }
 
@@ -69,6 +94,23 @@ impl Account {
 
     pub fn subscription_count(&self) -> usize {
         self.sublist.read().len()
+    }
+
+    /// Every subscription of this account: (subject, queue, owner cid or 0 for internal ones).
+    pub fn subscriptions(&self) -> Vec<(String, Option<String>, u64)> {
+        let mut out = Vec::new();
+        self.sublist.read().for_each(|subject, queue, sub| {
+            let cid = match &sub.0.target {
+                crate::client::Target::Client(c) => c.cid,
+                _ => 0,
+            };
+            out.push((
+                String::from_utf8_lossy(subject).into_owned(),
+                queue.map(|q| String::from_utf8_lossy(q).into_owned()),
+                cid,
+            ));
+        });
+        out
     }
 
     /// Routes one answer published here on `reply` back to `importer` (a service import's reply

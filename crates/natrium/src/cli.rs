@@ -32,6 +32,7 @@ pub enum Override {
     Trace(bool),
     Logtime(bool),
     MaxPayload(usize),
+    HttpPort(i32),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -60,8 +61,6 @@ const NOT_YET: &[&str] = &[
     "jetstream",
     "sd",
     "store_dir",
-    "m",
-    "http_port",
     "ms",
     "https_port",
     "tls",
@@ -92,7 +91,7 @@ fn arity(name: &str) -> Option<Arity> {
     Some(match name {
         "p" | "port" | "a" | "addr" | "net" | "n" | "name" | "server_name" | "c" | "config"
         | "user" | "pass" | "auth" | "l" | "log" | "P" | "pid" | "ports_file_dir"
-        | "max_payload" => Value,
+        | "max_payload" | "m" | "http_port" => Value,
         "D" | "debug" | "V" | "trace" | "VV" | "DV" | "DVV" | "T" | "logtime" | "t" | "v"
         | "version" | "h" | "help" | "help_tls" => Bool,
         "js" | "jetstream" | "tls" | "tlsverify" | "no_advertise" | "s" | "syslog" => Bool,
@@ -154,6 +153,7 @@ impl Cli {
                 "P" | "pid" => o.push(Override::Pid(value.into())),
                 "ports_file_dir" => o.push(Override::PortsFileDir(value.into())),
                 "max_payload" => o.push(Override::MaxPayload(value.parse().map_err(|_| bad())?)),
+                "m" | "http_port" => o.push(Override::HttpPort(value.parse().map_err(|_| bad())?)),
                 "D" | "debug" => o.push(Override::Debug(parse_bool(&name, &value)?)),
                 "V" | "trace" | "VV" => o.push(Override::Trace(parse_bool(&name, &value)?)),
                 "DV" | "DVV" => {
@@ -192,6 +192,7 @@ impl Cli {
                 Override::Trace(t) => opts.trace = t,
                 Override::Logtime(t) => opts.logtime = t,
                 Override::MaxPayload(m) => opts.max_payload = m,
+                Override::HttpPort(p) => opts.http_port = Some(p),
             }
         }
         opts.validate()?;
@@ -211,6 +212,7 @@ Server Options:
     -t                               Test configuration and exit
         --ports_file_dir <dir>       Directory to write the ports file to
         --max_payload <bytes>        Maximum payload size
+    -m, --http_port <port>           Use port for http monitoring (-1 picks a random port)
 
 Logging Options:
     -l, --log <file>                 File to redirect log output
@@ -229,7 +231,7 @@ Common Options:
     -v, --version                    Show version
 
 Not yet supported (accepted by nats-server; natrium reports an error naming the flag):
-    -js/--jetstream, -sd/--store_dir, -m/--http_port, -ms/--https_port, --tls*, --cluster*, --routes,
+    -js/--jetstream, -sd/--store_dir, -ms/--https_port, --tls*, --cluster*, --routes,
     --signal, -s/--syslog, -r/--remote_syslog
 ";
 
@@ -274,7 +276,7 @@ mod tests {
             parse(&["--store_dir", "/tmp/x"]),
             Err(CliError::NotYet("store_dir".into()))
         );
-        assert_eq!(parse(&["-m", "8222"]), Err(CliError::NotYet("m".into())));
+        assert_eq!(parse(&["-ms", "8222"]), Err(CliError::NotYet("ms".into())));
         assert!(matches!(
             parse(&["-p", "abc"]),
             Err(CliError::BadValue { .. })

@@ -70,6 +70,30 @@ impl std::fmt::Display for CloseReason {
 struct Outbound {
     buf: Vec<u8>,
     closed: bool,
+    /// Messages and bytes delivered to this client (counted under the lock the append takes).
+    out_msgs: u64,
+    out_bytes: u64,
+}
+
+/// What the client told us about itself, and who it authenticated as; read by monitoring.
+#[derive(Debug, Clone, Default)]
+pub struct ConnMeta {
+    pub name: String,
+    pub lang: String,
+    pub version: String,
+    pub user: Option<String>,
+    pub account: String,
+}
+
+/// A consistent-enough snapshot of a client's counters for monitoring.
+#[derive(Debug, Clone, Default)]
+pub struct ClientStats {
+    pub in_msgs: u64,
+    pub in_bytes: u64,
+    pub out_msgs: u64,
+    pub out_bytes: u64,
+    pub pending_bytes: usize,
+    pub subscriptions: usize,
 }
 
 /// The part of a client other tasks touch: its outbound buffer and its subscriptions.
@@ -92,6 +116,13 @@ pub struct ClientShared {
     /// Set when the client has `allow_responses`: deliveries with a reply then record a grant.
     responses: Mutex<Option<(crate::options::ResponsePermission, ResponseGrants)>>,
     track_responses: AtomicBool,
+    /// Written only by the reader, once per read (plain stores, no contention).
+    in_msgs: AtomicU64,
+    in_bytes: AtomicU64,
+    /// Unix nanoseconds of the last read.
+    last_activity: AtomicU64,
+    pub start: std::time::SystemTime,
+    pub meta: Mutex<ConnMeta>,
 }
 
 impl ClientShared {
@@ -102,6 +133,8 @@ impl ClientShared {
             out: Mutex::new(Outbound {
                 buf: Vec::new(),
                 closed: false,
+                out_msgs: 0,
+                out_bytes: 0,
             }),
             wake: Notify::new(),
             kill: Notify::new(),
@@ -112,6 +145,14 @@ impl ClientShared {
             max_pending,
             responses: Mutex::new(None),
             track_responses: AtomicBool::new(false),
+            in_msgs: AtomicU64::new(0),
+            in_bytes: AtomicU64::new(0),
+            last_activity: AtomicU64::new(unix_nanos(std::time::SystemTime::now())),
+            start: std::time::SystemTime::now(),
+            meta: Mutex::new(ConnMeta {
+                account: crate::account::GLOBAL_ACCOUNT.to_string(),
+                ..ConnMeta::default()
+            }),
         })
     }
 
@@ -169,6 +210,42 @@ impl ClientShared {
         self.out.lock().buf.len()
     }
 
+    pub fn stats(&self) -> ClientStats {
+        let (out_msgs, out_bytes, pending_bytes) = {
+            let out = self.out.lock();
+            (out.out_msgs, out.out_bytes, out.buf.len())
+        };
+        ClientStats {
+            in_msgs: self.in_msgs.load(Ordering::Relaxed),
+            in_bytes: self.in_bytes.load(Ordering::Relaxed),
+            out_msgs,
+            out_bytes,
+            pending_bytes,
+            subscriptions: self.subs.lock().len(),
+        }
+    }
+
+    pub fn last_activity(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_nanos(self.last_activity.load(Ordering::Relaxed))
+    }
+
+    /// (subject, queue) of every subscription, for monitoring.
+    pub fn subscription_list(&self) -> Vec<(String, Option<String>, String)> {
+        self.subs
+            .lock()
+            .values()
+            .map(|s| {
+                (
+                    String::from_utf8_lossy(&s.0.subject).into_owned(),
+                    s.0.queue
+                        .as_deref()
+                        .map(|q| String::from_utf8_lossy(q).into_owned()),
+                    String::from_utf8_lossy(&s.0.sid).into_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// Above this many pending bytes a publisher briefly waits for this client's writer.
     fn stall_threshold(&self) -> usize {
         self.max_pending / 2
@@ -201,6 +278,11 @@ pub enum Target {
     Client(Arc<ClientShared>),
     /// Another account (an import, or the reply path of a service import).
     Forward(Arc<Forward>),
+}
+
+pub(crate) fn unix_nanos(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// A subscription; shared between its owner and the account's trie.
@@ -379,6 +461,8 @@ impl Delivery {
         }
         let was_empty = out.buf.is_empty();
         encode::msg(&mut out.buf, m.subject, &s.sid, m.reply, headers, m.payload);
+        out.out_msgs += 1;
+        out.out_bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
         let behind = out.buf.len() > client.stall_threshold();
         drop(out);
         if behind && self.stall.is_none() && client.cid != self.cid {
@@ -433,6 +517,8 @@ pub(crate) struct Conn {
     cache: MatchCache,
     dl: Delivery,
     pings_out: u32,
+    in_msgs: u64,
+    in_bytes: u64,
 }
 
 /// An error that ends the connection, with the -ERR text to send first (if any).
@@ -482,6 +568,8 @@ impl Conn {
                 results: FxHashMap::default(),
             },
             pings_out: 0,
+            in_msgs: 0,
+            in_bytes: 0,
         }
     }
 
@@ -546,6 +634,10 @@ impl Conn {
                     Ok(_) => {
                         let r = self.process(&mut rbuf);
                         self.dl.flush();
+                        let sh = &self.shared;
+                        sh.in_msgs.store(self.in_msgs, Ordering::Relaxed);
+                        sh.in_bytes.store(self.in_bytes, Ordering::Relaxed);
+                        sh.last_activity.store(unix_nanos(std::time::SystemTime::now()), Ordering::Relaxed);
                         if let Some(slow) = self.dl.stall.take() {
                             slow.wait_drained().await;
                         }
@@ -645,6 +737,8 @@ impl Conn {
                 }
                 // nats-server acknowledges a verbose PUB before delivering it.
                 self.ok();
+                self.in_msgs += 1;
+                self.in_bytes += (payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
                 self.publish(&Msg {
                     subject,
                     reply,
@@ -709,6 +803,17 @@ impl Conn {
                 self.perms = Some(perms);
             }
             self.user = identity.user;
+            self.account
+                .total_connections
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        {
+            let mut meta = self.shared.meta.lock();
+            meta.name = info.name.clone().unwrap_or_default();
+            meta.lang = info.lang.clone().unwrap_or_default();
+            meta.version = info.version.clone().unwrap_or_default();
+            meta.user = self.user.clone();
+            meta.account = self.account.name.clone();
         }
         self.connected = true;
         self.verbose = info.verbose;
@@ -865,11 +970,13 @@ impl Conn {
     }
 
     fn cleanup(&mut self) {
+        let stats = self.shared.stats();
         let subs: Vec<SubRef> = self.shared.subs.lock().drain().map(|(_, s)| s).collect();
         for sub in &subs {
             self.account.remove(sub);
         }
-        self.server.remove_client(self.shared.cid);
+        self.server
+            .client_closed(&self.shared, &self.account, stats);
     }
 }
 

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod logging;
+pub mod monitor;
 pub mod options;
 pub mod perms;
 pub mod server;

@@ -91,7 +91,10 @@ async fn run(opts: natrium::Options) -> anyhow::Result<()> {
                 })
                 .unwrap_or_else(|| "natrium".into());
             let path = dir.join(format!("{exe}_{}.ports", std::process::id()));
-            let doc = serde_json::json!({ "nats": [server.client_url()] });
+            let mut doc = serde_json::json!({ "nats": [server.client_url()] });
+            if let Some(url) = server.monitor_url() {
+                doc["monitoring"] = serde_json::json!([url]);
+            }
             std::fs::write(&path, serde_json::to_vec(&doc)?)?;
             Some(path)
         }

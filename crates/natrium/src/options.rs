@@ -115,6 +115,9 @@ pub struct Options {
     pub accounts: Vec<AccountOptions>,
     /// The system account's name (`$SYS` unless configured).
     pub system_account: String,
+    /// Monitoring listener; `None` disables it, `-1` picks a random port.
+    pub http_port: Option<i32>,
+    pub http_host: String,
     pub debug: bool,
     pub trace: bool,
     pub logtime: bool,
@@ -142,6 +145,8 @@ impl Default for Options {
             auth: AuthOptions::default(),
             accounts: Vec::new(),
             system_account: SYSTEM_ACCOUNT.to_string(),
+            http_port: None,
+            http_host: "0.0.0.0".into(),
             debug: false,
             trace: false,
             logtime: true,
@@ -168,9 +173,6 @@ pub enum OptionsError {
 /// reported as warnings so a config written for nats-server still loads.
 const NOT_YET_SUPPORTED: &[&str] = &[
     "jetstream",
-    "http",
-    "http_port",
-    "monitor_port",
     "https",
     "https_port",
     "http_base_path",
@@ -236,6 +238,14 @@ impl Options {
                 "ping_interval" => self.ping_interval = duration(v)?,
                 "ping_max" => self.ping_max = int(v)? as u32,
                 "write_deadline" => self.write_deadline = duration(v)?,
+                "http_port" | "monitor_port" => self.http_port = Some(int(v)? as i32),
+                "http" => {
+                    let (host, port) = parse_listen(v)?;
+                    if let Some(h) = host {
+                        self.http_host = h;
+                    }
+                    self.http_port = Some(port);
+                }
                 "debug" => self.debug = boolean(v)?,
                 "trace" => self.trace = boolean(v)?,
                 "logtime" => self.logtime = boolean(v)?,
@@ -328,6 +338,9 @@ impl Options {
         let bad = |m: &str| Err(OptionsError::Validation(m.to_string()));
         if self.port < -1 || self.port > 65535 {
             return bad("port must be between -1 and 65535");
+        }
+        if self.http_port.is_some_and(|p| !(-1..=65535).contains(&p)) {
+            return bad("http_port must be between -1 and 65535");
         }
         if self.max_payload == 0 || self.max_payload > 64 * 1024 * 1024 {
             return bad("max_payload must be between 1 byte and 64 MB");

@@ -13,9 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::account::{Account, Forward, ForwardKind, SubjectMap, GLOBAL_ACCOUNT};
+use crate::account::{Account, Forward, ForwardKind, SubjectMap, Totals, GLOBAL_ACCOUNT};
 use crate::auth::{AuthError, Authenticator};
-use crate::client::{ClientShared, CloseReason, Conn, Subscription};
+use crate::client::{ClientShared, ClientStats, CloseReason, Conn, Subscription};
+use crate::monitor::{self, ConnInfo};
 use crate::options::{ExportKind, Options, OptionsError, PROTOCOL_VERSION, VERSION};
 
 /// Errors starting a server.
@@ -44,8 +45,19 @@ pub(crate) struct ServerInner {
     clients: Mutex<FxHashMap<u64, Arc<ClientShared>>>,
     next_cid: AtomicU64,
     shutdown: watch::Sender<bool>,
-    port: u16,
+    pub(crate) port: u16,
+    pub(crate) start: std::time::SystemTime,
+    pub(crate) total_connections: AtomicU64,
+    pub(crate) slow_consumers: AtomicU64,
+    /// Traffic of disconnected clients, server-wide.
+    pub(crate) closed_totals: Mutex<Totals>,
+    /// The most recent closed connections, newest last (for `/connz?state=closed`).
+    pub(crate) closed_conns: Mutex<std::collections::VecDeque<ConnInfo>>,
+    pub(crate) http_port: Mutex<Option<u16>>,
 }
+
+/// How many closed connections `/connz` remembers, as nats-server's default.
+const MAX_CLOSED_CONNS: usize = 10_000;
 
 impl ServerInner {
     pub(crate) fn global_account(&self) -> Arc<Account> {
@@ -93,8 +105,41 @@ impl ServerInner {
         self.shutdown.subscribe()
     }
 
-    pub(crate) fn remove_client(&self, cid: u64) {
-        self.clients.lock().remove(&cid);
+    /// Called once per connection when it ends: drops it from the live set, folds its counters
+    /// into the totals and remembers it for `/connz?state=closed`.
+    pub(crate) fn client_closed(
+        &self,
+        c: &Arc<ClientShared>,
+        account: &Account,
+        stats: ClientStats,
+    ) {
+        self.clients.lock().remove(&c.cid);
+        let reason = c.close_reason();
+        if matches!(
+            reason,
+            Some(CloseReason::SlowConsumerPendingBytes | CloseReason::SlowConsumerWriteDeadline)
+        ) {
+            self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+            account.slow_consumers.fetch_add(1, Ordering::Relaxed);
+        }
+        self.closed_totals.lock().add(&stats);
+        account.closed_totals.lock().add(&stats);
+        let info = monitor::conn_info(c, &stats, true, reason);
+        let mut closed = self.closed_conns.lock();
+        if closed.len() >= MAX_CLOSED_CONNS {
+            closed.pop_front();
+        }
+        closed.push_back(info);
+    }
+
+    pub(crate) fn clients(&self) -> Vec<Arc<ClientShared>> {
+        self.clients.lock().values().cloned().collect()
+    }
+
+    pub(crate) fn accounts(&self) -> Vec<Arc<Account>> {
+        let mut v: Vec<_> = self.accounts.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
     }
 
     fn info_for(&self, cid: u64, ip: &str) -> Vec<u8> {
@@ -125,6 +170,7 @@ pub struct Server {
     inner: Arc<ServerInner>,
     addr: SocketAddr,
     accept: JoinHandle<()>,
+    monitor: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -164,18 +210,46 @@ impl Server {
             next_cid: AtomicU64::new(1),
             shutdown,
             port: addr.port(),
+            start: std::time::SystemTime::now(),
+            total_connections: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            closed_totals: Mutex::new(Totals::default()),
+            closed_conns: Mutex::new(std::collections::VecDeque::new()),
+            http_port: Mutex::new(None),
         });
         tracing::info!(
             "Listening for client connections on {}:{}",
             inner.opts.host,
             addr.port()
         );
+        let monitor = match inner.opts.http_port {
+            Some(p) => {
+                let port = if p == -1 { 0 } else { p as u16 };
+                let bind = format!("{}:{}", inner.opts.http_host, port);
+                let l = TcpListener::bind(&bind)
+                    .await
+                    .map_err(|source| ServerError::Listen {
+                        addr: bind.clone(),
+                        source,
+                    })?;
+                let bound = l.local_addr()?;
+                *inner.http_port.lock() = Some(bound.port());
+                tracing::info!(
+                    "Starting http monitor on {}:{}",
+                    inner.opts.http_host,
+                    bound.port()
+                );
+                Some(tokio::spawn(monitor::serve(inner.clone(), l)))
+            }
+            None => None,
+        };
         let accept = tokio::spawn(accept_loop(inner.clone(), listener));
         tracing::info!("Server is ready");
         Ok(Server {
             inner,
             addr,
             accept,
+            monitor,
         })
     }
 
@@ -200,6 +274,20 @@ impl Server {
         format!("nats://{host}:{}", self.addr.port())
     }
 
+    /// The bound monitoring port, when monitoring is enabled.
+    pub fn http_port(&self) -> Option<u16> {
+        *self.inner.http_port.lock()
+    }
+
+    /// Base URL of the monitoring endpoints, when enabled.
+    pub fn monitor_url(&self) -> Option<String> {
+        let host = match self.inner.opts.http_host.as_str() {
+            "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
+            h => h.to_string(),
+        };
+        self.http_port().map(|p| format!("http://{host}:{p}"))
+    }
+
     pub fn server_id(&self) -> &str {
         &self.inner.id
     }
@@ -217,6 +305,10 @@ impl Server {
         let _ = self.inner.shutdown.send(true);
         self.accept.abort();
         let _ = self.accept.await;
+        if let Some(m) = self.monitor {
+            m.abort();
+            let _ = m.await;
+        }
         let clients: Vec<_> = self.inner.clients.lock().values().cloned().collect();
         for c in &clients {
             c.close(CloseReason::ServerShutdown);
@@ -339,6 +431,7 @@ fn accept_client(inner: &Arc<ServerInner>, stream: TcpStream, peer: SocketAddr) 
         }
         clients.insert(cid, shared.clone());
     }
+    inner.total_connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!("{peer} - cid:{cid} - Client connection created");
     let info = inner.info_for(cid, &peer.ip().to_string());
     let conn = Conn::new(shared, inner.clone());

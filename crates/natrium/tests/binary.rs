@@ -42,7 +42,7 @@ fn starts_like_nats_server_and_stops_on_sigterm() {
     let log = dir.path().join("server.log");
     let pid = dir.path().join("server.pid");
     let mut child = Command::new(BIN)
-        .args(["-p", "-1", "-a", "127.0.0.1", "-n", "harness"])
+        .args(["-p", "-1", "-a", "127.0.0.1", "-n", "harness", "-m", "-1"])
         .arg("-l")
         .arg(&log)
         .arg("-P")
@@ -68,6 +68,11 @@ fn starts_like_nats_server_and_stops_on_sigterm() {
     let ports: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&ports_file).expect("ports file")).expect("json");
     assert_eq!(ports["nats"][0], format!("nats://127.0.0.1:{port}"));
+    let monitor = ports["monitoring"][0]
+        .as_str()
+        .expect("monitoring url")
+        .to_string();
+    assert!(text.contains("Starting http monitor on"), "{text}");
 
     // A real client works against it.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -77,6 +82,11 @@ fn starts_like_nats_server_and_stops_on_sigterm() {
             .expect("connect");
         assert_eq!(c.server_info().server_name, "harness");
         c.flush().await.expect("flush");
+        // Harnesses poll /varz until it answers 200.
+        let varz = reqwest::get(format!("{monitor}/varz")).await.expect("varz");
+        assert_eq!(varz.status(), 200);
+        let v: serde_json::Value = varz.json().await.expect("json");
+        assert_eq!(v["server_name"], "harness");
     });
 
     // SAFETY-free: sending a signal to our own child by pid.

@@ -1,0 +1,746 @@
+//! The HTTP monitoring endpoints with nats-server's paths, query parameters and JSON field names
+//! (`/varz`, `/connz`, `/subsz`, `/accountz`, `/accstatz`, `/healthz`, `/routez`), and `/metrics`
+//! in the Prometheus text format. Everything is computed at request time from live state, so
+//! the publish path pays nothing for it.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Json, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::account::{Account, Totals};
+use crate::client::{unix_nanos, ClientShared, ClientStats, CloseReason};
+use crate::options::{PROTOCOL_VERSION, VERSION};
+use crate::server::ServerInner;
+
+type Shared = Arc<ServerInner>;
+
+/// Serves the monitoring endpoints on `listener` until aborted.
+pub(crate) async fn serve(inner: Shared, listener: TcpListener) {
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/varz", get(varz))
+        .route("/connz", get(connz))
+        .route("/subsz", get(subsz))
+        .route("/subscriptionsz", get(subsz))
+        .route("/accountz", get(accountz))
+        .route("/accstatz", get(accstatz))
+        .route("/healthz", get(healthz))
+        .route("/routez", get(routez))
+        .route("/metrics", get(metrics))
+        .with_state(inner);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("http monitor stopped: {e}");
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let nanos = unix_nanos(t) as i128;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Go-style duration text as nats-server prints uptimes and idle times: `1d2h3m4s`.
+fn uptime(d: Duration) -> String {
+    let mut s = d.as_secs();
+    let days = s / 86_400;
+    s %= 86_400;
+    let (h, m, sec) = (s / 3600, (s % 3600) / 60, s % 60);
+    let mut out = String::new();
+    if days > 0 {
+        out += &format!("{days}d");
+    }
+    if days > 0 || h > 0 {
+        out += &format!("{h}h");
+    }
+    if days > 0 || h > 0 || m > 0 {
+        out += &format!("{m}m");
+    }
+    out += &format!("{sec}s");
+    out
+}
+
+fn since(t: SystemTime) -> Duration {
+    SystemTime::now().duration_since(t).unwrap_or_default()
+}
+
+/// One connection as `/connz` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnInfo {
+    pub cid: u64,
+    pub kind: &'static str,
+    #[serde(rename = "type")]
+    pub conn_type: &'static str,
+    pub ip: String,
+    pub port: u16,
+    pub start: String,
+    pub last_activity: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub uptime: String,
+    pub idle: String,
+    pub pending_bytes: usize,
+    pub in_msgs: u64,
+    pub out_msgs: u64,
+    pub in_bytes: u64,
+    pub out_bytes: u64,
+    pub subscriptions: usize,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub lang: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorized_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscriptions_list: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscriptions_list_detail: Option<Vec<Value>>,
+    /// Not serialized: kept to answer `auth=1`, `subs=1` and sorting for closed connections.
+    #[serde(skip)]
+    meta_user: Option<String>,
+    #[serde(skip)]
+    meta_account: String,
+    #[serde(skip)]
+    subs: Vec<(String, Option<String>, String)>,
+    #[serde(skip)]
+    started: SystemTime,
+    #[serde(skip)]
+    last: SystemTime,
+}
+
+/// Snapshots a connection (live or just closed).
+pub(crate) fn conn_info(
+    c: &ClientShared,
+    stats: &ClientStats,
+    closed: bool,
+    reason: Option<CloseReason>,
+) -> ConnInfo {
+    let meta = c.meta.lock().clone();
+    let last = c.last_activity();
+    let now = SystemTime::now();
+    ConnInfo {
+        cid: c.cid,
+        kind: "Client",
+        conn_type: "nats",
+        ip: c.addr.ip().to_string(),
+        port: c.addr.port(),
+        start: rfc3339(c.start),
+        last_activity: rfc3339(last),
+        stop: closed.then(|| rfc3339(now)),
+        reason: if closed {
+            reason.map(|r| r.to_string())
+        } else {
+            None
+        },
+        uptime: uptime(since(c.start)),
+        idle: uptime(since(last)),
+        pending_bytes: stats.pending_bytes,
+        in_msgs: stats.in_msgs,
+        out_msgs: stats.out_msgs,
+        in_bytes: stats.in_bytes,
+        out_bytes: stats.out_bytes,
+        subscriptions: stats.subscriptions,
+        name: meta.name,
+        lang: meta.lang,
+        version: meta.version,
+        authorized_user: None,
+        account: None,
+        subscriptions_list: None,
+        subscriptions_list_detail: None,
+        meta_user: meta.user,
+        meta_account: meta.account,
+        subs: if closed {
+            Vec::new()
+        } else {
+            c.subscription_list()
+        },
+        started: c.start,
+        last,
+    }
+}
+
+async fn index() -> Html<&'static str> {
+    Html(
+        "<html><body><h1>natrium</h1><ul>\
+         <li><a href=/varz>varz</a></li><li><a href=/connz>connz</a></li>\
+         <li><a href=/subsz>subsz</a></li><li><a href=/accountz>accountz</a></li>\
+         <li><a href=/accstatz>accstatz</a></li><li><a href=/healthz>healthz</a></li>\
+         <li><a href=/routez>routez</a></li><li><a href=/metrics>metrics</a></li></ul></body></html>",
+    )
+}
+
+/// Resident memory (bytes) and average CPU percentage since start, from /proc.
+fn process_usage(uptime: Duration) -> (u64, f64) {
+    let page = 4096u64;
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |p| p * page);
+    let cpu_ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        });
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = match cpu_ticks {
+        Some(t) if uptime.as_secs_f64() > 0.0 => (t as f64 / hz) / uptime.as_secs_f64() * 100.0,
+        _ => 0.0,
+    };
+    (rss, (cpu * 10.0).round() / 10.0)
+}
+
+/// Server-wide totals: closed clients plus live ones.
+fn server_totals(s: &ServerInner, clients: &[Arc<ClientShared>]) -> Totals {
+    let mut t = *s.closed_totals.lock();
+    for c in clients {
+        t.add(&c.stats());
+    }
+    t
+}
+
+async fn varz(State(s): State<Shared>) -> Json<Value> {
+    let o = &s.opts;
+    let clients = s.clients();
+    let t = server_totals(&s, &clients);
+    let up = since(s.start);
+    let (mem, cpu) = process_usage(up);
+    let subs: usize = s.accounts().iter().map(|a| a.subscription_count()).sum();
+    Json(json!({
+        "server_id": s.id,
+        "server_name": s.name,
+        "version": PROTOCOL_VERSION,
+        "natrium_version": VERSION,
+        "proto": 1,
+        "go": format!("natrium {VERSION}"),
+        "host": o.host,
+        "port": s.port,
+        "auth_required": s.auth.required(),
+        "max_connections": o.max_connections,
+        "ping_interval": o.ping_interval.as_nanos() as u64,
+        "ping_max": o.ping_max,
+        "http_host": o.http_host,
+        "http_port": s.http_port.lock().unwrap_or(0),
+        "https_port": 0,
+        "auth_timeout": o.auth_timeout.as_secs_f64(),
+        "max_control_line": o.max_control_line,
+        "max_payload": o.max_payload,
+        "max_pending": o.max_pending,
+        "write_deadline": o.write_deadline.as_nanos() as u64,
+        "start": rfc3339(s.start),
+        "now": rfc3339(SystemTime::now()),
+        "uptime": uptime(up),
+        "mem": mem,
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "cpu": cpu,
+        "connections": clients.len(),
+        "total_connections": s.total_connections.load(Ordering::Relaxed),
+        "routes": 0,
+        "remotes": 0,
+        "leafnodes": 0,
+        "in_msgs": t.in_msgs,
+        "out_msgs": t.out_msgs,
+        "in_bytes": t.in_bytes,
+        "out_bytes": t.out_bytes,
+        "slow_consumers": s.slow_consumers.load(Ordering::Relaxed),
+        "subscriptions": subs,
+        "system_account": o.system_account,
+        "config_load_time": rfc3339(s.start),
+    }))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct ConnzQuery {
+    subs: Option<String>,
+    sort: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+    state: Option<String>,
+    cid: Option<u64>,
+    auth: Option<String>,
+    acc: Option<String>,
+}
+
+fn truthy(v: &Option<String>) -> bool {
+    matches!(v.as_deref(), Some("1" | "true" | "detail"))
+}
+
+async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response {
+    let state = q.state.as_deref().unwrap_or("open");
+    let mut conns: Vec<ConnInfo> = Vec::new();
+    if matches!(state, "open" | "all") {
+        conns.extend(
+            s.clients()
+                .iter()
+                .map(|c| conn_info(c, &c.stats(), false, None)),
+        );
+    }
+    if matches!(state, "closed" | "all") {
+        conns.extend(s.closed_conns.lock().iter().cloned());
+    }
+    if !matches!(state, "open" | "closed" | "all") {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("invalid connection state {state:?}"),
+        )
+            .into_response();
+    }
+    if let Some(cid) = q.cid {
+        conns.retain(|c| c.cid == cid);
+    }
+    if let Some(acc) = &q.acc {
+        conns.retain(|c| &c.meta_account == acc);
+    }
+    let sort = q.sort.as_deref().unwrap_or("cid");
+    match sort {
+        "cid" => conns.sort_by_key(|c| c.cid),
+        "start" => conns.sort_by_key(|c| c.started),
+        "subs" => conns.sort_by_key(|c| std::cmp::Reverse(c.subscriptions)),
+        "pending" => conns.sort_by_key(|c| std::cmp::Reverse(c.pending_bytes)),
+        "msgs_to" | "out_msgs" => conns.sort_by_key(|c| std::cmp::Reverse(c.out_msgs)),
+        "msgs_from" | "in_msgs" => conns.sort_by_key(|c| std::cmp::Reverse(c.in_msgs)),
+        "bytes_to" | "out_bytes" => conns.sort_by_key(|c| std::cmp::Reverse(c.out_bytes)),
+        "bytes_from" | "in_bytes" => conns.sort_by_key(|c| std::cmp::Reverse(c.in_bytes)),
+        "last" => conns.sort_by_key(|c| std::cmp::Reverse(c.last)),
+        "idle" => conns.sort_by_key(|c| c.last),
+        "uptime" => conns.sort_by_key(|c| c.started),
+        "stop" | "reason" if state != "open" => conns.sort_by_key(|c| c.stop.clone()),
+        other => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid sorting option {other:?}"),
+            )
+                .into_response()
+        }
+    }
+    let total = conns.len();
+    let offset = q.offset.unwrap_or(0).min(total);
+    let limit = q.limit.unwrap_or(1024);
+    let auth = truthy(&q.auth);
+    let detail = q.subs.as_deref() == Some("detail");
+    let subs = truthy(&q.subs);
+    let page: Vec<ConnInfo> = conns
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|mut c| {
+            if auth {
+                c.authorized_user = c.meta_user.clone();
+                c.account = Some(c.meta_account.clone());
+            }
+            if detail {
+                c.subscriptions_list_detail = Some(
+                    c.subs
+                        .iter()
+                        .map(|(subject, queue, sid)| {
+                            json!({"account": c.meta_account, "subject": subject, "qgroup": queue, "sid": sid, "cid": c.cid})
+                        })
+                        .collect(),
+                );
+            } else if subs {
+                c.subscriptions_list = Some(c.subs.iter().map(|(subject, _, _)| subject.clone()).collect());
+            }
+            c
+        })
+        .collect();
+    Json(json!({
+        "server_id": s.id,
+        "now": rfc3339(SystemTime::now()),
+        "num_connections": page.len(),
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+        "connections": page,
+    }))
+    .into_response()
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct SubszQuery {
+    subs: Option<String>,
+    offset: Option<usize>,
+    limit: Option<usize>,
+    test: Option<String>,
+    acc: Option<String>,
+}
+
+async fn subsz(State(s): State<Shared>, Query(q): Query<SubszQuery>) -> Response {
+    if let Some(t) = &q.test {
+        if !natrium_subjects::is_valid_publish_subject(t.as_bytes()) {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid test subject {t:?}"),
+            )
+                .into_response();
+        }
+    }
+    let mut list = Vec::new();
+    let mut count = 0;
+    for a in s.accounts() {
+        if q.acc.as_ref().is_some_and(|acc| acc != &a.name) {
+            continue;
+        }
+        count += a.subscription_count();
+        for (subject, queue, cid) in a.subscriptions() {
+            if let Some(t) = &q.test {
+                if !natrium_subjects::matches(subject.as_bytes(), t.as_bytes()) {
+                    continue;
+                }
+            }
+            list.push(json!({"account": a.name, "subject": subject, "qgroup": queue, "cid": cid}));
+        }
+    }
+    let total = list.len();
+    let offset = q.offset.unwrap_or(0).min(total);
+    let limit = q.limit.unwrap_or(1024);
+    let mut body = json!({
+        "server_id": s.id,
+        "now": rfc3339(SystemTime::now()),
+        "num_subscriptions": count,
+        "total": total,
+        "offset": offset,
+        "limit": limit,
+    });
+    if truthy(&q.subs) || q.test.is_some() {
+        body["subscriptions_list"] =
+            Value::Array(list.into_iter().skip(offset).take(limit).collect());
+    }
+    Json(body).into_response()
+}
+
+/// Live plus closed traffic and connection counts of one account.
+fn account_usage(a: &Account, clients: &[Arc<ClientShared>]) -> (usize, Totals) {
+    let mut t = *a.closed_totals.lock();
+    let mut conns = 0;
+    for c in clients.iter().filter(|c| c.meta.lock().account == a.name) {
+        conns += 1;
+        t.add(&c.stats());
+    }
+    (conns, t)
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct AccQuery {
+    acc: Option<String>,
+    unused: Option<String>,
+}
+
+async fn accountz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Response {
+    let now = rfc3339(SystemTime::now());
+    if let Some(name) = &q.acc {
+        let Some(a) = s.account(name) else {
+            return (StatusCode::NOT_FOUND, format!("account {name:?} not found")).into_response();
+        };
+        let clients = s.clients();
+        let (conns, _) = account_usage(&a, &clients);
+        return Json(json!({
+            "server_id": s.id,
+            "now": now,
+            "system_account": s.opts.system_account,
+            "account_detail": {
+                "account_name": a.name,
+                "is_system": a.name == s.opts.system_account,
+                "num_connections": conns,
+                "subscriptions": a.subscription_count(),
+                "auth_failures": a.auth_failures.load(Ordering::Relaxed),
+                "permission_violations": a.permission_violations.load(Ordering::Relaxed),
+            }
+        }))
+        .into_response();
+    }
+    let names: Vec<String> = s.accounts().iter().map(|a| a.name.clone()).collect();
+    Json(json!({"server_id": s.id, "now": now, "system_account": s.opts.system_account, "accounts": names}))
+        .into_response()
+}
+
+async fn accstatz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Json<Value> {
+    let clients = s.clients();
+    let include_unused = truthy(&q.unused);
+    let stats: Vec<Value> = s
+        .accounts()
+        .iter()
+        .filter(|a| q.acc.as_ref().is_none_or(|n| n == &a.name))
+        .filter_map(|a| {
+            let (conns, t) = account_usage(a, &clients);
+            if conns == 0 && !include_unused && q.acc.is_none() {
+                return None;
+            }
+            Some(json!({
+                "acc": a.name,
+                "conns": conns,
+                "leafnodes": 0,
+                "total_conns": conns,
+                "num_subscriptions": a.subscription_count(),
+                "sent": {"msgs": t.out_msgs, "bytes": t.out_bytes},
+                "received": {"msgs": t.in_msgs, "bytes": t.in_bytes},
+                "slow_consumers": a.slow_consumers.load(Ordering::Relaxed),
+            }))
+        })
+        .collect();
+    Json(json!({"server_id": s.id, "now": rfc3339(SystemTime::now()), "account_statz": stats}))
+}
+
+async fn healthz(
+    State(_s): State<Shared>,
+    Query(_q): Query<HashMap<String, String>>,
+) -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn routez(State(s): State<Shared>) -> Json<Value> {
+    Json(
+        json!({"server_id": s.id, "now": rfc3339(SystemTime::now()), "num_routes": 0, "routes": []}),
+    )
+}
+
+/// Reads live state at scrape time; label cardinality is per account only.
+#[derive(Debug)]
+struct NatriumCollector {
+    server: Shared,
+}
+
+impl std::fmt::Debug for ServerInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerInner").field("id", &self.id).finish()
+    }
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: f64,
+) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+type PerAccount = Vec<(String, f64)>;
+
+fn per_account(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: &PerAccount,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    for (acc, v) in rows {
+        let labels = [("account", acc.as_str())];
+        let fam = m.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(*v as u64).encode(fam)?,
+            _ => ConstGauge::new(*v).encode(fam)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for NatriumCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.server;
+        let clients = s.clients();
+        let t = server_totals(s, &clients);
+        let up = since(s.start);
+        let (mem, _) = process_usage(up);
+        gauge(
+            &mut enc,
+            "natrium_uptime_seconds",
+            "Seconds since the server started",
+            up.as_secs_f64(),
+        )?;
+        gauge(
+            &mut enc,
+            "natrium_resident_memory_bytes",
+            "Resident memory of the server process",
+            mem as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "natrium_connections",
+            "Open client connections",
+            clients.len() as f64,
+        )?;
+        counter(
+            &mut enc,
+            "natrium_connections_opened",
+            "Client connections accepted since start",
+            s.total_connections.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "natrium_in_msgs",
+            "Messages received from clients",
+            t.in_msgs,
+        )?;
+        counter(
+            &mut enc,
+            "natrium_out_msgs",
+            "Messages delivered to clients",
+            t.out_msgs,
+        )?;
+        counter(
+            &mut enc,
+            "natrium_in_bytes",
+            "Payload bytes received from clients",
+            t.in_bytes,
+        )?;
+        counter(
+            &mut enc,
+            "natrium_out_bytes",
+            "Payload bytes delivered to clients",
+            t.out_bytes,
+        )?;
+        counter(
+            &mut enc,
+            "natrium_slow_consumers",
+            "Clients disconnected as slow consumers",
+            s.slow_consumers.load(Ordering::Relaxed),
+        )?;
+
+        let accounts = s.accounts();
+        let mut rows: [PerAccount; 10] = Default::default();
+        for a in &accounts {
+            let (conns, at) = account_usage(a, &clients);
+            let n = a.name.clone();
+            rows[0].push((n.clone(), conns as f64));
+            rows[1].push((n.clone(), a.subscription_count() as f64));
+            rows[2].push((n.clone(), at.in_msgs as f64));
+            rows[3].push((n.clone(), at.out_msgs as f64));
+            rows[4].push((n.clone(), at.in_bytes as f64));
+            rows[5].push((n.clone(), at.out_bytes as f64));
+            rows[6].push((n.clone(), a.slow_consumers.load(Ordering::Relaxed) as f64));
+            rows[7].push((n.clone(), a.auth_failures.load(Ordering::Relaxed) as f64));
+            rows[8].push((
+                n.clone(),
+                a.permission_violations.load(Ordering::Relaxed) as f64,
+            ));
+            rows[9].push((n, a.total_connections.load(Ordering::Relaxed) as f64));
+        }
+        let g = MetricType::Gauge;
+        let c = MetricType::Counter;
+        let defs: [(&str, &str, MetricType); 10] = [
+            (
+                "natrium_account_connections",
+                "Open connections per account",
+                g,
+            ),
+            (
+                "natrium_account_subscriptions",
+                "Subscriptions per account",
+                g,
+            ),
+            (
+                "natrium_account_in_msgs",
+                "Messages received from clients per account",
+                c,
+            ),
+            (
+                "natrium_account_out_msgs",
+                "Messages delivered to clients per account",
+                c,
+            ),
+            (
+                "natrium_account_in_bytes",
+                "Payload bytes received per account",
+                c,
+            ),
+            (
+                "natrium_account_out_bytes",
+                "Payload bytes delivered per account",
+                c,
+            ),
+            (
+                "natrium_account_slow_consumers",
+                "Slow consumers per account",
+                c,
+            ),
+            (
+                "natrium_account_auth_failures",
+                "Failed authentications per account",
+                c,
+            ),
+            (
+                "natrium_account_permission_violations",
+                "Permission violations per account",
+                c,
+            ),
+            (
+                "natrium_account_connections_opened",
+                "Connections accepted per account",
+                c,
+            ),
+        ];
+        for ((name, help, kind), rows) in defs.into_iter().zip(rows.iter()) {
+            per_account(&mut enc, name, help, kind, rows)?;
+        }
+        Ok(())
+    }
+}
+
+async fn metrics(State(s): State<Shared>) -> Response {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(NatriumCollector { server: s }));
+    let mut body = String::new();
+    match prometheus_client::encoding::prometheus_text::encode(&mut body, &registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uptime_like_nats_server() {
+        assert_eq!(uptime(Duration::from_secs(5)), "5s");
+        assert_eq!(uptime(Duration::from_secs(65)), "1m5s");
+        assert_eq!(uptime(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(uptime(Duration::from_secs(90_061)), "1d1h1m1s");
+    }
+}

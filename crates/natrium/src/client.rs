@@ -268,6 +268,10 @@ impl ClientShared {
     }
 }
 
+/// Smallest and largest read sizes (see `read_loop`).
+const MIN_READ: usize = 512;
+const MAX_READ: usize = 64 * 1024;
+
 /// The longest a publisher waits, per read, for a receiver that is falling behind. Like
 /// nats-server's stall, this is bounded: a receiver that stays behind is cut off at `max_pending`.
 const STALL_MAX: Duration = Duration::from_millis(5);
@@ -602,7 +606,10 @@ impl Conn {
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> CloseReason {
         let server = self.server.clone();
         let opts = &server.opts;
-        let mut rbuf = BytesMut::with_capacity(512);
+        let mut rbuf = BytesMut::with_capacity(MIN_READ);
+        // How much room the next read gets: doubled when a read fills it, halved when reads stay
+        // small, so a busy publisher gets 64 KiB reads and an idle connection keeps 512 bytes.
+        let mut read_size = MIN_READ;
         let mut ping = tokio::time::interval_at(
             tokio::time::Instant::now() + opts.ping_interval,
             opts.ping_interval,
@@ -618,10 +625,10 @@ impl Conn {
         tokio::pin!(auth_deadline);
         let mut shutdown = self.server.shutdown_rx();
         loop {
-            if rbuf.capacity() - rbuf.len() < 256 {
-                let grow = rbuf.capacity().clamp(512, 64 * 1024);
-                rbuf.reserve(grow);
+            if rbuf.capacity() - rbuf.len() < read_size {
+                rbuf.reserve(read_size);
             }
+            let room = rbuf.capacity() - rbuf.len();
             let fatal = tokio::select! {
                 biased;
                 _ = self.shared.kill.notified() => {
@@ -631,7 +638,12 @@ impl Conn {
                 r = rd.read_buf(&mut rbuf) => match r {
                     Ok(0) => return CloseReason::ClientClosed,
                     Err(_) => return CloseReason::ReadError,
-                    Ok(_) => {
+                    Ok(n) => {
+                        if n >= room {
+                            read_size = (read_size * 2).min(MAX_READ);
+                        } else if n < read_size / 4 {
+                            read_size = (read_size / 2).max(MIN_READ);
+                        }
                         let r = self.process(&mut rbuf);
                         self.dl.flush();
                         let sh = &self.shared;
@@ -666,8 +678,8 @@ impl Conn {
                 }
                 return f.reason;
             }
-            if rbuf.is_empty() && rbuf.capacity() > 64 * 1024 {
-                rbuf = BytesMut::with_capacity(512);
+            if rbuf.is_empty() && rbuf.capacity() > 2 * MAX_READ {
+                rbuf = BytesMut::with_capacity(read_size);
             }
         }
     }

@@ -229,13 +229,18 @@ fn server_totals(s: &ServerInner, clients: &[Arc<ClientShared>]) -> Totals {
 }
 
 async fn varz(State(s): State<Shared>) -> Json<Value> {
+    Json(varz_json(&s))
+}
+
+/// The `/varz` document (also answered on `$SYS.REQ.SERVER.PING.VARZ`).
+pub(crate) fn varz_json(s: &ServerInner) -> Value {
     let o = &s.opts;
     let clients = s.clients();
-    let t = server_totals(&s, &clients);
+    let t = server_totals(s, &clients);
     let up = since(s.start);
     let (mem, cpu) = process_usage(up);
     let subs: usize = s.accounts().iter().map(|a| a.subscription_count()).sum();
-    Json(json!({
+    json!({
         "server_id": s.id,
         "server_name": s.name,
         "version": PROTOCOL_VERSION,
@@ -275,11 +280,11 @@ async fn varz(State(s): State<Shared>) -> Json<Value> {
         "subscriptions": subs,
         "system_account": o.system_account,
         "config_load_time": rfc3339(s.start),
-    }))
+    })
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
-struct ConnzQuery {
+pub(crate) struct ConnzQuery {
     subs: Option<String>,
     sort: Option<String>,
     limit: Option<usize>,
@@ -295,6 +300,20 @@ fn truthy(v: &Option<String>) -> bool {
 }
 
 async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response {
+    reply(connz_json(&s, &q))
+}
+
+type Answer = Result<Value, (StatusCode, String)>;
+
+fn reply(a: Answer) -> Response {
+    match a {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The `/connz` document.
+pub(crate) fn connz_json(s: &ServerInner, q: &ConnzQuery) -> Answer {
     let state = q.state.as_deref().unwrap_or("open");
     let mut conns: Vec<ConnInfo> = Vec::new();
     if matches!(state, "open" | "all") {
@@ -308,11 +327,10 @@ async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response
         conns.extend(s.closed_conns.lock().iter().cloned());
     }
     if !matches!(state, "open" | "closed" | "all") {
-        return (
+        return Err((
             StatusCode::BAD_REQUEST,
             format!("invalid connection state {state:?}"),
-        )
-            .into_response();
+        ));
     }
     if let Some(cid) = q.cid {
         conns.retain(|c| c.cid == cid);
@@ -335,11 +353,10 @@ async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response
         "uptime" => conns.sort_by_key(|c| c.started),
         "stop" | "reason" if state != "open" => conns.sort_by_key(|c| c.stop.clone()),
         other => {
-            return (
+            return Err((
                 StatusCode::BAD_REQUEST,
                 format!("invalid sorting option {other:?}"),
-            )
-                .into_response()
+            ))
         }
     }
     let total = conns.len();
@@ -372,7 +389,7 @@ async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response
             c
         })
         .collect();
-    Json(json!({
+    Ok(json!({
         "server_id": s.id,
         "now": rfc3339(SystemTime::now()),
         "num_connections": page.len(),
@@ -381,11 +398,10 @@ async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response
         "limit": limit,
         "connections": page,
     }))
-    .into_response()
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
-struct SubszQuery {
+pub(crate) struct SubszQuery {
     subs: Option<String>,
     offset: Option<usize>,
     limit: Option<usize>,
@@ -394,13 +410,17 @@ struct SubszQuery {
 }
 
 async fn subsz(State(s): State<Shared>, Query(q): Query<SubszQuery>) -> Response {
+    reply(subsz_json(&s, &q))
+}
+
+/// The `/subsz` document.
+pub(crate) fn subsz_json(s: &ServerInner, q: &SubszQuery) -> Answer {
     if let Some(t) = &q.test {
         if !natrium_subjects::is_valid_publish_subject(t.as_bytes()) {
-            return (
+            return Err((
                 StatusCode::BAD_REQUEST,
                 format!("invalid test subject {t:?}"),
-            )
-                .into_response();
+            ));
         }
     }
     let mut list = Vec::new();
@@ -434,7 +454,7 @@ async fn subsz(State(s): State<Shared>, Query(q): Query<SubszQuery>) -> Response
         body["subscriptions_list"] =
             Value::Array(list.into_iter().skip(offset).take(limit).collect());
     }
-    Json(body).into_response()
+    Ok(body)
 }
 
 /// Live plus closed traffic and connection counts of one account.
@@ -449,20 +469,25 @@ fn account_usage(a: &Account, clients: &[Arc<ClientShared>]) -> (usize, Totals) 
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
-struct AccQuery {
+pub(crate) struct AccQuery {
     acc: Option<String>,
     unused: Option<String>,
 }
 
 async fn accountz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Response {
+    reply(accountz_json(&s, &q))
+}
+
+/// The `/accountz` document.
+pub(crate) fn accountz_json(s: &ServerInner, q: &AccQuery) -> Answer {
     let now = rfc3339(SystemTime::now());
     if let Some(name) = &q.acc {
         let Some(a) = s.account(name) else {
-            return (StatusCode::NOT_FOUND, format!("account {name:?} not found")).into_response();
+            return Err((StatusCode::NOT_FOUND, format!("account {name:?} not found")));
         };
         let clients = s.clients();
         let (conns, _) = account_usage(&a, &clients);
-        return Json(json!({
+        return Ok(json!({
             "server_id": s.id,
             "now": now,
             "system_account": s.opts.system_account,
@@ -474,15 +499,20 @@ async fn accountz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Respons
                 "auth_failures": a.auth_failures.load(Ordering::Relaxed),
                 "permission_violations": a.permission_violations.load(Ordering::Relaxed),
             }
-        }))
-        .into_response();
+        }));
     }
     let names: Vec<String> = s.accounts().iter().map(|a| a.name.clone()).collect();
-    Json(json!({"server_id": s.id, "now": now, "system_account": s.opts.system_account, "accounts": names}))
-        .into_response()
+    Ok(
+        json!({"server_id": s.id, "now": now, "system_account": s.opts.system_account, "accounts": names}),
+    )
 }
 
 async fn accstatz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Json<Value> {
+    Json(accstatz_json(&s, &q))
+}
+
+/// The `/accstatz` document.
+pub(crate) fn accstatz_json(s: &ServerInner, q: &AccQuery) -> Value {
     let clients = s.clients();
     let include_unused = truthy(&q.unused);
     let stats: Vec<Value> = s
@@ -506,7 +536,7 @@ async fn accstatz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Json<Va
             }))
         })
         .collect();
-    Json(json!({"server_id": s.id, "now": rfc3339(SystemTime::now()), "account_statz": stats}))
+    json!({"server_id": s.id, "now": rfc3339(SystemTime::now()), "account_statz": stats})
 }
 
 async fn healthz(

@@ -102,7 +102,7 @@ impl Account {
         self.sublist.read().for_each(|subject, queue, sub| {
             let cid = match &sub.0.target {
                 crate::client::Target::Client(c) => c.cid,
-                _ => 0,
+                crate::client::Target::Forward(_) | crate::client::Target::Internal(_) => 0,
             };
             out.push((
                 String::from_utf8_lossy(subject).into_owned(),

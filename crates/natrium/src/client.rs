@@ -282,6 +282,8 @@ pub enum Target {
     Client(Arc<ClientShared>),
     /// Another account (an import, or the reply path of a service import).
     Forward(Arc<Forward>),
+    /// A server component or embedding program (see `internal`).
+    Internal(Arc<crate::internal::InternalSink>),
 }
 
 pub(crate) fn unix_nanos(t: std::time::SystemTime) -> u64 {
@@ -316,10 +318,27 @@ impl Subscription {
         }))
     }
 
+    /// An internal subscription delivering into `sink`.
+    pub(crate) fn internal(
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        sink: Arc<crate::internal::InternalSink>,
+    ) -> SubRef {
+        SubRef(Arc::new(Subscription {
+            target: Target::Internal(sink),
+            subject: subject.into(),
+            queue: queue.map(Into::into),
+            sid: Box::default(),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            deny: None,
+        }))
+    }
+
     fn client(&self) -> Option<&Arc<ClientShared>> {
         match &self.target {
             Target::Client(c) => Some(c),
-            Target::Forward(_) => None,
+            Target::Forward(_) | Target::Internal(_) => None,
         }
     }
 }
@@ -436,6 +455,7 @@ impl Delivery {
         let client = match &s.target {
             Target::Client(c) => c,
             Target::Forward(f) => return self.forward(f, m, depth),
+            Target::Internal(sink) => return sink.offer(m.subject, m.reply, m.headers, m.payload),
         };
         let headers = if client.headers.load(Ordering::Relaxed) {
             m.headers
@@ -990,6 +1010,37 @@ impl Conn {
         self.server
             .client_closed(&self.shared, &self.account, stats);
     }
+}
+
+/// Publishes a message that comes from no client (an internal client or the server itself).
+pub(crate) fn publish_from(
+    account: &Arc<Account>,
+    subject: &[u8],
+    reply: Option<&[u8]>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) -> bool {
+    let mut dl = Delivery {
+        cid: 0,
+        echo: true,
+        flush: Vec::new(),
+        expired: Vec::new(),
+        stall: None,
+        rng: fastrand::Rng::new(),
+    };
+    let m = Msg {
+        subject,
+        reply,
+        headers,
+        payload,
+    };
+    let found = account.matches(subject);
+    let delivered = dl.deliver_all(account, &found, &m, 0);
+    dl.flush();
+    for (account, sub) in std::mem::take(&mut dl.expired) {
+        remove_subscription(&account, &sub);
+    }
+    delivered
 }
 
 /// Removes a subscription from its client's sid map (if it has a client) and from the account.

@@ -7,11 +7,14 @@ pub mod account;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod internal;
 pub mod logging;
 pub mod monitor;
 pub mod options;
 pub mod perms;
 pub mod server;
+pub mod sys;
 
+pub use internal::{InternalClient, InternalMsg, InternalSubscription};
 pub use options::{Options, PROTOCOL_VERSION, VERSION};
 pub use server::{Server, ServerError};

@@ -60,6 +60,37 @@ fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+pub(crate) fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// The STATSZ document of `$SYS.REQ.SERVER.PING`.
+pub(crate) fn statsz_json(s: &ServerInner) -> Value {
+    let clients = s.clients();
+    let t = server_totals(s, &clients);
+    let (mem, cpu) = process_usage(since(s.start));
+    let accounts = s.accounts();
+    let active = accounts
+        .iter()
+        .filter(|a| account_usage(a, &clients).0 > 0)
+        .count();
+    json!({
+        "start": rfc3339(s.start),
+        "mem": mem,
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "cpu": cpu,
+        "connections": clients.len(),
+        "total_connections": s.total_connections.load(Ordering::Relaxed),
+        "active_accounts": active,
+        "subscriptions": accounts.iter().map(|a| a.subscription_count()).sum::<usize>(),
+        "sent": {"msgs": t.out_msgs, "bytes": t.out_bytes},
+        "received": {"msgs": t.in_msgs, "bytes": t.in_bytes},
+        "slow_consumers": s.slow_consumers.load(Ordering::Relaxed),
+        "routes": [],
+        "gateways": [],
+    })
+}
+
 /// Go-style duration text as nats-server prints uptimes and idle times: `1d2h3m4s`.
 fn uptime(d: Duration) -> String {
     let mut s = d.as_secs();
@@ -285,14 +316,14 @@ pub(crate) fn varz_json(s: &ServerInner) -> Value {
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct ConnzQuery {
-    subs: Option<String>,
-    sort: Option<String>,
-    limit: Option<usize>,
-    offset: Option<usize>,
-    state: Option<String>,
-    cid: Option<u64>,
-    auth: Option<String>,
-    acc: Option<String>,
+    pub(crate) subs: Option<String>,
+    pub(crate) sort: Option<String>,
+    pub(crate) limit: Option<usize>,
+    pub(crate) offset: Option<usize>,
+    pub(crate) state: Option<String>,
+    pub(crate) cid: Option<u64>,
+    pub(crate) auth: Option<String>,
+    pub(crate) acc: Option<String>,
 }
 
 fn truthy(v: &Option<String>) -> bool {
@@ -402,11 +433,11 @@ pub(crate) fn connz_json(s: &ServerInner, q: &ConnzQuery) -> Answer {
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct SubszQuery {
-    subs: Option<String>,
-    offset: Option<usize>,
-    limit: Option<usize>,
-    test: Option<String>,
-    acc: Option<String>,
+    pub(crate) subs: Option<String>,
+    pub(crate) offset: Option<usize>,
+    pub(crate) limit: Option<usize>,
+    pub(crate) test: Option<String>,
+    pub(crate) acc: Option<String>,
 }
 
 async fn subsz(State(s): State<Shared>, Query(q): Query<SubszQuery>) -> Response {
@@ -470,8 +501,8 @@ fn account_usage(a: &Account, clients: &[Arc<ClientShared>]) -> (usize, Totals) 
 
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct AccQuery {
-    acc: Option<String>,
-    unused: Option<String>,
+    pub(crate) acc: Option<String>,
+    pub(crate) unused: Option<String>,
 }
 
 async fn accountz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Response {

@@ -171,6 +171,7 @@ pub struct Server {
     addr: SocketAddr,
     accept: JoinHandle<()>,
     monitor: Option<JoinHandle<()>>,
+    sys: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -243,6 +244,9 @@ impl Server {
             }
             None => None,
         };
+        let sys = crate::internal::InternalClient::new(inner.clone(), &inner.opts.system_account)
+            .map(|c| tokio::spawn(crate::sys::serve(c)))
+            .ok();
         let accept = tokio::spawn(accept_loop(inner.clone(), listener));
         tracing::info!("Server is ready");
         Ok(Server {
@@ -250,6 +254,7 @@ impl Server {
             addr,
             accept,
             monitor,
+            sys,
         })
     }
 
@@ -272,6 +277,14 @@ impl Server {
             ip.to_string()
         };
         format!("nats://{host}:{}", self.addr.port())
+    }
+
+    /// A socket-less client in `account` (e.g. `"$G"`), for embedding programs and tests.
+    pub fn internal_client(
+        &self,
+        account: &str,
+    ) -> Result<crate::InternalClient, crate::internal::InternalError> {
+        crate::InternalClient::new(self.inner.clone(), account)
     }
 
     /// The bound monitoring port, when monitoring is enabled.
@@ -305,9 +318,9 @@ impl Server {
         let _ = self.inner.shutdown.send(true);
         self.accept.abort();
         let _ = self.accept.await;
-        if let Some(m) = self.monitor {
-            m.abort();
-            let _ = m.await;
+        for task in [self.monitor, self.sys].into_iter().flatten() {
+            task.abort();
+            let _ = task.await;
         }
         let clients: Vec<_> = self.inner.clients.lock().values().cloned().collect();
         for c in &clients {

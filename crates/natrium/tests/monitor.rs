@@ -263,3 +263,41 @@ async fn auth_failures_and_violations_are_counted_per_account() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn grafana_dashboard_uses_only_exported_series() {
+    let (_dir, s) = start_monitored().await;
+    let _a = login(&s, "a").await;
+    let url = format!("{}/metrics", s.monitor_url().expect("on"));
+    let text = reqwest::get(&url)
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    let names: std::collections::HashSet<String> =
+        parse_metrics(&text).into_keys().map(|(n, _)| n).collect();
+    let dash = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/natrium.json"
+    ))
+    .expect("dashboard");
+    let json: Value = serde_json::from_str(&dash).expect("dashboard is JSON");
+    let mut used = 0;
+    for panel in json["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("natrium_") {
+                    used += 1;
+                    assert!(
+                        names.contains(word),
+                        "dashboard uses {word}, which /metrics does not export"
+                    );
+                }
+            }
+        }
+    }
+    assert!(used >= 12, "the dashboard queries natrium series ({used})");
+    s.shutdown().await;
+}

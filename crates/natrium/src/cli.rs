@@ -33,6 +33,8 @@ pub enum Override {
     Logtime(bool),
     MaxPayload(usize),
     HttpPort(i32),
+    JetStream(bool),
+    StoreDir(PathBuf),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,10 +59,6 @@ enum Arity {
 
 /// Flags that nats-server has and later natrium work adds (JetStream, monitoring, TLS, cluster).
 const NOT_YET: &[&str] = &[
-    "js",
-    "jetstream",
-    "sd",
-    "store_dir",
     "ms",
     "https_port",
     "tls",
@@ -91,7 +89,7 @@ fn arity(name: &str) -> Option<Arity> {
     Some(match name {
         "p" | "port" | "a" | "addr" | "net" | "n" | "name" | "server_name" | "c" | "config"
         | "user" | "pass" | "auth" | "l" | "log" | "P" | "pid" | "ports_file_dir"
-        | "max_payload" | "m" | "http_port" => Value,
+        | "max_payload" | "m" | "http_port" | "sd" | "store_dir" => Value,
         "D" | "debug" | "V" | "trace" | "VV" | "DV" | "DVV" | "T" | "logtime" | "t" | "v"
         | "version" | "h" | "help" | "help_tls" => Bool,
         "js" | "jetstream" | "tls" | "tlsverify" | "no_advertise" | "s" | "syslog" => Bool,
@@ -154,6 +152,8 @@ impl Cli {
                 "ports_file_dir" => o.push(Override::PortsFileDir(value.into())),
                 "max_payload" => o.push(Override::MaxPayload(value.parse().map_err(|_| bad())?)),
                 "m" | "http_port" => o.push(Override::HttpPort(value.parse().map_err(|_| bad())?)),
+                "js" | "jetstream" => o.push(Override::JetStream(parse_bool(&name, &value)?)),
+                "sd" | "store_dir" => o.push(Override::StoreDir(value.into())),
                 "D" | "debug" => o.push(Override::Debug(parse_bool(&name, &value)?)),
                 "V" | "trace" | "VV" => o.push(Override::Trace(parse_bool(&name, &value)?)),
                 "DV" | "DVV" => {
@@ -193,6 +193,19 @@ impl Cli {
                 Override::Logtime(t) => opts.logtime = t,
                 Override::MaxPayload(m) => opts.max_payload = m,
                 Override::HttpPort(p) => opts.http_port = Some(p),
+                Override::JetStream(on) => {
+                    if !on {
+                        opts.jetstream = None;
+                    } else if opts.jetstream.is_none() {
+                        opts.jetstream = Some(crate::jetstream::JetStreamOptions::default());
+                    }
+                }
+                Override::StoreDir(d) => {
+                    // As in nats-server, a store directory turns JetStream on.
+                    opts.jetstream
+                        .get_or_insert_with(Default::default)
+                        .store_dir = d;
+                }
             }
         }
         opts.validate()?;
@@ -211,7 +224,11 @@ Server Options:
     -c, --config <file>              Configuration file
     -t                               Test configuration and exit
         --ports_file_dir <dir>       Directory to write the ports file to
-        --max_payload <bytes>        Maximum payload size
+                --max_payload <bytes>        Maximum payload size
+
+JetStream Options:
+    -js, --jetstream                 Enable JetStream
+    -sd, --store_dir <dir>           Directory for JetStream storage (implies -js)
     -m, --http_port <port>           Use port for http monitoring (-1 picks a random port)
 
 Logging Options:
@@ -231,7 +248,7 @@ Common Options:
     -v, --version                    Show version
 
 Not yet supported (accepted by nats-server; natrium reports an error naming the flag):
-    -js/--jetstream, -sd/--store_dir, -ms/--https_port, --tls*, --cluster*, --routes,
+        -ms/--https_port, --tls*, --cluster*, --routes,
     --signal, -s/--syslog, -r/--remote_syslog
 ";
 
@@ -271,20 +288,23 @@ mod tests {
     fn errors_name_the_flag() {
         assert_eq!(parse(&["-bogus"]), Err(CliError::Unknown("bogus".into())));
         assert_eq!(parse(&["-p"]), Err(CliError::MissingValue("p".into())));
-        assert_eq!(parse(&["-js"]), Err(CliError::NotYet("js".into())));
-        assert_eq!(
-            parse(&["--store_dir", "/tmp/x"]),
-            Err(CliError::NotYet("store_dir".into()))
-        );
         assert_eq!(parse(&["-ms", "8222"]), Err(CliError::NotYet("ms".into())));
         assert!(matches!(
             parse(&["-p", "abc"]),
             Err(CliError::BadValue { .. })
         ));
         assert_eq!(parse(&["extra"]), Err(CliError::Positional("extra".into())));
-        assert!(parse(&["-js"])
+        assert!(parse(&["--tls"])
             .expect_err("not yet")
             .to_string()
-            .contains("-js"));
+            .contains("-tls"));
+        let (o, _) = parse(&["-js", "-sd", "/tmp/js"])
+            .expect("ok")
+            .options()
+            .expect("valid");
+        assert_eq!(
+            o.jetstream.expect("on").store_dir,
+            std::path::PathBuf::from("/tmp/js")
+        );
     }
 }

@@ -102,7 +102,7 @@ impl InternalClient {
         self.account.insert(sub.clone());
         Ok(InternalSubscription {
             rx,
-            sub,
+            subs: vec![sub],
             sink,
             account: self.account.clone(),
         })
@@ -137,7 +137,7 @@ impl InternalClient {
 /// An internal subscription; unsubscribes when dropped.
 pub struct InternalSubscription {
     rx: mpsc::Receiver<InternalMsg>,
-    sub: SubRef,
+    subs: Vec<SubRef>,
     sink: Arc<InternalSink>,
     account: Arc<Account>,
 }
@@ -145,6 +145,21 @@ pub struct InternalSubscription {
 impl InternalSubscription {
     pub async fn next(&mut self) -> Option<InternalMsg> {
         self.rx.recv().await
+    }
+
+    /// Adds another subject delivering into the same channel.
+    pub fn also(&mut self, subject: &str, queue: Option<&str>) -> Result<(), InternalError> {
+        if !natrium_subjects::is_valid_subject(subject.as_bytes()) {
+            return Err(InternalError::InvalidSubject(subject.to_string()));
+        }
+        let sub = Subscription::internal(
+            subject.as_bytes(),
+            queue.map(str::as_bytes),
+            self.sink.clone(),
+        );
+        self.account.insert(sub.clone());
+        self.subs.push(sub);
+        Ok(())
     }
 
     /// Messages dropped because the channel was full.
@@ -155,6 +170,8 @@ impl InternalSubscription {
 
 impl Drop for InternalSubscription {
     fn drop(&mut self) {
-        self.account.remove(&self.sub);
+        for sub in &self.subs {
+            self.account.remove(sub);
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod internal;
+pub mod jetstream;
 pub mod logging;
 pub mod monitor;
 pub mod options;

@@ -42,6 +42,7 @@ pub(crate) async fn serve(inner: Shared, listener: TcpListener) {
         .route("/accstatz", get(accstatz))
         .route("/healthz", get(healthz))
         .route("/routez", get(routez))
+        .route("/jsz", get(jsz))
         .route("/metrics", get(metrics))
         .with_state(inner);
     if let Err(e) = axum::serve(listener, app).await {
@@ -310,8 +311,36 @@ pub(crate) fn varz_json(s: &ServerInner) -> Value {
         "slow_consumers": s.slow_consumers.load(Ordering::Relaxed),
         "subscriptions": subs,
         "system_account": o.system_account,
-        "config_load_time": rfc3339(s.start),
+                "config_load_time": rfc3339(s.start),
+        "jetstream": jetstream_summary(s),
     })
+}
+
+/// JetStream's section of `/varz` and the body of `/jsz`: `{}` when JetStream is off.
+fn jetstream_summary(s: &ServerInner) -> Value {
+    let Some(js) = s.jetstream.lock().clone() else {
+        return json!({});
+    };
+    let o = s.opts.jetstream.clone().unwrap_or_default();
+    json!({
+        "config": {
+            "max_memory": o.max_memory,
+            "max_storage": o.max_file,
+            "store_dir": o.store_dir,
+            "sync_always": matches!(o.sync, natrium_store::SyncPolicy::Always),
+        },
+        "stats": js.usage(),
+    })
+}
+
+async fn jsz(State(s): State<Shared>) -> Response {
+    if s.opts.jetstream.is_none() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "JetStream not enabled").into_response();
+    }
+    let mut v = jetstream_summary(&s);
+    v["server_id"] = json!(s.id);
+    v["now"] = json!(now_rfc3339());
+    Json(v).into_response()
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -570,11 +599,28 @@ pub(crate) fn accstatz_json(s: &ServerInner, q: &AccQuery) -> Value {
     json!({"server_id": s.id, "now": rfc3339(SystemTime::now()), "account_statz": stats})
 }
 
-async fn healthz(
-    State(_s): State<Shared>,
-    Query(_q): Query<HashMap<String, String>>,
-) -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `/healthz`: ok, or 503 with the reason when JetStream is enabled but cannot write its store
+/// directory. `js-enabled-only` and `js-server-only` restrict the check to JetStream.
+async fn healthz(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let js_only = q.contains_key("js-enabled-only") || q.contains_key("js-server-only");
+    let flag = |k: &str| q.get(k).is_some_and(|v| v != "false" && v != "0");
+    if js_only && s.opts.jetstream.is_none() && flag("js-enabled-only") {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "error": "JetStream not enabled"})),
+        )
+            .into_response();
+    }
+    if let Some(js) = &s.opts.jetstream {
+        if let Err(e) = crate::jetstream::check_store_writable(&js.store_dir) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "error": format!("JetStream store directory not writable: {e}")})),
+            )
+                .into_response();
+        }
+    }
+    Json(json!({"status": "ok"})).into_response()
 }
 
 async fn routez(State(s): State<Shared>) -> Json<Value> {

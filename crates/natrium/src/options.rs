@@ -75,6 +75,10 @@ pub struct Import {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountOptions {
     pub name: String,
+    /// JetStream enabled for this account (`jetstream: enabled` or a `jetstream {}` block).
+    pub jetstream: bool,
+    /// Limits from a `jetstream { max_mem, max_file, max_streams, max_consumers }` block.
+    pub jetstream_limits: Option<crate::jetstream::AccountLimits>,
     pub exports: Vec<Export>,
     pub imports: Vec<Import>,
 }
@@ -115,6 +119,8 @@ pub struct Options {
     pub accounts: Vec<AccountOptions>,
     /// The system account's name (`$SYS` unless configured).
     pub system_account: String,
+    /// JetStream, when enabled.
+    pub jetstream: Option<crate::jetstream::JetStreamOptions>,
     /// Monitoring listener; `None` disables it, `-1` picks a random port.
     pub http_port: Option<i32>,
     pub http_host: String,
@@ -145,6 +151,7 @@ impl Default for Options {
             auth: AuthOptions::default(),
             accounts: Vec::new(),
             system_account: SYSTEM_ACCOUNT.to_string(),
+            jetstream: None,
             http_port: None,
             http_host: "0.0.0.0".into(),
             debug: false,
@@ -172,7 +179,6 @@ pub enum OptionsError {
 /// Keys nats-server knows that this version of Natrium accepts but does not act on yet; they are
 /// reported as warnings so a config written for nats-server still loads.
 const NOT_YET_SUPPORTED: &[&str] = &[
-    "jetstream",
     "https",
     "https_port",
     "http_base_path",
@@ -238,6 +244,7 @@ impl Options {
                 "ping_interval" => self.ping_interval = duration(v)?,
                 "ping_max" => self.ping_max = int(v)? as u32,
                 "write_deadline" => self.write_deadline = duration(v)?,
+                                "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
                 "http_port" | "monitor_port" => self.http_port = Some(int(v)? as i32),
                 "http" => {
                     let (host, port) = parse_listen(v)?;
@@ -311,7 +318,31 @@ impl Options {
                     match key.to_ascii_lowercase().as_str() {
                         "users" => self.auth.users.extend(users(kv, Some(name), warnings)?),
                         "exports" => acc.exports = exports(kv)?,
-                        "imports" => acc.imports = imports(kv)?,
+                                                "imports" => acc.imports = imports(kv)?,
+                        "jetstream" => {
+                            acc.jetstream = match &kv.value {
+                                Value::Bool(b) => *b,
+                                Value::String(s) => s.eq_ignore_ascii_case("enabled") || s.eq_ignore_ascii_case("true"),
+                                                                Value::Map(m) => {
+                                    let mut l = crate::jetstream::AccountLimits::default();
+                                    for (k, lv) in m.iter() {
+                                        match k.to_ascii_lowercase().as_str() {
+                                            "max_mem" | "max_memory" | "max_memory_store" => l.max_memory = size(lv)?,
+                                            "max_file" | "max_store" | "max_file_store" => l.max_file = size(lv)?,
+                                            "max_streams" => l.max_streams = int(lv)?,
+                                            "max_consumers" => l.max_consumers = int(lv)?,
+                                            _ => warnings.push(format!(
+                                                "{}: account jetstream key {k:?} is not supported yet and is ignored",
+                                                lv.pos
+                                            )),
+                                        }
+                                    }
+                                    acc.jetstream_limits = Some(l);
+                                    true
+                                }
+                                _ => return Err(invalid(kv, "jetstream must be enabled, disabled or a map")),
+                            }
+                        }
                         "default_permissions" => {}
                         _ => warnings.push(format!(
                             "{}: account key {key:?} is not supported yet by this version of natrium and is ignored",
@@ -409,6 +440,55 @@ impl Options {
             self.host, self.port, self.max_payload, self.max_pending, self.max_connections, self.ping_interval, auth
         )
     }
+}
+
+/// `jetstream: enabled`, `jetstream: false` or `jetstream { store_dir, max_mem, max_file, sync_interval }`.
+fn jetstream(
+    v: &Spanned,
+    warnings: &mut Vec<String>,
+) -> Result<Option<crate::jetstream::JetStreamOptions>, OptionsError> {
+    let mut js = crate::jetstream::JetStreamOptions::default();
+    match &v.value {
+        Value::Bool(b) => return Ok(b.then_some(js)),
+        Value::String(s) => {
+            return match s.to_ascii_lowercase().as_str() {
+                "enabled" | "enable" | "true" => Ok(Some(js)),
+                "disabled" | "disable" | "false" => Ok(None),
+                _ => Err(invalid(v, "jetstream must be enabled, disabled or a map")),
+            }
+        }
+        Value::Map(m) => {
+            for (key, kv) in m.iter() {
+                match key.to_ascii_lowercase().as_str() {
+                    "store_dir" | "store" => js.store_dir = string(kv)?.into(),
+                    "max_mem" | "max_memory" | "max_mem_store" | "max_memory_store" => js.max_memory = size(kv)?,
+                    "max_file" | "max_file_store" | "max_store" => js.max_file = size(kv)?,
+                    "enabled" | "enable" => {
+                        if !boolean(kv)? {
+                            return Ok(None);
+                        }
+                    }
+                    "sync_interval" | "sync" => {
+                        js.sync = match &kv.value {
+                            Value::String(s) if s.eq_ignore_ascii_case("always") => natrium_store::SyncPolicy::Always,
+                            _ => natrium_store::SyncPolicy::Interval(duration(kv)?),
+                        }
+                    }
+                    _ => warnings.push(format!(
+                        "{}: jetstream key {key:?} is not supported yet by this version of natrium and is ignored",
+                        kv.pos
+                    )),
+                }
+            }
+        }
+        other => {
+            return Err(invalid(
+                v,
+                &format!("jetstream: unexpected {}", other.kind_name()),
+            ))
+        }
+    }
+    Ok(Some(js))
 }
 
 /// A `users` array; `account` is set for users declared inside an account.
@@ -755,7 +835,7 @@ mod tests {
         let (o, w) = load(
             "listen: 127.0.0.1:4333\nserver_name: n1\nmax_payload: 2MB\nping_interval: \"30s\"\nping_max: 3\n\
              write_deadline: 5\nmax_connections: 100\nauthorization { user: a, password: b, timeout: 1.5 }\n\
-             jetstream { store_dir: /tmp/x }\nbogus_key: 1\n",
+             cluster { port: 6222 }\nbogus_key: 1\n",
         );
         assert_eq!(o.host, "127.0.0.1");
         assert_eq!(o.port, 4333);
@@ -768,7 +848,7 @@ mod tests {
         assert_eq!(o.auth.user.as_deref(), Some("a"));
         assert_eq!(o.auth_timeout, Duration::from_millis(1500));
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].contains("jetstream") && w[0].contains("not supported yet"));
+        assert!(w[0].contains("cluster") && w[0].contains("not supported yet"));
         assert!(w[1].contains("bogus_key"));
         o.validate().expect("valid");
     }

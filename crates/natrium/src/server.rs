@@ -54,6 +54,7 @@ pub(crate) struct ServerInner {
     /// The most recent closed connections, newest last (for `/connz?state=closed`).
     pub(crate) closed_conns: Mutex<std::collections::VecDeque<ConnInfo>>,
     pub(crate) http_port: Mutex<Option<u16>>,
+    pub(crate) jetstream: Mutex<Option<Arc<crate::jetstream::JetStream>>>,
 }
 
 /// How many closed connections `/connz` remembers, as nats-server's default.
@@ -153,6 +154,7 @@ impl ServerInner {
             port: self.port,
             headers: true,
             auth_required: self.auth.required(),
+            jetstream: self.opts.jetstream.is_some(),
             max_payload: self.opts.max_payload,
             client_id: cid,
             client_ip: ip.to_string(),
@@ -217,6 +219,7 @@ impl Server {
             closed_totals: Mutex::new(Totals::default()),
             closed_conns: Mutex::new(std::collections::VecDeque::new()),
             http_port: Mutex::new(None),
+            jetstream: Mutex::new(None),
         });
         tracing::info!(
             "Listening for client connections on {}:{}",
@@ -244,6 +247,9 @@ impl Server {
             }
             None => None,
         };
+        if let Some(js_opts) = inner.opts.jetstream.clone() {
+            start_jetstream(&inner, js_opts)?;
+        }
         let sys = crate::internal::InternalClient::new(inner.clone(), &inner.opts.system_account)
             .map(|c| tokio::spawn(crate::sys::serve(c)))
             .ok();
@@ -316,6 +322,10 @@ impl Server {
     /// Stops accepting, closes every client and waits until they are gone.
     pub async fn shutdown(self) {
         let _ = self.inner.shutdown.send(true);
+        let js = self.inner.jetstream.lock().take();
+        if let Some(js) = js {
+            js.shutdown();
+        }
         self.accept.abort();
         let _ = self.accept.await;
         for task in [self.monitor, self.sys].into_iter().flatten() {
@@ -334,6 +344,35 @@ impl Server {
         }
         tracing::info!("Server Exiting..");
     }
+}
+
+/// Starts JetStream for the global account and every account that enables it.
+fn start_jetstream(
+    inner: &Arc<ServerInner>,
+    opts: crate::jetstream::JetStreamOptions,
+) -> Result<(), ServerError> {
+    tracing::info!("Starting JetStream");
+    tracing::info!("    Store Directory: \"{}\"", opts.store_dir.display());
+    match opts.sync {
+        natrium_store::SyncPolicy::Always => {
+            tracing::info!("    Sync:            always (acknowledged after fsync, group commit)")
+        }
+        natrium_store::SyncPolicy::Interval(d) => {
+            tracing::info!("    Sync:            every {d:?} (lazy)")
+        }
+    }
+    let js = crate::jetstream::JetStream::new(opts);
+    let mut enabled = vec![(GLOBAL_ACCOUNT.to_string(), None)];
+    for a in inner.opts.accounts.iter().filter(|a| a.jetstream) {
+        enabled.push((a.name.clone(), a.jetstream_limits));
+    }
+    for (name, limits) in enabled {
+        let client = crate::internal::InternalClient::new(inner.clone(), &name)
+            .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
+        js.enable_account(client, limits)?;
+    }
+    *inner.jetstream.lock() = Some(js);
+    Ok(())
 }
 
 /// Creates the configured accounts (plus the global and system ones) and wires their imports as

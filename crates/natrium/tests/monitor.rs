@@ -301,3 +301,41 @@ async fn grafana_dashboard_uses_only_exported_series() {
     assert!(used >= 12, "the dashboard queries natrium series ({used})");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn healthz_turns_unhealthy_when_the_store_is_not_writable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("js");
+    let o = Options {
+        jetstream: Some(natrium::jetstream::JetStreamOptions {
+            store_dir: store.clone(),
+            ..Default::default()
+        }),
+        http_host: "127.0.0.1".into(),
+        http_port: Some(-1),
+        ..common::opts()
+    };
+    let s = common::start(o).await;
+    let url = format!("{}/healthz", s.monitor_url().expect("on"));
+    let ok = reqwest::get(&url).await.expect("get");
+    assert_eq!(ok.status(), 200);
+    let jsz = get(&s, "/jsz").await;
+    assert_eq!(jsz["stats"]["accounts"], 1);
+    let varz = get(&s, "/varz").await;
+    assert_eq!(varz["jetstream"]["config"]["sync_always"], true);
+    // The store directory disappears and a file takes its place (a lost mount, say).
+    std::fs::remove_dir_all(&store).expect("remove store");
+    std::fs::write(&store, b"not a directory").expect("file in its place");
+    let bad = reqwest::get(&url).await.expect("get");
+    assert_eq!(bad.status(), 503);
+    let body: Value = bad.json().await.expect("json");
+    assert_eq!(body["status"], "unavailable");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("not writable"),
+        "{body}"
+    );
+    s.shutdown().await;
+}

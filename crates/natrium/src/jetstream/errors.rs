@@ -1,0 +1,122 @@
+//! The JetStream API's wire errors: nats-server's HTTP-like `code`, its stable `err_code` and the
+//! description text, in one table. Codes are never reused for another meaning.
+
+use serde::Serialize;
+
+/// An API error as it appears in a response's `error` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiError {
+    pub code: u16,
+    pub err_code: u16,
+    pub description: String,
+}
+
+impl ApiError {
+    fn new(code: u16, err_code: u16, description: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            err_code,
+            description: description.into(),
+        }
+    }
+
+    pub fn bad_request() -> Self {
+        Self::new(400, 10003, "bad request")
+    }
+    pub fn invalid_json(err: impl std::fmt::Display) -> Self {
+        Self::new(400, 10025, format!("invalid JSON: {err}"))
+    }
+    pub fn not_enabled_for_account() -> Self {
+        Self::new(503, 10039, "JetStream not enabled for account")
+    }
+    pub fn no_message_found() -> Self {
+        Self::new(404, 10037, "no message found")
+    }
+    pub fn stream_not_found() -> Self {
+        Self::new(404, 10059, "stream not found")
+    }
+    pub fn stream_name_exists() -> Self {
+        Self::new(
+            400,
+            10058,
+            "stream name already in use with a different configuration",
+        )
+    }
+    pub fn subjects_overlap() -> Self {
+        Self::new(400, 10065, "subjects overlap with an existing stream")
+    }
+    pub fn stream_mismatch() -> Self {
+        Self::new(400, 10056, "stream name in subject does not match request")
+    }
+    pub fn expected_stream_mismatch() -> Self {
+        Self::new(400, 10060, "expected stream does not match")
+    }
+    pub fn wrong_last_sequence(seq: u64) -> Self {
+        Self::new(400, 10071, format!("wrong last sequence: {seq}"))
+    }
+    pub fn wrong_last_msg_id(id: &str) -> Self {
+        Self::new(400, 10070, format!("wrong last msg ID: {id}"))
+    }
+    pub fn message_too_large() -> Self {
+        Self::new(400, 10054, "message size exceeds maximum allowed")
+    }
+    pub fn invalid_config(err: impl Into<String>) -> Self {
+        Self::new(500, 10052, err)
+    }
+    pub fn create_failed(err: impl Into<String>) -> Self {
+        Self::new(500, 10049, err)
+    }
+    pub fn update_failed(err: impl Into<String>) -> Self {
+        Self::new(500, 10069, err)
+    }
+    pub fn delete_failed(err: impl Into<String>) -> Self {
+        Self::new(500, 10050, err)
+    }
+    pub fn purge_failed(err: impl Into<String>) -> Self {
+        Self::new(500, 10110, err)
+    }
+    pub fn msg_delete_failed(err: impl Into<String>) -> Self {
+        Self::new(500, 10057, err)
+    }
+    pub fn store_failed(err: impl Into<String>) -> Self {
+        Self::new(503, 10077, err)
+    }
+    pub fn rollup_failed(err: impl Into<String>) -> Self {
+        Self::new(500, 10111, err)
+    }
+    pub fn replicas_not_supported() -> Self {
+        Self::new(
+            500,
+            10074,
+            "replicas > 1 not supported in non-clustered mode",
+        )
+    }
+    pub fn replicas_not_updatable() -> Self {
+        Self::new(400, 10061, "Replicas configuration can not be updated")
+    }
+    pub fn sealed() -> Self {
+        Self::new(400, 10109, "invalid operation on sealed stream")
+    }
+    pub fn max_streams() -> Self {
+        Self::new(400, 10027, "maximum number of streams reached")
+    }
+    pub fn storage_exceeded() -> Self {
+        Self::new(500, 10047, "insufficient storage resources available")
+    }
+    pub fn memory_exceeded() -> Self {
+        Self::new(500, 10028, "insufficient memory resources available")
+    }
+    pub fn max_bytes_required() -> Self {
+        Self::new(
+            400,
+            10113,
+            "account requires a stream config to have max bytes set",
+        )
+    }
+    pub fn name_has_path_separators() -> Self {
+        Self::new(400, 10128, "Stream name can not contain path separators")
+    }
+    pub fn limits(err: impl Into<String>) -> Self {
+        Self::new(500, 10053, err)
+    }
+}

@@ -1,0 +1,179 @@
+//! File store benchmark: appends/s of 128-byte messages under `SyncPolicy::Always` (1, 16, 256
+//! threads each waiting for its receipt; one thread pipelining with callbacks) and `Interval`,
+//! then open/recovery time and peak RSS with N messages (default 10 million).
+//!
+//! `cargo bench -p natrium-store --bench store [-- MSGS]`; data goes to `$STORE_BENCH_DIR` or a
+//! temp dir.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natrium_store::{FileStore, FileStoreConfig, Limits, StreamStore, SyncPolicy};
+
+const PAYLOAD: [u8; 128] = [b'x'; 128];
+const RUN: Duration = Duration::from_secs(3);
+
+fn open(dir: &Path, sync: SyncPolicy) -> FileStore {
+    let mut c = FileStoreConfig::new(dir);
+    c.sync = sync;
+    FileStore::open(c, Limits::default()).expect("open")
+}
+
+/// `threads` publishers, each storing and waiting for durability, for `RUN`.
+fn synchronous(dir: &Path, sync: SyncPolicy, threads: usize) -> (f64, u64) {
+    let s = Arc::new(open(dir, sync));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (s, done) = (s.clone(), done.clone());
+            std::thread::spawn(move || {
+                let subject = format!("bench.{t}");
+                while start.elapsed() < RUN {
+                    let r = s
+                        .store_msg(subject.as_bytes(), None, &PAYLOAD, 0)
+                        .expect("store");
+                    if matches!(sync, SyncPolicy::Always) {
+                        s.wait_durable(r.sync_token).expect("durable");
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("join");
+    }
+    let rate = done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    (rate, s.sync_stats().syncs)
+}
+
+/// One publisher that does not wait: acks arrive through callbacks (an async client's pattern).
+fn pipelined(dir: &Path) -> (f64, u64) {
+    let s = open(dir, SyncPolicy::Always);
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut last = None;
+    let mut n = 0u64;
+    while start.elapsed() < RUN {
+        for _ in 0..1000 {
+            let r = s.store_msg(b"bench", None, &PAYLOAD, 0).expect("store");
+            let a = acked.clone();
+            s.on_durable(
+                r.sync_token,
+                Box::new(move |res| {
+                    res.expect("durable");
+                    a.fetch_add(1, Ordering::Relaxed);
+                }),
+            );
+            last = Some(r.sync_token);
+            n += 1;
+        }
+    }
+    if let Some(t) = last {
+        s.wait_durable(t).expect("durable");
+    }
+    while acked.load(Ordering::Relaxed) < n {
+        std::thread::yield_now();
+    }
+    (
+        n as f64 / start.elapsed().as_secs_f64(),
+        s.sync_stats().syncs,
+    )
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let (Some("recover"), Some(dir)) = (args.get(1).map(String::as_str), args.get(2)) {
+        // Child process: measure one open from a cold process.
+        let before = rss_kib("VmRSS:");
+        let t = Instant::now();
+        let s = open(Path::new(dir), SyncPolicy::Always);
+        let took = t.elapsed();
+        let st = s.state();
+        println!(
+            "recover: {} msgs, {} bytes in {:.2}s; RSS {} MiB (+{} MiB over the empty process), peak {} MiB",
+            st.msgs,
+            st.bytes,
+            took.as_secs_f64(),
+            rss_kib("VmRSS:") / 1024,
+            (rss_kib("VmRSS:") - before) / 1024,
+            rss_kib("VmHWM:") / 1024
+        );
+        return;
+    }
+    let total: u64 = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(10_000_000);
+    let root = match std::env::var("STORE_BENCH_DIR") {
+        Ok(d) => tempfile::tempdir_in(d).expect("tempdir"),
+        Err(_) => tempfile::tempdir().expect("tempdir"),
+    };
+    let fresh = |name: &str| root.path().join(name);
+
+    for threads in [1, 16, 256] {
+        let (rate, syncs) = synchronous(
+            &fresh(&format!("always-{threads}")),
+            SyncPolicy::Always,
+            threads,
+        );
+        println!(
+            "always, {threads:>3} threads waiting for acks: {rate:>10.0} msgs/s ({syncs} fsyncs)"
+        );
+    }
+    let (rate, syncs) = pipelined(&fresh("always-pipelined"));
+    println!("always,   1 thread, acks by callback:   {rate:>10.0} msgs/s ({syncs} fsyncs)");
+    for threads in [1, 16] {
+        let (rate, syncs) = synchronous(
+            &fresh(&format!("interval-{threads}")),
+            SyncPolicy::Interval(Duration::from_secs(120)),
+            threads,
+        );
+        println!(
+            "interval 2m, {threads:>2} threads, no waiting:   {rate:>10.0} msgs/s ({syncs} fsyncs)"
+        );
+    }
+
+    let dir = fresh("recovery");
+    let t = Instant::now();
+    {
+        let s = open(&dir, SyncPolicy::Interval(Duration::from_secs(120)));
+        for i in 0..total {
+            let subject = format!("bench.{}", i % 16);
+            s.store_msg(subject.as_bytes(), None, &PAYLOAD, i as i64)
+                .expect("store");
+        }
+        s.stop().expect("stop");
+    }
+    let on_disk: u64 = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    println!(
+        "wrote {total} msgs ({} MiB on disk) in {:.1}s",
+        on_disk >> 20,
+        t.elapsed().as_secs_f64()
+    );
+    let exe = std::env::current_exe().expect("exe");
+    let out = std::process::Command::new(exe)
+        .arg("recover")
+        .arg(&dir)
+        .output()
+        .expect("child");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+}

@@ -1020,6 +1020,19 @@ pub(crate) fn publish_from(
     headers: Option<&[u8]>,
     payload: &[u8],
 ) -> bool {
+    publish_routed(account, subject, subject, reply, headers, payload)
+}
+
+/// Like `publish_from`, but routed on `route` while the delivered MSG names `subject`: how
+/// JetStream hands a stored message to a consumer's delivery or inbox subject.
+pub(crate) fn publish_routed(
+    account: &Arc<Account>,
+    route: &[u8],
+    subject: &[u8],
+    reply: Option<&[u8]>,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) -> bool {
     let mut dl = Delivery {
         cid: 0,
         echo: true,
@@ -1034,7 +1047,7 @@ pub(crate) fn publish_from(
         headers,
         payload,
     };
-    let found = account.matches(subject);
+    let found = account.matches(route);
     let delivered = dl.deliver_all(account, &found, &m, 0);
     dl.flush();
     for (account, sub) in std::mem::take(&mut dl.expired) {

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::account::Account;
-use crate::client::{publish_from, SubRef, Subscription};
+use crate::client::{publish_from, publish_routed, SubRef, Subscription};
+
 use crate::server::ServerInner;
 
 /// A message received by an internal subscription.
@@ -97,15 +98,13 @@ impl InternalClient {
             tx,
             dropped: AtomicU64::new(0),
         });
-        let sub =
-            Subscription::internal(subject.as_bytes(), queue.map(str::as_bytes), sink.clone());
-        self.account.insert(sub.clone());
-        Ok(InternalSubscription {
-            rx,
-            subs: vec![sub],
-            sink,
+        let ctl = Arc::new(SubControl {
             account: self.account.clone(),
-        })
+            sink,
+            subs: parking_lot::Mutex::new(Vec::new()),
+        });
+        ctl.add(subject, queue)?;
+        Ok(InternalSubscription { rx, ctl })
     }
 
     /// Publishes into the account; returns whether anyone received it.
@@ -128,6 +127,31 @@ impl InternalClient {
         ))
     }
 
+    /// Publishes to subscribers of `route`, presenting the message as `subject` (JetStream
+    /// deliveries keep the stored message's subject). Returns whether anyone received it.
+    pub fn publish_as(
+        &self,
+        route: &str,
+        subject: &[u8],
+        reply: Option<&str>,
+        headers: Option<&[u8]>,
+        payload: &[u8],
+    ) -> bool {
+        publish_routed(
+            &self.account,
+            route.as_bytes(),
+            subject,
+            reply.map(str::as_bytes),
+            headers,
+            payload,
+        )
+    }
+
+    /// Whether any subscription in the account matches `subject`.
+    pub fn has_interest(&self, subject: &str) -> bool {
+        !self.account.matches(subject.as_bytes()).is_empty()
+    }
+
     /// The server this client lives in (for handlers that report on it).
     pub(crate) fn server(&self) -> &Arc<ServerInner> {
         &self.server
@@ -137,18 +161,18 @@ impl InternalClient {
 /// An internal subscription; unsubscribes when dropped.
 pub struct InternalSubscription {
     rx: mpsc::Receiver<InternalMsg>,
-    subs: Vec<SubRef>,
-    sink: Arc<InternalSink>,
-    account: Arc<Account>,
+    ctl: Arc<SubControl>,
 }
 
-impl InternalSubscription {
-    pub async fn next(&mut self) -> Option<InternalMsg> {
-        self.rx.recv().await
-    }
+/// The subjects of an internal subscription, changeable while another task reads its messages.
+pub struct SubControl {
+    account: Arc<Account>,
+    sink: Arc<InternalSink>,
+    subs: parking_lot::Mutex<Vec<(String, SubRef)>>,
+}
 
-    /// Adds another subject delivering into the same channel.
-    pub fn also(&mut self, subject: &str, queue: Option<&str>) -> Result<(), InternalError> {
+impl SubControl {
+    fn add(&self, subject: &str, queue: Option<&str>) -> Result<(), InternalError> {
         if !natrium_subjects::is_valid_subject(subject.as_bytes()) {
             return Err(InternalError::InvalidSubject(subject.to_string()));
         }
@@ -158,20 +182,67 @@ impl InternalSubscription {
             self.sink.clone(),
         );
         self.account.insert(sub.clone());
-        self.subs.push(sub);
+        self.subs.lock().push((subject.to_string(), sub));
         Ok(())
+    }
+
+    /// Makes the subscription cover exactly `subjects` (no gap and no duplicate for subjects kept).
+    pub fn set_subjects(&self, subjects: &[String]) -> Result<(), InternalError> {
+        for s in subjects {
+            if !natrium_subjects::is_valid_subject(s.as_bytes()) {
+                return Err(InternalError::InvalidSubject(s.clone()));
+            }
+        }
+        let current: Vec<String> = self.subs.lock().iter().map(|(s, _)| s.clone()).collect();
+        for s in subjects.iter().filter(|s| !current.contains(s)) {
+            self.add(s, None)?;
+        }
+        let mut subs = self.subs.lock();
+        subs.retain(|(s, sub)| {
+            let keep = subjects.contains(s);
+            if !keep {
+                self.account.remove(sub);
+            }
+            keep
+        });
+        Ok(())
+    }
+
+    fn clear(&self) {
+        for (_, sub) in self.subs.lock().drain(..) {
+            self.account.remove(&sub);
+        }
+    }
+}
+
+impl InternalSubscription {
+    pub async fn next(&mut self) -> Option<InternalMsg> {
+        self.rx.recv().await
+    }
+
+    /// A message already waiting, without waiting for one.
+    pub fn try_next(&mut self) -> Option<InternalMsg> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Adds another subject delivering into the same channel.
+    pub fn also(&mut self, subject: &str, queue: Option<&str>) -> Result<(), InternalError> {
+        self.ctl.add(subject, queue)
+    }
+
+    /// A handle to change the subjects while another task reads the messages.
+    pub fn control(&self) -> Arc<SubControl> {
+        self.ctl.clone()
     }
 
     /// Messages dropped because the channel was full.
     pub fn dropped(&self) -> u64 {
-        self.sink.dropped.load(Ordering::Relaxed)
+        self.ctl.sink.dropped.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for InternalSubscription {
     fn drop(&mut self) {
-        for sub in &self.subs {
-            self.account.remove(sub);
-        }
+        self.ctl.clear();
     }
 }

@@ -3,7 +3,7 @@
 //! then open/recovery time and peak RSS with N messages (default 10 million).
 //!
 //! `cargo bench -p natrium-store --bench store [-- MSGS]`; data goes to `$STORE_BENCH_DIR` or a
-//! temp dir.
+//! temp dir (kept with `STORE_BENCH_KEEP=1`; `store recover DIR` then times one open).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +84,37 @@ fn pipelined(dir: &Path) -> (f64, u64) {
     )
 }
 
+/// `publishers` clients, each with one publish in flight (a synchronous client), served by one
+/// store thread that learns of acks through callbacks (how the server drives the store).
+fn one_in_flight(dir: &Path, publishers: usize) -> (f64, u64) {
+    let s = open(dir, SyncPolicy::Always);
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    for p in 0..publishers {
+        tx.send(p).expect("send");
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < RUN {
+        let Ok(p) = rx.recv_timeout(Duration::from_secs(1)) else {
+            break;
+        };
+        let r = s.store_msg(b"bench", None, &PAYLOAD, 0).expect("store");
+        let tx = tx.clone();
+        s.on_durable(
+            r.sync_token,
+            Box::new(move |res| {
+                res.expect("durable");
+                let _ = tx.send(p);
+            }),
+        );
+        n += 1;
+    }
+    (
+        n as f64 / start.elapsed().as_secs_f64(),
+        s.sync_stats().syncs,
+    )
+}
+
 fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -135,6 +166,10 @@ fn main() {
             "always, {threads:>3} threads waiting for acks: {rate:>10.0} msgs/s ({syncs} fsyncs)"
         );
     }
+    for publishers in [16, 256] {
+        let (rate, syncs) = one_in_flight(&fresh(&format!("inflight-{publishers}")), publishers);
+        println!("always, {publishers:>3} publishers x 1 in flight (callbacks): {rate:>10.0} msgs/s ({syncs} fsyncs)");
+    }
     let (rate, syncs) = pipelined(&fresh("always-pipelined"));
     println!("always,   1 thread, acks by callback:   {rate:>10.0} msgs/s ({syncs} fsyncs)");
     for threads in [1, 16] {
@@ -176,4 +211,8 @@ fn main() {
         .output()
         .expect("child");
     print!("{}", String::from_utf8_lossy(&out.stdout));
+    if std::env::var_os("STORE_BENCH_KEEP").is_some() {
+        println!("kept {}", dir.display());
+        std::mem::forget(root);
+    }
 }

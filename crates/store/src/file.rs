@@ -91,6 +91,8 @@ pub struct FileStore {
 const INDEX: &str = "index";
 const INDEX_MAGIC: &[u8; 8] = b"NTRIDX01";
 const DLT_ENTRY: usize = 12;
+/// Sequences listed one by one per damaged range (a crafted file name could claim billions).
+const MAX_LOST: usize = 1 << 20;
 
 fn io_err(store: &Arc<str>, what: &'static str, e: io::Error) -> StoreError {
     StoreError::Io {
@@ -176,7 +178,12 @@ impl Backend for FileBackend {
     }
 
     fn overwrite(&mut self, start: u64, at: u32, rec: &[u8]) -> Result<()> {
-        self.write(start, at, rec)
+        self.write(start, at, rec)?;
+        let blk = self.blk(start)?.clone();
+        if !self.dirty.iter().any(|f| Arc::ptr_eq(f, &blk)) {
+            self.dirty.push(blk);
+        }
+        Ok(())
     }
 
     fn note_deleted(&mut self, start: u64, seq: u64) -> Result<()> {
@@ -362,7 +369,10 @@ fn resync(buf: &[u8], bad: usize, expected: u64) -> Option<(usize, u64)> {
         let len = record::peek_len(rest)?;
         let seq = record::peek_seq(rest)?;
         let max_seq = expected + ((p - bad) / OVERHEAD) as u64 + 1;
-        if (OVERHEAD..=rest.len()).contains(&len) && seq + 1 >= expected && seq <= max_seq {
+        if (OVERHEAD..=rest.len()).contains(&len)
+            && seq.saturating_add(1) >= expected
+            && seq <= max_seq
+        {
             match record::decode(rest) {
                 Ok(r) if r.is_marker() => return Some((p, (r.seq + 1).max(expected))),
                 Ok(r) if r.seq >= expected => return Some((p, r.seq)),
@@ -402,7 +412,7 @@ impl Scanner<'_> {
             reason: reason.to_string(),
         };
         tracing::warn!(corruption = %c, "stream store damaged");
-        self.lost.extend(first..=last);
+        self.lost.extend((first..=last).take(MAX_LOST));
         self.corruption.push(c);
     }
 
@@ -503,17 +513,24 @@ impl Scanner<'_> {
 /// Read every block, verify every record, and build the engine's parts.
 fn recover(dir: &Path, name: &Arc<str>) -> Result<(Parts, Recovery, BTreeMap<u64, BlockFiles>)> {
     let err = |what| move |e| io_err(name, what, e);
-    let mut starts: Vec<u64> = Vec::new();
+    let (mut starts, mut dlts) = (Vec::new(), Vec::new());
     for entry in fs::read_dir(dir).map_err(err("list directory"))? {
         let fname = entry.map_err(err("list directory"))?.file_name();
         let fname = fname.to_string_lossy();
-        if let Some(stem) = fname.strip_suffix(".blk") {
-            if let (20, Ok(start)) = (stem.len(), stem.parse::<u64>()) {
-                starts.push(start);
+        for (ext, list) in [(".blk", &mut starts), (".dlt", &mut dlts)] {
+            if let Some(stem) = fname.strip_suffix(ext) {
+                match (stem.len(), stem.parse::<u64>()) {
+                    (20, Ok(start)) if (1..=record::MAX_SEQ).contains(&start) => list.push(start),
+                    _ => {}
+                }
             }
         }
     }
     starts.sort_unstable();
+    // Delete records whose block is gone (a crash between the two unlinks).
+    for d in dlts.iter().filter(|d| starts.binary_search(d).is_err()) {
+        fs::remove_file(dlt_path(dir, *d)).map_err(err("remove orphan delete records"))?;
+    }
     let index = read_index(dir);
     let mut rec = Recovery {
         index_rebuilt: index.is_none(),
@@ -544,7 +561,7 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<(Parts, Recovery, BTreeMap<u64
         }
         if buf.is_empty() {
             // A new block not yet written to still tells the next sequence.
-            last.0 = last.0.max(start - 1);
+            last.0 = last.0.max(start.saturating_sub(1));
         }
         // A marker first in a block is a purge floor: every older block is gone.
         if matches!(record::decode(&buf), Ok(r) if r.is_marker()) {
@@ -589,7 +606,8 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<(Parts, Recovery, BTreeMap<u64
         let Some(&(len, next)) = index.as_ref().and_then(|i| i.get(&b.start)) else {
             continue;
         };
-        if u64::from(b.len) < len && next > b.next_seq() && !lost.contains(&b.next_seq()) {
+        let plausible = next <= record::MAX_SEQ && next > b.next_seq();
+        if u64::from(b.len) < len && plausible && !lost.contains(&b.next_seq()) {
             let c = Corruption {
                 file: blk_path(dir, b.start),
                 offset: u64::from(b.len),
@@ -598,7 +616,7 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<(Parts, Recovery, BTreeMap<u64
                 reason: format!("block is {} bytes, the index recorded {len}", b.len),
             };
             tracing::warn!(corruption = %c, "stream store damaged");
-            lost.extend(c.first_seq..=c.last_seq);
+            lost.extend((c.first_seq..=c.last_seq).take(MAX_LOST));
             last.0 = last.0.max(c.last_seq);
             rec.corruption.push(c);
         }

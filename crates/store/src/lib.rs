@@ -173,7 +173,8 @@ pub trait StreamStore: Send + Sync {
     ) -> Result<StoreReceipt>;
     /// Block until a sync covers `token`.
     fn wait_durable(&self, token: SyncToken) -> Result<()>;
-    /// Call `done` (from the syncer thread, or at once) when a sync covers `token`.
+    /// Call `done` (from the syncer thread, or at once) when a sync covers `token`. `done` must
+    /// not block (never `wait_durable` in it): hand the result on, e.g. to a tokio oneshot.
     fn on_durable(&self, token: SyncToken, done: DurableCallback);
     /// The message at `seq`: `NotFound` if removed, `Eof` past the last sequence.
     fn load_msg(&self, seq: u64) -> Result<StoredMsg>;

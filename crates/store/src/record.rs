@@ -6,6 +6,9 @@
 //! where `len` counts the whole record and `crc` is CRC32C of every byte before it. A record with
 //! `subj_len == 0` is a marker: it carries the stream's last sequence and time, no message.
 
+/// Highest sequence a record may carry (keeps every `seq + n` in range).
+pub const MAX_SEQ: u64 = 1 << 62;
+
 /// Bytes of framing around subject, headers and payload.
 pub const OVERHEAD: usize = HEADER + 4;
 const HEADER: usize = 4 + 8 + 8 + 2 + 4;
@@ -107,10 +110,14 @@ pub fn decode(buf: &[u8]) -> Result<Record<'_>, DecodeError> {
     if crc32c::crc32c(body) != stored {
         return Err(DecodeError::Invalid("checksum mismatch"));
     }
+    let seq = u64::from_le_bytes(le(buf, 4));
+    if seq > MAX_SEQ {
+        return Err(DecodeError::Invalid("sequence out of range"));
+    }
     let subj_end = HEADER + subj_len;
     let hdr_end = subj_end + hdr_len;
     Ok(Record {
-        seq: u64::from_le_bytes(le(buf, 4)),
+        seq,
         ts: i64::from_le_bytes(le(buf, 12)),
         subject: body.get(HEADER..subj_end).unwrap_or_default(),
         headers: body.get(subj_end..hdr_end).unwrap_or_default(),

@@ -1,6 +1,7 @@
 //! File store specifics: reopen, torn tails, flipped bits, truncated blocks, a lost index,
 //! erase on disk, and group commit (no receipt resolves before the fsync that covers it).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -464,4 +465,71 @@ fn delete_removes_the_directory() {
     s.delete().unwrap();
     assert!(!path.exists());
     assert!(matches!(s.load_msg(1), Err(StoreError::Closed)));
+}
+
+/// The writer half of the kill -9 test: runs only inside the child process.
+#[test]
+fn crash_child_writer() {
+    let Ok(dir) = std::env::var("NATRIUM_STORE_CRASH_DIR") else {
+        return;
+    };
+    use std::io::Write;
+    let s = Arc::new(open(Path::new(&dir)));
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let (s, out) = (s.clone(), out.clone());
+            std::thread::spawn(move || loop {
+                let body = format!("thread-{t}");
+                let r = s.store_msg(b"crash", None, body.as_bytes(), 1).unwrap();
+                s.wait_durable(r.sync_token).unwrap();
+                let mut o = out.lock();
+                writeln!(o, "acked {} {t}", r.seq).unwrap();
+                o.flush().unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn kill_9_during_appends_loses_no_acknowledged_message() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("NATRIUM_STORE_CRASH_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut acked = BTreeMap::new();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        while acked.len() < 300 + round * 100 {
+            let line = lines.next().unwrap().unwrap();
+            if let Some(rest) = line.strip_prefix("acked ") {
+                let mut it = rest.split(' ');
+                let seq: u64 = it.next().unwrap().parse().unwrap();
+                acked.insert(seq, format!("thread-{}", it.next().unwrap()));
+            }
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let s = open(dir.path());
+        assert!(s.recovery().corruption.is_empty(), "{:?}", s.recovery());
+        let st = s.state();
+        assert!(st.last_seq >= *acked.keys().last().unwrap());
+        assert_eq!(st.msgs, st.last_seq, "sequences are contiguous");
+        for (seq, body) in &acked {
+            assert_eq!(s.load_msg(*seq).unwrap().payload, body.as_bytes());
+        }
+    }
 }

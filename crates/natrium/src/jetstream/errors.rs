@@ -116,6 +116,103 @@ impl ApiError {
     pub fn name_has_path_separators() -> Self {
         Self::new(400, 10128, "Stream name can not contain path separators")
     }
+    pub fn consumer_not_found() -> Self {
+        Self::new(404, 10014, "consumer not found")
+    }
+    pub fn consumer_create(err: impl Into<String>) -> Self {
+        Self::new(500, 10012, err)
+    }
+    pub fn consumer_name_exists() -> Self {
+        Self::new(400, 10013, "consumer name already in use")
+    }
+    pub fn consumer_already_exists() -> Self {
+        Self::new(400, 10148, "consumer already exists")
+    }
+    pub fn consumer_does_not_exist() -> Self {
+        Self::new(400, 10149, "consumer does not exist")
+    }
+    pub fn consumer_bad_name() -> Self {
+        Self::new(400, 10103, "durable name can not contain '.', '*', '>'")
+    }
+    pub fn consumer_durable_mismatch() -> Self {
+        Self::new(
+            400,
+            10017,
+            "consumer name in subject does not match durable name in request",
+        )
+    }
+    pub fn consumer_duplicate_filters() -> Self {
+        Self::new(
+            400,
+            10136,
+            "consumer cannot have both FilterSubject and FilterSubjects specified",
+        )
+    }
+    pub fn consumer_overlapping_filters() -> Self {
+        Self::new(400, 10138, "consumer subject filters cannot overlap")
+    }
+    pub fn consumer_filter_mismatch() -> Self {
+        Self::new(
+            400,
+            10131,
+            "Consumer create request did not match filtered subject from create subject",
+        )
+    }
+    pub fn consumer_filter_not_subset() -> Self {
+        Self::new(
+            400,
+            10093,
+            "consumer filter subject is not a valid subset of the interest subjects",
+        )
+    }
+    pub fn consumer_push_max_waiting() -> Self {
+        Self::new(400, 10080, "consumer in push mode can not set max waiting")
+    }
+    pub fn consumer_hb_requires_push() -> Self {
+        Self::new(
+            400,
+            10088,
+            "consumer idle heartbeat requires a push based consumer",
+        )
+    }
+    pub fn consumer_fc_requires_push() -> Self {
+        Self::new(
+            400,
+            10089,
+            "consumer flow control requires a push based consumer",
+        )
+    }
+    pub fn consumer_fc_needs_heartbeats() -> Self {
+        Self::new(
+            400,
+            10108,
+            "consumer with flow control also needs heartbeats",
+        )
+    }
+    pub fn consumer_backoff_max_deliver() -> Self {
+        Self::new(
+            400,
+            10116,
+            "max deliver is required to be > length of backoff values",
+        )
+    }
+    pub fn wq_requires_explicit_ack() -> Self {
+        Self::new(400, 10098, "workqueue stream requires explicit ack")
+    }
+    pub fn wq_multiple_unfiltered() -> Self {
+        Self::new(
+            400,
+            10099,
+            "multiple non-filtered consumers not allowed on workqueue stream",
+        )
+    }
+    pub fn wq_not_unique() -> Self {
+        Self::new(
+            400,
+            10100,
+            "filtered consumer not unique on workqueue stream",
+        )
+    }
     pub fn limits(err: impl Into<String>) -> Self {
         Self::new(500, 10053, err)
     }

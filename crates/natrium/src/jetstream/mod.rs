@@ -4,6 +4,8 @@
 //! recovery of every stream at start.
 
 pub mod config;
+mod consumer;
+pub mod consumer_config;
 pub mod errors;
 mod stream;
 
@@ -21,6 +23,8 @@ use serde_json::{json, Value};
 
 use crate::internal::{InternalClient, InternalMsg};
 use config::{Storage, StreamConfig};
+use consumer::Consumer;
+use consumer_config::ConsumerConfig;
 use errors::ApiError;
 use stream::Stream;
 
@@ -323,6 +327,7 @@ impl JsAccount {
                         st.msgs,
                         st.bytes
                     );
+                    self.recover_consumers(&s, &dir);
                     self.streams.write().insert(cfg.name.clone(), s);
                 }
                 Err(e) => tracing::error!("stream {}: can not open store: {e}", cfg.name),
@@ -393,8 +398,297 @@ impl JsAccount {
                 self.msg_delete(name, &m.payload),
             ),
             ["DIRECT", "GET", rest @ ..] => self.direct_get(reply, &rest.join("."), &m.payload),
+            ["CONSUMER", "CREATE", stream, rest] => {
+                let (name, filter) = match rest.split_once('.') {
+                    Some((n, f)) => (Some(n), Some(f)),
+                    None => (Some(*rest), None),
+                };
+                let r = self.create_consumer(stream, name, filter, false, &m.payload);
+                self.respond(reply, "consumer_create_response", r)
+            }
+            ["CONSUMER", "CREATE", stream] => {
+                let r = self.create_consumer(stream, None, None, false, &m.payload);
+                self.respond(reply, "consumer_create_response", r)
+            }
+            ["CONSUMER", "DURABLE", "CREATE", rest] => {
+                let r = match rest.split_once('.') {
+                    Some((stream, durable)) => {
+                        self.create_consumer(stream, Some(durable), None, true, &m.payload)
+                    }
+                    None => Err(ApiError::bad_request()),
+                };
+                self.respond(reply, "consumer_create_response", r)
+            }
+            ["CONSUMER", "INFO", stream, name] => {
+                let r = self
+                    .consumer(stream, name)
+                    .map(|(_, c)| c.info(&self.client.server().name));
+                self.respond(reply, "consumer_info_response", r)
+            }
+            ["CONSUMER", "DELETE", stream, name] => self.respond(
+                reply,
+                "consumer_delete_response",
+                self.delete_consumer(stream, name),
+            ),
+            ["CONSUMER", "NAMES", stream] => self.respond(
+                reply,
+                "consumer_names_response",
+                self.consumer_names(stream, &m.payload, false),
+            ),
+            ["CONSUMER", "LIST", stream] => self.respond(
+                reply,
+                "consumer_list_response",
+                self.consumer_names(stream, &m.payload, true),
+            ),
+            ["CONSUMER", "PAUSE", stream, name] => self.respond(
+                reply,
+                "consumer_pause_response",
+                self.pause_consumer(stream, name, &m.payload),
+            ),
+            ["CONSUMER", "MSG", "NEXT", rest] => match rest
+                .split_once('.')
+                .and_then(|(s, c)| self.consumer(s, c).ok())
+            {
+                Some((_, c)) => c.pull(reply, &m.payload),
+                None => {
+                    if let Some(r) = reply {
+                        let _ = self
+                            .client
+                            .publish(r, None, Some(b"NATS/1.0 503\r\n\r\n"), b"");
+                    }
+                }
+            },
             _ => self.respond(reply, "error_response", Err(ApiError::bad_request())),
         }
+    }
+
+    fn advisory_stream(&self, kind: &str, stream: &str, action: &str) {
+        let body = json!({
+            "type": "io.nats.jetstream.advisory.v1.stream_action",
+            "id": format!("{:016x}", fastrand::u64(..)),
+            "timestamp": rfc3339(SystemTime::now()),
+            "stream": stream,
+            "action": action,
+        });
+        let subject = format!("$JS.EVENT.ADVISORY.STREAM.{kind}.{stream}");
+        let _ = self
+            .client
+            .publish(&subject, None, None, body.to_string().as_bytes());
+    }
+
+    fn advisory_consumer(&self, kind: &str, stream: &str, consumer: &str, action: &str) {
+        let body = json!({
+            "type": "io.nats.jetstream.advisory.v1.consumer_action",
+            "id": format!("{:016x}", fastrand::u64(..)),
+            "timestamp": rfc3339(SystemTime::now()),
+            "stream": stream,
+            "consumer": consumer,
+            "action": action,
+        });
+        let subject = format!("$JS.EVENT.ADVISORY.CONSUMER.{kind}.{stream}.{consumer}");
+        let _ = self
+            .client
+            .publish(&subject, None, None, body.to_string().as_bytes());
+    }
+
+    fn consumer(&self, stream: &str, name: &str) -> Result<(Arc<Stream>, Arc<Consumer>), ApiError> {
+        let s = self.stream(stream)?;
+        let c = s
+            .consumers
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(ApiError::consumer_not_found)?;
+        Ok((s, c))
+    }
+
+    /// Loads the persisted consumers of a recovered stream.
+    fn recover_consumers(&self, s: &Arc<Stream>, stream_dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(stream_dir.join("obs")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Ok(meta) = std::fs::read(dir.join("meta.json")) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<Value>(&meta) else {
+                continue;
+            };
+            let (Some(name), Ok(mut cfg)) = (
+                v["name"].as_str().map(String::from),
+                serde_json::from_value::<ConsumerConfig>(v["config"].clone()),
+            ) else {
+                tracing::error!(
+                    "consumer metadata {} is unreadable; consumer skipped",
+                    dir.display()
+                );
+                continue;
+            };
+            cfg.normalize();
+            let created = v["created_ns"].as_u64().map_or(SystemTime::now(), |n| {
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(n)
+            });
+            let saved = std::fs::read(dir.join("state.json")).ok();
+            let c = Consumer::new(name.clone(), s, cfg, created, Some(dir), saved);
+            if c.start().is_ok() {
+                s.consumers.write().insert(name, c);
+            }
+        }
+    }
+
+    fn create_consumer(
+        &self,
+        stream: &str,
+        subject_name: Option<&str>,
+        subject_filter: Option<&str>,
+        durable_api: bool,
+        payload: &[u8],
+    ) -> Result<Value, ApiError> {
+        #[derive(Deserialize)]
+        struct CreateRequest {
+            #[serde(default)]
+            stream_name: String,
+            config: Option<ConsumerConfig>,
+            #[serde(default)]
+            action: String,
+        }
+        let req: CreateRequest = serde_json::from_slice(payload).map_err(ApiError::invalid_json)?;
+        if !req.stream_name.is_empty() && req.stream_name != stream {
+            return Err(ApiError::stream_mismatch());
+        }
+        let mut cfg = req
+            .config
+            .ok_or_else(|| ApiError::consumer_create("consumer config required"))?;
+        let s = self.stream(stream)?;
+        if let Some(n) = subject_name {
+            if durable_api {
+                match &cfg.durable_name {
+                    Some(d) if d != n => return Err(ApiError::consumer_durable_mismatch()),
+                    _ => cfg.durable_name = Some(n.to_string()),
+                }
+            } else {
+                if cfg.given_name().is_some_and(|g| g != n) {
+                    return Err(ApiError::consumer_durable_mismatch());
+                }
+                cfg.name = Some(n.to_string());
+            }
+        }
+        if let Some(f) = subject_filter {
+            if cfg.filter_subject.as_deref() != Some(f) || !cfg.filter_subjects.is_empty() {
+                return Err(ApiError::consumer_filter_mismatch());
+            }
+        }
+        cfg.normalize();
+        cfg.validate()?;
+        let scfg = s.config();
+        for f in cfg.filters() {
+            if !scfg
+                .subjects
+                .iter()
+                .any(|ss| natrium_subjects::overlaps(ss.as_bytes(), f.as_bytes()))
+            {
+                return Err(ApiError::consumer_filter_not_subset());
+            }
+        }
+        let name = cfg
+            .given_name()
+            .map(String::from)
+            .unwrap_or_else(consumer::ephemeral_name);
+        let existing = s.consumers.read().get(&name).cloned();
+        if let Some(existing) = existing {
+            let old = existing.config();
+            if old == cfg {
+                return Ok(existing.info(&self.client.server().name));
+            }
+            if req.action == "create" {
+                return Err(ApiError::consumer_already_exists());
+            }
+            old.check_update(&cfg)?;
+            existing.set_config(cfg);
+            let _ = existing.save_meta();
+            return Ok(existing.info(&self.client.server().name));
+        }
+        if req.action == "update" {
+            return Err(ApiError::consumer_does_not_exist());
+        }
+        if scfg.retention == config::Retention::WorkQueue {
+            if cfg.ack_policy != consumer_config::AckPolicy::Explicit {
+                return Err(ApiError::wq_requires_explicit_ack());
+            }
+            let filters = cfg.filters();
+            for other in s.consumers.read().values() {
+                let of = other.config().filters();
+                if filters.is_empty() || of.is_empty() {
+                    return Err(ApiError::wq_multiple_unfiltered());
+                }
+                if filters.iter().any(|a| {
+                    of.iter()
+                        .any(|b| natrium_subjects::overlaps(a.as_bytes(), b.as_bytes()))
+                }) {
+                    return Err(ApiError::wq_not_unique());
+                }
+            }
+        }
+        let persisted = cfg.is_durable() && scfg.storage == Storage::File && !cfg.mem_storage;
+        let dir = persisted.then(|| self.dir.join(stream).join("obs").join(&name));
+        let c = Consumer::new(name.clone(), &s, cfg, SystemTime::now(), dir, None);
+        c.save_meta()
+            .map_err(|e| ApiError::consumer_create(e.to_string()))?;
+        c.start()?;
+        s.consumers.write().insert(name.clone(), c.clone());
+        self.advisory_consumer("CREATED", stream, &name, "create");
+        Ok(c.info(&self.client.server().name))
+    }
+
+    fn delete_consumer(&self, stream: &str, name: &str) -> Result<Value, ApiError> {
+        let s = self.stream(stream)?;
+        let c = s
+            .remove_consumer(name)
+            .ok_or_else(ApiError::consumer_not_found)?;
+        c.delete();
+        self.advisory_consumer("DELETED", stream, name, "delete");
+        Ok(json!({"success": true}))
+    }
+
+    fn consumer_names(&self, stream: &str, payload: &[u8], full: bool) -> Result<Value, ApiError> {
+        let req: PagedRequest = parse(payload)?;
+        let s = self.stream(stream)?;
+        let consumers: Vec<Arc<Consumer>> = s.consumers.read().values().cloned().collect();
+        let total = consumers.len();
+        let limit = if full { 256 } else { 1024 };
+        let page = consumers.iter().skip(req.offset).take(limit);
+        let list: Vec<Value> = if full {
+            page.map(|c| c.info(&self.client.server().name)).collect()
+        } else {
+            page.map(|c| json!(c.name)).collect()
+        };
+        Ok(json!({"total": total, "offset": req.offset, "limit": limit, "consumers": list}))
+    }
+
+    fn pause_consumer(&self, stream: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct PauseRequest {
+            pause_until: Option<String>,
+        }
+        let req: PauseRequest = parse(payload)?;
+        let (_, c) = self.consumer(stream, name)?;
+        let mut cfg = c.config();
+        cfg.pause_until = req.pause_until.clone();
+        c.set_config(cfg);
+        let _ = c.save_meta();
+        let until = req.pause_until.as_deref().and_then(consumer::parse_time);
+        let now = SystemTime::now();
+        let paused = until.is_some_and(|u| u > now);
+        let remaining = until
+            .and_then(|u| u.duration_since(now).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(json!({
+            "paused": paused,
+            "pause_until": req.pause_until.unwrap_or_else(|| rfc3339(SystemTime::UNIX_EPOCH)),
+            "pause_remaining": remaining,
+        }))
     }
 
     fn stream(&self, name: &str) -> Result<Arc<Stream>, ApiError> {
@@ -421,7 +715,7 @@ impl JsAccount {
             "reserved_memory": 0,
             "reserved_storage": 0,
             "streams": streams.len(),
-            "consumers": 0,
+            "consumers": streams.values().map(|s| s.consumers.read().len()).sum::<usize>(),
             "limits": {
                                 "max_memory": self.limits.max_memory,
                 "max_storage": self.limits.max_file,
@@ -450,7 +744,7 @@ impl JsAccount {
             "last_ts": ts_rfc3339(st.last_ts),
             "num_subjects": st.num_subjects,
             "num_deleted": st.num_deleted,
-            "consumer_count": 0,
+            "consumer_count": s.consumers.read().len(),
         });
         if !st.lost.is_empty() {
             state["lost"] = json!({"msgs": st.lost, "bytes": 0});
@@ -593,6 +887,7 @@ impl JsAccount {
         let s = Stream::new(cfg, created, store, self.client.clone());
         s.start()?;
         self.streams.write().insert(name.to_string(), s.clone());
+        self.advisory_stream("CREATED", name, "create");
         let mut info = self.stream_info(&s, &InfoRequest::default());
         info["did_create"] = json!(true);
         Ok(info)
@@ -610,15 +905,7 @@ impl JsAccount {
             .map_err(|e| ApiError::update_failed(e.to_string()))?;
         Self::write_meta(&self.dir.join(name), &cfg, s.created)
             .map_err(|e| ApiError::update_failed(e.to_string()))?;
-        if old.subjects != cfg.subjects {
-            // Re-subscribe on the new subjects with a fresh ingest task over the same store.
-            s.shutdown();
-            let fresh = Stream::new(cfg, s.created, s.store.clone(), self.client.clone());
-            fresh.start()?;
-            self.streams.write().insert(name.to_string(), fresh.clone());
-            return Ok(self.stream_info(&fresh, &InfoRequest::default()));
-        }
-        s.set_config(cfg);
+        s.set_config(cfg)?;
         Ok(self.stream_info(&s, &InfoRequest::default()))
     }
 
@@ -640,7 +927,14 @@ impl JsAccount {
             .write()
             .remove(name)
             .ok_or_else(ApiError::stream_not_found)?;
+        let consumers: Vec<_> = std::mem::take(&mut *s.consumers.write())
+            .into_values()
+            .collect();
+        for c in consumers {
+            c.delete();
+        }
         s.shutdown();
+        self.advisory_stream("DELETED", name, "delete");
         s.store
             .delete()
             .map_err(|e| ApiError::delete_failed(e.to_string()))?;
@@ -669,6 +963,7 @@ impl JsAccount {
             }
         }
         .map_err(|e| ApiError::purge_failed(e.to_string()))?;
+        s.recount_consumers();
         Ok(json!({"success": true, "purged": purged}))
     }
 

@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::config::{Retention, StreamConfig};
+use super::consumer::Consumer;
 use super::errors::ApiError;
 use crate::internal::{InternalClient, InternalMsg, InternalSubscription};
 
@@ -55,6 +56,9 @@ pub(crate) struct Stream {
     dedupe: Mutex<Dedupe>,
     stop: Notify,
     stopped: AtomicBool,
+    pub(crate) consumers: RwLock<std::collections::BTreeMap<String, Arc<Consumer>>>,
+    /// The ingest subscription's subjects, changed in place by a stream update.
+    ingest: Mutex<Option<Arc<crate::internal::SubControl>>>,
 }
 
 impl Stream {
@@ -73,15 +77,61 @@ impl Stream {
             dedupe: Mutex::new(Dedupe::default()),
             stop: Notify::new(),
             stopped: AtomicBool::new(false),
+            consumers: RwLock::new(std::collections::BTreeMap::new()),
+            ingest: Mutex::new(None),
         })
+    }
+
+    pub(crate) fn client(&self) -> &InternalClient {
+        &self.client
+    }
+
+    pub(crate) fn remove_consumer(&self, name: &str) -> Option<Arc<Consumer>> {
+        self.consumers.write().remove(name)
+    }
+
+    /// A consumer is done with message `seq`: work queues drop it at once, interest streams once
+    /// no consumer needs it any more.
+    pub(crate) fn acked(&self, seq: u64, work_queue: bool) {
+        if work_queue {
+            let _ = self.store.remove_msg(seq);
+            return;
+        }
+        if self.config.read().retention != Retention::Interest {
+            return;
+        }
+        let Ok(m) = self.store.load_msg(seq) else {
+            return;
+        };
+        if !self
+            .consumers
+            .read()
+            .values()
+            .any(|c| c.needs(seq, &m.subject))
+        {
+            let _ = self.store.remove_msg(seq);
+        }
+    }
+
+    /// After purges and other bulk removals, consumers recount what they have pending.
+    pub(crate) fn recount_consumers(&self) {
+        for c in self.consumers.read().values() {
+            c.recount();
+        }
     }
 
     pub(crate) fn config(&self) -> StreamConfig {
         self.config.read().clone()
     }
 
-    pub(crate) fn set_config(&self, c: StreamConfig) {
+    /// Applies a new config; the ingest subscription follows a change of subjects in place.
+    pub(crate) fn set_config(&self, c: StreamConfig) -> Result<(), ApiError> {
+        if let Some(ctl) = self.ingest.lock().as_ref() {
+            ctl.set_subjects(&c.subjects)
+                .map_err(|e| ApiError::update_failed(e.to_string()))?;
+        }
         *self.config.write() = c;
+        Ok(())
     }
 
     /// Subscribes to the stream's subjects and starts its ingest and expiry tasks.
@@ -105,6 +155,7 @@ impl Stream {
         let Some(sub) = sub else {
             return Err(ApiError::invalid_config("stream has no subjects"));
         };
+        *self.ingest.lock() = Some(sub.control());
         tokio::spawn(self.clone().ingest(sub));
         tokio::spawn(self.clone().expire_loop());
         Ok(())
@@ -112,6 +163,9 @@ impl Stream {
 
     /// Stops ingest and expiry; the store stays open for the caller to stop or delete.
     pub(crate) fn shutdown(&self) {
+        for c in self.consumers.read().values() {
+            c.shutdown();
+        }
         self.stopped.store(true, Ordering::Release);
         self.stop.notify_waiters();
         self.stop.notify_one();
@@ -265,10 +319,19 @@ impl Stream {
                 d.last_id = Some(id);
             }
         }
-        if cfg.retention == Retention::Interest {
-            // No consumers can be interested yet: the message is acknowledged but not kept.
+        let consumers = self.consumers.read();
+        for c in consumers.values() {
+            c.on_new_message(msg.subject.as_bytes());
+        }
+        if cfg.retention == Retention::Interest
+            && !consumers
+                .values()
+                .any(|c| c.needs(receipt.seq, msg.subject.as_bytes()))
+        {
+            // Nobody is interested: the message is acknowledged but not kept.
             let _ = self.store.remove_msg(receipt.seq);
         }
+        drop(consumers);
         if let Some(r) = reply {
             let client = self.client.clone();
             let reply_to = r.to_string();

@@ -1,0 +1,304 @@
+//! Consumer configuration as the JetStream API carries it: nats-server's JSON field names, defaults
+//! (`ack_wait` 30 s, `max_ack_pending` 1000, `max_waiting` 512 for pull consumers) and validation.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::errors::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliverPolicy {
+    #[default]
+    All,
+    Last,
+    New,
+    ByStartSequence,
+    ByStartTime,
+    LastPerSubject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPolicy {
+    None,
+    All,
+    #[default]
+    Explicit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayPolicy {
+    #[default]
+    Instant,
+    Original,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+fn is_zero_i(n: &i64) -> bool {
+    *n == 0
+}
+fn is_zero_u(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A consumer's configuration, field for field as nats-server's `ConsumerConfig` JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ConsumerConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub durable_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub deliver_policy: DeliverPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opt_start_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opt_start_time: Option<String>,
+    pub ack_policy: AckPolicy,
+    pub ack_wait: i64,
+    pub max_deliver: i64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backoff: Vec<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter_subject: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub filter_subjects: Vec<String>,
+    pub replay_policy: ReplayPolicy,
+    #[serde(skip_serializing_if = "is_zero_u")]
+    pub rate_limit_bps: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_freq: Option<String>,
+    #[serde(skip_serializing_if = "is_zero_i")]
+    pub max_waiting: i64,
+    pub max_ack_pending: i64,
+    #[serde(skip_serializing_if = "is_false")]
+    pub flow_control: bool,
+    #[serde(skip_serializing_if = "is_zero_i")]
+    pub idle_heartbeat: i64,
+    #[serde(skip_serializing_if = "is_false")]
+    pub headers_only: bool,
+    #[serde(skip_serializing_if = "is_zero_i")]
+    pub max_batch: i64,
+    #[serde(skip_serializing_if = "is_zero_i")]
+    pub max_expires: i64,
+    #[serde(skip_serializing_if = "is_zero_i")]
+    pub max_bytes: i64,
+    #[serde(skip_serializing_if = "is_zero_i")]
+    pub inactive_threshold: i64,
+    pub num_replicas: i64,
+    #[serde(skip_serializing_if = "is_false")]
+    pub mem_storage: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliver_subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliver_group: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_until: Option<String>,
+}
+
+/// Ephemeral consumers go away after this much inactivity unless configured otherwise.
+const DEFAULT_INACTIVE_THRESHOLD: i64 = 5_000_000_000;
+
+impl ConsumerConfig {
+    pub fn is_pull(&self) -> bool {
+        self.deliver_subject.is_none()
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.durable_name.is_some()
+    }
+
+    /// The consumer's name: durable name, explicit name, or none (the server makes one up).
+    pub fn given_name(&self) -> Option<&str> {
+        self.durable_name.as_deref().or(self.name.as_deref())
+    }
+
+    /// Fills defaults as nats-server does.
+    pub fn normalize(&mut self) {
+        if self.ack_wait <= 0 {
+            self.ack_wait = 30_000_000_000;
+        }
+        if self.max_deliver == 0 {
+            self.max_deliver = -1;
+        }
+        if self.max_ack_pending == 0 && self.ack_policy != AckPolicy::None {
+            self.max_ack_pending = 1000;
+        }
+        if self.is_pull() && self.max_waiting == 0 {
+            self.max_waiting = 512;
+        }
+        if !self.is_durable() && self.inactive_threshold == 0 {
+            self.inactive_threshold = DEFAULT_INACTIVE_THRESHOLD;
+        }
+        if let Some(f) = &self.filter_subject {
+            if f.is_empty() {
+                self.filter_subject = None;
+            }
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if let (Some(d), Some(n)) = (&self.durable_name, &self.name) {
+            if d != n {
+                return Err(ApiError::consumer_durable_mismatch());
+            }
+        }
+        if let Some(n) = self.given_name() {
+            if n.is_empty() || n.contains(['.', '*', '>', ' ', '\t', '/', '\\']) {
+                return Err(ApiError::consumer_bad_name());
+            }
+        }
+        if self.filter_subject.is_some() && !self.filter_subjects.is_empty() {
+            return Err(ApiError::consumer_duplicate_filters());
+        }
+        for f in self.filters() {
+            if !natrium_subjects::is_valid_subject(f.as_bytes()) {
+                return Err(ApiError::consumer_create(format!(
+                    "consumer filter subject is not a valid subject: {f}"
+                )));
+            }
+        }
+        let filters = self.filters();
+        for (i, a) in filters.iter().enumerate() {
+            if filters[..i]
+                .iter()
+                .any(|b| natrium_subjects::overlaps(a.as_bytes(), b.as_bytes()))
+            {
+                return Err(ApiError::consumer_overlapping_filters());
+            }
+        }
+        if self.deliver_policy == DeliverPolicy::ByStartSequence
+            && self.opt_start_seq.unwrap_or(0) == 0
+        {
+            return Err(ApiError::consumer_create("consumer delivery policy is deliver by start sequence, but optional start sequence is not set"));
+        }
+        if self.deliver_policy == DeliverPolicy::ByStartTime && self.opt_start_time.is_none() {
+            return Err(ApiError::consumer_create("consumer delivery policy is deliver by start time, but optional start time is not set"));
+        }
+        if self.max_deliver > 0
+            && !self.backoff.is_empty()
+            && self.backoff.len() as i64 > self.max_deliver
+        {
+            return Err(ApiError::consumer_backoff_max_deliver());
+        }
+        if self.max_waiting > 0 && !self.is_pull() {
+            return Err(ApiError::consumer_push_max_waiting());
+        }
+        if self.idle_heartbeat > 0 && self.is_pull() {
+            return Err(ApiError::consumer_hb_requires_push());
+        }
+        if self.deliver_group.is_some() && self.is_pull() {
+            return Err(ApiError::consumer_create(
+                "consumer is pull mode but deliver group is set",
+            ));
+        }
+        if self.flow_control && self.is_pull() {
+            return Err(ApiError::consumer_fc_requires_push());
+        }
+        if self.flow_control && self.idle_heartbeat <= 0 {
+            return Err(ApiError::consumer_fc_needs_heartbeats());
+        }
+        if self.num_replicas > 1 {
+            return Err(ApiError::replicas_not_supported());
+        }
+        Ok(())
+    }
+
+    /// The subjects this consumer reads (empty means the whole stream).
+    pub fn filters(&self) -> Vec<String> {
+        match &self.filter_subject {
+            Some(f) => vec![f.clone()],
+            None => self.filter_subjects.clone(),
+        }
+    }
+
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_nanos(self.ack_wait.max(1) as u64)
+    }
+
+    /// The redelivery delay after the `n`-th delivery (1-based): backoff if set, else ack_wait.
+    pub fn redelivery_delay(&self, n: u64) -> Duration {
+        if self.backoff.is_empty() {
+            return self.ack_wait();
+        }
+        let i = (n.max(1) - 1).min(self.backoff.len() as u64 - 1) as usize;
+        Duration::from_nanos(self.backoff[i].max(1) as u64)
+    }
+
+    /// Whether an update from `self` to `new` is allowed.
+    pub fn check_update(&self, new: &ConsumerConfig) -> Result<(), ApiError> {
+        if self.deliver_policy != new.deliver_policy {
+            return Err(ApiError::consumer_create(
+                "deliver policy can not be updated",
+            ));
+        }
+        if self.ack_policy != new.ack_policy {
+            return Err(ApiError::consumer_create("ack policy can not be updated"));
+        }
+        if self.is_pull() != new.is_pull() {
+            return Err(ApiError::consumer_create(
+                "can not update push consumer to pull based",
+            ));
+        }
+        if self.replay_policy != new.replay_policy {
+            return Err(ApiError::consumer_create(
+                "replay policy can not be updated",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let mut c: ConsumerConfig =
+            serde_json::from_str(r#"{"durable_name":"d"}"#).expect("parses");
+        c.normalize();
+        c.validate().expect("valid");
+        assert_eq!(c.ack_policy, AckPolicy::Explicit);
+        assert_eq!(c.ack_wait, 30_000_000_000);
+        assert_eq!(c.max_ack_pending, 1000);
+        assert_eq!(c.max_waiting, 512);
+        assert_eq!(c.max_deliver, -1);
+        let v = serde_json::to_value(&c).expect("json");
+        assert_eq!(v["deliver_policy"], "all");
+        assert_eq!(v["ack_policy"], "explicit");
+        assert_eq!(v["replay_policy"], "instant");
+        assert_eq!(c.redelivery_delay(3), Duration::from_secs(30));
+        let mut b: ConsumerConfig =
+            serde_json::from_str(r#"{"backoff":[1000,2000],"max_deliver":5}"#).expect("parses");
+        b.normalize();
+        assert_eq!(b.redelivery_delay(1), Duration::from_nanos(1000));
+        assert_eq!(b.redelivery_delay(9), Duration::from_nanos(2000));
+    }
+
+    #[test]
+    fn validation() {
+        let bad = |j: &str| {
+            let mut c: ConsumerConfig = serde_json::from_str(j).expect("parses");
+            c.normalize();
+            c.validate().expect_err("invalid").err_code
+        };
+        assert_eq!(bad(r#"{"durable_name":"a.b"}"#), 10103);
+        assert_eq!(
+            bad(r#"{"filter_subject":"a","filter_subjects":["b"]}"#),
+            10136
+        );
+        assert_eq!(bad(r#"{"filter_subjects":["a.>","a.b"]}"#), 10138);
+        assert_eq!(bad(r#"{"deliver_policy":"by_start_sequence"}"#), 10012);
+    }
+}

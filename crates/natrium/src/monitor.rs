@@ -818,8 +818,100 @@ impl Collector for NatriumCollector {
         for ((name, help, kind), rows) in defs.into_iter().zip(rows.iter()) {
             per_account(&mut enc, name, help, kind, rows)?;
         }
+        let js = s.jetstream.lock().clone();
+        if let Some(js) = js {
+            encode_jetstream(&mut enc, &js.stream_stats())?;
+        }
         Ok(())
     }
+}
+
+/// JetStream series, labelled by account and stream (and consumer).
+fn encode_jetstream(
+    enc: &mut DescriptorEncoder,
+    stats: &[crate::jetstream::StreamStats],
+) -> Result<(), std::fmt::Error> {
+    type Row<'a> = (&'a crate::jetstream::StreamStats, f64);
+    type StreamSeries = (
+        &'static str,
+        &'static str,
+        fn(&crate::jetstream::StreamStats) -> f64,
+    );
+    type ConsumerSeries = (
+        &'static str,
+        &'static str,
+        fn(&crate::jetstream::ConsumerStats) -> u64,
+    );
+    let stream_series: [StreamSeries; 4] = [
+        (
+            "natrium_jetstream_stream_messages",
+            "Messages stored in the stream",
+            |s| s.messages as f64,
+        ),
+        (
+            "natrium_jetstream_stream_bytes",
+            "Bytes stored in the stream (storage used)",
+            |s| s.bytes as f64,
+        ),
+        (
+            "natrium_jetstream_stream_last_seq",
+            "Last sequence of the stream",
+            |s| s.last_seq as f64,
+        ),
+        (
+            "natrium_jetstream_stream_consumers",
+            "Consumers of the stream",
+            |s| s.consumers.len() as f64,
+        ),
+    ];
+    for (name, help, f) in stream_series {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        let rows: Vec<Row> = stats.iter().map(|s| (s, f(s))).collect();
+        for (s, v) in rows {
+            let labels = [
+                ("account", s.account.as_str()),
+                ("stream", s.stream.as_str()),
+                ("storage", s.storage),
+            ];
+            ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let consumer_series: [ConsumerSeries; 4] = [
+        (
+            "natrium_jetstream_consumer_num_pending",
+            "Messages not yet delivered to the consumer (lag)",
+            |c| c.num_pending,
+        ),
+        (
+            "natrium_jetstream_consumer_num_ack_pending",
+            "Messages delivered and awaiting acknowledgement",
+            |c| c.num_ack_pending,
+        ),
+        (
+            "natrium_jetstream_consumer_num_redelivered",
+            "Pending messages delivered more than once",
+            |c| c.num_redelivered,
+        ),
+        (
+            "natrium_jetstream_consumer_num_waiting",
+            "Pull requests waiting",
+            |c| c.num_waiting,
+        ),
+    ];
+    for (name, help, f) in consumer_series {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for s in stats {
+            for c in &s.consumers {
+                let labels = [
+                    ("account", s.account.as_str()),
+                    ("stream", s.stream.as_str()),
+                    ("consumer", c.name.as_str()),
+                ];
+                ConstGauge::new(f(c) as f64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {

@@ -1001,6 +1001,18 @@ impl Consumer {
         }
     }
 
+    /// (num_pending, num_ack_pending, num_redelivered, num_waiting) for monitoring.
+    pub(crate) fn lag(&self) -> (u64, u64, u64, u64) {
+        let st = self.state.lock();
+        let redelivered = st.deliveries.values().filter(|d| **d > 1).count() as u64;
+        (
+            st.num_pending,
+            st.pending.len() as u64,
+            redelivered,
+            st.waiting.len() as u64,
+        )
+    }
+
     /// The consumer info document (`consumer_info_response` minus `type`).
     pub(crate) fn info(&self, server_name: &str) -> Value {
         let cfg = self.config();

@@ -189,8 +189,80 @@ impl JetStream {
                 bytes += st.bytes;
             }
         }
-        json!({"streams": streams, "messages": messages, "bytes": bytes, "accounts": self.accounts.lock().len()})
+        let consumers: usize = self
+            .accounts
+            .lock()
+            .iter()
+            .flat_map(|a| {
+                a.streams
+                    .read()
+                    .values()
+                    .map(|s| s.consumers.read().len())
+                    .collect::<Vec<_>>()
+            })
+            .sum();
+        json!({"streams": streams, "consumers": consumers, "messages": messages, "bytes": bytes, "accounts": self.accounts.lock().len()})
     }
+
+    /// Per-stream and per-consumer figures for `/metrics` (label cardinality: account, stream,
+    /// consumer; never subject).
+    pub(crate) fn stream_stats(&self) -> Vec<StreamStats> {
+        let mut out = Vec::new();
+        for acc in self.accounts.lock().iter() {
+            for s in acc.streams.read().values() {
+                let st = s.store.state();
+                let storage = match s.config().storage {
+                    Storage::File => "file",
+                    Storage::Memory => "memory",
+                };
+                let consumers = s
+                    .consumers
+                    .read()
+                    .values()
+                    .map(|c| {
+                        let (pending, ack_pending, redelivered, waiting) = c.lag();
+                        ConsumerStats {
+                            name: c.name.clone(),
+                            num_pending: pending,
+                            num_ack_pending: ack_pending,
+                            num_redelivered: redelivered,
+                            num_waiting: waiting,
+                        }
+                    })
+                    .collect();
+                out.push(StreamStats {
+                    account: acc.client.account().to_string(),
+                    stream: s.name.clone(),
+                    storage,
+                    messages: st.msgs,
+                    bytes: st.bytes,
+                    last_seq: st.last_seq,
+                    consumers,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// One stream's figures for monitoring.
+pub(crate) struct StreamStats {
+    pub account: String,
+    pub stream: String,
+    pub storage: &'static str,
+    pub messages: u64,
+    pub bytes: u64,
+    pub last_seq: u64,
+    pub consumers: Vec<ConsumerStats>,
+}
+
+/// One consumer's lag figures.
+pub(crate) struct ConsumerStats {
+    pub name: String,
+    pub num_pending: u64,
+    pub num_ack_pending: u64,
+    pub num_redelivered: u64,
+    pub num_waiting: u64,
 }
 
 struct JsAccount {

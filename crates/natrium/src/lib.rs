@@ -15,6 +15,7 @@ pub mod options;
 pub mod perms;
 pub mod server;
 pub mod sys;
+mod timefmt;
 
 pub use internal::{InternalClient, InternalMsg, InternalSubscription};
 pub use options::{Options, PROTOCOL_VERSION, VERSION};

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::account::{Account, Totals};
-use crate::client::{unix_nanos, ClientShared, ClientStats, CloseReason};
+use crate::client::{ClientShared, ClientStats, CloseReason};
 use crate::options::{PROTOCOL_VERSION, VERSION};
 use crate::server::ServerInner;
 
@@ -50,16 +50,7 @@ pub(crate) async fn serve(inner: Shared, listener: TcpListener) {
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    let nanos = unix_nanos(t) as i128;
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+use crate::timefmt::rfc3339;
 
 pub(crate) fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())

@@ -9,28 +9,9 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{pull, push, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream, AckKind};
 use bytes::Bytes;
+use common::api;
 use futures::StreamExt;
-use natrium::jetstream::JetStreamOptions;
-use natrium::Options;
 use serde_json::{json, Value};
-
-fn js_opts(dir: &std::path::Path) -> Options {
-    Options {
-        jetstream: Some(JetStreamOptions {
-            store_dir: dir.to_path_buf(),
-            ..JetStreamOptions::default()
-        }),
-        ..common::opts()
-    }
-}
-
-async fn api(c: &async_nats::Client, subject: &str, body: Value) -> Value {
-    let r = c
-        .request(subject.to_string(), Bytes::from(body.to_string()))
-        .await
-        .expect("reply");
-    serde_json::from_slice(&r.payload).expect("json")
-}
 
 async fn publish_n(js: &jetstream::Context, subject: &str, n: usize) {
     for i in 0..n {
@@ -84,7 +65,7 @@ async fn fetch(
 #[tokio::test]
 async fn pull_consumer_explicit_ack() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let js = jetstream::new(common::client(&s).await);
     let st = js
         .create_stream(stream::Config {
@@ -137,7 +118,7 @@ async fn pull_consumer_explicit_ack() {
 #[tokio::test]
 async fn redelivery_nak_term_and_max_deliver_to_dead_letter() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let client = common::client(&s).await;
     let js = jetstream::new(client.clone());
     let st = js
@@ -261,7 +242,7 @@ async fn redelivery_nak_term_and_max_deliver_to_dead_letter() {
 #[tokio::test]
 async fn push_consumers_and_queue_groups() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let js = jetstream::new(common::client(&s).await);
     let st = js
         .create_stream(stream::Config {
@@ -310,7 +291,7 @@ async fn push_consumers_and_queue_groups() {
 #[tokio::test]
 async fn deliver_policies_and_ordered_consumer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let js = jetstream::new(common::client(&s).await);
     let st = js
         .create_stream(stream::Config {
@@ -405,7 +386,7 @@ async fn deliver_policies_and_ordered_consumer() {
 #[tokio::test]
 async fn work_queue_and_interest_retention() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let client = common::client(&s).await;
     let js = jetstream::new(client.clone());
     let mut wq = js
@@ -489,7 +470,7 @@ async fn work_queue_and_interest_retention() {
 async fn consumer_state_survives_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let s = common::start(js_opts(dir.path())).await;
+        let s = common::start(common::js_opts(dir.path())).await;
         let js = jetstream::new(common::client(&s).await);
         let st = js
             .create_stream(stream::Config {
@@ -514,7 +495,7 @@ async fn consumer_state_survives_restart() {
         // Messages 5 and 6 were delivered but not acked.
         s.shutdown().await;
     }
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let js = jetstream::new(common::client(&s).await);
     let st = js.get_stream("DUR").await.expect("stream");
     let mut c: jetstream::consumer::Consumer<pull::Config> =
@@ -537,7 +518,7 @@ async fn consumer_state_survives_restart() {
 #[tokio::test]
 async fn bad_consumer_requests_get_error_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let c = common::client(&s).await;
     api(
         &c,

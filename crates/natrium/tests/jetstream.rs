@@ -8,32 +8,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use natrium::jetstream::JetStreamOptions;
+use common::api;
 use natrium::{Options, Server};
 use serde_json::{json, Value};
-
-fn js_opts(dir: &std::path::Path) -> Options {
-    Options {
-        jetstream: Some(JetStreamOptions {
-            store_dir: dir.to_path_buf(),
-            ..JetStreamOptions::default()
-        }),
-        ..common::opts()
-    }
-}
-
-async fn api(c: &async_nats::Client, subject: &str, body: Value) -> Value {
-    let payload = if body.is_null() {
-        Bytes::new()
-    } else {
-        Bytes::from(body.to_string())
-    };
-    let r = c
-        .request(subject.to_string(), payload)
-        .await
-        .expect("api reply");
-    serde_json::from_slice(&r.payload).expect("api json")
-}
 
 fn err_code(v: &Value) -> u64 {
     v["error"]["err_code"]
@@ -44,7 +21,7 @@ fn err_code(v: &Value) -> u64 {
 #[tokio::test]
 async fn stream_lifecycle_and_publish_acks() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let c = common::client(&s).await;
     assert!(c.server_info().jetstream, "INFO advertises JetStream");
     let js = jetstream::new(c.clone());
@@ -123,7 +100,7 @@ async fn stream_lifecycle_and_publish_acks() {
 #[tokio::test]
 async fn limits_dedupe_and_expectations() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let c = common::client(&s).await;
     let js = jetstream::new(c.clone());
     // max_msgs with discard old keeps the newest.
@@ -270,7 +247,7 @@ async fn limits_dedupe_and_expectations() {
 #[tokio::test]
 async fn max_age_expires_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let js = jetstream::new(common::client(&s).await);
     let mut st = js
         .create_stream(stream::Config {
@@ -303,7 +280,7 @@ async fn max_age_expires_messages() {
 #[tokio::test]
 async fn purge_direct_get_and_subjects_filter() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let c = common::client(&s).await;
     let js = jetstream::new(c.clone());
     let st = js
@@ -371,7 +348,7 @@ async fn purge_direct_get_and_subjects_filter() {
 #[tokio::test]
 async fn bad_requests_get_nats_error_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let c = common::client(&s).await;
     let ok = api(
         &c,
@@ -491,7 +468,7 @@ async fn bad_requests_get_nats_error_codes() {
 async fn streams_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let s = common::start(js_opts(dir.path())).await;
+        let s = common::start(common::js_opts(dir.path())).await;
         let js = jetstream::new(common::client(&s).await);
         js.create_stream(stream::Config {
             name: "KEEP".into(),
@@ -509,7 +486,7 @@ async fn streams_survive_a_restart() {
         }
         s.shutdown().await;
     }
-    let s: Server = common::start(js_opts(dir.path())).await;
+    let s: Server = common::start(common::js_opts(dir.path())).await;
     let js = jetstream::new(common::client(&s).await);
     let mut st = js.get_stream("KEEP").await.expect("stream recovered");
     let info = st.info().await.expect("info");

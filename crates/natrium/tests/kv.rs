@@ -8,24 +8,12 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, object_store};
 use bytes::Bytes;
 use futures::StreamExt;
-use natrium::jetstream::JetStreamOptions;
-use natrium::Options;
 use tokio::io::AsyncReadExt;
-
-fn js_opts(dir: &std::path::Path) -> Options {
-    Options {
-        jetstream: Some(JetStreamOptions {
-            store_dir: dir.to_path_buf(),
-            ..JetStreamOptions::default()
-        }),
-        ..common::opts()
-    }
-}
 
 #[tokio::test]
 async fn key_value_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let js = jetstream::new(common::client(&s).await);
     let kv = js
         .create_key_value(kv::Config {
@@ -118,7 +106,7 @@ async fn key_value_round_trip() {
 #[tokio::test]
 async fn object_store_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(js_opts(dir.path())).await;
+    let s = common::start(common::js_opts(dir.path())).await;
     let js = jetstream::new(common::client(&s).await);
     let bucket = js
         .create_object_store(object_store::Config {

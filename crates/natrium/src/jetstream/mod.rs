@@ -63,27 +63,10 @@ pub fn check_store_writable(store_dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    let nanos = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
-    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+use crate::timefmt::rfc3339;
 
 fn ts_rfc3339(ns: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    crate::timefmt::rfc3339_nanos(ns as i128)
 }
 
 /// An account's JetStream limits (`accounts { A: { jetstream { max_mem, max_file, max_streams } } }`);
@@ -1039,41 +1022,38 @@ impl JsAccount {
         Ok(json!({"success": true, "purged": purged}))
     }
 
+    /// Streams with a subject overlapping `filter` (all of them without one), by name.
+    fn streams_matching(&self, filter: Option<&str>) -> Vec<Arc<Stream>> {
+        self.streams
+            .read()
+            .values()
+            .filter(|s| {
+                filter.is_none_or(|f| {
+                    s.config()
+                        .subjects
+                        .iter()
+                        .any(|subj| natrium_subjects::overlaps(subj.as_bytes(), f.as_bytes()))
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
     fn names(&self, payload: &[u8]) -> Result<Value, ApiError> {
         let req: PagedRequest = parse(payload)?;
-        let streams = self.streams.read();
-        let names: Vec<&String> = streams
+        let matching = self.streams_matching(req.subject.as_deref());
+        let page: Vec<&str> = matching
             .iter()
-            .filter(|(_, s)| match &req.subject {
-                Some(f) => s
-                    .config()
-                    .subjects
-                    .iter()
-                    .any(|subj| natrium_subjects::overlaps(subj.as_bytes(), f.as_bytes())),
-                None => true,
-            })
-            .map(|(n, _)| n)
+            .skip(req.offset)
+            .take(1024)
+            .map(|s| s.name.as_str())
             .collect();
-        let total = names.len();
-        let page: Vec<&String> = names.into_iter().skip(req.offset).take(1024).collect();
-        Ok(json!({"total": total, "offset": req.offset, "limit": 1024, "streams": page}))
+        Ok(json!({"total": matching.len(), "offset": req.offset, "limit": 1024, "streams": page}))
     }
 
     fn list(&self, payload: &[u8]) -> Result<Value, ApiError> {
         let req: PagedRequest = parse(payload)?;
-        let streams: Vec<Arc<Stream>> = self.streams.read().values().cloned().collect();
-        let matching: Vec<Arc<Stream>> = streams
-            .into_iter()
-            .filter(|s| match &req.subject {
-                Some(f) => s
-                    .config()
-                    .subjects
-                    .iter()
-                    .any(|subj| natrium_subjects::overlaps(subj.as_bytes(), f.as_bytes())),
-                None => true,
-            })
-            .collect();
-        let total = matching.len();
+        let matching = self.streams_matching(req.subject.as_deref());
         let infos: Vec<Value> = matching
             .iter()
             .skip(req.offset)
@@ -1081,7 +1061,7 @@ impl JsAccount {
             .map(|s| self.stream_info(s, &InfoRequest::default()))
             .collect();
         Ok(
-            json!({"total": total, "offset": req.offset, "limit": 256, "streams": infos, "missing": []}),
+            json!({"total": matching.len(), "offset": req.offset, "limit": 256, "streams": infos, "missing": []}),
         )
     }
 

@@ -27,6 +27,35 @@ pub async fn client(s: &Server) -> async_nats::Client {
         .expect("client connects")
 }
 
+/// Options for a test server with JetStream storing under `dir`.
+pub fn js_opts(dir: &std::path::Path) -> Options {
+    Options {
+        jetstream: Some(natrium::jetstream::JetStreamOptions {
+            store_dir: dir.to_path_buf(),
+            ..Default::default()
+        }),
+        ..opts()
+    }
+}
+
+/// A raw `$JS.API` request; `Null` sends an empty body.
+pub async fn api(
+    c: &async_nats::Client,
+    subject: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let payload = if body.is_null() {
+        bytes::Bytes::new()
+    } else {
+        bytes::Bytes::from(body.to_string())
+    };
+    let r = c
+        .request(subject.to_string(), payload)
+        .await
+        .expect("api reply");
+    serde_json::from_slice(&r.payload).expect("api json")
+}
+
 /// A raw TCP connection speaking the protocol by hand.
 pub struct Raw {
     pub stream: TcpStream,

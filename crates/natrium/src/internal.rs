@@ -26,8 +26,17 @@ pub struct InternalMsg {
 
 /// The receiving end of an internal subscription, held in the trie.
 pub struct InternalSink {
-    tx: mpsc::Sender<InternalMsg>,
+    mode: SinkMode,
     dropped: AtomicU64,
+}
+
+/// A handler run in the publisher's own task, for work that must be ordered with the publisher's
+/// later messages (JetStream acks). It must be short and must not block.
+pub type Handler = Box<dyn Fn(&[u8], Option<&[u8]>, &[u8]) + Send + Sync>;
+
+enum SinkMode {
+    Channel(mpsc::Sender<InternalMsg>),
+    Handler(Handler),
 }
 
 impl InternalSink {
@@ -40,13 +49,20 @@ impl InternalSink {
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> bool {
+        let tx = match &self.mode {
+            SinkMode::Handler(f) => {
+                f(subject, reply, payload);
+                return true;
+            }
+            SinkMode::Channel(tx) => tx,
+        };
         let msg = InternalMsg {
             subject: String::from_utf8_lossy(subject).into_owned(),
             reply: reply.map(|r| String::from_utf8_lossy(r).into_owned()),
             headers: headers.map(Bytes::copy_from_slice),
             payload: Bytes::copy_from_slice(payload),
         };
-        if self.tx.try_send(msg).is_ok() {
+        if tx.try_send(msg).is_ok() {
             true
         } else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -95,7 +111,7 @@ impl InternalClient {
         }
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let sink = Arc::new(InternalSink {
-            tx,
+            mode: SinkMode::Channel(tx),
             dropped: AtomicU64::new(0),
         });
         let ctl = Arc::new(SubControl {
@@ -105,6 +121,24 @@ impl InternalClient {
         });
         ctl.add(subject, queue)?;
         Ok(InternalSubscription { rx, ctl })
+    }
+
+    /// Subscribes with a handler that runs in the publishing task, in the publisher's order.
+    pub fn subscribe_handler(
+        &self,
+        subject: &str,
+        handler: Handler,
+    ) -> Result<HandlerSubscription, InternalError> {
+        let ctl = Arc::new(SubControl {
+            account: self.account.clone(),
+            sink: Arc::new(InternalSink {
+                mode: SinkMode::Handler(handler),
+                dropped: AtomicU64::new(0),
+            }),
+            subs: parking_lot::Mutex::new(Vec::new()),
+        });
+        ctl.add(subject, None)?;
+        Ok(HandlerSubscription { ctl })
     }
 
     /// Publishes into the account; returns whether anyone received it.
@@ -238,6 +272,17 @@ impl InternalSubscription {
     /// Messages dropped because the channel was full.
     pub fn dropped(&self) -> u64 {
         self.ctl.sink.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A handler subscription; unsubscribes when dropped.
+pub struct HandlerSubscription {
+    ctl: Arc<SubControl>,
+}
+
+impl Drop for HandlerSubscription {
+    fn drop(&mut self) {
+        self.ctl.clear();
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use super::consumer_config::{AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy};
 use super::rfc3339;
 use super::stream::Stream;
-use crate::internal::{InternalClient, InternalMsg, InternalSubscription};
+use crate::internal::InternalClient;
 
 /// A message handed to a delivery or inbox subject after the state that records it is durable.
 struct Outgoing {
@@ -124,6 +124,8 @@ pub(crate) struct Consumer {
     /// The stream's default `dead_letter_subject` (from its metadata).
     stream_dlq: Option<String>,
     work_queue: bool,
+    /// The ack subscription (a handler run in the acking client's task).
+    acks: Mutex<Option<crate::internal::HandlerSubscription>>,
 }
 
 fn status(code: &str, extra: &[(&str, String)]) -> Vec<u8> {
@@ -210,6 +212,7 @@ impl Consumer {
             dir,
             stream_dlq,
             work_queue: scfg.retention == super::config::Retention::WorkQueue,
+            acks: Mutex::new(None),
         })
     }
 
@@ -223,21 +226,29 @@ impl Consumer {
         self.wake.notify_one();
     }
 
-    /// Subscribes to its ack subject and starts its task.
+    /// Subscribes to its ack subject and starts its task. Acks are applied in the acking
+    /// client's own task, so anything that client sends afterwards (a consumer info request, say)
+    /// sees them, as with nats-server.
     pub(crate) fn start(self: &Arc<Self>) -> Result<(), super::errors::ApiError> {
+        let me = Arc::downgrade(self);
         let acks = self
             .client
-            .subscribe(
+            .subscribe_handler(
                 &format!("$JS.ACK.{}.{}.>", self.stream_name, self.name),
-                None,
-                64 * 1024,
+                Box::new(move |subject, reply, payload| {
+                    if let Some(c) = me.upgrade() {
+                        c.process_ack(subject, reply, payload);
+                    }
+                }),
             )
             .map_err(|e| super::errors::ApiError::consumer_create(e.to_string()))?;
-        tokio::spawn(self.clone().run(acks));
+        *self.acks.lock() = Some(acks);
+        tokio::spawn(self.clone().run());
         Ok(())
     }
 
     pub(crate) fn shutdown(&self) {
+        self.acks.lock().take();
         self.stopped.store(true, Ordering::Release);
         self.stop.notify_one();
         self.wake.notify_one();
@@ -356,29 +367,19 @@ impl Consumer {
         self.wake.notify_one();
     }
 
-    async fn run(self: Arc<Self>, mut acks: InternalSubscription) {
+    async fn run(self: Arc<Self>) {
         loop {
             if self.stopped.load(Ordering::Acquire) {
                 return;
             }
             let deadline = self.next_deadline();
-            let woke_by_ack = tokio::select! {
-                m = acks.next() => match m {
-                    Some(m) => Some(m),
-                    None => return,
-                },
-                _ = self.wake.notified() => None,
+            tokio::select! {
+                _ = self.wake.notified() => {}
                 _ = self.stop.notified() => return,
-                _ = sleep_until(deadline) => None,
-            };
+                _ = sleep_until(deadline) => {}
+            }
             if self.stopped.load(Ordering::Acquire) {
                 return;
-            }
-            if let Some(first) = woke_by_ack {
-                self.process_ack(first);
-                while let Some(m) = acks.try_next() {
-                    self.process_ack(m);
-                }
             }
             if self.expired_by_inactivity() {
                 if let Some(stream) = self.stream.upgrade() {
@@ -494,13 +495,17 @@ impl Consumer {
         let _ = self.client.publish(reply, None, Some(hdr), b"");
     }
 
-    fn process_ack(&self, m: InternalMsg) {
+    fn process_ack(&self, subject: &[u8], reply: Option<&[u8]>, body: &[u8]) {
         // $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<dseq>.<ts>.<pending>
-        let tokens: Vec<&str> = m.subject.split('.').collect();
-        let Some(sseq) = tokens.get(5).and_then(|t| t.parse::<u64>().ok()) else {
+        let Some(sseq) = subject
+            .split(|c| *c == b'.')
+            .nth(5)
+            .and_then(|t| std::str::from_utf8(t).ok())
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
             return;
         };
-        let body = m.payload.as_ref();
+        let reply = reply.map(|r| String::from_utf8_lossy(r).into_owned());
         let (verb, arg) = match body.iter().position(|c| *c == b' ') {
             Some(i) => (&body[..i], &body[i + 1..]),
             None => (body, &b""[..]),
@@ -511,13 +516,13 @@ impl Consumer {
         match verb {
             b"" | b"+ACK" => {
                 self.ack(&mut st, &cfg, sseq);
-                if let Some(r) = &m.reply {
+                if let Some(r) = &reply {
                     st.sync_replies.push(r.clone());
                 }
             }
             b"+NXT" => {
                 self.ack(&mut st, &cfg, sseq);
-                if let Some(r) = m.reply.clone() {
+                if let Some(r) = reply {
                     drop(st);
                     self.pull(Some(&r), arg);
                 }
@@ -555,7 +560,7 @@ impl Consumer {
                     let deliveries = st.deliveries.remove(&sseq).unwrap_or(1);
                     update_floor(&mut st);
                     st.dirty = true;
-                    if let Some(r) = &m.reply {
+                    if let Some(r) = &reply {
                         st.sync_replies.push(r.clone());
                     }
                     drop(st);

@@ -587,3 +587,34 @@ async fn per_account_enablement_and_limits() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn lazy_sync_interval_acks_on_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = common::js_opts(dir.path());
+    if let Some(js) = o.jetstream.as_mut() {
+        js.sync = natrium_store::SyncPolicy::Interval(Duration::from_secs(120));
+    }
+    let s = common::start(o).await;
+    let js = jetstream::new(common::client(&s).await);
+    js.create_stream(stream::Config {
+        name: "LAZY".into(),
+        subjects: vec!["lazy".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create");
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        js.publish("lazy", Bytes::from_static(b"x"))
+            .await
+            .expect("pub")
+            .await
+            .expect("ack");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "in lazy mode the PubAck does not wait for the 2-minute sync"
+    );
+    s.shutdown().await;
+}

@@ -312,6 +312,11 @@ fn parse<T: for<'de> Deserialize<'de> + Default>(payload: &[u8]) -> Result<T, Ap
 const API_PREFIX: &str = "$JS.API.";
 
 impl JsAccount {
+    /// Whether PubAcks may leave before the sync (file streams in `sync_interval` mode).
+    fn lazy(&self) -> bool {
+        matches!(self.sync, SyncPolicy::Interval(_))
+    }
+
     fn open_store(
         &self,
         cfg: &StreamConfig,
@@ -370,7 +375,13 @@ impl JsAccount {
                             st.lost[0]
                         );
                     }
-                    let s = Stream::new(cfg.clone(), created, store, self.client.clone());
+                    let s = Stream::new(
+                        cfg.clone(),
+                        created,
+                        store,
+                        self.client.clone(),
+                        self.lazy(),
+                    );
                     if let Err(e) = s.start() {
                         tracing::error!("stream {}: can not start: {}", cfg.name, e.description);
                         continue;
@@ -939,7 +950,7 @@ impl JsAccount {
         let store = self
             .open_store(&cfg, &dir)
             .map_err(|e| ApiError::create_failed(e.to_string()))?;
-        let s = Stream::new(cfg, created, store, self.client.clone());
+        let s = Stream::new(cfg, created, store, self.client.clone(), self.lazy());
         s.start()?;
         self.streams.write().insert(name.to_string(), s.clone());
         self.advisory_stream("CREATED", name, "create");

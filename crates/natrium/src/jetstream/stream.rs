@@ -57,6 +57,8 @@ pub(crate) struct Stream {
     stop: Notify,
     stopped: AtomicBool,
     pub(crate) consumers: RwLock<std::collections::BTreeMap<String, Arc<Consumer>>>,
+    /// Acknowledge on write rather than after the covering sync (lazy `sync_interval` mode).
+    ack_before_sync: bool,
     /// The ingest subscription's subjects, changed in place by a stream update.
     ingest: Mutex<Option<Arc<crate::internal::SubControl>>>,
 }
@@ -67,6 +69,7 @@ impl Stream {
         created: SystemTime,
         store: Arc<dyn StreamStore>,
         client: InternalClient,
+        ack_before_sync: bool,
     ) -> Arc<Stream> {
         Arc::new(Stream {
             name: config.name.clone(),
@@ -79,6 +82,7 @@ impl Stream {
             stopped: AtomicBool::new(false),
             consumers: RwLock::new(std::collections::BTreeMap::new()),
             ingest: Mutex::new(None),
+            ack_before_sync,
         })
     }
 
@@ -336,6 +340,12 @@ impl Stream {
             let client = self.client.clone();
             let reply_to = r.to_string();
             let ack = json!({"stream": self.name, "seq": receipt.seq}).to_string();
+            if self.ack_before_sync {
+                // Lazy mode (`sync_interval: <duration>`), as nats-server's default: the PubAck
+                // leaves once the message is written, before the periodic sync covers it.
+                let _ = client.publish(&reply_to, None, None, ack.as_bytes());
+                return;
+            }
             let name = self.name.clone();
             self.store.on_durable(
                 receipt.sync_token,

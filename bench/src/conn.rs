@@ -38,6 +38,16 @@ struct Info {
 impl Conn {
     /// Connects, reads INFO, sends CONNECT and PING, and waits for the PONG.
     pub async fn connect(addr: &str, name: &str, buf_size: usize) -> Result<Conn> {
+        Conn::open(addr, name, buf_size, false).await
+    }
+
+    /// Like [`Conn::connect`], announcing header support and asking for no-responders statuses
+    /// (for requests that must fail fast when nobody answers).
+    pub async fn connect_with_headers(addr: &str, name: &str, buf_size: usize) -> Result<Conn> {
+        Conn::open(addr, name, buf_size, true).await
+    }
+
+    async fn open(addr: &str, name: &str, buf_size: usize, headers: bool) -> Result<Conn> {
         let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
         let stream = timeout_at(deadline, TcpStream::connect(addr))
             .await
@@ -51,11 +61,11 @@ impl Conn {
             end: 0,
             max_payload: None,
         };
-        conn.handshake(name, deadline).await?;
+        conn.handshake(name, headers, deadline).await?;
         Ok(conn)
     }
 
-    async fn handshake(&mut self, name: &str, deadline: Instant) -> Result<()> {
+    async fn handshake(&mut self, name: &str, headers: bool, deadline: Instant) -> Result<()> {
         loop {
             match self.next_frame()? {
                 Some(Frame::Info(json)) => {
@@ -69,7 +79,7 @@ impl Conn {
                 None => self.fill_until(deadline).await?,
             }
         }
-        let mut hello = proto::connect_line(name);
+        let mut hello = proto::connect_line(name, headers);
         hello.extend_from_slice(proto::PING);
         self.write_all(&hello).await?;
         self.until_pong(deadline).await

@@ -3,13 +3,15 @@
 //! hard the server is pushed.
 //!
 //! Modes: `pub` (throughput, optional fan-out or queue subscribers), `req` (request-reply
-//! latency), `conns` (idle connections and subscriptions, server RSS), `connect-rate`, and
-//! `pump` / `sink` (the loopback ceiling with no server at all). Each prints one line, or one JSON
+//! latency), `conns` (idle connections and subscriptions, server RSS), `connect-rate`, `js-pub`
+//! (JetStream publishing with PubAcks) and `js-info` (a stream's state, waiting for a restarted
+//! server), and `pump` / `sink` (the loopback ceiling with no server at all). Each prints one line, or one JSON
 //! object with `--json`. Exit status: 0 complete, 2 ran but incomplete (lost messages, errors),
 //! 1 could not run.
 
 mod conn;
 mod conns;
+mod js;
 mod proto;
 mod pubsub;
 mod pump;
@@ -51,6 +53,12 @@ enum Mode {
     Conns(ConnsArgs),
     /// Open and close connections as fast as possible.
     ConnectRate(ConnectRateArgs),
+    /// JetStream: (re)create a stream, publish to it with a reply inbox per message, count
+    /// PubAcks; check the stream's message count at the end.
+    JsPub(JsPubArgs),
+    /// JetStream: ask for a stream's state, retrying (connect and request) until it holds
+    /// --wait-msgs messages.
+    JsInfo(JsInfoArgs),
     /// The loopback ceiling: PUB-sized frames to a sink that discards them.
     Pump(PumpArgs),
     /// The discarding end of `pump`, run as its own process (pinned like a server).
@@ -165,6 +173,64 @@ struct ConnectRateArgs {
     /// Also report the CPU this process (the server) used during the run.
     #[arg(long)]
     server_pid: Option<u32>,
+}
+
+#[derive(Args)]
+struct JsPubArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Messages to publish, across all publishers.
+    #[arg(short = 'n', long, default_value_t = 100_000)]
+    msgs: u64,
+    /// Payload size in bytes (suffix k for KiB).
+    #[arg(long, default_value = "128", value_parser = parse_size)]
+    size: usize,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 1)]
+    pubs: usize,
+    /// One publish outstanding per publisher (latency); otherwise --window of them.
+    #[arg(long)]
+    sync: bool,
+    /// Publishes outstanding per publisher (without --sync).
+    #[arg(long, default_value_t = 1000, conflicts_with = "sync")]
+    window: usize,
+    /// Stream to delete (if it exists) and create.
+    #[arg(long, default_value = "BENCH")]
+    stream: String,
+    /// The stream's one subject, published to.
+    #[arg(long, default_value = "bench.js")]
+    subject: String,
+    #[arg(long, default_value = "file", value_parser = ["file", "memory"])]
+    storage: String,
+    /// Stop publishing after this many seconds, even if fewer than -n were sent.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Give up when no PubAck arrived for this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    stall: f64,
+    /// Also report the CPU this process (the server) used during the run.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Args)]
+struct JsInfoArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    #[arg(long, default_value = "BENCH")]
+    stream: String,
+    /// Keep asking until the stream holds at least this many messages.
+    #[arg(long, default_value_t = 0)]
+    wait_msgs: u64,
+    /// Milliseconds between attempts.
+    #[arg(long, default_value_t = 5.0)]
+    poll_ms: f64,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
 }
 
 #[derive(Args)]
@@ -301,6 +367,36 @@ async fn run(cli: &Cli) -> Result<ExitCode> {
             };
             let r = conns::connect_rate(&opts).await?;
             emit(json, &r, &r.human(), r.failures == 0)
+        }
+        Mode::JsPub(a) => {
+            let opts = js::JsPubOpts {
+                server: a.server.addr(),
+                stream: a.stream.clone(),
+                subject: a.subject.clone(),
+                storage: a.storage.clone(),
+                msgs: a.msgs,
+                size: a.size,
+                pubs: a.pubs,
+                window: a.window,
+                sync: a.sync,
+                duration: a.duration.map(seconds).transpose()?,
+                timeout: seconds(a.timeout)?,
+                stall: seconds(a.stall)?,
+                server_pid: a.server_pid,
+            };
+            let r = js::run(&opts).await?;
+            emit(json, &r, &r.human(), r.complete)
+        }
+        Mode::JsInfo(a) => {
+            let opts = js::JsInfoOpts {
+                server: a.server.addr(),
+                stream: a.stream.clone(),
+                wait_msgs: a.wait_msgs,
+                poll: seconds(a.poll_ms / 1000.0)?,
+                timeout: seconds(a.timeout)?,
+            };
+            let r = js::info(&opts).await?;
+            emit(json, &r, &r.human(), true)
         }
         Mode::Pump(a) => {
             let opts = pump::PumpOpts {

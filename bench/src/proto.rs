@@ -155,10 +155,14 @@ pub fn push_usize(out: &mut Vec<u8>, mut n: usize) {
 }
 
 /// The CONNECT line every generator connection sends: no verbose `+OK`, no pedantic checks.
-pub fn connect_line(name: &str) -> Vec<u8> {
+/// With `headers` the connection also asks for a no-responders status (`HMSG` with
+/// `NATS/1.0 503`) when a request finds nobody subscribed, which JetStream API requests use to
+/// tell "JetStream is not up (yet)" from a slow answer.
+pub fn connect_line(name: &str, headers: bool) -> Vec<u8> {
     format!(
         "CONNECT {{\"verbose\":false,\"pedantic\":false,\"tls_required\":false,\"name\":\"{name}\",\
-         \"lang\":\"rust\",\"version\":\"{}\",\"protocol\":1,\"echo\":true}}\r\n",
+         \"lang\":\"rust\",\"version\":\"{}\",\"protocol\":1,\"echo\":true,\
+         \"headers\":{headers},\"no_responders\":{headers}}}\r\n",
         env!("CARGO_PKG_VERSION")
     )
     .into_bytes()

@@ -218,10 +218,10 @@ mod tests {
     fn measures_own_cpu() {
         let w = CpuWindow::start(None);
         let mut x = 0u64;
+        // black_box every step: in a release build the loop would otherwise fold to nothing.
         for i in 0..10_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
         }
-        std::hint::black_box(x);
         let cpu = w.stop();
         assert!(cpu.generator.is_some_and(|c| c > 0.0));
         assert!(cpu.server.is_none());

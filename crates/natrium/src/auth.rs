@@ -1,18 +1,88 @@
-//! Client authentication: checks the credentials in CONNECT against the configured token, single
-//! user, or users list (plain or bcrypt passwords). Secrets never leave this module in logs.
+//! Client authentication: checks CONNECT's credentials against the configured token, single
+//! user, users list (plain or bcrypt passwords), NKey users (a signature over the nonce sent in
+//! INFO) or, with `tls.verify_and_map`, the client certificate's names.
+//!
+//! An `Authenticator` never changes; a reload builds a new one and the server swaps it in (see
+//! `server::AuthCell`). bcrypt comparisons, deliberately slow, never run on a reader task: the
+//! check returns `Verdict::Bcrypt` and the caller hands it to the `BcryptLimiter`, which runs it
+//! on the blocking pool with at most a few at a time server-wide and per client IP, so a flood of
+//! bad logins from one address cannot starve everyone else. Secrets never leave this module in
+//! logs or `Debug` output.
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
 use natrium_protocol::ConnectInfo;
+use rustc_hash::FxHashMap;
 
-use crate::options::{AuthOptions, Permissions, User};
+use crate::options::{AuthOptions, NkeyUser, Permissions, User};
+use crate::tls::CertNames;
+
+/// What a client presented in CONNECT, kept by its connection so a reload can check it again.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub user: Option<String>,
+    pub pass: Option<String>,
+    pub token: Option<String>,
+    pub nkey: Option<String>,
+    pub sig: Option<String>,
+    /// A user JWT (operator mode).
+    pub jwt: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("nkey", &self.nkey)
+            .field("pass", &self.pass.as_ref().map(|_| "[redacted]"))
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl From<&ConnectInfo> for Credentials {
+    fn from(c: &ConnectInfo) -> Self {
+        Credentials {
+            user: c.user.clone(),
+            pass: c.pass.clone(),
+            token: c.auth_token.clone(),
+            nkey: c.nkey.clone(),
+            sig: c.sig.clone(),
+            jwt: c.jwt.clone(),
+        }
+    }
+}
+
+/// What the server knows about a connection beyond CONNECT: the nonce it sent in INFO and the
+/// names of the client certificate (with TLS).
+#[derive(Debug, Clone, Default)]
+pub struct ConnAuth {
+    pub nonce: Option<String>,
+    pub cert: Option<CertNames>,
+    /// The client's address (user JWTs may restrict it).
+    pub ip: Option<IpAddr>,
+}
 
 /// Who a client authenticated as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The user name, when users are configured.
+    /// The user name (the public key for NKey users), when users are configured.
     pub user: Option<String>,
     /// The account the client joins; `None` is the global account.
     pub account: Option<String>,
     pub permissions: Option<Permissions>,
+    /// A fingerprint of the configured secret that admitted the client: a reload whose entry
+    /// keeps the same secret need not run bcrypt again.
+    pub secret: u64,
+    /// Subscriptions the user may hold (a user JWT's or its account's limit).
+    pub max_subs: Option<usize>,
+    /// When the credentials expire (a user JWT's `exp`); the connection is closed then.
+    pub expires: Option<std::time::SystemTime>,
 }
 
 /// Why a client was refused; the wire error is always `Authorization Violation`.
@@ -26,102 +96,308 @@ pub enum AuthError {
     UnknownUser(String),
     #[error("bad password for user {0:?}")]
     BadPassword(String),
+    #[error("unknown nkey {0:?}")]
+    UnknownNkey(String),
+    #[error("signature not verified for nkey {0:?}")]
+    BadSignature(String),
+    #[error("client certificate required")]
+    NoCertificate,
+    #[error("no user for client certificate {0:?}")]
+    UnmappedCertificate(String),
+    #[error("user JWT refused: {0}")]
+    Jwt(#[from] crate::jwt::JwtError),
 }
 
 impl AuthError {
-    /// The user name the failed attempt claimed, if any.
+    /// The user name (or NKey) the failed attempt claimed, if any.
     pub fn user(&self) -> Option<&str> {
         match self {
-            AuthError::UnknownUser(u) | AuthError::BadPassword(u) => Some(u),
-            AuthError::Missing | AuthError::BadToken => None,
+            AuthError::UnknownUser(u)
+            | AuthError::BadPassword(u)
+            | AuthError::UnknownNkey(u)
+            | AuthError::BadSignature(u) => Some(u),
+            AuthError::Missing
+            | AuthError::BadToken
+            | AuthError::NoCertificate
+            | AuthError::UnmappedCertificate(_)
+            | AuthError::Jwt(_) => None,
         }
     }
+}
+
+/// The outcome of a check, possibly still waiting for a bcrypt comparison.
+pub enum Verdict {
+    Accept(Identity),
+    Reject(AuthError),
+    /// Accept as `identity` if `given` matches the bcrypt `hash`; otherwise reject with `fail`.
+    Bcrypt {
+        hash: String,
+        given: String,
+        identity: Identity,
+        fail: AuthError,
+    },
 }
 
 pub struct Authenticator {
     opts: AuthOptions,
+    users: FxHashMap<String, User>,
+    nkeys: FxHashMap<String, NkeyUser>,
+    /// `tls.verify_and_map`: the user name comes from the client certificate.
+    tls_map: bool,
+    timeout: Duration,
+    /// Operator mode: the trusted operators and accounts; users come only from JWTs.
+    trust: Option<crate::jwt::Trust>,
+}
+
+fn fingerprint(secret: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    secret.hash(&mut h);
+    h.finish()
 }
 
 impl Authenticator {
-    pub fn new(opts: AuthOptions) -> Self {
-        Authenticator { opts }
+    pub fn new(opts: AuthOptions, tls_map: bool, timeout: Duration) -> Self {
+        let users = opts
+            .users
+            .iter()
+            .map(|u| (u.user.clone(), u.clone()))
+            .collect();
+        let nkeys = opts
+            .nkeys
+            .iter()
+            .map(|u| (u.nkey.clone(), u.clone()))
+            .collect();
+        Authenticator {
+            opts,
+            users,
+            nkeys,
+            tls_map,
+            timeout,
+            trust: None,
+        }
+    }
+
+    /// The authenticator for a server's options (operator-mode JWTs verified here).
+    pub fn from_options(o: &crate::options::Options) -> Result<Self, crate::jwt::JwtError> {
+        let mut a = Authenticator::new(
+            o.auth.clone(),
+            o.tls.as_ref().is_some_and(|t| t.verify_and_map),
+            o.auth_timeout,
+        );
+        if let Some(op) = &o.operator {
+            a.trust = Some(crate::jwt::Trust::new(op)?);
+        }
+        Ok(a)
+    }
+
+    /// The accounts operator mode creates (their public keys).
+    pub fn trusted_accounts(&self) -> Vec<String> {
+        self.trust
+            .as_ref()
+            .map(crate::jwt::Trust::account_keys)
+            .unwrap_or_default()
     }
 
     pub fn required(&self) -> bool {
-        self.opts.required()
+        self.trust.is_some() || self.opts.required()
+    }
+
+    /// How long a client has to send CONNECT.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether INFO must carry a nonce (NKey users sign it).
+    pub fn needs_nonce(&self) -> bool {
+        self.trust.is_some() || !self.nkeys.is_empty()
     }
 
     /// Checks CONNECT's credentials. Without configured auth everyone is accepted.
-    pub fn check(&self, c: &ConnectInfo) -> Result<Identity, AuthError> {
+    pub fn check(&self, c: &Credentials, ctx: &ConnAuth) -> Verdict {
         let o = &self.opts;
-        if let Some(token) = &o.token {
-            let given = c.auth_token.as_deref().ok_or(AuthError::Missing)?;
-            return if password_matches(token, given) {
-                Ok(self.anonymous())
-            } else {
-                Err(AuthError::BadToken)
+        if let Some(trust) = &self.trust {
+            let Some(jwt) = c.jwt.as_deref() else {
+                return Verdict::Reject(AuthError::Missing);
             };
+            return match trust.authenticate(jwt, c.sig.as_deref(), ctx.nonce.as_deref(), ctx.ip) {
+                Ok(g) => Verdict::Accept(Identity {
+                    user: Some(g.user),
+                    account: Some(g.account),
+                    permissions: g.permissions,
+                    secret: fingerprint(jwt),
+                    max_subs: g.max_subs,
+                    expires: g.expires,
+                }),
+                Err(e) => Verdict::Reject(AuthError::Jwt(e)),
+            };
+        }
+        if self.tls_map && !self.users.is_empty() {
+            return self.map_certificate(ctx);
+        }
+        if let Some(token) = &o.token {
+            let Some(given) = c.token.as_deref() else {
+                return Verdict::Reject(AuthError::Missing);
+            };
+            return password_verdict(token, given, self.anonymous(token), AuthError::BadToken);
+        }
+        if let (Some(nkey), false) = (&c.nkey, self.nkeys.is_empty()) {
+            return self.check_nkey(nkey, c.sig.as_deref(), ctx);
         }
         if let Some(user) = &o.user {
-            let given = c.user.as_deref().ok_or(AuthError::Missing)?;
-            let pass = c.pass.as_deref().unwrap_or("");
+            let Some(given) = c.user.as_deref() else {
+                return Verdict::Reject(AuthError::Missing);
+            };
             if given != user {
-                return Err(AuthError::UnknownUser(given.to_string()));
+                return Verdict::Reject(AuthError::UnknownUser(given.to_string()));
             }
             let want = o.password.as_deref().unwrap_or("");
-            return if password_matches(want, pass) {
-                Ok(Identity {
-                    user: Some(user.clone()),
-                    ..self.anonymous()
-                })
-            } else {
-                Err(AuthError::BadPassword(given.to_string()))
+            let identity = Identity {
+                user: Some(user.clone()),
+                ..self.anonymous(want)
             };
+            return password_verdict(
+                want,
+                c.pass.as_deref().unwrap_or(""),
+                identity,
+                AuthError::BadPassword(given.to_string()),
+            );
         }
-        if !o.users.is_empty() {
+        if !self.users.is_empty() {
             let given = match (&c.user, &o.no_auth_user) {
                 (Some(u), _) => u.as_str(),
-                (None, Some(nau)) if c.pass.is_none() && c.auth_token.is_none() => {
-                    let entry = o
-                        .users
-                        .iter()
-                        .find(|u| &u.user == nau)
-                        .ok_or_else(|| AuthError::UnknownUser(nau.clone()))?;
-                    return Ok(self.identity_of(entry));
+                (None, Some(nau)) if c.pass.is_none() && c.token.is_none() && c.nkey.is_none() => {
+                    return match self.users.get(nau) {
+                        Some(entry) => Verdict::Accept(self.identity_of(entry)),
+                        None => Verdict::Reject(AuthError::UnknownUser(nau.clone())),
+                    };
                 }
-                _ => return Err(AuthError::Missing),
+                _ => return Verdict::Reject(AuthError::Missing),
             };
-            let entry = o
-                .users
-                .iter()
-                .find(|u| u.user == given)
-                .ok_or_else(|| AuthError::UnknownUser(given.to_string()))?;
-            let pass = c.pass.as_deref().unwrap_or("");
-            return if password_matches(&entry.password, pass) {
-                Ok(self.identity_of(entry))
-            } else {
-                Err(AuthError::BadPassword(given.to_string()))
+            let Some(entry) = self.users.get(given) else {
+                return Verdict::Reject(AuthError::UnknownUser(given.to_string()));
             };
+            return password_verdict(
+                &entry.password,
+                c.pass.as_deref().unwrap_or(""),
+                self.identity_of(entry),
+                AuthError::BadPassword(given.to_string()),
+            );
         }
-        Ok(self.anonymous())
+        if self.required() {
+            return Verdict::Reject(AuthError::Missing);
+        }
+        Verdict::Accept(self.anonymous(""))
     }
 
-    /// The account a configured user belongs to.
+    /// Checks credentials again after a reload. A client whose user entry kept the very secret
+    /// that admitted it passes without another bcrypt run.
+    pub fn recheck(&self, c: &Credentials, ctx: &ConnAuth, before: &Identity) -> Verdict {
+        match self.check(c, ctx) {
+            Verdict::Bcrypt { identity, .. } if identity.secret == before.secret => {
+                Verdict::Accept(identity)
+            }
+            v => v,
+        }
+    }
+
+    /// Like `check`, with any bcrypt comparison done in place (tests, tools).
+    pub fn check_blocking(&self, c: &Credentials, ctx: &ConnAuth) -> Result<Identity, AuthError> {
+        match self.check(c, ctx) {
+            Verdict::Accept(id) => Ok(id),
+            Verdict::Reject(e) => Err(e),
+            Verdict::Bcrypt {
+                hash,
+                given,
+                identity,
+                fail,
+            } => {
+                if bcrypt::verify(given, &hash).unwrap_or(false) {
+                    Ok(identity)
+                } else {
+                    Err(fail)
+                }
+            }
+        }
+    }
+
+    fn check_nkey(&self, nkey: &str, sig: Option<&str>, ctx: &ConnAuth) -> Verdict {
+        let Some(entry) = self.nkeys.get(nkey) else {
+            return Verdict::Reject(AuthError::UnknownNkey(nkey.to_string()));
+        };
+        let bad = || Verdict::Reject(AuthError::BadSignature(nkey.to_string()));
+        let (Some(sig), Some(nonce)) = (sig, ctx.nonce.as_deref()) else {
+            return bad();
+        };
+        // Clients send raw URL-safe base64; standard base64 is accepted too, as nats-server does.
+        let sig = match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig) {
+            Ok(s) => s,
+            Err(_) => match base64::engine::general_purpose::STANDARD.decode(sig) {
+                Ok(s) => s,
+                Err(_) => return bad(),
+            },
+        };
+        let Ok(key) = nkeys::KeyPair::from_public_key(nkey) else {
+            return bad();
+        };
+        if key.verify(nonce.as_bytes(), &sig).is_err() {
+            return bad();
+        }
+        Verdict::Accept(Identity {
+            user: Some(entry.nkey.clone()),
+            account: entry.account.clone(),
+            permissions: entry
+                .permissions
+                .clone()
+                .or_else(|| self.opts.default_permissions.clone()),
+            secret: fingerprint(&entry.nkey),
+            max_subs: None,
+            expires: None,
+        })
+    }
+
+    /// `verify_and_map`: the first certificate name that is a configured user (emails, DNS
+    /// names, URIs, then the subject DN compared RDN by RDN).
+    fn map_certificate(&self, ctx: &ConnAuth) -> Verdict {
+        let Some(names) = &ctx.cert else {
+            return Verdict::Reject(AuthError::NoCertificate);
+        };
+        let direct = names
+            .emails
+            .iter()
+            .chain(&names.dns)
+            .chain(&names.uris)
+            .chain(std::iter::once(&names.dn))
+            .find_map(|n| self.users.get(n.as_str()));
+        let entry = direct.or_else(|| {
+            let mut users: Vec<&User> = self.users.values().collect();
+            users.sort_by(|a, b| a.user.cmp(&b.user));
+            users
+                .into_iter()
+                .find(|u| crate::tls::dn_matches(&u.user, &names.dn))
+        });
+        match entry {
+            Some(u) => Verdict::Accept(self.identity_of(u)),
+            None => Verdict::Reject(AuthError::UnmappedCertificate(names.dn.clone())),
+        }
+    }
+
+    /// The account a configured user (or NKey) belongs to.
     pub fn account_of(&self, user: Option<&str>) -> Option<&str> {
         let user = user?;
-        self.opts
-            .users
-            .iter()
-            .find(|u| u.user == user)?
-            .account
-            .as_deref()
+        match self.users.get(user) {
+            Some(u) => u.account.as_deref(),
+            None => self.nkeys.get(user)?.account.as_deref(),
+        }
     }
 
-    fn anonymous(&self) -> Identity {
+    fn anonymous(&self, secret: &str) -> Identity {
         Identity {
             user: None,
             account: None,
             permissions: self.opts.default_permissions.clone(),
+            secret: fingerprint(secret),
+            max_subs: None,
+            expires: None,
         }
     }
 
@@ -133,6 +409,9 @@ impl Authenticator {
                 .permissions
                 .clone()
                 .or_else(|| self.opts.default_permissions.clone()),
+            secret: fingerprint(&u.password),
+            max_subs: None,
+            expires: None,
         }
     }
 }
@@ -142,17 +421,18 @@ fn is_bcrypt(s: &str) -> bool {
 }
 
 /// Compares a configured secret (plain or bcrypt hash) with what the client sent.
-fn password_matches(configured: &str, given: &str) -> bool {
+fn password_verdict(configured: &str, given: &str, identity: Identity, fail: AuthError) -> Verdict {
     if is_bcrypt(configured) {
-        // bcrypt is deliberately slow (milliseconds to a second): on a multi-threaded runtime let
-        // the worker's other tasks move elsewhere while this one hashes.
-        let verify = || bcrypt::verify(given, configured).unwrap_or(false);
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(verify),
-            _ => verify(),
+        Verdict::Bcrypt {
+            hash: configured.to_string(),
+            given: given.to_string(),
+            identity,
+            fail,
         }
+    } else if constant_time_eq(configured.as_bytes(), given.as_bytes()) {
+        Verdict::Accept(identity)
     } else {
-        constant_time_eq(configured.as_bytes(), given.as_bytes())
+        Verdict::Reject(fail)
     }
 }
 
@@ -163,35 +443,139 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A fresh nonce for INFO: 11 random bytes, URL-safe base64 without padding (as nats-server).
+pub fn new_nonce() -> String {
+    let mut b = [0u8; 11];
+    if getrandom::getrandom(&mut b).is_err() {
+        // No OS randomness: fall back to a seeded generator rather than a fixed nonce.
+        let mut rng = fastrand::Rng::new();
+        b.iter_mut().for_each(|x| *x = rng.u8(..));
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Runs bcrypt comparisons on the blocking pool, at most `global` at a time server-wide and at
+/// most `per_ip` at a time for one client address; later ones wait their turn (bounded by the
+/// caller's auth timeout). A flood of bad passwords from one address therefore uses at most
+/// `per_ip` bcrypt threads, and a client from another address waits only for the comparisons
+/// already running.
+pub struct BcryptLimiter {
+    global: tokio::sync::Semaphore,
+    per_ip: usize,
+    by_ip: parking_lot::Mutex<FxHashMap<IpAddr, Arc<tokio::sync::Semaphore>>>,
+}
+
+/// Drops an address's semaphore from the map when its last user is done (or gave up).
+struct IpSlot<'a> {
+    limiter: &'a BcryptLimiter,
+    ip: IpAddr,
+    sem: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl Drop for IpSlot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.limiter.by_ip.lock();
+        // Clones are only made under this lock: two references are the map's and ours.
+        if self.sem.take().is_some_and(|s| Arc::strong_count(&s) == 2) {
+            map.remove(&self.ip);
+        }
+    }
+}
+
+impl BcryptLimiter {
+    /// Sized from the machine: half the cores server-wide (at least one), and half of that for
+    /// one address (at least one).
+    pub fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let global = (cores / 2).max(1);
+        Self::with_limits(global, (global / 2).max(1))
+    }
+
+    pub fn with_limits(global: usize, per_ip: usize) -> Self {
+        BcryptLimiter {
+            global: tokio::sync::Semaphore::new(global.max(1)),
+            per_ip: per_ip.max(1),
+            by_ip: parking_lot::Mutex::new(FxHashMap::default()),
+        }
+    }
+
+    /// Whether `given` matches the bcrypt `hash`.
+    pub async fn verify(&self, ip: IpAddr, hash: String, given: String) -> bool {
+        let sem = self
+            .by_ip
+            .lock()
+            .entry(ip)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_ip)))
+            .clone();
+        let slot = IpSlot {
+            limiter: self,
+            ip,
+            sem: Some(sem.clone()),
+        };
+        let Ok(_ip_permit) = sem.acquire().await else {
+            return false;
+        };
+        let Ok(_permit) = self.global.acquire().await else {
+            return false;
+        };
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(given, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        drop(slot);
+        ok
+    }
+
+    /// Addresses with a comparison running or waiting (for tests and monitoring).
+    pub fn addresses(&self) -> usize {
+        self.by_ip.lock().len()
+    }
+}
+
+impl Default for BcryptLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::options::User;
 
-    fn connect(user: Option<&str>, pass: Option<&str>, token: Option<&str>) -> ConnectInfo {
-        ConnectInfo {
+    fn creds(user: Option<&str>, pass: Option<&str>, token: Option<&str>) -> Credentials {
+        Credentials {
             user: user.map(String::from),
             pass: pass.map(String::from),
-            auth_token: token.map(String::from),
-            ..ConnectInfo::default()
+            token: token.map(String::from),
+            ..Credentials::default()
         }
+    }
+
+    fn auth(o: AuthOptions) -> Authenticator {
+        Authenticator::new(o, false, Duration::from_secs(2))
     }
 
     #[test]
     fn token_user_and_users() {
-        let a = Authenticator::new(AuthOptions {
+        let ctx = ConnAuth::default();
+        let a = auth(AuthOptions {
             token: Some("s3cr3t".into()),
             ..AuthOptions::default()
         });
-        assert!(a.check(&connect(None, None, Some("s3cr3t"))).is_ok());
+        assert!(a
+            .check_blocking(&creds(None, None, Some("s3cr3t")), &ctx)
+            .is_ok());
         assert_eq!(
-            a.check(&connect(None, None, Some("nope"))),
+            a.check_blocking(&creds(None, None, Some("nope")), &ctx),
             Err(AuthError::BadToken)
         );
-        assert_eq!(a.check(&connect(None, None, None)), Err(AuthError::Missing));
+        assert_eq!(
+            a.check_blocking(&creds(None, None, None), &ctx),
+            Err(AuthError::Missing)
+        );
 
         let hash = bcrypt::hash("pw2", 4).expect("hash");
-        let a = Authenticator::new(AuthOptions {
+        let a = auth(AuthOptions {
             users: vec![
                 User {
                     user: "a".into(),
@@ -207,13 +591,112 @@ mod tests {
             no_auth_user: Some("a".into()),
             ..AuthOptions::default()
         });
-        assert!(a.check(&connect(Some("a"), Some("pw1"), None)).is_ok());
-        assert!(a.check(&connect(Some("b"), Some("pw2"), None)).is_ok());
-        assert!(a.check(&connect(Some("b"), Some("pw1"), None)).is_err());
-        assert!(a.check(&connect(Some("c"), Some("pw1"), None)).is_err());
+        assert!(a
+            .check_blocking(&creds(Some("a"), Some("pw1"), None), &ctx)
+            .is_ok());
+        assert!(a
+            .check_blocking(&creds(Some("b"), Some("pw2"), None), &ctx)
+            .is_ok());
+        assert!(a
+            .check_blocking(&creds(Some("b"), Some("pw1"), None), &ctx)
+            .is_err());
+        assert!(a
+            .check_blocking(&creds(Some("c"), Some("pw1"), None), &ctx)
+            .is_err());
         assert_eq!(
-            a.check(&connect(None, None, None)).map(|i| i.user),
+            a.check_blocking(&creds(None, None, None), &ctx)
+                .map(|i| i.user),
             Ok(Some("a".into()))
+        );
+        // A bcrypt user whose hash did not change is re-admitted without bcrypt on reload.
+        let before = a
+            .check_blocking(&creds(Some("b"), Some("pw2"), None), &ctx)
+            .expect("ok");
+        assert!(matches!(
+            a.recheck(&creds(Some("b"), Some("pw2"), None), &ctx, &before),
+            Verdict::Accept(_)
+        ));
+    }
+
+    #[test]
+    fn nkey_signature_over_the_nonce() {
+        let kp = nkeys::KeyPair::new_user();
+        let a = auth(AuthOptions {
+            nkeys: vec![NkeyUser {
+                nkey: kp.public_key(),
+                ..NkeyUser::default()
+            }],
+            ..AuthOptions::default()
+        });
+        assert!(a.required() && a.needs_nonce());
+        let nonce = new_nonce();
+        assert_eq!(nonce.len(), 15);
+        let ctx = ConnAuth {
+            nonce: Some(nonce.clone()),
+            ..ConnAuth::default()
+        };
+        let sig = kp.sign(nonce.as_bytes()).expect("sign");
+        let mut c = Credentials {
+            nkey: Some(kp.public_key()),
+            sig: Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&sig)),
+            ..Credentials::default()
+        };
+        assert!(a.check_blocking(&c, &ctx).is_ok());
+        c.sig = Some(base64::engine::general_purpose::STANDARD.encode(&sig));
+        assert!(a.check_blocking(&c, &ctx).is_ok(), "standard base64 too");
+        let other = ConnAuth {
+            nonce: Some(new_nonce()),
+            ..ConnAuth::default()
+        };
+        assert!(matches!(
+            a.check_blocking(&c, &other),
+            Err(AuthError::BadSignature(_))
+        ));
+        c.nkey = Some(nkeys::KeyPair::new_user().public_key());
+        assert!(matches!(
+            a.check_blocking(&c, &ctx),
+            Err(AuthError::UnknownNkey(_))
+        ));
+    }
+
+    #[test]
+    fn certificate_names_map_to_users() {
+        let user = |n: &str| User {
+            user: n.into(),
+            ..User::default()
+        };
+        let a = Authenticator::new(
+            AuthOptions {
+                users: vec![user("alice@example.com"), user("CN=bob,O=Acme")],
+                ..AuthOptions::default()
+            },
+            true,
+            Duration::from_secs(2),
+        );
+        let ctx = |emails: &[&str], dn: &str| ConnAuth {
+            nonce: None,
+            ip: None,
+            cert: Some(CertNames {
+                emails: emails.iter().map(|s| s.to_string()).collect(),
+                dn: dn.into(),
+                ..CertNames::default()
+            }),
+        };
+        let none = Credentials::default();
+        assert_eq!(
+            a.check_blocking(&none, &ctx(&["alice@example.com"], "CN=x"))
+                .map(|i| i.user),
+            Ok(Some("alice@example.com".into()))
+        );
+        assert_eq!(
+            a.check_blocking(&none, &ctx(&[], "O=Acme,CN=bob"))
+                .map(|i| i.user),
+            Ok(Some("CN=bob,O=Acme".into()))
+        );
+        assert!(a.check_blocking(&none, &ctx(&[], "CN=eve")).is_err());
+        assert_eq!(
+            a.check_blocking(&none, &ConnAuth::default()),
+            Err(AuthError::NoCertificate)
         );
     }
 }

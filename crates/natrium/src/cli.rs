@@ -13,6 +13,8 @@ pub struct Cli {
     pub test_config: bool,
     pub show_version: bool,
     pub show_help: bool,
+    /// `--signal CMD[=PID|=PIDFILE]`: send a signal to a running server and exit.
+    pub signal: Option<String>,
     /// Flag settings applied over the config file, in order.
     pub overrides: Vec<Override>,
 }
@@ -35,6 +37,11 @@ pub enum Override {
     HttpPort(i32),
     JetStream(bool),
     StoreDir(PathBuf),
+    Tls(bool),
+    TlsCert(PathBuf),
+    TlsKey(PathBuf),
+    TlsCaCert(PathBuf),
+    TlsVerify(bool),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -57,15 +64,10 @@ enum Arity {
     Value,
 }
 
-/// Flags that nats-server has and later natrium work adds (JetStream, monitoring, TLS, cluster).
+/// Flags that nats-server has and later natrium work adds (HTTPS monitoring, cluster, syslog).
 const NOT_YET: &[&str] = &[
     "ms",
     "https_port",
-    "tls",
-    "tlscert",
-    "tlskey",
-    "tlscacert",
-    "tlsverify",
     "cluster",
     "cluster_name",
     "cluster_listen",
@@ -74,8 +76,6 @@ const NOT_YET: &[&str] = &[
     "cluster_advertise",
     "connect_retries",
     "client_advertise",
-    "sl",
-    "signal",
     "s",
     "syslog",
     "r",
@@ -89,7 +89,8 @@ fn arity(name: &str) -> Option<Arity> {
     Some(match name {
         "p" | "port" | "a" | "addr" | "net" | "n" | "name" | "server_name" | "c" | "config"
         | "user" | "pass" | "auth" | "l" | "log" | "P" | "pid" | "ports_file_dir"
-        | "max_payload" | "m" | "http_port" | "sd" | "store_dir" => Value,
+        | "max_payload" | "m" | "http_port" | "sd" | "store_dir" | "tlscert" | "tlskey"
+        | "tlscacert" | "sl" | "signal" => Value,
         "D" | "debug" | "V" | "trace" | "VV" | "DV" | "DVV" | "T" | "logtime" | "t" | "v"
         | "version" | "h" | "help" | "help_tls" => Bool,
         "js" | "jetstream" | "tls" | "tlsverify" | "no_advertise" | "s" | "syslog" => Bool,
@@ -154,6 +155,12 @@ impl Cli {
                 "m" | "http_port" => o.push(Override::HttpPort(value.parse().map_err(|_| bad())?)),
                 "js" | "jetstream" => o.push(Override::JetStream(parse_bool(&name, &value)?)),
                 "sd" | "store_dir" => o.push(Override::StoreDir(value.into())),
+                "tls" => o.push(Override::Tls(parse_bool(&name, &value)?)),
+                "tlscert" => o.push(Override::TlsCert(value.into())),
+                "tlskey" => o.push(Override::TlsKey(value.into())),
+                "tlscacert" => o.push(Override::TlsCaCert(value.into())),
+                "tlsverify" => o.push(Override::TlsVerify(parse_bool(&name, &value)?)),
+                "sl" | "signal" => cli.signal = Some(value),
                 "D" | "debug" => o.push(Override::Debug(parse_bool(&name, &value)?)),
                 "V" | "trace" | "VV" => o.push(Override::Trace(parse_bool(&name, &value)?)),
                 "DV" | "DVV" => {
@@ -177,8 +184,33 @@ impl Cli {
             Some(path) => Options::from_file(path)?,
             None => (Options::default(), Vec::new()),
         };
+        // TLS flags edit the config's `tls` block (or a new one); `--tls`/`--tlsverify` turn it on.
+        let mut tls_on = opts.tls.is_some();
+        let mut tls = opts.tls.clone().unwrap_or_default();
+        let mut tls_flags = false;
         for o in &self.overrides {
             match o.clone() {
+                Override::Tls(on) => {
+                    tls_on = on;
+                    tls_flags = true;
+                }
+                Override::TlsCert(p) => {
+                    tls.cert_file = p;
+                    tls_flags = true;
+                }
+                Override::TlsKey(p) => {
+                    tls.key_file = p;
+                    tls_flags = true;
+                }
+                Override::TlsCaCert(p) => {
+                    tls.ca_file = Some(p);
+                    tls_flags = true;
+                }
+                Override::TlsVerify(v) => {
+                    tls.verify = v;
+                    tls_on |= v;
+                    tls_flags = true;
+                }
                 Override::Port(p) => opts.port = p,
                 Override::Host(h) => opts.host = h,
                 Override::Name(n) => opts.server_name = Some(n),
@@ -207,6 +239,9 @@ impl Cli {
                         .store_dir = d;
                 }
             }
+        }
+        if tls_flags {
+            opts.tls = tls_on.then_some(tls);
         }
         opts.validate()?;
         Ok((opts, warnings))
@@ -238,6 +273,13 @@ Logging Options:
     -V, --trace                      Trace the raw protocol
     -DV                              Debug and trace
 
+TLS Options:
+        --tls                        Enable TLS, do not verify clients (default: false)
+        --tlscert <file>             Server certificate file
+        --tlskey <file>              Private key for server certificate
+        --tlsverify                  Enable TLS, verify client certificates
+        --tlscacert <file>           Client certificate CA for verification
+
 Authorization Options:
         --user <user>                User required for connections
         --pass <password>            Password required for connections
@@ -247,10 +289,100 @@ Common Options:
     -h, --help                       Show this message
     -v, --version                    Show version
 
+Signal Options:
+    -sl, --signal <signal>[=<pid>]   Send signal to natrium process (ldm, stop, quit, term, reopen, reload)
+                                     <pid> can be either a PID (e.g. 1) or the path to a PID file
+
 Not yet supported (accepted by nats-server; natrium reports an error naming the flag):
-        -ms/--https_port, --tls*, --cluster*, --routes,
-    --signal, -s/--syslog, -r/--remote_syslog
+        -ms/--https_port, --cluster*, --routes, -s/--syslog, -r/--remote_syslog
 ";
+
+/// The signal a `--signal` command sends, as nats-server maps them.
+pub fn command_signal(command: &str) -> Option<i32> {
+    Some(match command {
+        "stop" => libc::SIGKILL,
+        "quit" => libc::SIGINT,
+        "term" => libc::SIGTERM,
+        "reopen" => libc::SIGUSR1,
+        "reload" => libc::SIGHUP,
+        "ldm" => libc::SIGUSR2,
+        _ => return None,
+    })
+}
+
+/// Carries out `--signal CMD[=PID|=PIDFILE]`: without a pid, the single other running process
+/// with this program's name is the target. Returns the pids signalled.
+pub fn process_signal(spec: &str) -> Result<Vec<i32>, String> {
+    let mut parts = spec.split('=');
+    let command = parts.next().unwrap_or("");
+    let pid_arg = parts.next();
+    if let Some(extra) = parts.next() {
+        return Err(format!("invalid signal parameters: {extra:?}"));
+    }
+    let signum = command_signal(command).ok_or_else(|| format!("unknown signal {command:?}"))?;
+    let pids = match pid_arg {
+        Some(arg) => {
+            // A path to a pid file, or the pid itself.
+            let text = std::fs::read_to_string(arg).unwrap_or_else(|_| arg.to_string());
+            let pid: i32 = text
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid pid: {}", text.trim()))?;
+            vec![pid]
+        }
+        None => {
+            let name = program_name();
+            let pids = running_pids(&name);
+            match pids.len() {
+                0 => return Err(format!("no {name} processes running")),
+                1 => pids,
+                _ => {
+                    let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+                    return Err(format!(
+                        "multiple {name} processes running:\n{}",
+                        list.join("\n")
+                    ));
+                }
+            }
+        }
+    };
+    for &pid in &pids {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        if unsafe { libc::kill(pid, signum) } != 0 {
+            return Err(format!(
+                "signal {command:?} {pid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(pids)
+}
+
+fn program_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "natrium".into())
+}
+
+/// Other processes whose command name is `name` (Linux `/proc`; the kernel keeps 15 bytes).
+fn running_pids(name: &str) -> Vec<i32> {
+    let want: String = name.chars().take(15).collect();
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == want)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
 
 #[cfg(test)]
 mod tests {
@@ -285,19 +417,67 @@ mod tests {
     }
 
     #[test]
+    fn tls_and_signal_flags() {
+        let (o, _) = parse(&[
+            "--tlsverify",
+            "--tlscert",
+            "c.pem",
+            "--tlskey=k.pem",
+            "--tlscacert",
+            "ca.pem",
+        ])
+        .expect("parses")
+        .options()
+        .expect("valid");
+        let t = o.tls.expect("tls on");
+        assert!(t.verify);
+        assert_eq!(t.cert_file, PathBuf::from("c.pem"));
+        assert_eq!(t.key_file, PathBuf::from("k.pem"));
+        assert_eq!(t.ca_file, Some(PathBuf::from("ca.pem")));
+        let (o, _) = parse(&["--tlscert", "c.pem", "--tlskey", "k.pem"])
+            .expect("parses")
+            .options()
+            .expect("valid");
+        assert!(
+            o.tls.is_none(),
+            "certificate flags alone do not turn TLS on"
+        );
+        assert!(
+            parse(&["--tls"]).expect("parses").options().is_err(),
+            "no certificate"
+        );
+        assert_eq!(
+            parse(&["--signal", "reload=123"])
+                .expect("parses")
+                .signal
+                .as_deref(),
+            Some("reload=123")
+        );
+        assert_eq!(
+            parse(&["-sl=stop"]).expect("parses").signal.as_deref(),
+            Some("stop")
+        );
+        assert_eq!(command_signal("reload"), Some(libc::SIGHUP));
+        assert_eq!(command_signal("ldm"), Some(libc::SIGUSR2));
+        assert!(process_signal("bogus=1").is_err());
+        assert!(process_signal("reload=1=2").is_err());
+        assert!(process_signal("reload=notapid").is_err());
+    }
+
+    #[test]
     fn errors_name_the_flag() {
         assert_eq!(parse(&["-bogus"]), Err(CliError::Unknown("bogus".into())));
         assert_eq!(parse(&["-p"]), Err(CliError::MissingValue("p".into())));
         assert_eq!(parse(&["-ms", "8222"]), Err(CliError::NotYet("ms".into())));
+        assert_eq!(
+            parse(&["--cluster", "nats://x:6222"]),
+            Err(CliError::NotYet("cluster".into()))
+        );
         assert!(matches!(
             parse(&["-p", "abc"]),
             Err(CliError::BadValue { .. })
         ));
         assert_eq!(parse(&["extra"]), Err(CliError::Positional("extra".into())));
-        assert!(parse(&["--tls"])
-            .expect_err("not yet")
-            .to_string()
-            .contains("-tls"));
         let (o, _) = parse(&["-js", "-sd", "/tmp/js"])
             .expect("ok")
             .options()

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::account::{Account, Forward, ForwardKind};
+use crate::auth::{AuthError, ConnAuth, Credentials, Identity, Verdict};
 use crate::perms::{ClientPerms, ResponseGrants, SubDecision};
 use crate::server::ServerInner;
 
@@ -39,10 +40,12 @@ pub enum CloseReason {
     ProtocolViolation,
     AuthenticationTimeout,
     AuthenticationViolation,
+    AuthenticationExpired,
     StaleConnection,
     MaxPayloadExceeded,
     MaxControlLineExceeded,
     MaxConnectionsExceeded,
+    TlsHandshakeError,
     ServerShutdown,
 }
 
@@ -57,10 +60,12 @@ impl std::fmt::Display for CloseReason {
             CloseReason::ProtocolViolation => "Protocol Violation",
             CloseReason::AuthenticationTimeout => "Authentication Timeout",
             CloseReason::AuthenticationViolation => "Authentication Failure",
+            CloseReason::AuthenticationExpired => "Authentication Expired",
             CloseReason::StaleConnection => "Stale Connection",
             CloseReason::MaxPayloadExceeded => "Maximum Payload Exceeded",
             CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
             CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
+            CloseReason::TlsHandshakeError => "TLS Handshake Failure",
             CloseReason::ServerShutdown => "Server Shutdown",
         };
         f.write_str(s)
@@ -105,6 +110,8 @@ pub struct ClientShared {
     wake: Notify,
     /// Wakes the reader when another task closes this client.
     kill: Notify,
+    /// Wakes the reader after a configuration reload to re-check its credentials.
+    reauth: Notify,
     /// Signalled by the writer after each write, for publishers stalled on this client.
     drained: Notify,
     close_reason: Mutex<Option<CloseReason>>,
@@ -140,6 +147,7 @@ impl ClientShared {
             }),
             wake: Notify::new(),
             kill: Notify::new(),
+            reauth: Notify::new(),
             drained: Notify::new(),
             close_reason: Mutex::new(None),
             headers: AtomicBool::new(false),
@@ -201,6 +209,12 @@ impl ClientShared {
         self.kill.notify_one();
     }
 
+    /// Asks the reader to re-check its credentials (after a reload); a permit is kept if the
+    /// reader is busy, so the request is never lost.
+    pub(crate) fn request_reauth(&self) {
+        self.reauth.notify_one();
+    }
+
     pub fn close_reason(&self) -> Option<CloseReason> {
         *self.close_reason.lock()
     }
@@ -255,6 +269,7 @@ impl ClientShared {
         self.max_pending / 2
     }
 
+    /// Waits, at most `STALL_MAX`, until this client's backlog drops below the stall threshold.
     /// Waits until this client's backlog drops below the stall threshold, as long as its writer
     /// keeps making progress: each wait for progress is at most `STALL_STEP`, the whole stall at
     /// most `STALL_MAX`. A receiver that reads, only slower, paces the publisher; one that stops
@@ -552,6 +567,20 @@ pub(crate) struct Conn {
     pings_out: u32,
     in_msgs: u64,
     in_bytes: u64,
+    /// The nonce sent in INFO and the client certificate's names (see `auth`).
+    auth_ctx: ConnAuth,
+    auth_required: bool,
+    /// The first CONNECT, parsed; authenticated by the read loop (bcrypt may have to wait).
+    pending_connect: Option<ConnectInfo>,
+    /// What the client authenticated with and as, for the re-check after a reload.
+    creds: Option<Credentials>,
+    identity: Option<Identity>,
+    /// Subscriptions this connection may hold; `None` is unlimited.
+    max_subs: Option<usize>,
+    /// When the credentials expire (user JWTs); the read loop closes the connection then.
+    expires_at: Option<tokio::time::Instant>,
+    /// `expires_at` changed: the read loop re-arms its timer.
+    expiry_changed: bool,
 }
 
 /// An error that ends the connection, with the -ERR text to send first (if any).
@@ -575,6 +604,10 @@ impl Conn {
         let limits = Limits {
             max_control_line: server.opts.max_control_line,
             max_payload: server.opts.max_payload,
+        };
+        let auth_ctx = ConnAuth {
+            ip: Some(shared.addr.ip()),
+            ..ConnAuth::default()
         };
         Conn {
             dl: Delivery {
@@ -603,7 +636,42 @@ impl Conn {
             pings_out: 0,
             in_msgs: 0,
             in_bytes: 0,
+            auth_ctx,
+            expires_at: None,
+            expiry_changed: false,
+            auth_required: false,
+            pending_connect: None,
+            creds: None,
+            identity: None,
+            max_subs: None,
         }
+    }
+
+    /// The nonce sent in this connection's INFO (NKey users sign it).
+    pub(crate) fn with_nonce(mut self, nonce: Option<String>) -> Self {
+        self.auth_ctx.nonce = nonce;
+        self
+    }
+
+    /// The names of the client certificate, after a TLS handshake.
+    pub(crate) fn with_tls(mut self, cert: Option<crate::tls::CertNames>) -> Self {
+        self.auth_ctx.cert = cert;
+        self
+    }
+
+    pub(crate) fn peer(&self) -> (SocketAddr, u64) {
+        (self.shared.addr, self.shared.cid)
+    }
+
+    /// Resolves when another task closes this connection (shutdown, for one).
+    pub(crate) async fn killed(&self) {
+        self.shared.kill.notified().await
+    }
+
+    /// Ends a connection that never ran (a failed TLS handshake).
+    pub(crate) fn abort(mut self, reason: CloseReason) {
+        self.shared.close(reason);
+        self.cleanup();
     }
 
     /// Runs the connection until it closes; `info` is the INFO line already encoded.
@@ -612,7 +680,10 @@ impl Conn {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (mut rd, wr) = tokio::io::split(stream);
-        self.shared.send(&info);
+        // Empty when the INFO already went out in plaintext before a TLS handshake.
+        if !info.is_empty() {
+            self.shared.send(&info);
+        }
         let writer = tokio::spawn(write_loop(
             self.shared.clone(),
             wr,
@@ -646,14 +717,20 @@ impl Conn {
         // After a stall, do not fire the missed pings back to back (that would look stale).
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let auth_required = self.server.auth.required();
+        self.auth_required = auth_required;
         let auth_deadline = tokio::time::sleep(if auth_required {
-            opts.auth_timeout
+            self.server.auth.current().timeout()
         } else {
             Duration::from_secs(u32::MAX as u64)
         });
         tokio::pin!(auth_deadline);
         let mut shutdown = self.server.shutdown_rx();
         loop {
+            if std::mem::take(&mut self.expiry_changed) {
+                if let Some(at) = self.expires_at {
+                    auth_deadline.as_mut().reset(at);
+                }
+            }
             if rbuf.capacity() - rbuf.len() < read_size {
                 rbuf.reserve(read_size);
             }
@@ -673,7 +750,14 @@ impl Conn {
                         } else if n < read_size / 4 {
                             read_size = (read_size / 2).max(MIN_READ);
                         }
-                        let r = self.process(&mut rbuf);
+                        let mut r = self.process(&mut rbuf);
+                        while r.is_ok() {
+                            let Some(info) = self.pending_connect.take() else { break };
+                            r = self.connect_first(info, auth_deadline.deadline()).await;
+                            if r.is_ok() {
+                                r = self.process(&mut rbuf);
+                            }
+                        }
                         self.dl.flush();
                         let sh = &self.shared;
                         sh.in_msgs.store(self.in_msgs, Ordering::Relaxed);
@@ -696,9 +780,14 @@ impl Conn {
                         None
                     }
                 }
-                _ = &mut auth_deadline, if auth_required && !self.connected => {
-                    Some(Fatal::new(CloseReason::AuthenticationTimeout, "Authentication Timeout"))
+                _ = &mut auth_deadline, if (auth_required && !self.connected) || (self.connected && self.expires_at.is_some()) => {
+                    if self.connected {
+                        Some(Fatal::new(CloseReason::AuthenticationExpired, "User Authentication Expired"))
+                    } else {
+                        Some(Fatal::new(CloseReason::AuthenticationTimeout, "Authentication Timeout"))
+                    }
                 }
+                _ = self.shared.reauth.notified() => self.reauthorize().await.err(),
             };
             if let Some(f) = fatal {
                 if let Some(e) = &f.err {
@@ -733,14 +822,26 @@ impl Conn {
                 }
                 Parsed::Op { op, len } => {
                     pos += len;
-                    if !self.connected
-                        && !matches!(op, ClientOp::Connect(_))
-                        && self.server.auth.required()
+                    if !self.connected && !matches!(op, ClientOp::Connect(_)) && self.auth_required
                     {
                         break Err(Fatal::new(
                             CloseReason::AuthenticationViolation,
                             "Authorization Violation",
                         ));
+                    }
+                    if let (ClientOp::Connect(json), false) = (&op, self.connected) {
+                        // Authentication may wait for bcrypt: the read loop completes it (see
+                        // `connect_first`) before the rest of the buffer is processed.
+                        match ConnectInfo::from_json(json) {
+                            Ok(info) => self.pending_connect = Some(info),
+                            Err(_) => {
+                                break Err(Fatal::new(
+                                    CloseReason::ProtocolViolation,
+                                    "Unknown Protocol Operation",
+                                ))
+                            }
+                        }
+                        break Ok(());
                     }
                     if let Err(f) = self.handle(op) {
                         break Err(f);
@@ -812,44 +913,248 @@ impl Conn {
         }
     }
 
+    /// A CONNECT after the first: updates the client's options, never its identity.
     fn connect(&mut self, json: &[u8]) -> Result<(), Fatal> {
         let info = ConnectInfo::from_json(json).map_err(|_| {
             Fatal::new(CloseReason::ProtocolViolation, "Unknown Protocol Operation")
         })?;
-        if !self.connected {
-            let identity = match self.server.auth.check(&info) {
-                Ok(id) => id,
-                Err(e) => {
-                    self.server
-                        .audit_auth_failure(&self.shared.addr, self.shared.cid, &e);
-                    return Err(Fatal::new(
-                        CloseReason::AuthenticationViolation,
-                        "Authorization Violation",
-                    ));
+        self.apply_connect(&info);
+        Ok(())
+    }
+
+    /// The first CONNECT: authenticates (bcrypt, if any, runs off this task and must finish
+    /// before `deadline`), joins the user's account and applies the client's options. A close
+    /// requested meanwhile (shutdown, max connections) wins.
+    async fn connect_first(
+        &mut self,
+        info: ConnectInfo,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Fatal> {
+        let creds = Credentials::from(&info);
+        let verdict = self.server.auth.current().check(&creds, &self.auth_ctx);
+        let shared = self.shared.clone();
+        let checked = tokio::select! {
+            biased;
+            _ = shared.kill.notified() => {
+                return Err(Fatal {
+                    reason: shared.close_reason().unwrap_or(CloseReason::ServerShutdown),
+                    err: None,
+                });
+            }
+            r = tokio::time::timeout_at(deadline, self.resolve(verdict)) => r,
+        };
+        let identity = match checked {
+            Ok(Ok(id)) => id,
+            Ok(Err(e)) => {
+                self.server
+                    .audit_auth_failure(&self.shared.addr, self.shared.cid, &e);
+                return Err(Fatal::new(
+                    CloseReason::AuthenticationViolation,
+                    "Authorization Violation",
+                ));
+            }
+            Err(_) => {
+                return Err(Fatal::new(
+                    CloseReason::AuthenticationTimeout,
+                    "Authentication Timeout",
+                ))
+            }
+        };
+        if let Some(acc) = identity.account.as_deref() {
+            self.account = self.server.account(acc).ok_or_else(|| {
+                Fatal::new(
+                    CloseReason::AuthenticationViolation,
+                    "Authorization Violation",
+                )
+            })?;
+            self.cache.generation = u64::MAX;
+        }
+        self.set_permissions(identity.permissions.as_ref());
+        self.max_subs = self
+            .server
+            .max_subscriptions(&self.account.name, identity.max_subs);
+        self.user = identity.user.clone();
+        self.set_expiry(identity.expires);
+        self.identity = Some(identity);
+        self.creds = Some(creds);
+        self.account
+            .total_connections
+            .fetch_add(1, Ordering::Relaxed);
+        self.apply_connect(&info);
+        Ok(())
+    }
+
+    /// Finishes a check, running a bcrypt comparison through the server's limiter.
+    async fn resolve(&self, v: Verdict) -> Result<Identity, AuthError> {
+        match v {
+            Verdict::Accept(id) => Ok(id),
+            Verdict::Reject(e) => Err(e),
+            Verdict::Bcrypt {
+                hash,
+                given,
+                identity,
+                fail,
+            } => {
+                let ip = self.shared.addr.ip();
+                if self.server.bcrypt.verify(ip, hash, given).await {
+                    Ok(identity)
+                } else {
+                    Err(fail)
+                }
+            }
+        }
+    }
+
+    /// After a reload: checks this connection's credentials against the new configuration.
+    /// Refused credentials close it (`Authorization Violation`); a user moved to another account
+    /// is closed to reconnect there; otherwise the new permissions apply from now on and
+    /// subscriptions they no longer allow are removed.
+    async fn reauthorize(&mut self) -> Result<(), Fatal> {
+        let (Some(creds), Some(before)) = (self.creds.clone(), self.identity.clone()) else {
+            return Ok(());
+        };
+        let verdict = self
+            .server
+            .auth
+            .current()
+            .recheck(&creds, &self.auth_ctx, &before);
+        let identity = match self.resolve(verdict).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.server
+                    .audit_auth_failure(&self.shared.addr, self.shared.cid, &e);
+                tracing::info!(
+                    "{} - cid:{} - credentials no longer accepted after reload, closing",
+                    self.shared.addr,
+                    self.shared.cid
+                );
+                return Err(Fatal::new(
+                    CloseReason::AuthenticationViolation,
+                    "Authorization Violation",
+                ));
+            }
+        };
+        let account = identity
+            .account
+            .as_deref()
+            .unwrap_or(crate::account::GLOBAL_ACCOUNT);
+        if account != self.account.name {
+            tracing::info!(
+                "{} - cid:{} - user {:?} moved to account {account:?} by reload, closing",
+                self.shared.addr,
+                self.shared.cid,
+                identity.user.as_deref().unwrap_or("")
+            );
+            return Err(Fatal {
+                reason: CloseReason::ClientClosed,
+                err: None,
+            });
+        }
+        if identity.permissions != before.permissions {
+            self.set_permissions(identity.permissions.as_ref());
+            self.recheck_subscriptions();
+        }
+        self.max_subs = self
+            .server
+            .max_subscriptions(&self.account.name, identity.max_subs);
+        self.set_expiry(identity.expires);
+        self.identity = Some(identity);
+        Ok(())
+    }
+
+    fn set_expiry(&mut self, expires: Option<std::time::SystemTime>) {
+        let at = expires.map(|e| {
+            let left = e
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::time::Instant::now() + left
+        });
+        if at != self.expires_at {
+            self.expires_at = at;
+            self.expiry_changed = true;
+        }
+    }
+
+    /// Compiles `p` for this connection (`None` lifts all restrictions).
+    fn set_permissions(&mut self, p: Option<&crate::options::Permissions>) {
+        let perms = p.map(ClientPerms::new);
+        let responses = perms.as_ref().and_then(|p| p.responses.clone());
+        {
+            let mut r = self.shared.responses.lock();
+            match (responses, r.as_mut()) {
+                (Some(rp), Some((old, _))) => *old = rp,
+                (Some(rp), None) => *r = Some((rp, ResponseGrants::default())),
+                (None, _) => *r = None,
+            }
+            self.shared
+                .track_responses
+                .store(r.is_some(), Ordering::Relaxed);
+        }
+        self.perms = perms;
+    }
+
+    /// Re-applies subscribe permissions to live subscriptions: ones no longer allowed are removed
+    /// (with nats-server's error naming the sid), ones whose partial denies changed are replaced.
+    fn recheck_subscriptions(&mut self) {
+        let subs: Vec<SubRef> = self.shared.subs.lock().values().cloned().collect();
+        for sub in subs {
+            let s = &sub.0;
+            let decision = self.perms.as_ref().map_or(SubDecision::Allowed, |p| {
+                p.check_subscribe(&s.subject, s.queue.as_deref())
+            });
+            let deny = match decision {
+                SubDecision::Allowed => None,
+                SubDecision::AllowedExcept(d) => Some(d),
+                SubDecision::Denied => {
+                    remove_subscription(&self.account, &sub);
+                    let subject = String::from_utf8_lossy(&s.subject);
+                    let sid = String::from_utf8_lossy(&s.sid);
+                    let text = match &s.queue {
+                        Some(q) => format!(
+                            "Permissions Violation for Subscription to \"{subject}\" using queue \"{}\" (sid \"{sid}\")",
+                            String::from_utf8_lossy(q)
+                        ),
+                        None => format!(
+                            "Permissions Violation for Subscription to \"{subject}\" (sid \"{sid}\")"
+                        ),
+                    };
+                    tracing::info!(
+                        "{} - cid:{} - removed subscription {subject:?} (sid {sid:?}) of user {:?}: not authorized after reload",
+                        self.shared.addr,
+                        self.shared.cid,
+                        self.user.as_deref().unwrap_or("")
+                    );
+                    self.shared.send_err(&text);
+                    continue;
                 }
             };
-            if let Some(acc) = identity.account.as_deref() {
-                self.account = self.server.account(acc).ok_or_else(|| {
-                    Fatal::new(
-                        CloseReason::AuthenticationViolation,
-                        "Authorization Violation",
-                    )
-                })?;
-                self.cache.generation = u64::MAX;
+            if deny == s.deny {
+                continue;
             }
-            if let Some(p) = &identity.permissions {
-                let perms = ClientPerms::new(p);
-                if let Some(rp) = perms.responses.clone() {
-                    *self.shared.responses.lock() = Some((rp, ResponseGrants::default()));
-                    self.shared.track_responses.store(true, Ordering::Relaxed);
+            let replacement = SubRef(Arc::new(Subscription {
+                target: Target::Client(self.shared.clone()),
+                subject: s.subject.clone(),
+                queue: s.queue.clone(),
+                sid: s.sid.clone(),
+                max: AtomicU64::new(s.max.load(Ordering::Relaxed)),
+                delivered: AtomicU64::new(s.delivered.load(Ordering::Relaxed)),
+                deny,
+            }));
+            {
+                let mut map = self.shared.subs.lock();
+                if map.get(&s.sid).is_some_and(|cur| cur == &sub) {
+                    map.insert(s.sid.clone(), replacement.clone());
+                } else {
+                    continue;
                 }
-                self.perms = Some(perms);
             }
-            self.user = identity.user;
-            self.account
-                .total_connections
-                .fetch_add(1, Ordering::Relaxed);
+            self.account.remove(&sub);
+            self.account.insert(replacement);
         }
+    }
+
+    /// Applies CONNECT's client options (flags, name, echo, headers) and acknowledges it.
+    fn apply_connect(&mut self, info: &ConnectInfo) {
         {
             let mut meta = self.shared.meta.lock();
             meta.name = info.name.clone().unwrap_or_default();
@@ -871,7 +1176,6 @@ impl Conn {
             info.lang.as_deref().unwrap_or("")
         );
         self.ok();
-        Ok(())
     }
 
     fn publish(&mut self, m: &Msg<'_>) {
@@ -988,6 +1292,16 @@ impl Conn {
                 // nats-server ignores a SUB that reuses a live sid.
                 drop(subs);
                 self.ok();
+                return;
+            }
+            if self.max_subs.is_some_and(|max| subs.len() >= max) {
+                drop(subs);
+                tracing::error!(
+                    "{} - cid:{} - maximum subscriptions exceeded",
+                    self.shared.addr,
+                    self.shared.cid
+                );
+                self.shared.send_err("maximum subscriptions exceeded");
                 return;
             }
             subs.insert(sid.into(), sub.clone());

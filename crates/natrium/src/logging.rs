@@ -3,9 +3,12 @@
 //! their own `tracing` subscriber.
 
 use std::fmt;
-use std::fs::OpenOptions;
-use std::path::Path;
-use std::sync::Arc;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
 
 use time::format_description::FormatItem;
 use time::macros::format_description;
@@ -70,6 +73,41 @@ where
     }
 }
 
+/// The log file, reopened on `SIGUSR1` (`--signal reopen`) so rotated logs are let go.
+struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+/// A handle `tracing` writes through; every write goes to the currently open file.
+#[derive(Clone)]
+struct LogWriter(Arc<LogFile>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.file.lock().write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.file.lock().flush()
+    }
+}
+
+static LOG_FILE: OnceLock<Arc<LogFile>> = OnceLock::new();
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Reopens the log file (after rotation). Without a log file there is nothing to do.
+pub fn reopen() -> std::io::Result<()> {
+    if let Some(lf) = LOG_FILE.get() {
+        let f = open_log(&lf.path)?;
+        *lf.file.lock() = f;
+    }
+    Ok(())
+}
+
 /// Installs the global subscriber: level from `debug`/`trace`, output to `file` or stderr.
 pub fn init(debug: bool, trace: bool, logtime: bool, file: Option<&Path>) -> std::io::Result<()> {
     let level = if trace {
@@ -84,8 +122,13 @@ pub fn init(debug: bool, trace: bool, logtime: bool, file: Option<&Path>) -> std
         .event_format(NatsFormat::new(logtime));
     let result = match file {
         Some(path) => {
-            let f = Arc::new(OpenOptions::new().create(true).append(true).open(path)?);
-            builder.with_writer(f).try_init()
+            let lf = Arc::new(LogFile {
+                path: path.to_path_buf(),
+                file: Mutex::new(open_log(path)?),
+            });
+            let _ = LOG_FILE.set(lf.clone());
+            let writer = LogWriter(lf);
+            builder.with_writer(move || writer.clone()).try_init()
         }
         None => builder.with_writer(std::io::stderr).try_init(),
     };

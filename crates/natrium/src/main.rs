@@ -22,6 +22,15 @@ fn main() -> ExitCode {
         println!("natrium: v{VERSION} (nats-server protocol v{PROTOCOL_VERSION})");
         return ExitCode::SUCCESS;
     }
+    if let Some(spec) = &cli.signal {
+        return match natrium::cli::process_signal(spec) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("natrium: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let (opts, warnings) = match cli.options() {
         Ok(o) => o,
         Err(e) => {
@@ -63,7 +72,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(opts)) {
+    match rt.block_on(run(cli, opts)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -73,7 +82,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(opts: natrium::Options) -> anyhow::Result<()> {
+async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
     let pid_file = opts.pid_file.clone();
     let ports_dir = opts.ports_file_dir.clone();
     let server = Server::start(opts).await?;
@@ -100,7 +109,7 @@ async fn run(opts: natrium::Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    wait_for_signal().await?;
+    wait_for_signal(&cli, &server).await?;
     tracing::info!("Initiating Shutdown...");
     server.shutdown().await;
     if let Some(p) = ports_file {
@@ -112,13 +121,54 @@ async fn run(opts: natrium::Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+/// Serves signals until one asks to stop: SIGTERM/SIGINT stop, SIGHUP reloads the configuration
+/// (file and flags, as at start), SIGUSR1 reopens the log file, SIGUSR2 (lame duck mode) stops
+/// accepting and shuts down.
+async fn wait_for_signal(cli: &Cli, server: &Server) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("Trapped \"terminated\" signal"),
-        _ = int.recv() => tracing::info!("Trapped \"interrupt\" signal"),
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("Trapped \"terminated\" signal");
+                return Ok(());
+            }
+            _ = int.recv() => {
+                tracing::info!("Trapped \"interrupt\" signal");
+                return Ok(());
+            }
+            _ = usr2.recv() => {
+                tracing::info!("Trapped \"user defined signal 2\" signal");
+                tracing::info!("Entering lame duck mode, stop accepting new clients");
+                return Ok(());
+            }
+            _ = hup.recv() => {
+                tracing::info!("Trapped \"hangup\" signal");
+                let result = cli
+                    .options()
+                    .map_err(natrium::ReloadError::from)
+                    .and_then(|(opts, warnings)| {
+                        for w in &warnings {
+                            tracing::warn!("{w}");
+                        }
+                        server.reload_options(opts)
+                    });
+                if let Err(e) = result {
+                    tracing::error!("Failed to reload server configuration: {e}");
+                }
+            }
+            _ = usr1.recv() => {
+                tracing::info!("Trapped \"user defined signal 1\" signal");
+                if let Err(e) = logging::reopen() {
+                    tracing::error!("Failed to reopen the log file: {e}");
+                } else {
+                    tracing::info!("File log re-opened");
+                }
+            }
+        }
     }
-    Ok(())
 }

@@ -24,6 +24,63 @@ pub struct User {
     pub account: Option<String>,
 }
 
+/// A user identified by an NKey (`authorization { users: [ {nkey: "U..."} ] }`): it proves who it
+/// is by signing the nonce sent in INFO.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NkeyUser {
+    /// The user's public key (`U...`).
+    pub nkey: String,
+    pub permissions: Option<Permissions>,
+    pub account: Option<String>,
+}
+
+/// JWT operator mode: `operator` (JWTs or files holding them), `resolver: MEMORY` and
+/// `resolver_preload { ACCOUNT_KEY: JWT }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorOptions {
+    /// Operator JWTs (read from their files when the config names files).
+    pub operators: Vec<String>,
+    /// Account public key → account JWT.
+    pub preload: Vec<(String, String)>,
+    /// The `resolver` setting as written (only `MEMORY` is supported).
+    pub resolver: Option<String>,
+}
+
+/// The `tls {}` block (and the `--tls*` flags) for the client listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Certificate authorities client certificates are checked against (with `verify`).
+    pub ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `ca_file`.
+    pub verify: bool,
+    /// Require a client certificate and take the user name from it (email, DNS name, URI, or DN).
+    pub verify_and_map: bool,
+    /// How long a client has to finish the handshake.
+    pub timeout: Duration,
+    /// Expect the TLS handshake right away and send INFO inside TLS.
+    pub handshake_first: bool,
+    /// With `handshake_first`: when the client sends nothing for this long, fall back to the
+    /// plaintext INFO first (`handshake_first: auto` or a duration).
+    pub handshake_first_fallback: Option<Duration>,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        TlsOptions {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            ca_file: None,
+            verify: false,
+            verify_and_map: false,
+            timeout: Duration::from_secs(2),
+            handshake_first: false,
+            handshake_first_fallback: None,
+        }
+    }
+}
+
 /// Allow and deny lists for one direction. `allow: None` allows everything not denied.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubjectPermission {
@@ -81,6 +138,9 @@ pub struct AccountOptions {
     pub jetstream_limits: Option<crate::jetstream::AccountLimits>,
     pub exports: Vec<Export>,
     pub imports: Vec<Import>,
+    /// `limits { max_subscriptions }`: subscriptions one connection of this account may hold
+    /// (0 is unlimited).
+    pub max_subscriptions: usize,
 }
 
 /// Client authentication settings (the `authorization` block and its flag equivalents).
@@ -90,13 +150,17 @@ pub struct AuthOptions {
     pub user: Option<String>,
     pub password: Option<String>,
     pub users: Vec<User>,
+    pub nkeys: Vec<NkeyUser>,
     pub no_auth_user: Option<String>,
     pub default_permissions: Option<Permissions>,
 }
 
 impl AuthOptions {
     pub fn required(&self) -> bool {
-        self.token.is_some() || self.user.is_some() || !self.users.is_empty()
+        self.token.is_some()
+            || self.user.is_some()
+            || !self.users.is_empty()
+            || !self.nkeys.is_empty()
     }
 }
 
@@ -116,6 +180,12 @@ pub struct Options {
     pub write_deadline: Duration,
     pub auth_timeout: Duration,
     pub auth: AuthOptions,
+    /// TLS for client connections; `None` is plaintext.
+    pub tls: Option<TlsOptions>,
+    /// Subscriptions one connection may hold; 0 is unlimited.
+    pub max_subscriptions: usize,
+    /// JWT operator mode, when configured.
+    pub operator: Option<OperatorOptions>,
     pub accounts: Vec<AccountOptions>,
     /// The system account's name (`$SYS` unless configured).
     pub system_account: String,
@@ -149,6 +219,9 @@ impl Default for Options {
             write_deadline: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(2),
             auth: AuthOptions::default(),
+            tls: None,
+            max_subscriptions: 0,
+            operator: None,
             accounts: Vec::new(),
             system_account: SYSTEM_ACCOUNT.to_string(),
             jetstream: None,
@@ -182,21 +255,14 @@ const NOT_YET_SUPPORTED: &[&str] = &[
     "https",
     "https_port",
     "http_base_path",
-    "tls",
     "cluster",
     "gateway",
     "leafnodes",
     "leaf",
     "websocket",
     "mqtt",
-    "operator",
-    "operators",
-    "resolver",
-    "resolver_preload",
     "lame_duck_duration",
     "lame_duck_grace_period",
-    "max_subscriptions",
-    "max_subs",
     "syslog",
     "remote_syslog",
     "log_size_limit",
@@ -225,6 +291,7 @@ impl Options {
     /// Applies the keys of a parsed config map. Unknown keys become warnings, not errors.
     pub fn apply_config(&mut self, map: &Map) -> Result<Vec<String>, OptionsError> {
         let mut warnings = Vec::new();
+        let mut system_account_set = false;
         for (key, v) in map.iter() {
             match key.to_ascii_lowercase().as_str() {
                 "listen" => {
@@ -244,6 +311,8 @@ impl Options {
                 "ping_interval" => self.ping_interval = duration(v)?,
                 "ping_max" => self.ping_max = int(v)? as u32,
                 "write_deadline" => self.write_deadline = duration(v)?,
+                "tls" => self.tls = Some(tls(v, &mut warnings)?),
+                "max_subscriptions" | "max_subs" => self.max_subscriptions = int(v)?.max(0) as usize,
                                 "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
                 "http_port" | "monitor_port" => self.http_port = Some(int(v)? as i32),
                 "http" => {
@@ -262,13 +331,52 @@ impl Options {
                 "no_auth_user" => self.auth.no_auth_user = Some(string(v)?),
                 "authorization" => self.apply_authorization(v, &mut warnings)?,
                 "accounts" => self.apply_accounts(v, &mut warnings)?,
-                "system_account" => self.system_account = string(v)?,
+                "system_account" => {
+                    self.system_account = string(v)?;
+                    system_account_set = true;
+                }
+                "operator" | "operators" | "root" | "roots" | "root_operator"
+                | "root_operators" => {
+                    let base = self.config_file.as_deref().and_then(Path::parent);
+                    let items = match &v.value {
+                        Value::Array(items) => items.iter().map(string).collect::<Result<Vec<_>, _>>()?,
+                        _ => vec![string(v)?],
+                    };
+                    let mut jwts = Vec::new();
+                    for item in items {
+                        jwts.push(operator_jwt(&item, base).map_err(|m| invalid(v, &m))?);
+                    }
+                    self.operator.get_or_insert_with(Default::default).operators = jwts;
+                }
+                "resolver" => {
+                    let r = match &v.value {
+                        Value::String(s) => s.clone(),
+                        other => format!("a {}", other.kind_name()),
+                    };
+                    self.operator.get_or_insert_with(Default::default).resolver = Some(r);
+                }
+                "resolver_preload" => {
+                    let mut preload = Vec::new();
+                    for (k, jv) in map_of(v)?.iter() {
+                        preload.push((k.to_string(), string(jv)?));
+                    }
+                    self.operator.get_or_insert_with(Default::default).preload = preload;
+                }
                 "default_permissions" => self.auth.default_permissions = Some(permissions(v)?),
                 k if NOT_YET_SUPPORTED.contains(&k) => warnings.push(format!(
                     "{}: config key {key:?} is not supported yet by this version of natrium and is ignored",
                     v.pos
                 )),
                 _ => warnings.push(format!("{}: unknown config key {key:?} ignored", v.pos)),
+            }
+        }
+        // In operator mode the system account is the one the operator JWT names, unless the
+        // config says otherwise.
+        if let (false, Some(op)) = (system_account_set, &self.operator) {
+            if let Ok(trust) = crate::jwt::Trust::new(op) {
+                if let Some(sys) = trust.system_account {
+                    self.system_account = sys;
+                }
             }
         }
         Ok(warnings)
@@ -287,8 +395,9 @@ impl Options {
                 "pass" | "password" => self.auth.password = Some(string(v)?),
                 "timeout" => self.auth_timeout = duration_secs_f(v)?,
                 "users" => {
-                    let users = users(v, None, warnings)?;
+                    let (users, nkeys) = users(v, None, warnings)?;
                     self.auth.users.extend(users);
+                    self.auth.nkeys.extend(nkeys);
                 }
                 "default_permissions" | "permissions" => {
                     self.auth.default_permissions = Some(permissions(v)?)
@@ -316,7 +425,11 @@ impl Options {
             if let Value::Map(m) = &body.value {
                 for (key, kv) in m.iter() {
                     match key.to_ascii_lowercase().as_str() {
-                        "users" => self.auth.users.extend(users(kv, Some(name), warnings)?),
+                        "users" => {
+                            let (users, nkeys) = users(kv, Some(name), warnings)?;
+                            self.auth.users.extend(users);
+                            self.auth.nkeys.extend(nkeys);
+                        }
                         "exports" => acc.exports = exports(kv)?,
                                                 "imports" => acc.imports = imports(kv)?,
                         "jetstream" => {
@@ -344,6 +457,19 @@ impl Options {
                             }
                         }
                         "default_permissions" => {}
+                        "limits" => {
+                            for (k, lv) in map_of(kv)?.iter() {
+                                match k.to_ascii_lowercase().as_str() {
+                                    "max_subscriptions" | "max_subs" => {
+                                        acc.max_subscriptions = int(lv)?.max(0) as usize
+                                    }
+                                    _ => warnings.push(format!(
+                                        "{}: account limit {k:?} is not supported yet by this version of natrium and is ignored",
+                                        lv.pos
+                                    )),
+                                }
+                            }
+                        }
                         _ => warnings.push(format!(
                             "{}: account key {key:?} is not supported yet by this version of natrium and is ignored",
                             kv.pos
@@ -353,6 +479,11 @@ impl Options {
                 if let Some(dp) = m.get("default_permissions") {
                     let dp = permissions(dp)?;
                     for u in self.auth.users.iter_mut() {
+                        if u.account.as_deref() == Some(name) && u.permissions.is_none() {
+                            u.permissions = Some(dp.clone());
+                        }
+                    }
+                    for u in self.auth.nkeys.iter_mut() {
                         if u.account.as_deref() == Some(name) && u.permissions.is_none() {
                             u.permissions = Some(dp.clone());
                         }
@@ -383,7 +514,7 @@ impl Options {
             return bad("max_control_line must be at least 64");
         }
         let a = &self.auth;
-        if a.token.is_some() && (a.user.is_some() || !a.users.is_empty()) {
+        if a.token.is_some() && (a.user.is_some() || !a.users.is_empty() || !a.nkeys.is_empty()) {
             return bad("can not have a token and a user/users at the same time");
         }
         if a.user.is_some() && !a.users.is_empty() {
@@ -414,6 +545,52 @@ impl Options {
                 }
             }
         }
+        for n in &a.nkeys {
+            if !seen.insert(n.nkey.as_str()) {
+                return bad(&format!("duplicate nkey {:?} detected", n.nkey));
+            }
+            if !n.nkey.starts_with('U') || nkeys::KeyPair::from_public_key(&n.nkey).is_err() {
+                return bad(&format!("not a valid public nkey for a user: {:?}", n.nkey));
+            }
+            if let Some(acc) = &n.account {
+                if !self.accounts.iter().any(|x| &x.name == acc) {
+                    return bad(&format!(
+                        "nkey user {:?} refers to unknown account {acc:?}",
+                        n.nkey
+                    ));
+                }
+            }
+        }
+        if let Some(t) = &self.tls {
+            if t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty() {
+                return bad("tls: cert_file and key_file are required");
+            }
+            if (t.verify || t.verify_and_map) && t.ca_file.is_none() {
+                return bad("tls: verify needs a ca_file to check client certificates against");
+            }
+        }
+        if let Some(op) = &self.operator {
+            match op.resolver.as_deref() {
+                Some(r) if r.eq_ignore_ascii_case("MEMORY") || r.eq_ignore_ascii_case("MEM") => {}
+                Some(r) => {
+                    return bad(&format!(
+                    "resolver {r:?} is not supported yet by this version of natrium (use MEMORY)"
+                ))
+                }
+                None => return bad("operator mode needs a resolver (resolver: MEMORY)"),
+            }
+            if op.operators.is_empty() {
+                return bad("resolver and resolver_preload need an operator");
+            }
+            if a.required() || !self.accounts.is_empty() {
+                return bad(
+                    "operator mode can not be combined with authorization users or accounts",
+                );
+            }
+            if let Err(e) = crate::jwt::Trust::new(op) {
+                return bad(&format!("operator mode: {e}"));
+            }
+        }
         if let Some(nau) = &a.no_auth_user {
             if !a.users.iter().any(|u| &u.user == nau) {
                 return bad(&format!(
@@ -424,20 +601,98 @@ impl Options {
         Ok(())
     }
 
+    /// Which setting differs in `new` that a reload can not apply (the first found), if any.
+    /// Reloadable: everything under authorization (users, NKeys, token, passwords, permissions,
+    /// account membership of users, `no_auth_user`, the auth timeout), `tls` and
+    /// `max_subscriptions`. Accounts themselves (added, removed, exports, imports, JetStream) and
+    /// listener or limit settings need a restart.
+    pub fn reload_blocker(&self, new: &Options) -> Option<&'static str> {
+        // Destructured without `..`: a new option must be sorted into one of the two kinds here.
+        let Options {
+            host,
+            port,
+            server_name,
+            max_payload,
+            max_control_line,
+            max_connections,
+            max_pending,
+            ping_interval,
+            ping_max,
+            write_deadline,
+            auth_timeout: _,
+            auth: _,
+            tls: _,
+            max_subscriptions: _,
+            operator: _,
+            accounts,
+            system_account,
+            jetstream,
+            http_port,
+            http_host,
+            debug,
+            trace,
+            logtime,
+            log_file,
+            pid_file,
+            ports_file_dir,
+            config_file: _,
+        } = new;
+        let checks: [(&'static str, bool); 21] = [
+            ("host", &self.host != host),
+            ("port", &self.port != port),
+            ("server_name", &self.server_name != server_name),
+            ("max_payload", &self.max_payload != max_payload),
+            (
+                "max_control_line",
+                &self.max_control_line != max_control_line,
+            ),
+            ("max_connections", &self.max_connections != max_connections),
+            ("max_pending", &self.max_pending != max_pending),
+            ("ping_interval", &self.ping_interval != ping_interval),
+            ("ping_max", &self.ping_max != ping_max),
+            ("write_deadline", &self.write_deadline != write_deadline),
+            ("accounts", &self.accounts != accounts),
+            ("system_account", &self.system_account != system_account),
+            ("jetstream", &self.jetstream != jetstream),
+            ("http_port", &self.http_port != http_port),
+            ("http_host", &self.http_host != http_host),
+            ("debug", &self.debug != debug),
+            ("trace", &self.trace != trace),
+            ("logtime", &self.logtime != logtime),
+            ("log_file", &self.log_file != log_file),
+            ("pid_file", &self.pid_file != pid_file),
+            ("ports_file_dir", &self.ports_file_dir != ports_file_dir),
+        ];
+        checks
+            .into_iter()
+            .find(|(_, changed)| *changed)
+            .map(|(n, _)| n)
+    }
+
     /// One line describing the effective configuration, for the startup log (no secrets).
     pub fn summary(&self) -> String {
         let auth = if self.auth.token.is_some() {
             "token".to_string()
         } else if self.auth.user.is_some() {
             "user/password".to_string()
-        } else if !self.auth.users.is_empty() {
-            format!("{} users", self.auth.users.len())
+        } else if !self.auth.users.is_empty() || !self.auth.nkeys.is_empty() {
+            format!(
+                "{} users, {} nkeys",
+                self.auth.users.len(),
+                self.auth.nkeys.len()
+            )
         } else {
             "none".to_string()
         };
+        let tls = match &self.tls {
+            None => "off",
+            Some(t) if t.verify_and_map => "verify_and_map",
+            Some(t) if t.verify => "verify",
+            Some(_) => "on",
+        };
         format!(
-            "listen={}:{} max_payload={} max_pending={} max_connections={} ping_interval={:?} auth={}",
-            self.host, self.port, self.max_payload, self.max_pending, self.max_connections, self.ping_interval, auth
+            "listen={}:{} max_payload={} max_pending={} max_connections={} ping_interval={:?} auth={} tls={}",
+            self.host, self.port, self.max_payload, self.max_pending, self.max_connections, self.ping_interval, auth, tls
         )
     }
 }
@@ -491,18 +746,112 @@ fn jetstream(
     Ok(Some(js))
 }
 
-/// A `users` array; `account` is set for users declared inside an account.
+/// An `operator` entry: a JWT, or the path of a file holding one.
+fn operator_jwt(item: &str, base: Option<&Path>) -> Result<String, String> {
+    if item.trim_start().starts_with("eyJ") {
+        return Ok(crate::jwt::unarmour(item));
+    }
+    // Relative paths: next to the config file, else from the working directory.
+    let path = match base {
+        Some(b) if Path::new(item).is_relative() && b.join(item).exists() => b.join(item),
+        _ => PathBuf::from(item),
+    };
+    std::fs::read_to_string(&path)
+        .map(|t| crate::jwt::unarmour(&t))
+        .map_err(|e| format!("can not read operator JWT {}: {e}", path.display()))
+}
+
+/// The `tls {}` block.
+fn tls(v: &Spanned, warnings: &mut Vec<String>) -> Result<TlsOptions, OptionsError> {
+    let mut t = TlsOptions::default();
+    for (key, kv) in map_of(v)?.iter() {
+        match key.to_ascii_lowercase().as_str() {
+            "cert_file" => t.cert_file = string(kv)?.into(),
+            "key_file" => t.key_file = string(kv)?.into(),
+            "ca_file" => t.ca_file = Some(string(kv)?.into()),
+            "verify" => t.verify = boolean(kv)?,
+            "verify_and_map" | "map_and_verify" => {
+                t.verify_and_map = boolean(kv)?;
+                t.verify |= t.verify_and_map;
+            }
+            // nats-server's TLS timeout is in seconds (fractions allowed).
+            "timeout" => t.timeout = duration(kv)?,
+            "handshake_first" | "first" | "immediate" => match &kv.value {
+                Value::Bool(b) => t.handshake_first = *b,
+                Value::String(s) => match s.to_ascii_lowercase().as_str() {
+                    "true" | "on" => t.handshake_first = true,
+                    "false" | "off" => t.handshake_first = false,
+                    "auto" | "auto_fallback" => {
+                        t.handshake_first = true;
+                        t.handshake_first_fallback = Some(Duration::from_millis(50));
+                    }
+                    _ => {
+                        let d = natrium_config::parse_duration(s).ok_or_else(|| {
+                            invalid(kv, &format!("handshake_first: invalid value {s:?}"))
+                        })?;
+                        t.handshake_first = true;
+                        t.handshake_first_fallback = Some(d);
+                    }
+                },
+                other => {
+                    return Err(invalid(
+                        kv,
+                        &format!(
+                            "handshake_first must be a boolean or a string, got {}",
+                            other.kind_name()
+                        ),
+                    ))
+                }
+            },
+            _ => warnings.push(format!(
+                "{}: tls key {key:?} is not supported yet by this version of natrium and is ignored",
+                kv.pos
+            )),
+        }
+    }
+    Ok(t)
+}
+
+/// A `users` array; `account` is set for users declared inside an account. Entries with an
+/// `nkey` are NKey users.
 fn users(
     v: &Spanned,
     account: Option<&str>,
     warnings: &mut Vec<String>,
-) -> Result<Vec<User>, OptionsError> {
+) -> Result<(Vec<User>, Vec<NkeyUser>), OptionsError> {
     let Value::Array(items) = &v.value else {
         return Err(invalid(v, "expected an array of users"));
     };
     let mut out = Vec::new();
+    let mut nkeys = Vec::new();
     for item in items {
         let u = map_of(item)?;
+        if let Some(nkey) = u.get("nkey") {
+            if u.get("user").is_some() || u.get("password").is_some() {
+                return Err(invalid(
+                    item,
+                    "a user entry has either an 'nkey' or a 'user' and 'password'",
+                ));
+            }
+            let permissions = match u.get("permissions") {
+                Some(p) => Some(permissions(p)?),
+                None => None,
+            };
+            for (k, kv) in u.iter() {
+                if !matches!(k.to_ascii_lowercase().as_str(), "nkey" | "permissions") {
+                    warnings.push(format!(
+                        "{}: nkey user key {k:?} is not supported yet by this version of natrium and is ignored",
+                        kv.pos
+                    ));
+                }
+            }
+            nkeys.push(NkeyUser {
+                nkey: string(nkey)?,
+                permissions,
+                account: account.map(String::from),
+            });
+            continue;
+        }
         let user = u
             .get("user")
             .or_else(|| u.get("username"))
@@ -533,7 +882,7 @@ fn users(
             account: account.map(String::from),
         });
     }
-    Ok(out)
+    Ok((out, nkeys))
 }
 
 /// `permissions { publish: ..., subscribe: ..., allow_responses: ... }`.

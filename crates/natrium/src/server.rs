@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use natrium_protocol::{encode, ServerInfo};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::account::{Account, Forward, ForwardKind, SubjectMap, Totals, GLOBAL_ACCOUNT};
-use crate::auth::{AuthError, Authenticator};
+use crate::auth::{AuthError, Authenticator, BcryptLimiter};
 use crate::client::{ClientShared, ClientStats, CloseReason, Conn, Subscription};
 use crate::monitor::{self, ConnInfo};
 use crate::options::{ExportKind, Options, OptionsError, PROTOCOL_VERSION, VERSION};
@@ -31,6 +31,46 @@ pub enum ServerError {
     },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Why a configuration reload was refused; nothing of it was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("no configuration file to reload")]
+    NoConfigFile,
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    #[error("config reload not supported for {0}: restart the server to change it")]
+    NotSupported(&'static str),
+    #[error("user {user:?} refers to account {account:?}, which is not running")]
+    UnknownAccount { user: String, account: String },
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// The current `Authenticator`, swapped whole by a reload. Read once per CONNECT (and once per
+/// connection after a reload), never on the message path.
+pub(crate) struct AuthCell(RwLock<Arc<Authenticator>>);
+
+impl AuthCell {
+    pub(crate) fn current(&self) -> Arc<Authenticator> {
+        self.0.read().clone()
+    }
+
+    pub(crate) fn required(&self) -> bool {
+        self.0.read().required()
+    }
+
+    fn store(&self, a: Authenticator) {
+        *self.0.write() = Arc::new(a);
+    }
+}
+
+fn authenticator_for(opts: &Options) -> Result<Authenticator, OptionsError> {
+    Authenticator::from_options(opts)
+        .map_err(|e| OptionsError::Validation(format!("operator mode: {e}")))
 }
 
 /// State shared by the accept loop and every connection.
@@ -38,7 +78,13 @@ pub(crate) struct ServerInner {
     pub(crate) opts: Options,
     pub(crate) id: String,
     pub(crate) name: String,
-    pub(crate) auth: Authenticator,
+    pub(crate) auth: AuthCell,
+    /// TLS for new connections, swapped by a reload.
+    tls: RwLock<Option<Arc<crate::tls::TlsServer>>>,
+    /// Runs bcrypt comparisons off the reader tasks (bounded per client IP and server-wide).
+    pub(crate) bcrypt: BcryptLimiter,
+    /// The options in force (`opts` as reloads changed them); reloads diff against these.
+    current: Mutex<Options>,
     global: Arc<Account>,
     /// Every account by name, the global and system accounts included. Fixed after start.
     accounts: FxHashMap<String, Arc<Account>>,
@@ -71,8 +117,8 @@ impl ServerInner {
 
     /// Logs and counts a failed authentication (never the secret).
     pub(crate) fn audit_auth_failure(&self, addr: &SocketAddr, cid: u64, e: &AuthError) {
-        let account = self
-            .auth
+        let auth = self.auth.current();
+        let account = auth
             .account_of(e.user())
             .and_then(|a| self.accounts.get(a))
             .unwrap_or(&self.global);
@@ -104,6 +150,23 @@ impl ServerInner {
 
     pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// Subscriptions one connection may hold in `account` (`None` is unlimited): the smallest
+    /// of the server's and the account's `max_subscriptions` (0 in the config is unlimited) and
+    /// the user's own limit (from a user JWT).
+    pub(crate) fn max_subscriptions(&self, account: &str, user: Option<usize>) -> Option<usize> {
+        let current = self.current.lock();
+        let acc = current
+            .accounts
+            .iter()
+            .find(|a| a.name == account)
+            .map_or(0, |a| a.max_subscriptions);
+        [current.max_subscriptions, acc]
+            .into_iter()
+            .filter(|n| *n > 0)
+            .chain(user)
+            .min()
     }
 
     /// Called once per connection when it ends: drops it from the live set, folds its counters
@@ -143,7 +206,14 @@ impl ServerInner {
         v
     }
 
-    fn info_for(&self, cid: u64, ip: &str) -> Vec<u8> {
+    fn info_for(
+        &self,
+        cid: u64,
+        ip: &str,
+        auth: &Authenticator,
+        nonce: Option<String>,
+        tls: Option<&crate::tls::TlsServer>,
+    ) -> Vec<u8> {
         let info = ServerInfo {
             server_id: self.id.clone(),
             server_name: self.name.clone(),
@@ -153,7 +223,10 @@ impl ServerInner {
             host: self.opts.host.clone(),
             port: self.port,
             headers: true,
-            auth_required: self.auth.required(),
+            auth_required: auth.required(),
+            tls_required: tls.is_some(),
+            tls_verify: tls.is_some_and(|t| t.verify()),
+            nonce,
             jetstream: self.opts.jetstream.is_some(),
             max_payload: self.opts.max_payload,
             client_id: cid,
@@ -201,9 +274,17 @@ impl Server {
         tracing::info!("Effective options: {}", opts.summary());
         let (shutdown, _) = watch::channel(false);
         let global = Account::new(GLOBAL_ACCOUNT);
-        let accounts = build_accounts(&opts, &global)?;
+        let auth = authenticator_for(&opts)?;
+        let accounts = build_accounts(&opts, &global, &auth.trusted_accounts())?;
+        let tls = match &opts.tls {
+            Some(t) => Some(Arc::new(crate::tls::TlsServer::new(t)?)),
+            None => None,
+        };
         let inner = Arc::new(ServerInner {
-            auth: Authenticator::new(opts.auth.clone()),
+            auth: AuthCell(RwLock::new(Arc::new(auth))),
+            tls: RwLock::new(tls),
+            bcrypt: BcryptLimiter::new(),
+            current: Mutex::new(opts.clone()),
             opts,
             id,
             name,
@@ -319,6 +400,80 @@ impl Server {
         self.inner.global.subscription_count()
     }
 
+    /// Re-reads the configuration file the server started from and applies it (see
+    /// `reload_options`). Command-line overrides are not re-applied: the binary reloads through
+    /// `reload_options` with its flags merged in.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let path = self
+            .inner
+            .current
+            .lock()
+            .config_file
+            .clone()
+            .ok_or(ReloadError::NoConfigFile)?;
+        let (opts, warnings) = Options::from_file(&path)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        self.reload_options(opts)
+    }
+
+    /// Applies new options without a restart: users, NKeys, tokens, passwords, permissions,
+    /// account membership, `no_auth_user`, the auth timeout, TLS and `max_subscriptions`.
+    /// Every connection then re-checks its credentials once: one whose credentials no longer
+    /// pass is closed with `Authorization Violation`, one whose user moved to another account is
+    /// closed so it reconnects there, the others keep running with their new permissions
+    /// (subscriptions no longer allowed are removed with a permissions error). Changing anything
+    /// else (accounts themselves, listeners, limits, JetStream, logging) refuses the whole
+    /// reload with an error naming the setting.
+    pub fn reload_options(&self, new: Options) -> Result<(), ReloadError> {
+        new.validate()?;
+        let inner = &self.inner;
+        let mut current = inner.current.lock();
+        if let Some(what) = current.reload_blocker(&new) {
+            return Err(ReloadError::NotSupported(what));
+        }
+        for (user, account) in new
+            .auth
+            .users
+            .iter()
+            .map(|u| (&u.user, &u.account))
+            .chain(new.auth.nkeys.iter().map(|u| (&u.nkey, &u.account)))
+        {
+            if let Some(a) = account {
+                if !inner.accounts.contains_key(a) {
+                    return Err(ReloadError::UnknownAccount {
+                        user: user.clone(),
+                        account: a.clone(),
+                    });
+                }
+            }
+        }
+        let auth = authenticator_for(&new)?;
+        if auth.trusted_accounts() != inner.auth.current().trusted_accounts() {
+            return Err(ReloadError::NotSupported(
+                "the set of operator-mode accounts (resolver_preload keys)",
+            ));
+        }
+        // Always re-read: rotated certificates usually keep their file names.
+        let tls = match &new.tls {
+            Some(t) => Some(Arc::new(crate::tls::TlsServer::new(t)?)),
+            None => None,
+        };
+        *inner.tls.write() = tls;
+        inner.auth.store(auth);
+        tracing::info!("Reloaded: effective options: {}", new.summary());
+        *current = new;
+        drop(current);
+        // Each reader re-checks once (see `Conn::reauthorize`). Connections accepted after this
+        // snapshot authenticate against the new configuration at CONNECT.
+        for c in inner.clients() {
+            c.request_reauth();
+        }
+        tracing::info!("Reloaded server configuration");
+        Ok(())
+    }
+
     /// Stops accepting, closes every client and waits until they are gone.
     pub async fn shutdown(self) {
         let _ = self.inner.shutdown.send(true);
@@ -380,9 +535,13 @@ fn start_jetstream(
 fn build_accounts(
     opts: &Options,
     global: &Arc<Account>,
+    trusted: &[String],
 ) -> Result<FxHashMap<String, Arc<Account>>, OptionsError> {
     let mut accounts = FxHashMap::default();
     accounts.insert(GLOBAL_ACCOUNT.to_string(), global.clone());
+    for key in trusted {
+        accounts.insert(key.clone(), Account::new(key.clone()));
+    }
     for a in &opts.accounts {
         accounts.insert(a.name.clone(), Account::new(a.name.clone()));
     }
@@ -485,7 +644,23 @@ fn accept_client(inner: &Arc<ServerInner>, stream: TcpStream, peer: SocketAddr) 
     }
     inner.total_connections.fetch_add(1, Ordering::Relaxed);
     tracing::debug!("{peer} - cid:{cid} - Client connection created");
-    let info = inner.info_for(cid, &peer.ip().to_string());
-    let conn = Conn::new(shared, inner.clone());
-    tokio::spawn(conn.run(stream, info));
+    let auth = inner.auth.current();
+    let nonce = auth.needs_nonce().then(crate::auth::new_nonce);
+    let tls = inner.tls.read().clone();
+    let info = inner.info_for(
+        cid,
+        &peer.ip().to_string(),
+        &auth,
+        nonce.clone(),
+        tls.as_deref(),
+    );
+    let conn = Conn::new(shared, inner.clone()).with_nonce(nonce);
+    match tls {
+        None => {
+            tokio::spawn(conn.run(stream, info));
+        }
+        Some(tls) => {
+            tokio::spawn(crate::tls::serve(tls, conn, stream, info));
+        }
+    }
 }

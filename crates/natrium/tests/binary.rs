@@ -180,12 +180,12 @@ fn unknown_and_unimplemented_flags_are_named() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("-bogus"));
     let out = Command::new(BIN)
-        .arg("--tlscert")
-        .arg("x.pem")
+        .arg("--cluster")
+        .arg("nats://127.0.0.1:6222")
         .output()
         .expect("run");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("-tlscert"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-cluster"));
     let out = Command::new(BIN).arg("-v").output().expect("run");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(natrium::VERSION));

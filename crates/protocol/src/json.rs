@@ -54,6 +54,8 @@ pub struct ServerInfo {
     pub auth_required: bool,
     #[serde(skip_serializing_if = "is_false")]
     pub tls_required: bool,
+    #[serde(skip_serializing_if = "is_false")]
+    pub tls_verify: bool,
     pub max_payload: usize,
     pub client_id: u64,
     pub client_ip: String,

@@ -1,0 +1,263 @@
+//! TLS for client connections (rustls, ring provider): the acceptor built from the `tls {}`
+//! options, the handshake (after the plaintext INFO as NATS clients expect, or first with
+//! `handshake_first`), bounded by `tls.timeout`, and the names a client certificate offers to
+//! `verify_and_map`. Certificates and keys are read when the server starts or reloads.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::client::{CloseReason, Conn};
+use crate::options::TlsOptions;
+
+/// Why the TLS configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls: can not load {what} {path:?}: {msg}")]
+    Load {
+        what: &'static str,
+        path: String,
+        msg: String,
+    },
+    #[error("tls: {0}")]
+    Config(String),
+}
+
+/// A loaded TLS configuration: the acceptor and the options it came from.
+pub struct TlsServer {
+    acceptor: TlsAcceptor,
+    pub(crate) opts: TlsOptions,
+}
+
+fn load_err(what: &'static str, path: &Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::Load {
+        what,
+        path: path.display().to_string(),
+        msg: e.to_string(),
+    }
+}
+
+fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| load_err(what, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| load_err(what, path, e))?;
+    if certs.is_empty() {
+        return Err(load_err(what, path, "no certificate found"));
+    }
+    Ok(certs)
+}
+
+impl TlsServer {
+    /// Reads the certificate, key and CA files and builds the rustls configuration.
+    pub fn new(opts: &TlsOptions) -> Result<TlsServer, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs = load_certs("certificate", &opts.cert_file)?;
+        let key = PrivateKeyDer::from_pem_file(&opts.key_file)
+            .map_err(|e| load_err("private key", &opts.key_file, e))?;
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = if opts.verify || opts.verify_and_map {
+            let ca_path = opts.ca_file.as_deref().ok_or_else(|| {
+                TlsError::Config("verify needs a ca_file to check client certificates".into())
+            })?;
+            let mut roots = RootCertStore::empty();
+            for ca in load_certs("CA certificate", ca_path)? {
+                roots
+                    .add(ca)
+                    .map_err(|e| load_err("CA certificate", ca_path, e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = builder
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(TlsServer {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            opts: opts.clone(),
+        })
+    }
+
+    /// Whether clients must present a certificate.
+    pub fn verify(&self) -> bool {
+        self.opts.verify || self.opts.verify_and_map
+    }
+}
+
+/// Runs the TLS handshake for one accepted client, then hands the encrypted stream to `conn`.
+/// Without `handshake_first` the INFO line goes out in plaintext first, as NATS clients expect;
+/// with it the INFO is the first thing sent inside TLS. A client that does not complete the
+/// handshake within `tls.timeout` is closed.
+pub(crate) async fn serve(tls: Arc<TlsServer>, conn: Conn, mut stream: TcpStream, info: Vec<u8>) {
+    let (addr, cid) = conn.peer();
+    let o = &tls.opts;
+    let mut first = o.handshake_first;
+    if let (true, Some(delay)) = (first, o.handshake_first_fallback) {
+        // Fallback: a client that says nothing is waiting for a plaintext INFO.
+        let mut b = [0u8; 1];
+        first = tokio::time::timeout(delay, stream.peek(&mut b))
+            .await
+            .is_ok();
+    }
+    let handshake = async {
+        if !first {
+            stream.write_all(&info).await?;
+        }
+        tls.acceptor.accept(stream).await
+    };
+    let outcome = tokio::select! {
+        biased;
+        _ = conn.killed() => None,
+        r = tokio::time::timeout(o.timeout, handshake) => Some(r),
+    };
+    let Some(outcome) = outcome else {
+        conn.abort(CloseReason::ServerShutdown);
+        return;
+    };
+    match outcome {
+        Ok(Ok(s)) => {
+            let (_, session) = s.get_ref();
+            let names = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| cert_names(c.as_ref()));
+            tracing::debug!(
+                "{addr} - cid:{cid} - TLS handshake complete ({:?}, {:?})",
+                session.protocol_version(),
+                session.negotiated_cipher_suite().map(|c| c.suite())
+            );
+            let info = if first { info } else { Vec::new() };
+            conn.with_tls(names).run(s, info).await;
+        }
+        Ok(Err(e)) => {
+            tracing::error!("{addr} - cid:{cid} - TLS handshake error: {e}");
+            conn.abort(CloseReason::TlsHandshakeError);
+        }
+        Err(_) => {
+            tracing::error!("{addr} - cid:{cid} - TLS handshake timeout");
+            conn.abort(CloseReason::TlsHandshakeError);
+        }
+    }
+}
+
+/// The identities a client certificate offers, in the order `verify_and_map` tries them:
+/// email SANs, DNS SANs, URI SANs, then the subject DN (RFC 4514 string, most specific first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertNames {
+    pub emails: Vec<String>,
+    pub dns: Vec<String>,
+    pub uris: Vec<String>,
+    pub dn: String,
+}
+
+/// Extracts the names of a DER certificate; an unparsable one offers none.
+pub fn cert_names(der: &[u8]) -> CertNames {
+    use x509_cert::der::Decode;
+    use x509_cert::ext::pkix::name::GeneralName;
+    use x509_cert::ext::pkix::SubjectAltName;
+    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
+        return CertNames::default();
+    };
+    let tbs = &cert.tbs_certificate;
+    let mut names = CertNames {
+        dn: tbs.subject.to_string(),
+        ..CertNames::default()
+    };
+    const SAN: x509_cert::der::oid::ObjectIdentifier =
+        x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.29.17");
+    for ext in tbs.extensions.iter().flatten() {
+        if ext.extn_id != SAN {
+            continue;
+        }
+        let Ok(san) = SubjectAltName::from_der(ext.extn_value.as_bytes()) else {
+            continue;
+        };
+        for n in san.0 {
+            match n {
+                GeneralName::Rfc822Name(s) => names.emails.push(s.to_string()),
+                GeneralName::DnsName(s) => names.dns.push(s.to_string()),
+                GeneralName::UniformResourceIdentifier(s) => names.uris.push(s.to_string()),
+                _ => {}
+            }
+        }
+    }
+    names
+}
+
+/// Splits an RFC 4514 DN into its RDNs (on commas not escaped with `\`), normalising the
+/// attribute type's case and the spaces around separators.
+fn rdns(dn: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut escaped = false;
+    for c in dn.chars() {
+        if escaped {
+            cur.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            cur.push(c);
+            escaped = true;
+        } else if c == ',' {
+            out.push(normalise_rdn(&cur));
+            cur.clear();
+        } else {
+            cur.push(c);
+        }
+    }
+    if !cur.trim().is_empty() {
+        out.push(normalise_rdn(&cur));
+    }
+    out
+}
+
+fn normalise_rdn(rdn: &str) -> String {
+    let rdn = rdn.trim();
+    match rdn.split_once('=') {
+        Some((t, v)) => format!("{}={}", t.trim().to_ascii_uppercase(), v.trim()),
+        None => rdn.to_string(),
+    }
+}
+
+/// Whether a configured user name written as a DN names the certificate's subject: the same
+/// RDNs, in the same or in any order.
+pub fn dn_matches(configured: &str, cert_dn: &str) -> bool {
+    if !configured.contains('=') || cert_dn.is_empty() {
+        return false;
+    }
+    let mut a = rdns(configured);
+    let mut b = rdns(cert_dn);
+    if a == b {
+        return true;
+    }
+    a.sort();
+    b.sort();
+    a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dn_comparison_ignores_order_and_spacing() {
+        let cert = "CN=alice,OU=eng,O=Acme\\, Inc.,C=US";
+        assert!(dn_matches("CN=alice,OU=eng,O=Acme\\, Inc.,C=US", cert));
+        assert!(dn_matches("cn=alice, ou=eng, o=Acme\\, Inc., c=US", cert));
+        assert!(dn_matches("C=US,O=Acme\\, Inc.,OU=eng,CN=alice", cert));
+        assert!(!dn_matches("CN=bob,OU=eng,O=Acme\\, Inc.,C=US", cert));
+        assert!(!dn_matches("alice", cert));
+    }
+}

@@ -114,7 +114,7 @@ impl Api {
     }
 
     /// A request that must be answered with JSON.
-    async fn json(&mut self, subject: &str, body: &[u8]) -> Result<Value> {
+    pub async fn json(&mut self, subject: &str, body: &[u8]) -> Result<Value> {
         match self.request(subject, body, API_TIMEOUT).await? {
             ApiReply::Json(v) => Ok(v),
             ApiReply::NoResponders => {
@@ -137,7 +137,7 @@ fn api_reply(payload: &[u8]) -> Result<ApiReply> {
 }
 
 /// The `error` object of an API answer, if it has one.
-fn api_error(v: &Value) -> Option<&Value> {
+pub fn api_error(v: &Value) -> Option<&Value> {
     v.get("error").filter(|e| !e.is_null())
 }
 
@@ -306,30 +306,8 @@ pub async fn run(o: &JsPubOpts) -> Result<JsPubReport> {
     let mut api = Api::connect(&o.server).await?;
     recreate_stream(&mut api, &o.stream, &o.subject, &o.storage).await?;
 
-    let payload = proto::payload(o.size);
-    let mut tail = vec![b' '];
-    proto::push_usize(&mut tail, o.size);
-    tail.extend_from_slice(b"\r\n");
-    tail.extend_from_slice(&payload);
-    tail.extend_from_slice(b"\r\n");
-    let mut publishers = Vec::with_capacity(o.pubs);
-    for i in 0..o.pubs {
-        let mut conn = Conn::connect(&o.server, &format!("bench-js-pub-{i}"), BIG_BUF).await?;
-        conn.check_payload(o.size)?;
-        let inbox = format!("_INBOX.{}.{i}.", std::process::id());
-        let mut cmd = Vec::new();
-        proto::push_sub(&mut cmd, format!("{inbox}*").as_bytes(), None, 1);
-        cmd.extend_from_slice(proto::PING);
-        conn.write_all(&cmd).await?;
-        conn.until_pong(Instant::now() + HANDSHAKE_TIMEOUT).await?;
-        publishers.push(Publisher {
-            conn,
-            head: format!("PUB {} {inbox}", o.subject).into_bytes(),
-            tail: tail.clone(),
-            msgs: o.msgs / o.pubs as u64 + u64::from((i as u64) < o.msgs % o.pubs as u64),
-            window,
-        });
-    }
+    let subjects: Vec<String> = (0..o.pubs).map(|_| o.subject.clone()).collect();
+    let publishers = open_publishers(&o.server, &subjects, o.size, o.msgs, window).await?;
 
     let cpu = CpuWindow::start(o.server_pid);
     let t0 = Instant::now();
@@ -337,7 +315,7 @@ pub async fn run(o: &JsPubOpts) -> Result<JsPubReport> {
     let stop_at = o.duration.map(|d| t0 + d);
     let tasks: Vec<_> = publishers
         .into_iter()
-        .map(|p| tokio::spawn(publisher(p, stop_at, deadline, o.stall)))
+        .map(|p| spawn_publisher(p, stop_at, deadline, o.stall))
         .collect();
     let mut hist = nanos_histogram();
     let (mut sent, mut acked, mut ack_errors) = (0, 0, 0);
@@ -405,7 +383,55 @@ pub async fn run(o: &JsPubOpts) -> Result<JsPubReport> {
     })
 }
 
-struct Publisher {
+/// Connects one JetStream publisher per subject, sharing `msgs` between them; each publishes
+/// `size`-byte payloads to its subject with up to `window` PubAcks outstanding.
+pub async fn open_publishers(
+    server: &str,
+    subjects: &[String],
+    size: usize,
+    msgs: u64,
+    window: usize,
+) -> Result<Vec<Publisher>> {
+    let payload = proto::payload(size);
+    let mut tail = vec![b' '];
+    proto::push_usize(&mut tail, size);
+    tail.extend_from_slice(b"\r\n");
+    tail.extend_from_slice(&payload);
+    tail.extend_from_slice(b"\r\n");
+    let pubs = subjects.len() as u64;
+    let mut publishers = Vec::with_capacity(subjects.len());
+    for (i, subject) in subjects.iter().enumerate() {
+        let mut conn = Conn::connect(server, &format!("bench-js-pub-{i}"), BIG_BUF).await?;
+        conn.check_payload(size)?;
+        let inbox = format!("_INBOX.{}.{i}.", std::process::id());
+        let mut cmd = Vec::new();
+        proto::push_sub(&mut cmd, format!("{inbox}*").as_bytes(), None, 1);
+        cmd.extend_from_slice(proto::PING);
+        conn.write_all(&cmd).await?;
+        conn.until_pong(Instant::now() + HANDSHAKE_TIMEOUT).await?;
+        publishers.push(Publisher {
+            conn,
+            head: format!("PUB {subject} {inbox}").into_bytes(),
+            tail: tail.clone(),
+            msgs: msgs / pubs + u64::from((i as u64) < msgs % pubs),
+            window,
+        });
+    }
+    Ok(publishers)
+}
+
+/// Starts publishing; the task ends when every publish is answered, `stop_at` passed, or it
+/// gave up (no PubAck for `stall`, or `deadline`).
+pub fn spawn_publisher(
+    p: Publisher,
+    stop_at: Option<Instant>,
+    deadline: Instant,
+    stall: Duration,
+) -> tokio::task::JoinHandle<PubResult> {
+    tokio::spawn(publisher(p, stop_at, deadline, stall))
+}
+
+pub struct Publisher {
     conn: Conn,
     /// `PUB <subject> _INBOX.<pid>.<i>.`: a frame up to the message number.
     head: Vec<u8>,
@@ -415,15 +441,15 @@ struct Publisher {
     window: usize,
 }
 
-struct PubResult {
-    sent: u64,
-    acked: u64,
-    ack_errors: u64,
-    first_error: Option<String>,
-    hist: Histogram<u64>,
+pub struct PubResult {
+    pub sent: u64,
+    pub acked: u64,
+    pub ack_errors: u64,
+    pub first_error: Option<String>,
+    pub hist: Histogram<u64>,
     /// When the last PubAck arrived (or the publisher gave up).
-    end: Instant,
-    error: Option<String>,
+    pub end: Instant,
+    pub error: Option<String>,
 }
 
 /// A slot of the send-time ring: the outstanding message it belongs to, or `None` once answered.

@@ -4,7 +4,7 @@
 //!
 //! Modes: `pub` (throughput, optional fan-out or queue subscribers), `req` (request-reply
 //! latency), `conns` (idle connections and subscriptions, server RSS), `connect-rate`, `js-pub`
-//! (JetStream publishing with PubAcks) and `js-info` (a stream's state, waiting for a restarted
+//! (JetStream publishing with PubAcks), `js-consume` (pull, push and ordered consumers) and `js-info` (a stream's state, waiting for a restarted
 //! server), and `pump` / `sink` (the loopback ceiling with no server at all). Each prints one line, or one JSON
 //! object with `--json`. Exit status: 0 complete, 2 ran but incomplete (lost messages, errors),
 //! 1 could not run.
@@ -12,6 +12,7 @@
 mod conn;
 mod conns;
 mod js;
+mod jsconsume;
 mod proto;
 mod pubsub;
 mod pump;
@@ -56,6 +57,9 @@ enum Mode {
     /// JetStream: (re)create a stream, publish to it with a reply inbox per message, count
     /// PubAcks; check the stream's message count at the end.
     JsPub(JsPubArgs),
+    /// JetStream: fill a stream (or publish while consuming, --pubs) and read it with pull, push
+    /// or ordered consumers, ack none or explicit.
+    JsConsume(JsConsumeArgs),
     /// JetStream: ask for a stream's state, retrying (connect and request) until it holds
     /// --wait-msgs messages.
     JsInfo(JsInfoArgs),
@@ -209,6 +213,51 @@ struct JsPubArgs {
     #[arg(long, default_value_t = 120.0)]
     timeout: f64,
     /// Give up when no PubAck arrived for this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    stall: f64,
+    /// Also report the CPU this process (the server) used during the run.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Args)]
+struct JsConsumeArgs {
+    #[command(flatten)]
+    server: ServerArg,
+    /// Messages in the stream; every consumer reads all of them.
+    #[arg(short = 'n', long, default_value_t = 100_000)]
+    msgs: u64,
+    /// Payload size in bytes (suffix k for KiB).
+    #[arg(long, default_value = "128", value_parser = parse_size)]
+    size: usize,
+    #[arg(long, value_enum, default_value_t = jsconsume::Kind::Pull)]
+    kind: jsconsume::Kind,
+    /// Ack policy: none or explicit (every message acked with +ACK).
+    #[arg(long, default_value = "none", value_parser = ["none", "explicit"])]
+    ack: String,
+    /// Messages per pull request (two requests are kept outstanding).
+    #[arg(long, default_value_t = 500)]
+    batch: u64,
+    /// Consumers, each reading every message on its own connection.
+    #[arg(long, default_value_t = 1)]
+    consumers: usize,
+    /// Publishers running while the consumers read (0: fill the stream first, unmeasured).
+    #[arg(long, default_value_t = 0)]
+    pubs: usize,
+    /// PubAcks outstanding per publisher (with --pubs).
+    #[arg(long, default_value_t = 1000)]
+    window: usize,
+    #[arg(long, default_value = "BENCH")]
+    stream: String,
+    /// The stream holds <subject>.>; publisher i publishes to <subject>.p<i>.
+    #[arg(long, default_value = "bench.js")]
+    subject: String,
+    #[arg(long, default_value = "file", value_parser = ["file", "memory"])]
+    storage: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Give up when a consumer received nothing for this many seconds.
     #[arg(long, default_value_t = 10.0)]
     stall: f64,
     /// Also report the CPU this process (the server) used during the run.
@@ -385,6 +434,27 @@ async fn run(cli: &Cli) -> Result<ExitCode> {
                 server_pid: a.server_pid,
             };
             let r = js::run(&opts).await?;
+            emit(json, &r, &r.human(), r.complete)
+        }
+        Mode::JsConsume(a) => {
+            let opts = jsconsume::JsConsumeOpts {
+                server: a.server.addr(),
+                stream: a.stream.clone(),
+                subject: a.subject.clone(),
+                storage: a.storage.clone(),
+                msgs: a.msgs,
+                size: a.size,
+                kind: a.kind,
+                ack_explicit: a.ack == "explicit",
+                batch: a.batch,
+                consumers: a.consumers,
+                pubs: a.pubs,
+                window: a.window,
+                timeout: seconds(a.timeout)?,
+                stall: seconds(a.stall)?,
+                server_pid: a.server_pid,
+            };
+            let r = jsconsume::run(&opts).await?;
             emit(json, &r, &r.human(), r.complete)
         }
         Mode::JsInfo(a) => {

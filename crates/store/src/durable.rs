@@ -41,6 +41,9 @@ struct State {
     stopped: bool,
     syncs: u64,
     callbacks: Vec<(u64, DurableCallback)>,
+    /// A thread is running callbacks outside the lock; new ones queue behind it so they run
+    /// in registration order (a publisher sees its PubAcks in the order it published).
+    running: bool,
 }
 
 pub(crate) struct Durable {
@@ -133,19 +136,33 @@ impl Durable {
         self.check()
     }
 
-    /// Wake waiters and run the callbacks now covered (outside the lock).
-    fn resolve(&self, mut st: parking_lot::MutexGuard<'_, State>) {
-        let synced = st.synced;
-        let failed = st.failed.clone();
-        let stopped = st.stopped;
-        let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut st.callbacks)
-            .into_iter()
-            .partition(|(t, _)| *t <= synced || failed.is_some() || stopped);
-        st.callbacks = rest;
-        drop(st);
+    /// Wake waiters and run the callbacks now covered (outside the lock), oldest first. Only one
+    /// thread runs callbacks at a time; it keeps going while more become ready.
+    fn resolve<'a>(&'a self, mut st: parking_lot::MutexGuard<'a, State>) {
         self.done.notify_all();
-        for (t, cb) in ready {
-            cb(self.outcome(t, synced, &failed));
+        if st.running {
+            return;
+        }
+        loop {
+            let (synced, failed, stopped) = (st.synced, st.failed.clone(), st.stopped);
+            let ready = {
+                let all = std::mem::take(&mut st.callbacks);
+                let (ready, rest): (Vec<_>, Vec<_>) = all
+                    .into_iter()
+                    .partition(|(t, _)| *t <= synced || failed.is_some() || stopped);
+                st.callbacks = rest;
+                ready
+            };
+            if ready.is_empty() {
+                st.running = false;
+                return;
+            }
+            st.running = true;
+            drop(st);
+            for (t, cb) in ready {
+                cb(self.outcome(t, synced, &failed));
+            }
+            st = self.state.lock();
         }
     }
 
@@ -169,11 +186,14 @@ impl Durable {
 
     pub fn on_durable(&self, token: SyncToken, cb: DurableCallback) {
         let mut st = self.state.lock();
-        if st.synced >= token.0 || st.failed.is_some() || st.stopped {
+        let covered = st.synced >= token.0 || st.failed.is_some() || st.stopped;
+        if covered && !st.running {
+            // Nothing older is waiting: every queued callback has a later token.
             let res = self.outcome(token.0, st.synced, &st.failed);
             drop(st);
             cb(res);
         } else {
+            // Not yet durable, or a running thread picks it up after the ones before it.
             st.callbacks.push((token.0, cb));
         }
     }

@@ -533,3 +533,36 @@ fn kill_9_during_appends_loses_no_acknowledged_message() {
         }
     }
 }
+
+/// Durability callbacks run in the order they were registered, even when a message is already
+/// covered by a sync while the syncer thread is still running the callbacks of earlier ones
+/// (PubAcks reach a publisher in publish order).
+#[test]
+fn durability_callbacks_run_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let n = 50_000u64;
+    for i in 1..=n {
+        let r = s.store_msg(&subject(i), None, &payload(i), i as i64).unwrap();
+        let seen = seen.clone();
+        s.on_durable(
+            r.sync_token,
+            Box::new(move |res| {
+                res.unwrap();
+                // A little work per callback widens the window in which the syncer is busy.
+                std::hint::black_box((0..200).sum::<u64>());
+                seen.lock().push(r.seq);
+            }),
+        );
+    }
+    s.sync().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen.lock().len() < n as usize {
+        assert!(std::time::Instant::now() < deadline, "callbacks did not all run");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let seen = seen.lock();
+    let out_of_order = seen.windows(2).filter(|w| w[0] > w[1]).count();
+    assert_eq!(out_of_order, 0, "callbacks ran out of registration order");
+}

@@ -12,6 +12,7 @@
 )]
 
 pub mod conformance;
+mod docfile;
 mod durable;
 mod engine;
 mod file;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+pub use docfile::DocFile;
 pub use durable::{IoHook, SyncStats};
 pub use file::{Corruption, FileStore, FileStoreConfig};
 pub use mem::MemStore;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use natrium_store::{StoreError, StoredMsg, StreamStore};
+use natrium_store::{DocFile, StoreError, StoredMsg, StreamStore};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -98,6 +98,9 @@ struct State {
     delivered_since_fc: u64,
     fc_seq: u64,
     dirty: bool,
+    /// Deliveries were made since the state was last synced: the next save is fsynced before
+    /// they leave (a delivery is never forgotten, so no message comes back as new after a crash).
+    unsynced_deliveries: bool,
     sync_replies: Vec<String>,
     paused_until: Option<SystemTime>,
     /// Messages that ran out of deliveries during a tick: (stream seq, deliveries), handled
@@ -119,8 +122,10 @@ pub(crate) struct Consumer {
     wake: Notify,
     stop: Notify,
     stopped: AtomicBool,
-    /// Where meta.json and state.json live; `None` for consumers that are not persisted.
+    /// Where meta.json and the state slots live; `None` for consumers that are not persisted.
     dir: Option<PathBuf>,
+    /// The state document (`state.0`/`state.1`), opened at the first save.
+    state_file: Arc<Mutex<Option<DocFile>>>,
     /// The stream's default `dead_letter_subject` (from its metadata).
     stream_dlq: Option<String>,
     work_queue: bool,
@@ -167,6 +172,7 @@ impl Consumer {
             delivered_since_fc: 0,
             fc_seq: 0,
             dirty: false,
+            unsynced_deliveries: false,
             sync_replies: Vec::new(),
             paused_until: config.pause_until.as_deref().and_then(parse_time),
             exhausted: Vec::new(),
@@ -210,6 +216,7 @@ impl Consumer {
             stop: Notify::new(),
             stopped: AtomicBool::new(false),
             dir,
+            state_file: Arc::new(Mutex::new(None)),
             stream_dlq,
             work_queue: scfg.retention == super::config::Retention::WorkQueue,
             acks: Mutex::new(None),
@@ -389,7 +396,7 @@ impl Consumer {
                 return;
             }
             let out = self.tick();
-            self.persist();
+            self.persist().await;
             let (replies, exhausted, acked) = {
                 let mut st = self.state.lock();
                 (
@@ -857,6 +864,7 @@ impl Consumer {
                 );
             }
             st.dirty = true;
+            st.unsynced_deliveries |= cfg.ack_policy != AckPolicy::None;
             st.last_delivery = now;
             let ack_reply = format!(
                 "$JS.ACK.{}.{}.{}.{}.{}.{}.{}",
@@ -976,28 +984,50 @@ impl Consumer {
         Some((m, false))
     }
 
-    /// Writes the consumer's state (fsynced) if it changed; waits for nothing else.
-    fn persist(&self) {
-        let mut st = self.state.lock();
-        if !st.dirty {
-            return;
-        }
-        st.dirty = false;
-        let Some(dir) = &self.dir else { return };
-        let saved = SavedState {
-            sseq: st.sseq,
-            dseq: st.dseq,
-            floor_s: st.floor_s,
-            floor_d: st.floor_d,
-            pending: st.pending.iter().map(|(s, p)| (*s, p.dseq)).collect(),
-            deliveries: st.deliveries.iter().map(|(s, d)| (*s, *d)).collect(),
-            start_list: st.start_list.iter().copied().collect(),
+    /// Saves the consumer's state if it changed. It is fsynced (on a blocking thread) when it
+    /// records deliveries about to leave or an ack whose sender waits for the answer; other
+    /// changes (plain acks, ack-none cursors) are written without a sync: they survive the
+    /// process being killed, and a power loss can only bring a message back as a redelivery.
+    async fn persist(&self) {
+        let (body, sync) = {
+            let mut st = self.state.lock();
+            if !st.dirty {
+                return;
+            }
+            st.dirty = false;
+            if self.dir.is_none() {
+                st.unsynced_deliveries = false;
+                return;
+            }
+            let sync = std::mem::take(&mut st.unsynced_deliveries) || !st.sync_replies.is_empty();
+            let saved = SavedState {
+                sseq: st.sseq,
+                dseq: st.dseq,
+                floor_s: st.floor_s,
+                floor_d: st.floor_d,
+                pending: st.pending.iter().map(|(s, p)| (*s, p.dseq)).collect(),
+                deliveries: st.deliveries.iter().map(|(s, d)| (*s, *d)).collect(),
+                start_list: st.start_list.iter().copied().collect(),
+            };
+            (serde_json::to_vec(&saved).unwrap_or_default(), sync)
         };
-        drop(st);
-        if let Err(e) = write_atomic(
-            &dir.join("state.json"),
-            &serde_json::to_vec(&saved).unwrap_or_default(),
-        ) {
+        let Some(dir) = self.dir.clone() else { return };
+        let file = self.state_file.clone();
+        let write = move || -> std::io::Result<()> {
+            let mut f = file.lock();
+            if f.is_none() {
+                *f = Some(DocFile::open(&dir, "state")?.0);
+            }
+            f.as_mut().expect("opened above").write(&body, sync)
+        };
+        let res = if sync {
+            tokio::task::spawn_blocking(write)
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+        } else {
+            write()
+        };
+        if let Err(e) = res {
             tracing::error!(
                 "consumer {}/{}: saving state failed: {e}",
                 self.stream_name,

@@ -595,7 +595,18 @@ impl JsAccount {
             let created = v["created_ns"].as_u64().map_or(SystemTime::now(), |n| {
                 SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(n)
             });
-            let saved = std::fs::read(dir.join("state.json")).ok();
+            // The state slots; `state.json` is where versions before them kept it.
+            let saved = match natrium_store::DocFile::open(&dir, "state") {
+                Ok((_, Some(body))) => Some(body),
+                Ok((_, None)) => std::fs::read(dir.join("state.json")).ok(),
+                Err(e) => {
+                    tracing::error!(
+                        "consumer {name} in {}: reading its state failed: {e}",
+                        dir.display()
+                    );
+                    continue;
+                }
+            };
             let c = Consumer::new(name.clone(), s, cfg, created, Some(dir), saved);
             if c.start().is_ok() {
                 s.consumers.write().insert(name, c);

@@ -1,7 +1,8 @@
 //! TLS for client connections (rustls, ring provider): the acceptor built from the `tls {}`
 //! options, the handshake (after the plaintext INFO as NATS clients expect, or first with
 //! `handshake_first`), bounded by `tls.timeout`, and the names a client certificate offers to
-//! `verify_and_map`. Certificates and keys are read when the server starts or reloads.
+//! `verify_and_map`. The same certificate also serves HTTPS monitoring. Certificates and keys
+//! are read when the server starts or reloads.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,9 +31,12 @@ pub enum TlsError {
     Config(String),
 }
 
-/// A loaded TLS configuration: the acceptor and the options it came from.
+/// A loaded TLS configuration: the acceptors and the options they came from.
 pub struct TlsServer {
     acceptor: TlsAcceptor,
+    /// For HTTPS monitoring: the same certificate, never asking for a client certificate (as
+    /// nats-server does).
+    monitor: TlsAcceptor,
     pub(crate) opts: TlsOptions,
 }
 
@@ -62,9 +66,16 @@ impl TlsServer {
         let certs = load_certs("certificate", &opts.cert_file)?;
         let key = PrivateKeyDer::from_pem_file(&opts.key_file)
             .map_err(|e| load_err("private key", &opts.key_file, e))?;
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+        let builder = || {
+            ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError::Config(e.to_string()))
+        };
+        let monitor = builder()?
+            .with_no_client_auth()
+            .with_single_cert(certs.clone(), key.clone_key())
             .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = builder()?;
         let builder = if opts.verify || opts.verify_and_map {
             let ca_path = opts.ca_file.as_deref().ok_or_else(|| {
                 TlsError::Config("verify needs a ca_file to check client certificates".into())
@@ -75,9 +86,10 @@ impl TlsServer {
                     .add(ca)
                     .map_err(|e| load_err("CA certificate", ca_path, e))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Config(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
@@ -87,8 +99,14 @@ impl TlsServer {
             .map_err(|e| TlsError::Config(e.to_string()))?;
         Ok(TlsServer {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            monitor: TlsAcceptor::from(Arc::new(monitor)),
             opts: opts.clone(),
         })
+    }
+
+    /// The acceptor for HTTPS monitoring connections.
+    pub(crate) fn monitor_acceptor(&self) -> TlsAcceptor {
+        self.monitor.clone()
     }
 
     /// Whether clients must present a certificate.

@@ -223,6 +223,16 @@ pub struct ConnInfo {
     pub lang: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub version: String,
+    /// `1.2`/`1.3` for TLS connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cipher_suite: Option<String>,
+    /// The client's certificates; with `auth=1` only, as nats-server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_peer_certs: Option<Vec<crate::tls::PeerCert>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_first: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authorized_user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -236,6 +246,8 @@ pub struct ConnInfo {
     meta_user: Option<String>,
     #[serde(skip)]
     meta_account: String,
+    #[serde(skip)]
+    meta_tls: Option<Arc<crate::tls::TlsConnInfo>>,
     #[serde(skip)]
     subs: Vec<(String, Option<String>, String)>,
     #[serde(skip)]
@@ -279,12 +291,17 @@ pub(crate) fn conn_info(
         name: meta.name,
         lang: meta.lang,
         version: meta.version,
+        tls_version: meta.tls.as_ref().map(|t| t.version.clone()),
+        tls_cipher_suite: meta.tls.as_ref().map(|t| t.cipher_suite.clone()),
+        tls_peer_certs: None,
+        tls_first: meta.tls.as_ref().is_some_and(|t| t.first),
         authorized_user: None,
         account: None,
         subscriptions_list: None,
         subscriptions_list_detail: None,
         meta_user: meta.user,
         meta_account: meta.account,
+        meta_tls: meta.tls,
         subs: if closed {
             Vec::new()
         } else {
@@ -350,6 +367,7 @@ pub(crate) fn varz_json(s: &ServerInner) -> Value {
     let up = since(s.start);
     let (mem, cpu) = process_usage(up);
     let subs: usize = s.accounts().iter().map(|a| a.subscription_count()).sum();
+    let tls = s.tls_server();
     let mut v = json!({
         "server_id": s.id,
         "server_name": s.name,
@@ -395,6 +413,17 @@ pub(crate) fn varz_json(s: &ServerInner) -> Value {
     });
     // Set here: the `json!` above is at the macro's recursion limit.
     v["http_base_path"] = json!(o.http_base_path);
+    v["tls_timeout"] = json!(tls.as_ref().map_or(2.0, |t| t.opts.timeout.as_secs_f64()));
+    // As nats-server, the TLS flags and the certificate's expiry appear only with TLS on.
+    if let Some(t) = &tls {
+        v["tls_required"] = json!(true);
+        if t.verify() {
+            v["tls_verify"] = json!(true);
+        }
+        if let Some(exp) = t.not_after {
+            v["tls_cert_not_after"] = json!(rfc3339(exp));
+        }
+    }
     v
 }
 
@@ -515,6 +544,11 @@ pub(crate) fn connz_json(s: &ServerInner, q: &ConnzQuery) -> Answer {
             if auth {
                 c.authorized_user = c.meta_user.clone();
                 c.account = Some(c.meta_account.clone());
+                c.tls_peer_certs = c
+                    .meta_tls
+                    .as_ref()
+                    .filter(|t| !t.peer_certs.is_empty())
+                    .map(|t| t.peer_certs.clone());
             }
             if detail {
                 c.subscriptions_list_detail = Some(

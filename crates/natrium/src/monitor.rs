@@ -312,14 +312,20 @@ pub(crate) fn conn_info(
     }
 }
 
-async fn index() -> Html<&'static str> {
-    Html(
-        "<html><body><h1>natrium</h1><ul>\
-         <li><a href=/varz>varz</a></li><li><a href=/connz>connz</a></li>\
-         <li><a href=/subsz>subsz</a></li><li><a href=/accountz>accountz</a></li>\
-         <li><a href=/accstatz>accstatz</a></li><li><a href=/healthz>healthz</a></li>\
-         <li><a href=/routez>routez</a></li><li><a href=/metrics>metrics</a></li></ul></body></html>",
-    )
+/// Links to the endpoints, under the base path.
+async fn index(State(s): State<Shared>) -> Html<String> {
+    let items: String = [
+        "varz", "connz", "subsz", "accountz", "accstatz", "jsz", "healthz", "routez", "metrics",
+    ]
+    .iter()
+    .map(|e| {
+        let href = base_path(&s.opts.http_base_path, &format!("/{e}"));
+        format!("<li><a href={href}>{e}</a></li>")
+    })
+    .collect();
+    Html(format!(
+        "<html><body><h1>natrium</h1><ul>{items}</ul></body></html>"
+    ))
 }
 
 /// Resident memory (bytes) and average CPU percentage since start, from /proc.
@@ -1050,6 +1056,15 @@ async fn metrics(State(s): State<Shared>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_path_joins_like_nats_server() {
+        assert_eq!(base_path("", "/"), "/");
+        assert_eq!(base_path("/", "/varz"), "/varz");
+        assert_eq!(base_path("mon", "/varz"), "/mon/varz");
+        assert_eq!(base_path("/mon/", "/"), "/mon");
+        assert_eq!(base_path("/a/b", "/connz"), "/a/b/connz");
+    }
 
     #[test]
     fn uptime_like_nats_server() {

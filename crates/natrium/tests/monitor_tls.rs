@@ -126,6 +126,8 @@ async fn https_from_a_config_file_with_a_base_path() {
     assert_eq!(varz["http_base_path"], "mon/");
     let index = client.get(format!("{base}/mon")).send().await.expect("get");
     assert_eq!(index.status(), 200);
+    let html = index.text().await.expect("body");
+    assert!(html.contains("<a href=/mon/connz>"), "{html}");
     let unprefixed = client
         .get(format!("{base}/varz"))
         .send()

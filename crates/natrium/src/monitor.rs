@@ -4,6 +4,7 @@
 //! computed at request time from live state, so the publish path pays nothing for it.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,7 +22,6 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::net::SocketAddr;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
@@ -390,7 +390,6 @@ pub(crate) fn varz_json(s: &ServerInner) -> Value {
         "http_host": o.http_host,
         "http_port": s.http_port.lock().unwrap_or(0),
         "https_port": s.https_port.lock().unwrap_or(0),
-
         "auth_timeout": o.auth_timeout.as_secs_f64(),
         "max_control_line": o.max_control_line,
         "max_payload": o.max_payload,

@@ -35,6 +35,7 @@ pub enum Override {
     Logtime(bool),
     MaxPayload(usize),
     HttpPort(i32),
+    HttpsPort(i32),
     JetStream(bool),
     StoreDir(PathBuf),
     Tls(bool),
@@ -64,10 +65,8 @@ enum Arity {
     Value,
 }
 
-/// Flags that nats-server has and later natrium work adds (HTTPS monitoring, cluster, syslog).
+/// Flags that nats-server has and later natrium work adds (cluster, syslog).
 const NOT_YET: &[&str] = &[
-    "ms",
-    "https_port",
     "cluster",
     "cluster_name",
     "cluster_listen",
@@ -89,8 +88,8 @@ fn arity(name: &str) -> Option<Arity> {
     Some(match name {
         "p" | "port" | "a" | "addr" | "net" | "n" | "name" | "server_name" | "c" | "config"
         | "user" | "pass" | "auth" | "l" | "log" | "P" | "pid" | "ports_file_dir"
-        | "max_payload" | "m" | "http_port" | "sd" | "store_dir" | "tlscert" | "tlskey"
-        | "tlscacert" | "sl" | "signal" => Value,
+        | "max_payload" | "m" | "http_port" | "ms" | "https_port" | "sd" | "store_dir"
+        | "tlscert" | "tlskey" | "tlscacert" | "sl" | "signal" => Value,
         "D" | "debug" | "V" | "trace" | "VV" | "DV" | "DVV" | "T" | "logtime" | "t" | "v"
         | "version" | "h" | "help" | "help_tls" => Bool,
         "js" | "jetstream" | "tls" | "tlsverify" | "no_advertise" | "s" | "syslog" => Bool,
@@ -153,6 +152,9 @@ impl Cli {
                 "ports_file_dir" => o.push(Override::PortsFileDir(value.into())),
                 "max_payload" => o.push(Override::MaxPayload(value.parse().map_err(|_| bad())?)),
                 "m" | "http_port" => o.push(Override::HttpPort(value.parse().map_err(|_| bad())?)),
+                "ms" | "https_port" => {
+                    o.push(Override::HttpsPort(value.parse().map_err(|_| bad())?))
+                }
                 "js" | "jetstream" => o.push(Override::JetStream(parse_bool(&name, &value)?)),
                 "sd" | "store_dir" => o.push(Override::StoreDir(value.into())),
                 "tls" => o.push(Override::Tls(parse_bool(&name, &value)?)),
@@ -225,6 +227,7 @@ impl Cli {
                 Override::Logtime(t) => opts.logtime = t,
                 Override::MaxPayload(m) => opts.max_payload = m,
                 Override::HttpPort(p) => opts.http_port = Some(p),
+                Override::HttpsPort(p) => opts.https_port = Some(p),
                 Override::JetStream(on) => {
                     if !on {
                         opts.jetstream = None;
@@ -265,6 +268,7 @@ JetStream Options:
     -js, --jetstream                 Enable JetStream
     -sd, --store_dir <dir>           Directory for JetStream storage (implies -js)
     -m, --http_port <port>           Use port for http monitoring (-1 picks a random port)
+    -ms, --https_port <port>         Use port for https monitoring (needs TLS; -1 picks a random port)
 
 Logging Options:
     -l, --log <file>                 File to redirect log output
@@ -294,7 +298,7 @@ Signal Options:
                                      <pid> can be either a PID (e.g. 1) or the path to a PID file
 
 Not yet supported (accepted by nats-server; natrium reports an error naming the flag):
-        -ms/--https_port, --cluster*, --routes, -s/--syslog, -r/--remote_syslog
+        --cluster*, --routes, -s/--syslog, -r/--remote_syslog
 ";
 
 /// The signal a `--signal` command sends, as nats-server maps them.
@@ -468,7 +472,29 @@ mod tests {
     fn errors_name_the_flag() {
         assert_eq!(parse(&["-bogus"]), Err(CliError::Unknown("bogus".into())));
         assert_eq!(parse(&["-p"]), Err(CliError::MissingValue("p".into())));
-        assert_eq!(parse(&["-ms", "8222"]), Err(CliError::NotYet("ms".into())));
+        // HTTPS monitoring needs TLS.
+        assert!(parse(&["-ms", "-1"]).expect("parses").options().is_err());
+        let (o, _) = parse(&["--tls", "--tlscert", "c", "--tlskey", "k", "-ms", "8443"])
+            .expect("parses")
+            .options()
+            .expect("valid");
+        assert_eq!(o.https_port, Some(8443));
+        let (o, _) = parse(&[
+            "--tls",
+            "--tlscert",
+            "c",
+            "--tlskey",
+            "k",
+            "--https_port=-1",
+        ])
+        .expect("parses")
+        .options()
+        .expect("valid");
+        assert_eq!(o.https_port, Some(-1));
+        assert_eq!(
+            parse(&["--routes", "nats://x:6222"]),
+            Err(CliError::NotYet("routes".into()))
+        );
         assert_eq!(
             parse(&["--cluster", "nats://x:6222"]),
             Err(CliError::NotYet("cluster".into()))

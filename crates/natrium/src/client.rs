@@ -88,6 +88,8 @@ pub struct ConnMeta {
     pub version: String,
     pub user: Option<String>,
     pub account: String,
+    /// The TLS session, for TLS connections (set once after the handshake).
+    pub tls: Option<Arc<crate::tls::TlsConnInfo>>,
 }
 
 /// A consistent-enough snapshot of a client's counters for monitoring.
@@ -654,8 +656,13 @@ impl Conn {
     }
 
     /// The names of the client certificate, after a TLS handshake.
-    pub(crate) fn with_tls(mut self, cert: Option<crate::tls::CertNames>) -> Self {
+    pub(crate) fn with_tls(
+        mut self,
+        cert: Option<crate::tls::CertNames>,
+        state: crate::tls::TlsConnInfo,
+    ) -> Self {
         self.auth_ctx.cert = cert;
+        self.shared.meta.lock().tls = Some(Arc::new(state));
         self
     }
 

@@ -85,6 +85,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
     let pid_file = opts.pid_file.clone();
     let ports_dir = opts.ports_file_dir.clone();
+    let tls = opts.tls.is_some();
     let server = Server::start(opts).await?;
     if let Some(p) = &pid_file {
         std::fs::write(p, std::process::id().to_string())?;
@@ -100,7 +101,13 @@ async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
                 })
                 .unwrap_or_else(|| "natrium".into());
             let path = dir.join(format!("{exe}_{}.ports", std::process::id()));
-            let mut doc = serde_json::json!({ "nats": [server.client_url()] });
+            // As nats-server: `tls://` when clients must use TLS; `monitoring` is `http://` or
+            // `https://`.
+            let mut nats = server.client_url();
+            if tls {
+                nats = nats.replacen("nats://", "tls://", 1);
+            }
+            let mut doc = serde_json::json!({ "nats": [nats] });
             if let Some(url) = server.monitor_url() {
                 doc["monitoring"] = serde_json::json!([url]);
             }

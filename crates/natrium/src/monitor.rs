@@ -1,9 +1,10 @@
 //! The HTTP monitoring endpoints with nats-server's paths, query parameters and JSON field names
 //! (`/varz`, `/connz`, `/subsz`, `/accountz`, `/accstatz`, `/healthz`, `/routez`), and `/metrics`
-//! in the Prometheus text format. Everything is computed at request time from live state, so
-//! the publish path pays nothing for it.
+//! in the Prometheus text format, over HTTP or HTTPS, under `http_base_path`. Everything is
+//! computed at request time from live state, so the publish path pays nothing for it.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,7 +22,9 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
 
 use crate::account::{Account, Totals};
 use crate::client::{ClientShared, ClientStats, CloseReason};
@@ -30,23 +33,107 @@ use crate::server::ServerInner;
 
 type Shared = Arc<ServerInner>;
 
-/// Serves the monitoring endpoints on `listener` until aborted.
-pub(crate) async fn serve(inner: Shared, listener: TcpListener) {
+/// `path` under the base path, joined as nats-server does (`/` and `/x/` are `/x`'s root).
+fn base_path(base: &str, path: &str) -> String {
+    let base = base.trim_end_matches('/');
+    let base = if base.is_empty() || base.starts_with('/') {
+        base.to_string()
+    } else {
+        format!("/{base}")
+    };
+    match path {
+        "/" if !base.is_empty() => base,
+        _ => format!("{base}{path}"),
+    }
+}
+
+/// Serves the monitoring endpoints on `listener` until aborted; with `secure`, each connection
+/// first completes a TLS handshake with the server's current certificate.
+pub(crate) async fn serve(inner: Shared, listener: TcpListener, secure: bool) {
+    let base = inner.opts.http_base_path.clone();
+    let at = |p: &str| base_path(&base, p);
     let app = Router::new()
-        .route("/", get(index))
-        .route("/varz", get(varz))
-        .route("/connz", get(connz))
-        .route("/subsz", get(subsz))
-        .route("/subscriptionsz", get(subsz))
-        .route("/accountz", get(accountz))
-        .route("/accstatz", get(accstatz))
-        .route("/healthz", get(healthz))
-        .route("/routez", get(routez))
-        .route("/jsz", get(jsz))
-        .route("/metrics", get(metrics))
-        .with_state(inner);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("http monitor stopped: {e}");
+        .route(&at("/"), get(index))
+        .route(&at("/varz"), get(varz))
+        .route(&at("/connz"), get(connz))
+        .route(&at("/subsz"), get(subsz))
+        .route(&at("/subscriptionsz"), get(subsz))
+        .route(&at("/accountz"), get(accountz))
+        .route(&at("/accstatz"), get(accstatz))
+        .route(&at("/healthz"), get(healthz))
+        .route(&at("/routez"), get(routez))
+        .route(&at("/jsz"), get(jsz))
+        .route(&at("/metrics"), get(metrics))
+        .with_state(inner.clone());
+    let result = if secure {
+        let tls = TlsListener {
+            tcp: listener,
+            server: inner,
+            handshakes: JoinSet::new(),
+        };
+        axum::serve(tls, app).await
+    } else {
+        axum::serve(listener, app).await
+    };
+    if let Err(e) = result {
+        tracing::error!("monitor stopped: {e}");
+    }
+}
+
+/// Accepts HTTPS monitoring connections: handshakes run concurrently (bounded by `tls.timeout`)
+/// so a client that stalls its handshake holds up nobody else. Dropped with the server task,
+/// which cancels the handshakes in progress.
+struct TlsListener {
+    tcp: TcpListener,
+    server: Shared,
+    handshakes: JoinSet<Option<(TlsStream<TcpStream>, SocketAddr)>>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            tokio::select! {
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        // The current certificate: a reload that rotates it applies here too.
+                        let Some(tls) = self.server.tls_server() else {
+                            continue;
+                        };
+                        let acceptor = tls.monitor_acceptor();
+                        let timeout = tls.opts.timeout;
+                        self.handshakes.spawn(async move {
+                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => Some((s, peer)),
+                                Ok(Err(e)) => {
+                                    tracing::debug!("{peer} - https monitor TLS handshake error: {e}");
+                                    None
+                                }
+                                Err(_) => {
+                                    tracing::debug!("{peer} - https monitor TLS handshake timeout");
+                                    None
+                                }
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::error!("Error accepting monitor connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                Some(done) = self.handshakes.join_next(), if !self.handshakes.is_empty() => {
+                    if let Ok(Some(conn)) = done {
+                        return conn;
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
     }
 }
 
@@ -136,6 +223,16 @@ pub struct ConnInfo {
     pub lang: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub version: String,
+    /// `1.2`/`1.3` for TLS connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cipher_suite: Option<String>,
+    /// The client's certificates; with `auth=1` only, as nats-server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_peer_certs: Option<Vec<crate::tls::PeerCert>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls_first: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authorized_user: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,6 +246,8 @@ pub struct ConnInfo {
     meta_user: Option<String>,
     #[serde(skip)]
     meta_account: String,
+    #[serde(skip)]
+    meta_tls: Option<Arc<crate::tls::TlsConnInfo>>,
     #[serde(skip)]
     subs: Vec<(String, Option<String>, String)>,
     #[serde(skip)]
@@ -192,12 +291,17 @@ pub(crate) fn conn_info(
         name: meta.name,
         lang: meta.lang,
         version: meta.version,
+        tls_version: meta.tls.as_ref().map(|t| t.version.clone()),
+        tls_cipher_suite: meta.tls.as_ref().map(|t| t.cipher_suite.clone()),
+        tls_peer_certs: None,
+        tls_first: meta.tls.as_ref().is_some_and(|t| t.first),
         authorized_user: None,
         account: None,
         subscriptions_list: None,
         subscriptions_list_detail: None,
         meta_user: meta.user,
         meta_account: meta.account,
+        meta_tls: meta.tls,
         subs: if closed {
             Vec::new()
         } else {
@@ -208,14 +312,20 @@ pub(crate) fn conn_info(
     }
 }
 
-async fn index() -> Html<&'static str> {
-    Html(
-        "<html><body><h1>natrium</h1><ul>\
-         <li><a href=/varz>varz</a></li><li><a href=/connz>connz</a></li>\
-         <li><a href=/subsz>subsz</a></li><li><a href=/accountz>accountz</a></li>\
-         <li><a href=/accstatz>accstatz</a></li><li><a href=/healthz>healthz</a></li>\
-         <li><a href=/routez>routez</a></li><li><a href=/metrics>metrics</a></li></ul></body></html>",
-    )
+/// Links to the endpoints, under the base path.
+async fn index(State(s): State<Shared>) -> Html<String> {
+    let items: String = [
+        "varz", "connz", "subsz", "accountz", "accstatz", "jsz", "healthz", "routez", "metrics",
+    ]
+    .iter()
+    .map(|e| {
+        let href = base_path(&s.opts.http_base_path, &format!("/{e}"));
+        format!("<li><a href={href}>{e}</a></li>")
+    })
+    .collect();
+    Html(format!(
+        "<html><body><h1>natrium</h1><ul>{items}</ul></body></html>"
+    ))
 }
 
 /// Resident memory (bytes) and average CPU percentage since start, from /proc.
@@ -263,7 +373,8 @@ pub(crate) fn varz_json(s: &ServerInner) -> Value {
     let up = since(s.start);
     let (mem, cpu) = process_usage(up);
     let subs: usize = s.accounts().iter().map(|a| a.subscription_count()).sum();
-    json!({
+    let tls = s.tls_server();
+    let mut v = json!({
         "server_id": s.id,
         "server_name": s.name,
         "version": PROTOCOL_VERSION,
@@ -278,7 +389,7 @@ pub(crate) fn varz_json(s: &ServerInner) -> Value {
         "ping_max": o.ping_max,
         "http_host": o.http_host,
         "http_port": s.http_port.lock().unwrap_or(0),
-        "https_port": 0,
+        "https_port": s.https_port.lock().unwrap_or(0),
         "auth_timeout": o.auth_timeout.as_secs_f64(),
         "max_control_line": o.max_control_line,
         "max_payload": o.max_payload,
@@ -302,9 +413,23 @@ pub(crate) fn varz_json(s: &ServerInner) -> Value {
         "slow_consumers": s.slow_consumers.load(Ordering::Relaxed),
         "subscriptions": subs,
         "system_account": o.system_account,
-                "config_load_time": rfc3339(s.start),
+        "config_load_time": rfc3339(s.start),
         "jetstream": jetstream_summary(s),
-    })
+    });
+    // Set here: the `json!` above is at the macro's recursion limit.
+    v["http_base_path"] = json!(o.http_base_path);
+    v["tls_timeout"] = json!(tls.as_ref().map_or(2.0, |t| t.opts.timeout.as_secs_f64()));
+    // As nats-server, the TLS flags and the certificate's expiry appear only with TLS on.
+    if let Some(t) = &tls {
+        v["tls_required"] = json!(true);
+        if t.verify() {
+            v["tls_verify"] = json!(true);
+        }
+        if let Some(exp) = t.not_after {
+            v["tls_cert_not_after"] = json!(rfc3339(exp));
+        }
+    }
+    v
 }
 
 /// JetStream's section of `/varz` and the body of `/jsz`: `{}` when JetStream is off.
@@ -424,6 +549,11 @@ pub(crate) fn connz_json(s: &ServerInner, q: &ConnzQuery) -> Answer {
             if auth {
                 c.authorized_user = c.meta_user.clone();
                 c.account = Some(c.meta_account.clone());
+                c.tls_peer_certs = c
+                    .meta_tls
+                    .as_ref()
+                    .filter(|t| !t.peer_certs.is_empty())
+                    .map(|t| t.peer_certs.clone());
             }
             if detail {
                 c.subscriptions_list_detail = Some(
@@ -925,6 +1055,15 @@ async fn metrics(State(s): State<Shared>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_path_joins_like_nats_server() {
+        assert_eq!(base_path("", "/"), "/");
+        assert_eq!(base_path("/", "/varz"), "/varz");
+        assert_eq!(base_path("mon", "/varz"), "/mon/varz");
+        assert_eq!(base_path("/mon/", "/"), "/mon");
+        assert_eq!(base_path("/a/b", "/connz"), "/a/b/connz");
+    }
 
     #[test]
     fn uptime_like_nats_server() {

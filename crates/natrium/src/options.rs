@@ -193,7 +193,11 @@ pub struct Options {
     pub jetstream: Option<crate::jetstream::JetStreamOptions>,
     /// Monitoring listener; `None` disables it, `-1` picks a random port.
     pub http_port: Option<i32>,
+    /// HTTPS monitoring listener (with the `tls {}` certificate); exclusive with `http_port`.
+    pub https_port: Option<i32>,
     pub http_host: String,
+    /// Prefix of every monitoring path (`/` when empty).
+    pub http_base_path: String,
     pub debug: bool,
     pub trace: bool,
     pub logtime: bool,
@@ -226,7 +230,9 @@ impl Default for Options {
             system_account: SYSTEM_ACCOUNT.to_string(),
             jetstream: None,
             http_port: None,
+            https_port: None,
             http_host: "0.0.0.0".into(),
+            http_base_path: String::new(),
             debug: false,
             trace: false,
             logtime: true,
@@ -252,9 +258,6 @@ pub enum OptionsError {
 /// Keys nats-server knows that this version of Natrium accepts but does not act on yet; they are
 /// reported as warnings so a config written for nats-server still loads.
 const NOT_YET_SUPPORTED: &[&str] = &[
-    "https",
-    "https_port",
-    "http_base_path",
     "cluster",
     "gateway",
     "leafnodes",
@@ -322,6 +325,15 @@ impl Options {
                     }
                     self.http_port = Some(port);
                 }
+                "https" => {
+                    let (host, port) = parse_listen(v)?;
+                    if let Some(h) = host {
+                        self.http_host = h;
+                    }
+                    self.https_port = Some(port);
+                }
+                "https_port" => self.https_port = Some(int(v)? as i32),
+                "http_base_path" => self.http_base_path = string(v)?,
                 "debug" => self.debug = boolean(v)?,
                 "trace" => self.trace = boolean(v)?,
                 "logtime" => self.logtime = boolean(v)?,
@@ -504,6 +516,21 @@ impl Options {
         if self.http_port.is_some_and(|p| !(-1..=65535).contains(&p)) {
             return bad("http_port must be between -1 and 65535");
         }
+        if self.https_port.is_some_and(|p| !(-1..=65535).contains(&p)) {
+            return bad("https_port must be between -1 and 65535");
+        }
+        // As nats-server: one monitoring listener, HTTP or HTTPS; HTTPS port 0 is off.
+        match (self.http_port, self.https_port.filter(|p| *p != 0)) {
+            (Some(http), Some(https)) => {
+                return Err(OptionsError::Validation(format!(
+                    "can't specify both HTTP ({http}) and HTTPs ({https}) ports"
+                )))
+            }
+            (None, Some(_)) if self.tls.is_none() => {
+                return bad("TLS cert and key required for HTTPS (https_port needs a tls {} block)")
+            }
+            _ => {}
+        }
         if self.max_payload == 0 || self.max_payload > 64 * 1024 * 1024 {
             return bad("max_payload must be between 1 byte and 64 MB");
         }
@@ -628,7 +655,9 @@ impl Options {
             system_account,
             jetstream,
             http_port,
+            https_port,
             http_host,
+            http_base_path,
             debug,
             trace,
             logtime,
@@ -637,7 +666,7 @@ impl Options {
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 21] = [
+        let checks: [(&'static str, bool); 23] = [
             ("host", &self.host != host),
             ("port", &self.port != port),
             ("server_name", &self.server_name != server_name),
@@ -655,7 +684,9 @@ impl Options {
             ("system_account", &self.system_account != system_account),
             ("jetstream", &self.jetstream != jetstream),
             ("http_port", &self.http_port != http_port),
+            ("https_port", &self.https_port != https_port),
             ("http_host", &self.http_host != http_host),
+            ("http_base_path", &self.http_base_path != http_base_path),
             ("debug", &self.debug != debug),
             ("trace", &self.trace != trace),
             ("logtime", &self.logtime != logtime),

@@ -100,6 +100,7 @@ pub(crate) struct ServerInner {
     /// The most recent closed connections, newest last (for `/connz?state=closed`).
     pub(crate) closed_conns: Mutex<std::collections::VecDeque<ConnInfo>>,
     pub(crate) http_port: Mutex<Option<u16>>,
+    pub(crate) https_port: Mutex<Option<u16>>,
     pub(crate) jetstream: Mutex<Option<Arc<crate::jetstream::JetStream>>>,
 }
 
@@ -146,6 +147,11 @@ impl ServerInner {
             account.name,
             user.unwrap_or("")
         );
+    }
+
+    /// The TLS configuration in force (reloads swap it), if TLS is on.
+    pub(crate) fn tls_server(&self) -> Option<Arc<crate::tls::TlsServer>> {
+        self.tls.read().clone()
     }
 
     pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
@@ -300,6 +306,7 @@ impl Server {
             closed_totals: Mutex::new(Totals::default()),
             closed_conns: Mutex::new(std::collections::VecDeque::new()),
             http_port: Mutex::new(None),
+            https_port: Mutex::new(None),
             jetstream: Mutex::new(None),
         });
         tracing::info!(
@@ -307,26 +314,11 @@ impl Server {
             inner.opts.host,
             addr.port()
         );
-        let monitor = match inner.opts.http_port {
-            Some(p) => {
-                let port = if p == -1 { 0 } else { p as u16 };
-                let bind = format!("{}:{}", inner.opts.http_host, port);
-                let l = TcpListener::bind(&bind)
-                    .await
-                    .map_err(|source| ServerError::Listen {
-                        addr: bind.clone(),
-                        source,
-                    })?;
-                let bound = l.local_addr()?;
-                *inner.http_port.lock() = Some(bound.port());
-                tracing::info!(
-                    "Starting http monitor on {}:{}",
-                    inner.opts.http_host,
-                    bound.port()
-                );
-                Some(tokio::spawn(monitor::serve(inner.clone(), l)))
-            }
-            None => None,
+        // One monitoring listener, HTTP or HTTPS (validation refuses both).
+        let monitor = match (inner.opts.http_port, inner.opts.https_port) {
+            (Some(p), _) => Some(start_monitor(&inner, p, false).await?),
+            (None, Some(p)) if p != 0 => Some(start_monitor(&inner, p, true).await?),
+            _ => None,
         };
         if let Some(js_opts) = inner.opts.jetstream.clone() {
             start_jetstream(&inner, js_opts)?;
@@ -379,13 +371,23 @@ impl Server {
         *self.inner.http_port.lock()
     }
 
-    /// Base URL of the monitoring endpoints, when enabled.
+    /// The bound HTTPS monitoring port, when HTTPS monitoring is enabled.
+    pub fn https_port(&self) -> Option<u16> {
+        *self.inner.https_port.lock()
+    }
+
+    /// Base URL of the monitoring endpoints (`http://` or `https://`, without the base path),
+    /// when enabled.
     pub fn monitor_url(&self) -> Option<String> {
         let host = match self.inner.opts.http_host.as_str() {
             "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
             h => h.to_string(),
         };
-        self.http_port().map(|p| format!("http://{host}:{p}"))
+        match (self.http_port(), self.https_port()) {
+            (Some(p), _) => Some(format!("http://{host}:{p}")),
+            (None, Some(p)) => Some(format!("https://{host}:{p}")),
+            _ => None,
+        }
     }
 
     pub fn server_id(&self) -> &str {
@@ -499,6 +501,35 @@ impl Server {
         }
         tracing::info!("Server Exiting..");
     }
+}
+
+/// Binds the monitoring listener (`port` -1 picks one) and starts serving it.
+async fn start_monitor(
+    inner: &Arc<ServerInner>,
+    port: i32,
+    secure: bool,
+) -> Result<JoinHandle<()>, ServerError> {
+    let port = if port == -1 { 0 } else { port as u16 };
+    let bind = format!("{}:{}", inner.opts.http_host, port);
+    let l = TcpListener::bind(&bind)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: bind.clone(),
+            source,
+        })?;
+    let bound = l.local_addr()?.port();
+    let scheme = if secure {
+        *inner.https_port.lock() = Some(bound);
+        "https"
+    } else {
+        *inner.http_port.lock() = Some(bound);
+        "http"
+    };
+    tracing::info!(
+        "Starting {scheme} monitor on {}:{bound}",
+        inner.opts.http_host
+    );
+    Ok(tokio::spawn(monitor::serve(inner.clone(), l, secure)))
 }
 
 /// Starts JetStream for the global account and every account that enables it.

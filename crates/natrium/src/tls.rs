@@ -1,7 +1,8 @@
 //! TLS for client connections (rustls, ring provider): the acceptor built from the `tls {}`
 //! options, the handshake (after the plaintext INFO as NATS clients expect, or first with
 //! `handshake_first`), bounded by `tls.timeout`, and the names a client certificate offers to
-//! `verify_and_map`. Certificates and keys are read when the server starts or reloads.
+//! `verify_and_map`, and what `/connz` reports of a TLS session. The same certificate also
+//! serves HTTPS monitoring. Certificates and keys are read when the server starts or reloads.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,10 +31,15 @@ pub enum TlsError {
     Config(String),
 }
 
-/// A loaded TLS configuration: the acceptor and the options it came from.
+/// A loaded TLS configuration: the acceptors and the options they came from.
 pub struct TlsServer {
     acceptor: TlsAcceptor,
+    /// For HTTPS monitoring: the same certificate, never asking for a client certificate (as
+    /// nats-server does).
+    monitor: TlsAcceptor,
     pub(crate) opts: TlsOptions,
+    /// Expiry of the server certificate, for `/varz` (`tls_cert_not_after`).
+    pub(crate) not_after: Option<std::time::SystemTime>,
 }
 
 fn load_err(what: &'static str, path: &Path, e: impl std::fmt::Display) -> TlsError {
@@ -62,9 +68,17 @@ impl TlsServer {
         let certs = load_certs("certificate", &opts.cert_file)?;
         let key = PrivateKeyDer::from_pem_file(&opts.key_file)
             .map_err(|e| load_err("private key", &opts.key_file, e))?;
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
+        let builder = || {
+            ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError::Config(e.to_string()))
+        };
+        let monitor = builder()?
+            .with_no_client_auth()
+            .with_single_cert(certs.clone(), key.clone_key())
             .map_err(|e| TlsError::Config(e.to_string()))?;
+        let not_after = not_after(certs[0].as_ref());
+        let builder = builder()?;
         let builder = if opts.verify || opts.verify_and_map {
             let ca_path = opts.ca_file.as_deref().ok_or_else(|| {
                 TlsError::Config("verify needs a ca_file to check client certificates".into())
@@ -75,9 +89,10 @@ impl TlsServer {
                     .add(ca)
                     .map_err(|e| load_err("CA certificate", ca_path, e))?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| TlsError::Config(e.to_string()))?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Config(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
@@ -87,8 +102,15 @@ impl TlsServer {
             .map_err(|e| TlsError::Config(e.to_string()))?;
         Ok(TlsServer {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            monitor: TlsAcceptor::from(Arc::new(monitor)),
             opts: opts.clone(),
+            not_after,
         })
+    }
+
+    /// The acceptor for HTTPS monitoring connections.
+    pub(crate) fn monitor_acceptor(&self) -> TlsAcceptor {
+        self.monitor.clone()
     }
 
     /// Whether clients must present a certificate.
@@ -134,13 +156,14 @@ pub(crate) async fn serve(tls: Arc<TlsServer>, conn: Conn, mut stream: TcpStream
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| cert_names(c.as_ref()));
+            let state = TlsConnInfo::new(session, first);
             tracing::debug!(
-                "{addr} - cid:{cid} - TLS handshake complete ({:?}, {:?})",
-                session.protocol_version(),
-                session.negotiated_cipher_suite().map(|c| c.suite())
+                "{addr} - cid:{cid} - TLS handshake complete (TLS {}, {})",
+                state.version,
+                state.cipher_suite
             );
             let info = if first { info } else { Vec::new() };
-            conn.with_tls(names).run(s, info).await;
+            conn.with_tls(names, state).run(s, info).await;
         }
         Ok(Err(e)) => {
             tracing::error!("{addr} - cid:{cid} - TLS handshake error: {e}");
@@ -151,6 +174,109 @@ pub(crate) async fn serve(tls: Arc<TlsServer>, conn: Conn, mut stream: TcpStream
             conn.abort(CloseReason::TlsHandshakeError);
         }
     }
+}
+
+/// What `/connz` shows of a client's TLS session, in nats-server's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConnInfo {
+    /// `1.2` or `1.3`.
+    pub version: String,
+    /// The IANA name of the cipher suite (as Go names them).
+    pub cipher_suite: String,
+    /// Whether the handshake came before the INFO (`handshake_first`).
+    pub first: bool,
+    /// The certificates the client presented, its own first.
+    pub peer_certs: Vec<PeerCert>,
+}
+
+/// One certificate a client presented: its subject and SHA-256 fingerprints (hex) of its
+/// public key info and of the whole certificate.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerCert {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subject: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub spki_sha256: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub cert_sha256: String,
+}
+
+impl TlsConnInfo {
+    fn new(session: &rustls::ServerConnection, first: bool) -> TlsConnInfo {
+        TlsConnInfo {
+            version: session
+                .protocol_version()
+                .map_or_else(String::new, tls_version),
+            cipher_suite: session
+                .negotiated_cipher_suite()
+                .map_or_else(String::new, |c| cipher_suite_name(c.suite())),
+            first,
+            peer_certs: session
+                .peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| peer_cert(c.as_ref()))
+                .collect(),
+        }
+    }
+}
+
+/// `1.2`, `1.3`, as nats-server prints TLS versions.
+fn tls_version(v: rustls::ProtocolVersion) -> String {
+    match v {
+        rustls::ProtocolVersion::TLSv1_2 => "1.2".into(),
+        rustls::ProtocolVersion::TLSv1_3 => "1.3".into(),
+        other => format!("Unknown [0x{:x}]", u16::from(other)),
+    }
+}
+
+/// The IANA names of the suites rustls offers (Go's `tls.CipherSuiteName`), or the hex code.
+fn cipher_suite_name(s: rustls::CipherSuite) -> String {
+    let id = u16::from(s);
+    let name = match id {
+        0x1301 => "TLS_AES_128_GCM_SHA256",
+        0x1302 => "TLS_AES_256_GCM_SHA384",
+        0x1303 => "TLS_CHACHA20_POLY1305_SHA256",
+        0xc02b => "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        0xc02c => "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        0xc02f => "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        0xc030 => "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        0xcca8 => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        0xcca9 => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        _ => return format!("0x{id:04X}"),
+    };
+    name.to_string()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
+    d.as_ref().iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
+}
+
+/// Subject and fingerprints of a DER certificate (only the certificate's hash if unparsable).
+pub fn peer_cert(der: &[u8]) -> PeerCert {
+    use x509_cert::der::{Decode, Encode};
+    let cert = x509_cert::Certificate::from_der(der).ok();
+    let tbs = cert.as_ref().map(|c| &c.tbs_certificate);
+    PeerCert {
+        subject: tbs.map_or_else(String::new, |t| t.subject.to_string()),
+        spki_sha256: tbs
+            .and_then(|t| t.subject_public_key_info.to_der().ok())
+            .map_or_else(String::new, |spki| sha256_hex(&spki)),
+        cert_sha256: sha256_hex(der),
+    }
+}
+
+/// When a DER certificate expires.
+fn not_after(der: &[u8]) -> Option<std::time::SystemTime> {
+    use x509_cert::der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let since_epoch = cert.tbs_certificate.validity.not_after.to_unix_duration();
+    Some(std::time::UNIX_EPOCH + since_epoch)
 }
 
 /// The identities a client certificate offers, in the order `verify_and_map` tries them:

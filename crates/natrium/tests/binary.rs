@@ -1,5 +1,7 @@
 //! The `natrium` binary as harnesses written for nats-server drive it: flags, the log lines they
-//! wait for, pid and ports files, config files, `-t`, and shutdown on SIGTERM.
+//! wait for, pid and ports files, config files, `-t`, HTTPS monitoring, and shutdown on SIGTERM.
+
+mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -189,4 +191,76 @@ fn unknown_and_unimplemented_flags_are_named() {
     let out = Command::new(BIN).arg("-v").output().expect("run");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(natrium::VERSION));
+}
+
+#[test]
+fn https_monitor_flag_log_line_and_ports_file() {
+    let pki = common::pki::Pki::new();
+    let (cert, key) = pki.server_cert();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("server.log");
+    let mut child = Command::new(BIN)
+        .args(["-p", "-1", "-a", "127.0.0.1", "--tls", "-ms", "-1"])
+        .arg("--tlscert")
+        .arg(&cert)
+        .arg("--tlskey")
+        .arg(&key)
+        .arg("-l")
+        .arg(&log)
+        .arg("--ports_file_dir")
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let text = wait_for(&log, "Server is ready");
+    let line = text
+        .lines()
+        .find(|l| l.contains("Starting https monitor on 0.0.0.0:"))
+        .unwrap_or_else(|| panic!("no https monitor line in:\n{text}"));
+    let https: u16 = line
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .expect("numeric port");
+    let port = listen_port(&text);
+    // nats-server's ports file: `tls://` for clients, the monitor under `monitoring`.
+    let ports_file = dir.path().join(format!("natrium_{}.ports", child.id()));
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ports_file).expect("ports file")).expect("json");
+    assert_eq!(ports["nats"][0], format!("tls://127.0.0.1:{port}"));
+    assert_eq!(ports["monitoring"][0], format!("https://127.0.0.1:{https}"));
+
+    let ca = std::fs::read(pki.ca_file()).expect("ca");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+            .build()
+            .expect("client");
+        let varz = client
+            .get(format!("https://127.0.0.1:{https}/varz"))
+            .send()
+            .await
+            .expect("varz over https");
+        assert_eq!(varz.status(), 200);
+        let v: serde_json::Value = varz.json().await.expect("json");
+        assert_eq!(v["https_port"], https);
+        assert_eq!(v["tls_required"], true);
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().expect("wait").success());
+
+    // Without TLS the flag is refused at startup, in nats-server's words.
+    let out = Command::new(BIN)
+        .args(["-p", "-1", "-ms", "-1"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TLS cert and key required for HTTPS"),
+        "{stderr}"
+    );
 }

@@ -2,6 +2,8 @@
 //! cases a well-behaved client library cannot produce.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::time::Duration;
 
 use natrium::{Options, Server};

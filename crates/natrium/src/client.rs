@@ -45,6 +45,8 @@ pub enum CloseReason {
     MaxPayloadExceeded,
     MaxControlLineExceeded,
     MaxConnectionsExceeded,
+    MaxAccountConnectionsExceeded,
+    MaxSubscriptionsExceeded,
     TlsHandshakeError,
     ServerShutdown,
 }
@@ -65,6 +67,8 @@ impl std::fmt::Display for CloseReason {
             CloseReason::MaxPayloadExceeded => "Maximum Payload Exceeded",
             CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
             CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
+            CloseReason::MaxAccountConnectionsExceeded => "Maximum Account Connections Exceeded",
+            CloseReason::MaxSubscriptionsExceeded => "Maximum Subscriptions Exceeded",
             CloseReason::TlsHandshakeError => "TLS Handshake Failure",
             CloseReason::ServerShutdown => "Server Shutdown",
         };
@@ -117,6 +121,8 @@ pub struct ClientShared {
     close_reason: Mutex<Option<CloseReason>>,
     /// Whether the client accepts HMSG (set from CONNECT).
     headers: AtomicBool,
+    /// Set once the client counts against its account's connections (`meta.account`).
+    registered: AtomicBool,
     /// Subscriptions by sid.
     subs: Mutex<FxHashMap<Box<[u8]>, SubRef>>,
     max_pending: usize,
@@ -151,6 +157,7 @@ impl ClientShared {
             drained: Notify::new(),
             close_reason: Mutex::new(None),
             headers: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
             subs: Mutex::new(FxHashMap::default()),
             max_pending,
             responses: Mutex::new(None),
@@ -213,6 +220,11 @@ impl ClientShared {
     /// reader is busy, so the request is never lost.
     pub(crate) fn request_reauth(&self) {
         self.reauth.notify_one();
+    }
+
+    /// Whether this client is a connection registered with account `name`.
+    pub(crate) fn registered_with(&self, name: &str) -> bool {
+        self.registered.load(Ordering::Acquire) && self.meta.lock().account == name
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -969,10 +981,16 @@ impl Conn {
             })?;
             self.cache.generation = u64::MAX;
         }
+        if self.account.add_connection().is_err() {
+            return Err(Fatal::new(
+                CloseReason::MaxAccountConnectionsExceeded,
+                "maximum account active connections exceeded",
+            ));
+        }
+        self.shared.meta.lock().account = self.account.name.clone();
+        self.shared.registered.store(true, Ordering::Release);
         self.set_permissions(identity.permissions.as_ref());
-        self.max_subs = self
-            .server
-            .max_subscriptions(&self.account.name, identity.max_subs);
+        self.apply_limits(&identity);
         self.user = identity.user.clone();
         self.set_expiry(identity.expires);
         self.identity = Some(identity);
@@ -1054,12 +1072,30 @@ impl Conn {
             self.set_permissions(identity.permissions.as_ref());
             self.recheck_subscriptions();
         }
-        self.max_subs = self
-            .server
-            .max_subscriptions(&self.account.name, identity.max_subs);
+        self.apply_limits(&identity);
         self.set_expiry(identity.expires);
         self.identity = Some(identity);
+        let held = self.shared.num_subs();
+        if self.max_subs.is_some_and(|max| held > max) {
+            tracing::error!(
+                "{} - cid:{} - maximum subscriptions exceeded ({held} held) after a limit change",
+                self.shared.addr,
+                self.shared.cid
+            );
+            return Err(Fatal::new(
+                CloseReason::MaxSubscriptionsExceeded,
+                "maximum subscriptions exceeded",
+            ));
+        }
         Ok(())
+    }
+
+    /// Takes this connection's subscription and payload limits from the server, its account
+    /// and its user (see `ServerInner::client_limits`).
+    fn apply_limits(&mut self, identity: &Identity) {
+        let (subs, payload) = self.server.client_limits(&self.account, identity);
+        self.max_subs = subs;
+        self.limits.max_payload = payload;
     }
 
     fn set_expiry(&mut self, expires: Option<std::time::SystemTime>) {
@@ -1327,6 +1363,9 @@ impl Conn {
     }
 
     fn cleanup(&mut self) {
+        if self.shared.registered.swap(false, Ordering::AcqRel) {
+            self.account.remove_connection();
+        }
         let stats = self.shared.stats();
         let subs: Vec<SubRef> = self.shared.subs.lock().drain().map(|(_, s)| s).collect();
         for sub in &subs {

@@ -188,6 +188,8 @@ pub struct UserNats {
     resp: Option<JwtResponses>,
     #[serde(default = "no_limit")]
     subs: i64,
+    #[serde(default = "no_limit")]
+    payload: i64,
     bearer_token: bool,
     issuer_account: String,
     src: Option<CidrList>,
@@ -203,6 +205,7 @@ impl Default for UserNats {
             subscribe: JwtSubjects::default(),
             resp: None,
             subs: -1,
+            payload: -1,
             bearer_token: false,
             issuer_account: String::new(),
             src: None,
@@ -243,15 +246,38 @@ enum SigningKey {
     },
 }
 
+/// An account JWT's `limits` (the JetStream ones are not read here); -1 is unlimited, and an
+/// absent limit too.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 struct AccountLimitsNats {
     subs: i64,
+    payload: i64,
+    conn: i64,
+    leaf: i64,
+    disallow_bearer: bool,
 }
 
 impl Default for AccountLimitsNats {
     fn default() -> Self {
-        AccountLimitsNats { subs: -1 }
+        AccountLimitsNats {
+            subs: -1,
+            payload: -1,
+            conn: -1,
+            leaf: -1,
+            disallow_bearer: false,
+        }
+    }
+}
+
+impl AccountLimitsNats {
+    fn limits(&self) -> crate::account::Limits {
+        crate::account::Limits {
+            max_connections: limit(self.conn),
+            max_subscriptions: limit(self.subs),
+            max_payload: limit(self.payload),
+            max_leafnodes: limit(self.leaf),
+        }
     }
 }
 
@@ -280,14 +306,77 @@ struct DefaultPermissions {
 /// One trusted account, from its JWT.
 #[derive(Debug, Clone)]
 pub struct TrustedAccount {
+    /// The account's public key (the JWT's subject).
+    pub key: String,
     pub name: String,
+    /// The JWT's `iat`: an update older than the JWT in force is ignored.
+    pub issued_at: i64,
+    /// The JWT itself (for `CLAIMS.LOOKUP`).
+    pub jwt: String,
     /// Signing keys; scoped ones carry the template that replaces the user's own claims.
     signing: FxHashMap<String, Option<UserNats>>,
     revocations: FxHashMap<String, i64>,
     default_permissions: Option<Permissions>,
-    max_subs: Option<usize>,
+    /// The account's client limits (applied to the live account by the server).
+    pub limits: crate::account::Limits,
+    disallow_bearer: bool,
     expires: Option<SystemTime>,
     claims_ok: Result<(), JwtError>,
+}
+
+impl TrustedAccount {
+    /// Verifies an account JWT issued by one of the operator `keys` (its signature, type and
+    /// issuer; its time and unsupported claims make users of the account fail, as the account
+    /// itself still exists).
+    pub fn verify(token: &str, keys: &[String]) -> Result<TrustedAccount, JwtError> {
+        let c: Claims<AccountNats> = decode(token)?;
+        if c.nats.kind != "account" {
+            return Err(JwtError::WrongType {
+                want: "account",
+                got: c.nats.kind,
+            });
+        }
+        if !keys.contains(&c.iss) {
+            return Err(JwtError::Untrusted(c.iss));
+        }
+        let claims_ok = if !c.nats.imports.is_empty() || !c.nats.exports.is_empty() {
+            Err(JwtError::Unsupported(
+                "account JWT imports/exports are not supported yet".into(),
+            ))
+        } else {
+            c.check_time()
+        };
+        let default_permissions = c.nats.default_permissions.as_ref().and_then(|d| {
+            UserNats {
+                publish: d.publish.clone(),
+                subscribe: d.subscribe.clone(),
+                ..UserNats::default()
+            }
+            .permissions()
+        });
+        let signing = c
+            .nats
+            .signing_keys
+            .iter()
+            .map(|k| match k {
+                SigningKey::Plain(k) => (k.clone(), None),
+                SigningKey::Scoped { key, template } => (key.clone(), Some((**template).clone())),
+            })
+            .collect();
+        Ok(TrustedAccount {
+            key: c.sub.clone(),
+            name: c.name.clone(),
+            issued_at: c.iat,
+            signing,
+            revocations: c.nats.revocations.clone(),
+            default_permissions,
+            limits: c.nats.limits.limits(),
+            disallow_bearer: c.nats.limits.disallow_bearer,
+            expires: c.expires(),
+            claims_ok,
+            jwt: token.trim().to_string(),
+        })
+    }
 }
 
 /// What a verified user JWT grants.
@@ -297,7 +386,9 @@ pub struct UserGrant {
     pub name: String,
     pub account: String,
     pub permissions: Option<Permissions>,
+    /// The user's own limits (`subs`, `payload`); the account's apply on top.
     pub max_subs: Option<usize>,
+    pub max_payload: Option<usize>,
     pub expires: Option<SystemTime>,
 }
 
@@ -305,6 +396,8 @@ pub struct UserGrant {
 #[derive(Debug, Clone)]
 pub struct Trust {
     pub accounts: FxHashMap<String, TrustedAccount>,
+    /// The operators' identity and signing keys: account JWTs must be issued by one of them.
+    pub operator_keys: Vec<String>,
     /// The system account an operator JWT names, if any.
     pub system_account: Option<String>,
 }
@@ -378,64 +471,19 @@ impl Trust {
         }
         let mut accounts = FxHashMap::default();
         for (key, token) in &o.preload {
-            let c: Claims<AccountNats> = decode(token)?;
-            if c.nats.kind != "account" {
-                return Err(JwtError::WrongType {
-                    want: "account",
-                    got: c.nats.kind,
-                });
-            }
-            if &c.sub != key {
+            let acc = TrustedAccount::verify(token, &keys)?;
+            if &acc.key != key {
                 return Err(JwtError::Malformed(format!(
                     "resolver_preload key {key:?} holds the JWT of {:?}",
-                    c.sub
+                    acc.key
                 )));
             }
-            if !keys.contains(&c.iss) {
-                return Err(JwtError::Untrusted(c.iss));
-            }
-            let claims_ok = if !c.nats.imports.is_empty() || !c.nats.exports.is_empty() {
-                Err(JwtError::Unsupported(
-                    "account JWT imports/exports are not supported yet".into(),
-                ))
-            } else {
-                c.check_time()
-            };
-            let default_permissions = c.nats.default_permissions.as_ref().and_then(|d| {
-                UserNats {
-                    publish: d.publish.clone(),
-                    subscribe: d.subscribe.clone(),
-                    ..UserNats::default()
-                }
-                .permissions()
-            });
-            let signing = c
-                .nats
-                .signing_keys
-                .iter()
-                .map(|k| match k {
-                    SigningKey::Plain(k) => (k.clone(), None),
-                    SigningKey::Scoped { key, template } => {
-                        (key.clone(), Some((**template).clone()))
-                    }
-                })
-                .collect();
-            accounts.insert(
-                key.clone(),
-                TrustedAccount {
-                    name: c.name.clone(),
-                    signing,
-                    revocations: c.nats.revocations.clone(),
-                    default_permissions,
-                    max_subs: limit(c.nats.limits.subs),
-                    expires: c.expires(),
-                    claims_ok,
-                },
-            );
+            accounts.insert(key.clone(), acc);
         }
         Ok(Trust {
             accounts,
             system_account,
+            operator_keys: keys,
         })
     }
 
@@ -505,6 +553,11 @@ impl Trust {
         if revoked(&c.sub) || revoked("*") {
             return Err(JwtError::Unsupported("user JWT revoked".into()));
         }
+        if c.nats.bearer_token && acc.disallow_bearer {
+            return Err(JwtError::Unsupported(
+                "bearer user JWTs are not allowed by the account".into(),
+            ));
+        }
         if !c.nats.bearer_token {
             let b64 = |s: &str| {
                 base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -526,10 +579,8 @@ impl Trust {
             permissions: granted
                 .permissions()
                 .or_else(|| acc.default_permissions.clone()),
-            max_subs: match (limit(granted.subs), acc.max_subs) {
-                (Some(u), Some(a)) => Some(u.min(a)),
-                (u, a) => u.or(a),
-            },
+            max_subs: limit(granted.subs),
+            max_payload: limit(granted.payload),
             expires: min_time(c.expires(), acc.expires),
         })
     }
@@ -587,7 +638,11 @@ mod tests {
             .authenticate(&user_jwt, Some(&sig), Some(nonce), Some(local))
             .expect("user");
         assert_eq!(g.account, acc.public_key());
-        assert_eq!(g.max_subs, Some(5), "the account's limit is lower");
+        assert_eq!(g.max_subs, Some(10), "the user's own limit");
+        assert_eq!(
+            trust.accounts[&acc.public_key()].limits.max_subscriptions,
+            Some(5)
+        );
         assert!(g.permissions.is_some());
         assert_eq!(
             trust

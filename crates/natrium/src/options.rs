@@ -138,9 +138,9 @@ pub struct AccountOptions {
     pub jetstream_limits: Option<crate::jetstream::AccountLimits>,
     pub exports: Vec<Export>,
     pub imports: Vec<Import>,
-    /// `limits { max_subscriptions }`: subscriptions one connection of this account may hold
-    /// (0 is unlimited).
-    pub max_subscriptions: usize,
+    /// `limits { max_connections, max_subscriptions, max_payload, max_leafnodes }`; a negative
+    /// value is unlimited and 0 allows none, as in nats-server.
+    pub limits: crate::account::Limits,
 }
 
 /// Client authentication settings (the `authorization` block and its flag equivalents).
@@ -457,19 +457,7 @@ impl Options {
                             }
                         }
                         "default_permissions" => {}
-                        "limits" => {
-                            for (k, lv) in map_of(kv)?.iter() {
-                                match k.to_ascii_lowercase().as_str() {
-                                    "max_subscriptions" | "max_subs" => {
-                                        acc.max_subscriptions = int(lv)?.max(0) as usize
-                                    }
-                                    _ => warnings.push(format!(
-                                        "{}: account limit {k:?} is not supported yet by this version of natrium and is ignored",
-                                        lv.pos
-                                    )),
-                                }
-                            }
-                        }
+                        "limits" => acc.limits = account_limits(kv)?,
                         _ => warnings.push(format!(
                             "{}: account key {key:?} is not supported yet by this version of natrium and is ignored",
                             kv.pos
@@ -603,8 +591,8 @@ impl Options {
 
     /// Which setting differs in `new` that a reload can not apply (the first found), if any.
     /// Reloadable: everything under authorization (users, NKeys, token, passwords, permissions,
-    /// account membership of users, `no_auth_user`, the auth timeout), `tls` and
-    /// `max_subscriptions`. Accounts themselves (added, removed, exports, imports, JetStream) and
+    /// account membership of users, `no_auth_user`, the auth timeout), `tls`,
+    /// `max_subscriptions` and accounts' `limits`. Accounts themselves (added, removed, exports, imports, JetStream) and
     /// listener or limit settings need a restart.
     pub fn reload_blocker(&self, new: &Options) -> Option<&'static str> {
         // Destructured without `..`: a new option must be sorted into one of the two kinds here.
@@ -651,7 +639,10 @@ impl Options {
             ("ping_interval", &self.ping_interval != ping_interval),
             ("ping_max", &self.ping_max != ping_max),
             ("write_deadline", &self.write_deadline != write_deadline),
-            ("accounts", &self.accounts != accounts),
+            (
+                "accounts",
+                !same_accounts_but_limits(&self.accounts, accounts),
+            ),
             ("system_account", &self.system_account != system_account),
             ("jetstream", &self.jetstream != jetstream),
             ("http_port", &self.http_port != http_port),
@@ -695,6 +686,41 @@ impl Options {
             self.host, self.port, self.max_payload, self.max_pending, self.max_connections, self.ping_interval, auth, tls
         )
     }
+}
+
+/// Whether two account lists differ at most in the accounts' `limits` (which a reload applies).
+fn same_accounts_but_limits(a: &[AccountOptions], b: &[AccountOptions]) -> bool {
+    let strip = |x: &AccountOptions| AccountOptions {
+        limits: crate::account::Limits::default(),
+        ..x.clone()
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| strip(x) == strip(y))
+}
+
+/// An account's `limits {}` block, with nats-server's names and aliases; unknown keys are
+/// errors there, and here too.
+fn account_limits(v: &Spanned) -> Result<crate::account::Limits, OptionsError> {
+    let mut l = crate::account::Limits::default();
+    for (k, lv) in map_of(v)?.iter() {
+        let n = match &lv.value {
+            Value::Integer(i) => *i,
+            _ => size(lv)?,
+        };
+        let n = (n >= 0).then_some(n as usize);
+        match k.to_ascii_lowercase().as_str() {
+            "max_connections" | "max_conn" => l.max_connections = n,
+            "max_subscriptions" | "max_subs" => l.max_subscriptions = n,
+            "max_payload" | "max_pay" => l.max_payload = n,
+            "max_leafnodes" | "max_leafs" => l.max_leafnodes = n,
+            _ => {
+                return Err(invalid(
+                    lv,
+                    &format!("Unknown field {k:?} parsing account limits"),
+                ))
+            }
+        }
+    }
+    Ok(l)
 }
 
 /// `jetstream: enabled`, `jetstream: false` or `jetstream { store_dir, max_mem, max_file, sync_interval }`.

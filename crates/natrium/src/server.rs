@@ -86,8 +86,9 @@ pub(crate) struct ServerInner {
     /// The options in force (`opts` as reloads changed them); reloads diff against these.
     current: Mutex<Options>,
     global: Arc<Account>,
-    /// Every account by name, the global and system accounts included. Fixed after start.
-    accounts: FxHashMap<String, Arc<Account>>,
+    /// Every account by name, the global and system accounts included. Operator mode adds
+    /// accounts at run time (reloads, pushed account JWTs); none is ever removed.
+    accounts: RwLock<FxHashMap<String, Arc<Account>>>,
     clients: Mutex<FxHashMap<u64, Arc<ClientShared>>>,
     next_cid: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -112,7 +113,19 @@ impl ServerInner {
     }
 
     pub(crate) fn account(&self, name: &str) -> Option<Arc<Account>> {
-        self.accounts.get(name).cloned()
+        self.accounts.read().get(name).cloned()
+    }
+
+    /// The account named `name`, created if it does not exist yet (operator mode).
+    pub(crate) fn ensure_account(&self, name: &str) -> Arc<Account> {
+        if let Some(a) = self.account(name) {
+            return a;
+        }
+        self.accounts
+            .write()
+            .entry(name.to_string())
+            .or_insert_with(|| Account::new(name))
+            .clone()
     }
 
     /// Logs and counts a failed authentication (never the secret).
@@ -120,8 +133,8 @@ impl ServerInner {
         let auth = self.auth.current();
         let account = auth
             .account_of(e.user())
-            .and_then(|a| self.accounts.get(a))
-            .unwrap_or(&self.global);
+            .and_then(|a| self.account(a))
+            .unwrap_or_else(|| self.global.clone());
         account.auth_failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             "{addr} - cid:{cid} - authentication error: {e} (account {:?})",
@@ -152,21 +165,75 @@ impl ServerInner {
         self.shutdown.subscribe()
     }
 
-    /// Subscriptions one connection may hold in `account` (`None` is unlimited): the smallest
-    /// of the server's and the account's `max_subscriptions` (0 in the config is unlimited) and
-    /// the user's own limit (from a user JWT).
-    pub(crate) fn max_subscriptions(&self, account: &str, user: Option<usize>) -> Option<usize> {
-        let current = self.current.lock();
-        let acc = current
-            .accounts
-            .iter()
-            .find(|a| a.name == account)
-            .map_or(0, |a| a.max_subscriptions);
-        [current.max_subscriptions, acc]
+    /// The limits of one connection of `account`: the subscriptions it may hold (`None` is
+    /// unlimited) and the largest payload it may publish; the lowest of the server's, the
+    /// account's and the user's own (from a user JWT) wins, as in nats-server.
+    pub(crate) fn client_limits(
+        &self,
+        account: &Account,
+        identity: &crate::auth::Identity,
+    ) -> (Option<usize>, usize) {
+        let (server_subs, server_payload) = {
+            let current = self.current.lock();
+            (current.max_subscriptions, current.max_payload)
+        };
+        let acc = account.limits();
+        let subs = [
+            (server_subs > 0).then_some(server_subs),
+            acc.max_subscriptions,
+            identity.max_subs,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let payload = [Some(server_payload), acc.max_payload, identity.max_payload]
             .into_iter()
-            .filter(|n| *n > 0)
-            .chain(user)
+            .flatten()
             .min()
+            .unwrap_or(server_payload);
+        (subs, payload)
+    }
+
+    /// Sets every account's limits from the options in force and, in operator mode, from the
+    /// account JWTs (creating accounts the trust names that do not exist yet).
+    fn apply_account_limits(&self, opts: &Options, auth: &Authenticator) {
+        for a in &opts.accounts {
+            if let Some(acc) = self.account(&a.name) {
+                acc.set_limits(a.limits);
+            }
+        }
+        if let Some(trust) = auth.trust() {
+            for (key, t) in &trust.accounts {
+                self.ensure_account(key).set_limits(t.limits);
+            }
+        }
+    }
+
+    /// After an account's limits changed: closes its newest connections beyond
+    /// `max_connections` (with nats-server's error) and has the others re-check their
+    /// subscription and payload limits.
+    pub(crate) fn enforce_account_limits(&self, account: &Account) {
+        let mut members: Vec<Arc<ClientShared>> = self
+            .clients()
+            .into_iter()
+            .filter(|c| c.registered_with(&account.name))
+            .collect();
+        members.sort_by_key(|c| c.cid);
+        let max = account.limits().max_connections.unwrap_or(usize::MAX);
+        for (i, c) in members.iter().enumerate() {
+            if i >= max {
+                tracing::error!(
+                    "{} - cid:{} - maximum account active connections exceeded (account {:?})",
+                    c.addr,
+                    c.cid,
+                    account.name
+                );
+                c.send_err("maximum account active connections exceeded");
+                c.close(CloseReason::MaxAccountConnectionsExceeded);
+            } else {
+                c.request_reauth();
+            }
+        }
     }
 
     /// Called once per connection when it ends: drops it from the live set, folds its counters
@@ -201,7 +268,7 @@ impl ServerInner {
     }
 
     pub(crate) fn accounts(&self) -> Vec<Arc<Account>> {
-        let mut v: Vec<_> = self.accounts.values().cloned().collect();
+        let mut v: Vec<_> = self.accounts.read().values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -276,6 +343,7 @@ impl Server {
         let global = Account::new(GLOBAL_ACCOUNT);
         let auth = authenticator_for(&opts)?;
         let accounts = build_accounts(&opts, &global, &auth.trusted_accounts())?;
+        let initial_auth = auth.clone();
         let tls = match &opts.tls {
             Some(t) => Some(Arc::new(crate::tls::TlsServer::new(t)?)),
             None => None,
@@ -289,7 +357,7 @@ impl Server {
             id,
             name,
             global,
-            accounts,
+            accounts: RwLock::new(accounts),
             clients: Mutex::new(FxHashMap::default()),
             next_cid: AtomicU64::new(1),
             shutdown,
@@ -302,6 +370,8 @@ impl Server {
             http_port: Mutex::new(None),
             jetstream: Mutex::new(None),
         });
+        inner.apply_account_limits(&inner.opts, &initial_auth);
+        drop(initial_auth);
         tracing::info!(
             "Listening for client connections on {}:{}",
             inner.opts.host,
@@ -441,7 +511,7 @@ impl Server {
             .chain(new.auth.nkeys.iter().map(|u| (&u.nkey, &u.account)))
         {
             if let Some(a) = account {
-                if !inner.accounts.contains_key(a) {
+                if inner.account(a).is_none() {
                     return Err(ReloadError::UnknownAccount {
                         user: user.clone(),
                         account: a.clone(),
@@ -450,23 +520,25 @@ impl Server {
             }
         }
         let auth = authenticator_for(&new)?;
-        if auth.trusted_accounts() != inner.auth.current().trusted_accounts() {
-            return Err(ReloadError::NotSupported(
-                "the set of operator-mode accounts (resolver_preload keys)",
-            ));
-        }
         // Always re-read: rotated certificates usually keep their file names.
         let tls = match &new.tls {
             Some(t) => Some(Arc::new(crate::tls::TlsServer::new(t)?)),
             None => None,
         };
         *inner.tls.write() = tls;
+        // Operator-mode accounts new to this configuration are created; users of accounts it no
+        // longer names fail their re-check below.
+        inner.apply_account_limits(&new, &auth);
         inner.auth.store(auth);
         tracing::info!("Reloaded: effective options: {}", new.summary());
         *current = new;
         drop(current);
-        // Each reader re-checks once (see `Conn::reauthorize`). Connections accepted after this
+        // Each reader re-checks once (see `Conn::reauthorize`), after connections beyond a
+        // lowered account `max_connections` are closed. Connections accepted after this
         // snapshot authenticate against the new configuration at CONNECT.
+        for a in inner.accounts() {
+            inner.enforce_account_limits(&a);
+        }
         for c in inner.clients() {
             c.request_reauth();
         }

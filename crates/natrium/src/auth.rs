@@ -208,6 +208,17 @@ impl Authenticator {
         a
     }
 
+    /// A copy without the given accounts of operator mode (deleted account JWTs).
+    pub fn without_accounts(&self, keys: &[String]) -> Authenticator {
+        let mut a = self.clone();
+        if let Some(t) = a.trust.as_mut() {
+            for k in keys {
+                t.accounts.remove(k);
+            }
+        }
+        a
+    }
+
     /// The accounts operator mode creates (their public keys).
     pub fn trusted_accounts(&self) -> Vec<String> {
         self.trust

@@ -47,6 +47,7 @@ pub enum CloseReason {
     MaxConnectionsExceeded,
     MaxAccountConnectionsExceeded,
     MaxSubscriptionsExceeded,
+    Revocation,
     TlsHandshakeError,
     ServerShutdown,
 }
@@ -69,6 +70,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
             CloseReason::MaxAccountConnectionsExceeded => "Maximum Account Connections Exceeded",
             CloseReason::MaxSubscriptionsExceeded => "Maximum Subscriptions Exceeded",
+            CloseReason::Revocation => "Credentials Revoked",
             CloseReason::TlsHandshakeError => "TLS Handshake Failure",
             CloseReason::ServerShutdown => "Server Shutdown",
         };
@@ -1023,8 +1025,9 @@ impl Conn {
         }
     }
 
-    /// After a reload: checks this connection's credentials against the new configuration.
-    /// Refused credentials close it (`Authorization Violation`); a user moved to another account
+    /// After a reload or an account JWT update: checks this connection's credentials against
+    /// the new configuration. Refused credentials close it (`Authorization Violation`, or
+    /// `User Authentication Revoked` for a revoked user JWT); a user moved to another account
     /// is closed to reconnect there; otherwise the new permissions apply from now on and
     /// subscriptions they no longer allow are removed.
     async fn reauthorize(&mut self) -> Result<(), Fatal> {
@@ -1038,6 +1041,17 @@ impl Conn {
             .recheck(&creds, &self.auth_ctx, &before);
         let identity = match self.resolve(verdict).await {
             Ok(id) => id,
+            Err(AuthError::Jwt(crate::jwt::JwtError::Revoked)) => {
+                tracing::info!(
+                    "{} - cid:{} - user JWT revoked, closing",
+                    self.shared.addr,
+                    self.shared.cid
+                );
+                return Err(Fatal::new(
+                    CloseReason::Revocation,
+                    "User Authentication Revoked",
+                ));
+            }
             Err(e) => {
                 self.server
                     .audit_auth_failure(&self.shared.addr, self.shared.cid, &e);

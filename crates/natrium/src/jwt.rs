@@ -1,5 +1,6 @@
 //! JWT operator mode, nats-server's decentralised authentication: an operator JWT names the
-//! keys the server trusts; account JWTs (preloaded with `resolver: MEMORY`) are signed by them;
+//! keys the server trusts; account JWTs (preloaded, or stored by the directory resolver) are
+//! signed by them;
 //! user JWTs, which clients present in CONNECT (from a `.creds` file), are signed by an account
 //! or one of its signing keys, and the client proves it holds the user key by signing the INFO
 //! nonce. This module verifies the JWTs (ed25519 over `header.payload`, keys as NKeys) and turns
@@ -16,7 +17,9 @@ use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::options::{OperatorOptions, Permissions, ResponsePermission, SubjectPermission};
+use crate::options::{
+    OperatorOptions, Permissions, Resolver, ResponsePermission, SubjectPermission,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
@@ -32,6 +35,8 @@ pub enum JwtError {
     NotYetValid,
     #[error("JWT issuer {0:?} is not trusted")]
     Untrusted(String),
+    #[error("user JWT revoked")]
+    Revoked,
     #[error("{0}")]
     Unsupported(String),
 }
@@ -398,6 +403,8 @@ pub struct Trust {
     pub accounts: FxHashMap<String, TrustedAccount>,
     /// The operators' identity and signing keys: account JWTs must be issued by one of them.
     pub operator_keys: Vec<String>,
+    /// Account JWT files of the directory resolver that were not loaded, and why (logged).
+    pub skipped: Vec<String>,
     /// The system account an operator JWT names, if any.
     pub system_account: Option<String>,
 }
@@ -470,6 +477,28 @@ impl Trust {
             }
         }
         let mut accounts = FxHashMap::default();
+        let mut skipped = Vec::new();
+        if let Some(Resolver::Dir(d)) = &o.resolver {
+            // A bad file makes its account unknown, not the server unable to start (nats-server
+            // reads these lazily and fails the account's users).
+            for (key, token) in crate::resolver::read_dir(&d.dir) {
+                let path = d.dir.join(format!("{key}.jwt"));
+                match token
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| TrustedAccount::verify(&t, &keys).map_err(|e| e.to_string()))
+                {
+                    Ok(acc) if acc.key == key => {
+                        accounts.insert(key, acc);
+                    }
+                    Ok(acc) => skipped.push(format!(
+                        "{}: holds the JWT of account {:?}, ignored",
+                        path.display(),
+                        acc.key
+                    )),
+                    Err(e) => skipped.push(format!("{}: {e}, ignored", path.display())),
+                }
+            }
+        }
         for (key, token) in &o.preload {
             let acc = TrustedAccount::verify(token, &keys)?;
             if &acc.key != key {
@@ -478,12 +507,19 @@ impl Trust {
                     acc.key
                 )));
             }
-            accounts.insert(key.clone(), acc);
+            // With a directory resolver, a stored JWT newer than the preloaded one wins.
+            if accounts
+                .get(key)
+                .is_none_or(|have: &TrustedAccount| have.issued_at <= acc.issued_at)
+            {
+                accounts.insert(key.clone(), acc);
+            }
         }
         Ok(Trust {
             accounts,
             system_account,
             operator_keys: keys,
+            skipped,
         })
     }
 
@@ -551,7 +587,7 @@ impl Trust {
         }
         let revoked = |k: &str| acc.revocations.get(k).is_some_and(|t| *t >= c.iat);
         if revoked(&c.sub) || revoked("*") {
-            return Err(JwtError::Unsupported("user JWT revoked".into()));
+            return Err(JwtError::Revoked);
         }
         if c.nats.bearer_token && acc.disallow_bearer {
             return Err(JwtError::Unsupported(

@@ -34,16 +34,44 @@ pub struct NkeyUser {
     pub account: Option<String>,
 }
 
-/// JWT operator mode: `operator` (JWTs or files holding them), `resolver: MEMORY` and
-/// `resolver_preload { ACCOUNT_KEY: JWT }`.
+/// JWT operator mode: `operator` (JWTs or files holding them), `resolver` (`MEMORY` or a
+/// directory) and `resolver_preload { ACCOUNT_KEY: JWT }`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OperatorOptions {
     /// Operator JWTs (read from their files when the config names files).
     pub operators: Vec<String>,
     /// Account public key → account JWT.
     pub preload: Vec<(String, String)>,
-    /// The `resolver` setting as written (only `MEMORY` is supported).
-    pub resolver: Option<String>,
+    pub resolver: Option<Resolver>,
+}
+
+/// Where operator mode finds account JWTs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolver {
+    /// `resolver: MEMORY`: only `resolver_preload`.
+    Memory,
+    /// `resolver { type: full|cache, dir: ... }`: JWTs stored in a directory, updated by pushes.
+    Dir(DirResolver),
+    /// A form nats-server accepts that Natrium does not implement (`URL(...)`), as written.
+    Unsupported(String),
+}
+
+/// The directory resolver's settings, named as in nats-server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirResolver {
+    pub dir: PathBuf,
+    /// `type: cache`: only accounts already known are updated, and nothing is deleted.
+    pub cache: bool,
+    /// `allow_delete`: `$SYS.REQ.CLAIMS.DELETE` removes accounts (renamed to `.jwt.deleted`,
+    /// or removed with `hard_delete`).
+    pub allow_delete: bool,
+    pub hard_delete: bool,
+    /// Most JWTs stored (`limit`; 0 is unlimited).
+    pub limit: usize,
+    /// `interval` and `timeout` pace and bound the exchange with other servers in a cluster;
+    /// accepted for compatibility, they have no effect on a single server.
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 /// The `tls {}` block (and the `--tls*` flags) for the client listener.
@@ -348,12 +376,9 @@ impl Options {
                     }
                     self.operator.get_or_insert_with(Default::default).operators = jwts;
                 }
-                "resolver" => {
-                    let r = match &v.value {
-                        Value::String(s) => s.clone(),
-                        other => format!("a {}", other.kind_name()),
-                    };
-                    self.operator.get_or_insert_with(Default::default).resolver = Some(r);
+                "resolver" | "account_resolver" | "accounts_resolver" => {
+                    self.operator.get_or_insert_with(Default::default).resolver =
+                        Some(resolver(v)?);
                 }
                 "resolver_preload" => {
                     let mut preload = Vec::new();
@@ -558,12 +583,12 @@ impl Options {
             }
         }
         if let Some(op) = &self.operator {
-            match op.resolver.as_deref() {
-                Some(r) if r.eq_ignore_ascii_case("MEMORY") || r.eq_ignore_ascii_case("MEM") => {}
-                Some(r) => {
+            match &op.resolver {
+                Some(Resolver::Memory | Resolver::Dir(_)) => {}
+                Some(Resolver::Unsupported(r)) => {
                     return bad(&format!(
-                    "resolver {r:?} is not supported yet by this version of natrium (use MEMORY)"
-                ))
+                        "resolver {r:?} is not supported yet by this version of natrium (use MEMORY or a directory resolver)"
+                    ))
                 }
                 None => return bad("operator mode needs a resolver (resolver: MEMORY)"),
             }
@@ -611,7 +636,7 @@ impl Options {
             auth: _,
             tls: _,
             max_subscriptions: _,
-            operator: _,
+            operator,
             accounts,
             system_account,
             jetstream,
@@ -625,7 +650,7 @@ impl Options {
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 21] = [
+        let checks: [(&'static str, bool); 22] = [
             ("host", &self.host != host),
             ("port", &self.port != port),
             ("server_name", &self.server_name != server_name),
@@ -642,6 +667,11 @@ impl Options {
             (
                 "accounts",
                 !same_accounts_but_limits(&self.accounts, accounts),
+            ),
+            (
+                "resolver",
+                self.operator.as_ref().map(|o| &o.resolver)
+                    != operator.as_ref().map(|o| &o.resolver),
             ),
             ("system_account", &self.system_account != system_account),
             ("jetstream", &self.jetstream != jetstream),
@@ -687,6 +717,108 @@ impl Options {
         )
     }
 }
+
+/// The `resolver` setting: `MEMORY`/`MEM`, `URL(...)` (not supported yet) or a map with `dir`
+/// and `type` (`full`, `cache` or `mem`), with nats-server's checks and error texts.
+fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
+    let m = match &v.value {
+        Value::String(s) => {
+            let t = s.trim();
+            return if t.eq_ignore_ascii_case("MEM") || t.eq_ignore_ascii_case("MEMORY") {
+                Ok(Resolver::Memory)
+            } else if t.to_ascii_uppercase().starts_with("URL") {
+                Ok(Resolver::Unsupported(t.to_string()))
+            } else {
+                Err(invalid(v, RESOLVER_FORMS))
+            };
+        }
+        Value::Map(m) => m,
+        other => {
+            return Err(invalid(
+                v,
+                &format!(
+                    "error parsing operator resolver, wrong type {}",
+                    other.kind_name()
+                ),
+            ))
+        }
+    };
+    let mut d = DirResolver {
+        dir: PathBuf::new(),
+        cache: false,
+        allow_delete: false,
+        hard_delete: false,
+        limit: 0,
+        interval: Duration::from_secs(60),
+        timeout: Duration::from_millis(1900),
+    };
+    let mut kind = String::new();
+    let (mut ttl, mut hard_set, mut interval_set) = (false, false, false);
+    for (k, kv) in m.iter() {
+        match k.to_ascii_lowercase().as_str() {
+            "dir" => d.dir = string(kv)?.into(),
+            "type" => kind = string(kv)?.to_ascii_uppercase(),
+            "allow_delete" => d.allow_delete = boolean(kv)?,
+            "hard_delete" => {
+                d.hard_delete = boolean(kv)?;
+                hard_set = true;
+            }
+            "limit" => d.limit = int(kv)?.max(0) as usize,
+            "ttl" => {
+                duration(kv)?;
+                ttl = true;
+            }
+            "interval" => {
+                d.interval = duration(kv)?;
+                interval_set = true;
+            }
+            "timeout" => d.timeout = duration(kv)?,
+            _ => return Err(invalid(kv, &format!("unknown resolver key {k:?}"))),
+        }
+    }
+    let check_dir = |d: &DirResolver| {
+        if d.dir.as_os_str().is_empty() {
+            return Err(invalid(
+                v,
+                "dir has no value and needs to point to a directory",
+            ));
+        }
+        if d.dir.exists() && !d.dir.is_dir() {
+            return Err(invalid(v, "dir needs to point to an accessible directory"));
+        }
+        Ok(())
+    };
+    match kind.as_str() {
+        "MEM" | "MEMORY" => Ok(Resolver::Memory),
+        "CACHE" => {
+            check_dir(&d)?;
+            for (bad, what) in [
+                (interval_set, "sync"),
+                (d.allow_delete, "allow_delete"),
+                (hard_set, "hard_delete"),
+            ] {
+                if bad {
+                    return Err(invalid(v, &format!("CACHE does not accept {what}")));
+                }
+            }
+            d.cache = true;
+            Ok(Resolver::Dir(d))
+        }
+        "FULL" => {
+            check_dir(&d)?;
+            if ttl {
+                return Err(invalid(v, "FULL does not accept ttl"));
+            }
+            if hard_set && !d.allow_delete {
+                return Err(invalid(v, "hard_delete has no effect without delete"));
+            }
+            Ok(Resolver::Dir(d))
+        }
+        _ => Err(invalid(v, RESOLVER_FORMS)),
+    }
+}
+
+const RESOLVER_FORMS: &str = "error parsing account resolver, should be MEM or  URL(\"url\") or a map containing dir and type state=[FULL|CACHE])";
 
 /// Whether two account lists differ at most in the accounts' `limits` (which a reload applies).
 fn same_accounts_but_limits(a: &[AccountOptions], b: &[AccountOptions]) -> bool {

@@ -209,6 +209,45 @@ impl ServerInner {
         }
     }
 
+    /// Runs `f` on the authenticator in force, serialised with reloads, and installs the
+    /// authenticator it returns (if any): how the directory resolver applies a pushed or deleted
+    /// account JWT (`f` also writes the file, so a reload never reads a half-applied change).
+    pub(crate) fn update_trust<T, E>(
+        &self,
+        f: impl FnOnce(&Authenticator) -> Result<(Option<Authenticator>, T), E>,
+    ) -> Result<T, E> {
+        let _current = self.current.lock();
+        let auth = self.auth.current();
+        let (new, out) = f(&auth)?;
+        if let Some(new) = new {
+            self.auth.store(new);
+        }
+        Ok(out)
+    }
+
+    /// After operator mode's JWT of account `key` changed (or went away): applies its limits to
+    /// the live account, closes connections over them, and has every connection of the account
+    /// re-check its user JWT (revoked users are closed; permissions and limits are refreshed).
+    pub(crate) fn account_jwt_changed(&self, key: &str) {
+        let auth = self.auth.current();
+        let limits = auth
+            .trust()
+            .and_then(|t| t.accounts.get(key))
+            .map(|a| a.limits);
+        let account = match limits {
+            Some(l) => {
+                let a = self.ensure_account(key);
+                a.set_limits(l);
+                a
+            }
+            None => match self.account(key) {
+                Some(a) => a,
+                None => return,
+            },
+        };
+        self.enforce_account_limits(&account);
+    }
+
     /// After an account's limits changed: closes its newest connections beyond
     /// `max_connections` (with nats-server's error) and has the others re-check their
     /// subscription and payload limits.
@@ -314,6 +353,7 @@ pub struct Server {
     accept: JoinHandle<()>,
     monitor: Option<JoinHandle<()>>,
     sys: Option<JoinHandle<()>>,
+    resolver: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -342,6 +382,17 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let global = Account::new(GLOBAL_ACCOUNT);
         let auth = authenticator_for(&opts)?;
+        log_skipped(&auth);
+        if let Some(d) = opts.operator.as_ref().and_then(|o| match &o.resolver {
+            Some(crate::options::Resolver::Dir(d)) => Some(d),
+            _ => None,
+        }) {
+            std::fs::create_dir_all(&d.dir)?;
+            tracing::info!(
+                "Managing all jwt in exclusive directory {}",
+                d.dir.display()
+            );
+        }
         let accounts = build_accounts(&opts, &global, &auth.trusted_accounts())?;
         let initial_auth = auth.clone();
         let tls = match &opts.tls {
@@ -404,6 +455,14 @@ impl Server {
         let sys = crate::internal::InternalClient::new(inner.clone(), &inner.opts.system_account)
             .map(|c| tokio::spawn(crate::sys::serve(c)))
             .ok();
+        let resolver = match inner.opts.operator.as_ref().map(|o| &o.resolver) {
+            Some(Some(crate::options::Resolver::Dir(d))) => {
+                crate::internal::InternalClient::new(inner.clone(), &inner.opts.system_account)
+                    .map(|c| tokio::spawn(crate::resolver::serve(c, d.clone())))
+                    .ok()
+            }
+            _ => None,
+        };
         let accept = tokio::spawn(accept_loop(inner.clone(), listener));
         tracing::info!("Server is ready");
         Ok(Server {
@@ -412,6 +471,7 @@ impl Server {
             accept,
             monitor,
             sys,
+            resolver,
         })
     }
 
@@ -520,6 +580,7 @@ impl Server {
             }
         }
         let auth = authenticator_for(&new)?;
+        log_skipped(&auth);
         // Always re-read: rotated certificates usually keep their file names.
         let tls = match &new.tls {
             Some(t) => Some(Arc::new(crate::tls::TlsServer::new(t)?)),
@@ -555,7 +616,10 @@ impl Server {
         }
         self.accept.abort();
         let _ = self.accept.await;
-        for task in [self.monitor, self.sys].into_iter().flatten() {
+        for task in [self.monitor, self.sys, self.resolver]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
             let _ = task.await;
         }
@@ -570,6 +634,17 @@ impl Server {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         tracing::info!("Server Exiting..");
+    }
+}
+
+/// Logs the directory resolver's account JWT files that could not be used.
+fn log_skipped(auth: &Authenticator) {
+    for w in auth
+        .trust()
+        .map(|t| t.skipped.as_slice())
+        .unwrap_or_default()
+    {
+        tracing::warn!("DirResolver - {w}");
     }
 }
 

@@ -355,7 +355,7 @@ async fn expiry_and_revocation_close_live_connections() {
     assert!(victim
         .read_to_close()
         .await
-        .contains("-ERR 'Authorization Violation'"));
+        .contains("-ERR 'User Authentication Revoked'"));
 
     let out = short.read_to_close().await;
     assert!(

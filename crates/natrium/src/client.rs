@@ -123,6 +123,9 @@ pub struct ClientShared {
     close_reason: Mutex<Option<CloseReason>>,
     /// Whether the client accepts HMSG (set from CONNECT).
     headers: AtomicBool,
+    /// After a TLS handshake: the client certificate's key id (`tls::key_id`), if it sent one;
+    /// a reload that changes `pinned_certs` checks it again.
+    pub(crate) tls_key_id: Mutex<Option<Option<String>>>,
     /// Set once the client counts against its account's connections (`meta.account`).
     registered: AtomicBool,
     /// Subscriptions by sid.
@@ -160,6 +163,7 @@ impl ClientShared {
             close_reason: Mutex::new(None),
             headers: AtomicBool::new(false),
             registered: AtomicBool::new(false),
+            tls_key_id: Mutex::new(None),
             subs: Mutex::new(FxHashMap::default()),
             max_pending,
             responses: Mutex::new(None),
@@ -667,9 +671,14 @@ impl Conn {
         self
     }
 
-    /// The names of the client certificate, after a TLS handshake.
-    pub(crate) fn with_tls(mut self, cert: Option<crate::tls::CertNames>) -> Self {
+    /// The names and key id of the client certificate, after a TLS handshake.
+    pub(crate) fn with_tls(
+        mut self,
+        cert: Option<crate::tls::CertNames>,
+        key_id: Option<String>,
+    ) -> Self {
         self.auth_ctx.cert = cert;
+        *self.shared.tls_key_id.lock() = Some(key_id);
         self
     }
 

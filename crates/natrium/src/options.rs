@@ -92,6 +92,10 @@ pub struct TlsOptions {
     /// With `handshake_first`: when the client sends nothing for this long, fall back to the
     /// plaintext INFO first (`handshake_first: auto` or a duration).
     pub handshake_first_fallback: Option<Duration>,
+    /// `pinned_certs`: lower-case hex SHA-256 digests of the DER SubjectPublicKeyInfo of the
+    /// client certificates accepted; when set, any other client (or one without a certificate)
+    /// is closed after the handshake.
+    pub pinned_certs: Vec<String>,
 }
 
 impl Default for TlsOptions {
@@ -105,6 +109,7 @@ impl Default for TlsOptions {
             timeout: Duration::from_secs(2),
             handshake_first: false,
             handshake_first_fallback: None,
+            pinned_certs: Vec::new(),
         }
     }
 }
@@ -931,6 +936,18 @@ fn tls(v: &Spanned, warnings: &mut Vec<String>) -> Result<TlsOptions, OptionsErr
             "verify_and_map" | "map_and_verify" => {
                 t.verify_and_map = boolean(kv)?;
                 t.verify |= t.verify_and_map;
+            }
+            "pinned_certs" => {
+                let Value::Array(items) = &kv.value else {
+                    return Err(invalid(kv, "error parsing tls config, expected 'pinned_certs' to be a list of hex-encoded sha256 of DER encoded SubjectPublicKeyInfo"));
+                };
+                for item in items {
+                    let entry = string(item)?.to_ascii_lowercase();
+                    if entry.len() != 64 || !entry.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(invalid(item, &format!("error parsing tls config, 'pinned_certs' key {entry} does not look like hex-encoded sha256 of DER encoded SubjectPublicKeyInfo")));
+                    }
+                    t.pinned_certs.push(entry);
+                }
             }
             // nats-server's TLS timeout is in seconds (fractions allowed).
             "timeout" => t.timeout = duration(kv)?,

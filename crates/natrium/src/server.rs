@@ -586,7 +586,27 @@ impl Server {
             Some(t) => Some(Arc::new(crate::tls::TlsServer::new(t)?)),
             None => None,
         };
+        let repin = tls
+            .as_ref()
+            .map(|t| t.opts.pinned_certs.clone())
+            .filter(|p| !p.is_empty() && current.tls.as_ref().map(|t| &t.pinned_certs) != Some(p));
         *inner.tls.write() = tls;
+        // Changed pinned_certs: TLS clients whose certificate is no longer pinned are closed.
+        if let Some(pinned) = repin {
+            for c in inner.clients() {
+                let key_id = c.tls_key_id.lock().clone();
+                if let Some(k) = key_id {
+                    if !crate::tls::is_pinned(&pinned, k.as_deref()) {
+                        tracing::info!(
+                            "{} - cid:{} - certificate no longer pinned after reload, closing",
+                            c.addr,
+                            c.cid
+                        );
+                        c.close(CloseReason::TlsHandshakeError);
+                    }
+                }
+            }
+        }
         // Operator-mode accounts new to this configuration are created; users of accounts it no
         // longer names fail their re-check below.
         inner.apply_account_limits(&new, &auth);

@@ -1,7 +1,8 @@
 //! TLS for client connections (rustls, ring provider): the acceptor built from the `tls {}`
 //! options, the handshake (after the plaintext INFO as NATS clients expect, or first with
-//! `handshake_first`), bounded by `tls.timeout`, and the names a client certificate offers to
-//! `verify_and_map`. Certificates and keys are read when the server starts or reloads.
+//! `handshake_first`), bounded by `tls.timeout`, the names a client certificate offers to
+//! `verify_and_map`, and `pinned_certs` (the certificate's public key must be one of the listed
+//! digests). Certificates and keys are read when the server starts or reloads.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -139,8 +140,22 @@ pub(crate) async fn serve(tls: Arc<TlsServer>, conn: Conn, mut stream: TcpStream
                 session.protocol_version(),
                 session.negotiated_cipher_suite().map(|c| c.suite())
             );
+            let key_id = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| key_id(c.as_ref()));
+            if !tls.opts.pinned_certs.is_empty()
+                && !is_pinned(&tls.opts.pinned_certs, key_id.as_deref())
+            {
+                tracing::error!(
+                    "{addr} - cid:{cid} - TLS handshake error: certificate not pinned (key id {})",
+                    key_id.as_deref().unwrap_or("none: no client certificate")
+                );
+                conn.abort(CloseReason::TlsHandshakeError);
+                return;
+            }
             let info = if first { info } else { Vec::new() };
-            conn.with_tls(names).run(s, info).await;
+            conn.with_tls(names, key_id).run(s, info).await;
         }
         Ok(Err(e)) => {
             tracing::error!("{addr} - cid:{cid} - TLS handshake error: {e}");
@@ -151,6 +166,22 @@ pub(crate) async fn serve(tls: Arc<TlsServer>, conn: Conn, mut stream: TcpStream
             conn.abort(CloseReason::TlsHandshakeError);
         }
     }
+}
+
+/// The key id `pinned_certs` lists: the lower-case hex SHA-256 of the certificate's DER
+/// SubjectPublicKeyInfo (`None` for an unparsable certificate).
+pub fn key_id(der: &[u8]) -> Option<String> {
+    use sha2::Digest;
+    use x509_cert::der::{Decode, Encode};
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let spki = cert.tbs_certificate.subject_public_key_info.to_der().ok()?;
+    let digest = sha2::Sha256::digest(&spki);
+    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether a client whose certificate has `key_id` passes `pinned` (one without fails).
+pub fn is_pinned(pinned: &[String], key_id: Option<&str>) -> bool {
+    key_id.is_some_and(|k| pinned.iter().any(|p| p == k))
 }
 
 /// The identities a client certificate offers, in the order `verify_and_map` tries them:

@@ -599,6 +599,10 @@ pub(crate) struct Conn {
     expires_at: Option<tokio::time::Instant>,
     /// `expires_at` changed: the read loop re-arms its timer.
     expiry_changed: bool,
+    /// Ping interval, ping max and control line limit as the last reload left them.
+    settings: crate::server::ConnSettings,
+    /// `settings.ping_interval` changed: the read loop restarts its ping timer.
+    ping_changed: bool,
 }
 
 /// An error that ends the connection, with the -ERR text to send first (if any).
@@ -619,9 +623,10 @@ impl Fatal {
 impl Conn {
     pub(crate) fn new(shared: Arc<ClientShared>, server: Arc<ServerInner>) -> Self {
         let account = server.global_account();
+        let settings = server.conn_settings();
         let limits = Limits {
-            max_control_line: server.opts.max_control_line,
-            max_payload: server.opts.max_payload,
+            max_control_line: settings.max_control_line,
+            max_payload: settings.max_payload,
         };
         let auth_ctx = ConnAuth {
             ip: Some(shared.addr.ip()),
@@ -657,6 +662,8 @@ impl Conn {
             auth_ctx,
             expires_at: None,
             expiry_changed: false,
+            settings,
+            ping_changed: false,
             auth_required: false,
             pending_connect: None,
             creds: None,
@@ -707,11 +714,7 @@ impl Conn {
         if !info.is_empty() {
             self.shared.send(&info);
         }
-        let writer = tokio::spawn(write_loop(
-            self.shared.clone(),
-            wr,
-            self.server.opts.write_deadline,
-        ));
+        let writer = tokio::spawn(write_loop(self.shared.clone(), wr, self.server.clone()));
         let reason = self.read_loop(&mut rd).await;
         self.shared.close(reason);
         let reason = self.shared.close_reason().unwrap_or(reason);
@@ -727,18 +730,17 @@ impl Conn {
     }
 
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> CloseReason {
-        let server = self.server.clone();
-        let opts = &server.opts;
         let mut rbuf = BytesMut::with_capacity(MIN_READ);
         // How much room the next read gets: doubled when a read fills it, halved when reads stay
         // small, so a busy publisher gets 64 KiB reads and an idle connection keeps 512 bytes.
         let mut read_size = MIN_READ;
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + opts.ping_interval,
-            opts.ping_interval,
-        );
-        // After a stall, do not fire the missed pings back to back (that would look stale).
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let new_ping = |every: Duration| {
+            let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            // After a stall, do not fire the missed pings back to back (that would look stale).
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ping
+        };
+        let mut ping = new_ping(self.settings.ping_interval);
         let auth_required = self.server.auth.required();
         self.auth_required = auth_required;
         let auth_deadline = tokio::time::sleep(if auth_required {
@@ -749,6 +751,9 @@ impl Conn {
         tokio::pin!(auth_deadline);
         let mut shutdown = self.server.shutdown_rx();
         loop {
+            if std::mem::take(&mut self.ping_changed) {
+                ping = new_ping(self.settings.ping_interval);
+            }
             if std::mem::take(&mut self.expiry_changed) {
                 if let Some(at) = self.expires_at {
                     auth_deadline.as_mut().reset(at);
@@ -795,7 +800,7 @@ impl Conn {
                     }
                 },
                 _ = ping.tick() => {
-                    if self.pings_out + 1 > opts.ping_max {
+                    if self.pings_out + 1 > self.settings.ping_max {
                         Some(Fatal::new(CloseReason::StaleConnection, "Stale Connection"))
                     } else {
                         self.pings_out += 1;
@@ -1040,6 +1045,12 @@ impl Conn {
     /// is closed to reconnect there; otherwise the new permissions apply from now on and
     /// subscriptions they no longer allow are removed.
     async fn reauthorize(&mut self) -> Result<(), Fatal> {
+        let settings = self.server.conn_settings();
+        if settings.ping_interval != self.settings.ping_interval {
+            self.ping_changed = true;
+        }
+        self.limits.max_control_line = settings.max_control_line;
+        self.settings = settings;
         let (Some(creds), Some(before)) = (self.creds.clone(), self.identity.clone()) else {
             return Ok(());
         };
@@ -1461,10 +1472,11 @@ const MIN_RETAINED_OUT: usize = 64 * 1024;
 const IDLE_SHRINK: Duration = Duration::from_secs(1);
 
 /// Drains the outbound buffer to the socket, one write per batch, until the client closes.
-async fn write_loop<W: AsyncWrite>(shared: Arc<ClientShared>, wr: W, deadline: Duration) {
+async fn write_loop<W: AsyncWrite>(shared: Arc<ClientShared>, wr: W, server: Arc<ServerInner>) {
     tokio::pin!(wr);
     let mut spare: Vec<u8> = Vec::new();
     loop {
+        let deadline = server.write_deadline();
         let closed = {
             let mut out = shared.out.lock();
             if !out.buf.is_empty() {

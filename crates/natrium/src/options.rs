@@ -621,22 +621,25 @@ impl Options {
 
     /// Which setting differs in `new` that a reload can not apply (the first found), if any.
     /// Reloadable: everything under authorization (users, NKeys, token, passwords, permissions,
-    /// account membership of users, `no_auth_user`, the auth timeout), `tls`,
-    /// `max_subscriptions` and accounts' `limits`. Accounts themselves (added, removed, exports, imports, JetStream) and
-    /// listener or limit settings need a restart.
+    /// account membership of users, `no_auth_user`, the auth timeout), `tls`, accounts'
+    /// `limits`, `max_subscriptions`, `max_payload`, `max_control_line`, `max_connections`,
+    /// `ping_interval`, `ping_max`, `write_deadline`, `debug`, `trace` and `logtime`
+    /// (nats-server reloads the same, except `max_subscriptions`, which it refuses). Accounts
+    /// themselves (added, removed, exports, imports, JetStream),
+    /// listeners, the resolver, `max_pending` and the log, pid and ports files need a restart.
     pub fn reload_blocker(&self, new: &Options) -> Option<&'static str> {
         // Destructured without `..`: a new option must be sorted into one of the two kinds here.
         let Options {
             host,
             port,
             server_name,
-            max_payload,
-            max_control_line,
-            max_connections,
+            max_payload: _,
+            max_control_line: _,
+            max_connections: _,
             max_pending,
-            ping_interval,
-            ping_max,
-            write_deadline,
+            ping_interval: _,
+            ping_max: _,
+            write_deadline: _,
             auth_timeout: _,
             auth: _,
             tls: _,
@@ -647,28 +650,19 @@ impl Options {
             jetstream,
             http_port,
             http_host,
-            debug,
-            trace,
-            logtime,
+            debug: _,
+            trace: _,
+            logtime: _,
             log_file,
             pid_file,
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 22] = [
+        let checks: [(&'static str, bool); 13] = [
             ("host", &self.host != host),
             ("port", &self.port != port),
             ("server_name", &self.server_name != server_name),
-            ("max_payload", &self.max_payload != max_payload),
-            (
-                "max_control_line",
-                &self.max_control_line != max_control_line,
-            ),
-            ("max_connections", &self.max_connections != max_connections),
             ("max_pending", &self.max_pending != max_pending),
-            ("ping_interval", &self.ping_interval != ping_interval),
-            ("ping_max", &self.ping_max != ping_max),
-            ("write_deadline", &self.write_deadline != write_deadline),
             (
                 "accounts",
                 !same_accounts_but_limits(&self.accounts, accounts),
@@ -682,9 +676,6 @@ impl Options {
             ("jetstream", &self.jetstream != jetstream),
             ("http_port", &self.http_port != http_port),
             ("http_host", &self.http_host != http_host),
-            ("debug", &self.debug != debug),
-            ("trace", &self.trace != trace),
-            ("logtime", &self.logtime != logtime),
             ("log_file", &self.log_file != log_file),
             ("pid_file", &self.pid_file != pid_file),
             ("ports_file_dir", &self.ports_file_dir != ports_file_dir),

@@ -73,6 +73,16 @@ fn authenticator_for(opts: &Options) -> Result<Authenticator, OptionsError> {
         .map_err(|e| OptionsError::Validation(format!("operator mode: {e}")))
 }
 
+/// Per-connection settings a reload may change; each connection re-reads them when notified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnSettings {
+    pub(crate) ping_interval: std::time::Duration,
+    pub(crate) ping_max: u32,
+    pub(crate) max_control_line: usize,
+    /// The server's `max_payload` (a connection's own limit may be lower, see `client_limits`).
+    pub(crate) max_payload: usize,
+}
+
 /// State shared by the accept loop and every connection.
 pub(crate) struct ServerInner {
     pub(crate) opts: Options,
@@ -85,6 +95,10 @@ pub(crate) struct ServerInner {
     pub(crate) bcrypt: BcryptLimiter,
     /// The options in force (`opts` as reloads changed them); reloads diff against these.
     current: Mutex<Options>,
+    /// `max_connections` in force (reloadable), read by the accept loop.
+    max_connections: std::sync::atomic::AtomicUsize,
+    /// `write_deadline` in force, in nanoseconds (reloadable), read by writers once per batch.
+    write_deadline: AtomicU64,
     global: Arc<Account>,
     /// Every account by name, the global and system accounts included. Operator mode adds
     /// accounts at run time (reloads, pushed account JWTs); none is ever removed.
@@ -163,6 +177,22 @@ impl ServerInner {
 
     pub(crate) fn shutdown_rx(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// The connection settings a reload may change, as now in force.
+    pub(crate) fn conn_settings(&self) -> ConnSettings {
+        let c = self.current.lock();
+        ConnSettings {
+            ping_interval: c.ping_interval,
+            ping_max: c.ping_max,
+            max_control_line: c.max_control_line,
+            max_payload: c.max_payload,
+        }
+    }
+
+    /// `write_deadline` as now in force.
+    pub(crate) fn write_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.write_deadline.load(Ordering::Relaxed))
     }
 
     /// The limits of one connection of `account`: the subscriptions it may hold (`None` is
@@ -334,7 +364,7 @@ impl ServerInner {
             tls_verify: tls.is_some_and(|t| t.verify()),
             nonce,
             jetstream: self.opts.jetstream.is_some(),
-            max_payload: self.opts.max_payload,
+            max_payload: self.current.lock().max_payload,
             client_id: cid,
             client_ip: ip.to_string(),
             ..ServerInfo::default()
@@ -404,6 +434,8 @@ impl Server {
             tls: RwLock::new(tls),
             bcrypt: BcryptLimiter::new(),
             current: Mutex::new(opts.clone()),
+            max_connections: std::sync::atomic::AtomicUsize::new(opts.max_connections),
+            write_deadline: AtomicU64::new(opts.write_deadline.as_nanos() as u64),
             opts,
             id,
             name,
@@ -549,13 +581,15 @@ impl Server {
     }
 
     /// Applies new options without a restart: users, NKeys, tokens, passwords, permissions,
-    /// account membership, `no_auth_user`, the auth timeout, TLS and `max_subscriptions`.
+    /// account membership, `no_auth_user`, the auth timeout, TLS, accounts' limits,
+    /// `max_subscriptions`, `max_payload`, `max_control_line`, `max_connections`,
+    /// `ping_interval`, `ping_max`, `write_deadline`, `debug`, `trace` and `logtime`.
     /// Every connection then re-checks its credentials once: one whose credentials no longer
     /// pass is closed with `Authorization Violation`, one whose user moved to another account is
     /// closed so it reconnects there, the others keep running with their new permissions
-    /// (subscriptions no longer allowed are removed with a permissions error). Changing anything
-    /// else (accounts themselves, listeners, limits, JetStream, logging) refuses the whole
-    /// reload with an error naming the setting.
+    /// (subscriptions no longer allowed are removed with a permissions error) and the new limits.
+    /// Changing anything else (accounts themselves, listeners, `max_pending`, JetStream, the
+    /// log file) refuses the whole reload with an error naming the setting.
     pub fn reload_options(&self, new: Options) -> Result<(), ReloadError> {
         new.validate()?;
         let inner = &self.inner;
@@ -611,9 +645,39 @@ impl Server {
         // longer names fail their re-check below.
         inner.apply_account_limits(&new, &auth);
         inner.auth.store(auth);
+        inner
+            .write_deadline
+            .store(new.write_deadline.as_nanos() as u64, Ordering::Relaxed);
+        inner
+            .max_connections
+            .store(new.max_connections, Ordering::Relaxed);
+        if (new.debug, new.trace, new.logtime) != (current.debug, current.trace, current.logtime) {
+            crate::logging::set_levels(new.debug, new.trace, new.logtime);
+            tracing::info!(
+                "Reloaded: debug = {}, trace = {}, logtime = {}",
+                new.debug,
+                new.trace,
+                new.logtime
+            );
+        }
         tracing::info!("Reloaded: effective options: {}", new.summary());
+        let max_connections = new.max_connections;
         *current = new;
         drop(current);
+        // A lowered max_connections closes the newest connections over it, as nats-server
+        // closes connections until it is within the limit.
+        let mut all = inner.clients();
+        if all.len() > max_connections {
+            all.sort_by_key(|c| c.cid);
+            for c in &all[max_connections..] {
+                c.send_err("maximum connections exceeded");
+                c.close(CloseReason::MaxConnectionsExceeded);
+            }
+            tracing::info!(
+                "Closed {} connections to fall within max_connections",
+                all.len() - max_connections
+            );
+        }
         // Each reader re-checks once (see `Conn::reauthorize`), after connections beyond a
         // lowered account `max_connections` are closed. Connections accepted after this
         // snapshot authenticate against the new configuration at CONNECT.
@@ -794,7 +858,7 @@ fn accept_client(inner: &Arc<ServerInner>, stream: TcpStream, peer: SocketAddr) 
     let shared = ClientShared::new(cid, peer, inner.opts.max_pending);
     {
         let mut clients = inner.clients.lock();
-        if clients.len() >= inner.opts.max_connections {
+        if clients.len() >= inner.max_connections.load(Ordering::Relaxed) {
             drop(clients);
             tracing::error!("{peer} - cid:{cid} - maximum connections exceeded");
             tokio::spawn(async move {

@@ -603,6 +603,8 @@ pub(crate) struct Conn {
     settings: crate::server::ConnSettings,
     /// `settings.ping_interval` changed: the read loop restarts its ping timer.
     ping_changed: bool,
+    /// Counts against `max_unauthenticated_per_ip` until CONNECT succeeds.
+    unauthenticated: Option<crate::server::Unauthenticated>,
 }
 
 /// An error that ends the connection, with the -ERR text to send first (if any).
@@ -664,6 +666,7 @@ impl Conn {
             expiry_changed: false,
             settings,
             ping_changed: false,
+            unauthenticated: None,
             auth_required: false,
             pending_connect: None,
             creds: None,
@@ -675,6 +678,12 @@ impl Conn {
     /// The nonce sent in this connection's INFO (NKey users sign it).
     pub(crate) fn with_nonce(mut self, nonce: Option<String>) -> Self {
         self.auth_ctx.nonce = nonce;
+        self
+    }
+
+    /// The slot this connection holds among its address's unauthenticated connections.
+    pub(crate) fn with_slot(mut self, slot: crate::server::Unauthenticated) -> Self {
+        self.unauthenticated = Some(slot);
         self
     }
 
@@ -1005,6 +1014,7 @@ impl Conn {
         }
         self.shared.meta.lock().account = self.account.name.clone();
         self.shared.registered.store(true, Ordering::Release);
+        self.unauthenticated = None;
         self.set_permissions(identity.permissions.as_ref());
         self.apply_limits(&identity);
         self.user = identity.user.clone();

@@ -10,6 +10,10 @@ use natrium_config::{ConfigError, Map, Spanned, Value};
 pub const PROTOCOL_VERSION: &str = "2.10.24";
 /// The default system account, as in nats-server.
 pub const SYSTEM_ACCOUNT: &str = "$SYS";
+/// Default of `max_unauthenticated_per_ip`: far more than one host opens at once in practice
+/// (each connection is in that state for a round trip, or while its bcrypt check queues), and a
+/// small fraction of the default `max_connections`.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_IP: usize = 256;
 /// Natrium's own version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -217,6 +221,11 @@ pub struct Options {
     pub tls: Option<TlsOptions>,
     /// Subscriptions one connection may hold; 0 is unlimited.
     pub max_subscriptions: usize,
+    /// Connections from one address (an IPv4 address, or an IPv6 /64) that may be open at once
+    /// without having completed CONNECT (TLS handshake and authentication included); further
+    /// ones are refused at accept. 0 is unlimited. A Natrium setting (nats-server has none):
+    /// it keeps a connect flood from one address from filling `max_connections`.
+    pub max_unauthenticated_per_ip: usize,
     /// JWT operator mode, when configured.
     pub operator: Option<OperatorOptions>,
     pub accounts: Vec<AccountOptions>,
@@ -254,6 +263,7 @@ impl Default for Options {
             auth: AuthOptions::default(),
             tls: None,
             max_subscriptions: 0,
+            max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
             operator: None,
             accounts: Vec::new(),
             system_account: SYSTEM_ACCOUNT.to_string(),
@@ -346,6 +356,9 @@ impl Options {
                 "write_deadline" => self.write_deadline = duration(v)?,
                 "tls" => self.tls = Some(tls(v, &mut warnings)?),
                 "max_subscriptions" | "max_subs" => self.max_subscriptions = int(v)?.max(0) as usize,
+                "max_unauthenticated_per_ip" => {
+                    self.max_unauthenticated_per_ip = int(v)?.max(0) as usize
+                }
                                 "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
                 "http_port" | "monitor_port" => self.http_port = Some(int(v)? as i32),
                 "http" => {
@@ -624,7 +637,8 @@ impl Options {
     /// account membership of users, `no_auth_user`, the auth timeout), `tls`, accounts'
     /// `limits`, `max_subscriptions`, `max_payload`, `max_control_line`, `max_connections`,
     /// `ping_interval`, `ping_max`, `write_deadline`, `debug`, `trace` and `logtime`
-    /// (nats-server reloads the same, except `max_subscriptions`, which it refuses). Accounts
+    /// (nats-server reloads the same, except `max_subscriptions`, which it refuses), and
+    /// `max_unauthenticated_per_ip`. Accounts
     /// themselves (added, removed, exports, imports, JetStream),
     /// listeners, the resolver, `max_pending` and the log, pid and ports files need a restart.
     pub fn reload_blocker(&self, new: &Options) -> Option<&'static str> {
@@ -644,6 +658,7 @@ impl Options {
             auth: _,
             tls: _,
             max_subscriptions: _,
+            max_unauthenticated_per_ip: _,
             operator,
             accounts,
             system_account,

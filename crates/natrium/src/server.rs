@@ -99,6 +99,10 @@ pub(crate) struct ServerInner {
     max_connections: std::sync::atomic::AtomicUsize,
     /// `write_deadline` in force, in nanoseconds (reloadable), read by writers once per batch.
     write_deadline: AtomicU64,
+    /// `max_unauthenticated_per_ip` in force (reloadable).
+    max_unauthenticated_per_ip: std::sync::atomic::AtomicUsize,
+    /// Connections that have not completed CONNECT yet, per address (see `Unauthenticated`).
+    unauthenticated: Mutex<FxHashMap<std::net::IpAddr, usize>>,
     global: Arc<Account>,
     /// Every account by name, the global and system accounts included. Operator mode adds
     /// accounts at run time (reloads, pushed account JWTs); none is ever removed.
@@ -436,6 +440,10 @@ impl Server {
             current: Mutex::new(opts.clone()),
             max_connections: std::sync::atomic::AtomicUsize::new(opts.max_connections),
             write_deadline: AtomicU64::new(opts.write_deadline.as_nanos() as u64),
+            max_unauthenticated_per_ip: std::sync::atomic::AtomicUsize::new(
+                opts.max_unauthenticated_per_ip,
+            ),
+            unauthenticated: Mutex::new(FxHashMap::default()),
             opts,
             id,
             name,
@@ -651,6 +659,9 @@ impl Server {
         inner
             .max_connections
             .store(new.max_connections, Ordering::Relaxed);
+        inner
+            .max_unauthenticated_per_ip
+            .store(new.max_unauthenticated_per_ip, Ordering::Relaxed);
         if (new.debug, new.trace, new.logtime) != (current.debug, current.trace, current.logtime) {
             crate::logging::set_levels(new.debug, new.trace, new.logtime);
             tracing::info!(
@@ -852,23 +863,85 @@ async fn accept_loop(inner: Arc<ServerInner>, listener: TcpListener) {
     }
 }
 
+/// Writes one `-ERR` to a connection refused at accept and closes it (in its own task).
+fn refuse(stream: TcpStream, err: &'static str) {
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = stream;
+        let _ = stream.write_all(err.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    });
+}
+
+/// The address a per-address limit counts against: an IPv4 address, or the /64 of an IPv6 one
+/// (a single host usually holds a whole /64).
+fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)).into(),
+        },
+        v4 => v4,
+    }
+}
+
+/// One connection from an address that has not completed CONNECT yet; dropped when it does
+/// (or closes), which frees the address's slot.
+pub(crate) struct Unauthenticated {
+    server: Arc<ServerInner>,
+    key: std::net::IpAddr,
+}
+
+impl Unauthenticated {
+    /// Takes a slot for `ip`, unless it already holds `max_unauthenticated_per_ip` of them.
+    fn take(server: &Arc<ServerInner>, ip: std::net::IpAddr) -> Option<Unauthenticated> {
+        let max = server.max_unauthenticated_per_ip.load(Ordering::Relaxed);
+        let key = address_key(ip);
+        let mut map = server.unauthenticated.lock();
+        let n = map.entry(key).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Unauthenticated {
+            server: server.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        let mut map = self.server.unauthenticated.lock();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
 fn accept_client(inner: &Arc<ServerInner>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let cid = inner.next_cid.fetch_add(1, Ordering::Relaxed);
+    let Some(slot) = Unauthenticated::take(inner, peer.ip()) else {
+        tracing::debug!(
+            "{peer} - cid:{cid} - maximum unauthenticated connections from this address exceeded"
+        );
+        refuse(
+            stream,
+            "-ERR 'maximum unauthenticated connections per address exceeded'\r\n",
+        );
+        return;
+    };
     let shared = ClientShared::new(cid, peer, inner.opts.max_pending);
     {
         let mut clients = inner.clients.lock();
         if clients.len() >= inner.max_connections.load(Ordering::Relaxed) {
             drop(clients);
             tracing::error!("{peer} - cid:{cid} - maximum connections exceeded");
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let mut stream = stream;
-                let _ = stream
-                    .write_all(b"-ERR 'maximum connections exceeded'\r\n")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
+            refuse(stream, "-ERR 'maximum connections exceeded'\r\n");
             return;
         }
         clients.insert(cid, shared.clone());
@@ -885,7 +958,9 @@ fn accept_client(inner: &Arc<ServerInner>, stream: TcpStream, peer: SocketAddr) 
         nonce.clone(),
         tls.as_deref(),
     );
-    let conn = Conn::new(shared, inner.clone()).with_nonce(nonce);
+    let conn = Conn::new(shared, inner.clone())
+        .with_nonce(nonce)
+        .with_slot(slot);
     match tls {
         None => {
             tokio::spawn(conn.run(stream, info));
@@ -893,5 +968,21 @@ fn accept_client(inner: &Arc<ServerInner>, stream: TcpStream, peer: SocketAddr) 
         Some(tls) => {
             tokio::spawn(crate::tls::serve(tls, conn, stream, info));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_key;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipv6_addresses_count_per_64() {
+        let key = |s: &str| address_key(s.parse::<IpAddr>().expect("ip"));
+        assert_eq!(key("10.0.0.1"), key("10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
     }
 }

@@ -156,6 +156,8 @@ struct OperatorNats {
     kind: String,
     signing_keys: Vec<String>,
     system_account: String,
+    /// Accounts must be signed by a signing key, not the operator's identity key.
+    strict_signing_key_usage: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -470,7 +472,9 @@ impl Trust {
                 return Err(JwtError::Untrusted(c.iss));
             }
             c.check_time()?;
-            keys.push(c.sub.clone());
+            if !c.nats.strict_signing_key_usage {
+                keys.push(c.sub.clone());
+            }
             keys.extend(c.nats.signing_keys.iter().cloned());
             if !c.nats.system_account.is_empty() {
                 system_account = Some(c.nats.system_account.clone());
@@ -706,5 +710,37 @@ mod tests {
         );
         assert!(ip_in("10.1.2.3".parse().expect("ip"), "10.0.0.0/8"));
         assert!(!ip_in("11.1.2.3".parse().expect("ip"), "10.0.0.0/8"));
+    }
+
+    #[test]
+    fn strict_signing_key_usage_refuses_the_operator_identity_key() {
+        let op = nkeys::KeyPair::new_operator();
+        let op_signer = nkeys::KeyPair::new_operator();
+        let acc = nkeys::KeyPair::new_account();
+        let op_jwt = encode(
+            serde_json::json!({"iss": op.public_key(), "sub": op.public_key(), "iat": 1,
+                "nats": {"type": "operator", "strict_signing_key_usage": true,
+                         "signing_keys": [op_signer.public_key()]}}),
+            &op,
+        );
+        let account = |signer: &nkeys::KeyPair| {
+            encode(
+                serde_json::json!({"iss": signer.public_key(), "sub": acc.public_key(), "iat": 1,
+                    "nats": {"type": "account"}}),
+                signer,
+            )
+        };
+        let trust = |jwt: String| {
+            Trust::new(&OperatorOptions {
+                operators: vec![op_jwt.clone()],
+                preload: vec![(acc.public_key(), jwt)],
+                ..OperatorOptions::default()
+            })
+        };
+        assert_eq!(
+            trust(account(&op)).err(),
+            Some(JwtError::Untrusted(op.public_key()))
+        );
+        assert!(trust(account(&op_signer)).is_ok());
     }
 }

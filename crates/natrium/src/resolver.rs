@@ -128,9 +128,12 @@ pub(crate) async fn serve(client: InternalClient, opts: DirResolver) {
         });
     }
     drop(tx);
-    // One request at a time: updates to the same account apply in the order they arrived.
+    // One request at a time (updates to the same account apply in the order they arrived), on
+    // the blocking pool: they read and fsync files.
+    let seq = std::sync::Arc::new(seq);
     while let Some(msg) = rx.recv().await {
-        handle(&client, &opts, &seq, msg);
+        let (client, opts, seq) = (client.clone(), opts.clone(), seq.clone());
+        let _ = tokio::task::spawn_blocking(move || handle(&client, &opts, &seq, msg)).await;
     }
 }
 

@@ -95,6 +95,9 @@ pub(crate) struct ServerInner {
     pub(crate) bcrypt: BcryptLimiter,
     /// The options in force (`opts` as reloads changed them); reloads diff against these.
     current: Mutex<Options>,
+    /// Serialises changes to operator mode's trust: reloads and the directory resolver's
+    /// updates (taken before `current` by a reload; held across the resolver's file writes).
+    trust_update: Mutex<()>,
     /// `max_connections` in force (reloadable), read by the accept loop.
     max_connections: std::sync::atomic::AtomicUsize,
     /// `write_deadline` in force, in nanoseconds (reloadable), read by writers once per batch.
@@ -250,7 +253,7 @@ impl ServerInner {
         &self,
         f: impl FnOnce(&Authenticator) -> Result<(Option<Authenticator>, T), E>,
     ) -> Result<T, E> {
-        let _current = self.current.lock();
+        let _serial = self.trust_update.lock();
         let auth = self.auth.current();
         let (new, out) = f(&auth)?;
         if let Some(new) = new {
@@ -438,6 +441,7 @@ impl Server {
             tls: RwLock::new(tls),
             bcrypt: BcryptLimiter::new(),
             current: Mutex::new(opts.clone()),
+            trust_update: Mutex::new(()),
             max_connections: std::sync::atomic::AtomicUsize::new(opts.max_connections),
             write_deadline: AtomicU64::new(opts.write_deadline.as_nanos() as u64),
             max_unauthenticated_per_ip: std::sync::atomic::AtomicUsize::new(
@@ -601,6 +605,7 @@ impl Server {
     pub fn reload_options(&self, new: Options) -> Result<(), ReloadError> {
         new.validate()?;
         let inner = &self.inner;
+        let _serial = inner.trust_update.lock();
         let mut current = inner.current.lock();
         if let Some(what) = current.reload_blocker(&new) {
             return Err(ReloadError::NotSupported(what));

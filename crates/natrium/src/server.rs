@@ -197,6 +197,11 @@ impl ServerInner {
         }
     }
 
+    /// A copy of the options in force (as reloads changed them), for monitoring.
+    pub(crate) fn current_options(&self) -> Options {
+        self.current.lock().clone()
+    }
+
     /// `write_deadline` as now in force.
     pub(crate) fn write_deadline(&self) -> std::time::Duration {
         std::time::Duration::from_nanos(self.write_deadline.load(Ordering::Relaxed))

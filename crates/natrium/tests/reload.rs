@@ -309,7 +309,17 @@ fn binary_reloads_on_sighup_and_signal_flag() {
 }
 
 fn limits_config(extra: &str) -> String {
-    format!("listen: 127.0.0.1:-1\n{extra}\n")
+    format!("listen: 127.0.0.1:-1\nhttp: \"127.0.0.1:-1\"\n{extra}\n")
+}
+
+async fn varz(s: &Server) -> serde_json::Value {
+    let url = format!("{}/varz", s.monitor_url().expect("monitoring on"));
+    reqwest::get(url)
+        .await
+        .expect("varz")
+        .json()
+        .await
+        .expect("varz json")
 }
 
 fn info_of(line: &str) -> serde_json::Value {
@@ -361,6 +371,11 @@ async fn reload_changes_max_payload_and_log_levels() {
     assert_eq!(c.read_until("\r\n").await, "PONG\r\n");
     let (_stream, info) = raw_info(&s).await;
     assert_eq!(info["max_payload"], 64);
+    assert_eq!(
+        varz(&s).await["max_payload"],
+        64,
+        "/varz shows the options in force"
+    );
     common::eventually(|| {
         std::fs::read_to_string(&log)
             .is_ok_and(|l| l.contains("[DBG]") && l.contains("Client connection created"))

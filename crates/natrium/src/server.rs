@@ -262,6 +262,10 @@ impl ServerInner {
         let auth = self.auth.current();
         let (new, out) = f(&auth)?;
         if let Some(new) = new {
+            // The accounts exist, with their limits, before any user can authenticate into them.
+            for (key, t) in new.trust().map(|t| &t.accounts).into_iter().flatten() {
+                self.ensure_account(key).set_limits(t.limits);
+            }
             self.auth.store(new);
         }
         Ok(out)

@@ -1404,4 +1404,25 @@ mod tests {
             .to_string();
         assert!(err.contains("2:"), "{err}");
     }
+
+    #[test]
+    fn account_limits_as_nats_server_parses_them() {
+        let (o, w) = load(
+            "accounts { A: { limits: { max_conn: -1, max_subs: 0, max_pay: 1KB, max_leafs: 2 } } }\nmax_unauthenticated_per_ip: 7",
+        );
+        assert!(w.is_empty(), "{w:?}");
+        let l = o.accounts[0].limits;
+        assert_eq!(l.max_connections, None, "negative is unlimited");
+        assert_eq!(l.max_subscriptions, Some(0), "0 allows none");
+        assert_eq!(l.max_payload, Some(1024));
+        assert_eq!(l.max_leafnodes, Some(2));
+        assert_eq!(o.max_unauthenticated_per_ip, 7);
+        let map = natrium_config::parse_str("accounts { A: { limits: { max_bogus: 1 } } }")
+            .expect("parses");
+        let err = Options::default()
+            .apply_config(&map)
+            .expect_err("unknown limit")
+            .to_string();
+        assert!(err.contains("Unknown field \"max_bogus\""), "{err}");
+    }
 }

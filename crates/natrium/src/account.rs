@@ -1,9 +1,10 @@
 //! Accounts own subject spaces: each holds the subscription trie for its clients and a generation
 //! counter that clients read, without a lock, to know whether their cached match results are stale.
-//! Imports are internal subscriptions whose target forwards into another account.
+//! Imports are internal subscriptions whose target forwards into another account. Accounts also
+//! hold their client limits (connections, subscriptions, payload) and count their connections.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,7 +34,30 @@ pub struct Account {
     pub total_connections: AtomicU64,
     /// Traffic of this account's clients that have disconnected (live clients are summed on read).
     pub closed_totals: Mutex<Totals>,
+    /// Limits on this account's clients (from the config or the account JWT); changed by
+    /// reloads and JWT updates, read at CONNECT and when a connection re-checks itself.
+    limits: RwLock<Limits>,
+    /// Client connections registered with this account (internal clients are not counted).
+    connections: AtomicUsize,
 }
+
+/// Limits on an account's clients, as nats-server has them (`limits {}` in the config, `limits`
+/// in an account JWT); `None` is unlimited. `max_subscriptions` and `max_payload` apply to each
+/// connection (the lowest of the server's, the account's and the user's wins), `max_connections`
+/// to the account as a whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: Option<usize>,
+    pub max_subscriptions: Option<usize>,
+    pub max_payload: Option<usize>,
+    /// Parsed for compatibility; Natrium has no leaf nodes yet.
+    pub max_leafnodes: Option<usize>,
+}
+
+/// A connection refused because its account is at `max_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("maximum account active connections exceeded")]
+pub struct TooManyConnections;
 
 /// Message and byte counts, as clients see them: `in` from clients, `out` to clients.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,7 +89,39 @@ impl Account {
             slow_consumers: AtomicU64::new(0),
             total_connections: AtomicU64::new(0),
             closed_totals: Mutex::new(Totals::default()),
+            limits: RwLock::new(Limits::default()),
+            connections: AtomicUsize::new(0),
         })
+    }
+
+    pub fn limits(&self) -> Limits {
+        *self.limits.read()
+    }
+
+    pub fn set_limits(&self, l: Limits) {
+        *self.limits.write() = l;
+    }
+
+    /// Registers one more client connection unless the account is at `max_connections`.
+    pub fn add_connection(&self) -> Result<(), TooManyConnections> {
+        let max = self.limits().max_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                max.is_none_or(|m| n < m).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| TooManyConnections)
+    }
+
+    /// Undoes `add_connection` when a registered client goes away.
+    pub fn remove_connection(&self) {
+        let _ = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub fn num_connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
     }
 
     pub fn generation(&self) -> u64 {

@@ -79,8 +79,11 @@ pub struct Identity {
     /// A fingerprint of the configured secret that admitted the client: a reload whose entry
     /// keeps the same secret need not run bcrypt again.
     pub secret: u64,
-    /// Subscriptions the user may hold (a user JWT's or its account's limit).
+    /// Subscriptions the user may hold (a user JWT's `subs`); the account's and the server's
+    /// limits apply on top.
     pub max_subs: Option<usize>,
+    /// The largest payload the user may publish (a user JWT's `payload`).
+    pub max_payload: Option<usize>,
     /// When the credentials expire (a user JWT's `exp`); the connection is closed then.
     pub expires: Option<std::time::SystemTime>,
 }
@@ -138,6 +141,7 @@ pub enum Verdict {
     },
 }
 
+#[derive(Clone)]
 pub struct Authenticator {
     opts: AuthOptions,
     users: FxHashMap<String, User>,
@@ -190,6 +194,31 @@ impl Authenticator {
         Ok(a)
     }
 
+    /// Operator mode's trust (operators and accounts), if configured.
+    pub fn trust(&self) -> Option<&crate::jwt::Trust> {
+        self.trust.as_ref()
+    }
+
+    /// A copy with one account of operator mode added or replaced (a pushed account JWT).
+    pub fn with_account(&self, acc: crate::jwt::TrustedAccount) -> Authenticator {
+        let mut a = self.clone();
+        if let Some(t) = a.trust.as_mut() {
+            t.accounts.insert(acc.key.clone(), acc);
+        }
+        a
+    }
+
+    /// A copy without the given accounts of operator mode (deleted account JWTs).
+    pub fn without_accounts(&self, keys: &[String]) -> Authenticator {
+        let mut a = self.clone();
+        if let Some(t) = a.trust.as_mut() {
+            for k in keys {
+                t.accounts.remove(k);
+            }
+        }
+        a
+    }
+
     /// The accounts operator mode creates (their public keys).
     pub fn trusted_accounts(&self) -> Vec<String> {
         self.trust
@@ -226,6 +255,7 @@ impl Authenticator {
                     permissions: g.permissions,
                     secret: fingerprint(jwt),
                     max_subs: g.max_subs,
+                    max_payload: g.max_payload,
                     expires: g.expires,
                 }),
                 Err(e) => Verdict::Reject(AuthError::Jwt(e)),
@@ -351,6 +381,7 @@ impl Authenticator {
                 .or_else(|| self.opts.default_permissions.clone()),
             secret: fingerprint(&entry.nkey),
             max_subs: None,
+            max_payload: None,
             expires: None,
         })
     }
@@ -397,6 +428,7 @@ impl Authenticator {
             permissions: self.opts.default_permissions.clone(),
             secret: fingerprint(secret),
             max_subs: None,
+            max_payload: None,
             expires: None,
         }
     }
@@ -411,6 +443,7 @@ impl Authenticator {
                 .or_else(|| self.opts.default_permissions.clone()),
             secret: fingerprint(&u.password),
             max_subs: None,
+            max_payload: None,
             expires: None,
         }
     }

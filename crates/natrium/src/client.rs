@@ -45,6 +45,9 @@ pub enum CloseReason {
     MaxPayloadExceeded,
     MaxControlLineExceeded,
     MaxConnectionsExceeded,
+    MaxAccountConnectionsExceeded,
+    MaxSubscriptionsExceeded,
+    Revocation,
     TlsHandshakeError,
     ServerShutdown,
 }
@@ -65,6 +68,9 @@ impl std::fmt::Display for CloseReason {
             CloseReason::MaxPayloadExceeded => "Maximum Payload Exceeded",
             CloseReason::MaxControlLineExceeded => "Maximum Control Line Exceeded",
             CloseReason::MaxConnectionsExceeded => "Maximum Connections Exceeded",
+            CloseReason::MaxAccountConnectionsExceeded => "Maximum Account Connections Exceeded",
+            CloseReason::MaxSubscriptionsExceeded => "Maximum Subscriptions Exceeded",
+            CloseReason::Revocation => "Credentials Revoked",
             CloseReason::TlsHandshakeError => "TLS Handshake Failure",
             CloseReason::ServerShutdown => "Server Shutdown",
         };
@@ -119,6 +125,11 @@ pub struct ClientShared {
     close_reason: Mutex<Option<CloseReason>>,
     /// Whether the client accepts HMSG (set from CONNECT).
     headers: AtomicBool,
+    /// After a TLS handshake: the client certificate's key id (`tls::key_id`), if it sent one;
+    /// a reload that changes `pinned_certs` checks it again.
+    pub(crate) tls_key_id: Mutex<Option<Option<String>>>,
+    /// Set once the client counts against its account's connections (`meta.account`).
+    registered: AtomicBool,
     /// Subscriptions by sid.
     subs: Mutex<FxHashMap<Box<[u8]>, SubRef>>,
     max_pending: usize,
@@ -153,6 +164,8 @@ impl ClientShared {
             drained: Notify::new(),
             close_reason: Mutex::new(None),
             headers: AtomicBool::new(false),
+            registered: AtomicBool::new(false),
+            tls_key_id: Mutex::new(None),
             subs: Mutex::new(FxHashMap::default()),
             max_pending,
             responses: Mutex::new(None),
@@ -215,6 +228,11 @@ impl ClientShared {
     /// reader is busy, so the request is never lost.
     pub(crate) fn request_reauth(&self) {
         self.reauth.notify_one();
+    }
+
+    /// Whether this client is a connection registered with account `name`.
+    pub(crate) fn registered_with(&self, name: &str) -> bool {
+        self.registered.load(Ordering::Acquire) && self.meta.lock().account == name
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
@@ -583,6 +601,12 @@ pub(crate) struct Conn {
     expires_at: Option<tokio::time::Instant>,
     /// `expires_at` changed: the read loop re-arms its timer.
     expiry_changed: bool,
+    /// Ping interval, ping max and control line limit as the last reload left them.
+    settings: crate::server::ConnSettings,
+    /// `settings.ping_interval` changed: the read loop restarts its ping timer.
+    ping_changed: bool,
+    /// Counts against `max_unauthenticated_per_ip` until CONNECT succeeds.
+    unauthenticated: Option<crate::server::Unauthenticated>,
 }
 
 /// An error that ends the connection, with the -ERR text to send first (if any).
@@ -603,9 +627,10 @@ impl Fatal {
 impl Conn {
     pub(crate) fn new(shared: Arc<ClientShared>, server: Arc<ServerInner>) -> Self {
         let account = server.global_account();
+        let settings = server.conn_settings();
         let limits = Limits {
-            max_control_line: server.opts.max_control_line,
-            max_payload: server.opts.max_payload,
+            max_control_line: settings.max_control_line,
+            max_payload: settings.max_payload,
         };
         let auth_ctx = ConnAuth {
             ip: Some(shared.addr.ip()),
@@ -641,6 +666,9 @@ impl Conn {
             auth_ctx,
             expires_at: None,
             expiry_changed: false,
+            settings,
+            ping_changed: false,
+            unauthenticated: None,
             auth_required: false,
             pending_connect: None,
             creds: None,
@@ -655,14 +683,23 @@ impl Conn {
         self
     }
 
-    /// The names of the client certificate, after a TLS handshake.
+    /// The slot this connection holds among its address's unauthenticated connections.
+    pub(crate) fn with_slot(mut self, slot: crate::server::Unauthenticated) -> Self {
+        self.unauthenticated = Some(slot);
+        self
+    }
+
+    /// The client certificate's names, the session `/connz` reports and the key id
+    /// `pinned_certs` checks, after a TLS handshake.
     pub(crate) fn with_tls(
         mut self,
         cert: Option<crate::tls::CertNames>,
         state: crate::tls::TlsConnInfo,
+        key_id: Option<String>,
     ) -> Self {
         self.auth_ctx.cert = cert;
         self.shared.meta.lock().tls = Some(Arc::new(state));
+        *self.shared.tls_key_id.lock() = Some(key_id);
         self
     }
 
@@ -691,11 +728,7 @@ impl Conn {
         if !info.is_empty() {
             self.shared.send(&info);
         }
-        let writer = tokio::spawn(write_loop(
-            self.shared.clone(),
-            wr,
-            self.server.opts.write_deadline,
-        ));
+        let writer = tokio::spawn(write_loop(self.shared.clone(), wr, self.server.clone()));
         let reason = self.read_loop(&mut rd).await;
         self.shared.close(reason);
         let reason = self.shared.close_reason().unwrap_or(reason);
@@ -711,18 +744,17 @@ impl Conn {
     }
 
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> CloseReason {
-        let server = self.server.clone();
-        let opts = &server.opts;
         let mut rbuf = BytesMut::with_capacity(MIN_READ);
         // How much room the next read gets: doubled when a read fills it, halved when reads stay
         // small, so a busy publisher gets 64 KiB reads and an idle connection keeps 512 bytes.
         let mut read_size = MIN_READ;
-        let mut ping = tokio::time::interval_at(
-            tokio::time::Instant::now() + opts.ping_interval,
-            opts.ping_interval,
-        );
-        // After a stall, do not fire the missed pings back to back (that would look stale).
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let new_ping = |every: Duration| {
+            let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            // After a stall, do not fire the missed pings back to back (that would look stale).
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ping
+        };
+        let mut ping = new_ping(self.settings.ping_interval);
         let auth_required = self.server.auth.required();
         self.auth_required = auth_required;
         let auth_deadline = tokio::time::sleep(if auth_required {
@@ -733,6 +765,9 @@ impl Conn {
         tokio::pin!(auth_deadline);
         let mut shutdown = self.server.shutdown_rx();
         loop {
+            if std::mem::take(&mut self.ping_changed) {
+                ping = new_ping(self.settings.ping_interval);
+            }
             if std::mem::take(&mut self.expiry_changed) {
                 if let Some(at) = self.expires_at {
                     auth_deadline.as_mut().reset(at);
@@ -779,7 +814,7 @@ impl Conn {
                     }
                 },
                 _ = ping.tick() => {
-                    if self.pings_out + 1 > opts.ping_max {
+                    if self.pings_out + 1 > self.settings.ping_max {
                         Some(Fatal::new(CloseReason::StaleConnection, "Stale Connection"))
                     } else {
                         self.pings_out += 1;
@@ -976,10 +1011,17 @@ impl Conn {
             })?;
             self.cache.generation = u64::MAX;
         }
+        if self.account.add_connection().is_err() {
+            return Err(Fatal::new(
+                CloseReason::MaxAccountConnectionsExceeded,
+                "maximum account active connections exceeded",
+            ));
+        }
+        self.shared.meta.lock().account = self.account.name.clone();
+        self.shared.registered.store(true, Ordering::Release);
+        self.unauthenticated = None;
         self.set_permissions(identity.permissions.as_ref());
-        self.max_subs = self
-            .server
-            .max_subscriptions(&self.account.name, identity.max_subs);
+        self.apply_limits(&identity);
         self.user = identity.user.clone();
         self.set_expiry(identity.expires);
         self.identity = Some(identity);
@@ -1012,11 +1054,18 @@ impl Conn {
         }
     }
 
-    /// After a reload: checks this connection's credentials against the new configuration.
-    /// Refused credentials close it (`Authorization Violation`); a user moved to another account
+    /// After a reload or an account JWT update: checks this connection's credentials against
+    /// the new configuration. Refused credentials close it (`Authorization Violation`, or
+    /// `User Authentication Revoked` for a revoked user JWT); a user moved to another account
     /// is closed to reconnect there; otherwise the new permissions apply from now on and
     /// subscriptions they no longer allow are removed.
     async fn reauthorize(&mut self) -> Result<(), Fatal> {
+        let settings = self.server.conn_settings();
+        if settings.ping_interval != self.settings.ping_interval {
+            self.ping_changed = true;
+        }
+        self.limits.max_control_line = settings.max_control_line;
+        self.settings = settings;
         let (Some(creds), Some(before)) = (self.creds.clone(), self.identity.clone()) else {
             return Ok(());
         };
@@ -1027,6 +1076,17 @@ impl Conn {
             .recheck(&creds, &self.auth_ctx, &before);
         let identity = match self.resolve(verdict).await {
             Ok(id) => id,
+            Err(AuthError::Jwt(crate::jwt::JwtError::Revoked)) => {
+                tracing::info!(
+                    "{} - cid:{} - user JWT revoked, closing",
+                    self.shared.addr,
+                    self.shared.cid
+                );
+                return Err(Fatal::new(
+                    CloseReason::Revocation,
+                    "User Authentication Revoked",
+                ));
+            }
             Err(e) => {
                 self.server
                     .audit_auth_failure(&self.shared.addr, self.shared.cid, &e);
@@ -1061,12 +1121,30 @@ impl Conn {
             self.set_permissions(identity.permissions.as_ref());
             self.recheck_subscriptions();
         }
-        self.max_subs = self
-            .server
-            .max_subscriptions(&self.account.name, identity.max_subs);
+        self.apply_limits(&identity);
         self.set_expiry(identity.expires);
         self.identity = Some(identity);
+        let held = self.shared.num_subs();
+        if self.max_subs.is_some_and(|max| held > max) {
+            tracing::error!(
+                "{} - cid:{} - maximum subscriptions exceeded ({held} held) after a limit change",
+                self.shared.addr,
+                self.shared.cid
+            );
+            return Err(Fatal::new(
+                CloseReason::MaxSubscriptionsExceeded,
+                "maximum subscriptions exceeded",
+            ));
+        }
         Ok(())
+    }
+
+    /// Takes this connection's subscription and payload limits from the server, its account
+    /// and its user (see `ServerInner::client_limits`).
+    fn apply_limits(&mut self, identity: &Identity) {
+        let (subs, payload) = self.server.client_limits(&self.account, identity);
+        self.max_subs = subs;
+        self.limits.max_payload = payload;
     }
 
     fn set_expiry(&mut self, expires: Option<std::time::SystemTime>) {
@@ -1334,6 +1412,9 @@ impl Conn {
     }
 
     fn cleanup(&mut self) {
+        if self.shared.registered.swap(false, Ordering::AcqRel) {
+            self.account.remove_connection();
+        }
         let stats = self.shared.stats();
         let subs: Vec<SubRef> = self.shared.subs.lock().drain().map(|(_, s)| s).collect();
         for sub in &subs {
@@ -1406,10 +1487,11 @@ const MIN_RETAINED_OUT: usize = 64 * 1024;
 const IDLE_SHRINK: Duration = Duration::from_secs(1);
 
 /// Drains the outbound buffer to the socket, one write per batch, until the client closes.
-async fn write_loop<W: AsyncWrite>(shared: Arc<ClientShared>, wr: W, deadline: Duration) {
+async fn write_loop<W: AsyncWrite>(shared: Arc<ClientShared>, wr: W, server: Arc<ServerInner>) {
     tokio::pin!(wr);
     let mut spare: Vec<u8> = Vec::new();
     loop {
+        let deadline = server.write_deadline();
         let closed = {
             let mut out = shared.out.lock();
             if !out.buf.is_empty() {

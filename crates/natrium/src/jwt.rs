@@ -1,5 +1,6 @@
 //! JWT operator mode, nats-server's decentralised authentication: an operator JWT names the
-//! keys the server trusts; account JWTs (preloaded with `resolver: MEMORY`) are signed by them;
+//! keys the server trusts; account JWTs (preloaded, or stored by the directory resolver) are
+//! signed by them;
 //! user JWTs, which clients present in CONNECT (from a `.creds` file), are signed by an account
 //! or one of its signing keys, and the client proves it holds the user key by signing the INFO
 //! nonce. This module verifies the JWTs (ed25519 over `header.payload`, keys as NKeys) and turns
@@ -16,7 +17,9 @@ use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::options::{OperatorOptions, Permissions, ResponsePermission, SubjectPermission};
+use crate::options::{
+    OperatorOptions, Permissions, Resolver, ResponsePermission, SubjectPermission,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
@@ -32,6 +35,8 @@ pub enum JwtError {
     NotYetValid,
     #[error("JWT issuer {0:?} is not trusted")]
     Untrusted(String),
+    #[error("user JWT revoked")]
+    Revoked,
     #[error("{0}")]
     Unsupported(String),
 }
@@ -151,6 +156,8 @@ struct OperatorNats {
     kind: String,
     signing_keys: Vec<String>,
     system_account: String,
+    /// Accounts must be signed by a signing key, not the operator's identity key.
+    strict_signing_key_usage: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -188,6 +195,8 @@ pub struct UserNats {
     resp: Option<JwtResponses>,
     #[serde(default = "no_limit")]
     subs: i64,
+    #[serde(default = "no_limit")]
+    payload: i64,
     bearer_token: bool,
     issuer_account: String,
     src: Option<CidrList>,
@@ -203,6 +212,7 @@ impl Default for UserNats {
             subscribe: JwtSubjects::default(),
             resp: None,
             subs: -1,
+            payload: -1,
             bearer_token: false,
             issuer_account: String::new(),
             src: None,
@@ -243,15 +253,38 @@ enum SigningKey {
     },
 }
 
+/// An account JWT's `limits` (the JetStream ones are not read here); -1 is unlimited, and an
+/// absent limit too.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 struct AccountLimitsNats {
     subs: i64,
+    payload: i64,
+    conn: i64,
+    leaf: i64,
+    disallow_bearer: bool,
 }
 
 impl Default for AccountLimitsNats {
     fn default() -> Self {
-        AccountLimitsNats { subs: -1 }
+        AccountLimitsNats {
+            subs: -1,
+            payload: -1,
+            conn: -1,
+            leaf: -1,
+            disallow_bearer: false,
+        }
+    }
+}
+
+impl AccountLimitsNats {
+    fn limits(&self) -> crate::account::Limits {
+        crate::account::Limits {
+            max_connections: limit(self.conn),
+            max_subscriptions: limit(self.subs),
+            max_payload: limit(self.payload),
+            max_leafnodes: limit(self.leaf),
+        }
     }
 }
 
@@ -280,14 +313,77 @@ struct DefaultPermissions {
 /// One trusted account, from its JWT.
 #[derive(Debug, Clone)]
 pub struct TrustedAccount {
+    /// The account's public key (the JWT's subject).
+    pub key: String,
     pub name: String,
+    /// The JWT's `iat`: an update older than the JWT in force is ignored.
+    pub issued_at: i64,
+    /// The JWT itself (for `CLAIMS.LOOKUP`).
+    pub jwt: String,
     /// Signing keys; scoped ones carry the template that replaces the user's own claims.
     signing: FxHashMap<String, Option<UserNats>>,
     revocations: FxHashMap<String, i64>,
     default_permissions: Option<Permissions>,
-    max_subs: Option<usize>,
+    /// The account's client limits (applied to the live account by the server).
+    pub limits: crate::account::Limits,
+    disallow_bearer: bool,
     expires: Option<SystemTime>,
     claims_ok: Result<(), JwtError>,
+}
+
+impl TrustedAccount {
+    /// Verifies an account JWT issued by one of the operator `keys` (its signature, type and
+    /// issuer; its time and unsupported claims make users of the account fail, as the account
+    /// itself still exists).
+    pub fn verify(token: &str, keys: &[String]) -> Result<TrustedAccount, JwtError> {
+        let c: Claims<AccountNats> = decode(token)?;
+        if c.nats.kind != "account" {
+            return Err(JwtError::WrongType {
+                want: "account",
+                got: c.nats.kind,
+            });
+        }
+        if !keys.contains(&c.iss) {
+            return Err(JwtError::Untrusted(c.iss));
+        }
+        let claims_ok = if !c.nats.imports.is_empty() || !c.nats.exports.is_empty() {
+            Err(JwtError::Unsupported(
+                "account JWT imports/exports are not supported yet".into(),
+            ))
+        } else {
+            c.check_time()
+        };
+        let default_permissions = c.nats.default_permissions.as_ref().and_then(|d| {
+            UserNats {
+                publish: d.publish.clone(),
+                subscribe: d.subscribe.clone(),
+                ..UserNats::default()
+            }
+            .permissions()
+        });
+        let signing = c
+            .nats
+            .signing_keys
+            .iter()
+            .map(|k| match k {
+                SigningKey::Plain(k) => (k.clone(), None),
+                SigningKey::Scoped { key, template } => (key.clone(), Some((**template).clone())),
+            })
+            .collect();
+        Ok(TrustedAccount {
+            key: c.sub.clone(),
+            name: c.name.clone(),
+            issued_at: c.iat,
+            signing,
+            revocations: c.nats.revocations.clone(),
+            default_permissions,
+            limits: c.nats.limits.limits(),
+            disallow_bearer: c.nats.limits.disallow_bearer,
+            expires: c.expires(),
+            claims_ok,
+            jwt: token.trim().to_string(),
+        })
+    }
 }
 
 /// What a verified user JWT grants.
@@ -297,7 +393,9 @@ pub struct UserGrant {
     pub name: String,
     pub account: String,
     pub permissions: Option<Permissions>,
+    /// The user's own limits (`subs`, `payload`); the account's apply on top.
     pub max_subs: Option<usize>,
+    pub max_payload: Option<usize>,
     pub expires: Option<SystemTime>,
 }
 
@@ -305,6 +403,10 @@ pub struct UserGrant {
 #[derive(Debug, Clone)]
 pub struct Trust {
     pub accounts: FxHashMap<String, TrustedAccount>,
+    /// The operators' identity and signing keys: account JWTs must be issued by one of them.
+    pub operator_keys: Vec<String>,
+    /// Account JWT files of the directory resolver that were not loaded, and why (logged).
+    pub skipped: Vec<String>,
     /// The system account an operator JWT names, if any.
     pub system_account: Option<String>,
 }
@@ -370,72 +472,58 @@ impl Trust {
                 return Err(JwtError::Untrusted(c.iss));
             }
             c.check_time()?;
-            keys.push(c.sub.clone());
+            if !c.nats.strict_signing_key_usage {
+                keys.push(c.sub.clone());
+            }
             keys.extend(c.nats.signing_keys.iter().cloned());
             if !c.nats.system_account.is_empty() {
                 system_account = Some(c.nats.system_account.clone());
             }
         }
         let mut accounts = FxHashMap::default();
-        for (key, token) in &o.preload {
-            let c: Claims<AccountNats> = decode(token)?;
-            if c.nats.kind != "account" {
-                return Err(JwtError::WrongType {
-                    want: "account",
-                    got: c.nats.kind,
-                });
+        let mut skipped = Vec::new();
+        if let Some(Resolver::Dir(d)) = &o.resolver {
+            // A bad file makes its account unknown, not the server unable to start (nats-server
+            // reads these lazily and fails the account's users).
+            for (key, token) in crate::resolver::read_dir(&d.dir) {
+                let path = d.dir.join(format!("{key}.jwt"));
+                match token
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| TrustedAccount::verify(&t, &keys).map_err(|e| e.to_string()))
+                {
+                    Ok(acc) if acc.key == key => {
+                        accounts.insert(key, acc);
+                    }
+                    Ok(acc) => skipped.push(format!(
+                        "{}: holds the JWT of account {:?}, ignored",
+                        path.display(),
+                        acc.key
+                    )),
+                    Err(e) => skipped.push(format!("{}: {e}, ignored", path.display())),
+                }
             }
-            if &c.sub != key {
+        }
+        for (key, token) in &o.preload {
+            let acc = TrustedAccount::verify(token, &keys)?;
+            if &acc.key != key {
                 return Err(JwtError::Malformed(format!(
                     "resolver_preload key {key:?} holds the JWT of {:?}",
-                    c.sub
+                    acc.key
                 )));
             }
-            if !keys.contains(&c.iss) {
-                return Err(JwtError::Untrusted(c.iss));
+            // With a directory resolver, a stored JWT newer than the preloaded one wins.
+            if accounts
+                .get(key)
+                .is_none_or(|have: &TrustedAccount| have.issued_at <= acc.issued_at)
+            {
+                accounts.insert(key.clone(), acc);
             }
-            let claims_ok = if !c.nats.imports.is_empty() || !c.nats.exports.is_empty() {
-                Err(JwtError::Unsupported(
-                    "account JWT imports/exports are not supported yet".into(),
-                ))
-            } else {
-                c.check_time()
-            };
-            let default_permissions = c.nats.default_permissions.as_ref().and_then(|d| {
-                UserNats {
-                    publish: d.publish.clone(),
-                    subscribe: d.subscribe.clone(),
-                    ..UserNats::default()
-                }
-                .permissions()
-            });
-            let signing = c
-                .nats
-                .signing_keys
-                .iter()
-                .map(|k| match k {
-                    SigningKey::Plain(k) => (k.clone(), None),
-                    SigningKey::Scoped { key, template } => {
-                        (key.clone(), Some((**template).clone()))
-                    }
-                })
-                .collect();
-            accounts.insert(
-                key.clone(),
-                TrustedAccount {
-                    name: c.name.clone(),
-                    signing,
-                    revocations: c.nats.revocations.clone(),
-                    default_permissions,
-                    max_subs: limit(c.nats.limits.subs),
-                    expires: c.expires(),
-                    claims_ok,
-                },
-            );
         }
         Ok(Trust {
             accounts,
             system_account,
+            operator_keys: keys,
+            skipped,
         })
     }
 
@@ -503,7 +591,12 @@ impl Trust {
         }
         let revoked = |k: &str| acc.revocations.get(k).is_some_and(|t| *t >= c.iat);
         if revoked(&c.sub) || revoked("*") {
-            return Err(JwtError::Unsupported("user JWT revoked".into()));
+            return Err(JwtError::Revoked);
+        }
+        if c.nats.bearer_token && acc.disallow_bearer {
+            return Err(JwtError::Unsupported(
+                "bearer user JWTs are not allowed by the account".into(),
+            ));
         }
         if !c.nats.bearer_token {
             let b64 = |s: &str| {
@@ -526,10 +619,8 @@ impl Trust {
             permissions: granted
                 .permissions()
                 .or_else(|| acc.default_permissions.clone()),
-            max_subs: match (limit(granted.subs), acc.max_subs) {
-                (Some(u), Some(a)) => Some(u.min(a)),
-                (u, a) => u.or(a),
-            },
+            max_subs: limit(granted.subs),
+            max_payload: limit(granted.payload),
             expires: min_time(c.expires(), acc.expires),
         })
     }
@@ -587,7 +678,11 @@ mod tests {
             .authenticate(&user_jwt, Some(&sig), Some(nonce), Some(local))
             .expect("user");
         assert_eq!(g.account, acc.public_key());
-        assert_eq!(g.max_subs, Some(5), "the account's limit is lower");
+        assert_eq!(g.max_subs, Some(10), "the user's own limit");
+        assert_eq!(
+            trust.accounts[&acc.public_key()].limits.max_subscriptions,
+            Some(5)
+        );
         assert!(g.permissions.is_some());
         assert_eq!(
             trust
@@ -615,5 +710,37 @@ mod tests {
         );
         assert!(ip_in("10.1.2.3".parse().expect("ip"), "10.0.0.0/8"));
         assert!(!ip_in("11.1.2.3".parse().expect("ip"), "10.0.0.0/8"));
+    }
+
+    #[test]
+    fn strict_signing_key_usage_refuses_the_operator_identity_key() {
+        let op = nkeys::KeyPair::new_operator();
+        let op_signer = nkeys::KeyPair::new_operator();
+        let acc = nkeys::KeyPair::new_account();
+        let op_jwt = encode(
+            serde_json::json!({"iss": op.public_key(), "sub": op.public_key(), "iat": 1,
+                "nats": {"type": "operator", "strict_signing_key_usage": true,
+                         "signing_keys": [op_signer.public_key()]}}),
+            &op,
+        );
+        let account = |signer: &nkeys::KeyPair| {
+            encode(
+                serde_json::json!({"iss": signer.public_key(), "sub": acc.public_key(), "iat": 1,
+                    "nats": {"type": "account"}}),
+                signer,
+            )
+        };
+        let trust = |jwt: String| {
+            Trust::new(&OperatorOptions {
+                operators: vec![op_jwt.clone()],
+                preload: vec![(acc.public_key(), jwt)],
+                ..OperatorOptions::default()
+            })
+        };
+        assert_eq!(
+            trust(account(&op)).err(),
+            Some(JwtError::Untrusted(op.public_key()))
+        );
+        assert!(trust(account(&op_signer)).is_ok());
     }
 }

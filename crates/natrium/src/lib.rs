@@ -14,6 +14,7 @@ pub mod logging;
 pub mod monitor;
 pub mod options;
 pub mod perms;
+pub mod resolver;
 pub mod server;
 pub mod sys;
 mod timefmt;

@@ -1,11 +1,12 @@
 //! Log lines in nats-server's format (`[pid] 2006/01/02 15:04:05.000000 [INF] text`), to stderr or
-//! a file, so tools that wait for `Server is ready` find it. Used by the binary; embedders bring
-//! their own `tracing` subscriber.
+//! a file, so tools that wait for `Server is ready` find it; the level (`debug`, `trace`) and
+//! `logtime` change on reload. Used by the binary; embedders bring their own `tracing` subscriber.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -14,28 +15,55 @@ use time::format_description::FormatItem;
 use time::macros::format_description;
 use time::{OffsetDateTime, UtcOffset};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, Registry};
 
 const TIME_FORMAT: &[FormatItem<'static>] =
     format_description!("[year]/[month]/[day] [hour]:[minute]:[second].[subsecond digits:6]");
 
+/// Whether lines carry the time (`logtime`; reloadable).
+static LOGTIME: AtomicBool = AtomicBool::new(true);
+
+/// Changes the level of the subscriber `init` installed (nothing without one).
+static LEVEL: OnceLock<reload::Handle<LevelFilter, Registry>> = OnceLock::new();
+
 /// Formats events as nats-server does.
 pub struct NatsFormat {
     pid: u32,
-    logtime: bool,
     offset: UtcOffset,
 }
 
 impl NatsFormat {
     /// Call before the runtime starts threads: the local offset can only be read safely then.
     pub fn new(logtime: bool) -> Self {
+        LOGTIME.store(logtime, Ordering::Relaxed);
         NatsFormat {
             pid: std::process::id(),
-            logtime,
             offset: UtcOffset::current_local_offset().unwrap_or(UtcOffset::UTC),
         }
+    }
+}
+
+fn level_for(debug: bool, trace: bool) -> LevelFilter {
+    if trace {
+        LevelFilter::TRACE
+    } else if debug {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::INFO
+    }
+}
+
+/// Applies reloaded `debug`, `trace` and `logtime` to the subscriber `init` installed.
+pub fn set_levels(debug: bool, trace: bool, logtime: bool) {
+    LOGTIME.store(logtime, Ordering::Relaxed);
+    if let Some(h) = LEVEL.get() {
+        let _ = h.modify(|l| *l = level_for(debug, trace));
     }
 }
 
@@ -61,7 +89,7 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         write!(w, "[{}] ", self.pid)?;
-        if self.logtime {
+        if LOGTIME.load(Ordering::Relaxed) {
             let now = OffsetDateTime::now_utc().to_offset(self.offset);
             if let Ok(t) = now.format(TIME_FORMAT) {
                 write!(w, "{t} ")?;
@@ -108,18 +136,12 @@ pub fn reopen() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Installs the global subscriber: level from `debug`/`trace`, output to `file` or stderr.
+/// Installs the global subscriber: level from `debug`/`trace` (changed later by `set_levels`),
+/// output to `file` or stderr.
 pub fn init(debug: bool, trace: bool, logtime: bool, file: Option<&Path>) -> std::io::Result<()> {
-    let level = if trace {
-        Level::TRACE
-    } else if debug {
-        Level::DEBUG
-    } else {
-        Level::INFO
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .event_format(NatsFormat::new(logtime));
+    let (filter, handle) = reload::Layer::new(level_for(debug, trace));
+    let format = NatsFormat::new(logtime);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match file {
         Some(path) => {
             let lf = Arc::new(LogFile {
@@ -128,11 +150,25 @@ pub fn init(debug: bool, trace: bool, logtime: bool, file: Option<&Path>) -> std
             });
             let _ = LOG_FILE.set(lf.clone());
             let writer = LogWriter(lf);
-            builder.with_writer(move || writer.clone()).try_init()
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .event_format(format)
+                        .with_writer(move || writer.clone()),
+                )
+                .try_init()
         }
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(format)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
     };
     // A subscriber set earlier (an embedding program's) wins.
-    let _ = result;
+    if result.is_ok() {
+        let _ = LEVEL.set(handle);
+    }
     Ok(())
 }

@@ -367,7 +367,8 @@ async fn varz(State(s): State<Shared>) -> Json<Value> {
 
 /// The `/varz` document (also answered on `$SYS.REQ.SERVER.PING.VARZ`).
 pub(crate) fn varz_json(s: &ServerInner) -> Value {
-    let o = &s.opts;
+    let current = s.current_options();
+    let o = &current;
     let clients = s.clients();
     let t = server_totals(s, &clients);
     let up = since(s.start);

@@ -10,6 +10,10 @@ use natrium_config::{ConfigError, Map, Spanned, Value};
 pub const PROTOCOL_VERSION: &str = "2.10.24";
 /// The default system account, as in nats-server.
 pub const SYSTEM_ACCOUNT: &str = "$SYS";
+/// Default of `max_unauthenticated_per_ip`: far more than one host opens at once in practice
+/// (each connection is in that state for a round trip, or while its bcrypt check queues), and a
+/// small fraction of the default `max_connections`.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_IP: usize = 256;
 /// Natrium's own version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -34,16 +38,44 @@ pub struct NkeyUser {
     pub account: Option<String>,
 }
 
-/// JWT operator mode: `operator` (JWTs or files holding them), `resolver: MEMORY` and
-/// `resolver_preload { ACCOUNT_KEY: JWT }`.
+/// JWT operator mode: `operator` (JWTs or files holding them), `resolver` (`MEMORY` or a
+/// directory) and `resolver_preload { ACCOUNT_KEY: JWT }`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OperatorOptions {
     /// Operator JWTs (read from their files when the config names files).
     pub operators: Vec<String>,
     /// Account public key → account JWT.
     pub preload: Vec<(String, String)>,
-    /// The `resolver` setting as written (only `MEMORY` is supported).
-    pub resolver: Option<String>,
+    pub resolver: Option<Resolver>,
+}
+
+/// Where operator mode finds account JWTs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolver {
+    /// `resolver: MEMORY`: only `resolver_preload`.
+    Memory,
+    /// `resolver { type: full|cache, dir: ... }`: JWTs stored in a directory, updated by pushes.
+    Dir(DirResolver),
+    /// A form nats-server accepts that Natrium does not implement (`URL(...)`), as written.
+    Unsupported(String),
+}
+
+/// The directory resolver's settings, named as in nats-server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirResolver {
+    pub dir: PathBuf,
+    /// `type: cache`: only accounts already known are updated, and nothing is deleted.
+    pub cache: bool,
+    /// `allow_delete`: `$SYS.REQ.CLAIMS.DELETE` removes accounts (renamed to `.jwt.deleted`,
+    /// or removed with `hard_delete`).
+    pub allow_delete: bool,
+    pub hard_delete: bool,
+    /// Most JWTs stored (`limit`; 0 is unlimited).
+    pub limit: usize,
+    /// `interval` and `timeout` pace and bound the exchange with other servers in a cluster;
+    /// accepted for compatibility, they have no effect on a single server.
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 /// The `tls {}` block (and the `--tls*` flags) for the client listener.
@@ -64,6 +96,10 @@ pub struct TlsOptions {
     /// With `handshake_first`: when the client sends nothing for this long, fall back to the
     /// plaintext INFO first (`handshake_first: auto` or a duration).
     pub handshake_first_fallback: Option<Duration>,
+    /// `pinned_certs`: lower-case hex SHA-256 digests of the DER SubjectPublicKeyInfo of the
+    /// client certificates accepted; when set, any other client (or one without a certificate)
+    /// is closed after the handshake.
+    pub pinned_certs: Vec<String>,
 }
 
 impl Default for TlsOptions {
@@ -77,6 +113,7 @@ impl Default for TlsOptions {
             timeout: Duration::from_secs(2),
             handshake_first: false,
             handshake_first_fallback: None,
+            pinned_certs: Vec::new(),
         }
     }
 }
@@ -138,9 +175,9 @@ pub struct AccountOptions {
     pub jetstream_limits: Option<crate::jetstream::AccountLimits>,
     pub exports: Vec<Export>,
     pub imports: Vec<Import>,
-    /// `limits { max_subscriptions }`: subscriptions one connection of this account may hold
-    /// (0 is unlimited).
-    pub max_subscriptions: usize,
+    /// `limits { max_connections, max_subscriptions, max_payload, max_leafnodes }`; a negative
+    /// value is unlimited and 0 allows none, as in nats-server.
+    pub limits: crate::account::Limits,
 }
 
 /// Client authentication settings (the `authorization` block and its flag equivalents).
@@ -184,6 +221,11 @@ pub struct Options {
     pub tls: Option<TlsOptions>,
     /// Subscriptions one connection may hold; 0 is unlimited.
     pub max_subscriptions: usize,
+    /// Connections from one address (an IPv4 address, or an IPv6 /64) that may be open at once
+    /// without having completed CONNECT (TLS handshake and authentication included); further
+    /// ones are refused at accept. 0 is unlimited. A Natrium setting (nats-server has none):
+    /// it keeps a connect flood from one address from filling `max_connections`.
+    pub max_unauthenticated_per_ip: usize,
     /// JWT operator mode, when configured.
     pub operator: Option<OperatorOptions>,
     pub accounts: Vec<AccountOptions>,
@@ -225,6 +267,7 @@ impl Default for Options {
             auth: AuthOptions::default(),
             tls: None,
             max_subscriptions: 0,
+            max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
             operator: None,
             accounts: Vec::new(),
             system_account: SYSTEM_ACCOUNT.to_string(),
@@ -316,6 +359,9 @@ impl Options {
                 "write_deadline" => self.write_deadline = duration(v)?,
                 "tls" => self.tls = Some(tls(v, &mut warnings)?),
                 "max_subscriptions" | "max_subs" => self.max_subscriptions = int(v)?.max(0) as usize,
+                "max_unauthenticated_per_ip" => {
+                    self.max_unauthenticated_per_ip = int(v)?.max(0) as usize
+                }
                                 "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
                 "http_port" | "monitor_port" => self.http_port = Some(int(v)? as i32),
                 "http" => {
@@ -360,12 +406,9 @@ impl Options {
                     }
                     self.operator.get_or_insert_with(Default::default).operators = jwts;
                 }
-                "resolver" => {
-                    let r = match &v.value {
-                        Value::String(s) => s.clone(),
-                        other => format!("a {}", other.kind_name()),
-                    };
-                    self.operator.get_or_insert_with(Default::default).resolver = Some(r);
+                "resolver" | "account_resolver" | "accounts_resolver" => {
+                    self.operator.get_or_insert_with(Default::default).resolver =
+                        Some(resolver(v)?);
                 }
                 "resolver_preload" => {
                     let mut preload = Vec::new();
@@ -469,19 +512,7 @@ impl Options {
                             }
                         }
                         "default_permissions" => {}
-                        "limits" => {
-                            for (k, lv) in map_of(kv)?.iter() {
-                                match k.to_ascii_lowercase().as_str() {
-                                    "max_subscriptions" | "max_subs" => {
-                                        acc.max_subscriptions = int(lv)?.max(0) as usize
-                                    }
-                                    _ => warnings.push(format!(
-                                        "{}: account limit {k:?} is not supported yet by this version of natrium and is ignored",
-                                        lv.pos
-                                    )),
-                                }
-                            }
-                        }
+                        "limits" => acc.limits = account_limits(kv)?,
                         _ => warnings.push(format!(
                             "{}: account key {key:?} is not supported yet by this version of natrium and is ignored",
                             kv.pos
@@ -597,12 +628,12 @@ impl Options {
             }
         }
         if let Some(op) = &self.operator {
-            match op.resolver.as_deref() {
-                Some(r) if r.eq_ignore_ascii_case("MEMORY") || r.eq_ignore_ascii_case("MEM") => {}
-                Some(r) => {
+            match &op.resolver {
+                Some(Resolver::Memory | Resolver::Dir(_)) => {}
+                Some(Resolver::Unsupported(r)) => {
                     return bad(&format!(
-                    "resolver {r:?} is not supported yet by this version of natrium (use MEMORY)"
-                ))
+                        "resolver {r:?} is not supported yet by this version of natrium (use MEMORY or a directory resolver)"
+                    ))
                 }
                 None => return bad("operator mode needs a resolver (resolver: MEMORY)"),
             }
@@ -630,27 +661,32 @@ impl Options {
 
     /// Which setting differs in `new` that a reload can not apply (the first found), if any.
     /// Reloadable: everything under authorization (users, NKeys, token, passwords, permissions,
-    /// account membership of users, `no_auth_user`, the auth timeout), `tls` and
-    /// `max_subscriptions`. Accounts themselves (added, removed, exports, imports, JetStream) and
-    /// listener or limit settings need a restart.
+    /// account membership of users, `no_auth_user`, the auth timeout), `tls`, accounts'
+    /// `limits`, `max_subscriptions`, `max_payload`, `max_control_line`, `max_connections`,
+    /// `ping_interval`, `ping_max`, `write_deadline`, `debug`, `trace` and `logtime`
+    /// (nats-server reloads the same, except `max_subscriptions`, which it refuses), and
+    /// `max_unauthenticated_per_ip`. Accounts
+    /// themselves (added, removed, exports, imports, JetStream),
+    /// listeners, the resolver, `max_pending` and the log, pid and ports files need a restart.
     pub fn reload_blocker(&self, new: &Options) -> Option<&'static str> {
         // Destructured without `..`: a new option must be sorted into one of the two kinds here.
         let Options {
             host,
             port,
             server_name,
-            max_payload,
-            max_control_line,
-            max_connections,
+            max_payload: _,
+            max_control_line: _,
+            max_connections: _,
             max_pending,
-            ping_interval,
-            ping_max,
-            write_deadline,
+            ping_interval: _,
+            ping_max: _,
+            write_deadline: _,
             auth_timeout: _,
             auth: _,
             tls: _,
             max_subscriptions: _,
-            operator: _,
+            max_unauthenticated_per_ip: _,
+            operator,
             accounts,
             system_account,
             jetstream,
@@ -658,38 +694,34 @@ impl Options {
             https_port,
             http_host,
             http_base_path,
-            debug,
-            trace,
-            logtime,
+            debug: _,
+            trace: _,
+            logtime: _,
             log_file,
             pid_file,
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 23] = [
+        let checks: [(&'static str, bool); 15] = [
             ("host", &self.host != host),
             ("port", &self.port != port),
             ("server_name", &self.server_name != server_name),
-            ("max_payload", &self.max_payload != max_payload),
-            (
-                "max_control_line",
-                &self.max_control_line != max_control_line,
-            ),
-            ("max_connections", &self.max_connections != max_connections),
             ("max_pending", &self.max_pending != max_pending),
-            ("ping_interval", &self.ping_interval != ping_interval),
-            ("ping_max", &self.ping_max != ping_max),
-            ("write_deadline", &self.write_deadline != write_deadline),
-            ("accounts", &self.accounts != accounts),
+            (
+                "accounts",
+                !same_accounts_but_limits(&self.accounts, accounts),
+            ),
+            (
+                "resolver",
+                self.operator.as_ref().map(|o| &o.resolver)
+                    != operator.as_ref().map(|o| &o.resolver),
+            ),
             ("system_account", &self.system_account != system_account),
             ("jetstream", &self.jetstream != jetstream),
             ("http_port", &self.http_port != http_port),
             ("https_port", &self.https_port != https_port),
             ("http_host", &self.http_host != http_host),
             ("http_base_path", &self.http_base_path != http_base_path),
-            ("debug", &self.debug != debug),
-            ("trace", &self.trace != trace),
-            ("logtime", &self.logtime != logtime),
             ("log_file", &self.log_file != log_file),
             ("pid_file", &self.pid_file != pid_file),
             ("ports_file_dir", &self.ports_file_dir != ports_file_dir),
@@ -726,6 +758,143 @@ impl Options {
             self.host, self.port, self.max_payload, self.max_pending, self.max_connections, self.ping_interval, auth, tls
         )
     }
+}
+
+/// The `resolver` setting: `MEMORY`/`MEM`, `URL(...)` (not supported yet) or a map with `dir`
+/// and `type` (`full`, `cache` or `mem`), with nats-server's checks and error texts.
+fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
+    let m = match &v.value {
+        Value::String(s) => {
+            let t = s.trim();
+            return if t.eq_ignore_ascii_case("MEM") || t.eq_ignore_ascii_case("MEMORY") {
+                Ok(Resolver::Memory)
+            } else if t.to_ascii_uppercase().starts_with("URL") {
+                Ok(Resolver::Unsupported(t.to_string()))
+            } else {
+                Err(invalid(v, RESOLVER_FORMS))
+            };
+        }
+        Value::Map(m) => m,
+        other => {
+            return Err(invalid(
+                v,
+                &format!(
+                    "error parsing operator resolver, wrong type {}",
+                    other.kind_name()
+                ),
+            ))
+        }
+    };
+    let mut d = DirResolver {
+        dir: PathBuf::new(),
+        cache: false,
+        allow_delete: false,
+        hard_delete: false,
+        limit: 0,
+        interval: Duration::from_secs(60),
+        timeout: Duration::from_millis(1900),
+    };
+    let mut kind = String::new();
+    let (mut ttl, mut hard_set, mut interval_set) = (false, false, false);
+    for (k, kv) in m.iter() {
+        match k.to_ascii_lowercase().as_str() {
+            "dir" => d.dir = string(kv)?.into(),
+            "type" => kind = string(kv)?.to_ascii_uppercase(),
+            "allow_delete" => d.allow_delete = boolean(kv)?,
+            "hard_delete" => {
+                d.hard_delete = boolean(kv)?;
+                hard_set = true;
+            }
+            "limit" => d.limit = int(kv)?.max(0) as usize,
+            "ttl" => {
+                duration(kv)?;
+                ttl = true;
+            }
+            "interval" => {
+                d.interval = duration(kv)?;
+                interval_set = true;
+            }
+            "timeout" => d.timeout = duration(kv)?,
+            _ => return Err(invalid(kv, &format!("unknown resolver key {k:?}"))),
+        }
+    }
+    let check_dir = |d: &DirResolver| {
+        if d.dir.as_os_str().is_empty() {
+            return Err(invalid(
+                v,
+                "dir has no value and needs to point to a directory",
+            ));
+        }
+        if d.dir.exists() && !d.dir.is_dir() {
+            return Err(invalid(v, "dir needs to point to an accessible directory"));
+        }
+        Ok(())
+    };
+    match kind.as_str() {
+        "MEM" | "MEMORY" => Ok(Resolver::Memory),
+        "CACHE" => {
+            check_dir(&d)?;
+            for (bad, what) in [
+                (interval_set, "sync"),
+                (d.allow_delete, "allow_delete"),
+                (hard_set, "hard_delete"),
+            ] {
+                if bad {
+                    return Err(invalid(v, &format!("CACHE does not accept {what}")));
+                }
+            }
+            d.cache = true;
+            Ok(Resolver::Dir(d))
+        }
+        "FULL" => {
+            check_dir(&d)?;
+            if ttl {
+                return Err(invalid(v, "FULL does not accept ttl"));
+            }
+            if hard_set && !d.allow_delete {
+                return Err(invalid(v, "hard_delete has no effect without delete"));
+            }
+            Ok(Resolver::Dir(d))
+        }
+        _ => Err(invalid(v, RESOLVER_FORMS)),
+    }
+}
+
+const RESOLVER_FORMS: &str = "error parsing account resolver, should be MEM or  URL(\"url\") or a map containing dir and type state=[FULL|CACHE])";
+
+/// Whether two account lists differ at most in the accounts' `limits` (which a reload applies).
+fn same_accounts_but_limits(a: &[AccountOptions], b: &[AccountOptions]) -> bool {
+    let strip = |x: &AccountOptions| AccountOptions {
+        limits: crate::account::Limits::default(),
+        ..x.clone()
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| strip(x) == strip(y))
+}
+
+/// An account's `limits {}` block, with nats-server's names and aliases; unknown keys are
+/// errors there, and here too.
+fn account_limits(v: &Spanned) -> Result<crate::account::Limits, OptionsError> {
+    let mut l = crate::account::Limits::default();
+    for (k, lv) in map_of(v)?.iter() {
+        let n = match &lv.value {
+            Value::Integer(i) => *i,
+            _ => size(lv)?,
+        };
+        let n = (n >= 0).then_some(n as usize);
+        match k.to_ascii_lowercase().as_str() {
+            "max_connections" | "max_conn" => l.max_connections = n,
+            "max_subscriptions" | "max_subs" => l.max_subscriptions = n,
+            "max_payload" | "max_pay" => l.max_payload = n,
+            "max_leafnodes" | "max_leafs" => l.max_leafnodes = n,
+            _ => {
+                return Err(invalid(
+                    lv,
+                    &format!("Unknown field {k:?} parsing account limits"),
+                ))
+            }
+        }
+    }
+    Ok(l)
 }
 
 /// `jetstream: enabled`, `jetstream: false` or `jetstream { store_dir, max_mem, max_file, sync_interval }`.
@@ -804,6 +973,18 @@ fn tls(v: &Spanned, warnings: &mut Vec<String>) -> Result<TlsOptions, OptionsErr
             "verify_and_map" | "map_and_verify" => {
                 t.verify_and_map = boolean(kv)?;
                 t.verify |= t.verify_and_map;
+            }
+            "pinned_certs" => {
+                let Value::Array(items) = &kv.value else {
+                    return Err(invalid(kv, "error parsing tls config, expected 'pinned_certs' to be a list of hex-encoded sha256 of DER encoded SubjectPublicKeyInfo"));
+                };
+                for item in items {
+                    let entry = string(item)?.to_ascii_lowercase();
+                    if entry.len() != 64 || !entry.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(invalid(item, &format!("error parsing tls config, 'pinned_certs' key {entry} does not look like hex-encoded sha256 of DER encoded SubjectPublicKeyInfo")));
+                    }
+                    t.pinned_certs.push(entry);
+                }
             }
             // nats-server's TLS timeout is in seconds (fractions allowed).
             "timeout" => t.timeout = duration(kv)?,
@@ -1253,5 +1434,26 @@ mod tests {
             .expect_err("bad type")
             .to_string();
         assert!(err.contains("2:"), "{err}");
+    }
+
+    #[test]
+    fn account_limits_as_nats_server_parses_them() {
+        let (o, w) = load(
+            "accounts { A: { limits: { max_conn: -1, max_subs: 0, max_pay: 1KB, max_leafs: 2 } } }\nmax_unauthenticated_per_ip: 7",
+        );
+        assert!(w.is_empty(), "{w:?}");
+        let l = o.accounts[0].limits;
+        assert_eq!(l.max_connections, None, "negative is unlimited");
+        assert_eq!(l.max_subscriptions, Some(0), "0 allows none");
+        assert_eq!(l.max_payload, Some(1024));
+        assert_eq!(l.max_leafnodes, Some(2));
+        assert_eq!(o.max_unauthenticated_per_ip, 7);
+        let map = natrium_config::parse_str("accounts { A: { limits: { max_bogus: 1 } } }")
+            .expect("parses");
+        let err = Options::default()
+            .apply_config(&map)
+            .expect_err("unknown limit")
+            .to_string();
+        assert!(err.contains("Unknown field \"max_bogus\""), "{err}");
     }
 }

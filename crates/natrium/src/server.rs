@@ -73,6 +73,16 @@ fn authenticator_for(opts: &Options) -> Result<Authenticator, OptionsError> {
         .map_err(|e| OptionsError::Validation(format!("operator mode: {e}")))
 }
 
+/// Per-connection settings a reload may change; each connection re-reads them when notified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConnSettings {
+    pub(crate) ping_interval: std::time::Duration,
+    pub(crate) ping_max: u32,
+    pub(crate) max_control_line: usize,
+    /// The server's `max_payload` (a connection's own limit may be lower, see `client_limits`).
+    pub(crate) max_payload: usize,
+}
+
 /// State shared by the accept loop and every connection.
 pub(crate) struct ServerInner {
     pub(crate) opts: Options,
@@ -85,9 +95,21 @@ pub(crate) struct ServerInner {
     pub(crate) bcrypt: BcryptLimiter,
     /// The options in force (`opts` as reloads changed them); reloads diff against these.
     current: Mutex<Options>,
+    /// Serialises changes to operator mode's trust: reloads and the directory resolver's
+    /// updates (taken before `current` by a reload; held across the resolver's file writes).
+    trust_update: Mutex<()>,
+    /// `max_connections` in force (reloadable), read by the accept loop.
+    max_connections: std::sync::atomic::AtomicUsize,
+    /// `write_deadline` in force, in nanoseconds (reloadable), read by writers once per batch.
+    write_deadline: AtomicU64,
+    /// `max_unauthenticated_per_ip` in force (reloadable).
+    max_unauthenticated_per_ip: std::sync::atomic::AtomicUsize,
+    /// Connections that have not completed CONNECT yet, per address (see `Unauthenticated`).
+    unauthenticated: Mutex<FxHashMap<std::net::IpAddr, usize>>,
     global: Arc<Account>,
-    /// Every account by name, the global and system accounts included. Fixed after start.
-    accounts: FxHashMap<String, Arc<Account>>,
+    /// Every account by name, the global and system accounts included. Operator mode adds
+    /// accounts at run time (reloads, pushed account JWTs); none is ever removed.
+    accounts: RwLock<FxHashMap<String, Arc<Account>>>,
     clients: Mutex<FxHashMap<u64, Arc<ClientShared>>>,
     next_cid: AtomicU64,
     shutdown: watch::Sender<bool>,
@@ -113,7 +135,19 @@ impl ServerInner {
     }
 
     pub(crate) fn account(&self, name: &str) -> Option<Arc<Account>> {
-        self.accounts.get(name).cloned()
+        self.accounts.read().get(name).cloned()
+    }
+
+    /// The account named `name`, created if it does not exist yet (operator mode).
+    pub(crate) fn ensure_account(&self, name: &str) -> Arc<Account> {
+        if let Some(a) = self.account(name) {
+            return a;
+        }
+        self.accounts
+            .write()
+            .entry(name.to_string())
+            .or_insert_with(|| Account::new(name))
+            .clone()
     }
 
     /// Logs and counts a failed authentication (never the secret).
@@ -121,8 +155,8 @@ impl ServerInner {
         let auth = self.auth.current();
         let account = auth
             .account_of(e.user())
-            .and_then(|a| self.accounts.get(a))
-            .unwrap_or(&self.global);
+            .and_then(|a| self.account(a))
+            .unwrap_or_else(|| self.global.clone());
         account.auth_failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(
             "{addr} - cid:{cid} - authentication error: {e} (account {:?})",
@@ -158,21 +192,139 @@ impl ServerInner {
         self.shutdown.subscribe()
     }
 
-    /// Subscriptions one connection may hold in `account` (`None` is unlimited): the smallest
-    /// of the server's and the account's `max_subscriptions` (0 in the config is unlimited) and
-    /// the user's own limit (from a user JWT).
-    pub(crate) fn max_subscriptions(&self, account: &str, user: Option<usize>) -> Option<usize> {
-        let current = self.current.lock();
-        let acc = current
-            .accounts
-            .iter()
-            .find(|a| a.name == account)
-            .map_or(0, |a| a.max_subscriptions);
-        [current.max_subscriptions, acc]
+    /// The connection settings a reload may change, as now in force.
+    pub(crate) fn conn_settings(&self) -> ConnSettings {
+        let c = self.current.lock();
+        ConnSettings {
+            ping_interval: c.ping_interval,
+            ping_max: c.ping_max,
+            max_control_line: c.max_control_line,
+            max_payload: c.max_payload,
+        }
+    }
+
+    /// A copy of the options in force (as reloads changed them), for monitoring.
+    pub(crate) fn current_options(&self) -> Options {
+        self.current.lock().clone()
+    }
+
+    /// `write_deadline` as now in force.
+    pub(crate) fn write_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.write_deadline.load(Ordering::Relaxed))
+    }
+
+    /// The limits of one connection of `account`: the subscriptions it may hold (`None` is
+    /// unlimited) and the largest payload it may publish; the lowest of the server's, the
+    /// account's and the user's own (from a user JWT) wins, as in nats-server.
+    pub(crate) fn client_limits(
+        &self,
+        account: &Account,
+        identity: &crate::auth::Identity,
+    ) -> (Option<usize>, usize) {
+        let (server_subs, server_payload) = {
+            let current = self.current.lock();
+            (current.max_subscriptions, current.max_payload)
+        };
+        let acc = account.limits();
+        let subs = [
+            (server_subs > 0).then_some(server_subs),
+            acc.max_subscriptions,
+            identity.max_subs,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let payload = [Some(server_payload), acc.max_payload, identity.max_payload]
             .into_iter()
-            .filter(|n| *n > 0)
-            .chain(user)
+            .flatten()
             .min()
+            .unwrap_or(server_payload);
+        (subs, payload)
+    }
+
+    /// Sets every account's limits from the options in force and, in operator mode, from the
+    /// account JWTs (creating accounts the trust names that do not exist yet).
+    fn apply_account_limits(&self, opts: &Options, auth: &Authenticator) {
+        for a in &opts.accounts {
+            if let Some(acc) = self.account(&a.name) {
+                acc.set_limits(a.limits);
+            }
+        }
+        if let Some(trust) = auth.trust() {
+            for (key, t) in &trust.accounts {
+                self.ensure_account(key).set_limits(t.limits);
+            }
+        }
+    }
+
+    /// Runs `f` on the authenticator in force, serialised with reloads, and installs the
+    /// authenticator it returns (if any): how the directory resolver applies a pushed or deleted
+    /// account JWT (`f` also writes the file, so a reload never reads a half-applied change).
+    pub(crate) fn update_trust<T, E>(
+        &self,
+        f: impl FnOnce(&Authenticator) -> Result<(Option<Authenticator>, T), E>,
+    ) -> Result<T, E> {
+        let _serial = self.trust_update.lock();
+        let auth = self.auth.current();
+        let (new, out) = f(&auth)?;
+        if let Some(new) = new {
+            // The accounts exist, with their limits, before any user can authenticate into them.
+            for (key, t) in new.trust().map(|t| &t.accounts).into_iter().flatten() {
+                self.ensure_account(key).set_limits(t.limits);
+            }
+            self.auth.store(new);
+        }
+        Ok(out)
+    }
+
+    /// After operator mode's JWT of account `key` changed (or went away): applies its limits to
+    /// the live account, closes connections over them, and has every connection of the account
+    /// re-check its user JWT (revoked users are closed; permissions and limits are refreshed).
+    pub(crate) fn account_jwt_changed(&self, key: &str) {
+        let auth = self.auth.current();
+        let limits = auth
+            .trust()
+            .and_then(|t| t.accounts.get(key))
+            .map(|a| a.limits);
+        let account = match limits {
+            Some(l) => {
+                let a = self.ensure_account(key);
+                a.set_limits(l);
+                a
+            }
+            None => match self.account(key) {
+                Some(a) => a,
+                None => return,
+            },
+        };
+        self.enforce_account_limits(&account);
+    }
+
+    /// After an account's limits changed: closes its newest connections beyond
+    /// `max_connections` (with nats-server's error) and has the others re-check their
+    /// subscription and payload limits.
+    pub(crate) fn enforce_account_limits(&self, account: &Account) {
+        let mut members: Vec<Arc<ClientShared>> = self
+            .clients()
+            .into_iter()
+            .filter(|c| c.registered_with(&account.name))
+            .collect();
+        members.sort_by_key(|c| c.cid);
+        let max = account.limits().max_connections.unwrap_or(usize::MAX);
+        for (i, c) in members.iter().enumerate() {
+            if i >= max {
+                tracing::error!(
+                    "{} - cid:{} - maximum account active connections exceeded (account {:?})",
+                    c.addr,
+                    c.cid,
+                    account.name
+                );
+                c.send_err("maximum account active connections exceeded");
+                c.close(CloseReason::MaxAccountConnectionsExceeded);
+            } else {
+                c.request_reauth();
+            }
+        }
     }
 
     /// Called once per connection when it ends: drops it from the live set, folds its counters
@@ -207,7 +359,7 @@ impl ServerInner {
     }
 
     pub(crate) fn accounts(&self) -> Vec<Arc<Account>> {
-        let mut v: Vec<_> = self.accounts.values().cloned().collect();
+        let mut v: Vec<_> = self.accounts.read().values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -234,7 +386,7 @@ impl ServerInner {
             tls_verify: tls.is_some_and(|t| t.verify()),
             nonce,
             jetstream: self.opts.jetstream.is_some(),
-            max_payload: self.opts.max_payload,
+            max_payload: self.current.lock().max_payload,
             client_id: cid,
             client_ip: ip.to_string(),
             ..ServerInfo::default()
@@ -253,6 +405,7 @@ pub struct Server {
     accept: JoinHandle<()>,
     monitor: Option<JoinHandle<()>>,
     sys: Option<JoinHandle<()>>,
+    resolver: Option<JoinHandle<()>>,
 }
 
 impl Server {
@@ -281,7 +434,19 @@ impl Server {
         let (shutdown, _) = watch::channel(false);
         let global = Account::new(GLOBAL_ACCOUNT);
         let auth = authenticator_for(&opts)?;
+        log_skipped(&auth);
+        if let Some(d) = opts.operator.as_ref().and_then(|o| match &o.resolver {
+            Some(crate::options::Resolver::Dir(d)) => Some(d),
+            _ => None,
+        }) {
+            std::fs::create_dir_all(&d.dir)?;
+            tracing::info!(
+                "Managing all jwt in exclusive directory {}",
+                d.dir.display()
+            );
+        }
         let accounts = build_accounts(&opts, &global, &auth.trusted_accounts())?;
+        let initial_auth = auth.clone();
         let tls = match &opts.tls {
             Some(t) => Some(Arc::new(crate::tls::TlsServer::new(t)?)),
             None => None,
@@ -291,11 +456,18 @@ impl Server {
             tls: RwLock::new(tls),
             bcrypt: BcryptLimiter::new(),
             current: Mutex::new(opts.clone()),
+            trust_update: Mutex::new(()),
+            max_connections: std::sync::atomic::AtomicUsize::new(opts.max_connections),
+            write_deadline: AtomicU64::new(opts.write_deadline.as_nanos() as u64),
+            max_unauthenticated_per_ip: std::sync::atomic::AtomicUsize::new(
+                opts.max_unauthenticated_per_ip,
+            ),
+            unauthenticated: Mutex::new(FxHashMap::default()),
             opts,
             id,
             name,
             global,
-            accounts,
+            accounts: RwLock::new(accounts),
             clients: Mutex::new(FxHashMap::default()),
             next_cid: AtomicU64::new(1),
             shutdown,
@@ -309,6 +481,8 @@ impl Server {
             https_port: Mutex::new(None),
             jetstream: Mutex::new(None),
         });
+        inner.apply_account_limits(&inner.opts, &initial_auth);
+        drop(initial_auth);
         tracing::info!(
             "Listening for client connections on {}:{}",
             inner.opts.host,
@@ -326,6 +500,14 @@ impl Server {
         let sys = crate::internal::InternalClient::new(inner.clone(), &inner.opts.system_account)
             .map(|c| tokio::spawn(crate::sys::serve(c)))
             .ok();
+        let resolver = match inner.opts.operator.as_ref().map(|o| &o.resolver) {
+            Some(Some(crate::options::Resolver::Dir(d))) => {
+                crate::internal::InternalClient::new(inner.clone(), &inner.opts.system_account)
+                    .map(|c| tokio::spawn(crate::resolver::serve(c, d.clone())))
+                    .ok()
+            }
+            _ => None,
+        };
         let accept = tokio::spawn(accept_loop(inner.clone(), listener));
         tracing::info!("Server is ready");
         Ok(Server {
@@ -334,6 +516,7 @@ impl Server {
             accept,
             monitor,
             sys,
+            resolver,
         })
     }
 
@@ -421,16 +604,19 @@ impl Server {
     }
 
     /// Applies new options without a restart: users, NKeys, tokens, passwords, permissions,
-    /// account membership, `no_auth_user`, the auth timeout, TLS and `max_subscriptions`.
+    /// account membership, `no_auth_user`, the auth timeout, TLS, accounts' limits,
+    /// `max_subscriptions`, `max_payload`, `max_control_line`, `max_connections`,
+    /// `ping_interval`, `ping_max`, `write_deadline`, `debug`, `trace` and `logtime`.
     /// Every connection then re-checks its credentials once: one whose credentials no longer
     /// pass is closed with `Authorization Violation`, one whose user moved to another account is
     /// closed so it reconnects there, the others keep running with their new permissions
-    /// (subscriptions no longer allowed are removed with a permissions error). Changing anything
-    /// else (accounts themselves, listeners, limits, JetStream, logging) refuses the whole
-    /// reload with an error naming the setting.
+    /// (subscriptions no longer allowed are removed with a permissions error) and the new limits.
+    /// Changing anything else (accounts themselves, listeners, `max_pending`, JetStream, the
+    /// log file) refuses the whole reload with an error naming the setting.
     pub fn reload_options(&self, new: Options) -> Result<(), ReloadError> {
         new.validate()?;
         let inner = &self.inner;
+        let _serial = inner.trust_update.lock();
         let mut current = inner.current.lock();
         if let Some(what) = current.reload_blocker(&new) {
             return Err(ReloadError::NotSupported(what));
@@ -443,7 +629,7 @@ impl Server {
             .chain(new.auth.nkeys.iter().map(|u| (&u.nkey, &u.account)))
         {
             if let Some(a) = account {
-                if !inner.accounts.contains_key(a) {
+                if inner.account(a).is_none() {
                     return Err(ReloadError::UnknownAccount {
                         user: user.clone(),
                         account: a.clone(),
@@ -452,23 +638,79 @@ impl Server {
             }
         }
         let auth = authenticator_for(&new)?;
-        if auth.trusted_accounts() != inner.auth.current().trusted_accounts() {
-            return Err(ReloadError::NotSupported(
-                "the set of operator-mode accounts (resolver_preload keys)",
-            ));
-        }
+        log_skipped(&auth);
         // Always re-read: rotated certificates usually keep their file names.
         let tls = match &new.tls {
             Some(t) => Some(Arc::new(crate::tls::TlsServer::new(t)?)),
             None => None,
         };
+        let repin = tls
+            .as_ref()
+            .map(|t| t.opts.pinned_certs.clone())
+            .filter(|p| !p.is_empty() && current.tls.as_ref().map(|t| &t.pinned_certs) != Some(p));
         *inner.tls.write() = tls;
+        // Changed pinned_certs: TLS clients whose certificate is no longer pinned are closed.
+        if let Some(pinned) = repin {
+            for c in inner.clients() {
+                let key_id = c.tls_key_id.lock().clone();
+                if let Some(k) = key_id {
+                    if !crate::tls::is_pinned(&pinned, k.as_deref()) {
+                        tracing::info!(
+                            "{} - cid:{} - certificate no longer pinned after reload, closing",
+                            c.addr,
+                            c.cid
+                        );
+                        c.close(CloseReason::TlsHandshakeError);
+                    }
+                }
+            }
+        }
+        // Operator-mode accounts new to this configuration are created; users of accounts it no
+        // longer names fail their re-check below.
+        inner.apply_account_limits(&new, &auth);
         inner.auth.store(auth);
+        inner
+            .write_deadline
+            .store(new.write_deadline.as_nanos() as u64, Ordering::Relaxed);
+        inner
+            .max_connections
+            .store(new.max_connections, Ordering::Relaxed);
+        inner
+            .max_unauthenticated_per_ip
+            .store(new.max_unauthenticated_per_ip, Ordering::Relaxed);
+        if (new.debug, new.trace, new.logtime) != (current.debug, current.trace, current.logtime) {
+            crate::logging::set_levels(new.debug, new.trace, new.logtime);
+            tracing::info!(
+                "Reloaded: debug = {}, trace = {}, logtime = {}",
+                new.debug,
+                new.trace,
+                new.logtime
+            );
+        }
         tracing::info!("Reloaded: effective options: {}", new.summary());
+        let max_connections = new.max_connections;
         *current = new;
         drop(current);
-        // Each reader re-checks once (see `Conn::reauthorize`). Connections accepted after this
+        // A lowered max_connections closes the newest connections over it, as nats-server
+        // closes connections until it is within the limit.
+        let mut all = inner.clients();
+        if all.len() > max_connections {
+            all.sort_by_key(|c| c.cid);
+            for c in &all[max_connections..] {
+                c.send_err("maximum connections exceeded");
+                c.close(CloseReason::MaxConnectionsExceeded);
+            }
+            tracing::info!(
+                "Closed {} connections to fall within max_connections",
+                all.len() - max_connections
+            );
+        }
+        // Each reader re-checks once (see `Conn::reauthorize`), after connections beyond a
+        // lowered account `max_connections` are closed. Connections accepted after this
         // snapshot authenticate against the new configuration at CONNECT.
+        for a in inner.accounts() {
+            inner.enforce_account_limits(&a);
+        }
         for c in inner.clients() {
             c.request_reauth();
         }
@@ -485,7 +727,10 @@ impl Server {
         }
         self.accept.abort();
         let _ = self.accept.await;
-        for task in [self.monitor, self.sys].into_iter().flatten() {
+        for task in [self.monitor, self.sys, self.resolver]
+            .into_iter()
+            .flatten()
+        {
             task.abort();
             let _ = task.await;
         }
@@ -530,6 +775,17 @@ async fn start_monitor(
         inner.opts.http_host
     );
     Ok(tokio::spawn(monitor::serve(inner.clone(), l, secure)))
+}
+
+/// Logs the directory resolver's account JWT files that could not be used.
+fn log_skipped(auth: &Authenticator) {
+    for w in auth
+        .trust()
+        .map(|t| t.skipped.as_slice())
+        .unwrap_or_default()
+    {
+        tracing::warn!("DirResolver - {w}");
+    }
 }
 
 /// Starts JetStream for the global account and every account that enables it.
@@ -652,23 +908,85 @@ async fn accept_loop(inner: Arc<ServerInner>, listener: TcpListener) {
     }
 }
 
+/// Writes one `-ERR` to a connection refused at accept and closes it (in its own task).
+fn refuse(stream: TcpStream, err: &'static str) {
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = stream;
+        let _ = stream.write_all(err.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    });
+}
+
+/// The address a per-address limit counts against: an IPv4 address, or the /64 of an IPv6 one
+/// (a single host usually holds a whole /64).
+fn address_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)).into(),
+        },
+        v4 => v4,
+    }
+}
+
+/// One connection from an address that has not completed CONNECT yet; dropped when it does
+/// (or closes), which frees the address's slot.
+pub(crate) struct Unauthenticated {
+    server: Arc<ServerInner>,
+    key: std::net::IpAddr,
+}
+
+impl Unauthenticated {
+    /// Takes a slot for `ip`, unless it already holds `max_unauthenticated_per_ip` of them.
+    fn take(server: &Arc<ServerInner>, ip: std::net::IpAddr) -> Option<Unauthenticated> {
+        let max = server.max_unauthenticated_per_ip.load(Ordering::Relaxed);
+        let key = address_key(ip);
+        let mut map = server.unauthenticated.lock();
+        let n = map.entry(key).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Unauthenticated {
+            server: server.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        let mut map = self.server.unauthenticated.lock();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
 fn accept_client(inner: &Arc<ServerInner>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let cid = inner.next_cid.fetch_add(1, Ordering::Relaxed);
+    let Some(slot) = Unauthenticated::take(inner, peer.ip()) else {
+        tracing::debug!(
+            "{peer} - cid:{cid} - maximum unauthenticated connections from this address exceeded"
+        );
+        refuse(
+            stream,
+            "-ERR 'maximum unauthenticated connections per address exceeded'\r\n",
+        );
+        return;
+    };
     let shared = ClientShared::new(cid, peer, inner.opts.max_pending);
     {
         let mut clients = inner.clients.lock();
-        if clients.len() >= inner.opts.max_connections {
+        if clients.len() >= inner.max_connections.load(Ordering::Relaxed) {
             drop(clients);
             tracing::error!("{peer} - cid:{cid} - maximum connections exceeded");
-            tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
-                let mut stream = stream;
-                let _ = stream
-                    .write_all(b"-ERR 'maximum connections exceeded'\r\n")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
+            refuse(stream, "-ERR 'maximum connections exceeded'\r\n");
             return;
         }
         clients.insert(cid, shared.clone());
@@ -685,7 +1003,9 @@ fn accept_client(inner: &Arc<ServerInner>, stream: TcpStream, peer: SocketAddr) 
         nonce.clone(),
         tls.as_deref(),
     );
-    let conn = Conn::new(shared, inner.clone()).with_nonce(nonce);
+    let conn = Conn::new(shared, inner.clone())
+        .with_nonce(nonce)
+        .with_slot(slot);
     match tls {
         None => {
             tokio::spawn(conn.run(stream, info));
@@ -693,5 +1013,21 @@ fn accept_client(inner: &Arc<ServerInner>, stream: TcpStream, peer: SocketAddr) 
         Some(tls) => {
             tokio::spawn(crate::tls::serve(tls, conn, stream, info));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::address_key;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipv6_addresses_count_per_64() {
+        let key = |s: &str| address_key(s.parse::<IpAddr>().expect("ip"));
+        assert_eq!(key("10.0.0.1"), key("10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
     }
 }

@@ -55,21 +55,26 @@ fn answer(client: &InternalClient, seq: &AtomicU64, msg: InternalMsg) {
     let opts: Value = serde_json::from_slice(&msg.payload).unwrap_or(Value::Null);
     let data = document(s, endpoint, &opts);
     let body = json!({
-        "server": {
-            "name": s.name,
-            "host": s.opts.host,
-            "id": s.id,
-            "ver": PROTOCOL_VERSION,
-            "seq": seq.fetch_add(1, Ordering::Relaxed) + 1,
-            "jetstream": false,
-            "time": monitor::now_rfc3339(),
-        },
+        "server": server_json(s, seq),
         "data": data,
     });
     let payload = serde_json::to_vec(&body).unwrap_or_default();
     if client.publish(reply, None, None, &payload).is_err() {
         tracing::debug!("system account: invalid reply subject {reply:?}");
     }
+}
+
+/// The `server` object of nats-server's system responses (`seq` counts the sender's messages).
+pub(crate) fn server_json(s: &ServerInner, seq: &AtomicU64) -> Value {
+    json!({
+        "name": s.name,
+        "host": s.opts.host,
+        "id": s.id,
+        "ver": PROTOCOL_VERSION,
+        "seq": seq.fetch_add(1, Ordering::Relaxed) + 1,
+        "jetstream": false,
+        "time": monitor::now_rfc3339(),
+    })
 }
 
 fn document(s: &Arc<ServerInner>, endpoint: &str, opts: &Value) -> Value {

@@ -1,8 +1,9 @@
 //! TLS for client connections (rustls, ring provider): the acceptor built from the `tls {}`
 //! options, the handshake (after the plaintext INFO as NATS clients expect, or first with
-//! `handshake_first`), bounded by `tls.timeout`, and the names a client certificate offers to
-//! `verify_and_map`, and what `/connz` reports of a TLS session. The same certificate also
-//! serves HTTPS monitoring. Certificates and keys are read when the server starts or reloads.
+//! `handshake_first`), bounded by `tls.timeout`, the names a client certificate offers to
+//! `verify_and_map`, `pinned_certs` (the certificate's public key must be one of the listed
+//! digests), and what `/connz` reports of a TLS session. The same certificate also serves
+//! HTTPS monitoring. Certificates and keys are read when the server starts or reloads.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -162,8 +163,22 @@ pub(crate) async fn serve(tls: Arc<TlsServer>, conn: Conn, mut stream: TcpStream
                 state.version,
                 state.cipher_suite
             );
+            let key_id = session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| key_id(c.as_ref()));
+            if !tls.opts.pinned_certs.is_empty()
+                && !is_pinned(&tls.opts.pinned_certs, key_id.as_deref())
+            {
+                tracing::error!(
+                    "{addr} - cid:{cid} - TLS handshake error: certificate not pinned (key id {})",
+                    key_id.as_deref().unwrap_or("none: no client certificate")
+                );
+                conn.abort(CloseReason::TlsHandshakeError);
+                return;
+            }
             let info = if first { info } else { Vec::new() };
-            conn.with_tls(names, state).run(s, info).await;
+            conn.with_tls(names, state, key_id).run(s, info).await;
         }
         Ok(Err(e)) => {
             tracing::error!("{addr} - cid:{cid} - TLS handshake error: {e}");
@@ -277,6 +292,20 @@ fn not_after(der: &[u8]) -> Option<std::time::SystemTime> {
     let cert = x509_cert::Certificate::from_der(der).ok()?;
     let since_epoch = cert.tbs_certificate.validity.not_after.to_unix_duration();
     Some(std::time::UNIX_EPOCH + since_epoch)
+}
+
+/// The key id `pinned_certs` lists: the lower-case hex SHA-256 of the certificate's DER
+/// SubjectPublicKeyInfo (`None` for an unparsable certificate).
+pub fn key_id(der: &[u8]) -> Option<String> {
+    use x509_cert::der::{Decode, Encode};
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    let spki = cert.tbs_certificate.subject_public_key_info.to_der().ok()?;
+    Some(sha256_hex(&spki))
+}
+
+/// Whether a client whose certificate has `key_id` passes `pinned` (one without fails).
+pub fn is_pinned(pinned: &[String], key_id: Option<&str>) -> bool {
+    key_id.is_some_and(|k| pinned.iter().any(|p| p == k))
 }
 
 /// The identities a client certificate offers, in the order `verify_and_map` tries them:

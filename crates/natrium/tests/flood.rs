@@ -3,6 +3,8 @@
 //! requests and replies. bcrypt runs off the reader tasks, a few at a time server-wide and per
 //! address, so the flood queues behind itself and the legitimate client gets through. Every bad
 //! attempt ends with an error and a closed connection. Timings are printed (`--nocapture`).
+//! Also: connections from one address that never send CONNECT are capped
+//! (`max_unauthenticated_per_ip`), so they can not fill `max_connections`.
 
 mod common;
 
@@ -177,5 +179,98 @@ async fn connect_flood_leaves_room_for_a_legitimate_client() {
     // The server is still fully usable afterwards and holds no flood connection.
     common::eventually(|| s.num_clients() == 2).await;
     answering.abort();
+    s.shutdown().await;
+}
+
+/// A TCP connection from `from` that reads the INFO line and then says nothing.
+async fn silent(server: SocketAddr, from: &str) -> tokio::net::TcpStream {
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.bind(format!("{from}:0").parse().expect("addr"))
+        .expect("bind");
+    let mut stream = sock.connect(server).await.expect("connect");
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        let mut b = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut b))
+            .await
+            .expect("server answers")
+            .expect("read");
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&line));
+        line.push(b[0]);
+    }
+    assert!(
+        line.starts_with(b"INFO "),
+        "{:?}",
+        String::from_utf8_lossy(&line)
+    );
+    stream
+}
+
+/// Reads what the server sends until it closes the connection.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut b = [0u8; 256];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut b))
+            .await
+            .expect("server closes")
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn silent_connections_from_one_address_are_capped() {
+    let mut o = opts();
+    o.max_unauthenticated_per_ip = 3;
+    o.max_connections = 10;
+    let s = start(o).await;
+    let addr = s.addr();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(silent(addr, "127.0.0.2").await);
+    }
+    // The fourth silent connection from 127.0.0.2 is refused at once...
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind");
+    let mut fourth = sock.connect(addr).await.expect("connect");
+    assert_eq!(
+        until_closed(&mut fourth).await,
+        "-ERR 'maximum unauthenticated connections per address exceeded'\r\n"
+    );
+    // ...while another address connects normally.
+    let other = async_nats::connect(s.client_url())
+        .await
+        .expect("127.0.0.1 connects");
+    other.flush().await.expect("flush");
+    // A connection that completes CONNECT frees its address's slot.
+    held[0]
+        .write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .await
+        .expect("write");
+    let mut b = [0u8; 6];
+    held[0].read_exact(&mut b).await.expect("PONG");
+    assert_eq!(&b, b"PONG\r\n");
+    let _fourth = silent(addr, "127.0.0.2").await;
+    // So does one that closes.
+    drop(held.pop());
+    let mut ok = false;
+    for _ in 0..100 {
+        let sock = TcpSocket::new_v4().expect("socket");
+        sock.bind("127.0.0.2:0".parse().expect("addr"))
+            .expect("bind");
+        let mut c = sock.connect(addr).await.expect("connect");
+        let mut b = [0u8; 5];
+        if c.read_exact(&mut b).await.is_ok() && &b == b"INFO " {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "a closed silent connection frees its slot");
     s.shutdown().await;
 }

@@ -2,7 +2,8 @@
 //! users connecting with `.creds` files through async-nats, their accounts kept apart, user
 //! permissions and limits from the JWT, signing keys (plain and scoped), and refusals: expired,
 //! not yet valid, unknown issuer, wrong nonce, revoked (also by a reload, which closes the live
-//! connection), and a JWT that expires while connected.
+//! connection), and a JWT that expires while connected. Account JWT limits (`conn`, `payload`,
+//! `subs`) and user JWT limits (`payload`, `subs`) are enforced.
 
 mod common;
 
@@ -42,6 +43,8 @@ struct Setup {
     b: KeyPair,
     a_signer: KeyPair,
     a_scoped: KeyPair,
+    /// Account A's `limits`.
+    a_limits: Value,
 }
 
 impl Setup {
@@ -53,6 +56,7 @@ impl Setup {
             b: KeyPair::new_account(),
             a_signer: KeyPair::new_account(),
             a_scoped: KeyPair::new_account(),
+            a_limits: json!({"subs": 10}),
         }
     }
 
@@ -62,7 +66,7 @@ impl Setup {
                 &self.op,
                 &self.a.public_key(),
                 "A",
-                json!({"type": "account", "version": 2, "limits": {"subs": 10},
+                json!({"type": "account", "version": 2, "limits": self.a_limits,
                 "revocations": revocations,
                 "signing_keys": [
                     self.a_signer.public_key(),
@@ -351,12 +355,53 @@ async fn expiry_and_revocation_close_live_connections() {
     assert!(victim
         .read_to_close()
         .await
-        .contains("-ERR 'Authorization Violation'"));
+        .contains("-ERR 'User Authentication Revoked'"));
 
     let out = short.read_to_close().await;
     assert!(
         out.contains("-ERR 'User Authentication Expired'"),
         "{out:?}"
     );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn account_and_user_jwt_limits() {
+    let mut st = Setup::new();
+    st.a_limits = json!({"subs": 10, "conn": 2, "payload": 16, "leaf": -1});
+    let s = start_file(&st.config(json!({}))).await;
+    let (jwt, key) = st.user(&st.a, &st.a, json!({"payload": 4}));
+    let (mut small, first) = raw_login(&s, &jwt, &key, false).await;
+    assert_eq!(first, "PONG\r\n");
+    let (jwt2, key2) = st.user(&st.a, &st.a, json!({}));
+    let (mut big, first) = raw_login(&s, &jwt2, &key2, false).await;
+    assert_eq!(first, "PONG\r\n");
+    // conn: 2 — a third connection of A is refused; account B has no limit.
+    let (mut third, first) = raw_login(&s, &jwt2, &key2, false).await;
+    assert_eq!(
+        first,
+        "-ERR 'maximum account active connections exceeded'\r\n"
+    );
+    third.read_to_close().await;
+    let (jb, kb) = st.user(&st.b, &st.b, json!({}));
+    let (mut b, first) = raw_login(&s, &jb, &kb, false).await;
+    assert_eq!(first, "PONG\r\n");
+    b.send("PUB x 17\r\n12345678901234567\r\nPING\r\n").await;
+    assert_eq!(b.read_until("\r\n").await, "PONG\r\n");
+    // The account allows 16 bytes, the first user only 4.
+    big.send("PUB x 16\r\n1234567890123456\r\nPING\r\n").await;
+    assert_eq!(big.read_until("\r\n").await, "PONG\r\n");
+    big.send("PUB x 17\r\n12345678901234567\r\n").await;
+    assert!(big
+        .read_to_close()
+        .await
+        .ends_with("-ERR 'Maximum Payload Violation'\r\n"));
+    small.send("PUB x 4\r\n1234\r\nPING\r\n").await;
+    assert_eq!(small.read_until("\r\n").await, "PONG\r\n");
+    small.send("PUB x 5\r\n12345\r\n").await;
+    assert!(small
+        .read_to_close()
+        .await
+        .ends_with("-ERR 'Maximum Payload Violation'\r\n"));
     s.shutdown().await;
 }

@@ -1,8 +1,10 @@
 //! Configuration reload without a restart: users removed or with a changed password are closed,
 //! a user moved to another account is closed to reconnect there, permissions change under live
 //! connections (subscriptions no longer allowed are removed with nats-server's error), bcrypt
-//! users whose hash did not change stay, new users can log in, and reloads that would change
-//! what can not change at run time are refused whole. The binary reloads on SIGHUP and on
+//! users whose hash did not change stay, new users can log in, limits (`max_payload`,
+//! `max_connections`, `ping_interval`/`ping_max`) and log levels (`debug`, `trace`) change under
+//! live connections, and reloads that would change what can not change at run time (listeners,
+//! `max_pending`, accounts) are refused whole. The binary reloads on SIGHUP and on
 //! `--signal reload=<pid file>`.
 
 mod common;
@@ -304,4 +306,134 @@ fn binary_reloads_on_sighup_and_signal_flag() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
+}
+
+fn limits_config(extra: &str) -> String {
+    format!("listen: 127.0.0.1:-1\nhttp: \"127.0.0.1:-1\"\n{extra}\n")
+}
+
+async fn varz(s: &Server) -> serde_json::Value {
+    let url = format!("{}/varz", s.monitor_url().expect("monitoring on"));
+    reqwest::get(url)
+        .await
+        .expect("varz")
+        .json()
+        .await
+        .expect("varz json")
+}
+
+fn info_of(line: &str) -> serde_json::Value {
+    serde_json::from_str(line.trim_start_matches("INFO ").trim()).expect("INFO json")
+}
+
+async fn raw_info(s: &Server) -> (tokio::net::TcpStream, serde_json::Value) {
+    use tokio::io::AsyncReadExt;
+    let mut stream = tokio::net::TcpStream::connect(s.addr()).await.expect("tcp");
+    let mut buf = Vec::new();
+    while !buf.ends_with(b"\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(stream.read(&mut b).await.expect("read"), 1, "INFO");
+        buf.push(b[0]);
+    }
+    (stream, info_of(&String::from_utf8_lossy(&buf)))
+}
+
+#[tokio::test]
+async fn reload_changes_max_payload_and_log_levels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("natrium.log");
+    natrium::logging::init(false, false, true, Some(&log)).expect("log file");
+    let conf = dir.path().join("limits.conf");
+    write(&conf, &limits_config("max_payload: 16"));
+    let s = start_file(&conf).await;
+    let (_stream, info) = raw_info(&s).await;
+    assert_eq!(info["max_payload"], 16);
+
+    let mut c = Raw::connect(&s).await;
+    c.send("CONNECT {\"verbose\":false}\r\nPING\r\n").await;
+    assert_eq!(c.read_until("\r\n").await, "PONG\r\n");
+    let before = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        before.contains("[INF]") && !before.contains("[DBG]"),
+        "{before}"
+    );
+
+    // Raised: the live connection may now send 20 bytes; INFO advertises the new limit;
+    // debug and trace lines appear in the log.
+    write(
+        &conf,
+        &limits_config("max_payload: 64\ndebug: true\ntrace: true"),
+    );
+    s.reload().expect("max_payload and log levels reload");
+    c.send("PING\r\n").await;
+    assert_eq!(c.read_until("\r\n").await, "PONG\r\n");
+    c.send("PUB x 20\r\n12345678901234567890\r\nPING\r\n").await;
+    assert_eq!(c.read_until("\r\n").await, "PONG\r\n");
+    let (_stream, info) = raw_info(&s).await;
+    assert_eq!(info["max_payload"], 64);
+    assert_eq!(
+        varz(&s).await["max_payload"],
+        64,
+        "/varz shows the options in force"
+    );
+    common::eventually(|| {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("[DBG]") && l.contains("Client connection created"))
+    })
+    .await;
+
+    // Lowered: the same 20 bytes now close the connection.
+    write(&conf, &limits_config("max_payload: 8"));
+    s.reload().expect("reload");
+    c.send("PING\r\n").await;
+    assert_eq!(c.read_until("\r\n").await, "PONG\r\n");
+    c.send("PUB x 20\r\n12345678901234567890\r\n").await;
+    assert!(c
+        .read_to_close()
+        .await
+        .ends_with("-ERR 'Maximum Payload Violation'\r\n"));
+    let mark = std::fs::read_to_string(&log).expect("log").len();
+    let _quiet = Raw::connect(&s).await;
+    let after = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        !after[mark..].contains("Client connection created"),
+        "debug is off again"
+    );
+
+    write(&conf, &limits_config("max_payload: 8\nmax_pending: 1MB"));
+    assert!(matches!(
+        s.reload(),
+        Err(ReloadError::NotSupported("max_pending"))
+    ));
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_changes_max_connections_and_pings() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("conns.conf");
+    write(&conf, &limits_config("max_connections: 10"));
+    let s = start_file(&conf).await;
+    let mut older = Raw::connect(&s).await;
+    older.send("CONNECT {\"verbose\":false}\r\nPING\r\n").await;
+    assert_eq!(older.read_until("\r\n").await, "PONG\r\n");
+    let mut newer = Raw::connect(&s).await;
+    newer.send("CONNECT {\"verbose\":false}\r\nPING\r\n").await;
+    assert_eq!(newer.read_until("\r\n").await, "PONG\r\n");
+
+    // One connection allowed: the newest is closed; pings every 100ms with one outstanding
+    // at most: the older connection, which never answers PING, goes stale.
+    write(
+        &conf,
+        &limits_config("max_connections: 1\nping_interval: \"100ms\"\nping_max: 1"),
+    );
+    s.reload().expect("reload");
+    assert!(newer
+        .read_to_close()
+        .await
+        .contains("-ERR 'maximum connections exceeded'"));
+    let out = older.read_to_close().await;
+    assert!(out.contains("PING\r\n"), "{out:?}");
+    assert!(out.ends_with("-ERR 'Stale Connection'\r\n"), "{out:?}");
+    s.shutdown().await;
 }

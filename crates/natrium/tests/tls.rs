@@ -1,8 +1,9 @@
 //! TLS through real clients: the plaintext INFO with `tls_required` and the upgrade after it,
 //! `handshake_first` (with and without the fallback), client certificates checked with
-//! `verify`, users mapped from certificates with `verify_and_map`, and clients that never finish
-//! the handshake. Certificates are made in the test with rcgen (`common::pki`: a CA, a server
-//! certificate for 127.0.0.1/localhost, client certificates).
+//! `verify`, users mapped from certificates with `verify_and_map`, `pinned_certs` (also changed
+//! by a reload), and clients that never finish the handshake. Certificates are made in the test
+//! with rcgen (`common::pki`: a CA, a server certificate for 127.0.0.1/localhost, client
+//! certificates).
 
 mod common;
 
@@ -449,4 +450,88 @@ async fn reload_rotates_the_certificate_and_turns_verify_on() {
     let (_stream, info) = plain_info(&s).await;
     assert!(info.contains("\"tls_verify\":true"), "{info}");
     s.shutdown().await;
+}
+
+/// The `pinned_certs` entry for a certificate, computed here from its key file: the hex SHA-256
+/// of the DER SubjectPublicKeyInfo.
+fn pin_of(key_file: &Path) -> String {
+    let key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(key_file).expect("key")).expect("pem");
+    ring::digest::digest(&ring::digest::SHA256, &key.public_key_der())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn pinned_certs_admit_only_listed_keys() {
+    let pki = Pki::new();
+    let (ca, ka) = pki.client_cert("pinned", &[(DnType::CommonName, "pinned")], None);
+    let (cb, kb) = pki.client_cert("other", &[(DnType::CommonName, "other")], None);
+    let mut tls = pki.tls();
+    tls.verify = true;
+    // Upper case in the config is accepted and compared in lower case.
+    let conf = pki.path("pinned.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:-1\ntls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n  pinned_certs: [\"{}\"]\n}}\n",
+            tls.cert_file.display(),
+            tls.key_file.display(),
+            pki.ca_file().display(),
+            pin_of(&ka).to_uppercase()
+        ),
+    )
+    .expect("write");
+    let (o, warnings) = natrium::Options::from_file(&conf).expect("loads");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        o.tls.as_ref().map(|t| t.pinned_certs.clone()),
+        Some(vec![pin_of(&ka)])
+    );
+    let s = start(o.clone()).await;
+
+    let a = connect(
+        &s.client_url(),
+        client_opts(&pki).add_client_certificate(ca.clone(), ka.clone()),
+    )
+    .await
+    .expect("the pinned certificate connects");
+    assert!(round_trip(&a, "pinned").await);
+    assert!(
+        connect(
+            &s.client_url(),
+            client_opts(&pki).add_client_certificate(cb.clone(), kb.clone())
+        )
+        .await
+        .is_err(),
+        "a certificate from the same CA that is not pinned"
+    );
+
+    // A reload pinning only the other key closes the live connection and admits the other.
+    let mut o2 = o.clone();
+    if let Some(t) = o2.tls.as_mut() {
+        t.pinned_certs = vec![pin_of(&kb)];
+    }
+    s.reload_options(o2).expect("reload");
+    common::eventually(|| a.connection_state() != async_nats::connection::State::Connected).await;
+    let b = connect(
+        &s.client_url(),
+        client_opts(&pki).add_client_certificate(cb, kb),
+    )
+    .await
+    .expect("the newly pinned certificate connects");
+    assert!(round_trip(&b, "pinned.b").await);
+    s.shutdown().await;
+
+    std::fs::write(
+        &conf,
+        "tls { cert_file: a, key_file: b, pinned_certs: [\"abc\"] }\n",
+    )
+    .expect("write");
+    let e = natrium::Options::from_file(&conf)
+        .expect_err("bad pin")
+        .to_string();
+    assert!(e.contains("does not look like hex-encoded sha256"), "{e}");
 }

@@ -131,7 +131,10 @@ impl JsConsumeReport {
             s.push_str(&format!("; filled at {} msgs/s", group(f.msgs_per_sec)));
         }
         if let Some(t) = self.ack_settle_secs {
-            s.push_str(&format!("; acks settled {:.1} ms after the last message", t * 1e3));
+            s.push_str(&format!(
+                "; acks settled {:.1} ms after the last message",
+                t * 1e3
+            ));
         }
         s.push_str(&format!("; {}", self.cpu));
         for e in &self.errors {
@@ -173,8 +176,8 @@ pub async fn run(o: &JsConsumeOpts) -> Result<JsConsumeReport> {
     for k in 0..o.consumers {
         let name = format!("C{k}");
         let inbox = format!("_INBOX.{pid}.c{k}.");
-        let mut conn = Conn::connect_with_headers(&o.server, &format!("bench-{name}"), BIG_BUF)
-            .await?;
+        let mut conn =
+            Conn::connect_with_headers(&o.server, &format!("bench-{name}"), BIG_BUF).await?;
         let mut cmd = Vec::new();
         // Pull replies and push deliveries each on a literal subject: nats-server 2.9 does not
         // see a wildcard subscription as interest in a push consumer's deliver subject.
@@ -424,8 +427,9 @@ fn stream_seq(reply: &[u8]) -> Option<u64> {
     if t.is_empty() || t.len() > 19 {
         return None;
     }
-    t.iter()
-        .try_fold(0u64, |acc, d| d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0')))
+    t.iter().try_fold(0u64, |acc, d| {
+        d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0'))
+    })
 }
 
 /// The three-digit status of a header block (`NATS/1.0 408 ...`).
@@ -451,8 +455,9 @@ fn parse_u64(t: &[u8]) -> Option<u64> {
     if t.is_empty() || t.len() > 19 {
         return None;
     }
-    t.iter()
-        .try_fold(0u64, |acc, d| d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0')))
+    t.iter().try_fold(0u64, |acc, d| {
+        d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0'))
+    })
 }
 
 impl Reader {
@@ -630,7 +635,10 @@ mod tests {
 
     #[test]
     fn reads_ack_subjects() {
-        assert_eq!(stream_seq(b"$JS.ACK.S.C.1.42.7.1700000000000000000.9"), Some(42));
+        assert_eq!(
+            stream_seq(b"$JS.ACK.S.C.1.42.7.1700000000000000000.9"),
+            Some(42)
+        );
         assert_eq!(
             stream_seq(b"$JS.ACK.dom.hash.S.C.1.43.7.1700000000000000000.9.tok"),
             Some(43)

@@ -1469,6 +1469,63 @@ pub(crate) fn publish_routed(
     delivered
 }
 
+/// One message of a batch for [`publish_routed_batch`].
+pub(crate) struct RoutedMsg<'a> {
+    pub subject: &'a [u8],
+    pub reply: Option<&'a [u8]>,
+    pub headers: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+/// Receivers a batch left past their stall threshold.
+pub(crate) struct Lagging(Vec<Arc<ClientShared>>);
+
+impl Lagging {
+    /// Waits (bounded like a publisher's stall) while each receiver's writer makes progress.
+    pub(crate) async fn wait(self) {
+        let deadline = tokio::time::Instant::now() + STALL_MAX;
+        for c in self.0 {
+            c.wait_drained(deadline).await;
+        }
+    }
+}
+
+/// Publishes a batch of messages to the subscribers of one `route` (a JetStream consumer's
+/// deliveries): one subject match and one writer wake-up per receiver for the whole batch,
+/// rather than per message. Returns how many messages reached someone, and the receivers now
+/// lagging, for the caller to wait on before it sends more.
+pub(crate) fn publish_routed_batch<'a>(
+    account: &Arc<Account>,
+    route: &[u8],
+    msgs: impl IntoIterator<Item = RoutedMsg<'a>>,
+) -> (usize, Option<Lagging>) {
+    let mut dl = Delivery {
+        cid: 0,
+        echo: true,
+        flush: Vec::new(),
+        expired: Vec::new(),
+        stall: Vec::new(),
+        rng: fastrand::Rng::new(),
+    };
+    let found = account.matches(route);
+    let mut delivered = 0;
+    for m in msgs {
+        let m = Msg {
+            subject: m.subject,
+            reply: m.reply,
+            headers: m.headers,
+            payload: m.payload,
+        };
+        delivered += usize::from(dl.deliver_all(account, &found, &m, 0));
+    }
+    dl.flush();
+    for (account, sub) in std::mem::take(&mut dl.expired) {
+        remove_subscription(&account, &sub);
+    }
+    let lagging = (!dl.stall.is_empty()).then(|| Lagging(std::mem::take(&mut dl.stall)));
+    (delivered, lagging)
+}
+
 /// Removes a subscription from its client's sid map (if it has a client) and from the account.
 fn remove_subscription(account: &Account, sub: &SubRef) {
     if let Some(client) = sub.0.client() {

@@ -181,6 +181,17 @@ impl InternalClient {
         )
     }
 
+    /// Publishes a batch to the subscribers of one `route` (see
+    /// [`crate::client::publish_routed_batch`]): how many reached someone, and the receivers
+    /// left lagging.
+    pub(crate) fn publish_batch<'a>(
+        &self,
+        route: &str,
+        msgs: impl IntoIterator<Item = crate::client::RoutedMsg<'a>>,
+    ) -> (usize, Option<crate::client::Lagging>) {
+        crate::client::publish_routed_batch(&self.account, route.as_bytes(), msgs)
+    }
+
     /// Whether any subscription in the account matches `subject`.
     pub fn has_interest(&self, subject: &str) -> bool {
         !self.account.matches(subject.as_bytes()).is_empty()

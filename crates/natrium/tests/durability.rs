@@ -185,6 +185,124 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
     stop(&mut p);
 }
 
+/// A durable pull consumer killed with -9: after the restart no acked message comes back, the
+/// delivered but unacked ones come back as redeliveries (their delivery was recorded before they
+/// left), and the rest arrive as new.
+#[test]
+fn kill_9_keeps_consumer_acks_and_deliveries() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let log = dir.path().join("server.log");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut p = spawn(&store, &log);
+    rt.block_on(async {
+        let c = async_nats::connect(format!("127.0.0.1:{}", p.port))
+            .await
+            .expect("connect");
+        let js = jetstream::new(c);
+        let s = js
+            .create_stream(stream::Config {
+                name: "WORK".into(),
+                subjects: vec!["work.>".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("create");
+        for i in 1..=1000u64 {
+            js.publish("work.item", Bytes::from(i.to_string()))
+                .await
+                .expect("publish")
+                .await
+                .expect("puback");
+        }
+        let consumer = s
+            .create_consumer(jetstream::consumer::pull::Config {
+                durable_name: Some("W".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                max_ack_pending: 10_000,
+                ack_wait: Duration::from_secs(2),
+                ..Default::default()
+            })
+            .await
+            .expect("consumer");
+        let mut msgs = consumer
+            .fetch()
+            .max_messages(600)
+            .messages()
+            .await
+            .expect("fetch");
+        let mut got = Vec::new();
+        while let Some(m) = msgs.next().await {
+            got.push(m.expect("message"));
+        }
+        assert_eq!(got.len(), 600);
+        // Ack 1..400; the last one synchronously, so every ack before it was applied and the
+        // state holding them is on disk when the answer comes.
+        for m in &got[..399] {
+            m.ack().await.expect("ack");
+        }
+        got[399].double_ack().await.expect("double ack");
+    });
+    kill9(&mut p);
+
+    let mut p = spawn(&store, &log);
+    rt.block_on(async {
+        let c = async_nats::connect(format!("127.0.0.1:{}", p.port))
+            .await
+            .expect("connect");
+        let js = jetstream::new(c);
+        let consumer: jetstream::consumer::PullConsumer = js
+            .get_consumer_from_stream("W", "WORK")
+            .await
+            .expect("consumer after restart");
+        // New messages arrive at once; the unacked deliveries once their ack wait (2 s from
+        // the restart) passes.
+        let mut seen = std::collections::BTreeMap::new();
+        let start = Instant::now();
+        while seen.len() < 600 && start.elapsed() < Duration::from_secs(60) {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(600)
+                .expires(Duration::from_secs(5))
+                .messages()
+                .await
+                .expect("fetch");
+            while let Some(m) = batch.next().await {
+                let m = m.expect("message");
+                let info = m.info().expect("info");
+                let n: u64 = std::str::from_utf8(&m.payload)
+                    .expect("utf8")
+                    .parse()
+                    .expect("n");
+                seen.insert(n, info.delivered);
+                m.ack().await.expect("ack");
+            }
+        }
+        assert_eq!(
+            seen.len(),
+            600,
+            "messages 401..=1000 delivered after the restart"
+        );
+        for (n, delivered) in &seen {
+            assert!(*n > 400, "acked message {n} delivered again");
+            if *n <= 600 {
+                assert!(
+                    *delivered >= 2,
+                    "message {n} delivered before the crash came back as new"
+                );
+            } else {
+                assert_eq!(*delivered, 1, "message {n} was never delivered before");
+            }
+        }
+    });
+    stop(&mut p);
+}
+
 /// The block files of stream `name`.
 fn block_files(store: &Path, name: &str) -> Vec<PathBuf> {
     let dir = store

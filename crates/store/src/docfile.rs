@@ -74,10 +74,11 @@ impl DocFile {
         self.buf.extend_from_slice(MAGIC);
         self.buf.extend_from_slice(&generation.to_le_bytes());
         self.buf.extend_from_slice(&len.to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&self.buf[4..16]), body);
+        let crc = checksum(generation, len, body);
         self.buf.extend_from_slice(&crc.to_le_bytes());
         self.buf.extend_from_slice(body);
-        let f = &self.slots[self.next];
+        let [first, second] = &self.slots;
+        let f = if self.next == 0 { first } else { second };
         f.write_all_at(&self.buf, 0)?;
         if sync {
             f.sync_data()?;
@@ -88,6 +89,15 @@ impl DocFile {
     }
 }
 
+/// CRC-32C over the generation, the length and the body.
+fn checksum(generation: u64, len: u32, body: &[u8]) -> u32 {
+    let mut head = [0u8; 12];
+    let (g, l) = head.split_at_mut(8);
+    g.copy_from_slice(&generation.to_le_bytes());
+    l.copy_from_slice(&len.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&head), body)
+}
+
 /// The generation and body of an intact slot; `None` for an empty, torn or damaged one.
 fn read_slot(f: &File) -> io::Result<Option<(u64, Vec<u8>)>> {
     let size = f.metadata()?.len() as usize;
@@ -96,16 +106,19 @@ fn read_slot(f: &File) -> io::Result<Option<(u64, Vec<u8>)>> {
     }
     let mut data = vec![0; size];
     f.read_exact_at(&mut data, 0)?;
-    if &data[..4] != MAGIC {
+    let (head, rest) = data.split_at(HEADER);
+    let (magic, head) = head.split_at(4);
+    let (generation, head) = head.split_at(8);
+    let (len, crc) = head.split_at(4);
+    let num = |b: &[u8]| b.iter().rev().fold(0u64, |acc, x| acc << 8 | u64::from(*x));
+    let (generation, len, crc) = (num(generation), num(len) as u32, num(crc) as u32);
+    if magic != MAGIC {
         return Ok(None);
     }
-    let generation = u64::from_le_bytes(data[4..12].try_into().expect("8 bytes"));
-    let len = u32::from_le_bytes(data[12..16].try_into().expect("4 bytes")) as usize;
-    let crc = u32::from_le_bytes(data[16..20].try_into().expect("4 bytes"));
-    let Some(body) = data.get(HEADER..HEADER + len) else {
+    let Some(body) = rest.get(..len as usize) else {
         return Ok(None);
     };
-    if crc32c::crc32c_append(crc32c::crc32c(&data[4..16]), body) != crc {
+    if checksum(generation, len, body) != crc {
         return Ok(None);
     }
     Ok(Some((generation, body.to_vec())))
@@ -154,7 +167,11 @@ mod tests {
         // A torn write (cut inside the body) is not intact either.
         let p0 = dir.path().join("state.0");
         let p1 = dir.path().join("state.1");
-        let newest = if std::fs::read(&p1).unwrap().ends_with(b"repaired") { p1 } else { p0 };
+        let newest = if std::fs::read(&p1).unwrap().ends_with(b"repaired") {
+            p1
+        } else {
+            p0
+        };
         let data = std::fs::read(&newest).unwrap();
         std::fs::write(&newest, &data[..data.len() - 3]).unwrap();
         let (_, body) = DocFile::open(dir.path(), "state").unwrap();

@@ -544,7 +544,9 @@ fn durability_callbacks_run_in_order() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let n = 50_000u64;
     for i in 1..=n {
-        let r = s.store_msg(&subject(i), None, &payload(i), i as i64).unwrap();
+        let r = s
+            .store_msg(&subject(i), None, &payload(i), i as i64)
+            .unwrap();
         let seen = seen.clone();
         s.on_durable(
             r.sync_token,
@@ -559,7 +561,10 @@ fn durability_callbacks_run_in_order() {
     s.sync().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while seen.lock().len() < n as usize {
-        assert!(std::time::Instant::now() < deadline, "callbacks did not all run");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "callbacks did not all run"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     let seen = seen.lock();

@@ -3,7 +3,7 @@
 //! persisted (fsynced) before the deliveries and ack confirmations they cause leave the server, so
 //! an acknowledged message is never redelivered as new after a crash.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use natrium_store::{DocFile, StoreError, StoredMsg, StreamStore};
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -18,7 +19,11 @@ use tokio::sync::Notify;
 use super::consumer_config::{AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy};
 use super::rfc3339;
 use super::stream::Stream;
+use crate::client::RoutedMsg;
 use crate::internal::InternalClient;
+
+/// Deliveries decided per tick; the task publishes them and comes back for more.
+const TICK_MSGS: usize = 1024;
 
 /// A message handed to a delivery or inbox subject after the state that records it is durable.
 struct Outgoing {
@@ -82,7 +87,7 @@ struct State {
     floor_d: u64,
     pending: BTreeMap<u64, Pending>,
     /// Deliveries so far of each pending message.
-    deliveries: HashMap<u64, u64>,
+    deliveries: FxHashMap<u64, u64>,
     /// Pending messages due for redelivery, by stream sequence.
     redeliver: BTreeSet<u64>,
     /// For `last_per_subject`: the sequences to deliver before continuing after `sseq`.
@@ -101,6 +106,8 @@ struct State {
     /// Deliveries were made since the state was last synced: the next save is fsynced before
     /// they leave (a delivery is never forgotten, so no message comes back as new after a crash).
     unsynced_deliveries: bool,
+    /// A tick stopped at `TICK_MSGS` with more to deliver: run another after publishing.
+    more: bool,
     sync_replies: Vec<String>,
     paused_until: Option<SystemTime>,
     /// Messages that ran out of deliveries during a tick: (stream seq, deliveries), handled
@@ -160,7 +167,7 @@ impl Consumer {
             floor_s: 0,
             floor_d: 0,
             pending: BTreeMap::new(),
-            deliveries: HashMap::new(),
+            deliveries: FxHashMap::default(),
             redeliver: BTreeSet::new(),
             start_list: VecDeque::new(),
             waiting: VecDeque::new(),
@@ -173,6 +180,7 @@ impl Consumer {
             fc_seq: 0,
             dirty: false,
             unsynced_deliveries: false,
+            more: false,
             sync_replies: Vec::new(),
             paused_until: config.pause_until.as_deref().and_then(parse_time),
             exhausted: Vec::new(),
@@ -424,14 +432,27 @@ impl Consumer {
             for r in replies {
                 let _ = self.client.publish(&r, None, None, b"");
             }
-            for o in out {
-                self.client.publish_as(
-                    &o.route,
-                    &o.subject,
-                    o.reply.as_deref(),
-                    o.headers.as_deref(),
-                    &o.payload,
+            // Consecutive messages to one route (a push consumer's subject, one pull request's
+            // inbox) go as one batch.
+            let mut lagging = Vec::new();
+            for run in out.chunk_by(|a, b| a.route == b.route) {
+                let (_, lag) = self.client.publish_batch(
+                    &run[0].route,
+                    run.iter().map(|o| RoutedMsg {
+                        subject: &o.subject,
+                        reply: o.reply.as_deref().map(str::as_bytes),
+                        headers: o.headers.as_deref(),
+                        payload: &o.payload,
+                    }),
                 );
+                lagging.extend(lag);
+            }
+            // A receiver that fell behind is waited for (while it makes progress) before more.
+            for l in lagging {
+                l.wait().await;
+            }
+            if std::mem::take(&mut self.state.lock().more) {
+                self.wake.notify_one();
             }
         }
     }
@@ -764,7 +785,20 @@ impl Consumer {
 
     fn deliver(&self, st: &mut State, cfg: &ConsumerConfig, now: Instant, out: &mut Vec<Outgoing>) {
         let filters = cfg.filters();
+        // Push: interest in the delivery subject, checked once per tick.
+        if let Some(d) = &cfg.deliver_subject {
+            if !self.client.has_interest(d) {
+                return;
+            }
+        }
+        let mut sent = 0;
         loop {
+            if sent == TICK_MSGS {
+                // Publish these first (and let a lagging receiver catch up); the task comes
+                // straight back for the rest.
+                st.more = true;
+                return;
+            }
             if cfg.ack_policy != AckPolicy::None
                 && cfg.max_ack_pending > 0
                 && st.pending.len() as i64 >= cfg.max_ack_pending
@@ -779,12 +813,7 @@ impl Consumer {
             }
             // Where to?
             let route = match &cfg.deliver_subject {
-                Some(d) => {
-                    if !self.client.has_interest(d) {
-                        return;
-                    }
-                    d.clone()
-                }
+                Some(d) => d.clone(),
                 None => {
                     let Some(r) = st.waiting.front() else { return };
                     r.reply.clone()
@@ -837,7 +866,12 @@ impl Consumer {
                     continue;
                 }
             }
-            let deliveries = st.deliveries.get(&msg.seq).copied().unwrap_or(0) + 1;
+            let acked = cfg.ack_policy != AckPolicy::None;
+            let deliveries = if acked {
+                st.deliveries.get(&msg.seq).copied().unwrap_or(0) + 1
+            } else {
+                1
+            };
             if cfg.max_deliver > 0 && deliveries as i64 > cfg.max_deliver {
                 // Exhausted: no more deliveries; advisory and dead letter.
                 st.pending.remove(&msg.seq);
@@ -848,13 +882,13 @@ impl Consumer {
                 continue;
             }
             st.dseq += 1;
+            sent += 1;
             let dseq = st.dseq;
-            st.deliveries.insert(msg.seq, deliveries);
-            if cfg.ack_policy == AckPolicy::None {
-                st.deliveries.remove(&msg.seq);
+            if !acked {
                 st.floor_s = st.floor_s.max(msg.seq);
                 st.floor_d = dseq;
             } else {
+                st.deliveries.insert(msg.seq, deliveries);
                 st.pending.insert(
                     msg.seq,
                     Pending {

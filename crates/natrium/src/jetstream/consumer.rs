@@ -453,6 +453,8 @@ impl Consumer {
             }
             if std::mem::take(&mut self.state.lock().more) {
                 self.wake.notify_one();
+                // Let the receivers' writers send this batch before the next one is made.
+                tokio::task::yield_now().await;
             }
         }
     }

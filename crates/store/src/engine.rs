@@ -24,7 +24,7 @@ pub(crate) trait Backend: Send {
     /// Append `rec` at byte `at` (the block's current length) of block `start`.
     fn write(&mut self, start: u64, at: u32, rec: &[u8]) -> Result<()>;
     /// Bytes `at .. at + len` of block `start`.
-    fn read(&self, start: u64, at: u32, len: u32) -> Result<Vec<u8>>;
+    fn read(&self, start: u64, at: u32, len: u32) -> Result<Bytes>;
     /// Overwrite bytes in place (erase).
     fn overwrite(&mut self, start: u64, at: u32, rec: &[u8]) -> Result<()>;
     /// Record that `seq` in block `start` is removed.
@@ -334,7 +334,6 @@ impl<B: Backend> Engine<B> {
             }
             Err(record::DecodeError::Invalid(why)) => return Err(self.err_corrupt(seq, why)),
         };
-        let raw = Bytes::from(raw);
         let part = |(at, len): (usize, usize)| raw.slice(at..at + len);
         let [s, h, p] = ranges;
         Ok(StoredMsg {

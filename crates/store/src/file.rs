@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use rustc_hash::FxHashSet;
 
@@ -129,9 +130,31 @@ pub(crate) struct FileBackend {
     last_written: u64,
     dirty: Vec<Arc<File>>,
     dir_dirty: bool,
+    /// The bytes last read ahead from one block, so that reading messages in order (a consumer
+    /// catching up) costs one `pread` per `READ_AHEAD` bytes rather than one per message.
+    ahead: Mutex<Option<ReadAhead>>,
 }
 
+/// Bytes `at .. at + data.len()` of block `start`, as they were on disk when read. Appends land
+/// after them and erasing or removing the block drops them, so they never go stale.
+struct ReadAhead {
+    start: u64,
+    at: u32,
+    data: Bytes,
+}
+
+/// How much one read-ahead fetches; records this large or larger are read on their own.
+const READ_AHEAD: usize = 128 * 1024;
+
 impl FileBackend {
+    /// Forgets what was read ahead from block `start`.
+    fn drop_ahead(&self, start: u64) {
+        let mut ahead = self.ahead.lock();
+        if ahead.as_ref().is_some_and(|a| a.start == start) {
+            *ahead = None;
+        }
+    }
+
     fn err(&self, what: &'static str) -> impl Fn(io::Error) -> StoreError + '_ {
         move |e| io_err(&self.name, what, e)
     }
@@ -169,15 +192,48 @@ impl Backend for FileBackend {
             .map_err(self.err("write block"))
     }
 
-    fn read(&self, start: u64, at: u32, len: u32) -> Result<Vec<u8>> {
-        let mut buf = vec![0; len as usize];
-        self.blk(start)?
-            .read_exact_at(&mut buf, u64::from(at))
-            .map_err(self.err("read block"))?;
-        Ok(buf)
+    fn read(&self, start: u64, at: u32, len: u32) -> Result<Bytes> {
+        let mut ahead = self.ahead.lock();
+        if let Some(a) = ahead.as_ref() {
+            let from = at.wrapping_sub(a.at) as usize;
+            if a.start == start && at >= a.at && from + len as usize <= a.data.len() {
+                return Ok(a.data.slice(from..from + len as usize));
+            }
+        }
+        let blk = self.blk(start)?;
+        if len as usize >= READ_AHEAD / 2 {
+            let mut buf = vec![0; len as usize];
+            blk.read_exact_at(&mut buf, u64::from(at))
+                .map_err(self.err("read block"))?;
+            return Ok(Bytes::from(buf));
+        }
+        // Read at least the record, and as much after it as one read returns.
+        let mut buf = vec![0; READ_AHEAD];
+        let mut filled = 0;
+        while filled < len as usize {
+            let dst = buf.get_mut(filled..).unwrap_or_default();
+            match blk.read_at(dst, u64::from(at) + filled as u64) {
+                Ok(0) => {
+                    return Err(io_err(
+                        &self.name,
+                        "read block",
+                        io::ErrorKind::UnexpectedEof.into(),
+                    ))
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(&self.name, "read block", e)),
+            }
+        }
+        buf.truncate(filled);
+        let data = Bytes::from(buf);
+        let rec = data.slice(..len as usize);
+        *ahead = Some(ReadAhead { start, at, data });
+        Ok(rec)
     }
 
     fn overwrite(&mut self, start: u64, at: u32, rec: &[u8]) -> Result<()> {
+        self.drop_ahead(start);
         self.write(start, at, rec)?;
         let blk = self.blk(start)?.clone();
         if !self.dirty.iter().any(|f| Arc::ptr_eq(f, &blk)) {
@@ -221,6 +277,7 @@ impl Backend for FileBackend {
     }
 
     fn remove_block(&mut self, start: u64) -> Result<()> {
+        self.drop_ahead(start);
         if let Some(files) = self.files.remove(&start) {
             if let Some(d) = files.dlt {
                 self.dirty.retain(|f| !Arc::ptr_eq(f, &d));
@@ -277,6 +334,7 @@ impl Backend for FileBackend {
     }
 
     fn destroy(&mut self) -> Result<()> {
+        *self.ahead.get_mut() = None;
         self.files.clear();
         self.dirty.clear();
         fs::remove_dir_all(&self.dir).map_err(self.err("remove stream directory"))
@@ -675,6 +733,7 @@ impl FileStore {
             last_written: last_seq,
             dirty: Vec::new(),
             dir_dirty: true,
+            ahead: Mutex::new(None),
         };
         let block_size = cfg.block_size.clamp(4 << 10, 1 << 30);
         let mut engine = Engine::new(backend, limits, block_size, parts)?;

@@ -42,11 +42,11 @@ impl Backend for MemBackend {
         Ok(())
     }
 
-    fn read(&self, start: u64, at: u32, len: u32) -> Result<Vec<u8>> {
+    fn read(&self, start: u64, at: u32, len: u32) -> Result<bytes::Bytes> {
         let b = self.blocks.get(&start).ok_or(StoreError::NotFound)?;
         let (at, len) = (at as usize, len as usize);
         b.get(at..at + len)
-            .map(<[u8]>::to_vec)
+            .map(bytes::Bytes::copy_from_slice)
             .ok_or(StoreError::NotFound)
     }
 

@@ -27,8 +27,8 @@ const TICK_MSGS: usize = 1024;
 
 /// A message handed to a delivery or inbox subject after the state that records it is durable.
 struct Outgoing {
-    route: String,
-    subject: Vec<u8>,
+    route: Arc<str>,
+    subject: bytes::Bytes,
     reply: Option<String>,
     headers: Option<Vec<u8>>,
     payload: bytes::Bytes,
@@ -44,7 +44,7 @@ struct Pending {
 
 #[derive(Debug)]
 struct PullRequest {
-    reply: String,
+    reply: Arc<str>,
     batch: u64,
     max_bytes: u64,
     expires: Option<Instant>,
@@ -369,7 +369,7 @@ impl Consumer {
         }
         let heartbeat = (req.idle_heartbeat > 0).then(|| Duration::from_nanos(req.idle_heartbeat));
         st.waiting.push_back(PullRequest {
-            reply: reply.to_string(),
+            reply: Arc::from(reply),
             batch,
             max_bytes: req.max_bytes,
             expires: (req.expires > 0).then(|| now + Duration::from_nanos(req.expires)),
@@ -788,11 +788,13 @@ impl Consumer {
     fn deliver(&self, st: &mut State, cfg: &ConsumerConfig, now: Instant, out: &mut Vec<Outgoing>) {
         let filters = cfg.filters();
         // Push: interest in the delivery subject, checked once per tick.
-        if let Some(d) = &cfg.deliver_subject {
-            if !self.client.has_interest(d) {
-                return;
-            }
-        }
+        let push_route: Option<Arc<str>> = match &cfg.deliver_subject {
+            Some(d) if !self.client.has_interest(d) => return,
+            Some(d) => Some(Arc::from(d.as_str())),
+            None => None,
+        };
+        // `$JS.ACK.<stream>.<consumer>.`, completed per delivery.
+        let ack_prefix = format!("$JS.ACK.{}.{}.", self.stream_name, self.name);
         let mut sent = 0;
         loop {
             if sent == TICK_MSGS {
@@ -814,7 +816,7 @@ impl Consumer {
                 return;
             }
             // Where to?
-            let route = match &cfg.deliver_subject {
+            let route = match &push_route {
                 Some(d) => d.clone(),
                 None => {
                     let Some(r) = st.waiting.front() else { return };
@@ -902,9 +904,15 @@ impl Consumer {
             st.dirty = true;
             st.unsynced_deliveries |= cfg.ack_policy != AckPolicy::None;
             st.last_delivery = now;
-            let ack_reply = format!(
-                "$JS.ACK.{}.{}.{}.{}.{}.{}.{}",
-                self.stream_name, self.name, deliveries, msg.seq, dseq, msg.ts, st.num_pending
+            let ack_reply = ack_subject(
+                &ack_prefix,
+                [
+                    deliveries,
+                    msg.seq,
+                    dseq,
+                    msg.ts.max(0) as u64,
+                    st.num_pending,
+                ],
             );
             let (headers, payload) = if cfg.headers_only {
                 let mut h = match &msg.headers {
@@ -926,7 +934,7 @@ impl Consumer {
             };
             out.push(Outgoing {
                 route,
-                subject: msg.subject.to_vec(),
+                subject: msg.subject.clone(),
                 reply: Some(ack_reply),
                 headers,
                 payload,
@@ -962,7 +970,7 @@ impl Consumer {
                     let fc_reply =
                         format!("$JS.FC.{}.{}.{}", self.stream_name, self.name, st.fc_seq);
                     let mut m = status_msg(
-                        out.last().map_or("", |o| o.route.as_str()),
+                        out.last().map_or("", |o| &*o.route),
                         status("100 FlowControl Request", &[]),
                     );
                     m.reply = Some(fc_reply);
@@ -1130,10 +1138,35 @@ impl Consumer {
     }
 }
 
+/// `<prefix><n1>.<n2>...`: an ack subject, without `format!` (one allocation, sized up front).
+fn ack_subject(prefix: &str, numbers: [u64; 5]) -> String {
+    let mut s = String::with_capacity(prefix.len() + 5 * 21);
+    s.push_str(prefix);
+    let mut digits = [0u8; 20];
+    for (i, mut n) in numbers.into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for d in &digits[at..] {
+            s.push(char::from(*d));
+        }
+    }
+    s
+}
+
 fn status_msg(route: &str, hdr: Vec<u8>) -> Outgoing {
     Outgoing {
-        route: route.to_string(),
-        subject: route.as_bytes().to_vec(),
+        route: Arc::from(route),
+        subject: bytes::Bytes::copy_from_slice(route.as_bytes()),
         reply: None,
         headers: Some(hdr),
         payload: bytes::Bytes::new(),
@@ -1328,4 +1361,24 @@ pub(crate) fn ephemeral_name() -> String {
     (0..8)
         .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack_subject;
+
+    #[test]
+    fn ack_subjects_are_written_like_format() {
+        for nums in [
+            [1, 1, 1, 0, 0],
+            [3, 42, 17, 1_700_000_000_123_456_789, 9],
+            [u64::MAX, 10, 100, 1000, 99_999],
+        ] {
+            let want = format!(
+                "$JS.ACK.S.C.{}.{}.{}.{}.{}",
+                nums[0], nums[1], nums[2], nums[3], nums[4]
+            );
+            assert_eq!(ack_subject("$JS.ACK.S.C.", nums), want);
+        }
+    }
 }

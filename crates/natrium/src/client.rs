@@ -1264,10 +1264,14 @@ impl Conn {
     }
 
     fn publish(&mut self, m: &Msg<'_>) {
+        // As nats-server: only a pedantic client is held to literal subjects. Clients publish
+        // wildcards on purpose (nats-py creates a consumer on `$JS.API.CONSUMER.CREATE.S.C.a.>`);
+        // such a message reaches subscriptions that match its tokens, `*` and `>` taken literally
+        // except by wildcard subscriptions.
         let valid = if self.pedantic {
             is_valid_publish_subject(m.subject)
         } else {
-            natrium_subjects::is_literal(m.subject) && !m.subject.is_empty()
+            is_valid_subject(m.subject)
         };
         if !valid {
             self.shared.send_err("Invalid Publish Subject");

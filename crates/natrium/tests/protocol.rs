@@ -131,6 +131,22 @@ async fn invalid_subjects_get_errors_but_keep_the_connection() {
     s.shutdown().await;
 }
 
+/// Without `pedantic`, a publish subject may hold wildcards, as nats-server allows (nats-py puts
+/// a consumer's filter, `a.>`, in the consumer create subject): it reaches wildcard subscribers
+/// and the connection stays.
+#[tokio::test]
+async fn wildcard_publish_subjects_are_accepted_without_pedantic() {
+    let s = start(opts()).await;
+    let mut r = Raw::connect(&s).await;
+    r.send("CONNECT {}\r\nSUB orders.> 1\r\nSUB orders.new 2\r\nPUB orders.> 2\r\nhi\r\nPING\r\n")
+        .await;
+    assert_eq!(r.read_until("\r\n").await, "MSG orders.> 1 2\r\n");
+    assert_eq!(r.read_until("\r\n").await, "hi\r\n");
+    // The literal subscription does not match a wildcard token.
+    assert_eq!(r.read_until("\r\n").await, "PONG\r\n");
+    s.shutdown().await;
+}
+
 #[tokio::test]
 async fn max_payload_violation_closes() {
     let s = start(Options {

@@ -1450,27 +1450,13 @@ pub(crate) fn publish_routed(
     headers: Option<&[u8]>,
     payload: &[u8],
 ) -> bool {
-    let mut dl = Delivery {
-        cid: 0,
-        echo: true,
-        flush: Vec::new(),
-        expired: Vec::new(),
-        stall: Vec::new(),
-        rng: fastrand::Rng::new(),
-    };
-    let m = Msg {
+    let m = RoutedMsg {
         subject,
         reply,
         headers,
         payload,
     };
-    let found = account.matches(route);
-    let delivered = dl.deliver_all(account, &found, &m, 0);
-    dl.flush();
-    for (account, sub) in std::mem::take(&mut dl.expired) {
-        remove_subscription(&account, &sub);
-    }
-    delivered
+    publish_routed_batch(account, route, [m]).0 > 0
 }
 
 /// One message of a batch for [`publish_routed_batch`].

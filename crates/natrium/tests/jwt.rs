@@ -8,29 +8,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine;
-use common::Raw;
+use common::jwt::{encode, now, raw_login};
 use futures::StreamExt;
 use natrium::{Options, Server};
 use nkeys::KeyPair;
 use serde_json::{json, Value};
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
-
-fn encode(claims: Value, signer: &KeyPair) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let h = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
-    let p = b64.encode(claims.to_string());
-    let sig = signer.sign(format!("{h}.{p}").as_bytes()).expect("sign");
-    format!("{h}.{p}.{}", b64.encode(sig))
-}
 
 fn claims(iss: &KeyPair, sub: &str, name: &str, nats: Value) -> Value {
     json!({"jti": name, "iat": now() - 10, "iss": iss.public_key(), "sub": sub, "name": name, "nats": nats})
@@ -175,27 +159,6 @@ async fn creds_client(s: &Server, creds: &Path) -> Result<async_nats::Client, St
         .map_err(|e| e.to_string())?;
     c.flush().await.map_err(|e| e.to_string())?;
     Ok(c)
-}
-
-/// Logs in by hand, signing the INFO nonce; returns the connection and the first answer line.
-async fn raw_login(s: &Server, jwt: &str, key: &KeyPair, sign_other: bool) -> (Raw, String) {
-    let stream = tokio::net::TcpStream::connect(s.addr()).await.expect("tcp");
-    let mut r = Raw {
-        stream,
-        buf: Vec::new(),
-    };
-    let info = r.read_until("\r\n").await;
-    let info: Value = serde_json::from_str(info.trim_start_matches("INFO ").trim()).expect("INFO");
-    let nonce = info["nonce"].as_str().expect("nonce in INFO").to_string();
-    let signed = if sign_other { "other" } else { nonce.as_str() };
-    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(key.sign(signed.as_bytes()).expect("sign"));
-    r.send(&format!(
-        "CONNECT {{\"verbose\":false,\"jwt\":\"{jwt}\",\"sig\":\"{sig}\"}}\r\nPING\r\n"
-    ))
-    .await;
-    let line = r.read_until("\r\n").await;
-    (r, line)
 }
 
 #[tokio::test]

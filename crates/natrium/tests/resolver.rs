@@ -6,28 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use common::Raw;
+use common::jwt::{encode, now, raw_login};
 use natrium::{Options, Server};
 use nkeys::KeyPair;
 use serde_json::{json, Value};
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
-
-fn encode(claims: Value, signer: &KeyPair) -> String {
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let h = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
-    let p = b64.encode(claims.to_string());
-    let sig = signer.sign(format!("{h}.{p}").as_bytes()).expect("sign");
-    format!("{h}.{p}.{}", b64.encode(sig))
-}
 
 /// An account JWT for `acc` issued by `op`, `iat` seconds from now.
 fn account_jwt(op: &KeyPair, acc: &KeyPair, name: &str, iat: i64, extra: Value) -> String {
@@ -64,26 +47,6 @@ fn creds(dir: &Path, name: &str, jwt: &str, key: &KeyPair) -> PathBuf {
     )
     .expect("write creds");
     path
-}
-
-/// Logs in by hand, signing the INFO nonce; returns the connection and the first answer line.
-async fn raw_login(s: &Server, jwt: &str, key: &KeyPair) -> (Raw, String) {
-    let stream = tokio::net::TcpStream::connect(s.addr()).await.expect("tcp");
-    let mut r = Raw {
-        stream,
-        buf: Vec::new(),
-    };
-    let info = r.read_until("\r\n").await;
-    let info: Value = serde_json::from_str(info.trim_start_matches("INFO ").trim()).expect("INFO");
-    let nonce = info["nonce"].as_str().expect("nonce").to_string();
-    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(key.sign(nonce.as_bytes()).expect("sign"));
-    r.send(&format!(
-        "CONNECT {{\"verbose\":false,\"jwt\":\"{jwt}\",\"sig\":\"{sig}\"}}\r\nPING\r\n"
-    ))
-    .await;
-    let line = r.read_until("\r\n").await;
-    (r, line)
 }
 
 async fn request(c: &async_nats::Client, subject: &str, payload: &str) -> Value {
@@ -167,17 +130,17 @@ async fn directory_resolver_pushes_lookups_and_deletes() {
             .expect("system user connects");
 
     let (aj1, ak1) = user_jwt(&env.a);
-    let (mut a1, first) = raw_login(&s, &aj1, &ak1).await;
+    let (mut a1, first) = raw_login(&s, &aj1, &ak1, false).await;
     assert_eq!(first, "PONG\r\n", "account A comes from the directory");
     let (aj2, ak2) = user_jwt(&env.a);
-    let (mut a2, first) = raw_login(&s, &aj2, &ak2).await;
+    let (mut a2, first) = raw_login(&s, &aj2, &ak2, false).await;
     assert_eq!(first, "PONG\r\n");
 
     // B is unknown until its JWT is pushed.
     let b = KeyPair::new_account();
     let (bj, bk) = user_jwt(&b);
     assert_eq!(
-        raw_login(&s, &bj, &bk).await.1,
+        raw_login(&s, &bj, &bk, false).await.1,
         "-ERR 'Authorization Violation'\r\n"
     );
     let b_jwt = account_jwt(&env.op, &b, "B", -5, json!({}));
@@ -190,7 +153,7 @@ async fn directory_resolver_pushes_lookups_and_deletes() {
     assert_eq!(r["server"]["id"], s.server_id());
     let stored = env.jwt_dir().join(format!("{}.jwt", b.public_key()));
     assert_eq!(std::fs::read_to_string(&stored).expect("stored"), b_jwt);
-    let (mut bconn, first) = raw_login(&s, &bj, &bk).await;
+    let (mut bconn, first) = raw_login(&s, &bj, &bk, false).await;
     assert_eq!(first, "PONG\r\n", "B's users connect once it is pushed");
 
     // A new A JWT revokes a1 and limits subscriptions: a1 is closed, a2 keeps running under
@@ -215,7 +178,7 @@ async fn directory_resolver_pushes_lookups_and_deletes() {
         "-ERR 'maximum subscriptions exceeded'\r\nPONG\r\n"
     );
     assert_eq!(
-        raw_login(&s, &aj1, &ak1).await.1,
+        raw_login(&s, &aj1, &ak1, false).await.1,
         "-ERR 'Authorization Violation'\r\n",
         "the revoked user can not come back"
     );
@@ -267,7 +230,7 @@ async fn directory_resolver_pushes_lookups_and_deletes() {
     a2.send("PING\r\n").await;
     assert_eq!(a2.read_until("\r\n").await, "PONG\r\n");
     assert_eq!(
-        raw_login(&s, &aj1, &ak1).await.1,
+        raw_login(&s, &aj1, &ak1, false).await.1,
         "-ERR 'Authorization Violation'\r\n"
     );
 

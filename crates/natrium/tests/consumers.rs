@@ -463,6 +463,18 @@ async fn work_queue_and_interest_retention() {
         0,
         "everyone acked"
     );
+    // Deleting a consumer releases what only it still needed.
+    publish_n(&js, "fan.y", 3).await;
+    for m in fetch(&a, 3).await {
+        m.double_ack().await.expect("ack");
+    }
+    assert_eq!(interest.info().await.expect("info").state.messages, 3);
+    interest.delete_consumer("b").await.expect("delete b");
+    assert_eq!(
+        interest.info().await.expect("info").state.messages,
+        0,
+        "nobody left needs them"
+    );
     s.shutdown().await;
 }
 

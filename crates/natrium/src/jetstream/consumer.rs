@@ -401,6 +401,9 @@ impl Consumer {
                     stream.remove_consumer(&self.name);
                 }
                 self.delete();
+                if let Some(stream) = self.stream.upgrade() {
+                    stream.release_unneeded();
+                }
                 return;
             }
             let out = self.tick();

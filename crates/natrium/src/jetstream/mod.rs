@@ -724,6 +724,7 @@ impl JsAccount {
             .remove_consumer(name)
             .ok_or_else(ApiError::consumer_not_found)?;
         c.delete();
+        s.release_unneeded();
         self.advisory_consumer("DELETED", stream, name, "delete");
         Ok(json!({"success": true}))
     }

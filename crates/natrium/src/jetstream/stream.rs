@@ -117,6 +117,22 @@ impl Stream {
         }
     }
 
+    /// Interest streams, after a consumer went away: removes the messages no remaining consumer
+    /// needs (all of them when none is left), as nats-server does on consumer delete.
+    pub(crate) fn release_unneeded(&self) {
+        if self.config.read().retention != Retention::Interest {
+            return;
+        }
+        let consumers = self.consumers.read();
+        let mut seq = self.store.state().first_seq;
+        while let Ok(m) = self.store.load_next_msg(b">", seq) {
+            if !consumers.values().any(|c| c.needs(m.seq, &m.subject)) {
+                let _ = self.store.remove_msg(m.seq);
+            }
+            seq = m.seq + 1;
+        }
+    }
+
     /// After purges and other bulk removals, consumers recount what they have pending.
     pub(crate) fn recount_consumers(&self) {
         for c in self.consumers.read().values() {

@@ -49,7 +49,8 @@ impl Dedupe {
 
 pub(crate) struct Stream {
     pub name: String,
-    config: RwLock<StreamConfig>,
+    /// Swapped whole by an update; ingest takes a cheap `Arc` clone per message.
+    config: RwLock<Arc<StreamConfig>>,
     pub created: SystemTime,
     pub store: Arc<dyn StreamStore>,
     client: InternalClient,
@@ -59,6 +60,8 @@ pub(crate) struct Stream {
     pub(crate) consumers: RwLock<std::collections::BTreeMap<String, Arc<Consumer>>>,
     /// Acknowledge on write rather than after the covering sync (lazy `sync_interval` mode).
     ack_before_sync: bool,
+    /// `{"stream":<name>,"seq":` (the name JSON-escaped once): a PubAck is this plus the sequence.
+    ack_prefix: String,
     /// The ingest subscription's subjects, changed in place by a stream update.
     ingest: Mutex<Option<Arc<crate::internal::SubControl>>>,
 }
@@ -71,9 +74,14 @@ impl Stream {
         client: InternalClient,
         ack_before_sync: bool,
     ) -> Arc<Stream> {
+        let ack_prefix = format!(
+            "{{\"stream\":{},\"seq\":",
+            serde_json::Value::from(config.name.as_str())
+        );
         Arc::new(Stream {
+            ack_prefix,
             name: config.name.clone(),
-            config: RwLock::new(config),
+            config: RwLock::new(Arc::new(config)),
             created,
             store,
             client,
@@ -141,7 +149,7 @@ impl Stream {
     }
 
     pub(crate) fn config(&self) -> StreamConfig {
-        self.config.read().clone()
+        StreamConfig::clone(&self.config.read())
     }
 
     /// Applies a new config; the ingest subscription follows a change of subjects in place.
@@ -150,7 +158,7 @@ impl Stream {
             ctl.set_subjects(&c.subjects)
                 .map_err(|e| ApiError::update_failed(e.to_string()))?;
         }
-        *self.config.write() = c;
+        *self.config.write() = Arc::new(c);
         Ok(())
     }
 
@@ -239,7 +247,7 @@ impl Stream {
 
     /// Stores one published message and arranges its PubAck.
     fn process(&self, msg: InternalMsg) {
-        let cfg = self.config.read().clone();
+        let cfg = Arc::clone(&self.config.read());
         let reply = if cfg.no_ack {
             None
         } else {
@@ -355,7 +363,7 @@ impl Stream {
         if let Some(r) = reply {
             let client = self.client.clone();
             let reply_to = r.to_string();
-            let ack = json!({"stream": self.name, "seq": receipt.seq}).to_string();
+            let ack = format!("{}{}}}", self.ack_prefix, receipt.seq);
             if self.ack_before_sync {
                 // Lazy mode (`sync_interval: <duration>`), as nats-server's default: the PubAck
                 // leaves once the message is written, before the periodic sync covers it.

@@ -116,9 +116,13 @@ async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    wait_for_signal(&cli, &server).await?;
-    tracing::info!("Initiating Shutdown...");
-    server.shutdown().await;
+    match wait_for_signal(&cli, &server).await? {
+        Stop::Now => {
+            tracing::info!("Initiating Shutdown...");
+            server.shutdown().await;
+        }
+        Stop::LameDuck => server.lame_duck().await,
+    }
     if let Some(p) = ports_file {
         let _ = std::fs::remove_file(p);
     }
@@ -128,10 +132,17 @@ async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the server is to stop.
+enum Stop {
+    /// SIGTERM, SIGINT: close every client and exit.
+    Now,
+    /// SIGUSR2: lame duck mode (see `Server::lame_duck`).
+    LameDuck,
+}
+
 /// Serves signals until one asks to stop: SIGTERM/SIGINT stop, SIGHUP reloads the configuration
-/// (file and flags, as at start), SIGUSR1 reopens the log file, SIGUSR2 (lame duck mode) stops
-/// accepting and shuts down.
-async fn wait_for_signal(cli: &Cli, server: &Server) -> std::io::Result<()> {
+/// (file and flags, as at start), SIGUSR1 reopens the log file, SIGUSR2 enters lame duck mode.
+async fn wait_for_signal(cli: &Cli, server: &Server) -> std::io::Result<Stop> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -142,16 +153,15 @@ async fn wait_for_signal(cli: &Cli, server: &Server) -> std::io::Result<()> {
         tokio::select! {
             _ = term.recv() => {
                 tracing::info!("Trapped \"terminated\" signal");
-                return Ok(());
+                return Ok(Stop::Now);
             }
             _ = int.recv() => {
                 tracing::info!("Trapped \"interrupt\" signal");
-                return Ok(());
+                return Ok(Stop::Now);
             }
             _ = usr2.recv() => {
                 tracing::info!("Trapped \"user defined signal 2\" signal");
-                tracing::info!("Entering lame duck mode, stop accepting new clients");
-                return Ok(());
+                return Ok(Stop::LameDuck);
             }
             _ = hup.recv() => {
                 tracing::info!("Trapped \"hangup\" signal");

@@ -215,6 +215,10 @@ pub struct Options {
     pub ping_interval: Duration,
     pub ping_max: u32,
     pub write_deadline: Duration,
+    /// Lame duck mode (SIGUSR2, `--signal ldm`): clients are closed spread over this long...
+    pub lame_duck_duration: Duration,
+    /// ...after this wait, which gives them time to reconnect elsewhere first.
+    pub lame_duck_grace_period: Duration,
     pub auth_timeout: Duration,
     pub auth: AuthOptions,
     /// TLS for client connections; `None` is plaintext.
@@ -263,6 +267,8 @@ impl Default for Options {
             ping_interval: Duration::from_secs(120),
             ping_max: 2,
             write_deadline: Duration::from_secs(10),
+            lame_duck_duration: Duration::from_secs(120),
+            lame_duck_grace_period: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(2),
             auth: AuthOptions::default(),
             tls: None,
@@ -307,8 +313,6 @@ const NOT_YET_SUPPORTED: &[&str] = &[
     "leaf",
     "websocket",
     "mqtt",
-    "lame_duck_duration",
-    "lame_duck_grace_period",
     "syslog",
     "remote_syslog",
     "log_size_limit",
@@ -357,6 +361,8 @@ impl Options {
                 "ping_interval" => self.ping_interval = duration(v)?,
                 "ping_max" => self.ping_max = int(v)? as u32,
                 "write_deadline" => self.write_deadline = duration(v)?,
+                "lame_duck_duration" => self.lame_duck_duration = duration(v)?,
+                "lame_duck_grace_period" => self.lame_duck_grace_period = duration(v)?,
                 "tls" => self.tls = Some(tls(v, &mut warnings)?),
                 "max_subscriptions" | "max_subs" => self.max_subscriptions = int(v)?.max(0) as usize,
                 "max_unauthenticated_per_ip" => {
@@ -681,6 +687,8 @@ impl Options {
             ping_interval: _,
             ping_max: _,
             write_deadline: _,
+            lame_duck_duration: _,
+            lame_duck_grace_period: _,
             auth_timeout: _,
             auth: _,
             tls: _,

@@ -718,6 +718,58 @@ impl Server {
         Ok(())
     }
 
+    /// Lame duck mode, as nats-server's: stop accepting clients, tell the connected ones (an INFO
+    /// with `ldm: true`, on which clients reconnect elsewhere), wait `lame_duck_grace_period`,
+    /// close the clients still here spread over the rest of `lame_duck_duration`, then shut down.
+    pub async fn lame_duck(self) {
+        tracing::info!("Entering lame duck mode, stop accepting new clients");
+        self.accept.abort();
+        let (duration, grace) = {
+            let c = self.inner.current.lock();
+            (c.lame_duck_duration, c.lame_duck_grace_period)
+        };
+        let info = ServerInfo {
+            server_id: self.inner.id.clone(),
+            server_name: self.inner.name.clone(),
+            version: PROTOCOL_VERSION.to_string(),
+            proto: 1,
+            go: format!("natrium {VERSION}"),
+            host: self.inner.opts.host.clone(),
+            port: self.inner.port,
+            headers: true,
+            jetstream: self.inner.opts.jetstream.is_some(),
+            max_payload: self.inner.current.lock().max_payload,
+            ldm: true,
+            ..ServerInfo::default()
+        };
+        let mut line = Vec::new();
+        encode::info(&mut line, &serde_json::to_vec(&info).unwrap_or_default());
+        let clients: Vec<_> = self.inner.clients.lock().values().cloned().collect();
+        for c in &clients {
+            c.send(&line);
+        }
+        tokio::time::sleep(grace).await;
+        let clients: Vec<_> = self.inner.clients.lock().values().cloned().collect();
+        if !clients.is_empty() {
+            tracing::info!("Closing existing clients");
+            // One client per step, a step at least every millisecond: batches when there are
+            // more clients than milliseconds left.
+            let spread = duration
+                .saturating_sub(grace)
+                .max(std::time::Duration::from_millis(1));
+            let steps = (spread.as_millis() as usize).clamp(1, clients.len());
+            let per_step = clients.len().div_ceil(steps);
+            let pause = spread / steps as u32;
+            for batch in clients.chunks(per_step) {
+                for c in batch {
+                    c.close(CloseReason::ServerShutdown);
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }
+        self.shutdown().await;
+    }
+
     /// Stops accepting, closes every client and waits until they are gone.
     pub async fn shutdown(self) {
         let _ = self.inner.shutdown.send(true);

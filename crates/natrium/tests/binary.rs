@@ -264,3 +264,68 @@ fn https_monitor_flag_log_line_and_ports_file() {
         "{stderr}"
     );
 }
+
+/// SIGUSR2 (what `--signal ldm=PID` sends): lame duck mode. Connected clients get an INFO with
+/// `"ldm":true`, new connections are refused, the clients are closed after the grace period and
+/// the process exits cleanly.
+#[test]
+fn lame_duck_mode_on_sigusr2() {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("server.log");
+    let conf = dir.path().join("ldm.conf");
+    std::fs::write(
+        &conf,
+        "lame_duck_duration: \"1s\"\nlame_duck_grace_period: \"300ms\"\n",
+    )
+    .expect("write config");
+    let mut child = Command::new(BIN)
+        .args(["-p", "-1", "-a", "127.0.0.1", "-c"])
+        .arg(&conf)
+        .arg("-l")
+        .arg(&log)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let port = listen_port(&wait_for(&log, "Server is ready"));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"CONNECT {}\r\nPING\r\n").expect("send");
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).expect("INFO");
+        assert!(line.starts_with("INFO "), "{line}");
+        line.clear();
+        r.read_line(&mut line).expect("PONG");
+        assert_eq!(line, "PONG\r\n");
+        clients.push(r);
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR2) };
+    for r in &mut clients {
+        let mut line = String::new();
+        r.read_line(&mut line).expect("lame duck INFO");
+        assert!(
+            line.starts_with("INFO ") && line.contains("\"ldm\":true"),
+            "{line}"
+        );
+    }
+    wait_for(&log, "Entering lame duck mode, stop accepting new clients");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "no new clients in lame duck mode"
+    );
+    // Each client is closed (end of stream) once the grace period is over.
+    for r in &mut clients {
+        let mut rest = String::new();
+        let n = r.read_line(&mut rest).expect("read until closed");
+        assert_eq!(n, 0, "closed, not {rest:?}");
+    }
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "{status}");
+    let text = wait_for(&log, "Server Exiting..");
+    assert!(text.contains("Closing existing clients"), "{text}");
+}

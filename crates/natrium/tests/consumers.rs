@@ -538,6 +538,24 @@ async fn bad_consumer_requests_get_error_codes() {
         json!({"name": "S", "subjects": ["s.>"]}),
     )
     .await;
+    // An empty name is no name: the server makes one up (nats.js sends `"name": ""`).
+    let v = api(
+        &c,
+        "$JS.API.CONSUMER.CREATE.S",
+        json!({"stream_name": "S", "config": {"name": "", "durable_name": "", "ack_policy": "none",
+               "deliver_subject": "_INBOX.empty.name"}}),
+    )
+    .await;
+    assert!(v["error"].is_null(), "{v}");
+    assert_eq!(v["name"].as_str().map(str::len), Some(8), "{v}");
+    let made_up = v["name"].as_str().unwrap_or_default();
+    let v = api(
+        &c,
+        &format!("$JS.API.CONSUMER.DELETE.S.{made_up}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v["success"], true, "{v}");
     let code = |v: Value| {
         v["error"]["err_code"]
             .as_u64()

@@ -1,11 +1,12 @@
-//! Stock clients other than async-nats, driven through their own APIs: nats-py from PyPI runs
-//! `tests/compat/nats_py_smoke.py` (core, JetStream publish, pull/ordered/push consumers, KV,
-//! object store) against an embedded server. CI installs nats-py and sets
-//! `NATRIUM_REQUIRE_NATS_PY=1`, so there a missing nats-py fails the test; elsewhere it is skipped
-//! with a notice.
+//! Stock clients other than async-nats, driven through their own APIs against an embedded server:
+//! nats-py from PyPI runs `tests/compat/nats_py_smoke.py` and nats.js from npm runs
+//! `tests/compat/nats_js_smoke.mjs` (core, JetStream publish, pull/ordered/push consumers, KV,
+//! object store). CI installs both and sets `NATRIUM_REQUIRE_NATS_PY=1` / `NATRIUM_REQUIRE_NATS_JS=1`,
+//! so there a missing client fails its test; elsewhere it is skipped with a notice.
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::{js_opts, start};
@@ -27,16 +28,48 @@ async fn nats_py_smoke() {
         eprintln!("skipped: python3 with nats-py not found (python3 -m pip install nats-py)");
         return;
     }
+    run_smoke("python3", "nats_py_smoke.py").await;
+}
+
+fn nats_js_available() -> bool {
+    let installed = Path::new(COMPAT)
+        .join("node_modules/nats/package.json")
+        .exists();
+    installed
+        && Command::new("node")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_js_smoke() {
+    if !nats_js_available() {
+        assert!(
+            std::env::var_os("NATRIUM_REQUIRE_NATS_JS").is_none(),
+            "nats.js is required here (npm install --prefix {COMPAT})"
+        );
+        eprintln!("skipped: node or nats.js not found (npm install --prefix {COMPAT})");
+        return;
+    }
+    run_smoke("node", "nats_js_smoke.mjs").await;
+}
+
+const COMPAT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat");
+
+/// Runs `<interpreter> tests/compat/<script> <url>` against a fresh JetStream server; it must
+/// exit 0 and print "smoke ok".
+async fn run_smoke(interpreter: &'static str, script: &'static str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = start(js_opts(dir.path())).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/compat/nats_py_smoke.py");
     let url = s.client_url();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
+        Command::new(interpreter)
             .arg(script)
             .arg(url)
+            .current_dir(COMPAT)
             .output()
-            .expect("run python3")
+            .expect("run the client")
     })
     .await
     .expect("join");
@@ -44,7 +77,7 @@ async fn nats_py_smoke() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stdout.contains("smoke ok"),
-        "nats-py smoke failed ({}):\n{stdout}\n{stderr}",
+        "{script} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
     s.shutdown().await;

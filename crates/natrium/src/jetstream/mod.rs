@@ -637,6 +637,9 @@ impl JsAccount {
         let mut cfg = req
             .config
             .ok_or_else(|| ApiError::consumer_create("consumer config required"))?;
+        // An empty name is no name (nats.js sends `"name": ""` for its ordered consumers).
+        cfg.name = cfg.name.filter(|n| !n.is_empty());
+        cfg.durable_name = cfg.durable_name.filter(|n| !n.is_empty());
         let s = self.stream(stream)?;
         if let Some(n) = subject_name {
             if durable_api {

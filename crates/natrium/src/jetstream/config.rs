@@ -44,9 +44,6 @@ fn minus_one() -> i64 {
 fn one() -> i64 {
     1
 }
-fn default_dup_window() -> i64 {
-    DEFAULT_DUPLICATE_WINDOW_NS
-}
 fn none_compression() -> String {
     "none".into()
 }
@@ -86,7 +83,8 @@ pub struct StreamConfig {
     pub storage: Storage,
     #[serde(default = "one")]
     pub num_replicas: i64,
-    #[serde(default = "default_dup_window")]
+    /// 0 (absent) becomes 2 minutes, or `max_age` when that is shorter (see `normalize`).
+    #[serde(default)]
     pub duplicate_window: i64,
     #[serde(default)]
     pub sealed: bool,
@@ -286,6 +284,14 @@ mod tests {
         assert_eq!(c.subjects, vec!["ORDERS"]);
         assert_eq!(c.max_msgs, -1);
         assert_eq!(c.duplicate_window, 120_000_000_000);
+        // Without a duplicate window, a shorter max_age bounds it (nats.js KV buckets with a TTL).
+        let mut c: StreamConfig =
+            serde_json::from_str(r#"{"name":"KV_b","max_age":60000000000}"#).expect("parses");
+        c.normalize();
+        c.validate().expect("valid");
+        assert_eq!(c.duplicate_window, 60_000_000_000);
+        let mut c: StreamConfig = serde_json::from_str(r#"{"name":"ORDERS"}"#).expect("parses");
+        c.normalize();
         let json = serde_json::to_value(&c).expect("serializes");
         assert_eq!(json["retention"], "limits");
         assert_eq!(json["storage"], "file");

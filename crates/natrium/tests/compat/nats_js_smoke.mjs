@@ -43,7 +43,7 @@ const oiter = await oc.consume();
 let seen = 0;
 for await (const m of oiter) { if (Number(sc.decode(m.data)) !== seen) throw new Error("ordered"); seen++; if (seen === N) break; }
 // KV
-const kv = await js.views.kv("cfg", { history: 5 });
+const kv = await js.views.kv("cfg", { history: 5, ttl: 60000 });
 await kv.put("a", sc.encode("1")); await kv.put("a", sc.encode("2"));
 const e = await kv.get("a"); if (sc.decode(e.value) !== "2") throw new Error("kv");
 const h = await kv.history({ key: "a" }); let hn = 0; for await (const _ of h) hn++; if (hn !== 2) throw new Error("history " + hn);

@@ -49,7 +49,7 @@ async def main(url):
         assert int(m.data) == i
         await m.ack()
 
-    kv = await js.create_key_value(bucket="cfg", history=5)
+    kv = await js.create_key_value(bucket="cfg", history=5, ttl=60)
     await kv.put("a", b"1")
     await kv.put("a", b"2")
     assert (await kv.get("a")).value == b"2"

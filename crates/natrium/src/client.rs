@@ -184,6 +184,9 @@ impl ClientShared {
 
     /// Appends protocol bytes (PONG, +OK, -ERR, INFO) and wakes the writer.
     pub(crate) fn send(&self, bytes: &[u8]) {
+        if crate::logging::protocol_trace() && !bytes.starts_with(b"INFO ") {
+            self.trace_out(bytes.strip_suffix(b"\r\n").unwrap_or(bytes));
+        }
         {
             let mut out = self.out.lock();
             if out.closed {
@@ -192,6 +195,17 @@ impl ClientShared {
             out.buf.extend_from_slice(bytes);
         }
         self.wake.notify_one();
+    }
+
+    /// Traces one line this server sends the client (`->> [...]`), as nats-server's `-V` does.
+    fn trace_out(&self, line: &[u8]) {
+        tracing::trace!(
+            "{} - cid:{} - \"{}\" - ->> [{}]",
+            self.addr,
+            self.cid,
+            self.meta.lock().name,
+            String::from_utf8_lossy(line)
+        );
     }
 
     pub(crate) fn send_err(&self, text: &str) {
@@ -529,6 +543,9 @@ impl Delivery {
         }
         let was_empty = out.buf.is_empty();
         encode::msg(&mut out.buf, m.subject, &s.sid, m.reply, headers, m.payload);
+        if crate::logging::protocol_trace() {
+            trace_delivery(client, m, &s.sid, headers);
+        }
         out.out_msgs += 1;
         out.out_bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
         let behind = out.buf.len() > client.stall_threshold();
@@ -872,6 +889,9 @@ impl Conn {
                         ));
                     }
                     if let (ClientOp::Connect(json), false) = (&op, self.connected) {
+                        if crate::logging::protocol_trace() {
+                            self.trace_in(&op);
+                        }
                         // Authentication may wait for bcrypt: the read loop completes it (see
                         // `connect_first`) before the rest of the buffer is processed.
                         match ConnectInfo::from_json(json) {
@@ -895,6 +915,62 @@ impl Conn {
         result
     }
 
+    /// Traces an operation the client sent (`<<- [...]`), as nats-server's `-V` does; passwords
+    /// and tokens in CONNECT are redacted.
+    fn trace_in(&self, op: &ClientOp<'_>) {
+        let text = String::from_utf8_lossy;
+        let line = match op {
+            ClientOp::Pub {
+                subject,
+                reply,
+                headers,
+                payload,
+            } => {
+                let reply = reply.map(|r| format!(" {}", text(r))).unwrap_or_default();
+                match headers {
+                    Some(h) => format!(
+                        "HPUB {}{reply} {} {}",
+                        text(subject),
+                        h.len(),
+                        h.len() + payload.len()
+                    ),
+                    None => format!("PUB {}{reply} {}", text(subject), payload.len()),
+                }
+            }
+            ClientOp::Sub {
+                subject,
+                queue,
+                sid,
+            } => format!(
+                "SUB {} {} {}",
+                text(subject),
+                queue.map(text).unwrap_or_default(),
+                text(sid)
+            ),
+            ClientOp::Unsub { sid, max } => match max {
+                Some(m) => format!("UNSUB {} {m}", text(sid)),
+                None => format!("UNSUB {}", text(sid)),
+            },
+            ClientOp::Ping => "PING".into(),
+            ClientOp::Pong => "PONG".into(),
+            ClientOp::Connect(json) => format!("CONNECT {}", redacted_connect(json)),
+            ClientOp::Ignored => return,
+        };
+        let who = format!(
+            "{} - cid:{} - \"{}\"",
+            self.shared.addr, self.shared.cid, self.name
+        );
+        tracing::trace!("{who} - <<- [{line}]");
+        if let ClientOp::Pub {
+            headers, payload, ..
+        } = op
+        {
+            let mut body = headers.unwrap_or_default().to_vec();
+            body.extend_from_slice(payload);
+            tracing::trace!("{who} - <<- MSG_PAYLOAD: [{:?}]", text(&body));
+        }
+    }
+
     fn parse_error(&self, e: ParseError) -> Fatal {
         let reason = match e {
             ParseError::MaxPayload { .. } => CloseReason::MaxPayloadExceeded,
@@ -905,6 +981,9 @@ impl Conn {
     }
 
     fn handle(&mut self, op: ClientOp<'_>) -> Result<(), Fatal> {
+        if crate::logging::protocol_trace() {
+            self.trace_in(&op);
+        }
         match op {
             ClientOp::Pub {
                 subject,
@@ -1457,6 +1536,43 @@ pub(crate) fn publish_routed(
         payload,
     };
     publish_routed_batch(account, route, [m]).0 > 0
+}
+
+/// Traces a delivery (`->> [MSG ...]`) to `client`.
+fn trace_delivery(client: &ClientShared, m: &Msg<'_>, sid: &[u8], headers: Option<&[u8]>) {
+    let text = String::from_utf8_lossy;
+    let reply = m.reply.map(|r| format!(" {}", text(r))).unwrap_or_default();
+    let line = match headers {
+        Some(h) => format!(
+            "HMSG {} {}{reply} {} {}",
+            text(m.subject),
+            text(sid),
+            h.len(),
+            h.len() + m.payload.len()
+        ),
+        None => format!(
+            "MSG {} {}{reply} {}",
+            text(m.subject),
+            text(sid),
+            m.payload.len()
+        ),
+    };
+    client.trace_out(line.as_bytes());
+}
+
+/// A CONNECT's JSON for the trace, with `pass` and `auth_token` replaced as nats-server does.
+fn redacted_connect(json: &[u8]) -> String {
+    match serde_json::from_slice::<serde_json::Value>(json) {
+        Ok(mut v) => {
+            for key in ["pass", "auth_token"] {
+                if let Some(f) = v.get_mut(key) {
+                    *f = serde_json::Value::from("[REDACTED]");
+                }
+            }
+            v.to_string()
+        }
+        Err(_) => "[unparsable]".into(),
+    }
 }
 
 /// One message of a batch for [`publish_routed_batch`].

@@ -29,6 +29,15 @@ const TIME_FORMAT: &[FormatItem<'static>] =
 /// Whether lines carry the time (`logtime`; reloadable).
 static LOGTIME: AtomicBool = AtomicBool::new(true);
 
+/// Whether protocol lines are traced (`-V`, `trace: true`); read on the message path, so a
+/// plain flag rather than asking the subscriber.
+static PROTOCOL_TRACE: AtomicBool = AtomicBool::new(false);
+
+/// Whether to trace protocol lines (`<<- [PUB ...]`, `->> [MSG ...]`) at TRACE level.
+pub fn protocol_trace() -> bool {
+    PROTOCOL_TRACE.load(Ordering::Relaxed)
+}
+
 /// Changes the level of the subscriber `init` installed (nothing without one).
 static LEVEL: OnceLock<reload::Handle<LevelFilter, Registry>> = OnceLock::new();
 
@@ -62,6 +71,7 @@ fn level_for(debug: bool, trace: bool) -> LevelFilter {
 /// Applies reloaded `debug`, `trace` and `logtime` to the subscriber `init` installed.
 pub fn set_levels(debug: bool, trace: bool, logtime: bool) {
     LOGTIME.store(logtime, Ordering::Relaxed);
+    PROTOCOL_TRACE.store(trace, Ordering::Relaxed);
     if let Some(h) = LEVEL.get() {
         let _ = h.modify(|l| *l = level_for(debug, trace));
     }
@@ -139,6 +149,7 @@ pub fn reopen() -> std::io::Result<()> {
 /// Installs the global subscriber: level from `debug`/`trace` (changed later by `set_levels`),
 /// output to `file` or stderr.
 pub fn init(debug: bool, trace: bool, logtime: bool, file: Option<&Path>) -> std::io::Result<()> {
+    PROTOCOL_TRACE.store(trace, Ordering::Relaxed);
     let (filter, handle) = reload::Layer::new(level_for(debug, trace));
     let format = NatsFormat::new(logtime);
     let registry = tracing_subscriber::registry().with(filter);

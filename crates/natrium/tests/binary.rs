@@ -329,3 +329,70 @@ fn lame_duck_mode_on_sigusr2() {
     let text = wait_for(&log, "Server Exiting..");
     assert!(text.contains("Closing existing clients"), "{text}");
 }
+
+/// `-V` traces protocol lines in nats-server's form, both ways, and never shows a password.
+#[test]
+fn trace_flag_logs_protocol_lines_without_secrets() {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("server.log");
+    let child = Command::new(BIN)
+        .args([
+            "-p",
+            "-1",
+            "-a",
+            "127.0.0.1",
+            "-V",
+            "--user",
+            "alice",
+            "--pass",
+            "s3cr3t-pw",
+        ])
+        .arg("-l")
+        .arg(&log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Stops the server however the test ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Stop(child);
+    let port = listen_port(&wait_for(&log, "Server is ready"));
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(
+        b"CONNECT {\"user\":\"alice\",\"pass\":\"s3cr3t-pw\",\"name\":\"tracer\"}\r\nSUB foo 1\r\nPUB foo 2\r\nhi\r\nPING\r\n",
+    )
+    .expect("send");
+    let mut r = BufReader::new(s);
+    let mut seen = String::new();
+    while !seen.ends_with("PONG\r\n") {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).expect("read") > 0, "closed: {seen}");
+        seen.push_str(&line);
+    }
+    let text = wait_for(&log, "->> [PONG]");
+    for want in [
+        "[TRC] 127.0.0.1:",
+        "\"tracer\" - <<- [SUB foo  1]",
+        "<<- [PUB foo 2]",
+        "<<- MSG_PAYLOAD: [\"hi\"]",
+        "->> [MSG foo 1 2]",
+        "<<- [PING]",
+        "[REDACTED]",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains("s3cr3t-pw"),
+        "the password was logged:\n{text}"
+    );
+}

@@ -572,13 +572,7 @@ async fn publish(
 
 /// The `<n>` at the end of a reply subject `..._INBOX.<pid>.<i>.<n>`.
 fn msg_number(subject: &[u8]) -> Option<u64> {
-    let digits = &subject[memchr::memrchr(b'.', subject)? + 1..];
-    if digits.is_empty() || digits.len() > 19 {
-        return None;
-    }
-    digits.iter().try_fold(0u64, |acc, d| {
-        d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0'))
-    })
+    proto::parse_u64(&subject[memchr::memrchr(b'.', subject)? + 1..])
 }
 
 // --- js-info -----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ pub enum Kind {
     Ordered,
 }
 
+#[derive(Clone)]
 pub struct JsConsumeOpts {
     pub server: String,
     pub stream: String,
@@ -212,7 +213,7 @@ pub async fn run(o: &JsConsumeOpts) -> Result<JsConsumeReport> {
     let t0 = Instant::now();
     let deadline = t0 + o.timeout;
     let publishing = (o.pubs > 0).then(|| {
-        let o2 = clone_opts(o);
+        let o2 = o.clone();
         tokio::spawn(async move { publish(&o2, o2.pubs, o2.window, Some(deadline)).await })
     });
     if o.pubs == 0 {
@@ -279,16 +280,6 @@ pub async fn run(o: &JsConsumeOpts) -> Result<JsConsumeReport> {
         complete: errors.is_empty(),
         errors,
     })
-}
-
-fn clone_opts(o: &JsConsumeOpts) -> JsConsumeOpts {
-    JsConsumeOpts {
-        server: o.server.clone(),
-        stream: o.stream.clone(),
-        subject: o.subject.clone(),
-        storage: o.storage.clone(),
-        ..*o
-    }
 }
 
 struct Published {
@@ -451,15 +442,6 @@ fn header<'a>(payload: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     })
 }
 
-fn parse_u64(t: &[u8]) -> Option<u64> {
-    if t.is_empty() || t.len() > 19 {
-        return None;
-    }
-    t.iter().try_fold(0u64, |acc, d| {
-        d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0'))
-    })
-}
-
 impl Reader {
     async fn read(mut self, t0: Instant, deadline: Instant, stall: Duration) -> ConsumerResult {
         let mut r = ConsumerResult {
@@ -535,7 +517,7 @@ impl Reader {
                         Some(_) if self.kind == Kind::Pull => {
                             r.pull_statuses += 1;
                             due = match header(payload, b"Nats-Pending-Messages")
-                                .and_then(parse_u64)
+                                .and_then(proto::parse_u64)
                             {
                                 Some(n) => due.saturating_sub(n),
                                 None => 0,
@@ -655,7 +637,7 @@ mod tests {
         let hb = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 5\r\nNats-Consumer-Stalled: $JS.FC.x\r\n\r\n";
         assert_eq!(header(hb, b"nats-consumer-stalled"), Some(&b"$JS.FC.x"[..]));
         assert_eq!(header(hb, b"Missing"), None);
-        assert_eq!(parse_u64(b"17"), Some(17));
-        assert_eq!(parse_u64(b"1x"), None);
+        assert_eq!(proto::parse_u64(b"17"), Some(17));
+        assert_eq!(proto::parse_u64(b"1x"), None);
     }
 }

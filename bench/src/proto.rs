@@ -139,6 +139,16 @@ fn parse_size(digits: &[u8]) -> Option<usize> {
     })
 }
 
+/// A decimal number of at most 19 digits (no sign, nothing else).
+pub fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, d| {
+        d.is_ascii_digit().then(|| acc * 10 + u64::from(d - b'0'))
+    })
+}
+
 /// Appends the decimal form of `n`.
 pub fn push_usize(out: &mut Vec<u8>, mut n: usize) {
     let mut digits = [0u8; 20];

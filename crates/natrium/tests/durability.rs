@@ -62,6 +62,15 @@ fn spawn(store: &Path, log: &Path) -> Proc {
     }
 }
 
+/// The clients' runtime; the server runs as a separate process the test kills.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn kill9(p: &mut Proc) {
     unsafe { libc::kill(p.child.id() as i32, libc::SIGKILL) };
     let _ = p.child.wait();
@@ -85,11 +94,7 @@ fn kill_9_under_load_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("store");
     let log = dir.path().join("server.log");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let mut p = spawn(&store, &log);
     let acked: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
     rt.block_on(async {
@@ -194,11 +199,7 @@ fn kill_9_keeps_consumer_acks_and_deliveries() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = dir.path().join("store");
     let log = dir.path().join("server.log");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let mut p = spawn(&store, &log);
     rt.block_on(async {
         let c = async_nats::connect(format!("127.0.0.1:{}", p.port))

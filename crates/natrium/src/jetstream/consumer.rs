@@ -30,7 +30,7 @@ struct Outgoing {
     route: Arc<str>,
     subject: bytes::Bytes,
     reply: Option<String>,
-    headers: Option<Vec<u8>>,
+    headers: Option<bytes::Bytes>,
     payload: bytes::Bytes,
 }
 
@@ -928,12 +928,9 @@ impl Consumer {
                     None => "NATS/1.0\r\n".to_string(),
                 };
                 h.push_str(&format!("Nats-Msg-Size: {}\r\n\r\n", msg.payload.len()));
-                (Some(h.into_bytes()), bytes::Bytes::new())
+                (Some(bytes::Bytes::from(h)), bytes::Bytes::new())
             } else {
-                (
-                    msg.headers.as_ref().map(|h| h.to_vec()),
-                    msg.payload.clone(),
-                )
+                (msg.headers.clone(), msg.payload.clone())
             };
             out.push(Outgoing {
                 route,
@@ -1171,7 +1168,7 @@ fn status_msg(route: &str, hdr: Vec<u8>) -> Outgoing {
         route: Arc::from(route),
         subject: bytes::Bytes::copy_from_slice(route.as_bytes()),
         reply: None,
-        headers: Some(hdr),
+        headers: Some(bytes::Bytes::from(hdr)),
         payload: bytes::Bytes::new(),
     }
 }

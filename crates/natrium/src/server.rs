@@ -855,7 +855,7 @@ fn start_jetstream(
             tracing::info!("    Sync:            every {d:?} (lazy)")
         }
     }
-    let js = crate::jetstream::JetStream::new(opts);
+    let js = crate::jetstream::JetStream::new(opts)?;
     let mut enabled = vec![(GLOBAL_ACCOUNT.to_string(), None)];
     for a in inner.opts.accounts.iter().filter(|a| a.jetstream) {
         enabled.push((a.name.clone(), a.jetstream_limits));

@@ -213,11 +213,15 @@ proptest! {
     }
 
     #[test]
-    fn file_store_matches_model_across_reopens(ops in proptest::collection::vec(op(), 1..120)) {
+    fn file_store_matches_model_across_reopens(
+        ops in proptest::collection::vec(op(), 1..120),
+        cache in 0..3usize,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let cfg = || {
             let mut c = FileStoreConfig::new(dir.path());
             c.block_size = 4096;
+            c.cache_blocks = cache;
             c
         };
         let mut s = FileStore::open(cfg(), Limits::default()).unwrap();

@@ -95,14 +95,20 @@ impl Default for AccountLimits {
 pub(crate) struct JetStream {
     opts: JetStreamOptions,
     accounts: Mutex<Vec<Arc<JsAccount>>>,
+    /// Held from start until shutdown: no second process opens this store directory.
+    lock: Mutex<Option<natrium_store::StoreDirLock>>,
 }
 
 impl JetStream {
-    pub(crate) fn new(opts: JetStreamOptions) -> Arc<JetStream> {
-        Arc::new(JetStream {
+    /// Locks `<store_dir>/jetstream`; fails, naming the holder's pid, if another server has it.
+    pub(crate) fn new(opts: JetStreamOptions) -> std::io::Result<Arc<JetStream>> {
+        let lock = natrium_store::StoreDirLock::acquire(&opts.store_dir.join("jetstream"))
+            .map_err(std::io::Error::other)?;
+        Ok(Arc::new(JetStream {
             opts,
             accounts: Mutex::new(Vec::new()),
-        })
+            lock: Mutex::new(Some(lock)),
+        }))
     }
 
     /// Enables JetStream in `client`'s account: recovers its streams and serves its API.
@@ -157,6 +163,7 @@ impl JetStream {
                 }
             }
         }
+        self.lock.lock().take();
     }
 
     /// Numbers for `/varz` and `/jsz`.

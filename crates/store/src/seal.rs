@@ -1,0 +1,355 @@
+//! What a block carries at its end once it is sealed: two marker records (see `record`), so that
+//! opening a store and finding a message never has to read a sealed block's messages.
+//!
+//! - the **index record**: where each record starts and, when the block holds more than one
+//!   subject, which of the block's subjects each record has;
+//! - the **summary record** (last in the file): the block's sequence range, message bytes,
+//!   timestamps, sequences lost to damage, and per subject its name, count and first/last sequence,
+//!   plus where the index record starts and the summary record's own length, so that it can be
+//!   found from the end of the file.
+//!
+//! Both are ordinary checksummed records with an empty subject (markers), so a reader that does not
+//! know them skips them. Counts cover every message record of the block that was intact when it was
+//! sealed, removed ones included: removals are in the block's delete records. Pure functions on
+//! bytes; all integers little-endian, varints are LEB128.
+
+use std::sync::Arc;
+
+use crate::record;
+
+const SUMMARY_MAGIC: &[u8; 8] = b"NTRSUM01";
+const INDEX_MAGIC: &[u8; 8] = b"NTRBIX01";
+
+/// One subject of a sealed block, in the block's local numbering (first appearance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SubjectSum {
+    pub name: Arc<[u8]>,
+    pub count: u32,
+    pub first: u64,
+    pub last: u64,
+}
+
+/// The summary record's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Summary {
+    pub start: u64,
+    /// Records in the block (sequences `start .. start + count`), lost ones included.
+    pub count: u32,
+    /// Bytes of the intact message records (as `msg_size` counts them).
+    pub msg_bytes: u64,
+    /// Timestamp of the record at `start` (`i64::MIN` if it was lost).
+    pub first_ts: i64,
+    /// Newest timestamp of an intact record.
+    pub last_ts: i64,
+    /// Offset of the index record in the block.
+    pub index_at: u32,
+    /// Sequence ranges (inclusive) lost to damage, possibly past `start + count` when the block's
+    /// tail was lost.
+    pub lost: Vec<(u64, u64)>,
+    pub subjects: Vec<SubjectSum>,
+}
+
+/// The index record's content: record offsets and, for blocks of several subjects, each
+/// record's local subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IndexRec {
+    pub start: u64,
+    pub offsets: Vec<u32>,
+    /// Empty when every record has local subject 0.
+    pub locals: Vec<u32>,
+    /// End of the last message record.
+    pub end: u32,
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A cursor over a payload; every read fails (None) past the end.
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.buf.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.at)?;
+            self.at += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+impl Summary {
+    /// Append the summary record (`seq`/`ts`: the block's last sequence and newest time).
+    pub fn encode(&self, out: &mut Vec<u8>, seq: u64, ts: i64) {
+        let mut p = Vec::with_capacity(64 + self.subjects.len() * 32);
+        p.extend_from_slice(SUMMARY_MAGIC);
+        p.extend_from_slice(&self.start.to_le_bytes());
+        p.extend_from_slice(&self.count.to_le_bytes());
+        p.extend_from_slice(&self.msg_bytes.to_le_bytes());
+        p.extend_from_slice(&self.first_ts.to_le_bytes());
+        p.extend_from_slice(&self.last_ts.to_le_bytes());
+        p.extend_from_slice(&self.index_at.to_le_bytes());
+        p.extend_from_slice(&(self.lost.len() as u32).to_le_bytes());
+        for (a, b) in &self.lost {
+            p.extend_from_slice(&a.to_le_bytes());
+            p.extend_from_slice(&b.to_le_bytes());
+        }
+        p.extend_from_slice(&(self.subjects.len() as u32).to_le_bytes());
+        for s in &self.subjects {
+            p.extend_from_slice(&(s.name.len() as u16).to_le_bytes());
+            p.extend_from_slice(&s.name);
+            p.extend_from_slice(&s.count.to_le_bytes());
+            p.extend_from_slice(&s.first.to_le_bytes());
+            p.extend_from_slice(&s.last.to_le_bytes());
+        }
+        // The record's own length closes the payload, so it can be found from the file's end.
+        let own = (record::OVERHEAD + p.len() + 4) as u32;
+        p.extend_from_slice(&own.to_le_bytes());
+        record::encode(out, seq, ts, b"", b"", &p);
+    }
+
+    /// Decode a summary record's payload.
+    pub fn decode(payload: &[u8]) -> Option<Summary> {
+        let mut r = Reader {
+            buf: payload,
+            at: 0,
+        };
+        if r.take(8)? != SUMMARY_MAGIC {
+            return None;
+        }
+        let start = r.u64()?;
+        let count = r.u32()?;
+        let msg_bytes = r.u64()?;
+        let first_ts = r.i64()?;
+        let last_ts = r.i64()?;
+        let index_at = r.u32()?;
+        let n_lost = r.u32()? as usize;
+        let mut lost = Vec::with_capacity(n_lost.min(payload.len() / 16));
+        for _ in 0..n_lost {
+            lost.push((r.u64()?, r.u64()?));
+        }
+        let n_subj = r.u32()? as usize;
+        let mut subjects = Vec::with_capacity(n_subj.min(payload.len() / 22));
+        for _ in 0..n_subj {
+            let len = r.u16()? as usize;
+            let name: Arc<[u8]> = Arc::from(r.take(len)?);
+            subjects.push(SubjectSum {
+                name,
+                count: r.u32()?,
+                first: r.u64()?,
+                last: r.u64()?,
+            });
+        }
+        r.u32()?;
+        (r.at == payload.len()).then_some(Summary {
+            start,
+            count,
+            msg_bytes,
+            first_ts,
+            last_ts,
+            index_at,
+            lost,
+            subjects,
+        })
+    }
+}
+
+impl IndexRec {
+    /// Append the index record.
+    pub fn encode(&self, out: &mut Vec<u8>, seq: u64, ts: i64) {
+        let mut p = Vec::with_capacity(32 + self.offsets.len() * 2 + self.locals.len() * 2);
+        p.extend_from_slice(INDEX_MAGIC);
+        p.extend_from_slice(&self.start.to_le_bytes());
+        p.extend_from_slice(&(self.offsets.len() as u32).to_le_bytes());
+        p.extend_from_slice(&self.end.to_le_bytes());
+        p.push(u8::from(!self.locals.is_empty()));
+        let mut prev = 0u32;
+        for &o in &self.offsets {
+            put_varint(&mut p, u64::from(o.wrapping_sub(prev)));
+            prev = o;
+        }
+        for &l in &self.locals {
+            put_varint(&mut p, u64::from(l));
+        }
+        record::encode(out, seq, ts, b"", b"", &p);
+    }
+
+    pub fn decode(payload: &[u8]) -> Option<IndexRec> {
+        let mut r = Reader {
+            buf: payload,
+            at: 0,
+        };
+        if r.take(8)? != INDEX_MAGIC {
+            return None;
+        }
+        let start = r.u64()?;
+        let count = r.u32()? as usize;
+        let end = r.u32()?;
+        let multi = r.take(1)? == [1];
+        // Every entry takes at least one byte: a count larger than the payload is a lie.
+        if count > payload.len() {
+            return None;
+        }
+        let mut offsets = Vec::with_capacity(count);
+        let mut at = 0u32;
+        for _ in 0..count {
+            at = at.checked_add(u32::try_from(r.varint()?).ok()?)?;
+            offsets.push(at);
+        }
+        let mut locals = Vec::new();
+        if multi {
+            locals.reserve(count);
+            for _ in 0..count {
+                locals.push(u32::try_from(r.varint()?).ok()?);
+            }
+        }
+        (r.at == payload.len() && offsets.last().is_none_or(|o| *o <= end)).then_some(IndexRec {
+            start,
+            offsets,
+            locals,
+            end,
+        })
+    }
+}
+
+/// The summary at the end of a block of `len` bytes, reading through `read(at, len)`: the
+/// summary and the offset of the summary record. None if the block does not end with one.
+pub(crate) fn read_summary(
+    len: u64,
+    read: &mut dyn FnMut(u64, usize) -> Option<Vec<u8>>,
+) -> Option<(Summary, u64)> {
+    if len < (record::OVERHEAD + 8) as u64 {
+        return None;
+    }
+    let tail = read(len - 8, 8)?;
+    let own = u64::from(u32::from_le_bytes(tail.get(..4)?.try_into().ok()?));
+    if own < record::OVERHEAD as u64 + 8 || own > len {
+        return None;
+    }
+    let at = len - own;
+    let raw = read(at, own as usize)?;
+    let rec = record::decode(&raw).ok()?;
+    if !rec.is_marker() || rec.len as u64 != own {
+        return None;
+    }
+    let s = Summary::decode(rec.payload)?;
+    (u64::from(s.index_at) < at).then_some((s, at))
+}
+
+/// Decode the index record in `raw` (the bytes from the index record to the summary record).
+pub(crate) fn decode_index(raw: &[u8]) -> Option<IndexRec> {
+    let rec = record::decode(raw).ok()?;
+    if !rec.is_marker() || rec.len != raw.len() {
+        return None;
+    }
+    IndexRec::decode(rec.payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Summary, IndexRec) {
+        let s = Summary {
+            start: 100,
+            count: 3,
+            msg_bytes: 120,
+            first_ts: -5,
+            last_ts: 77,
+            index_at: 120,
+            lost: vec![(101, 101)],
+            subjects: vec![
+                SubjectSum {
+                    name: Arc::from(&b"a.b"[..]),
+                    count: 1,
+                    first: 100,
+                    last: 100,
+                },
+                SubjectSum {
+                    name: Arc::from(&b"c"[..]),
+                    count: 1,
+                    first: 102,
+                    last: 102,
+                },
+            ],
+        };
+        let i = IndexRec {
+            start: 100,
+            offsets: vec![0, 40, 300],
+            locals: vec![0, 0, 1],
+            end: 340,
+        };
+        (s, i)
+    }
+
+    #[test]
+    fn summary_and_index_round_trip_and_are_found_from_the_end() {
+        let (s, i) = sample();
+        let mut block = vec![7u8; 120];
+        i.encode(&mut block, 102, 77);
+        let summary_at = block.len() as u64;
+        s.encode(&mut block, 102, 77);
+        let mut read =
+            |at: u64, n: usize| block.get(at as usize..at as usize + n).map(<[u8]>::to_vec);
+        let (got, at) = read_summary(block.len() as u64, &mut read).unwrap();
+        assert_eq!((got, at), (s, summary_at));
+        let idx = decode_index(&block[120..summary_at as usize]).unwrap();
+        assert_eq!(idx, i);
+    }
+
+    #[test]
+    fn damaged_or_missing_summary_is_not_used() {
+        let (s, i) = sample();
+        let mut block = vec![7u8; 120];
+        i.encode(&mut block, 102, 77);
+        let summary_at = block.len();
+        s.encode(&mut block, 102, 77);
+        for k in 0..block.len() {
+            let mut b = block.clone();
+            b[k] ^= 0x20;
+            let mut read =
+                |at: u64, n: usize| b.get(at as usize..at as usize + n).map(<[u8]>::to_vec);
+            let got = read_summary(b.len() as u64, &mut read).map(|(g, _)| g);
+            // Damage before the summary record leaves it intact; damage in it is never used.
+            let want = (k < summary_at).then(|| s.clone());
+            assert_eq!(got, want, "byte {k}");
+        }
+        let plain = {
+            let mut b = Vec::new();
+            record::encode_marker(&mut b, 5, 5);
+            b
+        };
+        let mut read =
+            |at: u64, n: usize| plain.get(at as usize..at as usize + n).map(<[u8]>::to_vec);
+        assert_eq!(read_summary(plain.len() as u64, &mut read), None);
+    }
+}

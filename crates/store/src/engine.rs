@@ -1323,6 +1323,10 @@ impl<B: Backend> Engine<B> {
     /// Read block `bi` whole and check every record; records found damaged become lost (never
     /// served), and the totals and per-subject counts drop by the live messages they held.
     fn verify_block_at(&mut self, bi: usize) -> Result<()> {
+        if self.blocks.get(bi).is_some_and(|b| b.index.is_none()) {
+            // What the block held before (from its seal), to know which subjects lose messages.
+            let _ = self.read_index(bi);
+        }
         let b = self.blocks.get(bi).ok_or(StoreError::NotFound)?;
         let (start, len, count) = (b.start, b.len, b.count);
         let next = start + u64::from(count);

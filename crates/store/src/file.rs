@@ -639,6 +639,19 @@ struct Recovered {
     recovery: Recovery,
     files: BTreeMap<u64, BlockFiles>,
     scanned: Vec<u64>,
+    /// The index as read: start → (bytes, next sequence).
+    index: Option<BTreeMap<u64, (u64, u64)>>,
+}
+
+/// Whether `index` (as read on open) lists exactly these blocks: then the store was closed
+/// cleanly (or opened since) with every byte of them synced, and nothing is left to sync.
+fn index_matches(index: Option<&BTreeMap<u64, (u64, u64)>>, blocks: &[(u64, u64, u64)]) -> bool {
+    index.is_some_and(|i| {
+        i.len() == blocks.len()
+            && blocks
+                .iter()
+                .all(|(start, len, next)| i.get(start) == Some(&(*len, *next)))
+    })
 }
 
 /// Open every block (sealed ones from their summary, the rest read whole) and build the
@@ -659,6 +672,7 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<Recovered> {
         }
     }
     starts.sort_unstable();
+    dlts.sort_unstable();
     // Delete records whose block is gone (a crash between the two unlinks).
     for d in dlts.iter().filter(|d| starts.binary_search(d).is_err()) {
         fs::remove_file(dlt_path(dir, *d)).map_err(err("remove orphan delete records"))?;
@@ -713,7 +727,11 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<Recovered> {
             scanned.clear();
             bytes = 0;
         }
-        let dead = read_dlt(dir, start, name)?;
+        let dead = if dlts.binary_search(&start).is_ok() {
+            read_dlt(dir, start, name)?
+        } else {
+            FxHashSet::default()
+        };
         let mut read = |at: u64, n: usize| {
             let mut v = vec![0; n];
             f.read_exact_at(&mut v, at).ok().map(|()| v)
@@ -815,6 +833,7 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<Recovered> {
         recovery: rec,
         files,
         scanned,
+        index,
     })
 }
 
@@ -828,10 +847,17 @@ impl FileStore {
             recovery,
             files,
             scanned,
+            index,
         } = recover(&cfg.dir, &name)?;
+        let recovered: Vec<(u64, u64, u64)> = parts
+            .blocks
+            .iter()
+            .map(|b| (b.start, u64::from(b.len), b.next_seq()))
+            .collect();
+        let clean = index_matches(index.as_ref(), &recovered);
         // Whatever survived in the page cache becomes durable before anything is served (sealed
-        // blocks were synced when they were sealed).
-        for start in scanned {
+        // blocks were synced when they were sealed; after a clean close everything was).
+        for start in scanned.into_iter().filter(|_| !clean) {
             if let Some(f) = files.get(&start) {
                 f.blk
                     .sync_data()
@@ -856,15 +882,17 @@ impl FileStore {
             active,
             last_written: last_seq,
             dirty: Vec::new(),
-            dir_dirty: true,
+            dir_dirty: !clean,
             ahead: Mutex::new(None),
             scrub: ctl.clone(),
         };
         let block_size = cfg.block_size.clamp(4 << 10, 1 << 30);
         let mut engine = Engine::new(backend, limits, block_size, cfg.cache_blocks, parts)?;
         engine.backend.sync_meta(false)?;
-        write_index(&cfg.dir, &engine.block_summary())
-            .map_err(|e| io_err(&name, "write index", e))?;
+        let summary = engine.block_summary();
+        if !index_matches(index.as_ref(), &summary) {
+            write_index(&cfg.dir, &summary).map_err(|e| io_err(&name, "write index", e))?;
+        }
         let d = durable.clone();
         let policy = cfg.sync;
         let syncer = std::thread::Builder::new()

@@ -395,11 +395,13 @@ fn verify_states(dir: &Path) -> io::Result<StreamReport> {
         }
     }
     if intact.is_empty() && !r.notes.is_empty() {
-        let notes = std::mem::take(&mut r.notes);
-        r.problems.extend(notes.into_iter().map(|mut p| {
-            p.what = "no intact slot: the consumer's state is lost".into();
-            p
-        }));
+        r.notes.clear();
+        r.problems.push(problem(
+            dir,
+            0,
+            NONE,
+            "no intact slot in state.0 or state.1: the consumer's state is lost",
+        ));
     } else if let (Some(newest), false) = (intact.iter().max(), r.notes.is_empty()) {
         for n in &mut r.notes {
             n.what = format!("{} ({} generation {} is used)", n.what, newest.1, newest.0);

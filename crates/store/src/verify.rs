@@ -333,13 +333,38 @@ fn check_seal(path: &Path, buf: &[u8], s: &Scanned, is_last: bool, r: &mut Strea
     if sum.count as usize != count {
         wrong.push(format!("{} records, the summary says {}", count, sum.count));
     }
-    let mut per = vec![0u32; s.index.locals.len()];
+    let index = buf
+        .get(sum.index_at as usize..*sum_at as usize)
+        .and_then(seal::decode_index);
+    let Some(ix) = index else {
+        wrong.push("the index record is damaged".into());
+        report_seal(path, sum.index_at, wrong, r);
+        return;
+    };
+    if ix.offsets != s.index.offsets {
+        wrong.push("the index record's offsets disagree with the records".into());
+    }
+    // A removed message may have been erased (its subject zeroed): its subject is the one the
+    // index record names. Every other record's subject must match it.
+    let mut per = vec![0u32; sum.subjects.len()];
     let mut bytes = 0u64;
+    let mut subjects_differ = false;
     for i in 0..count {
-        if let Some(n) = per.get_mut(s.index.local(i) as usize) {
+        let recorded = if ix.locals.is_empty() {
+            0
+        } else {
+            ix.locals.get(i).copied().unwrap_or(u32::MAX)
+        };
+        if !s.index.is_dead(i) && s.index.local(i) != recorded {
+            subjects_differ = true;
+        }
+        if let Some(n) = per.get_mut(recorded as usize) {
             *n += 1;
         }
         bytes += u64::from(s.index.range(i).1);
+    }
+    if subjects_differ {
+        wrong.push("the index record's subjects disagree with the records".into());
     }
     if bytes != sum.msg_bytes {
         wrong.push(format!(
@@ -357,21 +382,13 @@ fn check_seal(path: &Path, buf: &[u8], s: &Scanned, is_last: bool, r: &mut Strea
             ));
         }
     }
-    let index = buf
-        .get(sum.index_at as usize..*sum_at as usize)
-        .and_then(seal::decode_index);
-    match index {
-        Some(ix) if ix.offsets == s.index.offsets && ix.locals == s.index.subj => {}
-        Some(_) => wrong.push("the index record's offsets disagree with the records".into()),
-        None => wrong.push("the index record is damaged".into()),
-    }
+    report_seal(path, sum.index_at, wrong, r);
+}
+
+fn report_seal(path: &Path, at: u32, wrong: Vec<String>, r: &mut StreamReport) {
     for w in wrong {
-        r.problems.push(problem(
-            path,
-            u64::from(sum.index_at),
-            NONE,
-            format!("seal: {w}"),
-        ));
+        r.problems
+            .push(problem(path, u64::from(at), NONE, format!("seal: {w}")));
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! `cargo bench -p natrium-store --bench store [-- MSGS]`; data goes to `$STORE_BENCH_DIR` or a
 //! temp dir (kept with `STORE_BENCH_KEEP=1`; `store recover DIR` then times one open).
+//! `-- subjects N` measures per-subject state instead: N messages on N subjects, then a reopen.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,6 +155,39 @@ fn main() {
         Ok(d) => tempfile::tempdir_in(d).expect("tempdir"),
         Err(_) => tempfile::tempdir().expect("tempdir"),
     };
+    if args.get(1).map(String::as_str) == Some("subjects") {
+        // What per-subject state costs: N messages, each on its own subject (a KV bucket of N
+        // keys), then a reopen in a fresh process.
+        let dir = root.path().join("subjects");
+        let before = rss_kib("VmRSS:");
+        let t = Instant::now();
+        let s = open(&dir, SyncPolicy::Interval(Duration::from_secs(120)));
+        for i in 0..total {
+            let subject = format!("kv.bucket.key{i:010}");
+            s.store_msg(subject.as_bytes(), None, &PAYLOAD[..16], i as i64)
+                .expect("store");
+        }
+        println!(
+            "wrote {total} msgs on {} subjects in {:.1}s; RSS +{} MiB while open",
+            s.state().num_subjects,
+            t.elapsed().as_secs_f64(),
+            (rss_kib("VmRSS:") - before) / 1024
+        );
+        s.stop().expect("stop");
+        drop(s);
+        let exe = std::env::current_exe().expect("exe");
+        let out = std::process::Command::new(exe)
+            .arg("recover")
+            .arg(&dir)
+            .output()
+            .expect("child");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if std::env::var_os("STORE_BENCH_KEEP").is_some() {
+            println!("kept {}", dir.display());
+            std::mem::forget(root);
+        }
+        return;
+    }
     let fresh = |name: &str| root.path().join(name);
 
     for threads in [1, 16, 256] {

@@ -541,6 +541,7 @@ fn summarized(
         lost.extend((a..=z).take(MAX_LOST as usize));
     }
     let mut few = Vec::new();
+    subjects.reserve(summary.subjects.len());
     for (s, n) in summary.subjects.iter().zip(&per_local) {
         if *n > 0 {
             few.push(subjects.add_n(&s.name, *n, s.first, s.last));

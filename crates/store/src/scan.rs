@@ -372,14 +372,16 @@ impl Builder<'_> {
     /// `message` for a record whose bytes do not outlive this call.
     fn message_owned(&mut self, pos: usize, r: &Record<'_>, dead: &FxHashSet<u64>) {
         let live = !dead.contains(&r.seq);
-        let local = match self
-            .index
-            .locals
-            .iter()
-            .rposition(|l| l.name[..] == *r.subject)
-        {
-            Some(l) if self.index.locals.len() <= 8 => l as u32,
-            _ => self.owned_local(r.subject),
+        // A few subjects: compare with each (the common case, no hashing); many: look up.
+        let locals = &self.index.locals;
+        let found = if locals.len() <= 8 {
+            locals.iter().rposition(|l| l.name[..] == *r.subject)
+        } else {
+            None
+        };
+        let local = match found {
+            Some(l) => l as u32,
+            None => self.owned_local(r.subject),
         };
         self.index.push(pos as u32, local, r.len as u32, !live);
         if live {

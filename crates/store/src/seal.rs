@@ -12,6 +12,12 @@
 //! know them skips them. Counts cover every message record of the block that was intact when it was
 //! sealed, removed ones included: removals are in the block's delete records. Pure functions on
 //! bytes; all integers little-endian, varints are LEB128.
+//!
+//! Summary record payload: `"NTRSUM01" | start u64 | count u32 | msg_bytes u64 | first_ts i64 |
+//! last_ts i64 | index_at u32 | n_lost u32 | n_lost × (first u64, last u64) | n_subjects u32 |
+//! n_subjects × (varint name_len, name, varint count, varint first - start, varint last - first)
+//! | own_len u32`. Index record payload: `"NTRBIX01" | start u64 | count u32 | end u32 | multi u8
+//! | count × varint (offset - previous offset) | if multi: count × varint local subject`.
 
 use std::sync::Arc;
 
@@ -81,9 +87,6 @@ impl<'a> Reader<'a> {
         self.at += n;
         Some(s)
     }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
-    }
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
@@ -125,11 +128,11 @@ impl Summary {
         }
         p.extend_from_slice(&(self.subjects.len() as u32).to_le_bytes());
         for s in &self.subjects {
-            p.extend_from_slice(&(s.name.len() as u16).to_le_bytes());
+            put_varint(&mut p, s.name.len() as u64);
             p.extend_from_slice(&s.name);
-            p.extend_from_slice(&s.count.to_le_bytes());
-            p.extend_from_slice(&s.first.to_le_bytes());
-            p.extend_from_slice(&s.last.to_le_bytes());
+            put_varint(&mut p, u64::from(s.count));
+            put_varint(&mut p, s.first.wrapping_sub(self.start));
+            put_varint(&mut p, s.last.wrapping_sub(s.first));
         }
         // The record's own length closes the payload, so it can be found from the file's end.
         let own = (record::OVERHEAD + p.len() + 4) as u32;
@@ -158,15 +161,18 @@ impl Summary {
             lost.push((r.u64()?, r.u64()?));
         }
         let n_subj = r.u32()? as usize;
-        let mut subjects = Vec::with_capacity(n_subj.min(payload.len() / 22));
+        let mut subjects = Vec::with_capacity(n_subj.min(payload.len() / 5));
         for _ in 0..n_subj {
-            let len = r.u16()? as usize;
+            let len = usize::try_from(r.varint()?).ok()?;
             let name: Arc<[u8]> = Arc::from(r.take(len)?);
+            let count = u32::try_from(r.varint()?).ok()?;
+            let first = start.checked_add(r.varint()?)?;
+            let last = first.checked_add(r.varint()?)?;
             subjects.push(SubjectSum {
                 name,
-                count: r.u32()?,
-                first: r.u64()?,
-                last: r.u64()?,
+                count,
+                first,
+                last,
             });
         }
         r.u32()?;

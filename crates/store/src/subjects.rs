@@ -52,7 +52,11 @@ impl Subjects {
             }
             return id;
         }
-        let name: Arc<[u8]> = Arc::from(subject);
+        self.insert(Arc::from(subject), seq)
+    }
+
+    /// A new subject with one message, `seq`.
+    fn insert(&mut self, name: Arc<[u8]>, seq: u64) -> u32 {
         let info = SubjectInfo {
             name: name.clone(),
             msgs: 1,
@@ -77,7 +81,7 @@ impl Subjects {
 
     /// Count `n` messages of `subject` whose sequences lie in `first ..= last` (a block's share,
     /// on open); returns the subject's id.
-    pub fn add_n(&mut self, subject: &[u8], n: u64, first: u64, last: u64) -> u32 {
+    pub fn add_n(&mut self, subject: &Arc<[u8]>, n: u64, first: u64, last: u64) -> u32 {
         if let Some(id) = self.id(subject) {
             if let Some(s) = self.get_mut(id) {
                 if s.msgs == 0 {
@@ -90,12 +94,18 @@ impl Subjects {
             }
             return id;
         }
-        let id = self.add(subject, first);
+        let id = self.insert(subject.clone(), first);
         if let Some(s) = self.get_mut(id) {
             s.msgs = n;
             s.last = last;
         }
         id
+    }
+
+    /// Room for `n` more subjects.
+    pub fn reserve(&mut self, n: usize) {
+        self.ids.reserve(n);
+        self.info.reserve(n);
     }
 
     /// Uncount `n` messages of subject `id` (lost to damage found after open); the bounds stay.

@@ -847,11 +847,25 @@ impl<B: Backend> Engine<B> {
         let Some(old) = self.blocks.get(bi) else {
             return Ok(());
         };
-        let (start, live) = (old.start, old.live);
-        self.seal_block(bi, Some(seq))?;
-        if let Some(b) = self.blocks.get_mut(bi) {
-            // Written in this run, but not read back: the scrub checks it like any other.
-            b.verified = false;
+        let (start, live, at) = (old.start, old.live, old.len);
+        if self.backend.evictable() {
+            self.seal_block(bi, Some(seq))?;
+            if let Some(b) = self.blocks.get_mut(bi) {
+                // Written in this run, but not read back: the scrub checks it like any other.
+                b.verified = false;
+            }
+        } else {
+            // Blocks that are never evicted (memory) need no index: a plain seal marker.
+            let mut buf = Vec::new();
+            record::encode_marker(&mut buf, self.last_seq, self.last_ts);
+            self.backend.write(start, at, &buf)?;
+            self.backend.seal(start)?;
+            if let Some(b) = self.blocks.get_mut(bi) {
+                b.len += buf.len() as u32;
+                if let Some(idx) = b.index.as_deref_mut() {
+                    idx.by_name = None;
+                }
+            }
         }
         self.backend.create_block(seq)?;
         self.blocks.push_back(Block::new(seq));

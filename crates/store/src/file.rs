@@ -471,21 +471,49 @@ fn read_dlt(dir: &Path, start: u64, name: &Arc<str>) -> Result<FxHashSet<u64>> {
 
 /// A block's figures from its summary and delete records, without reading its messages (the
 /// index record too when some of them were removed: it says which subject each one had).
-fn summarized(
-    f: &File,
+/// A block file being opened: its first sequence, its length and the next block's start.
+struct Opening<'a> {
+    f: &'a File,
     start: u64,
     len: u64,
+    next_start: Option<u64>,
+}
+
+fn summarized(
+    o: Opening<'_>,
     summary: Summary,
     dead: &FxHashSet<u64>,
     subjects: &mut Subjects,
     lost: &mut BTreeSet<u64>,
 ) -> Option<(Block, u64)> {
+    let Opening {
+        f,
+        start,
+        len,
+        next_start,
+    } = o;
     let count = u64::from(summary.count);
     let next = start + count;
     if len > u64::from(u32::MAX) {
         return None;
     }
-    let summary_lost = |q: u64| summary.lost.iter().any(|(a, z)| (*a..=*z).contains(&q));
+    // Lost ranges: sorted, apart, inside the block (or its lost tail, up to the next block).
+    let limit = next_start.unwrap_or(next);
+    let ranges_ok = summary
+        .lost
+        .iter()
+        .all(|(a, z)| start <= *a && a <= z && *z < limit)
+        && summary
+            .lost
+            .windows(2)
+            .all(|w| matches!(w, [x, y] if x.1 < y.0));
+    if !ranges_ok {
+        return None;
+    }
+    let summary_lost = |q: u64| {
+        let k = summary.lost.partition_point(|(_, z)| *z < q);
+        summary.lost.get(k).is_some_and(|(a, _)| *a <= q)
+    };
     let mut removed: Vec<u64> = dead
         .iter()
         .copied()
@@ -532,13 +560,21 @@ fn summarized(
         .sum();
     let live = count.checked_sub(lost_count + removed.len() as u64)?;
     let live_bytes = summary.msg_bytes.checked_sub(removed_bytes)?;
-    let is_gone = |q: u64| summary_lost(q) || dead.contains(&q);
+    // The first sequence neither lost nor removed (each step passes a range or a removal).
     let mut first_live = start;
-    while first_live < next && is_gone(first_live) {
-        first_live += 1;
+    while first_live < next {
+        let k = summary.lost.partition_point(|(_, z)| *z < first_live);
+        match summary.lost.get(k) {
+            Some(&(a, z)) if a <= first_live => first_live = z + 1,
+            _ if dead.contains(&first_live) => first_live += 1,
+            _ => break,
+        }
     }
+    let mut budget = MAX_LOST as usize;
     for &(a, z) in &summary.lost {
-        lost.extend((a..=z).take(MAX_LOST as usize));
+        let n = usize::try_from(z - a + 1).unwrap_or(usize::MAX).min(budget);
+        lost.extend((a..=z).take(n));
+        budget -= n;
     }
     let mut few = Vec::new();
     subjects.reserve(summary.subjects.len());
@@ -740,8 +776,15 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<Recovered> {
         let summary = seal::read_summary(len, &mut read).filter(|(s, _)| {
             s.start == start && next_start.is_none_or(|n| start + u64::from(s.count) <= n)
         });
-        let opened = summary
-            .and_then(|(s, _)| summarized(&f, start, len, s, &dead, &mut subjects, &mut lost));
+        let opened = summary.and_then(|(s, _)| {
+            let o = Opening {
+                f: &f,
+                start,
+                len,
+                next_start,
+            };
+            summarized(o, s, &dead, &mut subjects, &mut lost)
+        });
         let block = match opened {
             Some((block, last_assigned)) => {
                 rec.blocks_summarized += 1;

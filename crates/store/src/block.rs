@@ -21,15 +21,23 @@ pub(crate) struct Local {
 pub(crate) struct Index {
     /// Byte offset of each record, by `seq - start`.
     pub offsets: Vec<u32>,
-    /// Local subject of each record; empty while every record has local 0 (one subject).
-    pub subj: Vec<u32>,
+    /// Local subject of each record, as narrow as the block's subjects allow.
+    pub subj: LocalIds,
     pub locals: Vec<Local>,
     /// Bitmap of removed (or lost) records.
     pub dead: Vec<u64>,
     /// End of the last message record.
     pub end: u32,
-    /// Local by name, for the block taking appends.
-    pub by_name: Option<FxHashMap<Arc<[u8]>, u32>>,
+    /// Lookups for the block taking appends.
+    pub appends: Option<Box<AppendMaps>>,
+}
+
+/// The block taking appends finds a subject's local by its global id (one integer hash), or by
+/// name when the id is not known here or names another subject now (ids are reused).
+#[derive(Debug, Default)]
+pub(crate) struct AppendMaps {
+    by_id: FxHashMap<u32, u32>,
+    by_name: FxHashMap<Arc<[u8]>, u32>,
 }
 
 impl Index {
@@ -55,11 +63,7 @@ impl Index {
     }
 
     pub fn local(&self, i: usize) -> u32 {
-        if self.subj.is_empty() {
-            0
-        } else {
-            self.subj.get(i).copied().unwrap_or(0)
-        }
+        self.subj.get(i)
     }
 
     /// Global subject id of record `i` (`NO_SUBJECT` if unknown).
@@ -76,12 +80,7 @@ impl Index {
             self.dead.push(0);
         }
         self.offsets.push(at);
-        if local != 0 && self.subj.is_empty() {
-            self.subj = vec![0; i];
-        }
-        if !self.subj.is_empty() {
-            self.subj.push(local);
-        }
+        self.subj.push(i, local);
         if dead {
             self.set_dead(i);
         }
@@ -95,19 +94,30 @@ impl Index {
         (at, end.saturating_sub(at))
     }
 
-    /// The local for `name`, added if new (the block taking appends).
+    /// The local for subject `name` (global id `id`), added if new (the block taking appends).
     pub fn local_for(&mut self, name: &Arc<[u8]>, id: u32) -> u32 {
-        let locals = &self.locals;
-        let map = self.by_name.get_or_insert_with(|| {
-            locals
-                .iter()
-                .enumerate()
-                .map(|(l, x)| (x.name.clone(), l as u32))
-                .collect()
+        let locals = &mut self.locals;
+        let maps = self.appends.get_or_insert_with(|| {
+            let mut m = AppendMaps::default();
+            for (l, x) in locals.iter().enumerate() {
+                m.by_name.insert(x.name.clone(), l as u32);
+                if x.id != NO_SUBJECT {
+                    m.by_id.insert(x.id, l as u32);
+                }
+            }
+            Box::new(m)
         });
-        match map.get(name) {
+        if let Some(&l) = maps.by_id.get(&id) {
+            if locals
+                .get(l as usize)
+                .is_some_and(|x| Arc::ptr_eq(&x.name, name))
+            {
+                return l;
+            }
+        }
+        let l = match maps.by_name.get(name) {
             Some(&l) => {
-                if let Some(x) = self.locals.get_mut(l as usize) {
+                if let Some(x) = locals.get_mut(l as usize) {
                     // Share the global table's name (and take the subject's current id).
                     x.id = id;
                     x.name = name.clone();
@@ -115,24 +125,103 @@ impl Index {
                 l
             }
             None => {
-                let l = self.locals.len() as u32;
-                map.insert(name.clone(), l);
-                self.locals.push(Local {
+                let l = locals.len() as u32;
+                maps.by_name.insert(name.clone(), l);
+                locals.push(Local {
                     name: name.clone(),
                     id,
                 });
                 l
             }
-        }
+        };
+        maps.by_id.insert(id, l);
+        l
     }
 
     /// Approximate heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.offsets.capacity() * 4
-            + self.subj.capacity() * 4
+            + self.subj.heap_bytes()
             + self.dead.capacity() * 8
             + self.locals.capacity() * std::mem::size_of::<Local>()
-            + self.by_name.as_ref().map_or(0, |m| m.capacity() * 24)
+            + self
+                .appends
+                .as_ref()
+                .map_or(0, |m| m.by_id.capacity() * 8 + m.by_name.capacity() * 24)
+    }
+}
+
+/// The local subject of each record: nothing while every record has local 0 (one subject),
+/// else one byte per record, or two, or four, as the block's subjects need.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) enum LocalIds {
+    #[default]
+    Zero,
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+}
+
+impl LocalIds {
+    /// From one local per record (empty: all 0).
+    pub fn from_vec(v: Vec<u32>) -> Self {
+        match v.iter().copied().max() {
+            None | Some(0) => LocalIds::Zero,
+            Some(0..=0xff) => LocalIds::U8(v.into_iter().map(|x| x as u8).collect()),
+            Some(0x100..=0xffff) => LocalIds::U16(v.into_iter().map(|x| x as u16).collect()),
+            Some(_) => LocalIds::U32(v),
+        }
+    }
+
+    /// One local per record (empty when all are 0).
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            LocalIds::Zero => Vec::new(),
+            LocalIds::U8(v) => v.iter().map(|x| u32::from(*x)).collect(),
+            LocalIds::U16(v) => v.iter().map(|x| u32::from(*x)).collect(),
+            LocalIds::U32(v) => v.clone(),
+        }
+    }
+
+    pub fn get(&self, i: usize) -> u32 {
+        match self {
+            LocalIds::Zero => 0,
+            LocalIds::U8(v) => v.get(i).map_or(0, |x| u32::from(*x)),
+            LocalIds::U16(v) => v.get(i).map_or(0, |x| u32::from(*x)),
+            LocalIds::U32(v) => v.get(i).copied().unwrap_or(0),
+        }
+    }
+
+    /// Set record `i`'s local (records are added in order: `i` is the count so far).
+    pub fn push(&mut self, i: usize, local: u32) {
+        let fits = match self {
+            LocalIds::Zero => local == 0,
+            LocalIds::U8(_) => local <= 0xff,
+            LocalIds::U16(_) => local <= 0xffff,
+            LocalIds::U32(_) => true,
+        };
+        if !fits {
+            let mut all = self.to_vec();
+            all.resize(i, 0);
+            all.push(local);
+            *self = LocalIds::from_vec(all);
+            return;
+        }
+        match self {
+            LocalIds::Zero => {}
+            LocalIds::U8(v) => v.push(local as u8),
+            LocalIds::U16(v) => v.push(local as u16),
+            LocalIds::U32(v) => v.push(local),
+        }
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            LocalIds::Zero => 0,
+            LocalIds::U8(v) => v.capacity(),
+            LocalIds::U16(v) => v.capacity() * 2,
+            LocalIds::U32(v) => v.capacity() * 4,
+        }
     }
 }
 
@@ -184,7 +273,7 @@ impl Block {
             suspect: false,
             few: None,
             index: Some(Box::new(Index {
-                by_name: Some(FxHashMap::default()),
+                appends: Some(Box::default()),
                 ..Index::default()
             })),
             used: 0,

@@ -91,6 +91,8 @@ pub(crate) struct Engine<B: Backend> {
     last_local: Option<(u32, u32)>,
     /// Index loads since open (for tests and stats).
     loads: u64,
+    /// The block `block_for` found last.
+    hint: std::cell::Cell<usize>,
     pub closed: bool,
 }
 
@@ -171,6 +173,7 @@ impl<B: Backend> Engine<B> {
             tick: 0,
             last_local: None,
             loads: 0,
+            hint: std::cell::Cell::new(0),
             closed: false,
         };
         e.first_seq = e
@@ -213,12 +216,26 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// (block index, record index) of `seq` if it is in some block.
-    fn locate(&self, seq: u64) -> Option<(usize, usize)> {
+    /// The last block starting at or before `seq` (None: `seq` is before every block). The
+    /// block found last time is tried first: reads in order stay in one block for a long time.
+    fn block_for(&self, seq: u64) -> Option<usize> {
+        let h = self.hint.get();
+        if let Some(b) = self.blocks.get(h) {
+            if b.start <= seq && self.blocks.get(h + 1).is_none_or(|n| seq < n.start) {
+                return Some(h);
+            }
+        }
         let bi = self
             .blocks
             .partition_point(|b| b.start <= seq)
             .checked_sub(1)?;
+        self.hint.set(bi);
+        Some(bi)
+    }
+
+    /// (block index, record index) of `seq` if it is in some block.
+    fn locate(&self, seq: u64) -> Option<(usize, usize)> {
+        let bi = self.block_for(seq)?;
         let b = self.blocks.get(bi)?;
         let i = (seq - b.start) as usize;
         (i < b.count as usize).then_some((bi, i))
@@ -292,14 +309,19 @@ impl<B: Backend> Engine<B> {
         {
             return Err("seal does not match the block");
         }
-        let dead = self
-            .backend
-            .deleted_in(start)
-            .map_err(|_| "reading the delete records failed")?;
         let next = start + u64::from(count);
+        let lost_here = self.lost.range(start..next).count() as u64;
+        // Delete records are read only if some message of the block was removed.
+        let dead = if u64::from(b.live) + lost_here < u64::from(count) {
+            self.backend
+                .deleted_in(start)
+                .map_err(|_| "reading the delete records failed")?
+        } else {
+            FxHashSet::default()
+        };
         let mut idx = Index {
             offsets: irec.offsets,
-            subj: irec.locals,
+            subj: crate::block::LocalIds::from_vec(irec.locals),
             locals: summary
                 .subjects
                 .iter()
@@ -310,23 +332,26 @@ impl<B: Backend> Engine<B> {
                 .collect(),
             dead: vec![0; (count as usize).div_ceil(64)],
             end: irec.end,
-            by_name: None,
+            appends: None,
         };
         for seq in dead.iter().chain(self.lost.range(start..next)) {
             if (start..next).contains(seq) {
                 idx.set_dead((seq - start) as usize);
             }
         }
-        let mut live = 0u32;
-        let mut live_bytes = 0u64;
-        for i in 0..count as usize {
-            if !idx.is_dead(i) {
-                live += 1;
-                live_bytes += u64::from(idx.range(i).1);
-            }
-        }
         let first = first_live_in(&idx, 0);
         let b = self.blocks.get_mut(bi).ok_or("no such block")?;
+        // The block's figures and its index agree (checked in tests; the count costs a pass).
+        let (live, live_bytes) = if cfg!(debug_assertions) {
+            (0..count as usize)
+                .filter(|i| !idx.is_dead(*i))
+                .fold((0u32, 0u64), |(n, bytes), i| {
+                    (n + 1, bytes + u64::from(idx.range(i).1))
+                })
+        } else {
+            (b.live, b.live_bytes)
+        };
+        debug_assert_eq!((live, live_bytes), (b.live, b.live_bytes), "block {start}");
         if (live, live_bytes) != (b.live, b.live_bytes) {
             tracing::warn!(
                 block = start,
@@ -397,10 +422,7 @@ impl<B: Backend> Engine<B> {
 
     /// First live sequence in `from ..= to`, any subject.
     fn next_live(&mut self, from: u64, to: u64) -> Result<Option<u64>> {
-        let mut bi = self
-            .blocks
-            .partition_point(|b| b.start <= from)
-            .saturating_sub(1);
+        let mut bi = self.block_for(from).unwrap_or(0);
         while let Some(b) = self.blocks.get(bi) {
             if b.start > to {
                 return Ok(None);
@@ -429,10 +451,7 @@ impl<B: Backend> Engine<B> {
         to: u64,
         mut pred: impl FnMut(u32) -> bool,
     ) -> Result<Option<u64>> {
-        let mut bi = self
-            .blocks
-            .partition_point(|b| b.start <= from)
-            .saturating_sub(1);
+        let mut bi = self.block_for(from).unwrap_or(0);
         while let Some(b) = self.blocks.get(bi) {
             if b.start > to {
                 return Ok(None);
@@ -462,11 +481,7 @@ impl<B: Backend> Engine<B> {
         to: u64,
         mut pred: impl FnMut(u32) -> bool,
     ) -> Result<Option<u64>> {
-        let Some(mut bi) = self
-            .blocks
-            .partition_point(|b| b.start <= to)
-            .checked_sub(1)
-        else {
+        let Some(mut bi) = self.block_for(to) else {
             return Ok(None);
         };
         loop {
@@ -566,8 +581,74 @@ impl<B: Backend> Engine<B> {
     }
 
     fn load_seq(&mut self, seq: u64) -> Result<StoredMsg> {
+        if let Some(m) = self.point_read(seq) {
+            return Ok(m);
+        }
+        self.load_found(seq)
+    }
+
+    /// Read `seq`, which a scan just found live (its block's index is loaded).
+    fn load_found(&mut self, seq: u64) -> Result<StoredMsg> {
         let (bi, i) = self.live(seq)?.ok_or(StoreError::NotFound)?;
         self.read_at(bi, i)
+    }
+
+    /// A message of a sealed block whose index is not loaded and from which nothing was removed,
+    /// read on its own: its offset from the index record, then the record. None when that does
+    /// not apply, or the record does not check out (the caller then loads the index, which is
+    /// checksummed as a whole, and reads it again).
+    fn point_read(&mut self, seq: u64) -> Option<StoredMsg> {
+        let (bi, i) = self.locate(seq)?;
+        let b = self.blocks.get(bi)?;
+        if b.index.is_some() || !b.sealed() || self.lost.contains(&seq) {
+            return None;
+        }
+        let lost_here = self.lost.range(b.start..b.next_seq()).count() as u64;
+        if u64::from(b.live) + lost_here != u64::from(b.count) {
+            return None;
+        }
+        let (start, seal_at, count) = (b.start, b.seal_at, b.count as usize);
+        let u32_at = |raw: &Bytes, k: usize| {
+            raw.get(k..k + 4)
+                .and_then(|x| x.try_into().ok())
+                .map(u32::from_le_bytes)
+        };
+        let pos = seal_at.checked_add(seal::OFFSETS_AT + 4 * i as u32)?;
+        let two = i + 1 < count;
+        let raw = self
+            .backend
+            .read_raw(start, pos, if two { 8 } else { 4 })
+            .ok()?;
+        let at = u32_at(&raw, 0)?;
+        let end = if two {
+            u32_at(&raw, 4)?
+        } else {
+            // The last record ends where the index record says its records end.
+            let raw = self
+                .backend
+                .read_raw(start, seal_at + seal::END_AT, 4)
+                .ok()?;
+            u32_at(&raw, 0)?
+        };
+        if end <= at || end > seal_at {
+            return None;
+        }
+        let raw = self.backend.read(start, at, end - at).ok()?;
+        match record::decode(&raw) {
+            Ok(r) if r.seq == seq && !r.is_marker() => {
+                let [s, h, p] = record::field_ranges(&r);
+                let ts = r.ts;
+                let part = |(at, len): (usize, usize)| raw.slice(at..at + len);
+                Some(StoredMsg {
+                    seq,
+                    ts,
+                    subject: part(s),
+                    headers: (h.1 > 0).then(|| part(h)),
+                    payload: part(p),
+                })
+            }
+            _ => None,
+        }
     }
 
     /// Ids of subjects matching a (non-"all") filter.
@@ -590,7 +671,7 @@ impl<B: Backend> Engine<B> {
             }
             best
         };
-        self.load_seq(seq.ok_or(StoreError::NotFound)?)
+        self.load_found(seq.ok_or(StoreError::NotFound)?)
     }
 
     pub fn load_next(&mut self, filter: &[u8], start: u64) -> Result<StoredMsg> {
@@ -617,7 +698,7 @@ impl<B: Backend> Engine<B> {
                 }
             }
         };
-        self.load_seq(seq.ok_or(StoreError::Eof)?)
+        self.load_found(seq.ok_or(StoreError::Eof)?)
     }
 
     pub fn store(
@@ -637,7 +718,7 @@ impl<B: Backend> Engine<B> {
             return Err(StoreError::MsgTooLarge);
         }
         let size = crate::msg_size(subject, headers, payload);
-        if size > u64::from(u32::MAX) / 4 {
+        if size > u64::from(u32::MAX) / 2 {
             return Err(StoreError::MsgTooLarge);
         }
         if self.limits.discard == Discard::New {
@@ -799,7 +880,7 @@ impl<B: Backend> Engine<B> {
         let irec = IndexRec {
             start,
             offsets: idx.offsets.clone(),
-            locals: idx.subj.clone(),
+            locals: idx.subj.to_vec(),
             end: idx.end,
         };
         Ok((summary, irec))
@@ -833,7 +914,7 @@ impl<B: Backend> Engine<B> {
             b.len = at + buf.len() as u32;
             b.seal_at = at;
             if let Some(idx) = b.index.as_deref_mut() {
-                idx.by_name = None;
+                idx.appends = None;
             }
         }
         Ok(())
@@ -863,7 +944,7 @@ impl<B: Backend> Engine<B> {
             if let Some(b) = self.blocks.get_mut(bi) {
                 b.len += buf.len() as u32;
                 if let Some(idx) = b.index.as_deref_mut() {
-                    idx.by_name = None;
+                    idx.appends = None;
                 }
             }
         }

@@ -16,8 +16,9 @@
 //! Summary record payload: `"NTRSUM01" | start u64 | count u32 | msg_bytes u64 | first_ts i64 |
 //! last_ts i64 | index_at u32 | n_lost u32 | n_lost × (first u64, last u64) | n_subjects u32 |
 //! n_subjects × (varint name_len, name, varint count, varint first - start, varint last - first)
-//! | own_len u32`. Index record payload: `"NTRBIX01" | start u64 | count u32 | end u32 | multi u8
-//! | count × varint (offset - previous offset) | if multi: count × varint local subject`.
+//! | own_len u32`. Index record payload: `"NTRBIX01" | start u64 | count u32 | end u32 | lw u8 |
+//! count × offset u32 | count × local subject as lw bytes (0: every record has local subject 0;
+//! else 1, 2 or 4)`.
 
 use std::sync::Arc;
 
@@ -189,22 +190,35 @@ impl Summary {
     }
 }
 
+/// Offset, from the start of the index record, of its first record offset: the record header
+/// (26 bytes, no subject or headers) and the payload's magic, start, count, end and width.
+pub(crate) const OFFSETS_AT: u32 = 26 + 8 + 8 + 4 + 4 + 1;
+/// Offset, from the start of the index record, of `end` (where the block's records end).
+pub(crate) const END_AT: u32 = 26 + 8 + 8 + 4;
+
 impl IndexRec {
-    /// Append the index record.
+    /// Append the index record: each record's offset as a fixed `u32` (so one of them can be read
+    /// on its own), then local subjects as 1, 2 or 4 bytes each when there are several.
     pub fn encode(&self, out: &mut Vec<u8>, seq: u64, ts: i64) {
-        let mut p = Vec::with_capacity(32 + self.offsets.len() * 2 + self.locals.len() * 2);
+        let max_local = self.locals.iter().copied().max().unwrap_or(0);
+        let lw: u8 = match (self.locals.is_empty(), max_local) {
+            (true, _) => 0,
+            (false, 0..=0xff) => 1,
+            (false, 0x100..=0xffff) => 2,
+            _ => 4,
+        };
+        let n = self.offsets.len();
+        let mut p = Vec::with_capacity(25 + n * (4 + usize::from(lw)));
         p.extend_from_slice(INDEX_MAGIC);
         p.extend_from_slice(&self.start.to_le_bytes());
-        p.extend_from_slice(&(self.offsets.len() as u32).to_le_bytes());
+        p.extend_from_slice(&(n as u32).to_le_bytes());
         p.extend_from_slice(&self.end.to_le_bytes());
-        p.push(u8::from(!self.locals.is_empty()));
-        let mut prev = 0u32;
-        for &o in &self.offsets {
-            put_varint(&mut p, u64::from(o.wrapping_sub(prev)));
-            prev = o;
+        p.push(lw);
+        for o in &self.offsets {
+            p.extend_from_slice(&o.to_le_bytes());
         }
         for &l in &self.locals {
-            put_varint(&mut p, u64::from(l));
+            p.extend_from_slice(l.to_le_bytes().get(..usize::from(lw)).unwrap_or_default());
         }
         record::encode(out, seq, ts, b"", b"", &p);
     }
@@ -220,25 +234,33 @@ impl IndexRec {
         let start = r.u64()?;
         let count = r.u32()? as usize;
         let end = r.u32()?;
-        let multi = r.take(1)? == [1];
-        // Every entry takes at least one byte: a count larger than the payload is a lie.
-        if count > payload.len() {
+        let lw = usize::from(*r.take(1)?.first()?);
+        if !matches!(lw, 0 | 1 | 2 | 4) {
             return None;
         }
-        let mut offsets = Vec::with_capacity(count);
-        let mut at = 0u32;
-        for _ in 0..count {
-            at = at.checked_add(u32::try_from(r.varint()?).ok()?)?;
-            offsets.push(at);
+        let raw_offsets = r.take(count.checked_mul(4)?)?;
+        let raw_locals = r.take(count.checked_mul(lw)?)?;
+        if r.at != payload.len() {
+            return None;
         }
-        let mut locals = Vec::new();
-        if multi {
-            locals.reserve(count);
-            for _ in 0..count {
-                locals.push(u32::try_from(r.varint()?).ok()?);
-            }
-        }
-        (r.at == payload.len() && offsets.last().is_none_or(|o| *o <= end)).then_some(IndexRec {
+        let le = |c: &[u8]| c.try_into().map(u32::from_le_bytes).unwrap_or(u32::MAX);
+        let offsets: Vec<u32> = raw_offsets.chunks_exact(4).map(le).collect();
+        let locals: Vec<u32> = match lw {
+            0 => Vec::new(),
+            1 => raw_locals.iter().map(|b| u32::from(*b)).collect(),
+            2 => raw_locals
+                .chunks_exact(2)
+                .map(|c| {
+                    c.try_into()
+                        .map(u16::from_le_bytes)
+                        .map_or(u32::MAX, u32::from)
+                })
+                .collect(),
+            _ => raw_locals.chunks_exact(4).map(le).collect(),
+        };
+        // Offsets only grow and stay within the block's records.
+        let sorted = offsets.windows(2).all(|w| matches!(w, [a, b] if a <= b));
+        (sorted && offsets.last().is_none_or(|o| *o <= end)).then_some(IndexRec {
             start,
             offsets,
             locals,
@@ -330,6 +352,19 @@ mod tests {
         assert_eq!((got, at), (s, summary_at));
         let idx = decode_index(&block[120..summary_at as usize]).unwrap();
         assert_eq!(idx, i);
+    }
+
+    #[test]
+    fn offsets_and_end_are_where_point_reads_look() {
+        let (_, i) = sample();
+        let mut rec = Vec::new();
+        i.encode(&mut rec, 102, 77);
+        let u32_at =
+            |at: u32| u32::from_le_bytes(rec[at as usize..at as usize + 4].try_into().unwrap());
+        for (k, o) in i.offsets.iter().enumerate() {
+            assert_eq!(u32_at(OFFSETS_AT + 4 * k as u32), *o);
+        }
+        assert_eq!(u32_at(END_AT), i.end);
     }
 
     #[test]

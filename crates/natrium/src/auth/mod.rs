@@ -2,12 +2,19 @@
 //! user, users list (plain or bcrypt passwords), NKey users (a signature over the nonce sent in
 //! INFO) or, with `tls.verify_and_map`, the client certificate's names.
 //!
-//! An `Authenticator` never changes; a reload builds a new one and the server swaps it in (see
-//! `server::AuthCell`). bcrypt comparisons, deliberately slow, never run on a reader task: the
-//! check returns `Verdict::Bcrypt` and the caller hands it to the `BcryptLimiter`, which runs it
-//! on the blocking pool with at most a few at a time server-wide and per client IP, so a flood of
-//! bad logins from one address cannot starve everyone else. Secrets never leave this module in
-//! logs or `Debug` output.
+//! An `Authenticator` never changes; a reload builds a new one and swaps it into the `AuthCell`.
+//! bcrypt comparisons, deliberately slow, never run on a reader task: the check returns
+//! `Verdict::Bcrypt` and the caller hands it to the `BcryptLimiter` (`bcrypt`). Operator mode's
+//! JWTs are verified in `jwt` (account JWT files in `jwt_dir`); client certificate names and
+//! pinning are in `certs`. Secrets never leave this layer in logs or `Debug` output. The auth
+//! layer imports the base layer, `perms` and the router's value types only.
+
+pub mod bcrypt;
+pub mod certs;
+pub mod jwt;
+pub mod jwt_dir;
+
+pub use self::bcrypt::BcryptLimiter;
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -17,10 +24,76 @@ use std::time::Duration;
 
 use base64::Engine;
 use natrium_protocol::ConnectInfo;
+use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 
-use crate::options::{AuthOptions, NkeyUser, Permissions, User};
-use crate::tls::CertNames;
+use self::certs::CertNames;
+use self::jwt::{JwtError, OperatorOptions, Trust, TrustedAccount};
+use crate::perms::Permissions;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct User {
+    pub user: String,
+    /// Plain text, or a bcrypt hash (`$2a$`, `$2b$`, `$2y$`).
+    pub password: String,
+    /// Falls back to `default_permissions` when absent.
+    pub permissions: Option<Permissions>,
+    /// The account the user belongs to; `None` is the global account.
+    pub account: Option<String>,
+}
+
+/// A user identified by an NKey (`authorization { users: [ {nkey: "U..."} ] }`): it proves who it
+/// is by signing the nonce sent in INFO.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NkeyUser {
+    /// The user's public key (`U...`).
+    pub nkey: String,
+    pub permissions: Option<Permissions>,
+    pub account: Option<String>,
+}
+
+/// Client authentication settings (the `authorization` block and its flag equivalents).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthOptions {
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub users: Vec<User>,
+    pub nkeys: Vec<NkeyUser>,
+    pub no_auth_user: Option<String>,
+    pub default_permissions: Option<Permissions>,
+}
+
+impl AuthOptions {
+    pub fn required(&self) -> bool {
+        self.token.is_some()
+            || self.user.is_some()
+            || !self.users.is_empty()
+            || !self.nkeys.is_empty()
+    }
+}
+
+/// The `Authenticator` in force, swapped whole by a reload or an account JWT update. Read once
+/// per CONNECT (and once per connection after a reload), never on the message path.
+pub struct AuthCell(RwLock<Arc<Authenticator>>);
+
+impl AuthCell {
+    pub fn new(a: Authenticator) -> Self {
+        AuthCell(RwLock::new(Arc::new(a)))
+    }
+
+    pub fn current(&self) -> Arc<Authenticator> {
+        self.0.read().clone()
+    }
+
+    pub fn required(&self) -> bool {
+        self.0.read().required()
+    }
+
+    pub fn store(&self, a: Authenticator) {
+        *self.0.write() = Arc::new(a);
+    }
+}
 
 /// What a client presented in CONNECT, kept by its connection so a reload can check it again.
 #[derive(Clone, Default)]
@@ -108,7 +181,7 @@ pub enum AuthError {
     #[error("no user for client certificate {0:?}")]
     UnmappedCertificate(String),
     #[error("user JWT refused: {0}")]
-    Jwt(#[from] crate::jwt::JwtError),
+    Jwt(#[from] JwtError),
 }
 
 impl AuthError {
@@ -150,7 +223,7 @@ pub struct Authenticator {
     tls_map: bool,
     timeout: Duration,
     /// Operator mode: the trusted operators and accounts; users come only from JWTs.
-    trust: Option<crate::jwt::Trust>,
+    trust: Option<Trust>,
 }
 
 fn fingerprint(secret: &str) -> u64 {
@@ -181,26 +254,20 @@ impl Authenticator {
         }
     }
 
-    /// The authenticator for a server's options (operator-mode JWTs verified here).
-    pub fn from_options(o: &crate::options::Options) -> Result<Self, crate::jwt::JwtError> {
-        let mut a = Authenticator::new(
-            o.auth.clone(),
-            o.tls.as_ref().is_some_and(|t| t.verify_and_map),
-            o.auth_timeout,
-        );
-        if let Some(op) = &o.operator {
-            a.trust = Some(crate::jwt::Trust::new(op)?);
-        }
-        Ok(a)
+    /// With operator mode: the operator JWTs and every account JWT (preloaded or in the
+    /// resolver's directory) read and verified, once.
+    pub fn with_operator(mut self, op: &OperatorOptions) -> Result<Self, JwtError> {
+        self.trust = Some(Trust::new(op)?);
+        Ok(self)
     }
 
     /// Operator mode's trust (operators and accounts), if configured.
-    pub fn trust(&self) -> Option<&crate::jwt::Trust> {
+    pub fn trust(&self) -> Option<&Trust> {
         self.trust.as_ref()
     }
 
     /// A copy with one account of operator mode added or replaced (a pushed account JWT).
-    pub fn with_account(&self, acc: crate::jwt::TrustedAccount) -> Authenticator {
+    pub fn with_account(&self, acc: TrustedAccount) -> Authenticator {
         let mut a = self.clone();
         if let Some(t) = a.trust.as_mut() {
             t.accounts.insert(acc.key.clone(), acc);
@@ -223,7 +290,7 @@ impl Authenticator {
     pub fn trusted_accounts(&self) -> Vec<String> {
         self.trust
             .as_ref()
-            .map(crate::jwt::Trust::account_keys)
+            .map(Trust::account_keys)
             .unwrap_or_default()
     }
 
@@ -341,7 +408,7 @@ impl Authenticator {
                 identity,
                 fail,
             } => {
-                if bcrypt::verify(given, &hash).unwrap_or(false) {
+                if ::bcrypt::verify(given, &hash).unwrap_or(false) {
                     Ok(identity)
                 } else {
                     Err(fail)
@@ -404,7 +471,7 @@ impl Authenticator {
             users.sort_by(|a, b| a.user.cmp(&b.user));
             users
                 .into_iter()
-                .find(|u| crate::tls::dn_matches(&u.user, &names.dn))
+                .find(|u| certs::dn_matches(&u.user, &names.dn))
         });
         match entry {
             Some(u) => Verdict::Accept(self.identity_of(u)),
@@ -487,93 +554,9 @@ pub fn new_nonce() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-/// Runs bcrypt comparisons on the blocking pool, at most `global` at a time server-wide and at
-/// most `per_ip` at a time for one client address; later ones wait their turn (bounded by the
-/// caller's auth timeout). A flood of bad passwords from one address therefore uses at most
-/// `per_ip` bcrypt threads, and a client from another address waits only for the comparisons
-/// already running.
-pub struct BcryptLimiter {
-    global: tokio::sync::Semaphore,
-    per_ip: usize,
-    by_ip: parking_lot::Mutex<FxHashMap<IpAddr, Arc<tokio::sync::Semaphore>>>,
-}
-
-/// Drops an address's semaphore from the map when its last user is done (or gave up).
-struct IpSlot<'a> {
-    limiter: &'a BcryptLimiter,
-    ip: IpAddr,
-    sem: Option<Arc<tokio::sync::Semaphore>>,
-}
-
-impl Drop for IpSlot<'_> {
-    fn drop(&mut self) {
-        let mut map = self.limiter.by_ip.lock();
-        // Clones are only made under this lock: two references are the map's and ours.
-        if self.sem.take().is_some_and(|s| Arc::strong_count(&s) == 2) {
-            map.remove(&self.ip);
-        }
-    }
-}
-
-impl BcryptLimiter {
-    /// Sized from the machine: half the cores server-wide (at least one), and half of that for
-    /// one address (at least one).
-    pub fn new() -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let global = (cores / 2).max(1);
-        Self::with_limits(global, (global / 2).max(1))
-    }
-
-    pub fn with_limits(global: usize, per_ip: usize) -> Self {
-        BcryptLimiter {
-            global: tokio::sync::Semaphore::new(global.max(1)),
-            per_ip: per_ip.max(1),
-            by_ip: parking_lot::Mutex::new(FxHashMap::default()),
-        }
-    }
-
-    /// Whether `given` matches the bcrypt `hash`.
-    pub async fn verify(&self, ip: IpAddr, hash: String, given: String) -> bool {
-        let sem = self
-            .by_ip
-            .lock()
-            .entry(ip)
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_ip)))
-            .clone();
-        let slot = IpSlot {
-            limiter: self,
-            ip,
-            sem: Some(sem.clone()),
-        };
-        let Ok(_ip_permit) = sem.acquire().await else {
-            return false;
-        };
-        let Ok(_permit) = self.global.acquire().await else {
-            return false;
-        };
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(given, &hash).unwrap_or(false))
-            .await
-            .unwrap_or(false);
-        drop(slot);
-        ok
-    }
-
-    /// Addresses with a comparison running or waiting (for tests and monitoring).
-    pub fn addresses(&self) -> usize {
-        self.by_ip.lock().len()
-    }
-}
-
-impl Default for BcryptLimiter {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::User;
 
     fn creds(user: Option<&str>, pass: Option<&str>, token: Option<&str>) -> Credentials {
         Credentials {
@@ -607,7 +590,7 @@ mod tests {
             Err(AuthError::Missing)
         );
 
-        let hash = bcrypt::hash("pw2", 4).expect("hash");
+        let hash = ::bcrypt::hash("pw2", 4).expect("hash");
         let a = auth(AuthOptions {
             users: vec![
                 User {

@@ -1,12 +1,12 @@
 //! TLS for client connections (rustls, ring provider): the acceptor built from the `tls {}`
 //! options, the handshake (after the plaintext INFO as NATS clients expect, or first with
-//! `handshake_first`), bounded by `tls.timeout`, the names a client certificate offers to
-//! `verify_and_map`, `pinned_certs` (the certificate's public key must be one of the listed
-//! digests), and what `/connz` reports of a TLS session. The same certificate also serves
-//! HTTPS monitoring. Certificates and keys are read when the server starts or reloads.
+//! `handshake_first`) bounded by `tls.timeout`, `pinned_certs` enforced after it, and what
+//! `/connz` reports of a TLS session. The same certificate also serves HTTPS monitoring.
+//! Certificates and keys are read when the server starts or reloads.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -16,8 +16,49 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::client::{CloseReason, Conn};
-use crate::options::TlsOptions;
+use super::client::Conn;
+use crate::auth::certs::{cert_names, is_pinned, key_id, peer_cert, PeerCert};
+use crate::router::CloseReason;
+
+/// The `tls {}` block (and the `--tls*` flags) for the client listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Certificate authorities client certificates are checked against (with `verify`).
+    pub ca_file: Option<PathBuf>,
+    /// Require a client certificate signed by `ca_file`.
+    pub verify: bool,
+    /// Require a client certificate and take the user name from it (email, DNS name, URI, or DN).
+    pub verify_and_map: bool,
+    /// How long a client has to finish the handshake.
+    pub timeout: Duration,
+    /// Expect the TLS handshake right away and send INFO inside TLS.
+    pub handshake_first: bool,
+    /// With `handshake_first`: when the client sends nothing for this long, fall back to the
+    /// plaintext INFO first (`handshake_first: auto` or a duration).
+    pub handshake_first_fallback: Option<Duration>,
+    /// `pinned_certs`: lower-case hex SHA-256 digests of the DER SubjectPublicKeyInfo of the
+    /// client certificates accepted; when set, any other client (or one without a certificate)
+    /// is closed after the handshake.
+    pub pinned_certs: Vec<String>,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        TlsOptions {
+            cert_file: PathBuf::new(),
+            key_file: PathBuf::new(),
+            ca_file: None,
+            verify: false,
+            verify_and_map: false,
+            timeout: Duration::from_secs(2),
+            handshake_first: false,
+            handshake_first_fallback: None,
+            pinned_certs: Vec::new(),
+        }
+    }
+}
 
 /// Why the TLS configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +79,9 @@ pub struct TlsServer {
     /// For HTTPS monitoring: the same certificate, never asking for a client certificate (as
     /// nats-server does).
     monitor: TlsAcceptor,
-    pub(crate) opts: TlsOptions,
+    pub opts: TlsOptions,
     /// Expiry of the server certificate, for `/varz` (`tls_cert_not_after`).
-    pub(crate) not_after: Option<std::time::SystemTime>,
+    pub not_after: Option<std::time::SystemTime>,
 }
 
 fn load_err(what: &'static str, path: &Path, e: impl std::fmt::Display) -> TlsError {
@@ -110,7 +151,7 @@ impl TlsServer {
     }
 
     /// The acceptor for HTTPS monitoring connections.
-    pub(crate) fn monitor_acceptor(&self) -> TlsAcceptor {
+    pub fn monitor_acceptor(&self) -> TlsAcceptor {
         self.monitor.clone()
     }
 
@@ -124,7 +165,7 @@ impl TlsServer {
 /// Without `handshake_first` the INFO line goes out in plaintext first, as NATS clients expect;
 /// with it the INFO is the first thing sent inside TLS. A client that does not complete the
 /// handshake within `tls.timeout` is closed.
-pub(crate) async fn serve(tls: Arc<TlsServer>, conn: Conn, mut stream: TcpStream, info: Vec<u8>) {
+pub async fn serve(tls: Arc<TlsServer>, conn: Conn, mut stream: TcpStream, info: Vec<u8>) {
     let (addr, cid) = conn.peer();
     let o = &tls.opts;
     let mut first = o.handshake_first;
@@ -204,18 +245,6 @@ pub struct TlsConnInfo {
     pub peer_certs: Vec<PeerCert>,
 }
 
-/// One certificate a client presented: its subject and SHA-256 fingerprints (hex) of its
-/// public key info and of the whole certificate.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PeerCert {
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub subject: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub spki_sha256: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub cert_sha256: String,
-}
-
 impl TlsConnInfo {
     fn new(session: &rustls::ServerConnection, first: bool) -> TlsConnInfo {
         TlsConnInfo {
@@ -263,156 +292,10 @@ fn cipher_suite_name(s: rustls::CipherSuite) -> String {
     name.to_string()
 }
 
-fn sha256_hex(b: &[u8]) -> String {
-    use std::fmt::Write;
-    let d = ring::digest::digest(&ring::digest::SHA256, b);
-    d.as_ref().iter().fold(String::new(), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
-}
-
-/// Subject and fingerprints of a DER certificate (only the certificate's hash if unparsable).
-pub fn peer_cert(der: &[u8]) -> PeerCert {
-    use x509_cert::der::{Decode, Encode};
-    let cert = x509_cert::Certificate::from_der(der).ok();
-    let tbs = cert.as_ref().map(|c| &c.tbs_certificate);
-    PeerCert {
-        subject: tbs.map_or_else(String::new, |t| t.subject.to_string()),
-        spki_sha256: tbs
-            .and_then(|t| t.subject_public_key_info.to_der().ok())
-            .map_or_else(String::new, |spki| sha256_hex(&spki)),
-        cert_sha256: sha256_hex(der),
-    }
-}
-
 /// When a DER certificate expires.
 fn not_after(der: &[u8]) -> Option<std::time::SystemTime> {
     use x509_cert::der::Decode;
     let cert = x509_cert::Certificate::from_der(der).ok()?;
     let since_epoch = cert.tbs_certificate.validity.not_after.to_unix_duration();
     Some(std::time::UNIX_EPOCH + since_epoch)
-}
-
-/// The key id `pinned_certs` lists: the lower-case hex SHA-256 of the certificate's DER
-/// SubjectPublicKeyInfo (`None` for an unparsable certificate).
-pub fn key_id(der: &[u8]) -> Option<String> {
-    use x509_cert::der::{Decode, Encode};
-    let cert = x509_cert::Certificate::from_der(der).ok()?;
-    let spki = cert.tbs_certificate.subject_public_key_info.to_der().ok()?;
-    Some(sha256_hex(&spki))
-}
-
-/// Whether a client whose certificate has `key_id` passes `pinned` (one without fails).
-pub fn is_pinned(pinned: &[String], key_id: Option<&str>) -> bool {
-    key_id.is_some_and(|k| pinned.iter().any(|p| p == k))
-}
-
-/// The identities a client certificate offers, in the order `verify_and_map` tries them:
-/// email SANs, DNS SANs, URI SANs, then the subject DN (RFC 4514 string, most specific first).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CertNames {
-    pub emails: Vec<String>,
-    pub dns: Vec<String>,
-    pub uris: Vec<String>,
-    pub dn: String,
-}
-
-/// Extracts the names of a DER certificate; an unparsable one offers none.
-pub fn cert_names(der: &[u8]) -> CertNames {
-    use x509_cert::der::Decode;
-    use x509_cert::ext::pkix::name::GeneralName;
-    use x509_cert::ext::pkix::SubjectAltName;
-    let Ok(cert) = x509_cert::Certificate::from_der(der) else {
-        return CertNames::default();
-    };
-    let tbs = &cert.tbs_certificate;
-    let mut names = CertNames {
-        dn: tbs.subject.to_string(),
-        ..CertNames::default()
-    };
-    const SAN: x509_cert::der::oid::ObjectIdentifier =
-        x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.29.17");
-    for ext in tbs.extensions.iter().flatten() {
-        if ext.extn_id != SAN {
-            continue;
-        }
-        let Ok(san) = SubjectAltName::from_der(ext.extn_value.as_bytes()) else {
-            continue;
-        };
-        for n in san.0 {
-            match n {
-                GeneralName::Rfc822Name(s) => names.emails.push(s.to_string()),
-                GeneralName::DnsName(s) => names.dns.push(s.to_string()),
-                GeneralName::UniformResourceIdentifier(s) => names.uris.push(s.to_string()),
-                _ => {}
-            }
-        }
-    }
-    names
-}
-
-/// Splits an RFC 4514 DN into its RDNs (on commas not escaped with `\`), normalising the
-/// attribute type's case and the spaces around separators.
-fn rdns(dn: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut escaped = false;
-    for c in dn.chars() {
-        if escaped {
-            cur.push(c);
-            escaped = false;
-        } else if c == '\\' {
-            cur.push(c);
-            escaped = true;
-        } else if c == ',' {
-            out.push(normalise_rdn(&cur));
-            cur.clear();
-        } else {
-            cur.push(c);
-        }
-    }
-    if !cur.trim().is_empty() {
-        out.push(normalise_rdn(&cur));
-    }
-    out
-}
-
-fn normalise_rdn(rdn: &str) -> String {
-    let rdn = rdn.trim();
-    match rdn.split_once('=') {
-        Some((t, v)) => format!("{}={}", t.trim().to_ascii_uppercase(), v.trim()),
-        None => rdn.to_string(),
-    }
-}
-
-/// Whether a configured user name written as a DN names the certificate's subject: the same
-/// RDNs, in the same or in any order.
-pub fn dn_matches(configured: &str, cert_dn: &str) -> bool {
-    if !configured.contains('=') || cert_dn.is_empty() {
-        return false;
-    }
-    let mut a = rdns(configured);
-    let mut b = rdns(cert_dn);
-    if a == b {
-        return true;
-    }
-    a.sort();
-    b.sort();
-    a == b
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dn_comparison_ignores_order_and_spacing() {
-        let cert = "CN=alice,OU=eng,O=Acme\\, Inc.,C=US";
-        assert!(dn_matches("CN=alice,OU=eng,O=Acme\\, Inc.,C=US", cert));
-        assert!(dn_matches("cn=alice, ou=eng, o=Acme\\, Inc., c=US", cert));
-        assert!(dn_matches("C=US,O=Acme\\, Inc.,OU=eng,CN=alice", cert));
-        assert!(!dn_matches("CN=bob,OU=eng,O=Acme\\, Inc.,C=US", cert));
-        assert!(!dn_matches("alice", cert));
-    }
 }

@@ -10,6 +10,7 @@
 //! `times` windows and account `imports`/`exports`.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -17,9 +18,50 @@ use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::options::{
-    OperatorOptions, Permissions, Resolver, ResponsePermission, SubjectPermission,
-};
+use super::jwt_dir;
+use crate::perms::{Permissions, ResponsePermission, SubjectPermission};
+use crate::router::Limits;
+use crate::util::time::now_secs;
+
+/// JWT operator mode: `operator` (JWTs or files holding them), `resolver` (`MEMORY` or a
+/// directory) and `resolver_preload { ACCOUNT_KEY: JWT }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorOptions {
+    /// Operator JWTs (read from their files when the config names files).
+    pub operators: Vec<String>,
+    /// Account public key → account JWT.
+    pub preload: Vec<(String, String)>,
+    pub resolver: Option<Resolver>,
+}
+
+/// Where operator mode finds account JWTs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolver {
+    /// `resolver: MEMORY`: only `resolver_preload`.
+    Memory,
+    /// `resolver { type: full|cache, dir: ... }`: JWTs stored in a directory, updated by pushes.
+    Dir(DirResolver),
+    /// A form nats-server accepts that Natrium does not implement (`URL(...)`), as written.
+    Unsupported(String),
+}
+
+/// The directory resolver's settings, named as in nats-server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirResolver {
+    pub dir: PathBuf,
+    /// `type: cache`: only accounts already known are updated, and nothing is deleted.
+    pub cache: bool,
+    /// `allow_delete`: `$SYS.REQ.CLAIMS.DELETE` removes accounts (renamed to `.jwt.deleted`,
+    /// or removed with `hard_delete`).
+    pub allow_delete: bool,
+    pub hard_delete: bool,
+    /// Most JWTs stored (`limit`; 0 is unlimited).
+    pub limit: usize,
+    /// `interval` and `timeout` pace and bound the exchange with other servers in a cluster;
+    /// accepted for compatibility, they have no effect on a single server.
+    pub interval: Duration,
+    pub timeout: Duration,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JwtError {
@@ -61,12 +103,6 @@ pub struct Claims<N> {
 struct Header {
     #[serde(default)]
     alg: String,
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl<N> Claims<N> {
@@ -278,8 +314,8 @@ impl Default for AccountLimitsNats {
 }
 
 impl AccountLimitsNats {
-    fn limits(&self) -> crate::account::Limits {
-        crate::account::Limits {
+    fn limits(&self) -> Limits {
+        Limits {
             max_connections: limit(self.conn),
             max_subscriptions: limit(self.subs),
             max_payload: limit(self.payload),
@@ -325,7 +361,7 @@ pub struct TrustedAccount {
     revocations: FxHashMap<String, i64>,
     default_permissions: Option<Permissions>,
     /// The account's client limits (applied to the live account by the server).
-    pub limits: crate::account::Limits,
+    pub limits: Limits,
     disallow_bearer: bool,
     expires: Option<SystemTime>,
     claims_ok: Result<(), JwtError>,
@@ -455,8 +491,18 @@ fn ip_in(ip: IpAddr, cidr: &str) -> bool {
     }
 }
 
+/// The system account the operator JWTs name, if any (only the operator JWTs are decoded:
+/// the account JWTs stay unread).
+pub fn operator_system_account(operators: &[String]) -> Option<String> {
+    operators.iter().rev().find_map(|token| {
+        let c: Claims<OperatorNats> = decode(token).ok()?;
+        (!c.nats.system_account.is_empty()).then_some(c.nats.system_account)
+    })
+}
+
 impl Trust {
-    /// Verifies the operator JWTs and the preloaded account JWTs.
+    /// Verifies the operator JWTs, the preloaded account JWTs and those in the resolver's
+    /// directory.
     pub fn new(o: &OperatorOptions) -> Result<Trust, JwtError> {
         let mut keys = Vec::new();
         let mut system_account = None;
@@ -485,7 +531,7 @@ impl Trust {
         if let Some(Resolver::Dir(d)) = &o.resolver {
             // A bad file makes its account unknown, not the server unable to start (nats-server
             // reads these lazily and fails the account's users).
-            for (key, token) in crate::resolver::read_dir(&d.dir) {
+            for (key, token) in jwt_dir::read_dir(&d.dir) {
                 let path = d.dir.join(format!("{key}.jwt"));
                 match token
                     .map_err(|e| e.to_string())

@@ -1,17 +1,19 @@
-//! Accounts own subject spaces: each holds the subscription trie for its clients and a generation
-//! counter that clients read, without a lock, to know whether their cached match results are stale.
-//! Imports are internal subscriptions whose target forwards into another account. Accounts also
-//! hold their client limits (connections, subscriptions, payload) and count their connections.
+//! One account: a subject space. It holds the subscription trie for its connections and a
+//! generation counter that publishers read, without a lock, to know whether their cached match
+//! results are stale; the reply routes of service imports; its client limits (connections,
+//! subscriptions, payload) and connection count; and its audit and traffic counters.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use natrium_subjects::{Matches, Sublist, FWC, PWC, SEP};
+use natrium_subjects::{Matches, Sublist};
 use parking_lot::{Mutex, RwLock};
 
-use crate::client::{SubRef, Subscription};
+use super::imports::{Forward, ForwardKind, SubjectMap};
+use super::outbound::ClientStats;
+use super::subscription::{SubRef, Subscription, Target};
 
 /// The account of clients that belong to no named account, as in nats-server.
 pub const GLOBAL_ACCOUNT: &str = "$G";
@@ -69,7 +71,7 @@ pub struct Totals {
 }
 
 impl Totals {
-    pub fn add(&mut self, s: &crate::client::ClientStats) {
+    pub fn add(&mut self, s: &ClientStats) {
         self.in_msgs += s.in_msgs;
         self.in_bytes += s.in_bytes;
         self.out_msgs += s.out_msgs;
@@ -157,8 +159,8 @@ impl Account {
         let mut out = Vec::new();
         self.sublist.read().for_each(|subject, queue, sub| {
             let cid = match &sub.0.target {
-                crate::client::Target::Client(c) => c.cid,
-                crate::client::Target::Forward(_) | crate::client::Target::Internal(_) => 0,
+                Target::Client(c) => c.cid,
+                Target::Forward(_) | Target::Internal(_) => 0,
             };
             out.push((
                 String::from_utf8_lossy(subject).into_owned(),
@@ -171,7 +173,7 @@ impl Account {
 
     /// Routes one answer published here on `reply` back to `importer` (a service import's reply
     /// path), and sweeps routes that were never used.
-    pub(crate) fn add_response_route(&self, reply: &[u8], importer: Arc<Account>) {
+    pub fn add_response_route(&self, reply: &[u8], importer: Arc<Account>) {
         let route = Subscription::forward(
             reply,
             Forward {
@@ -199,127 +201,5 @@ impl Account {
         for s in &expired {
             self.remove(s);
         }
-    }
-}
-
-/// What an import's internal subscription does with a message.
-pub struct Forward {
-    /// The account the message is published into.
-    pub to: Arc<Account>,
-    pub map: SubjectMap,
-    pub kind: ForwardKind,
-}
-
-pub enum ForwardKind {
-    /// A stream import: messages flow from exporter to importer.
-    Stream,
-    /// A service import: requests flow from importer to exporter; answers come back to `importer`.
-    Service { importer: Arc<Account> },
-    /// The reply path of a service request.
-    Response,
-}
-
-/// How an import renames subjects on the way.
-pub enum SubjectMap {
-    Identity,
-    /// `prefix.` + subject.
-    Prefix(Box<[u8]>),
-    /// From pattern `from` to pattern `to`: the i-th wildcard token of `from` fills the i-th
-    /// wildcard of `to`; a literal `to` replaces the subject outright.
-    Pattern {
-        from: Box<[u8]>,
-        to: Box<[u8]>,
-    },
-}
-
-impl SubjectMap {
-    pub fn new(from: &str, to: Option<&str>, prefix: Option<&str>) -> SubjectMap {
-        match (to, prefix) {
-            (Some(t), _) if t != from => SubjectMap::Pattern {
-                from: from.as_bytes().into(),
-                to: t.as_bytes().into(),
-            },
-            (_, Some(p)) if !p.is_empty() => {
-                SubjectMap::Prefix(p.trim_end_matches('.').as_bytes().into())
-            }
-            _ => SubjectMap::Identity,
-        }
-    }
-
-    pub fn apply(&self, subject: &[u8]) -> Vec<u8> {
-        match self {
-            SubjectMap::Identity => subject.to_vec(),
-            SubjectMap::Prefix(p) => {
-                let mut out = Vec::with_capacity(p.len() + 1 + subject.len());
-                out.extend_from_slice(p);
-                out.push(SEP);
-                out.extend_from_slice(subject);
-                out
-            }
-            SubjectMap::Pattern { from, to } => {
-                // Collect what the wildcards of `from` captured in `subject`.
-                let mut captured: Vec<&[u8]> = Vec::new();
-                let mut tail: &[u8] = b"";
-                let mut rest = subject;
-                for pt in from.split(|c| *c == SEP) {
-                    let (tok, after) = match rest.iter().position(|c| *c == SEP) {
-                        Some(i) => (&rest[..i], &rest[i + 1..]),
-                        None => (rest, &b""[..]),
-                    };
-                    if pt == [FWC] {
-                        tail = rest;
-                        break;
-                    }
-                    if pt == [PWC] {
-                        captured.push(tok);
-                    }
-                    rest = after;
-                }
-                let mut out = Vec::with_capacity(to.len() + subject.len());
-                let mut next = captured.into_iter();
-                for (i, tt) in to.split(|c| *c == SEP).enumerate() {
-                    if i > 0 {
-                        out.push(SEP);
-                    }
-                    if tt == [PWC] {
-                        out.extend_from_slice(next.next().unwrap_or(b"*"));
-                    } else if tt == [FWC] {
-                        out.extend_from_slice(tail);
-                    } else {
-                        out.extend_from_slice(tt);
-                    }
-                }
-                out
-            }
-        }
-    }
-
-    /// The local subject pattern an import's subscription should use.
-    pub fn apply_pattern(&self, pattern: &str) -> String {
-        match self {
-            SubjectMap::Identity => pattern.to_string(),
-            SubjectMap::Prefix(p) => format!("{}.{pattern}", String::from_utf8_lossy(p)),
-            SubjectMap::Pattern { to, .. } => String::from_utf8_lossy(to).into_owned(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subject_maps() {
-        assert_eq!(SubjectMap::Identity.apply(b"a.b"), b"a.b");
-        assert_eq!(
-            SubjectMap::new("a.>", None, Some("imp")).apply(b"a.b"),
-            b"imp.a.b"
-        );
-        let m = SubjectMap::new("orders.*.created", Some("in.orders.*"), None);
-        assert_eq!(m.apply(b"orders.42.created"), b"in.orders.42");
-        let m = SubjectMap::new("src.>", Some("dst.>"), None);
-        assert_eq!(m.apply(b"src.x.y"), b"dst.x.y");
-        let m = SubjectMap::new("svc.time", Some("time"), None);
-        assert_eq!(m.apply(b"svc.time"), b"time");
     }
 }

@@ -1,7 +1,8 @@
-//! Internal clients: server components (the system account's request handlers, later JetStream)
-//! and embedding programs publish and subscribe in an account without a socket. An internal
+//! Internal clients: server components (the system account's request handlers, JetStream) and
+//! embedding programs publish and subscribe in an account without a socket. An internal
 //! subscription delivers copies into a bounded channel; when the channel is full the message is
-//! dropped and counted, so a slow internal consumer never blocks a publisher.
+//! dropped and counted, so a slow internal consumer never blocks a publisher. A handler
+//! subscription instead runs a short function in the publisher's own task.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,10 +10,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::account::Account;
-use crate::client::{publish_from, publish_routed, SubRef, Subscription};
-
-use crate::server::ServerInner;
+use super::account::Account;
+use super::accounts::Accounts;
+use super::delivery::{self, Lagging, Msg};
+use super::subscription::{SubRef, Subscription};
 
 /// A message received by an internal subscription.
 #[derive(Debug, Clone)]
@@ -42,7 +43,7 @@ enum SinkMode {
 impl InternalSink {
     /// Copies the message into the channel; returns false (and counts it) when the channel is full
     /// or closed.
-    pub(crate) fn offer(
+    pub fn offer(
         &self,
         subject: &[u8],
         reply: Option<&[u8]>,
@@ -83,16 +84,16 @@ pub enum InternalError {
 /// A socket-less client bound to one account.
 #[derive(Clone)]
 pub struct InternalClient {
-    pub(crate) server: Arc<ServerInner>,
-    pub(crate) account: Arc<Account>,
+    account: Arc<Account>,
 }
 
 impl InternalClient {
-    pub(crate) fn new(server: Arc<ServerInner>, account: &str) -> Result<Self, InternalError> {
-        let account = server
-            .account(account)
+    /// A client in the account named `account`, which must exist.
+    pub fn new(accounts: &Accounts, account: &str) -> Result<Self, InternalError> {
+        let account = accounts
+            .get(account)
             .ok_or_else(|| InternalError::UnknownAccount(account.to_string()))?;
-        Ok(InternalClient { server, account })
+        Ok(InternalClient { account })
     }
 
     pub fn account(&self) -> &str {
@@ -152,54 +153,49 @@ impl InternalClient {
         if !natrium_subjects::is_valid_publish_subject(subject.as_bytes()) {
             return Err(InternalError::InvalidSubject(subject.to_string()));
         }
-        Ok(publish_from(
+        Ok(delivery::publish(
             &self.account,
-            subject.as_bytes(),
-            reply.map(str::as_bytes),
-            headers,
-            payload,
+            Msg {
+                subject: subject.as_bytes(),
+                reply: reply.map(str::as_bytes),
+                headers,
+                payload,
+            },
         ))
     }
 
-    /// Publishes to subscribers of `route`, presenting the message as `subject` (JetStream
+    /// Publishes to the subscribers of `to`, presenting the message as `subject` (JetStream
     /// deliveries keep the stored message's subject). Returns whether anyone received it.
     pub fn publish_as(
         &self,
-        route: &str,
+        to: &str,
         subject: &[u8],
         reply: Option<&str>,
         headers: Option<&[u8]>,
         payload: &[u8],
     ) -> bool {
-        publish_routed(
-            &self.account,
-            route.as_bytes(),
+        let m = Msg {
             subject,
-            reply.map(str::as_bytes),
+            reply: reply.map(str::as_bytes),
             headers,
             payload,
-        )
+        };
+        self.publish_batch(to, [m]).0 > 0
     }
 
-    /// Publishes a batch to the subscribers of one `route` (see
-    /// [`crate::client::publish_routed_batch`]): how many reached someone, and the receivers
-    /// left lagging.
-    pub(crate) fn publish_batch<'a>(
+    /// Publishes a batch to the subscribers of `to` (see [`delivery::publish_batch`]): how
+    /// many reached someone, and the receivers left lagging.
+    pub fn publish_batch<'a>(
         &self,
-        route: &str,
-        msgs: impl IntoIterator<Item = crate::client::RoutedMsg<'a>>,
-    ) -> (usize, Option<crate::client::Lagging>) {
-        crate::client::publish_routed_batch(&self.account, route.as_bytes(), msgs)
+        to: &str,
+        msgs: impl IntoIterator<Item = Msg<'a>>,
+    ) -> (usize, Option<Lagging>) {
+        delivery::publish_batch(&self.account, to.as_bytes(), msgs)
     }
 
     /// Whether any subscription in the account matches `subject`.
     pub fn has_interest(&self, subject: &str) -> bool {
         !self.account.matches(subject.as_bytes()).is_empty()
-    }
-
-    /// The server this client lives in (for handlers that report on it).
-    pub(crate) fn server(&self) -> &Arc<ServerInner> {
-        &self.server
     }
 }
 
@@ -242,19 +238,24 @@ impl SubControl {
         for s in subjects.iter().filter(|s| !current.contains(s)) {
             self.add(s, None)?;
         }
-        let mut subs = self.subs.lock();
-        subs.retain(|(s, sub)| {
-            let keep = subjects.contains(s);
-            if !keep {
-                self.account.remove(sub);
-            }
-            keep
-        });
+        // Taken out under this lock, removed from the trie after it (never both locks at once).
+        let dropped: Vec<SubRef> = {
+            let mut subs = self.subs.lock();
+            let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut *subs)
+                .into_iter()
+                .partition(|(s, _)| subjects.contains(s));
+            *subs = keep;
+            drop.into_iter().map(|(_, sub)| sub).collect()
+        };
+        for sub in &dropped {
+            self.account.remove(sub);
+        }
         Ok(())
     }
 
     fn clear(&self) {
-        for (_, sub) in self.subs.lock().drain(..) {
+        let subs = std::mem::take(&mut *self.subs.lock());
+        for (_, sub) in subs {
             self.account.remove(&sub);
         }
     }

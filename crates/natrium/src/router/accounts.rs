@@ -1,0 +1,61 @@
+//! The server's accounts by name: the global account, configured and operator-mode accounts
+//! (created on demand; none is ever removed at run time), and the system account.
+
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
+
+use super::account::{Account, GLOBAL_ACCOUNT};
+
+pub struct Accounts {
+    global: Arc<Account>,
+    by_name: RwLock<FxHashMap<String, Arc<Account>>>,
+}
+
+impl Default for Accounts {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Accounts {
+    /// Just the global account (`$G`).
+    pub fn new() -> Accounts {
+        let global = Account::new(GLOBAL_ACCOUNT);
+        let mut by_name = FxHashMap::default();
+        by_name.insert(GLOBAL_ACCOUNT.to_string(), global.clone());
+        Accounts {
+            global,
+            by_name: RwLock::new(by_name),
+        }
+    }
+
+    /// The account of clients that belong to no named account.
+    pub fn global(&self) -> &Arc<Account> {
+        &self.global
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Account>> {
+        self.by_name.read().get(name).cloned()
+    }
+
+    /// The account named `name`, created if it does not exist yet.
+    pub fn ensure(&self, name: &str) -> Arc<Account> {
+        if let Some(a) = self.get(name) {
+            return a;
+        }
+        self.by_name
+            .write()
+            .entry(name.to_string())
+            .or_insert_with(|| Account::new(name))
+            .clone()
+    }
+
+    /// Every account, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Account>> {
+        let mut v: Vec<_> = self.by_name.read().values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}

@@ -589,7 +589,7 @@ async fn accept_loop(conns: Arc<ConnContext>, listener: TcpListener) {
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, peer)) => conns.accept(stream, peer),
+            Ok((stream, peer)) => crate::conn::accept(&conns, stream, peer),
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::error!("Error accepting client connection: {e}");

@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use natrium_protocol::{encode, ServerInfo};
 use parking_lot::{Mutex, RwLock};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::client::{Client, Conn};
+use super::client::Client;
 use super::registry::Registry;
 use super::tls::TlsServer;
 use crate::auth::{AuthCell, AuthError, Authenticator, BcryptLimiter, Identity};
@@ -310,56 +309,4 @@ impl ConnContext {
         encode::info(&mut out, &json);
         out
     }
-
-    /// Takes over an accepted TCP connection: enforces the per-address and server-wide limits,
-    /// registers it, sends INFO (or runs the TLS handshake) and spawns its connection task.
-    pub fn accept(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
-        let cid = self.registry.next_cid();
-        let Some(slot) = self.registry.take_unauthenticated(peer.ip()) else {
-            tracing::debug!(
-                "{peer} - cid:{cid} - maximum unauthenticated connections from this address exceeded"
-            );
-            refuse(
-                stream,
-                "-ERR 'maximum unauthenticated connections per address exceeded'\r\n",
-            );
-            return;
-        };
-        let client = Client::new(cid, peer, self.max_pending);
-        if self.registry.register(&client).is_err() {
-            tracing::error!("{peer} - cid:{cid} - maximum connections exceeded");
-            refuse(stream, "-ERR 'maximum connections exceeded'\r\n");
-            return;
-        }
-        tracing::debug!("{peer} - cid:{cid} - Client connection created");
-        let nonce = self
-            .auth
-            .current()
-            .needs_nonce()
-            .then(crate::auth::new_nonce);
-        let tls = self.tls_server();
-        let info = self.info(Some((cid, &peer.ip().to_string(), nonce.clone())), false);
-        let conn = Conn::new(client, self.clone())
-            .with_nonce(nonce)
-            .with_slot(slot);
-        match tls {
-            None => {
-                tokio::spawn(conn.run(stream, info));
-            }
-            Some(tls) => {
-                tokio::spawn(super::tls::serve(tls, conn, stream, info));
-            }
-        }
-    }
-}
-
-/// Writes one `-ERR` to a connection refused at accept and closes it (in its own task).
-fn refuse(stream: TcpStream, err: &'static str) {
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        let mut stream = stream;
-        let _ = stream.write_all(err.as_bytes()).await;
-        let _ = stream.shutdown().await;
-    });
 }

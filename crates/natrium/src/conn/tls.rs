@@ -12,12 +12,14 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::SocketAddr;
+
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::client::Conn;
-use crate::auth::certs::{cert_names, is_pinned, key_id, peer_cert, PeerCert};
+use crate::auth::certs::{cert_names, is_pinned, key_id, peer_cert, CertNames, PeerCert};
 use crate::router::CloseReason;
 
 /// The `tls {}` block (and the `--tls*` flags) for the client listener.
@@ -161,74 +163,79 @@ impl TlsServer {
     }
 }
 
-/// Runs the TLS handshake for one accepted client, then hands the encrypted stream to `conn`.
-/// Without `handshake_first` the INFO line goes out in plaintext first, as NATS clients expect;
-/// with it the INFO is the first thing sent inside TLS. A client that does not complete the
-/// handshake within `tls.timeout` is closed.
-pub async fn serve(tls: Arc<TlsServer>, conn: Conn, mut stream: TcpStream, info: Vec<u8>) {
-    let (addr, cid) = conn.peer();
-    let o = &tls.opts;
-    let mut first = o.handshake_first;
-    if let (true, Some(delay)) = (first, o.handshake_first_fallback) {
-        // Fallback: a client that says nothing is waiting for a plaintext INFO.
-        let mut b = [0u8; 1];
-        first = tokio::time::timeout(delay, stream.peek(&mut b))
-            .await
-            .is_ok();
-    }
-    let handshake = async {
-        if !first {
-            stream.write_all(&info).await?;
+/// A completed handshake: the encrypted stream and what it says about the client.
+pub struct Handshake {
+    pub stream: TlsStream<TcpStream>,
+    /// Whether the handshake came before INFO (then INFO still has to be sent, inside TLS).
+    pub first: bool,
+    /// The client certificate's names (for `verify_and_map`), if it sent one.
+    pub names: Option<CertNames>,
+    pub state: TlsConnInfo,
+    /// The client certificate's key id (for `pinned_certs`).
+    pub key_id: Option<String>,
+}
+
+impl TlsServer {
+    /// Runs the TLS handshake for one accepted client. Without `handshake_first` the INFO line
+    /// goes out in plaintext first, as NATS clients expect; with it INFO is left to be sent
+    /// inside TLS. A client that does not complete the handshake within `tls.timeout`, or whose
+    /// certificate is not pinned, is refused.
+    pub async fn handshake(
+        &self,
+        mut stream: TcpStream,
+        info: &[u8],
+        (addr, cid): (SocketAddr, u64),
+    ) -> Result<Handshake, CloseReason> {
+        let o = &self.opts;
+        let mut first = o.handshake_first;
+        if let (true, Some(delay)) = (first, o.handshake_first_fallback) {
+            // Fallback: a client that says nothing is waiting for a plaintext INFO.
+            let mut b = [0u8; 1];
+            first = tokio::time::timeout(delay, stream.peek(&mut b))
+                .await
+                .is_ok();
         }
-        tls.acceptor.accept(stream).await
-    };
-    let outcome = tokio::select! {
-        biased;
-        _ = conn.killed() => None,
-        r = tokio::time::timeout(o.timeout, handshake) => Some(r),
-    };
-    let Some(outcome) = outcome else {
-        conn.abort(CloseReason::ServerShutdown);
-        return;
-    };
-    match outcome {
-        Ok(Ok(s)) => {
-            let (_, session) = s.get_ref();
-            let names = session
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| cert_names(c.as_ref()));
-            let state = TlsConnInfo::new(session, first);
-            tracing::debug!(
-                "{addr} - cid:{cid} - TLS handshake complete (TLS {}, {})",
-                state.version,
-                state.cipher_suite
-            );
-            let key_id = session
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| key_id(c.as_ref()));
-            if !tls.opts.pinned_certs.is_empty()
-                && !is_pinned(&tls.opts.pinned_certs, key_id.as_deref())
-            {
-                tracing::error!(
-                    "{addr} - cid:{cid} - TLS handshake error: certificate not pinned (key id {})",
-                    key_id.as_deref().unwrap_or("none: no client certificate")
-                );
-                conn.abort(CloseReason::TlsHandshakeError);
-                return;
+        let handshake = async {
+            if !first {
+                stream.write_all(info).await?;
             }
-            let info = if first { info } else { Vec::new() };
-            conn.with_tls(names, state, key_id).run(s, info).await;
+            self.acceptor.accept(stream).await
+        };
+        let s = match tokio::time::timeout(o.timeout, handshake).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::error!("{addr} - cid:{cid} - TLS handshake error: {e}");
+                return Err(CloseReason::TlsHandshakeError);
+            }
+            Err(_) => {
+                tracing::error!("{addr} - cid:{cid} - TLS handshake timeout");
+                return Err(CloseReason::TlsHandshakeError);
+            }
+        };
+        let (_, session) = s.get_ref();
+        let leaf = session.peer_certificates().and_then(|c| c.first());
+        let names = leaf.map(|c| cert_names(c.as_ref()));
+        let key_id = leaf.and_then(|c| key_id(c.as_ref()));
+        let state = TlsConnInfo::new(session, first);
+        tracing::debug!(
+            "{addr} - cid:{cid} - TLS handshake complete (TLS {}, {})",
+            state.version,
+            state.cipher_suite
+        );
+        if !o.pinned_certs.is_empty() && !is_pinned(&o.pinned_certs, key_id.as_deref()) {
+            tracing::error!(
+                "{addr} - cid:{cid} - TLS handshake error: certificate not pinned (key id {})",
+                key_id.as_deref().unwrap_or("none: no client certificate")
+            );
+            return Err(CloseReason::TlsHandshakeError);
         }
-        Ok(Err(e)) => {
-            tracing::error!("{addr} - cid:{cid} - TLS handshake error: {e}");
-            conn.abort(CloseReason::TlsHandshakeError);
-        }
-        Err(_) => {
-            tracing::error!("{addr} - cid:{cid} - TLS handshake timeout");
-            conn.abort(CloseReason::TlsHandshakeError);
-        }
+        Ok(Handshake {
+            stream: s,
+            first,
+            names,
+            state,
+            key_id,
+        })
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use rustc_hash::FxHashMap;
@@ -121,7 +121,7 @@ impl<N> Claims<N> {
     pub fn expires(&self) -> Option<SystemTime> {
         self.exp
             .filter(|e| *e > 0)
-            .map(|e| UNIX_EPOCH + Duration::from_secs(e as u64))
+            .map(crate::util::time::from_unix_secs)
     }
 }
 

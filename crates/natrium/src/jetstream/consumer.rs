@@ -1197,7 +1197,7 @@ pub(crate) fn parse_time(s: &str) -> Option<SystemTime> {
     if nanos <= 0 {
         return None;
     }
-    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos as u64))
+    Some(crate::util::time::from_unix_nanos(nanos as i64))
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -1297,10 +1297,7 @@ fn init_cursor(st: &mut State, cfg: &ConsumerConfig, store: &dyn StreamStore) {
                 .opt_start_time
                 .as_deref()
                 .and_then(parse_time)
-                .map_or(0, |t| {
-                    t.duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as i64)
-                });
+                .map_or(0, crate::util::time::unix_nanos);
             let mut from = ss.first_seq.max(1);
             let mut found = ss.last_seq;
             while let Some(m) = next_matching(store, &filters, from) {

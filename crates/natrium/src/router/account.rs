@@ -6,28 +6,24 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use natrium_subjects::{Matches, Sublist};
 use parking_lot::{Mutex, RwLock};
 
-use super::imports::{Forward, ForwardKind, SubjectMap};
 use super::outbound::ClientStats;
-use super::subscription::{SubRef, Subscription, Target};
+use super::subscription::{SubRef, Target};
 
 /// The account of clients that belong to no named account, as in nats-server.
 pub const GLOBAL_ACCOUNT: &str = "$G";
-
-/// How long the reply path of a forwarded service request stays open.
-const RESPONSE_TTL: Duration = Duration::from_secs(120);
 
 pub struct Account {
     pub name: String,
     sublist: RwLock<Sublist<SubRef>>,
     /// Bumped after every change to `sublist`; read lock-free on the publish path.
     generation: AtomicU64,
-    /// Reply routes of service imports, oldest first, swept when they expire.
-    responses: Mutex<VecDeque<(Instant, SubRef)>>,
+    /// Reply routes of service imports, oldest first, swept when they expire (see `imports`).
+    pub(super) responses: Mutex<VecDeque<(Instant, SubRef)>>,
     /// Failed authentications of users of this account (audit counter).
     pub auth_failures: AtomicU64,
     /// Permission violations by users of this account (audit counter).
@@ -169,37 +165,5 @@ impl Account {
             ));
         });
         out
-    }
-
-    /// Routes one answer published here on `reply` back to `importer` (a service import's reply
-    /// path), and sweeps routes that were never used.
-    pub fn add_response_route(&self, reply: &[u8], importer: Arc<Account>) {
-        let route = Subscription::forward(
-            reply,
-            Forward {
-                to: importer,
-                map: SubjectMap::Identity,
-                kind: ForwardKind::Response,
-            },
-            1,
-        );
-        self.insert(route.clone());
-        let now = Instant::now();
-        let mut expired = Vec::new();
-        {
-            let mut q = self.responses.lock();
-            while q
-                .front()
-                .is_some_and(|(t, _)| now.duration_since(*t) > RESPONSE_TTL)
-            {
-                if let Some((_, s)) = q.pop_front() {
-                    expired.push(s);
-                }
-            }
-            q.push_back((now, route));
-        }
-        for s in &expired {
-            self.remove(s);
-        }
     }
 }

@@ -12,7 +12,7 @@ use natrium_subjects::{matches, Matches};
 use rustc_hash::FxHashMap;
 
 use super::account::Account;
-use super::imports::{Forward, ForwardKind};
+use super::imports::{self, Forward, ForwardKind};
 use super::outbound::{CloseReason, Outbound, STALL_MAX};
 use super::subscription::{SubRef, Target};
 
@@ -195,7 +195,7 @@ impl Delivery {
         let subject = f.map.apply(m.subject);
         if let (ForwardKind::Service { importer }, Some(reply)) = (&f.kind, m.reply) {
             // The responder answers in the exporter's account; carry that answer back.
-            f.to.add_response_route(reply, importer.clone());
+            imports::add_response_route(&f.to, reply, importer.clone());
         }
         let fm = Msg {
             subject: &subject,

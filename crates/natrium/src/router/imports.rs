@@ -4,6 +4,7 @@
 //! in the importer's; each forwarded request installs a one-shot reply route back).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use natrium_subjects::{FWC, PWC, SEP};
 
@@ -86,6 +87,41 @@ pub fn install(importer: &Arc<Account>, exporter: &Arc<Account>, imp: &Import) {
             );
             importer.insert(sub);
         }
+    }
+}
+
+/// How long the reply path of a forwarded service request stays open.
+const RESPONSE_TTL: Duration = Duration::from_secs(120);
+
+/// Routes one answer published in `exporter` on `reply` back to `importer` (a service import's
+/// reply path), and sweeps the exporter's reply routes that were never used.
+pub fn add_response_route(exporter: &Account, reply: &[u8], importer: Arc<Account>) {
+    let route = Subscription::forward(
+        reply,
+        Forward {
+            to: importer,
+            map: SubjectMap::Identity,
+            kind: ForwardKind::Response,
+        },
+        1,
+    );
+    exporter.insert(route.clone());
+    let now = Instant::now();
+    let mut expired = Vec::new();
+    {
+        let mut q = exporter.responses.lock();
+        while q
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RESPONSE_TTL)
+        {
+            if let Some((_, s)) = q.pop_front() {
+                expired.push(s);
+            }
+        }
+        q.push_back((now, route));
+    }
+    for s in &expired {
+        exporter.remove(s);
     }
 }
 

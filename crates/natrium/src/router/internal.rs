@@ -4,73 +4,15 @@
 //! dropped and counted, so a slow internal consumer never blocks a publisher. A handler
 //! subscription instead runs a short function in the publisher's own task.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::account::Account;
 use super::accounts::Accounts;
 use super::delivery::{self, Lagging, Msg};
+use super::sink::{Handler, InternalMsg, InternalSink};
 use super::subscription::{SubRef, Subscription};
-
-/// A message received by an internal subscription.
-#[derive(Debug, Clone)]
-pub struct InternalMsg {
-    pub subject: String,
-    pub reply: Option<String>,
-    /// The raw `NATS/1.0` header block, if any.
-    pub headers: Option<Bytes>,
-    pub payload: Bytes,
-}
-
-/// The receiving end of an internal subscription, held in the trie.
-pub struct InternalSink {
-    mode: SinkMode,
-    dropped: AtomicU64,
-}
-
-/// A handler run in the publisher's own task, for work that must be ordered with the publisher's
-/// later messages (JetStream acks). It must be short and must not block.
-pub type Handler = Box<dyn Fn(&[u8], Option<&[u8]>, &[u8]) + Send + Sync>;
-
-enum SinkMode {
-    Channel(mpsc::Sender<InternalMsg>),
-    Handler(Handler),
-}
-
-impl InternalSink {
-    /// Copies the message into the channel; returns false (and counts it) when the channel is full
-    /// or closed.
-    pub fn offer(
-        &self,
-        subject: &[u8],
-        reply: Option<&[u8]>,
-        headers: Option<&[u8]>,
-        payload: &[u8],
-    ) -> bool {
-        let tx = match &self.mode {
-            SinkMode::Handler(f) => {
-                f(subject, reply, payload);
-                return true;
-            }
-            SinkMode::Channel(tx) => tx,
-        };
-        let msg = InternalMsg {
-            subject: String::from_utf8_lossy(subject).into_owned(),
-            reply: reply.map(|r| String::from_utf8_lossy(r).into_owned()),
-            headers: headers.map(Bytes::copy_from_slice),
-            payload: Bytes::copy_from_slice(payload),
-        };
-        if tx.try_send(msg).is_ok() {
-            true
-        } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            false
-        }
-    }
-}
 
 /// Errors of the internal client API.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -111,10 +53,7 @@ impl InternalClient {
             return Err(InternalError::InvalidSubject(subject.to_string()));
         }
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let sink = Arc::new(InternalSink {
-            mode: SinkMode::Channel(tx),
-            dropped: AtomicU64::new(0),
-        });
+        let sink = Arc::new(InternalSink::channel(tx));
         let ctl = Arc::new(SubControl {
             account: self.account.clone(),
             sink,
@@ -132,10 +71,7 @@ impl InternalClient {
     ) -> Result<HandlerSubscription, InternalError> {
         let ctl = Arc::new(SubControl {
             account: self.account.clone(),
-            sink: Arc::new(InternalSink {
-                mode: SinkMode::Handler(handler),
-                dropped: AtomicU64::new(0),
-            }),
+            sink: Arc::new(InternalSink::handler(handler)),
             subs: parking_lot::Mutex::new(Vec::new()),
         });
         ctl.add(subject, None)?;
@@ -283,7 +219,7 @@ impl InternalSubscription {
 
     /// Messages dropped because the channel was full.
     pub fn dropped(&self) -> u64 {
-        self.ctl.sink.dropped.load(Ordering::Relaxed)
+        self.ctl.sink.dropped()
     }
 }
 

@@ -10,11 +10,13 @@ pub mod delivery;
 pub mod imports;
 pub mod internal;
 pub mod outbound;
+pub mod sink;
 pub mod subscription;
 
 pub use account::{Account, Limits, TooManyConnections, Totals, GLOBAL_ACCOUNT};
 pub use accounts::Accounts;
 pub use delivery::{publish, publish_batch, remove_subscription, Lagging, Msg, Publisher};
-pub use internal::{InternalClient, InternalError, InternalMsg, InternalSubscription};
+pub use internal::{InternalClient, InternalError, InternalSubscription};
 pub use outbound::{ClientStats, CloseReason, Outbound, SubAdded};
+pub use sink::InternalMsg;
 pub use subscription::{SubRef, Subscription, Target};

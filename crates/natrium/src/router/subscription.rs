@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::imports::Forward;
-use super::internal::InternalSink;
 use super::outbound::Outbound;
+use super::sink::InternalSink;
 
 /// Where a subscription's messages go.
 pub enum Target {

@@ -26,6 +26,11 @@ pub fn from_unix_nanos(nanos: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(nanos.max(0) as u64)
 }
 
+/// The time `secs` after the Unix epoch (the epoch itself for negative values).
+pub fn from_unix_secs(secs: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
+}
+
 /// How long ago `t` was (zero for a time in the future).
 pub fn since(t: SystemTime) -> Duration {
     SystemTime::now().duration_since(t).unwrap_or_default()

@@ -1,8 +1,6 @@
 //! Monitoring endpoints over real HTTP with traffic from real clients in two accounts: JSON field
 //! names as nats-server's, and Prometheus series parsed with a Prometheus text parser.
 
-mod common;
-
 use std::collections::HashMap;
 
 use bytes::Bytes;
@@ -26,7 +24,7 @@ async fn start_monitored() -> (tempfile::TempDir, Server) {
     o.port = -1;
     o.http_host = "127.0.0.1".into();
     o.http_port = Some(-1);
-    (dir, common::start(o).await)
+    (dir, crate::common::start(o).await)
 }
 
 async fn get(s: &Server, path: &str) -> Value {
@@ -89,7 +87,7 @@ async fn endpoints_report_traffic_per_account() {
     for _ in 0..10 {
         a_sub.next().await.expect("msg");
     }
-    common::eventually(|| s.num_clients() == 2).await;
+    crate::common::eventually(|| s.num_clients() == 2).await;
 
     let varz = get(&s, "/varz").await;
     assert_eq!(varz["server_id"], s.server_id());
@@ -193,7 +191,7 @@ async fn endpoints_report_traffic_per_account() {
     // Counts survive disconnects; closed connections are listed with their reason.
     drop(b);
     drop(_b_sub);
-    common::eventually(|| s.num_clients() == 1).await;
+    crate::common::eventually(|| s.num_clients() == 1).await;
     let closed = get(&s, "/connz?state=closed").await;
     assert_eq!(closed["num_connections"], 1);
     assert_eq!(closed["connections"][0]["in_msgs"], 3);
@@ -228,14 +226,14 @@ async fn auth_failures_and_violations_are_counted_per_account() {
     o.port = -1;
     o.host = "127.0.0.1".into();
     o.http_port = Some(-1);
-    let s = common::start(o).await;
+    let s = crate::common::start(o).await;
     assert!(
         async_nats::ConnectOptions::with_user_and_password("t".into(), "wrong".into())
             .connect(s.client_url())
             .await
             .is_err()
     );
-    let mut r = common::Raw::connect(&s).await;
+    let mut r = crate::common::Raw::connect(&s).await;
     r.send("CONNECT {\"user\":\"t\",\"pass\":\"t\"}\r\nPUB x 1\r\n1\r\nPUB y 1\r\n1\r\nPING\r\n")
         .await;
     r.read_until("PONG\r\n").await;
@@ -267,18 +265,18 @@ async fn auth_failures_and_violations_are_counted_per_account() {
 #[tokio::test]
 async fn grafana_dashboard_uses_only_exported_series() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(Options {
+    let s = crate::common::start(Options {
         jetstream: Some(natrium::jetstream::JetStreamOptions {
             store_dir: dir.path().to_path_buf(),
             ..Default::default()
         }),
         http_host: "127.0.0.1".into(),
         http_port: Some(-1),
-        ..common::opts()
+        ..crate::common::opts()
     })
     .await;
     // Traffic, a stream and a consumer so that every family has a sample.
-    let c = common::client(&s).await;
+    let c = crate::common::client(&s).await;
     let js = async_nats::jetstream::new(c.clone());
     let stream = js
         .create_stream(async_nats::jetstream::stream::Config {
@@ -365,9 +363,9 @@ async fn healthz_turns_unhealthy_when_the_store_is_not_writable() {
         }),
         http_host: "127.0.0.1".into(),
         http_port: Some(-1),
-        ..common::opts()
+        ..crate::common::opts()
     };
-    let s = common::start(o).await;
+    let s = crate::common::start(o).await;
     let url = format!("{}/healthz", s.monitor_url().expect("on"));
     let ok = reqwest::get(&url).await.expect("get");
     assert_eq!(ok.status(), 200);

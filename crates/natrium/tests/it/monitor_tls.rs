@@ -1,16 +1,14 @@
 //! Monitoring and TLS: the HTTPS monitor (the `tls {}` certificate, the same routes, no plain
 //! HTTP on its port), `http_base_path`, and the TLS fields of `/varz` and `/connz` for clients
 //! on TLS 1.3, TLS 1.2 and `handshake_first`, and their absence for plaintext clients.
-//! Certificates are made in the test with rcgen (`common::pki`).
-
-mod common;
+//! Certificates are made in the test with rcgen (`crate::common::pki`).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::pki::Pki;
-use common::{opts, start};
+use crate::common::pki::Pki;
+use crate::common::{opts, start};
 use natrium::{Options, Server};
 use rcgen::DnType;
 use rustls::pki_types::pem::PemObject;

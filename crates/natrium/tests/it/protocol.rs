@@ -1,12 +1,10 @@
 //! The wire protocol over raw sockets: exact bytes, errors in nats-server's words, the connection
 //! closed where nats-server closes it, limits, slow consumers and timeouts.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{opts, start, Raw};
 use bytes::Bytes;
-use common::{opts, start, Raw};
 use futures::StreamExt;
 use natrium::Options;
 
@@ -177,7 +175,7 @@ async fn max_payload_is_advertised_to_clients() {
         ..opts()
     })
     .await;
-    let c = common::client(&s).await;
+    let c = crate::common::client(&s).await;
     assert_eq!(c.server_info().max_payload, 1024);
     let err = c.publish("x", Bytes::from(vec![0u8; 2048])).await;
     assert!(
@@ -201,11 +199,11 @@ async fn slow_consumer_is_cut_off_and_others_keep_receiving() {
     let mut slow = Raw::connect(&s).await;
     slow.send("CONNECT {}\r\nSUB flood 1\r\nPING\r\n").await;
     slow.read_until("PONG\r\n").await;
-    let fast = common::client(&s).await;
+    let fast = crate::common::client(&s).await;
     let mut fast_sub = fast.subscribe("flood").await.expect("sub");
     fast.flush().await.expect("flush");
-    common::eventually(|| s.num_subscriptions() == 2).await;
-    let publisher = common::client(&s).await;
+    crate::common::eventually(|| s.num_subscriptions() == 2).await;
+    let publisher = crate::common::client(&s).await;
     let payload = Bytes::from(vec![b'x'; 16 * 1024]);
     // ~48 MB in all: far beyond the slow client's pending limit plus its socket buffers. The
     // publisher paces itself on the fast subscriber, which therefore never falls behind.
@@ -230,7 +228,7 @@ async fn slow_consumer_is_cut_off_and_others_keep_receiving() {
         }
         publisher.flush().await.expect("publisher is never blocked");
         let want = (batch + 1) * BATCH;
-        common::eventually(|| received.load(Ordering::Relaxed) >= want).await;
+        crate::common::eventually(|| received.load(Ordering::Relaxed) >= want).await;
     }
     reader.await.expect("join");
     assert_eq!(
@@ -239,7 +237,7 @@ async fn slow_consumer_is_cut_off_and_others_keep_receiving() {
         "the fast subscriber gets everything"
     );
     // The slow consumer was disconnected; the other two remain.
-    common::eventually(|| s.num_clients() == 2).await;
+    crate::common::eventually(|| s.num_clients() == 2).await;
     // Its socket is closed by the server (read_to_close fails the test on a timeout).
     slow.read_to_close().await;
     s.shutdown().await;
@@ -291,7 +289,7 @@ async fn stale_connection_is_closed() {
     let all = r.read_to_close().await;
     assert_eq!(all, "PING\r\nPING\r\n-ERR 'Stale Connection'\r\n");
     // A client that answers PINGs stays.
-    let c = common::client(&s).await;
+    let c = crate::common::client(&s).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     c.flush().await.expect("still connected");
     s.shutdown().await;

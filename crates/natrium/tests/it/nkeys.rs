@@ -2,12 +2,10 @@
 //! through async-nats (`with_nkey`) and by hand (URL-safe and standard base64, a signature over
 //! the wrong nonce, an unknown key), with users in accounts loaded from a config file.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{opts, start};
 use base64::Engine;
-use common::{opts, start};
 use futures::StreamExt;
 use natrium::options::NkeyUser;
 use natrium::Server;

@@ -2,14 +2,12 @@
 //! and backoff, max_deliver with native dead-letter queues, deliver policies, ordered consumers,
 //! work-queue and interest retention, restart, and nats-server's error codes.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::api;
 use async_nats::jetstream::consumer::{pull, push, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::{self, stream, AckKind};
 use bytes::Bytes;
-use common::api;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -65,8 +63,8 @@ async fn fetch(
 #[tokio::test]
 async fn pull_consumer_explicit_ack() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let js = jetstream::new(common::client(&s).await);
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let js = jetstream::new(crate::common::client(&s).await);
     let st = js
         .create_stream(stream::Config {
             name: "ORDERS".into(),
@@ -118,8 +116,8 @@ async fn pull_consumer_explicit_ack() {
 #[tokio::test]
 async fn redelivery_nak_term_and_max_deliver_to_dead_letter() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let client = common::client(&s).await;
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let client = crate::common::client(&s).await;
     let js = jetstream::new(client.clone());
     let st = js
         .create_stream(stream::Config {
@@ -242,8 +240,8 @@ async fn redelivery_nak_term_and_max_deliver_to_dead_letter() {
 #[tokio::test]
 async fn push_consumers_and_queue_groups() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let js = jetstream::new(common::client(&s).await);
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let js = jetstream::new(crate::common::client(&s).await);
     let st = js
         .create_stream(stream::Config {
             name: "PUSH".into(),
@@ -291,8 +289,8 @@ async fn push_consumers_and_queue_groups() {
 #[tokio::test]
 async fn deliver_policies_and_ordered_consumer() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let js = jetstream::new(common::client(&s).await);
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let js = jetstream::new(crate::common::client(&s).await);
     let st = js
         .create_stream(stream::Config {
             name: "POL".into(),
@@ -386,8 +384,8 @@ async fn deliver_policies_and_ordered_consumer() {
 #[tokio::test]
 async fn work_queue_and_interest_retention() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let client = common::client(&s).await;
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let client = crate::common::client(&s).await;
     let js = jetstream::new(client.clone());
     let mut wq = js
         .create_stream(stream::Config {
@@ -482,8 +480,8 @@ async fn work_queue_and_interest_retention() {
 async fn consumer_state_survives_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let s = common::start(common::js_opts(dir.path())).await;
-        let js = jetstream::new(common::client(&s).await);
+        let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+        let js = jetstream::new(crate::common::client(&s).await);
         let st = js
             .create_stream(stream::Config {
                 name: "DUR".into(),
@@ -507,8 +505,8 @@ async fn consumer_state_survives_restart() {
         // Messages 5 and 6 were delivered but not acked.
         s.shutdown().await;
     }
-    let s = common::start(common::js_opts(dir.path())).await;
-    let js = jetstream::new(common::client(&s).await);
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let js = jetstream::new(crate::common::client(&s).await);
     let st = js.get_stream("DUR").await.expect("stream");
     let mut c: jetstream::consumer::Consumer<pull::Config> =
         st.get_consumer("d").await.expect("consumer recovered");
@@ -530,8 +528,8 @@ async fn consumer_state_survives_restart() {
 #[tokio::test]
 async fn bad_consumer_requests_get_error_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let c = common::client(&s).await;
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let c = crate::common::client(&s).await;
     api(
         &c,
         "$JS.API.STREAM.CREATE.S",

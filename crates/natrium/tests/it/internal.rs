@@ -1,7 +1,5 @@
 //! Internal clients (no socket) and the system account's monitoring requests over NATS.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,13 +9,13 @@ use serde_json::Value;
 
 #[tokio::test]
 async fn internal_client_talks_to_socket_clients() {
-    let s = common::start(common::opts()).await;
+    let s = crate::common::start(crate::common::opts()).await;
     let internal = s.internal_client("$G").expect("global account");
     let mut inbox = internal.subscribe("svc.>", None, 16).expect("subscribe");
-    let c = common::client(&s).await;
+    let c = crate::common::client(&s).await;
     let mut from_inside = c.subscribe("events.internal").await.expect("sub");
     c.flush().await.expect("flush");
-    common::eventually(|| s.num_subscriptions() == 2).await;
+    crate::common::eventually(|| s.num_subscriptions() == 2).await;
 
     c.publish("svc.hello", Bytes::from_static(b"hi"))
         .await
@@ -58,7 +56,7 @@ async fn internal_client_talks_to_socket_clients() {
 
 #[tokio::test]
 async fn dropping_an_internal_subscription_unsubscribes() {
-    let s = common::start(common::opts()).await;
+    let s = crate::common::start(crate::common::opts()).await;
     let internal = s.internal_client("$G").expect("account");
     let sub = internal.subscribe("x", None, 1).expect("subscribe");
     assert_eq!(s.num_subscriptions(), 1);
@@ -79,7 +77,7 @@ async fn system_account_answers_monitoring_requests() {
     let (mut o, _) = Options::from_file(&path).expect("loads");
     o.port = -1;
     o.host = "127.0.0.1".into();
-    let s = common::start(o).await;
+    let s = crate::common::start(o).await;
     let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
         .connect(s.client_url())
         .await

@@ -1,8 +1,6 @@
 //! Key-value and object stores through async-nats's own APIs: both are built on stream features
 //! (per-subject history, rollups, direct get, delete/purge markers, ordered consumers).
 
-mod common;
-
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store};
@@ -13,8 +11,8 @@ use tokio::io::AsyncReadExt;
 #[tokio::test]
 async fn key_value_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let js = jetstream::new(common::client(&s).await);
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let js = jetstream::new(crate::common::client(&s).await);
     let kv = js
         .create_key_value(kv::Config {
             bucket: "settings".into(),
@@ -106,8 +104,8 @@ async fn key_value_round_trip() {
 #[tokio::test]
 async fn object_store_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let js = jetstream::new(common::client(&s).await);
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let js = jetstream::new(crate::common::client(&s).await);
     let bucket = js
         .create_object_store(object_store::Config {
             bucket: "files".into(),

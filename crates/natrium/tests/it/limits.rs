@@ -4,9 +4,7 @@
 //! and closed), `max_payload` (lowers the connection's limit: a larger PUB closes it) — and a
 //! reload that lowers them on live connections.
 
-mod common;
-
-use common::Raw;
+use crate::common::Raw;
 use natrium::{Options, Server};
 
 async fn login(s: &Server, user: &str) -> Raw {

@@ -7,13 +7,11 @@
 //! `max_pending`, accounts) are refused whole. The binary reloads on SIGHUP and on
 //! `--signal reload=<pid file>`.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Raw;
+use crate::common::Raw;
 use futures::StreamExt;
 use natrium::{Options, ReloadError, Server};
 
@@ -376,7 +374,7 @@ async fn reload_changes_max_payload_and_log_levels() {
         64,
         "/varz shows the options in force"
     );
-    common::eventually(|| {
+    crate::common::eventually(|| {
         std::fs::read_to_string(&log)
             .is_ok_and(|l| l.contains("[DBG]") && l.contains("Client connection created"))
     })

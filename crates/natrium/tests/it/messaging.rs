@@ -1,12 +1,10 @@
 //! Core messaging through the async-nats client: pub/sub, wildcards, queue groups, request-reply,
 //! no-responders, auto-unsubscribe, headers, echo.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{client, opts, start};
 use bytes::Bytes;
-use common::{client, opts, start};
 use futures::StreamExt;
 
 async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
@@ -198,7 +196,7 @@ async fn unsubscribe_after_max_messages() {
         matches!(rest, Ok(None) | Err(_)),
         "nothing after the third message"
     );
-    common::eventually(|| s.num_subscriptions() == 0).await;
+    crate::common::eventually(|| s.num_subscriptions() == 0).await;
     s.shutdown().await;
 }
 
@@ -261,9 +259,9 @@ async fn clients_come_and_go() {
     c.flush().await.expect("flush");
     // The client's first flush may be answered by the PONG of its connect-time PING, so the
     // server's view is polled rather than assumed.
-    common::eventually(|| s.num_clients() == 1 && s.num_subscriptions() == 1).await;
+    crate::common::eventually(|| s.num_clients() == 1 && s.num_subscriptions() == 1).await;
     drop(_sub);
     drop(c);
-    common::eventually(|| s.num_clients() == 0 && s.num_subscriptions() == 0).await;
+    crate::common::eventually(|| s.num_clients() == 0 && s.num_subscriptions() == 0).await;
     s.shutdown().await;
 }

@@ -1,8 +1,6 @@
 //! The `natrium` binary as harnesses written for nats-server drive it: flags, the log lines they
 //! wait for, pid and ports files, config files, `-t`, HTTPS monitoring, and shutdown on SIGTERM.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -195,7 +193,7 @@ fn unknown_and_unimplemented_flags_are_named() {
 
 #[test]
 fn https_monitor_flag_log_line_and_ports_file() {
-    let pki = common::pki::Pki::new();
+    let pki = crate::common::pki::Pki::new();
     let (cert, key) = pki.server_cert();
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("server.log");

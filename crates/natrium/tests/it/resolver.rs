@@ -3,11 +3,9 @@
 //! with nats-server's JSON answers, applied to live connections (revocations close them, limits
 //! change), looked up, listed and deleted, and kept across a reload; the config's checks.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::jwt::{encode, now, raw_login};
+use crate::common::jwt::{encode, now, raw_login};
 use natrium::{Options, Server};
 use nkeys::KeyPair;
 use serde_json::{json, Value};

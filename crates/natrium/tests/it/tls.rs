@@ -2,17 +2,15 @@
 //! `handshake_first` (with and without the fallback), client certificates checked with
 //! `verify`, users mapped from certificates with `verify_and_map`, `pinned_certs` (also changed
 //! by a reload), and clients that never finish the handshake. Certificates are made in the test
-//! with rcgen (`common::pki`: a CA, a server certificate for 127.0.0.1/localhost, client
+//! with rcgen (`crate::common::pki`: a CA, a server certificate for 127.0.0.1/localhost, client
 //! certificates).
-
-mod common;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::pki::Pki;
-use common::{opts, start};
+use crate::common::pki::Pki;
+use crate::common::{opts, start};
 use futures::StreamExt;
 use natrium::options::{Permissions, SubjectPermission, TlsOptions, User};
 use natrium::Server;
@@ -155,7 +153,7 @@ async fn plaintext_client_and_silent_client_are_closed_by_the_tls_timeout() {
         took >= Duration::from_millis(400) && took < Duration::from_secs(2),
         "closed after the TLS timeout: {took:?}"
     );
-    common::eventually(|| s.num_clients() == 0).await;
+    crate::common::eventually(|| s.num_clients() == 0).await;
     s.shutdown().await;
 }
 
@@ -515,7 +513,8 @@ async fn pinned_certs_admit_only_listed_keys() {
         t.pinned_certs = vec![pin_of(&kb)];
     }
     s.reload_options(o2).expect("reload");
-    common::eventually(|| a.connection_state() != async_nats::connection::State::Connected).await;
+    crate::common::eventually(|| a.connection_state() != async_nats::connection::State::Connected)
+        .await;
     let b = connect(
         &s.client_url(),
         client_opts(&pki).add_client_certificate(cb, kb),

@@ -1,9 +1,7 @@
 //! Authentication through the async-nats client: token, single user, users list with plain and
 //! bcrypt passwords.
 
-mod common;
-
-use common::{opts, start};
+use crate::common::{opts, start};
 use natrium::options::User;
 
 async fn connects(url: &str, o: async_nats::ConnectOptions) -> bool {

@@ -4,12 +4,10 @@
 //! object store). CI installs both and sets `NATRIUM_REQUIRE_NATS_PY=1` / `NATRIUM_REQUIRE_NATS_JS=1`,
 //! so there a missing client fails its test; elsewhere it is skipped with a notice.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{js_opts, start};
+use crate::common::{js_opts, start};
 
 fn nats_py_available() -> bool {
     Command::new("python3")

@@ -5,12 +5,10 @@
 //! connection), and a JWT that expires while connected. Account JWT limits (`conn`, `payload`,
 //! `subs`) and user JWT limits (`payload`, `subs`) are enforced.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::jwt::{encode, now, raw_login};
+use crate::common::jwt::{encode, now, raw_login};
 use futures::StreamExt;
 use natrium::{Options, Server};
 use nkeys::KeyPair;

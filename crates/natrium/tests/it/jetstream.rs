@@ -2,13 +2,11 @@
 //! lifecycle, PubAcks, limits, de-duplication, expectations, purge, get, delete, direct get,
 //! error codes, and persistence across restarts.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::api;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use common::api;
 use natrium::{Options, Server};
 use serde_json::{json, Value};
 
@@ -21,8 +19,8 @@ fn err_code(v: &Value) -> u64 {
 #[tokio::test]
 async fn stream_lifecycle_and_publish_acks() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let c = common::client(&s).await;
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let c = crate::common::client(&s).await;
     assert!(c.server_info().jetstream, "INFO advertises JetStream");
     let js = jetstream::new(c.clone());
     let mut st = js
@@ -100,8 +98,8 @@ async fn stream_lifecycle_and_publish_acks() {
 #[tokio::test]
 async fn limits_dedupe_and_expectations() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let c = common::client(&s).await;
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let c = crate::common::client(&s).await;
     let js = jetstream::new(c.clone());
     // max_msgs with discard old keeps the newest.
     let mut old = js
@@ -247,8 +245,8 @@ async fn limits_dedupe_and_expectations() {
 #[tokio::test]
 async fn max_age_expires_messages() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let js = jetstream::new(common::client(&s).await);
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let js = jetstream::new(crate::common::client(&s).await);
     let mut st = js
         .create_stream(stream::Config {
             name: "AGED".into(),
@@ -280,8 +278,8 @@ async fn max_age_expires_messages() {
 #[tokio::test]
 async fn purge_direct_get_and_subjects_filter() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let c = common::client(&s).await;
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let c = crate::common::client(&s).await;
     let js = jetstream::new(c.clone());
     let st = js
         .create_stream(stream::Config {
@@ -348,8 +346,8 @@ async fn purge_direct_get_and_subjects_filter() {
 #[tokio::test]
 async fn bad_requests_get_nats_error_codes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let s = common::start(common::js_opts(dir.path())).await;
-    let c = common::client(&s).await;
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let c = crate::common::client(&s).await;
     let ok = api(
         &c,
         "$JS.API.STREAM.CREATE.A",
@@ -468,8 +466,8 @@ async fn bad_requests_get_nats_error_codes() {
 async fn streams_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let s = common::start(common::js_opts(dir.path())).await;
-        let js = jetstream::new(common::client(&s).await);
+        let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+        let js = jetstream::new(crate::common::client(&s).await);
         js.create_stream(stream::Config {
             name: "KEEP".into(),
             subjects: vec!["keep.>".into()],
@@ -486,8 +484,8 @@ async fn streams_survive_a_restart() {
         }
         s.shutdown().await;
     }
-    let s: Server = common::start(common::js_opts(dir.path())).await;
-    let js = jetstream::new(common::client(&s).await);
+    let s: Server = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let js = jetstream::new(crate::common::client(&s).await);
     let mut st = js.get_stream("KEEP").await.expect("stream recovered");
     let info = st.info().await.expect("info");
     assert_eq!(info.state.messages, 100);
@@ -520,7 +518,7 @@ async fn per_account_enablement_and_limits() {
     assert!(warnings.is_empty(), "{warnings:?}");
     o.port = -1;
     o.host = "127.0.0.1".into();
-    let s = common::start(o).await;
+    let s = crate::common::start(o).await;
     let login = |u: &'static str| {
         let url = s.client_url();
         async move {
@@ -591,12 +589,12 @@ async fn per_account_enablement_and_limits() {
 #[tokio::test]
 async fn lazy_sync_interval_acks_on_write() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut o = common::js_opts(dir.path());
+    let mut o = crate::common::js_opts(dir.path());
     if let Some(js) = o.jetstream.as_mut() {
         js.sync = natrium_store::SyncPolicy::Interval(Duration::from_secs(120));
     }
-    let s = common::start(o).await;
-    let js = jetstream::new(common::client(&s).await);
+    let s = crate::common::start(o).await;
+    let js = jetstream::new(crate::common::client(&s).await);
     js.create_stream(stream::Config {
         name: "LAZY".into(),
         subjects: vec!["lazy".into()],

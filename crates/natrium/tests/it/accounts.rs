@@ -1,12 +1,10 @@
 //! Multi-tenancy: accounts isolate subject spaces, exports/imports bridge them, and per-user
 //! permissions are enforced with nats-server's errors while the connection stays open.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::{start, Raw};
 use bytes::Bytes;
-use common::{start, Raw};
 use futures::StreamExt;
 use natrium::{Options, Server};
 

@@ -6,14 +6,12 @@
 //! Also: connections from one address that never send CONNECT are capped
 //! (`max_unauthenticated_per_ip`), so they can not fill `max_connections`.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{opts, start};
+use crate::common::{opts, start};
 use futures::StreamExt;
 use natrium::options::User;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -177,7 +175,7 @@ async fn connect_flood_leaves_room_for_a_legitimate_client() {
         "legit client connected in {connect_time:?}"
     );
     // The server is still fully usable afterwards and holds no flood connection.
-    common::eventually(|| s.num_clients() == 2).await;
+    crate::common::eventually(|| s.num_clients() == 2).await;
     answering.abort();
     s.shutdown().await;
 }

@@ -1,0 +1,26 @@
+//! Natrium's integration tests, one binary: servers started in-process (or the `natrium`
+//! binary) on random loopback ports, driven by real clients (async-nats, raw sockets, nats-py
+//! and nats.js where installed). One module per area; `common` holds the harness.
+
+mod common;
+
+mod accounts;
+mod auth;
+mod binary;
+mod consumers;
+mod durability;
+mod flood;
+mod internal;
+mod jetstream;
+mod jwt;
+mod kv;
+mod limits;
+mod messaging;
+mod monitor;
+mod monitor_tls;
+mod nkeys;
+mod protocol;
+mod reload;
+mod resolver;
+mod stock_clients;
+mod tls;

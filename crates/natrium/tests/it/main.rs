@@ -14,6 +14,7 @@ mod internal;
 mod jetstream;
 mod jwt;
 mod kv;
+mod layers;
 mod limits;
 mod messaging;
 mod monitor;

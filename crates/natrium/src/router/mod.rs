@@ -20,3 +20,6 @@ pub use internal::{InternalClient, InternalError, InternalSubscription};
 pub use outbound::{ClientStats, CloseReason, Outbound, SubAdded};
 pub use sink::InternalMsg;
 pub use subscription::{SubRef, Subscription, Target};
+
+#[cfg(test)]
+mod tests;

@@ -94,8 +94,9 @@ fn violations(src: &Path) -> Vec<(PathBuf, String)> {
                 if module == top {
                     continue;
                 }
-                let theirs = layer_of(&module)
-                    .unwrap_or_else(|| panic!("{} refers to unknown module {module:?}", rel.display()));
+                let theirs = layer_of(&module).unwrap_or_else(|| {
+                    panic!("{} refers to unknown module {module:?}", rel.display())
+                });
                 if theirs >= own {
                     found.push((rel.to_path_buf(), module));
                 }

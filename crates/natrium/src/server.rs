@@ -93,7 +93,8 @@ pub struct Server {
     options: Arc<Mutex<Options>>,
     shutdown: watch::Sender<bool>,
     addr: SocketAddr,
-    accept: JoinHandle<()>,
+    /// The accept loop; taken (and awaited) when the listener closes.
+    accept: Option<JoinHandle<()>>,
     monitor: Option<JoinHandle<()>>,
     sys: Option<JoinHandle<()>>,
     resolver: Option<JoinHandle<()>>,
@@ -218,7 +219,7 @@ impl Server {
             options,
             shutdown,
             addr,
-            accept,
+            accept: Some(accept),
             monitor,
             sys,
             resolver,
@@ -417,9 +418,9 @@ impl Server {
     /// Lame duck mode, as nats-server's: stop accepting clients, tell the connected ones (an INFO
     /// with `ldm: true`, on which clients reconnect elsewhere), wait `lame_duck_grace_period`,
     /// close the clients still here spread over the rest of `lame_duck_duration`, then shut down.
-    pub async fn lame_duck(self) {
+    pub async fn lame_duck(mut self) {
+        self.stop_accepting().await;
         tracing::info!("Entering lame duck mode, stop accepting new clients");
-        self.accept.abort();
         let (duration, grace) = {
             let c = self.options.lock();
             (c.lame_duck_duration, c.lame_duck_grace_period)
@@ -450,14 +451,21 @@ impl Server {
         self.shutdown().await;
     }
 
+    /// Closes the client listener (once the accept loop has ended, connecting is refused).
+    async fn stop_accepting(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+            let _ = accept.await;
+        }
+    }
+
     /// Stops accepting, closes every client and waits until they are gone.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(js) = &self.observed.jetstream {
             js.shutdown();
         }
-        self.accept.abort();
-        let _ = self.accept.await;
+        self.stop_accepting().await;
         for task in [self.monitor, self.sys, self.resolver]
             .into_iter()
             .flatten()

@@ -91,7 +91,11 @@ pub fn parse_route_op(buf: &[u8], max_payload: usize) -> Result<Parsed<RouteOp<'
     } else if upper(b"RS+") || upper(b"LS+") {
         let leaf = name[0].eq_ignore_ascii_case(&b'L');
         let mut a: Vec<&[u8]> = Args::new(args).collect();
-        let origin = if leaf { Some(take_first(&mut a)?) } else { None };
+        let origin = if leaf {
+            Some(take_first(&mut a)?)
+        } else {
+            None
+        };
         match a.as_slice() {
             [account, subject] => RouteOp::Sub {
                 origin,
@@ -115,7 +119,9 @@ pub fn parse_route_op(buf: &[u8], max_payload: usize) -> Result<Parsed<RouteOp<'
         let a: Vec<&[u8]> = Args::new(args).collect();
         // Older servers send LS- without the origin; the account is then first.
         let (origin, rest) = match (leaf, a.len()) {
-            (true, 3) | (true, 4) if a.len() == 4 || !is_subject_like(a[1]) => (Some(a[0]), &a[1..]),
+            (true, 3) | (true, 4) if a.len() == 4 || !is_subject_like(a[1]) => {
+                (Some(a[0]), &a[1..])
+            }
             _ => (None, &a[..]),
         };
         match rest {
@@ -176,7 +182,11 @@ fn parse_msg<'a>(
         *rest = &s[end..];
         Some(&s[..end])
     };
-    let origin = if leaf { Some(next(&mut rest).ok_or_else(bad)?) } else { None };
+    let origin = if leaf {
+        Some(next(&mut rest).ok_or_else(bad)?)
+    } else {
+        None
+    };
     let account = next(&mut rest).ok_or_else(bad)?;
     let subject = next(&mut rest).ok_or_else(bad)?;
     // The sizes are the last one or two arguments.
@@ -293,7 +303,11 @@ pub fn msg<'q>(
     let mut num = itoa::Buffer::new();
     let hlen = headers.map_or(0, <[u8]>::len);
     out.reserve(account.len() + subject.len() + hlen + payload.len() + 64);
-    out.extend_from_slice(if headers.is_some() { b"HMSG " } else { b"RMSG " });
+    out.extend_from_slice(if headers.is_some() {
+        b"HMSG "
+    } else {
+        b"RMSG "
+    });
     out.extend_from_slice(account);
     out.push(b' ');
     out.extend_from_slice(subject);
@@ -557,7 +571,15 @@ mod tests {
         sub(&mut b, b"A", b"x.*", None);
         sub(&mut b, b"A", b"jobs", Some((b"w", 7)));
         unsub(&mut b, b"A", b"jobs", Some(b"w"));
-        msg(&mut b, b"A", b"x.y", Some(b"r"), [&b"w"[..], b"v"], None, b"data");
+        msg(
+            &mut b,
+            b"A",
+            b"x.y",
+            Some(b"r"),
+            [&b"w"[..], b"v"],
+            None,
+            b"data",
+        );
         msg(
             &mut b,
             b"A",
@@ -596,6 +618,9 @@ mod tests {
         };
         let json = serde_json::to_string(&c).expect("serialises");
         assert!(!json.contains("lang"), "{json}");
-        assert_eq!(serde_json::from_str::<RouteConnect>(&json).expect("back"), c);
+        assert_eq!(
+            serde_json::from_str::<RouteConnect>(&json).expect("back"),
+            c
+        );
     }
 }

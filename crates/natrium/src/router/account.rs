@@ -11,6 +11,7 @@ use std::time::Instant;
 use natrium_subjects::{Matches, Sublist};
 use parking_lot::{Mutex, RwLock};
 
+use super::interest::{Interest, InterestFeed, LocalInterest};
 use super::outbound::ClientStats;
 use super::subscription::{SubRef, Target};
 
@@ -19,6 +20,10 @@ pub const GLOBAL_ACCOUNT: &str = "$G";
 
 pub struct Account {
     pub name: String,
+    /// The name again, shared with interest reports.
+    shared_name: Arc<str>,
+    /// In a cluster: the announced subscriptions counted for peer servers.
+    interest: Option<LocalInterest>,
     sublist: RwLock<Sublist<SubRef>>,
     /// Bumped after every change to `sublist`; read lock-free on the publish path.
     generation: AtomicU64,
@@ -77,8 +82,16 @@ impl Totals {
 
 impl Account {
     pub fn new(name: impl Into<String>) -> Arc<Self> {
+        Self::with_interest(name, None)
+    }
+
+    /// An account whose announced interest is reported to `feed` (in a cluster).
+    pub fn with_interest(name: impl Into<String>, feed: Option<Arc<InterestFeed>>) -> Arc<Self> {
+        let name = name.into();
         Arc::new(Account {
-            name: name.into(),
+            shared_name: name.as_str().into(),
+            interest: feed.map(LocalInterest::new),
+            name,
             sublist: RwLock::new(Sublist::new()),
             generation: AtomicU64::new(0),
             responses: Mutex::new(VecDeque::new()),
@@ -127,18 +140,50 @@ impl Account {
     }
 
     pub fn insert(&self, sub: SubRef) {
-        let mut list = self.sublist.write();
-        list.insert(&sub.0.subject, sub.0.queue.as_deref(), sub.clone());
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut list = self.sublist.write();
+            list.insert(&sub.0.subject, sub.0.queue.as_deref(), sub.clone());
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        self.count_interest(&sub, true);
     }
 
     pub fn remove(&self, sub: &SubRef) -> bool {
-        let mut list = self.sublist.write();
-        let removed = list.remove(&sub.0.subject, sub.0.queue.as_deref(), sub);
+        let removed = {
+            let mut list = self.sublist.write();
+            let removed = list.remove(&sub.0.subject, sub.0.queue.as_deref(), sub);
+            if removed {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            removed
+        };
         if removed {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.count_interest(sub, false);
         }
         removed
+    }
+
+    /// In a cluster, counts an announced subscription in or out of the interest peers see.
+    fn count_interest(&self, sub: &SubRef, up: bool) {
+        if let Some(interest) = &self.interest {
+            if sub.0.is_announced() {
+                interest.changed(
+                    &self.shared_name,
+                    &sub.0.subject,
+                    sub.0.queue.as_deref(),
+                    up,
+                );
+            }
+        }
+    }
+
+    /// The announced interest now (subject, queue, local count): what a peer learns when its
+    /// route comes up. Empty outside a cluster.
+    pub fn local_interest(&self) -> Vec<Interest> {
+        self.interest
+            .as_ref()
+            .map(LocalInterest::snapshot)
+            .unwrap_or_default()
     }
 
     /// Every subscription matching `subject`, computed under the read lock.
@@ -156,6 +201,7 @@ impl Account {
         self.sublist.read().for_each(|subject, queue, sub| {
             let cid = match &sub.0.target {
                 Target::Client(c) => c.cid,
+                Target::Route(r) => r.route.cid,
                 Target::Forward(_) | Target::Internal(_) => 0,
             };
             out.push((

@@ -7,10 +7,13 @@ use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 
 use super::account::{Account, GLOBAL_ACCOUNT};
+use super::interest::InterestFeed;
 
 pub struct Accounts {
     global: Arc<Account>,
     by_name: RwLock<FxHashMap<String, Arc<Account>>>,
+    /// In a cluster, where every account reports its interest changes.
+    feed: Option<Arc<InterestFeed>>,
 }
 
 impl Default for Accounts {
@@ -22,12 +25,18 @@ impl Default for Accounts {
 impl Accounts {
     /// Just the global account (`$G`).
     pub fn new() -> Accounts {
-        let global = Account::new(GLOBAL_ACCOUNT);
+        Self::with_interest(None)
+    }
+
+    /// Accounts whose interest changes are reported to `feed` (a cluster member's).
+    pub fn with_interest(feed: Option<Arc<InterestFeed>>) -> Accounts {
+        let global = Account::with_interest(GLOBAL_ACCOUNT, feed.clone());
         let mut by_name = FxHashMap::default();
         by_name.insert(GLOBAL_ACCOUNT.to_string(), global.clone());
         Accounts {
             global,
             by_name: RwLock::new(by_name),
+            feed,
         }
     }
 
@@ -48,7 +57,7 @@ impl Accounts {
         self.by_name
             .write()
             .entry(name.to_string())
-            .or_insert_with(|| Account::new(name))
+            .or_insert_with(|| Account::with_interest(name, self.feed.clone()))
             .clone()
     }
 

@@ -11,9 +11,13 @@ use natrium_protocol::encode;
 use natrium_subjects::{matches, Matches};
 use rustc_hash::FxHashMap;
 
+use natrium_protocol::route::queue_names;
+use parking_lot::MutexGuard;
+use smallvec::SmallVec;
+
 use super::account::Account;
 use super::imports::{self, Forward, ForwardKind};
-use super::outbound::{CloseReason, Outbound, STALL_MAX};
+use super::outbound::{CloseReason, OutBuf, Outbound, STALL_MAX};
 use super::subscription::{SubRef, Target};
 
 /// One message to deliver. `subject` is the subject receivers see; what it is matched on may
@@ -63,12 +67,31 @@ impl MatchCache {
 /// How deep forwarding between accounts may go (import cycles end here).
 const MAX_FORWARD_DEPTH: u8 = 4;
 
+/// Where a message being delivered came from, which decides where it may go next.
+#[derive(Clone, Copy)]
+struct Hop<'q> {
+    /// Forwarding depth (0: published in this account).
+    depth: u8,
+    /// Whether matching peer servers (routes) may receive it: not for a message that came from
+    /// a route (a full mesh never relays), nor after a stream import or reply path (those are
+    /// resolved where the exporter's message lands).
+    to_routes: bool,
+    /// For a message from a route: the queue groups the sender chose this server for; only
+    /// those groups get it, each from a local member.
+    queues: Option<&'q [u8]>,
+}
+
+/// One peer a message goes to, and the queue groups it picked members there for.
+type RouteHit<'f> = (&'f Arc<Outbound>, SmallVec<[&'f [u8]; 2]>);
+
 /// Per-batch delivery bookkeeping: which writers to wake, which subscriptions hit their max,
 /// which receivers fell behind.
 struct Delivery {
     /// The publishing connection (0 for none), for `echo: false`.
     cid: u64,
     echo: bool,
+    /// The publisher is a route: what it sends never goes back out to routes.
+    from_route: bool,
     flush: Vec<Arc<Outbound>>,
     /// Subscriptions that reached their max, with the account whose trie holds them.
     expired: Vec<(Arc<Account>, SubRef)>,
@@ -82,6 +105,7 @@ impl Delivery {
         Delivery {
             cid,
             echo: true,
+            from_route: false,
             flush: Vec::new(),
             expired: Vec::new(),
             stall: Vec::new(),
@@ -89,34 +113,99 @@ impl Delivery {
         }
     }
 
-    /// Delivers to every plain match and one member of each queue group. Returns whether anything
-    /// was delivered.
+    /// The first hop of a message published in an account.
+    fn first_hop<'q>(&self, queues: Option<&'q [u8]>) -> Hop<'q> {
+        Hop {
+            depth: 0,
+            to_routes: !self.from_route,
+            queues,
+        }
+    }
+
+    /// Delivers to every plain match and one member of each queue group (weighted by how many
+    /// members each peer server has); peers get one routed message each, naming the queue
+    /// groups they were picked for. Returns whether anything was delivered or routed.
     fn deliver_all(
         &mut self,
         account: &Arc<Account>,
         found: &Matches<SubRef>,
         m: &Msg<'_>,
-        depth: u8,
+        hop: Hop<'_>,
     ) -> bool {
         let mut delivered = false;
+        let mut routes: SmallVec<[RouteHit<'_>; 4]> = SmallVec::new();
         for sub in &found.plain {
-            delivered |= self.deliver(account, sub, m, depth);
+            match &sub.0.target {
+                Target::Route(r) => {
+                    if hop.to_routes && !routes.iter().any(|(o, _)| Arc::ptr_eq(o, &r.route)) {
+                        routes.push((&r.route, SmallVec::new()));
+                    }
+                }
+                _ => delivered |= self.deliver(account, sub, m, hop),
+            }
         }
-        for (_, members) in &found.queues {
+        for (name, members) in &found.queues {
+            match hop.queues {
+                // From a route: only the groups the sender picked this server for.
+                Some(qf) if !queue_names(qf).any(|q| q == &name[..]) => continue,
+                None if self.from_route => continue,
+                _ => {}
+            }
             let n = members.len();
-            let start = self.rng.usize(..n);
+            // Peers count as many members as they have; locals as one each.
+            let weight = |s: &SubRef| match &s.0.target {
+                Target::Route(r) if hop.to_routes => r.weight().max(1) as usize,
+                Target::Route(_) => 0,
+                _ => 1,
+            };
+            let total: usize = members.iter().map(weight).sum();
+            if total == 0 {
+                continue;
+            }
+            let start = if total == n {
+                self.rng.usize(..n)
+            } else {
+                let mut pick = self.rng.usize(..total);
+                members
+                    .iter()
+                    .position(|s| {
+                        let w = weight(s);
+                        if pick < w {
+                            true
+                        } else {
+                            pick -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(0)
+            };
             for i in 0..n {
-                if self.deliver(account, &members[(start + i) % n], m, depth) {
+                let sub = &members[(start + i) % n];
+                if let Target::Route(r) = &sub.0.target {
+                    if !hop.to_routes {
+                        continue;
+                    }
+                    match routes.iter_mut().find(|(o, _)| Arc::ptr_eq(o, &r.route)) {
+                        Some((_, qs)) => qs.push(name),
+                        None => routes.push((&r.route, smallvec::smallvec![&name[..]])),
+                    }
+                    delivered = true;
+                    break;
+                }
+                if self.deliver(account, sub, m, hop) {
                     delivered = true;
                     break;
                 }
             }
         }
+        for (route, queues) in &routes {
+            delivered |= self.route(account, route, queues, m);
+        }
         delivered
     }
 
-    /// Delivers one message to one subscription of `account`. Returns whether it did.
-    fn deliver(&mut self, account: &Arc<Account>, sub: &SubRef, m: &Msg<'_>, depth: u8) -> bool {
+    /// Delivers one message to one local subscription of `account`. Returns whether it did.
+    fn deliver(&mut self, account: &Arc<Account>, sub: &SubRef, m: &Msg<'_>, hop: Hop<'_>) -> bool {
         let s = &sub.0;
         if let Some(deny) = &s.deny {
             if deny.iter().any(|d| matches(d, m.subject)) {
@@ -140,8 +229,10 @@ impl Delivery {
         }
         let client = match &s.target {
             Target::Client(c) => c,
-            Target::Forward(f) => return self.forward(f, m, depth),
+            Target::Forward(f) => return self.forward(f, m, hop),
             Target::Internal(sink) => return sink.offer(m.subject, m.reply, m.headers, m.payload),
+            // Routes are gathered by `deliver_all`.
+            Target::Route(_) => return false,
         };
         let headers = if client.headers.load(Ordering::Relaxed) {
             m.headers
@@ -155,18 +246,7 @@ impl Delivery {
         }
         let size = m.subject.len() + m.payload.len() + headers.map_or(0, <[u8]>::len);
         let mut out = client.out.lock();
-        if out.closed {
-            return false;
-        }
-        if out.buf.len() + size > client.max_pending {
-            drop(out);
-            tracing::info!(
-                "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
-                client.addr,
-                client.cid,
-                client.max_pending
-            );
-            client.close(CloseReason::SlowConsumerPendingBytes);
+        if !fits(client, &mut out, size) {
             return false;
         }
         let was_empty = out.buf.is_empty();
@@ -176,6 +256,46 @@ impl Delivery {
         }
         out.out_msgs += 1;
         out.out_bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
+        self.appended(client, out, was_empty);
+        true
+    }
+
+    /// Sends one routed message (RMSG/HMSG in `account`) to a peer, naming `queues`.
+    fn route(
+        &mut self,
+        account: &Account,
+        route: &Arc<Outbound>,
+        queues: &[&[u8]],
+        m: &Msg<'_>,
+    ) -> bool {
+        let headers = if route.headers.load(Ordering::Relaxed) {
+            m.headers
+        } else {
+            None
+        };
+        let size = m.subject.len() + m.payload.len() + headers.map_or(0, <[u8]>::len);
+        let mut out = route.out.lock();
+        if !fits(route, &mut out, size) {
+            return false;
+        }
+        let was_empty = out.buf.is_empty();
+        natrium_protocol::route::msg(
+            &mut out.buf,
+            account.name.as_bytes(),
+            m.subject,
+            m.reply,
+            queues.iter().copied(),
+            headers,
+            m.payload,
+        );
+        out.out_msgs += 1;
+        out.out_bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
+        self.appended(route, out, was_empty);
+        true
+    }
+
+    /// After a frame was appended: remembers to wake the writer, and a receiver now lagging.
+    fn appended(&mut self, client: &Arc<Outbound>, out: MutexGuard<'_, OutBuf>, was_empty: bool) {
         let behind = out.buf.len() > client.stall_threshold();
         drop(out);
         if behind && client.cid != self.cid && !self.stall.iter().any(|c| c.cid == client.cid) {
@@ -184,12 +304,17 @@ impl Delivery {
         if was_empty {
             self.flush.push(client.clone());
         }
-        true
     }
 
     /// Carries a message across an import into the target account.
-    fn forward(&mut self, f: &Forward, m: &Msg<'_>, depth: u8) -> bool {
-        if depth >= MAX_FORWARD_DEPTH {
+    fn forward(&mut self, f: &Forward, m: &Msg<'_>, hop: Hop<'_>) -> bool {
+        if hop.depth >= MAX_FORWARD_DEPTH {
+            return false;
+        }
+        let service = f.is_service();
+        // A request that came from a route was already sent through its service import where
+        // it was published.
+        if service && self.from_route {
             return false;
         }
         let subject = f.map.apply(m.subject);
@@ -202,7 +327,13 @@ impl Delivery {
             ..*m
         };
         let found = f.to.matches(&subject);
-        self.deliver_all(&f.to, &found, &fm, depth + 1)
+        let next = Hop {
+            depth: hop.depth + 1,
+            // Requests go to responders anywhere; a stream import or a reply is delivered here.
+            to_routes: service && hop.to_routes,
+            queues: None,
+        };
+        self.deliver_all(&f.to, &found, &fm, next)
     }
 
     /// Wakes each writer this batch gave something to write.
@@ -224,6 +355,27 @@ impl Delivery {
     }
 }
 
+/// Whether `size` more bytes fit in a receiver's buffer. One that is closed does not take them;
+/// one past `max_pending` is cut off as a slow consumer (after its lock is released).
+fn fits(client: &Outbound, out: &mut MutexGuard<'_, OutBuf>, size: usize) -> bool {
+    if out.closed {
+        return false;
+    }
+    if out.buf.len() + size > client.max_pending {
+        MutexGuard::unlocked(out, || {
+            tracing::info!(
+                "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
+                client.addr,
+                client.cid,
+                client.max_pending
+            );
+            client.close(CloseReason::SlowConsumerPendingBytes);
+        });
+        return false;
+    }
+    true
+}
+
 /// A connection's publishing side: its match cache and delivery bookkeeping, reused for every
 /// message it publishes (no allocation per message on a cache hit).
 pub struct Publisher {
@@ -232,12 +384,20 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// For the connection `cid` (its own subscriptions are skipped with `echo` off).
+    /// For the client connection `cid` (its own subscriptions are skipped with `echo` off).
     pub fn new(cid: u64) -> Self {
         Publisher {
             cache: MatchCache::new(),
             dl: Delivery::new(cid),
         }
+    }
+
+    /// For the route connection `cid`: what a peer sends is delivered to local subscribers
+    /// only, never relayed to other peers.
+    pub fn for_route(cid: u64) -> Self {
+        let mut p = Self::new(cid);
+        p.dl.from_route = true;
+        p
     }
 
     pub fn set_echo(&mut self, echo: bool) {
@@ -253,8 +413,20 @@ impl Publisher {
     /// Delivers `m` to the subscribers of its subject in `account`. Returns whether anyone got
     /// it. Writers are woken by `flush`, once per read.
     pub fn publish(&mut self, account: &Arc<Account>, m: &Msg<'_>) -> bool {
+        self.publish_to_queues(account, m, None)
+    }
+
+    /// Like `publish`, for a message from a route: `queues` are the groups the peer picked this
+    /// server for (space-separated), the only groups that get it.
+    pub fn publish_to_queues(
+        &mut self,
+        account: &Arc<Account>,
+        m: &Msg<'_>,
+        queues: Option<&[u8]>,
+    ) -> bool {
         let found = self.cache.lookup(account, m.subject);
-        let delivered = self.dl.deliver_all(account, found, m, 0);
+        let hop = self.dl.first_hop(queues);
+        let delivered = self.dl.deliver_all(account, found, m, hop);
         if !self.dl.expired.is_empty() {
             self.dl.remove_expired();
         }
@@ -304,8 +476,9 @@ pub fn publish_batch<'a>(
     let mut dl = Delivery::new(0);
     let found = account.matches(to);
     let mut delivered = 0;
+    let hop = dl.first_hop(None);
     for m in msgs {
-        delivered += usize::from(dl.deliver_all(account, &found, &m, 0));
+        delivered += usize::from(dl.deliver_all(account, &found, &m, hop));
     }
     dl.flush();
     dl.remove_expired();

@@ -133,6 +133,13 @@ pub struct Forward {
     pub kind: ForwardKind,
 }
 
+impl Forward {
+    /// Whether this forwards service requests (resolved where they are published).
+    pub fn is_service(&self) -> bool {
+        matches!(self.kind, ForwardKind::Service { .. })
+    }
+}
+
 pub enum ForwardKind {
     /// A stream import: messages flow from exporter to importer.
     Stream,

@@ -8,6 +8,7 @@ pub mod account;
 pub mod accounts;
 pub mod delivery;
 pub mod imports;
+pub mod interest;
 pub mod internal;
 pub mod outbound;
 pub mod sink;
@@ -16,10 +17,11 @@ pub mod subscription;
 pub use account::{Account, Limits, TooManyConnections, Totals, GLOBAL_ACCOUNT};
 pub use accounts::Accounts;
 pub use delivery::{publish, publish_batch, remove_subscription, Lagging, Msg, Publisher};
+pub use interest::{Interest, InterestChange, InterestFeed};
 pub use internal::{InternalClient, InternalError, InternalSubscription};
 pub use outbound::{ClientStats, CloseReason, Outbound, SubAdded};
 pub use sink::InternalMsg;
-pub use subscription::{SubRef, Subscription, Target};
+pub use subscription::{RouteSub, SubRef, Subscription, Target};
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,7 @@
 //! (a connection's sid map, an internal subscription) and its account's trie; `Target` says who
 //! receives: a connection's outbound side, another account (an import), or an internal sink.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::imports::Forward;
@@ -13,10 +13,25 @@ use super::sink::InternalSink;
 pub enum Target {
     /// A client connection's outbound buffer (MSG/HMSG with the subscription's sid).
     Client(Arc<Outbound>),
+    /// A peer server's interest (RS+), reached over its route connection (RMSG/HMSG).
+    Route(Arc<RouteSub>),
     /// Another account (an import, or the reply path of a service import).
     Forward(Arc<Forward>),
     /// A server component or embedding program (see `internal`).
     Internal(Arc<InternalSink>),
+}
+
+/// Interest a peer server announced: the route connection to it and, for a queue group, how
+/// many members the peer has (its weight when the group picks a member).
+pub struct RouteSub {
+    pub route: Arc<Outbound>,
+    pub weight: AtomicU32,
+}
+
+impl RouteSub {
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
 }
 
 /// A subscription; shared between its owner and the account's trie.
@@ -66,6 +81,27 @@ impl Subscription {
         }))
     }
 
+    /// A peer server's interest in `subject` (in `queue`, with `weight` members there).
+    pub fn route(
+        route: Arc<Outbound>,
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        weight: u32,
+    ) -> SubRef {
+        SubRef(Arc::new(Subscription {
+            target: Target::Route(Arc::new(RouteSub {
+                route,
+                weight: AtomicU32::new(weight),
+            })),
+            subject: subject.into(),
+            queue: queue.map(Into::into),
+            sid: Box::default(),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            deny: None,
+        }))
+    }
+
     /// An internal subscription delivering into `sink`.
     pub(crate) fn internal(
         subject: &[u8],
@@ -87,7 +123,18 @@ impl Subscription {
     pub fn client_out(&self) -> Option<&Arc<Outbound>> {
         match &self.target {
             Target::Client(c) => Some(c),
-            Target::Forward(_) | Target::Internal(_) => None,
+            Target::Route(_) | Target::Forward(_) | Target::Internal(_) => None,
+        }
+    }
+
+    /// Whether this is local interest that peer servers must hear about: a client's or an
+    /// internal subscription, or a stream import or reply path (service imports are resolved
+    /// where a request is published, so they are not announced); never a peer's own interest.
+    pub fn is_announced(&self) -> bool {
+        match &self.target {
+            Target::Client(_) | Target::Internal(_) => true,
+            Target::Forward(f) => !f.is_service(),
+            Target::Route(_) => false,
         }
     }
 

@@ -398,3 +398,227 @@ async fn internal_subscriptions_receive_copies_and_drop_when_full() {
         "unsubscribed on drop"
     );
 }
+
+/// A peer's interest in `subject` (in `queue` with `weight` members) over route `route`.
+fn remote(
+    account: &Account,
+    route: &Arc<Outbound>,
+    subject: &str,
+    queue: Option<&str>,
+    weight: u32,
+) -> SubRef {
+    let s = Subscription::route(
+        route.clone(),
+        subject.as_bytes(),
+        queue.map(str::as_bytes),
+        weight,
+    );
+    account.insert(s.clone());
+    s
+}
+
+/// The routed messages in `out`'s buffer, as (control line, payload).
+fn routed(out: &Outbound) -> Vec<(String, String)> {
+    let mut batch = Vec::new();
+    out.take_batch(&mut batch);
+    let mut v = Vec::new();
+    let mut rest = &batch[..];
+    while !rest.is_empty() {
+        match natrium_protocol::route::parse_route_op(rest, 1 << 20).expect("valid") {
+            natrium_protocol::Parsed::Op { op, len } => {
+                let line_end = rest.windows(2).position(|w| w == b"\r\n").expect("line");
+                let line = String::from_utf8_lossy(&rest[..line_end]).into_owned();
+                let natrium_protocol::route::RouteOp::Msg { payload, .. } = op else {
+                    panic!("not a message: {line}")
+                };
+                v.push((line, String::from_utf8_lossy(payload).into_owned()));
+                rest = &rest[len..];
+            }
+            other => panic!("incomplete: {other:?}"),
+        }
+    }
+    v
+}
+
+#[test]
+fn a_peer_gets_one_routed_message_however_many_of_its_subscriptions_match() {
+    let acc = Account::new("ACC");
+    let route = conn(100, 1 << 20);
+    route.set_headers(true);
+    remote(&acc, &route, "orders.>", None, 0);
+    remote(&acc, &route, "orders.*", None, 0);
+    let local = conn(1, 1 << 20);
+    sub(&acc, &local, "orders.*", None, "1");
+    let mut p = Publisher::new(2);
+    assert!(p.publish(
+        &acc,
+        &Msg {
+            subject: b"orders.new",
+            reply: Some(b"_INBOX.9"),
+            headers: None,
+            payload: b"x"
+        }
+    ));
+    assert_eq!(
+        routed(&route),
+        vec![(
+            "RMSG ACC orders.new _INBOX.9 1".to_string(),
+            "x".to_string()
+        )]
+    );
+    assert_eq!(received(&local).len(), 1);
+    // Only a peer's interest: still delivered (no 503 for the requester).
+    assert!(p.publish(&acc, &msg("orders.old", "y")));
+}
+
+#[test]
+fn queue_groups_pick_peers_by_their_weight_and_name_the_group() {
+    let acc = Account::new("A");
+    let route = conn(100, 1 << 20);
+    remote(&acc, &route, "jobs", Some("w"), 3);
+    let local = conn(1, 1 << 20);
+    sub(&acc, &local, "jobs", Some("w"), "1");
+    let mut p = Publisher::new(2);
+    for _ in 0..4000 {
+        assert!(p.publish(&acc, &msg("jobs", "j")));
+    }
+    let remote_n = routed(&route);
+    let local_n = received(&local).len();
+    assert_eq!(remote_n.len() + local_n, 4000, "each message once");
+    assert!(
+        remote_n.iter().all(|(line, _)| line == "RMSG A jobs | w 1"),
+        "{:?}",
+        &remote_n[..1]
+    );
+    // Weight 3 against 1: about three quarters go to the peer.
+    assert!(
+        (2700..3300).contains(&remote_n.len()),
+        "peer got {}",
+        remote_n.len()
+    );
+}
+
+#[test]
+fn messages_from_a_route_stay_local_and_reach_only_the_named_queue_groups() {
+    let acc = Account::new("A");
+    let other_route = conn(101, 1 << 20);
+    remote(&acc, &other_route, ">", None, 0);
+    remote(&acc, &other_route, "jobs", Some("w"), 5);
+    let plain = conn(1, 1 << 20);
+    sub(&acc, &plain, "jobs", None, "p");
+    let worker = conn(2, 1 << 20);
+    sub(&acc, &worker, "jobs", Some("w"), "q");
+    let auditor = conn(3, 1 << 20);
+    sub(&acc, &auditor, "jobs", Some("audit"), "a");
+    let mut p = Publisher::for_route(100);
+    p.publish_to_queues(&acc, &msg("jobs", "1"), Some(b"w"));
+    p.publish_to_queues(&acc, &msg("jobs", "2"), None);
+    assert!(
+        routed(&other_route).is_empty(),
+        "never relayed to another peer"
+    );
+    assert_eq!(received(&plain).len(), 2);
+    assert_eq!(
+        received(&worker).len(),
+        1,
+        "only when the sender picked this server"
+    );
+    assert!(
+        received(&auditor).is_empty(),
+        "a group the sender did not name"
+    );
+}
+
+#[test]
+fn imports_route_requests_but_deliver_stream_imports_and_replies_locally() {
+    let (exporter, importer) = (Account::new("E"), Account::new("I"));
+    imports::install(
+        &importer,
+        &exporter,
+        &Import {
+            kind: ExportKind::Service,
+            account: "E".into(),
+            subject: "svc".into(),
+            to: None,
+            prefix: None,
+        },
+    );
+    imports::install(
+        &importer,
+        &exporter,
+        &Import {
+            kind: ExportKind::Stream,
+            account: "E".into(),
+            subject: "feed".into(),
+            to: None,
+            prefix: None,
+        },
+    );
+    let route = conn(100, 1 << 20);
+    remote(&exporter, &route, "svc", None, 0);
+    remote(&importer, &route, "feed", None, 0);
+    let mut p = Publisher::new(1);
+    // A request in the importer reaches the exporter's responder on the peer.
+    p.publish(
+        &importer,
+        &Msg {
+            subject: b"svc",
+            reply: Some(b"_INBOX.r"),
+            headers: None,
+            payload: b"q",
+        },
+    );
+    // A stream import is not routed from here in the importer's account: the peer's own
+    // import carries the exporter's message to its subscribers.
+    p.publish(&exporter, &msg("feed", "f"));
+    let lines: Vec<String> = routed(&route).into_iter().map(|(l, _)| l).collect();
+    assert_eq!(lines, vec!["RMSG E svc _INBOX.r 1".to_string()]);
+}
+
+#[test]
+fn a_cluster_member_reports_its_first_and_last_subscriptions_and_queue_weights() {
+    let (feed, mut rx) = InterestFeed::new();
+    let accounts = Accounts::with_interest(Some(feed));
+    let acc = accounts.ensure("A");
+    let (c1, c2) = (conn(1, 1 << 20), conn(2, 1 << 20));
+    let a = sub(&acc, &c1, "x.*", None, "1");
+    let b = sub(&acc, &c2, "x.*", None, "1");
+    let q1 = sub(&acc, &c1, "jobs", Some("w"), "2");
+    let q2 = sub(&acc, &c2, "jobs", Some("w"), "2");
+    // A peer's interest is never reported back.
+    remote(&acc, &conn(100, 1 << 20), "y", None, 0);
+    remove_subscription(&acc, &a);
+    remove_subscription(&acc, &q1);
+    remove_subscription(&acc, &b);
+    remove_subscription(&acc, &q2);
+    let mut got = Vec::new();
+    while let Ok(c) = rx.try_recv() {
+        got.push((
+            String::from_utf8_lossy(&c.subject).into_owned(),
+            c.queue.map(|q| String::from_utf8_lossy(&q).into_owned()),
+            c.count,
+        ));
+    }
+    let w = Some("w".to_string());
+    assert_eq!(
+        got,
+        vec![
+            ("x.*".into(), None, 1),
+            ("jobs".into(), w.clone(), 1),
+            ("jobs".into(), w.clone(), 2),
+            ("jobs".into(), w.clone(), 1),
+            ("x.*".into(), None, 0),
+            ("jobs".into(), w, 0),
+        ]
+    );
+    assert!(acc.local_interest().is_empty());
+    sub(&acc, &c1, "z", Some("g"), "3");
+    assert_eq!(
+        acc.local_interest(),
+        vec![interest::Interest {
+            subject: b"z".to_vec().into(),
+            queue: Some(b"g".to_vec().into()),
+            count: 1
+        }]
+    );
+}

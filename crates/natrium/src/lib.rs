@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod conn;
 pub mod jetstream;
 pub mod logging;

@@ -191,8 +191,11 @@ async fn healthz(State(s): State<Shared>, Query(q): Query<HashMap<String, String
     (status(code), Json(body)).into_response()
 }
 
-async fn routez(State(s): State<Shared>) -> Json<Value> {
-    Json(observe::routez(&s))
+async fn routez(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    let subs = q
+        .get("subs")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "detail"));
+    Json(observe::routez(&s, subs))
 }
 
 /// Reads live state at scrape time; label cardinality is per account only.

@@ -10,6 +10,7 @@ use natrium_config::{ConfigError, Map, Spanned, Value};
 
 pub use crate::auth::jwt::{DirResolver, OperatorOptions, Resolver};
 pub use crate::auth::{AuthOptions, NkeyUser, User};
+pub use crate::cluster::{ClusterOptions, RouteUrl};
 pub use crate::conn::TlsOptions;
 pub use crate::jetstream::{AccountLimits, JetStreamOptions};
 pub use crate::perms::{Permissions, ResponsePermission, SubjectPermission};
@@ -75,6 +76,8 @@ pub struct Options {
     pub system_account: String,
     /// JetStream, when enabled.
     pub jetstream: Option<JetStreamOptions>,
+    /// Routes to other servers (`cluster {}`), when this server is part of a cluster.
+    pub cluster: Option<ClusterOptions>,
     /// Monitoring listener; `None` disables it, `-1` picks a random port.
     pub http_port: Option<i32>,
     /// HTTPS monitoring listener (with the `tls {}` certificate); exclusive with `http_port`.
@@ -116,6 +119,7 @@ impl Default for Options {
             accounts: Vec::new(),
             system_account: SYSTEM_ACCOUNT.to_string(),
             jetstream: None,
+            cluster: None,
             http_port: None,
             https_port: None,
             http_host: "0.0.0.0".into(),
@@ -145,7 +149,6 @@ pub enum OptionsError {
 /// Keys nats-server knows that this version of Natrium accepts but does not act on yet; they are
 /// reported as warnings so a config written for nats-server still loads.
 const NOT_YET_SUPPORTED: &[&str] = &[
-    "cluster",
     "gateway",
     "leafnodes",
     "leaf",
@@ -206,7 +209,8 @@ impl Options {
                 "max_unauthenticated_per_ip" => {
                     self.max_unauthenticated_per_ip = int(v)?.max(0) as usize
                 }
-                                "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
+                "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
+                "cluster" => self.cluster = Some(cluster(v, &mut warnings)?),
                 "http_port" | "monitor_port" => self.http_port = Some(int(v)? as i32),
                 "http" => {
                     let (host, port) = parse_listen(v)?;
@@ -404,6 +408,17 @@ impl Options {
             }
             _ => {}
         }
+        if let Some(c) = &self.cluster {
+            if !(-1..=65535).contains(&c.port) {
+                return bad("cluster port must be between -1 and 65535");
+            }
+            if c.name
+                .as_ref()
+                .is_some_and(|n| n.contains([' ', '\n', '\r', '\t']))
+            {
+                return bad("cluster name cannot contain spaces or new lines");
+            }
+        }
         if self.max_payload == 0 || self.max_payload > 64 * 1024 * 1024 {
             return bad("max_payload must be between 1 byte and 64 MB");
         }
@@ -533,6 +548,7 @@ impl Options {
             accounts,
             system_account,
             jetstream,
+            cluster,
             http_port,
             https_port,
             http_host,
@@ -545,7 +561,8 @@ impl Options {
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 15] = [
+        let checks: [(&'static str, bool); 16] = [
+            ("cluster", &self.cluster != cluster),
             ("host", &self.host != host),
             ("port", &self.port != port),
             ("server_name", &self.server_name != server_name),
@@ -787,6 +804,119 @@ fn jetstream(
         }
     }
     Ok(Some(js))
+}
+
+/// The `cluster {}` block, with nats-server's keys and errors. Keys that would change what
+/// crosses the routes if ignored (TLS, permissions) are refused until implemented; keys that
+/// only tune how (pinned accounts, compression) are warnings.
+fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, OptionsError> {
+    let mut c = ClusterOptions::default();
+    for (key, kv) in map_of(v)?.iter() {
+        match key.to_ascii_lowercase().as_str() {
+            "name" => c.name = Some(string(kv)?),
+            "listen" => {
+                let (host, port) = parse_listen(kv)?;
+                if let Some(h) = host {
+                    c.host = h;
+                }
+                c.port = port;
+            }
+            "port" => c.port = int(kv)? as i32,
+            "host" | "net" => c.host = string(kv)?,
+            "authorization" => {
+                for (k, av) in map_of(kv)?.iter() {
+                    match k.to_ascii_lowercase().as_str() {
+                        "user" | "username" => c.user = Some(string(av)?),
+                        "pass" | "password" => c.password = Some(string(av)?),
+                        "timeout" => c.auth_timeout = duration_secs_f(av)?,
+                        "token" => {
+                            return Err(invalid(kv, "Cluster authorization does not support tokens"))
+                        }
+                        "users" => {
+                            return Err(invalid(
+                                kv,
+                                "Cluster authorization does not allow multiple users",
+                            ))
+                        }
+                        _ => {
+                            return Err(invalid(
+                                av,
+                                &format!("unknown field {k:?} in cluster authorization"),
+                            ))
+                        }
+                    }
+                }
+            }
+            "routes" => {
+                let Value::Array(items) = &kv.value else {
+                    return Err(invalid(kv, "routes must be an array of URLs"));
+                };
+                for item in items {
+                    let u = string(item)?;
+                    let url = RouteUrl::parse(&u).map_err(|e| invalid(item, &e))?;
+                    if c.routes.contains(&url) {
+                        warnings.push(format!("{}: Duplicate route entry detected", item.pos));
+                        continue;
+                    }
+                    c.routes.push(url);
+                }
+            }
+            "cluster_advertise" | "advertise" => c.advertise = Some(string(kv)?),
+            "no_advertise" => c.no_advertise = boolean(kv)?,
+            "connect_retries" => c.connect_retries = int(kv)?.max(0) as u32,
+            "pool_size" => {
+                c.pool_size = int(kv)? as i32;
+                if c.pool_size > 0 {
+                    warnings.push(format!(
+                        "{}: cluster pool_size is not supported yet by this version of natrium: it keeps one route per peer (nats-server 2.10 accepts that from a peer that does not pool)",
+                        kv.pos
+                    ));
+                }
+            }
+            "accounts" => warnings.push(format!(
+                "{}: cluster accounts (dedicated per-account routes) are not supported yet by this version of natrium: those accounts use the shared route",
+                kv.pos
+            )),
+            "compression" => {
+                let off = match &kv.value {
+                    Value::Bool(b) => !b,
+                    Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "off" | "disabled" | "false" | "accept"),
+                    _ => false,
+                };
+                if !off {
+                    warnings.push(format!(
+                        "{}: route compression is not supported yet by this version of natrium: routes run uncompressed",
+                        kv.pos
+                    ));
+                }
+            }
+            "ping_interval" => c.ping_interval = Some(duration(kv)?),
+            "ping_max" => c.ping_max = Some(int(kv)?.max(1) as u32),
+            "tls" => {
+                return Err(invalid(
+                    kv,
+                    "cluster tls is not supported yet by this version of natrium (routes would run in plaintext)",
+                ))
+            }
+            "permissions" => {
+                return Err(invalid(
+                    kv,
+                    "cluster permissions are not supported yet by this version of natrium (routes would carry every subject)",
+                ))
+            }
+            "write_deadline" => warnings.push(format!(
+                "{}: cluster write_deadline is not supported yet by this version of natrium: routes use the server's write_deadline",
+                kv.pos
+            )),
+            _ => {
+                return Err(invalid(
+                    kv,
+                    &format!("unknown field {key:?} in cluster block"),
+                ))
+            }
+        }
+    }
+    Ok(c)
 }
 
 /// An `operator` entry: a JWT, or the path of a file holding one.

@@ -12,12 +12,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
+use crate::cluster::Mesh;
 use crate::conn::{ConnConfig, ConnContext, ConnSettings, ServerIdentity, TlsServer};
 use crate::jetstream::JetStream;
 use crate::observe::Observed;
 use crate::options::{Options, OptionsError, Resolver};
 use crate::router::imports::{self, NotExported};
-use crate::router::{Accounts, CloseReason, InternalClient, InternalError};
+use crate::router::{Accounts, CloseReason, InterestFeed, InternalClient, InternalError};
 use crate::util::{PROTOCOL_VERSION, VERSION};
 
 /// Errors starting a server.
@@ -92,6 +93,8 @@ pub struct Server {
     /// The options in force (as reloads changed them); reloads diff against these.
     options: Arc<Mutex<Options>>,
     shutdown: watch::Sender<bool>,
+    /// This server's place in its cluster, when it has one.
+    mesh: Option<Arc<Mesh>>,
     addr: SocketAddr,
     /// The accept loop; taken (and awaited) when the listener closes.
     accept: Option<JoinHandle<()>>,
@@ -141,7 +144,15 @@ impl Server {
                 d.dir.display()
             );
         }
-        let accounts = Arc::new(build_accounts(&opts, &auth.trusted_accounts())?);
+        // In a cluster, every account reports its interest changes for the routes to announce.
+        let (feed, changes) = match &opts.cluster {
+            Some(_) => {
+                let (feed, rx) = InterestFeed::new();
+                (Some(feed), Some(rx))
+            }
+            None => (None, None),
+        };
+        let accounts = Arc::new(build_accounts(&opts, &auth.trusted_accounts(), feed)?);
         let tls = tls_for(&opts)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let cfg = ConnConfig {
@@ -181,6 +192,7 @@ impl Server {
             options: options.clone(),
             http_port: Mutex::new(None),
             https_port: Mutex::new(None),
+            mesh: Mutex::new(None),
         });
         tracing::info!(
             "Listening for client connections on {}:{}",
@@ -211,6 +223,18 @@ impl Server {
             )),
             _ => None,
         };
+        let mesh = match (&opts.cluster, changes) {
+            (Some(c), Some(changes)) => Some(
+                Mesh::start(c.clone(), conns.clone(), changes)
+                    .await
+                    .map_err(|source| ServerError::Listen {
+                        addr: format!("{}:{}", c.host, c.port),
+                        source,
+                    })?,
+            ),
+            _ => None,
+        };
+        *observed.mesh.lock() = mesh.clone();
         let accept = tokio::spawn(accept_loop(conns.clone(), listener));
         tracing::info!("Server is ready");
         Ok(Server {
@@ -218,6 +242,7 @@ impl Server {
             observed,
             options,
             shutdown,
+            mesh,
             addr,
             accept: Some(accept),
             monitor,
@@ -286,6 +311,27 @@ impl Server {
 
     pub fn num_subscriptions(&self) -> usize {
         self.conns.accounts.global().subscription_count()
+    }
+
+    /// The bound cluster port, when this server is part of a cluster.
+    pub fn cluster_port(&self) -> Option<u16> {
+        self.mesh.as_ref().map(|m| m.port())
+    }
+
+    /// A URL peers can use to route to this server (loopback when the cluster listener is on
+    /// every interface).
+    pub fn cluster_url(&self) -> Option<String> {
+        let m = self.mesh.as_ref()?;
+        let host = match m.options().host.as_str() {
+            "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
+            h => h.to_string(),
+        };
+        Some(format!("nats://{host}:{}", m.port()))
+    }
+
+    /// How many peers this server has a route to.
+    pub fn num_routes(&self) -> usize {
+        self.mesh.as_ref().map_or(0, |m| m.routes().len())
     }
 
     /// Re-reads the configuration file the server started from and applies it (see
@@ -421,6 +467,9 @@ impl Server {
     pub async fn lame_duck(mut self) {
         self.stop_accepting().await;
         tracing::info!("Entering lame duck mode, stop accepting new clients");
+        if let Some(m) = &self.mesh {
+            m.enter_lame_duck();
+        }
         let (duration, grace) = {
             let c = self.options.lock();
             (c.lame_duck_duration, c.lame_duck_grace_period)
@@ -466,6 +515,9 @@ impl Server {
             js.shutdown();
         }
         self.stop_accepting().await;
+        if let Some(m) = &self.mesh {
+            m.shutdown().await;
+        }
         for task in [self.monitor, self.sys, self.resolver]
             .into_iter()
             .flatten()
@@ -560,8 +612,12 @@ fn start_jetstream(
 
 /// Creates the configured accounts (plus the global and system ones, and in operator mode those
 /// the trust names) and installs their imports, refusing imports the exporter does not allow.
-fn build_accounts(opts: &Options, trusted: &[String]) -> Result<Accounts, OptionsError> {
-    let accounts = Accounts::new();
+fn build_accounts(
+    opts: &Options,
+    trusted: &[String],
+    feed: Option<Arc<InterestFeed>>,
+) -> Result<Accounts, OptionsError> {
+    let accounts = Accounts::with_interest(feed);
     for key in trusted {
         accounts.ensure(key);
     }

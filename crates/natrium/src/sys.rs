@@ -82,7 +82,7 @@ fn document(s: &Observed, endpoint: &str, opts: &Value) -> Value {
         ),
         "ACCOUNTZ" => observe::accountz(s, &AccQuery::default()),
         "HEALTHZ" => Ok(json!({"status": "ok"})),
-        "ROUTEZ" => Ok(json!({"num_routes": 0, "routes": []})),
+        "ROUTEZ" => Ok(observe::routez(s, flag("subscriptions"))),
         _ => Ok(observe::statsz(s)),
     };
     result.unwrap_or_else(|e| json!({"error": {"code": e.status, "description": e.text}}))

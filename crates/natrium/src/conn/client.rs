@@ -85,6 +85,11 @@ impl Client {
         self.registered.swap(on, Ordering::AcqRel)
     }
 
+    /// Whether the client has completed CONNECT (it then takes asynchronous INFO updates).
+    pub fn is_connected(&self) -> bool {
+        self.registered.load(Ordering::Acquire)
+    }
+
     /// Whether this client is a connection registered with account `name`.
     pub fn registered_with(&self, name: &str) -> bool {
         self.registered.load(Ordering::Acquire) && self.meta.lock().account == name

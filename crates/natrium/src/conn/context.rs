@@ -42,8 +42,18 @@ pub struct ServerIdentity {
     pub jetstream: bool,
 }
 
+/// What clients are told about the cluster this server is part of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    pub name: String,
+    /// Every server's client URLs (`host:port`), this one's first; empty with `no_advertise`.
+    pub connect_urls: Vec<String>,
+}
+
 pub struct ConnContext {
     pub identity: ServerIdentity,
+    /// Set when this server is part of a cluster.
+    cluster: RwLock<Option<ClusterView>>,
     pub accounts: Arc<Accounts>,
     pub auth: AuthCell,
     /// Runs bcrypt comparisons off the reader tasks (bounded per client IP and server-wide).
@@ -82,6 +92,7 @@ impl ConnContext {
     ) -> ConnContext {
         ConnContext {
             identity: cfg.identity,
+            cluster: RwLock::new(None),
             accounts,
             auth: AuthCell::new(auth),
             bcrypt: BcryptLimiter::new(),
@@ -274,6 +285,26 @@ impl ConnContext {
         }
     }
 
+    /// Sets what clients are told about the cluster and, when that changed, sends every
+    /// connected client an updated INFO (how clients learn about servers that join or leave).
+    pub fn set_cluster_view(&self, view: ClusterView) {
+        let changed = {
+            let mut c = self.cluster.write();
+            let changed = c.as_ref() != Some(&view);
+            *c = Some(view);
+            changed
+        };
+        if !changed {
+            return;
+        }
+        for c in self.registry.clients() {
+            if c.is_connected() {
+                let ip = c.out.addr.ip().to_string();
+                c.out.send(&self.info(Some((c.out.cid, &ip, None)), false));
+            }
+        }
+    }
+
     /// The INFO every client is greeted with (and lame duck mode's, with `ldm`); `client`
     /// carries what is particular to one connection: its cid, address and nonce.
     pub fn info(&self, client: Option<(u64, &str, Option<String>)>, ldm: bool) -> Vec<u8> {
@@ -303,6 +334,14 @@ impl ConnContext {
             client_ip,
             ldm,
             ..ServerInfo::default()
+        };
+        let info = match &*self.cluster.read() {
+            Some(c) => ServerInfo {
+                cluster: Some(c.name.clone()),
+                connect_urls: c.connect_urls.clone(),
+                ..info
+            },
+            None => info,
         };
         let json = serde_json::to_vec(&info).unwrap_or_default();
         let mut out = Vec::with_capacity(json.len() + 7);

@@ -16,7 +16,7 @@ pub mod writer;
 
 pub use accept::accept;
 pub use client::{Client, ConnMeta, ConnSnapshot};
-pub use context::{ConnConfig, ConnContext, ConnSettings, ServerIdentity};
+pub use context::{ClusterView, ConnConfig, ConnContext, ConnSettings, ServerIdentity};
 pub use reader::Conn;
 pub use registry::Registry;
 pub use tls::{TlsError, TlsOptions, TlsServer};

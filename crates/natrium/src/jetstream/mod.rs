@@ -137,8 +137,10 @@ impl JetStream {
             api_errors: AtomicU64::new(0),
         });
         acc.recover();
+        // Each server answers the API for its own streams: in a cluster the API stays local
+        // (replicated JetStream is to come), while streams and acks are reached from anywhere.
         let sub = client
-            .subscribe("$JS.API.>", None, 4096)
+            .subscribe_local("$JS.API.>", None, 4096)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let serving = acc.clone();
         tokio::spawn(async move {

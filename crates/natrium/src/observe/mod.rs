@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 
+use crate::cluster::Mesh;
 use crate::conn::{Client, ConnContext};
 use crate::jetstream::JetStream;
 use crate::options::Options;
@@ -31,6 +32,8 @@ pub struct Observed {
     /// The bound monitoring ports, once listening.
     pub http_port: Mutex<Option<u16>>,
     pub https_port: Mutex<Option<u16>>,
+    /// The cluster, once its listener is up.
+    pub mesh: Mutex<Option<Arc<Mesh>>>,
 }
 
 impl Observed {

@@ -118,7 +118,7 @@ pub fn varz(o: &Observed) -> Value {
         "cpu": cpu,
         "connections": clients.len(),
         "total_connections": reg.total_connections.load(Ordering::Relaxed),
-        "routes": 0,
+        "routes": o.mesh.lock().as_ref().map_or(0, |m| m.routes().len()),
         "remotes": 0,
         "leafnodes": 0,
         "in_msgs": t.in_msgs,
@@ -133,6 +133,7 @@ pub fn varz(o: &Observed) -> Value {
     });
     // Set here: the `json!` above is at the macro's recursion limit.
     v["http_base_path"] = json!(opts.http_base_path);
+    v["cluster"] = cluster_section(o);
     v["tls_timeout"] = json!(tls.as_ref().map_or(2.0, |t| t.opts.timeout.as_secs_f64()));
     // As nats-server, the TLS flags and the certificate's expiry appear only with TLS on.
     if let Some(t) = &tls {
@@ -200,7 +201,70 @@ pub fn healthz(o: &Observed, q: &HashMap<String, String>) -> (u16, Value) {
     (200, json!({"status": "ok"}))
 }
 
-/// `/routez`: no routes on a single server.
-pub fn routez(o: &Observed) -> Value {
-    json!({"server_id": o.id(), "now": rfc3339(SystemTime::now()), "num_routes": 0, "routes": []})
+/// `/routez`: this server's routes (with `subs`, the peers' interest).
+pub fn routez(o: &Observed, subs: bool) -> Value {
+    let mesh = o.mesh.lock().clone();
+    let routes: Vec<Value> = mesh
+        .as_ref()
+        .map(|m| m.routes())
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            let remote = r.remote().unwrap_or_default();
+            let stats = r.out.stats();
+            let last = r.out.last_activity();
+            let mut v = json!({
+                "rid": r.rid,
+                "remote_id": remote.server_id,
+                "remote_name": remote.server_name,
+                "did_solicit": r.dialled.is_some(),
+                "is_configured": r.dialled.as_ref().is_some_and(|d| d.explicit),
+                "ip": r.out.addr.ip().to_string(),
+                "port": r.out.addr.port(),
+                "start": rfc3339(r.start),
+                "last_activity": rfc3339(last),
+                "uptime": uptime(since(r.start)),
+                "idle": uptime(since(last)),
+                "pending_size": stats.pending_bytes,
+                "in_msgs": stats.in_msgs,
+                "out_msgs": stats.out_msgs,
+                "in_bytes": stats.in_bytes,
+                "out_bytes": stats.out_bytes,
+                "subscriptions": r.num_subs(),
+            });
+            if subs {
+                v["subscriptions_list"] = json!(r.subscription_list());
+            }
+            v
+        })
+        .collect();
+    let mut v = json!({
+        "server_id": o.id(),
+        "now": rfc3339(SystemTime::now()),
+        "num_routes": routes.len(),
+        "routes": routes,
+    });
+    if let Some(m) = &mesh {
+        v["server_name"] = json!(o.conns.identity.name);
+        v["import"] = Value::Null;
+        v["export"] = Value::Null;
+        v["cluster_name"] = json!(m.name());
+    }
+    v
+}
+
+/// `/varz`'s `cluster` section: the cluster's name, listener and configured routes.
+fn cluster_section(o: &Observed) -> Value {
+    let Some(m) = o.mesh.lock().clone() else {
+        return json!({});
+    };
+    let c = m.options();
+    json!({
+        "name": m.name(),
+        "addr": c.host,
+        "cluster_port": m.port(),
+        "auth_timeout": c.auth_timeout.as_secs_f64(),
+        "urls": c.routes.iter().map(|u| u.address()).collect::<Vec<_>>(),
+        "pool_size": c.pool_size,
+    })
 }

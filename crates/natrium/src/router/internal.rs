@@ -49,11 +49,32 @@ impl InternalClient {
         queue: Option<&str>,
         capacity: usize,
     ) -> Result<InternalSubscription, InternalError> {
+        self.subscribe_with(subject, queue, capacity, false)
+    }
+
+    /// Like `subscribe`, for interest of this server alone: peer servers in a cluster are not
+    /// told about it, so messages published on them never come here for it.
+    pub fn subscribe_local(
+        &self,
+        subject: &str,
+        queue: Option<&str>,
+        capacity: usize,
+    ) -> Result<InternalSubscription, InternalError> {
+        self.subscribe_with(subject, queue, capacity, true)
+    }
+
+    fn subscribe_with(
+        &self,
+        subject: &str,
+        queue: Option<&str>,
+        capacity: usize,
+        local: bool,
+    ) -> Result<InternalSubscription, InternalError> {
         if !natrium_subjects::is_valid_subject(subject.as_bytes()) {
             return Err(InternalError::InvalidSubject(subject.to_string()));
         }
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let sink = Arc::new(InternalSink::channel(tx));
+        let sink = Arc::new(InternalSink::channel(tx, local));
         let ctl = Arc::new(SubControl {
             account: self.account.clone(),
             sink,

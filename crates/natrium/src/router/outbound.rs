@@ -39,6 +39,12 @@ pub enum CloseReason {
     Revocation,
     TlsHandshakeError,
     ServerShutdown,
+    /// A second route to a peer already connected (or to this server itself).
+    DuplicateRoute,
+    ClusterNameConflict,
+    DuplicateServerName,
+    /// A client that dialled the cluster port.
+    WrongPort,
 }
 
 impl CloseReason {
@@ -71,6 +77,10 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Revocation => "Credentials Revoked",
             CloseReason::TlsHandshakeError => "TLS Handshake Failure",
             CloseReason::ServerShutdown => "Server Shutdown",
+            CloseReason::DuplicateRoute => "Duplicate Route",
+            CloseReason::ClusterNameConflict => "Cluster Name Conflict",
+            CloseReason::DuplicateServerName => "Duplicate Server Name",
+            CloseReason::WrongPort => "Wrong Port",
         };
         f.write_str(s)
     }
@@ -229,6 +239,10 @@ impl Outbound {
 
     pub fn close_reason(&self) -> Option<CloseReason> {
         *self.close_reason.lock()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.close_reason.lock().is_some()
     }
 
     /// Resolves when another task closes this connection (a permit is kept if nobody waits).

@@ -20,6 +20,8 @@ pub struct InternalMsg {
 pub struct InternalSink {
     mode: SinkMode,
     dropped: AtomicU64,
+    /// Interest of this server alone, never announced to peer servers.
+    local: bool,
 }
 
 /// A handler run in the publisher's own task, for work that must be ordered with the publisher's
@@ -32,10 +34,11 @@ enum SinkMode {
 }
 
 impl InternalSink {
-    pub fn channel(tx: mpsc::Sender<InternalMsg>) -> Self {
+    pub fn channel(tx: mpsc::Sender<InternalMsg>, local: bool) -> Self {
         InternalSink {
             mode: SinkMode::Channel(tx),
             dropped: AtomicU64::new(0),
+            local,
         }
     }
 
@@ -43,7 +46,13 @@ impl InternalSink {
         InternalSink {
             mode: SinkMode::Handler(f),
             dropped: AtomicU64::new(0),
+            local: false,
         }
+    }
+
+    /// Whether this interest stays on this server (not announced to peers).
+    pub fn is_local(&self) -> bool {
+        self.local
     }
 
     /// Messages dropped because the channel was full.

@@ -132,7 +132,8 @@ impl Subscription {
     /// where a request is published, so they are not announced); never a peer's own interest.
     pub fn is_announced(&self) -> bool {
         match &self.target {
-            Target::Client(_) | Target::Internal(_) => true,
+            Target::Client(_) => true,
+            Target::Internal(sink) => !sink.is_local(),
             Target::Forward(f) => !f.is_service(),
             Target::Route(_) => false,
         }

@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["router"],
     &["auth"],
     &["conn"],
+    &["cluster"],
     &["jetstream"],
     &["options"],
     &["observe"],

@@ -394,3 +394,120 @@ fn trace_flag_logs_protocol_lines_without_secrets() {
         "the password was logged:\n{text}"
     );
 }
+
+/// Three `natrium` processes, two started with nats-server's cluster flags and one from a
+/// config file with a `cluster {}` block, form one cluster: the third learns the second
+/// through the first, and a message published on one node reaches a subscriber on another.
+#[test]
+fn three_processes_form_a_cluster_from_flags_and_a_config_file() {
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpStream;
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+            let _ = self.0.wait();
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster_port = |log: &str| -> u16 {
+        let line = log
+            .lines()
+            .find(|l| l.contains("Listening for route connections on"))
+            .expect("route listener line");
+        line.rsplit(':')
+            .next()
+            .expect("port")
+            .trim()
+            .parse()
+            .expect("port")
+    };
+    let spawn = |name: &str, extra: &[String]| {
+        let log = dir.path().join(format!("{name}.log"));
+        let child = Command::new(BIN)
+            .args(["-p", "-1", "-a", "127.0.0.1", "-n", name])
+            .args(extra)
+            .arg("-l")
+            .arg(&log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let text = wait_for(&log, "Server is ready");
+        (Stop(child), log, text)
+    };
+    let (_n1, log1, text1) = spawn(
+        "n1",
+        &["--cluster", "nats://127.0.0.1:-1", "--cluster_name", "c1"].map(String::from),
+    );
+    assert!(text1.contains("Cluster name is c1"), "{text1}");
+    let p1 = cluster_port(&text1);
+    let (_n2, log2, text2) = spawn(
+        "n2",
+        &[
+            "--cluster".to_string(),
+            "nats://127.0.0.1:-1".into(),
+            "--cluster_name".into(),
+            "c1".into(),
+            "--routes".into(),
+            format!("nats://127.0.0.1:{p1}"),
+        ],
+    );
+    let conf = dir.path().join("n3.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "cluster {{\n  name: c1\n  listen: 127.0.0.1:-1\n  routes: [\n    nats://127.0.0.1:{p1}\n  ]\n}}\n"
+        ),
+    )
+    .expect("config");
+    let (_n3, log3, text3) = spawn("n3", &["-c".to_string(), conf.display().to_string()]);
+    // Every node ends up with a route to each of the other two.
+    for log in [&log1, &log2, &log3] {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.matches("Route connection created").count() >= 2 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{text}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let connect = |text: &str| {
+        let s = TcpStream::connect(("127.0.0.1", listen_port(text))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s
+    };
+    let mut sub = connect(&text2);
+    sub.write_all(b"CONNECT {}\r\nSUB news.> 1\r\nPING\r\n")
+        .expect("sub");
+    let mut r = BufReader::new(sub.try_clone().expect("clone"));
+    let mut line = String::new();
+    while !line.starts_with("PONG") {
+        line.clear();
+        r.read_line(&mut line).expect("read");
+    }
+    let mut publisher = connect(&text3);
+    // Interest crosses the cluster asynchronously: publish until the subscriber hears one.
+    let start = Instant::now();
+    sub.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    r.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut got = String::new();
+    while !got.contains("MSG news.flash 1 5") {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never arrived: {got}"
+        );
+        publisher
+            .write_all(b"CONNECT {}\r\nPUB news.flash 5\r\nhello\r\n")
+            .expect("publish");
+        let mut l = String::new();
+        if r.read_line(&mut l).is_ok() {
+            got.push_str(&l);
+        }
+    }
+}

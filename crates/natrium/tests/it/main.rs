@@ -18,6 +18,7 @@ mod kv;
 mod layers;
 mod limits;
 mod messaging;
+mod mixed_cluster;
 mod monitor;
 mod monitor_tls;
 mod nkeys;

@@ -623,4 +623,36 @@ mod tests {
             c
         );
     }
+
+    proptest::proptest! {
+        /// Any bytes (biased towards route-protocol text): ops, a request for more, or an
+        /// error, never a panic; lengths in bounds; a prefix never contradicts the whole.
+        #[test]
+        fn never_panics_and_prefixes_agree(
+            data in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"RSMGLHINFOCTPQ+-|$ 0123456789.*>\r\n".to_vec()),
+                    proptest::num::u8::ANY,
+                ],
+                0..200,
+            )
+        ) {
+            let mut rest = &data[..];
+            while let Ok(Parsed::Op { op, len }) = parse_route_op(rest, 64) {
+                proptest::prop_assert!(len > 0 && len <= rest.len());
+                if let RouteOp::Msg { payload, queues, .. } = op {
+                    proptest::prop_assert!(payload.len() <= 64);
+                    proptest::prop_assert!(queue_names(queues).all(|q| !q.is_empty()));
+                }
+                rest = &rest[len..];
+            }
+            let cut = data.len() / 2;
+            if let Ok(Parsed::Op { len, .. }) = parse_route_op(&data[..cut], 64) {
+                match parse_route_op(&data, 64) {
+                    Ok(Parsed::Op { len: whole, .. }) => proptest::prop_assert_eq!(len, whole),
+                    other => proptest::prop_assert!(false, "prefix parsed, whole gave {other:?}"),
+                }
+            }
+        }
+    }
 }

@@ -432,3 +432,120 @@ async fn a_route_to_itself_is_dropped_and_not_retried() {
     assert_eq!(s.num_routes(), 0);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_node_answers_system_pings() {
+    let (a, b, c) = three_nodes().await;
+    // The system account's request goes to every server of the cluster.
+    let ic = a.internal_client("$SYS").expect("system account");
+    let mut inbox = ic.subscribe("_INBOX.ping.*", None, 16).expect("inbox");
+    for s in [&b, &c] {
+        let probe = s.internal_client("$SYS").expect("system account");
+        eventually(|| probe.has_interest("_INBOX.ping.x")).await;
+    }
+    ic.publish("$SYS.REQ.SERVER.PING", Some("_INBOX.ping.x"), None, b"")
+        .expect("publish");
+    let mut names = std::collections::BTreeSet::new();
+    while names.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), inbox.next())
+            .await
+            .expect("an answer from every node")
+            .expect("open");
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("json");
+        names.insert(v["server"]["name"].as_str().expect("name").to_string());
+    }
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        vec!["A".to_string(), "B".into(), "C".into()]
+    );
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn routez_varz_and_metrics_describe_the_routes() {
+    let monitored = |name: &str, routes: &[u16]| Options {
+        http_port: Some(-1),
+        ..node_opts(name, routes)
+    };
+    let a = start(monitored("A", &[])).await;
+    let b = start(monitored("B", &[a.cluster_port().expect("port")])).await;
+    eventually(|| a.num_routes() == 1 && b.num_routes() == 1).await;
+    let sub = client(&b).await;
+    let _s = sub.subscribe("seen.on.b").await.expect("sub");
+    sub.flush().await.expect("flush");
+    interest(&a, "seen.on.b").await;
+    let pubc = client(&a).await;
+    pubc.publish("seen.on.b", "x".into())
+        .await
+        .expect("publish");
+    pubc.flush().await.expect("flush");
+    let http = reqwest::Client::new();
+    let base = a.monitor_url().expect("monitor");
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            http.get(path)
+                .send()
+                .await
+                .expect("get")
+                .text()
+                .await
+                .expect("body")
+        }
+    };
+    let routez: serde_json::Value =
+        serde_json::from_str(&get(format!("{base}/routez?subs=1")).await).expect("json");
+    assert_eq!(routez["num_routes"], 1);
+    let r = &routez["routes"][0];
+    assert_eq!(r["remote_name"], "B");
+    assert_eq!(r["did_solicit"], false, "B dialled A");
+    for key in [
+        "rid",
+        "remote_id",
+        "ip",
+        "port",
+        "start",
+        "pending_size",
+        "in_msgs",
+        "out_msgs",
+    ] {
+        assert!(r.get(key).is_some(), "{key} in {r}");
+    }
+    assert!(
+        r["subscriptions_list"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|s| s == "$G seen.on.b"),
+        "{r}"
+    );
+    let varz: serde_json::Value =
+        serde_json::from_str(&get(format!("{base}/varz")).await).expect("json");
+    assert_eq!(varz["routes"], 1);
+    assert_eq!(varz["cluster"]["name"], "c1");
+    assert_eq!(
+        varz["cluster"]["cluster_port"],
+        a.cluster_port().expect("port")
+    );
+    let metrics = get(format!("{base}/metrics")).await;
+    assert!(metrics.contains("natrium_routes 1"), "{metrics}");
+    let out_line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("natrium_route_out_msgs_total{remote=\"B\"}")
+                || l.starts_with("natrium_route_out_msgs{remote=\"B\"}")
+        })
+        .unwrap_or_else(|| panic!("route series in {metrics}"));
+    let n: f64 = out_line
+        .rsplit(' ')
+        .next()
+        .expect("value")
+        .parse()
+        .expect("number");
+    assert!(n >= 1.0, "{out_line}");
+    for s in [a, b] {
+        s.shutdown().await;
+    }
+}

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use super::options::{ClusterOptions, RouteUrl, MAX_ROUTE_PING_INTERVAL};
 use super::route::{self, Closing, Dialled, Route};
 use crate::conn::{ClusterView, ConnContext};
-use crate::router::{CloseReason, InterestChange};
+use crate::router::{CloseReason, InterestChange, InternalClient};
 use crate::util::{PROTOCOL_VERSION, VERSION};
 
 /// Largest routed message accepted from a peer (peers enforce their clients' `max_payload`).
@@ -61,6 +61,7 @@ impl Mesh {
         opts: ClusterOptions,
         conns: Arc<ConnContext>,
         changes: mpsc::UnboundedReceiver<InterestChange>,
+        system: Option<InternalClient>,
     ) -> std::io::Result<Arc<Mesh>> {
         let port = if opts.port == -1 { 0 } else { opts.port as u16 };
         let listener = TcpListener::bind(format!("{}:{port}", opts.host)).await?;
@@ -105,6 +106,14 @@ impl Mesh {
         ];
         for url in mesh.opts.routes.clone() {
             tasks.push(tokio::spawn(keep_route(mesh.clone(), url)));
+        }
+        if let Some(system) = system {
+            let counts = mesh.conns.watch_connection_counts();
+            tasks.push(tokio::spawn(super::conns::exchange(
+                mesh.clone(),
+                system,
+                counts,
+            )));
         }
         *mesh.tasks.lock() = tasks;
         Ok(mesh)
@@ -416,7 +425,14 @@ impl Mesh {
                 _ => false,
             }
         };
-        if was_registered && self.peer_urls.lock().remove(&id).is_some() {
+        if !was_registered {
+            return;
+        }
+        // The peer's connections no longer count against any account's limit.
+        for a in self.conns.accounts.list() {
+            a.forget_remote_server(&id);
+        }
+        if self.peer_urls.lock().remove(&id).is_some() {
             self.update_clients();
         }
     }

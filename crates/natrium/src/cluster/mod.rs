@@ -3,6 +3,7 @@
 //! per peer, interest announcements, client URLs); `route` runs one route connection; `options`
 //! holds the `cluster {}` settings. It imports the router and the connection layer.
 
+pub mod conns;
 pub mod mesh;
 pub mod options;
 pub mod route;

@@ -549,3 +549,73 @@ async fn routez_varz_and_metrics_describe_the_routes() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn account_connection_limits_hold_across_the_cluster() {
+    let conf = |name: &str, routes: &[u16]| {
+        let mut o = node_opts(name, routes);
+        o.accounts = vec![natrium::options::AccountOptions {
+            name: "TEAM".into(),
+            limits: natrium::options::Limits {
+                max_connections: Some(2),
+                ..Default::default()
+            },
+            ..Default::default()
+        }];
+        o.auth.users = vec![natrium::options::User {
+            user: "t".into(),
+            password: "pt".into(),
+            account: Some("TEAM".into()),
+            ..Default::default()
+        }];
+        o
+    };
+    let a = start(conf("A", &[])).await;
+    let b = start(conf("B", &[a.cluster_port().expect("port")])).await;
+    eventually(|| a.num_routes() == 1 && b.num_routes() == 1).await;
+    let login = |s: &Server| {
+        let url = s.client_url();
+        async move {
+            async_nats::ConnectOptions::with_user_and_password("t".into(), "pt".into())
+                .max_reconnects(Some(0))
+                .connect(url)
+                .await
+        }
+    };
+    let first = login(&a).await.expect("first");
+    let second = login(&a).await.expect("second");
+    // B learns that A holds the account's two connections, and refuses a third.
+    let mut refused = false;
+    for _ in 0..100 {
+        match login(&b).await {
+            Err(_) => {
+                refused = true;
+                break;
+            }
+            Ok(c) => {
+                // Accepted before B heard of A's count: closed by the limit or let go here.
+                drop(c);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(refused, "the cluster-wide limit was never applied on B");
+    drop(first);
+    // Once A reports one connection fewer, B admits one.
+    let mut admitted = None;
+    for _ in 0..100 {
+        if let Ok(c) = login(&b).await {
+            admitted = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        admitted.is_some(),
+        "B admits a connection once A has one fewer"
+    );
+    drop(second);
+    for s in [a, b] {
+        s.shutdown().await;
+    }
+}

@@ -893,10 +893,17 @@ fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, Op
             "ping_interval" => c.ping_interval = Some(duration(kv)?),
             "ping_max" => c.ping_max = Some(int(kv)?.max(1) as u32),
             "tls" => {
-                return Err(invalid(
-                    kv,
-                    "cluster tls is not supported yet by this version of natrium (routes would run in plaintext)",
-                ))
+                let t = tls(kv, warnings)?;
+                if t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty() {
+                    return Err(invalid(kv, "cluster tls: cert_file and key_file are required"));
+                }
+                if t.insecure {
+                    warnings.push(format!(
+                        "{}: TLS certificate chain and hostname of solicited routes will not be verified. DO NOT USE IN PRODUCTION!",
+                        kv.pos
+                    ));
+                }
+                c.tls = Some(t);
             }
             "permissions" => {
                 return Err(invalid(
@@ -943,6 +950,7 @@ fn tls(v: &Spanned, warnings: &mut Vec<String>) -> Result<TlsOptions, OptionsErr
             "key_file" => t.key_file = string(kv)?.into(),
             "ca_file" => t.ca_file = Some(string(kv)?.into()),
             "verify" => t.verify = boolean(kv)?,
+            "insecure" => t.insecure = boolean(kv)?,
             "verify_and_map" | "map_and_verify" => {
                 t.verify_and_map = boolean(kv)?;
                 t.verify |= t.verify_and_map;

@@ -7,6 +7,7 @@ pub mod conns;
 pub mod mesh;
 pub mod options;
 pub mod route;
+pub mod tls;
 
 pub use mesh::Mesh;
 pub use options::{ClusterOptions, RouteUrl};

@@ -619,3 +619,69 @@ async fn account_connection_limits_hold_across_the_cluster() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn routes_run_over_tls_and_refuse_a_peer_the_ca_did_not_sign() {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose};
+    let pki = crate::common::pki::Pki::new();
+    let node_cert = |name: &str| {
+        let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("params");
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        pki.issue(name, p)
+    };
+    let tls_node = |name: &str, routes: &[u16], cert: (std::path::PathBuf, std::path::PathBuf)| {
+        let mut o = node_opts(name, routes);
+        if let Some(c) = o.cluster.as_mut() {
+            c.tls = Some(natrium::options::TlsOptions {
+                cert_file: cert.0,
+                key_file: cert.1,
+                ca_file: Some(pki.ca_file()),
+                verify: true,
+                ..Default::default()
+            });
+        }
+        o
+    };
+    let a = start(tls_node("A", &[], node_cert("a"))).await;
+    let pa = a.cluster_port().expect("port");
+    let b = start(tls_node("B", &[pa], node_cert("b"))).await;
+    eventually(|| a.num_routes() == 1 && b.num_routes() == 1).await;
+    let (ca, cb) = (client(&a).await, client(&b).await);
+    let mut sub = cb.subscribe("over.tls").await.expect("sub");
+    cb.flush().await.expect("flush");
+    interest(&a, "over.tls").await;
+    ca.publish("over.tls", "secret".into())
+        .await
+        .expect("publish");
+    ca.flush().await.expect("flush");
+    assert_eq!(next(&mut sub).await.payload.as_ref(), b"secret");
+    // A node with a certificate from another CA never gets a route.
+    let other = crate::common::pki::Pki::new();
+    let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let stranger_cert = other.issue("stranger", p);
+    let mut so = node_opts("STRANGER", &[pa]);
+    if let Some(c) = so.cluster.as_mut() {
+        c.tls = Some(natrium::options::TlsOptions {
+            cert_file: stranger_cert.0,
+            key_file: stranger_cert.1,
+            ca_file: Some(other.ca_file()),
+            verify: true,
+            ..Default::default()
+        });
+    }
+    let stranger = start(so).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(stranger.num_routes(), 0);
+    assert_eq!(a.num_routes(), 1, "still only B");
+    for s in [a, b, stranger] {
+        s.shutdown().await;
+    }
+}

@@ -56,6 +56,9 @@ pub struct Conn {
     auth_required: bool,
     /// The first CONNECT, parsed; authenticated by the read loop (bcrypt may have to wait).
     pending_connect: Option<ConnectInfo>,
+    /// The client's options in force: nats-server's defaults until CONNECT, then what each
+    /// CONNECT set over them.
+    options: ConnectInfo,
     /// What the client authenticated with and as, for the re-check after a reload.
     creds: Option<Credentials>,
     identity: Option<Identity>,
@@ -109,8 +112,9 @@ impl Conn {
             account,
             limits,
             connected: false,
-            verbose: false,
-            pedantic: false,
+            // nats-server's defaults hold until CONNECT says otherwise.
+            verbose: true,
+            pedantic: true,
             no_responders: false,
             name: String::new(),
             user: None,
@@ -126,6 +130,7 @@ impl Conn {
             unauthenticated: None,
             auth_required: false,
             pending_connect: None,
+            options: ConnectInfo::default(),
             creds: None,
             identity: None,
             max_subs: None,
@@ -328,14 +333,10 @@ impl Conn {
                         }
                         // Authentication may wait for bcrypt: the read loop completes it (see
                         // `connect_first`) before the rest of the buffer is processed.
-                        match ConnectInfo::from_json(json) {
-                            Ok(info) => self.pending_connect = Some(info),
-                            Err(_) => {
-                                break Err(Fatal::new(
-                                    CloseReason::ProtocolViolation,
-                                    "Unknown Protocol Operation",
-                                ))
-                            }
+                        let mut info = self.options.clone();
+                        match info.update_from_json(json) {
+                            Ok(()) => self.pending_connect = Some(info),
+                            Err(e) => break Err(self.bad_connect(e)),
                         }
                         break Ok(());
                     }
@@ -406,6 +407,15 @@ impl Conn {
     }
 
     fn parse_error(&self, e: ParseError) -> Fatal {
+        if let ParseError::BadArgs(what) = e {
+            // nats-server closes a connection whose op has malformed arguments without an
+            // -ERR, and logs why.
+            tracing::error!("{} - cid:{} - {what}", self.out.addr, self.out.cid);
+            return Fatal {
+                reason: CloseReason::ProtocolViolation,
+                err: None,
+            };
+        }
         let reason = match e {
             ParseError::MaxPayload { .. } => CloseReason::MaxPayloadExceeded,
             ParseError::ControlLineTooLong => CloseReason::MaxControlLineExceeded,
@@ -431,8 +441,6 @@ impl Conn {
                         "Unknown Protocol Operation",
                     ));
                 }
-                // nats-server acknowledges a verbose PUB before delivering it.
-                self.ok();
                 self.in_msgs += 1;
                 self.in_bytes += (payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
                 self.publish(&Msg {
@@ -467,11 +475,25 @@ impl Conn {
 
     /// A CONNECT after the first: updates the client's options, never its identity.
     fn connect(&mut self, json: &[u8]) -> Result<(), Fatal> {
-        let info = ConnectInfo::from_json(json).map_err(|_| {
-            Fatal::new(CloseReason::ProtocolViolation, "Unknown Protocol Operation")
-        })?;
+        let mut info = self.options.clone();
+        info.update_from_json(json)
+            .map_err(|e| self.bad_connect(e))?;
         self.apply_connect(&info);
         Ok(())
+    }
+
+    /// A CONNECT whose JSON does not decode (`CONNECT []`) is a protocol error: as nats-server,
+    /// the connection is closed without an -ERR and the reason logged.
+    fn bad_connect(&self, e: serde_json::Error) -> Fatal {
+        tracing::error!(
+            "{} - cid:{} - invalid CONNECT options: {e}",
+            self.out.addr,
+            self.out.cid
+        );
+        Fatal {
+            reason: CloseReason::ProtocolViolation,
+            err: None,
+        }
     }
 
     /// The first CONNECT: authenticates (bcrypt, if any, runs off this task and must finish
@@ -729,6 +751,7 @@ impl Conn {
             meta.user = self.user.clone();
             meta.account = self.account.name.clone();
         }
+        self.options = info.clone();
         self.out.set_name(info.name.as_deref().unwrap_or_default());
         self.connected = true;
         self.verbose = info.verbose;
@@ -746,18 +769,15 @@ impl Conn {
     }
 
     fn publish(&mut self, m: &Msg<'_>) {
-        // As nats-server: only a pedantic client is held to literal subjects. Clients publish
-        // wildcards on purpose (nats-py creates a consumer on `$JS.API.CONSUMER.CREATE.S.C.a.>`);
-        // such a message reaches subscriptions that match its tokens, `*` and `>` taken literally
-        // except by wildcard subscriptions.
-        let valid = if self.pedantic {
-            is_valid_publish_subject(m.subject)
-        } else {
-            is_valid_subject(m.subject)
-        };
-        if !valid {
+        // As nats-server: only a pedantic client is told that a publish subject is not a
+        // literal one, and even then the message goes on. Clients publish wildcards on purpose
+        // (nats-py creates a consumer on `$JS.API.CONSUMER.CREATE.S.C.a.>`); such a message
+        // reaches subscriptions that match its tokens, `*` and `>` taken literally except by
+        // wildcard subscriptions. A subject that is not one at all (`foo..bar`) matches nothing:
+        // the message is counted, acknowledged to a verbose client, answered with no responders
+        // and otherwise dropped, without an error unless the client is pedantic.
+        if self.pedantic && !is_valid_publish_subject(m.subject) {
             self.out.send_err("Invalid Publish Subject");
-            return;
         }
         if let Some(perms) = &mut self.perms {
             if !perms.can_publish(m.subject) && !self.out.take_response_grant(m.subject) {
@@ -765,7 +785,10 @@ impl Conn {
                 return;
             }
         }
-        let delivered = self.publisher.publish(&self.account, m);
+        // nats-server acknowledges a verbose PUB once it passed the permission check, before
+        // delivering it.
+        self.ok();
+        let delivered = is_valid_subject(m.subject) && self.publisher.publish(&self.account, m);
         if !delivered && self.no_responders {
             if let Some(reply) = m.reply {
                 self.send_no_responders(reply);

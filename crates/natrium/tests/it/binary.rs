@@ -292,7 +292,8 @@ fn lame_duck_mode_on_sigusr2() {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        s.write_all(b"CONNECT {}\r\nPING\r\n").expect("send");
+        s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+            .expect("send");
         let mut r = BufReader::new(s);
         let mut line = String::new();
         r.read_line(&mut line).expect("INFO");

@@ -15,7 +15,7 @@ use crate::auth::Authenticator;
 use crate::conn::{ConnConfig, ConnContext, ConnSettings, ServerIdentity, TlsServer};
 use crate::jetstream::JetStream;
 use crate::observe::Observed;
-use crate::options::{Options, OptionsError, Resolver};
+use crate::options::{Options, OptionsError, Resolver, TlsOptions};
 use crate::router::imports::{self, NotExported};
 use crate::router::{Accounts, CloseReason, InternalClient, InternalError};
 use crate::util::{PROTOCOL_VERSION, VERSION};
@@ -34,6 +34,31 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Tls(#[from] crate::conn::TlsError),
+    /// JetStream could not start on its store directory (nats-server's words, with the path).
+    #[error("Can't start JetStream: storage directory {}: {msg}", .dir.display())]
+    JetStream {
+        dir: std::path::PathBuf,
+        msg: String,
+    },
+}
+
+/// The JetStream store directory must be a directory, or not exist yet (it is created then),
+/// as nats-server checks it at start.
+fn check_store_dir(opts: &Options) -> Result<(), ServerError> {
+    let Some(js) = &opts.jetstream else {
+        return Ok(());
+    };
+    match std::fs::metadata(&js.store_dir) {
+        Ok(m) if !m.is_dir() => Err(ServerError::JetStream {
+            dir: js.store_dir.clone(),
+            msg: "is not a directory".into(),
+        }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ServerError::JetStream {
+            dir: js.store_dir.clone(),
+            msg: e.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Why a configuration reload was refused; nothing of it was applied.
@@ -70,7 +95,13 @@ fn authenticator_for(opts: &Options) -> Result<Authenticator, OptionsError> {
 fn tls_for(opts: &Options) -> Result<Option<Arc<TlsServer>>, crate::conn::TlsError> {
     opts.tls
         .as_ref()
-        .map(|t| TlsServer::new(t).map(Arc::new))
+        .map(|t| {
+            let t = TlsOptions {
+                allow_non_tls: opts.allow_non_tls,
+                ..t.clone()
+            };
+            TlsServer::new(&t).map(Arc::new)
+        })
         .transpose()
 }
 
@@ -101,12 +132,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Checks everything a start would check without binding anything: the options, operator
-    /// mode's JWTs and the TLS files (`natrium -t`).
+    /// Checks everything a start would check without binding anything: the options (the
+    /// system account among them), operator mode's JWTs, the TLS files and the JetStream store
+    /// directory (`natrium -t`).
     pub fn check(opts: &Options) -> Result<(), ServerError> {
         opts.validate()?;
         authenticator_for(opts)?;
         tls_for(opts)?;
+        check_store_dir(opts)?;
         Ok(())
     }
 
@@ -170,7 +203,17 @@ impl Server {
             &conns.auth.current(),
         );
         let jetstream = match &opts.jetstream {
-            Some(_) => Some(start_jetstream(&accounts, &opts, &conns.identity.name)?),
+            Some(js) => {
+                check_store_dir(&opts)?;
+                let started = start_jetstream(&accounts, &opts, &conns.identity.name);
+                Some(started.map_err(|e| match e {
+                    ServerError::Io(e) => ServerError::JetStream {
+                        dir: js.store_dir.clone(),
+                        msg: e.to_string(),
+                    },
+                    e => e,
+                })?)
+            }
             None => None,
         };
         let options = Arc::new(Mutex::new(opts.clone()));

@@ -136,7 +136,9 @@ pub fn varz(o: &Observed) -> Value {
     v["tls_timeout"] = json!(tls.as_ref().map_or(2.0, |t| t.opts.timeout.as_secs_f64()));
     // As nats-server, the TLS flags and the certificate's expiry appear only with TLS on.
     if let Some(t) = &tls {
-        v["tls_required"] = json!(true);
+        if !t.opts.allow_non_tls {
+            v["tls_required"] = json!(true);
+        }
         if t.verify() {
             v["tls_verify"] = json!(true);
         }

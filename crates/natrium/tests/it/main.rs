@@ -7,6 +7,7 @@ mod common;
 mod accounts;
 mod auth;
 mod binary;
+mod config_cli;
 mod consumers;
 mod durability;
 mod flood;

@@ -83,6 +83,8 @@ pub struct Options {
     pub http_port: Option<i32>,
     /// HTTPS monitoring listener (with the `tls {}` certificate); exclusive with `http_port`.
     pub https_port: Option<i32>,
+    /// The monitoring listener's host; empty is the client listener's `host`, as in
+    /// nats-server (only `http: host:port` or `https: host:port` name another).
     pub http_host: String,
     /// Prefix of every monitoring path (`/` when empty).
     pub http_base_path: String,
@@ -123,7 +125,7 @@ impl Default for Options {
             jetstream: None,
             http_port: None,
             https_port: None,
-            http_host: "0.0.0.0".into(),
+            http_host: String::new(),
             http_base_path: String::new(),
             debug: false,
             trace: false,
@@ -620,6 +622,15 @@ impl Options {
             .into_iter()
             .find(|(_, changed)| *changed)
             .map(|(n, _)| n)
+    }
+
+    /// The host monitoring listens on: `http_host`, else the client listener's host.
+    pub fn monitor_host(&self) -> &str {
+        if self.http_host.is_empty() {
+            &self.host
+        } else {
+            &self.http_host
+        }
     }
 
     /// One line describing the effective configuration, for the startup log (no secrets).

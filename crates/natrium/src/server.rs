@@ -128,6 +128,8 @@ pub struct Server {
     accept: Option<JoinHandle<()>>,
     monitor: Option<JoinHandle<()>>,
     sys: Option<JoinHandle<()>>,
+    /// Samples the CPU use `/varz` reports.
+    cpu: Option<JoinHandle<()>>,
     resolver: Option<JoinHandle<()>>,
 }
 
@@ -224,7 +226,10 @@ impl Server {
             options: options.clone(),
             http_port: Mutex::new(None),
             https_port: Mutex::new(None),
+            cpu: Default::default(),
+            http_req_stats: Default::default(),
         });
+        let cpu = tokio::spawn(crate::observe::sample_cpu(Arc::downgrade(&observed)));
         tracing::info!(
             "Listening for client connections on {}:{}",
             opts.host,
@@ -232,9 +237,9 @@ impl Server {
         );
         // One monitoring listener, HTTP or HTTPS (validation refuses both).
         let monitor = match (opts.http_port, opts.https_port) {
-            (Some(p), _) => Some(start_monitor(&observed, &opts.http_host, p, false).await?),
+            (Some(p), _) => Some(start_monitor(&observed, opts.monitor_host(), p, false).await?),
             (None, Some(p)) if p != 0 => {
-                Some(start_monitor(&observed, &opts.http_host, p, true).await?)
+                Some(start_monitor(&observed, opts.monitor_host(), p, true).await?)
             }
             _ => None,
         };
@@ -265,6 +270,7 @@ impl Server {
             accept: Some(accept),
             monitor,
             sys,
+            cpu: Some(cpu),
             resolver,
         })
     }
@@ -308,7 +314,7 @@ impl Server {
     /// Base URL of the monitoring endpoints (`http://` or `https://`, without the base path),
     /// when enabled.
     pub fn monitor_url(&self) -> Option<String> {
-        let host = match self.options.lock().http_host.as_str() {
+        let host = match self.options.lock().monitor_host() {
             "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
             h => h.to_string(),
         };
@@ -509,7 +515,7 @@ impl Server {
             js.shutdown();
         }
         self.stop_accepting().await;
-        for task in [self.monitor, self.sys, self.resolver]
+        for task in [self.monitor, self.sys, self.resolver, self.cpu]
             .into_iter()
             .flatten()
         {

@@ -28,6 +28,11 @@ use crate::router::{
     GLOBAL_ACCOUNT,
 };
 
+/// The first PING after CONNECT comes this soon (or at the ping interval if shorter), plus up
+/// to a fifth more at random, as nats-server sends it: its PONG measures the round-trip time
+/// `/connz` reports.
+const FIRST_PING: Duration = Duration::from_secs(2);
+
 /// Smallest and largest read sizes (see `read_loop`).
 const MIN_READ: usize = 512;
 const MAX_READ: usize = 64 * 1024;
@@ -74,6 +79,12 @@ pub struct Conn {
     ping_changed: bool,
     /// Counts against `max_unauthenticated_per_ip` until CONNECT succeeds.
     unauthenticated: Option<Unauthenticated>,
+    /// When the connection was accepted: the time to CONNECT is the first RTT estimate.
+    accepted: tokio::time::Instant,
+    /// When the PING whose PONG is awaited went out, for the round-trip time.
+    rtt_start: Option<tokio::time::Instant>,
+    /// CONNECT succeeded: the read loop schedules the first PING.
+    first_ping: bool,
 }
 
 /// An error that ends the connection, with the -ERR text to send first (if any).
@@ -105,7 +116,7 @@ impl Conn {
             ..ConnAuth::default()
         };
         Conn {
-            publisher: Publisher::new(out.cid),
+            publisher: Publisher::new(out.cid).with_stats(out.cache_stats.clone()),
             client,
             out,
             ctx,
@@ -128,6 +139,9 @@ impl Conn {
             settings,
             ping_changed: false,
             unauthenticated: None,
+            accepted: tokio::time::Instant::now(),
+            rtt_start: None,
+            first_ping: false,
             auth_required: false,
             pending_connect: None,
             options: ConnectInfo::default(),
@@ -228,6 +242,14 @@ impl Conn {
             if std::mem::take(&mut self.ping_changed) {
                 ping = new_ping(self.settings.ping_interval);
             }
+            if std::mem::take(&mut self.first_ping) {
+                let every = self.settings.ping_interval;
+                let first = every.min(FIRST_PING);
+                let jitter = first.mul_f64(fastrand::f64() / 5.0);
+                ping =
+                    tokio::time::interval_at(tokio::time::Instant::now() + first + jitter, every);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             if std::mem::take(&mut self.expiry_changed) {
                 if let Some(at) = self.expires_at {
                     auth_deadline.as_mut().reset(at);
@@ -274,6 +296,7 @@ impl Conn {
                         Some(Fatal::new(CloseReason::StaleConnection, "Stale Connection"))
                     } else {
                         self.pings_out += 1;
+                        self.rtt_start = Some(tokio::time::Instant::now());
                         self.out.send(encode::PING);
                         None
                     }
@@ -460,7 +483,12 @@ impl Conn {
                 self.ok();
             }
             ClientOp::Ping => self.out.send(encode::PONG),
-            ClientOp::Pong => self.pings_out = 0,
+            ClientOp::Pong => {
+                self.pings_out = 0;
+                if let Some(sent) = self.rtt_start.take() {
+                    self.out.set_rtt(sent.elapsed());
+                }
+            }
             ClientOp::Connect(json) => self.connect(json)?,
             ClientOp::Ignored => {}
         }
@@ -561,6 +589,10 @@ impl Conn {
         self.account
             .total_connections
             .fetch_add(1, Ordering::Relaxed);
+        // As nats-server: the time from accept to CONNECT is the first RTT estimate; the PONG
+        // to the first PING, soon after, measures it.
+        self.out.set_rtt(self.accepted.elapsed());
+        self.first_ping = true;
         self.apply_connect(&info);
         Ok(())
     }

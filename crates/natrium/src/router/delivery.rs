@@ -4,7 +4,7 @@
 //! import into another account, or offered to an internal sink. Writers are woken once per
 //! batch, not per message.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use natrium_protocol::encode;
@@ -30,6 +30,21 @@ pub struct Msg<'a> {
 struct MatchCache {
     generation: u64,
     results: FxHashMap<Box<[u8]>, Matches<SubRef>>,
+    /// Lookups and hits since the last `Publisher::flush` reported them to the account.
+    lookups: u64,
+    hits: u64,
+    /// Fan-out (plain matches plus queue groups) summed over the cached results, and its max.
+    fanout_sum: u64,
+    fanout_max: u64,
+}
+
+/// What a connection's match cache holds, as its publisher last reported it (once per read),
+/// for nats-server's sublist statistics.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub entries: AtomicU64,
+    pub fanout_sum: AtomicU64,
+    pub fanout_max: AtomicU64,
 }
 
 const MATCH_CACHE_MAX: usize = 4096;
@@ -39,20 +54,36 @@ impl MatchCache {
         MatchCache {
             generation: u64::MAX,
             results: FxHashMap::default(),
+            lookups: 0,
+            hits: 0,
+            fanout_sum: 0,
+            fanout_max: 0,
         }
+    }
+
+    fn clear(&mut self) {
+        self.results.clear();
+        self.fanout_sum = 0;
+        self.fanout_max = 0;
     }
 
     fn lookup(&mut self, account: &Account, subject: &[u8]) -> &Matches<SubRef> {
         let generation = account.generation();
         if generation != self.generation {
-            self.results.clear();
+            self.clear();
             self.generation = generation;
         }
-        if !self.results.contains_key(subject) {
+        self.lookups += 1;
+        if self.results.contains_key(subject) {
+            self.hits += 1;
+        } else {
             if self.results.len() >= MATCH_CACHE_MAX {
-                self.results.clear();
+                self.clear();
             }
             let found = account.matches(subject);
+            let fanout = (found.plain.len() + found.queues.len()) as u64;
+            self.fanout_sum += fanout;
+            self.fanout_max = self.fanout_max.max(fanout);
             self.results.insert(subject.into(), found);
         }
         // Present: inserted just above if it was missing.
@@ -128,9 +159,11 @@ impl Delivery {
                 return false;
             }
         }
+        // Every delivery is counted (`msgs` in monitoring); `UNSUB sid max` counts the ones
+        // before it too, as nats-server does.
+        let n = s.delivered.fetch_add(1, Ordering::Relaxed) + 1;
         let max = s.max.load(Ordering::Relaxed);
         if max > 0 {
-            let n = s.delivered.fetch_add(1, Ordering::Relaxed) + 1;
             if n > max {
                 return false;
             }
@@ -229,6 +262,9 @@ impl Delivery {
 pub struct Publisher {
     cache: MatchCache,
     dl: Delivery,
+    /// The account the cache's lookups are reported to, and where the cache's size goes.
+    account: Option<Arc<Account>>,
+    stats: Arc<CacheStats>,
 }
 
 impl Publisher {
@@ -237,7 +273,15 @@ impl Publisher {
         Publisher {
             cache: MatchCache::new(),
             dl: Delivery::new(cid),
+            account: None,
+            stats: Arc::default(),
         }
+    }
+
+    /// Reports the match cache's size into `stats` (a connection's, read by monitoring).
+    pub fn with_stats(mut self, stats: Arc<CacheStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     pub fn set_echo(&mut self, echo: bool) {
@@ -247,12 +291,41 @@ impl Publisher {
     /// Forgets cached matches: the publisher now publishes in another account, whose
     /// generation counter may happen to equal the old one's.
     pub fn forget_matches(&mut self) {
+        self.report();
         self.cache = MatchCache::new();
+        self.account = None;
+    }
+
+    /// Adds the lookups since the last report to the account's counters and publishes the
+    /// cache's size.
+    fn report(&mut self) {
+        let c = &mut self.cache;
+        if c.lookups > 0 {
+            if let Some(a) = &self.account {
+                let s = &a.sublist_stats;
+                s.matches.fetch_add(c.lookups, Ordering::Relaxed);
+                s.cache_hits.fetch_add(c.hits, Ordering::Relaxed);
+            }
+            c.lookups = 0;
+            c.hits = 0;
+            let st = &self.stats;
+            st.entries.store(c.results.len() as u64, Ordering::Relaxed);
+            st.fanout_sum.store(c.fanout_sum, Ordering::Relaxed);
+            st.fanout_max.store(c.fanout_max, Ordering::Relaxed);
+        }
     }
 
     /// Delivers `m` to the subscribers of its subject in `account`. Returns whether anyone got
     /// it. Writers are woken by `flush`, once per read.
     pub fn publish(&mut self, account: &Arc<Account>, m: &Msg<'_>) -> bool {
+        if !self
+            .account
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a, account))
+        {
+            self.report();
+            self.account = Some(account.clone());
+        }
         let found = self.cache.lookup(account, m.subject);
         let delivered = self.dl.deliver_all(account, found, m, 0);
         if !self.dl.expired.is_empty() {
@@ -261,9 +334,11 @@ impl Publisher {
         delivered
     }
 
-    /// Wakes the writers of every receiver since the last flush.
+    /// Wakes the writers of every receiver since the last flush, and reports the match
+    /// cache's counters (once per read: two atomic additions, none on the message path).
     pub fn flush(&mut self) {
         self.dl.flush();
+        self.report();
     }
 
     /// Receivers that fell behind since the last call, for the publisher to wait on.
@@ -303,6 +378,10 @@ pub fn publish_batch<'a>(
 ) -> (usize, Option<Lagging>) {
     let mut dl = Delivery::new(0);
     let found = account.matches(to);
+    account
+        .sublist_stats
+        .matches
+        .fetch_add(1, Ordering::Relaxed);
     let mut delivered = 0;
     for m in msgs {
         delivered += usize::from(dl.deliver_all(account, &found, &m, 0));

@@ -19,6 +19,7 @@ mod layers;
 mod limits;
 mod messaging;
 mod monitor;
+mod monitor_compat;
 mod monitor_tls;
 mod nkeys;
 mod protocol;

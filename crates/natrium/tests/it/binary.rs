@@ -213,7 +213,7 @@ fn https_monitor_flag_log_line_and_ports_file() {
     let text = wait_for(&log, "Server is ready");
     let line = text
         .lines()
-        .find(|l| l.contains("Starting https monitor on 0.0.0.0:"))
+        .find(|l| l.contains("Starting https monitor on 127.0.0.1:"))
         .unwrap_or_else(|| panic!("no https monitor line in:\n{text}"));
     let https: u16 = line
         .rsplit(':')

@@ -447,3 +447,21 @@ async fn max_connections_refuses_the_extra_client() {
     );
     s.shutdown().await;
 }
+
+/// `UNSUB sid max` counts the messages the subscription already had, as nats-server does: a
+/// max it has reached ends it at once, a higher one lets the difference through.
+#[tokio::test]
+async fn unsub_max_counts_earlier_deliveries() {
+    let s = start(opts()).await;
+    let mut r = Raw::connect(&s).await;
+    r.send(
+        "CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB a 1\r\nPUB a 1\r\nx\r\nPUB a 1\r\ny\r\nPUB a 1\r\nz\r\nUNSUB 1 2\r\nPUB a 1\r\nw\r\n\
+         SUB b 2\r\nPUB b 1\r\nx\r\nUNSUB 2 3\r\nPUB b 1\r\ny\r\nPUB b 1\r\nz\r\nPUB b 1\r\nq\r\nPING\r\n",
+    )
+    .await;
+    assert_eq!(
+        r.read_until("PONG\r\n").await,
+        "MSG a 1 1\r\nx\r\nMSG a 1 1\r\ny\r\nMSG a 1 1\r\nz\r\nMSG b 2 1\r\nx\r\nMSG b 2 1\r\ny\r\nMSG b 2 1\r\nz\r\nPONG\r\n"
+    );
+    s.shutdown().await;
+}

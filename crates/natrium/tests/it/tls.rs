@@ -567,6 +567,12 @@ async fn allow_non_tls_lets_plaintext_clients_in_beside_tls_ones() {
         .expect("plaintext client");
     let mut sub = plain.subscribe("mixed").await.expect("sub");
     plain.flush().await.expect("flush");
+    // async-nats's flush does not wait for the server: wait until the SUB is in.
+    let t0 = Instant::now();
+    while crate::common::get_json(&s, "/subsz?test=mixed").await["total"] != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(3), "SUB never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     secure
         .publish("mixed", "over tls".into())
         .await

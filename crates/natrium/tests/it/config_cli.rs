@@ -316,6 +316,48 @@ fn log_files_have_no_colour_codes() {
         !text.contains('\u{1b}'),
         "ANSI escape in the log file:\n{text:?}"
     );
+
+    // Without `-l` the log goes to stderr; piped (not a terminal), it is plain text too.
+    let len = std::fs::metadata(&blk).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&blk)
+        .expect("open")
+        .set_len(len - 3)
+        .expect("truncate");
+    let mut child = Command::new(BIN)
+        .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
+        .arg(&store)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut buf = [0u8; 4096];
+        while !text.contains("Server is ready") {
+            match std::io::Read::read(&mut stderr, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        text
+    });
+    let t0 = Instant::now();
+    while !reader.is_finished() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let text = reader.join().expect("stderr reader");
+    child.wait().expect("exit");
+    assert!(
+        text.contains("torn last record") || text.contains("store damaged"),
+        "no store warning on stderr:\n{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escape on a piped stderr:\n{text:?}"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

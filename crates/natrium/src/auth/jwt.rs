@@ -102,6 +102,8 @@ pub struct Claims<N> {
 #[derive(Deserialize)]
 struct Header {
     #[serde(default)]
+    typ: String,
+    #[serde(default)]
     alg: String,
 }
 
@@ -125,7 +127,17 @@ impl<N> Claims<N> {
     }
 }
 
+/// The newest claims version this server reads (as nats-server's JWT library).
+const NEWEST_VERSION: i64 = 2;
+
 /// Decodes a JWT and verifies its signature with the issuer's public key (`iss`).
+///
+/// Both claim formats are read. Version 2 (what `nsc` writes today) keeps the kind-specific
+/// claims under `nats` (with `nats.type` and `nats.version`) and signs `header.payload`.
+/// Version 1, recognised by a `type` at the top level, signs the payload segment alone and keeps
+/// `type`, `tags` and `issuer_account` at the top level (an operator without signing keys has
+/// no `nats` object at all); an activation's export kind is `nats.type` there (`nats.kind` in
+/// version 2). Version 1 claims are moved into the version 2 shape before they are read.
 pub fn decode<N: DeserializeOwned>(token: &str) -> Result<Claims<N>, JwtError> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let token = token.trim();
@@ -140,22 +152,81 @@ pub fn decode<N: DeserializeOwned>(token: &str) -> Result<Claims<N>, JwtError> {
     let bad = |what: &str| JwtError::Malformed(what.to_string());
     let header: Header = serde_json::from_slice(&b64.decode(h).map_err(|_| bad("header"))?)
         .map_err(|_| bad("header"))?;
-    if header.alg != "ed25519-nkey" && header.alg != "ed25519" {
+    if !header.typ.eq_ignore_ascii_case("JWT") {
+        return Err(JwtError::Unsupported(format!("JWT type {:?}", header.typ)));
+    }
+    let alg = header.alg.to_ascii_lowercase();
+    if alg != "ed25519-nkey" && alg != "ed25519" {
         return Err(JwtError::Unsupported(format!(
             "JWT algorithm {:?}",
             header.alg
         )));
     }
     let payload = b64.decode(p).map_err(|_| bad("payload"))?;
-    let claims: Claims<N> =
+    let mut value: serde_json::Value =
         serde_json::from_slice(&payload).map_err(|e| JwtError::Malformed(e.to_string()))?;
+    let version = normalise_claims(&mut value)?;
+    let claims: Claims<N> =
+        serde_json::from_value(value).map_err(|e| JwtError::Malformed(e.to_string()))?;
     let sig = b64.decode(s).map_err(|_| bad("signature"))?;
     let key = nkeys::KeyPair::from_public_key(&claims.iss)
         .map_err(|_| JwtError::Malformed(format!("issuer {:?} is not a public key", claims.iss)))?;
-    let signed = &token[..h.len() + 1 + p.len()];
+    let signed = if version <= 1 {
+        p
+    } else {
+        &token[..h.len() + 1 + p.len()]
+    };
     key.verify(signed.as_bytes(), &sig)
         .map_err(|_| JwtError::Signature)?;
     Ok(claims)
+}
+
+/// Brings decoded claims into the version 2 shape; returns the version they were written in.
+fn normalise_claims(v: &mut serde_json::Value) -> Result<i64, JwtError> {
+    use serde_json::Value;
+    let Some(obj) = v.as_object_mut() else {
+        return Err(JwtError::Malformed("claims are not a JSON object".into()));
+    };
+    if !obj.get("nats").is_some_and(Value::is_object) {
+        obj.insert("nats".into(), Value::Object(Default::default()));
+    }
+    let top_type = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    let Some(kind) = top_type else {
+        let version = obj
+            .get("nats")
+            .and_then(|n| n.get("version"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if version > NEWEST_VERSION {
+            return Err(JwtError::Unsupported(format!(
+                "JWT claims version {version} is newer than this server reads"
+            )));
+        }
+        return Ok(version);
+    };
+    // Version 1: move the fields version 2 keeps under `nats`.
+    let moved: Vec<(String, Value)> = ["tags", "issuer_account"]
+        .iter()
+        .filter_map(|k| obj.remove(*k).map(|v| (k.to_string(), v)))
+        .collect();
+    obj.remove("type");
+    if let Some(nats) = obj.get_mut("nats").and_then(Value::as_object_mut) {
+        if kind == "activation" {
+            if let Some(export_kind) = nats.remove("type") {
+                nats.insert("kind".into(), export_kind);
+            }
+        }
+        nats.insert("type".into(), Value::from(kind));
+        nats.insert("version".into(), Value::from(1));
+        for (k, v) in moved {
+            nats.insert(k, v);
+        }
+    }
+    Ok(1)
 }
 
 /// The JWT inside a file or string: the text itself, or the block between armour lines.

@@ -180,6 +180,7 @@ impl Server {
             opts.accounts.iter().map(|a| (a.name.as_str(), a.limits)),
             &conns.auth.current(),
         );
+        conns.sync_jwt_imports();
         let jetstream = match &opts.jetstream {
             Some(_) => Some(start_jetstream(&accounts, &opts, &conns.identity.name)?),
             None => None,
@@ -417,6 +418,7 @@ impl Server {
             &auth,
         );
         conns.auth.store(auth);
+        conns.sync_jwt_imports();
         conns.set_settings(conn_settings(&new), new.write_deadline);
         conns
             .registry

@@ -6,16 +6,19 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use natrium_protocol::{encode, ServerInfo};
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 
 use super::client::Client;
 use super::registry::Registry;
 use super::tls::TlsServer;
+use crate::auth::jwt::ImportGrant;
 use crate::auth::{AuthCell, AuthError, Authenticator, BcryptLimiter, Identity};
+use crate::router::imports::{self, Installed};
 use crate::router::{Account, Accounts, CloseReason, Limits};
 use crate::util::{PROTOCOL_VERSION, VERSION};
 
@@ -70,6 +73,17 @@ pub struct ConnContext {
     /// Serialises changes to operator mode's trust: reloads and the directory resolver's
     /// updates (held across the resolver's file writes).
     trust_update: Mutex<()>,
+    /// The imports account JWTs declare, as installed in the router (see `sync_jwt_imports`).
+    jwt_imports: Mutex<JwtImports>,
+}
+
+/// The JWT-declared imports in force, by what they are, and what was refused last time.
+#[derive(Default)]
+struct JwtImports {
+    installed: FxHashMap<String, Installed>,
+    refused: Vec<String>,
+    /// The earliest activation expiry a resync is already scheduled for.
+    resync_at: Option<SystemTime>,
 }
 
 /// What a `ConnContext` is built from.
@@ -103,6 +117,7 @@ impl ConnContext {
             max_pending: cfg.max_pending,
             shutdown,
             trust_update: Mutex::new(()),
+            jwt_imports: Mutex::new(JwtImports::default()),
         }
     }
 
@@ -217,7 +232,7 @@ impl ConnContext {
     /// authenticator it returns (if any): how the directory resolver applies a pushed or deleted
     /// account JWT (`f` also writes the file, so a reload never reads a half-applied change).
     pub fn update_trust<T, E>(
-        &self,
+        self: &Arc<Self>,
         f: impl FnOnce(&Authenticator) -> Result<(Option<Authenticator>, T), E>,
     ) -> Result<T, E> {
         let _serial = self.trust_update.lock();
@@ -229,8 +244,68 @@ impl ConnContext {
                 self.accounts.ensure(key).set_limits(t.limits);
             }
             self.auth.store(new);
+            self.sync_jwt_imports();
         }
         Ok(out)
+    }
+
+    /// Brings the router's imports between operator-mode accounts in line with the account
+    /// JWTs in force (at start, after a reload, after a pushed, fetched or deleted JWT): imports
+    /// the exporters allow are installed, those no longer declared or allowed (a changed
+    /// export, a revoked or expired activation token) are removed, the unchanged ones stay as
+    /// they are. When an activation token expires, this runs again then.
+    pub fn sync_jwt_imports(self: &Arc<Self>) {
+        let auth = self.auth.current();
+        let (grants, refused) = auth.trust().map(|t| t.imports()).unwrap_or_default();
+        let now = SystemTime::now();
+        let mut state = self.jwt_imports.lock();
+        let mut wanted: FxHashMap<String, ImportGrant> = grants
+            .into_iter()
+            .filter(|g| g.expires.is_none_or(|e| e > now))
+            .map(|g| (format!("{g:?}"), g))
+            .collect();
+        let next_expiry = wanted.values().filter_map(|g| g.expires).min();
+        state.installed.retain(|key, installed| {
+            let keep = wanted.remove(key).is_some();
+            if !keep {
+                installed.remove();
+            }
+            keep
+        });
+        for (key, g) in wanted {
+            let importer = self.accounts.ensure(&g.importer);
+            let exporter = self.accounts.ensure(&g.exporter);
+            tracing::debug!(
+                "Adding {:?} import of {:?} from account {} to account {}",
+                g.import.kind,
+                g.import.subject,
+                g.exporter,
+                g.importer
+            );
+            let installed = imports::install_with(&importer, &exporter, &g.import, g.responses);
+            state.installed.insert(key, installed);
+        }
+        for r in refused.iter().filter(|r| !state.refused.contains(r)) {
+            tracing::warn!("JWT import not installed: {r}");
+        }
+        state.refused = refused;
+        let Some(at) = next_expiry else { return };
+        if state.resync_at.is_some_and(|s| s <= at && s > now) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        state.resync_at = Some(at);
+        let weak = Arc::downgrade(self);
+        let wait = at.duration_since(now).unwrap_or_default();
+        rt.spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(ctx) = weak.upgrade() {
+                ctx.jwt_imports.lock().resync_at = None;
+                ctx.sync_jwt_imports();
+            }
+        });
     }
 
     /// After operator mode's JWT of account `key` changed (or went away): applies its limits to

@@ -14,6 +14,7 @@ mod flood;
 mod internal;
 mod jetstream;
 mod jwt;
+mod jwt_imports;
 mod kv;
 mod layers;
 mod limits;

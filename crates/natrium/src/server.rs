@@ -222,6 +222,19 @@ impl Server {
                     system_account: opts.system_account.clone(),
                 }),
             )),
+            (Some(Some(Resolver::Url(url))), client) => {
+                let fetcher = crate::resolver::UrlFetcher::new(url).map_err(|e| {
+                    ServerError::Io(std::io::Error::other(format!("URL resolver: {e}")))
+                })?;
+                conns.set_fetcher(Arc::new(fetcher));
+                client.map(|c| {
+                    tokio::spawn(crate::resolver::serve_url(
+                        c,
+                        conns.clone(),
+                        observed.clone(),
+                    ))
+                })
+            }
             _ => None,
         };
         let mesh = match (&opts.cluster, changes) {
@@ -386,7 +399,11 @@ impl Server {
                 }
             }
         }
-        let auth = authenticator_for(&new)?;
+        let mut auth = authenticator_for(&new)?;
+        if let Some(Some(Resolver::Url(_))) = new.operator.as_ref().map(|o| &o.resolver) {
+            // Accounts the URL resolver fetched are not in the files: keep them.
+            auth = auth.with_fetched_accounts(&conns.auth.current());
+        }
         log_skipped(&auth);
         // Always re-read: rotated certificates usually keep their file names.
         let tls = tls_for(&new)?;

@@ -40,8 +40,36 @@ pub enum Resolver {
     Memory,
     /// `resolver { type: full|cache, dir: ... }`: JWTs stored in a directory, updated by pushes.
     Dir(DirResolver),
-    /// A form nats-server accepts that Natrium does not implement (`URL(...)`), as written.
+    /// `resolver: URL(http://host/jwt/v1/accounts/)`: account JWTs fetched over HTTP(S) when a
+    /// user of an account not known yet connects (the account's key appended to the URL), kept
+    /// in memory, fetched again when expired, updated by `CLAIMS.UPDATE` requests.
+    Url(String),
+    /// A form nats-server accepts that Natrium does not implement, as written.
     Unsupported(String),
+}
+
+impl Resolver {
+    /// The string forms of `resolver`: `URL(url)` or `URL("url")` (a `/` is appended when
+    /// missing, as nats-server does); anything else is kept as written, unsupported.
+    pub fn from_url_form(text: &str) -> Resolver {
+        let t = text.trim();
+        let inner = t
+            .get(..3)
+            .filter(|p| p.eq_ignore_ascii_case("URL"))
+            .and_then(|_| t[3..].trim().strip_prefix('('))
+            .and_then(|r| r.trim_end().strip_suffix(')'))
+            .map(|u| u.trim().trim_matches('"').trim());
+        match inner {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                let mut u = u.to_string();
+                if !u.ends_with('/') {
+                    u.push('/');
+                }
+                Resolver::Url(u)
+            }
+            _ => Resolver::Unsupported(t.to_string()),
+        }
+    }
 }
 
 /// The directory resolver's settings, named as in nats-server.
@@ -76,6 +104,10 @@ pub enum JwtError {
     NotYetValid,
     #[error("JWT issuer {0:?} is not trusted")]
     Untrusted(String),
+    #[error("account {0:?} is not known")]
+    UnknownAccount(String),
+    #[error("the JWT of account {0:?} expired")]
+    AccountExpired(String),
     #[error("user JWT revoked")]
     Revoked,
     #[error("{0}")]
@@ -727,10 +759,14 @@ impl Trust {
         let acc = self
             .accounts
             .get(&account_key)
-            .ok_or_else(|| JwtError::Untrusted(account_key.clone()))?;
-        acc.claims_ok.clone()?;
+            .ok_or_else(|| JwtError::UnknownAccount(account_key.clone()))?;
+        let expired = || JwtError::AccountExpired(account_key.clone());
+        match acc.claims_ok.clone() {
+            Err(JwtError::Expired) => return Err(expired()),
+            other => other?,
+        }
         if acc.expires.is_some_and(|e| e <= SystemTime::now()) {
-            return Err(JwtError::Expired);
+            return Err(expired());
         }
         let scope = if c.iss == account_key {
             None

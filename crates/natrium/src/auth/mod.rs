@@ -275,6 +275,17 @@ impl Authenticator {
         a
     }
 
+    /// This authenticator with the operator-mode accounts of `old` that it does not have
+    /// itself: the URL resolver's accounts, fetched at run time, survive a reload.
+    pub fn with_fetched_accounts(mut self, old: &Authenticator) -> Authenticator {
+        if let (Some(t), Some(o)) = (self.trust.as_mut(), old.trust.as_ref()) {
+            for (k, acc) in &o.accounts {
+                t.accounts.entry(k.clone()).or_insert_with(|| acc.clone());
+            }
+        }
+        self
+    }
+
     /// A copy without the given accounts of operator mode (deleted account JWTs).
     pub fn without_accounts(&self, keys: &[String]) -> Authenticator {
         let mut a = self.clone();

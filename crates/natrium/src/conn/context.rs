@@ -16,8 +16,10 @@ use tokio::sync::watch;
 use super::client::Client;
 use super::registry::Registry;
 use super::tls::TlsServer;
-use crate::auth::jwt::ImportGrant;
-use crate::auth::{AuthCell, AuthError, Authenticator, BcryptLimiter, Identity};
+use crate::auth::jwt::{ImportGrant, JwtError, TrustedAccount};
+use crate::auth::{
+    AuthCell, AuthError, Authenticator, BcryptLimiter, ConnAuth, Credentials, Identity, Verdict,
+};
 use crate::router::imports::{self, Installed};
 use crate::router::{Account, Accounts, CloseReason, Limits};
 use crate::util::{PROTOCOL_VERSION, VERSION};
@@ -75,7 +77,23 @@ pub struct ConnContext {
     trust_update: Mutex<()>,
     /// The imports account JWTs declare, as installed in the router (see `sync_jwt_imports`).
     jwt_imports: Mutex<JwtImports>,
+    /// The URL resolver: fetches account JWTs on demand.
+    fetcher: RwLock<Option<Arc<dyn AccountFetcher>>>,
+    /// When each account was last fetched (fetches of one account are at least a second apart,
+    /// as in nats-server; failures included, so unknown keys can not flood the URL).
+    fetched_at: Mutex<FxHashMap<String, std::time::Instant>>,
 }
+
+/// Where account JWTs come from at run time (the URL resolver): the JWT of an account, by key.
+pub trait AccountFetcher: Send + Sync {
+    fn fetch(&self, key: &str) -> BoxFuture<Result<String, String>>;
+}
+
+/// A boxed future, as `AccountFetcher` returns.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// How many accounts one lookup may fetch (the account, then those it imports from).
+const MAX_FETCHES_PER_LOOKUP: usize = 16;
 
 /// The JWT-declared imports in force, by what they are, and what was refused last time.
 #[derive(Default)]
@@ -118,7 +136,113 @@ impl ConnContext {
             shutdown,
             trust_update: Mutex::new(()),
             jwt_imports: Mutex::new(JwtImports::default()),
+            fetcher: RwLock::new(None),
+            fetched_at: Mutex::new(FxHashMap::default()),
         }
+    }
+
+    /// Installs the URL resolver's fetcher.
+    pub fn set_fetcher(&self, f: Arc<dyn AccountFetcher>) {
+        *self.fetcher.write() = Some(f);
+    }
+
+    /// Checks a client's credentials (see `Authenticator::check`). In operator mode with the URL
+    /// resolver, a user JWT of an account not known yet (or whose JWT expired) has its account
+    /// fetched first, with the accounts that one imports from, and is checked again.
+    pub async fn authenticate(self: &Arc<Self>, creds: &Credentials, conn: &ConnAuth) -> Verdict {
+        let verdict = self.auth.current().check(creds, conn);
+        let key = match &verdict {
+            Verdict::Reject(AuthError::Jwt(
+                JwtError::UnknownAccount(k) | JwtError::AccountExpired(k),
+            )) => k.clone(),
+            _ => return verdict,
+        };
+        if self.lookup_account(&key).await {
+            self.auth.current().check(creds, conn)
+        } else {
+            verdict
+        }
+    }
+
+    /// Fetches account `key`'s JWT through the URL resolver, verifies it against the trusted
+    /// operators and installs it, then does the same for the accounts its imports name that
+    /// are not known yet. Returns whether `key` was installed.
+    pub async fn lookup_account(self: &Arc<Self>, key: &str) -> bool {
+        let Some(fetcher) = self.fetcher.read().clone() else {
+            return false;
+        };
+        let mut queue = vec![key.to_string()];
+        let mut found = false;
+        let mut fetches = 0;
+        while let Some(k) = queue.pop() {
+            if fetches == MAX_FETCHES_PER_LOOKUP || !crate::auth::jwt_dir::is_account_key(&k) {
+                continue;
+            }
+            {
+                let mut at = self.fetched_at.lock();
+                if at
+                    .get(&k)
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+                {
+                    continue;
+                }
+                at.insert(k.clone(), std::time::Instant::now());
+            }
+            fetches += 1;
+            let jwt = match fetcher.fetch(&k).await {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!("Account fetch failed: {e}");
+                    continue;
+                }
+            };
+            match self.install_account(&k, &jwt) {
+                Ok(acc) => {
+                    found |= k == key;
+                    let known = self.auth.current();
+                    let trust = known.trust();
+                    for i in &acc.imports {
+                        if trust.is_some_and(|t| !t.accounts.contains_key(&i.account))
+                            && !queue.contains(&i.account)
+                        {
+                            queue.push(i.account.clone());
+                        }
+                    }
+                    self.account_jwt_changed(&k);
+                }
+                Err(e) => tracing::warn!("Account {k} fetched JWT refused: {e}"),
+            }
+        }
+        found
+    }
+
+    /// Verifies an account JWT (fetched, or pushed to the URL resolver) for account `key` and
+    /// installs it, unless the one in force was issued later.
+    pub fn install_account(
+        self: &Arc<Self>,
+        key: &str,
+        jwt: &str,
+    ) -> Result<TrustedAccount, JwtError> {
+        self.update_trust(|auth| {
+            let trust = auth
+                .trust()
+                .ok_or_else(|| JwtError::Unsupported("not in operator mode".into()))?;
+            let acc = TrustedAccount::verify(jwt, &trust.operator_keys)?;
+            if acc.key != key {
+                return Err(JwtError::Malformed(format!(
+                    "subject does not match jwt content ({} for {key})",
+                    acc.key
+                )));
+            }
+            if trust
+                .accounts
+                .get(key)
+                .is_some_and(|have| have.issued_at > acc.issued_at)
+            {
+                return Ok((None, acc));
+            }
+            Ok((Some(auth.with_account(acc.clone())), acc))
+        })
     }
 
     pub fn settings(&self) -> ConnSettings {

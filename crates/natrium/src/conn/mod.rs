@@ -16,7 +16,9 @@ pub mod writer;
 
 pub use accept::accept;
 pub use client::{Client, ConnMeta, ConnSnapshot};
-pub use context::{ClusterView, ConnConfig, ConnContext, ConnSettings, ServerIdentity};
+pub use context::{
+    AccountFetcher, BoxFuture, ClusterView, ConnConfig, ConnContext, ConnSettings, ServerIdentity,
+};
 pub use reader::Conn;
 pub use registry::Registry;
 pub use tls::{TlsError, TlsOptions, TlsServer};

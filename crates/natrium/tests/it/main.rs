@@ -28,3 +28,4 @@ mod reload;
 mod resolver;
 mod stock_clients;
 mod tls;
+mod url_resolver;

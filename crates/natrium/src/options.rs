@@ -303,6 +303,10 @@ impl Options {
                 "default_permissions" | "permissions" => {
                     self.auth.default_permissions = Some(permissions(v)?)
                 }
+                "auth_callout" | "callout" => {
+                    self.auth.callout =
+                        Some(crate::auth::callout::parse(v).map_err(|m| invalid(v, &m))?)
+                }
                 _ => warnings.push(format!(
                     "{}: authorization key {key:?} is not supported yet by this version of natrium and is ignored",
                     v.pos

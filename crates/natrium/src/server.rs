@@ -125,7 +125,8 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr()?;
-        let id = nkeys::KeyPair::new_server().public_key();
+        let server_key = Arc::new(nkeys::KeyPair::new_server());
+        let id = server_key.public_key();
         let name = opts.server_name.clone().unwrap_or_else(|| id.clone());
         tracing::info!("Starting natrium");
         tracing::info!("  Version:  {VERSION} (nats-server protocol {PROTOCOL_VERSION})");
@@ -176,6 +177,7 @@ impl Server {
             tls,
             shutdown_rx,
         ));
+        conns.set_server_key(server_key);
         conns.set_account_limits(
             opts.accounts.iter().map(|a| (a.name.as_str(), a.limits)),
             &conns.auth.current(),

@@ -127,6 +127,9 @@ pub struct Claims<N> {
     pub exp: Option<i64>,
     #[serde(default)]
     pub nbf: Option<i64>,
+    /// The audience (an auth callout's user JWT names the account the user joins here).
+    #[serde(default)]
+    pub aud: String,
     pub nats: N,
 }
 
@@ -452,6 +455,8 @@ struct AccountNats {
     default_permissions: Option<DefaultPermissions>,
     imports: Vec<ImportNats>,
     exports: Vec<ExportNats>,
+    /// Operator-mode auth callout (`auth_users`, `allowed_accounts`, `xkey`): not supported.
+    authorization: serde_json::Value,
 }
 
 /// One `exports` entry of an account JWT.
@@ -547,7 +552,19 @@ impl TrustedAccount {
         if !keys.contains(&c.iss) {
             return Err(JwtError::Untrusted(c.iss));
         }
-        let claims_ok = c.check_time();
+        let external = c
+            .nats
+            .authorization
+            .get("auth_users")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|u| !u.is_empty());
+        let claims_ok = if external {
+            Err(JwtError::Unsupported(
+                "account JWTs delegating to an auth callout are not supported yet".into(),
+            ))
+        } else {
+            c.check_time()
+        };
         let default_permissions = c.nats.default_permissions.as_ref().and_then(|d| {
             UserNats {
                 publish: d.publish.clone(),
@@ -842,6 +859,54 @@ impl Trust {
         v.sort();
         v
     }
+}
+
+/// The user JWT an auth callout service handed out for `user_nkey`: issued by `issuer` (the
+/// configured account key, not a signing key), for that very key, valid now and inside its
+/// connect times; its audience names the account the user joins.
+pub fn callout_user(token: &str, issuer: &str, user_nkey: &str) -> Result<UserGrant, JwtError> {
+    let c: Claims<UserNats> = decode(token)?;
+    if c.nats.kind != "user" {
+        return Err(JwtError::WrongType {
+            want: "user",
+            got: c.nats.kind,
+        });
+    }
+    let signer = if c.nats.issuer_account.is_empty() {
+        &c.iss
+    } else {
+        &c.nats.issuer_account
+    };
+    if signer != issuer {
+        return Err(JwtError::Untrusted(signer.clone()));
+    }
+    if c.sub != user_nkey {
+        return Err(JwtError::Malformed(format!(
+            "expected authorized user of {user_nkey:?} but got {:?}",
+            c.sub
+        )));
+    }
+    c.check_time()?;
+    let window_ends = connect_window(
+        &c.nats.times,
+        &c.nats.times_location,
+        jiff::Timestamp::now(),
+    )?;
+    let types = &c.nats.allowed_connection_types;
+    if !types.is_empty() && !types.iter().any(|t| t.eq_ignore_ascii_case("STANDARD")) {
+        return Err(JwtError::Unsupported(
+            "user JWT does not allow standard connections".into(),
+        ));
+    }
+    Ok(UserGrant {
+        user: c.sub.clone(),
+        name: c.name.clone(),
+        account: c.aud.clone(),
+        permissions: c.nats.permissions(),
+        max_subs: limit(c.nats.subs),
+        max_payload: limit(c.nats.payload),
+        expires: min_time(c.expires(), window_ends),
+    })
 }
 
 /// nats-server's check of a user JWT's connect-time windows (`times`, in `times_location` or

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use natrium_protocol::{encode, ServerInfo};
+use natrium_protocol::{encode, ConnectInfo, ServerInfo};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use tokio::sync::watch;
@@ -82,6 +82,10 @@ pub struct ConnContext {
     /// When each account was last fetched (fetches of one account are at least a second apart,
     /// as in nats-server; failures included, so unknown keys can not flood the URL).
     fetched_at: Mutex<FxHashMap<String, std::time::Instant>>,
+    /// The server's identity key (signs auth callout requests; its public key is the id).
+    server_key: RwLock<Option<Arc<nkeys::KeyPair>>>,
+    /// The server's curve key for sealed auth callout exchanges.
+    xkey: nkeys::XKey,
 }
 
 /// Where account JWTs come from at run time (the URL resolver): the JWT of an account, by key.
@@ -91,6 +95,18 @@ pub trait AccountFetcher: Send + Sync {
 
 /// A boxed future, as `AccountFetcher` returns.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// An `auth_users` identity: in the callout account, it may not publish on the callout subject.
+fn callout_account_user(o: &crate::auth::callout::CalloutOptions, mut id: Identity) -> Identity {
+    let account = id
+        .account
+        .as_deref()
+        .unwrap_or(crate::router::GLOBAL_ACCOUNT);
+    if account == o.account {
+        id.permissions = Some(crate::auth::callout::deny_callout_subject(id.permissions));
+    }
+    id
+}
 
 /// How many accounts one lookup may fetch (the account, then those it imports from).
 const MAX_FETCHES_PER_LOOKUP: usize = 16;
@@ -138,7 +154,28 @@ impl ConnContext {
             jwt_imports: Mutex::new(JwtImports::default()),
             fetcher: RwLock::new(None),
             fetched_at: Mutex::new(FxHashMap::default()),
+            server_key: RwLock::new(None),
+            xkey: nkeys::XKey::new(),
         }
+    }
+
+    /// Sets the key whose public key is this server's id (`identity.id`).
+    pub fn set_server_key(&self, key: Arc<nkeys::KeyPair>) {
+        *self.server_key.write() = Some(key);
+    }
+
+    pub fn server_key(&self) -> Option<Arc<nkeys::KeyPair>> {
+        self.server_key.read().clone()
+    }
+
+    /// The server's curve key (auth callout encryption).
+    pub fn xkey(&self) -> &nkeys::XKey {
+        &self.xkey
+    }
+
+    /// The cluster this server is part of, if any.
+    pub fn cluster_name(&self) -> Option<String> {
+        self.cluster.read().as_ref().map(|c| c.name.clone())
     }
 
     /// Installs the URL resolver's fetcher.
@@ -149,8 +186,39 @@ impl ConnContext {
     /// Checks a client's credentials (see `Authenticator::check`). In operator mode with the URL
     /// resolver, a user JWT of an account not known yet (or whose JWT expired) has its account
     /// fetched first, with the accounts that one imports from, and is checked again.
-    pub async fn authenticate(self: &Arc<Self>, creds: &Credentials, conn: &ConnAuth) -> Verdict {
-        let verdict = self.auth.current().check(creds, conn);
+    ///
+    /// With an auth callout configured, a client that is not one of its `auth_users` is
+    /// authenticated by the callout service instead (see `callout`); every client admitted into
+    /// the callout account may not publish on the callout subject.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        info: &ConnectInfo,
+        creds: &Credentials,
+        conn: &ConnAuth,
+        client: &Client,
+    ) -> Verdict {
+        let auth = self.auth.current();
+        if let Some(o) = auth.callout() {
+            if auth.goes_to_callout(creds) {
+                return super::callout::ask(self, o, info, creds, conn, client).await;
+            }
+            return match auth.check(creds, conn) {
+                Verdict::Accept(id) => Verdict::Accept(callout_account_user(o, id)),
+                Verdict::Bcrypt {
+                    hash,
+                    given,
+                    identity,
+                    fail,
+                } => Verdict::Bcrypt {
+                    hash,
+                    given,
+                    identity: callout_account_user(o, identity),
+                    fail,
+                },
+                v => v,
+            };
+        }
+        let verdict = auth.check(creds, conn);
         let key = match &verdict {
             Verdict::Reject(AuthError::Jwt(
                 JwtError::UnknownAccount(k) | JwtError::AccountExpired(k),

@@ -487,7 +487,9 @@ impl Conn {
         // Account lookups (URL resolver) and bcrypt both count against the auth timeout.
         let ctx = self.ctx.clone();
         let check = async {
-            let verdict = ctx.authenticate(&creds, &self.auth_ctx).await;
+            let verdict = ctx
+                .authenticate(&info, &creds, &self.auth_ctx, &self.client)
+                .await;
             self.resolve(verdict).await
         };
         let checked = tokio::select! {

@@ -393,6 +393,8 @@ pub struct TlsConnInfo {
     pub first: bool,
     /// The certificates the client presented, its own first.
     pub peer_certs: Vec<PeerCert>,
+    /// The same certificates, DER (an auth callout request carries them).
+    pub peer_der: Vec<Vec<u8>>,
 }
 
 impl TlsConnInfo {
@@ -410,6 +412,12 @@ impl TlsConnInfo {
                 .unwrap_or_default()
                 .iter()
                 .map(|c| peer_cert(c.as_ref()))
+                .collect(),
+            peer_der: session
+                .peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.as_ref().to_vec())
                 .collect(),
         }
     }

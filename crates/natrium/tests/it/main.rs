@@ -7,6 +7,7 @@ mod common;
 mod accounts;
 mod auth;
 mod binary;
+mod callout;
 mod cluster;
 mod consumers;
 mod durability;

@@ -332,6 +332,10 @@ impl Options {
                 "default_permission" | "default_permissions" | "permissions" => {
                     self.auth.default_permissions = Some(permissions(v)?)
                 }
+                "auth_callout" | "auth_hook" => {
+                    self.auth.callout =
+                        Some(crate::auth::callout::parse(v).map_err(|m| invalid(v, &m))?)
+                }
                 _ => not_supported(warnings, kpos, "authorization", key),
             }
         }
@@ -523,7 +527,7 @@ impl Options {
         }
         if let Some(op) = &self.operator {
             match &op.resolver {
-                Some(Resolver::Memory | Resolver::Dir(_)) => {}
+                Some(Resolver::Memory | Resolver::Dir(_) | Resolver::Url(_)) => {}
                 Some(Resolver::Unsupported(r)) => {
                     return bad(&format!(
                         "resolver {r:?} is not supported yet by this version of natrium (use MEMORY or a directory resolver)"
@@ -679,7 +683,7 @@ impl Options {
     }
 }
 
-/// The `resolver` setting: `MEMORY`/`MEM`, `URL(...)` (not supported yet) or a map with `dir`
+/// The `resolver` setting: `MEMORY`/`MEM`, `URL(...)` or a map with `dir`
 /// and `type` (`full`, `cache` or `mem`), with nats-server's checks and error texts.
 fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
     let m = match &v.value {
@@ -688,7 +692,7 @@ fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
             return if t.eq_ignore_ascii_case("MEM") || t.eq_ignore_ascii_case("MEMORY") {
                 Ok(Resolver::Memory)
             } else if t.to_ascii_uppercase().starts_with("URL") {
-                Ok(Resolver::Unsupported(t.to_string()))
+                Ok(Resolver::from_url_form(t))
             } else {
                 Err(invalid(v, RESOLVER_FORMS))
             };

@@ -160,7 +160,8 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr()?;
-        let id = nkeys::KeyPair::new_server().public_key();
+        let server_key = Arc::new(nkeys::KeyPair::new_server());
+        let id = server_key.public_key();
         let name = opts.server_name.clone().unwrap_or_else(|| id.clone());
         tracing::info!("Starting natrium");
         tracing::info!("  Version:  {VERSION} (nats-server protocol {PROTOCOL_VERSION})");
@@ -211,10 +212,12 @@ impl Server {
             tls,
             shutdown_rx,
         ));
+        conns.set_server_key(server_key);
         conns.set_account_limits(
             opts.accounts.iter().map(|a| (a.name.as_str(), a.limits)),
             &conns.auth.current(),
         );
+        conns.sync_jwt_imports();
         let jetstream = match &opts.jetstream {
             Some(js) => {
                 check_store_dir(&opts)?;
@@ -269,6 +272,19 @@ impl Server {
                     system_account: opts.system_account.clone(),
                 }),
             )),
+            (Some(Some(Resolver::Url(url))), client) => {
+                let fetcher = crate::resolver::UrlFetcher::new(url).map_err(|e| {
+                    ServerError::Io(std::io::Error::other(format!("URL resolver: {e}")))
+                })?;
+                conns.set_fetcher(Arc::new(fetcher));
+                client.map(|c| {
+                    tokio::spawn(crate::resolver::serve_url(
+                        c,
+                        conns.clone(),
+                        observed.clone(),
+                    ))
+                })
+            }
             _ => None,
         };
         let mesh = match (&opts.cluster, changes) {
@@ -439,7 +455,11 @@ impl Server {
                 }
             }
         }
-        let auth = authenticator_for(&new)?;
+        let mut auth = authenticator_for(&new)?;
+        if let Some(Some(Resolver::Url(_))) = new.operator.as_ref().map(|o| &o.resolver) {
+            // Accounts the URL resolver fetched are not in the files: keep them.
+            auth = auth.with_fetched_accounts(&conns.auth.current());
+        }
         log_skipped(&auth);
         // Always re-read: rotated certificates usually keep their file names.
         let tls = tls_for(&new)?;
@@ -471,6 +491,7 @@ impl Server {
             &auth,
         );
         conns.auth.store(auth);
+        conns.sync_jwt_imports();
         conns.set_settings(conn_settings(&new), new.write_deadline);
         conns
             .registry

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use natrium::cli::{Cli, USAGE};
 use natrium::{logging, Server, PROTOCOL_VERSION, VERSION};
 
+mod sd_notify;
+
 fn main() -> ExitCode {
     let cli = match Cli::parse(std::env::args().skip(1)) {
         Ok(c) => c,
@@ -116,7 +118,20 @@ async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    match wait_for_signal(&cli, &server).await? {
+    // systemd (Type=notify): ready once the listeners accept and the files are written.
+    let notify = sd_notify::Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!("{e}");
+        None
+    });
+    let status = format!("Accepting client connections on {}", server.addr());
+    if let Some(n) = &notify {
+        n.ready(&status);
+    }
+    let stop = wait_for_signal(&cli, &server, notify.as_ref(), &status).await?;
+    if let Some(n) = &notify {
+        n.stopping("Shutting down");
+    }
+    match stop {
         Stop::Now => {
             tracing::info!("Initiating Shutdown...");
             server.shutdown().await;
@@ -142,7 +157,13 @@ enum Stop {
 
 /// Serves signals until one asks to stop: SIGTERM/SIGINT stop, SIGHUP reloads the configuration
 /// (file and flags, as at start), SIGUSR1 reopens the log file, SIGUSR2 enters lame duck mode.
-async fn wait_for_signal(cli: &Cli, server: &Server) -> std::io::Result<Stop> {
+/// A reload is bracketed by `RELOADING=1` and `READY=1` to systemd when it is watching.
+async fn wait_for_signal(
+    cli: &Cli,
+    server: &Server,
+    notify: Option<&sd_notify::Notifier>,
+    status: &str,
+) -> std::io::Result<Stop> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -165,6 +186,9 @@ async fn wait_for_signal(cli: &Cli, server: &Server) -> std::io::Result<Stop> {
             }
             _ = hup.recv() => {
                 tracing::info!("Trapped \"hangup\" signal");
+                if let Some(n) = notify {
+                    n.reloading();
+                }
                 let result = cli
                     .options()
                     .map_err(natrium::ReloadError::from)
@@ -174,8 +198,14 @@ async fn wait_for_signal(cli: &Cli, server: &Server) -> std::io::Result<Stop> {
                         }
                         server.reload_options(opts)
                     });
-                if let Err(e) = result {
+                if let Err(e) = &result {
                     tracing::error!("Failed to reload server configuration: {e}");
+                }
+                if let Some(n) = notify {
+                    n.ready(&match &result {
+                        Ok(()) => status.to_string(),
+                        Err(e) => format!("{status}; last reload failed: {e}"),
+                    });
                 }
             }
             _ = usr1.recv() => {

@@ -7,8 +7,13 @@ use natrium::cli::{Cli, USAGE};
 use natrium::{logging, Server, PROTOCOL_VERSION, VERSION};
 
 mod sd_notify;
+mod tenant;
 
 fn main() -> ExitCode {
+    // `natrium tenant ...`: provisioning, before nats-server's flags (see src/tenant/).
+    if std::env::args().nth(1).as_deref() == Some("tenant") {
+        return tenant::main(std::env::args().skip(2));
+    }
     let cli = match Cli::parse(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(e) => {

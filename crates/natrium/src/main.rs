@@ -129,10 +129,12 @@ async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
         None
     });
     let status = format!("Accepting client connections on {}", server.addr());
+    // Handlers first: a `systemctl reload` right after READY=1 must not find SIGHUP's default.
+    let signals = Signals::install()?;
     if let Some(n) = &notify {
         n.ready(&status);
     }
-    let stop = wait_for_signal(&cli, &server, notify.as_ref(), &status).await?;
+    let stop = wait_for_signal(signals, &cli, &server, notify.as_ref(), &status).await?;
     if let Some(n) = &notify {
         n.stopping("Shutting down");
     }
@@ -152,6 +154,28 @@ async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The signals the server acts on, caught from the moment this is made.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
 /// How the server is to stop.
 enum Stop {
     /// SIGTERM, SIGINT: close every client and exit.
@@ -164,17 +188,19 @@ enum Stop {
 /// (file and flags, as at start), SIGUSR1 reopens the log file, SIGUSR2 enters lame duck mode.
 /// A reload is bracketed by `RELOADING=1` and `READY=1` to systemd when it is watching.
 async fn wait_for_signal(
+    signals: Signals,
     cli: &Cli,
     server: &Server,
     notify: Option<&sd_notify::Notifier>,
     status: &str,
 ) -> std::io::Result<Stop> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr1,
+        mut usr2,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => {

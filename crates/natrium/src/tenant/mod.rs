@@ -308,8 +308,9 @@ async fn run(args: Args) -> Result<()> {
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from("/etc/natrium/natrium.conf"));
+    // (The error's text already carries its cause; no `context` chain, which would repeat it.)
     let (opts, _warnings) = natrium::Options::from_file(&config)
-        .with_context(|| format!("can not load the server configuration {}", config.display()))?;
+        .map_err(|e| anyhow::anyhow!("can not load the server configuration (-c FILE): {e}"))?;
     let ctx = Ctx { args, config, opts };
     let command = ctx.args.command.clone();
     if ctx.opts.operator.is_some() {

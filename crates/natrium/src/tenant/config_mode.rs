@@ -335,7 +335,8 @@ async fn apply(ctx: &Ctx, new: &natrium::Options, confirm: Confirm<'_>) -> Resul
             }
             Err(e) if start.elapsed() > Duration::from_secs(15) => bail!(
                 "the configuration is updated and the server (pid {pid}) was told to reload, \
-                 but {user} still can not log in at {url} ({e}): see the server's log"
+                 but {user} still can not log in at {url} ({e}): see the server's log (a \
+                 tenant added since the server started blocks reloads until it restarts)"
             ),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }

@@ -77,6 +77,7 @@ async fn watched(
 ) -> Result<(async_nats::Client, mpsc::UnboundedReceiver<String>), async_nats::ConnectError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let c = o
+        .connection_timeout(Duration::from_secs(20))
         .max_reconnects(Some(1))
         .event_callback(move |e| {
             let _ = tx.send(e.to_string().to_lowercase());
@@ -445,7 +446,7 @@ async fn config_file_mode_add_restart_rotate_rm() {
         &conf,
         format!(
             "listen: 127.0.0.1:{port}\npid_file: \"{}\"\njetstream {{ store_dir: \"{}\" }}\n\
-             authorization {{ users: [ {{user: admin, password: adminpw}} ] }}\n\
+             authorization {{ timeout: 20, users: [ {{user: admin, password: adminpw}} ] }}\n\
              accounts {{\n  include tenants.conf\n}}\n",
             dir.path().join("natrium.pid").display(),
             dir.path().join("js").display()
@@ -454,6 +455,7 @@ async fn config_file_mode_add_restart_rotate_rm() {
     .expect("config");
     let tenants = dir.path().join("tenants.conf");
     std::fs::write(&tenants, "").expect("empty tenants file");
+    // (The timeout: bcrypt at cost 11 in a debug build on a busy machine takes its time.)
     let url = format!("nats://127.0.0.1:{port}");
     let c = conf.to_str().expect("utf-8");
     let server = Proc::start(&conf, &dir.path().join("1.log"));
@@ -575,4 +577,68 @@ async fn config_file_mode_add_restart_rotate_rm() {
     );
     assert_eq!(std::fs::read(&tenants).expect("read"), before);
     server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_mode_from_scratch_with_init() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("natrium.conf");
+    let jwt_dir = dir.path().join("jwt");
+    let c = conf.to_str().expect("utf-8");
+    let j = jwt_dir.to_str().expect("utf-8");
+    let out = ok(tenant(&["-c", c, "init", "--jwt-dir", j]).await);
+    let keys = dir.path().join("keys");
+    assert_eq!(mode(&keys), 0o700);
+    for f in [
+        "operator.nk",
+        "operator-identity.nk",
+        "sys-account.nk",
+        "sys.creds",
+    ] {
+        assert_eq!(mode(&keys.join(f)), 0o600, "{f}");
+    }
+    // A second init writes nothing over the first.
+    let before = std::fs::read(keys.join("operator.nk")).expect("read");
+    failed(
+        tenant(&["-c", c, "init", "--jwt-dir", j]).await,
+        "already exists",
+    );
+    assert_eq!(
+        std::fs::read(keys.join("operator.nk")).expect("read"),
+        before
+    );
+
+    // The printed lines make a working operator-mode configuration.
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("operator: ") || l.starts_with("resolver "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    std::fs::write(
+        &conf,
+        format!("listen: 127.0.0.1:-1\n{}\n", lines.join("\n")),
+    )
+    .expect("config");
+    let s = start_embedded(&conf).await;
+    let url = s.client_url();
+    ok(tenant(&["-c", c, "--server", &url, "add", "acme"]).await);
+    let creds = std::fs::read_to_string(keys.join("tenants/acme/acme.creds")).expect("creds");
+    let (client, _ev) = watched(creds_opts(&creds), &url)
+        .await
+        .expect("acme connects");
+    let mut sub = client.subscribe("a").await.expect("sub");
+    client.publish("a", "x".into()).await.expect("pub");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut sub))
+            .await
+            .expect("in time")
+            .is_some()
+    );
+    // The system user init made can ask the server which accounts it has.
+    let ls = ok(tenant(&["-c", c, "--server", &url, "ls"]).await);
+    assert!(
+        ls.contains("acme") && ls.contains("on server") && !ls.contains("NOT"),
+        "{ls}"
+    );
+    s.shutdown().await;
 }

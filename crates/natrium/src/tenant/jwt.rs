@@ -141,6 +141,21 @@ pub fn user_jwt(signer: &KeyPair, user: &str, name: &str) -> Result<String> {
     sign(claims.as_object().cloned().unwrap_or_default(), signer)
 }
 
+/// The operator JWT of a new operator (`tenant init`): self-signed by its identity key, naming
+/// its signing keys and its system account.
+pub fn operator_jwt(
+    identity: &KeyPair,
+    name: &str,
+    signing_keys: &[String],
+    system_account: &str,
+) -> Result<String> {
+    let claims = json!({"sub": identity.public_key(), "name": name, "nats": {
+        "type": "operator", "version": 2, "signing_keys": signing_keys,
+        "system_account": system_account,
+    }});
+    sign(claims.as_object().cloned().unwrap_or_default(), identity)
+}
+
 /// The claims of a `$SYS.REQ.CLAIMS.DELETE` request: the operator key vouching for itself,
 /// listing the accounts to delete.
 pub fn delete_request(operator: &KeyPair, accounts: &[String]) -> Result<String> {

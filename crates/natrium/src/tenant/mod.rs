@@ -28,6 +28,9 @@ pub const USAGE: &str = "\
 Usage: natrium tenant <command> [NAME] [options]
 
 Commands:
+    init            Operator mode from scratch: a new operator, signing key, system account
+                    and system user in the keystore, operator.jwt next to the config, and the
+                    configuration lines to add
     add NAME        Create a tenant: an account with limits and one user
     ls              List the tenants
     rm NAME         Remove a tenant; its users can no longer connect
@@ -58,6 +61,9 @@ Options:
         --operator-key FILE   Seed of the operator or one of its signing keys
                               (default: KEYS/operator.nk)
         --system-creds FILE   System account user credentials (default: KEYS/sys.creds)
+        --jwt-dir DIR         init: the resolver's directory (default: the config's resolver
+                              dir, else /var/lib/natrium/jwt)
+        --operator-name NAME  init: the operator's name (default: natrium)
 
   config-file mode:
         --tenants FILE        Include file holding the tenants (default: tenants.conf next to
@@ -83,6 +89,8 @@ pub struct Args {
     pub system_creds: Option<PathBuf>,
     pub tenants: Option<PathBuf>,
     pub pid: Option<String>,
+    pub jwt_dir: Option<PathBuf>,
+    pub operator_name: Option<String>,
 }
 
 /// Limits given to `add`; `None` is unlimited (or, for JetStream storage, not enabled).
@@ -164,6 +172,8 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args> {
             "system-creds" | "system_creds" => a.system_creds = Some(value()?.into()),
             "tenants" => a.tenants = Some(value()?.into()),
             "pid" | "P" => a.pid = Some(value()?),
+            "jwt-dir" | "jwt_dir" => a.jwt_dir = Some(value()?.into()),
+            "operator-name" | "operator_name" => a.operator_name = Some(value()?),
             _ => bail!("unknown flag -{flag}"),
         }
     }
@@ -178,6 +188,12 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args> {
         (None, true) => bail!("`natrium tenant {}` needs a tenant NAME", a.command),
         (Some(n), false) => bail!("`natrium tenant {}` takes no NAME (got {n:?})", a.command),
         _ => {}
+    }
+    if a.command != "init" && (a.jwt_dir.is_some() || a.operator_name.is_some()) {
+        bail!("--jwt-dir and --operator-name apply to `init` only");
+    }
+    if let Some(n) = &a.operator_name {
+        check_name(n).context("--operator-name")?;
     }
     if a.command != "add" && (a.user.is_some() || a.limits != LimitFlags::default()) {
         bail!("--user and limits apply to `add` only");
@@ -309,8 +325,15 @@ async fn run(args: Args) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("/etc/natrium/natrium.conf"));
     // (The error's text already carries its cause; no `context` chain, which would repeat it.)
-    let (opts, _warnings) = natrium::Options::from_file(&config)
-        .map_err(|e| anyhow::anyhow!("can not load the server configuration (-c FILE): {e}"))?;
+    let loaded = natrium::Options::from_file(&config)
+        .map_err(|e| anyhow::anyhow!("can not load the server configuration (-c FILE): {e}"));
+    if args.command == "init" && !config.exists() {
+        return operator::init(&args, &config, None);
+    }
+    let (opts, _warnings) = loaded?;
+    if args.command == "init" {
+        return operator::init(&args, &config, Some(&opts));
+    }
     let ctx = Ctx { args, config, opts };
     let command = ctx.args.command.clone();
     if ctx.opts.operator.is_some() {
@@ -320,7 +343,7 @@ async fn run(args: Args) -> Result<()> {
             "ls" => op.ls(&ctx).await,
             "rm" => op.rm(&ctx).await,
             "rotate" => op.rotate(&ctx).await,
-            other => bail!("unknown command {other:?} (add, ls, rm, rotate)"),
+            other => bail!("unknown command {other:?} (init, add, ls, rm, rotate)"),
         }
     } else {
         match command.as_str() {
@@ -328,7 +351,7 @@ async fn run(args: Args) -> Result<()> {
             "ls" => config_mode::ls(&ctx),
             "rm" => config_mode::rm(&ctx).await,
             "rotate" => config_mode::rotate(&ctx).await,
-            other => bail!("unknown command {other:?} (add, ls, rm, rotate)"),
+            other => bail!("unknown command {other:?} (init, add, ls, rm, rotate)"),
         }
     }
 }

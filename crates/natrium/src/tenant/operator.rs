@@ -440,6 +440,117 @@ impl Operator {
     }
 }
 
+/// `natrium tenant init`: operator mode from scratch. Makes an operator (identity key and a
+/// signing key), the system account and a user of it; writes the keystore (`operator.nk` is the
+/// signing key, `operator-identity.nk` the identity key, which only re-signing the operator JWT
+/// needs: keep it offline), `operator.jwt` next to the config, and the system account's JWT in
+/// the resolver's directory; prints the configuration lines. Refuses to overwrite anything.
+pub fn init(
+    args: &super::Args,
+    config: &std::path::Path,
+    opts: Option<&natrium::Options>,
+) -> Result<()> {
+    let conf_dir = files::parent(config).to_path_buf();
+    let keys = args.keys.clone().unwrap_or_else(|| conf_dir.join("keys"));
+    let configured = opts
+        .and_then(|o| o.operator.as_ref())
+        .and_then(|o| match &o.resolver {
+            Some(Resolver::Dir(d)) => Some(d.dir.clone()),
+            _ => None,
+        });
+    let jwt_dir = args
+        .jwt_dir
+        .clone()
+        .or(configured)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/natrium/jwt"));
+    let name = args
+        .operator_name
+        .clone()
+        .unwrap_or_else(|| "natrium".into());
+    let identity = KeyPair::new_operator();
+    let signing = KeyPair::new_operator();
+    let sys = KeyPair::new_account();
+    let sys_user = KeyPair::new_user();
+    let seed = |k: &KeyPair| -> Result<String> {
+        k.seed()
+            .map(|s| format!("{s}\n"))
+            .map_err(|e| anyhow::anyhow!("seed: {e}"))
+    };
+    let operator_jwt =
+        jwt::operator_jwt(&identity, &name, &[signing.public_key()], &sys.public_key())?;
+    let limits = Limits::default();
+    let sys_jwt = jwt::account_jwt(&signing, &sys.public_key(), "SYS", &limits, &Map::new())?;
+    let user_jwt = jwt::user_jwt(&sys, &sys_user.public_key(), "sys")?;
+    let operator_file = conf_dir.join("operator.jwt");
+    let sys_file = jwt_dir.join(format!("{}.jwt", sys.public_key()));
+    let writes: Vec<(PathBuf, String, Mode)> = vec![
+        (keys.join("operator.nk"), seed(&signing)?, Mode::Secret),
+        (
+            keys.join("operator-identity.nk"),
+            seed(&identity)?,
+            Mode::Secret,
+        ),
+        (keys.join("sys-account.nk"), seed(&sys)?, Mode::Secret),
+        (
+            keys.join("sys.creds"),
+            jwt::creds(&user_jwt, &sys_user)?,
+            Mode::Secret,
+        ),
+        (operator_file.clone(), operator_jwt, Mode::Public),
+        (sys_file.clone(), sys_jwt, Mode::Public),
+    ];
+    if let Some((p, _, _)) = writes.iter().find(|(p, _, _)| p.exists()) {
+        bail!(
+            "{} already exists: this operator is set up (init writes nothing over existing files)",
+            p.display()
+        );
+    }
+    files::private_dir(&keys)?;
+    std::fs::create_dir_all(&jwt_dir)
+        .with_context(|| format!("can not create {}", jwt_dir.display()))?;
+    let mut done: Vec<PathBuf> = Vec::new();
+    for (path, text, mode) in &writes {
+        if let Err(e) = files::write(path, text.as_bytes(), *mode) {
+            for p in &done {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e.context("init undone"));
+        }
+        done.push(path.clone());
+    }
+    println!("Operator {name} created.");
+    println!(
+        "  operator:       {} (signing key {})",
+        identity.public_key(),
+        signing.public_key()
+    );
+    println!("  system account: {}", sys.public_key());
+    println!(
+        "  keystore:       {} (keep operator-identity.nk offline)",
+        keys.display()
+    );
+    println!("  operator JWT:   {}", operator_file.display());
+    println!(
+        "  system account JWT in the resolver directory: {}",
+        sys_file.display()
+    );
+    println!();
+    println!(
+        "Put these lines in {} (the server's user must own {}):",
+        config.display(),
+        jwt_dir.display()
+    );
+    println!();
+    println!("operator: {}", operator_file.display());
+    println!(
+        "resolver {{ type: full, dir: \"{}\", allow_delete: true }}",
+        jwt_dir.display()
+    );
+    println!();
+    println!("then start (or restart) the server and add tenants with `natrium tenant add NAME`.");
+    Ok(())
+}
+
 fn describe(l: &Limits) -> String {
     let opt = |n: i64| show(Some(n));
     let mut s = format!(

@@ -1,169 +1,29 @@
-//! The server's typed options: defaults as nats-server has them, loading from a parsed config file,
-//! validation, and a one-line summary for the startup log. Command-line flags are merged in `cli`.
+//! The server's options, composed of the config types each layer owns (auth, TLS, accounts and
+//! imports, JetStream): defaults as nats-server has them, loading from a parsed config file,
+//! validation, what a reload may change, and a one-line summary for the startup log.
+//! Command-line flags are merged in `cli`. Only the server and the binary's layers import it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use natrium_config::{ConfigError, Map, Spanned, Value};
 
-/// The nats-server release whose client-visible behaviour Natrium implements (sent in INFO).
-pub const PROTOCOL_VERSION: &str = "2.10.24";
+pub use crate::auth::jwt::{DirResolver, OperatorOptions, Resolver};
+pub use crate::auth::{AuthOptions, NkeyUser, User};
+pub use crate::cluster::{ClusterOptions, RouteUrl};
+pub use crate::conn::TlsOptions;
+pub use crate::jetstream::{AccountLimits, JetStreamOptions};
+pub use crate::perms::{Permissions, ResponsePermission, SubjectPermission};
+pub use crate::router::imports::{Export, ExportKind, Import};
+pub use crate::router::Limits;
+pub use crate::util::{PROTOCOL_VERSION, VERSION};
+
 /// The default system account, as in nats-server.
 pub const SYSTEM_ACCOUNT: &str = "$SYS";
 /// Default of `max_unauthenticated_per_ip`: far more than one host opens at once in practice
 /// (each connection is in that state for a round trip, or while its bcrypt check queues), and a
 /// small fraction of the default `max_connections`.
 pub const DEFAULT_MAX_UNAUTHENTICATED_PER_IP: usize = 256;
-/// Natrium's own version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct User {
-    pub user: String,
-    /// Plain text, or a bcrypt hash (`$2a$`, `$2b$`, `$2y$`).
-    pub password: String,
-    /// Falls back to `default_permissions` when absent.
-    pub permissions: Option<Permissions>,
-    /// The account the user belongs to; `None` is the global account.
-    pub account: Option<String>,
-}
-
-/// A user identified by an NKey (`authorization { users: [ {nkey: "U..."} ] }`): it proves who it
-/// is by signing the nonce sent in INFO.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NkeyUser {
-    /// The user's public key (`U...`).
-    pub nkey: String,
-    pub permissions: Option<Permissions>,
-    pub account: Option<String>,
-}
-
-/// JWT operator mode: `operator` (JWTs or files holding them), `resolver` (`MEMORY` or a
-/// directory) and `resolver_preload { ACCOUNT_KEY: JWT }`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OperatorOptions {
-    /// Operator JWTs (read from their files when the config names files).
-    pub operators: Vec<String>,
-    /// Account public key → account JWT.
-    pub preload: Vec<(String, String)>,
-    pub resolver: Option<Resolver>,
-}
-
-/// Where operator mode finds account JWTs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resolver {
-    /// `resolver: MEMORY`: only `resolver_preload`.
-    Memory,
-    /// `resolver { type: full|cache, dir: ... }`: JWTs stored in a directory, updated by pushes.
-    Dir(DirResolver),
-    /// A form nats-server accepts that Natrium does not implement (`URL(...)`), as written.
-    Unsupported(String),
-}
-
-/// The directory resolver's settings, named as in nats-server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirResolver {
-    pub dir: PathBuf,
-    /// `type: cache`: only accounts already known are updated, and nothing is deleted.
-    pub cache: bool,
-    /// `allow_delete`: `$SYS.REQ.CLAIMS.DELETE` removes accounts (renamed to `.jwt.deleted`,
-    /// or removed with `hard_delete`).
-    pub allow_delete: bool,
-    pub hard_delete: bool,
-    /// Most JWTs stored (`limit`; 0 is unlimited).
-    pub limit: usize,
-    /// `interval` and `timeout` pace and bound the exchange with other servers in a cluster;
-    /// accepted for compatibility, they have no effect on a single server.
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
-/// The `tls {}` block (and the `--tls*` flags) for the client listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsOptions {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    /// Certificate authorities client certificates are checked against (with `verify`).
-    pub ca_file: Option<PathBuf>,
-    /// Require a client certificate signed by `ca_file`.
-    pub verify: bool,
-    /// Require a client certificate and take the user name from it (email, DNS name, URI, or DN).
-    pub verify_and_map: bool,
-    /// How long a client has to finish the handshake.
-    pub timeout: Duration,
-    /// Expect the TLS handshake right away and send INFO inside TLS.
-    pub handshake_first: bool,
-    /// With `handshake_first`: when the client sends nothing for this long, fall back to the
-    /// plaintext INFO first (`handshake_first: auto` or a duration).
-    pub handshake_first_fallback: Option<Duration>,
-    /// `pinned_certs`: lower-case hex SHA-256 digests of the DER SubjectPublicKeyInfo of the
-    /// client certificates accepted; when set, any other client (or one without a certificate)
-    /// is closed after the handshake.
-    pub pinned_certs: Vec<String>,
-}
-
-impl Default for TlsOptions {
-    fn default() -> Self {
-        TlsOptions {
-            cert_file: PathBuf::new(),
-            key_file: PathBuf::new(),
-            ca_file: None,
-            verify: false,
-            verify_and_map: false,
-            timeout: Duration::from_secs(2),
-            handshake_first: false,
-            handshake_first_fallback: None,
-            pinned_certs: Vec::new(),
-        }
-    }
-}
-
-/// Allow and deny lists for one direction. `allow: None` allows everything not denied.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubjectPermission {
-    pub allow: Option<Vec<String>>,
-    pub deny: Vec<String>,
-}
-
-/// Permission to publish to the reply subjects of requests received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponsePermission {
-    /// Responses allowed per request.
-    pub max: usize,
-    /// How long a reply subject stays open; zero means until used.
-    pub expires: Duration,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Permissions {
-    pub publish: Option<SubjectPermission>,
-    pub subscribe: Option<SubjectPermission>,
-    pub allow_responses: Option<ResponsePermission>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportKind {
-    Stream,
-    Service,
-}
-
-/// An account's `exports` entry: a subject others may import; `accounts` empty means public.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Export {
-    pub kind: ExportKind,
-    pub subject: String,
-    pub accounts: Vec<String>,
-}
-
-/// An account's `imports` entry: `subject` of `account`, seen locally as `to` (or with `prefix`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Import {
-    pub kind: ExportKind,
-    pub account: String,
-    pub subject: String,
-    pub to: Option<String>,
-    pub prefix: Option<String>,
-}
 
 /// One entry of the `accounts` block.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -172,33 +32,12 @@ pub struct AccountOptions {
     /// JetStream enabled for this account (`jetstream: enabled` or a `jetstream {}` block).
     pub jetstream: bool,
     /// Limits from a `jetstream { max_mem, max_file, max_streams, max_consumers }` block.
-    pub jetstream_limits: Option<crate::jetstream::AccountLimits>,
+    pub jetstream_limits: Option<AccountLimits>,
     pub exports: Vec<Export>,
     pub imports: Vec<Import>,
     /// `limits { max_connections, max_subscriptions, max_payload, max_leafnodes }`; a negative
     /// value is unlimited and 0 allows none, as in nats-server.
-    pub limits: crate::account::Limits,
-}
-
-/// Client authentication settings (the `authorization` block and its flag equivalents).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuthOptions {
-    pub token: Option<String>,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    pub users: Vec<User>,
-    pub nkeys: Vec<NkeyUser>,
-    pub no_auth_user: Option<String>,
-    pub default_permissions: Option<Permissions>,
-}
-
-impl AuthOptions {
-    pub fn required(&self) -> bool {
-        self.token.is_some()
-            || self.user.is_some()
-            || !self.users.is_empty()
-            || !self.nkeys.is_empty()
-    }
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -236,7 +75,9 @@ pub struct Options {
     /// The system account's name (`$SYS` unless configured).
     pub system_account: String,
     /// JetStream, when enabled.
-    pub jetstream: Option<crate::jetstream::JetStreamOptions>,
+    pub jetstream: Option<JetStreamOptions>,
+    /// Routes to other servers (`cluster {}`), when this server is part of a cluster.
+    pub cluster: Option<ClusterOptions>,
     /// Monitoring listener; `None` disables it, `-1` picks a random port.
     pub http_port: Option<i32>,
     /// HTTPS monitoring listener (with the `tls {}` certificate); exclusive with `http_port`.
@@ -278,6 +119,7 @@ impl Default for Options {
             accounts: Vec::new(),
             system_account: SYSTEM_ACCOUNT.to_string(),
             jetstream: None,
+            cluster: None,
             http_port: None,
             https_port: None,
             http_host: "0.0.0.0".into(),
@@ -307,7 +149,6 @@ pub enum OptionsError {
 /// Keys nats-server knows that this version of Natrium accepts but does not act on yet; they are
 /// reported as warnings so a config written for nats-server still loads.
 const NOT_YET_SUPPORTED: &[&str] = &[
-    "cluster",
     "gateway",
     "leafnodes",
     "leaf",
@@ -368,7 +209,8 @@ impl Options {
                 "max_unauthenticated_per_ip" => {
                     self.max_unauthenticated_per_ip = int(v)?.max(0) as usize
                 }
-                                "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
+                "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
+                "cluster" => self.cluster = Some(cluster(v, &mut warnings)?),
                 "http_port" | "monitor_port" => self.http_port = Some(int(v)? as i32),
                 "http" => {
                     let (host, port) = parse_listen(v)?;
@@ -434,10 +276,8 @@ impl Options {
         // In operator mode the system account is the one the operator JWT names, unless the
         // config says otherwise.
         if let (false, Some(op)) = (system_account_set, &self.operator) {
-            if let Ok(trust) = crate::jwt::Trust::new(op) {
-                if let Some(sys) = trust.system_account {
-                    self.system_account = sys;
-                }
+            if let Some(sys) = crate::auth::jwt::operator_system_account(&op.operators) {
+                self.system_account = sys;
             }
         }
         Ok(warnings)
@@ -498,7 +338,7 @@ impl Options {
                                 Value::Bool(b) => *b,
                                 Value::String(s) => s.eq_ignore_ascii_case("enabled") || s.eq_ignore_ascii_case("true"),
                                                                 Value::Map(m) => {
-                                    let mut l = crate::jetstream::AccountLimits::default();
+                                    let mut l = AccountLimits::default();
                                     for (k, lv) in m.iter() {
                                         match k.to_ascii_lowercase().as_str() {
                                             "max_mem" | "max_memory" | "max_memory_store" => l.max_memory = size(lv)?,
@@ -567,6 +407,17 @@ impl Options {
                 return bad("TLS cert and key required for HTTPS (https_port needs a tls {} block)")
             }
             _ => {}
+        }
+        if let Some(c) = &self.cluster {
+            if !(-1..=65535).contains(&c.port) {
+                return bad("cluster port must be between -1 and 65535");
+            }
+            if c.name
+                .as_ref()
+                .is_some_and(|n| n.contains([' ', '\n', '\r', '\t']))
+            {
+                return bad("cluster name cannot contain spaces or new lines");
+            }
         }
         if self.max_payload == 0 || self.max_payload > 64 * 1024 * 1024 {
             return bad("max_payload must be between 1 byte and 64 MB");
@@ -651,9 +502,8 @@ impl Options {
                     "operator mode can not be combined with authorization users or accounts",
                 );
             }
-            if let Err(e) = crate::jwt::Trust::new(op) {
-                return bad(&format!("operator mode: {e}"));
-            }
+            // The JWTs themselves are verified once, when the server builds its authenticator
+            // (`Server::start`, a reload, `natrium -t`).
         }
         if let Some(nau) = &a.no_auth_user {
             if !a.users.iter().any(|u| &u.user == nau) {
@@ -698,6 +548,7 @@ impl Options {
             accounts,
             system_account,
             jetstream,
+            cluster,
             http_port,
             https_port,
             http_host,
@@ -710,7 +561,8 @@ impl Options {
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 15] = [
+        let checks: [(&'static str, bool); 16] = [
+            ("cluster", &self.cluster != cluster),
             ("host", &self.host != host),
             ("port", &self.port != port),
             ("server_name", &self.server_name != server_name),
@@ -873,7 +725,7 @@ const RESOLVER_FORMS: &str = "error parsing account resolver, should be MEM or  
 /// Whether two account lists differ at most in the accounts' `limits` (which a reload applies).
 fn same_accounts_but_limits(a: &[AccountOptions], b: &[AccountOptions]) -> bool {
     let strip = |x: &AccountOptions| AccountOptions {
-        limits: crate::account::Limits::default(),
+        limits: Limits::default(),
         ..x.clone()
     };
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| strip(x) == strip(y))
@@ -881,8 +733,8 @@ fn same_accounts_but_limits(a: &[AccountOptions], b: &[AccountOptions]) -> bool 
 
 /// An account's `limits {}` block, with nats-server's names and aliases; unknown keys are
 /// errors there, and here too.
-fn account_limits(v: &Spanned) -> Result<crate::account::Limits, OptionsError> {
-    let mut l = crate::account::Limits::default();
+fn account_limits(v: &Spanned) -> Result<Limits, OptionsError> {
+    let mut l = Limits::default();
     for (k, lv) in map_of(v)?.iter() {
         let n = match &lv.value {
             Value::Integer(i) => *i,
@@ -909,8 +761,8 @@ fn account_limits(v: &Spanned) -> Result<crate::account::Limits, OptionsError> {
 fn jetstream(
     v: &Spanned,
     warnings: &mut Vec<String>,
-) -> Result<Option<crate::jetstream::JetStreamOptions>, OptionsError> {
-    let mut js = crate::jetstream::JetStreamOptions::default();
+) -> Result<Option<JetStreamOptions>, OptionsError> {
+    let mut js = JetStreamOptions::default();
     match &v.value {
         Value::Bool(b) => return Ok(b.then_some(js)),
         Value::String(s) => {
@@ -954,10 +806,123 @@ fn jetstream(
     Ok(Some(js))
 }
 
+/// The `cluster {}` block, with nats-server's keys and errors. Keys that would change what
+/// crosses the routes if ignored (TLS, permissions) are refused until implemented; keys that
+/// only tune how (pinned accounts, compression) are warnings.
+fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, OptionsError> {
+    let mut c = ClusterOptions::default();
+    for (key, kv) in map_of(v)?.iter() {
+        match key.to_ascii_lowercase().as_str() {
+            "name" => c.name = Some(string(kv)?),
+            "listen" => {
+                let (host, port) = parse_listen(kv)?;
+                if let Some(h) = host {
+                    c.host = h;
+                }
+                c.port = port;
+            }
+            "port" => c.port = int(kv)? as i32,
+            "host" | "net" => c.host = string(kv)?,
+            "authorization" => {
+                for (k, av) in map_of(kv)?.iter() {
+                    match k.to_ascii_lowercase().as_str() {
+                        "user" | "username" => c.user = Some(string(av)?),
+                        "pass" | "password" => c.password = Some(string(av)?),
+                        "timeout" => c.auth_timeout = duration_secs_f(av)?,
+                        "token" => {
+                            return Err(invalid(kv, "Cluster authorization does not support tokens"))
+                        }
+                        "users" => {
+                            return Err(invalid(
+                                kv,
+                                "Cluster authorization does not allow multiple users",
+                            ))
+                        }
+                        _ => {
+                            return Err(invalid(
+                                av,
+                                &format!("unknown field {k:?} in cluster authorization"),
+                            ))
+                        }
+                    }
+                }
+            }
+            "routes" => {
+                let Value::Array(items) = &kv.value else {
+                    return Err(invalid(kv, "routes must be an array of URLs"));
+                };
+                for item in items {
+                    let u = string(item)?;
+                    let url = RouteUrl::parse(&u).map_err(|e| invalid(item, &e))?;
+                    if c.routes.contains(&url) {
+                        warnings.push(format!("{}: Duplicate route entry detected", item.pos));
+                        continue;
+                    }
+                    c.routes.push(url);
+                }
+            }
+            "cluster_advertise" | "advertise" => c.advertise = Some(string(kv)?),
+            "no_advertise" => c.no_advertise = boolean(kv)?,
+            "connect_retries" => c.connect_retries = int(kv)?.max(0) as u32,
+            "pool_size" => {
+                c.pool_size = int(kv)? as i32;
+                if c.pool_size > 0 {
+                    warnings.push(format!(
+                        "{}: cluster pool_size is not supported yet by this version of natrium: it keeps one route per peer (nats-server 2.10 accepts that from a peer that does not pool)",
+                        kv.pos
+                    ));
+                }
+            }
+            "accounts" => warnings.push(format!(
+                "{}: cluster accounts (dedicated per-account routes) are not supported yet by this version of natrium: those accounts use the shared route",
+                kv.pos
+            )),
+            "compression" => {
+                let off = match &kv.value {
+                    Value::Bool(b) => !b,
+                    Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "off" | "disabled" | "false" | "accept"),
+                    _ => false,
+                };
+                if !off {
+                    warnings.push(format!(
+                        "{}: route compression is not supported yet by this version of natrium: routes run uncompressed",
+                        kv.pos
+                    ));
+                }
+            }
+            "ping_interval" => c.ping_interval = Some(duration(kv)?),
+            "ping_max" => c.ping_max = Some(int(kv)?.max(1) as u32),
+            "tls" => {
+                return Err(invalid(
+                    kv,
+                    "cluster tls is not supported yet by this version of natrium (routes would run in plaintext)",
+                ))
+            }
+            "permissions" => {
+                return Err(invalid(
+                    kv,
+                    "cluster permissions are not supported yet by this version of natrium (routes would carry every subject)",
+                ))
+            }
+            "write_deadline" => warnings.push(format!(
+                "{}: cluster write_deadline is not supported yet by this version of natrium: routes use the server's write_deadline",
+                kv.pos
+            )),
+            _ => {
+                return Err(invalid(
+                    kv,
+                    &format!("unknown field {key:?} in cluster block"),
+                ))
+            }
+        }
+    }
+    Ok(c)
+}
+
 /// An `operator` entry: a JWT, or the path of a file holding one.
 fn operator_jwt(item: &str, base: Option<&Path>) -> Result<String, String> {
     if item.trim_start().starts_with("eyJ") {
-        return Ok(crate::jwt::unarmour(item));
+        return Ok(crate::auth::jwt::unarmour(item));
     }
     // Relative paths: next to the config file, else from the working directory.
     let path = match base {
@@ -965,7 +930,7 @@ fn operator_jwt(item: &str, base: Option<&Path>) -> Result<String, String> {
         _ => PathBuf::from(item),
     };
     std::fs::read_to_string(&path)
-        .map(|t| crate::jwt::unarmour(&t))
+        .map(|t| crate::auth::jwt::unarmour(&t))
         .map_err(|e| format!("can not read operator JWT {}: {e}", path.display()))
 }
 

@@ -51,11 +51,11 @@ pub enum ClientOp<'a> {
     Ignored,
 }
 
-/// What `parse_op` found at the front of the buffer.
+/// What a parser found at the front of the buffer (`parse_op`: a client op; `route`: a peer's).
 #[derive(Debug, PartialEq, Eq)]
-pub enum Parsed<'a> {
+pub enum Parsed<O> {
     /// A complete operation occupying the first `len` bytes.
-    Op { op: ClientOp<'a>, len: usize },
+    Op { op: O, len: usize },
     /// The buffer holds only part of an operation. `total`, when known, is the full length it needs.
     Incomplete { total: Option<usize> },
 }
@@ -78,7 +78,7 @@ pub enum ParseError {
 }
 
 /// Parses one client operation from the front of `buf`.
-pub fn parse_op<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, ParseError> {
+pub fn parse_op<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<ClientOp<'a>>, ParseError> {
     let Some(nl) = memchr(b'\n', buf) else {
         if buf.len() > limits.max_control_line {
             return Err(ParseError::ControlLineTooLong);
@@ -295,28 +295,28 @@ fn op_kind(line: &[u8]) -> Option<Kind> {
 }
 
 #[inline]
-fn is_space(c: u8) -> bool {
+pub(crate) fn is_space(c: u8) -> bool {
     c == b' ' || c == b'\t'
 }
 
-fn trim_start(s: &[u8]) -> &[u8] {
+pub(crate) fn trim_start(s: &[u8]) -> &[u8] {
     let n = s.iter().take_while(|c| is_space(**c)).count();
     &s[n..]
 }
 
-fn trim(s: &[u8]) -> &[u8] {
+pub(crate) fn trim(s: &[u8]) -> &[u8] {
     let s = trim_start(s);
     let n = s.iter().rev().take_while(|c| is_space(**c)).count();
     &s[..s.len() - n]
 }
 
 /// Whitespace-separated arguments of a control line.
-struct Args<'a> {
+pub(crate) struct Args<'a> {
     rest: &'a [u8],
 }
 
 impl<'a> Args<'a> {
-    fn new(rest: &'a [u8]) -> Self {
+    pub(crate) fn new(rest: &'a [u8]) -> Self {
         Args { rest }
     }
 }

@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 use super::consumer_config::{AckPolicy, ConsumerConfig, DeliverPolicy, ReplayPolicy};
 use super::rfc3339;
 use super::stream::Stream;
-use crate::client::RoutedMsg;
-use crate::internal::InternalClient;
+use crate::router::{InternalClient, Msg};
+use crate::util::fs::write_atomic;
 
 /// Deliveries decided per tick; the task publishes them and comes back for more.
 const TICK_MSGS: usize = 1024;
@@ -137,7 +137,7 @@ pub(crate) struct Consumer {
     stream_dlq: Option<String>,
     work_queue: bool,
     /// The ack subscription (a handler run in the acking client's task).
-    acks: Mutex<Option<crate::internal::HandlerSubscription>>,
+    acks: Mutex<Option<crate::router::internal::HandlerSubscription>>,
 }
 
 fn status(code: &str, extra: &[(&str, String)]) -> Vec<u8> {
@@ -441,7 +441,7 @@ impl Consumer {
             for run in out.chunk_by(|a, b| a.route == b.route) {
                 let (_, lag) = self.client.publish_batch(
                     &run[0].route,
-                    run.iter().map(|o| RoutedMsg {
+                    run.iter().map(|o| Msg {
                         subject: &o.subject,
                         reply: o.reply.as_deref().map(str::as_bytes),
                         headers: o.headers.as_deref(),
@@ -1129,10 +1129,7 @@ impl Consumer {
     pub(crate) fn save_meta(&self) -> std::io::Result<()> {
         let Some(dir) = &self.dir else { return Ok(()) };
         std::fs::create_dir_all(dir)?;
-        let created_ns = self
-            .created
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let created_ns = crate::util::time::unix_nanos(self.created);
         let body = json!({"name": self.name, "config": self.config(), "created_ns": created_ns});
         write_atomic(&dir.join("meta.json"), body.to_string().as_bytes())
     }
@@ -1200,7 +1197,7 @@ pub(crate) fn parse_time(s: &str) -> Option<SystemTime> {
     if nanos <= 0 {
         return None;
     }
-    Some(SystemTime::UNIX_EPOCH + Duration::from_nanos(nanos as u64))
+    Some(crate::util::time::from_unix_nanos(nanos as i64))
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -1300,10 +1297,7 @@ fn init_cursor(st: &mut State, cfg: &ConsumerConfig, store: &dyn StreamStore) {
                 .opt_start_time
                 .as_deref()
                 .and_then(parse_time)
-                .map_or(0, |t| {
-                    t.duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos() as i64)
-                });
+                .map_or(0, crate::util::time::unix_nanos);
             let mut from = ss.first_seq.max(1);
             let mut found = ss.last_seq;
             while let Some(m) = next_matching(store, &filters, from) {
@@ -1338,21 +1332,6 @@ fn init_cursor(st: &mut State, cfg: &ConsumerConfig, store: &dyn StreamStore) {
         }
     };
     st.floor_s = st.sseq;
-}
-
-fn write_atomic(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_data()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// A fresh ephemeral consumer name (8 characters, as nats-server makes them).

@@ -21,7 +21,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::internal::{InternalClient, InternalMsg};
+use crate::router::{InternalClient, InternalMsg};
 use config::{Storage, StreamConfig};
 use consumer::Consumer;
 use consumer_config::ConsumerConfig;
@@ -63,10 +63,10 @@ pub fn check_store_writable(store_dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-use crate::timefmt::rfc3339;
+use crate::util::time::rfc3339;
 
 fn ts_rfc3339(ns: i64) -> String {
-    crate::timefmt::rfc3339_nanos(ns as i128)
+    crate::util::time::rfc3339_nanos(ns as i128)
 }
 
 /// An account's JetStream limits (`accounts { A: { jetstream { max_mem, max_file, max_streams } } }`);
@@ -94,13 +94,16 @@ impl Default for AccountLimits {
 /// JetStream for one server: the accounts it is enabled for.
 pub(crate) struct JetStream {
     opts: JetStreamOptions,
+    /// The server's name, reported as the leader in stream and consumer info.
+    server_name: String,
     accounts: Mutex<Vec<Arc<JsAccount>>>,
 }
 
 impl JetStream {
-    pub(crate) fn new(opts: JetStreamOptions) -> Arc<JetStream> {
+    pub(crate) fn new(opts: JetStreamOptions, server_name: String) -> Arc<JetStream> {
         Arc::new(JetStream {
             opts,
+            server_name,
             accounts: Mutex::new(Vec::new()),
         })
     }
@@ -120,6 +123,7 @@ impl JetStream {
         std::fs::create_dir_all(&dir)?;
         let acc = Arc::new(JsAccount {
             client: client.clone(),
+            server_name: self.server_name.clone(),
             dir,
             sync: self.opts.sync,
             limits: account_limits.unwrap_or(AccountLimits {
@@ -133,8 +137,10 @@ impl JetStream {
             api_errors: AtomicU64::new(0),
         });
         acc.recover();
+        // Each server answers the API for its own streams: in a cluster the API stays local
+        // (replicated JetStream is to come), while streams and acks are reached from anywhere.
         let sub = client
-            .subscribe("$JS.API.>", None, 4096)
+            .subscribe_local("$JS.API.>", None, 4096)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let serving = acc.clone();
         tokio::spawn(async move {
@@ -145,6 +151,11 @@ impl JetStream {
         });
         self.accounts.lock().push(acc);
         Ok(())
+    }
+
+    /// The settings JetStream runs with.
+    pub(crate) fn options(&self) -> &JetStreamOptions {
+        &self.opts
     }
 
     /// Stops every stream and syncs its store.
@@ -250,6 +261,7 @@ pub(crate) struct ConsumerStats {
 
 struct JsAccount {
     client: InternalClient,
+    server_name: String,
     dir: PathBuf,
     sync: SyncPolicy,
     limits: AccountLimits,
@@ -361,9 +373,9 @@ impl JsAccount {
                 continue;
             };
             cfg.normalize();
-            let created = v["created_ns"].as_u64().map_or(SystemTime::now(), |n| {
-                SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(n)
-            });
+            let created = v["created_ns"]
+                .as_i64()
+                .map_or(SystemTime::now(), crate::util::time::from_unix_nanos);
             match self.open_store(&cfg, &dir) {
                 Ok(store) => {
                     let st = store.state();
@@ -488,7 +500,7 @@ impl JsAccount {
             ["CONSUMER", "INFO", stream, name] => {
                 let r = self
                     .consumer(stream, name)
-                    .map(|(_, c)| c.info(&self.client.server().name));
+                    .map(|(_, c)| c.info(&self.server_name));
                 self.respond(reply, "consumer_info_response", r)
             }
             ["CONSUMER", "DELETE", stream, name] => self.respond(
@@ -592,9 +604,9 @@ impl JsAccount {
                 continue;
             };
             cfg.normalize();
-            let created = v["created_ns"].as_u64().map_or(SystemTime::now(), |n| {
-                SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(n)
-            });
+            let created = v["created_ns"]
+                .as_i64()
+                .map_or(SystemTime::now(), crate::util::time::from_unix_nanos);
             // The state slots; `state.json` is where versions before them kept it.
             let saved = match natrium_store::DocFile::open(&dir, "state") {
                 Ok((_, Some(body))) => Some(body),
@@ -679,7 +691,7 @@ impl JsAccount {
         if let Some(existing) = existing {
             let old = existing.config();
             if old == cfg {
-                return Ok(existing.info(&self.client.server().name));
+                return Ok(existing.info(&self.server_name));
             }
             if req.action == "create" {
                 return Err(ApiError::consumer_already_exists());
@@ -687,7 +699,7 @@ impl JsAccount {
             old.check_update(&cfg)?;
             existing.set_config(cfg);
             let _ = existing.save_meta();
-            return Ok(existing.info(&self.client.server().name));
+            return Ok(existing.info(&self.server_name));
         }
         if req.action == "update" {
             return Err(ApiError::consumer_does_not_exist());
@@ -718,7 +730,7 @@ impl JsAccount {
         c.start()?;
         s.consumers.write().insert(name.clone(), c.clone());
         self.advisory_consumer("CREATED", stream, &name, "create");
-        Ok(c.info(&self.client.server().name))
+        Ok(c.info(&self.server_name))
     }
 
     fn delete_consumer(&self, stream: &str, name: &str) -> Result<Value, ApiError> {
@@ -740,7 +752,7 @@ impl JsAccount {
         let limit = if full { 256 } else { 1024 };
         let page = consumers.iter().skip(req.offset).take(limit);
         let list: Vec<Value> = if full {
-            page.map(|c| c.info(&self.client.server().name)).collect()
+            page.map(|c| c.info(&self.server_name)).collect()
         } else {
             page.map(|c| json!(c.name)).collect()
         };
@@ -846,7 +858,7 @@ impl JsAccount {
             "config": s.config(),
             "created": rfc3339(s.created),
             "state": state,
-            "cluster": {"leader": self.client.server().name},
+            "cluster": {"leader": self.server_name},
             "ts": rfc3339(SystemTime::now()),
         })
     }
@@ -931,19 +943,9 @@ impl JsAccount {
 
     fn write_meta(dir: &Path, cfg: &StreamConfig, created: SystemTime) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        let created_ns = created
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let created_ns = crate::util::time::unix_nanos(created);
         let body = json!({"config": cfg, "created_ns": created_ns});
-        let tmp = dir.join("meta.json.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(body.to_string().as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, dir.join("meta.json"))?;
-        std::fs::File::open(dir)?.sync_all()
+        crate::util::fs::write_atomic(&dir.join("meta.json"), body.to_string().as_bytes())
     }
 
     fn create(&self, name: &str, payload: &[u8]) -> Result<Value, ApiError> {

@@ -16,17 +16,13 @@ use tokio::sync::Notify;
 use super::config::{Retention, StreamConfig};
 use super::consumer::Consumer;
 use super::errors::ApiError;
-use crate::internal::{InternalClient, InternalMsg, InternalSubscription};
+use crate::router::{InternalClient, InternalMsg, InternalSubscription};
 
 /// Messages waiting for a stream's ingest task before new ones are dropped (the publisher then
 /// sees no PubAck and retries; nothing acknowledged is ever dropped).
 const INGEST_QUEUE: usize = 64 * 1024;
 
-pub(crate) fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
-}
+pub(crate) use crate::util::time::now_nanos;
 
 /// Recent `Nats-Msg-Id`s within the duplicate window.
 #[derive(Default)]
@@ -63,7 +59,7 @@ pub(crate) struct Stream {
     /// `{"stream":<name>,"seq":` (the name JSON-escaped once): a PubAck is this plus the sequence.
     ack_prefix: String,
     /// The ingest subscription's subjects, changed in place by a stream update.
-    ingest: Mutex<Option<Arc<crate::internal::SubControl>>>,
+    ingest: Mutex<Option<Arc<crate::router::internal::SubControl>>>,
 }
 
 impl Stream {

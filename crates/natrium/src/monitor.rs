@@ -388,11 +388,93 @@ impl Collector for NatriumCollector {
         for ((name, help, kind), rows) in defs.into_iter().zip(rows.iter()) {
             per_account(&mut enc, name, help, kind, rows)?;
         }
+        if let Some(mesh) = s.mesh.lock().clone() {
+            encode_routes(&mut enc, &mesh.routes())?;
+        }
         if let Some(js) = &s.jetstream {
             encode_jetstream(&mut enc, &js.stream_stats())?;
         }
         Ok(())
     }
+}
+
+/// Route series, labelled by the peer's server name (as many as the cluster has servers).
+fn encode_routes(
+    enc: &mut DescriptorEncoder,
+    routes: &[Arc<crate::cluster::Route>],
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        enc,
+        "natrium_routes",
+        "Peer servers with a route up",
+        routes.len() as f64,
+    )?;
+    type Series = (
+        &'static str,
+        &'static str,
+        MetricType,
+        fn(&crate::cluster::Route) -> f64,
+    );
+    let series: [Series; 6] = [
+        (
+            "natrium_route_in_msgs",
+            "Messages received from the peer",
+            MetricType::Counter,
+            |r| r.out.stats().in_msgs as f64,
+        ),
+        (
+            "natrium_route_out_msgs",
+            "Messages sent to the peer",
+            MetricType::Counter,
+            |r| r.out.stats().out_msgs as f64,
+        ),
+        (
+            "natrium_route_in_bytes",
+            "Payload bytes received from the peer",
+            MetricType::Counter,
+            |r| r.out.stats().in_bytes as f64,
+        ),
+        (
+            "natrium_route_out_bytes",
+            "Payload bytes sent to the peer",
+            MetricType::Counter,
+            |r| r.out.stats().out_bytes as f64,
+        ),
+        (
+            "natrium_route_pending_bytes",
+            "Bytes waiting to be written to the peer",
+            MetricType::Gauge,
+            |r| r.out.stats().pending_bytes as f64,
+        ),
+        (
+            "natrium_route_subscriptions",
+            "The peer's interest held here",
+            MetricType::Gauge,
+            |r| r.num_subs() as f64,
+        ),
+    ];
+    for (name, help, kind, f) in series {
+        let mut m = enc.encode_descriptor(name, help, None, kind)?;
+        for r in routes {
+            let remote = r
+                .remote()
+                .map(|i| {
+                    if i.server_name.is_empty() {
+                        i.server_id
+                    } else {
+                        i.server_name
+                    }
+                })
+                .unwrap_or_default();
+            let labels = [("remote", remote.as_str())];
+            let fam = m.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(f(r) as u64).encode(fam)?,
+                _ => ConstGauge::new(f(r)).encode(fam)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// JetStream series, labelled by account and stream (and consumer).

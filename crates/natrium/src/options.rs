@@ -893,10 +893,17 @@ fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, Op
             "ping_interval" => c.ping_interval = Some(duration(kv)?),
             "ping_max" => c.ping_max = Some(int(kv)?.max(1) as u32),
             "tls" => {
-                return Err(invalid(
-                    kv,
-                    "cluster tls is not supported yet by this version of natrium (routes would run in plaintext)",
-                ))
+                let t = tls(kv, warnings)?;
+                if t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty() {
+                    return Err(invalid(kv, "cluster tls: cert_file and key_file are required"));
+                }
+                if t.insecure {
+                    warnings.push(format!(
+                        "{}: TLS certificate chain and hostname of solicited routes will not be verified. DO NOT USE IN PRODUCTION!",
+                        kv.pos
+                    ));
+                }
+                c.tls = Some(t);
             }
             "permissions" => {
                 return Err(invalid(
@@ -943,6 +950,7 @@ fn tls(v: &Spanned, warnings: &mut Vec<String>) -> Result<TlsOptions, OptionsErr
             "key_file" => t.key_file = string(kv)?.into(),
             "ca_file" => t.ca_file = Some(string(kv)?.into()),
             "verify" => t.verify = boolean(kv)?,
+            "insecure" => t.insecure = boolean(kv)?,
             "verify_and_map" | "map_and_verify" => {
                 t.verify_and_map = boolean(kv)?;
                 t.verify |= t.verify_and_map;
@@ -1381,9 +1389,9 @@ mod tests {
         assert_eq!(o.max_connections, 100);
         assert_eq!(o.auth.user.as_deref(), Some("a"));
         assert_eq!(o.auth_timeout, Duration::from_millis(1500));
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].contains("cluster") && w[0].contains("not supported yet"));
-        assert!(w[1].contains("bogus_key"));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("bogus_key"));
+        assert_eq!(o.cluster.as_ref().map(|c| c.port), Some(6222));
         o.validate().expect("valid");
     }
 

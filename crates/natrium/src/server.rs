@@ -225,12 +225,17 @@ impl Server {
         };
         let mesh = match (&opts.cluster, changes) {
             (Some(c), Some(changes)) => Some(
-                Mesh::start(c.clone(), conns.clone(), changes)
-                    .await
-                    .map_err(|source| ServerError::Listen {
-                        addr: format!("{}:{}", c.host, c.port),
-                        source,
-                    })?,
+                Mesh::start(
+                    c.clone(),
+                    conns.clone(),
+                    changes,
+                    InternalClient::new(&accounts, &opts.system_account).ok(),
+                )
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: format!("{}:{}", c.host, c.port),
+                    source,
+                })?,
             ),
             _ => None,
         };

@@ -70,6 +70,9 @@ pub struct ConnContext {
     /// Serialises changes to operator mode's trust: reloads and the directory resolver's
     /// updates (held across the resolver's file writes).
     trust_update: Mutex<()>,
+    /// In a cluster: told whenever an account's connection count changes, so the other
+    /// servers learn it.
+    conn_counts: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Arc<Account>>>,
 }
 
 /// What a `ConnContext` is built from.
@@ -103,6 +106,7 @@ impl ConnContext {
             max_pending: cfg.max_pending,
             shutdown,
             trust_update: Mutex::new(()),
+            conn_counts: std::sync::OnceLock::new(),
         }
     }
 
@@ -208,6 +212,21 @@ impl ConnContext {
         }
     }
 
+    /// From now on, reports each change of an account's connection count (a cluster member
+    /// announces them to its peers).
+    pub fn watch_connection_counts(&self) -> tokio::sync::mpsc::UnboundedReceiver<Arc<Account>> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = self.conn_counts.set(tx);
+        rx
+    }
+
+    /// A connection of `account` came or went.
+    pub fn connection_count_changed(&self, account: &Arc<Account>) {
+        if let Some(tx) = self.conn_counts.get() {
+            let _ = tx.send(account.clone());
+        }
+    }
+
     /// Holds off other trust changes while the caller (a reload) installs a new authenticator.
     pub fn trust_serial(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.trust_update.lock()
@@ -267,7 +286,10 @@ impl ConnContext {
             .filter(|c| c.registered_with(&account.name))
             .collect();
         members.sort_by_key(|c| c.out.cid);
-        let max = account.limits().max_connections.unwrap_or(usize::MAX);
+        // Connections on other servers of the cluster count too; the newest local ones go.
+        let max = account.limits().max_connections.map_or(usize::MAX, |m| {
+            m.saturating_sub(account.remote_connections())
+        });
         for (i, c) in members.iter().enumerate() {
             if i >= max {
                 tracing::error!(

@@ -529,6 +529,7 @@ impl Conn {
         }
         self.client.meta.lock().account = self.account.name.clone();
         self.client.set_registered(true);
+        self.ctx.connection_count_changed(&self.account);
         self.unauthenticated = None;
         self.set_permissions(identity.permissions.as_ref());
         self.apply_limits(&identity);
@@ -853,6 +854,7 @@ impl Conn {
     fn cleanup(&mut self) {
         if self.client.set_registered(false) {
             self.account.remove_connection();
+            self.ctx.connection_count_changed(&self.account);
         }
         let snapshot = self.client.snapshot(true);
         for sub in self.out.drain_subs() {

@@ -44,6 +44,8 @@ pub struct TlsOptions {
     /// client certificates accepted; when set, any other client (or one without a certificate)
     /// is closed after the handshake.
     pub pinned_certs: Vec<String>,
+    /// For connections this server dials (routes): do not check the peer's certificate.
+    pub insecure: bool,
 }
 
 impl Default for TlsOptions {
@@ -58,6 +60,7 @@ impl Default for TlsOptions {
             handshake_first: false,
             handshake_first_fallback: None,
             pinned_certs: Vec::new(),
+            insecure: false,
         }
     }
 }
@@ -150,6 +153,11 @@ impl TlsServer {
             opts: opts.clone(),
             not_after,
         })
+    }
+
+    /// The acceptor with this configuration's client-certificate checks (routes use it).
+    pub fn route_acceptor(&self) -> TlsAcceptor {
+        self.acceptor.clone()
     }
 
     /// The acceptor for HTTPS monitoring connections.

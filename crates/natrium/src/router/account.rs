@@ -42,6 +42,10 @@ pub struct Account {
     limits: RwLock<Limits>,
     /// Client connections registered with this account (internal clients are not counted).
     connections: AtomicUsize,
+    /// In a cluster: the account's connections on each other server (by server id), as they
+    /// report them, and their sum; `max_connections` holds for the cluster as a whole.
+    remote_connections: Mutex<rustc_hash::FxHashMap<String, usize>>,
+    remote_total: AtomicUsize,
 }
 
 /// Limits on an account's clients, as nats-server has them (`limits {}` in the config, `limits`
@@ -102,6 +106,8 @@ impl Account {
             closed_totals: Mutex::new(Totals::default()),
             limits: RwLock::new(Limits::default()),
             connections: AtomicUsize::new(0),
+            remote_connections: Mutex::new(rustc_hash::FxHashMap::default()),
+            remote_total: AtomicUsize::new(0),
         })
     }
 
@@ -113,12 +119,14 @@ impl Account {
         *self.limits.write() = l;
     }
 
-    /// Registers one more client connection unless the account is at `max_connections`.
+    /// Registers one more client connection unless the account is at `max_connections`
+    /// (counting its connections on the other servers of a cluster).
     pub fn add_connection(&self) -> Result<(), TooManyConnections> {
         let max = self.limits().max_connections;
+        let remote = self.remote_total.load(Ordering::Acquire);
         self.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                max.is_none_or(|m| n < m).then_some(n + 1)
+                max.is_none_or(|m| n + remote < m).then_some(n + 1)
             })
             .map(|_| ())
             .map_err(|_| TooManyConnections)
@@ -133,6 +141,27 @@ impl Account {
 
     pub fn num_connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// Records how many connections of this account server `server` has (its report).
+    pub fn set_remote_connections(&self, server: &str, n: usize) {
+        let mut m = self.remote_connections.lock();
+        if n == 0 {
+            m.remove(server);
+        } else {
+            m.insert(server.to_string(), n);
+        }
+        self.remote_total.store(m.values().sum(), Ordering::Release);
+    }
+
+    /// Forgets server `server`'s connections (it left the cluster).
+    pub fn forget_remote_server(&self, server: &str) {
+        self.set_remote_connections(server, 0);
+    }
+
+    /// This account's connections on other servers.
+    pub fn remote_connections(&self) -> usize {
+        self.remote_total.load(Ordering::Acquire)
     }
 
     pub fn generation(&self) -> u64 {

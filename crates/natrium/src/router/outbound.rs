@@ -137,6 +137,8 @@ pub struct Outbound {
     /// Signalled by the writer after each write, for publishers stalled on this connection.
     drained: Notify,
     close_reason: Mutex<Option<CloseReason>>,
+    /// Set once closed (mirrors `out.closed`), read without a lock by publishers.
+    pub(super) closing: AtomicBool,
     /// Whether the client accepts HMSG (set from CONNECT).
     pub(super) headers: AtomicBool,
     pub(super) max_pending: usize,
@@ -171,6 +173,7 @@ impl Outbound {
             kill: Notify::new(),
             drained: Notify::new(),
             close_reason: Mutex::new(None),
+            closing: AtomicBool::new(false),
             headers: AtomicBool::new(false),
             max_pending,
             responses: Mutex::new(None),
@@ -226,6 +229,7 @@ impl Outbound {
             }
             *r = Some(reason);
         }
+        self.closing.store(true, Ordering::Release);
         {
             let mut out = self.out.lock();
             out.closed = true;
@@ -242,7 +246,7 @@ impl Outbound {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.close_reason.lock().is_some()
+        self.closing.load(Ordering::Acquire)
     }
 
     /// Resolves when another task closes this connection (a permit is kept if nobody waits).

@@ -153,6 +153,7 @@ fn a_queue_group_gets_each_message_once_beside_plain_subscribers() {
     for i in 0..300 {
         assert!(p.publish(&acc, &msg("jobs", &i.to_string())));
     }
+    p.flush();
     let per_member: Vec<usize> = members.iter().map(|m| received(m).len()).collect();
     assert_eq!(per_member.iter().sum::<usize>(), 300, "{per_member:?}");
     assert!(per_member.iter().all(|n| *n > 0), "spread: {per_member:?}");
@@ -171,6 +172,7 @@ fn a_queue_member_that_cannot_take_a_message_passes_it_on() {
     for _ in 0..20 {
         assert!(p.publish(&acc, &msg("jobs", "x")));
     }
+    p.flush();
     assert_eq!(received(&open).len(), 20);
 }
 
@@ -182,6 +184,7 @@ fn auto_unsubscribe_stops_at_max_and_removes_the_subscription() {
     assert!(!s.0.expire_after(2), "not reached yet");
     let mut p = Publisher::new(99);
     let delivered: Vec<bool> = (0..5).map(|_| p.publish(&acc, &msg("tick", "t"))).collect();
+    p.flush();
     assert_eq!(delivered, vec![true, true, false, false, false]);
     assert_eq!(received(&out).len(), 2);
     assert_eq!(acc.subscription_count(), 0, "removed from the trie");
@@ -202,6 +205,7 @@ fn echo_off_skips_the_publishers_own_subscriptions() {
     p.publish(&acc, &msg("chat", "echoed"));
     p.set_echo(false);
     p.publish(&acc, &msg("chat", "not echoed"));
+    p.flush();
     let mine: Vec<String> = received(&me).into_iter().map(|f| f.payload).collect();
     assert_eq!(mine, vec!["echoed"]);
     assert_eq!(received(&other).len(), 2);
@@ -219,6 +223,7 @@ fn a_receiver_past_max_pending_is_cut_off_as_a_slow_consumer() {
     for _ in 0..10 {
         p.publish(&acc, &msg("feed", "0123456789"));
     }
+    p.flush();
     assert_eq!(
         slow.close_reason(),
         Some(CloseReason::SlowConsumerPendingBytes)
@@ -235,6 +240,7 @@ fn a_receiver_past_max_pending_is_cut_off_as_a_slow_consumer() {
     for _ in 0..3 {
         p.publish(&acc, &msg("feed", "0123456789"));
     }
+    p.flush();
     assert!(
         p.take_lagging().is_none(),
         "81 of 200 bytes pending: not lagging"
@@ -242,6 +248,7 @@ fn a_receiver_past_max_pending_is_cut_off_as_a_slow_consumer() {
     for _ in 0..2 {
         p.publish(&acc, &msg("feed", "0123456789"));
     }
+    p.flush();
     assert!(
         p.take_lagging().is_some(),
         "135 of 200 bytes pending: lagging"
@@ -278,6 +285,7 @@ fn denied_subjects_are_filtered_and_headers_only_reach_clients_that_take_them() 
             },
         );
     }
+    p.flush();
     let got = received(&filtered);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].subject, "public.x");
@@ -339,6 +347,7 @@ fn service_imports_route_requests_to_the_exporter_and_answers_back() {
             payload: b"now?",
         },
     );
+    p.flush();
     let req = received(&responder);
     assert_eq!(req.len(), 1);
     assert_eq!(req[0].subject, "svc.time");
@@ -350,6 +359,7 @@ fn service_imports_route_requests_to_the_exporter_and_answers_back() {
         !r.publish(&exporter, &msg("_INBOX.abc", "again")),
         "one-shot route"
     );
+    r.flush();
     let answer = received(&requester);
     assert_eq!(answer.len(), 1);
     assert_eq!(answer[0].payload, "12:00");
@@ -459,6 +469,7 @@ fn a_peer_gets_one_routed_message_however_many_of_its_subscriptions_match() {
             payload: b"x"
         }
     ));
+    p.flush();
     assert_eq!(
         routed(&route),
         vec![(
@@ -482,6 +493,7 @@ fn queue_groups_pick_peers_by_their_weight_and_name_the_group() {
     for _ in 0..4000 {
         assert!(p.publish(&acc, &msg("jobs", "j")));
     }
+    p.flush();
     let remote_n = routed(&route);
     let local_n = received(&local).len();
     assert_eq!(remote_n.len() + local_n, 4000, "each message once");
@@ -513,6 +525,7 @@ fn messages_from_a_route_stay_local_and_reach_only_the_named_queue_groups() {
     let mut p = Publisher::for_route(100);
     p.publish_to_queues(&acc, &msg("jobs", "1"), Some(b"w"));
     p.publish_to_queues(&acc, &msg("jobs", "2"), None);
+    p.flush();
     assert!(
         routed(&other_route).is_empty(),
         "never relayed to another peer"
@@ -571,6 +584,7 @@ fn imports_route_requests_but_deliver_stream_imports_and_replies_locally() {
     // A stream import is not routed from here in the importer's account: the peer's own
     // import carries the exporter's message to its subscribers.
     p.publish(&exporter, &msg("feed", "f"));
+    p.flush();
     let lines: Vec<String> = routed(&route).into_iter().map(|(l, _)| l).collect();
     assert_eq!(lines, vec!["RMSG E svc _INBOX.r 1".to_string()]);
 }

@@ -117,7 +117,7 @@ fn config_file_and_test_flag() {
     writeln!(
         f,
         "# a config written for nats-server\nlisten: 127.0.0.1:-1\nserver_name: from-conf\n\
-         max_payload: 64KB\nauthorization {{ user: u, password: p }}\ncluster {{ port: 6222 }}"
+         max_payload: 64KB\nauthorization {{ user: u, password: p }}\nwebsocket {{ port: 8080 }}"
     )
     .expect("write");
     drop(f);
@@ -130,7 +130,7 @@ fn config_file_and_test_flag() {
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("cluster") && stderr.contains("not supported yet"),
+        stderr.contains("websocket") && stderr.contains("not supported yet"),
         "{stderr}"
     );
 
@@ -179,13 +179,9 @@ fn unknown_and_unimplemented_flags_are_named() {
     let out = Command::new(BIN).arg("--bogus").output().expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("-bogus"));
-    let out = Command::new(BIN)
-        .arg("--cluster")
-        .arg("nats://127.0.0.1:6222")
-        .output()
-        .expect("run");
+    let out = Command::new(BIN).arg("--syslog").output().expect("run");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("-cluster"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-syslog"));
     let out = Command::new(BIN).arg("-v").output().expect("run");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(natrium::VERSION));

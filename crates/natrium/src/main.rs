@@ -38,6 +38,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    if cli.test_config && cli.config.is_none() {
+        eprintln!("natrium: must specify [-c, --config] option to check configuration file syntax");
+        return ExitCode::from(1);
+    }
     let (opts, warnings) = match cli.options() {
         Ok(o) => o,
         Err(e) => {
@@ -49,8 +53,13 @@ fn main() -> ExitCode {
         for w in &warnings {
             eprintln!("natrium: warning: {w}");
         }
+        // What a start would refuse: TLS files, operator JWTs, the JetStream store directory.
+        if let Err(e) = Server::check(&opts) {
+            eprintln!("natrium: {e}");
+            return ExitCode::from(1);
+        }
         println!(
-            "natrium: configuration file {} test is successful",
+            "natrium: configuration file {} is valid",
             cli.config
                 .as_ref()
                 .map_or("<none>".into(), |p| p.display().to_string())

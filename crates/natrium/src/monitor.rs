@@ -59,6 +59,8 @@ pub async fn serve(inner: Shared, listener: TcpListener, secure: bool) {
         .route(&at("/accstatz"), get(accstatz))
         .route(&at("/healthz"), get(healthz))
         .route(&at("/routez"), get(routez))
+        .route(&at("/gatewayz"), get(gatewayz))
+        .route(&at("/leafz"), get(leafz))
         .route(&at("/jsz"), get(jsz))
         .route(&at("/metrics"), get(metrics))
         .with_state(inner.clone());
@@ -136,9 +138,11 @@ impl axum::serve::Listener for TlsListener {
 
 /// Links to the endpoints, under the base path.
 async fn index(State(s): State<Shared>) -> Html<String> {
+    s.count_request("/");
     let base = s.options.lock().http_base_path.clone();
     let items: String = [
-        "varz", "connz", "subsz", "accountz", "accstatz", "jsz", "healthz", "routez", "metrics",
+        "varz", "connz", "routez", "gatewayz", "leafz", "subsz", "accountz", "accstatz", "jsz",
+        "healthz", "metrics",
     ]
     .iter()
     .map(|e| {
@@ -162,40 +166,61 @@ fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
+// Each endpoint counts its requests under nats-server's path for `http_req_stats` (without
+// the base path, as nats-server).
+
 async fn varz(State(s): State<Shared>) -> Json<Value> {
+    s.count_request("/varz");
     Json(observe::varz(&s))
 }
 
 async fn jsz(State(s): State<Shared>) -> Response {
+    s.count_request("/jsz");
     reply(observe::jsz(&s))
 }
 
 async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response {
+    s.count_request("/connz");
     reply(observe::connz(&s, &q))
 }
 
 async fn subsz(State(s): State<Shared>, Query(q): Query<SubszQuery>) -> Response {
+    s.count_request("/subsz");
     reply(observe::subsz(&s, &q))
 }
 
 async fn accountz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Response {
+    s.count_request("/accountz");
     reply(observe::accountz(&s, &q))
 }
 
 async fn accstatz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Json<Value> {
+    s.count_request("/accstatz");
     Json(observe::accstatz(&s, &q))
 }
 
 async fn healthz(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    s.count_request("/healthz");
     let (code, body) = observe::healthz(&s, &q);
     (status(code), Json(body)).into_response()
 }
 
 async fn routez(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    s.count_request("/routez");
     let subs = q
         .get("subs")
         .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "detail"));
     Json(observe::routez(&s, subs))
+}
+
+async fn gatewayz(State(s): State<Shared>) -> Json<Value> {
+    s.count_request("/gatewayz");
+    Json(observe::gatewayz(&s))
+}
+
+async fn leafz(State(s): State<Shared>) -> Json<Value> {
+    s.count_request("/leafz");
+    Json(observe::leafz(&s))
 }
 
 /// Reads live state at scrape time; label cardinality is per account only.
@@ -256,7 +281,7 @@ impl Collector for NatriumCollector {
         let clients = reg.clients();
         let t = s.totals(&clients);
         let up = since(s.start);
-        let (mem, _) = observe::process_usage(up);
+        let mem = observe::memory();
         gauge(
             &mut enc,
             "natrium_uptime_seconds",
@@ -566,6 +591,7 @@ fn encode_jetstream(
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
+    s.count_request("/metrics");
     let mut registry = Registry::default();
     registry.register_collector(Box::new(NatriumCollector { server: s }));
     let mut body = String::new();

@@ -16,7 +16,7 @@ use crate::cluster::Mesh;
 use crate::conn::{ConnConfig, ConnContext, ConnSettings, ServerIdentity, TlsServer};
 use crate::jetstream::JetStream;
 use crate::observe::Observed;
-use crate::options::{Options, OptionsError, Resolver};
+use crate::options::{Options, OptionsError, Resolver, TlsOptions};
 use crate::router::imports::{self, NotExported};
 use crate::router::{Accounts, CloseReason, InterestFeed, InternalClient, InternalError};
 use crate::util::{PROTOCOL_VERSION, VERSION};
@@ -35,6 +35,31 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Tls(#[from] crate::conn::TlsError),
+    /// JetStream could not start on its store directory (nats-server's words, with the path).
+    #[error("Can't start JetStream: storage directory {}: {msg}", .dir.display())]
+    JetStream {
+        dir: std::path::PathBuf,
+        msg: String,
+    },
+}
+
+/// The JetStream store directory must be a directory, or not exist yet (it is created then),
+/// as nats-server checks it at start.
+fn check_store_dir(opts: &Options) -> Result<(), ServerError> {
+    let Some(js) = &opts.jetstream else {
+        return Ok(());
+    };
+    match std::fs::metadata(&js.store_dir) {
+        Ok(m) if !m.is_dir() => Err(ServerError::JetStream {
+            dir: js.store_dir.clone(),
+            msg: "is not a directory".into(),
+        }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ServerError::JetStream {
+            dir: js.store_dir.clone(),
+            msg: e.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Why a configuration reload was refused; nothing of it was applied.
@@ -71,7 +96,13 @@ fn authenticator_for(opts: &Options) -> Result<Authenticator, OptionsError> {
 fn tls_for(opts: &Options) -> Result<Option<Arc<TlsServer>>, crate::conn::TlsError> {
     opts.tls
         .as_ref()
-        .map(|t| TlsServer::new(t).map(Arc::new))
+        .map(|t| {
+            let t = TlsOptions {
+                allow_non_tls: opts.allow_non_tls,
+                ..t.clone()
+            };
+            TlsServer::new(&t).map(Arc::new)
+        })
         .transpose()
 }
 
@@ -100,16 +131,20 @@ pub struct Server {
     accept: Option<JoinHandle<()>>,
     monitor: Option<JoinHandle<()>>,
     sys: Option<JoinHandle<()>>,
+    /// Samples the CPU use `/varz` reports.
+    cpu: Option<JoinHandle<()>>,
     resolver: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Checks everything a start would check without binding anything: the options, operator
-    /// mode's JWTs and the TLS files (`natrium -t`).
+    /// Checks everything a start would check without binding anything: the options (the
+    /// system account among them), operator mode's JWTs, the TLS files and the JetStream store
+    /// directory (`natrium -t`).
     pub fn check(opts: &Options) -> Result<(), ServerError> {
         opts.validate()?;
         authenticator_for(opts)?;
         tls_for(opts)?;
+        check_store_dir(opts)?;
         Ok(())
     }
 
@@ -181,7 +216,17 @@ impl Server {
             &conns.auth.current(),
         );
         let jetstream = match &opts.jetstream {
-            Some(_) => Some(start_jetstream(&accounts, &opts, &conns.identity.name)?),
+            Some(js) => {
+                check_store_dir(&opts)?;
+                let started = start_jetstream(&accounts, &opts, &conns.identity.name);
+                Some(started.map_err(|e| match e {
+                    ServerError::Io(e) => ServerError::JetStream {
+                        dir: js.store_dir.clone(),
+                        msg: e.to_string(),
+                    },
+                    e => e,
+                })?)
+            }
             None => None,
         };
         let options = Arc::new(Mutex::new(opts.clone()));
@@ -193,7 +238,10 @@ impl Server {
             http_port: Mutex::new(None),
             https_port: Mutex::new(None),
             mesh: Mutex::new(None),
+            cpu: Default::default(),
+            http_req_stats: Default::default(),
         });
+        let cpu = tokio::spawn(crate::observe::sample_cpu(Arc::downgrade(&observed)));
         tracing::info!(
             "Listening for client connections on {}:{}",
             opts.host,
@@ -201,9 +249,9 @@ impl Server {
         );
         // One monitoring listener, HTTP or HTTPS (validation refuses both).
         let monitor = match (opts.http_port, opts.https_port) {
-            (Some(p), _) => Some(start_monitor(&observed, &opts.http_host, p, false).await?),
+            (Some(p), _) => Some(start_monitor(&observed, opts.monitor_host(), p, false).await?),
             (None, Some(p)) if p != 0 => {
-                Some(start_monitor(&observed, &opts.http_host, p, true).await?)
+                Some(start_monitor(&observed, opts.monitor_host(), p, true).await?)
             }
             _ => None,
         };
@@ -252,6 +300,7 @@ impl Server {
             accept: Some(accept),
             monitor,
             sys,
+            cpu: Some(cpu),
             resolver,
         })
     }
@@ -295,7 +344,7 @@ impl Server {
     /// Base URL of the monitoring endpoints (`http://` or `https://`, without the base path),
     /// when enabled.
     pub fn monitor_url(&self) -> Option<String> {
-        let host = match self.options.lock().http_host.as_str() {
+        let host = match self.options.lock().monitor_host() {
             "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
             h => h.to_string(),
         };
@@ -523,7 +572,7 @@ impl Server {
         if let Some(m) = &self.mesh {
             m.shutdown().await;
         }
-        for task in [self.monitor, self.sys, self.resolver]
+        for task in [self.monitor, self.sys, self.resolver, self.cpu]
             .into_iter()
             .flatten()
         {

@@ -46,6 +46,10 @@ pub struct TlsOptions {
     pub pinned_certs: Vec<String>,
     /// For connections this server dials (routes): do not check the peer's certificate.
     pub insecure: bool,
+    /// `allow_non_tls` (a top-level setting in nats-server's config): TLS is offered, not
+    /// required. INFO goes out in plaintext saying `tls_available`; a client that starts a TLS
+    /// handshake gets one, any other continues in plaintext.
+    pub allow_non_tls: bool,
 }
 
 impl Default for TlsOptions {
@@ -61,9 +65,20 @@ impl Default for TlsOptions {
             handshake_first_fallback: None,
             pinned_certs: Vec::new(),
             insecure: false,
+            allow_non_tls: false,
         }
     }
 }
+
+/// What a client chose when TLS is offered: a TLS session, or (with `allow_non_tls`) plaintext.
+pub enum Accepted {
+    Tls(Box<Handshake>),
+    /// The INFO already went out in plaintext.
+    Plain(TcpStream),
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Why the TLS configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -187,14 +202,33 @@ impl TlsServer {
     /// Runs the TLS handshake for one accepted client. Without `handshake_first` the INFO line
     /// goes out in plaintext first, as NATS clients expect; with it INFO is left to be sent
     /// inside TLS. A client that does not complete the handshake within `tls.timeout`, or whose
-    /// certificate is not pinned, is refused.
+    /// certificate is not pinned, is refused. With `allow_non_tls`, after the plaintext INFO a
+    /// client whose first byte does not start a TLS record (or that sends nothing within
+    /// `tls.timeout`) stays in plaintext, as nats-server decides it.
     pub async fn handshake(
         &self,
         mut stream: TcpStream,
         info: &[u8],
         (addr, cid): (SocketAddr, u64),
-    ) -> Result<Handshake, CloseReason> {
+    ) -> Result<Accepted, CloseReason> {
         let o = &self.opts;
+        if o.allow_non_tls && !o.handshake_first {
+            if stream.write_all(info).await.is_err() {
+                return Err(CloseReason::WriteError);
+            }
+            let mut b = [0u8; 1];
+            let tls = matches!(
+                tokio::time::timeout(o.timeout, stream.peek(&mut b)).await,
+                Ok(Ok(1)) if b[0] == TLS_HANDSHAKE_RECORD
+            );
+            if !tls {
+                return Ok(Accepted::Plain(stream));
+            }
+            return self
+                .finish(stream, None, false, (addr, cid))
+                .await
+                .map(|h| Accepted::Tls(Box::new(h)));
+        }
         let mut first = o.handshake_first;
         if let (true, Some(delay)) = (first, o.handshake_first_fallback) {
             // Fallback: a client that says nothing is waiting for a plaintext INFO.
@@ -203,8 +237,24 @@ impl TlsServer {
                 .await
                 .is_ok();
         }
+        let info = (!first).then_some(info);
+        self.finish(stream, info, first, (addr, cid))
+            .await
+            .map(|h| Accepted::Tls(Box::new(h)))
+    }
+
+    /// Writes `info` in plaintext (when given), then runs the handshake bounded by
+    /// `tls.timeout` and checks the client's certificate against `pinned_certs`.
+    async fn finish(
+        &self,
+        mut stream: TcpStream,
+        info: Option<&[u8]>,
+        first: bool,
+        (addr, cid): (SocketAddr, u64),
+    ) -> Result<Handshake, CloseReason> {
+        let o = &self.opts;
         let handshake = async {
-            if !first {
+            if let Some(info) = info {
                 stream.write_all(info).await?;
             }
             self.acceptor.accept(stream).await

@@ -46,6 +46,24 @@ pub struct Account {
     /// report them, and their sum; `max_connections` holds for the cluster as a whole.
     remote_connections: Mutex<rustc_hash::FxHashMap<String, usize>>,
     remote_total: AtomicUsize,
+    /// The subscription trie's counters, as nats-server's sublist statistics.
+    pub sublist_stats: SublistCounters,
+    /// When the account was created (`update_time` in `/accountz`).
+    pub created: std::time::SystemTime,
+}
+
+/// Counters of an account's subscription trie and of the match caches in front of it, for
+/// nats-server's sublist statistics. Natrium has no shared match cache: each publishing
+/// connection has its own (see `delivery::MatchCache`), and these count lookups through them.
+#[derive(Debug, Default)]
+pub struct SublistCounters {
+    pub inserts: AtomicU64,
+    pub removes: AtomicU64,
+    /// Subject lookups: through a publisher's match cache, or straight into the trie for
+    /// internal publishes.
+    pub matches: AtomicU64,
+    /// Lookups a publisher's match cache answered.
+    pub cache_hits: AtomicU64,
 }
 
 /// Limits on an account's clients, as nats-server has them (`limits {}` in the config, `limits`
@@ -108,6 +126,8 @@ impl Account {
             connections: AtomicUsize::new(0),
             remote_connections: Mutex::new(rustc_hash::FxHashMap::default()),
             remote_total: AtomicUsize::new(0),
+            sublist_stats: SublistCounters::default(),
+            created: std::time::SystemTime::now(),
         })
     }
 
@@ -174,6 +194,7 @@ impl Account {
             list.insert(&sub.0.subject, sub.0.queue.as_deref(), sub.clone());
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
+        self.sublist_stats.inserts.fetch_add(1, Ordering::Relaxed);
         self.count_interest(&sub, true);
     }
 
@@ -187,6 +208,7 @@ impl Account {
             removed
         };
         if removed {
+            self.sublist_stats.removes.fetch_add(1, Ordering::Relaxed);
             self.count_interest(sub, false);
         }
         removed
@@ -224,8 +246,8 @@ impl Account {
         self.sublist.read().len()
     }
 
-    /// Every subscription of this account: (subject, queue, owner cid or 0 for internal ones).
-    pub fn subscriptions(&self) -> Vec<(String, Option<String>, u64)> {
+    /// Every subscription of this account, as monitoring lists them.
+    pub fn subscriptions(&self) -> Vec<SubInfo> {
         let mut out = Vec::new();
         self.sublist.read().for_each(|subject, queue, sub| {
             let cid = match &sub.0.target {
@@ -233,12 +255,43 @@ impl Account {
                 Target::Route(r) => r.route.cid,
                 Target::Forward(_) | Target::Internal(_) => 0,
             };
-            out.push((
-                String::from_utf8_lossy(subject).into_owned(),
-                queue.map(|q| String::from_utf8_lossy(q).into_owned()),
-                cid,
-            ));
+            let mut info = SubInfo::of(&sub.0);
+            info.subject = String::from_utf8_lossy(subject).into_owned();
+            info.queue = queue.map(|q| String::from_utf8_lossy(q).into_owned());
+            info.cid = cid;
+            out.push(info);
         });
         out
+    }
+}
+
+/// A subscription as monitoring shows it (nats-server's `SubDetail`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubInfo {
+    pub subject: String,
+    pub queue: Option<String>,
+    /// Empty for internal subscriptions.
+    pub sid: String,
+    /// Messages delivered to it so far.
+    pub msgs: u64,
+    /// Its auto-unsubscribe max, 0 for none.
+    pub max: u64,
+    /// The owning connection, 0 for internal subscriptions.
+    pub cid: u64,
+}
+
+impl SubInfo {
+    pub fn of(s: &super::subscription::Subscription) -> SubInfo {
+        SubInfo {
+            subject: String::from_utf8_lossy(&s.subject).into_owned(),
+            queue: s
+                .queue
+                .as_deref()
+                .map(|q| String::from_utf8_lossy(q).into_owned()),
+            sid: String::from_utf8_lossy(&s.sid).into_owned(),
+            msgs: s.delivered.load(Ordering::Relaxed),
+            max: s.max.load(Ordering::Relaxed),
+            cid: s.client_out().map_or(0, |o| o.cid),
+        }
     }
 }

@@ -534,3 +534,65 @@ async fn pinned_certs_admit_only_listed_keys() {
         .to_string();
     assert!(e.contains("does not look like hex-encoded sha256"), "{e}");
 }
+
+/// `allow_non_tls: true` (nats.c's suite relies on it): INFO says `tls_available` and not
+/// `tls_required`, a TLS client and a plaintext client both connect, and each reaches the
+/// other; `/connz` shows which one is on TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_non_tls_lets_plaintext_clients_in_beside_tls_ones() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("t.conf");
+    let (cert, key) = pki.server_cert();
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\nallow_non_tls: true\ntls {{ cert_file: {:?}, key_file: {:?} }}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .expect("write");
+    let (o, warnings) = natrium::Options::from_file(&conf).expect("loads");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let s = start(o).await;
+    let (raw, info) = plain_info(&s).await;
+    drop(raw);
+    assert!(info.contains("\"tls_available\":true"), "{info}");
+    assert!(!info.contains("tls_required"), "{info}");
+    let url = s.client_url();
+    let secure = connect(&url, client_opts(&pki)).await.expect("TLS client");
+    let plain = connect(&url, async_nats::ConnectOptions::new())
+        .await
+        .expect("plaintext client");
+    let mut sub = plain.subscribe("mixed").await.expect("sub");
+    plain.flush().await.expect("flush");
+    // async-nats's flush does not wait for the server: wait until the SUB is in.
+    let t0 = Instant::now();
+    while crate::common::get_json(&s, "/subsz?test=mixed").await["total"] != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(3), "SUB never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    secure
+        .publish("mixed", "over tls".into())
+        .await
+        .expect("pub");
+    let m = tokio::time::timeout(Duration::from_secs(3), sub.next())
+        .await
+        .expect("delivered")
+        .expect("message");
+    assert_eq!(&m.payload[..], b"over tls");
+    let connz = crate::common::get_json(&s, "/connz").await;
+    let conns: Vec<_> = connz["connections"]
+        .as_array()
+        .expect("connections")
+        .iter()
+        .filter(|c| c["lang"] == "rust")
+        .collect();
+    let on_tls = conns
+        .iter()
+        .filter(|c| c["tls_version"].is_string())
+        .count();
+    assert_eq!((conns.len(), on_tls), (2, 1), "{connz}");
+    s.shutdown().await;
+}

@@ -622,8 +622,8 @@ impl Options {
             ("max_pending", &self.max_pending != max_pending),
             ("allow_non_tls", &self.allow_non_tls != allow_non_tls),
             (
-                "accounts",
-                !same_accounts_but_limits(&self.accounts, accounts),
+                "an account's jetstream (enabling it for a new account is fine)",
+                !jetstream_kept(&self.accounts, accounts),
             ),
             (
                 "resolver",
@@ -786,12 +786,15 @@ fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
 const RESOLVER_FORMS: &str = "error parsing account resolver, should be MEM or  URL(\"url\") or a map containing dir and type state=[FULL|CACHE])";
 
 /// Whether two account lists differ at most in the accounts' `limits` (which a reload applies).
-fn same_accounts_but_limits(a: &[AccountOptions], b: &[AccountOptions]) -> bool {
-    let strip = |x: &AccountOptions| AccountOptions {
-        limits: Limits::default(),
-        ..x.clone()
-    };
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| strip(x) == strip(y))
+/// Every account that had JetStream still has it, with the same limits: a reload may add
+/// accounts (with or without JetStream), change users, imports, exports and limits, and remove
+/// accounts without JetStream, but not take JetStream away or change its limits.
+fn jetstream_kept(old: &[AccountOptions], new: &[AccountOptions]) -> bool {
+    old.iter().filter(|a| a.jetstream).all(|a| {
+        new.iter()
+            .find(|n| n.name == a.name)
+            .is_some_and(|n| n.jetstream && n.jetstream_limits == a.jetstream_limits)
+    })
 }
 
 /// An account's `limits {}` block, with nats-server's names and aliases; unknown keys are

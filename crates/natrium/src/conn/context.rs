@@ -80,6 +80,9 @@ pub struct ConnContext {
     conn_counts: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Arc<Account>>>,
     /// The imports account JWTs declare, as installed in the router (see `sync_jwt_imports`).
     jwt_imports: Mutex<JwtImports>,
+    /// The imports the configuration's `accounts {}` declare, as installed in the router (see
+    /// `sync_config_imports`), by what they are.
+    config_imports: Mutex<FxHashMap<String, imports::Installed>>,
     /// The URL resolver: fetches account JWTs on demand.
     fetcher: RwLock<Option<Arc<dyn AccountFetcher>>>,
     /// When each account was last fetched (fetches of one account are at least a second apart,
@@ -156,6 +159,7 @@ impl ConnContext {
             trust_update: Mutex::new(()),
             conn_counts: std::sync::OnceLock::new(),
             jwt_imports: Mutex::new(JwtImports::default()),
+            config_imports: Mutex::new(FxHashMap::default()),
             fetcher: RwLock::new(None),
             fetched_at: Mutex::new(FxHashMap::default()),
             server_key: RwLock::new(None),
@@ -517,6 +521,27 @@ impl ConnContext {
                 ctx.sync_jwt_imports();
             }
         });
+    }
+
+    /// Installs the configuration's imports, each `(importer, exporter, import)` (already checked
+    /// against the exporters' exports): those new to it are installed, those it no longer lists
+    /// are removed at once, the unchanged ones stay as they are (start and every reload).
+    pub fn sync_config_imports(&self, wanted: Vec<(String, String, imports::Import)>) {
+        let mut installed = self.config_imports.lock();
+        let mut wanted: FxHashMap<String, (String, String, imports::Import)> =
+            wanted.into_iter().map(|w| (format!("{w:?}"), w)).collect();
+        installed.retain(|key, i| {
+            let keep = wanted.remove(key).is_some();
+            if !keep {
+                i.remove();
+            }
+            keep
+        });
+        for (key, (importer, exporter, import)) in wanted {
+            let i = self.accounts.ensure(&importer);
+            let e = self.accounts.ensure(&exporter);
+            installed.insert(key, imports::install(&i, &e, &import));
+        }
     }
 
     /// After operator mode's JWT of account `key` changed (or went away): applies its limits to

@@ -43,6 +43,14 @@ pub enum Override {
     TlsKey(PathBuf),
     TlsCaCert(PathBuf),
     TlsVerify(bool),
+    /// `--cluster URL`: the cluster listener (`nats://[user:pass@]host:port`).
+    Cluster(String),
+    ClusterName(String),
+    /// `--routes URL,URL`.
+    Routes(String),
+    ClusterAdvertise(String),
+    NoAdvertise(bool),
+    ConnectRetries(u32),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -65,15 +73,8 @@ enum Arity {
     Value,
 }
 
-/// Flags that nats-server has and later natrium work adds (cluster, syslog).
+/// Flags that nats-server has and later natrium work adds (syslog, ...).
 const NOT_YET: &[&str] = &[
-    "cluster",
-    "cluster_name",
-    "cluster_listen",
-    "routes",
-    "no_advertise",
-    "cluster_advertise",
-    "connect_retries",
     "client_advertise",
     "s",
     "syslog",
@@ -89,7 +90,8 @@ fn arity(name: &str) -> Option<Arity> {
         "p" | "port" | "a" | "addr" | "net" | "n" | "name" | "server_name" | "c" | "config"
         | "user" | "pass" | "auth" | "l" | "log" | "P" | "pid" | "ports_file_dir"
         | "max_payload" | "m" | "http_port" | "ms" | "https_port" | "sd" | "store_dir"
-        | "tlscert" | "tlskey" | "tlscacert" | "sl" | "signal" => Value,
+        | "tlscert" | "tlskey" | "tlscacert" | "sl" | "signal" | "cluster" | "cluster_listen"
+        | "cluster_name" | "routes" | "cluster_advertise" | "connect_retries" => Value,
         "D" | "debug" | "V" | "trace" | "VV" | "DV" | "DVV" | "T" | "logtime" | "t" | "v"
         | "version" | "h" | "help" | "help_tls" => Bool,
         "js" | "jetstream" | "tls" | "tlsverify" | "no_advertise" | "s" | "syslog" => Bool,
@@ -163,6 +165,14 @@ impl Cli {
                 "tlscacert" => o.push(Override::TlsCaCert(value.into())),
                 "tlsverify" => o.push(Override::TlsVerify(parse_bool(&name, &value)?)),
                 "sl" | "signal" => cli.signal = Some(value),
+                "cluster" | "cluster_listen" => o.push(Override::Cluster(value)),
+                "cluster_name" => o.push(Override::ClusterName(value)),
+                "routes" => o.push(Override::Routes(value)),
+                "cluster_advertise" => o.push(Override::ClusterAdvertise(value)),
+                "no_advertise" => o.push(Override::NoAdvertise(parse_bool(&name, &value)?)),
+                "connect_retries" => {
+                    o.push(Override::ConnectRetries(value.parse().map_err(|_| bad())?))
+                }
                 "D" | "debug" => o.push(Override::Debug(parse_bool(&name, &value)?)),
                 "V" | "trace" | "VV" => o.push(Override::Trace(parse_bool(&name, &value)?)),
                 "DV" | "DVV" => {
@@ -241,6 +251,43 @@ impl Cli {
                         .get_or_insert_with(Default::default)
                         .store_dir = d;
                 }
+                Override::Cluster(url) => {
+                    let u = crate::cluster::RouteUrl::parse(&url)
+                        .map_err(|e| OptionsError::Validation(format!("--cluster: {e}")))?;
+                    let c = opts.cluster.get_or_insert_with(Default::default);
+                    c.host = u.host;
+                    c.port = if u.port == 0 { -1 } else { i32::from(u.port) };
+                    if u.user.is_some() {
+                        c.user = u.user;
+                        c.password = u.password;
+                    }
+                }
+                Override::ClusterName(n) => {
+                    opts.cluster.get_or_insert_with(Default::default).name = Some(n)
+                }
+                Override::Routes(list) => {
+                    let c = opts.cluster.get_or_insert_with(Default::default);
+                    c.routes.clear();
+                    for r in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                        c.routes.push(
+                            crate::cluster::RouteUrl::parse(r)
+                                .map_err(|e| OptionsError::Validation(format!("--routes: {e}")))?,
+                        );
+                    }
+                }
+                Override::ClusterAdvertise(a) => {
+                    opts.cluster.get_or_insert_with(Default::default).advertise = Some(a)
+                }
+                Override::NoAdvertise(b) => {
+                    opts.cluster
+                        .get_or_insert_with(Default::default)
+                        .no_advertise = b
+                }
+                Override::ConnectRetries(n) => {
+                    opts.cluster
+                        .get_or_insert_with(Default::default)
+                        .connect_retries = n
+                }
             }
         }
         if tls_flags {
@@ -289,6 +336,14 @@ Authorization Options:
         --pass <password>            Password required for connections
         --auth <token>               Authorization token required for connections
 
+Cluster Options:
+        --routes <rurl-1, rurl-2>    Routes to solicit and connect
+        --cluster <cluster-url>      Cluster URL for solicited routes (-1 as port picks one)
+        --cluster_name <string>      Cluster Name, if not set one will be dynamically generated
+        --no_advertise <bool>        Do not advertise known cluster information to clients
+        --cluster_advertise <string> Cluster URL to advertise to other servers
+        --connect_retries <number>   For implicit routes, number of connect retries
+
 Common Options:
     -h, --help                       Show this message
     -v, --version                    Show version
@@ -298,7 +353,7 @@ Signal Options:
                                      <pid> can be either a PID (e.g. 1) or the path to a PID file
 
 Not yet supported (accepted by nats-server; natrium reports an error naming the flag):
-        --cluster*, --routes, -s/--syslog, -r/--remote_syslog
+        --client_advertise, -s/--syslog, -r/--remote_syslog
 ";
 
 /// The signal a `--signal` command sends, as nats-server maps them.
@@ -491,13 +546,31 @@ mod tests {
         .options()
         .expect("valid");
         assert_eq!(o.https_port, Some(-1));
+        let (o, _) = parse(&[
+            "--cluster",
+            "nats://ruser:rpass@127.0.0.1:-1",
+            "--cluster_name",
+            "c1",
+            "--routes",
+            "nats://127.0.0.1:7001, nats://127.0.0.1:7002",
+            "--no_advertise",
+            "--connect_retries",
+            "3",
+        ])
+        .expect("parses")
+        .options()
+        .expect("valid");
+        let c = o.cluster.expect("cluster on");
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", -1));
+        assert_eq!(c.user.as_deref(), Some("ruser"));
+        assert_eq!(c.name.as_deref(), Some("c1"));
+        assert_eq!(c.routes.len(), 2);
+        assert_eq!(c.routes[1].port, 7002);
+        assert!(c.no_advertise);
+        assert_eq!(c.connect_retries, 3);
         assert_eq!(
-            parse(&["--routes", "nats://x:6222"]),
-            Err(CliError::NotYet("routes".into()))
-        );
-        assert_eq!(
-            parse(&["--cluster", "nats://x:6222"]),
-            Err(CliError::NotYet("cluster".into()))
+            parse(&["--client_advertise", "x:1"]),
+            Err(CliError::NotYet("client_advertise".into()))
         );
         assert!(matches!(
             parse(&["-p", "abc"]),

@@ -1,13 +1,13 @@
-//! The HTTP monitoring endpoints with nats-server's paths, query parameters and JSON field names
-//! (`/varz`, `/connz`, `/subsz`, `/accountz`, `/accstatz`, `/healthz`, `/routez`), and `/metrics`
-//! in the Prometheus text format, over HTTP or HTTPS, under `http_base_path`. Everything is
-//! computed at request time from live state, so the publish path pays nothing for it.
+//! The HTTP monitoring endpoints with nats-server's paths and query parameters (`/varz`,
+//! `/connz`, `/subsz`, `/accountz`, `/accstatz`, `/healthz`, `/routez`, `/jsz`; the documents
+//! come from `observe`), and `/metrics` in the Prometheus text format, over HTTP or HTTPS, under
+//! `http_base_path`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -20,18 +20,15 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
 
-use crate::account::{Account, Totals};
-use crate::client::{ClientShared, ClientStats, CloseReason};
-use crate::options::{PROTOCOL_VERSION, VERSION};
-use crate::server::ServerInner;
+use crate::observe::{self, AccQuery, Answer, ConnzQuery, Observed, SubszQuery};
+use crate::util::time::since;
 
-type Shared = Arc<ServerInner>;
+type Shared = Arc<Observed>;
 
 /// `path` under the base path, joined as nats-server does (`/` and `/x/` are `/x`'s root).
 fn base_path(base: &str, path: &str) -> String {
@@ -49,8 +46,8 @@ fn base_path(base: &str, path: &str) -> String {
 
 /// Serves the monitoring endpoints on `listener` until aborted; with `secure`, each connection
 /// first completes a TLS handshake with the server's current certificate.
-pub(crate) async fn serve(inner: Shared, listener: TcpListener, secure: bool) {
-    let base = inner.opts.http_base_path.clone();
+pub async fn serve(inner: Shared, listener: TcpListener, secure: bool) {
+    let base = inner.options.lock().http_base_path.clone();
     let at = |p: &str| base_path(&base, p);
     let app = Router::new()
         .route(&at("/"), get(index))
@@ -62,6 +59,8 @@ pub(crate) async fn serve(inner: Shared, listener: TcpListener, secure: bool) {
         .route(&at("/accstatz"), get(accstatz))
         .route(&at("/healthz"), get(healthz))
         .route(&at("/routez"), get(routez))
+        .route(&at("/gatewayz"), get(gatewayz))
+        .route(&at("/leafz"), get(leafz))
         .route(&at("/jsz"), get(jsz))
         .route(&at("/metrics"), get(metrics))
         .with_state(inner.clone());
@@ -99,7 +98,7 @@ impl axum::serve::Listener for TlsListener {
                 accepted = self.tcp.accept() => match accepted {
                     Ok((stream, peer)) => {
                         // The current certificate: a reload that rotates it applies here too.
-                        let Some(tls) = self.server.tls_server() else {
+                        let Some(tls) = self.server.conns.tls_server() else {
                             continue;
                         };
                         let acceptor = tls.monitor_acceptor();
@@ -137,189 +136,17 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-use crate::timefmt::rfc3339;
-
-pub(crate) fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now())
-}
-
-/// The STATSZ document of `$SYS.REQ.SERVER.PING`.
-pub(crate) fn statsz_json(s: &ServerInner) -> Value {
-    let clients = s.clients();
-    let t = server_totals(s, &clients);
-    let (mem, cpu) = process_usage(since(s.start));
-    let accounts = s.accounts();
-    let active = accounts
-        .iter()
-        .filter(|a| account_usage(a, &clients).0 > 0)
-        .count();
-    json!({
-        "start": rfc3339(s.start),
-        "mem": mem,
-        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "cpu": cpu,
-        "connections": clients.len(),
-        "total_connections": s.total_connections.load(Ordering::Relaxed),
-        "active_accounts": active,
-        "subscriptions": accounts.iter().map(|a| a.subscription_count()).sum::<usize>(),
-        "sent": {"msgs": t.out_msgs, "bytes": t.out_bytes},
-        "received": {"msgs": t.in_msgs, "bytes": t.in_bytes},
-        "slow_consumers": s.slow_consumers.load(Ordering::Relaxed),
-        "routes": [],
-        "gateways": [],
-    })
-}
-
-/// Go-style duration text as nats-server prints uptimes and idle times: `1d2h3m4s`.
-fn uptime(d: Duration) -> String {
-    let mut s = d.as_secs();
-    let days = s / 86_400;
-    s %= 86_400;
-    let (h, m, sec) = (s / 3600, (s % 3600) / 60, s % 60);
-    let mut out = String::new();
-    if days > 0 {
-        out += &format!("{days}d");
-    }
-    if days > 0 || h > 0 {
-        out += &format!("{h}h");
-    }
-    if days > 0 || h > 0 || m > 0 {
-        out += &format!("{m}m");
-    }
-    out += &format!("{sec}s");
-    out
-}
-
-fn since(t: SystemTime) -> Duration {
-    SystemTime::now().duration_since(t).unwrap_or_default()
-}
-
-/// One connection as `/connz` reports it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConnInfo {
-    pub cid: u64,
-    pub kind: &'static str,
-    #[serde(rename = "type")]
-    pub conn_type: &'static str,
-    pub ip: String,
-    pub port: u16,
-    pub start: String,
-    pub last_activity: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stop: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub uptime: String,
-    pub idle: String,
-    pub pending_bytes: usize,
-    pub in_msgs: u64,
-    pub out_msgs: u64,
-    pub in_bytes: u64,
-    pub out_bytes: u64,
-    pub subscriptions: usize,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub lang: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub version: String,
-    /// `1.2`/`1.3` for TLS connections.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_version: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_cipher_suite: Option<String>,
-    /// The client's certificates; with `auth=1` only, as nats-server.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_peer_certs: Option<Vec<crate::tls::PeerCert>>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub tls_first: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub authorized_user: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub account: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subscriptions_list: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub subscriptions_list_detail: Option<Vec<Value>>,
-    /// Not serialized: kept to answer `auth=1`, `subs=1` and sorting for closed connections.
-    #[serde(skip)]
-    meta_user: Option<String>,
-    #[serde(skip)]
-    meta_account: String,
-    #[serde(skip)]
-    meta_tls: Option<Arc<crate::tls::TlsConnInfo>>,
-    #[serde(skip)]
-    subs: Vec<(String, Option<String>, String)>,
-    #[serde(skip)]
-    started: SystemTime,
-    #[serde(skip)]
-    last: SystemTime,
-}
-
-/// Snapshots a connection (live or just closed).
-pub(crate) fn conn_info(
-    c: &ClientShared,
-    stats: &ClientStats,
-    closed: bool,
-    reason: Option<CloseReason>,
-) -> ConnInfo {
-    let meta = c.meta.lock().clone();
-    let last = c.last_activity();
-    let now = SystemTime::now();
-    ConnInfo {
-        cid: c.cid,
-        kind: "Client",
-        conn_type: "nats",
-        ip: c.addr.ip().to_string(),
-        port: c.addr.port(),
-        start: rfc3339(c.start),
-        last_activity: rfc3339(last),
-        stop: closed.then(|| rfc3339(now)),
-        reason: if closed {
-            reason.map(|r| r.to_string())
-        } else {
-            None
-        },
-        uptime: uptime(since(c.start)),
-        idle: uptime(since(last)),
-        pending_bytes: stats.pending_bytes,
-        in_msgs: stats.in_msgs,
-        out_msgs: stats.out_msgs,
-        in_bytes: stats.in_bytes,
-        out_bytes: stats.out_bytes,
-        subscriptions: stats.subscriptions,
-        name: meta.name,
-        lang: meta.lang,
-        version: meta.version,
-        tls_version: meta.tls.as_ref().map(|t| t.version.clone()),
-        tls_cipher_suite: meta.tls.as_ref().map(|t| t.cipher_suite.clone()),
-        tls_peer_certs: None,
-        tls_first: meta.tls.as_ref().is_some_and(|t| t.first),
-        authorized_user: None,
-        account: None,
-        subscriptions_list: None,
-        subscriptions_list_detail: None,
-        meta_user: meta.user,
-        meta_account: meta.account,
-        meta_tls: meta.tls,
-        subs: if closed {
-            Vec::new()
-        } else {
-            c.subscription_list()
-        },
-        started: c.start,
-        last,
-    }
-}
-
 /// Links to the endpoints, under the base path.
 async fn index(State(s): State<Shared>) -> Html<String> {
+    s.count_request("/");
+    let base = s.options.lock().http_base_path.clone();
     let items: String = [
-        "varz", "connz", "subsz", "accountz", "accstatz", "jsz", "healthz", "routez", "metrics",
+        "varz", "connz", "routez", "gatewayz", "leafz", "subsz", "accountz", "accstatz", "jsz",
+        "healthz", "metrics",
     ]
     .iter()
     .map(|e| {
-        let href = base_path(&s.opts.http_base_path, &format!("/{e}"));
+        let href = base_path(&base, &format!("/{e}"));
         format!("<li><a href={href}>{e}</a></li>")
     })
     .collect();
@@ -328,427 +155,72 @@ async fn index(State(s): State<Shared>) -> Html<String> {
     ))
 }
 
-/// Resident memory (bytes) and average CPU percentage since start, from /proc.
-fn process_usage(uptime: Duration) -> (u64, f64) {
-    let page = 4096u64;
-    let rss = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |p| p * page);
-    let cpu_ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name, which is in parentheses and may hold spaces.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        });
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cpu = match cpu_ticks {
-        Some(t) if uptime.as_secs_f64() > 0.0 => (t as f64 / hz) / uptime.as_secs_f64() * 100.0,
-        _ => 0.0,
-    };
-    (rss, (cpu * 10.0).round() / 10.0)
-}
-
-/// Server-wide totals: closed clients plus live ones.
-fn server_totals(s: &ServerInner, clients: &[Arc<ClientShared>]) -> Totals {
-    let mut t = *s.closed_totals.lock();
-    for c in clients {
-        t.add(&c.stats());
-    }
-    t
-}
-
-async fn varz(State(s): State<Shared>) -> Json<Value> {
-    Json(varz_json(&s))
-}
-
-/// The `/varz` document (also answered on `$SYS.REQ.SERVER.PING.VARZ`).
-pub(crate) fn varz_json(s: &ServerInner) -> Value {
-    let current = s.current_options();
-    let o = &current;
-    let clients = s.clients();
-    let t = server_totals(s, &clients);
-    let up = since(s.start);
-    let (mem, cpu) = process_usage(up);
-    let subs: usize = s.accounts().iter().map(|a| a.subscription_count()).sum();
-    let tls = s.tls_server();
-    let mut v = json!({
-        "server_id": s.id,
-        "server_name": s.name,
-        "version": PROTOCOL_VERSION,
-        "natrium_version": VERSION,
-        "proto": 1,
-        "go": format!("natrium {VERSION}"),
-        "host": o.host,
-        "port": s.port,
-        "auth_required": s.auth.required(),
-        "max_connections": o.max_connections,
-        "ping_interval": o.ping_interval.as_nanos() as u64,
-        "ping_max": o.ping_max,
-        "http_host": o.http_host,
-        "http_port": s.http_port.lock().unwrap_or(0),
-        "https_port": s.https_port.lock().unwrap_or(0),
-        "auth_timeout": o.auth_timeout.as_secs_f64(),
-        "max_control_line": o.max_control_line,
-        "max_payload": o.max_payload,
-        "max_pending": o.max_pending,
-        "write_deadline": o.write_deadline.as_nanos() as u64,
-        "start": rfc3339(s.start),
-        "now": rfc3339(SystemTime::now()),
-        "uptime": uptime(up),
-        "mem": mem,
-        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "cpu": cpu,
-        "connections": clients.len(),
-        "total_connections": s.total_connections.load(Ordering::Relaxed),
-        "routes": 0,
-        "remotes": 0,
-        "leafnodes": 0,
-        "in_msgs": t.in_msgs,
-        "out_msgs": t.out_msgs,
-        "in_bytes": t.in_bytes,
-        "out_bytes": t.out_bytes,
-        "slow_consumers": s.slow_consumers.load(Ordering::Relaxed),
-        "subscriptions": subs,
-        "system_account": o.system_account,
-        "config_load_time": rfc3339(s.start),
-        "jetstream": jetstream_summary(s),
-    });
-    // Set here: the `json!` above is at the macro's recursion limit.
-    v["http_base_path"] = json!(o.http_base_path);
-    v["tls_timeout"] = json!(tls.as_ref().map_or(2.0, |t| t.opts.timeout.as_secs_f64()));
-    // As nats-server, the TLS flags and the certificate's expiry appear only with TLS on.
-    if let Some(t) = &tls {
-        v["tls_required"] = json!(true);
-        if t.verify() {
-            v["tls_verify"] = json!(true);
-        }
-        if let Some(exp) = t.not_after {
-            v["tls_cert_not_after"] = json!(rfc3339(exp));
-        }
-    }
-    v
-}
-
-/// JetStream's section of `/varz` and the body of `/jsz`: `{}` when JetStream is off.
-fn jetstream_summary(s: &ServerInner) -> Value {
-    let Some(js) = s.jetstream.lock().clone() else {
-        return json!({});
-    };
-    let o = s.opts.jetstream.clone().unwrap_or_default();
-    json!({
-        "config": {
-            "max_memory": o.max_memory,
-            "max_storage": o.max_file,
-            "store_dir": o.store_dir,
-            "sync_always": matches!(o.sync, natrium_store::SyncPolicy::Always),
-        },
-        "stats": js.usage(),
-    })
-}
-
-async fn jsz(State(s): State<Shared>) -> Response {
-    if s.opts.jetstream.is_none() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "JetStream not enabled").into_response();
-    }
-    let mut v = jetstream_summary(&s);
-    v["server_id"] = json!(s.id);
-    v["now"] = json!(now_rfc3339());
-    Json(v).into_response()
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-pub(crate) struct ConnzQuery {
-    pub(crate) subs: Option<String>,
-    pub(crate) sort: Option<String>,
-    pub(crate) limit: Option<usize>,
-    pub(crate) offset: Option<usize>,
-    pub(crate) state: Option<String>,
-    pub(crate) cid: Option<u64>,
-    pub(crate) auth: Option<String>,
-    pub(crate) acc: Option<String>,
-}
-
-fn truthy(v: &Option<String>) -> bool {
-    matches!(v.as_deref(), Some("1" | "true" | "detail"))
-}
-
-async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response {
-    reply(connz_json(&s, &q))
-}
-
-type Answer = Result<Value, (StatusCode, String)>;
-
 fn reply(a: Answer) -> Response {
     match a {
         Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => (status(e.status), e.text).into_response(),
     }
 }
 
-/// The `/connz` document.
-pub(crate) fn connz_json(s: &ServerInner, q: &ConnzQuery) -> Answer {
-    let state = q.state.as_deref().unwrap_or("open");
-    let mut conns: Vec<ConnInfo> = Vec::new();
-    if matches!(state, "open" | "all") {
-        conns.extend(
-            s.clients()
-                .iter()
-                .map(|c| conn_info(c, &c.stats(), false, None)),
-        );
-    }
-    if matches!(state, "closed" | "all") {
-        conns.extend(s.closed_conns.lock().iter().cloned());
-    }
-    if !matches!(state, "open" | "closed" | "all") {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            format!("invalid connection state {state:?}"),
-        ));
-    }
-    if let Some(cid) = q.cid {
-        conns.retain(|c| c.cid == cid);
-    }
-    if let Some(acc) = &q.acc {
-        conns.retain(|c| &c.meta_account == acc);
-    }
-    let sort = q.sort.as_deref().unwrap_or("cid");
-    match sort {
-        "cid" => conns.sort_by_key(|c| c.cid),
-        "start" => conns.sort_by_key(|c| c.started),
-        "subs" => conns.sort_by_key(|c| std::cmp::Reverse(c.subscriptions)),
-        "pending" => conns.sort_by_key(|c| std::cmp::Reverse(c.pending_bytes)),
-        "msgs_to" | "out_msgs" => conns.sort_by_key(|c| std::cmp::Reverse(c.out_msgs)),
-        "msgs_from" | "in_msgs" => conns.sort_by_key(|c| std::cmp::Reverse(c.in_msgs)),
-        "bytes_to" | "out_bytes" => conns.sort_by_key(|c| std::cmp::Reverse(c.out_bytes)),
-        "bytes_from" | "in_bytes" => conns.sort_by_key(|c| std::cmp::Reverse(c.in_bytes)),
-        "last" => conns.sort_by_key(|c| std::cmp::Reverse(c.last)),
-        "idle" => conns.sort_by_key(|c| c.last),
-        "uptime" => conns.sort_by_key(|c| c.started),
-        "stop" | "reason" if state != "open" => conns.sort_by_key(|c| c.stop.clone()),
-        other => {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!("invalid sorting option {other:?}"),
-            ))
-        }
-    }
-    let total = conns.len();
-    let offset = q.offset.unwrap_or(0).min(total);
-    let limit = q.limit.unwrap_or(1024);
-    let auth = truthy(&q.auth);
-    let detail = q.subs.as_deref() == Some("detail");
-    let subs = truthy(&q.subs);
-    let page: Vec<ConnInfo> = conns
-        .into_iter()
-        .skip(offset)
-        .take(limit)
-        .map(|mut c| {
-            if auth {
-                c.authorized_user = c.meta_user.clone();
-                c.account = Some(c.meta_account.clone());
-                c.tls_peer_certs = c
-                    .meta_tls
-                    .as_ref()
-                    .filter(|t| !t.peer_certs.is_empty())
-                    .map(|t| t.peer_certs.clone());
-            }
-            if detail {
-                c.subscriptions_list_detail = Some(
-                    c.subs
-                        .iter()
-                        .map(|(subject, queue, sid)| {
-                            json!({"account": c.meta_account, "subject": subject, "qgroup": queue, "sid": sid, "cid": c.cid})
-                        })
-                        .collect(),
-                );
-            } else if subs {
-                c.subscriptions_list = Some(c.subs.iter().map(|(subject, _, _)| subject.clone()).collect());
-            }
-            c
-        })
-        .collect();
-    Ok(json!({
-        "server_id": s.id,
-        "now": rfc3339(SystemTime::now()),
-        "num_connections": page.len(),
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-        "connections": page,
-    }))
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
-pub(crate) struct SubszQuery {
-    pub(crate) subs: Option<String>,
-    pub(crate) offset: Option<usize>,
-    pub(crate) limit: Option<usize>,
-    pub(crate) test: Option<String>,
-    pub(crate) acc: Option<String>,
+// Each endpoint counts its requests under nats-server's path for `http_req_stats` (without
+// the base path, as nats-server).
+
+async fn varz(State(s): State<Shared>) -> Json<Value> {
+    s.count_request("/varz");
+    Json(observe::varz(&s))
+}
+
+async fn jsz(State(s): State<Shared>) -> Response {
+    s.count_request("/jsz");
+    reply(observe::jsz(&s))
+}
+
+async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response {
+    s.count_request("/connz");
+    reply(observe::connz(&s, &q))
 }
 
 async fn subsz(State(s): State<Shared>, Query(q): Query<SubszQuery>) -> Response {
-    reply(subsz_json(&s, &q))
-}
-
-/// The `/subsz` document.
-pub(crate) fn subsz_json(s: &ServerInner, q: &SubszQuery) -> Answer {
-    if let Some(t) = &q.test {
-        if !natrium_subjects::is_valid_publish_subject(t.as_bytes()) {
-            return Err((
-                StatusCode::BAD_REQUEST,
-                format!("invalid test subject {t:?}"),
-            ));
-        }
-    }
-    let mut list = Vec::new();
-    let mut count = 0;
-    for a in s.accounts() {
-        if q.acc.as_ref().is_some_and(|acc| acc != &a.name) {
-            continue;
-        }
-        count += a.subscription_count();
-        for (subject, queue, cid) in a.subscriptions() {
-            if let Some(t) = &q.test {
-                if !natrium_subjects::matches(subject.as_bytes(), t.as_bytes()) {
-                    continue;
-                }
-            }
-            list.push(json!({"account": a.name, "subject": subject, "qgroup": queue, "cid": cid}));
-        }
-    }
-    let total = list.len();
-    let offset = q.offset.unwrap_or(0).min(total);
-    let limit = q.limit.unwrap_or(1024);
-    let mut body = json!({
-        "server_id": s.id,
-        "now": rfc3339(SystemTime::now()),
-        "num_subscriptions": count,
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-    });
-    if truthy(&q.subs) || q.test.is_some() {
-        body["subscriptions_list"] =
-            Value::Array(list.into_iter().skip(offset).take(limit).collect());
-    }
-    Ok(body)
-}
-
-/// Live plus closed traffic and connection counts of one account.
-fn account_usage(a: &Account, clients: &[Arc<ClientShared>]) -> (usize, Totals) {
-    let mut t = *a.closed_totals.lock();
-    let mut conns = 0;
-    for c in clients.iter().filter(|c| c.meta.lock().account == a.name) {
-        conns += 1;
-        t.add(&c.stats());
-    }
-    (conns, t)
-}
-
-#[derive(Debug, Default, serde::Deserialize)]
-pub(crate) struct AccQuery {
-    pub(crate) acc: Option<String>,
-    pub(crate) unused: Option<String>,
+    s.count_request("/subsz");
+    reply(observe::subsz(&s, &q))
 }
 
 async fn accountz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Response {
-    reply(accountz_json(&s, &q))
-}
-
-/// The `/accountz` document.
-pub(crate) fn accountz_json(s: &ServerInner, q: &AccQuery) -> Answer {
-    let now = rfc3339(SystemTime::now());
-    if let Some(name) = &q.acc {
-        let Some(a) = s.account(name) else {
-            return Err((StatusCode::NOT_FOUND, format!("account {name:?} not found")));
-        };
-        let clients = s.clients();
-        let (conns, _) = account_usage(&a, &clients);
-        return Ok(json!({
-            "server_id": s.id,
-            "now": now,
-            "system_account": s.opts.system_account,
-            "account_detail": {
-                "account_name": a.name,
-                "is_system": a.name == s.opts.system_account,
-                "num_connections": conns,
-                "subscriptions": a.subscription_count(),
-                "auth_failures": a.auth_failures.load(Ordering::Relaxed),
-                "permission_violations": a.permission_violations.load(Ordering::Relaxed),
-            }
-        }));
-    }
-    let names: Vec<String> = s.accounts().iter().map(|a| a.name.clone()).collect();
-    Ok(
-        json!({"server_id": s.id, "now": now, "system_account": s.opts.system_account, "accounts": names}),
-    )
+    s.count_request("/accountz");
+    reply(observe::accountz(&s, &q))
 }
 
 async fn accstatz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Json<Value> {
-    Json(accstatz_json(&s, &q))
+    s.count_request("/accstatz");
+    Json(observe::accstatz(&s, &q))
 }
 
-/// The `/accstatz` document.
-pub(crate) fn accstatz_json(s: &ServerInner, q: &AccQuery) -> Value {
-    let clients = s.clients();
-    let include_unused = truthy(&q.unused);
-    let stats: Vec<Value> = s
-        .accounts()
-        .iter()
-        .filter(|a| q.acc.as_ref().is_none_or(|n| n == &a.name))
-        .filter_map(|a| {
-            let (conns, t) = account_usage(a, &clients);
-            if conns == 0 && !include_unused && q.acc.is_none() {
-                return None;
-            }
-            Some(json!({
-                "acc": a.name,
-                "conns": conns,
-                "leafnodes": 0,
-                "total_conns": conns,
-                "num_subscriptions": a.subscription_count(),
-                "sent": {"msgs": t.out_msgs, "bytes": t.out_bytes},
-                "received": {"msgs": t.in_msgs, "bytes": t.in_bytes},
-                "slow_consumers": a.slow_consumers.load(Ordering::Relaxed),
-            }))
-        })
-        .collect();
-    json!({"server_id": s.id, "now": rfc3339(SystemTime::now()), "account_statz": stats})
-}
-
-/// `/healthz`: ok, or 503 with the reason when JetStream is enabled but cannot write its store
-/// directory. `js-enabled-only` and `js-server-only` restrict the check to JetStream.
 async fn healthz(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let js_only = q.contains_key("js-enabled-only") || q.contains_key("js-server-only");
-    let flag = |k: &str| q.get(k).is_some_and(|v| v != "false" && v != "0");
-    if js_only && s.opts.jetstream.is_none() && flag("js-enabled-only") {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "error": "JetStream not enabled"})),
-        )
-            .into_response();
-    }
-    if let Some(js) = &s.opts.jetstream {
-        if let Err(e) = crate::jetstream::check_store_writable(&js.store_dir) {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "unavailable", "error": format!("JetStream store directory not writable: {e}")})),
-            )
-                .into_response();
-        }
-    }
-    Json(json!({"status": "ok"})).into_response()
+    s.count_request("/healthz");
+    let (code, body) = observe::healthz(&s, &q);
+    (status(code), Json(body)).into_response()
 }
 
-async fn routez(State(s): State<Shared>) -> Json<Value> {
-    Json(
-        json!({"server_id": s.id, "now": rfc3339(SystemTime::now()), "num_routes": 0, "routes": []}),
-    )
+async fn routez(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    s.count_request("/routez");
+    let subs = q
+        .get("subs")
+        .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "detail"));
+    Json(observe::routez(&s, subs))
+}
+
+async fn gatewayz(State(s): State<Shared>) -> Json<Value> {
+    s.count_request("/gatewayz");
+    Json(observe::gatewayz(&s))
+}
+
+async fn leafz(State(s): State<Shared>) -> Json<Value> {
+    s.count_request("/leafz");
+    Json(observe::leafz(&s))
 }
 
 /// Reads live state at scrape time; label cardinality is per account only.
@@ -757,9 +229,9 @@ struct NatriumCollector {
     server: Shared,
 }
 
-impl std::fmt::Debug for ServerInner {
+impl std::fmt::Debug for Observed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerInner").field("id", &self.id).finish()
+        f.debug_struct("Observed").field("id", &self.id()).finish()
     }
 }
 
@@ -805,10 +277,11 @@ fn per_account(
 impl Collector for NatriumCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.server;
-        let clients = s.clients();
-        let t = server_totals(s, &clients);
+        let reg = &s.conns.registry;
+        let clients = reg.clients();
+        let t = s.totals(&clients);
         let up = since(s.start);
-        let (mem, _) = process_usage(up);
+        let mem = observe::memory();
         gauge(
             &mut enc,
             "natrium_uptime_seconds",
@@ -831,7 +304,7 @@ impl Collector for NatriumCollector {
             &mut enc,
             "natrium_connections_opened",
             "Client connections accepted since start",
-            s.total_connections.load(Ordering::Relaxed),
+            reg.total_connections.load(Ordering::Relaxed),
         )?;
         counter(
             &mut enc,
@@ -861,13 +334,13 @@ impl Collector for NatriumCollector {
             &mut enc,
             "natrium_slow_consumers",
             "Clients disconnected as slow consumers",
-            s.slow_consumers.load(Ordering::Relaxed),
+            reg.slow_consumers.load(Ordering::Relaxed),
         )?;
 
-        let accounts = s.accounts();
+        let accounts = s.conns.accounts.list();
         let mut rows: [PerAccount; 10] = Default::default();
         for a in &accounts {
-            let (conns, at) = account_usage(a, &clients);
+            let (conns, at) = observe::account_usage(a, &clients);
             let n = a.name.clone();
             rows[0].push((n.clone(), conns as f64));
             rows[1].push((n.clone(), a.subscription_count() as f64));
@@ -940,12 +413,93 @@ impl Collector for NatriumCollector {
         for ((name, help, kind), rows) in defs.into_iter().zip(rows.iter()) {
             per_account(&mut enc, name, help, kind, rows)?;
         }
-        let js = s.jetstream.lock().clone();
-        if let Some(js) = js {
+        if let Some(mesh) = s.mesh.lock().clone() {
+            encode_routes(&mut enc, &mesh.routes())?;
+        }
+        if let Some(js) = &s.jetstream {
             encode_jetstream(&mut enc, &js.stream_stats())?;
         }
         Ok(())
     }
+}
+
+/// Route series, labelled by the peer's server name (as many as the cluster has servers).
+fn encode_routes(
+    enc: &mut DescriptorEncoder,
+    routes: &[Arc<crate::cluster::Route>],
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        enc,
+        "natrium_routes",
+        "Peer servers with a route up",
+        routes.len() as f64,
+    )?;
+    type Series = (
+        &'static str,
+        &'static str,
+        MetricType,
+        fn(&crate::cluster::Route) -> f64,
+    );
+    let series: [Series; 6] = [
+        (
+            "natrium_route_in_msgs",
+            "Messages received from the peer",
+            MetricType::Counter,
+            |r| r.out.stats().in_msgs as f64,
+        ),
+        (
+            "natrium_route_out_msgs",
+            "Messages sent to the peer",
+            MetricType::Counter,
+            |r| r.out.stats().out_msgs as f64,
+        ),
+        (
+            "natrium_route_in_bytes",
+            "Payload bytes received from the peer",
+            MetricType::Counter,
+            |r| r.out.stats().in_bytes as f64,
+        ),
+        (
+            "natrium_route_out_bytes",
+            "Payload bytes sent to the peer",
+            MetricType::Counter,
+            |r| r.out.stats().out_bytes as f64,
+        ),
+        (
+            "natrium_route_pending_bytes",
+            "Bytes waiting to be written to the peer",
+            MetricType::Gauge,
+            |r| r.out.stats().pending_bytes as f64,
+        ),
+        (
+            "natrium_route_subscriptions",
+            "The peer's interest held here",
+            MetricType::Gauge,
+            |r| r.num_subs() as f64,
+        ),
+    ];
+    for (name, help, kind, f) in series {
+        let mut m = enc.encode_descriptor(name, help, None, kind)?;
+        for r in routes {
+            let remote = r
+                .remote()
+                .map(|i| {
+                    if i.server_name.is_empty() {
+                        i.server_id
+                    } else {
+                        i.server_name
+                    }
+                })
+                .unwrap_or_default();
+            let labels = [("remote", remote.as_str())];
+            let fam = m.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(f(r) as u64).encode(fam)?,
+                _ => ConstGauge::new(f(r)).encode(fam)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// JetStream series, labelled by account and stream (and consumer).
@@ -1037,6 +591,7 @@ fn encode_jetstream(
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
+    s.count_request("/metrics");
     let mut registry = Registry::default();
     registry.register_collector(Box::new(NatriumCollector { server: s }));
     let mut body = String::new();
@@ -1064,13 +619,5 @@ mod tests {
         assert_eq!(base_path("mon", "/varz"), "/mon/varz");
         assert_eq!(base_path("/mon/", "/"), "/mon");
         assert_eq!(base_path("/a/b", "/connz"), "/a/b/connz");
-    }
-
-    #[test]
-    fn uptime_like_nats_server() {
-        assert_eq!(uptime(Duration::from_secs(5)), "5s");
-        assert_eq!(uptime(Duration::from_secs(65)), "1m5s");
-        assert_eq!(uptime(Duration::from_secs(3600)), "1h0m0s");
-        assert_eq!(uptime(Duration::from_secs(90_061)), "1d1h1m1s");
     }
 }

@@ -1,169 +1,31 @@
-//! The server's typed options: defaults as nats-server has them, loading from a parsed config file,
-//! validation, and a one-line summary for the startup log. Command-line flags are merged in `cli`.
+//! The server's options, composed of the config types each layer owns (auth, TLS, accounts and
+//! imports, JetStream): defaults as nats-server has them, loading from a parsed config file,
+//! validation, what a reload may change, and a one-line summary for the startup log.
+//! Command-line flags are merged in `cli`. Only the server and the binary's layers import it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use natrium_config::{ConfigError, Map, Spanned, Value};
+use natrium_config::{ConfigError, Map, Pos, Spanned, Value};
 
-/// The nats-server release whose client-visible behaviour Natrium implements (sent in INFO).
-pub const PROTOCOL_VERSION: &str = "2.10.24";
+mod known_keys;
+
+pub use crate::auth::jwt::{DirResolver, OperatorOptions, Resolver};
+pub use crate::auth::{AuthOptions, NkeyUser, User};
+pub use crate::cluster::{ClusterOptions, RouteUrl};
+pub use crate::conn::TlsOptions;
+pub use crate::jetstream::{AccountLimits, JetStreamOptions};
+pub use crate::perms::{Permissions, ResponsePermission, SubjectPermission};
+pub use crate::router::imports::{Export, ExportKind, Import};
+pub use crate::router::Limits;
+pub use crate::util::{PROTOCOL_VERSION, VERSION};
+
 /// The default system account, as in nats-server.
 pub const SYSTEM_ACCOUNT: &str = "$SYS";
 /// Default of `max_unauthenticated_per_ip`: far more than one host opens at once in practice
 /// (each connection is in that state for a round trip, or while its bcrypt check queues), and a
 /// small fraction of the default `max_connections`.
 pub const DEFAULT_MAX_UNAUTHENTICATED_PER_IP: usize = 256;
-/// Natrium's own version.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct User {
-    pub user: String,
-    /// Plain text, or a bcrypt hash (`$2a$`, `$2b$`, `$2y$`).
-    pub password: String,
-    /// Falls back to `default_permissions` when absent.
-    pub permissions: Option<Permissions>,
-    /// The account the user belongs to; `None` is the global account.
-    pub account: Option<String>,
-}
-
-/// A user identified by an NKey (`authorization { users: [ {nkey: "U..."} ] }`): it proves who it
-/// is by signing the nonce sent in INFO.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NkeyUser {
-    /// The user's public key (`U...`).
-    pub nkey: String,
-    pub permissions: Option<Permissions>,
-    pub account: Option<String>,
-}
-
-/// JWT operator mode: `operator` (JWTs or files holding them), `resolver` (`MEMORY` or a
-/// directory) and `resolver_preload { ACCOUNT_KEY: JWT }`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OperatorOptions {
-    /// Operator JWTs (read from their files when the config names files).
-    pub operators: Vec<String>,
-    /// Account public key → account JWT.
-    pub preload: Vec<(String, String)>,
-    pub resolver: Option<Resolver>,
-}
-
-/// Where operator mode finds account JWTs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resolver {
-    /// `resolver: MEMORY`: only `resolver_preload`.
-    Memory,
-    /// `resolver { type: full|cache, dir: ... }`: JWTs stored in a directory, updated by pushes.
-    Dir(DirResolver),
-    /// A form nats-server accepts that Natrium does not implement (`URL(...)`), as written.
-    Unsupported(String),
-}
-
-/// The directory resolver's settings, named as in nats-server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirResolver {
-    pub dir: PathBuf,
-    /// `type: cache`: only accounts already known are updated, and nothing is deleted.
-    pub cache: bool,
-    /// `allow_delete`: `$SYS.REQ.CLAIMS.DELETE` removes accounts (renamed to `.jwt.deleted`,
-    /// or removed with `hard_delete`).
-    pub allow_delete: bool,
-    pub hard_delete: bool,
-    /// Most JWTs stored (`limit`; 0 is unlimited).
-    pub limit: usize,
-    /// `interval` and `timeout` pace and bound the exchange with other servers in a cluster;
-    /// accepted for compatibility, they have no effect on a single server.
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
-/// The `tls {}` block (and the `--tls*` flags) for the client listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsOptions {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    /// Certificate authorities client certificates are checked against (with `verify`).
-    pub ca_file: Option<PathBuf>,
-    /// Require a client certificate signed by `ca_file`.
-    pub verify: bool,
-    /// Require a client certificate and take the user name from it (email, DNS name, URI, or DN).
-    pub verify_and_map: bool,
-    /// How long a client has to finish the handshake.
-    pub timeout: Duration,
-    /// Expect the TLS handshake right away and send INFO inside TLS.
-    pub handshake_first: bool,
-    /// With `handshake_first`: when the client sends nothing for this long, fall back to the
-    /// plaintext INFO first (`handshake_first: auto` or a duration).
-    pub handshake_first_fallback: Option<Duration>,
-    /// `pinned_certs`: lower-case hex SHA-256 digests of the DER SubjectPublicKeyInfo of the
-    /// client certificates accepted; when set, any other client (or one without a certificate)
-    /// is closed after the handshake.
-    pub pinned_certs: Vec<String>,
-}
-
-impl Default for TlsOptions {
-    fn default() -> Self {
-        TlsOptions {
-            cert_file: PathBuf::new(),
-            key_file: PathBuf::new(),
-            ca_file: None,
-            verify: false,
-            verify_and_map: false,
-            timeout: Duration::from_secs(2),
-            handshake_first: false,
-            handshake_first_fallback: None,
-            pinned_certs: Vec::new(),
-        }
-    }
-}
-
-/// Allow and deny lists for one direction. `allow: None` allows everything not denied.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubjectPermission {
-    pub allow: Option<Vec<String>>,
-    pub deny: Vec<String>,
-}
-
-/// Permission to publish to the reply subjects of requests received.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponsePermission {
-    /// Responses allowed per request.
-    pub max: usize,
-    /// How long a reply subject stays open; zero means until used.
-    pub expires: Duration,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Permissions {
-    pub publish: Option<SubjectPermission>,
-    pub subscribe: Option<SubjectPermission>,
-    pub allow_responses: Option<ResponsePermission>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExportKind {
-    Stream,
-    Service,
-}
-
-/// An account's `exports` entry: a subject others may import; `accounts` empty means public.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Export {
-    pub kind: ExportKind,
-    pub subject: String,
-    pub accounts: Vec<String>,
-}
-
-/// An account's `imports` entry: `subject` of `account`, seen locally as `to` (or with `prefix`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Import {
-    pub kind: ExportKind,
-    pub account: String,
-    pub subject: String,
-    pub to: Option<String>,
-    pub prefix: Option<String>,
-}
 
 /// One entry of the `accounts` block.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -172,33 +34,12 @@ pub struct AccountOptions {
     /// JetStream enabled for this account (`jetstream: enabled` or a `jetstream {}` block).
     pub jetstream: bool,
     /// Limits from a `jetstream { max_mem, max_file, max_streams, max_consumers }` block.
-    pub jetstream_limits: Option<crate::jetstream::AccountLimits>,
+    pub jetstream_limits: Option<AccountLimits>,
     pub exports: Vec<Export>,
     pub imports: Vec<Import>,
     /// `limits { max_connections, max_subscriptions, max_payload, max_leafnodes }`; a negative
     /// value is unlimited and 0 allows none, as in nats-server.
-    pub limits: crate::account::Limits,
-}
-
-/// Client authentication settings (the `authorization` block and its flag equivalents).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AuthOptions {
-    pub token: Option<String>,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    pub users: Vec<User>,
-    pub nkeys: Vec<NkeyUser>,
-    pub no_auth_user: Option<String>,
-    pub default_permissions: Option<Permissions>,
-}
-
-impl AuthOptions {
-    pub fn required(&self) -> bool {
-        self.token.is_some()
-            || self.user.is_some()
-            || !self.users.is_empty()
-            || !self.nkeys.is_empty()
-    }
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -223,6 +64,8 @@ pub struct Options {
     pub auth: AuthOptions,
     /// TLS for client connections; `None` is plaintext.
     pub tls: Option<TlsOptions>,
+    /// `allow_non_tls`: with `tls`, TLS is offered but plaintext clients are let in too.
+    pub allow_non_tls: bool,
     /// Subscriptions one connection may hold; 0 is unlimited.
     pub max_subscriptions: usize,
     /// Connections from one address (an IPv4 address, or an IPv6 /64) that may be open at once
@@ -236,11 +79,15 @@ pub struct Options {
     /// The system account's name (`$SYS` unless configured).
     pub system_account: String,
     /// JetStream, when enabled.
-    pub jetstream: Option<crate::jetstream::JetStreamOptions>,
+    pub jetstream: Option<JetStreamOptions>,
+    /// Routes to other servers (`cluster {}`), when this server is part of a cluster.
+    pub cluster: Option<ClusterOptions>,
     /// Monitoring listener; `None` disables it, `-1` picks a random port.
     pub http_port: Option<i32>,
     /// HTTPS monitoring listener (with the `tls {}` certificate); exclusive with `http_port`.
     pub https_port: Option<i32>,
+    /// The monitoring listener's host; empty is the client listener's `host`, as in
+    /// nats-server (only `http: host:port` or `https: host:port` name another).
     pub http_host: String,
     /// Prefix of every monitoring path (`/` when empty).
     pub http_base_path: String,
@@ -272,15 +119,17 @@ impl Default for Options {
             auth_timeout: Duration::from_secs(2),
             auth: AuthOptions::default(),
             tls: None,
+            allow_non_tls: false,
             max_subscriptions: 0,
             max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
             operator: None,
             accounts: Vec::new(),
             system_account: SYSTEM_ACCOUNT.to_string(),
             jetstream: None,
+            cluster: None,
             http_port: None,
             https_port: None,
-            http_host: "0.0.0.0".into(),
+            http_host: String::new(),
             http_base_path: String::new(),
             debug: false,
             trace: false,
@@ -302,29 +151,23 @@ pub enum OptionsError {
     Invalid { pos: String, msg: String },
     #[error("{0}")]
     Validation(String),
+    /// Keys nats-server does not know (typos), each as `file:line:col: unknown field "x"`.
+    #[error("{}", .0.join("\n"))]
+    UnknownKeys(Vec<String>),
 }
 
-/// Keys nats-server knows that this version of Natrium accepts but does not act on yet; they are
-/// reported as warnings so a config written for nats-server still loads.
-const NOT_YET_SUPPORTED: &[&str] = &[
-    "cluster",
-    "gateway",
-    "leafnodes",
-    "leaf",
-    "websocket",
-    "mqtt",
-    "syslog",
-    "remote_syslog",
-    "log_size_limit",
-    "logfile_size_limit",
-    "connect_error_reports",
-    "reconnect_error_reports",
-    "server_tags",
-    "client_advertise",
-    "no_header_support",
-    "disable_sublist_cache",
-    "max_traced_msg_len",
-];
+/// The warning for a key nats-server knows that this version of Natrium does not act on yet
+/// (`block` names where it is, empty at the top level).
+fn not_supported(warnings: &mut Vec<String>, pos: &Pos, block: &str, key: &str) {
+    let block = if block.is_empty() {
+        String::new()
+    } else {
+        format!("{block} ")
+    };
+    warnings.push(format!(
+        "{pos}: {block}key {key:?} is a nats-server option not supported yet by this version of natrium; it is ignored"
+    ));
+}
 
 impl Options {
     /// Loads a config file on top of the defaults. Returns the options and warnings to log.
@@ -338,11 +181,18 @@ impl Options {
         Ok((opts, warnings))
     }
 
-    /// Applies the keys of a parsed config map. Unknown keys become warnings, not errors.
+    /// Applies the keys of a parsed config map. Keys nats-server does not know are errors (all
+    /// of them reported at once, as nats-server does); keys it knows that Natrium does not act on
+    /// yet become warnings.
     pub fn apply_config(&mut self, map: &Map) -> Result<Vec<String>, OptionsError> {
+        let unknown = known_keys::unknown_keys(map);
+        if !unknown.is_empty() {
+            return Err(OptionsError::UnknownKeys(unknown));
+        }
         let mut warnings = Vec::new();
         let mut system_account_set = false;
-        for (key, v) in map.iter() {
+        let mut store_dir = None;
+        for (key, kpos, v) in map.entries() {
             match key.to_ascii_lowercase().as_str() {
                 "listen" => {
                     let (host, port) = parse_listen(v)?;
@@ -352,7 +202,7 @@ impl Options {
                     self.port = port;
                 }
                 "host" | "net" => self.host = string(v)?,
-                "port" => self.port = int(v)? as i32,
+                "port" => self.port = port(v, "port")?,
                 "server_name" => self.server_name = Some(string(v)?),
                 "max_payload" => self.max_payload = size(v)? as usize,
                 "max_control_line" => self.max_control_line = size(v)? as usize,
@@ -364,12 +214,18 @@ impl Options {
                 "lame_duck_duration" => self.lame_duck_duration = duration(v)?,
                 "lame_duck_grace_period" => self.lame_duck_grace_period = duration(v)?,
                 "tls" => self.tls = Some(tls(v, &mut warnings)?),
-                "max_subscriptions" | "max_subs" => self.max_subscriptions = int(v)?.max(0) as usize,
+                "allow_non_tls" => self.allow_non_tls = boolean(v)?,
+                "max_subscriptions" | "max_subs" => {
+                    self.max_subscriptions = int(v)?.max(0) as usize
+                }
                 "max_unauthenticated_per_ip" => {
                     self.max_unauthenticated_per_ip = int(v)?.max(0) as usize
                 }
-                                "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
-                "http_port" | "monitor_port" => self.http_port = Some(int(v)? as i32),
+                "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
+                "cluster" => self.cluster = Some(cluster(v, &mut warnings)?),
+                // The JetStream store directory may also be set at the top level.
+                "store_dir" | "storedir" => store_dir = Some((PathBuf::from(string(v)?), v)),
+                "http_port" | "monitor_port" => self.http_port = Some(port(v, "http_port")?),
                 "http" => {
                     let (host, port) = parse_listen(v)?;
                     if let Some(h) = host {
@@ -384,13 +240,13 @@ impl Options {
                     }
                     self.https_port = Some(port);
                 }
-                "https_port" => self.https_port = Some(int(v)? as i32),
+                "https_port" => self.https_port = Some(port(v, "https_port")?),
                 "http_base_path" => self.http_base_path = string(v)?,
                 "debug" => self.debug = boolean(v)?,
                 "trace" => self.trace = boolean(v)?,
                 "logtime" => self.logtime = boolean(v)?,
-                "log_file" => self.log_file = Some(string(v)?.into()),
-                "pid_file" => self.pid_file = Some(string(v)?.into()),
+                "log_file" | "logfile" => self.log_file = Some(string(v)?.into()),
+                "pid_file" | "pidfile" => self.pid_file = Some(string(v)?.into()),
                 "ports_file_dir" => self.ports_file_dir = Some(string(v)?.into()),
                 "no_auth_user" => self.auth.no_auth_user = Some(string(v)?),
                 "authorization" => self.apply_authorization(v, &mut warnings)?,
@@ -403,7 +259,9 @@ impl Options {
                 | "root_operators" => {
                     let base = self.config_file.as_deref().and_then(Path::parent);
                     let items = match &v.value {
-                        Value::Array(items) => items.iter().map(string).collect::<Result<Vec<_>, _>>()?,
+                        Value::Array(items) => {
+                            items.iter().map(string).collect::<Result<Vec<_>, _>>()?
+                        }
                         _ => vec![string(v)?],
                     };
                     let mut jwts = Vec::new();
@@ -423,21 +281,32 @@ impl Options {
                     }
                     self.operator.get_or_insert_with(Default::default).preload = preload;
                 }
-                "default_permissions" => self.auth.default_permissions = Some(permissions(v)?),
-                k if NOT_YET_SUPPORTED.contains(&k) => warnings.push(format!(
-                    "{}: config key {key:?} is not supported yet by this version of natrium and is ignored",
-                    v.pos
-                )),
-                _ => warnings.push(format!("{}: unknown config key {key:?} ignored", v.pos)),
+                // A `$variable` definition, not an option.
+                _ if map.is_used_variable(key) => {}
+                _ => not_supported(&mut warnings, kpos, "", key),
+            }
+        }
+        if let Some((dir, v)) = store_dir {
+            let in_block = map
+                .get("jetstream")
+                .and_then(Spanned::as_map)
+                .is_some_and(|m| {
+                    ["store_dir", "storedir", "store"]
+                        .iter()
+                        .any(|k| m.get(k).is_some())
+                });
+            if in_block {
+                return Err(invalid(v, "Duplicate 'store_dir' configuration"));
+            }
+            if let Some(js) = &mut self.jetstream {
+                js.store_dir = dir;
             }
         }
         // In operator mode the system account is the one the operator JWT names, unless the
         // config says otherwise.
         if let (false, Some(op)) = (system_account_set, &self.operator) {
-            if let Ok(trust) = crate::jwt::Trust::new(op) {
-                if let Some(sys) = trust.system_account {
-                    self.system_account = sys;
-                }
+            if let Some(sys) = crate::auth::jwt::operator_system_account(&op.operators) {
+                self.system_account = sys;
             }
         }
         Ok(warnings)
@@ -449,7 +318,7 @@ impl Options {
         warnings: &mut Vec<String>,
     ) -> Result<(), OptionsError> {
         let map = map_of(v)?;
-        for (key, v) in map.iter() {
+        for (key, kpos, v) in map.entries() {
             match key.to_ascii_lowercase().as_str() {
                 "token" => self.auth.token = Some(string(v)?),
                 "user" | "username" => self.auth.user = Some(string(v)?),
@@ -460,13 +329,14 @@ impl Options {
                     self.auth.users.extend(users);
                     self.auth.nkeys.extend(nkeys);
                 }
-                "default_permissions" | "permissions" => {
+                "default_permission" | "default_permissions" | "permissions" => {
                     self.auth.default_permissions = Some(permissions(v)?)
                 }
-                _ => warnings.push(format!(
-                    "{}: authorization key {key:?} is not supported yet by this version of natrium and is ignored",
-                    v.pos
-                )),
+                "auth_callout" | "auth_hook" => {
+                    self.auth.callout =
+                        Some(crate::auth::callout::parse(v).map_err(|m| invalid(v, &m))?)
+                }
+                _ => not_supported(warnings, kpos, "authorization", key),
             }
         }
         Ok(())
@@ -484,7 +354,7 @@ impl Options {
             };
             // `accounts { A: {} }` and `accounts { A {} }`; a bare `A: {}` with no body is fine too.
             if let Value::Map(m) = &body.value {
-                for (key, kv) in m.iter() {
+                for (key, kpos, kv) in m.entries() {
                     match key.to_ascii_lowercase().as_str() {
                         "users" => {
                             let (users, nkeys) = users(kv, Some(name), warnings)?;
@@ -492,37 +362,48 @@ impl Options {
                             self.auth.nkeys.extend(nkeys);
                         }
                         "exports" => acc.exports = exports(kv)?,
-                                                "imports" => acc.imports = imports(kv)?,
+                        "imports" => acc.imports = imports(kv)?,
                         "jetstream" => {
                             acc.jetstream = match &kv.value {
                                 Value::Bool(b) => *b,
-                                Value::String(s) => s.eq_ignore_ascii_case("enabled") || s.eq_ignore_ascii_case("true"),
-                                                                Value::Map(m) => {
-                                    let mut l = crate::jetstream::AccountLimits::default();
-                                    for (k, lv) in m.iter() {
+                                Value::String(s) => {
+                                    s.eq_ignore_ascii_case("enabled")
+                                        || s.eq_ignore_ascii_case("true")
+                                }
+                                Value::Map(m) => {
+                                    let mut l = AccountLimits::default();
+                                    for (k, kpos, lv) in m.entries() {
                                         match k.to_ascii_lowercase().as_str() {
-                                            "max_mem" | "max_memory" | "max_memory_store" => l.max_memory = size(lv)?,
-                                            "max_file" | "max_store" | "max_file_store" => l.max_file = size(lv)?,
+                                            "max_mem" | "max_memory" | "max_memory_store" => {
+                                                l.max_memory = size(lv)?
+                                            }
+                                            "max_file" | "max_store" | "max_file_store" => {
+                                                l.max_file = size(lv)?
+                                            }
                                             "max_streams" => l.max_streams = int(lv)?,
                                             "max_consumers" => l.max_consumers = int(lv)?,
-                                            _ => warnings.push(format!(
-                                                "{}: account jetstream key {k:?} is not supported yet and is ignored",
-                                                lv.pos
-                                            )),
+                                            _ => not_supported(
+                                                warnings,
+                                                kpos,
+                                                "account jetstream",
+                                                k,
+                                            ),
                                         }
                                     }
                                     acc.jetstream_limits = Some(l);
                                     true
                                 }
-                                _ => return Err(invalid(kv, "jetstream must be enabled, disabled or a map")),
+                                _ => {
+                                    return Err(invalid(
+                                        kv,
+                                        "jetstream must be enabled, disabled or a map",
+                                    ))
+                                }
                             }
                         }
                         "default_permissions" => {}
                         "limits" => acc.limits = account_limits(kv)?,
-                        _ => warnings.push(format!(
-                            "{}: account key {key:?} is not supported yet by this version of natrium and is ignored",
-                            kv.pos
-                        )),
+                        _ => not_supported(warnings, kpos, "account", key),
                     }
                 }
                 if let Some(dp) = m.get("default_permissions") {
@@ -567,6 +448,17 @@ impl Options {
                 return bad("TLS cert and key required for HTTPS (https_port needs a tls {} block)")
             }
             _ => {}
+        }
+        if let Some(c) = &self.cluster {
+            if !(-1..=65535).contains(&c.port) {
+                return bad("cluster port must be between -1 and 65535");
+            }
+            if c.name
+                .as_ref()
+                .is_some_and(|n| n.contains([' ', '\n', '\r', '\t']))
+            {
+                return bad("cluster name cannot contain spaces or new lines");
+            }
         }
         if self.max_payload == 0 || self.max_payload > 64 * 1024 * 1024 {
             return bad("max_payload must be between 1 byte and 64 MB");
@@ -635,7 +527,7 @@ impl Options {
         }
         if let Some(op) = &self.operator {
             match &op.resolver {
-                Some(Resolver::Memory | Resolver::Dir(_)) => {}
+                Some(Resolver::Memory | Resolver::Dir(_) | Resolver::Url(_)) => {}
                 Some(Resolver::Unsupported(r)) => {
                     return bad(&format!(
                         "resolver {r:?} is not supported yet by this version of natrium (use MEMORY or a directory resolver)"
@@ -651,9 +543,19 @@ impl Options {
                     "operator mode can not be combined with authorization users or accounts",
                 );
             }
-            if let Err(e) = crate::jwt::Trust::new(op) {
-                return bad(&format!("operator mode: {e}"));
-            }
+            // The JWTs themselves are verified once, when the server builds its authenticator
+            // (`Server::start`, a reload, `natrium -t`).
+        }
+        // As nats-server, the system account must exist (only the default `$SYS` is created);
+        // in operator mode it is an account the operator's resolver provides.
+        if self.operator.is_none()
+            && self.system_account != SYSTEM_ACCOUNT
+            && !self.accounts.iter().any(|x| x.name == self.system_account)
+        {
+            return bad(&format!(
+                "error resolving system account: account missing (system_account {:?} is not in the accounts block)",
+                self.system_account
+            ));
         }
         if let Some(nau) = &a.no_auth_user {
             if !a.users.iter().any(|u| &u.user == nau) {
@@ -692,12 +594,14 @@ impl Options {
             auth_timeout: _,
             auth: _,
             tls: _,
+            allow_non_tls,
             max_subscriptions: _,
             max_unauthenticated_per_ip: _,
             operator,
             accounts,
             system_account,
             jetstream,
+            cluster,
             http_port,
             https_port,
             http_host,
@@ -710,14 +614,16 @@ impl Options {
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 15] = [
+        let checks: [(&'static str, bool); 17] = [
+            ("cluster", &self.cluster != cluster),
             ("host", &self.host != host),
             ("port", &self.port != port),
             ("server_name", &self.server_name != server_name),
             ("max_pending", &self.max_pending != max_pending),
+            ("allow_non_tls", &self.allow_non_tls != allow_non_tls),
             (
-                "accounts",
-                !same_accounts_but_limits(&self.accounts, accounts),
+                "an account's jetstream (enabling it for a new account is fine)",
+                !jetstream_kept(&self.accounts, accounts),
             ),
             (
                 "resolver",
@@ -738,6 +644,15 @@ impl Options {
             .into_iter()
             .find(|(_, changed)| *changed)
             .map(|(n, _)| n)
+    }
+
+    /// The host monitoring listens on: `http_host`, else the client listener's host.
+    pub fn monitor_host(&self) -> &str {
+        if self.http_host.is_empty() {
+            &self.host
+        } else {
+            &self.http_host
+        }
     }
 
     /// One line describing the effective configuration, for the startup log (no secrets).
@@ -768,7 +683,7 @@ impl Options {
     }
 }
 
-/// The `resolver` setting: `MEMORY`/`MEM`, `URL(...)` (not supported yet) or a map with `dir`
+/// The `resolver` setting: `MEMORY`/`MEM`, `URL(...)` or a map with `dir`
 /// and `type` (`full`, `cache` or `mem`), with nats-server's checks and error texts.
 fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
     let m = match &v.value {
@@ -777,7 +692,7 @@ fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
             return if t.eq_ignore_ascii_case("MEM") || t.eq_ignore_ascii_case("MEMORY") {
                 Ok(Resolver::Memory)
             } else if t.to_ascii_uppercase().starts_with("URL") {
-                Ok(Resolver::Unsupported(t.to_string()))
+                Ok(Resolver::from_url_form(t))
             } else {
                 Err(invalid(v, RESOLVER_FORMS))
             };
@@ -871,18 +786,21 @@ fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
 const RESOLVER_FORMS: &str = "error parsing account resolver, should be MEM or  URL(\"url\") or a map containing dir and type state=[FULL|CACHE])";
 
 /// Whether two account lists differ at most in the accounts' `limits` (which a reload applies).
-fn same_accounts_but_limits(a: &[AccountOptions], b: &[AccountOptions]) -> bool {
-    let strip = |x: &AccountOptions| AccountOptions {
-        limits: crate::account::Limits::default(),
-        ..x.clone()
-    };
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| strip(x) == strip(y))
+/// Every account that had JetStream still has it, with the same limits: a reload may add
+/// accounts (with or without JetStream), change users, imports, exports and limits, and remove
+/// accounts without JetStream, but not take JetStream away or change its limits.
+fn jetstream_kept(old: &[AccountOptions], new: &[AccountOptions]) -> bool {
+    old.iter().filter(|a| a.jetstream).all(|a| {
+        new.iter()
+            .find(|n| n.name == a.name)
+            .is_some_and(|n| n.jetstream && n.jetstream_limits == a.jetstream_limits)
+    })
 }
 
 /// An account's `limits {}` block, with nats-server's names and aliases; unknown keys are
 /// errors there, and here too.
-fn account_limits(v: &Spanned) -> Result<crate::account::Limits, OptionsError> {
-    let mut l = crate::account::Limits::default();
+fn account_limits(v: &Spanned) -> Result<Limits, OptionsError> {
+    let mut l = Limits::default();
     for (k, lv) in map_of(v)?.iter() {
         let n = match &lv.value {
             Value::Integer(i) => *i,
@@ -909,8 +827,8 @@ fn account_limits(v: &Spanned) -> Result<crate::account::Limits, OptionsError> {
 fn jetstream(
     v: &Spanned,
     warnings: &mut Vec<String>,
-) -> Result<Option<crate::jetstream::JetStreamOptions>, OptionsError> {
-    let mut js = crate::jetstream::JetStreamOptions::default();
+) -> Result<Option<JetStreamOptions>, OptionsError> {
+    let mut js = JetStreamOptions::default();
     match &v.value {
         Value::Bool(b) => return Ok(b.then_some(js)),
         Value::String(s) => {
@@ -921,10 +839,12 @@ fn jetstream(
             }
         }
         Value::Map(m) => {
-            for (key, kv) in m.iter() {
+            for (key, kpos, kv) in m.entries() {
                 match key.to_ascii_lowercase().as_str() {
-                    "store_dir" | "store" => js.store_dir = string(kv)?.into(),
-                    "max_mem" | "max_memory" | "max_mem_store" | "max_memory_store" => js.max_memory = size(kv)?,
+                    "store_dir" | "storedir" | "store" => js.store_dir = string(kv)?.into(),
+                    "max_mem" | "max_memory" | "max_mem_store" | "max_memory_store" => {
+                        js.max_memory = size(kv)?
+                    }
                     "max_file" | "max_file_store" | "max_store" => js.max_file = size(kv)?,
                     "enabled" | "enable" => {
                         if !boolean(kv)? {
@@ -933,14 +853,13 @@ fn jetstream(
                     }
                     "sync_interval" | "sync" => {
                         js.sync = match &kv.value {
-                            Value::String(s) if s.eq_ignore_ascii_case("always") => natrium_store::SyncPolicy::Always,
+                            Value::String(s) if s.eq_ignore_ascii_case("always") => {
+                                natrium_store::SyncPolicy::Always
+                            }
                             _ => natrium_store::SyncPolicy::Interval(duration(kv)?),
                         }
                     }
-                    _ => warnings.push(format!(
-                        "{}: jetstream key {key:?} is not supported yet by this version of natrium and is ignored",
-                        kv.pos
-                    )),
+                    _ => not_supported(warnings, kpos, "jetstream", key),
                 }
             }
         }
@@ -954,10 +873,130 @@ fn jetstream(
     Ok(Some(js))
 }
 
+/// The `cluster {}` block, with nats-server's keys and errors. Keys that would change what
+/// crosses the routes if ignored (TLS, permissions) are refused until implemented; keys that
+/// only tune how (pinned accounts, compression) are warnings.
+fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, OptionsError> {
+    let mut c = ClusterOptions::default();
+    for (key, kv) in map_of(v)?.iter() {
+        match key.to_ascii_lowercase().as_str() {
+            "name" => c.name = Some(string(kv)?),
+            "listen" => {
+                let (host, port) = parse_listen(kv)?;
+                if let Some(h) = host {
+                    c.host = h;
+                }
+                c.port = port;
+            }
+            "port" => c.port = int(kv)? as i32,
+            "host" | "net" => c.host = string(kv)?,
+            "authorization" => {
+                for (k, av) in map_of(kv)?.iter() {
+                    match k.to_ascii_lowercase().as_str() {
+                        "user" | "username" => c.user = Some(string(av)?),
+                        "pass" | "password" => c.password = Some(string(av)?),
+                        "timeout" => c.auth_timeout = duration_secs_f(av)?,
+                        "token" => {
+                            return Err(invalid(kv, "Cluster authorization does not support tokens"))
+                        }
+                        "users" => {
+                            return Err(invalid(
+                                kv,
+                                "Cluster authorization does not allow multiple users",
+                            ))
+                        }
+                        _ => {
+                            return Err(invalid(
+                                av,
+                                &format!("unknown field {k:?} in cluster authorization"),
+                            ))
+                        }
+                    }
+                }
+            }
+            "routes" => {
+                let Value::Array(items) = &kv.value else {
+                    return Err(invalid(kv, "routes must be an array of URLs"));
+                };
+                for item in items {
+                    let u = string(item)?;
+                    let url = RouteUrl::parse(&u).map_err(|e| invalid(item, &e))?;
+                    if c.routes.contains(&url) {
+                        warnings.push(format!("{}: Duplicate route entry detected", item.pos));
+                        continue;
+                    }
+                    c.routes.push(url);
+                }
+            }
+            "cluster_advertise" | "advertise" => c.advertise = Some(string(kv)?),
+            "no_advertise" => c.no_advertise = boolean(kv)?,
+            "connect_retries" => c.connect_retries = int(kv)?.max(0) as u32,
+            "pool_size" => {
+                c.pool_size = int(kv)? as i32;
+                if c.pool_size > 0 {
+                    warnings.push(format!(
+                        "{}: cluster pool_size is not supported yet by this version of natrium: it keeps one route per peer (nats-server 2.10 accepts that from a peer that does not pool)",
+                        kv.pos
+                    ));
+                }
+            }
+            "accounts" => warnings.push(format!(
+                "{}: cluster accounts (dedicated per-account routes) are not supported yet by this version of natrium: those accounts use the shared route",
+                kv.pos
+            )),
+            "compression" => {
+                let off = match &kv.value {
+                    Value::Bool(b) => !b,
+                    Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "off" | "disabled" | "false" | "accept"),
+                    _ => false,
+                };
+                if !off {
+                    warnings.push(format!(
+                        "{}: route compression is not supported yet by this version of natrium: routes run uncompressed",
+                        kv.pos
+                    ));
+                }
+            }
+            "ping_interval" => c.ping_interval = Some(duration(kv)?),
+            "ping_max" => c.ping_max = Some(int(kv)?.max(1) as u32),
+            "tls" => {
+                let t = tls(kv, warnings)?;
+                if t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty() {
+                    return Err(invalid(kv, "cluster tls: cert_file and key_file are required"));
+                }
+                if t.insecure {
+                    warnings.push(format!(
+                        "{}: TLS certificate chain and hostname of solicited routes will not be verified. DO NOT USE IN PRODUCTION!",
+                        kv.pos
+                    ));
+                }
+                c.tls = Some(t);
+            }
+            "permissions" => {
+                return Err(invalid(
+                    kv,
+                    "cluster permissions are not supported yet by this version of natrium (routes would carry every subject)",
+                ))
+            }
+            "write_deadline" => warnings.push(format!(
+                "{}: cluster write_deadline is not supported yet by this version of natrium: routes use the server's write_deadline",
+                kv.pos
+            )),
+            _ => {
+                return Err(invalid(
+                    kv,
+                    &format!("unknown field {key:?} in cluster block"),
+                ))
+            }
+        }
+    }
+    Ok(c)
+}
+
 /// An `operator` entry: a JWT, or the path of a file holding one.
 fn operator_jwt(item: &str, base: Option<&Path>) -> Result<String, String> {
     if item.trim_start().starts_with("eyJ") {
-        return Ok(crate::jwt::unarmour(item));
+        return Ok(crate::auth::jwt::unarmour(item));
     }
     // Relative paths: next to the config file, else from the working directory.
     let path = match base {
@@ -965,20 +1004,21 @@ fn operator_jwt(item: &str, base: Option<&Path>) -> Result<String, String> {
         _ => PathBuf::from(item),
     };
     std::fs::read_to_string(&path)
-        .map(|t| crate::jwt::unarmour(&t))
+        .map(|t| crate::auth::jwt::unarmour(&t))
         .map_err(|e| format!("can not read operator JWT {}: {e}", path.display()))
 }
 
 /// The `tls {}` block.
 fn tls(v: &Spanned, warnings: &mut Vec<String>) -> Result<TlsOptions, OptionsError> {
     let mut t = TlsOptions::default();
-    for (key, kv) in map_of(v)?.iter() {
+    for (key, kpos, kv) in map_of(v)?.entries() {
         match key.to_ascii_lowercase().as_str() {
             "cert_file" => t.cert_file = string(kv)?.into(),
             "key_file" => t.key_file = string(kv)?.into(),
             "ca_file" => t.ca_file = Some(string(kv)?.into()),
             "verify" => t.verify = boolean(kv)?,
-            "verify_and_map" | "map_and_verify" => {
+            "insecure" => t.insecure = boolean(kv)?,
+            "verify_and_map" => {
                 t.verify_and_map = boolean(kv)?;
                 t.verify |= t.verify_and_map;
             }
@@ -1023,10 +1063,7 @@ fn tls(v: &Spanned, warnings: &mut Vec<String>) -> Result<TlsOptions, OptionsErr
                     ))
                 }
             },
-            _ => warnings.push(format!(
-                "{}: tls key {key:?} is not supported yet by this version of natrium and is ignored",
-                kv.pos
-            )),
+            _ => not_supported(warnings, kpos, "tls", key),
         }
     }
     Ok(t)
@@ -1053,16 +1090,16 @@ fn users(
                     "a user entry has either an 'nkey' or a 'user' and 'password'",
                 ));
             }
-            let permissions = match u.get("permissions") {
+            let permissions = match user_permissions(u) {
                 Some(p) => Some(permissions(p)?),
                 None => None,
             };
-            for (k, kv) in u.iter() {
-                if !matches!(k.to_ascii_lowercase().as_str(), "nkey" | "permissions") {
-                    warnings.push(format!(
-                        "{}: nkey user key {k:?} is not supported yet by this version of natrium and is ignored",
-                        kv.pos
-                    ));
+            for (k, kpos, _) in u.entries() {
+                if !matches!(
+                    k.to_ascii_lowercase().as_str(),
+                    "nkey" | "permission" | "permissions" | "authorization"
+                ) {
+                    not_supported(warnings, kpos, "nkey user", k);
                 }
             }
             nkeys.push(NkeyUser {
@@ -1080,19 +1117,22 @@ fn users(
             Some(p) => string(p)?,
             None => String::new(),
         };
-        let permissions = match u.get("permissions") {
+        let permissions = match user_permissions(u) {
             Some(p) => Some(permissions(p)?),
             None => None,
         };
-        for (k, kv) in u.iter() {
+        for (k, kpos, _) in u.entries() {
             if !matches!(
                 k.to_ascii_lowercase().as_str(),
-                "user" | "username" | "password" | "pass" | "permissions"
+                "user"
+                    | "username"
+                    | "password"
+                    | "pass"
+                    | "permission"
+                    | "permissions"
+                    | "authorization"
             ) {
-                warnings.push(format!(
-                    "{}: user key {k:?} is not supported yet by this version of natrium and is ignored",
-                    kv.pos
-                ));
+                not_supported(warnings, kpos, "user", k);
             }
         }
         out.push(User {
@@ -1105,15 +1145,22 @@ fn users(
     Ok((out, nkeys))
 }
 
+/// A user entry's permissions, under any of nats-server's names for them.
+fn user_permissions(u: &Map) -> Option<&Spanned> {
+    u.get("permissions")
+        .or_else(|| u.get("permission"))
+        .or_else(|| u.get("authorization"))
+}
+
 /// `permissions { publish: ..., subscribe: ..., allow_responses: ... }`.
 fn permissions(v: &Spanned) -> Result<Permissions, OptionsError> {
     let m = map_of(v)?;
     let mut p = Permissions::default();
     for (key, kv) in m.iter() {
         match key.to_ascii_lowercase().as_str() {
-            "publish" | "pub" => p.publish = Some(subject_permission(kv)?),
-            "subscribe" | "sub" => p.subscribe = Some(subject_permission(kv)?),
-            "allow_responses" | "allow_responses_max" => {
+            "publish" | "pub" | "import" => p.publish = Some(subject_permission(kv)?),
+            "subscribe" | "sub" | "export" => p.subscribe = Some(subject_permission(kv)?),
+            "allow_responses" | "publish_allow_responses" => {
                 p.allow_responses = response_permission(kv)?
             }
             other => return Err(invalid(kv, &format!("unknown permission key {other:?}"))),
@@ -1268,7 +1315,7 @@ fn imports(v: &Spanned) -> Result<Vec<Import>, OptionsError> {
         let subject = src_map
             .get("subject")
             .ok_or_else(|| invalid(src, "import needs a 'subject'"))?;
-        let to = match m.get("to").or_else(|| m.get("local_subject")) {
+        let to = match m.get("to") {
             Some(t) => Some(string(t)?),
             None => None,
         };
@@ -1367,17 +1414,36 @@ fn map_of(v: &Spanned) -> Result<&Map, OptionsError> {
     }
 }
 
+/// A port: -1 (a random one) to 65535, an error naming the file and line otherwise.
+fn port(v: &Spanned, what: &str) -> Result<i32, OptionsError> {
+    let p = int(v)?;
+    if !(-1..=65535).contains(&p) {
+        return Err(invalid(
+            v,
+            &format!("{what} {p} is not a port: it must be between -1 and 65535"),
+        ));
+    }
+    Ok(p as i32)
+}
+
 /// `listen: "host:port"`, `listen: ":4222"` or `listen: 4222`.
 fn parse_listen(v: &Spanned) -> Result<(Option<String>, i32), OptionsError> {
     match &v.value {
-        Value::Integer(p) => Ok((None, *p as i32)),
+        Value::Integer(_) => Ok((None, port(v, "port")?)),
         Value::String(s) => {
             let (host, port) = s
                 .rsplit_once(':')
                 .ok_or_else(|| invalid(v, "listen must be host:port"))?;
             let port = port
                 .parse()
-                .map_err(|_| invalid(v, &format!("bad port in listen {s:?}")))?;
+                .ok()
+                .filter(|p| (-1..=65535).contains(p))
+                .ok_or_else(|| {
+                    invalid(
+                        v,
+                        &format!("bad port in listen {s:?}: it must be between -1 and 65535"),
+                    )
+                })?;
             let host = host.trim_start_matches('[').trim_end_matches(']');
             Ok(((!host.is_empty()).then(|| host.to_string()), port))
         }
@@ -1404,7 +1470,7 @@ mod tests {
         let (o, w) = load(
             "listen: 127.0.0.1:4333\nserver_name: n1\nmax_payload: 2MB\nping_interval: \"30s\"\nping_max: 3\n\
              write_deadline: 5\nmax_connections: 100\nauthorization { user: a, password: b, timeout: 1.5 }\n\
-             cluster { port: 6222 }\nbogus_key: 1\n",
+             cluster { port: 6222 }\n",
         );
         assert_eq!(o.host, "127.0.0.1");
         assert_eq!(o.port, 4333);
@@ -1416,10 +1482,33 @@ mod tests {
         assert_eq!(o.max_connections, 100);
         assert_eq!(o.auth.user.as_deref(), Some("a"));
         assert_eq!(o.auth_timeout, Duration::from_millis(1500));
-        assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].contains("cluster") && w[0].contains("not supported yet"));
-        assert!(w[1].contains("bogus_key"));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(o.cluster.as_ref().map(|c| c.port), Some(6222));
         o.validate().expect("valid");
+    }
+
+    /// A key nats-server does not know is an error naming its place, at any level, all of them
+    /// at once; one it knows that Natrium does not implement is a warning saying so.
+    #[test]
+    fn unknown_keys_are_errors_known_ones_warnings() {
+        let map = natrium_config::parse_str(
+            "port: 1\nstore_dri: /x\njetstream {\n  store_dri: /y\n  unique_tag: az\n}\n",
+        )
+        .expect("parses");
+        let err = Options::default()
+            .apply_config(&map)
+            .expect_err("unknown keys")
+            .to_string();
+        assert_eq!(
+            err,
+            "2:1: unknown field \"store_dri\"\n4:3: unknown field \"store_dri\""
+        );
+        let (o, w) = load("jetstream {\n  max_mem: 1G\n  unique_tag: az\n}\nstore_dir: /y\n");
+        assert_eq!(o.jetstream.expect("on").store_dir, Path::new("/y"));
+        assert_eq!(
+            w,
+            vec!["3:3: jetstream key \"unique_tag\" is a nats-server option not supported yet by this version of natrium; it is ignored"]
+        );
     }
 
     #[test]
@@ -1430,8 +1519,29 @@ mod tests {
         o.validate().expect("valid");
         let (o, _) = load("authorization { token: t, user: u }");
         assert!(o.validate().is_err());
-        let (o, _) = load("port: 70000");
+        // A port out of range names its place in the file.
+        let map = natrium_config::parse_str("port: 70000").expect("parses");
+        let err = Options::default()
+            .apply_config(&map)
+            .expect_err("bad port")
+            .to_string();
+        assert!(err.starts_with("1:7: port 70000"), "{err}");
+        // A system account must be one of the accounts (only `$SYS` is made up).
+        let (o, _) = load("accounts { A: {} }\nsystem_account: B");
         assert!(o.validate().is_err());
+        let (o, _) = load("accounts { A: {} }\nsystem_account: A");
+        o.validate().expect("system account exists");
+    }
+
+    #[test]
+    fn store_dir_at_the_top_and_in_the_block_is_a_duplicate() {
+        let map = natrium_config::parse_str("jetstream { store_dir: /a }\nstore_dir: /b\n")
+            .expect("parses");
+        let err = Options::default()
+            .apply_config(&map)
+            .expect_err("duplicate")
+            .to_string();
+        assert_eq!(err, "2:12: Duplicate 'store_dir' configuration");
     }
 
     #[test]

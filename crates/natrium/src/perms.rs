@@ -1,13 +1,36 @@
-//! Publish and subscribe permissions compiled for one connection: allow/deny lists (queue-aware
-//! for subscribe), the per-connection publish decision cache, and the reply subjects a client
-//! may answer under `allow_responses`.
+//! Publish and subscribe permissions: the configured lists (`Permissions`, as the config file
+//! and user JWTs give them) compiled for one connection (allow/deny, queue-aware for subscribe,
+//! a per-connection publish decision cache), and the reply subjects a client may answer under
+//! `allow_responses`. Below the router: it imports nothing from the rest of the crate.
 
 use std::time::{Duration, Instant};
 
 use natrium_subjects::{is_subset, matches, overlaps};
 use rustc_hash::FxHashMap;
 
-use crate::options::{Permissions, ResponsePermission, SubjectPermission};
+/// Allow and deny lists for one direction. `allow: None` allows everything not denied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubjectPermission {
+    pub allow: Option<Vec<String>>,
+    pub deny: Vec<String>,
+}
+
+/// Permission to publish to the reply subjects of requests received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponsePermission {
+    /// Responses allowed per request.
+    pub max: usize,
+    /// How long a reply subject stays open; zero means until used.
+    pub expires: Duration,
+}
+
+/// A user's permissions, as configured (`permissions {}`) or granted by a user JWT.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permissions {
+    pub publish: Option<SubjectPermission>,
+    pub subscribe: Option<SubjectPermission>,
+    pub allow_responses: Option<ResponsePermission>,
+}
 
 /// One permission entry: a subject pattern and, for subscribe entries, an optional queue pattern.
 #[derive(Debug, Clone)]

@@ -51,11 +51,11 @@ pub enum ClientOp<'a> {
     Ignored,
 }
 
-/// What `parse_op` found at the front of the buffer.
+/// What a parser found at the front of the buffer (`parse_op`: a client op; `route`: a peer's).
 #[derive(Debug, PartialEq, Eq)]
-pub enum Parsed<'a> {
+pub enum Parsed<O> {
     /// A complete operation occupying the first `len` bytes.
-    Op { op: ClientOp<'a>, len: usize },
+    Op { op: O, len: usize },
     /// The buffer holds only part of an operation. `total`, when known, is the full length it needs.
     Incomplete { total: Option<usize> },
 }
@@ -78,7 +78,7 @@ pub enum ParseError {
 }
 
 /// Parses one client operation from the front of `buf`.
-pub fn parse_op<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, ParseError> {
+pub fn parse_op<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<ClientOp<'a>>, ParseError> {
     let Some(nl) = memchr(b'\n', buf) else {
         if buf.len() > limits.max_control_line {
             return Err(ParseError::ControlLineTooLong);
@@ -146,10 +146,9 @@ pub fn parse_op<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, ParseE
                 return Err(ParseError::BadArgs("too many arguments to UNSUB"));
             }
             let sid = sid.ok_or(ParseError::BadArgs("missing sid in UNSUB"))?;
-            let max = match max {
-                Some(m) => Some(parse_size(m).ok_or(ParseError::BadArgs("bad UNSUB max"))? as u64),
-                None => None,
-            };
+            // As nats-server, a max that is not a number (or has more than 9 digits) is no
+            // max: the subscription ends now.
+            let max = max.and_then(parse_size).map(|m| m as u64);
             ClientOp::Unsub { sid, max }
         }
         Kind::Pub | Kind::HPub => {
@@ -295,28 +294,28 @@ fn op_kind(line: &[u8]) -> Option<Kind> {
 }
 
 #[inline]
-fn is_space(c: u8) -> bool {
+pub(crate) fn is_space(c: u8) -> bool {
     c == b' ' || c == b'\t'
 }
 
-fn trim_start(s: &[u8]) -> &[u8] {
+pub(crate) fn trim_start(s: &[u8]) -> &[u8] {
     let n = s.iter().take_while(|c| is_space(**c)).count();
     &s[n..]
 }
 
-fn trim(s: &[u8]) -> &[u8] {
+pub(crate) fn trim(s: &[u8]) -> &[u8] {
     let s = trim_start(s);
     let n = s.iter().rev().take_while(|c| is_space(**c)).count();
     &s[..s.len() - n]
 }
 
 /// Whitespace-separated arguments of a control line.
-struct Args<'a> {
+pub(crate) struct Args<'a> {
     rest: &'a [u8],
 }
 
 impl<'a> Args<'a> {
-    fn new(rest: &'a [u8]) -> Self {
+    pub(crate) fn new(rest: &'a [u8]) -> Self {
         Args { rest }
     }
 }
@@ -335,9 +334,10 @@ impl<'a> Iterator for Args<'a> {
     }
 }
 
-/// Parses a decimal size with no sign; `None` on any other byte or on overflow.
+/// Parses a decimal size with no sign and at most 9 digits, as nats-server does; `None` on any
+/// other byte or when longer.
 pub fn parse_size(s: &[u8]) -> Option<usize> {
-    if s.is_empty() || s.len() > 18 {
+    if s.is_empty() || s.len() > 9 {
         return None;
     }
     let mut n: usize = 0;
@@ -403,6 +403,20 @@ mod tests {
                 max: None
             }
         );
+        // A max that is not a number is no max, as nats-server has it.
+        for bad in [
+            &b"UNSUB 7 abc\r\n"[..],
+            b"UNSUB 7 -5\r\n",
+            b"UNSUB 7 1234567890\r\n",
+        ] {
+            assert_eq!(
+                one(bad).0,
+                ClientOp::Unsub {
+                    sid: b"7",
+                    max: None
+                }
+            );
+        }
         assert_eq!(
             one(b"PUB a.b _INBOX.x 5\r\nhello\r\n"),
             (

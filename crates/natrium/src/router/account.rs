@@ -1,0 +1,298 @@
+//! One account: a subject space. It holds the subscription trie for its connections and a
+//! generation counter that publishers read, without a lock, to know whether their cached match
+//! results are stale; the reply routes of service imports; its client limits (connections,
+//! subscriptions, payload) and connection count; and its audit and traffic counters.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use natrium_subjects::{Matches, Sublist};
+use parking_lot::{Mutex, RwLock};
+
+use super::interest::{Interest, InterestFeed, LocalInterest};
+use super::outbound::ClientStats;
+use super::subscription::{SubRef, Target};
+
+/// The account of clients that belong to no named account, as in nats-server.
+pub const GLOBAL_ACCOUNT: &str = "$G";
+
+pub struct Account {
+    pub name: String,
+    /// The name again, shared with interest reports.
+    shared_name: Arc<str>,
+    /// In a cluster: the announced subscriptions counted for peer servers.
+    interest: Option<LocalInterest>,
+    sublist: RwLock<Sublist<SubRef>>,
+    /// Bumped after every change to `sublist`; read lock-free on the publish path.
+    generation: AtomicU64,
+    /// Reply routes of service imports with the time they close, oldest first, swept when they
+    /// expire (see `imports`).
+    pub(super) responses: Mutex<VecDeque<(Instant, SubRef)>>,
+    /// Failed authentications of users of this account (audit counter).
+    pub auth_failures: AtomicU64,
+    /// Permission violations by users of this account (audit counter).
+    pub permission_violations: AtomicU64,
+    pub slow_consumers: AtomicU64,
+    pub total_connections: AtomicU64,
+    /// Traffic of this account's clients that have disconnected (live clients are summed on read).
+    pub closed_totals: Mutex<Totals>,
+    /// Limits on this account's clients (from the config or the account JWT); changed by
+    /// reloads and JWT updates, read at CONNECT and when a connection re-checks itself.
+    limits: RwLock<Limits>,
+    /// Client connections registered with this account (internal clients are not counted).
+    connections: AtomicUsize,
+    /// In a cluster: the account's connections on each other server (by server id), as they
+    /// report them, and their sum; `max_connections` holds for the cluster as a whole.
+    remote_connections: Mutex<rustc_hash::FxHashMap<String, usize>>,
+    remote_total: AtomicUsize,
+    /// The subscription trie's counters, as nats-server's sublist statistics.
+    pub sublist_stats: SublistCounters,
+    /// When the account was created (`update_time` in `/accountz`).
+    pub created: std::time::SystemTime,
+}
+
+/// Counters of an account's subscription trie and of the match caches in front of it, for
+/// nats-server's sublist statistics. Natrium has no shared match cache: each publishing
+/// connection has its own (see `delivery::MatchCache`), and these count lookups through them.
+#[derive(Debug, Default)]
+pub struct SublistCounters {
+    pub inserts: AtomicU64,
+    pub removes: AtomicU64,
+    /// Subject lookups: through a publisher's match cache, or straight into the trie for
+    /// internal publishes.
+    pub matches: AtomicU64,
+    /// Lookups a publisher's match cache answered.
+    pub cache_hits: AtomicU64,
+}
+
+/// Limits on an account's clients, as nats-server has them (`limits {}` in the config, `limits`
+/// in an account JWT); `None` is unlimited. `max_subscriptions` and `max_payload` apply to each
+/// connection (the lowest of the server's, the account's and the user's wins), `max_connections`
+/// to the account as a whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: Option<usize>,
+    pub max_subscriptions: Option<usize>,
+    pub max_payload: Option<usize>,
+    /// Parsed for compatibility; Natrium has no leaf nodes yet.
+    pub max_leafnodes: Option<usize>,
+}
+
+/// A connection refused because its account is at `max_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("maximum account active connections exceeded")]
+pub struct TooManyConnections;
+
+/// Message and byte counts, as clients see them: `in` from clients, `out` to clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub in_msgs: u64,
+    pub in_bytes: u64,
+    pub out_msgs: u64,
+    pub out_bytes: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, s: &ClientStats) {
+        self.in_msgs += s.in_msgs;
+        self.in_bytes += s.in_bytes;
+        self.out_msgs += s.out_msgs;
+        self.out_bytes += s.out_bytes;
+    }
+}
+
+impl Account {
+    pub fn new(name: impl Into<String>) -> Arc<Self> {
+        Self::with_interest(name, None)
+    }
+
+    /// An account whose announced interest is reported to `feed` (in a cluster).
+    pub fn with_interest(name: impl Into<String>, feed: Option<Arc<InterestFeed>>) -> Arc<Self> {
+        let name = name.into();
+        Arc::new(Account {
+            shared_name: name.as_str().into(),
+            interest: feed.map(LocalInterest::new),
+            name,
+            sublist: RwLock::new(Sublist::new()),
+            generation: AtomicU64::new(0),
+            responses: Mutex::new(VecDeque::new()),
+            auth_failures: AtomicU64::new(0),
+            permission_violations: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            total_connections: AtomicU64::new(0),
+            closed_totals: Mutex::new(Totals::default()),
+            limits: RwLock::new(Limits::default()),
+            connections: AtomicUsize::new(0),
+            remote_connections: Mutex::new(rustc_hash::FxHashMap::default()),
+            remote_total: AtomicUsize::new(0),
+            sublist_stats: SublistCounters::default(),
+            created: std::time::SystemTime::now(),
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        *self.limits.read()
+    }
+
+    pub fn set_limits(&self, l: Limits) {
+        *self.limits.write() = l;
+    }
+
+    /// Registers one more client connection unless the account is at `max_connections`
+    /// (counting its connections on the other servers of a cluster).
+    pub fn add_connection(&self) -> Result<(), TooManyConnections> {
+        let max = self.limits().max_connections;
+        let remote = self.remote_total.load(Ordering::Acquire);
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                max.is_none_or(|m| n + remote < m).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| TooManyConnections)
+    }
+
+    /// Undoes `add_connection` when a registered client goes away.
+    pub fn remove_connection(&self) {
+        let _ = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub fn num_connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// Records how many connections of this account server `server` has (its report).
+    pub fn set_remote_connections(&self, server: &str, n: usize) {
+        let mut m = self.remote_connections.lock();
+        if n == 0 {
+            m.remove(server);
+        } else {
+            m.insert(server.to_string(), n);
+        }
+        self.remote_total.store(m.values().sum(), Ordering::Release);
+    }
+
+    /// Forgets server `server`'s connections (it left the cluster).
+    pub fn forget_remote_server(&self, server: &str) {
+        self.set_remote_connections(server, 0);
+    }
+
+    /// This account's connections on other servers.
+    pub fn remote_connections(&self) -> usize {
+        self.remote_total.load(Ordering::Acquire)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn insert(&self, sub: SubRef) {
+        {
+            let mut list = self.sublist.write();
+            list.insert(&sub.0.subject, sub.0.queue.as_deref(), sub.clone());
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        self.sublist_stats.inserts.fetch_add(1, Ordering::Relaxed);
+        self.count_interest(&sub, true);
+    }
+
+    pub fn remove(&self, sub: &SubRef) -> bool {
+        let removed = {
+            let mut list = self.sublist.write();
+            let removed = list.remove(&sub.0.subject, sub.0.queue.as_deref(), sub);
+            if removed {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            removed
+        };
+        if removed {
+            self.sublist_stats.removes.fetch_add(1, Ordering::Relaxed);
+            self.count_interest(sub, false);
+        }
+        removed
+    }
+
+    /// In a cluster, counts an announced subscription in or out of the interest peers see.
+    fn count_interest(&self, sub: &SubRef, up: bool) {
+        if let Some(interest) = &self.interest {
+            if sub.0.is_announced() {
+                interest.changed(
+                    &self.shared_name,
+                    &sub.0.subject,
+                    sub.0.queue.as_deref(),
+                    up,
+                );
+            }
+        }
+    }
+
+    /// The announced interest now (subject, queue, local count): what a peer learns when its
+    /// route comes up. Empty outside a cluster.
+    pub fn local_interest(&self) -> Vec<Interest> {
+        self.interest
+            .as_ref()
+            .map(LocalInterest::snapshot)
+            .unwrap_or_default()
+    }
+
+    /// Every subscription matching `subject`, computed under the read lock.
+    pub fn matches(&self, subject: &[u8]) -> Matches<SubRef> {
+        self.sublist.read().matches(subject)
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.sublist.read().len()
+    }
+
+    /// Every subscription of this account, as monitoring lists them.
+    pub fn subscriptions(&self) -> Vec<SubInfo> {
+        let mut out = Vec::new();
+        self.sublist.read().for_each(|subject, queue, sub| {
+            let cid = match &sub.0.target {
+                Target::Client(c) => c.cid,
+                Target::Route(r) => r.route.cid,
+                Target::Forward(_) | Target::Internal(_) => 0,
+            };
+            let mut info = SubInfo::of(&sub.0);
+            info.subject = String::from_utf8_lossy(subject).into_owned();
+            info.queue = queue.map(|q| String::from_utf8_lossy(q).into_owned());
+            info.cid = cid;
+            out.push(info);
+        });
+        out
+    }
+}
+
+/// A subscription as monitoring shows it (nats-server's `SubDetail`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubInfo {
+    pub subject: String,
+    pub queue: Option<String>,
+    /// Empty for internal subscriptions.
+    pub sid: String,
+    /// Messages delivered to it so far.
+    pub msgs: u64,
+    /// Its auto-unsubscribe max, 0 for none.
+    pub max: u64,
+    /// The owning connection, 0 for internal subscriptions.
+    pub cid: u64,
+}
+
+impl SubInfo {
+    pub fn of(s: &super::subscription::Subscription) -> SubInfo {
+        SubInfo {
+            subject: String::from_utf8_lossy(&s.subject).into_owned(),
+            queue: s
+                .queue
+                .as_deref()
+                .map(|q| String::from_utf8_lossy(q).into_owned()),
+            sid: String::from_utf8_lossy(&s.sid).into_owned(),
+            msgs: s.delivered.load(Ordering::Relaxed),
+            max: s.max.load(Ordering::Relaxed),
+            cid: s.client_out().map_or(0, |o| o.cid),
+        }
+    }
+}

@@ -1,0 +1,821 @@
+//! Message delivery: match a subject in an account (through a per-publisher cache while the
+//! account's generation holds), then hand the message to every plain match and to one member of
+//! each queue group: appended as MSG/HMSG to a connection's outbound buffer, carried across an
+//! import into another account, or offered to an internal sink. Writers are woken once per
+//! batch, not per message.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use natrium_protocol::encode;
+use natrium_subjects::{matches, Matches};
+use rustc_hash::FxHashMap;
+
+use natrium_protocol::route::queue_names;
+use parking_lot::MutexGuard;
+use smallvec::SmallVec;
+
+use super::account::Account;
+use super::imports::{self, Forward, ForwardKind};
+use super::outbound::{CloseReason, OutBuf, Outbound, STALL_MAX};
+use super::subscription::{SubRef, Target};
+
+/// One message to deliver. `subject` is the subject receivers see; what it is matched on may
+/// differ (see [`publish_batch`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Msg<'a> {
+    pub subject: &'a [u8],
+    pub reply: Option<&'a [u8]>,
+    pub headers: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+}
+
+/// A publisher's cache of match results, valid while the account's generation holds.
+struct MatchCache {
+    generation: u64,
+    results: FxHashMap<Box<[u8]>, Matches<SubRef>>,
+    /// Lookups and hits since the last `Publisher::flush` reported them to the account.
+    lookups: u64,
+    hits: u64,
+    /// Fan-out (plain matches plus queue groups) summed over the cached results, and its max.
+    fanout_sum: u64,
+    fanout_max: u64,
+}
+
+/// What a connection's match cache holds, as its publisher last reported it (once per read),
+/// for nats-server's sublist statistics.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub entries: AtomicU64,
+    pub fanout_sum: AtomicU64,
+    pub fanout_max: AtomicU64,
+}
+
+const MATCH_CACHE_MAX: usize = 4096;
+
+impl MatchCache {
+    fn new() -> Self {
+        MatchCache {
+            generation: u64::MAX,
+            results: FxHashMap::default(),
+            lookups: 0,
+            hits: 0,
+            fanout_sum: 0,
+            fanout_max: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.results.clear();
+        self.fanout_sum = 0;
+        self.fanout_max = 0;
+    }
+
+    fn lookup(&mut self, account: &Account, subject: &[u8]) -> &Matches<SubRef> {
+        let generation = account.generation();
+        if generation != self.generation {
+            self.clear();
+            self.generation = generation;
+        }
+        self.lookups += 1;
+        if self.results.contains_key(subject) {
+            self.hits += 1;
+        } else {
+            if self.results.len() >= MATCH_CACHE_MAX {
+                self.clear();
+            }
+            let found = account.matches(subject);
+            let fanout = (found.plain.len() + found.queues.len()) as u64;
+            self.fanout_sum += fanout;
+            self.fanout_max = self.fanout_max.max(fanout);
+            self.results.insert(subject.into(), found);
+        }
+        // Present: inserted just above if it was missing.
+        &self.results[subject]
+    }
+}
+
+/// How deep forwarding between accounts may go (import cycles end here).
+const MAX_FORWARD_DEPTH: u8 = 4;
+
+/// Where a message being delivered came from, which decides where it may go next.
+#[derive(Clone, Copy)]
+struct Hop<'q> {
+    /// Forwarding depth (0: published in this account).
+    depth: u8,
+    /// Whether matching peer servers (routes) may receive it: not for a message that came from
+    /// a route (a full mesh never relays), nor after a stream import or reply path (those are
+    /// resolved where the exporter's message lands).
+    to_routes: bool,
+    /// For a message from a route: the queue groups the sender chose this server for; only
+    /// those groups get it, each from a local member.
+    queues: Option<&'q [u8]>,
+}
+
+/// One peer a message goes to, and the queue groups it picked members there for.
+type RouteHit<'f> = (&'f Arc<Outbound>, SmallVec<[&'f [u8]; 2]>);
+
+/// The frames one receiver gets from a batch, handed over in one piece (one lock) at `flush`.
+struct Staged {
+    /// `out.cid`, kept here so finding a receiver's slot reads no other cache line.
+    cid: u64,
+    out: Arc<Outbound>,
+    buf: Vec<u8>,
+    msgs: u64,
+    bytes: u64,
+    /// Deliveries per subscription (without a max) in this batch, added to their counters at
+    /// `flush`.
+    subs: SmallVec<[(SubRef, u64); 1]>,
+}
+
+/// The parts of a message's MSG/HMSG line that every receiver shares, built once per message:
+/// `MSG <subject> ` (or `HMSG`) and ` [reply ][hdr_len ]<len>\r\n`; a receiver adds its sid
+/// between them. Fan-out encodes each delivery as a few copies instead of formatting the line
+/// again (callgrind: a fifth of the instructions per delivery went to that).
+#[derive(Default)]
+struct FrameParts {
+    /// Built for the current message (with headers, without).
+    ready: [bool; 2],
+    head: [Vec<u8>; 2],
+    mid: [Vec<u8>; 2],
+}
+
+impl FrameParts {
+    fn reset(&mut self) {
+        self.ready = [false; 2];
+    }
+
+    /// The shared parts for `m`, with its headers or without them.
+    fn parts(&mut self, m: &Msg<'_>, headers: Option<&[u8]>) -> (&[u8], &[u8]) {
+        let i = usize::from(headers.is_some());
+        if !self.ready[i] {
+            let (head, mid) = (&mut self.head[i], &mut self.mid[i]);
+            head.clear();
+            head.extend_from_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
+            head.extend_from_slice(m.subject);
+            head.push(b' ');
+            mid.clear();
+            mid.push(b' ');
+            if let Some(reply) = m.reply {
+                mid.extend_from_slice(reply);
+                mid.push(b' ');
+            }
+            let mut num = itoa::Buffer::new();
+            let hlen = headers.map_or(0, <[u8]>::len);
+            if headers.is_some() {
+                mid.extend_from_slice(num.format(hlen).as_bytes());
+                mid.push(b' ');
+            }
+            mid.extend_from_slice(num.format(hlen + m.payload.len()).as_bytes());
+            mid.extend_from_slice(b"\r\n");
+            self.ready[i] = true;
+        }
+        (&self.head[i], &self.mid[i])
+    }
+}
+
+/// Appends one delivery: the shared parts around the receiver's sid, then the body.
+#[inline]
+fn put_frame(
+    buf: &mut Vec<u8>,
+    head: &[u8],
+    sid: &[u8],
+    mid: &[u8],
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) {
+    let hlen = headers.map_or(0, <[u8]>::len);
+    buf.reserve(head.len() + sid.len() + mid.len() + hlen + payload.len() + 2);
+    buf.extend_from_slice(head);
+    buf.extend_from_slice(sid);
+    buf.extend_from_slice(mid);
+    if let Some(h) = headers {
+        buf.extend_from_slice(h);
+    }
+    buf.extend_from_slice(payload);
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Past this many receivers in a batch, their staging slots are found through a map.
+const STAGED_SCAN: usize = 8;
+/// Staging buffers larger than this are not kept for the next batch.
+const MAX_RETAINED_STAGING: usize = 1 << 20;
+
+/// Per-batch delivery bookkeeping: the frames gathered for each receiver, which subscriptions
+/// hit their max, which receivers fell behind.
+///
+/// Frames for other connections are gathered per receiver during a batch (a read, or an
+/// internal batch) and appended to each receiver's buffer at `flush`, with one lock per
+/// receiver per batch instead of one per message: that lock was the largest cost of fan-out
+/// (callgrind and perf on `fanout-1x4`). Frames for the publisher itself go straight to its
+/// buffer, so they keep their order with its own protocol replies (PONG after a PUB).
+struct Delivery {
+    /// The publishing connection (0 for none), for `echo: false`.
+    cid: u64,
+    echo: bool,
+    /// The publisher is a route: what it sends never goes back out to routes.
+    from_route: bool,
+    staged: Vec<Staged>,
+    /// Where each receiver's slot is in `staged` (by cid), once there are many.
+    slots: FxHashMap<u64, usize>,
+    /// Emptied staging buffers, reused by later batches.
+    spare: Vec<Vec<u8>>,
+    /// Receivers to wake because their buffer went from empty to non-empty.
+    flush: Vec<Arc<Outbound>>,
+    /// The current message's shared MSG parts, one per forwarding depth.
+    frames: [FrameParts; MAX_FORWARD_DEPTH as usize + 1],
+    /// Subscriptions that reached their max, with the account whose trie holds them.
+    expired: Vec<(Arc<Account>, SubRef)>,
+    /// Receivers past their stall threshold during this batch.
+    stall: Vec<Arc<Outbound>>,
+    rng: fastrand::Rng,
+}
+
+impl Delivery {
+    fn new(cid: u64) -> Self {
+        Delivery {
+            cid,
+            echo: true,
+            from_route: false,
+            staged: Vec::new(),
+            slots: FxHashMap::default(),
+            spare: Vec::new(),
+            flush: Vec::new(),
+            frames: Default::default(),
+            expired: Vec::new(),
+            stall: Vec::new(),
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// The first hop of a message published in an account.
+    fn first_hop<'q>(&self, queues: Option<&'q [u8]>) -> Hop<'q> {
+        Hop {
+            depth: 0,
+            to_routes: !self.from_route,
+            queues,
+        }
+    }
+
+    /// Delivers to every plain match and one member of each queue group (weighted by how many
+    /// members each peer server has); peers get one routed message each, naming the queue
+    /// groups they were picked for. Returns whether anything was delivered or routed.
+    fn deliver_all(
+        &mut self,
+        account: &Arc<Account>,
+        found: &Matches<SubRef>,
+        m: &Msg<'_>,
+        hop: Hop<'_>,
+    ) -> bool {
+        let mut delivered = false;
+        self.frames[hop.depth as usize].reset();
+        let mut routes: SmallVec<[RouteHit<'_>; 4]> = SmallVec::new();
+        for sub in &found.plain {
+            match &sub.0.target {
+                Target::Route(r) => {
+                    if hop.to_routes && !routes.iter().any(|(o, _)| Arc::ptr_eq(o, &r.route)) {
+                        routes.push((&r.route, SmallVec::new()));
+                    }
+                }
+                _ => delivered |= self.deliver(account, sub, m, hop),
+            }
+        }
+        for (name, members) in &found.queues {
+            match hop.queues {
+                // From a route: only the groups the sender picked this server for.
+                Some(qf) if !queue_names(qf).any(|q| q == &name[..]) => continue,
+                None if self.from_route => continue,
+                _ => {}
+            }
+            let n = members.len();
+            // Peers count as many members as they have; locals as one each.
+            let weight = |s: &SubRef| match &s.0.target {
+                Target::Route(r) if hop.to_routes => r.weight().max(1) as usize,
+                Target::Route(_) => 0,
+                _ => 1,
+            };
+            let total: usize = members.iter().map(weight).sum();
+            if total == 0 {
+                continue;
+            }
+            let start = if total == n {
+                self.rng.usize(..n)
+            } else {
+                let mut pick = self.rng.usize(..total);
+                members
+                    .iter()
+                    .position(|s| {
+                        let w = weight(s);
+                        if pick < w {
+                            true
+                        } else {
+                            pick -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(0)
+            };
+            for i in 0..n {
+                let sub = &members[(start + i) % n];
+                if let Target::Route(r) = &sub.0.target {
+                    if !hop.to_routes {
+                        continue;
+                    }
+                    match routes.iter_mut().find(|(o, _)| Arc::ptr_eq(o, &r.route)) {
+                        Some((_, qs)) => qs.push(name),
+                        None => routes.push((&r.route, smallvec::smallvec![&name[..]])),
+                    }
+                    delivered = true;
+                    break;
+                }
+                if self.deliver(account, sub, m, hop) {
+                    delivered = true;
+                    break;
+                }
+            }
+        }
+        for (route, queues) in &routes {
+            delivered |= self.route(account, route, queues, m);
+        }
+        delivered
+    }
+
+    /// Delivers one message to one local subscription of `account`. Returns whether it did.
+    fn deliver(&mut self, account: &Arc<Account>, sub: &SubRef, m: &Msg<'_>, hop: Hop<'_>) -> bool {
+        let s = &sub.0;
+        if let Some(deny) = &s.deny {
+            if deny.iter().any(|d| matches(d, m.subject)) {
+                return false;
+            }
+        }
+        if let Target::Client(client) = &s.target {
+            if !self.echo && client.cid == self.cid {
+                return false;
+            }
+        }
+        // Every delivery is counted (`msgs` in monitoring; `UNSUB sid max` counts the ones
+        // before it too, as nats-server does). With a max the count decides now; without one,
+        // deliveries to other connections are counted once per batch (`Staged::subs`), so
+        // publishers sharing a subscriber do not contend on its counter per message.
+        let max = s.max.load(Ordering::Relaxed);
+        if max > 0 {
+            let n = s.delivered.fetch_add(1, Ordering::Relaxed) + 1;
+            if n > max {
+                return false;
+            }
+            if n == max {
+                self.expired.push((account.clone(), sub.clone()));
+            }
+        }
+        let count_now = max == 0;
+        let client = match &s.target {
+            Target::Client(c) => c,
+            _ if count_now => {
+                s.delivered.fetch_add(1, Ordering::Relaxed);
+                return self.deliver_elsewhere(sub, m, hop);
+            }
+            _ => return self.deliver_elsewhere(sub, m, hop),
+        };
+        let headers = if client.headers.load(Ordering::Relaxed) {
+            m.headers
+        } else {
+            None
+        };
+        if let (Some(reply), true) = (m.reply, client.track_responses.load(Ordering::Relaxed)) {
+            if let Some((perm, grants)) = client.responses.lock().as_mut() {
+                grants.grant(reply, perm);
+            }
+        }
+        if client.closing.load(Ordering::Relaxed) {
+            return false;
+        }
+        if client.cid == self.cid {
+            // The publisher's own subscription: straight into its buffer.
+            let size = m.subject.len() + m.payload.len() + headers.map_or(0, <[u8]>::len);
+            let mut out = client.out.lock();
+            if !fits(client, &mut out, size) {
+                return false;
+            }
+            let was_empty = out.buf.is_empty();
+            encode::msg(&mut out.buf, m.subject, &s.sid, m.reply, headers, m.payload);
+            out.out_msgs += 1;
+            out.out_bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
+            drop(out);
+            if count_now {
+                s.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            if was_empty {
+                self.flush.push(client.clone());
+            }
+        } else {
+            let i = self.stage(client);
+            let (head, mid) = self.frames[hop.depth as usize].parts(m, headers);
+            let st = &mut self.staged[i];
+            put_frame(&mut st.buf, head, &s.sid, mid, headers, m.payload);
+            st.msgs += 1;
+            st.bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
+            if count_now {
+                match st.subs.iter_mut().find(|(x, _)| x == sub) {
+                    Some((_, n)) => *n += 1,
+                    None => st.subs.push((sub.clone(), 1)),
+                }
+            }
+        }
+        if crate::logging::protocol_trace() {
+            trace_delivery(client, m, &s.sid, headers);
+        }
+        true
+    }
+
+    /// Delivery to a subscription that is not a client's: across an import, or into an
+    /// internal sink (peers are gathered by `deliver_all`).
+    fn deliver_elsewhere(&mut self, sub: &SubRef, m: &Msg<'_>, hop: Hop<'_>) -> bool {
+        match &sub.0.target {
+            Target::Forward(f) => self.forward(f, m, hop),
+            Target::Internal(sink) => sink.offer(m.subject, m.reply, m.headers, m.payload),
+            Target::Client(_) | Target::Route(_) => false,
+        }
+    }
+
+    /// The index of receiver `out`'s staging slot in this batch.
+    fn stage(&mut self, out: &Arc<Outbound>) -> usize {
+        let i = if self.staged.len() <= STAGED_SCAN {
+            match self.staged.iter().position(|st| st.cid == out.cid) {
+                Some(i) => i,
+                None => self.new_slot(out),
+            }
+        } else {
+            if self.slots.is_empty() {
+                for (i, st) in self.staged.iter().enumerate() {
+                    self.slots.insert(st.cid, i);
+                }
+            }
+            match self.slots.get(&out.cid) {
+                Some(i) => *i,
+                None => {
+                    let i = self.new_slot(out);
+                    self.slots.insert(out.cid, i);
+                    i
+                }
+            }
+        };
+        i
+    }
+
+    fn new_slot(&mut self, out: &Arc<Outbound>) -> usize {
+        self.staged.push(Staged {
+            cid: out.cid,
+            out: out.clone(),
+            buf: self.spare.pop().unwrap_or_default(),
+            msgs: 0,
+            bytes: 0,
+            subs: SmallVec::new(),
+        });
+        self.staged.len() - 1
+    }
+
+    /// Sends one routed message (RMSG/HMSG in `account`) to a peer, naming `queues`.
+    fn route(
+        &mut self,
+        account: &Account,
+        route: &Arc<Outbound>,
+        queues: &[&[u8]],
+        m: &Msg<'_>,
+    ) -> bool {
+        if route.closing.load(Ordering::Relaxed) {
+            return false;
+        }
+        let headers = if route.headers.load(Ordering::Relaxed) {
+            m.headers
+        } else {
+            None
+        };
+        let i = self.stage(route);
+        let st = &mut self.staged[i];
+        natrium_protocol::route::msg(
+            &mut st.buf,
+            account.name.as_bytes(),
+            m.subject,
+            m.reply,
+            queues.iter().copied(),
+            headers,
+            m.payload,
+        );
+        st.msgs += 1;
+        st.bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
+        true
+    }
+
+    /// Carries a message across an import into the target account.
+    fn forward(&mut self, f: &Forward, m: &Msg<'_>, hop: Hop<'_>) -> bool {
+        if hop.depth >= MAX_FORWARD_DEPTH {
+            return false;
+        }
+        let service = f.is_service();
+        // A request that came from a route was already sent through its service import where
+        // it was published.
+        if service && self.from_route {
+            return false;
+        }
+        let subject = f.map.apply(m.subject);
+        if let (
+            ForwardKind::Service {
+                importer,
+                responses,
+            },
+            Some(reply),
+        ) = (&f.kind, m.reply)
+        {
+            // The responder answers in the exporter's account; carry that answer back.
+            imports::add_response_route(&f.to, reply, importer.clone(), *responses);
+        }
+        let fm = Msg {
+            subject: &subject,
+            ..*m
+        };
+        let found = f.to.matches(&subject);
+        let next = Hop {
+            depth: hop.depth + 1,
+            // Requests go to responders anywhere; a stream import or a reply is delivered here.
+            to_routes: service && hop.to_routes,
+            queues: None,
+        };
+        self.deliver_all(&f.to, &found, &fm, next)
+    }
+
+    /// Hands each receiver the frames this batch gathered for it (one lock each), cuts off a
+    /// receiver past `max_pending` as a slow consumer, notes receivers now lagging, and wakes
+    /// each writer whose buffer went from empty to non-empty.
+    fn flush(&mut self) {
+        self.slots.clear();
+        for mut st in std::mem::take(&mut self.staged) {
+            for (sub, n) in &st.subs {
+                sub.0.delivered.fetch_add(*n, Ordering::Relaxed);
+            }
+            let client = &st.out;
+            let mut out = client.out.lock();
+            if out.closed {
+                drop(out);
+            } else if out.buf.len() + st.buf.len() > client.max_pending {
+                drop(out);
+                tracing::info!(
+                    "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
+                    client.addr,
+                    client.cid,
+                    client.max_pending
+                );
+                client.close(CloseReason::SlowConsumerPendingBytes);
+            } else {
+                let was_empty = out.buf.is_empty();
+                if was_empty {
+                    // Hand the gathered frames over whole; the receiver's empty buffer (and
+                    // its capacity) comes back for the next batch.
+                    std::mem::swap(&mut out.buf, &mut st.buf);
+                } else {
+                    out.buf.extend_from_slice(&st.buf);
+                }
+                out.out_msgs += st.msgs;
+                out.out_bytes += st.bytes;
+                let behind = out.buf.len() > client.stall_threshold();
+                drop(out);
+                if behind
+                    && client.cid != self.cid
+                    && !self.stall.iter().any(|c| c.cid == client.cid)
+                {
+                    self.stall.push(client.clone());
+                }
+                if was_empty {
+                    self.flush.push(st.out.clone());
+                }
+            }
+            st.buf.clear();
+            if st.buf.capacity() <= MAX_RETAINED_STAGING {
+                self.spare.push(st.buf);
+            }
+        }
+        for c in self.flush.drain(..) {
+            c.wake.notify_one();
+        }
+    }
+
+    /// Removes the subscriptions that reached their max.
+    fn remove_expired(&mut self) {
+        for (account, sub) in self.expired.drain(..) {
+            remove_subscription(&account, &sub);
+        }
+    }
+
+    /// Receivers past their stall threshold since the last call (known after `flush`).
+    fn take_lagging(&mut self) -> Option<Lagging> {
+        (!self.stall.is_empty()).then(|| Lagging(std::mem::take(&mut self.stall)))
+    }
+}
+
+/// Whether `size` more bytes fit in a receiver's buffer. One that is closed does not take them;
+/// one past `max_pending` is cut off as a slow consumer (after its lock is released).
+fn fits(client: &Outbound, out: &mut MutexGuard<'_, OutBuf>, size: usize) -> bool {
+    if out.closed {
+        return false;
+    }
+    if out.buf.len() + size > client.max_pending {
+        MutexGuard::unlocked(out, || {
+            tracing::info!(
+                "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
+                client.addr,
+                client.cid,
+                client.max_pending
+            );
+            client.close(CloseReason::SlowConsumerPendingBytes);
+        });
+        return false;
+    }
+    true
+}
+
+/// A connection's publishing side: its match cache and delivery bookkeeping, reused for every
+/// message it publishes (no allocation per message on a cache hit).
+pub struct Publisher {
+    cache: MatchCache,
+    dl: Delivery,
+    /// The account the cache's lookups are reported to, and where the cache's size goes.
+    account: Option<Arc<Account>>,
+    stats: Arc<CacheStats>,
+}
+
+impl Publisher {
+    /// For the client connection `cid` (its own subscriptions are skipped with `echo` off).
+    pub fn new(cid: u64) -> Self {
+        Publisher {
+            cache: MatchCache::new(),
+            dl: Delivery::new(cid),
+            account: None,
+            stats: Arc::default(),
+        }
+    }
+
+    /// For the route connection `cid`: what a peer sends is delivered to local subscribers
+    /// only, never relayed to other peers.
+    pub fn for_route(cid: u64) -> Self {
+        let mut p = Self::new(cid);
+        p.dl.from_route = true;
+        p
+    }
+
+    /// Reports the match cache's size into `stats` (a connection's, read by monitoring).
+    pub fn with_stats(mut self, stats: Arc<CacheStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    pub fn set_echo(&mut self, echo: bool) {
+        self.dl.echo = echo;
+    }
+
+    /// Forgets cached matches: the publisher now publishes in another account, whose
+    /// generation counter may happen to equal the old one's.
+    pub fn forget_matches(&mut self) {
+        self.report();
+        self.cache = MatchCache::new();
+        self.account = None;
+    }
+
+    /// Adds the lookups since the last report to the account's counters and publishes the
+    /// cache's size.
+    fn report(&mut self) {
+        let c = &mut self.cache;
+        if c.lookups > 0 {
+            if let Some(a) = &self.account {
+                let s = &a.sublist_stats;
+                s.matches.fetch_add(c.lookups, Ordering::Relaxed);
+                s.cache_hits.fetch_add(c.hits, Ordering::Relaxed);
+            }
+            c.lookups = 0;
+            c.hits = 0;
+            let st = &self.stats;
+            st.entries.store(c.results.len() as u64, Ordering::Relaxed);
+            st.fanout_sum.store(c.fanout_sum, Ordering::Relaxed);
+            st.fanout_max.store(c.fanout_max, Ordering::Relaxed);
+        }
+    }
+
+    /// Delivers `m` to the subscribers of its subject in `account`. Returns whether anyone got
+    /// it. Writers are woken by `flush`, once per read.
+    pub fn publish(&mut self, account: &Arc<Account>, m: &Msg<'_>) -> bool {
+        self.publish_to_queues(account, m, None)
+    }
+
+    /// Like `publish`, for a message from a route: `queues` are the groups the peer picked this
+    /// server for (space-separated), the only groups that get it.
+    pub fn publish_to_queues(
+        &mut self,
+        account: &Arc<Account>,
+        m: &Msg<'_>,
+        queues: Option<&[u8]>,
+    ) -> bool {
+        if !self
+            .account
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a, account))
+        {
+            self.report();
+            self.account = Some(account.clone());
+        }
+        let found = self.cache.lookup(account, m.subject);
+        let hop = self.dl.first_hop(queues);
+        let delivered = self.dl.deliver_all(account, found, m, hop);
+        if !self.dl.expired.is_empty() {
+            self.dl.remove_expired();
+        }
+        delivered
+    }
+
+    /// Wakes the writers of every receiver since the last flush, and reports the match
+    /// cache's counters (once per read: two atomic additions, none on the message path).
+    pub fn flush(&mut self) {
+        self.dl.flush();
+        self.report();
+    }
+
+    /// Receivers that fell behind since the last call, for the publisher to wait on.
+    pub fn take_lagging(&mut self) -> Option<Lagging> {
+        self.dl.take_lagging()
+    }
+}
+
+/// Receivers a batch left past their stall threshold.
+pub struct Lagging(Vec<Arc<Outbound>>);
+
+impl Lagging {
+    /// Waits (bounded like a publisher's stall) while each receiver's writer makes progress.
+    pub async fn wait(self) {
+        let deadline = tokio::time::Instant::now() + STALL_MAX;
+        for c in self.0 {
+            c.wait_drained(deadline).await;
+        }
+    }
+}
+
+/// Publishes a message that comes from no connection (an internal client or the server
+/// itself). Returns whether anyone received it.
+pub fn publish(account: &Arc<Account>, m: Msg<'_>) -> bool {
+    publish_batch(account, m.subject, [m]).0 > 0
+}
+
+/// Publishes a batch of messages to the subscribers of subject `to`, whatever subject each
+/// message presents (a JetStream consumer's deliveries keep the stored message's subject): one
+/// subject match and one writer wake-up per receiver for the whole batch. Returns how many
+/// messages reached someone, and the receivers now lagging, for the caller to wait on before it
+/// sends more.
+pub fn publish_batch<'a>(
+    account: &Arc<Account>,
+    to: &[u8],
+    msgs: impl IntoIterator<Item = Msg<'a>>,
+) -> (usize, Option<Lagging>) {
+    let mut dl = Delivery::new(0);
+    let found = account.matches(to);
+    account
+        .sublist_stats
+        .matches
+        .fetch_add(1, Ordering::Relaxed);
+    let mut delivered = 0;
+    let hop = dl.first_hop(None);
+    for m in msgs {
+        delivered += usize::from(dl.deliver_all(account, &found, &m, hop));
+    }
+    dl.flush();
+    dl.remove_expired();
+    (delivered, dl.take_lagging())
+}
+
+/// Removes a subscription from its connection's sid map (if it has one) and from the account.
+pub fn remove_subscription(account: &Account, sub: &SubRef) {
+    if let Some(client) = sub.0.client_out() {
+        let mut subs = client.subs.lock();
+        if subs.get(&sub.0.sid).is_some_and(|s| s == sub) {
+            subs.remove(&sub.0.sid);
+        }
+    }
+    account.remove(sub);
+}
+
+/// Traces a delivery (`->> [MSG ...]`) to `client`.
+fn trace_delivery(client: &Outbound, m: &Msg<'_>, sid: &[u8], headers: Option<&[u8]>) {
+    let text = String::from_utf8_lossy;
+    let reply = m.reply.map(|r| format!(" {}", text(r))).unwrap_or_default();
+    let line = match headers {
+        Some(h) => format!(
+            "HMSG {} {}{reply} {} {}",
+            text(m.subject),
+            text(sid),
+            h.len(),
+            h.len() + m.payload.len()
+        ),
+        None => format!(
+            "MSG {} {}{reply} {}",
+            text(m.subject),
+            text(sid),
+            m.payload.len()
+        ),
+    };
+    client.trace_out(line.as_bytes());
+}

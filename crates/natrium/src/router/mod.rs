@@ -1,0 +1,31 @@
+//! The router layer: where messages go. Accounts and their subject spaces, imports between
+//! them, subscriptions and their targets, a connection's outbound side, delivery (with the
+//! per-publisher match cache) and internal clients. Every kind of connection (clients today;
+//! routes, leafnodes and WebSocket clients next) publishes through here and receives through an
+//! `Outbound`. It imports only the base layer and `perms`.
+
+pub mod account;
+pub mod accounts;
+pub mod delivery;
+pub mod imports;
+pub mod interest;
+pub mod internal;
+pub mod outbound;
+pub mod sink;
+pub mod subscription;
+
+pub use account::{
+    Account, Limits, SubInfo, SublistCounters, TooManyConnections, Totals, GLOBAL_ACCOUNT,
+};
+pub use accounts::Accounts;
+pub use delivery::{
+    publish, publish_batch, remove_subscription, CacheStats, Lagging, Msg, Publisher,
+};
+pub use interest::{Interest, InterestChange, InterestFeed};
+pub use internal::{InternalClient, InternalError, InternalSubscription};
+pub use outbound::{ClientStats, CloseReason, Outbound, SubAdded};
+pub use sink::InternalMsg;
+pub use subscription::{RouteSub, SubRef, Subscription, Target};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,188 @@
+//! Subscriptions and where their messages go. A `Subscription` is shared between its owner
+//! (a connection's sid map, an internal subscription) and its account's trie; `Target` says who
+//! receives: a connection's outbound side, another account (an import), or an internal sink.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::imports::Forward;
+use super::outbound::Outbound;
+use super::sink::InternalSink;
+
+/// Where a subscription's messages go.
+pub enum Target {
+    /// A client connection's outbound buffer (MSG/HMSG with the subscription's sid).
+    Client(Arc<Outbound>),
+    /// A peer server's interest (RS+), reached over its route connection (RMSG/HMSG).
+    Route(Arc<RouteSub>),
+    /// Another account (an import, or the reply path of a service import).
+    Forward(Arc<Forward>),
+    /// A server component or embedding program (see `internal`).
+    Internal(Arc<InternalSink>),
+}
+
+/// Interest a peer server announced: the route connection to it and, for a queue group, how
+/// many members the peer has (its weight when the group picks a member).
+pub struct RouteSub {
+    pub route: Arc<Outbound>,
+    pub weight: AtomicU32,
+}
+
+impl RouteSub {
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+}
+
+/// A subscription; shared between its owner and the account's trie.
+pub struct Subscription {
+    pub target: Target,
+    pub subject: Box<[u8]>,
+    pub queue: Option<Box<[u8]>>,
+    pub sid: Box<[u8]>,
+    /// Auto-unsubscribe after this many deliveries; 0 means never.
+    pub(super) max: AtomicU64,
+    pub(super) delivered: AtomicU64,
+    /// Subjects this subscription overlaps but its permissions deny; filtered at delivery.
+    pub(super) deny: Option<Vec<Box<[u8]>>>,
+}
+
+impl Subscription {
+    /// A client connection's subscription (`SUB subject [queue] sid`); messages on `deny`
+    /// subjects are not delivered to it.
+    pub fn client(
+        out: Arc<Outbound>,
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        sid: &[u8],
+        deny: Option<Vec<Box<[u8]>>>,
+    ) -> SubRef {
+        SubRef(Arc::new(Subscription {
+            target: Target::Client(out),
+            subject: subject.into(),
+            queue: queue.map(Into::into),
+            sid: sid.into(),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            deny,
+        }))
+    }
+
+    /// An internal subscription that forwards into another account.
+    pub(crate) fn forward(subject: &[u8], forward: Forward, max: u64) -> SubRef {
+        SubRef(Arc::new(Subscription {
+            target: Target::Forward(Arc::new(forward)),
+            subject: subject.into(),
+            queue: None,
+            sid: Box::default(),
+            max: AtomicU64::new(max),
+            delivered: AtomicU64::new(0),
+            deny: None,
+        }))
+    }
+
+    /// A peer server's interest in `subject` (in `queue`, with `weight` members there).
+    pub fn route(
+        route: Arc<Outbound>,
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        weight: u32,
+    ) -> SubRef {
+        SubRef(Arc::new(Subscription {
+            target: Target::Route(Arc::new(RouteSub {
+                route,
+                weight: AtomicU32::new(weight),
+            })),
+            subject: subject.into(),
+            queue: queue.map(Into::into),
+            sid: Box::default(),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            deny: None,
+        }))
+    }
+
+    /// An internal subscription delivering into `sink`.
+    pub(crate) fn internal(
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        sink: Arc<InternalSink>,
+    ) -> SubRef {
+        SubRef(Arc::new(Subscription {
+            target: Target::Internal(sink),
+            subject: subject.into(),
+            queue: queue.map(Into::into),
+            sid: Box::default(),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            deny: None,
+        }))
+    }
+
+    /// The connection this subscription delivers to, if it is a client's.
+    pub fn client_out(&self) -> Option<&Arc<Outbound>> {
+        match &self.target {
+            Target::Client(c) => Some(c),
+            Target::Route(_) | Target::Forward(_) | Target::Internal(_) => None,
+        }
+    }
+
+    /// Whether this is local interest that peer servers must hear about: a client's or an
+    /// internal subscription, or a stream import or reply path (service imports are resolved
+    /// where a request is published, so they are not announced); never a peer's own interest.
+    pub fn is_announced(&self) -> bool {
+        match &self.target {
+            Target::Client(_) => true,
+            Target::Internal(sink) => !sink.is_local(),
+            Target::Forward(f) => !f.is_service(),
+            Target::Route(_) => false,
+        }
+    }
+
+    /// The denied subjects filtered at delivery, if any.
+    pub fn deny(&self) -> Option<&[Box<[u8]>]> {
+        self.deny.as_deref()
+    }
+
+    /// `UNSUB sid max`: stop after `max` deliveries in all. Returns true when the subscription
+    /// has already had them and must be removed now.
+    pub fn expire_after(&self, max: u64) -> bool {
+        if max == 0 || self.delivered.load(Ordering::Relaxed) >= max {
+            return true;
+        }
+        self.max.store(max, Ordering::Relaxed);
+        // A delivery racing with this store may have pushed `delivered` past `max`.
+        self.delivered.load(Ordering::Relaxed) >= max
+    }
+}
+
+/// A handle on a subscription compared by identity, as the trie stores it.
+#[derive(Clone)]
+pub struct SubRef(pub Arc<Subscription>);
+
+impl PartialEq for SubRef {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl SubRef {
+    /// The same client subscription with other denied subjects (after a permissions change),
+    /// keeping its auto-unsubscribe state.
+    pub fn with_deny(&self, deny: Option<Vec<Box<[u8]>>>) -> SubRef {
+        let s = &self.0;
+        let out = s.client_out().cloned();
+        SubRef(Arc::new(Subscription {
+            target: match out {
+                Some(o) => Target::Client(o),
+                None => return self.clone(),
+            },
+            subject: s.subject.clone(),
+            queue: s.queue.clone(),
+            sid: s.sid.clone(),
+            max: AtomicU64::new(s.max.load(Ordering::Relaxed)),
+            delivered: AtomicU64::new(s.delivered.load(Ordering::Relaxed)),
+            deny,
+        }))
+    }
+}

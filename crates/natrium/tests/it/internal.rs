@@ -1,0 +1,123 @@
+//! Internal clients (no socket) and the system account's monitoring requests over NATS.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use natrium::Options;
+use serde_json::Value;
+
+#[tokio::test]
+async fn internal_client_talks_to_socket_clients() {
+    let s = crate::common::start(crate::common::opts()).await;
+    let internal = s.internal_client("$G").expect("global account");
+    let mut inbox = internal.subscribe("svc.>", None, 16).expect("subscribe");
+    let c = crate::common::client(&s).await;
+    let mut from_inside = c.subscribe("events.internal").await.expect("sub");
+    c.flush().await.expect("flush");
+    crate::common::eventually(|| s.num_subscriptions() == 2).await;
+
+    c.publish("svc.hello", Bytes::from_static(b"hi"))
+        .await
+        .expect("pub");
+    c.flush().await.expect("flush");
+    let m = tokio::time::timeout(Duration::from_secs(5), inbox.next())
+        .await
+        .expect("in time")
+        .expect("msg");
+    assert_eq!(m.subject, "svc.hello");
+    assert_eq!(&m.payload[..], b"hi");
+
+    assert!(internal
+        .publish("events.internal", None, None, b"from inside")
+        .expect("valid subject"));
+    let m = tokio::time::timeout(Duration::from_secs(5), from_inside.next())
+        .await
+        .expect("in time")
+        .expect("msg");
+    assert_eq!(&m.payload[..], b"from inside");
+    assert!(
+        internal.publish("bad.*", None, None, b"").is_err(),
+        "wildcards are not publishable"
+    );
+
+    // An internal responder answers a socket client's request.
+    tokio::spawn(async move {
+        while let Some(m) = inbox.next().await {
+            if let Some(reply) = m.reply {
+                let _ = internal.publish(&reply, None, None, b"pong");
+            }
+        }
+    });
+    let r = c.request("svc.ping", Bytes::new()).await.expect("reply");
+    assert_eq!(&r.payload[..], b"pong");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropping_an_internal_subscription_unsubscribes() {
+    let s = crate::common::start(crate::common::opts()).await;
+    let internal = s.internal_client("$G").expect("account");
+    let sub = internal.subscribe("x", None, 1).expect("subscribe");
+    assert_eq!(s.num_subscriptions(), 1);
+    drop(sub);
+    assert_eq!(s.num_subscriptions(), 0);
+    assert!(s.internal_client("nope").is_err());
+}
+
+#[tokio::test]
+async fn system_account_answers_monitoring_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sys.conf");
+    std::fs::write(
+        &path,
+        "accounts { SYS: { users: [{user: admin, password: admin}] }, APP: { users: [{user: app, password: app}] } }\nsystem_account: SYS\n",
+    )
+    .expect("write");
+    let (mut o, _) = Options::from_file(&path).expect("loads");
+    o.port = -1;
+    o.host = "127.0.0.1".into();
+    let s = crate::common::start(o).await;
+    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
+        .connect(s.client_url())
+        .await
+        .expect("admin");
+    let r = admin
+        .request("$SYS.REQ.SERVER.PING.VARZ", Bytes::new())
+        .await
+        .expect("varz over NATS");
+    let v: Value = serde_json::from_slice(&r.payload).expect("json");
+    assert_eq!(v["server"]["id"], s.server_id());
+    assert_eq!(v["data"]["server_id"], s.server_id());
+    assert_eq!(v["data"]["system_account"], "SYS");
+    let r = admin
+        .request(
+            format!("$SYS.REQ.SERVER.{}.CONNZ", s.server_id()),
+            Bytes::from_static(b"{\"auth\":true}"),
+        )
+        .await
+        .expect("connz");
+    let v: Value = serde_json::from_slice(&r.payload).expect("json");
+    assert_eq!(v["data"]["connections"][0]["account"], "SYS");
+    let r = admin
+        .request("$SYS.REQ.SERVER.PING", Bytes::new())
+        .await
+        .expect("statsz");
+    let v: Value = serde_json::from_slice(&r.payload).expect("json");
+    assert_eq!(v["data"]["connections"], 1);
+
+    // Other accounts cannot reach the system account's handlers.
+    let app = async_nats::ConnectOptions::with_user_and_password("app".into(), "app".into())
+        .connect(s.client_url())
+        .await
+        .expect("app");
+    let err = app
+        .request("$SYS.REQ.SERVER.PING.VARZ", Bytes::new())
+        .await
+        .expect_err("isolated");
+    assert_eq!(
+        err.kind(),
+        async_nats::client::RequestErrorKind::NoResponders
+    );
+    s.shutdown().await;
+}

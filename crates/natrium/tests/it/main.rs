@@ -1,0 +1,38 @@
+//! Natrium's integration tests, one binary: servers started in-process (or the `natrium`
+//! binary) on random loopback ports, driven by real clients (async-nats, raw sockets, nats-py
+//! and nats.js where installed). One module per area; `common` holds the harness.
+
+mod common;
+
+mod accounts;
+mod auth;
+mod binary;
+mod callout;
+mod cluster;
+mod config_cli;
+mod consumers;
+mod deploy;
+mod durability;
+mod flood;
+mod internal;
+mod jetstream;
+mod jwt;
+mod jwt_imports;
+mod kv;
+mod layers;
+mod limits;
+mod messaging;
+mod mixed_cluster;
+mod monitor;
+mod monitor_compat;
+mod monitor_tls;
+mod nkeys;
+mod protocol;
+mod reload;
+mod resolver;
+mod stock_clients;
+mod store_dir;
+mod systemd;
+mod tenant;
+mod tls;
+mod url_resolver;

@@ -35,7 +35,8 @@ pub(crate) struct Catalog {
     /// `<store_dir>/jetstream/<account>/streams`.
     dir: PathBuf,
     sync: SyncPolicy,
-    limits: AccountLimits,
+    /// Shared with the streams' account gates; replaced when the account's JWT changes.
+    limits: Arc<RwLock<AccountLimits>>,
     /// Whether the account's limits were configured (then they are enforced; else only the
     /// stream count is).
     reservations: bool,
@@ -55,7 +56,7 @@ impl Catalog {
             client,
             dir,
             sync,
-            limits,
+            limits: Arc::new(RwLock::new(limits)),
             reservations,
             streams: Arc::new(RwLock::new(BTreeMap::new())),
         }
@@ -66,7 +67,12 @@ impl Catalog {
     }
 
     pub(crate) fn limits(&self) -> AccountLimits {
-        self.limits
+        *self.limits.read()
+    }
+
+    /// New limits (the account's JWT changed).
+    pub(crate) fn set_limits(&self, limits: AccountLimits) {
+        *self.limits.write() = limits;
     }
 
     /// Whether PubAcks may leave before the sync (file streams in `sync_interval` mode).
@@ -280,7 +286,10 @@ impl Catalog {
     /// without one counts a byte) reserved against the memory or file limit.
     fn check_limits(&self, cfg: &StreamConfig, replacing: Option<&str>) -> Result<(), ApiError> {
         let streams = self.streams.read();
-        let l = &self.limits;
+        let l = &self.limits();
+        if l.no_tier {
+            return Err(ApiError::no_limits());
+        }
         if replacing.is_none() && l.max_streams > 0 && streams.len() as i64 >= l.max_streams {
             return Err(ApiError::max_streams());
         }
@@ -336,15 +345,12 @@ impl Catalog {
         if !self.reservations {
             return;
         }
-        let (mem, file) = (self.limits.max_memory, self.limits.max_file);
-        if mem < 0 && file < 0 {
-            return;
-        }
         let streams = Arc::downgrade(&self.streams);
+        let limits = self.limits.clone();
         s.set_account_gate(Box::new(move |storage, size| {
             let limit = match storage {
-                Storage::Memory => mem,
-                Storage::File => file,
+                Storage::Memory => limits.read().max_memory,
+                Storage::File => limits.read().max_file,
             };
             if limit < 0 {
                 return true;
@@ -476,7 +482,7 @@ impl Catalog {
         }
         // The stream's own limit, or the account's (per stream) where it is lower.
         let mut max = scfg.max_consumers;
-        let account_max = self.limits.max_consumers;
+        let account_max = self.limits().max_consumers;
         if max <= 0 || (account_max > 0 && account_max < max) {
             max = account_max;
         }

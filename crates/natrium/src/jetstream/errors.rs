@@ -223,6 +223,13 @@ impl ApiError {
     pub fn account_resources_exceeded() -> Self {
         Self::new(400, 10002, "resource limits exceeded for account")
     }
+    pub fn no_limits() -> Self {
+        Self::new(
+            400,
+            10120,
+            "no JetStream default or applicable tiered limit present",
+        )
+    }
     pub fn max_consumers() -> Self {
         Self::new(400, 10026, "maximum consumers limit reached")
     }

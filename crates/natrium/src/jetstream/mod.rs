@@ -16,6 +16,7 @@ use natrium_store::SyncPolicy;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use crate::auth::jwt::{JetStreamLimitsNats, JwtJetStream};
 use crate::router::InternalClient;
 use api::Api;
 use catalog::Catalog;
@@ -73,6 +74,49 @@ pub struct AccountLimits {
     /// Largest `max_bytes` a memory (file) stream may have.
     pub memory_max_stream_bytes: i64,
     pub storage_max_stream_bytes: i64,
+    /// From an account JWT's `tiered_limits`: these are tier `R1`'s (the only tier a server
+    /// without replication uses), reported under `tiers`; `no_tier` when the JWT has tiers but
+    /// no `R1` (then no stream can be created, as nats-server refuses them).
+    pub tiered: bool,
+    pub no_tier: bool,
+}
+
+impl AccountLimits {
+    /// The limits an account JWT grants, as nats-server reads them (a non-positive stream
+    /// byte or ack pending limit is unlimited).
+    pub fn from_jwt(j: &JwtJetStream) -> AccountLimits {
+        let unlimited = |v: i64| if v > 0 { v } else { -1 };
+        let of = |l: &JetStreamLimitsNats| AccountLimits {
+            max_memory: l.mem_storage,
+            max_file: l.disk_storage,
+            max_streams: l.streams,
+            max_consumers: l.consumer,
+            max_ack_pending: unlimited(l.max_ack_pending),
+            max_bytes_required: l.max_bytes_required,
+            memory_max_stream_bytes: unlimited(l.mem_max_stream_bytes),
+            storage_max_stream_bytes: unlimited(l.disk_max_stream_bytes),
+            tiered: false,
+            no_tier: false,
+        };
+        match j {
+            JwtJetStream::Flat(l) => of(l),
+            JwtJetStream::Tiered(tiers) => match tiers.get("R1") {
+                Some(l) => AccountLimits {
+                    tiered: true,
+                    ..of(l)
+                },
+                None => AccountLimits {
+                    tiered: true,
+                    no_tier: true,
+                    max_memory: 0,
+                    max_file: 0,
+                    max_streams: 0,
+                    max_consumers: 0,
+                    ..AccountLimits::default()
+                },
+            },
+        }
+    }
 }
 
 impl Default for AccountLimits {
@@ -86,6 +130,8 @@ impl Default for AccountLimits {
             max_bytes_required: false,
             memory_max_stream_bytes: -1,
             storage_max_stream_bytes: -1,
+            tiered: false,
+            no_tier: false,
         }
     }
 }
@@ -164,6 +210,18 @@ impl JetStream {
         });
         self.accounts.lock().push(catalog);
         Ok(())
+    }
+
+    /// Whether JetStream is enabled for `account`.
+    pub(crate) fn has_account(&self, account: &str) -> bool {
+        self.accounts.lock().iter().any(|c| c.account() == account)
+    }
+
+    /// New limits for `account` (its JWT changed); streams and consumers already there stay.
+    pub(crate) fn set_account_limits(&self, account: &str, limits: AccountLimits) {
+        if let Some(c) = self.accounts.lock().iter().find(|c| c.account() == account) {
+            c.set_limits(limits);
+        }
     }
 
     /// The settings JetStream runs with.

@@ -314,3 +314,119 @@ async fn jsz_and_varz_in_nats_server_shape() {
     assert_eq!(v["limits"], json!({}));
     s.shutdown().await;
 }
+
+/// Operator mode: account JWTs grant JetStream with their limits (flat, or tiered where tier
+/// `R1` applies); an account whose JWT grants none has no JetStream.
+#[tokio::test]
+async fn account_jwts_grant_jetstream_with_their_limits() {
+    use crate::common::jwt::{creds_connect, encode, now, write_creds};
+    use nkeys::KeyPair;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let op = KeyPair::new_operator();
+    let claims = |sub: &str, name: &str, nats: Value| json!({"jti": name, "iat": now() - 10, "iss": op.public_key(), "sub": sub, "name": name, "nats": nats});
+    let op_jwt = encode(
+        claims(
+            &op.public_key(),
+            "OP",
+            json!({"type": "operator", "version": 2}),
+        ),
+        &op,
+    );
+    std::fs::write(dir.path().join("op.jwt"), op_jwt).expect("write operator");
+    let (flat, tiered, none) = (
+        KeyPair::new_account(),
+        KeyPair::new_account(),
+        KeyPair::new_account(),
+    );
+    let account = |k: &KeyPair, name: &str, limits: Value| {
+        encode(
+            claims(
+                &k.public_key(),
+                name,
+                json!({"type": "account", "version": 2, "limits": limits}),
+            ),
+            &op,
+        )
+    };
+    let flat_jwt = account(
+        &flat,
+        "FLAT",
+        json!({"mem_storage": 0, "disk_storage": 100_000, "streams": 1, "consumer": 2, "max_ack_pending": 50}),
+    );
+    let tiered_jwt = account(
+        &tiered,
+        "TIERED",
+        json!({"tiered_limits": {"R1": {"disk_storage": 5000, "streams": 3, "consumer": -1}}}),
+    );
+    let none_jwt = account(&none, "NONE", json!({"subs": -1}));
+    let conf = dir.path().join("op.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:-1\noperator: op.jwt\njetstream {{ store_dir: {:?} }}\nresolver: MEMORY\nresolver_preload: {{\n  {}: {}\n  {}: {}\n  {}: {}\n}}\n",
+            dir.path().join("store").display().to_string(),
+            flat.public_key(), flat_jwt, tiered.public_key(), tiered_jwt, none.public_key(), none_jwt
+        ),
+    )
+    .expect("write config");
+    let (o, _) = Options::from_file(&conf).expect("loads");
+    let s = start(o).await;
+    let user_of = |acc: &KeyPair, name: &str| {
+        let u = KeyPair::new_user();
+        let jwt = encode(
+            json!({"jti": name, "iat": now() - 10, "iss": acc.public_key(), "sub": u.public_key(),
+                   "name": name, "nats": {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1}}),
+            acc,
+        );
+        write_creds(dir.path(), name, &jwt, &u)
+    };
+    let f = creds_connect(&s.client_url(), &user_of(&flat, "f"))
+        .await
+        .expect("login");
+    let info = api(&f, "$JS.API.INFO", Value::Null).await;
+    assert_eq!(info["limits"]["max_storage"], 100_000, "{info}");
+    assert_eq!(info["limits"]["max_streams"], 1, "{info}");
+    assert_eq!(info["limits"]["max_ack_pending"], 50, "{info}");
+    assert_eq!(info["limits"]["storage_max_stream_bytes"], -1, "{info}");
+    let r = api(
+        &f,
+        "$JS.API.STREAM.CREATE.S",
+        json!({"name": "S", "subjects": ["s"]}),
+    )
+    .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let r = api(
+        &f,
+        "$JS.API.STREAM.CREATE.T",
+        json!({"name": "T", "subjects": ["t"]}),
+    )
+    .await;
+    assert_eq!(err_code(&r), 10027, "{r}");
+    let t = creds_connect(&s.client_url(), &user_of(&tiered, "t"))
+        .await
+        .expect("login");
+    let info = api(&t, "$JS.API.INFO", Value::Null).await;
+    assert_eq!(info["tiers"]["R1"]["limits"]["max_storage"], 5000, "{info}");
+    assert_eq!(info["limits"]["max_storage"], 0, "{info}");
+    let r = api(
+        &t,
+        "$JS.API.STREAM.CREATE.S",
+        json!({"name": "S", "subjects": ["s"]}),
+    )
+    .await;
+    assert!(r.get("error").is_none(), "{r}");
+    let info = api(&t, "$JS.API.INFO", Value::Null).await;
+    assert_eq!(info["tiers"]["R1"]["streams"], 1, "{info}");
+    let n = creds_connect(&s.client_url(), &user_of(&none, "n"))
+        .await
+        .expect("login");
+    let err = n
+        .request("$JS.API.INFO", Bytes::new())
+        .await
+        .expect_err("no JetStream");
+    assert_eq!(
+        err.kind(),
+        async_nats::client::RequestErrorKind::NoResponders
+    );
+    s.shutdown().await;
+}

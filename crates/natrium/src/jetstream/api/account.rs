@@ -35,27 +35,47 @@ impl Api {
             }
         }
         let l = self.catalog.limits();
-        json!({
+        let limits = json!({
+            "max_memory": l.max_memory,
+            "max_storage": l.max_file,
+            "max_streams": l.max_streams,
+            "max_consumers": l.max_consumers,
+            "max_ack_pending": l.max_ack_pending,
+            "memory_max_stream_bytes": l.memory_max_stream_bytes,
+            "storage_max_stream_bytes": l.storage_max_stream_bytes,
+            "max_bytes_required": l.max_bytes_required,
+        });
+        let consumers = streams.iter().map(|s| s.consumers.len()).sum::<usize>();
+        let mut v = json!({
             "memory": memory,
             "storage": storage,
             "reserved_memory": reserved_memory,
             "reserved_storage": reserved_storage,
             "streams": streams.len(),
-            "consumers": streams.iter().map(|s| s.consumers.len()).sum::<usize>(),
-            "limits": {
-                "max_memory": l.max_memory,
-                "max_storage": l.max_file,
-                "max_streams": l.max_streams,
-                "max_consumers": l.max_consumers,
-                "max_ack_pending": l.max_ack_pending,
-                "memory_max_stream_bytes": l.memory_max_stream_bytes,
-                "storage_max_stream_bytes": l.storage_max_stream_bytes,
-                "max_bytes_required": l.max_bytes_required,
-            },
+            "consumers": consumers,
+            "limits": limits,
             "api": {
                 "total": self.total.load(Ordering::Relaxed),
                 "errors": self.errors.load(Ordering::Relaxed),
             },
-        })
+        });
+        if l.tiered {
+            // Tiered JWT limits: usage and limits per tier (only `R1` here), none at the top.
+            let mut tier = v.clone();
+            if let Some(t) = tier.as_object_mut() {
+                t.remove("api");
+            }
+            v["limits"] = json!({
+                "max_memory": 0, "max_storage": 0, "max_streams": 0, "max_consumers": 0,
+                "max_ack_pending": 0, "memory_max_stream_bytes": 0,
+                "storage_max_stream_bytes": 0, "max_bytes_required": false,
+            });
+            v["tiers"] = if l.no_tier {
+                json!({})
+            } else {
+                json!({"R1": tier})
+            };
+        }
+        v
     }
 }

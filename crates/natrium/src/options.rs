@@ -812,6 +812,9 @@ fn account_limits(v: &Spanned) -> Result<Limits, OptionsError> {
             "max_subscriptions" | "max_subs" => l.max_subscriptions = n,
             "max_payload" | "max_pay" => l.max_payload = n,
             "max_leafnodes" | "max_leafs" => l.max_leafnodes = n,
+            // Natrium's publish rate limits (positive: per second; 0 or negative: unlimited).
+            "max_msgs_per_sec" => l.max_msgs_per_sec = n.filter(|&r| r > 0).map(|r| r as u64),
+            "max_bytes_per_sec" => l.max_bytes_per_sec = n.filter(|&r| r > 0).map(|r| r as u64),
             _ => {
                 return Err(invalid(
                     lv,

@@ -410,7 +410,8 @@ enum SigningKey {
 }
 
 /// An account JWT's `limits` (the JetStream ones are not read here); -1 is unlimited, and an
-/// absent limit too.
+/// absent limit too. `msgs_per_sec` and `bytes_per_sec` are Natrium's publish rate limits
+/// (nats-server and its JWT library ignore fields they do not know).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 struct AccountLimitsNats {
@@ -418,6 +419,8 @@ struct AccountLimitsNats {
     payload: i64,
     conn: i64,
     leaf: i64,
+    msgs_per_sec: i64,
+    bytes_per_sec: i64,
     disallow_bearer: bool,
 }
 
@@ -428,6 +431,8 @@ impl Default for AccountLimitsNats {
             payload: -1,
             conn: -1,
             leaf: -1,
+            msgs_per_sec: -1,
+            bytes_per_sec: -1,
             disallow_bearer: false,
         }
     }
@@ -440,6 +445,8 @@ impl AccountLimitsNats {
             max_subscriptions: limit(self.subs),
             max_payload: limit(self.payload),
             max_leafnodes: limit(self.leaf),
+            max_msgs_per_sec: rate(self.msgs_per_sec),
+            max_bytes_per_sec: rate(self.bytes_per_sec),
         }
     }
 }
@@ -627,6 +634,11 @@ pub struct Trust {
 
 fn limit(n: i64) -> Option<usize> {
     (n >= 0).then_some(n as usize)
+}
+
+/// A publish rate: positive limits, 0 and negative are unlimited.
+fn rate(n: i64) -> Option<u64> {
+    (n > 0).then_some(n as u64)
 }
 
 fn min_time(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
@@ -1185,7 +1197,8 @@ mod tests {
         );
         let acc_jwt = encode(
             serde_json::json!({"iss": op.public_key(), "sub": acc.public_key(), "iat": 1, "name": "A",
-                "nats": {"type": "account", "version": 2, "limits": {"subs": 5}}}),
+                "nats": {"type": "account", "version": 2,
+                    "limits": {"subs": 5, "msgs_per_sec": 300, "bytes_per_sec": 0}}}),
             &op,
         );
         let trust = Trust::new(&OperatorOptions {
@@ -1208,6 +1221,9 @@ mod tests {
             .expect("user");
         assert_eq!(g.account, acc.public_key());
         assert_eq!(g.max_subs, Some(10), "the user's own limit");
+        let limits = trust.accounts[&acc.public_key()].limits;
+        assert_eq!(limits.max_msgs_per_sec, Some(300), "Natrium's rate limit");
+        assert_eq!(limits.max_bytes_per_sec, None, "0 is unlimited");
         assert_eq!(
             trust.accounts[&acc.public_key()].limits.max_subscriptions,
             Some(5)

@@ -56,6 +56,8 @@ pub struct Conn {
     pings_out: u32,
     in_msgs: u64,
     in_bytes: u64,
+    /// `in_msgs` and `in_bytes` as last charged to the account's publish rates.
+    charged: (u64, u64),
     /// The nonce sent in INFO and the client certificate's names (see `auth`).
     auth_ctx: ConnAuth,
     auth_required: bool,
@@ -132,6 +134,7 @@ impl Conn {
             perms: None,
             pings_out: 0,
             in_msgs: 0,
+            charged: (0, 0),
             in_bytes: 0,
             auth_ctx,
             expires_at: None,
@@ -287,6 +290,13 @@ impl Conn {
                         // Every receiver that fell behind during this read gets its turn.
                         if let Some(lagging) = self.publisher.take_lagging() {
                             lagging.wait().await;
+                        }
+                        if let Some(wait) = self.charge_rates() {
+                            tokio::select! {
+                                _ = self.out.killed() => {}
+                                _ = shutdown.changed() => {}
+                                _ = tokio::time::sleep(wait) => {}
+                            }
                         }
                         r.err()
                     }
@@ -713,6 +723,23 @@ impl Conn {
             ));
         }
         Ok(())
+    }
+
+    /// Charges what this read published to the account's publish rates (once per read, not
+    /// per message); returns how long to wait before reading again when the account is over
+    /// them (the client slows down through TCP back pressure; nothing is dropped).
+    fn charge_rates(&mut self) -> Option<Duration> {
+        let (msgs, bytes) = (
+            self.in_msgs - self.charged.0,
+            self.in_bytes - self.charged.1,
+        );
+        self.charged = (self.in_msgs, self.in_bytes);
+        let rates = &self.account.rates;
+        if !rates.limited() {
+            return None;
+        }
+        let wait = rates.charge(msgs, bytes);
+        (!wait.is_zero()).then_some(wait)
     }
 
     /// Takes this connection's subscription and payload limits from the server, its account

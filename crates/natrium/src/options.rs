@@ -11,7 +11,7 @@ use natrium_config::{ConfigError, Map, Spanned, Value};
 pub use crate::auth::jwt::{DirResolver, OperatorOptions, Resolver};
 pub use crate::auth::{AuthOptions, NkeyUser, User};
 pub use crate::cluster::{ClusterOptions, RouteUrl};
-pub use crate::conn::TlsOptions;
+pub use crate::conn::{TlsOptions, WebsocketOptions};
 pub use crate::jetstream::{AccountLimits, JetStreamOptions};
 pub use crate::perms::{Permissions, ResponsePermission, SubjectPermission};
 pub use crate::router::imports::{Export, ExportKind, Import};
@@ -78,6 +78,8 @@ pub struct Options {
     pub jetstream: Option<JetStreamOptions>,
     /// Routes to other servers (`cluster {}`), when this server is part of a cluster.
     pub cluster: Option<ClusterOptions>,
+    /// The WebSocket listener (`websocket {}`), when configured.
+    pub websocket: Option<WebsocketOptions>,
     /// Monitoring listener; `None` disables it, `-1` picks a random port.
     pub http_port: Option<i32>,
     /// HTTPS monitoring listener (with the `tls {}` certificate); exclusive with `http_port`.
@@ -120,6 +122,7 @@ impl Default for Options {
             system_account: SYSTEM_ACCOUNT.to_string(),
             jetstream: None,
             cluster: None,
+            websocket: None,
             http_port: None,
             https_port: None,
             http_host: "0.0.0.0".into(),
@@ -152,7 +155,6 @@ const NOT_YET_SUPPORTED: &[&str] = &[
     "gateway",
     "leafnodes",
     "leaf",
-    "websocket",
     "mqtt",
     "syslog",
     "remote_syslog",
@@ -211,6 +213,7 @@ impl Options {
                 }
                 "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
                 "cluster" => self.cluster = Some(cluster(v, &mut warnings)?),
+                "websocket" | "ws" => self.websocket = Some(websocket(v, &mut warnings)?),
                 "http_port" | "monitor_port" => self.http_port = Some(int(v)? as i32),
                 "http" => {
                     let (host, port) = parse_listen(v)?;
@@ -505,6 +508,10 @@ impl Options {
             // The JWTs themselves are verified once, when the server builds its authenticator
             // (`Server::start`, a reload, `natrium -t`).
         }
+        if let Some(ws) = &self.websocket {
+            ws.validate(a, self.operator.is_some())
+                .map_err(OptionsError::Validation)?;
+        }
         if let Some(nau) = &a.no_auth_user {
             if !a.users.iter().any(|u| &u.user == nau) {
                 return bad(&format!(
@@ -549,6 +556,7 @@ impl Options {
             system_account,
             jetstream,
             cluster,
+            websocket,
             http_port,
             https_port,
             http_host,
@@ -561,8 +569,9 @@ impl Options {
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 16] = [
+        let checks: [(&'static str, bool); 17] = [
             ("cluster", &self.cluster != cluster),
+            ("websocket", &self.websocket != websocket),
             ("host", &self.host != host),
             ("port", &self.port != port),
             ("server_name", &self.server_name != server_name),
@@ -917,6 +926,99 @@ fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, Op
         }
     }
     Ok(c)
+}
+
+/// The `websocket {}` block, with nats-server's keys (2.10's and the cookie, `headers` and
+/// `ping_interval` keys of later versions) and errors; unknown keys are errors, as there.
+fn websocket(v: &Spanned, warnings: &mut Vec<String>) -> Result<WebsocketOptions, OptionsError> {
+    let mut w = WebsocketOptions::default();
+    for (key, kv) in map_of(v)?.iter() {
+        match key.to_ascii_lowercase().as_str() {
+            "listen" => {
+                let (host, port) = parse_listen(kv)?;
+                if let Some(h) = host {
+                    w.host = h;
+                }
+                w.port = port;
+            }
+            "port" => w.port = int(kv)? as i32,
+            "host" | "net" => w.host = string(kv)?,
+            "advertise" => w.advertise = Some(string(kv)?),
+            "no_tls" => w.no_tls = boolean(kv)?,
+            "tls" => w.tls = Some(tls(kv, warnings)?),
+            "same_origin" => w.same_origin = boolean(kv)?,
+            "allowed_origins" | "allowed_origin" | "allow_origins" | "allow_origin" | "origins"
+            | "origin" => {
+                w.allowed_origins = match &kv.value {
+                    Value::Array(items) => items.iter().map(string).collect::<Result<_, _>>()?,
+                    _ => vec![string(kv)?],
+                }
+            }
+            "handshake_timeout" => {
+                w.handshake_timeout = match &kv.value {
+                    Value::Integer(_) | Value::String(_) => duration(kv)?,
+                    other => {
+                        return Err(invalid(
+                            kv,
+                            &format!(
+                                "error parsing handshake timeout: unsupported type {}",
+                                other.kind_name()
+                            ),
+                        ))
+                    }
+                }
+            }
+            "compress" | "compression" => w.compression = boolean(kv)?,
+            "authorization" | "authentication" => {
+                for (k, av) in map_of(kv)?.iter() {
+                    match k.to_ascii_lowercase().as_str() {
+                        "user" | "username" => w.username = Some(string(av)?),
+                        "pass" | "password" => w.password = Some(string(av)?),
+                        "token" => w.token = Some(string(av)?),
+                        "timeout" => w.auth_timeout = Some(duration_secs_f(av)?),
+                        _ => return Err(invalid(av, &format!("unknown field {k:?}"))),
+                    }
+                }
+            }
+            "jwt_cookie" => w.jwt_cookie = Some(string(kv)?),
+            "user_cookie" => w.user_cookie = Some(string(kv)?),
+            "pass_cookie" => w.pass_cookie = Some(string(kv)?),
+            "token_cookie" => w.token_cookie = Some(string(kv)?),
+            "no_auth_user" => w.no_auth_user = Some(string(kv)?),
+            "headers" => {
+                let Value::Map(m) = &kv.value else {
+                    return Err(invalid(
+                        kv,
+                        &format!(
+                            "error parsing headers: unsupported type {}",
+                            kv.value.kind_name()
+                        ),
+                    ));
+                };
+                for (name, hv) in m.iter() {
+                    let Value::String(val) = &hv.value else {
+                        return Err(invalid(
+                            hv,
+                            &format!(
+                                "error parsing header key {name}: unsupported type {}",
+                                hv.value.kind_name()
+                            ),
+                        ));
+                    };
+                    w.headers.push((name.to_string(), val.clone()));
+                }
+            }
+            "ping_interval" => {
+                duration(kv)?;
+                warnings.push(format!(
+                    "{}: websocket ping_interval is not supported yet by this version of natrium: WebSocket clients are pinged every ping_interval of the server",
+                    kv.pos
+                ));
+            }
+            _ => return Err(invalid(kv, &format!("unknown field {key:?}"))),
+        }
+    }
+    Ok(w)
 }
 
 /// An `operator` entry: a JWT, or the path of a file holding one.

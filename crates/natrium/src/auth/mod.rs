@@ -118,6 +118,22 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+impl Credentials {
+    /// Takes from `other` each credential CONNECT did not carry (a WebSocket client's cookies,
+    /// as nats-server's `jwt_cookie`, `user_cookie`, `pass_cookie` and `token_cookie`).
+    pub fn fill_from(&mut self, other: &Credentials) {
+        let fill = |mine: &mut Option<String>, theirs: &Option<String>| {
+            if mine.as_deref().is_none_or(str::is_empty) && theirs.is_some() {
+                mine.clone_from(theirs);
+            }
+        };
+        fill(&mut self.jwt, &other.jwt);
+        fill(&mut self.user, &other.user);
+        fill(&mut self.pass, &other.pass);
+        fill(&mut self.token, &other.token);
+    }
+}
+
 impl From<&ConnectInfo> for Credentials {
     fn from(c: &ConnectInfo) -> Self {
         Credentials {
@@ -139,6 +155,9 @@ pub struct ConnAuth {
     pub cert: Option<CertNames>,
     /// The client's address (user JWTs may restrict it).
     pub ip: Option<IpAddr>,
+    /// The client came through the WebSocket listener (user JWTs may restrict connection
+    /// types).
+    pub websocket: bool,
 }
 
 /// Who a client authenticated as.
@@ -315,7 +334,13 @@ impl Authenticator {
             let Some(jwt) = c.jwt.as_deref() else {
                 return Verdict::Reject(AuthError::Missing);
             };
-            return match trust.authenticate(jwt, c.sig.as_deref(), ctx.nonce.as_deref(), ctx.ip) {
+            let conn_type = if ctx.websocket {
+                jwt::CONN_TYPE_WEBSOCKET
+            } else {
+                jwt::CONN_TYPE_STANDARD
+            };
+            let (sig, nonce) = (c.sig.as_deref(), ctx.nonce.as_deref());
+            return match trust.authenticate_as(jwt, sig, nonce, ctx.ip, conn_type) {
                 Ok(g) => Verdict::Accept(Identity {
                     user: Some(g.user),
                     account: Some(g.account),
@@ -516,6 +541,74 @@ impl Authenticator {
     }
 }
 
+/// What a listener changes in the server's authentication for its own clients: the websocket
+/// block's `authorization {}`, `no_auth_user` and `tls.verify_and_map`, applied as nats-server
+/// applies them to WebSocket clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthOverride {
+    /// The listener names its own credentials (nats-server's "auth override": a username, a
+    /// token or a `no_auth_user` in the block): they replace the server's token, single user
+    /// and `no_auth_user` (users, NKeys and operator mode stay).
+    pub replace: bool,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub no_auth_user: Option<String>,
+    /// The listener's auth timeout, when it sets one.
+    pub timeout: Option<Duration>,
+    /// The listener's own `verify_and_map` (it always replaces the server's).
+    pub tls_map: bool,
+}
+
+impl Authenticator {
+    /// This authenticator as a listener with override `o` applies it.
+    pub fn with_override(&self, o: &AuthOverride) -> Authenticator {
+        let mut a = self.clone();
+        a.tls_map = o.tls_map;
+        if let Some(t) = o.timeout {
+            a.timeout = t;
+        }
+        if o.replace {
+            a.opts.token = o.token.clone();
+            a.opts.user = o.user.clone();
+            a.opts.password = o.password.clone();
+            a.opts.no_auth_user = o.no_auth_user.clone();
+        }
+        a
+    }
+}
+
+/// The authenticator a listener with an override uses: derived from the one in force, and
+/// derived again only when a reload or an account JWT update has replaced that one.
+pub struct DerivedAuth {
+    over: AuthOverride,
+    /// (the authenticator in force it was derived from, the derived one)
+    cache: parking_lot::Mutex<Option<(Arc<Authenticator>, Arc<Authenticator>)>>,
+}
+
+impl DerivedAuth {
+    pub fn new(over: AuthOverride) -> Self {
+        DerivedAuth {
+            over,
+            cache: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The derived authenticator for the one `cell` holds now.
+    pub fn current(&self, cell: &AuthCell) -> Arc<Authenticator> {
+        let base = cell.current();
+        let mut cache = self.cache.lock();
+        if let Some((b, derived)) = &*cache {
+            if Arc::ptr_eq(b, &base) {
+                return derived.clone();
+            }
+        }
+        let derived = Arc::new(base.with_override(&self.over));
+        *cache = Some((base, derived.clone()));
+        derived
+    }
+}
+
 fn is_bcrypt(s: &str) -> bool {
     s.starts_with("$2a$") || s.starts_with("$2b$") || s.starts_with("$2y$") || s.starts_with("$2x$")
 }
@@ -692,6 +785,7 @@ mod tests {
         let ctx = |emails: &[&str], dn: &str| ConnAuth {
             nonce: None,
             ip: None,
+            websocket: false,
             cert: Some(CertNames {
                 emails: emails.iter().map(|s| s.to_string()).collect(),
                 dn: dn.into(),

@@ -117,7 +117,7 @@ fn config_file_and_test_flag() {
     writeln!(
         f,
         "# a config written for nats-server\nlisten: 127.0.0.1:-1\nserver_name: from-conf\n\
-         max_payload: 64KB\nauthorization {{ user: u, password: p }}\nwebsocket {{ port: 8080 }}"
+         max_payload: 64KB\nauthorization {{ user: u, password: p }}\nmqtt {{ port: 1883 }}"
     )
     .expect("write");
     drop(f);
@@ -130,7 +130,7 @@ fn config_file_and_test_flag() {
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("websocket") && stderr.contains("not supported yet"),
+        stderr.contains("mqtt") && stderr.contains("not supported yet"),
         "{stderr}"
     );
 

@@ -27,3 +27,4 @@ mod reload;
 mod resolver;
 mod stock_clients;
 mod tls;
+mod websocket;

@@ -227,82 +227,133 @@ impl<S> WsStream<S> {
                 }
                 continue;
             }
-            // A frame header.
-            let mut cur = Cursor::new(&self.raw[self.rpos..self.rend]);
-            let (hdr, len) = match FrameHeader::parse(&mut cur) {
-                Ok(Some(h)) => h,
-                Ok(None) => return Ok(()),
-                Err(_) => {
-                    let op = self.raw[self.rpos] & 0x0f;
-                    return Err(self.protocol_error(&format!("unknown opcode {op}")));
-                }
-            };
-            let hlen = cur.position() as usize;
-            if hdr.rsv2 || hdr.rsv3 {
-                return Err(self.protocol_error("RSV2 and RSV3 must be clear"));
-            }
-            if hdr.rsv1 && !self.cfg.compress {
-                return Err(self.protocol_error(
-                    "compressed frame received without negotiated permessage-deflate",
-                ));
-            }
-            if self.cfg.masked && hdr.mask.is_none() {
-                return Err(self.protocol_error("mask bit missing"));
-            }
-            if len & (1 << 63) != 0 {
-                return Err(self.protocol_error("invalid 64-bit payload length"));
-            }
-            match hdr.opcode {
-                OpCode::Control(c) => {
-                    if len > MAX_CONTROL_PAYLOAD as u64 {
-                        return Err(self.protocol_error(&format!(
-                            "control frame length bigger than maximum allowed of {MAX_CONTROL_PAYLOAD} bytes"
-                        )));
-                    }
-                    if !hdr.is_final {
-                        return Err(
-                            self.protocol_error("control frame does not have final bit set")
-                        );
-                    }
-                    if hdr.rsv1 {
-                        return Err(self.protocol_error("control frame must not be compressed"));
-                    }
-                    let len = len as usize;
-                    if self.rend - self.rpos < hlen + len {
-                        // The whole frame is needed; it fits the buffer.
-                        return Ok(());
-                    }
-                    let start = self.rpos + hlen;
-                    self.rpos = start + len;
-                    let mut payload = self.raw[start..start + len].to_vec();
-                    if let Some(key) = hdr.mask {
-                        unmask(&mut payload, key, 0);
-                    }
-                    self.control(c, &payload)?;
-                }
-                OpCode::Data(Data::Continue) => {
-                    if !self.in_message || hdr.rsv1 {
-                        return Err(self.protocol_error("invalid continuation frame"));
-                    }
-                    self.in_message = !hdr.is_final;
-                    self.begin_frame(&hdr, len, hlen);
-                }
-                OpCode::Data(_) => {
-                    if self.in_message {
-                        return Err(self.protocol_error(
-                            "new message started before final frame for previous message was received",
-                        ));
-                    }
-                    self.in_message = !hdr.is_final;
-                    self.message_compressed = hdr.rsv1;
-                    self.begin_frame(&hdr, len, hlen);
-                }
+            // A frame header, or a whole control frame.
+            let raw = std::mem::take(&mut self.raw);
+            let head = self.head(&raw[self.rpos..self.rend]);
+            self.raw = raw;
+            match head? {
+                Some(n) => self.rpos += n,
+                None => return Ok(()),
             }
         }
     }
 
-    fn begin_frame(&mut self, hdr: &FrameHeader, len: u64, hlen: usize) {
-        self.rpos += hlen;
+    /// Reads the frame header at the front of `bytes` (a data frame's: it becomes the current
+    /// frame) or the whole control frame there (answered). Returns the bytes it took, or `None`
+    /// when `bytes` does not hold all of it yet.
+    fn head(&mut self, bytes: &[u8]) -> io::Result<Option<usize>> {
+        let mut cur = Cursor::new(bytes);
+        let (hdr, len) = match FrameHeader::parse(&mut cur) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(_) => {
+                let op = bytes[0] & 0x0f;
+                return Err(self.protocol_error(&format!("unknown opcode {op}")));
+            }
+        };
+        let hlen = cur.position() as usize;
+        if hdr.rsv2 || hdr.rsv3 {
+            return Err(self.protocol_error("RSV2 and RSV3 must be clear"));
+        }
+        if hdr.rsv1 && !self.cfg.compress {
+            return Err(self.protocol_error(
+                "compressed frame received without negotiated permessage-deflate",
+            ));
+        }
+        if self.cfg.masked && hdr.mask.is_none() {
+            return Err(self.protocol_error("mask bit missing"));
+        }
+        if len & (1 << 63) != 0 {
+            return Err(self.protocol_error("invalid 64-bit payload length"));
+        }
+        match hdr.opcode {
+            OpCode::Control(c) => {
+                if len > MAX_CONTROL_PAYLOAD as u64 {
+                    return Err(self.protocol_error(&format!(
+                        "control frame length bigger than maximum allowed of {MAX_CONTROL_PAYLOAD} bytes"
+                    )));
+                }
+                if !hdr.is_final {
+                    return Err(self.protocol_error("control frame does not have final bit set"));
+                }
+                if hdr.rsv1 {
+                    return Err(self.protocol_error("control frame must not be compressed"));
+                }
+                let len = len as usize;
+                if bytes.len() < hlen + len {
+                    // The whole frame is needed; it fits the read buffer.
+                    return Ok(None);
+                }
+                let mut payload = bytes[hlen..hlen + len].to_vec();
+                if let Some(key) = hdr.mask {
+                    unmask(&mut payload, key, 0);
+                }
+                self.control(c, &payload)?;
+                Ok(Some(hlen + len))
+            }
+            OpCode::Data(Data::Continue) => {
+                if !self.in_message || hdr.rsv1 {
+                    return Err(self.protocol_error("invalid continuation frame"));
+                }
+                self.in_message = !hdr.is_final;
+                self.begin_frame(&hdr, len);
+                Ok(Some(hlen))
+            }
+            OpCode::Data(_) => {
+                if self.in_message {
+                    return Err(self.protocol_error(
+                        "new message started before final frame for previous message was received",
+                    ));
+                }
+                self.in_message = !hdr.is_final;
+                self.message_compressed = hdr.rsv1;
+                self.begin_frame(&hdr, len);
+                Ok(Some(hlen))
+            }
+        }
+    }
+
+    /// Decodes `buf`, bytes just read into the reader's own buffer, in place: payloads are
+    /// unmasked and moved to the front over the frame headers, control frames answered; a
+    /// header (or control frame) cut off at the end moves to the read buffer, where the next
+    /// read completes it. Returns how many payload bytes are at the front. Only without
+    /// compression (a compressed message is collected first).
+    fn decode_in_place(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (mut r, mut w) = (0, 0);
+        while r < buf.len() && !self.peer_closed {
+            if let Some(f) = &mut self.frame {
+                if f.left == 0 {
+                    self.frame = None;
+                    continue;
+                }
+                let k = (f.left.min((buf.len() - r) as u64)) as usize;
+                if let Some(key) = f.mask {
+                    unmask(&mut buf[r..r + k], key, f.mask_pos);
+                    f.mask_pos = (f.mask_pos + k) & 3;
+                }
+                f.left -= k as u64;
+                if w != r {
+                    buf.copy_within(r..r + k, w);
+                }
+                r += k;
+                w += k;
+                continue;
+            }
+            match self.head(&buf[r..])? {
+                Some(n) => r += n,
+                None => {
+                    let rest = buf.len() - r;
+                    self.raw[..rest].copy_from_slice(&buf[r..]);
+                    self.rpos = 0;
+                    self.rend = rest;
+                    r = buf.len();
+                }
+            }
+        }
+        Ok(w)
+    }
+
+    fn begin_frame(&mut self, hdr: &FrameHeader, len: u64) {
         self.frame = Some(InFrame {
             left: len,
             mask: hdr.mask,
@@ -510,6 +561,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             }
             if this.inflating.is_some() {
                 this.inflate_some()?;
+                continue;
+            }
+            if this.rpos == this.rend && !this.cfg.compress && !this.peer_closed {
+                // Nothing buffered: read straight into the reader's buffer and decode there.
+                if dst.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                // SAFETY: the unfilled part is only written to (through `sub`), never
+                // de-initialized.
+                let mut sub = ReadBuf::uninit(unsafe { dst.unfilled_mut() });
+                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut sub))?;
+                let n = sub.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                let w = this.decode_in_place(sub.filled_mut())?;
+                // SAFETY: `sub` covers the start of `dst`'s unfilled part and the read
+                // initialized its first `n` bytes.
+                unsafe { dst.assume_init(n) };
+                dst.advance(w);
+                if w > 0 {
+                    return Poll::Ready(Ok(()));
+                }
                 continue;
             }
             let before = dst.filled().len();
@@ -764,6 +838,95 @@ mod tests {
         assert_eq!(&p[..2], &1002u16.to_be_bytes());
         assert_eq!(close_status(CloseReason::MaxPayloadExceeded), 1009);
         assert_eq!(close_status(CloseReason::ClientClosed), 1000);
+    }
+
+    /// A masked client frame.
+    fn client_frame(b0: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let mut f = Vec::new();
+        push_header(&mut f, b0, payload.len());
+        f[1] |= 0x80;
+        f.extend_from_slice(&key);
+        let at = f.len();
+        f.extend_from_slice(payload);
+        unmask(&mut f[at..], key, 0);
+        f
+    }
+
+    /// Frames of every size (fragments, pings between them) arriving in reads of random sizes
+    /// come out as the payload bytes in order, whichever path (in place or through the read
+    /// buffer) each read takes; every ping is answered.
+    #[tokio::test]
+    async fn payloads_survive_any_read_boundaries() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut rng = fastrand::Rng::with_seed(7);
+        for round in 0..40 {
+            let mut wire = Vec::new();
+            let mut want = Vec::new();
+            let mut pings = 0;
+            for i in 0..30 {
+                let len = match rng.u8(..4) {
+                    0 => rng.usize(..10),
+                    1 => rng.usize(..200),
+                    2 => rng.usize(..70_000),
+                    _ => rng.usize(..3000),
+                };
+                let payload: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+                want.extend_from_slice(&payload);
+                let key = [rng.u8(..), rng.u8(..), rng.u8(..), rng.u8(..)];
+                if len > 2 && rng.bool() {
+                    // Two fragments with a ping between them.
+                    let cut = len / 2;
+                    wire.extend(client_frame(0x02, &payload[..cut], key));
+                    wire.extend(client_frame(0x89, b"p", key));
+                    wire.extend(client_frame(0x80, &payload[cut..], key));
+                    pings += 1;
+                } else {
+                    wire.extend(client_frame(0x82, &payload, key));
+                }
+            }
+            let (client, server) = tokio::io::duplex(1 << 20);
+            let out = Outbound::new(round, "127.0.0.1:1".parse().expect("addr"), 1 << 20);
+            let cfg = WsConfig {
+                masked: true,
+                max_payload: 1 << 20,
+                ..WsConfig::default()
+            };
+            let mut ws = WsStream::new(server, cfg, out);
+            let (mut cr, mut cw) = tokio::io::split(client);
+            let chunks: Vec<usize> = (0..wire.len()).map(|_| rng.usize(1..5000)).collect();
+            let writer = tokio::spawn(async move {
+                let mut pos = 0;
+                for c in chunks {
+                    if pos >= wire.len() {
+                        break;
+                    }
+                    let end = (pos + c).min(wire.len());
+                    cw.write_all(&wire[pos..end]).await.expect("write");
+                    pos = end;
+                    tokio::task::yield_now().await;
+                }
+                cw
+            });
+            let mut got = Vec::new();
+            while got.len() < want.len() {
+                let mut b = vec![0u8; 1 + rng.usize(..70_000)];
+                let n = ws.read(&mut b).await.expect("read");
+                assert!(n > 0, "round {round}: early end at {}", got.len());
+                got.extend_from_slice(&b[..n]);
+            }
+            assert!(got == want, "round {round}: payload bytes differ");
+            let _cw = writer.await.expect("writer");
+            // The pongs go out on a flush.
+            ws.flush().await.expect("flush");
+            let mut pongs = vec![0u8; pings * 3];
+            if pings > 0 {
+                cr.read_exact(&mut pongs).await.expect("pongs");
+            }
+            assert!(
+                pongs.chunks(3).all(|p| p == [0x8a, 1, b'p']),
+                "round {round}"
+            );
+        }
     }
 
     #[test]

@@ -1124,8 +1124,16 @@ fn users(
                 Some(p) => Some(permissions(p)?),
                 None => None,
             };
+            let allowed_connection_types = connection_types(u)?;
             for (k, kv) in u.iter() {
-                if !matches!(k.to_ascii_lowercase().as_str(), "nkey" | "permissions") {
+                if !matches!(
+                    k.to_ascii_lowercase().as_str(),
+                    "nkey"
+                        | "permissions"
+                        | "allowed_connection_types"
+                        | "connection_types"
+                        | "clients"
+                ) {
                     warnings.push(format!(
                         "{}: nkey user key {k:?} is not supported yet by this version of natrium and is ignored",
                         kv.pos
@@ -1136,6 +1144,7 @@ fn users(
                 nkey: string(nkey)?,
                 permissions,
                 account: account.map(String::from),
+                allowed_connection_types,
             });
             continue;
         }
@@ -1151,10 +1160,18 @@ fn users(
             Some(p) => Some(permissions(p)?),
             None => None,
         };
+        let allowed_connection_types = connection_types(u)?;
         for (k, kv) in u.iter() {
             if !matches!(
                 k.to_ascii_lowercase().as_str(),
-                "user" | "username" | "password" | "pass" | "permissions"
+                "user"
+                    | "username"
+                    | "password"
+                    | "pass"
+                    | "permissions"
+                    | "allowed_connection_types"
+                    | "connection_types"
+                    | "clients"
             ) {
                 warnings.push(format!(
                     "{}: user key {k:?} is not supported yet by this version of natrium and is ignored",
@@ -1167,9 +1184,34 @@ fn users(
             password,
             permissions,
             account: account.map(String::from),
+            allowed_connection_types,
         });
     }
     Ok((out, nkeys))
+}
+
+/// A user entry's `allowed_connection_types` (or `connection_types`, `clients`): a string or a
+/// list of nats-server's connection types, upper-cased; an unknown one is an error, as there.
+fn connection_types(u: &Map) -> Result<Vec<String>, OptionsError> {
+    let Some(v) = ["allowed_connection_types", "connection_types", "clients"]
+        .iter()
+        .find_map(|k| u.get(k))
+    else {
+        return Ok(Vec::new());
+    };
+    let items = match &v.value {
+        Value::Array(items) => items.iter().map(string).collect::<Result<Vec<_>, _>>()?,
+        _ => vec![string(v)?],
+    };
+    let mut out = Vec::new();
+    for t in items {
+        let up = t.to_ascii_uppercase();
+        if !crate::auth::CONNECTION_TYPES.contains(&up.as_str()) {
+            return Err(invalid(v, &format!("unknown connection type {t:?}")));
+        }
+        out.push(up);
+    }
+    Ok(out)
 }
 
 /// `permissions { publish: ..., subscribe: ..., allow_responses: ... }`.

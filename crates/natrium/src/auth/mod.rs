@@ -40,6 +40,9 @@ pub struct User {
     pub permissions: Option<Permissions>,
     /// The account the user belongs to; `None` is the global account.
     pub account: Option<String>,
+    /// `allowed_connection_types` (upper case): the kinds of connection the user may come
+    /// through (`STANDARD`, `WEBSOCKET`, ...); empty allows all.
+    pub allowed_connection_types: Vec<String>,
 }
 
 /// A user identified by an NKey (`authorization { users: [ {nkey: "U..."} ] }`): it proves who it
@@ -50,6 +53,28 @@ pub struct NkeyUser {
     pub nkey: String,
     pub permissions: Option<Permissions>,
     pub account: Option<String>,
+    /// As `User::allowed_connection_types`.
+    pub allowed_connection_types: Vec<String>,
+}
+
+/// The connection types `allowed_connection_types` may name (nats-server's).
+pub const CONNECTION_TYPES: &[&str] = &[
+    "STANDARD",
+    "WEBSOCKET",
+    "LEAFNODE",
+    "LEAFNODE_WS",
+    "MQTT",
+    "MQTT_WS",
+];
+
+/// Whether a user with `allowed` types may connect as this client (`websocket` or not).
+fn type_allowed(allowed: &[String], ctx: &ConnAuth) -> bool {
+    let want = if ctx.websocket {
+        jwt::CONN_TYPE_WEBSOCKET
+    } else {
+        jwt::CONN_TYPE_STANDARD
+    };
+    allowed.is_empty() || allowed.iter().any(|t| t == want)
 }
 
 /// Client authentication settings (the `authorization` block and its flag equivalents).
@@ -201,6 +226,10 @@ pub enum AuthError {
     UnmappedCertificate(String),
     #[error("user JWT refused: {0}")]
     Jwt(#[from] JwtError),
+    #[error(
+        "user {0:?} may not connect through this kind of connection (allowed_connection_types)"
+    )]
+    ConnectionType(String),
 }
 
 impl AuthError {
@@ -210,7 +239,8 @@ impl AuthError {
             AuthError::UnknownUser(u)
             | AuthError::BadPassword(u)
             | AuthError::UnknownNkey(u)
-            | AuthError::BadSignature(u) => Some(u),
+            | AuthError::BadSignature(u)
+            | AuthError::ConnectionType(u) => Some(u),
             AuthError::Missing
             | AuthError::BadToken
             | AuthError::NoCertificate
@@ -389,6 +419,9 @@ impl Authenticator {
                 (Some(u), _) => u.as_str(),
                 (None, Some(nau)) if c.pass.is_none() && c.token.is_none() && c.nkey.is_none() => {
                     return match self.users.get(nau) {
+                        Some(entry) if !type_allowed(&entry.allowed_connection_types, ctx) => {
+                            Verdict::Reject(AuthError::ConnectionType(nau.clone()))
+                        }
                         Some(entry) => Verdict::Accept(self.identity_of(entry)),
                         None => Verdict::Reject(AuthError::UnknownUser(nau.clone())),
                     };
@@ -398,6 +431,9 @@ impl Authenticator {
             let Some(entry) = self.users.get(given) else {
                 return Verdict::Reject(AuthError::UnknownUser(given.to_string()));
             };
+            if !type_allowed(&entry.allowed_connection_types, ctx) {
+                return Verdict::Reject(AuthError::ConnectionType(given.to_string()));
+            }
             return password_verdict(
                 &entry.password,
                 c.pass.as_deref().unwrap_or(""),
@@ -446,6 +482,9 @@ impl Authenticator {
         let Some(entry) = self.nkeys.get(nkey) else {
             return Verdict::Reject(AuthError::UnknownNkey(nkey.to_string()));
         };
+        if !type_allowed(&entry.allowed_connection_types, ctx) {
+            return Verdict::Reject(AuthError::ConnectionType(nkey.to_string()));
+        }
         let bad = || Verdict::Reject(AuthError::BadSignature(nkey.to_string()));
         let (Some(sig), Some(nonce)) = (sig, ctx.nonce.as_deref()) else {
             return bad();
@@ -490,9 +529,14 @@ impl Authenticator {
             .chain(&names.dns)
             .chain(&names.uris)
             .chain(std::iter::once(&names.dn))
-            .find_map(|n| self.users.get(n.as_str()));
+            .find_map(|n| self.users.get(n.as_str()))
+            .filter(|u| type_allowed(&u.allowed_connection_types, ctx));
         let entry = direct.or_else(|| {
-            let mut users: Vec<&User> = self.users.values().collect();
+            let mut users: Vec<&User> = self
+                .users
+                .values()
+                .filter(|u| type_allowed(&u.allowed_connection_types, ctx))
+                .collect();
             users.sort_by(|a, b| a.user.cmp(&b.user));
             users
                 .into_iter()

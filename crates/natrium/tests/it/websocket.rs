@@ -208,7 +208,7 @@ async fn monitoring_shows_websocket_clients() {
 }
 
 /// A WebSocket client written by hand, for frames and requests stock clients never send.
-struct RawWs {
+pub(crate) struct RawWs {
     s: TcpStream,
     buf: Vec<u8>,
 }
@@ -251,7 +251,7 @@ async fn upgrade_request(port: u16, headers: &[&str]) -> (TcpStream, String, Vec
 
 impl RawWs {
     /// Upgrades; the answer must be 101.
-    async fn open(port: u16, headers: &[&str]) -> (RawWs, String) {
+    pub(crate) async fn open(port: u16, headers: &[&str]) -> (RawWs, String) {
         let (s, head, rest) = upgrade_request(port, headers).await;
         assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
         // The accept key of RFC 6455's example key.
@@ -279,7 +279,7 @@ impl RawWs {
         self.send_raw(&frame(b0, payload, mask)).await;
     }
 
-    async fn send_text(&mut self, text: &str) {
+    pub(crate) async fn send_text(&mut self, text: &str) {
         self.send(0x82, text.as_bytes(), Some([1, 2, 3, 4])).await;
     }
 
@@ -321,7 +321,7 @@ impl RawWs {
     }
 
     /// The payload of the next data frame, as text.
-    async fn read_text(&mut self) -> String {
+    pub(crate) async fn read_text(&mut self) -> String {
         loop {
             let (b0, p) = self.read_frame().await.expect("a frame");
             match b0 & 0x0f {
@@ -332,7 +332,7 @@ impl RawWs {
     }
 
     /// Reads data frames until their text contains `pat`; returns all of it.
-    async fn read_until(&mut self, pat: &str) -> String {
+    pub(crate) async fn read_until(&mut self, pat: &str) -> String {
         let mut all = String::new();
         while !all.contains(pat) {
             all.push_str(&self.read_text().await);
@@ -1209,4 +1209,51 @@ async fn read_http(c: &mut TcpStream) -> Option<(String, Vec<u8>)> {
         body.extend_from_slice(&chunk[..n]);
     }
     Some((head, body))
+}
+
+#[tokio::test]
+async fn users_allowed_connection_types() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("types.conf");
+    std::fs::write(
+        &p,
+        r#"
+        listen: "127.0.0.1:-1"
+        authorization { users = [
+            {user: web, password: w, allowed_connection_types: ["WEBSOCKET"]}
+            {user: tcp, password: t, allowed_connection_types: "standard"}
+            {user: any, password: a}
+        ] }
+        websocket { listen: "127.0.0.1:-1", no_tls: true }
+        "#,
+    )
+    .expect("write");
+    let (o, warnings) = Options::from_file(&p).expect("loads");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let s = start(o).await;
+    let (tcp, ws) = (s.client_url(), s.websocket_url().expect("url"));
+    let ok = |url: String, user: &str, pass: &str| {
+        let o = async_nats::ConnectOptions::with_user_and_password(user.into(), pass.into());
+        async move {
+            match o.connect(url).await {
+                Ok(c) => c.flush().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    };
+    assert!(ok(ws.clone(), "web", "w").await);
+    assert!(!ok(tcp.clone(), "web", "w").await);
+    assert!(ok(tcp.clone(), "tcp", "t").await);
+    assert!(!ok(ws.clone(), "tcp", "t").await);
+    assert!(ok(ws, "any", "a").await);
+    assert!(ok(tcp, "any", "a").await);
+    s.shutdown().await;
+    // An unknown type is an error, as in nats-server.
+    std::fs::write(
+        &p,
+        "authorization { users = [ {user: u, password: p, allowed_connection_types: [\"CARRIER_PIGEON\"]} ] }",
+    )
+    .expect("write");
+    let err = Options::from_file(&p).err().expect("refused").to_string();
+    assert!(err.contains("unknown connection type"), "{err}");
 }

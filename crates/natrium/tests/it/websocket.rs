@@ -1254,6 +1254,6 @@ async fn users_allowed_connection_types() {
         "authorization { users = [ {user: u, password: p, allowed_connection_types: [\"CARRIER_PIGEON\"]} ] }",
     )
     .expect("write");
-    let err = Options::from_file(&p).err().expect("refused").to_string();
+    let err = Options::from_file(&p).expect_err("refused").to_string();
     assert!(err.contains("unknown connection type"), "{err}");
 }

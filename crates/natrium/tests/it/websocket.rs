@@ -1257,3 +1257,158 @@ async fn users_allowed_connection_types() {
     let err = Options::from_file(&p).expect_err("refused").to_string();
     assert!(err.contains("unknown connection type"), "{err}");
 }
+
+#[tokio::test]
+async fn handshake_limits() {
+    // A client that never sends its upgrade request is dropped after handshake_timeout.
+    let s = start(ws_with(
+        Options {
+            max_unauthenticated_per_ip: 1,
+            ..opts()
+        },
+        WebsocketOptions {
+            handshake_timeout: Duration::from_millis(300),
+            ..WebsocketOptions::default()
+        },
+    ))
+    .await;
+    let port = s.websocket_port().expect("port");
+    let started = std::time::Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).await.expect("tcp");
+    // While it holds the address's one unauthenticated slot, the next is refused with 503.
+    let mut second = TcpStream::connect(("127.0.0.1", port)).await.expect("tcp");
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), second.read_to_string(&mut out))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut b))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // The slot is free again.
+    RawWs::connect(port).await;
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn compressed_messages_over_the_limit_get_1009() {
+    use flate2::{Compress, Compression, FlushCompress};
+    let s = start(ws_with(
+        Options {
+            max_payload: 1024,
+            max_pending: 1024 * 1024,
+            ..opts()
+        },
+        WebsocketOptions {
+            compression: true,
+            ..WebsocketOptions::default()
+        },
+    ))
+    .await;
+    let port = s.websocket_port().expect("port");
+    let (mut ws, _) = RawWs::open(port, &["Sec-WebSocket-Extensions: permessage-deflate"]).await;
+    ws.read_frame().await.expect("info");
+    // 64 KiB of PINGs inflate past eight times max_payload, from a few hundred bytes.
+    let body = "PING\r\n".repeat(11_000);
+    let mut c = Compress::new(Compression::best(), false);
+    let mut z = Vec::with_capacity(body.len());
+    c.compress_vec(body.as_bytes(), &mut z, FlushCompress::Sync)
+        .expect("deflate");
+    z.truncate(z.len() - 4);
+    assert!(z.len() < 1024, "{}", z.len());
+    ws.send(0xc2, &z, Some([6, 6, 6, 6])).await;
+    assert_eq!(
+        ws.close_status().await,
+        (1009, "Maximum Payload Exceeded".into())
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn reload_keeps_the_websocket_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("r.conf");
+    let write = |same_origin: bool| {
+        std::fs::write(
+            &p,
+            format!(
+                "listen: \"127.0.0.1:-1\"\nwebsocket {{ listen: \"127.0.0.1:-1\", no_tls: true, same_origin: {same_origin} }}\n"
+            ),
+        )
+        .expect("write")
+    };
+    write(false);
+    let (o, _) = Options::from_file(&p).expect("loads");
+    let s = start(o).await;
+    s.reload().expect("an unchanged block reloads");
+    write(true);
+    let err = s.reload().expect_err("refused").to_string();
+    assert!(err.contains("websocket"), "{err}");
+    // Still serving, with the block it started with.
+    let c = ws_client(&s).await;
+    c.flush().await.expect("flush");
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn cluster_gives_websocket_clients_websocket_urls() {
+    use natrium::options::{ClusterOptions, RouteUrl};
+    let node = |name: &str, routes: Vec<RouteUrl>| {
+        ws(Options {
+            server_name: Some(name.into()),
+            cluster: Some(ClusterOptions {
+                name: Some("wsc".into()),
+                host: "127.0.0.1".into(),
+                port: -1,
+                routes,
+                ..ClusterOptions::default()
+            }),
+            ..opts()
+        })
+    };
+    let a = start(node("A", Vec::new())).await;
+    let seed = RouteUrl::parse(&format!(
+        "nats://127.0.0.1:{}",
+        a.cluster_port().expect("port")
+    ))
+    .expect("url");
+    let b = start(node("B", vec![seed])).await;
+    eventually(|| a.num_routes() == 1 && b.num_routes() == 1).await;
+    let (mut ws, _) = RawWs::open(a.websocket_port().expect("port"), &[]).await;
+    let info = ws.read_text().await;
+    let info: serde_json::Value =
+        serde_json::from_str(info.trim_start_matches("INFO ").trim()).expect("json");
+    let urls: Vec<String> = info["connect_urls"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let want = |s: &Server| format!("127.0.0.1:{}", s.websocket_port().expect("port"));
+    assert!(
+        urls.contains(&want(&a)) && urls.contains(&want(&b)),
+        "{urls:?}"
+    );
+    assert_eq!(info["port"], a.websocket_port().expect("port"));
+    // A TCP client gets the client URLs, never the WebSocket ones.
+    let tcp = crate::common::client(&a).await;
+    let tcp_urls = tcp.server_info().connect_urls;
+    assert!(
+        tcp_urls.contains(&format!("127.0.0.1:{}", b.port())),
+        "{tcp_urls:?}"
+    );
+    assert!(!tcp_urls.contains(&want(&b)), "{tcp_urls:?}");
+    a.shutdown().await;
+    b.shutdown().await;
+}

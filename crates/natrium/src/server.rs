@@ -114,6 +114,9 @@ impl Server {
         opts.validate()?;
         authenticator_for(opts)?;
         tls_for(opts)?;
+        if let Some(w) = opts.websocket.as_ref().filter(|w| w.enabled()) {
+            w.tls_server()?;
+        }
         Ok(())
     }
 

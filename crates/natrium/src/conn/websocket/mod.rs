@@ -225,8 +225,9 @@ impl WebsocketOptions {
         }
     }
 
-    /// The listener's TLS: the block's `tls {}`, always with the handshake first.
-    fn tls_server(&self) -> Result<Option<Arc<TlsServer>>, TlsError> {
+    /// The listener's TLS: the block's `tls {}`, always with the handshake first (loads the
+    /// certificate files; `natrium -t` checks them this way).
+    pub fn tls_server(&self) -> Result<Option<Arc<TlsServer>>, TlsError> {
         self.tls
             .as_ref()
             .map(|t| {

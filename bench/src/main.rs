@@ -13,6 +13,7 @@ mod conn;
 mod conns;
 mod js;
 mod jsconsume;
+mod propagate;
 mod proto;
 mod pubsub;
 mod pump;
@@ -67,6 +68,24 @@ enum Mode {
     Pump(PumpArgs),
     /// The discarding end of `pump`, run as its own process (pinned like a server).
     Sink(SinkArgs),
+    /// A cluster: subscribe to --subs subjects on one server, then time until another server
+    /// delivers a message to the last of them (every subscription has crossed the cluster).
+    Propagate(PropagateArgs),
+}
+
+#[derive(Args)]
+struct PropagateArgs {
+    /// The server the messages are published on.
+    #[command(flatten)]
+    server: ServerArg,
+    /// The server the subscriptions are made on.
+    #[arg(long)]
+    sub_server: String,
+    /// Distinct subjects subscribed to.
+    #[arg(long, default_value_t = 100_000)]
+    subs: usize,
+    #[arg(long, default_value_t = 60.0)]
+    timeout: f64,
 }
 
 #[derive(Args)]
@@ -112,6 +131,13 @@ struct PubArgs {
     /// Also report the CPU this process (the server) used during the run.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Connect the subscribers to these servers instead (comma separated, round robin): other
+    /// nodes of the publisher's cluster.
+    #[arg(long, value_delimiter = ',')]
+    sub_servers: Vec<String>,
+    /// With --sub-servers: seconds to let the subscribers' interest reach the publisher's server.
+    #[arg(long, default_value_t = 0.5)]
+    settle: f64,
 }
 
 #[derive(Args)]
@@ -364,9 +390,27 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli) -> Result<ExitCode> {
     let json = cli.json;
     match &cli.mode {
+        Mode::Propagate(a) => {
+            let r = propagate::run(
+                &a.server.addr(),
+                a.sub_server
+                    .strip_prefix("nats://")
+                    .unwrap_or(&a.sub_server),
+                a.subs,
+                seconds(a.timeout)?,
+            )
+            .await?;
+            emit(json, &r, &r.human(), r.complete)
+        }
         Mode::Pub(a) => {
             let opts = pubsub::PubOpts {
                 server: a.server.addr(),
+                sub_servers: a
+                    .sub_servers
+                    .iter()
+                    .map(|s| s.strip_prefix("nats://").unwrap_or(s).to_string())
+                    .collect(),
+                settle: seconds(a.settle)?,
                 subject: a.subject.clone(),
                 msgs: a.msgs,
                 size: a.size,

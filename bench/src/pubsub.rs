@@ -24,6 +24,10 @@ const BATCH_BYTES: usize = 256 * 1024;
 
 pub struct PubOpts {
     pub server: String,
+    /// Where the subscribers connect (round robin); empty: `server` (a cluster's other nodes).
+    pub sub_servers: Vec<String>,
+    /// With subscribers elsewhere, how long to let their interest reach `server` first.
+    pub settle: Duration,
     pub subject: String,
     pub msgs: u64,
     pub size: usize,
@@ -93,13 +97,21 @@ pub async fn run(o: &PubOpts) -> Result<PubReport> {
     let queue = o.queue.as_deref().map(str::as_bytes);
     let mut sub_conns = Vec::with_capacity(o.subs);
     for i in 0..o.subs {
-        let mut conn = Conn::connect(&o.server, &format!("bench-sub-{i}"), BIG_BUF).await?;
+        let addr = match o.sub_servers.len() {
+            0 => &o.server,
+            n => &o.sub_servers[i % n],
+        };
+        let mut conn = Conn::connect(addr, &format!("bench-sub-{i}"), BIG_BUF).await?;
         let mut cmd = Vec::new();
         proto::push_sub(&mut cmd, o.subject.as_bytes(), queue, 1);
         cmd.extend_from_slice(proto::PING);
         conn.write_all(&cmd).await?;
         conn.until_pong(Instant::now() + HANDSHAKE_TIMEOUT).await?;
         sub_conns.push(conn);
+    }
+    if !o.sub_servers.is_empty() {
+        // Interest crosses a cluster asynchronously.
+        tokio::time::sleep(o.settle).await;
     }
     let mut pub_conns = Vec::with_capacity(o.pubs);
     for i in 0..o.pubs {

@@ -402,7 +402,7 @@ impl Parser<'_, '_, '_> {
         }
         let defined = self
             .scopes
-            .iter()
+            .iter_mut()
             .rev()
             .find_map(|scope| scope.lookup_var(name));
         if let Some(found) = defined {

@@ -185,6 +185,8 @@ struct Entry {
     key: String,
     key_pos: Pos,
     value: Spanned,
+    /// A `$variable` reference copied this entry's value.
+    used_as_variable: bool,
 }
 
 /// A configuration map: entries in file order, keys as written (without quotes).
@@ -206,6 +208,7 @@ impl Map {
             key,
             key_pos,
             value,
+            used_as_variable: false,
         });
     }
 
@@ -277,8 +280,19 @@ impl Map {
         self.entries.is_empty()
     }
 
-    /// The last value stored under exactly `name`, as a variable reference sees it.
-    pub(crate) fn lookup_var(&self, name: &str) -> Option<&Spanned> {
-        self.get_exact(name)
+    /// The last value stored under exactly `name`, as a variable reference sees it; the entry
+    /// is marked as used as a variable.
+    pub(crate) fn lookup_var(&mut self, name: &str) -> Option<&Spanned> {
+        let e = self.entries.iter_mut().rev().find(|e| e.key == name)?;
+        e.used_as_variable = true;
+        Some(&e.value)
+    }
+
+    /// Whether a `$variable` reference refers to an entry under exactly `key` (nats-server
+    /// does not hold such a key to be an option it knows).
+    pub fn is_used_variable(&self, key: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.key == key && e.used_as_variable)
     }
 }

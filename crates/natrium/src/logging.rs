@@ -165,6 +165,8 @@ pub fn init(debug: bool, trace: bool, logtime: bool, file: Option<&Path>) -> std
                 .with(
                     tracing_subscriber::fmt::layer()
                         .event_format(format)
+                        // A log file gets plain text: no ANSI styling of event fields.
+                        .with_ansi(false)
                         .with_writer(move || writer.clone()),
                 )
                 .try_init()
@@ -173,6 +175,8 @@ pub fn init(debug: bool, trace: bool, logtime: bool, file: Option<&Path>) -> std
             .with(
                 tracing_subscriber::fmt::layer()
                     .event_format(format)
+                    // Styled only when a person reads it: not when stderr goes to a file or pipe.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .with_writer(std::io::stderr),
             )
             .try_init(),

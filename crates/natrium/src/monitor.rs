@@ -59,6 +59,8 @@ pub async fn serve(inner: Shared, listener: TcpListener, secure: bool) {
         .route(&at("/accstatz"), get(accstatz))
         .route(&at("/healthz"), get(healthz))
         .route(&at("/routez"), get(routez))
+        .route(&at("/gatewayz"), get(gatewayz))
+        .route(&at("/leafz"), get(leafz))
         .route(&at("/jsz"), get(jsz))
         .route(&at("/metrics"), get(metrics))
         .with_state(inner.clone());
@@ -136,9 +138,11 @@ impl axum::serve::Listener for TlsListener {
 
 /// Links to the endpoints, under the base path.
 async fn index(State(s): State<Shared>) -> Html<String> {
+    s.count_request("/");
     let base = s.options.lock().http_base_path.clone();
     let items: String = [
-        "varz", "connz", "subsz", "accountz", "accstatz", "jsz", "healthz", "routez", "metrics",
+        "varz", "connz", "routez", "gatewayz", "leafz", "subsz", "accountz", "accstatz", "jsz",
+        "healthz", "metrics",
     ]
     .iter()
     .map(|e| {
@@ -162,40 +166,61 @@ fn status(code: u16) -> StatusCode {
     StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
+// Each endpoint counts its requests under nats-server's path for `http_req_stats` (without
+// the base path, as nats-server).
+
 async fn varz(State(s): State<Shared>) -> Json<Value> {
+    s.count_request("/varz");
     Json(observe::varz(&s))
 }
 
 async fn jsz(State(s): State<Shared>) -> Response {
+    s.count_request("/jsz");
     reply(observe::jsz(&s))
 }
 
 async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response {
+    s.count_request("/connz");
     reply(observe::connz(&s, &q))
 }
 
 async fn subsz(State(s): State<Shared>, Query(q): Query<SubszQuery>) -> Response {
+    s.count_request("/subsz");
     reply(observe::subsz(&s, &q))
 }
 
 async fn accountz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Response {
+    s.count_request("/accountz");
     reply(observe::accountz(&s, &q))
 }
 
 async fn accstatz(State(s): State<Shared>, Query(q): Query<AccQuery>) -> Json<Value> {
+    s.count_request("/accstatz");
     Json(observe::accstatz(&s, &q))
 }
 
 async fn healthz(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Response {
+    s.count_request("/healthz");
     let (code, body) = observe::healthz(&s, &q);
     (status(code), Json(body)).into_response()
 }
 
 async fn routez(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Json<Value> {
+    s.count_request("/routez");
     let subs = q
         .get("subs")
         .is_some_and(|v| matches!(v.as_str(), "1" | "true" | "detail"));
     Json(observe::routez(&s, subs))
+}
+
+async fn gatewayz(State(s): State<Shared>) -> Json<Value> {
+    s.count_request("/gatewayz");
+    Json(observe::gatewayz(&s))
+}
+
+async fn leafz(State(s): State<Shared>) -> Json<Value> {
+    s.count_request("/leafz");
+    Json(observe::leafz(&s))
 }
 
 /// Reads live state at scrape time; label cardinality is per account only.
@@ -256,7 +281,7 @@ impl Collector for NatriumCollector {
         let clients = reg.clients();
         let t = s.totals(&clients);
         let up = since(s.start);
-        let (mem, _) = observe::process_usage(up);
+        let mem = observe::memory();
         gauge(
             &mut enc,
             "natrium_uptime_seconds",
@@ -394,11 +419,93 @@ impl Collector for NatriumCollector {
         for ((name, help, kind), rows) in defs.into_iter().zip(rows.iter()) {
             per_account(&mut enc, name, help, kind, rows)?;
         }
+        if let Some(mesh) = s.mesh.lock().clone() {
+            encode_routes(&mut enc, &mesh.routes())?;
+        }
         if let Some(js) = &s.jetstream {
             encode_jetstream(&mut enc, &js.stream_stats())?;
         }
         Ok(())
     }
+}
+
+/// Route series, labelled by the peer's server name (as many as the cluster has servers).
+fn encode_routes(
+    enc: &mut DescriptorEncoder,
+    routes: &[Arc<crate::cluster::Route>],
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        enc,
+        "natrium_routes",
+        "Peer servers with a route up",
+        routes.len() as f64,
+    )?;
+    type Series = (
+        &'static str,
+        &'static str,
+        MetricType,
+        fn(&crate::cluster::Route) -> f64,
+    );
+    let series: [Series; 6] = [
+        (
+            "natrium_route_in_msgs",
+            "Messages received from the peer",
+            MetricType::Counter,
+            |r| r.out.stats().in_msgs as f64,
+        ),
+        (
+            "natrium_route_out_msgs",
+            "Messages sent to the peer",
+            MetricType::Counter,
+            |r| r.out.stats().out_msgs as f64,
+        ),
+        (
+            "natrium_route_in_bytes",
+            "Payload bytes received from the peer",
+            MetricType::Counter,
+            |r| r.out.stats().in_bytes as f64,
+        ),
+        (
+            "natrium_route_out_bytes",
+            "Payload bytes sent to the peer",
+            MetricType::Counter,
+            |r| r.out.stats().out_bytes as f64,
+        ),
+        (
+            "natrium_route_pending_bytes",
+            "Bytes waiting to be written to the peer",
+            MetricType::Gauge,
+            |r| r.out.stats().pending_bytes as f64,
+        ),
+        (
+            "natrium_route_subscriptions",
+            "The peer's interest held here",
+            MetricType::Gauge,
+            |r| r.num_subs() as f64,
+        ),
+    ];
+    for (name, help, kind, f) in series {
+        let mut m = enc.encode_descriptor(name, help, None, kind)?;
+        for r in routes {
+            let remote = r
+                .remote()
+                .map(|i| {
+                    if i.server_name.is_empty() {
+                        i.server_id
+                    } else {
+                        i.server_name
+                    }
+                })
+                .unwrap_or_default();
+            let labels = [("remote", remote.as_str())];
+            let fam = m.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(f(r) as u64).encode(fam)?,
+                _ => ConstGauge::new(f(r)).encode(fam)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// JetStream series, labelled by account and stream (and consumer).
@@ -490,6 +597,7 @@ fn encode_jetstream(
 }
 
 async fn metrics(State(s): State<Shared>) -> Response {
+    s.count_request("/metrics");
     let mut registry = Registry::default();
     registry.register_collector(Box::new(NatriumCollector { server: s }));
     let mut body = String::new();

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use natrium_config::{ConfigError, Map, Spanned, Value};
+use natrium_config::{ConfigError, Map, Pos, Spanned, Value};
+
+mod known_keys;
 
 pub use crate::auth::jwt::{DirResolver, OperatorOptions, Resolver};
 pub use crate::auth::{AuthOptions, NkeyUser, User};
@@ -62,6 +64,8 @@ pub struct Options {
     pub auth: AuthOptions,
     /// TLS for client connections; `None` is plaintext.
     pub tls: Option<TlsOptions>,
+    /// `allow_non_tls`: with `tls`, TLS is offered but plaintext clients are let in too.
+    pub allow_non_tls: bool,
     /// Subscriptions one connection may hold; 0 is unlimited.
     pub max_subscriptions: usize,
     /// Connections from one address (an IPv4 address, or an IPv6 /64) that may be open at once
@@ -84,6 +88,8 @@ pub struct Options {
     pub http_port: Option<i32>,
     /// HTTPS monitoring listener (with the `tls {}` certificate); exclusive with `http_port`.
     pub https_port: Option<i32>,
+    /// The monitoring listener's host; empty is the client listener's `host`, as in
+    /// nats-server (only `http: host:port` or `https: host:port` name another).
     pub http_host: String,
     /// Prefix of every monitoring path (`/` when empty).
     pub http_base_path: String,
@@ -115,6 +121,7 @@ impl Default for Options {
             auth_timeout: Duration::from_secs(2),
             auth: AuthOptions::default(),
             tls: None,
+            allow_non_tls: false,
             max_subscriptions: 0,
             max_unauthenticated_per_ip: DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
             operator: None,
@@ -125,7 +132,7 @@ impl Default for Options {
             websocket: None,
             http_port: None,
             https_port: None,
-            http_host: "0.0.0.0".into(),
+            http_host: String::new(),
             http_base_path: String::new(),
             debug: false,
             trace: false,
@@ -147,27 +154,23 @@ pub enum OptionsError {
     Invalid { pos: String, msg: String },
     #[error("{0}")]
     Validation(String),
+    /// Keys nats-server does not know (typos), each as `file:line:col: unknown field "x"`.
+    #[error("{}", .0.join("\n"))]
+    UnknownKeys(Vec<String>),
 }
 
-/// Keys nats-server knows that this version of Natrium accepts but does not act on yet; they are
-/// reported as warnings so a config written for nats-server still loads.
-const NOT_YET_SUPPORTED: &[&str] = &[
-    "gateway",
-    "leafnodes",
-    "leaf",
-    "mqtt",
-    "syslog",
-    "remote_syslog",
-    "log_size_limit",
-    "logfile_size_limit",
-    "connect_error_reports",
-    "reconnect_error_reports",
-    "server_tags",
-    "client_advertise",
-    "no_header_support",
-    "disable_sublist_cache",
-    "max_traced_msg_len",
-];
+/// The warning for a key nats-server knows that this version of Natrium does not act on yet
+/// (`block` names where it is, empty at the top level).
+fn not_supported(warnings: &mut Vec<String>, pos: &Pos, block: &str, key: &str) {
+    let block = if block.is_empty() {
+        String::new()
+    } else {
+        format!("{block} ")
+    };
+    warnings.push(format!(
+        "{pos}: {block}key {key:?} is a nats-server option not supported yet by this version of natrium; it is ignored"
+    ));
+}
 
 impl Options {
     /// Loads a config file on top of the defaults. Returns the options and warnings to log.
@@ -181,11 +184,18 @@ impl Options {
         Ok((opts, warnings))
     }
 
-    /// Applies the keys of a parsed config map. Unknown keys become warnings, not errors.
+    /// Applies the keys of a parsed config map. Keys nats-server does not know are errors (all
+    /// of them reported at once, as nats-server does); keys it knows that Natrium does not act on
+    /// yet become warnings.
     pub fn apply_config(&mut self, map: &Map) -> Result<Vec<String>, OptionsError> {
+        let unknown = known_keys::unknown_keys(map);
+        if !unknown.is_empty() {
+            return Err(OptionsError::UnknownKeys(unknown));
+        }
         let mut warnings = Vec::new();
         let mut system_account_set = false;
-        for (key, v) in map.iter() {
+        let mut store_dir = None;
+        for (key, kpos, v) in map.entries() {
             match key.to_ascii_lowercase().as_str() {
                 "listen" => {
                     let (host, port) = parse_listen(v)?;
@@ -195,7 +205,7 @@ impl Options {
                     self.port = port;
                 }
                 "host" | "net" => self.host = string(v)?,
-                "port" => self.port = int(v)? as i32,
+                "port" => self.port = port(v, "port")?,
                 "server_name" => self.server_name = Some(string(v)?),
                 "max_payload" => self.max_payload = size(v)? as usize,
                 "max_control_line" => self.max_control_line = size(v)? as usize,
@@ -207,14 +217,19 @@ impl Options {
                 "lame_duck_duration" => self.lame_duck_duration = duration(v)?,
                 "lame_duck_grace_period" => self.lame_duck_grace_period = duration(v)?,
                 "tls" => self.tls = Some(tls(v, &mut warnings)?),
-                "max_subscriptions" | "max_subs" => self.max_subscriptions = int(v)?.max(0) as usize,
+                "allow_non_tls" => self.allow_non_tls = boolean(v)?,
+                "max_subscriptions" | "max_subs" => {
+                    self.max_subscriptions = int(v)?.max(0) as usize
+                }
                 "max_unauthenticated_per_ip" => {
                     self.max_unauthenticated_per_ip = int(v)?.max(0) as usize
                 }
                 "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
                 "cluster" => self.cluster = Some(cluster(v, &mut warnings)?),
                 "websocket" | "ws" => self.websocket = Some(websocket(v, &mut warnings)?),
-                "http_port" | "monitor_port" => self.http_port = Some(int(v)? as i32),
+                // The JetStream store directory may also be set at the top level.
+                "store_dir" | "storedir" => store_dir = Some((PathBuf::from(string(v)?), v)),
+                "http_port" | "monitor_port" => self.http_port = Some(port(v, "http_port")?),
                 "http" => {
                     let (host, port) = parse_listen(v)?;
                     if let Some(h) = host {
@@ -229,13 +244,13 @@ impl Options {
                     }
                     self.https_port = Some(port);
                 }
-                "https_port" => self.https_port = Some(int(v)? as i32),
+                "https_port" => self.https_port = Some(port(v, "https_port")?),
                 "http_base_path" => self.http_base_path = string(v)?,
                 "debug" => self.debug = boolean(v)?,
                 "trace" => self.trace = boolean(v)?,
                 "logtime" => self.logtime = boolean(v)?,
-                "log_file" => self.log_file = Some(string(v)?.into()),
-                "pid_file" => self.pid_file = Some(string(v)?.into()),
+                "log_file" | "logfile" => self.log_file = Some(string(v)?.into()),
+                "pid_file" | "pidfile" => self.pid_file = Some(string(v)?.into()),
                 "ports_file_dir" => self.ports_file_dir = Some(string(v)?.into()),
                 "no_auth_user" => self.auth.no_auth_user = Some(string(v)?),
                 "authorization" => self.apply_authorization(v, &mut warnings)?,
@@ -248,7 +263,9 @@ impl Options {
                 | "root_operators" => {
                     let base = self.config_file.as_deref().and_then(Path::parent);
                     let items = match &v.value {
-                        Value::Array(items) => items.iter().map(string).collect::<Result<Vec<_>, _>>()?,
+                        Value::Array(items) => {
+                            items.iter().map(string).collect::<Result<Vec<_>, _>>()?
+                        }
                         _ => vec![string(v)?],
                     };
                     let mut jwts = Vec::new();
@@ -268,12 +285,25 @@ impl Options {
                     }
                     self.operator.get_or_insert_with(Default::default).preload = preload;
                 }
-                "default_permissions" => self.auth.default_permissions = Some(permissions(v)?),
-                k if NOT_YET_SUPPORTED.contains(&k) => warnings.push(format!(
-                    "{}: config key {key:?} is not supported yet by this version of natrium and is ignored",
-                    v.pos
-                )),
-                _ => warnings.push(format!("{}: unknown config key {key:?} ignored", v.pos)),
+                // A `$variable` definition, not an option.
+                _ if map.is_used_variable(key) => {}
+                _ => not_supported(&mut warnings, kpos, "", key),
+            }
+        }
+        if let Some((dir, v)) = store_dir {
+            let in_block = map
+                .get("jetstream")
+                .and_then(Spanned::as_map)
+                .is_some_and(|m| {
+                    ["store_dir", "storedir", "store"]
+                        .iter()
+                        .any(|k| m.get(k).is_some())
+                });
+            if in_block {
+                return Err(invalid(v, "Duplicate 'store_dir' configuration"));
+            }
+            if let Some(js) = &mut self.jetstream {
+                js.store_dir = dir;
             }
         }
         // In operator mode the system account is the one the operator JWT names, unless the
@@ -292,7 +322,7 @@ impl Options {
         warnings: &mut Vec<String>,
     ) -> Result<(), OptionsError> {
         let map = map_of(v)?;
-        for (key, v) in map.iter() {
+        for (key, kpos, v) in map.entries() {
             match key.to_ascii_lowercase().as_str() {
                 "token" => self.auth.token = Some(string(v)?),
                 "user" | "username" => self.auth.user = Some(string(v)?),
@@ -303,13 +333,14 @@ impl Options {
                     self.auth.users.extend(users);
                     self.auth.nkeys.extend(nkeys);
                 }
-                "default_permissions" | "permissions" => {
+                "default_permission" | "default_permissions" | "permissions" => {
                     self.auth.default_permissions = Some(permissions(v)?)
                 }
-                _ => warnings.push(format!(
-                    "{}: authorization key {key:?} is not supported yet by this version of natrium and is ignored",
-                    v.pos
-                )),
+                "auth_callout" | "auth_hook" => {
+                    self.auth.callout =
+                        Some(crate::auth::callout::parse(v).map_err(|m| invalid(v, &m))?)
+                }
+                _ => not_supported(warnings, kpos, "authorization", key),
             }
         }
         Ok(())
@@ -327,7 +358,7 @@ impl Options {
             };
             // `accounts { A: {} }` and `accounts { A {} }`; a bare `A: {}` with no body is fine too.
             if let Value::Map(m) = &body.value {
-                for (key, kv) in m.iter() {
+                for (key, kpos, kv) in m.entries() {
                     match key.to_ascii_lowercase().as_str() {
                         "users" => {
                             let (users, nkeys) = users(kv, Some(name), warnings)?;
@@ -335,37 +366,48 @@ impl Options {
                             self.auth.nkeys.extend(nkeys);
                         }
                         "exports" => acc.exports = exports(kv)?,
-                                                "imports" => acc.imports = imports(kv)?,
+                        "imports" => acc.imports = imports(kv)?,
                         "jetstream" => {
                             acc.jetstream = match &kv.value {
                                 Value::Bool(b) => *b,
-                                Value::String(s) => s.eq_ignore_ascii_case("enabled") || s.eq_ignore_ascii_case("true"),
-                                                                Value::Map(m) => {
+                                Value::String(s) => {
+                                    s.eq_ignore_ascii_case("enabled")
+                                        || s.eq_ignore_ascii_case("true")
+                                }
+                                Value::Map(m) => {
                                     let mut l = AccountLimits::default();
-                                    for (k, lv) in m.iter() {
+                                    for (k, kpos, lv) in m.entries() {
                                         match k.to_ascii_lowercase().as_str() {
-                                            "max_mem" | "max_memory" | "max_memory_store" => l.max_memory = size(lv)?,
-                                            "max_file" | "max_store" | "max_file_store" => l.max_file = size(lv)?,
+                                            "max_mem" | "max_memory" | "max_memory_store" => {
+                                                l.max_memory = size(lv)?
+                                            }
+                                            "max_file" | "max_store" | "max_file_store" => {
+                                                l.max_file = size(lv)?
+                                            }
                                             "max_streams" => l.max_streams = int(lv)?,
                                             "max_consumers" => l.max_consumers = int(lv)?,
-                                            _ => warnings.push(format!(
-                                                "{}: account jetstream key {k:?} is not supported yet and is ignored",
-                                                lv.pos
-                                            )),
+                                            _ => not_supported(
+                                                warnings,
+                                                kpos,
+                                                "account jetstream",
+                                                k,
+                                            ),
                                         }
                                     }
                                     acc.jetstream_limits = Some(l);
                                     true
                                 }
-                                _ => return Err(invalid(kv, "jetstream must be enabled, disabled or a map")),
+                                _ => {
+                                    return Err(invalid(
+                                        kv,
+                                        "jetstream must be enabled, disabled or a map",
+                                    ))
+                                }
                             }
                         }
                         "default_permissions" => {}
                         "limits" => acc.limits = account_limits(kv)?,
-                        _ => warnings.push(format!(
-                            "{}: account key {key:?} is not supported yet by this version of natrium and is ignored",
-                            kv.pos
-                        )),
+                        _ => not_supported(warnings, kpos, "account", key),
                     }
                 }
                 if let Some(dp) = m.get("default_permissions") {
@@ -489,7 +531,7 @@ impl Options {
         }
         if let Some(op) = &self.operator {
             match &op.resolver {
-                Some(Resolver::Memory | Resolver::Dir(_)) => {}
+                Some(Resolver::Memory | Resolver::Dir(_) | Resolver::Url(_)) => {}
                 Some(Resolver::Unsupported(r)) => {
                     return bad(&format!(
                         "resolver {r:?} is not supported yet by this version of natrium (use MEMORY or a directory resolver)"
@@ -511,6 +553,17 @@ impl Options {
         if let Some(ws) = &self.websocket {
             ws.validate(a, self.operator.is_some())
                 .map_err(OptionsError::Validation)?;
+        }
+        // As nats-server, the system account must exist (only the default `$SYS` is created);
+        // in operator mode it is an account the operator's resolver provides.
+        if self.operator.is_none()
+            && self.system_account != SYSTEM_ACCOUNT
+            && !self.accounts.iter().any(|x| x.name == self.system_account)
+        {
+            return bad(&format!(
+                "error resolving system account: account missing (system_account {:?} is not in the accounts block)",
+                self.system_account
+            ));
         }
         if let Some(nau) = &a.no_auth_user {
             if !a.users.iter().any(|u| &u.user == nau) {
@@ -549,6 +602,7 @@ impl Options {
             auth_timeout: _,
             auth: _,
             tls: _,
+            allow_non_tls,
             max_subscriptions: _,
             max_unauthenticated_per_ip: _,
             operator,
@@ -569,13 +623,14 @@ impl Options {
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 17] = [
+        let checks: [(&'static str, bool); 18] = [
             ("cluster", &self.cluster != cluster),
             ("websocket", &self.websocket != websocket),
             ("host", &self.host != host),
             ("port", &self.port != port),
             ("server_name", &self.server_name != server_name),
             ("max_pending", &self.max_pending != max_pending),
+            ("allow_non_tls", &self.allow_non_tls != allow_non_tls),
             (
                 "accounts",
                 !same_accounts_but_limits(&self.accounts, accounts),
@@ -599,6 +654,15 @@ impl Options {
             .into_iter()
             .find(|(_, changed)| *changed)
             .map(|(n, _)| n)
+    }
+
+    /// The host monitoring listens on: `http_host`, else the client listener's host.
+    pub fn monitor_host(&self) -> &str {
+        if self.http_host.is_empty() {
+            &self.host
+        } else {
+            &self.http_host
+        }
     }
 
     /// One line describing the effective configuration, for the startup log (no secrets).
@@ -629,7 +693,7 @@ impl Options {
     }
 }
 
-/// The `resolver` setting: `MEMORY`/`MEM`, `URL(...)` (not supported yet) or a map with `dir`
+/// The `resolver` setting: `MEMORY`/`MEM`, `URL(...)` or a map with `dir`
 /// and `type` (`full`, `cache` or `mem`), with nats-server's checks and error texts.
 fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
     let m = match &v.value {
@@ -638,7 +702,7 @@ fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
             return if t.eq_ignore_ascii_case("MEM") || t.eq_ignore_ascii_case("MEMORY") {
                 Ok(Resolver::Memory)
             } else if t.to_ascii_uppercase().starts_with("URL") {
-                Ok(Resolver::Unsupported(t.to_string()))
+                Ok(Resolver::from_url_form(t))
             } else {
                 Err(invalid(v, RESOLVER_FORMS))
             };
@@ -782,10 +846,12 @@ fn jetstream(
             }
         }
         Value::Map(m) => {
-            for (key, kv) in m.iter() {
+            for (key, kpos, kv) in m.entries() {
                 match key.to_ascii_lowercase().as_str() {
-                    "store_dir" | "store" => js.store_dir = string(kv)?.into(),
-                    "max_mem" | "max_memory" | "max_mem_store" | "max_memory_store" => js.max_memory = size(kv)?,
+                    "store_dir" | "storedir" | "store" => js.store_dir = string(kv)?.into(),
+                    "max_mem" | "max_memory" | "max_mem_store" | "max_memory_store" => {
+                        js.max_memory = size(kv)?
+                    }
                     "max_file" | "max_file_store" | "max_store" => js.max_file = size(kv)?,
                     "enabled" | "enable" => {
                         if !boolean(kv)? {
@@ -794,14 +860,13 @@ fn jetstream(
                     }
                     "sync_interval" | "sync" => {
                         js.sync = match &kv.value {
-                            Value::String(s) if s.eq_ignore_ascii_case("always") => natrium_store::SyncPolicy::Always,
+                            Value::String(s) if s.eq_ignore_ascii_case("always") => {
+                                natrium_store::SyncPolicy::Always
+                            }
                             _ => natrium_store::SyncPolicy::Interval(duration(kv)?),
                         }
                     }
-                    _ => warnings.push(format!(
-                        "{}: jetstream key {key:?} is not supported yet by this version of natrium and is ignored",
-                        kv.pos
-                    )),
+                    _ => not_supported(warnings, kpos, "jetstream", key),
                 }
             }
         }
@@ -902,10 +967,17 @@ fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, Op
             "ping_interval" => c.ping_interval = Some(duration(kv)?),
             "ping_max" => c.ping_max = Some(int(kv)?.max(1) as u32),
             "tls" => {
-                return Err(invalid(
-                    kv,
-                    "cluster tls is not supported yet by this version of natrium (routes would run in plaintext)",
-                ))
+                let t = tls(kv, warnings)?;
+                if t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty() {
+                    return Err(invalid(kv, "cluster tls: cert_file and key_file are required"));
+                }
+                if t.insecure {
+                    warnings.push(format!(
+                        "{}: TLS certificate chain and hostname of solicited routes will not be verified. DO NOT USE IN PRODUCTION!",
+                        kv.pos
+                    ));
+                }
+                c.tls = Some(t);
             }
             "permissions" => {
                 return Err(invalid(
@@ -1039,13 +1111,14 @@ fn operator_jwt(item: &str, base: Option<&Path>) -> Result<String, String> {
 /// The `tls {}` block.
 fn tls(v: &Spanned, warnings: &mut Vec<String>) -> Result<TlsOptions, OptionsError> {
     let mut t = TlsOptions::default();
-    for (key, kv) in map_of(v)?.iter() {
+    for (key, kpos, kv) in map_of(v)?.entries() {
         match key.to_ascii_lowercase().as_str() {
             "cert_file" => t.cert_file = string(kv)?.into(),
             "key_file" => t.key_file = string(kv)?.into(),
             "ca_file" => t.ca_file = Some(string(kv)?.into()),
             "verify" => t.verify = boolean(kv)?,
-            "verify_and_map" | "map_and_verify" => {
+            "insecure" => t.insecure = boolean(kv)?,
+            "verify_and_map" => {
                 t.verify_and_map = boolean(kv)?;
                 t.verify |= t.verify_and_map;
             }
@@ -1090,10 +1163,7 @@ fn tls(v: &Spanned, warnings: &mut Vec<String>) -> Result<TlsOptions, OptionsErr
                     ))
                 }
             },
-            _ => warnings.push(format!(
-                "{}: tls key {key:?} is not supported yet by this version of natrium and is ignored",
-                kv.pos
-            )),
+            _ => not_supported(warnings, kpos, "tls", key),
         }
     }
     Ok(t)
@@ -1120,24 +1190,23 @@ fn users(
                     "a user entry has either an 'nkey' or a 'user' and 'password'",
                 ));
             }
-            let permissions = match u.get("permissions") {
+            let permissions = match user_permissions(u) {
                 Some(p) => Some(permissions(p)?),
                 None => None,
             };
             let allowed_connection_types = connection_types(u)?;
-            for (k, kv) in u.iter() {
+            for (k, kpos, _) in u.entries() {
                 if !matches!(
                     k.to_ascii_lowercase().as_str(),
                     "nkey"
+                        | "permission"
                         | "permissions"
+                        | "authorization"
                         | "allowed_connection_types"
                         | "connection_types"
                         | "clients"
                 ) {
-                    warnings.push(format!(
-                        "{}: nkey user key {k:?} is not supported yet by this version of natrium and is ignored",
-                        kv.pos
-                    ));
+                    not_supported(warnings, kpos, "nkey user", k);
                 }
             }
             nkeys.push(NkeyUser {
@@ -1156,27 +1225,26 @@ fn users(
             Some(p) => string(p)?,
             None => String::new(),
         };
-        let permissions = match u.get("permissions") {
+        let permissions = match user_permissions(u) {
             Some(p) => Some(permissions(p)?),
             None => None,
         };
         let allowed_connection_types = connection_types(u)?;
-        for (k, kv) in u.iter() {
+        for (k, kpos, _) in u.entries() {
             if !matches!(
                 k.to_ascii_lowercase().as_str(),
                 "user"
                     | "username"
                     | "password"
                     | "pass"
+                    | "permission"
                     | "permissions"
+                    | "authorization"
                     | "allowed_connection_types"
                     | "connection_types"
                     | "clients"
             ) {
-                warnings.push(format!(
-                    "{}: user key {k:?} is not supported yet by this version of natrium and is ignored",
-                    kv.pos
-                ));
+                not_supported(warnings, kpos, "user", k);
             }
         }
         out.push(User {
@@ -1214,15 +1282,22 @@ fn connection_types(u: &Map) -> Result<Vec<String>, OptionsError> {
     Ok(out)
 }
 
+/// A user entry's permissions, under any of nats-server's names for them.
+fn user_permissions(u: &Map) -> Option<&Spanned> {
+    u.get("permissions")
+        .or_else(|| u.get("permission"))
+        .or_else(|| u.get("authorization"))
+}
+
 /// `permissions { publish: ..., subscribe: ..., allow_responses: ... }`.
 fn permissions(v: &Spanned) -> Result<Permissions, OptionsError> {
     let m = map_of(v)?;
     let mut p = Permissions::default();
     for (key, kv) in m.iter() {
         match key.to_ascii_lowercase().as_str() {
-            "publish" | "pub" => p.publish = Some(subject_permission(kv)?),
-            "subscribe" | "sub" => p.subscribe = Some(subject_permission(kv)?),
-            "allow_responses" | "allow_responses_max" => {
+            "publish" | "pub" | "import" => p.publish = Some(subject_permission(kv)?),
+            "subscribe" | "sub" | "export" => p.subscribe = Some(subject_permission(kv)?),
+            "allow_responses" | "publish_allow_responses" => {
                 p.allow_responses = response_permission(kv)?
             }
             other => return Err(invalid(kv, &format!("unknown permission key {other:?}"))),
@@ -1377,7 +1452,7 @@ fn imports(v: &Spanned) -> Result<Vec<Import>, OptionsError> {
         let subject = src_map
             .get("subject")
             .ok_or_else(|| invalid(src, "import needs a 'subject'"))?;
-        let to = match m.get("to").or_else(|| m.get("local_subject")) {
+        let to = match m.get("to") {
             Some(t) => Some(string(t)?),
             None => None,
         };
@@ -1476,17 +1551,36 @@ fn map_of(v: &Spanned) -> Result<&Map, OptionsError> {
     }
 }
 
+/// A port: -1 (a random one) to 65535, an error naming the file and line otherwise.
+fn port(v: &Spanned, what: &str) -> Result<i32, OptionsError> {
+    let p = int(v)?;
+    if !(-1..=65535).contains(&p) {
+        return Err(invalid(
+            v,
+            &format!("{what} {p} is not a port: it must be between -1 and 65535"),
+        ));
+    }
+    Ok(p as i32)
+}
+
 /// `listen: "host:port"`, `listen: ":4222"` or `listen: 4222`.
 fn parse_listen(v: &Spanned) -> Result<(Option<String>, i32), OptionsError> {
     match &v.value {
-        Value::Integer(p) => Ok((None, *p as i32)),
+        Value::Integer(_) => Ok((None, port(v, "port")?)),
         Value::String(s) => {
             let (host, port) = s
                 .rsplit_once(':')
                 .ok_or_else(|| invalid(v, "listen must be host:port"))?;
             let port = port
                 .parse()
-                .map_err(|_| invalid(v, &format!("bad port in listen {s:?}")))?;
+                .ok()
+                .filter(|p| (-1..=65535).contains(p))
+                .ok_or_else(|| {
+                    invalid(
+                        v,
+                        &format!("bad port in listen {s:?}: it must be between -1 and 65535"),
+                    )
+                })?;
             let host = host.trim_start_matches('[').trim_end_matches(']');
             Ok(((!host.is_empty()).then(|| host.to_string()), port))
         }
@@ -1513,7 +1607,7 @@ mod tests {
         let (o, w) = load(
             "listen: 127.0.0.1:4333\nserver_name: n1\nmax_payload: 2MB\nping_interval: \"30s\"\nping_max: 3\n\
              write_deadline: 5\nmax_connections: 100\nauthorization { user: a, password: b, timeout: 1.5 }\n\
-             cluster { port: 6222 }\nbogus_key: 1\n",
+             cluster { port: 6222 }\n",
         );
         assert_eq!(o.host, "127.0.0.1");
         assert_eq!(o.port, 4333);
@@ -1525,10 +1619,33 @@ mod tests {
         assert_eq!(o.max_connections, 100);
         assert_eq!(o.auth.user.as_deref(), Some("a"));
         assert_eq!(o.auth_timeout, Duration::from_millis(1500));
-        assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("bogus_key"));
+        assert!(w.is_empty(), "{w:?}");
         assert_eq!(o.cluster.as_ref().map(|c| c.port), Some(6222));
         o.validate().expect("valid");
+    }
+
+    /// A key nats-server does not know is an error naming its place, at any level, all of them
+    /// at once; one it knows that Natrium does not implement is a warning saying so.
+    #[test]
+    fn unknown_keys_are_errors_known_ones_warnings() {
+        let map = natrium_config::parse_str(
+            "port: 1\nstore_dri: /x\njetstream {\n  store_dri: /y\n  unique_tag: az\n}\n",
+        )
+        .expect("parses");
+        let err = Options::default()
+            .apply_config(&map)
+            .expect_err("unknown keys")
+            .to_string();
+        assert_eq!(
+            err,
+            "2:1: unknown field \"store_dri\"\n4:3: unknown field \"store_dri\""
+        );
+        let (o, w) = load("jetstream {\n  max_mem: 1G\n  unique_tag: az\n}\nstore_dir: /y\n");
+        assert_eq!(o.jetstream.expect("on").store_dir, Path::new("/y"));
+        assert_eq!(
+            w,
+            vec!["3:3: jetstream key \"unique_tag\" is a nats-server option not supported yet by this version of natrium; it is ignored"]
+        );
     }
 
     #[test]
@@ -1539,8 +1656,29 @@ mod tests {
         o.validate().expect("valid");
         let (o, _) = load("authorization { token: t, user: u }");
         assert!(o.validate().is_err());
-        let (o, _) = load("port: 70000");
+        // A port out of range names its place in the file.
+        let map = natrium_config::parse_str("port: 70000").expect("parses");
+        let err = Options::default()
+            .apply_config(&map)
+            .expect_err("bad port")
+            .to_string();
+        assert!(err.starts_with("1:7: port 70000"), "{err}");
+        // A system account must be one of the accounts (only `$SYS` is made up).
+        let (o, _) = load("accounts { A: {} }\nsystem_account: B");
         assert!(o.validate().is_err());
+        let (o, _) = load("accounts { A: {} }\nsystem_account: A");
+        o.validate().expect("system account exists");
+    }
+
+    #[test]
+    fn store_dir_at_the_top_and_in_the_block_is_a_duplicate() {
+        let map = natrium_config::parse_str("jetstream { store_dir: /a }\nstore_dir: /b\n")
+            .expect("parses");
+        let err = Options::default()
+            .apply_config(&map)
+            .expect_err("duplicate")
+            .to_string();
+        assert_eq!(err, "2:12: Duplicate 'store_dir' configuration");
     }
 
     #[test]

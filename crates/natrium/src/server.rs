@@ -16,7 +16,7 @@ use crate::cluster::Mesh;
 use crate::conn::{ConnConfig, ConnContext, ConnSettings, ServerIdentity, TlsServer, Websocket};
 use crate::jetstream::JetStream;
 use crate::observe::Observed;
-use crate::options::{Options, OptionsError, Resolver};
+use crate::options::{Options, OptionsError, Resolver, TlsOptions};
 use crate::router::imports::{self, NotExported};
 use crate::router::{Accounts, CloseReason, InterestFeed, InternalClient, InternalError};
 use crate::util::{PROTOCOL_VERSION, VERSION};
@@ -37,6 +37,31 @@ pub enum ServerError {
     Tls(#[from] crate::conn::TlsError),
     #[error("{0}")]
     Websocket(#[from] crate::conn::WebsocketError),
+    /// JetStream could not start on its store directory (nats-server's words, with the path).
+    #[error("Can't start JetStream: storage directory {}: {msg}", .dir.display())]
+    JetStream {
+        dir: std::path::PathBuf,
+        msg: String,
+    },
+}
+
+/// The JetStream store directory must be a directory, or not exist yet (it is created then),
+/// as nats-server checks it at start.
+fn check_store_dir(opts: &Options) -> Result<(), ServerError> {
+    let Some(js) = &opts.jetstream else {
+        return Ok(());
+    };
+    match std::fs::metadata(&js.store_dir) {
+        Ok(m) if !m.is_dir() => Err(ServerError::JetStream {
+            dir: js.store_dir.clone(),
+            msg: "is not a directory".into(),
+        }),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ServerError::JetStream {
+            dir: js.store_dir.clone(),
+            msg: e.to_string(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Why a configuration reload was refused; nothing of it was applied.
@@ -73,7 +98,13 @@ fn authenticator_for(opts: &Options) -> Result<Authenticator, OptionsError> {
 fn tls_for(opts: &Options) -> Result<Option<Arc<TlsServer>>, crate::conn::TlsError> {
     opts.tls
         .as_ref()
-        .map(|t| TlsServer::new(t).map(Arc::new))
+        .map(|t| {
+            let t = TlsOptions {
+                allow_non_tls: opts.allow_non_tls,
+                ..t.clone()
+            };
+            TlsServer::new(&t).map(Arc::new)
+        })
         .transpose()
 }
 
@@ -104,12 +135,15 @@ pub struct Server {
     websocket: Option<Websocket>,
     monitor: Option<JoinHandle<()>>,
     sys: Option<JoinHandle<()>>,
+    /// Samples the CPU use `/varz` reports.
+    cpu: Option<JoinHandle<()>>,
     resolver: Option<JoinHandle<()>>,
 }
 
 impl Server {
-    /// Checks everything a start would check without binding anything: the options, operator
-    /// mode's JWTs and the TLS files (`natrium -t`).
+    /// Checks everything a start would check without binding anything: the options (the
+    /// system account among them), operator mode's JWTs, the TLS files and the JetStream store
+    /// directory (`natrium -t`).
     pub fn check(opts: &Options) -> Result<(), ServerError> {
         opts.validate()?;
         authenticator_for(opts)?;
@@ -117,6 +151,7 @@ impl Server {
         if let Some(w) = opts.websocket.as_ref().filter(|w| w.enabled()) {
             w.tls_server()?;
         }
+        check_store_dir(opts)?;
         Ok(())
     }
 
@@ -132,7 +167,8 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr()?;
-        let id = nkeys::KeyPair::new_server().public_key();
+        let server_key = Arc::new(nkeys::KeyPair::new_server());
+        let id = server_key.public_key();
         let name = opts.server_name.clone().unwrap_or_else(|| id.clone());
         tracing::info!("Starting natrium");
         tracing::info!("  Version:  {VERSION} (nats-server protocol {PROTOCOL_VERSION})");
@@ -183,12 +219,24 @@ impl Server {
             tls,
             shutdown_rx,
         ));
+        conns.set_server_key(server_key);
         conns.set_account_limits(
             opts.accounts.iter().map(|a| (a.name.as_str(), a.limits)),
             &conns.auth.current(),
         );
+        conns.sync_jwt_imports();
         let jetstream = match &opts.jetstream {
-            Some(_) => Some(start_jetstream(&accounts, &opts, &conns.identity.name)?),
+            Some(js) => {
+                check_store_dir(&opts)?;
+                let started = start_jetstream(&accounts, &opts, &conns.identity.name);
+                Some(started.map_err(|e| match e {
+                    ServerError::Io(e) => ServerError::JetStream {
+                        dir: js.store_dir.clone(),
+                        msg: e.to_string(),
+                    },
+                    e => e,
+                })?)
+            }
             None => None,
         };
         let options = Arc::new(Mutex::new(opts.clone()));
@@ -200,7 +248,10 @@ impl Server {
             http_port: Mutex::new(None),
             https_port: Mutex::new(None),
             mesh: Mutex::new(None),
+            cpu: Default::default(),
+            http_req_stats: Default::default(),
         });
+        let cpu = tokio::spawn(crate::observe::sample_cpu(Arc::downgrade(&observed)));
         tracing::info!(
             "Listening for client connections on {}:{}",
             opts.host,
@@ -208,9 +259,9 @@ impl Server {
         );
         // One monitoring listener, HTTP or HTTPS (validation refuses both).
         let monitor = match (opts.http_port, opts.https_port) {
-            (Some(p), _) => Some(start_monitor(&observed, &opts.http_host, p, false).await?),
+            (Some(p), _) => Some(start_monitor(&observed, opts.monitor_host(), p, false).await?),
             (None, Some(p)) if p != 0 => {
-                Some(start_monitor(&observed, &opts.http_host, p, true).await?)
+                Some(start_monitor(&observed, opts.monitor_host(), p, true).await?)
             }
             _ => None,
         };
@@ -228,6 +279,19 @@ impl Server {
                     system_account: opts.system_account.clone(),
                 }),
             )),
+            (Some(Some(Resolver::Url(url))), client) => {
+                let fetcher = crate::resolver::UrlFetcher::new(url).map_err(|e| {
+                    ServerError::Io(std::io::Error::other(format!("URL resolver: {e}")))
+                })?;
+                conns.set_fetcher(Arc::new(fetcher));
+                client.map(|c| {
+                    tokio::spawn(crate::resolver::serve_url(
+                        c,
+                        conns.clone(),
+                        observed.clone(),
+                    ))
+                })
+            }
             _ => None,
         };
         let websocket = match opts.websocket.as_ref().filter(|w| w.enabled()) {
@@ -236,12 +300,17 @@ impl Server {
         };
         let mesh = match (&opts.cluster, changes) {
             (Some(c), Some(changes)) => Some(
-                Mesh::start(c.clone(), conns.clone(), changes)
-                    .await
-                    .map_err(|source| ServerError::Listen {
-                        addr: format!("{}:{}", c.host, c.port),
-                        source,
-                    })?,
+                Mesh::start(
+                    c.clone(),
+                    conns.clone(),
+                    changes,
+                    InternalClient::new(&accounts, &opts.system_account).ok(),
+                )
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: format!("{}:{}", c.host, c.port),
+                    source,
+                })?,
             ),
             _ => None,
         };
@@ -259,6 +328,7 @@ impl Server {
             websocket,
             monitor,
             sys,
+            cpu: Some(cpu),
             resolver,
         })
     }
@@ -312,7 +382,7 @@ impl Server {
     /// Base URL of the monitoring endpoints (`http://` or `https://`, without the base path),
     /// when enabled.
     pub fn monitor_url(&self) -> Option<String> {
-        let host = match self.options.lock().http_host.as_str() {
+        let host = match self.options.lock().monitor_host() {
             "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
             h => h.to_string(),
         };
@@ -407,7 +477,11 @@ impl Server {
                 }
             }
         }
-        let auth = authenticator_for(&new)?;
+        let mut auth = authenticator_for(&new)?;
+        if let Some(Some(Resolver::Url(_))) = new.operator.as_ref().map(|o| &o.resolver) {
+            // Accounts the URL resolver fetched are not in the files: keep them.
+            auth = auth.with_fetched_accounts(&conns.auth.current());
+        }
         log_skipped(&auth);
         // Always re-read: rotated certificates usually keep their file names.
         let tls = tls_for(&new)?;
@@ -442,6 +516,7 @@ impl Server {
             &auth,
         );
         conns.auth.store(auth);
+        conns.sync_jwt_imports();
         conns.set_settings(conn_settings(&new), new.write_deadline);
         conns
             .registry
@@ -546,7 +621,7 @@ impl Server {
         if let Some(m) = &self.mesh {
             m.shutdown().await;
         }
-        for task in [self.monitor, self.sys, self.resolver]
+        for task in [self.monitor, self.sys, self.resolver, self.cpu]
             .into_iter()
             .flatten()
         {

@@ -146,10 +146,9 @@ pub fn parse_op<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<ClientOp<'a
                 return Err(ParseError::BadArgs("too many arguments to UNSUB"));
             }
             let sid = sid.ok_or(ParseError::BadArgs("missing sid in UNSUB"))?;
-            let max = match max {
-                Some(m) => Some(parse_size(m).ok_or(ParseError::BadArgs("bad UNSUB max"))? as u64),
-                None => None,
-            };
+            // As nats-server, a max that is not a number (or has more than 9 digits) is no
+            // max: the subscription ends now.
+            let max = max.and_then(parse_size).map(|m| m as u64);
             ClientOp::Unsub { sid, max }
         }
         Kind::Pub | Kind::HPub => {
@@ -335,9 +334,10 @@ impl<'a> Iterator for Args<'a> {
     }
 }
 
-/// Parses a decimal size with no sign; `None` on any other byte or on overflow.
+/// Parses a decimal size with no sign and at most 9 digits, as nats-server does; `None` on any
+/// other byte or when longer.
 pub fn parse_size(s: &[u8]) -> Option<usize> {
-    if s.is_empty() || s.len() > 18 {
+    if s.is_empty() || s.len() > 9 {
         return None;
     }
     let mut n: usize = 0;
@@ -403,6 +403,20 @@ mod tests {
                 max: None
             }
         );
+        // A max that is not a number is no max, as nats-server has it.
+        for bad in [
+            &b"UNSUB 7 abc\r\n"[..],
+            b"UNSUB 7 -5\r\n",
+            b"UNSUB 7 1234567890\r\n",
+        ] {
+            assert_eq!(
+                one(bad).0,
+                ClientOp::Unsub {
+                    sid: b"7",
+                    max: None
+                }
+            );
+        }
         assert_eq!(
             one(b"PUB a.b _INBOX.x 5\r\nhello\r\n"),
             (

@@ -10,6 +10,7 @@
 //! layer imports the base layer, `perms` and the router's value types only.
 
 pub mod bcrypt;
+pub mod callout;
 pub mod certs;
 pub mod jwt;
 pub mod jwt_dir;
@@ -87,11 +88,14 @@ pub struct AuthOptions {
     pub nkeys: Vec<NkeyUser>,
     pub no_auth_user: Option<String>,
     pub default_permissions: Option<Permissions>,
+    /// `auth_callout`: users other than its `auth_users` are authenticated by a service.
+    pub callout: Option<callout::CalloutOptions>,
 }
 
 impl AuthOptions {
     pub fn required(&self) -> bool {
-        self.token.is_some()
+        self.callout.is_some()
+            || self.token.is_some()
             || self.user.is_some()
             || !self.users.is_empty()
             || !self.nkeys.is_empty()
@@ -203,6 +207,8 @@ pub struct Identity {
     pub max_payload: Option<usize>,
     /// When the credentials expire (a user JWT's `exp`); the connection is closed then.
     pub expires: Option<std::time::SystemTime>,
+    /// Admitted by the auth callout service (a reload keeps it while a callout is configured).
+    pub via_callout: bool,
 }
 
 /// Why a client was refused; the wire error is always `Authorization Violation`.
@@ -230,6 +236,8 @@ pub enum AuthError {
         "user {0:?} may not connect through this kind of connection (allowed_connection_types)"
     )]
     ConnectionType(String),
+    #[error("auth callout: {0}")]
+    Callout(String),
 }
 
 impl AuthError {
@@ -245,7 +253,8 @@ impl AuthError {
             | AuthError::BadToken
             | AuthError::NoCertificate
             | AuthError::UnmappedCertificate(_)
-            | AuthError::Jwt(_) => None,
+            | AuthError::Jwt(_)
+            | AuthError::Callout(_) => None,
         }
     }
 }
@@ -324,6 +333,17 @@ impl Authenticator {
         a
     }
 
+    /// This authenticator with the operator-mode accounts of `old` that it does not have
+    /// itself: the URL resolver's accounts, fetched at run time, survive a reload.
+    pub fn with_fetched_accounts(mut self, old: &Authenticator) -> Authenticator {
+        if let (Some(t), Some(o)) = (self.trust.as_mut(), old.trust.as_ref()) {
+            for (k, acc) in &o.accounts {
+                t.accounts.entry(k.clone()).or_insert_with(|| acc.clone());
+            }
+        }
+        self
+    }
+
     /// A copy without the given accounts of operator mode (deleted account JWTs).
     pub fn without_accounts(&self, keys: &[String]) -> Authenticator {
         let mut a = self.clone();
@@ -350,6 +370,20 @@ impl Authenticator {
     /// How long a client has to send CONNECT.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The auth callout settings, when one is configured.
+    pub fn callout(&self) -> Option<&callout::CalloutOptions> {
+        self.opts.callout.as_ref()
+    }
+
+    /// Whether a client with these credentials goes to the auth callout service: one is
+    /// configured and the client is not one of its `auth_users` (by user name or NKey).
+    pub fn goes_to_callout(&self, c: &Credentials) -> bool {
+        self.opts.callout.as_ref().is_some_and(|o| {
+            let named = c.user.as_deref().or(c.nkey.as_deref());
+            !named.is_some_and(|u| o.auth_users.iter().any(|a| a == u))
+        })
     }
 
     /// Whether INFO must carry a nonce (NKey users sign it).
@@ -379,6 +413,7 @@ impl Authenticator {
                     max_subs: g.max_subs,
                     max_payload: g.max_payload,
                     expires: g.expires,
+                    via_callout: false,
                 }),
                 Err(e) => Verdict::Reject(AuthError::Jwt(e)),
             };
@@ -450,6 +485,13 @@ impl Authenticator {
     /// Checks credentials again after a reload. A client whose user entry kept the very secret
     /// that admitted it passes without another bcrypt run.
     pub fn recheck(&self, c: &Credentials, ctx: &ConnAuth, before: &Identity) -> Verdict {
+        if before.via_callout {
+            // The service's verdict stands while a callout is configured.
+            return match &self.opts.callout {
+                Some(_) => Verdict::Accept(before.clone()),
+                None => Verdict::Reject(AuthError::Missing),
+            };
+        }
         match self.check(c, ctx) {
             Verdict::Bcrypt { identity, .. } if identity.secret == before.secret => {
                 Verdict::Accept(identity)
@@ -514,6 +556,7 @@ impl Authenticator {
             max_subs: None,
             max_payload: None,
             expires: None,
+            via_callout: false,
         })
     }
 
@@ -566,6 +609,7 @@ impl Authenticator {
             max_subs: None,
             max_payload: None,
             expires: None,
+            via_callout: false,
         }
     }
 
@@ -581,6 +625,7 @@ impl Authenticator {
             max_subs: None,
             max_payload: None,
             expires: None,
+            via_callout: false,
         }
     }
 }

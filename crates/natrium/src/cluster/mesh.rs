@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use super::options::{ClusterOptions, RouteUrl, MAX_ROUTE_PING_INTERVAL};
 use super::route::{self, Closing, Dialled, Route};
 use crate::conn::{ClusterView, ConnContext};
-use crate::router::{CloseReason, InterestChange};
+use crate::router::{CloseReason, InterestChange, InternalClient};
 use crate::util::{PROTOCOL_VERSION, VERSION};
 
 /// Largest routed message accepted from a peer (peers enforce their clients' `max_payload`).
@@ -57,6 +57,8 @@ pub struct Mesh {
     sync: mpsc::UnboundedSender<Arc<Route>>,
     lame_duck: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// TLS on routes, when configured.
+    tls: Option<super::tls::RouteTls>,
 }
 
 impl Mesh {
@@ -66,7 +68,14 @@ impl Mesh {
         opts: ClusterOptions,
         conns: Arc<ConnContext>,
         changes: mpsc::UnboundedReceiver<InterestChange>,
+        system: Option<InternalClient>,
     ) -> std::io::Result<Arc<Mesh>> {
+        let tls = match &opts.tls {
+            Some(t) => Some(
+                super::tls::RouteTls::new(t).map_err(|e| std::io::Error::other(e.to_string()))?,
+            ),
+            None => None,
+        };
         let port = if opts.port == -1 { 0 } else { opts.port as u16 };
         let listener = TcpListener::bind(format!("{}:{port}", opts.host)).await?;
         let listen = listener.local_addr()?;
@@ -109,6 +118,7 @@ impl Mesh {
             sync,
             lame_duck: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
+            tls,
         });
         mesh.update_clients();
         let mut tasks = vec![
@@ -117,6 +127,14 @@ impl Mesh {
         ];
         for url in mesh.opts.routes.clone() {
             tasks.push(tokio::spawn(keep_route(mesh.clone(), url)));
+        }
+        if let Some(system) = system {
+            let counts = mesh.conns.watch_connection_counts();
+            tasks.push(tokio::spawn(super::conns::exchange(
+                mesh.clone(),
+                system,
+                counts,
+            )));
         }
         *mesh.tasks.lock() = tasks;
         Ok(mesh)
@@ -194,6 +212,7 @@ impl Mesh {
             port,
             headers: true,
             auth_required: self.opts.user.is_some(),
+            tls_required: self.tls.is_some(),
             max_payload: self.conns.settings().max_payload,
             proto: 2,
             ip,
@@ -434,7 +453,14 @@ impl Mesh {
                 _ => false,
             }
         };
-        if was_registered && self.peer_urls.lock().remove(&id).is_some() {
+        if !was_registered {
+            return;
+        }
+        // The peer's connections no longer count against any account's limit.
+        for a in self.conns.accounts.list() {
+            a.forget_remote_server(&id);
+        }
+        if self.peer_urls.lock().remove(&id).is_some() {
             self.update_clients();
         }
     }
@@ -484,6 +510,19 @@ impl Mesh {
         }
     }
 
+    /// Runs a route this server dialled, after the TLS handshake when routes use TLS.
+    async fn run_dialled(self: &Arc<Self>, stream: tokio::net::TcpStream, dialled: Dialled) {
+        let Ok(peer) = stream.peer_addr() else { return };
+        match &self.tls {
+            None => route::run(self.clone(), stream, peer, Some(dialled)).await,
+            Some(tls) => {
+                if let Some(s) = tls.connect(stream, &dialled.url.host).await {
+                    route::run(self.clone(), s, peer, Some(dialled)).await;
+                }
+            }
+        }
+    }
+
     /// Whether a registered route to `peer_id` is up.
     fn is_connected(&self, peer_id: &str) -> bool {
         self.routes
@@ -506,8 +545,19 @@ async fn accept_loop(mesh: Arc<Mesh>, listener: TcpListener) {
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, _)) => {
-                tokio::spawn(route::run(mesh.clone(), stream, None));
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let mesh = mesh.clone();
+                tokio::spawn(async move {
+                    match &mesh.tls {
+                        None => route::run(mesh.clone(), stream, peer, None).await,
+                        Some(tls) => {
+                            if let Some(s) = tls.accept(stream, peer).await {
+                                route::run(mesh.clone(), s, peer, None).await;
+                            }
+                        }
+                    }
+                });
             }
             Err(e) => {
                 tracing::error!("Error accepting route connection: {e}");
@@ -535,15 +585,11 @@ async fn keep_route(mesh: Arc<Mesh>, url: RouteUrl) {
         match route::dial(&url).await {
             Ok(stream) => {
                 failures = 0;
-                route::run(
-                    mesh.clone(),
-                    stream,
-                    Some(Dialled {
-                        url: url.clone(),
-                        explicit: true,
-                    }),
-                )
-                .await;
+                let dialled = Dialled {
+                    url: url.clone(),
+                    explicit: true,
+                };
+                mesh.run_dialled(stream, dialled).await;
             }
             Err(e) => {
                 failures += 1;
@@ -567,15 +613,11 @@ async fn dial_once(mesh: &Arc<Mesh>, url: RouteUrl) {
     for attempt in 0..=mesh.opts.connect_retries {
         match route::dial(&url).await {
             Ok(stream) => {
-                route::run(
-                    mesh.clone(),
-                    stream,
-                    Some(Dialled {
-                        url,
-                        explicit: false,
-                    }),
-                )
-                .await;
+                let dialled = Dialled {
+                    url,
+                    explicit: false,
+                };
+                mesh.run_dialled(stream, dialled).await;
                 return;
             }
             Err(e) => {

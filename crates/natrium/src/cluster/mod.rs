@@ -3,9 +3,11 @@
 //! per peer, interest announcements, client URLs); `route` runs one route connection; `options`
 //! holds the `cluster {}` settings. It imports the router and the connection layer.
 
+pub mod conns;
 pub mod mesh;
 pub mod options;
 pub mod route;
+pub mod tls;
 
 pub use mesh::Mesh;
 pub use options::{ClusterOptions, RouteUrl};

@@ -28,6 +28,8 @@ pub struct ClusterOptions {
     pub pool_size: i32,
     pub ping_interval: Option<Duration>,
     pub ping_max: Option<u32>,
+    /// TLS on routes (handshake first, both ways).
+    pub tls: Option<crate::conn::TlsOptions>,
 }
 
 impl Default for ClusterOptions {
@@ -46,6 +48,7 @@ impl Default for ClusterOptions {
             pool_size: 0,
             ping_interval: None,
             ping_max: None,
+            tls: None,
         }
     }
 }

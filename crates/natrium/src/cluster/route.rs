@@ -13,7 +13,7 @@ use natrium_protocol::route::{parse_route_op, RouteConnect, RouteInfo, RouteOp};
 use natrium_protocol::{encode, ParseError, Parsed};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::mesh::Mesh;
@@ -141,10 +141,11 @@ impl Closing {
 const MIN_READ: usize = 4096;
 const MAX_READ: usize = 256 * 1024;
 
-/// Runs one route connection until it closes.
-pub(super) async fn run(mesh: Arc<Mesh>, stream: TcpStream, dialled: Option<Dialled>) {
-    let _ = stream.set_nodelay(true);
-    let Ok(peer) = stream.peer_addr() else { return };
+/// Runs one route connection (over TCP, or TLS once its handshake is done) until it closes.
+pub(super) async fn run<S>(mesh: Arc<Mesh>, stream: S, peer: SocketAddr, dialled: Option<Dialled>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     let conns = mesh.conns().clone();
     let rid = conns.registry.next_cid();
     let out = Outbound::new(rid, peer, conns.max_pending);
@@ -159,7 +160,7 @@ pub(super) async fn run(mesh: Arc<Mesh>, stream: TcpStream, dialled: Option<Dial
     });
     mesh.track(&route);
     tracing::info!("{peer} - rid:{rid} - Route connection created");
-    let (mut rd, wr) = stream.into_split();
+    let (mut rd, wr) = tokio::io::split(stream);
     let writer = tokio::spawn(write_loop(out.clone(), wr, conns.clone()));
     if let Some(d) = &route.dialled {
         out.send(&mesh.connect_line(&d.url));
@@ -195,7 +196,7 @@ enum Stage {
 async fn read_loop(
     mesh: &Arc<Mesh>,
     route: &Arc<Route>,
-    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    rd: &mut (impl AsyncRead + Unpin),
     peer: SocketAddr,
 ) -> Closing {
     let out = &route.out;
@@ -433,13 +434,19 @@ fn trace_in(route: &Route, op: &RouteOp<'_>) {
 
 /// Dials `url` (bounded by a second, as nats-server's route dial).
 pub(super) async fn dial(url: &RouteUrl) -> std::io::Result<TcpStream> {
-    match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(url.address())).await {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "dial timeout",
-        )),
-    }
+    let stream =
+        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(url.address())).await
+        {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "dial timeout",
+                ))
+            }
+        };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// Parses a peer's CONNECT.

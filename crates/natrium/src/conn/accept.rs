@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use super::client::Client;
 use super::context::ConnContext;
 use super::reader::Conn;
-use super::tls::TlsServer;
+use super::tls::{Accepted, TlsServer};
 use crate::router::CloseReason;
 
 /// Takes over `stream` from `peer` and spawns its connection task.
@@ -63,7 +63,9 @@ async fn serve_tls(tls: Arc<TlsServer>, conn: Conn, stream: TcpStream, info: Vec
         r = tls.handshake(stream, &info, conn.peer()) => r,
     };
     match outcome {
-        Ok(h) => {
+        // `allow_non_tls` and a plaintext client: INFO went out already.
+        Ok(Accepted::Plain(stream)) => conn.run(stream, Vec::new()).await,
+        Ok(Accepted::Tls(h)) => {
             // Sent inside TLS only when the handshake came first.
             let info = if h.first { info } else { Vec::new() };
             conn.with_tls(h.names, h.state, h.key_id)

@@ -39,8 +39,10 @@ pub struct ConnSnapshot {
     pub stats: ClientStats,
     pub name: String,
     pub meta: ConnMeta,
-    /// (subject, queue, sid) of its subscriptions (live connections only).
-    pub subs: Vec<(String, Option<String>, String)>,
+    /// Its subscriptions (live connections only).
+    pub subs: Vec<crate::router::SubInfo>,
+    /// The round-trip time last measured with a server PING.
+    pub rtt: Option<std::time::Duration>,
 }
 
 /// The part of a client connection other tasks touch.
@@ -115,6 +117,7 @@ impl Client {
             stats: out.stats(),
             name: out.name(),
             meta: self.meta.lock().clone(),
+            rtt: out.rtt(),
             subs: if closed {
                 Vec::new()
             } else {

@@ -5,10 +5,11 @@
 //! handshake (`tls`), taking over accepted sockets (`accept`) and the WebSocket listener
 //! (`websocket`: the upgrade, and a stream that unwraps and wraps frames for the reader and
 //! writer). It imports the router and the auth layer, never the server or monitoring. Files
-//! depend on each other in that order: tls < client < registry < context < writer < reader <
-//! accept < websocket.
+//! depend on each other in that order: tls < client < registry < context (with the auth callout
+//! it runs, `callout`) < writer < reader < accept < websocket.
 
 pub mod accept;
+pub mod callout;
 pub mod client;
 pub mod context;
 pub mod reader;
@@ -19,7 +20,10 @@ pub mod writer;
 
 pub use accept::accept;
 pub use client::{Client, ConnMeta, ConnSnapshot};
-pub use context::{ClusterView, ConnConfig, ConnContext, ConnSettings, ServerIdentity, WsEndpoint};
+pub use context::{
+    AccountFetcher, BoxFuture, ClusterView, ConnConfig, ConnContext, ConnSettings, ServerIdentity,
+    WsEndpoint,
+};
 pub use reader::Conn;
 pub use registry::Registry;
 pub use tls::{TlsError, TlsOptions, TlsServer};

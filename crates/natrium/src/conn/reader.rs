@@ -28,6 +28,11 @@ use crate::router::{
     GLOBAL_ACCOUNT,
 };
 
+/// The first PING after CONNECT comes this soon (or at the ping interval if shorter), plus up
+/// to a fifth more at random, as nats-server sends it: its PONG measures the round-trip time
+/// `/connz` reports.
+const FIRST_PING: Duration = Duration::from_secs(2);
+
 /// Smallest and largest read sizes (see `read_loop`).
 const MIN_READ: usize = 512;
 const MAX_READ: usize = 64 * 1024;
@@ -56,6 +61,9 @@ pub struct Conn {
     auth_required: bool,
     /// The first CONNECT, parsed; authenticated by the read loop (bcrypt may have to wait).
     pending_connect: Option<ConnectInfo>,
+    /// The client's options in force: nats-server's defaults until CONNECT, then what each
+    /// CONNECT set over them.
+    options: ConnectInfo,
     /// What the client authenticated with and as, for the re-check after a reload.
     creds: Option<Credentials>,
     identity: Option<Identity>,
@@ -73,6 +81,12 @@ pub struct Conn {
     unauthenticated: Option<Unauthenticated>,
     /// A WebSocket client's credentials from cookies, used where CONNECT has none.
     cookies: Option<Credentials>,
+    /// When the connection was accepted: the time to CONNECT is the first RTT estimate.
+    accepted: tokio::time::Instant,
+    /// When the PING whose PONG is awaited went out, for the round-trip time.
+    rtt_start: Option<tokio::time::Instant>,
+    /// CONNECT succeeded: the read loop schedules the first PING.
+    first_ping: bool,
 }
 
 /// An error that ends the connection, with the -ERR text to send first (if any).
@@ -104,15 +118,16 @@ impl Conn {
             ..ConnAuth::default()
         };
         Conn {
-            publisher: Publisher::new(out.cid),
+            publisher: Publisher::new(out.cid).with_stats(out.cache_stats.clone()),
             client,
             out,
             ctx,
             account,
             limits,
             connected: false,
-            verbose: false,
-            pedantic: false,
+            // nats-server's defaults hold until CONNECT says otherwise.
+            verbose: true,
+            pedantic: true,
             no_responders: false,
             name: String::new(),
             user: None,
@@ -126,8 +141,12 @@ impl Conn {
             settings,
             ping_changed: false,
             unauthenticated: None,
+            accepted: tokio::time::Instant::now(),
+            rtt_start: None,
+            first_ping: false,
             auth_required: false,
             pending_connect: None,
+            options: ConnectInfo::default(),
             creds: None,
             identity: None,
             max_subs: None,
@@ -237,6 +256,14 @@ impl Conn {
             if std::mem::take(&mut self.ping_changed) {
                 ping = new_ping(self.settings.ping_interval);
             }
+            if std::mem::take(&mut self.first_ping) {
+                let every = self.settings.ping_interval;
+                let first = every.min(FIRST_PING);
+                let jitter = first.mul_f64(fastrand::f64() / 5.0);
+                ping =
+                    tokio::time::interval_at(tokio::time::Instant::now() + first + jitter, every);
+                ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             if std::mem::take(&mut self.expiry_changed) {
                 if let Some(at) = self.expires_at {
                     auth_deadline.as_mut().reset(at);
@@ -283,6 +310,7 @@ impl Conn {
                         Some(Fatal::new(CloseReason::StaleConnection, "Stale Connection"))
                     } else {
                         self.pings_out += 1;
+                        self.rtt_start = Some(tokio::time::Instant::now());
                         self.out.send(encode::PING);
                         None
                     }
@@ -342,14 +370,10 @@ impl Conn {
                         }
                         // Authentication may wait for bcrypt: the read loop completes it (see
                         // `connect_first`) before the rest of the buffer is processed.
-                        match ConnectInfo::from_json(json) {
-                            Ok(info) => self.pending_connect = Some(info),
-                            Err(_) => {
-                                break Err(Fatal::new(
-                                    CloseReason::ProtocolViolation,
-                                    "Unknown Protocol Operation",
-                                ))
-                            }
+                        let mut info = self.options.clone();
+                        match info.update_from_json(json) {
+                            Ok(()) => self.pending_connect = Some(info),
+                            Err(e) => break Err(self.bad_connect(e)),
                         }
                         break Ok(());
                     }
@@ -420,6 +444,15 @@ impl Conn {
     }
 
     fn parse_error(&self, e: ParseError) -> Fatal {
+        if let ParseError::BadArgs(what) = e {
+            // nats-server closes a connection whose op has malformed arguments without an
+            // -ERR, and logs why.
+            tracing::error!("{} - cid:{} - {what}", self.out.addr, self.out.cid);
+            return Fatal {
+                reason: CloseReason::ProtocolViolation,
+                err: None,
+            };
+        }
         let reason = match e {
             ParseError::MaxPayload { .. } => CloseReason::MaxPayloadExceeded,
             ParseError::ControlLineTooLong => CloseReason::MaxControlLineExceeded,
@@ -445,8 +478,6 @@ impl Conn {
                         "Unknown Protocol Operation",
                     ));
                 }
-                // nats-server acknowledges a verbose PUB before delivering it.
-                self.ok();
                 self.in_msgs += 1;
                 self.in_bytes += (payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
                 self.publish(&Msg {
@@ -466,7 +497,12 @@ impl Conn {
                 self.ok();
             }
             ClientOp::Ping => self.out.send(encode::PONG),
-            ClientOp::Pong => self.pings_out = 0,
+            ClientOp::Pong => {
+                self.pings_out = 0;
+                if let Some(sent) = self.rtt_start.take() {
+                    self.out.set_rtt(sent.elapsed());
+                }
+            }
             ClientOp::Connect(json) => self.connect(json)?,
             ClientOp::Ignored => {}
         }
@@ -481,11 +517,25 @@ impl Conn {
 
     /// A CONNECT after the first: updates the client's options, never its identity.
     fn connect(&mut self, json: &[u8]) -> Result<(), Fatal> {
-        let info = ConnectInfo::from_json(json).map_err(|_| {
-            Fatal::new(CloseReason::ProtocolViolation, "Unknown Protocol Operation")
-        })?;
+        let mut info = self.options.clone();
+        info.update_from_json(json)
+            .map_err(|e| self.bad_connect(e))?;
         self.apply_connect(&info);
         Ok(())
+    }
+
+    /// A CONNECT whose JSON does not decode (`CONNECT []`) is a protocol error: as nats-server,
+    /// the connection is closed without an -ERR and the reason logged.
+    fn bad_connect(&self, e: serde_json::Error) -> Fatal {
+        tracing::error!(
+            "{} - cid:{} - invalid CONNECT options: {e}",
+            self.out.addr,
+            self.out.cid
+        );
+        Fatal {
+            reason: CloseReason::ProtocolViolation,
+            err: None,
+        }
     }
 
     /// The first CONNECT: authenticates (bcrypt, if any, runs off this task and must finish
@@ -500,11 +550,15 @@ impl Conn {
         if let Some(cookies) = &self.cookies {
             creds.fill_from(cookies);
         }
-        let verdict = self
-            .ctx
-            .authenticator(self.auth_ctx.websocket)
-            .check(&creds, &self.auth_ctx);
         let out = self.out.clone();
+        // Account lookups (URL resolver) and bcrypt both count against the auth timeout.
+        let ctx = self.ctx.clone();
+        let check = async {
+            let verdict = ctx
+                .authenticate(&info, &creds, &self.auth_ctx, &self.client)
+                .await;
+            self.resolve(verdict).await
+        };
         let checked = tokio::select! {
             biased;
             _ = out.killed() => {
@@ -513,7 +567,7 @@ impl Conn {
                     err: None,
                 });
             }
-            r = tokio::time::timeout_at(deadline, self.resolve(verdict)) => r,
+            r = tokio::time::timeout_at(deadline, check) => r,
         };
         let identity = match checked {
             Ok(Ok(id)) => id,
@@ -549,6 +603,7 @@ impl Conn {
         }
         self.client.meta.lock().account = self.account.name.clone();
         self.client.set_registered(true);
+        self.ctx.connection_count_changed(&self.account);
         self.unauthenticated = None;
         self.set_permissions(identity.permissions.as_ref());
         self.apply_limits(&identity);
@@ -559,6 +614,10 @@ impl Conn {
         self.account
             .total_connections
             .fetch_add(1, Ordering::Relaxed);
+        // As nats-server: the time from accept to CONNECT is the first RTT estimate; the PONG
+        // to the first PING, soon after, measures it.
+        self.out.set_rtt(self.accepted.elapsed());
+        self.first_ping = true;
         self.apply_connect(&info);
         Ok(())
     }
@@ -615,6 +674,13 @@ impl Conn {
                 return Err(Fatal::new(
                     CloseReason::Revocation,
                     "User Authentication Revoked",
+                ));
+            }
+            // A user JWT that expired before the re-check closes as its expiry timer would.
+            Err(AuthError::Jwt(JwtError::Expired)) => {
+                return Err(Fatal::new(
+                    CloseReason::AuthenticationExpired,
+                    "User Authentication Expired",
                 ));
             }
             Err(e) => {
@@ -749,6 +815,7 @@ impl Conn {
             meta.user = self.user.clone();
             meta.account = self.account.name.clone();
         }
+        self.options = info.clone();
         self.out.set_name(info.name.as_deref().unwrap_or_default());
         self.connected = true;
         self.verbose = info.verbose;
@@ -766,18 +833,15 @@ impl Conn {
     }
 
     fn publish(&mut self, m: &Msg<'_>) {
-        // As nats-server: only a pedantic client is held to literal subjects. Clients publish
-        // wildcards on purpose (nats-py creates a consumer on `$JS.API.CONSUMER.CREATE.S.C.a.>`);
-        // such a message reaches subscriptions that match its tokens, `*` and `>` taken literally
-        // except by wildcard subscriptions.
-        let valid = if self.pedantic {
-            is_valid_publish_subject(m.subject)
-        } else {
-            is_valid_subject(m.subject)
-        };
-        if !valid {
+        // As nats-server: only a pedantic client is told that a publish subject is not a
+        // literal one, and even then the message goes on. Clients publish wildcards on purpose
+        // (nats-py creates a consumer on `$JS.API.CONSUMER.CREATE.S.C.a.>`); such a message
+        // reaches subscriptions that match its tokens, `*` and `>` taken literally except by
+        // wildcard subscriptions. A subject that is not one at all (`foo..bar`) matches nothing:
+        // the message is counted, acknowledged to a verbose client, answered with no responders
+        // and otherwise dropped, without an error unless the client is pedantic.
+        if self.pedantic && !is_valid_publish_subject(m.subject) {
             self.out.send_err("Invalid Publish Subject");
-            return;
         }
         if let Some(perms) = &mut self.perms {
             if !perms.can_publish(m.subject) && !self.out.take_response_grant(m.subject) {
@@ -785,7 +849,10 @@ impl Conn {
                 return;
             }
         }
-        let delivered = self.publisher.publish(&self.account, m);
+        // nats-server acknowledges a verbose PUB once it passed the permission check, before
+        // delivering it.
+        self.ok();
+        let delivered = is_valid_subject(m.subject) && self.publisher.publish(&self.account, m);
         if !delivered && self.no_responders {
             if let Some(reply) = m.reply {
                 self.send_no_responders(reply);
@@ -873,6 +940,7 @@ impl Conn {
     fn cleanup(&mut self) {
         if self.client.set_registered(false) {
             self.account.remove_connection();
+            self.ctx.connection_count_changed(&self.account);
         }
         let snapshot = self.client.snapshot(true);
         for sub in self.out.drain_subs() {

@@ -22,6 +22,44 @@ pub fn account_usage(a: &Account, clients: &[Arc<Client>]) -> (usize, Totals) {
     (conns, t)
 }
 
+/// nats-server's sublist statistics, over the accounts `accounts`: subscriptions, inserts,
+/// removes and matches counted by each account, and the match caches of its connections
+/// (Natrium has one per publishing connection, where nats-server has one per account): their
+/// entries, hit rate and the fan-out of the cached results.
+pub fn sublist_stats(accounts: &[Arc<Account>], clients: &[Arc<Client>]) -> Value {
+    let (mut subs, mut inserts, mut removes, mut matches, mut hits) = (0, 0, 0, 0, 0);
+    for a in accounts {
+        let s = &a.sublist_stats;
+        subs += a.subscription_count() as u64;
+        inserts += s.inserts.load(Ordering::Relaxed);
+        removes += s.removes.load(Ordering::Relaxed);
+        matches += s.matches.load(Ordering::Relaxed);
+        hits += s.cache_hits.load(Ordering::Relaxed);
+    }
+    let (mut entries, mut fanout, mut max_fanout) = (0, 0, 0);
+    for c in clients {
+        let account = c.meta.lock().account.clone();
+        if !accounts.iter().any(|a| a.name == account) {
+            continue;
+        }
+        let st = &c.out.cache_stats;
+        entries += st.entries.load(Ordering::Relaxed);
+        fanout += st.fanout_sum.load(Ordering::Relaxed);
+        max_fanout = max_fanout.max(st.fanout_max.load(Ordering::Relaxed));
+    }
+    let ratio = |a: u64, b: u64| if b > 0 { a as f64 / b as f64 } else { 0.0 };
+    json!({
+        "num_subscriptions": subs,
+        "num_cache": entries,
+        "num_inserts": inserts,
+        "num_removes": removes,
+        "num_matches": matches,
+        "cache_hit_rate": ratio(hits, matches),
+        "max_fanout": max_fanout,
+        "avg_fanout": ratio(fanout, entries),
+    })
+}
+
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct SubszQuery {
     pub subs: Option<String>,
@@ -39,32 +77,30 @@ pub fn subsz(o: &Observed, q: &SubszQuery) -> Answer {
         }
     }
     let mut list = Vec::new();
-    let mut count = 0;
-    for a in o.accounts() {
-        if q.acc.as_ref().is_some_and(|acc| acc != &a.name) {
-            continue;
-        }
-        count += a.subscription_count();
-        for (subject, queue, cid) in a.subscriptions() {
+    let accounts: Vec<Arc<Account>> = o
+        .accounts()
+        .into_iter()
+        .filter(|a| q.acc.as_ref().is_none_or(|acc| acc == &a.name))
+        .collect();
+    for a in &accounts {
+        for s in a.subscriptions() {
             if let Some(t) = &q.test {
-                if !natrium_subjects::matches(subject.as_bytes(), t.as_bytes()) {
+                if !natrium_subjects::matches(s.subject.as_bytes(), t.as_bytes()) {
                     continue;
                 }
             }
-            list.push(json!({"account": a.name, "subject": subject, "qgroup": queue, "cid": cid}));
+            list.push(super::conns::sub_detail(&s, Some(&a.name)));
         }
     }
     let total = list.len();
     let offset = q.offset.unwrap_or(0).min(total);
     let limit = q.limit.unwrap_or(1024);
-    let mut body = json!({
-        "server_id": o.id(),
-        "now": rfc3339(SystemTime::now()),
-        "num_subscriptions": count,
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-    });
+    let mut body = sublist_stats(&accounts, &o.clients());
+    body["server_id"] = json!(o.id());
+    body["now"] = json!(rfc3339(SystemTime::now()));
+    body["total"] = json!(total);
+    body["offset"] = json!(offset);
+    body["limit"] = json!(limit);
     if truthy(&q.subs) || q.test.is_some() {
         body["subscriptions_list"] =
             Value::Array(list.into_iter().skip(offset).take(limit).collect());
@@ -89,19 +125,75 @@ pub fn accountz(o: &Observed, q: &AccQuery) -> Answer {
                 text: format!("account {name:?} not found"),
             });
         };
-        let (conns, _) = account_usage(&a, &o.clients());
+        let clients = o.clients();
+        let (conns, _) = account_usage(&a, &clients);
+        let opts = o.options.lock().clone();
+        let configured = opts.accounts.iter().find(|x| x.name == a.name);
+        let jetstream = o.jetstream.is_some()
+            && (a.name == crate::router::GLOBAL_ACCOUNT || configured.is_some_and(|x| x.jetstream));
+        let kind = |k: &crate::options::ExportKind| match k {
+            crate::options::ExportKind::Stream => "stream",
+            crate::options::ExportKind::Service => "service",
+        };
+        let imports: Vec<Value> = configured
+            .map(|x| x.imports.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|i| {
+                json!({
+                    "subject": i.subject,
+                    "account": i.account,
+                    "to": match (&i.to, &i.prefix) {
+                        (Some(to), _) => to.clone(),
+                        (None, Some(p)) => format!("{p}.{}", i.subject),
+                        (None, None) => i.subject.clone(),
+                    },
+                    "type": kind(&i.kind),
+                    "invalid": false,
+                    "share": false,
+                    "tracking": false,
+                })
+            })
+            .collect();
+        let exports: Vec<Value> = configured
+            .map(|x| x.exports.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                let mut v = json!({"subject": e.subject, "type": kind(&e.kind)});
+                if !e.accounts.is_empty() {
+                    v["approved_accounts"] = json!(e.accounts);
+                }
+                v
+            })
+            .collect();
+        let mut detail = json!({
+                "account_name": a.name,
+                "update_time": rfc3339(a.created),
+                "is_system": a.name == system,
+                "expired": false,
+                "complete": true,
+                "jetstream_enabled": jetstream,
+                "leafnode_connections": 0,
+                "client_connections": conns,
+                "num_connections": conns,
+                "subscriptions": a.subscription_count(),
+                "sublist_stats": sublist_stats(std::slice::from_ref(&a), &clients),
+                "auth_failures": a.auth_failures.load(Ordering::Relaxed),
+                "permission_violations": a.permission_violations.load(Ordering::Relaxed),
+        });
+        // As nats-server, only when there are some.
+        if !imports.is_empty() {
+            detail["imports"] = json!(imports);
+        }
+        if !exports.is_empty() {
+            detail["exports"] = json!(exports);
+        }
         return Ok(json!({
             "server_id": o.id(),
             "now": now,
             "system_account": system,
-            "account_detail": {
-                "account_name": a.name,
-                "is_system": a.name == system,
-                "num_connections": conns,
-                "subscriptions": a.subscription_count(),
-                "auth_failures": a.auth_failures.load(Ordering::Relaxed),
-                "permission_violations": a.permission_violations.load(Ordering::Relaxed),
-            }
+            "account_detail": detail,
         }));
     }
     let names: Vec<String> = o.accounts().iter().map(|a| a.name.clone()).collect();

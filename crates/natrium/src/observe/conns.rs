@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{truthy, uptime, Answer, Observed, Refused};
+use super::{rtt_text, truthy, uptime, Answer, Observed, Refused};
 use crate::auth::certs::PeerCert;
 use crate::conn::ConnSnapshot;
 use crate::util::time::rfc3339;
@@ -28,6 +28,8 @@ pub struct ConnInfo {
     pub reason: Option<String>,
     pub uptime: String,
     pub idle: String,
+    /// Round-trip time measured with the server's PING, as nats-server prints it.
+    pub rtt: String,
     pub pending_bytes: usize,
     pub in_msgs: u64,
     pub out_msgs: u64,
@@ -79,7 +81,11 @@ impl ConnInfo {
         ConnInfo {
             cid: c.cid,
             kind: "Client",
-            conn_type: if c.meta.websocket { "websocket" } else { "nats" },
+            conn_type: if c.meta.websocket {
+                "websocket"
+            } else {
+                "nats"
+            },
             ip: c.addr.ip().to_string(),
             port: c.addr.port(),
             start: rfc3339(c.start),
@@ -88,6 +94,7 @@ impl ConnInfo {
             reason: c.reason.map(|r| r.to_string()),
             uptime: age(c.start),
             idle: age(c.last_activity),
+            rtt: rtt_text(c.rtt),
             pending_bytes: c.stats.pending_bytes,
             in_msgs: c.stats.in_msgs,
             out_msgs: c.stats.out_msgs,
@@ -106,17 +113,32 @@ impl ConnInfo {
             authorized_user: c.meta.user.clone().filter(|_| d.auth),
             account: d.auth.then(|| account.clone()),
             subscriptions_list: (d.subs && !d.subs_detail)
-                .then(|| c.subs.iter().map(|(subject, _, _)| subject.clone()).collect()),
-            subscriptions_list_detail: d.subs_detail.then(|| {
-                c.subs
-                    .iter()
-                    .map(|(subject, queue, sid)| {
-                        json!({"account": account, "subject": subject, "qgroup": queue, "sid": sid, "cid": c.cid})
-                    })
-                    .collect()
-            }),
+                .then(|| c.subs.iter().map(|s| s.subject.clone()).collect()),
+            subscriptions_list_detail: d
+                .subs_detail
+                .then(|| c.subs.iter().map(|s| sub_detail(s, None)).collect()),
         }
     }
+}
+
+/// One subscription as nats-server's `SubDetail`: `account` (in `/subsz`), `subject`,
+/// `qgroup`, `sid`, `msgs`, `max` and `cid`, the empty ones left out.
+pub fn sub_detail(s: &crate::router::SubInfo, account: Option<&str>) -> Value {
+    let mut v = serde_json::Map::new();
+    if let Some(a) = account {
+        v.insert("account".into(), json!(a));
+    }
+    v.insert("subject".into(), json!(s.subject));
+    if let Some(q) = &s.queue {
+        v.insert("qgroup".into(), json!(q));
+    }
+    v.insert("sid".into(), json!(s.sid));
+    v.insert("msgs".into(), json!(s.msgs));
+    if s.max > 0 {
+        v.insert("max".into(), json!(s.max));
+    }
+    v.insert("cid".into(), json!(s.cid));
+    Value::Object(v)
 }
 
 #[derive(Debug, Default, serde::Deserialize)]

@@ -20,7 +20,9 @@ use crate::router::{Account, Totals};
 
 pub use accounts::{account_usage, accountz, accstatz, subsz, AccQuery, SubszQuery};
 pub use conns::{connz, ConnInfo, ConnzQuery};
-pub use server::{healthz, jsz, process_usage, routez, server_json, statsz, varz};
+pub use server::{
+    gatewayz, healthz, jsz, leafz, memory, routez, sample_cpu, server_json, statsz, varz, CpuMeter,
+};
 
 /// What the documents are made from: the live parts of a running server.
 pub struct Observed {
@@ -34,11 +36,20 @@ pub struct Observed {
     pub https_port: Mutex<Option<u16>>,
     /// The cluster, once its listener is up.
     pub mesh: Mutex<Option<Arc<Mesh>>>,
+    /// The process's current CPU use, sampled each second.
+    pub cpu: CpuMeter,
+    /// Monitoring requests served, by endpoint (`http_req_stats` in `/varz`).
+    pub http_req_stats: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Observed {
     pub fn id(&self) -> &str {
         &self.conns.identity.id
+    }
+
+    /// Counts a request to the monitoring endpoint `path`.
+    pub fn count_request(&self, path: &'static str) {
+        *self.http_req_stats.lock().entry(path).or_default() += 1;
     }
 
     pub fn options(&self) -> Options {
@@ -103,9 +114,72 @@ pub fn uptime(d: Duration) -> String {
     out
 }
 
+/// A duration as Go's `time.Duration.String` prints it (`0s`, `850ns`, `501µs`, `1.5ms`,
+/// `2.25s`, `1h2m3s`), for the fields nats-server fills that way (`rtt`).
+pub fn go_duration(d: Duration) -> String {
+    fn frac(n: u128, unit: u128, width: usize, suffix: &str) -> String {
+        let (int, rem) = (n / unit, n % unit);
+        if rem == 0 {
+            return format!("{int}{suffix}");
+        }
+        let digits = format!("{rem:0width$}");
+        format!("{int}.{}{suffix}", digits.trim_end_matches('0'))
+    }
+    let n = d.as_nanos();
+    match n {
+        0 => "0s".into(),
+        1..=999 => format!("{n}ns"),
+        1_000..=999_999 => frac(n, 1_000, 3, "µs"),
+        1_000_000..=999_999_999 => frac(n, 1_000_000, 6, "ms"),
+        _ => {
+            let secs = n / 1_000_000_000;
+            let (h, m) = (secs / 3600, (secs % 3600) / 60);
+            let mut out = String::new();
+            if h > 0 {
+                out += &format!("{h}h");
+            }
+            if h > 0 || m > 0 {
+                out += &format!("{m}m");
+            }
+            out + &frac(
+                (secs % 60) * 1_000_000_000 + n % 1_000_000_000,
+                1_000_000_000,
+                9,
+                "s",
+            )
+        }
+    }
+}
+
+/// A round-trip time as nats-server shows it: to the microsecond below a millisecond.
+pub fn rtt_text(rtt: Option<Duration>) -> String {
+    match rtt {
+        None => go_duration(Duration::ZERO),
+        Some(r) if r > Duration::from_micros(1) && r < Duration::from_millis(1) => {
+            go_duration(Duration::from_micros(r.as_micros() as u64))
+        }
+        Some(r) => go_duration(r),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_as_go_prints_them() {
+        let ns = Duration::from_nanos;
+        assert_eq!(go_duration(Duration::ZERO), "0s");
+        assert_eq!(go_duration(ns(850)), "850ns");
+        assert_eq!(go_duration(ns(501_000)), "501µs");
+        assert_eq!(go_duration(ns(1_500)), "1.5µs");
+        assert_eq!(go_duration(ns(1_234_567)), "1.234567ms");
+        assert_eq!(go_duration(ns(2_250_000_000)), "2.25s");
+        assert_eq!(go_duration(Duration::from_secs(3723)), "1h2m3s");
+        assert_eq!(go_duration(Duration::from_secs(60)), "1m0s");
+        assert_eq!(rtt_text(Some(ns(501_234))), "501µs");
+        assert_eq!(rtt_text(None), "0s");
+    }
 
     #[test]
     fn uptime_like_nats_server() {

@@ -1,38 +1,93 @@
 //! Server-wide documents: `varz`, `statsz` (the system account's PING), `jsz`, `healthz`,
-//! `routez`, and the `server` object of system-account answers.
+//! `routez`, `gatewayz`, `leafz`, the `server` object of system-account answers, and the CPU
+//! meter behind `varz`'s `cpu`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use super::{account_usage, uptime, Answer, Observed, Refused};
 use crate::util::time::{rfc3339, since};
 use crate::util::{PROTOCOL_VERSION, VERSION};
 
-/// Resident memory (bytes) and average CPU percentage since start, from /proc.
-pub fn process_usage(uptime: Duration) -> (u64, f64) {
+/// Resident memory of the process in bytes, from /proc.
+pub fn memory() -> u64 {
     let page = 4096u64;
-    let rss = std::fs::read_to_string("/proc/self/statm")
+    std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or(0, |p| p * page);
-    let cpu_ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            // Fields after the command name, which is in parentheses and may hold spaces.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        });
+        .map_or(0, |p| p * page)
+}
+
+/// CPU time the process has used (user plus system), from /proc.
+fn cpu_time() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let cpu = match cpu_ticks {
-        Some(t) if uptime.as_secs_f64() > 0.0 => (t as f64 / hz) / uptime.as_secs_f64() * 100.0,
-        _ => 0.0,
-    };
-    (rss, (cpu * 10.0).round() / 10.0)
+    Some(Duration::from_secs_f64(ticks as f64 / hz))
+}
+
+/// The process's current CPU use as nats-server reports it in `/varz` `cpu`: the percentage of
+/// one core used over the last sampling period (`sample` runs each second), not the average
+/// since start.
+pub struct CpuMeter {
+    last: Mutex<Option<(Instant, Duration)>>,
+    /// Tenths of a percent, from the last sample.
+    tenths: AtomicU64,
+}
+
+impl Default for CpuMeter {
+    fn default() -> Self {
+        CpuMeter {
+            last: Mutex::new(cpu_time().map(|t| (Instant::now(), t))),
+            tenths: AtomicU64::new(0),
+        }
+    }
+}
+
+impl CpuMeter {
+    /// Takes a reading; the use since the previous one becomes the current value.
+    pub fn sample(&self) {
+        let Some(now_cpu) = cpu_time() else { return };
+        let now = Instant::now();
+        let mut last = self.last.lock();
+        if let Some((at, cpu)) = *last {
+            let wall = now.duration_since(at).as_secs_f64();
+            if wall > 0.0 {
+                let used = now_cpu.saturating_sub(cpu).as_secs_f64();
+                let pct = used / wall * 100.0;
+                self.tenths
+                    .store((pct * 10.0).round() as u64, Ordering::Relaxed);
+            }
+        }
+        *last = Some((now, now_cpu));
+    }
+
+    /// Percent of one core, to a tenth.
+    pub fn percent(&self) -> f64 {
+        self.tenths.load(Ordering::Relaxed) as f64 / 10.0
+    }
+}
+
+/// Samples `o`'s CPU meter each second until the server shuts down (or is dropped).
+pub async fn sample_cpu(o: std::sync::Weak<Observed>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match o.upgrade() {
+            Some(o) => o.cpu.sample(),
+            None => return,
+        }
+    }
 }
 
 /// The `server` object of nats-server's system-account answers (`seq` counts the sender's
@@ -54,7 +109,7 @@ pub fn server_json(o: &Observed, seq: &AtomicU64) -> Value {
 pub fn statsz(o: &Observed) -> Value {
     let clients = o.clients();
     let t = o.totals(&clients);
-    let (mem, cpu) = process_usage(since(o.start));
+    let (mem, cpu) = (memory(), o.cpu.percent());
     let accounts = o.accounts();
     let active = accounts
         .iter()
@@ -85,7 +140,7 @@ pub fn varz(o: &Observed) -> Value {
     let clients = o.clients();
     let t = o.totals(&clients);
     let up = since(o.start);
-    let (mem, cpu) = process_usage(up);
+    let (mem, cpu) = (memory(), o.cpu.percent());
     let subs: usize = o.accounts().iter().map(|a| a.subscription_count()).sum();
     let tls = o.conns.tls_server();
     let reg = &o.conns.registry;
@@ -102,7 +157,7 @@ pub fn varz(o: &Observed) -> Value {
         "max_connections": opts.max_connections,
         "ping_interval": opts.ping_interval.as_nanos() as u64,
         "ping_max": opts.ping_max,
-        "http_host": opts.http_host,
+        "http_host": opts.monitor_host(),
         "http_port": o.http_port.lock().unwrap_or(0),
         "https_port": o.https_port.lock().unwrap_or(0),
         "auth_timeout": opts.auth_timeout.as_secs_f64(),
@@ -133,12 +188,31 @@ pub fn varz(o: &Observed) -> Value {
     });
     // Set here: the `json!` above is at the macro's recursion limit.
     v["http_base_path"] = json!(opts.http_base_path);
+    v["gomaxprocs"] = json!(std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Gateways, leaf nodes and MQTT are not configured (Natrium has none yet): nats-server
+    // shows them as empty objects then; the cluster and WebSocket sections when there are.
+    for k in ["gateway", "leaf", "mqtt"] {
+        v[k] = json!({});
+    }
     v["cluster"] = cluster_section(o);
     v["websocket"] = websocket_section(o, &opts);
+    v["http_req_stats"] = json!(*o.http_req_stats.lock());
+    // nats-server 2.10's fields.
+    v["slow_consumer_stats"] = json!({
+        "clients": reg.slow_consumers.load(Ordering::Relaxed),
+        "routes": 0,
+        "gateways": 0,
+        "leafs": 0,
+    });
+    if opts.max_subscriptions > 0 {
+        v["max_subscriptions"] = json!(opts.max_subscriptions);
+    }
     v["tls_timeout"] = json!(tls.as_ref().map_or(2.0, |t| t.opts.timeout.as_secs_f64()));
     // As nats-server, the TLS flags and the certificate's expiry appear only with TLS on.
     if let Some(t) = &tls {
-        v["tls_required"] = json!(true);
+        if !t.opts.allow_non_tls {
+            v["tls_required"] = json!(true);
+        }
         if t.verify() {
             v["tls_verify"] = json!(true);
         }
@@ -314,4 +388,19 @@ fn cluster_section(o: &Observed) -> Value {
         "urls": c.routes.iter().map(|u| u.address()).collect::<Vec<_>>(),
         "pool_size": c.pool_size,
     })
+}
+
+/// `/gatewayz`: Natrium has no gateways yet, so none, in nats-server's form.
+pub fn gatewayz(o: &Observed) -> Value {
+    json!({
+        "server_id": o.id(),
+        "now": rfc3339(SystemTime::now()),
+        "outbound_gateways": {},
+        "inbound_gateways": {},
+    })
+}
+
+/// `/leafz`: Natrium has no leaf nodes yet, so none, in nats-server's form.
+pub fn leafz(o: &Observed) -> Value {
+    json!({"server_id": o.id(), "now": rfc3339(SystemTime::now()), "leafnodes": 0, "leafs": []})
 }

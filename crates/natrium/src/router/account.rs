@@ -27,7 +27,8 @@ pub struct Account {
     sublist: RwLock<Sublist<SubRef>>,
     /// Bumped after every change to `sublist`; read lock-free on the publish path.
     generation: AtomicU64,
-    /// Reply routes of service imports, oldest first, swept when they expire (see `imports`).
+    /// Reply routes of service imports with the time they close, oldest first, swept when they
+    /// expire (see `imports`).
     pub(super) responses: Mutex<VecDeque<(Instant, SubRef)>>,
     /// Failed authentications of users of this account (audit counter).
     pub auth_failures: AtomicU64,
@@ -42,6 +43,28 @@ pub struct Account {
     limits: RwLock<Limits>,
     /// Client connections registered with this account (internal clients are not counted).
     connections: AtomicUsize,
+    /// In a cluster: the account's connections on each other server (by server id), as they
+    /// report them, and their sum; `max_connections` holds for the cluster as a whole.
+    remote_connections: Mutex<rustc_hash::FxHashMap<String, usize>>,
+    remote_total: AtomicUsize,
+    /// The subscription trie's counters, as nats-server's sublist statistics.
+    pub sublist_stats: SublistCounters,
+    /// When the account was created (`update_time` in `/accountz`).
+    pub created: std::time::SystemTime,
+}
+
+/// Counters of an account's subscription trie and of the match caches in front of it, for
+/// nats-server's sublist statistics. Natrium has no shared match cache: each publishing
+/// connection has its own (see `delivery::MatchCache`), and these count lookups through them.
+#[derive(Debug, Default)]
+pub struct SublistCounters {
+    pub inserts: AtomicU64,
+    pub removes: AtomicU64,
+    /// Subject lookups: through a publisher's match cache, or straight into the trie for
+    /// internal publishes.
+    pub matches: AtomicU64,
+    /// Lookups a publisher's match cache answered.
+    pub cache_hits: AtomicU64,
 }
 
 /// Limits on an account's clients, as nats-server has them (`limits {}` in the config, `limits`
@@ -102,6 +125,10 @@ impl Account {
             closed_totals: Mutex::new(Totals::default()),
             limits: RwLock::new(Limits::default()),
             connections: AtomicUsize::new(0),
+            remote_connections: Mutex::new(rustc_hash::FxHashMap::default()),
+            remote_total: AtomicUsize::new(0),
+            sublist_stats: SublistCounters::default(),
+            created: std::time::SystemTime::now(),
         })
     }
 
@@ -113,12 +140,14 @@ impl Account {
         *self.limits.write() = l;
     }
 
-    /// Registers one more client connection unless the account is at `max_connections`.
+    /// Registers one more client connection unless the account is at `max_connections`
+    /// (counting its connections on the other servers of a cluster).
     pub fn add_connection(&self) -> Result<(), TooManyConnections> {
         let max = self.limits().max_connections;
+        let remote = self.remote_total.load(Ordering::Acquire);
         self.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                max.is_none_or(|m| n < m).then_some(n + 1)
+                max.is_none_or(|m| n + remote < m).then_some(n + 1)
             })
             .map(|_| ())
             .map_err(|_| TooManyConnections)
@@ -135,6 +164,27 @@ impl Account {
         self.connections.load(Ordering::Acquire)
     }
 
+    /// Records how many connections of this account server `server` has (its report).
+    pub fn set_remote_connections(&self, server: &str, n: usize) {
+        let mut m = self.remote_connections.lock();
+        if n == 0 {
+            m.remove(server);
+        } else {
+            m.insert(server.to_string(), n);
+        }
+        self.remote_total.store(m.values().sum(), Ordering::Release);
+    }
+
+    /// Forgets server `server`'s connections (it left the cluster).
+    pub fn forget_remote_server(&self, server: &str) {
+        self.set_remote_connections(server, 0);
+    }
+
+    /// This account's connections on other servers.
+    pub fn remote_connections(&self) -> usize {
+        self.remote_total.load(Ordering::Acquire)
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -145,6 +195,7 @@ impl Account {
             list.insert(&sub.0.subject, sub.0.queue.as_deref(), sub.clone());
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
+        self.sublist_stats.inserts.fetch_add(1, Ordering::Relaxed);
         self.count_interest(&sub, true);
     }
 
@@ -158,6 +209,7 @@ impl Account {
             removed
         };
         if removed {
+            self.sublist_stats.removes.fetch_add(1, Ordering::Relaxed);
             self.count_interest(sub, false);
         }
         removed
@@ -195,8 +247,8 @@ impl Account {
         self.sublist.read().len()
     }
 
-    /// Every subscription of this account: (subject, queue, owner cid or 0 for internal ones).
-    pub fn subscriptions(&self) -> Vec<(String, Option<String>, u64)> {
+    /// Every subscription of this account, as monitoring lists them.
+    pub fn subscriptions(&self) -> Vec<SubInfo> {
         let mut out = Vec::new();
         self.sublist.read().for_each(|subject, queue, sub| {
             let cid = match &sub.0.target {
@@ -204,12 +256,43 @@ impl Account {
                 Target::Route(r) => r.route.cid,
                 Target::Forward(_) | Target::Internal(_) => 0,
             };
-            out.push((
-                String::from_utf8_lossy(subject).into_owned(),
-                queue.map(|q| String::from_utf8_lossy(q).into_owned()),
-                cid,
-            ));
+            let mut info = SubInfo::of(&sub.0);
+            info.subject = String::from_utf8_lossy(subject).into_owned();
+            info.queue = queue.map(|q| String::from_utf8_lossy(q).into_owned());
+            info.cid = cid;
+            out.push(info);
         });
         out
+    }
+}
+
+/// A subscription as monitoring shows it (nats-server's `SubDetail`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubInfo {
+    pub subject: String,
+    pub queue: Option<String>,
+    /// Empty for internal subscriptions.
+    pub sid: String,
+    /// Messages delivered to it so far.
+    pub msgs: u64,
+    /// Its auto-unsubscribe max, 0 for none.
+    pub max: u64,
+    /// The owning connection, 0 for internal subscriptions.
+    pub cid: u64,
+}
+
+impl SubInfo {
+    pub fn of(s: &super::subscription::Subscription) -> SubInfo {
+        SubInfo {
+            subject: String::from_utf8_lossy(&s.subject).into_owned(),
+            queue: s
+                .queue
+                .as_deref()
+                .map(|q| String::from_utf8_lossy(q).into_owned()),
+            sid: String::from_utf8_lossy(&s.sid).into_owned(),
+            msgs: s.delivered.load(Ordering::Relaxed),
+            max: s.max.load(Ordering::Relaxed),
+            cid: s.client_out().map_or(0, |o| o.cid),
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! import into another account, or offered to an internal sink. Writers are woken once per
 //! batch, not per message.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use natrium_protocol::encode;
@@ -34,6 +34,21 @@ pub struct Msg<'a> {
 struct MatchCache {
     generation: u64,
     results: FxHashMap<Box<[u8]>, Matches<SubRef>>,
+    /// Lookups and hits since the last `Publisher::flush` reported them to the account.
+    lookups: u64,
+    hits: u64,
+    /// Fan-out (plain matches plus queue groups) summed over the cached results, and its max.
+    fanout_sum: u64,
+    fanout_max: u64,
+}
+
+/// What a connection's match cache holds, as its publisher last reported it (once per read),
+/// for nats-server's sublist statistics.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub entries: AtomicU64,
+    pub fanout_sum: AtomicU64,
+    pub fanout_max: AtomicU64,
 }
 
 const MATCH_CACHE_MAX: usize = 4096;
@@ -43,20 +58,36 @@ impl MatchCache {
         MatchCache {
             generation: u64::MAX,
             results: FxHashMap::default(),
+            lookups: 0,
+            hits: 0,
+            fanout_sum: 0,
+            fanout_max: 0,
         }
+    }
+
+    fn clear(&mut self) {
+        self.results.clear();
+        self.fanout_sum = 0;
+        self.fanout_max = 0;
     }
 
     fn lookup(&mut self, account: &Account, subject: &[u8]) -> &Matches<SubRef> {
         let generation = account.generation();
         if generation != self.generation {
-            self.results.clear();
+            self.clear();
             self.generation = generation;
         }
-        if !self.results.contains_key(subject) {
+        self.lookups += 1;
+        if self.results.contains_key(subject) {
+            self.hits += 1;
+        } else {
             if self.results.len() >= MATCH_CACHE_MAX {
-                self.results.clear();
+                self.clear();
             }
             let found = account.matches(subject);
+            let fanout = (found.plain.len() + found.queues.len()) as u64;
+            self.fanout_sum += fanout;
+            self.fanout_max = self.fanout_max.max(fanout);
             self.results.insert(subject.into(), found);
         }
         // Present: inserted just above if it was missing.
@@ -92,6 +123,9 @@ struct Staged {
     buf: Vec<u8>,
     msgs: u64,
     bytes: u64,
+    /// Deliveries per subscription (without a max) in this batch, added to their counters at
+    /// `flush`.
+    subs: SmallVec<[(SubRef, u64); 1]>,
 }
 
 /// The parts of a message's MSG/HMSG line that every receiver shares, built once per message:
@@ -319,6 +353,10 @@ impl Delivery {
                 return false;
             }
         }
+        // Every delivery is counted (`msgs` in monitoring; `UNSUB sid max` counts the ones
+        // before it too, as nats-server does). With a max the count decides now; without one,
+        // deliveries to other connections are counted once per batch (`Staged::subs`), so
+        // publishers sharing a subscriber do not contend on its counter per message.
         let max = s.max.load(Ordering::Relaxed);
         if max > 0 {
             let n = s.delivered.fetch_add(1, Ordering::Relaxed) + 1;
@@ -329,12 +367,14 @@ impl Delivery {
                 self.expired.push((account.clone(), sub.clone()));
             }
         }
+        let count_now = max == 0;
         let client = match &s.target {
             Target::Client(c) => c,
-            Target::Forward(f) => return self.forward(f, m, hop),
-            Target::Internal(sink) => return sink.offer(m.subject, m.reply, m.headers, m.payload),
-            // Routes are gathered by `deliver_all`.
-            Target::Route(_) => return false,
+            _ if count_now => {
+                s.delivered.fetch_add(1, Ordering::Relaxed);
+                return self.deliver_elsewhere(sub, m, hop);
+            }
+            _ => return self.deliver_elsewhere(sub, m, hop),
         };
         let headers = if client.headers.load(Ordering::Relaxed) {
             m.headers
@@ -361,6 +401,9 @@ impl Delivery {
             out.out_msgs += 1;
             out.out_bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
             drop(out);
+            if count_now {
+                s.delivered.fetch_add(1, Ordering::Relaxed);
+            }
             if was_empty {
                 self.flush.push(client.clone());
             }
@@ -371,11 +414,27 @@ impl Delivery {
             put_frame(&mut st.buf, head, &s.sid, mid, headers, m.payload);
             st.msgs += 1;
             st.bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
+            if count_now {
+                match st.subs.iter_mut().find(|(x, _)| x == sub) {
+                    Some((_, n)) => *n += 1,
+                    None => st.subs.push((sub.clone(), 1)),
+                }
+            }
         }
         if crate::logging::protocol_trace() {
             trace_delivery(client, m, &s.sid, headers);
         }
         true
+    }
+
+    /// Delivery to a subscription that is not a client's: across an import, or into an
+    /// internal sink (peers are gathered by `deliver_all`).
+    fn deliver_elsewhere(&mut self, sub: &SubRef, m: &Msg<'_>, hop: Hop<'_>) -> bool {
+        match &sub.0.target {
+            Target::Forward(f) => self.forward(f, m, hop),
+            Target::Internal(sink) => sink.offer(m.subject, m.reply, m.headers, m.payload),
+            Target::Client(_) | Target::Route(_) => false,
+        }
     }
 
     /// The index of receiver `out`'s staging slot in this batch.
@@ -410,6 +469,7 @@ impl Delivery {
             buf: self.spare.pop().unwrap_or_default(),
             msgs: 0,
             bytes: 0,
+            subs: SmallVec::new(),
         });
         self.staged.len() - 1
     }
@@ -458,9 +518,16 @@ impl Delivery {
             return false;
         }
         let subject = f.map.apply(m.subject);
-        if let (ForwardKind::Service { importer }, Some(reply)) = (&f.kind, m.reply) {
+        if let (
+            ForwardKind::Service {
+                importer,
+                responses,
+            },
+            Some(reply),
+        ) = (&f.kind, m.reply)
+        {
             // The responder answers in the exporter's account; carry that answer back.
-            imports::add_response_route(&f.to, reply, importer.clone());
+            imports::add_response_route(&f.to, reply, importer.clone(), *responses);
         }
         let fm = Msg {
             subject: &subject,
@@ -482,6 +549,9 @@ impl Delivery {
     fn flush(&mut self) {
         self.slots.clear();
         for mut st in std::mem::take(&mut self.staged) {
+            for (sub, n) in &st.subs {
+                sub.0.delivered.fetch_add(*n, Ordering::Relaxed);
+            }
             let client = &st.out;
             let mut out = client.out.lock();
             if out.closed {
@@ -567,6 +637,9 @@ fn fits(client: &Outbound, out: &mut MutexGuard<'_, OutBuf>, size: usize) -> boo
 pub struct Publisher {
     cache: MatchCache,
     dl: Delivery,
+    /// The account the cache's lookups are reported to, and where the cache's size goes.
+    account: Option<Arc<Account>>,
+    stats: Arc<CacheStats>,
 }
 
 impl Publisher {
@@ -575,6 +648,8 @@ impl Publisher {
         Publisher {
             cache: MatchCache::new(),
             dl: Delivery::new(cid),
+            account: None,
+            stats: Arc::default(),
         }
     }
 
@@ -586,6 +661,12 @@ impl Publisher {
         p
     }
 
+    /// Reports the match cache's size into `stats` (a connection's, read by monitoring).
+    pub fn with_stats(mut self, stats: Arc<CacheStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     pub fn set_echo(&mut self, echo: bool) {
         self.dl.echo = echo;
     }
@@ -593,7 +674,28 @@ impl Publisher {
     /// Forgets cached matches: the publisher now publishes in another account, whose
     /// generation counter may happen to equal the old one's.
     pub fn forget_matches(&mut self) {
+        self.report();
         self.cache = MatchCache::new();
+        self.account = None;
+    }
+
+    /// Adds the lookups since the last report to the account's counters and publishes the
+    /// cache's size.
+    fn report(&mut self) {
+        let c = &mut self.cache;
+        if c.lookups > 0 {
+            if let Some(a) = &self.account {
+                let s = &a.sublist_stats;
+                s.matches.fetch_add(c.lookups, Ordering::Relaxed);
+                s.cache_hits.fetch_add(c.hits, Ordering::Relaxed);
+            }
+            c.lookups = 0;
+            c.hits = 0;
+            let st = &self.stats;
+            st.entries.store(c.results.len() as u64, Ordering::Relaxed);
+            st.fanout_sum.store(c.fanout_sum, Ordering::Relaxed);
+            st.fanout_max.store(c.fanout_max, Ordering::Relaxed);
+        }
     }
 
     /// Delivers `m` to the subscribers of its subject in `account`. Returns whether anyone got
@@ -610,6 +712,14 @@ impl Publisher {
         m: &Msg<'_>,
         queues: Option<&[u8]>,
     ) -> bool {
+        if !self
+            .account
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a, account))
+        {
+            self.report();
+            self.account = Some(account.clone());
+        }
         let found = self.cache.lookup(account, m.subject);
         let hop = self.dl.first_hop(queues);
         let delivered = self.dl.deliver_all(account, found, m, hop);
@@ -619,9 +729,11 @@ impl Publisher {
         delivered
     }
 
-    /// Wakes the writers of every receiver since the last flush.
+    /// Wakes the writers of every receiver since the last flush, and reports the match
+    /// cache's counters (once per read: two atomic additions, none on the message path).
     pub fn flush(&mut self) {
         self.dl.flush();
+        self.report();
     }
 
     /// Receivers that fell behind since the last call, for the publisher to wait on.
@@ -661,6 +773,10 @@ pub fn publish_batch<'a>(
 ) -> (usize, Option<Lagging>) {
     let mut dl = Delivery::new(0);
     let found = account.matches(to);
+    account
+        .sublist_stats
+        .matches
+        .fetch_add(1, Ordering::Relaxed);
     let mut delivered = 0;
     let hop = dl.first_hop(None);
     for m in msgs {

@@ -14,9 +14,13 @@ pub mod outbound;
 pub mod sink;
 pub mod subscription;
 
-pub use account::{Account, Limits, TooManyConnections, Totals, GLOBAL_ACCOUNT};
+pub use account::{
+    Account, Limits, SubInfo, SublistCounters, TooManyConnections, Totals, GLOBAL_ACCOUNT,
+};
 pub use accounts::Accounts;
-pub use delivery::{publish, publish_batch, remove_subscription, Lagging, Msg, Publisher};
+pub use delivery::{
+    publish, publish_batch, remove_subscription, CacheStats, Lagging, Msg, Publisher,
+};
 pub use interest::{Interest, InterestChange, InterestFeed};
 pub use internal::{InternalClient, InternalError, InternalSubscription};
 pub use outbound::{ClientStats, CloseReason, Outbound, SubAdded};

@@ -156,6 +156,11 @@ pub struct Outbound {
     last_activity: AtomicU64,
     /// The client's name from CONNECT, for logs, traces and monitoring.
     name: Mutex<String>,
+    /// The size of this connection's match cache, reported by its publisher.
+    pub cache_stats: Arc<super::delivery::CacheStats>,
+    /// Round-trip time measured with the server's last answered PING, in nanoseconds (0 until
+    /// measured).
+    rtt_nanos: AtomicU64,
 }
 
 impl Outbound {
@@ -184,7 +189,23 @@ impl Outbound {
             in_bytes: AtomicU64::new(0),
             last_activity: AtomicU64::new(unix_nanos(SystemTime::now()) as u64),
             name: Mutex::new(String::new()),
+            cache_stats: Arc::default(),
+            rtt_nanos: AtomicU64::new(0),
         })
+    }
+
+    /// Records a round-trip time measurement.
+    pub fn set_rtt(&self, rtt: std::time::Duration) {
+        let n = (rtt.as_nanos() as u64).max(1);
+        self.rtt_nanos.store(n, Ordering::Relaxed);
+    }
+
+    /// The last round-trip time measured, if any.
+    pub fn rtt(&self) -> Option<std::time::Duration> {
+        match self.rtt_nanos.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(std::time::Duration::from_nanos(n)),
+        }
     }
 
     /// Appends protocol bytes (PONG, +OK, -ERR, INFO) and wakes the writer.
@@ -376,18 +397,11 @@ impl Outbound {
     }
 
     /// (subject, queue, sid) of every subscription, for monitoring.
-    pub fn subscription_list(&self) -> Vec<(String, Option<String>, String)> {
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    pub fn subscription_list(&self) -> Vec<super::account::SubInfo> {
         self.subs
             .lock()
             .values()
-            .map(|s| {
-                (
-                    text(&s.0.subject),
-                    s.0.queue.as_deref().map(text),
-                    text(&s.0.sid),
-                )
-            })
+            .map(|s| super::account::SubInfo::of(&s.0))
             .collect()
     }
 

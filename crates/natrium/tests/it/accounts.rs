@@ -90,7 +90,7 @@ async fn seed_000_tenants_are_isolated_by_permissions() {
     // The exact errors, over a raw socket; the connection stays open after each.
     let mut r = Raw::connect(&s).await;
     r.send(&format!(
-        "CONNECT {{\"user\":\"tenant_{TENANT_A}\",\"pass\":\"pw-{TENANT_A}\"}}\r\n\
+        "CONNECT {{\"verbose\":false,\"user\":\"tenant_{TENANT_A}\",\"pass\":\"pw-{TENANT_A}\"}}\r\n\
          PUB tenant.{TENANT_B}.device.d1.heartbeat 2\r\nhi\r\nSUB tenant.{TENANT_B}.> 1\r\nSUB > 2\r\n\
          SUB tenant.{TENANT_A}.> 3\r\nPUB tenant.{TENANT_A}.device.d1.status 2\r\nok\r\nPING\r\n"
     ))
@@ -244,7 +244,7 @@ async fn deny_lists_queue_permissions_and_responses() {
     let (_dir, s) = start_conf(ACCOUNTS_CONF).await;
     let mut r = Raw::connect(&s).await;
     r.send(
-        "CONNECT {\"user\":\"a_limited\",\"pass\":\"x\"}\r\nPUB secret.plans 1\r\nx\r\nSUB jobs 1\r\n\
+        "CONNECT {\"verbose\":false,\"user\":\"a_limited\",\"pass\":\"x\"}\r\nPUB secret.plans 1\r\nx\r\nSUB jobs 1\r\n\
          SUB jobs others 2\r\nSUB jobs workers 3\r\nSUB public.> 4\r\nPING\r\n",
     )
     .await;
@@ -264,7 +264,7 @@ async fn deny_lists_queue_permissions_and_responses() {
 
     // allow_responses: the responder may publish nowhere except to the replies it is owed.
     let mut resp = Raw::connect(&s).await;
-    resp.send("CONNECT {\"user\":\"responder\",\"pass\":\"r\"}\r\nSUB svc.> 1\r\nPUB anywhere 1\r\nx\r\nPING\r\n")
+    resp.send("CONNECT {\"verbose\":false,\"user\":\"responder\",\"pass\":\"r\"}\r\nSUB svc.> 1\r\nPUB anywhere 1\r\nx\r\nPING\r\n")
         .await;
     assert_eq!(
         resp.read_until("\r\n").await,
@@ -273,7 +273,7 @@ async fn deny_lists_queue_permissions_and_responses() {
     resp.read_until("PONG\r\n").await;
     let mut asker = Raw::connect(&s).await;
     asker
-        .send("CONNECT {\"user\":\"asker\",\"pass\":\"q\"}\r\nSUB _INBOX.q1 9\r\nPUB svc.ask _INBOX.q1 1\r\n?\r\nPING\r\n")
+        .send("CONNECT {\"verbose\":false,\"user\":\"asker\",\"pass\":\"q\"}\r\nSUB _INBOX.q1 9\r\nPUB svc.ask _INBOX.q1 1\r\n?\r\nPING\r\n")
         .await;
     asker.read_until("PONG\r\n").await;
     resp.read_until("MSG svc.ask 1 _INBOX.q1 1\r\n?\r\n").await;

@@ -209,7 +209,7 @@ fn https_monitor_flag_log_line_and_ports_file() {
     let text = wait_for(&log, "Server is ready");
     let line = text
         .lines()
-        .find(|l| l.contains("Starting https monitor on 0.0.0.0:"))
+        .find(|l| l.contains("Starting https monitor on 127.0.0.1:"))
         .unwrap_or_else(|| panic!("no https monitor line in:\n{text}"));
     let https: u16 = line
         .rsplit(':')
@@ -288,7 +288,8 @@ fn lame_duck_mode_on_sigusr2() {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        s.write_all(b"CONNECT {}\r\nPING\r\n").expect("send");
+        s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+            .expect("send");
         let mut r = BufReader::new(s);
         let mut line = String::new();
         r.read_line(&mut line).expect("INFO");

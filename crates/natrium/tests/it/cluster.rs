@@ -432,3 +432,256 @@ async fn a_route_to_itself_is_dropped_and_not_retried() {
     assert_eq!(s.num_routes(), 0);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_node_answers_system_pings() {
+    let (a, b, c) = three_nodes().await;
+    // The system account's request goes to every server of the cluster.
+    let ic = a.internal_client("$SYS").expect("system account");
+    let mut inbox = ic.subscribe("_INBOX.ping.*", None, 16).expect("inbox");
+    for s in [&b, &c] {
+        let probe = s.internal_client("$SYS").expect("system account");
+        eventually(|| probe.has_interest("_INBOX.ping.x")).await;
+    }
+    ic.publish("$SYS.REQ.SERVER.PING", Some("_INBOX.ping.x"), None, b"")
+        .expect("publish");
+    let mut names = std::collections::BTreeSet::new();
+    while names.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(5), inbox.next())
+            .await
+            .expect("an answer from every node")
+            .expect("open");
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("json");
+        names.insert(v["server"]["name"].as_str().expect("name").to_string());
+    }
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        vec!["A".to_string(), "B".into(), "C".into()]
+    );
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn routez_varz_and_metrics_describe_the_routes() {
+    let monitored = |name: &str, routes: &[u16]| Options {
+        http_port: Some(-1),
+        ..node_opts(name, routes)
+    };
+    let a = start(monitored("A", &[])).await;
+    let b = start(monitored("B", &[a.cluster_port().expect("port")])).await;
+    eventually(|| a.num_routes() == 1 && b.num_routes() == 1).await;
+    let sub = client(&b).await;
+    let _s = sub.subscribe("seen.on.b").await.expect("sub");
+    sub.flush().await.expect("flush");
+    interest(&a, "seen.on.b").await;
+    let pubc = client(&a).await;
+    pubc.publish("seen.on.b", "x".into())
+        .await
+        .expect("publish");
+    pubc.flush().await.expect("flush");
+    let http = reqwest::Client::new();
+    let base = a.monitor_url().expect("monitor");
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            http.get(path)
+                .send()
+                .await
+                .expect("get")
+                .text()
+                .await
+                .expect("body")
+        }
+    };
+    let routez: serde_json::Value =
+        serde_json::from_str(&get(format!("{base}/routez?subs=1")).await).expect("json");
+    assert_eq!(routez["num_routes"], 1);
+    let r = &routez["routes"][0];
+    assert_eq!(r["remote_name"], "B");
+    assert_eq!(r["did_solicit"], false, "B dialled A");
+    for key in [
+        "rid",
+        "remote_id",
+        "ip",
+        "port",
+        "start",
+        "pending_size",
+        "in_msgs",
+        "out_msgs",
+    ] {
+        assert!(r.get(key).is_some(), "{key} in {r}");
+    }
+    assert!(
+        r["subscriptions_list"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .any(|s| s == "$G seen.on.b"),
+        "{r}"
+    );
+    let varz: serde_json::Value =
+        serde_json::from_str(&get(format!("{base}/varz")).await).expect("json");
+    assert_eq!(varz["routes"], 1);
+    assert_eq!(varz["cluster"]["name"], "c1");
+    assert_eq!(
+        varz["cluster"]["cluster_port"],
+        a.cluster_port().expect("port")
+    );
+    let metrics = get(format!("{base}/metrics")).await;
+    assert!(metrics.contains("natrium_routes 1"), "{metrics}");
+    let out_line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("natrium_route_out_msgs_total{remote=\"B\"}")
+                || l.starts_with("natrium_route_out_msgs{remote=\"B\"}")
+        })
+        .unwrap_or_else(|| panic!("route series in {metrics}"));
+    let n: f64 = out_line
+        .rsplit(' ')
+        .next()
+        .expect("value")
+        .parse()
+        .expect("number");
+    assert!(n >= 1.0, "{out_line}");
+    for s in [a, b] {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn account_connection_limits_hold_across_the_cluster() {
+    let conf = |name: &str, routes: &[u16]| {
+        let mut o = node_opts(name, routes);
+        o.accounts = vec![natrium::options::AccountOptions {
+            name: "TEAM".into(),
+            limits: natrium::options::Limits {
+                max_connections: Some(2),
+                ..Default::default()
+            },
+            ..Default::default()
+        }];
+        o.auth.users = vec![natrium::options::User {
+            user: "t".into(),
+            password: "pt".into(),
+            account: Some("TEAM".into()),
+            ..Default::default()
+        }];
+        o
+    };
+    let a = start(conf("A", &[])).await;
+    let b = start(conf("B", &[a.cluster_port().expect("port")])).await;
+    eventually(|| a.num_routes() == 1 && b.num_routes() == 1).await;
+    let login = |s: &Server| {
+        let url = s.client_url();
+        async move {
+            async_nats::ConnectOptions::with_user_and_password("t".into(), "pt".into())
+                .max_reconnects(Some(0))
+                .connect(url)
+                .await
+        }
+    };
+    let first = login(&a).await.expect("first");
+    let second = login(&a).await.expect("second");
+    // B learns that A holds the account's two connections, and refuses a third.
+    let mut refused = false;
+    for _ in 0..100 {
+        match login(&b).await {
+            Err(_) => {
+                refused = true;
+                break;
+            }
+            Ok(c) => {
+                // Accepted before B heard of A's count: closed by the limit or let go here.
+                drop(c);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(refused, "the cluster-wide limit was never applied on B");
+    drop(first);
+    // Once A reports one connection fewer, B admits one.
+    let mut admitted = None;
+    for _ in 0..100 {
+        if let Ok(c) = login(&b).await {
+            admitted = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        admitted.is_some(),
+        "B admits a connection once A has one fewer"
+    );
+    drop(second);
+    for s in [a, b] {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn routes_run_over_tls_and_refuse_a_peer_the_ca_did_not_sign() {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose};
+    let pki = crate::common::pki::Pki::new();
+    let node_cert = |name: &str| {
+        let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("params");
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        pki.issue(name, p)
+    };
+    let tls_node = |name: &str, routes: &[u16], cert: (std::path::PathBuf, std::path::PathBuf)| {
+        let mut o = node_opts(name, routes);
+        if let Some(c) = o.cluster.as_mut() {
+            c.tls = Some(natrium::options::TlsOptions {
+                cert_file: cert.0,
+                key_file: cert.1,
+                ca_file: Some(pki.ca_file()),
+                verify: true,
+                ..Default::default()
+            });
+        }
+        o
+    };
+    let a = start(tls_node("A", &[], node_cert("a"))).await;
+    let pa = a.cluster_port().expect("port");
+    let b = start(tls_node("B", &[pa], node_cert("b"))).await;
+    eventually(|| a.num_routes() == 1 && b.num_routes() == 1).await;
+    let (ca, cb) = (client(&a).await, client(&b).await);
+    let mut sub = cb.subscribe("over.tls").await.expect("sub");
+    cb.flush().await.expect("flush");
+    interest(&a, "over.tls").await;
+    ca.publish("over.tls", "secret".into())
+        .await
+        .expect("publish");
+    ca.flush().await.expect("flush");
+    assert_eq!(next(&mut sub).await.payload.as_ref(), b"secret");
+    // A node with a certificate from another CA never gets a route.
+    let other = crate::common::pki::Pki::new();
+    let mut p = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("params");
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let stranger_cert = other.issue("stranger", p);
+    let mut so = node_opts("STRANGER", &[pa]);
+    if let Some(c) = so.cluster.as_mut() {
+        c.tls = Some(natrium::options::TlsOptions {
+            cert_file: stranger_cert.0,
+            key_file: stranger_cert.1,
+            ca_file: Some(other.ca_file()),
+            verify: true,
+            ..Default::default()
+        });
+    }
+    let stranger = start(so).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(stranger.num_routes(), 0);
+    assert_eq!(a.num_routes(), 1, "still only B");
+    for s in [a, b, stranger] {
+        s.shutdown().await;
+    }
+}

@@ -87,45 +87,167 @@ async fn info_advertises_what_clients_read() {
 async fn unknown_operation_is_an_error_and_closes() {
     let s = start(opts()).await;
     let mut r = Raw::connect(&s).await;
-    r.send("CONNECT {}\r\nFOO BAR\r\n").await;
+    r.send("CONNECT {\"verbose\":false,\"pedantic\":false}\r\nFOO BAR\r\n")
+        .await;
     assert_eq!(
         r.read_to_close().await,
         "-ERR 'Unknown Protocol Operation'\r\n"
     );
     let mut r = Raw::connect(&s).await;
-    r.send("CONNECT {}\r\nPUB a b c d e\r\n").await;
-    assert!(r
-        .read_to_close()
-        .await
-        .starts_with("-ERR 'Unknown Protocol Operation'"));
+    // Malformed arguments close without an -ERR, as nats-server.
+    r.send("CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPUB a b c d e\r\n")
+        .await;
+    assert_eq!(r.read_to_close().await, "");
     let mut r = Raw::connect(&s).await;
-    r.send("CONNECT {}\r\nPUB a 3\r\nabcdef\r\n").await;
+    r.send("CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPUB a 3\r\nabcdef\r\n")
+        .await;
     assert!(r
         .read_to_close()
         .await
         .starts_with("-ERR 'Unknown Protocol Operation'"));
     let mut r = Raw::connect(&s).await;
     r.send("CONNECT {not json\r\n").await;
-    assert!(r.read_to_close().await.starts_with("-ERR"));
+    assert_eq!(r.read_to_close().await, "");
     // The server is unharmed.
     let mut r = Raw::connect(&s).await;
-    r.send("CONNECT {}\r\nPING\r\n").await;
+    r.send("CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+        .await;
     r.read_until("PONG\r\n").await;
     s.shutdown().await;
 }
 
+/// A pedantic client is told a publish subject is not a literal one, and the message still goes
+/// on, as nats-server does it (`-ERR` then `+OK`, then delivery to a wildcard subscriber).
 #[tokio::test]
 async fn invalid_subjects_get_errors_but_keep_the_connection() {
     let s = start(opts()).await;
     let mut r = Raw::connect(&s).await;
-    r.send("CONNECT {\"pedantic\":true}\r\nSUB foo..bar 1\r\nPUB foo.* 1\r\nx\r\nPING\r\n")
+    r.send("CONNECT {\"verbose\":false,\"pedantic\":true}\r\nSUB foo..bar 1\r\nSUB foo.* 2\r\nPUB foo.* 1\r\nx\r\nPING\r\n")
         .await;
-    assert_eq!(r.read_until("\r\n").await, "-ERR 'Invalid Subject'\r\n");
     assert_eq!(
-        r.read_until("\r\n").await,
-        "-ERR 'Invalid Publish Subject'\r\n"
+        r.read_until("PONG\r\n").await,
+        "-ERR 'Invalid Subject'\r\n-ERR 'Invalid Publish Subject'\r\nMSG foo.* 2 1\r\nx\r\nPONG\r\n"
     );
-    assert_eq!(r.read_until("\r\n").await, "PONG\r\n");
+    let mut r = Raw::connect(&s).await;
+    r.send("CONNECT {\"verbose\":true,\"pedantic\":true}\r\nPUB foo..bar 1\r\nx\r\nPING\r\n")
+        .await;
+    assert_eq!(
+        r.read_until("PONG\r\n").await,
+        "+OK\r\n-ERR 'Invalid Publish Subject'\r\n+OK\r\nPONG\r\n"
+    );
+    s.shutdown().await;
+}
+
+/// A client that is not pedantic gets no error for a subject that is not valid (`foo..bar`, a
+/// KV key such as `a..b`): the message is dropped, counted in `/varz`, acknowledged to a
+/// verbose client and answered with no responders, as nats-server does. nats-py treats the
+/// -ERR as fatal, so it must not come.
+#[tokio::test]
+async fn invalid_publish_subject_is_dropped_silently_unless_pedantic() {
+    let s = start(Options {
+        http_host: "127.0.0.1".into(),
+        http_port: Some(-1),
+        ..opts()
+    })
+    .await;
+    let mut r = Raw::connect(&s).await;
+    r.send("CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true}\r\nSUB > 1\r\nSUB _INBOX.a 2\r\nPUB foo..bar 1\r\nx\r\nPUB foo. 1\r\ny\r\nPUB foo..bar _INBOX.a 1\r\nz\r\nPING\r\n")
+        .await;
+    assert_eq!(
+        r.read_until("PONG\r\n").await,
+        "HMSG _INBOX.a 2 16 16\r\nNATS/1.0 503\r\n\r\n\r\nPONG\r\n"
+    );
+    let mut v = Raw::connect(&s).await;
+    v.send("CONNECT {\"verbose\":true,\"pedantic\":false}\r\nPUB a..b 1\r\nx\r\nPING\r\n")
+        .await;
+    assert_eq!(v.read_until("PONG\r\n").await, "+OK\r\n+OK\r\nPONG\r\n");
+    let varz = crate::common::get_json(&s, "/varz").await;
+    assert_eq!(varz["in_msgs"], 4);
+    assert_eq!(varz["in_bytes"], 4);
+    s.shutdown().await;
+}
+
+/// nats-py publishes to an invalid KV key and keeps its connection.
+#[tokio::test]
+async fn nats_py_survives_an_invalid_publish_subject() {
+    let s = start(opts()).await;
+    let script = format!(
+        r#"
+import asyncio, nats
+async def main():
+    errors = []
+    async def err_cb(e):
+        errors.append(e)
+    nc = await nats.connect("nats://{}", error_cb=err_cb, allow_reconnect=False)
+    sub = await nc.subscribe("ok")
+    await nc.publish("kv..key", b"x")
+    await nc.publish("ok", b"y")
+    msg = await sub.next_msg(timeout=5)
+    assert msg.data == b"y", msg
+    assert nc.is_connected and not errors, errors
+    await nc.close()
+    print("ok")
+asyncio.run(main())
+"#,
+        s.addr()
+    );
+    let out = tokio::task::spawn_blocking(move || crate::stock_clients::run_python(&script))
+        .await
+        .expect("join");
+    let Some(out) = out else { return };
+    assert_eq!(out.trim(), "ok");
+    s.shutdown().await;
+}
+
+/// CONNECT is decoded as nats-server decodes it: an empty object leaves its defaults (verbose
+/// and pedantic on), a later CONNECT changes only what it names, and anything but an object
+/// is a protocol error that closes the connection without an -ERR.
+#[tokio::test]
+async fn connect_options_default_as_nats_server() {
+    let s = start(opts()).await;
+    let mut r = Raw::connect(&s).await;
+    r.send("CONNECT {}\r\nPUB a.* 1\r\nx\r\nPING\r\n").await;
+    assert_eq!(
+        r.read_until("PONG\r\n").await,
+        "+OK\r\n-ERR 'Invalid Publish Subject'\r\n+OK\r\nPONG\r\n"
+    );
+    // Before any CONNECT the defaults hold too (a telnet session).
+    let mut t = Raw::connect(&s).await;
+    t.send("SUB a 1\r\nPING\r\n").await;
+    assert_eq!(t.read_until("PONG\r\n").await, "+OK\r\nPONG\r\n");
+    // A second CONNECT keeps what it does not name; names match in any case.
+    let mut c = Raw::connect(&s).await;
+    c.send("CONNECT {\"VERBOSE\":false}\r\nCONNECT {}\r\nCONNECT null\r\nPING\r\n")
+        .await;
+    assert_eq!(c.read_until("PONG\r\n").await, "PONG\r\n");
+    for bad in ["[]", "\"x\"", "{} x", "{\"verbose\":\"yes\"}", ""] {
+        let mut b = Raw::connect(&s).await;
+        b.send(&format!("CONNECT {bad}\r\nPING\r\n")).await;
+        assert_eq!(b.read_to_close().await, "", "CONNECT {bad}");
+    }
+    // Also after a first good CONNECT.
+    let mut b = Raw::connect(&s).await;
+    b.send("CONNECT {\"verbose\":false}\r\nPING\r\nCONNECT []\r\nPING\r\n")
+        .await;
+    assert_eq!(b.read_to_close().await, "PONG\r\n");
+    s.shutdown().await;
+}
+
+/// `UNSUB sid max` with a max that is not a number ends the subscription at once, as nats-server
+/// (which reads it as no max); the connection stays.
+#[tokio::test]
+async fn unsub_with_a_bad_max_unsubscribes() {
+    let s = start(opts()).await;
+    let mut r = Raw::connect(&s).await;
+    r.send("CONNECT {\"verbose\":true,\"pedantic\":false}\r\nSUB a 1\r\nSUB b 2\r\nUNSUB 1 abc\r\nUNSUB 2 1234567890\r\nUNSUB 9 x\r\nPUB a 1\r\nx\r\nPUB b 1\r\ny\r\nPING\r\n")
+        .await;
+    assert_eq!(
+        r.read_until("PONG\r\n").await,
+        "+OK\r\n".repeat(8) + "PONG\r\n"
+    );
+    // Too many arguments is malformed: closed without an -ERR.
+    r.send("UNSUB 1 2 3\r\n").await;
+    assert_eq!(r.read_to_close().await, "");
     s.shutdown().await;
 }
 
@@ -136,7 +258,7 @@ async fn invalid_subjects_get_errors_but_keep_the_connection() {
 async fn wildcard_publish_subjects_are_accepted_without_pedantic() {
     let s = start(opts()).await;
     let mut r = Raw::connect(&s).await;
-    r.send("CONNECT {}\r\nSUB orders.> 1\r\nSUB orders.new 2\r\nPUB orders.> 2\r\nhi\r\nPING\r\n")
+    r.send("CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB orders.> 1\r\nSUB orders.new 2\r\nPUB orders.> 2\r\nhi\r\nPING\r\n")
         .await;
     assert_eq!(r.read_until("\r\n").await, "MSG orders.> 1 2\r\n");
     assert_eq!(r.read_until("\r\n").await, "hi\r\n");
@@ -153,14 +275,18 @@ async fn max_payload_violation_closes() {
     })
     .await;
     let mut r = Raw::connect(&s).await;
-    r.send("CONNECT {}\r\nPUB big 2048\r\n").await;
+    r.send("CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPUB big 2048\r\n")
+        .await;
     assert_eq!(
         r.read_to_close().await,
         "-ERR 'Maximum Payload Violation'\r\n"
     );
     let mut r = Raw::connect(&s).await;
-    r.send(&format!("CONNECT {{}}\r\nSUB {} 1\r\n", "x".repeat(5000)))
-        .await;
+    r.send(&format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {} 1\r\n",
+        "x".repeat(5000)
+    ))
+    .await;
     assert_eq!(
         r.read_to_close().await,
         "-ERR 'Maximum Control Line Exceeded'\r\n"
@@ -197,7 +323,8 @@ async fn slow_consumer_is_cut_off_and_others_keep_receiving() {
     .await;
     // The slow one subscribes and never reads its socket.
     let mut slow = Raw::connect(&s).await;
-    slow.send("CONNECT {}\r\nSUB flood 1\r\nPING\r\n").await;
+    slow.send("CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB flood 1\r\nPING\r\n")
+        .await;
     slow.read_until("PONG\r\n").await;
     let fast = crate::common::client(&s).await;
     let mut fast_sub = fast.subscribe("flood").await.expect("sub");
@@ -270,7 +397,7 @@ async fn auth_timeout_and_violation() {
     );
     // Right token.
     let mut r = Raw::connect(&s).await;
-    r.send("CONNECT {\"auth_token\":\"secret\"}\r\nPING\r\n")
+    r.send("CONNECT {\"verbose\":false,\"auth_token\":\"secret\"}\r\nPING\r\n")
         .await;
     assert_eq!(r.read_until("\r\n").await, "PONG\r\n");
     s.shutdown().await;
@@ -285,7 +412,8 @@ async fn stale_connection_is_closed() {
     })
     .await;
     let mut r = Raw::connect(&s).await;
-    r.send("CONNECT {}\r\n").await;
+    r.send("CONNECT {\"verbose\":false,\"pedantic\":false}\r\n")
+        .await;
     let all = r.read_to_close().await;
     assert_eq!(all, "PING\r\nPING\r\n-ERR 'Stale Connection'\r\n");
     // A client that answers PINGs stays.
@@ -316,6 +444,24 @@ async fn max_connections_refuses_the_extra_client() {
     assert_eq!(
         String::from_utf8_lossy(&out),
         "-ERR 'maximum connections exceeded'\r\n"
+    );
+    s.shutdown().await;
+}
+
+/// `UNSUB sid max` counts the messages the subscription already had, as nats-server does: a
+/// max it has reached ends it at once, a higher one lets the difference through.
+#[tokio::test]
+async fn unsub_max_counts_earlier_deliveries() {
+    let s = start(opts()).await;
+    let mut r = Raw::connect(&s).await;
+    r.send(
+        "CONNECT {\"verbose\":false,\"pedantic\":false}\r\nSUB a 1\r\nPUB a 1\r\nx\r\nPUB a 1\r\ny\r\nPUB a 1\r\nz\r\nUNSUB 1 2\r\nPUB a 1\r\nw\r\n\
+         SUB b 2\r\nPUB b 1\r\nx\r\nUNSUB 2 3\r\nPUB b 1\r\ny\r\nPUB b 1\r\nz\r\nPUB b 1\r\nq\r\nPING\r\n",
+    )
+    .await;
+    assert_eq!(
+        r.read_until("PONG\r\n").await,
+        "MSG a 1 1\r\nx\r\nMSG a 1 1\r\ny\r\nMSG a 1 1\r\nz\r\nMSG b 2 1\r\nx\r\nMSG b 2 1\r\ny\r\nMSG b 2 1\r\nz\r\nPONG\r\n"
     );
     s.shutdown().await;
 }

@@ -19,6 +19,31 @@ fn nats_py_available() -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Runs a nats-py script (`python3 -c`) and returns what it printed; `None` (with a notice) when
+/// nats-py is not installed and not required. A failing script fails the test.
+pub fn run_python(script: &str) -> Option<String> {
+    if !nats_py_available() {
+        assert!(
+            std::env::var_os("NATRIUM_REQUIRE_NATS_PY").is_none(),
+            "nats-py is required here (python3 -m pip install nats-py)"
+        );
+        eprintln!("skipped: python3 with nats-py not found (python3 -m pip install nats-py)");
+        return None;
+    }
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "nats-py script failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_py_smoke() {
     if !nats_py_available() {

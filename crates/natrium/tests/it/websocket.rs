@@ -471,7 +471,7 @@ async fn bad_frames_close_with_protocol_errors() {
     ];
     for (bytes, status, reason) in cases {
         let mut ws = RawWs::connect(port).await;
-        ws.send_text("CONNECT {}\r\n").await;
+        ws.send_text("CONNECT {\"verbose\":false}\r\n").await;
         ws.send_raw(&bytes).await;
         assert_eq!(
             ws.close_status().await,
@@ -499,7 +499,8 @@ async fn oversized_messages_and_protocol_errors_close_as_nats_server_does() {
     let port = s.websocket_port().expect("port");
     // A PUB over max_payload: the protocol's error, then 1009.
     let mut ws = RawWs::connect(port).await;
-    ws.send_text("CONNECT {}\r\nPUB a 2000\r\n").await;
+    ws.send_text("CONNECT {\"verbose\":false}\r\nPUB a 2000\r\n")
+        .await;
     assert!(ws.read_until("-ERR").await.contains("Maximum Payload"));
     assert_eq!(
         ws.close_status().await,
@@ -507,7 +508,8 @@ async fn oversized_messages_and_protocol_errors_close_as_nats_server_does() {
     );
     // An unknown protocol operation: 1002 with the close reason.
     let mut ws = RawWs::connect(port).await;
-    ws.send_text("CONNECT {}\r\nHELLO\r\n").await;
+    ws.send_text("CONNECT {\"verbose\":false}\r\nHELLO\r\n")
+        .await;
     assert_eq!(ws.close_status().await.0, 1002);
     s.shutdown().await;
 }
@@ -556,7 +558,7 @@ async fn permessage_deflate_both_ways() {
     assert!(info.starts_with(b"INFO {"));
     // A compressed message split into two frames (RSV1 on the first only).
     let body = format!(
-        "CONNECT {{}}\r\nSUB big 1\r\nPUB big 3000\r\n{}\r\nPING\r\n",
+        "CONNECT {{\"verbose\":false}}\r\nSUB big 1\r\nPUB big 3000\r\n{}\r\nPING\r\n",
         "z".repeat(3000)
     );
     let z = deflate(body.as_bytes());
@@ -837,11 +839,13 @@ async fn credentials_from_cookies() {
     let port = s.websocket_port().expect("port");
     let (mut ws, _) = RawWs::open(port, &["Cookie: other=1; nats_token=s3cret"]).await;
     ws.read_text().await;
-    ws.send_text("CONNECT {}\r\nPING\r\n").await;
+    ws.send_text("CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .await;
     assert_eq!(ws.read_until("PONG").await, "PONG\r\n");
     let (mut ws, _) = RawWs::open(port, &["Cookie: nats_token=wrong"]).await;
     ws.read_text().await;
-    ws.send_text("CONNECT {}\r\nPING\r\n").await;
+    ws.send_text("CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .await;
     assert!(ws
         .read_until("Authorization Violation")
         .await

@@ -34,7 +34,7 @@ use self::stream::{close_frame, push_frame, WsConfig, WsStream};
 use super::client::Client;
 use super::context::{ConnContext, WsEndpoint};
 use super::reader::Conn;
-use super::tls::{TlsError, TlsOptions, TlsServer};
+use super::tls::{Accepted, TlsError, TlsOptions, TlsServer};
 use crate::auth::{AuthOptions, AuthOverride, DerivedAuth};
 use crate::router::CloseReason;
 
@@ -416,12 +416,15 @@ fn accept(l: &Arc<Listener>, stream: TcpStream, peer: SocketAddr) {
                     up.map(|up| (Transport::Plain(stream), up))
                 }
                 Some(tls) => {
-                    let h = tls.handshake(stream, &[], (peer, cid)).await.map_err(|_| {
-                        handshake::Refused {
-                            status: 0,
-                            reason: "TLS handshake failed".into(),
+                    let h = match tls.handshake(stream, &[], (peer, cid)).await {
+                        Ok(Accepted::Tls(h)) => *h,
+                        _ => {
+                            return Err(handshake::Refused {
+                                status: 0,
+                                reason: "TLS handshake failed".into(),
+                            })
                         }
-                    })?;
+                    };
                     let mut s = h.stream;
                     let up = handshake::upgrade(&mut s, &l.rules, true).await?;
                     Ok((Transport::Tls(Box::new(s), h.names, h.state), up))

@@ -144,3 +144,11 @@ pub async fn eventually(mut f: impl FnMut() -> bool) {
     }
     panic!("condition not reached in time");
 }
+
+/// GETs a monitoring endpoint of `s` (started with `http_port`) and decodes its JSON.
+pub async fn get_json(s: &Server, path: &str) -> serde_json::Value {
+    let url = format!("{}{path}", s.monitor_url().expect("monitoring on"));
+    let r = reqwest::get(&url).await.expect("http get");
+    assert_eq!(r.status(), 200, "{url}");
+    r.json().await.expect("json")
+}

@@ -1,0 +1,228 @@
+//! The consumer API: `CONSUMER.CREATE`, `CONSUMER.DURABLE.CREATE`, `INFO`, `DELETE`, `NAMES`,
+//! `LIST`, `PAUSE`, and pull requests (`CONSUMER.MSG.NEXT`), with nats-server's JSON.
+
+use std::time::SystemTime;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse, Api, PagedRequest};
+use crate::jetstream::catalog::Action;
+use crate::jetstream::consumer::{parse_time, Consumer};
+use crate::jetstream::consumer_config::ConsumerConfig;
+use crate::jetstream::errors::ApiError;
+use crate::util::time::rfc3339;
+
+impl Api {
+    pub(super) fn consumer_request(
+        &self,
+        tokens: &[&str],
+        reply: Option<&str>,
+        payload: &[u8],
+    ) -> bool {
+        match tokens {
+            ["CONSUMER", "CREATE", stream, rest] => {
+                let (name, filter) = match rest.split_once('.') {
+                    Some((n, f)) => (Some(n), Some(f)),
+                    None => (Some(*rest), None),
+                };
+                let r = self.consumer_create(stream, name, filter, false, payload);
+                self.respond(reply, "consumer_create_response", r)
+            }
+            ["CONSUMER", "CREATE", stream] => {
+                let r = self.consumer_create(stream, None, None, false, payload);
+                self.respond(reply, "consumer_create_response", r)
+            }
+            ["CONSUMER", "DURABLE", "CREATE", rest] => {
+                let r = match rest.split_once('.') {
+                    Some((stream, durable)) => {
+                        self.consumer_create(stream, Some(durable), None, true, payload)
+                    }
+                    None => Err(ApiError::bad_request()),
+                };
+                self.respond(reply, "consumer_create_response", r)
+            }
+            ["CONSUMER", "INFO", stream, name] => {
+                let r = self
+                    .catalog
+                    .consumer(stream, name)
+                    .map(|(_, c)| self.consumer_info(&c));
+                self.respond(reply, "consumer_info_response", r)
+            }
+            ["CONSUMER", "DELETE", stream, name] => self.respond(
+                reply,
+                "consumer_delete_response",
+                self.consumer_delete(stream, name),
+            ),
+            ["CONSUMER", "NAMES", stream] => self.respond(
+                reply,
+                "consumer_names_response",
+                self.consumer_names(stream, payload, false),
+            ),
+            ["CONSUMER", "LIST", stream] => self.respond(
+                reply,
+                "consumer_list_response",
+                self.consumer_names(stream, payload, true),
+            ),
+            ["CONSUMER", "PAUSE", stream, name] => self.respond(
+                reply,
+                "consumer_pause_response",
+                self.consumer_pause(stream, name, payload),
+            ),
+            ["CONSUMER", "MSG", "NEXT", rest] => match rest
+                .split_once('.')
+                .and_then(|(s, c)| self.catalog.consumer(s, c).ok())
+            {
+                Some((_, c)) => c.pull(reply, payload),
+                None => {
+                    if let Some(r) = reply {
+                        let _ = self
+                            .client
+                            .publish(r, None, Some(b"NATS/1.0 503\r\n\r\n"), b"");
+                    }
+                }
+            },
+            _ => return false,
+        }
+        true
+    }
+
+    /// CREATE (`subject_name` and `subject_filter` from the subject) or DURABLE.CREATE
+    /// (`durable_api`).
+    fn consumer_create(
+        &self,
+        stream: &str,
+        subject_name: Option<&str>,
+        subject_filter: Option<&str>,
+        durable_api: bool,
+        payload: &[u8],
+    ) -> Result<Value, ApiError> {
+        #[derive(Deserialize)]
+        struct CreateRequest {
+            #[serde(default)]
+            stream_name: String,
+            config: Option<ConsumerConfig>,
+            #[serde(default)]
+            action: String,
+        }
+        let req: CreateRequest = serde_json::from_slice(payload).map_err(ApiError::invalid_json)?;
+        if !req.stream_name.is_empty() && req.stream_name != stream {
+            return Err(ApiError::stream_mismatch());
+        }
+        let mut cfg = req
+            .config
+            .ok_or_else(|| ApiError::consumer_create("consumer config required"))?;
+        // An empty name is no name (nats.js sends `"name": ""` for its ordered consumers).
+        cfg.name = cfg.name.filter(|n| !n.is_empty());
+        cfg.durable_name = cfg.durable_name.filter(|n| !n.is_empty());
+        let s = self.catalog.stream(stream)?;
+        if let Some(n) = subject_name {
+            if durable_api {
+                match &cfg.durable_name {
+                    Some(d) if d != n => return Err(ApiError::consumer_durable_mismatch()),
+                    _ => cfg.durable_name = Some(n.to_string()),
+                }
+            } else {
+                if cfg.given_name().is_some_and(|g| g != n) {
+                    return Err(ApiError::consumer_durable_mismatch());
+                }
+                cfg.name = Some(n.to_string());
+            }
+        }
+        if let Some(f) = subject_filter {
+            if cfg.filter_subject.as_deref() != Some(f) || !cfg.filter_subjects.is_empty() {
+                return Err(ApiError::consumer_filter_mismatch());
+            }
+        }
+        cfg.normalize();
+        cfg.validate()?;
+        let action = match req.action.as_str() {
+            "create" => Action::Create,
+            "update" => Action::Update,
+            _ => Action::CreateOrUpdate,
+        };
+        let (c, created) = self.catalog.add_consumer(&s, cfg, action)?;
+        if created {
+            self.advisory_consumer("CREATED", stream, &c.name, "create");
+        }
+        Ok(self.consumer_info(&c))
+    }
+
+    fn consumer_delete(&self, stream: &str, name: &str) -> Result<Value, ApiError> {
+        let s = self.catalog.stream(stream)?;
+        self.catalog.delete_consumer(&s, name)?;
+        self.advisory_consumer("DELETED", stream, name, "delete");
+        Ok(json!({"success": true}))
+    }
+
+    fn consumer_names(&self, stream: &str, payload: &[u8], full: bool) -> Result<Value, ApiError> {
+        let req: PagedRequest = parse(payload)?;
+        let s = self.catalog.stream(stream)?;
+        let consumers = s.consumers.list();
+        let total = consumers.len();
+        let limit = if full { 256 } else { 1024 };
+        let page = consumers.iter().skip(req.offset).take(limit);
+        let list: Vec<Value> = if full {
+            page.map(|c| self.consumer_info(c)).collect()
+        } else {
+            page.map(|c| json!(c.name)).collect()
+        };
+        Ok(json!({"total": total, "offset": req.offset, "limit": limit, "consumers": list}))
+    }
+
+    fn consumer_pause(&self, stream: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct PauseRequest {
+            pause_until: Option<String>,
+        }
+        let req: PauseRequest = parse(payload)?;
+        let (_, c) = self.catalog.consumer(stream, name)?;
+        let mut cfg = c.config();
+        cfg.pause_until = req.pause_until.clone();
+        c.set_config(cfg);
+        let _ = c.save_meta();
+        let until = req.pause_until.as_deref().and_then(parse_time);
+        let now = SystemTime::now();
+        let paused = until.is_some_and(|u| u > now);
+        let remaining = until
+            .and_then(|u| u.duration_since(now).ok())
+            .map_or(0, |d| d.as_nanos() as u64);
+        Ok(json!({
+            "paused": paused,
+            "pause_until": req.pause_until.unwrap_or_else(|| rfc3339(SystemTime::UNIX_EPOCH)),
+            "pause_remaining": remaining,
+        }))
+    }
+
+    /// The consumer info document (`consumer_info_response` minus `type`).
+    fn consumer_info(&self, c: &Consumer) -> Value {
+        let (cfg, p) = c.snapshot();
+        let mut v = json!({
+            "stream_name": c.stream_name,
+            "name": c.name,
+            "created": rfc3339(c.created),
+            "config": &*cfg,
+            "delivered": {"consumer_seq": p.delivered.0, "stream_seq": p.delivered.1},
+            "ack_floor": {"consumer_seq": p.ack_floor.0, "stream_seq": p.ack_floor.1},
+            "num_ack_pending": p.num_ack_pending,
+            "num_redelivered": p.num_redelivered,
+            "num_waiting": p.num_waiting,
+            "num_pending": p.num_pending,
+            "cluster": {"leader": self.server_name},
+            "ts": rfc3339(SystemTime::now()),
+        });
+        if let Some(d) = &cfg.deliver_subject {
+            v["push_bound"] = json!(c.has_interest(d));
+        }
+        if let Some(p) = p.paused_until {
+            if p > SystemTime::now() {
+                v["paused"] = json!(true);
+                v["pause_remaining"] = json!(p
+                    .duration_since(SystemTime::now())
+                    .map_or(0, |d| d.as_nanos() as u64));
+            }
+        }
+        v
+    }
+}

@@ -1,0 +1,316 @@
+//! The stream API: `STREAM.CREATE/UPDATE/INFO/DELETE/PURGE/NAMES/LIST/MSG.GET/MSG.DELETE` and
+//! `DIRECT.GET`, with nats-server's request and response JSON.
+
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use natrium_store::{StoreError, StoredMsg};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{parse, Api, PagedRequest};
+use crate::jetstream::config::StreamConfig;
+use crate::jetstream::errors::ApiError;
+use crate::jetstream::stream::Stream;
+use crate::util::time::rfc3339;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct InfoRequest {
+    subjects_filter: Option<String>,
+    deleted_details: bool,
+    offset: usize,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PurgeRequest {
+    filter: Option<String>,
+    seq: u64,
+    keep: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct MsgGetRequest {
+    seq: u64,
+    last_by_subj: Option<String>,
+    next_by_subj: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct MsgDeleteRequest {
+    seq: u64,
+    no_erase: bool,
+}
+
+fn ts_rfc3339(ns: i64) -> String {
+    crate::util::time::rfc3339_nanos(ns as i128)
+}
+
+impl Api {
+    pub(super) fn stream_request(
+        &self,
+        tokens: &[&str],
+        reply: Option<&str>,
+        payload: &[u8],
+    ) -> bool {
+        match tokens {
+            ["STREAM", "CREATE", name] => self.respond(
+                reply,
+                "stream_create_response",
+                self.stream_create(name, payload),
+            ),
+            ["STREAM", "UPDATE", name] => self.respond(
+                reply,
+                "stream_update_response",
+                self.stream_update(name, payload),
+            ),
+            ["STREAM", "INFO", name] => self.respond(
+                reply,
+                "stream_info_response",
+                self.stream_info_request(name, payload),
+            ),
+            ["STREAM", "DELETE", name] => {
+                self.respond(reply, "stream_delete_response", self.stream_delete(name))
+            }
+            ["STREAM", "PURGE", name] => self.respond(
+                reply,
+                "stream_purge_response",
+                self.stream_purge(name, payload),
+            ),
+            ["STREAM", "NAMES"] => {
+                self.respond(reply, "stream_names_response", self.stream_names(payload))
+            }
+            ["STREAM", "LIST"] => {
+                self.respond(reply, "stream_list_response", self.stream_list(payload))
+            }
+            ["STREAM", "MSG", "GET", name] => self.respond(
+                reply,
+                "stream_msg_get_response",
+                self.msg_get(name, payload),
+            ),
+            ["STREAM", "MSG", "DELETE", name] => self.respond(
+                reply,
+                "stream_msg_delete_response",
+                self.msg_delete(name, payload),
+            ),
+            ["DIRECT", "GET", rest @ ..] => self.direct_get(reply, &rest.join("."), payload),
+            _ => return false,
+        }
+        true
+    }
+
+    /// A stream config from a CREATE or UPDATE request for stream `name`, normalized and valid.
+    fn parse_config(&self, name: &str, payload: &[u8]) -> Result<StreamConfig, ApiError> {
+        let mut cfg: StreamConfig =
+            serde_json::from_slice(payload).map_err(ApiError::invalid_json)?;
+        if cfg.name.is_empty() {
+            cfg.name = name.to_string();
+        }
+        if cfg.name != name {
+            return Err(ApiError::stream_mismatch());
+        }
+        cfg.normalize();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn stream_create(&self, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let cfg = self.parse_config(name, payload)?;
+        let (s, created) = self.catalog.create(cfg)?;
+        if created {
+            self.advisory_stream("CREATED", name, "create");
+        }
+        let mut info = self.stream_info(&s, &InfoRequest::default());
+        info["did_create"] = json!(created);
+        Ok(info)
+    }
+
+    fn stream_update(&self, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let cfg = self.parse_config(name, payload)?;
+        let s = self.catalog.update(cfg)?;
+        Ok(self.stream_info(&s, &InfoRequest::default()))
+    }
+
+    fn stream_info_request(&self, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let req: InfoRequest = parse(payload)?;
+        let s = self.catalog.stream(name)?;
+        let mut info = self.stream_info(&s, &req);
+        if req.subjects_filter.is_some() {
+            info["total"] = json!(info["state"]["subjects"].as_object().map_or(0, |o| o.len()));
+            info["offset"] = json!(req.offset);
+            info["limit"] = json!(100_000);
+        }
+        Ok(info)
+    }
+
+    fn stream_delete(&self, name: &str) -> Result<Value, ApiError> {
+        let s = self.catalog.remove(name)?;
+        self.advisory_stream("DELETED", name, "delete");
+        self.catalog.destroy(&s)?;
+        Ok(json!({"success": true}))
+    }
+
+    fn stream_purge(&self, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let req: PurgeRequest = parse(payload)?;
+        let s = self.catalog.stream(name)?;
+        let purged = s.purge(req.filter.as_deref(), req.seq, req.keep)?;
+        Ok(json!({"success": true, "purged": purged}))
+    }
+
+    fn stream_names(&self, payload: &[u8]) -> Result<Value, ApiError> {
+        let req: PagedRequest = parse(payload)?;
+        let matching = self.catalog.streams_matching(req.subject.as_deref());
+        let page: Vec<&str> = matching
+            .iter()
+            .skip(req.offset)
+            .take(1024)
+            .map(|s| s.name.as_str())
+            .collect();
+        Ok(json!({"total": matching.len(), "offset": req.offset, "limit": 1024, "streams": page}))
+    }
+
+    fn stream_list(&self, payload: &[u8]) -> Result<Value, ApiError> {
+        let req: PagedRequest = parse(payload)?;
+        let matching = self.catalog.streams_matching(req.subject.as_deref());
+        let infos: Vec<Value> = matching
+            .iter()
+            .skip(req.offset)
+            .take(256)
+            .map(|s| self.stream_info(s, &InfoRequest::default()))
+            .collect();
+        Ok(
+            json!({"total": matching.len(), "offset": req.offset, "limit": 256, "streams": infos, "missing": []}),
+        )
+    }
+
+    fn msg_get(&self, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let req: MsgGetRequest = parse(payload)?;
+        let s = self.catalog.stream(name)?;
+        let m = load(&s, &req)?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut message = json!({
+            "subject": String::from_utf8_lossy(&m.subject),
+            "seq": m.seq,
+            "time": ts_rfc3339(m.ts),
+        });
+        if !m.payload.is_empty() {
+            message["data"] = json!(b64.encode(&m.payload));
+        }
+        if let Some(h) = &m.headers {
+            message["hdrs"] = json!(b64.encode(h));
+        }
+        Ok(json!({"message": message}))
+    }
+
+    fn msg_delete(&self, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let req: MsgDeleteRequest = parse(payload)?;
+        let s = self.catalog.stream(name)?;
+        s.delete_msg(req.seq, req.no_erase)?;
+        Ok(json!({"success": true}))
+    }
+
+    /// `$JS.API.DIRECT.GET.<stream>[.<subject>]`: the message itself with its metadata in headers,
+    /// or a 404 status.
+    fn direct_get(&self, reply: Option<&str>, rest: &str, payload: &[u8]) {
+        let Some(reply) = reply else { return };
+        let (name, subject) = match rest.split_once('.') {
+            Some((n, s)) => (n, Some(s)),
+            None => (rest, None),
+        };
+        let status = |code: &str| {
+            let hdr = format!("NATS/1.0 {code}\r\n\r\n");
+            let _ = self.client.publish(reply, None, Some(hdr.as_bytes()), b"");
+        };
+        let Ok(s) = self.catalog.stream(name) else {
+            return status("404 Message Not Found");
+        };
+        if !s.config().allow_direct {
+            return status("400 Bad Request");
+        }
+        let req = match subject {
+            Some(subj) => MsgGetRequest {
+                last_by_subj: Some(subj.to_string()),
+                ..MsgGetRequest::default()
+            },
+            None => match parse::<MsgGetRequest>(payload) {
+                Ok(r) => r,
+                Err(_) => return status("408 Bad Request"),
+            },
+        };
+        let Ok(m) = load(&s, &req) else {
+            return status("404 Message Not Found");
+        };
+        let mut h = format!(
+            "NATS/1.0\r\nNats-Stream: {}\r\nNats-Subject: {}\r\nNats-Sequence: {}\r\nNats-Time-Stamp: {}\r\n",
+            s.name,
+            String::from_utf8_lossy(&m.subject),
+            m.seq,
+            ts_rfc3339(m.ts)
+        )
+        .into_bytes();
+        if let Some(orig) = &m.headers {
+            // Append the original headers, without their own status line.
+            if let Some(i) = orig.windows(2).position(|w| w == b"\r\n") {
+                let body = &orig[i + 2..];
+                h.extend_from_slice(body.strip_suffix(b"\r\n").unwrap_or(body));
+            }
+        }
+        h.extend_from_slice(b"\r\n");
+        let _ = self.client.publish(reply, None, Some(&h), &m.payload);
+    }
+
+    /// The stream info document (`stream_info_response` minus `type`).
+    fn stream_info(&self, s: &Stream, req: &InfoRequest) -> Value {
+        let st = s.store.state();
+        let mut state = json!({
+            "messages": st.msgs,
+            "bytes": st.bytes,
+            "first_seq": st.first_seq,
+            "first_ts": ts_rfc3339(st.first_ts),
+            "last_seq": st.last_seq,
+            "last_ts": ts_rfc3339(st.last_ts),
+            "num_subjects": st.num_subjects,
+            "num_deleted": st.num_deleted,
+            "consumer_count": s.consumers.len(),
+        });
+        if !st.lost.is_empty() {
+            state["lost"] = json!({"msgs": st.lost, "bytes": 0});
+        }
+        if req.deleted_details {
+            state["deleted"] = json!(s.store.deleted());
+        }
+        if let Some(filter) = &req.subjects_filter {
+            let subjects: serde_json::Map<String, Value> = s
+                .store
+                .subjects_state(filter.as_bytes())
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), json!(v)))
+                .collect();
+            state["subjects"] = Value::Object(subjects);
+        }
+        json!({
+            "config": s.config(),
+            "created": rfc3339(s.created),
+            "state": state,
+            "cluster": {"leader": self.server_name},
+            "ts": rfc3339(SystemTime::now()),
+        })
+    }
+}
+
+/// The message a MSG.GET or DIRECT.GET request asks for.
+fn load(s: &Stream, req: &MsgGetRequest) -> Result<StoredMsg, ApiError> {
+    let found = match (&req.last_by_subj, &req.next_by_subj) {
+        (Some(subj), _) => s.store.load_last_by_subject(subj.as_bytes()),
+        (None, Some(subj)) => s.store.load_next_msg(subj.as_bytes(), req.seq.max(1)),
+        (None, None) if req.seq > 0 => s.store.load_msg(req.seq),
+        _ => return Err(ApiError::bad_request()),
+    };
+    found.map_err(|e| match e {
+        StoreError::Corrupt { .. } => ApiError::store_failed(e.to_string()),
+        _ => ApiError::no_message_found(),
+    })
+}

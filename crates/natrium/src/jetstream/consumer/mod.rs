@@ -1,0 +1,354 @@
+//! `Consumer`, the handle the API and the stream hold (its state machine under a lock, fed acks,
+//! pull requests, new messages), and `Consumers`, the stream's set: its only link to the stream.
+
+mod start;
+mod state;
+mod task;
+#[cfg(test)]
+mod tests;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Instant, SystemTime};
+
+use natrium_store::{DocFile, StreamStore};
+use parking_lot::{Mutex, RwLock};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::config::Retention;
+use super::consumer_config::ConsumerConfig;
+use super::errors::ApiError;
+use crate::router::internal::HandlerSubscription;
+use crate::router::InternalClient;
+pub(crate) use start::parse_time;
+pub(crate) use state::Progress;
+use state::{ConsumerState, Identity};
+use wire::{parse_ack, Command};
+
+/// The consumers of one stream, and what their stream's retention does with the messages they
+/// are done with.
+pub(crate) struct Consumers {
+    stream: String,
+    store: Arc<dyn StreamStore>,
+    client: InternalClient,
+    retention: Retention,
+    map: RwLock<BTreeMap<String, Arc<Consumer>>>,
+}
+
+impl Consumers {
+    pub(crate) fn new(
+        stream: &str,
+        store: Arc<dyn StreamStore>,
+        client: InternalClient,
+        retention: Retention,
+    ) -> Arc<Consumers> {
+        Arc::new(Consumers {
+            stream: stream.to_string(),
+            store,
+            client,
+            retention,
+            map: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Consumer>> {
+        self.map.read().get(name).cloned()
+    }
+
+    pub(crate) fn insert(&self, c: Arc<Consumer>) {
+        self.map.write().insert(c.name.clone(), c);
+    }
+
+    pub(crate) fn remove(&self, name: &str) -> Option<Arc<Consumer>> {
+        self.map.write().remove(name)
+    }
+
+    /// Removes them all (the stream is being deleted).
+    pub(crate) fn take_all(&self) -> Vec<Arc<Consumer>> {
+        std::mem::take(&mut *self.map.write())
+            .into_values()
+            .collect()
+    }
+
+    /// All of them, by name.
+    pub(crate) fn list(&self) -> Vec<Arc<Consumer>> {
+        self.map.read().values().cloned().collect()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.read().len()
+    }
+
+    /// The stream stored message `seq` on `subject`: consumers it is for wake up; under interest
+    /// retention a message no consumer needs is removed at once (acknowledged, not kept).
+    pub(crate) fn on_stored(&self, seq: u64, subject: &[u8]) {
+        let map = self.map.read();
+        for c in map.values() {
+            c.on_stored(subject);
+        }
+        if self.retention == Retention::Interest && !map.values().any(|c| c.needs(seq, subject)) {
+            let _ = self.store.remove_msg(seq);
+        }
+    }
+
+    /// A consumer is done with message `seq`: work queues drop it at once, interest streams once
+    /// no consumer needs it any more.
+    pub(crate) fn release(&self, seq: u64) {
+        match self.retention {
+            Retention::Limits => {}
+            Retention::WorkQueue => {
+                let _ = self.store.remove_msg(seq);
+            }
+            Retention::Interest => {
+                let Ok(m) = self.store.load_msg(seq) else {
+                    return;
+                };
+                if !self.map.read().values().any(|c| c.needs(seq, &m.subject)) {
+                    let _ = self.store.remove_msg(seq);
+                }
+            }
+        }
+    }
+
+    /// Interest streams, after a consumer went away: removes the messages no remaining consumer
+    /// needs (all of them when none is left), as nats-server does on consumer delete.
+    pub(crate) fn release_unneeded(&self) {
+        if self.retention != Retention::Interest {
+            return;
+        }
+        let map = self.map.read();
+        let mut seq = self.store.state().first_seq;
+        while let Ok(m) = self.store.load_next_msg(b">", seq) {
+            if !map.values().any(|c| c.needs(m.seq, &m.subject)) {
+                let _ = self.store.remove_msg(m.seq);
+            }
+            seq = m.seq + 1;
+        }
+    }
+
+    /// After purges and other bulk removals, consumers recount what they have pending.
+    pub(crate) fn recount(&self) {
+        for c in self.map.read().values() {
+            c.recount();
+        }
+    }
+
+    /// Stops every consumer's task (the stream is stopping).
+    pub(crate) fn shutdown(&self) {
+        for c in self.map.read().values() {
+            c.shutdown();
+        }
+    }
+}
+
+/// One consumer: its state machine and what connects it to the server (ack subscription, task,
+/// state files).
+pub(crate) struct Consumer {
+    pub name: String,
+    pub stream_name: String,
+    pub created: SystemTime,
+    /// The set it belongs to (retention, removal when an ephemeral consumer expires).
+    set: Weak<Consumers>,
+    store: Arc<dyn StreamStore>,
+    client: InternalClient,
+    state: Mutex<ConsumerState>,
+    wake: Notify,
+    stop: Notify,
+    stopped: AtomicBool,
+    /// Where meta.json and the state slots live; `None` for consumers that are not persisted.
+    dir: Option<PathBuf>,
+    /// The state document (`state.0`/`state.1`), opened at the first save.
+    state_file: Arc<Mutex<Option<DocFile>>>,
+    /// The ack subscription (a handler run in the acking client's task).
+    acks: Mutex<Option<HandlerSubscription>>,
+}
+
+impl Consumer {
+    /// A consumer of the stream `set` belongs to, restored from `saved` (its state document) or
+    /// new. `stream_dead_letter` is the stream's `dead_letter_subject` metadata.
+    pub(crate) fn new(
+        name: String,
+        set: &Arc<Consumers>,
+        stream_dead_letter: Option<String>,
+        config: ConsumerConfig,
+        created: SystemTime,
+        dir: Option<PathBuf>,
+        saved: Option<Vec<u8>>,
+    ) -> Arc<Consumer> {
+        let id = Identity {
+            stream: &set.stream,
+            name: &name,
+            retention: set.retention,
+            dead_letter: stream_dead_letter,
+            persisted: dir.is_some(),
+        };
+        let state = ConsumerState::new(
+            id,
+            config,
+            set.store.as_ref(),
+            saved.as_deref(),
+            Instant::now(),
+        );
+        Arc::new(Consumer {
+            stream_name: set.stream.clone(),
+            name,
+            created,
+            set: Arc::downgrade(set),
+            store: set.store.clone(),
+            client: set.client.clone(),
+            state: Mutex::new(state),
+            wake: Notify::new(),
+            stop: Notify::new(),
+            stopped: AtomicBool::new(false),
+            dir,
+            state_file: Arc::new(Mutex::new(None)),
+            acks: Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn config(&self) -> ConsumerConfig {
+        ConsumerConfig::clone(self.state.lock().config())
+    }
+
+    pub(crate) fn set_config(&self, c: ConsumerConfig) {
+        self.state.lock().set_config(c);
+        self.wake.notify_one();
+    }
+
+    /// Its config and figures, read together.
+    pub(crate) fn snapshot(&self) -> (Arc<ConsumerConfig>, Progress) {
+        let st = self.state.lock();
+        (st.config().clone(), st.progress())
+    }
+
+    /// Its figures.
+    pub(crate) fn progress(&self) -> Progress {
+        self.state.lock().progress()
+    }
+
+    /// Whether a client subscribes to `subject` (a push consumer's deliver subject).
+    pub(crate) fn has_interest(&self, subject: &str) -> bool {
+        self.client.has_interest(subject)
+    }
+
+    /// Subscribes to its ack subject and starts its task. Acks are applied in the acking
+    /// client's own task, so anything that client sends afterwards (a consumer info request, say)
+    /// sees them, as with nats-server.
+    pub(crate) fn start(self: &Arc<Self>) -> Result<(), ApiError> {
+        let me = Arc::downgrade(self);
+        let acks = self
+            .client
+            .subscribe_handler(
+                &format!("$JS.ACK.{}.{}.>", self.stream_name, self.name),
+                Box::new(move |subject, reply, payload| {
+                    if let Some(c) = me.upgrade() {
+                        c.process_ack(subject, reply, payload);
+                    }
+                }),
+            )
+            .map_err(|e| ApiError::consumer_create(e.to_string()))?;
+        *self.acks.lock() = Some(acks);
+        tokio::spawn(self.clone().run());
+        Ok(())
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.acks.lock().take();
+        self.stopped.store(true, Ordering::Release);
+        self.stop.notify_one();
+        self.wake.notify_one();
+    }
+
+    /// Stops it, tells waiting pull requests it is gone and removes its files.
+    pub(crate) fn delete(&self) {
+        let cmds = self.state.lock().close();
+        self.execute(cmds);
+        self.shutdown();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    fn on_stored(&self, subject: &[u8]) {
+        if self.state.lock().on_stored(subject) {
+            self.wake.notify_one();
+        }
+    }
+
+    fn needs(&self, seq: u64, subject: &[u8]) -> bool {
+        self.state.lock().needs(seq, subject)
+    }
+
+    /// Called after purges and other bulk removals: recounts what is pending.
+    fn recount(&self) {
+        self.state.lock().recount(self.store.as_ref());
+        self.wake.notify_one();
+    }
+
+    /// Queues a pull request (`$JS.API.CONSUMER.MSG.NEXT`).
+    pub(crate) fn pull(&self, reply: Option<&str>, payload: &[u8]) {
+        let Some(reply) = reply else { return };
+        let cmds = self.state.lock().pull(reply, payload, Instant::now());
+        self.execute(cmds);
+    }
+
+    /// An ack on `$JS.ACK.<stream>.<consumer>.…`, in the acking client's task.
+    fn process_ack(&self, subject: &[u8], reply: Option<&[u8]>, body: &[u8]) {
+        let Some((sseq, kind)) = parse_ack(subject, body) else {
+            return;
+        };
+        let reply = reply.map(String::from_utf8_lossy);
+        let cmds = self
+            .state
+            .lock()
+            .ack(sseq, kind, reply.as_deref(), Instant::now());
+        self.execute(cmds);
+    }
+
+    /// Saves config and creation time (durable consumers of file streams).
+    pub(crate) fn save_meta(&self) -> std::io::Result<()> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        std::fs::create_dir_all(dir)?;
+        let created_ns = crate::util::time::unix_nanos(self.created);
+        let body = json!({"name": self.name, "config": self.config(), "created_ns": created_ns});
+        crate::util::fs::write_atomic(&dir.join("meta.json"), body.to_string().as_bytes())
+    }
+
+    /// Runs commands outside the task (from an event): statuses are published one by one.
+    fn execute(&self, cmds: Vec<Command>) {
+        for cmd in cmds {
+            match cmd {
+                Command::Deliver { msg, .. } => {
+                    self.client.publish_as(
+                        &msg.route,
+                        &msg.subject,
+                        msg.reply.as_deref(),
+                        msg.headers.as_deref(),
+                        &msg.payload,
+                    );
+                }
+                Command::Status(msg) => {
+                    let _ = self.client.publish(
+                        &msg.route,
+                        msg.reply.as_deref(),
+                        msg.headers.as_deref(),
+                        &msg.payload,
+                    );
+                }
+                other => self.side_effect(&other),
+            }
+        }
+    }
+}
+
+/// A fresh ephemeral consumer name (8 characters, as nats-server makes them).
+pub(crate) fn ephemeral_name() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    (0..8)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect()
+}

@@ -1,0 +1,544 @@
+//! A consumer's state as a pure state machine (cursor, ack floor, pending, pull requests,
+//! redeliveries, pause): events in, commands out; no clock, no I/O. The tick is in `tick.rs`.
+
+mod tick;
+
+#[cfg(test)]
+pub(crate) use tick::TICK_MSGS;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use natrium_store::StreamStore;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::start::{count_pending, initial_cursor, parse_time};
+use super::wire::{parse_next, status, status_msg, AckKind, Command, Save};
+use crate::jetstream::config::Retention;
+use crate::jetstream::consumer_config::{AckPolicy, ConsumerConfig};
+
+/// The time an event happens at: monotonic for deadlines, wall clock for `pause_until`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    pub mono: Instant,
+    pub wall: SystemTime,
+}
+
+impl At {
+    pub(crate) fn now() -> At {
+        At {
+            mono: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
+/// What a consumer is, besides its config: names, and what its stream decides for it.
+pub(crate) struct Identity<'a> {
+    pub stream: &'a str,
+    pub name: &'a str,
+    pub retention: Retention,
+    /// The stream's default dead-letter subject (its `dead_letter_subject` metadata).
+    pub dead_letter: Option<String>,
+    /// Whether the state is saved (durable consumers of file streams).
+    pub persisted: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    dseq: u64,
+    /// When the message is due for redelivery (not persisted; now + ack_wait on restart).
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct PullRequest {
+    reply: Arc<str>,
+    batch: u64,
+    max_bytes: u64,
+    expires: Option<Instant>,
+    no_wait: bool,
+    heartbeat: Option<Duration>,
+    next_heartbeat: Option<Instant>,
+    delivered: u64,
+}
+
+/// What is persisted of a consumer's progress (the body of its state document).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SavedState {
+    sseq: u64,
+    dseq: u64,
+    floor_s: u64,
+    floor_d: u64,
+    pending: Vec<(u64, u64)>,
+    deliveries: Vec<(u64, u64)>,
+    start_list: Vec<u64>,
+}
+
+/// A consumer's figures, for its info document and monitoring.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Progress {
+    /// (consumer sequence, stream sequence) of the last delivery.
+    pub delivered: (u64, u64),
+    /// (consumer sequence, stream sequence) below which everything is acknowledged.
+    pub ack_floor: (u64, u64),
+    pub num_ack_pending: u64,
+    pub num_redelivered: u64,
+    pub num_waiting: u64,
+    pub num_pending: u64,
+    pub paused_until: Option<SystemTime>,
+}
+
+/// What a tick decided: the save to make first, then the commands in order.
+#[derive(Debug)]
+pub(crate) struct TickOutput {
+    pub save: Option<Save>,
+    pub commands: Vec<Command>,
+}
+
+pub(crate) struct ConsumerState {
+    cfg: Arc<ConsumerConfig>,
+    filters: Vec<String>,
+    /// The push consumer's deliver subject.
+    push_route: Option<Arc<str>>,
+    stream: String,
+    name: String,
+    /// `$JS.ACK.<stream>.<consumer>.`, completed per delivery.
+    ack_prefix: String,
+    /// Whether retention (interest, work queue) needs to hear of messages it is done with.
+    releases: bool,
+    stream_dead_letter: Option<String>,
+    persisted: bool,
+
+    /// Stream sequence of the last message delivered for the first time.
+    sseq: u64,
+    /// Consumer sequence of the last delivery.
+    dseq: u64,
+    floor_s: u64,
+    floor_d: u64,
+    pending: BTreeMap<u64, Pending>,
+    /// Deliveries so far of each pending message.
+    deliveries: FxHashMap<u64, u64>,
+    /// Pending messages due for redelivery, by stream sequence.
+    redeliver: BTreeSet<u64>,
+    /// For `last_per_subject`: the sequences to deliver before continuing after `sseq`.
+    start_list: VecDeque<u64>,
+    waiting: VecDeque<PullRequest>,
+    num_pending: u64,
+    last_active: Instant,
+    last_delivery: Instant,
+    /// Earliest time the next delivery may leave (rate limit, original replay).
+    not_before: Option<Instant>,
+    /// Original replay: (timestamp of the last message sent, when it was sent).
+    replay_mark: Option<(i64, Instant)>,
+    delivered_since_fc: u64,
+    fc_seq: u64,
+    paused_until: Option<SystemTime>,
+    /// Changed since the last save.
+    dirty: bool,
+    /// Deliveries were made since the state was last synced: the next save is fsynced before
+    /// they leave (a delivery is never forgotten, so no message comes back as new after a crash).
+    unsynced_deliveries: bool,
+    /// Sync acks to answer after the next save.
+    sync_replies: Vec<String>,
+    /// Messages acked since the last tick, released to retention after the next save.
+    acked: Vec<u64>,
+}
+
+impl ConsumerState {
+    /// A consumer's state: restored from `saved` (its state document), or starting where its
+    /// deliver policy says.
+    pub(crate) fn new(
+        id: Identity<'_>,
+        cfg: ConsumerConfig,
+        store: &dyn StreamStore,
+        saved: Option<&[u8]>,
+        now: Instant,
+    ) -> ConsumerState {
+        let filters = cfg.filters();
+        let mut st = ConsumerState {
+            push_route: cfg.deliver_subject.as_deref().map(Arc::from),
+            paused_until: cfg.pause_until.as_deref().and_then(parse_time),
+            ack_prefix: format!("$JS.ACK.{}.{}.", id.stream, id.name),
+            stream: id.stream.to_string(),
+            name: id.name.to_string(),
+            releases: id.retention != Retention::Limits,
+            stream_dead_letter: id.dead_letter,
+            persisted: id.persisted,
+            sseq: 0,
+            dseq: 0,
+            floor_s: 0,
+            floor_d: 0,
+            pending: BTreeMap::new(),
+            deliveries: FxHashMap::default(),
+            redeliver: BTreeSet::new(),
+            start_list: VecDeque::new(),
+            waiting: VecDeque::new(),
+            num_pending: 0,
+            last_active: now,
+            last_delivery: now,
+            not_before: None,
+            replay_mark: None,
+            delivered_since_fc: 0,
+            fc_seq: 0,
+            dirty: false,
+            unsynced_deliveries: false,
+            sync_replies: Vec::new(),
+            acked: Vec::new(),
+            filters,
+            cfg: Arc::new(cfg),
+        };
+        match saved.and_then(|b| serde_json::from_slice::<SavedState>(b).ok()) {
+            Some(s) => {
+                let deadline = now + st.cfg.ack_wait();
+                st.sseq = s.sseq;
+                st.dseq = s.dseq;
+                st.floor_s = s.floor_s;
+                st.floor_d = s.floor_d;
+                st.pending = s
+                    .pending
+                    .into_iter()
+                    .map(|(sseq, dseq)| (sseq, Pending { dseq, deadline }))
+                    .collect();
+                st.deliveries = s.deliveries.into_iter().collect();
+                st.start_list = s.start_list.into();
+            }
+            None => {
+                let (sseq, start_list) = initial_cursor(&st.cfg, &st.filters, store);
+                st.sseq = sseq;
+                st.floor_s = sseq;
+                st.start_list = start_list;
+            }
+        }
+        st.num_pending = count_pending(store, &st.filters, st.sseq) + st.start_list.len() as u64;
+        st
+    }
+
+    pub(crate) fn config(&self) -> &Arc<ConsumerConfig> {
+        &self.cfg
+    }
+
+    /// A new config (an update or a pause); the caller runs a tick.
+    pub(crate) fn set_config(&mut self, cfg: ConsumerConfig) {
+        self.paused_until = cfg.pause_until.as_deref().and_then(parse_time);
+        self.filters = cfg.filters();
+        self.push_route = cfg.deliver_subject.as_deref().map(Arc::from);
+        self.cfg = Arc::new(cfg);
+    }
+
+    /// The push consumer's deliver subject, whose interest the task checks before a tick.
+    pub(crate) fn push_route(&self) -> Option<Arc<str>> {
+        self.push_route.clone()
+    }
+
+    fn matches(&self, subject: &[u8]) -> bool {
+        self.filters.is_empty()
+            || self
+                .filters
+                .iter()
+                .any(|f| natrium_subjects::matches(f.as_bytes(), subject))
+    }
+
+    /// Event: the stream stored a message on `subject`. Whether it is one for this consumer (then
+    /// the caller runs a tick).
+    pub(crate) fn on_stored(&mut self, subject: &[u8]) -> bool {
+        if !self.matches(subject) {
+            return false;
+        }
+        self.num_pending += 1;
+        true
+    }
+
+    /// Whether this consumer still needs message `seq` on `subject` (interest retention).
+    pub(crate) fn needs(&self, seq: u64, subject: &[u8]) -> bool {
+        if !self.matches(subject) || seq <= self.floor_s {
+            return false;
+        }
+        seq > self.sseq || self.pending.contains_key(&seq) || self.start_list.contains(&seq)
+    }
+
+    /// Event: messages were removed in bulk (purge): recounts what is pending and forgets pending
+    /// messages that are gone. The caller runs a tick.
+    pub(crate) fn recount(&mut self, store: &dyn StreamStore) {
+        let start = self.start_list.len() as u64;
+        self.num_pending = count_pending(store, &self.filters, self.sseq) + start;
+        let first = store.state().first_seq;
+        // Pending messages that are gone can no longer be acked or redelivered.
+        let gone: Vec<u64> = self
+            .pending
+            .keys()
+            .copied()
+            .filter(|s| *s < first)
+            .collect();
+        for s in gone {
+            self.pending.remove(&s);
+            self.redeliver.remove(&s);
+            self.deliveries.remove(&s);
+        }
+        self.update_floor();
+        self.dirty = true;
+    }
+
+    /// Event: a pull request (`$JS.API.CONSUMER.MSG.NEXT` or `+NXT`) answered at `reply`.
+    /// Refused with a 409 status, or queued (then a tick).
+    pub(crate) fn pull(&mut self, reply: &str, body: &[u8], now: Instant) -> Vec<Command> {
+        let refuse = |why: String| vec![Command::Status(status_msg(reply, status(&why, &[])))];
+        let req = parse_next(body);
+        let cfg = &self.cfg;
+        if !cfg.is_pull() {
+            return refuse("409 Consumer is push based".into());
+        }
+        let batch = req.batch.max(1);
+        if cfg.max_batch > 0 && batch > cfg.max_batch as u64 {
+            return refuse(format!("409 Exceeded MaxRequestBatch of {}", cfg.max_batch));
+        }
+        if cfg.max_bytes > 0 && req.max_bytes > cfg.max_bytes as u64 {
+            return refuse(format!(
+                "409 Exceeded MaxRequestMaxBytes of {}",
+                cfg.max_bytes
+            ));
+        }
+        let max_waiting = cfg.max_waiting;
+        self.last_active = now;
+        if self.waiting.len() as i64 >= max_waiting.max(1) {
+            return refuse("409 Exceeded MaxWaiting".into());
+        }
+        let heartbeat = (req.idle_heartbeat > 0).then(|| Duration::from_nanos(req.idle_heartbeat));
+        self.waiting.push_back(PullRequest {
+            reply: Arc::from(reply),
+            batch,
+            max_bytes: req.max_bytes,
+            expires: (req.expires > 0).then(|| now + Duration::from_nanos(req.expires)),
+            no_wait: req.no_wait,
+            heartbeat,
+            next_heartbeat: heartbeat.map(|h| now + h),
+            delivered: 0,
+        });
+        vec![Command::Tick]
+    }
+
+    /// Event: an ack of message `sseq`, with the reply subject of a sync ack. Advisories, dead
+    /// letters and releases it causes are returned to run at once; acks and sync-ack answers wait
+    /// for the next tick's save.
+    pub(crate) fn ack(
+        &mut self,
+        sseq: u64,
+        kind: AckKind<'_>,
+        reply: Option<&str>,
+        now: Instant,
+    ) -> Vec<Command> {
+        self.last_active = now;
+        let mut out = Vec::new();
+        match kind {
+            AckKind::Ack => {
+                let acked = self.ack_upto(sseq);
+                if let Some(r) = reply {
+                    self.sync_replies.push(r.to_string());
+                }
+                if acked || reply.is_some() {
+                    out.push(Command::Tick);
+                }
+            }
+            AckKind::Next(body) => {
+                if self.ack_upto(sseq) {
+                    out.push(Command::Tick);
+                }
+                if let Some(r) = reply {
+                    out.extend(self.pull(r, body, now));
+                }
+            }
+            AckKind::Nak(delay) => {
+                if let Some(p) = self.pending.get_mut(&sseq) {
+                    match delay {
+                        Some(d) if !d.is_zero() => p.deadline = now + d,
+                        _ => {
+                            self.redeliver.insert(sseq);
+                        }
+                    }
+                    let dseq = p.dseq;
+                    let deliveries = self.deliveries.get(&sseq).copied().unwrap_or(1);
+                    out.push(Command::Advisory {
+                        kind: "MSG_NAKED",
+                        body: json!({"type": "io.nats.jetstream.advisory.v1.nak", "consumer_seq": dseq, "stream_seq": sseq, "deliveries": deliveries}),
+                    });
+                    out.push(Command::Tick);
+                }
+            }
+            AckKind::Progress => {
+                let wait = self.cfg.ack_wait();
+                if let Some(p) = self.pending.get_mut(&sseq) {
+                    p.deadline = now + wait;
+                }
+            }
+            AckKind::Term(reason) => {
+                if let Some(p) = self.pending.remove(&sseq) {
+                    self.redeliver.remove(&sseq);
+                    let deliveries = self.deliveries.remove(&sseq).unwrap_or(1);
+                    self.update_floor();
+                    self.dirty = true;
+                    if let Some(r) = reply {
+                        self.sync_replies.push(r.to_string());
+                    }
+                    let why = if reason.is_empty() {
+                        "terminated".to_string()
+                    } else {
+                        format!("terminated: {reason}")
+                    };
+                    out.push(Command::Advisory {
+                        kind: "MSG_TERMINATED",
+                        body: json!({"type": "io.nats.jetstream.advisory.v1.terminated", "consumer_seq": p.dseq, "stream_seq": sseq, "deliveries": deliveries, "reason": reason}),
+                    });
+                    out.extend(self.dead_letter(sseq, deliveries, why));
+                    if self.releases {
+                        out.push(Command::Release(sseq));
+                    }
+                    out.push(Command::Tick);
+                }
+            }
+            AckKind::Other => {}
+        }
+        out
+    }
+
+    /// Records an acknowledgement (all up to `sseq` under `AckPolicy::All`); whether anything was
+    /// pending.
+    fn ack_upto(&mut self, sseq: u64) -> bool {
+        let acked: Vec<u64> = match self.cfg.ack_policy {
+            AckPolicy::All => self.pending.range(..=sseq).map(|(s, _)| *s).collect(),
+            _ => self
+                .pending
+                .contains_key(&sseq)
+                .then_some(sseq)
+                .into_iter()
+                .collect(),
+        };
+        for s in &acked {
+            self.pending.remove(s);
+            self.redeliver.remove(s);
+            self.deliveries.remove(s);
+        }
+        if acked.is_empty() {
+            return false;
+        }
+        self.update_floor();
+        self.dirty = true;
+        if self.releases {
+            self.acked.extend(acked);
+        }
+        true
+    }
+
+    /// A dead-letter command for message `sseq`, when a dead-letter subject is configured (the
+    /// consumer's `dead_letter_subject` metadata, else the stream's).
+    fn dead_letter(&self, seq: u64, deliveries: u64, reason: String) -> Option<Command> {
+        let template = self
+            .cfg
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("dead_letter_subject").cloned())
+            .or_else(|| self.stream_dead_letter.clone())?;
+        Some(Command::DeadLetter {
+            seq,
+            deliveries,
+            reason,
+            template,
+        })
+    }
+
+    /// Message `seq` ran out of deliveries (`deliveries` made): advisory, dead letter, release.
+    fn exhausted(&self, seq: u64, deliveries: u64, out: &mut Vec<Command>) {
+        out.push(Command::Advisory {
+            kind: "MAX_DELIVERIES",
+            body: json!({"type": "io.nats.jetstream.advisory.v1.max_deliver", "stream_seq": seq, "deliveries": deliveries}),
+        });
+        out.extend(self.dead_letter(seq, deliveries, "max_deliveries".into()));
+        if self.releases {
+            out.push(Command::Release(seq));
+        }
+    }
+
+    /// Event: the consumer is deleted; waiting pull requests are told.
+    pub(crate) fn close(&mut self) -> Vec<Command> {
+        self.waiting
+            .drain(..)
+            .map(|r| Command::Status(status_msg(&r.reply, status("409 Consumer Deleted", &[]))))
+            .collect()
+    }
+
+    /// Whether an ephemeral consumer has been inactive past its `inactive_threshold` at `now`
+    /// (a push consumer is active while its deliver subject has interest, `push_bound`).
+    pub(crate) fn inactive(&mut self, now: Instant, push_bound: bool) -> bool {
+        let cfg = &self.cfg;
+        if cfg.is_durable() || cfg.inactive_threshold <= 0 {
+            return false;
+        }
+        let threshold = Duration::from_nanos(cfg.inactive_threshold as u64);
+        let active = match &cfg.deliver_subject {
+            Some(_) => push_bound,
+            None => !self.waiting.is_empty(),
+        };
+        if active {
+            self.last_active = now;
+            return false;
+        }
+        now.saturating_duration_since(self.last_active) > threshold
+    }
+
+    /// Moves the ack floor up to just below the oldest pending message.
+    fn update_floor(&mut self) {
+        match self.pending.iter().next() {
+            Some((s, p)) => {
+                self.floor_s = self.floor_s.max(s.saturating_sub(1));
+                self.floor_d = self.floor_d.max(p.dseq.saturating_sub(1));
+            }
+            None => {
+                self.floor_s = self.sseq;
+                self.floor_d = self.dseq;
+            }
+        }
+    }
+
+    /// The save a tick makes when the state changed: fsynced when it records deliveries about to
+    /// leave or sync acks wait for it; other changes (plain acks, ack-none cursors) are written
+    /// without a sync: they survive the process being killed, and a power loss can only bring a
+    /// message back as a redelivery.
+    fn save(&mut self, sync_acks: bool) -> Option<Save> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        let sync = std::mem::take(&mut self.unsynced_deliveries) || sync_acks;
+        if !self.persisted {
+            return None;
+        }
+        let saved = SavedState {
+            sseq: self.sseq,
+            dseq: self.dseq,
+            floor_s: self.floor_s,
+            floor_d: self.floor_d,
+            pending: self.pending.iter().map(|(s, p)| (*s, p.dseq)).collect(),
+            deliveries: self.deliveries.iter().map(|(s, d)| (*s, *d)).collect(),
+            start_list: self.start_list.iter().copied().collect(),
+        };
+        Some(Save {
+            body: serde_json::to_vec(&saved).unwrap_or_default(),
+            sync,
+        })
+    }
+
+    /// The consumer's figures now.
+    pub(crate) fn progress(&self) -> Progress {
+        Progress {
+            delivered: (self.dseq, self.sseq),
+            ack_floor: (self.floor_d, self.floor_s),
+            num_ack_pending: self.pending.len() as u64,
+            num_redelivered: self.deliveries.values().filter(|d| **d > 1).count() as u64,
+            num_waiting: self.waiting.len() as u64,
+            num_pending: self.num_pending,
+            paused_until: self.paused_until,
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The consumer state machine's tick: ack deadlines become redeliveries (or run out), pull
+//! requests expire or get heartbeats, and up to `TICK_MSGS` messages are delivered.
+
+use std::time::{Duration, Instant};
+
+use natrium_store::{StoredMsg, StreamStore};
+
+use super::{At, ConsumerState, Pending, TickOutput};
+use crate::jetstream::consumer::start::next_matching;
+use crate::jetstream::consumer::wire::{ack_subject, status, status_msg, Command, Outgoing};
+use crate::jetstream::consumer_config::{AckPolicy, ConsumerConfig, ReplayPolicy};
+
+/// Deliveries decided per tick; the task publishes them and comes back for more.
+pub(crate) const TICK_MSGS: usize = 1024;
+
+/// Deliveries to a push consumer between two flow-control requests.
+const FLOW_CONTROL_EVERY: u64 = 512;
+
+impl ConsumerState {
+    /// The earliest time a tick has something to do without another event.
+    pub(crate) fn next_deadline(&self, at: At) -> Option<Instant> {
+        let cfg = &self.cfg;
+        let now = at.mono;
+        let mut t: Option<Instant> = None;
+        let mut min = |x: Instant| t = Some(t.map_or(x, |y| y.min(x)));
+        if let Some((_, p)) = self
+            .pending
+            .iter()
+            .filter(|(s, _)| !self.redeliver.contains(s))
+            .min_by_key(|(_, p)| p.deadline)
+        {
+            min(p.deadline);
+        }
+        for r in &self.waiting {
+            if let Some(e) = r.expires {
+                min(e);
+            }
+            if let Some(h) = r.next_heartbeat {
+                min(h);
+            }
+        }
+        if let Some(nb) = self.not_before {
+            min(nb);
+        }
+        if cfg.idle_heartbeat > 0 {
+            min(self.last_delivery + Duration::from_nanos(cfg.idle_heartbeat as u64));
+        }
+        if !cfg.is_durable() && cfg.inactive_threshold > 0 {
+            min(now
+                + Duration::from_nanos(cfg.inactive_threshold as u64).min(Duration::from_secs(1)));
+        }
+        if cfg.deliver_subject.is_some() {
+            // Push consumers poll for interest appearing on their delivery subject.
+            min(now + Duration::from_millis(100));
+        }
+        if let Some(p) = self.paused_until {
+            if let Ok(d) = p.duration_since(at.wall) {
+                min(now + d);
+            }
+        }
+        t
+    }
+
+    /// Event: a timer or a wake-up at `at`. Ack deadlines that passed become redeliveries (or
+    /// run out of deliveries), pull requests expire or get heartbeats, and up to `TICK_MSGS`
+    /// messages are delivered (a push consumer only while `push_bound`).
+    pub(crate) fn tick(&mut self, store: &dyn StreamStore, at: At, push_bound: bool) -> TickOutput {
+        let cfg = self.cfg.clone();
+        let now = at.mono;
+        let mut out = Vec::new();
+        let had_replies = !self.sync_replies.is_empty();
+        out.extend(self.acked.drain(..).map(Command::Release));
+        out.extend(self.sync_replies.drain(..).map(Command::AckReply));
+        // Ack deadlines that passed: due for redelivery.
+        if cfg.ack_policy != AckPolicy::None {
+            let due: Vec<u64> = self
+                .pending
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(s, _)| *s)
+                .collect();
+            for s in due {
+                let deliveries = self.deliveries.get(&s).copied().unwrap_or(1);
+                if cfg.max_deliver > 0 && deliveries as i64 >= cfg.max_deliver {
+                    // Its last allowed delivery went unacknowledged: it is done.
+                    self.pending.remove(&s);
+                    self.deliveries.remove(&s);
+                    self.exhausted(s, deliveries, &mut out);
+                    self.update_floor();
+                    self.dirty = true;
+                    continue;
+                }
+                self.redeliver.insert(s);
+                if let Some(p) = self.pending.get_mut(&s) {
+                    p.deadline = now + Duration::from_secs(3600);
+                }
+            }
+        }
+        self.expire_requests(now, &mut out);
+        let paused = self.paused_until.is_some_and(|p| p > at.wall);
+        let more = !paused && self.deliver(&cfg, store, now, push_bound, &mut out);
+        // Idle heartbeat for push consumers.
+        if cfg.idle_heartbeat > 0 {
+            if let Some(d) = &cfg.deliver_subject {
+                if now.saturating_duration_since(self.last_delivery)
+                    >= Duration::from_nanos(cfg.idle_heartbeat as u64)
+                {
+                    self.last_delivery = now;
+                    let hdr = status(
+                        "100 Idle Heartbeat",
+                        &[
+                            ("Nats-Last-Consumer", self.dseq.to_string()),
+                            ("Nats-Last-Stream", self.sseq.to_string()),
+                        ],
+                    );
+                    out.push(Command::Status(status_msg(d, hdr)));
+                }
+            }
+        }
+        if more {
+            out.push(Command::Tick);
+        }
+        TickOutput {
+            save: self.save(had_replies),
+            commands: out,
+        }
+    }
+
+    /// Pull requests that expired (408) or are due a heartbeat (100).
+    fn expire_requests(&mut self, now: Instant, out: &mut Vec<Command>) {
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let r = &mut self.waiting[i];
+            if r.expires.is_some_and(|e| e <= now) {
+                let r = self.waiting.remove(i).expect("index checked");
+                let hdr = status(
+                    "408 Request Timeout",
+                    &[
+                        ("Nats-Pending-Messages", self.num_pending.to_string()),
+                        ("Nats-Pending-Bytes", "0".into()),
+                    ],
+                );
+                out.push(Command::Status(status_msg(&r.reply, hdr)));
+                continue;
+            }
+            if let (Some(h), Some(nh)) = (r.heartbeat, r.next_heartbeat) {
+                if nh <= now {
+                    r.next_heartbeat = Some(now + h);
+                    let hdr = status("100 Idle Heartbeat", &[]);
+                    out.push(Command::Status(status_msg(&r.reply, hdr)));
+                }
+            }
+            i += 1;
+        }
+    }
+
+    /// Delivers what is due; whether it stopped at `TICK_MSGS` with more to deliver.
+    fn deliver(
+        &mut self,
+        cfg: &ConsumerConfig,
+        store: &dyn StreamStore,
+        now: Instant,
+        push_bound: bool,
+        out: &mut Vec<Command>,
+    ) -> bool {
+        let push_route = match &self.push_route {
+            Some(_) if !push_bound => return false,
+            r => r.clone(),
+        };
+        let acked = cfg.ack_policy != AckPolicy::None;
+        let mut sent = 0;
+        loop {
+            if sent == TICK_MSGS {
+                // Publish these first (and let a lagging receiver catch up); the task comes
+                // straight back for the rest.
+                return true;
+            }
+            if acked && cfg.max_ack_pending > 0 && self.pending.len() as i64 >= cfg.max_ack_pending
+            {
+                // Redeliveries of already-pending messages may still go.
+                if self.redeliver.is_empty() {
+                    return false;
+                }
+            }
+            if self.not_before.is_some_and(|t| t > now) {
+                return false;
+            }
+            // Where to?
+            let route = match &push_route {
+                Some(d) => d.clone(),
+                None => match self.waiting.front() {
+                    Some(r) => r.reply.clone(),
+                    None => return false,
+                },
+            };
+            // What?
+            let Some((msg, redelivery)) = self.next_message(store) else {
+                // Nothing to deliver: a no_wait request ends here.
+                if cfg.is_pull() && self.waiting.front().is_some_and(|r| r.no_wait) {
+                    let r = self.waiting.pop_front().expect("front exists");
+                    let hdr = if r.delivered == 0 {
+                        status("404 No Messages", &[])
+                    } else {
+                        status(
+                            "408 Request Timeout",
+                            &[
+                                ("Nats-Pending-Messages", "0".into()),
+                                ("Nats-Pending-Bytes", "0".into()),
+                            ],
+                        )
+                    };
+                    out.push(Command::Status(status_msg(&r.reply, hdr)));
+                    continue;
+                }
+                return false;
+            };
+            let size =
+                msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len()) + msg.subject.len();
+            if cfg.is_pull()
+                && self
+                    .waiting
+                    .front()
+                    .is_some_and(|r| r.max_bytes > 0 && size as u64 > r.max_bytes)
+            {
+                let r = self.waiting.pop_front().expect("front exists");
+                let hdr = status("409 Message Size Exceeds MaxBytes", &[]);
+                out.push(Command::Status(status_msg(&r.reply, hdr)));
+                if redelivery {
+                    self.redeliver.insert(msg.seq);
+                } else {
+                    // Not delivered after all: step the cursor back.
+                    self.sseq = msg.seq - 1;
+                    self.num_pending += 1;
+                }
+                continue;
+            }
+            let deliveries = if acked {
+                self.deliveries.get(&msg.seq).copied().unwrap_or(0) + 1
+            } else {
+                1
+            };
+            if cfg.max_deliver > 0 && deliveries as i64 > cfg.max_deliver {
+                // Exhausted: no more deliveries.
+                self.pending.remove(&msg.seq);
+                self.deliveries.remove(&msg.seq);
+                self.update_floor();
+                self.dirty = true;
+                self.exhausted(msg.seq, deliveries - 1, out);
+                continue;
+            }
+            self.dseq += 1;
+            sent += 1;
+            let dseq = self.dseq;
+            if acked {
+                self.deliveries.insert(msg.seq, deliveries);
+                self.pending.insert(
+                    msg.seq,
+                    Pending {
+                        dseq,
+                        deadline: now + cfg.redelivery_delay(deliveries),
+                    },
+                );
+            } else {
+                self.floor_s = self.floor_s.max(msg.seq);
+                self.floor_d = dseq;
+            }
+            self.dirty = true;
+            self.unsynced_deliveries |= acked;
+            self.last_delivery = now;
+            // Pacing: original replay holds a message back until its time comes.
+            if cfg.replay_policy == ReplayPolicy::Original && !redelivery {
+                if let Some((last_ts, at)) = self.replay_mark {
+                    let due = at + Duration::from_nanos((msg.ts - last_ts).max(0) as u64);
+                    if due > now {
+                        // Take it back; it goes when its time comes.
+                        self.dseq -= 1;
+                        self.pending.remove(&msg.seq);
+                        self.deliveries.remove(&msg.seq);
+                        self.sseq = msg.seq - 1;
+                        self.num_pending += 1;
+                        self.not_before = Some(due);
+                        return false;
+                    }
+                }
+                self.replay_mark = Some((msg.ts, now));
+            }
+            let reply = ack_subject(
+                &self.ack_prefix,
+                [
+                    deliveries,
+                    msg.seq,
+                    dseq,
+                    msg.ts.max(0) as u64,
+                    self.num_pending,
+                ],
+            );
+            let (headers, payload) = if cfg.headers_only {
+                let mut h = match &msg.headers {
+                    Some(orig) => {
+                        String::from_utf8_lossy(orig)
+                            .trim_end_matches("\r\n")
+                            .to_string()
+                            + "\r\n"
+                    }
+                    None => "NATS/1.0\r\n".to_string(),
+                };
+                h.push_str(&format!("Nats-Msg-Size: {}\r\n\r\n", msg.payload.len()));
+                (Some(bytes::Bytes::from(h)), bytes::Bytes::new())
+            } else {
+                (msg.headers, msg.payload)
+            };
+            out.push(Command::Deliver {
+                seq: msg.seq,
+                msg: Outgoing {
+                    route: route.clone(),
+                    subject: msg.subject,
+                    reply: Some(reply),
+                    headers,
+                    payload,
+                },
+            });
+            if cfg.rate_limit_bps > 0 {
+                let secs = (size as f64 * 8.0) / cfg.rate_limit_bps as f64;
+                self.not_before = Some(now + Duration::from_secs_f64(secs));
+            }
+            if cfg.flow_control {
+                self.delivered_since_fc += 1;
+                if self.delivered_since_fc >= FLOW_CONTROL_EVERY {
+                    self.delivered_since_fc = 0;
+                    self.fc_seq += 1;
+                    let mut m = status_msg(&route, status("100 FlowControl Request", &[]));
+                    m.reply = Some(format!(
+                        "$JS.FC.{}.{}.{}",
+                        self.stream, self.name, self.fc_seq
+                    ));
+                    out.push(Command::Status(m));
+                }
+            }
+            if cfg.is_pull() {
+                if let Some(r) = self.waiting.front_mut() {
+                    r.delivered += 1;
+                    r.batch -= 1;
+                    if r.max_bytes > 0 {
+                        r.max_bytes = r.max_bytes.saturating_sub(size as u64);
+                    }
+                    if let (Some(h), Some(_)) = (r.heartbeat, r.next_heartbeat) {
+                        r.next_heartbeat = Some(now + h);
+                    }
+                    if r.batch == 0 {
+                        self.waiting.pop_front();
+                    }
+                }
+            }
+            if self.not_before.is_some() {
+                return false;
+            }
+        }
+    }
+
+    /// The next message to deliver: a due redelivery first, then the start list, then new ones.
+    fn next_message(&mut self, store: &dyn StreamStore) -> Option<(StoredMsg, bool)> {
+        while let Some(seq) = self.redeliver.pop_first() {
+            if !self.pending.contains_key(&seq) {
+                continue;
+            }
+            match store.load_msg(seq) {
+                Ok(m) => return Some((m, true)),
+                Err(_) => {
+                    // Gone from the stream (limits, purge): nothing left to redeliver.
+                    self.pending.remove(&seq);
+                    self.deliveries.remove(&seq);
+                    self.update_floor();
+                    self.dirty = true;
+                }
+            }
+        }
+        while let Some(seq) = self.start_list.pop_front() {
+            self.num_pending = self.num_pending.saturating_sub(1);
+            if let Ok(m) = store.load_msg(seq) {
+                self.sseq = self.sseq.max(seq);
+                return Some((m, false));
+            }
+        }
+        let m = next_matching(store, &self.filters, self.sseq + 1)?;
+        self.sseq = m.seq;
+        self.num_pending = self.num_pending.saturating_sub(1);
+        Some((m, false))
+    }
+}

@@ -1,0 +1,220 @@
+//! A consumer's task and its I/O: ticks of the state machine (on events and timers), the state
+//! save (fsynced when asked), then batched publishing and the other commands.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use natrium_store::DocFile;
+use serde_json::{json, Value};
+
+use super::state::At;
+use super::wire::{Command, Save};
+use super::Consumer;
+use crate::router::Msg;
+use crate::util::time::rfc3339;
+
+impl Consumer {
+    pub(super) async fn run(self: Arc<Self>) {
+        loop {
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            let deadline = self.state.lock().next_deadline(At::now());
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = self.stop.notified() => return,
+                _ = sleep_until(deadline) => {}
+            }
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            // Interest in a push consumer's deliver subject, asked outside the state lock.
+            let route = self.state.lock().push_route();
+            let bound = route.is_some_and(|d| self.client.has_interest(&d));
+            let at = At::now();
+            let tick = {
+                let mut st = self.state.lock();
+                if st.inactive(at.mono, bound) {
+                    drop(st);
+                    self.expire();
+                    return;
+                }
+                st.tick(self.store.as_ref(), at, bound)
+            };
+            if let Some(save) = tick.save {
+                self.persist(save).await;
+            }
+            if self.send(tick.commands).await {
+                self.wake.notify_one();
+                // Let the receivers' writers send this batch before the next one is made.
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    /// An ephemeral consumer inactive past its threshold goes away.
+    fn expire(&self) {
+        let set = self.set.upgrade();
+        if let Some(set) = &set {
+            set.remove(&self.name);
+        }
+        self.delete();
+        if let Some(set) = &set {
+            set.release_unneeded();
+        }
+    }
+
+    /// Runs a tick's commands in order; consecutive messages to one route (a push consumer's
+    /// subject, one pull request's inbox) go as one batch, and receivers that fell behind are
+    /// waited for (while they make progress) before more. Whether to tick again at once.
+    async fn send(&self, cmds: Vec<Command>) -> bool {
+        let mut again = false;
+        let mut lagging = Vec::new();
+        let mut rest = &cmds[..];
+        while let Some(first) = rest.first() {
+            let Some(route) = outgoing(first).map(|o| &o.route) else {
+                match first {
+                    Command::Tick => again = true,
+                    other => self.side_effect(other),
+                }
+                rest = &rest[1..];
+                continue;
+            };
+            let run = rest
+                .iter()
+                .take_while(|c| outgoing(c).is_some_and(|o| o.route == *route))
+                .count();
+            let (_, lag) = self.client.publish_batch(
+                route,
+                rest[..run].iter().filter_map(outgoing).map(|o| Msg {
+                    subject: &o.subject,
+                    reply: o.reply.as_deref().map(str::as_bytes),
+                    headers: o.headers.as_deref(),
+                    payload: &o.payload,
+                }),
+            );
+            lagging.extend(lag);
+            rest = &rest[run..];
+        }
+        for l in lagging {
+            l.wait().await;
+        }
+        again
+    }
+
+    /// Saves the state document (on a blocking thread when it is fsynced).
+    async fn persist(&self, save: Save) {
+        let Some(dir) = self.dir.clone() else { return };
+        let file = self.state_file.clone();
+        let Save { body, sync } = save;
+        let write = move || -> std::io::Result<()> {
+            let mut f = file.lock();
+            if f.is_none() {
+                *f = Some(DocFile::open(&dir, "state")?.0);
+            }
+            f.as_mut().expect("opened above").write(&body, sync)
+        };
+        let res = if sync {
+            tokio::task::spawn_blocking(write)
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
+        } else {
+            write()
+        };
+        if let Err(e) = res {
+            tracing::error!(
+                "consumer {}/{}: saving state failed: {e}",
+                self.stream_name,
+                self.name
+            );
+        }
+    }
+
+    /// Runs a command that is not a message to a route.
+    pub(super) fn side_effect(&self, cmd: &Command) {
+        match cmd {
+            Command::Advisory { kind, body } => self.advisory(kind, body.clone()),
+            Command::DeadLetter {
+                seq,
+                deliveries,
+                reason,
+                template,
+            } => self.dead_letter(*seq, *deliveries, reason, template),
+            Command::Release(seq) => {
+                if let Some(set) = self.set.upgrade() {
+                    set.release(*seq);
+                }
+            }
+            Command::AckReply(reply) => {
+                let _ = self.client.publish(reply, None, None, b"");
+            }
+            Command::Tick => self.wake.notify_one(),
+            Command::Deliver { .. } | Command::Status(_) => {}
+        }
+    }
+
+    fn advisory(&self, kind: &str, mut body: Value) {
+        body["id"] = json!(format!("{:016x}", fastrand::u64(..)));
+        body["timestamp"] = json!(rfc3339(SystemTime::now()));
+        body["stream"] = json!(self.stream_name);
+        body["consumer"] = json!(self.name);
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.{kind}.{}.{}",
+            self.stream_name, self.name
+        );
+        let _ = self
+            .client
+            .publish(&subject, None, None, body.to_string().as_bytes());
+    }
+
+    /// Publishes a copy of message `seq` to the subject `template` names, with headers saying
+    /// where it comes from and why.
+    fn dead_letter(&self, seq: u64, deliveries: u64, reason: &str, template: &str) {
+        let Ok(msg) = self.store.load_msg(seq) else {
+            return;
+        };
+        let subject = template
+            .replace("{stream}", &self.stream_name)
+            .replace("{consumer}", &self.name)
+            .replace("{subject}", &String::from_utf8_lossy(&msg.subject));
+        let mut h = match &msg.headers {
+            Some(orig) => {
+                let text = String::from_utf8_lossy(orig);
+                let body = text.trim_end_matches("\r\n");
+                format!("{body}\r\n")
+            }
+            None => "NATS/1.0\r\n".to_string(),
+        };
+        h.push_str(&format!(
+            "Nats-DLQ-Stream: {}\r\nNats-DLQ-Consumer: {}\r\nNats-DLQ-Sequence: {seq}\r\nNats-DLQ-Deliveries: {deliveries}\r\nNats-DLQ-Reason: {reason}\r\n\r\n",
+            self.stream_name, self.name
+        ));
+        if self
+            .client
+            .publish(&subject, None, Some(h.as_bytes()), &msg.payload)
+            .is_err()
+        {
+            tracing::warn!(
+                "consumer {}/{}: dead-letter subject {subject:?} is not a valid subject",
+                self.stream_name,
+                self.name
+            );
+        }
+    }
+}
+
+/// The message a command sends to a route, if it sends one.
+fn outgoing(cmd: &Command) -> Option<&super::wire::Outgoing> {
+    match cmd {
+        Command::Deliver { msg, .. } | Command::Status(msg) => Some(msg),
+        _ => None,
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending::<()>().await,
+    }
+}

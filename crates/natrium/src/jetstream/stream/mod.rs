@@ -1,0 +1,201 @@
+//! One stream: its config, store and consumers, the tasks that feed it (ingest, expiry), and the
+//! operations on its messages the API asks for (purge, delete). Ingest is in `ingest.rs`.
+
+mod check;
+mod ingest;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use natrium_store::StreamStore;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+
+use super::config::StreamConfig;
+use super::consumer::Consumers;
+use super::errors::ApiError;
+use crate::router::internal::SubControl;
+use crate::router::{InternalClient, InternalSubscription};
+use crate::util::time::now_nanos;
+
+/// Messages waiting for a stream's ingest task before new ones are dropped (the publisher then
+/// sees no PubAck and retries; nothing acknowledged is ever dropped).
+const INGEST_QUEUE: usize = 64 * 1024;
+
+pub(crate) struct Stream {
+    pub name: String,
+    /// Swapped whole by an update; ingest takes a cheap `Arc` clone per message.
+    config: RwLock<Arc<StreamConfig>>,
+    pub created: SystemTime,
+    pub store: Arc<dyn StreamStore>,
+    pub consumers: Arc<Consumers>,
+    client: InternalClient,
+    stop: Notify,
+    stopped: AtomicBool,
+    /// Acknowledge on write rather than after the covering sync (lazy `sync_interval` mode).
+    ack_before_sync: bool,
+    /// `{"stream":<name>,"seq":` (the name JSON-escaped once): a PubAck is this plus the sequence.
+    ack_prefix: String,
+    /// The ingest subscription's subjects, changed in place by a stream update.
+    ingest: Mutex<Option<Arc<SubControl>>>,
+}
+
+impl Stream {
+    pub(crate) fn new(
+        config: StreamConfig,
+        created: SystemTime,
+        store: Arc<dyn StreamStore>,
+        client: InternalClient,
+        ack_before_sync: bool,
+    ) -> Arc<Stream> {
+        let ack_prefix = format!(
+            "{{\"stream\":{},\"seq\":",
+            serde_json::Value::from(config.name.as_str())
+        );
+        let consumers = Consumers::new(
+            &config.name,
+            store.clone(),
+            client.clone(),
+            config.retention,
+        );
+        Arc::new(Stream {
+            ack_prefix,
+            name: config.name.clone(),
+            config: RwLock::new(Arc::new(config)),
+            created,
+            store,
+            consumers,
+            client,
+            stop: Notify::new(),
+            stopped: AtomicBool::new(false),
+            ingest: Mutex::new(None),
+            ack_before_sync,
+        })
+    }
+
+    pub(crate) fn config(&self) -> StreamConfig {
+        StreamConfig::clone(&self.config.read())
+    }
+
+    /// The stream's default dead-letter subject (`dead_letter_subject` in its metadata), which
+    /// consumers created now take.
+    pub(crate) fn dead_letter(&self) -> Option<String> {
+        self.config
+            .read()
+            .metadata
+            .as_ref()
+            .and_then(|m| m.get("dead_letter_subject").cloned())
+    }
+
+    /// Applies a new config; the ingest subscription follows a change of subjects in place.
+    pub(crate) fn set_config(&self, c: StreamConfig) -> Result<(), ApiError> {
+        if let Some(ctl) = self.ingest.lock().as_ref() {
+            ctl.set_subjects(&c.subjects)
+                .map_err(|e| ApiError::update_failed(e.to_string()))?;
+        }
+        *self.config.write() = Arc::new(c);
+        Ok(())
+    }
+
+    /// Subscribes to the stream's subjects and starts its ingest and expiry tasks.
+    pub(crate) fn start(self: &Arc<Self>) -> Result<(), ApiError> {
+        let subjects = self.config.read().subjects.clone();
+        let mut sub: Option<InternalSubscription> = None;
+        for s in &subjects {
+            match sub.as_mut() {
+                None => {
+                    sub = Some(
+                        self.client
+                            .subscribe(s, None, INGEST_QUEUE)
+                            .map_err(|e| ApiError::create_failed(e.to_string()))?,
+                    )
+                }
+                Some(existing) => existing
+                    .also(s, None)
+                    .map_err(|e| ApiError::create_failed(e.to_string()))?,
+            }
+        }
+        let Some(sub) = sub else {
+            return Err(ApiError::invalid_config("stream has no subjects"));
+        };
+        *self.ingest.lock() = Some(sub.control());
+        tokio::spawn(self.clone().ingest(sub));
+        tokio::spawn(self.clone().expire_loop());
+        Ok(())
+    }
+
+    /// Stops its consumers, ingest and expiry; the store stays open for the caller to stop or
+    /// delete.
+    pub(crate) fn shutdown(&self) {
+        self.consumers.shutdown();
+        self.stopped.store(true, Ordering::Release);
+        self.stop.notify_waiters();
+        self.stop.notify_one();
+    }
+
+    async fn expire_loop(self: Arc<Self>) {
+        loop {
+            let max_age = self.config.read().max_age();
+            let every = if max_age.is_zero() {
+                Duration::from_secs(1)
+            } else {
+                (max_age / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.stop.notified() => return,
+            }
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            if !max_age.is_zero() {
+                if let Err(e) = self.store.expire(now_nanos()) {
+                    tracing::warn!("stream {}: expiring messages failed: {e}", self.name);
+                }
+            }
+        }
+    }
+
+    /// Purges all messages, those on `filter`, those below `seq`, or all but the newest `keep`
+    /// (as `StreamStore::purge_ex`); how many went.
+    pub(crate) fn purge(&self, filter: Option<&str>, seq: u64, keep: u64) -> Result<u64, ApiError> {
+        let cfg = Arc::clone(&self.config.read());
+        if cfg.sealed {
+            return Err(ApiError::sealed());
+        }
+        if cfg.deny_purge {
+            return Err(ApiError::purge_failed("stream purge not permitted"));
+        }
+        let purged = match (filter, seq, keep) {
+            (None, 0, 0) => self.store.purge(),
+            (filter, seq, keep) => self
+                .store
+                .purge_ex(filter.unwrap_or("").as_bytes(), seq, keep),
+        }
+        .map_err(|e| ApiError::purge_failed(e.to_string()))?;
+        self.consumers.recount();
+        Ok(purged)
+    }
+
+    /// Removes message `seq` (overwriting its bytes unless `no_erase`).
+    pub(crate) fn delete_msg(&self, seq: u64, no_erase: bool) -> Result<(), ApiError> {
+        let cfg = Arc::clone(&self.config.read());
+        if cfg.sealed {
+            return Err(ApiError::sealed());
+        }
+        if cfg.deny_delete {
+            return Err(ApiError::msg_delete_failed("message delete not permitted"));
+        }
+        let removed = if no_erase {
+            self.store.remove_msg(seq)
+        } else {
+            self.store.erase_msg(seq)
+        }
+        .map_err(|e| ApiError::msg_delete_failed(e.to_string()))?;
+        if !removed {
+            return Err(ApiError::msg_delete_failed("no message found"));
+        }
+        Ok(())
+    }
+}

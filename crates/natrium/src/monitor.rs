@@ -341,6 +341,12 @@ impl Collector for NatriumCollector {
             "Open client connections",
             clients.len() as f64,
         )?;
+        gauge(
+            &mut enc,
+            "natrium_websocket_connections",
+            "Open client connections through the WebSocket listener (counted in natrium_connections too)",
+            clients.iter().filter(|c| c.is_websocket()).count() as f64,
+        )?;
         counter(
             &mut enc,
             "natrium_connections_opened",

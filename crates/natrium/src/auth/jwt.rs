@@ -22,6 +22,10 @@ use crate::router::imports::{ExportKind, Import, Responses};
 use crate::router::Limits;
 use crate::util::time::now_secs;
 
+/// The connection types of a user JWT's `allowed_connection_types` that Natrium serves.
+pub const CONN_TYPE_STANDARD: &str = "STANDARD";
+pub const CONN_TYPE_WEBSOCKET: &str = "WEBSOCKET";
+
 /// JWT operator mode: `operator` (JWTs or files holding them), `resolver` (`MEMORY` or a
 /// directory) and `resolver_preload { ACCOUNT_KEY: JWT }`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -764,13 +768,26 @@ impl Trust {
     }
 
     /// Verifies a user JWT and the nonce signature (`sig`, raw URL-safe or standard base64)
-    /// for a client at `ip`.
+    /// for a client at `ip` connected over TCP (the `STANDARD` connection type).
     pub fn authenticate(
         &self,
         token: &str,
         sig: Option<&str>,
         nonce: Option<&str>,
         ip: Option<IpAddr>,
+    ) -> Result<UserGrant, JwtError> {
+        self.authenticate_as(token, sig, nonce, ip, CONN_TYPE_STANDARD)
+    }
+
+    /// `authenticate` for a client of connection type `conn_type` (`STANDARD` or `WEBSOCKET`):
+    /// a user JWT with `allowed_connection_types` must name it.
+    pub fn authenticate_as(
+        &self,
+        token: &str,
+        sig: Option<&str>,
+        nonce: Option<&str>,
+        ip: Option<IpAddr>,
+        conn_type: &str,
     ) -> Result<UserGrant, JwtError> {
         let c: Claims<UserNats> = decode(token)?;
         if c.nats.kind != "user" {
@@ -813,10 +830,11 @@ impl Trust {
             jiff::Timestamp::now(),
         )?;
         let types = &granted.allowed_connection_types;
-        if !types.is_empty() && !types.iter().any(|t| t.eq_ignore_ascii_case("STANDARD")) {
-            return Err(JwtError::Unsupported(
-                "user JWT does not allow standard connections".into(),
-            ));
+        if !types.is_empty() && !types.iter().any(|t| t.eq_ignore_ascii_case(conn_type)) {
+            return Err(JwtError::Unsupported(format!(
+                "user JWT does not allow {} connections",
+                conn_type.to_ascii_lowercase()
+            )));
         }
         if let (Some(src), Some(ip)) = (&granted.src, ip) {
             let list: Vec<&str> = match src {

@@ -81,6 +81,8 @@ pub struct Conn {
     ping_changed: bool,
     /// Counts against `max_unauthenticated_per_ip` until CONNECT succeeds.
     unauthenticated: Option<Unauthenticated>,
+    /// A WebSocket client's credentials from cookies, used where CONNECT has none.
+    cookies: Option<Credentials>,
     /// When the connection was accepted: the time to CONNECT is the first RTT estimate.
     accepted: tokio::time::Instant,
     /// When the PING whose PONG is awaited went out, for the round-trip time.
@@ -151,7 +153,18 @@ impl Conn {
             creds: None,
             identity: None,
             max_subs: None,
+            cookies: None,
         }
+    }
+
+    /// Marks a client of the WebSocket listener: it authenticates with the websocket block's
+    /// overrides (and `cookies`, the credentials its upgrade request carried in cookies) and is
+    /// shown as a WebSocket connection.
+    pub fn with_websocket(mut self, cookies: Option<Credentials>) -> Self {
+        self.auth_ctx.websocket = true;
+        self.cookies = cookies;
+        self.client.meta.lock().websocket = true;
+        self
     }
 
     /// The nonce sent in this connection's INFO (NKey users sign it).
@@ -232,10 +245,11 @@ impl Conn {
             ping
         };
         let mut ping = new_ping(self.settings.ping_interval);
-        let auth_required = self.ctx.auth.required();
+        let auth = self.ctx.authenticator(self.auth_ctx.websocket);
+        let auth_required = auth.required();
         self.auth_required = auth_required;
         let auth_deadline = tokio::time::sleep(if auth_required {
-            self.ctx.auth.current().timeout()
+            auth.timeout()
         } else {
             Duration::from_secs(u32::MAX as u64)
         });
@@ -542,7 +556,10 @@ impl Conn {
         info: ConnectInfo,
         deadline: tokio::time::Instant,
     ) -> Result<(), Fatal> {
-        let creds = Credentials::from(&info);
+        let mut creds = Credentials::from(&info);
+        if let Some(cookies) = &self.cookies {
+            creds.fill_from(cookies);
+        }
         let out = self.out.clone();
         // Account lookups (URL resolver) and bcrypt both count against the auth timeout.
         let ctx = self.ctx.clone();
@@ -651,11 +668,11 @@ impl Conn {
         let (Some(creds), Some(before)) = (self.creds.clone(), self.identity.clone()) else {
             return Ok(());
         };
-        let verdict = self
-            .ctx
-            .auth
-            .current()
-            .recheck(&creds, &self.auth_ctx, &before);
+        let verdict = self.ctx.authenticator(self.auth_ctx.websocket).recheck(
+            &creds,
+            &self.auth_ctx,
+            &before,
+        );
         let identity = match self.resolve(verdict).await {
             Ok(id) => id,
             Err(AuthError::Jwt(JwtError::Revoked)) => {

@@ -189,12 +189,13 @@ pub fn varz(o: &Observed) -> Value {
     // Set here: the `json!` above is at the macro's recursion limit.
     v["http_base_path"] = json!(opts.http_base_path);
     v["gomaxprocs"] = json!(std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // Gateways, leaf nodes, MQTT and WebSocket are not configured (Natrium has none yet):
-    // nats-server shows them as empty objects then; the cluster section when there is one.
-    for k in ["gateway", "leaf", "mqtt", "websocket"] {
+    // Gateways, leaf nodes and MQTT are not configured (Natrium has none yet): nats-server
+    // shows them as empty objects then; the cluster and WebSocket sections when there are.
+    for k in ["gateway", "leaf", "mqtt"] {
         v[k] = json!({});
     }
     v["cluster"] = cluster_section(o);
+    v["websocket"] = websocket_section(o, &opts);
     v["http_req_stats"] = json!(*o.http_req_stats.lock());
     // nats-server 2.10's fields.
     v["slow_consumer_stats"] = json!({
@@ -364,6 +365,52 @@ pub fn routez(o: &Observed, subs: bool) -> Value {
         v["cluster_name"] = json!(m.name());
     }
     v
+}
+
+/// `/varz`'s `websocket` section, with nats-server's fields (empty ones left out, as its
+/// `omitempty` does): `{}` without a WebSocket listener.
+fn websocket_section(o: &Observed, opts: &crate::options::Options) -> Value {
+    let (Some(w), Some(ep)) = (&opts.websocket, o.conns.websocket()) else {
+        return json!({});
+    };
+    let mut v = serde_json::Map::new();
+    let mut set = |k: &str, val: Value| {
+        let empty = match &val {
+            Value::Null => true,
+            Value::Bool(b) => !b,
+            Value::String(s) => s.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Number(n) => n.as_f64() == Some(0.0),
+            Value::Object(_) => false,
+        };
+        if !empty {
+            v.insert(k.to_string(), val);
+        }
+    };
+    set("host", json!(w.host));
+    set("port", json!(ep.port));
+    set("advertise", json!(w.advertise));
+    set("no_auth_user", json!(w.no_auth_user));
+    set("jwt_cookie", json!(w.jwt_cookie));
+    set(
+        "handshake_timeout",
+        json!(w.handshake_timeout.as_nanos() as u64),
+    );
+    set(
+        "auth_timeout",
+        json!(w.auth_timeout.map_or(0.0, |t| t.as_secs_f64())),
+    );
+    set("no_tls", json!(w.no_tls));
+    let tls = w.tls.as_ref();
+    set("tls_map", json!(tls.is_some_and(|t| t.verify_and_map)));
+    set(
+        "tls_pinned_certs",
+        json!(tls.map(|t| t.pinned_certs.clone()).unwrap_or_default()),
+    );
+    set("same_origin", json!(w.same_origin));
+    set("allowed_origins", json!(w.allowed_origins));
+    set("compression", json!(w.compression));
+    Value::Object(v)
 }
 
 /// `/varz`'s `cluster` section: the cluster's name, listener and configured routes.

@@ -39,3 +39,4 @@ mod systemd;
 mod tenant;
 mod tls;
 mod url_resolver;
+mod websocket;

@@ -471,16 +471,32 @@ impl Collector for NatriumCollector {
     }
 }
 
-/// Route series, labelled by the peer's server name (as many as the cluster has servers).
+/// Route series, labelled by the peer's server name (as many as the cluster has servers; a
+/// peer's pooled and dedicated connections are summed).
 fn encode_routes(
     enc: &mut DescriptorEncoder,
     routes: &[Arc<crate::cluster::Route>],
 ) -> Result<(), std::fmt::Error> {
+    let mut peers: std::collections::BTreeMap<String, Vec<&crate::cluster::Route>> =
+        std::collections::BTreeMap::new();
+    for r in routes {
+        let remote = r
+            .remote()
+            .map(|i| {
+                if i.server_name.is_empty() {
+                    i.server_id
+                } else {
+                    i.server_name
+                }
+            })
+            .unwrap_or_default();
+        peers.entry(remote).or_default().push(r);
+    }
     gauge(
         enc,
         "natrium_routes",
         "Peer servers with a route up",
-        routes.len() as f64,
+        peers.len() as f64,
     )?;
     type Series = (
         &'static str,
@@ -528,22 +544,13 @@ fn encode_routes(
     ];
     for (name, help, kind, f) in series {
         let mut m = enc.encode_descriptor(name, help, None, kind)?;
-        for r in routes {
-            let remote = r
-                .remote()
-                .map(|i| {
-                    if i.server_name.is_empty() {
-                        i.server_id
-                    } else {
-                        i.server_name
-                    }
-                })
-                .unwrap_or_default();
+        for (remote, conns) in &peers {
             let labels = [("remote", remote.as_str())];
             let fam = m.encode_family(&labels)?;
+            let v: f64 = conns.iter().map(|r| f(r)).sum();
             match kind {
-                MetricType::Counter => ConstCounter::new(f(r) as u64).encode(fam)?,
-                _ => ConstGauge::new(f(r)).encode(fam)?,
+                MetricType::Counter => ConstCounter::new(v as u64).encode(fam)?,
+                _ => ConstGauge::new(v).encode(fam)?,
             }
         }
     }

@@ -908,8 +908,8 @@ fn jetstream(
 }
 
 /// The `cluster {}` block, with nats-server's keys and errors. Keys that would change what
-/// crosses the routes if ignored (TLS, permissions) are refused until implemented; keys that
-/// only tune how (pinned accounts, compression) are warnings.
+/// crosses the routes if ignored (permissions) are refused until implemented; keys that only
+/// tune how (compression) are warnings.
 fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, OptionsError> {
     let mut c = ClusterOptions::default();
     for (key, kv) in map_of(v)?.iter() {
@@ -966,18 +966,30 @@ fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, Op
             "no_advertise" => c.no_advertise = boolean(kv)?,
             "connect_retries" => c.connect_retries = int(kv)?.max(0) as u32,
             "pool_size" => {
-                c.pool_size = int(kv)? as i32;
-                if c.pool_size > 0 {
-                    warnings.push(format!(
-                        "{}: cluster pool_size is not supported yet by this version of natrium: it keeps one route per peer (nats-server 2.10 accepts that from a peer that does not pool)",
-                        kv.pos
-                    ));
+                // 0 is nats-server's "default" (3); -1 turns pooling off.
+                c.pool_size = match int(kv)? {
+                    0 => crate::cluster::options::DEFAULT_POOL_SIZE,
+                    n => n.clamp(-1, 256) as i32,
+                };
+            }
+            "accounts" => {
+                let Value::Array(items) = &kv.value else {
+                    return Err(invalid(kv, "cluster accounts must be an array of account names"));
+                };
+                for item in items {
+                    let name = string(item)?;
+                    if c.accounts.contains(&name) {
+                        return Err(invalid(
+                            item,
+                            &format!(
+                                "found duplicate account name {name:?} in pinned accounts list {:?}",
+                                c.accounts
+                            ),
+                        ));
+                    }
+                    c.accounts.push(name);
                 }
             }
-            "accounts" => warnings.push(format!(
-                "{}: cluster accounts (dedicated per-account routes) are not supported yet by this version of natrium: those accounts use the shared route",
-                kv.pos
-            )),
             "compression" => {
                 let off = match &kv.value {
                     Value::Bool(b) => !b,
@@ -1023,6 +1035,12 @@ fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, Op
                 ))
             }
         }
+    }
+    if c.pool_size < 0 && !c.accounts.is_empty() {
+        return Err(invalid(
+            v,
+            "pool_size cannot be negative if pinned accounts are specified",
+        ));
     }
     Ok(c)
 }

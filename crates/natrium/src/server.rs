@@ -430,8 +430,13 @@ impl Server {
         Some(format!("nats://{host}:{}", m.port()))
     }
 
-    /// How many peers this server has a route to.
+    /// How many peers this server has a route to (however many connections each).
     pub fn num_routes(&self) -> usize {
+        self.mesh.as_ref().map_or(0, |m| m.num_peers())
+    }
+
+    /// How many route connections this server has (pooled and dedicated ones each count).
+    pub fn num_route_connections(&self) -> usize {
         self.mesh.as_ref().map_or(0, |m| m.routes().len())
     }
 

@@ -1,8 +1,9 @@
 //! The route protocol between servers of one cluster, as nats-server speaks it: parsing what a
 //! peer sends (`INFO`, `CONNECT`, `PING`/`PONG`, `RS+`/`RS-`, `LS+`/`LS-`, `RMSG`/`HMSG`/`LMSG`,
-//! `+OK`/`-ERR`) and encoding interest and messages for a peer. Account names are always in the
-//! protocol (Natrium does not run dedicated per-account routes). Zero-copy and stateless like
-//! `parse`: a caller retries after the next read when more bytes are needed.
+//! `+OK`/`-ERR`) and encoding interest and messages for a peer. On a dedicated per-account route
+//! the account is implied and left out of `RS+`/`RS-`/`RMSG`/`HMSG` (an empty account when
+//! encoding, `parse_route_op_in` when parsing). Zero-copy and stateless like `parse`: a caller
+//! retries after the next read when more bytes are needed.
 
 use memchr::memchr;
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,16 @@ pub fn queue_names(queues: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Parses one peer operation from the front of `buf`.
 pub fn parse_route_op(buf: &[u8], max_payload: usize) -> Result<Parsed<RouteOp<'_>>, ParseError> {
+    parse_route_op_in(buf, max_payload, false)
+}
+
+/// Parses one peer operation; with `implied_account` (a dedicated per-account route) the
+/// account is not in the protocol and comes back empty.
+pub fn parse_route_op_in(
+    buf: &[u8],
+    max_payload: usize,
+    implied_account: bool,
+) -> Result<Parsed<RouteOp<'_>>, ParseError> {
     let Some(nl) = memchr(b'\n', buf) else {
         if buf.len() > MAX_ROUTE_CONTROL_LINE {
             return Err(ParseError::ControlLineTooLong);
@@ -96,6 +107,9 @@ pub fn parse_route_op(buf: &[u8], max_payload: usize) -> Result<Parsed<RouteOp<'
         } else {
             None
         };
+        if implied_account {
+            a.insert(0, b"");
+        }
         match a.as_slice() {
             [account, subject] => RouteOp::Sub {
                 origin,
@@ -124,6 +138,14 @@ pub fn parse_route_op(buf: &[u8], max_payload: usize) -> Result<Parsed<RouteOp<'
             }
             _ => (None, &a[..]),
         };
+        let mut with_account: Vec<&[u8]> = Vec::new();
+        let rest = if implied_account {
+            with_account.push(b"");
+            with_account.extend_from_slice(rest);
+            &with_account[..]
+        } else {
+            rest
+        };
         match rest {
             [account, subject] => RouteOp::Unsub {
                 origin,
@@ -140,7 +162,7 @@ pub fn parse_route_op(buf: &[u8], max_payload: usize) -> Result<Parsed<RouteOp<'
             _ => return Err(ParseError::BadArgs("wrong number of arguments to RS-")),
         }
     } else if upper(b"RMSG") || upper(b"HMSG") || upper(b"LMSG") {
-        return parse_msg(buf, name, args, after, max_payload);
+        return parse_msg(buf, name, args, after, max_payload, implied_account);
     } else {
         return Err(ParseError::UnknownOp);
     };
@@ -168,6 +190,7 @@ fn parse_msg<'a>(
     args: &'a [u8],
     after: usize,
     max_payload: usize,
+    implied_account: bool,
 ) -> Result<Parsed<RouteOp<'a>>, ParseError> {
     let bad = || ParseError::BadArgs("bad routed message arguments");
     let leaf = name[0].eq_ignore_ascii_case(&b'L');
@@ -187,7 +210,11 @@ fn parse_msg<'a>(
     } else {
         None
     };
-    let account = next(&mut rest).ok_or_else(bad)?;
+    let account: &[u8] = if implied_account {
+        b""
+    } else {
+        next(&mut rest).ok_or_else(bad)?
+    };
     let subject = next(&mut rest).ok_or_else(bad)?;
     // The sizes are the last one or two arguments.
     let body = trim(rest);
@@ -261,11 +288,10 @@ fn parse_msg<'a>(
     })
 }
 
-/// Appends `RS+ account subject[ queue weight]\r\n`.
+/// Appends `RS+ account subject[ queue weight]\r\n` (no account when `account` is empty).
 pub fn sub(out: &mut Vec<u8>, account: &[u8], subject: &[u8], queue: Option<(&[u8], u32)>) {
     out.extend_from_slice(b"RS+ ");
-    out.extend_from_slice(account);
-    out.push(b' ');
+    push_account(out, account);
     out.extend_from_slice(subject);
     if let Some((q, weight)) = queue {
         out.push(b' ');
@@ -276,11 +302,10 @@ pub fn sub(out: &mut Vec<u8>, account: &[u8], subject: &[u8], queue: Option<(&[u
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends `RS- account subject[ queue]\r\n`.
+/// Appends `RS- account subject[ queue]\r\n` (no account when `account` is empty).
 pub fn unsub(out: &mut Vec<u8>, account: &[u8], subject: &[u8], queue: Option<&[u8]>) {
     out.extend_from_slice(b"RS- ");
-    out.extend_from_slice(account);
-    out.push(b' ');
+    push_account(out, account);
     out.extend_from_slice(subject);
     if let Some(q) = queue {
         out.push(b' ');
@@ -289,7 +314,15 @@ pub fn unsub(out: &mut Vec<u8>, account: &[u8], subject: &[u8], queue: Option<&[
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends a routed message: `RMSG account subject [reply] size` (or `HMSG ... hdr total` with
+/// The account and its separator; nothing on a per-account route (empty `account`).
+fn push_account(out: &mut Vec<u8>, account: &[u8]) {
+    if !account.is_empty() {
+        out.extend_from_slice(account);
+        out.push(b' ');
+    }
+}
+
+/// Appends a routed message (no account when `account` is empty): `RMSG account subject [reply] size` (or `HMSG ... hdr total` with
 /// headers); with queue groups `+ reply q1 q2` or `| q1 q2` stands where the reply would be.
 pub fn msg<'q>(
     out: &mut Vec<u8>,
@@ -308,8 +341,7 @@ pub fn msg<'q>(
     } else {
         b"RMSG "
     });
-    out.extend_from_slice(account);
-    out.push(b' ');
+    push_account(out, account);
     out.extend_from_slice(subject);
     out.push(b' ');
     let mut queues = queues.into_iter().peekable();
@@ -341,6 +373,21 @@ pub fn msg<'q>(
     }
     out.extend_from_slice(payload);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The pool connection that carries `account` (interest and messages) between two servers
+/// pooling `pool_size` connections: FNV-1a (32 bits) of the name, modulo the size, as
+/// nats-server computes it, so that both ends of a mixed cluster agree.
+pub fn pool_index(pool_size: usize, account: &str) -> usize {
+    if pool_size <= 1 {
+        return 0;
+    }
+    let mut h: u32 = 0x811c_9dc5;
+    for b in account.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % pool_size as u32) as usize
 }
 
 /// The INFO a server sends on a route connection (and forwards to gossip about peers).
@@ -454,6 +501,74 @@ mod tests {
             Ok(Parsed::Op { op, len }) => (op, len),
             other => panic!("{:?}: {other:?}", String::from_utf8_lossy(buf)),
         }
+    }
+
+    #[test]
+    fn per_account_routes_leave_the_account_out() {
+        let parse = |b: &'static [u8]| match parse_route_op_in(b, 1 << 20, true).expect("valid") {
+            Parsed::Op { op, .. } => op,
+            Parsed::Incomplete { .. } => panic!("incomplete"),
+        };
+        assert_eq!(
+            parse(b"RS+ foo.bar q 3\r\n"),
+            RouteOp::Sub {
+                origin: None,
+                account: b"",
+                subject: b"foo.bar",
+                queue: Some((b"q", 3))
+            }
+        );
+        assert_eq!(
+            parse(b"RS- foo.bar\r\n"),
+            RouteOp::Unsub {
+                origin: None,
+                account: b"",
+                subject: b"foo.bar",
+                queue: None
+            }
+        );
+        match parse(b"RMSG foo reply 2\r\nhi\r\n") {
+            RouteOp::Msg {
+                account,
+                subject,
+                reply,
+                payload,
+                ..
+            } => {
+                assert_eq!(
+                    (account, subject, reply, payload),
+                    (&b""[..], &b"foo"[..], Some(&b"reply"[..]), &b"hi"[..])
+                );
+            }
+            op => panic!("{op:?}"),
+        }
+        // With the account in the protocol the same RS+ means account `foo.bar`, subject `q`.
+        assert!(parse_route_op_in(b"RS+ foo.bar q 3\r\n", 1 << 20, false).is_err());
+        let mut out = Vec::new();
+        sub(&mut out, b"", b"foo", None);
+        unsub(&mut out, b"", b"foo", Some(b"q"));
+        msg(&mut out, b"", b"foo", None, [], None, b"x");
+        assert_eq!(out, b"RS+ foo\r\nRS- foo q\r\nRMSG foo 1\r\nx\r\n");
+    }
+
+    #[test]
+    fn pool_index_is_fnv1a_modulo_the_size() {
+        // FNV-1a 32 test vectors: "a" is 0xe40c292c, "foobar" 0xbf9cf968; "" the offset basis.
+        assert_eq!(pool_index(1000, "a"), (0xe40c_292cu32 % 1000) as usize);
+        assert_eq!(pool_index(977, "foobar"), (0xbf9c_f968u32 % 977) as usize);
+        assert_eq!(pool_index(3, ""), (0x811c_9dc5u32 % 3) as usize);
+        assert_eq!(pool_index(3, "$G"), 2);
+        assert_eq!(pool_index(1, "anything"), 0);
+        assert_eq!(pool_index(0, "anything"), 0);
+        let spread: std::collections::BTreeSet<usize> =
+            ["A", "B", "C", "D", "E", "F", "$G", "$SYS"]
+                .iter()
+                .map(|a| pool_index(3, a))
+                .collect();
+        assert!(
+            spread.len() > 1,
+            "accounts spread over the pool: {spread:?}"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! This server's place in a full mesh of routes: the cluster listener, the explicit routes it
-//! keeps connected, the peers it learns about through others (gossip) and dials, one
-//! registered route per peer (duplicates resolved the same way on both sides), the interest it
-//! announces (a full snapshot when a route comes up, then every change, in order), and the
-//! client URLs of every server that clients are told about.
+//! keeps connected, the peers it learns about through others (gossip) and dials, each peer's
+//! registered connections (a pool of `pool_size` plus one per pinned account as nats-server 2.10
+//! has them, or one when either side does not pool; duplicates resolved the same way on both
+//! sides), the interest it announces (each account's on the connection that carries it: a
+//! snapshot when the connection comes up, then every change, in order), and the client URLs of
+//! every server that clients are told about.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::options::{ClusterOptions, RouteUrl, MAX_ROUTE_PING_INTERVAL};
-use super::route::{self, Closing, Dialled, Route};
+use super::route::{self, Closing, Dialled, Route, RunEnd, Slot};
 use crate::conn::{ClusterView, ConnContext};
 use crate::router::{CloseReason, InterestChange, InternalClient};
 use crate::util::{PROTOCOL_VERSION, VERSION};
@@ -43,8 +45,12 @@ pub struct Mesh {
     client_urls: Vec<String>,
     /// This server's WebSocket URLs, when it has a WebSocket listener.
     ws_urls: Vec<String>,
-    /// The registered route of each peer, by server id.
-    routes: Mutex<FxHashMap<String, Arc<Route>>>,
+    /// The registered connections of each peer, by server id.
+    routes: Mutex<FxHashMap<String, Peer>>,
+    /// Accounts with a dedicated connection to each pooling peer.
+    pinned: Vec<String>,
+    /// Signalled when a connection registers or closes (dialling tasks re-check their peer).
+    changed: tokio::sync::Notify,
     /// Every route connection, registered or not (for shutdown), by rid.
     live: Mutex<FxHashMap<u64, Arc<Route>>>,
     /// Each peer's client and WebSocket URLs, by server id.
@@ -96,6 +102,7 @@ impl Mesh {
             listen.port()
         );
         let (sync, synced) = mpsc::unbounded_channel();
+        let pinned = opts.pinned_accounts(system.as_ref().map(InternalClient::account));
         let mesh = Arc::new(Mesh {
             client_urls: client_urls(&conns.identity.host, conns.identity.port),
             ws_urls: match conns.websocket() {
@@ -111,6 +118,8 @@ impl Mesh {
             dynamic: AtomicBool::new(dynamic),
             listen,
             routes: Mutex::new(FxHashMap::default()),
+            pinned,
+            changed: tokio::sync::Notify::new(),
             live: Mutex::new(FxHashMap::default()),
             peer_urls: Mutex::new(BTreeMap::new()),
             known: Mutex::new(FxHashMap::default()),
@@ -126,7 +135,14 @@ impl Mesh {
             tokio::spawn(announce(mesh.clone(), changes, synced)),
         ];
         for url in mesh.opts.routes.clone() {
-            tasks.push(tokio::spawn(keep_route(mesh.clone(), url)));
+            for lane in mesh.lanes() {
+                tasks.push(tokio::spawn(keep_route(
+                    mesh.clone(),
+                    url.clone(),
+                    lane,
+                    true,
+                )));
+            }
         }
         if let Some(system) = system {
             let counts = mesh.conns.watch_connection_counts();
@@ -157,11 +173,95 @@ impl Mesh {
         &self.opts
     }
 
-    /// Every registered route.
+    /// Every registered route connection (pooled and dedicated ones each count).
     pub fn routes(&self) -> Vec<Arc<Route>> {
-        let mut v: Vec<_> = self.routes.lock().values().cloned().collect();
+        let mut v: Vec<_> = self
+            .routes
+            .lock()
+            .values()
+            .flat_map(|p| p.all().cloned().collect::<Vec<_>>())
+            .collect();
         v.sort_by_key(|r| r.rid);
         v
+    }
+
+    /// How many peers this server has a registered route to.
+    pub fn num_peers(&self) -> usize {
+        self.routes.lock().len()
+    }
+
+    /// The accounts with dedicated routes (the configured ones and, when pooling, the system
+    /// account).
+    pub fn pinned_accounts(&self) -> &[String] {
+        &self.pinned
+    }
+
+    /// Whether a route this server dialled holds its INFO back until it has the peer's (a
+    /// pooled connection announces the pool index it takes, as nats-server 2.10 does).
+    pub(super) fn delays_info(&self, dialled: Option<&Dialled>) -> bool {
+        dialled.is_some_and(|d| d.account.is_none()) && self.opts.pooling()
+    }
+
+    /// The connections this server keeps to each explicit peer: the pool, then one per pinned
+    /// account.
+    fn lanes(&self) -> Vec<Lane> {
+        if !self.opts.pooling() {
+            return vec![Lane::Pool(0)];
+        }
+        let mut v: Vec<Lane> = (0..self.opts.pool_size as usize).map(Lane::Pool).collect();
+        v.extend(self.pinned.iter().cloned().map(Lane::Dedicated));
+        v
+    }
+
+    /// Whether `lane` to the server at `url` needs dialling now.
+    fn lane_need(&self, url: &RouteUrl, lane: &Lane) -> Need {
+        let Some(id) = self.known.lock().get(&url.address()).cloned() else {
+            return if *lane == Lane::Pool(0) {
+                Need::Yes
+            } else {
+                Need::No { peer_known: false }
+            };
+        };
+        if id == self.conns.identity.id {
+            return Need::Itself;
+        }
+        let routes = self.routes.lock();
+        let Some(p) = routes.get(&id) else {
+            return if *lane == Lane::Pool(0) {
+                Need::Yes
+            } else {
+                Need::No { peer_known: false }
+            };
+        };
+        let needed = !p.no_pool
+            && match lane {
+                Lane::Pool(i) => p.live_pool() <= *i,
+                Lane::Dedicated(a) => p
+                    .dedicated
+                    .get(a)
+                    .is_none_or(|r| r.as_ref().is_none_or(|r| r.out.is_closed())),
+            };
+        if needed {
+            Need::Yes
+        } else {
+            Need::No { peer_known: true }
+        }
+    }
+
+    /// Whether `r` carries `account`'s interest and messages, and with the account implied
+    /// (`Some(true)`: a route dedicated to it).
+    fn carries(&self, slot: &Slot, account: &str) -> Option<bool> {
+        if let Some(a) = &slot.account {
+            return (a == account).then_some(true);
+        }
+        if slot.no_pool {
+            return Some(false);
+        }
+        if self.pinned.iter().any(|p| p == account) {
+            return None;
+        }
+        let size = self.opts.pool_size.max(1) as usize;
+        (natrium_protocol::route::pool_index(size, account) == slot.idx).then_some(false)
     }
 
     /// Route ping interval and the pings a peer may leave unanswered.
@@ -187,8 +287,9 @@ impl Mesh {
         self.live.lock().insert(r.rid, r.clone());
     }
 
-    /// This server's route INFO line.
-    pub(super) fn info_line(&self) -> Vec<u8> {
+    /// This server's route INFO line, for the connection at pool index `idx` (dedicated to
+    /// `account`).
+    pub(super) fn info_line(&self, idx: usize, account: Option<&str>) -> Vec<u8> {
         let id = &self.conns.identity;
         let (host, port, ip) = match &self.opts.advertise {
             Some(adv) => {
@@ -231,6 +332,13 @@ impl Mesh {
             lnoc: true,
             lnocu: true,
             ldm: self.lame_duck.load(Ordering::Relaxed),
+            route_pool_size: if self.opts.pooling() {
+                self.opts.pool_size
+            } else {
+                0
+            },
+            route_pool_idx: idx as i32,
+            route_account: account.unwrap_or_default().to_string(),
             ..RouteInfo::default()
         };
         let mut b = Vec::new();
@@ -315,7 +423,7 @@ impl Mesh {
         r: &Arc<Route>,
         info: RouteInfo,
         peer: SocketAddr,
-    ) -> Result<(), Closing> {
+    ) -> Result<Option<Arc<crate::router::Account>>, Closing> {
         let own = &self.conns.identity;
         if let Some(d) = &r.dialled {
             self.known
@@ -323,11 +431,7 @@ impl Mesh {
                 .insert(d.url.address(), info.server_id.clone());
         }
         if info.server_id == own.id {
-            return Err(Closing {
-                reason: CloseReason::DuplicateRoute,
-                err: None,
-                log: None,
-            });
+            return Err(Closing::quiet(CloseReason::DuplicateRoute));
         }
         self.check_cluster_name(&info.cluster, info.cluster_dynamic)?;
         if r.dialled.is_none() && !info.server_name.is_empty() && info.server_name == own.name {
@@ -336,33 +440,49 @@ impl Mesh {
                 &format!("Remote server has a duplicate name: {:?}", info.server_name),
             ));
         }
-        if !self.register(r, &info.server_id) {
-            tracing::debug!(
-                "{peer} - rid:{} - Detected duplicate remote route {:?}",
+        let want = self.placement(r, &info)?;
+        let first = self.register(r, &info.server_id, want)?;
+        let slot = r.slot().unwrap_or_default();
+        if self.delays_info(r.dialled.as_ref()) {
+            r.out.send(&self.info_line(slot.idx, None));
+        }
+        let dedicated = match &slot.account {
+            Some(a) => {
+                r.out.set_account_implied(true);
+                self.conns.accounts.get(a)
+            }
+            None => None,
+        };
+        match &slot.account {
+            Some(a) => tracing::debug!(
+                "{peer} - rid:{} - Registering remote route {:?} for account {a:?}",
                 r.rid,
                 info.server_id
-            );
-            return Err(Closing {
-                reason: CloseReason::DuplicateRoute,
-                err: None,
-                log: None,
-            });
+            ),
+            None => tracing::debug!(
+                "{peer} - rid:{} - Registering remote route {:?} (pool index {})",
+                r.rid,
+                info.server_id,
+                slot.idx
+            ),
         }
-        tracing::debug!(
-            "{peer} - rid:{} - Registering remote route {:?}",
-            r.rid,
-            info.server_id
-        );
+        self.changed.notify_waiters();
+        let _ = self.sync.send(r.clone());
+        if !first {
+            return Ok(dedicated);
+        }
         // Tell the other peers about this one, so they connect to it too.
         let mut gossip = info.clone();
         gossip.nonce.clear();
+        gossip.route_pool_idx = 0;
+        gossip.route_account.clear();
         if gossip.ip.is_empty() {
             gossip.ip = format!("nats-route://{}/", SocketAddr::new(peer.ip(), info.port));
         }
         let mut line = Vec::new();
         encode::info(&mut line, &serde_json::to_vec(&gossip).unwrap_or_default());
-        for other in self.routes() {
-            if other.rid != r.rid {
+        for other in self.one_route_per_peer() {
+            if other.remote_id().as_deref() != Some(info.server_id.as_str()) {
                 other.out.send(&line);
             }
         }
@@ -373,39 +493,149 @@ impl Mesh {
             );
             self.update_clients();
         }
-        let _ = self.sync.send(r.clone());
-        Ok(())
+        Ok(dedicated)
     }
 
-    /// Registers `r` as its peer's route. Of two connections between the same two servers,
-    /// both keep the one dialled by the server with the smaller id, so they never close both.
-    fn register(&self, r: &Arc<Route>, peer_id: &str) -> bool {
+    /// Where a connection goes among its peer's, or why it cannot (nats-server 2.10's checks
+    /// and errors: a dedicated route to a peer that does not pool, different pool sizes, a
+    /// pool index out of range, an account not pinned here).
+    fn placement(&self, r: &Route, info: &RouteInfo) -> Result<Want, Closing> {
+        let account = match &r.dialled {
+            Some(d) => d.account.clone(),
+            None => (!info.route_account.is_empty()).then(|| info.route_account.clone()),
+        };
+        let protocol = |e: String| Closing::refuse(CloseReason::ProtocolViolation, &e);
+        if !self.opts.pooling() || info.route_pool_size <= 0 {
+            return match account {
+                Some(a) => Err(protocol(format!(
+                    "Not possible to have a dedicated route for account {a:?} between those servers"
+                ))),
+                None => Ok(Want::Single),
+            };
+        }
+        if info.route_pool_size != self.opts.pool_size {
+            return Err(protocol(format!(
+                "Mismatch route pool size: {} vs {}",
+                self.opts.pool_size, info.route_pool_size
+            )));
+        }
+        if let Some(a) = account {
+            if !self.pinned.contains(&a) {
+                return Err(protocol(format!("No route for account {a:?}")));
+            }
+            if self.conns.accounts.get(&a).is_none() {
+                return Err(Closing::refuse(
+                    CloseReason::MissingAccount,
+                    &format!("Unable to lookup account {a:?}: account not found"),
+                ));
+            }
+            return Ok(Want::Dedicated(a));
+        }
+        if r.dialled.is_some() {
+            if info.route_pool_idx != 0 {
+                return Err(protocol(format!(
+                    "Route pool index should not be set but is set to {}",
+                    info.route_pool_idx
+                )));
+            }
+            return Ok(Want::FreePoolSlot);
+        }
+        if info.route_pool_idx < 0 || info.route_pool_idx >= self.opts.pool_size {
+            return Err(protocol(format!(
+                "Invalid route pool index: {} - pool size is {}",
+                info.route_pool_idx, info.route_pool_size
+            )));
+        }
+        Ok(Want::PoolSlot(info.route_pool_idx as usize))
+    }
+
+    /// Registers `r` as one of its peer's connections; `Ok(true)` when it is the peer's first.
+    /// Of two connections for the same place, both servers keep the one dialled by the server
+    /// with the smaller id, so they never close both.
+    fn register(&self, r: &Arc<Route>, peer_id: &str, want: Want) -> Result<bool, Closing> {
         let own = &self.conns.identity.id;
         let dialled_by_smaller = |x: &Route| (x.dialled.is_some()) == (own.as_str() < peer_id);
+        let duplicate = || Closing::quiet(CloseReason::DuplicateRoute);
+        let no_pool = want == Want::Single;
         let replaced = {
             let mut routes = self.routes.lock();
-            match routes.get(peer_id) {
+            let first = !routes.contains_key(peer_id);
+            let size = if no_pool {
+                1
+            } else {
+                self.opts.pool_size.max(1) as usize
+            };
+            let p = routes
+                .entry(peer_id.to_string())
+                .or_insert_with(|| Peer::new(size, no_pool));
+            if p.no_pool != no_pool {
+                return Err(duplicate());
+            }
+            let (cell, slot) = match &want {
+                Want::Single => (
+                    &mut p.pool[0],
+                    Slot {
+                        idx: 0,
+                        account: None,
+                        no_pool: true,
+                    },
+                ),
+                Want::PoolSlot(i) => (
+                    &mut p.pool[*i],
+                    Slot {
+                        idx: *i,
+                        ..Slot::default()
+                    },
+                ),
+                Want::FreePoolSlot => {
+                    let Some(i) = p
+                        .pool
+                        .iter()
+                        .position(|c| c.as_ref().is_none_or(|c| c.out.is_closed()))
+                    else {
+                        tracing::debug!(
+                            "Route pool size reached, closing extra connection to {peer_id:?}"
+                        );
+                        return Err(duplicate());
+                    };
+                    (
+                        &mut p.pool[i],
+                        Slot {
+                            idx: i,
+                            ..Slot::default()
+                        },
+                    )
+                }
+                Want::Dedicated(a) => (
+                    p.dedicated.entry(a.clone()).or_default(),
+                    Slot {
+                        idx: 0,
+                        account: Some(a.clone()),
+                        no_pool: false,
+                    },
+                ),
+            };
+            let old = match cell {
                 Some(existing) if !existing.out.is_closed() => {
                     if dialled_by_smaller(r) && !dialled_by_smaller(existing) {
-                        let old = existing.clone();
-                        routes.insert(peer_id.to_string(), r.clone());
-                        Some(old)
+                        Some(existing.clone())
                     } else {
-                        return false;
+                        return Err(duplicate());
                     }
                 }
-                _ => {
-                    routes.insert(peer_id.to_string(), r.clone());
-                    None
-                }
-            }
+                _ => None,
+            };
+            *cell = Some(r.clone());
+            *r.slot.lock() = Some(slot);
+            r.registered.store(true, Ordering::Release);
+            (first, old)
         };
-        r.registered.store(true, Ordering::Release);
-        if let Some(old) = replaced {
+        let (first, old) = replaced;
+        if let Some(old) = old {
             old.registered.store(false, Ordering::Release);
             old.out.close(CloseReason::DuplicateRoute);
         }
-        true
+        Ok(first)
     }
 
     /// An INFO after the handshake: about another server (connect to it), or this peer's own
@@ -429,7 +659,14 @@ impl Mesh {
             tracing::debug!("Connecting to implicit route {url}");
             let mesh = self.clone();
             self.tasks.lock().push(tokio::spawn(async move {
-                dial_once(&mesh, url.clone()).await;
+                let lanes: Vec<_> = mesh
+                    .lanes()
+                    .into_iter()
+                    .map(|lane| tokio::spawn(keep_route(mesh.clone(), url.clone(), lane, false)))
+                    .collect();
+                for lane in lanes {
+                    let _ = lane.await;
+                }
                 mesh.dialling.lock().remove(&url.address());
             }));
             return;
@@ -439,21 +676,25 @@ impl Mesh {
         }
     }
 
-    /// A route connection ended: its registration and its peer's client URLs go with it.
+    /// A route connection ended: its registration goes, and with the peer's last one its
+    /// client URLs and connection counts.
     pub(super) fn closed(&self, r: &Arc<Route>) {
         self.live.lock().remove(&r.rid);
         let Some(id) = r.remote_id() else { return };
-        let was_registered = {
+        let peer_gone = {
             let mut routes = self.routes.lock();
-            match routes.get(&id) {
-                Some(cur) if Arc::ptr_eq(cur, r) => {
-                    routes.remove(&id);
-                    true
-                }
-                _ => false,
+            let Some(p) = routes.get_mut(&id) else { return };
+            if !p.remove(r) {
+                return;
             }
+            let gone = p.all().next().is_none();
+            if gone {
+                routes.remove(&id);
+            }
+            gone
         };
-        if !was_registered {
+        self.changed.notify_waiters();
+        if !peer_gone {
             return;
         }
         // The peer's connections no longer count against any account's limit.
@@ -493,8 +734,8 @@ impl Mesh {
     /// Lame duck mode: peers are told (they stop offering this server's URLs to clients).
     pub fn enter_lame_duck(&self) {
         self.lame_duck.store(true, Ordering::Relaxed);
-        let line = self.info_line();
-        for r in self.routes() {
+        let line = self.info_line(0, None);
+        for r in self.one_route_per_peer() {
             r.out.send(&line);
         }
     }
@@ -511,24 +752,28 @@ impl Mesh {
     }
 
     /// Runs a route this server dialled, after the TLS handshake when routes use TLS.
-    async fn run_dialled(self: &Arc<Self>, stream: tokio::net::TcpStream, dialled: Dialled) {
-        let Ok(peer) = stream.peer_addr() else { return };
+    async fn run_dialled(
+        self: &Arc<Self>,
+        stream: tokio::net::TcpStream,
+        dialled: Dialled,
+    ) -> Option<RunEnd> {
+        let peer = stream.peer_addr().ok()?;
         match &self.tls {
-            None => route::run(self.clone(), stream, peer, Some(dialled)).await,
+            None => Some(route::run(self.clone(), stream, peer, Some(dialled)).await),
             Some(tls) => {
-                if let Some(s) = tls.connect(stream, &dialled.url.host).await {
-                    route::run(self.clone(), s, peer, Some(dialled)).await;
-                }
+                let s = tls.connect(stream, &dialled.url.host).await?;
+                Some(route::run(self.clone(), s, peer, Some(dialled)).await)
             }
         }
     }
 
-    /// Whether a registered route to `peer_id` is up.
-    fn is_connected(&self, peer_id: &str) -> bool {
+    /// One registered connection of each peer (for INFO updates, which each peer needs once).
+    fn one_route_per_peer(&self) -> Vec<Arc<Route>> {
         self.routes
             .lock()
-            .get(peer_id)
-            .is_some_and(|r| !r.out.is_closed())
+            .values()
+            .filter_map(|p| p.all().next().cloned())
+            .collect()
     }
 }
 
@@ -550,7 +795,9 @@ async fn accept_loop(mesh: Arc<Mesh>, listener: TcpListener) {
                 let mesh = mesh.clone();
                 tokio::spawn(async move {
                     match &mesh.tls {
-                        None => route::run(mesh.clone(), stream, peer, None).await,
+                        None => {
+                            route::run(mesh.clone(), stream, peer, None).await;
+                        }
                         Some(tls) => {
                             if let Some(s) = tls.accept(stream, peer).await {
                                 route::run(mesh.clone(), s, peer, None).await;
@@ -567,37 +814,133 @@ async fn accept_loop(mesh: Arc<Mesh>, listener: TcpListener) {
     }
 }
 
-/// Keeps an explicit route connected: dials it, and again (backing off) whenever it is down,
-/// unless the address turned out to be this server or its peer is connected another way.
-async fn keep_route(mesh: Arc<Mesh>, url: RouteUrl) {
-    let own = mesh.conns.identity.id.clone();
+/// One registered connection for a peer, as `register` is asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Want {
+    /// The only connection (either side does not pool).
+    Single,
+    /// The pool index the dialling peer chose.
+    PoolSlot(usize),
+    /// The first free pool index (this server dialled).
+    FreePoolSlot,
+    Dedicated(String),
+}
+
+/// A peer's registered connections.
+struct Peer {
+    /// By pool index (one entry when the peer does not pool).
+    pool: Vec<Option<Arc<Route>>>,
+    no_pool: bool,
+    /// Dedicated connections by account.
+    dedicated: FxHashMap<String, Option<Arc<Route>>>,
+}
+
+impl Peer {
+    fn new(size: usize, no_pool: bool) -> Peer {
+        Peer {
+            pool: vec![None; size],
+            no_pool,
+            dedicated: FxHashMap::default(),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.pool.iter().chain(self.dedicated.values()).flatten()
+    }
+
+    /// Open pool connections.
+    fn live_pool(&self) -> usize {
+        self.pool
+            .iter()
+            .flatten()
+            .filter(|r| !r.out.is_closed())
+            .count()
+    }
+
+    /// Takes `r` out of its place; whether it was there.
+    fn remove(&mut self, r: &Arc<Route>) -> bool {
+        for cell in self.pool.iter_mut().chain(self.dedicated.values_mut()) {
+            if cell.as_ref().is_some_and(|c| Arc::ptr_eq(c, r)) {
+                *cell = None;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// One of the connections kept to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lane {
+    /// The n-th pool connection (the first one finds out who the peer is and whether it pools).
+    Pool(usize),
+    Dedicated(String),
+}
+
+/// Whether a lane needs dialling.
+enum Need {
+    Yes,
+    No {
+        peer_known: bool,
+    },
+    /// The address is this server.
+    Itself,
+}
+
+/// A connection that ends sooner than this after it was made counts as a failure for the
+/// reconnect backoff (a flapping peer is not redialled at full speed).
+const SHORT_LIVED: Duration = Duration::from_secs(5);
+
+/// Keeps one lane to a peer connected: dials it whenever the peer lacks that connection,
+/// backing off while dials fail or connections die young. An explicit route is kept forever;
+/// an implicit one (learned from a peer) is dialled `connect_retries + 1` times and not
+/// redialled once its connection ends.
+async fn keep_route(mesh: Arc<Mesh>, url: RouteUrl, lane: Lane, explicit: bool) {
     let mut failures: u32 = 0;
+    let mut idle_checks = 0u32;
     loop {
-        let known = mesh.known.lock().get(&url.address()).cloned();
-        match known {
-            Some(id) if id == own => return,
-            Some(id) if mesh.is_connected(&id) => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
+        match mesh.lane_need(&url, &lane) {
+            Need::Itself => return,
+            Need::No { peer_known } => {
+                if !explicit && (peer_known || idle_checks >= 50) {
+                    return;
+                }
+                idle_checks += 1;
+                let changed = mesh.changed.notified();
+                let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
                 continue;
             }
-            _ => {}
+            Need::Yes => {}
         }
+        let account = match &lane {
+            Lane::Dedicated(a) => Some(a.clone()),
+            Lane::Pool(_) => None,
+        };
         match route::dial(&url).await {
             Ok(stream) => {
-                failures = 0;
                 let dialled = Dialled {
                     url: url.clone(),
-                    explicit: true,
+                    explicit,
+                    account,
                 };
-                mesh.run_dialled(stream, dialled).await;
+                let end = mesh.run_dialled(stream, dialled).await;
+                match end {
+                    Some(e) if e.registered && !explicit => return,
+                    Some(e) if e.reason == CloseReason::DuplicateRoute => {}
+                    Some(e) if e.lived >= SHORT_LIVED => failures = 0,
+                    _ => failures += 1,
+                }
             }
             Err(e) => {
                 failures += 1;
                 // As nats-server: the first failure is an error, the rest are debug noise.
-                if failures == 1 {
+                if failures == 1 && lane == Lane::Pool(0) {
                     tracing::error!("Error trying to connect to route (attempt {failures}): {e}");
                 } else {
                     tracing::debug!("Error trying to connect to route (attempt {failures}): {e}");
+                }
+                if !explicit && failures > mesh.opts.connect_retries {
+                    return;
                 }
             }
         }
@@ -608,76 +951,75 @@ async fn keep_route(mesh: Arc<Mesh>, url: RouteUrl) {
     }
 }
 
-/// Dials a route learned from a peer: once, plus `connect_retries` more attempts a second apart.
-async fn dial_once(mesh: &Arc<Mesh>, url: RouteUrl) {
-    for attempt in 0..=mesh.opts.connect_retries {
-        match route::dial(&url).await {
-            Ok(stream) => {
-                let dialled = Dialled {
-                    url,
-                    explicit: false,
-                };
-                mesh.run_dialled(stream, dialled).await;
-                return;
-            }
-            Err(e) => {
-                tracing::debug!(
-                    "Error trying to connect to route (attempt {}): {e}",
-                    attempt + 1
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
-}
-
-/// Announces this server's interest to its peers: everything to a route that has just come up,
-/// then each change (batched) to every route, in the order the accounts reported them.
+/// Announces this server's interest to its peers: a connection that has just come up gets
+/// everything of the accounts it carries, then each change (batched) goes to the connections
+/// carrying its account, in the order the accounts reported them.
 async fn announce(
     mesh: Arc<Mesh>,
     mut changes: mpsc::UnboundedReceiver<InterestChange>,
     mut synced: mpsc::UnboundedReceiver<Arc<Route>>,
 ) {
-    let mut routes: Vec<Arc<Route>> = Vec::new();
-    let mut buf = Vec::new();
+    let mut routes: Vec<(Arc<Route>, Slot)> = Vec::new();
+    let mut bufs: Vec<Vec<u8>> = Vec::new();
+    let mut batch: Vec<InterestChange> = Vec::new();
     loop {
         tokio::select! {
             biased;
             r = synced.recv() => {
                 let Some(r) = r else { return };
+                let Some(slot) = r.slot() else { continue };
                 let mut all = Vec::new();
                 for acc in mesh.conns.accounts.list() {
+                    let Some(implied) = mesh.carries(&slot, &acc.name) else { continue };
+                    let name = if implied { "" } else { acc.name.as_str() };
                     for i in acc.local_interest() {
                         let queue = i.queue.as_deref().map(|q| (q, i.count));
-                        natrium_protocol::route::sub(&mut all, acc.name.as_bytes(), &i.subject, queue);
+                        natrium_protocol::route::sub(&mut all, name.as_bytes(), &i.subject, queue);
                     }
                 }
                 if !all.is_empty() {
                     r.out.send(&all);
                 }
-                routes.push(r);
+                routes.push((r, slot));
             }
             c = changes.recv() => {
                 let Some(c) = c else { return };
-                buf.clear();
-                encode_change(&mut buf, &c);
-                while buf.len() < 64 * 1024 {
+                batch.clear();
+                batch.push(c);
+                let mut size = 0;
+                while size < 64 * 1024 {
                     match changes.try_recv() {
-                        Ok(c) => encode_change(&mut buf, &c),
+                        Ok(c) => {
+                            size += c.subject.len() + c.account.len() + 16;
+                            batch.push(c);
+                        }
                         Err(_) => break,
                     }
                 }
-                routes.retain(|r| !r.out.is_closed() && r.registered.load(Ordering::Acquire));
-                for r in &routes {
-                    r.out.send(&buf);
+                routes.retain(|(r, _)| !r.out.is_closed() && r.registered.load(Ordering::Acquire));
+                bufs.resize_with(routes.len(), Vec::new);
+                for ((r, slot), buf) in routes.iter().zip(bufs.iter_mut()) {
+                    buf.clear();
+                    for c in &batch {
+                        if let Some(implied) = mesh.carries(slot, &c.account) {
+                            encode_change(buf, c, implied);
+                        }
+                    }
+                    if !buf.is_empty() {
+                        r.out.send(buf);
+                    }
                 }
             }
         }
     }
 }
 
-fn encode_change(buf: &mut Vec<u8>, c: &InterestChange) {
-    let account = c.account.as_bytes();
+fn encode_change(buf: &mut Vec<u8>, c: &InterestChange, implied: bool) {
+    let account = if implied {
+        &b""[..]
+    } else {
+        c.account.as_bytes()
+    };
     match (c.count, c.queue.as_deref()) {
         (0, q) => natrium_protocol::route::unsub(buf, account, &c.subject, q),
         (n, q) => natrium_protocol::route::sub(buf, account, &c.subject, q.map(|q| (q, n))),

@@ -23,9 +23,11 @@ pub struct ClusterOptions {
     pub no_advertise: bool,
     /// How many times an implicit route (learned from a peer) is retried.
     pub connect_retries: u32,
-    /// nats-server's route pooling; Natrium keeps one connection per peer, which nats-server
-    /// 2.10 accepts from a peer that does not pool.
+    /// Route connections per peer, each carrying the accounts whose name hashes to it
+    /// (nats-server 2.10's pooling; 3 by default as there, `-1`: one connection, no pooling).
     pub pool_size: i32,
+    /// Accounts with a dedicated route connection of their own to each peer (`accounts`).
+    pub accounts: Vec<String>,
     pub ping_interval: Option<Duration>,
     pub ping_max: Option<u32>,
     /// TLS on routes (handshake first, both ways).
@@ -45,11 +47,38 @@ impl Default for ClusterOptions {
             advertise: None,
             no_advertise: false,
             connect_retries: 0,
-            pool_size: 0,
+            pool_size: DEFAULT_POOL_SIZE,
+            accounts: Vec::new(),
             ping_interval: None,
             ping_max: None,
             tls: None,
         }
+    }
+}
+
+/// Route connections per peer unless configured: nats-server 2.10's default, which a 2.10
+/// peer requires of a pooling peer (it refuses a different size).
+pub const DEFAULT_POOL_SIZE: i32 = 3;
+
+impl ClusterOptions {
+    /// Whether routes pool (a size of 1 pools too: one shared connection plus dedicated ones).
+    pub fn pooling(&self) -> bool {
+        self.pool_size > 0
+    }
+
+    /// The accounts with dedicated routes: the configured ones and, when pooling, the system
+    /// account (as nats-server 2.10 pins it unless it is disabled).
+    pub fn pinned_accounts(&self, system_account: Option<&str>) -> Vec<String> {
+        if !self.pooling() {
+            return Vec::new();
+        }
+        let mut v = self.accounts.clone();
+        if let Some(sys) = system_account.filter(|s| !s.is_empty()) {
+            if !v.iter().any(|a| a == sys) {
+                v.push(sys.to_string());
+            }
+        }
+        v
     }
 }
 

@@ -1,7 +1,8 @@
 //! One route connection to a peer server: the handshake (CONNECT from the soliciting side, INFO
 //! both ways, cluster name and credentials checked), then the peer's interest (RS+/RS- into the
 //! accounts' tries as `Target::Route` subscriptions) and messages (RMSG/HMSG/LMSG delivered to
-//! local subscribers), pings, and the cleanup that withdraws the peer's interest at once.
+//! local subscribers), pings, and the cleanup that withdraws the peer's interest at once. A
+//! connection dedicated to one account (per-account route) carries it implied.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, BytesMut};
-use natrium_protocol::route::{parse_route_op, RouteConnect, RouteInfo, RouteOp};
+use natrium_protocol::route::{parse_route_op_in, RouteConnect, RouteInfo, RouteOp};
 use natrium_protocol::{encode, ParseError, Parsed};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
@@ -30,6 +31,28 @@ pub struct Dialled {
     pub url: RouteUrl,
     /// Configured (reconnected forever) rather than learned from a peer.
     pub explicit: bool,
+    /// The account this connection is dedicated to (a per-account route).
+    pub account: Option<String>,
+}
+
+/// Where a registered connection sits among its peer's connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Slot {
+    /// Its index in the peer's pool (0 when the peer does not pool or for a dedicated route).
+    pub idx: usize,
+    /// The account it is dedicated to.
+    pub account: Option<String>,
+    /// The peer does not pool (nats-server before 2.10, or `pool_size: -1` on either side):
+    /// this one connection carries every account.
+    pub no_pool: bool,
+}
+
+/// How a route connection ended, for the task that dialled it.
+pub(super) struct RunEnd {
+    /// It was registered as one of its peer's connections (not refused, not a duplicate).
+    pub(super) registered: bool,
+    pub(super) lived: Duration,
+    pub(super) reason: CloseReason,
 }
 
 /// One route connection.
@@ -41,8 +64,10 @@ pub struct Route {
     pub start: SystemTime,
     /// The peer's INFO, once received.
     remote: Mutex<Option<RouteInfo>>,
-    /// Whether this connection is the one registered for its peer.
+    /// Whether this connection is registered for its peer.
     pub(super) registered: AtomicBool,
+    /// Its place among the peer's connections, once registered.
+    pub(super) slot: Mutex<Option<Slot>>,
     /// The peer's interest installed in the accounts.
     subs: Mutex<FxHashMap<SubKey, (Arc<Account>, SubRef)>>,
 }
@@ -55,6 +80,11 @@ impl Route {
 
     pub fn remote_id(&self) -> Option<String> {
         self.remote.lock().as_ref().map(|r| r.server_id.clone())
+    }
+
+    /// Its place among the peer's connections (pool index, dedicated account), once registered.
+    pub fn slot(&self) -> Option<Slot> {
+        self.slot.lock().clone()
     }
 
     pub fn num_subs(&self) -> usize {
@@ -142,7 +172,12 @@ const MIN_READ: usize = 4096;
 const MAX_READ: usize = 256 * 1024;
 
 /// Runs one route connection (over TCP, or TLS once its handshake is done) until it closes.
-pub(super) async fn run<S>(mesh: Arc<Mesh>, stream: S, peer: SocketAddr, dialled: Option<Dialled>)
+pub(super) async fn run<S>(
+    mesh: Arc<Mesh>,
+    stream: S,
+    peer: SocketAddr,
+    dialled: Option<Dialled>,
+) -> RunEnd
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -156,6 +191,7 @@ where
         start: SystemTime::now(),
         remote: Mutex::new(None),
         registered: AtomicBool::new(false),
+        slot: Mutex::new(None),
         subs: Mutex::new(FxHashMap::default()),
     });
     mesh.track(&route);
@@ -165,7 +201,11 @@ where
     if let Some(d) = &route.dialled {
         out.send(&mesh.connect_line(&d.url));
     }
-    out.send(&mesh.info_line());
+    // A pooled route this server dialled sends its INFO once it knows the pool index it takes.
+    if !mesh.delays_info(route.dialled.as_ref()) {
+        let account = route.dialled.as_ref().and_then(|d| d.account.as_deref());
+        out.send(&mesh.info_line(0, account));
+    }
     let closing = read_loop(&mesh, &route, &mut rd, peer).await;
     if let Some(e) = &closing.err {
         out.send_err(e);
@@ -177,10 +217,14 @@ where
     route.clear_interest();
     mesh.closed(&route);
     let _ = writer.await;
-    tracing::info!(
-        "{peer} - rid:{rid} - Router connection closed: {}",
-        out.close_reason().unwrap_or(closing.reason)
-    );
+    let reason = out.close_reason().unwrap_or(closing.reason);
+    tracing::info!("{peer} - rid:{rid} - Router connection closed: {reason}");
+    let registered = route.slot.lock().is_some();
+    RunEnd {
+        registered,
+        lived: route.start.elapsed().unwrap_or_default(),
+        reason,
+    }
 }
 
 /// Where the handshake stands.
@@ -217,6 +261,8 @@ async fn read_loop(
     let mut shutdown = mesh.conns().shutdown_rx();
     let (mut in_msgs, mut in_bytes) = (0u64, 0u64);
     let max_payload = mesh.max_payload();
+    // The account of a dedicated route, once its handshake is done.
+    let mut dedicated: Option<Arc<Account>> = None;
     loop {
         if buf.capacity() - buf.len() < read_size {
             buf.reserve(read_size);
@@ -241,7 +287,7 @@ async fn read_loop(
                 }
                 let mut pos = 0;
                 let result = loop {
-                    let parsed = match parse_route_op(&buf[pos..], max_payload) {
+                    let parsed = match parse_route_op_in(&buf[pos..], max_payload, dedicated.is_some()) {
                         Ok(p) => p,
                         Err(e) => break Err(parse_error(e)),
                     };
@@ -302,7 +348,8 @@ async fn read_loop(
                                 Ok(info) if stage == Stage::AwaitInfo => {
                                     *route.remote.lock() = Some(info.clone());
                                     out.set_headers(info.headers);
-                                    mesh.handshake(route, info, peer).map(|()| {
+                                    mesh.handshake(route, info, peer).map(|acc| {
+                                        dedicated = acc;
                                         stage = Stage::Up;
                                     })
                                 }
@@ -318,7 +365,11 @@ async fn read_loop(
                             "route sent interest or messages before INFO",
                         )),
                         RouteOp::Sub { account, subject, queue, .. } => {
-                            match mesh.conns().accounts.get(&String::from_utf8_lossy(account)) {
+                            let acc = match &dedicated {
+                                Some(d) => Some(d.clone()),
+                                None => mesh.conns().accounts.get(&String::from_utf8_lossy(account)),
+                            };
+                            match acc {
                                 Some(acc) => route.add_interest(acc, subject, queue),
                                 None => tracing::debug!(
                                     "{peer} - rid:{} - Unknown account {:?} for remote subject {:?}",
@@ -330,13 +381,18 @@ async fn read_loop(
                             Ok(())
                         }
                         RouteOp::Unsub { account, subject, queue, .. } => {
+                            let account = dedicated.as_ref().map_or(account, |d| d.name.as_bytes());
                             route.remove_interest(account, subject, queue);
                             Ok(())
                         }
                         RouteOp::Msg { account, subject, reply, queues, headers, payload, .. } => {
                             in_msgs += 1;
                             in_bytes += (payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
-                            match mesh.conns().accounts.get(&String::from_utf8_lossy(account)) {
+                            let acc = match &dedicated {
+                                Some(d) => Some(d.clone()),
+                                None => mesh.conns().accounts.get(&String::from_utf8_lossy(account)),
+                            };
+                            match acc {
                                 Some(acc) => {
                                     let m = Msg { subject, reply, headers, payload };
                                     let qf = (!queues.is_empty()).then_some(queues);
@@ -463,5 +519,14 @@ pub(super) fn parse_connect(json: &[u8]) -> Result<RouteConnect, Closing> {
 impl Closing {
     pub(super) fn refuse(reason: CloseReason, err: &str) -> Self {
         Closing::new(reason, Some(err), err)
+    }
+
+    /// Closed without a word (a duplicate, a route to itself, a full pool).
+    pub(super) fn quiet(reason: CloseReason) -> Self {
+        Closing {
+            reason,
+            err: None,
+            log: None,
+        }
     }
 }

@@ -346,6 +346,15 @@ pub fn routez(o: &Observed, subs: bool) -> Value {
                 "out_bytes": stats.out_bytes,
                 "subscriptions": r.num_subs(),
             });
+            // nats-server's `account` (a dedicated route); `pool_idx` is Natrium's, to tell
+            // the pooled connections to one peer apart.
+            if let Some(slot) = r.slot() {
+                match slot.account {
+                    Some(a) => v["account"] = json!(a),
+                    None if !slot.no_pool => v["pool_idx"] = json!(slot.idx),
+                    None => {}
+                }
+            }
             if subs {
                 v["subscriptions_list"] = json!(r.subscription_list());
             }

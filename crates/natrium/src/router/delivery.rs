@@ -492,9 +492,14 @@ impl Delivery {
         };
         let i = self.stage(route);
         let st = &mut self.staged[i];
+        let name: &[u8] = if route.account_implied.load(Ordering::Relaxed) {
+            b""
+        } else {
+            account.name.as_bytes()
+        };
         natrium_protocol::route::msg(
             &mut st.buf,
-            account.name.as_bytes(),
+            name,
             m.subject,
             m.reply,
             queues.iter().copied(),

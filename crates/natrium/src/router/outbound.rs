@@ -45,6 +45,8 @@ pub enum CloseReason {
     DuplicateServerName,
     /// A client that dialled the cluster port.
     WrongPort,
+    /// A dedicated route for an account this server does not have.
+    MissingAccount,
 }
 
 impl CloseReason {
@@ -81,6 +83,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::ClusterNameConflict => "Cluster Name Conflict",
             CloseReason::DuplicateServerName => "Duplicate Server Name",
             CloseReason::WrongPort => "Wrong Port",
+            CloseReason::MissingAccount => "Missing Account",
         };
         f.write_str(s)
     }
@@ -141,6 +144,8 @@ pub struct Outbound {
     pub(super) closing: AtomicBool,
     /// Whether the client accepts HMSG (set from CONNECT).
     pub(super) headers: AtomicBool,
+    /// A route dedicated to one account: routed messages leave the account name out.
+    pub(super) account_implied: AtomicBool,
     pub(super) max_pending: usize,
     /// Set when the client has `allow_responses`: deliveries with a reply then record a grant.
     pub(super) responses: Mutex<Option<(ResponsePermission, ResponseGrants)>>,
@@ -180,6 +185,7 @@ impl Outbound {
             close_reason: Mutex::new(None),
             closing: AtomicBool::new(false),
             headers: AtomicBool::new(false),
+            account_implied: AtomicBool::new(false),
             max_pending,
             responses: Mutex::new(None),
             track_responses: AtomicBool::new(false),
@@ -278,6 +284,11 @@ impl Outbound {
     /// Whether the client accepts headers (HMSG); set from CONNECT.
     pub fn set_headers(&self, on: bool) {
         self.headers.store(on, Ordering::Relaxed);
+    }
+
+    /// Marks a route dedicated to one account (its messages do not name the account).
+    pub fn set_account_implied(&self, on: bool) {
+        self.account_implied.store(on, Ordering::Relaxed);
     }
 
     pub fn headers(&self) -> bool {

@@ -497,8 +497,31 @@ async fn routez_varz_and_metrics_describe_the_routes() {
     };
     let routez: serde_json::Value =
         serde_json::from_str(&get(format!("{base}/routez?subs=1")).await).expect("json");
-    assert_eq!(routez["num_routes"], 1);
-    let r = &routez["routes"][0];
+    // Pooled as nats-server 2.10: three connections plus the system account's own.
+    assert_eq!(routez["num_routes"], 4, "{routez}");
+    let routes = routez["routes"].as_array().expect("routes");
+    let mut pool: Vec<u64> = routes
+        .iter()
+        .filter_map(|r| r["pool_idx"].as_u64())
+        .collect();
+    pool.sort_unstable();
+    assert_eq!(pool, [0, 1, 2], "{routez}");
+    assert_eq!(
+        routes.iter().filter(|r| r["account"] == "$SYS").count(),
+        1,
+        "{routez}"
+    );
+    // `$G` hashes (FNV-1a) to pool index 2: its interest is there and nowhere else.
+    let r = routes
+        .iter()
+        .find(|r| r["pool_idx"] == 2)
+        .expect("pool index 2");
+    for other in routes.iter().filter(|o| o["pool_idx"] != 2) {
+        assert!(
+            !other.to_string().contains("seen.on.b"),
+            "interest on the wrong connection: {other}"
+        );
+    }
     assert_eq!(r["remote_name"], "B");
     assert_eq!(r["did_solicit"], false, "B dialled A");
     for key in [
@@ -523,7 +546,7 @@ async fn routez_varz_and_metrics_describe_the_routes() {
     );
     let varz: serde_json::Value =
         serde_json::from_str(&get(format!("{base}/varz")).await).expect("json");
-    assert_eq!(varz["routes"], 1);
+    assert_eq!(varz["routes"], 4);
     assert_eq!(varz["cluster"]["name"], "c1");
     assert_eq!(
         varz["cluster"]["cluster_port"],

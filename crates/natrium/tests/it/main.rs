@@ -34,6 +34,7 @@ mod nkeys;
 mod protocol;
 mod reload;
 mod resolver;
+mod route_pool;
 mod stock_clients;
 mod store_dir;
 mod systemd;

@@ -709,7 +709,7 @@ pub fn close_status(reason: CloseReason) -> u16 {
         WriteError | ReadError | StaleConnection | ServerShutdown => CLOSE_GOING_AWAY,
         // nats-server sends 1015 here, a status RFC 6455 reserves for "no close frame".
         TlsHandshakeError | DuplicateRoute | ClusterNameConflict | DuplicateServerName
-        | WrongPort => CLOSE_INTERNAL_ERROR,
+        | WrongPort | MissingAccount => CLOSE_INTERNAL_ERROR,
     }
 }
 

@@ -991,17 +991,25 @@ fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, Op
                 }
             }
             "compression" => {
-                let off = match &kv.value {
-                    Value::Bool(b) => !b,
-                    Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "off" | "disabled" | "false" | "accept"),
-                    _ => false,
+                // `true`/`false`, a mode, or `{ mode, rtt_thresholds }`, as nats-server 2.10.
+                let mode = match &kv.value {
+                    Value::Bool(true) => "s2_fast".to_string(),
+                    Value::Bool(false) => "off".to_string(),
+                    Value::Map(m) => match m.get("mode") {
+                        Some(mv) => string(mv)?,
+                        None => "s2_auto".to_string(),
+                    },
+                    _ => string(kv)?,
                 };
-                if !off {
+                let mode = crate::cluster::options::Compression::parse(&mode)
+                    .map_err(|e| invalid(kv, &e))?;
+                if mode.wants_s2() {
                     warnings.push(format!(
-                        "{}: route compression is not supported yet by this version of natrium: routes run uncompressed",
+                        "{}: route compression {mode} is not supported by this version of natrium: routes run uncompressed (peers are told compression is off)",
                         kv.pos
                     ));
                 }
+                c.compression = mode;
             }
             "ping_interval" => c.ping_interval = Some(duration(kv)?),
             "ping_max" => c.ping_max = Some(int(kv)?.max(1) as u32),

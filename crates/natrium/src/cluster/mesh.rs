@@ -339,6 +339,7 @@ impl Mesh {
             },
             route_pool_idx: idx as i32,
             route_account: account.unwrap_or_default().to_string(),
+            compression: self.opts.compression.in_info().to_string(),
             ..RouteInfo::default()
         };
         let mut b = Vec::new();

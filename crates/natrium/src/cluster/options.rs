@@ -28,6 +28,8 @@ pub struct ClusterOptions {
     pub pool_size: i32,
     /// Accounts with a dedicated route connection of their own to each peer (`accounts`).
     pub accounts: Vec<String>,
+    /// The configured route compression mode (negotiated as `off`: Natrium has no s2).
+    pub compression: Compression,
     pub ping_interval: Option<Duration>,
     pub ping_max: Option<u32>,
     /// TLS on routes (handshake first, both ways).
@@ -49,10 +51,76 @@ impl Default for ClusterOptions {
             connect_retries: 0,
             pool_size: DEFAULT_POOL_SIZE,
             accounts: Vec::new(),
+            compression: Compression::Accept,
             ping_interval: None,
             ping_max: None,
             tls: None,
         }
+    }
+}
+
+/// nats-server 2.10's route compression modes. Natrium does not compress: it tells peers
+/// `off` (so a peer asking for s2 runs uncompressed with it, as nats-server's negotiation
+/// decides), or nothing with `not supported` (as a server without compression).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    NotSupported,
+    Off,
+    /// Compress when the peer asks (nats-server's default): here the same as off.
+    Accept,
+    S2Auto,
+    S2Uncompressed,
+    S2Fast,
+    S2Better,
+    S2Best,
+}
+
+impl Compression {
+    /// A mode as nats-server spells it (`on`/`enabled`/`true` are `s2_fast`).
+    pub fn parse(s: &str) -> Result<Compression, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "not supported" | "not_supported" => Compression::NotSupported,
+            "disabled" | "off" | "false" => Compression::Off,
+            "accept" => Compression::Accept,
+            "auto" | "s2_auto" => Compression::S2Auto,
+            "s2_uncompressed" => Compression::S2Uncompressed,
+            "on" | "enabled" | "true" | "fast" | "s2_fast" => Compression::S2Fast,
+            "better" | "s2_better" => Compression::S2Better,
+            "best" | "s2_best" => Compression::S2Best,
+            _ => return Err(format!("unsupported compression mode {s:?}")),
+        })
+    }
+
+    /// An s2 mode (which Natrium cannot run).
+    pub fn wants_s2(self) -> bool {
+        !matches!(
+            self,
+            Compression::NotSupported | Compression::Off | Compression::Accept
+        )
+    }
+
+    /// What this server puts in its route INFO: `off` whatever is configured (a peer in
+    /// `accept` or an s2 mode then chooses no compression), nothing for `not supported`.
+    pub fn in_info(self) -> &'static str {
+        match self {
+            Compression::NotSupported => "",
+            _ => "off",
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::NotSupported => "not supported",
+            Compression::Off => "off",
+            Compression::Accept => "accept",
+            Compression::S2Auto => "s2_auto",
+            Compression::S2Uncompressed => "s2_uncompressed",
+            Compression::S2Fast => "s2_fast",
+            Compression::S2Better => "s2_better",
+            Compression::S2Best => "s2_best",
+        })
     }
 }
 

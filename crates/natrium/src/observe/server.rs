@@ -346,6 +346,15 @@ pub fn routez(o: &Observed, subs: bool) -> Value {
                 "out_bytes": stats.out_bytes,
                 "subscriptions": r.num_subs(),
             });
+            // The negotiated compression, as nats-server names it: `off` between servers that
+            // both know compression (Natrium never compresses), `not supported` otherwise.
+            v["compression"] = json!(if remote.compression.is_empty()
+                || m_compression_unsupported(o)
+            {
+                "not supported"
+            } else {
+                "off"
+            });
             // nats-server's `account` (a dedicated route); `pool_idx` is Natrium's, to tell
             // the pooled connections to one peer apart.
             if let Some(slot) = r.slot() {
@@ -374,6 +383,13 @@ pub fn routez(o: &Observed, subs: bool) -> Value {
         v["cluster_name"] = json!(m.name());
     }
     v
+}
+
+/// Whether this server is configured as one without route compression.
+fn m_compression_unsupported(o: &Observed) -> bool {
+    o.mesh.lock().as_ref().is_some_and(|m| {
+        m.options().compression == crate::cluster::options::Compression::NotSupported
+    })
 }
 
 /// `/varz`'s `websocket` section, with nats-server's fields (empty ones left out, as its

@@ -359,3 +359,75 @@ async fn a_peer_that_cannot_join_the_pool_gets_nats_server_errors() {
     c.flush().await.expect("still serving");
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peer_asking_for_s2_is_told_off_and_runs_uncompressed() {
+    let a = start(node("CA", &[], 3)).await;
+    // nats-server 2.10 in s2_fast: it offers s2 in its INFO and compresses only if the answer
+    // allows it; Natrium answers `off`, so what follows is plain protocol.
+    let (mut rd, mut wr, info) = fake_peer(
+        &a,
+        serde_json::json!({"route_pool_size": 3, "route_pool_idx": 0, "compression": "s2_fast"}),
+    )
+    .await;
+    assert_eq!(info["compression"], "off", "{info}");
+    read_until(&mut rd, "PONG").await;
+    let c = login(&a, "A").await;
+    let mut sub = c.subscribe("plain").await.expect("sub");
+    c.flush().await.expect("flush");
+    read_until(&mut rd, "RS+ A plain").await;
+    wr.write_all(b"RMSG A plain 5\r\nclear\r\n")
+        .await
+        .expect("write");
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("in time")
+        .expect("open");
+    assert_eq!(&m.payload[..], b"clear");
+    let routez = get_json(&a, "/routez").await;
+    assert_eq!(routez["routes"][0]["compression"], "off", "{routez}");
+    a.shutdown().await;
+}
+
+#[test]
+fn cluster_pool_accounts_and_compression_keys_as_nats_server_reads_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let load = |body: &str| {
+        let path = dir.path().join("c.conf");
+        std::fs::write(&path, body).expect("write");
+        Options::from_file(&path)
+    };
+    let (o, warnings) = load(
+        "accounts { T {} }\ncluster { port: -1, pool_size: 5, accounts: [T], compression: accept }\n",
+    )
+    .expect("loads");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let c = o.cluster.expect("cluster");
+    assert_eq!(
+        (c.pool_size, c.accounts.clone()),
+        (5, vec!["T".to_string()])
+    );
+    let (o, _) = load("cluster { port: -1, pool_size: 0 }\n").expect("loads");
+    assert_eq!(o.cluster.expect("cluster").pool_size, 3, "0 is the default");
+    let (_, warnings) =
+        load("cluster { port: -1, compression: { mode: s2_best } }\n").expect("loads");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("s2_best is not supported")),
+        "{warnings:?}"
+    );
+    let err = load("cluster { port: -1, compression: zstd }\n").expect_err("refused");
+    assert!(
+        err.to_string().contains("unsupported compression mode"),
+        "{err}"
+    );
+    let err = load("cluster { port: -1, pool_size: -1, accounts: [T] }\n").expect_err("refused");
+    assert!(
+        err.to_string()
+            .contains("pool_size cannot be negative if pinned accounts are specified"),
+        "{err}"
+    );
+    let err = load("cluster { port: -1, accounts: [T, T] }\n").expect_err("refused");
+    assert!(err.to_string().contains("duplicate account name"), "{err}");
+}

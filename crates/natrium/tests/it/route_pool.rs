@@ -431,3 +431,141 @@ fn cluster_pool_accounts_and_compression_keys_as_nats_server_reads_them() {
     let err = load("cluster { port: -1, accounts: [T, T] }\n").expect_err("refused");
     assert!(err.to_string().contains("duplicate account name"), "{err}");
 }
+
+/// A TCP proxy between two nodes that the test cuts and restores: cut, it drops every
+/// forwarded connection and closes new ones at once (the peer flaps); it counts dials.
+struct Proxy {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    dials: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let dials = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (u, d, l) = (up.clone(), dials.clone(), links.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                d.fetch_add(1, Ordering::SeqCst);
+                if !u.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                l.lock().expect("links").push(link);
+            }
+        });
+        Proxy {
+            port,
+            up,
+            dials,
+            links,
+            task,
+        }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for l in self.links.lock().expect("links").drain(..) {
+            l.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn dials(&self) -> usize {
+        self.dials.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Polls `f` every 20 ms for up to `secs` seconds.
+async fn within(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} not reached in {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_flapping_peer_is_redialled_with_backoff_and_its_interest_follows_the_link() {
+    let a = start(node("FA", &[], 3)).await;
+    let proxy = Proxy::start(a.cluster_port().expect("port")).await;
+    let b = start(node("FB", &[proxy.port], 3)).await;
+    within(10, "pool up", || a.num_route_connections() == 5).await;
+    let on_b = login(&b, "C").await;
+    let mut remote_sub = on_b.subscribe("flap.remote").await.expect("sub");
+    on_b.flush().await.expect("flush");
+    let on_a = login(&a, "C").await;
+    let mut local_sub = on_a.subscribe("flap.local").await.expect("sub");
+    on_a.flush().await.expect("flush");
+    let seen_on_a = a.internal_client("C").expect("internal");
+    within(10, "interest", || seen_on_a.has_interest("flap.remote")).await;
+    for round in 0..3u8 {
+        proxy.cut();
+        // The peer's interest goes as soon as its connections do.
+        within(2, "interest withdrawn", || {
+            !seen_on_a.has_interest("flap.remote")
+        })
+        .await;
+        assert_eq!(a.num_routes(), 0, "round {round}");
+        // A's own clients never notice.
+        on_a.publish("flap.local", vec![round].into())
+            .await
+            .expect("pub");
+        let m = tokio::time::timeout(Duration::from_secs(5), local_sub.next())
+            .await
+            .expect("local message in time")
+            .expect("open");
+        assert_eq!(&m.payload[..], &[round]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.restore();
+        // Backoff is at most 8 s (plus jitter) between dials.
+        within(20, "interest restored", || {
+            seen_on_a.has_interest("flap.remote")
+        })
+        .await;
+        on_a.publish("flap.remote", vec![round].into())
+            .await
+            .expect("pub");
+        let m = tokio::time::timeout(Duration::from_secs(5), remote_sub.next())
+            .await
+            .expect("routed message in time")
+            .expect("open");
+        assert_eq!(&m.payload[..], &[round]);
+    }
+    // Cut for 6 s: a peer whose connections keep dying young is dialled less and less often
+    // (1 s, 2 s, 4 s, then 8 s apart), not once a second; and it is still redialled after.
+    proxy.cut();
+    let before = proxy.dials();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let dials = proxy.dials() - before;
+    assert!(dials <= 3, "{dials} dials in 6 s");
+    proxy.restore();
+    within(20, "back after the long cut", || {
+        seen_on_a.has_interest("flap.remote") && a.num_route_connections() == 5
+    })
+    .await;
+    proxy.task.abort();
+    for s in [a, b] {
+        s.shutdown().await;
+    }
+}

@@ -508,8 +508,14 @@ fn pull_requests_expire_with_408() {
         statuses(&out.commands),
         vec![("_INBOX.1".into(), "NATS/1.0 408 Request Timeout".into())]
     );
+    // What the request still asked for, as nats-server says it: 4 of the batch of 5, no
+    // byte limit.
     assert_eq!(
         header(&out.commands[0], "Nats-Pending-Messages").as_deref(),
+        Some("4")
+    );
+    assert_eq!(
+        header(&out.commands[0], "Nats-Pending-Bytes").as_deref(),
         Some("0")
     );
     assert_eq!(st.progress().num_waiting, 0);
@@ -537,6 +543,18 @@ fn no_wait_requests_end_with_404_or_408() {
         statuses(&out.commands),
         vec![("_INBOX.2".into(), "NATS/1.0 408 Request Timeout".into())]
     );
+    let end = out.commands.last().expect("the 408");
+    assert_eq!(header(end, "Nats-Pending-Messages").as_deref(), Some("3"));
+    // With a byte limit, what is left of it.
+    st.pull(
+        "_INBOX.3",
+        br#"{"batch":5,"max_bytes":1000,"expires":1000000000}"#,
+        clock.mono(0),
+    );
+    let out = tick(&mut st, &store, clock.at(1_000));
+    let end = out.commands.last().expect("the 408");
+    assert_eq!(header(end, "Nats-Pending-Messages").as_deref(), Some("5"));
+    assert_eq!(header(end, "Nats-Pending-Bytes").as_deref(), Some("1000"));
 }
 
 #[test]

@@ -133,11 +133,13 @@ impl ConsumerState {
             let r = &mut self.waiting[i];
             if r.expires.is_some_and(|e| e <= now) {
                 let r = self.waiting.remove(i).expect("index checked");
+                // As nats-server: what the request still asked for (clients count their
+                // outstanding batch down by it and pull again).
                 let hdr = status(
                     "408 Request Timeout",
                     &[
-                        ("Nats-Pending-Messages", self.num_pending.to_string()),
-                        ("Nats-Pending-Bytes", "0".into()),
+                        ("Nats-Pending-Messages", r.batch.to_string()),
+                        ("Nats-Pending-Bytes", r.max_bytes.to_string()),
                     ],
                 );
                 out.push(Command::Status(status_msg(&r.reply, hdr)));
@@ -204,8 +206,8 @@ impl ConsumerState {
                         status(
                             "408 Request Timeout",
                             &[
-                                ("Nats-Pending-Messages", "0".into()),
-                                ("Nats-Pending-Bytes", "0".into()),
+                                ("Nats-Pending-Messages", r.batch.to_string()),
+                                ("Nats-Pending-Bytes", r.max_bytes.to_string()),
                             ],
                         )
                     };

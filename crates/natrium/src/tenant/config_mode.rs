@@ -14,11 +14,10 @@
 //! is told to reload (`--pid`, the config's `pid_file`, or the one running `natrium`), and the
 //! new credentials are tried against it.
 //!
-//! A reload can change users and limits but, in this Natrium version, not the set of accounts.
-//! So `add` of a new account needs a restart (the command says so), and `rm` keeps the account
-//! as an empty entry without users and with `max_connections: 0`, which a reload applies at
-//! once (the tenant's connections are closed); the empty entry goes when accounts can change on
-//! reload, and a later `add` of the same name reuses it without a restart.
+//! A reload adds and removes accounts, but does not take JetStream away from an account. So
+//! `rm` of a tenant with JetStream keeps its account as an empty entry without users and with
+//! `max_connections: 0`, which a reload applies at once (the tenant's connections are closed);
+//! a later `add` of the same name reuses it (and its streams).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use natrium_config::Value;
 use super::files::{self, Mode};
 use super::{lock, show, Ctx};
 
-/// One tenant of the include file. No users: removed, its account kept until a restart.
+/// One tenant of the include file. No users: removed, its account (with JetStream) kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Tenant {
     name: String,
@@ -46,7 +45,13 @@ enum Js {
     Limits(Vec<(String, i64)>),
 }
 
-const LIMIT_KEYS: [&str; 3] = ["max_connections", "max_subscriptions", "max_payload"];
+const LIMIT_KEYS: [&str; 5] = [
+    "max_connections",
+    "max_subscriptions",
+    "max_payload",
+    "max_msgs_per_sec",
+    "max_bytes_per_sec",
+];
 const JS_KEYS: [&str; 4] = ["max_file", "max_mem", "max_streams", "max_consumers"];
 
 fn tenants_path(ctx: &Ctx) -> PathBuf {
@@ -145,7 +150,7 @@ fn render(tenants: &[Tenant]) -> String {
         "# Tenants of this server, written by `natrium tenant` (add, rm, rotate; ls lists them).\n\
          # The server's configuration includes this file inside its `accounts { }` block.\n\
          # Passwords are bcrypt hashes; each plain password was shown once, when generated.\n\
-         # A tenant without users was removed: its account stays until the server restarts.\n",
+         # A tenant without users was removed: its account keeps its JetStream data.\n",
     );
     let pairs = |v: &[(String, i64)]| {
         v.iter()
@@ -336,7 +341,7 @@ async fn apply(ctx: &Ctx, new: &natrium::Options, confirm: Confirm<'_>) -> Resul
             Err(e) if start.elapsed() > Duration::from_secs(15) => bail!(
                 "the configuration is updated and the server (pid {pid}) was told to reload, \
                  but {user} still can not log in at {url} ({e}): see the server's log (a \
-                 tenant added since the server started blocks reloads until it restarts)"
+                 change the server refused is named there)"
             ),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -370,10 +375,13 @@ pub async fn add(ctx: &Ctx) -> Result<()> {
     }
     let f = ctx.args.limits;
     let mut limits = Vec::new();
-    for (k, v) in LIMIT_KEYS
-        .iter()
-        .zip([f.max_connections, f.max_subscriptions, f.max_payload])
-    {
+    for (k, v) in LIMIT_KEYS.iter().zip([
+        f.max_connections,
+        f.max_subscriptions,
+        f.max_payload,
+        f.max_msgs_per_sec,
+        f.max_bytes_per_sec,
+    ]) {
         if let Some(v) = v {
             limits.push((k.to_string(), v));
         }
@@ -468,8 +476,8 @@ pub async fn rm(ctx: &Ctx) -> Result<()> {
     println!("Tenant {name} removed from {}.", path.display());
     if kept {
         println!(
-            "  its account stays, without users and closed to connections, until the server \
-             restarts"
+            "  its account stays, without users and closed to connections, with its JetStream \
+             data"
         );
     }
     let status = apply(ctx, &w.opts, Confirm::Nothing).await?;
@@ -486,10 +494,7 @@ pub fn ls(ctx: &Ctx) -> Result<()> {
     for t in &tenants {
         let users: Vec<&str> = t.users.iter().map(|(u, _)| u.as_str()).collect();
         if users.is_empty() {
-            println!(
-                "{}\tremoved (account kept until the server restarts)",
-                t.name
-            );
+            println!("{}\tremoved (account and its JetStream data kept)", t.name);
         } else {
             println!("{}\tuser {}\t{}", t.name, users.join(","), describe(t));
         }
@@ -505,6 +510,17 @@ fn describe(t: &Tenant) -> String {
         show(get(&t.limits, "max_subscriptions")),
         show(get(&t.limits, "max_payload"))
     );
+    let (msgs, bytes) = (
+        get(&t.limits, "max_msgs_per_sec"),
+        get(&t.limits, "max_bytes_per_sec"),
+    );
+    if msgs.is_some() || bytes.is_some() {
+        s += &format!(
+            ", publish rate {} msgs/s, {} bytes/s",
+            show(msgs),
+            show(bytes)
+        );
+    }
     match &t.jetstream {
         Js::Off => s += ", no JetStream",
         Js::Enabled => s += ", JetStream (server limits)",

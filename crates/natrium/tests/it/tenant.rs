@@ -199,6 +199,8 @@ async fn operator_mode_add_limits_rotate_ls_rm() {
         "64",
         "--js-streams",
         "3",
+        "--max-bytes-per-sec",
+        "1MB",
     ])
     .await);
     let tdir = env.keys.join("tenants").join("acme");
@@ -235,6 +237,8 @@ async fn operator_mode_add_limits_rotate_ls_rm() {
     );
     assert_eq!(claims.nats["limits"]["conn"], 2);
     assert_eq!(claims.nats["limits"]["streams"], 3);
+    assert_eq!(claims.nats["limits"]["bytes_per_sec"], 1024 * 1024);
+    assert_eq!(claims.nats["limits"]["msgs_per_sec"], -1);
     assert_eq!(claims.name, "acme");
 
     // A stock client logs in with the .creds file and messages flow.
@@ -432,7 +436,7 @@ fn user_pass(user: &str, pass: &str) -> ConnectOptions {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn config_file_mode_add_restart_rotate_rm() {
+async fn config_file_mode_add_rotate_rm_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -458,7 +462,7 @@ async fn config_file_mode_add_restart_rotate_rm() {
     let c = conf.to_str().expect("utf-8");
     let server = Proc::start(&conf, &dir.path().join("1.log"));
 
-    // A new account: written, checked, and the command says a restart applies it.
+    // A new account (with JetStream): written, checked, and applied by a live reload.
     let out = ok(tenant(&[
         "-c",
         c,
@@ -470,20 +474,16 @@ async fn config_file_mode_add_restart_rotate_rm() {
         "2KB",
         "--js-streams",
         "1",
+        "--max-msgs-per-sec",
+        "500",
     ])
     .await);
-    assert!(out.contains("restart the server"), "{out}");
+    assert!(out.contains("reloaded"), "{out}");
     let pass = password_in(&out);
     assert_eq!(mode(&tenants), 0o640);
     let text = std::fs::read_to_string(&tenants).expect("tenants.conf");
     assert!(text.contains("\"acme\"") && text.contains("$2b$"), "{text}");
     assert!(!text.contains(&pass), "only the hash is stored");
-    assert!(
-        watched(user_pass("acme", &pass), &url).await.is_err(),
-        "not applied before the restart, as the command said"
-    );
-    server.stop();
-    let server = Proc::start(&conf, &dir.path().join("2.log"));
 
     // The tenant logs in; its limits apply, JetStream included.
     let (c1, mut ev1) = watched(user_pass("acme", &pass), &url)
@@ -521,7 +521,10 @@ async fn config_file_mode_add_restart_rotate_rm() {
 
     let out = ok(tenant(&["-c", c, "ls"]).await);
     assert!(
-        out.contains("acme") && out.contains("connections 2") && out.contains("streams 1"),
+        out.contains("acme")
+            && out.contains("connections 2")
+            && out.contains("publish rate 500 msgs/s")
+            && out.contains("streams 1"),
         "{out}"
     );
 
@@ -574,6 +577,15 @@ async fn config_file_mode_add_restart_rotate_rm() {
         "does not include",
     );
     assert_eq!(std::fs::read(&tenants).expect("read"), before);
+
+    // After a restart the tenant is still there, with its stream.
+    server.stop();
+    let server = Proc::start(&conf, &dir.path().join("2.log"));
+    let (c4, _ev4) = watched(user_pass("acme", &again), &url)
+        .await
+        .expect("tenant logs in after a restart");
+    let js = async_nats::jetstream::new(c4);
+    js.get_stream("one").await.expect("its stream survived");
     server.stop();
 }
 

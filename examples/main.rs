@@ -7,12 +7,13 @@ use natrium::Options;
 use natrium_examples::common::cli::{finish, Args};
 use natrium_examples::{chat, streamspace, tapio, wegweiser};
 
-const USAGE: &str =
-    "natrium-examples <system> [--url nats://HOST:PORT [--monitor http://HOST:PORT]] [--quiet]
+const USAGE: &str = "natrium-examples <system> [--url nats://HOST:PORT [--monitor http://HOST:PORT]
+                  [--websocket ws://HOST:PORT]] [--quiet]
 
 systems (examples/<system>/README.md says what each shows):
   wegweiser    seeds 000 and 001: tenants, agents, the always-on receiver, the back end
-               --url: natrium -c examples/wegweiser/natrium.conf  (monitoring on 8222)
+               --url: natrium -c examples/wegweiser/natrium.conf  (monitoring on 8222,
+               WebSocket on 8080)
   tapio        seed 002: collectors, correlation engine, SIEM exporter
                --url: natrium -c examples/tapio/natrium.conf  (monitoring on 7777)
   chat         seed 003: back-end pods, workflow service, monitoring

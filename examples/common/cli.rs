@@ -1,5 +1,5 @@
-//! The examples' command line: an embedded server by default, `--url` (and `--monitor`) for
-//! one already running.
+//! The examples' command line: an embedded server by default, `--url` (and `--monitor`,
+//! `--websocket`) for one already running.
 
 use std::process::ExitCode;
 
@@ -15,6 +15,7 @@ pub struct Args {
     pub system: String,
     pub url: Option<String>,
     pub monitor: Option<String>,
+    pub websocket: Option<String>,
     /// Print the embedded server's log (on unless `--quiet`).
     pub log: bool,
 }
@@ -26,6 +27,7 @@ impl Args {
             system: String::new(),
             url: None,
             monitor: None,
+            websocket: None,
             log: true,
         };
         let mut it = std::env::args().skip(1);
@@ -33,6 +35,7 @@ impl Args {
             match arg.as_str() {
                 "--url" => a.url = it.next(),
                 "--monitor" => a.monitor = it.next(),
+                "--websocket" => a.websocket = it.next(),
                 "-q" | "--quiet" => a.log = false,
                 "-h" | "--help" => {
                     println!("{usage}");
@@ -62,7 +65,7 @@ impl Args {
     pub async fn natrium(&self, config: &str, base: Options) -> anyhow::Result<Natrium> {
         logs::install(self.log);
         let n = match &self.url {
-            Some(url) => Natrium::remote(url.clone(), self.monitor.clone()),
+            Some(url) => Natrium::remote(url.clone(), self.monitor.clone(), self.websocket.clone()),
             None => Natrium::embedded(config, base).await?,
         };
         println!(

@@ -36,11 +36,16 @@ impl Conn {
     /// Connects `name` to `natrium` as `creds` (none: no authentication). Reconnects forever
     /// with a short pause, as the seeds configure their clients (`MaxReconnects(-1)`).
     pub async fn open(natrium: &Natrium, name: &str, creds: Creds<'_>) -> anyhow::Result<Conn> {
+        Conn::open_url(natrium.url(), name, creds).await
+    }
+
+    /// As `open`, to `url` (`nats://`, or `ws://` for a browser's connection).
+    pub async fn open_url(url: &str, name: &str, creds: Creds<'_>) -> anyhow::Result<Conn> {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let client = options(name, creds, seen.clone())
-            .connect(natrium.url())
+            .connect(url)
             .await
-            .with_context(|| format!("{name} connecting to {}", natrium.url()))?;
+            .with_context(|| format!("{name} connecting to {url}"))?;
         Ok(Conn {
             name: name.to_string(),
             client,

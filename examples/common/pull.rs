@@ -1,27 +1,15 @@
-//! How the examples' long-running services pull from their durable consumers.
+//! How the examples' long-running services pull from their durable consumers: async-nats's
+//! `messages()` with its defaults (30 s pull requests, 15 s idle heartbeats), as the seeds would.
 //!
-//! A service that dies leaves its last pull request behind. nats-server drops a waiting pull
-//! request once nobody is subscribed to its reply subject; Natrium (today) keeps delivering to
-//! it until it expires, so events pulled by a dead instance count as delivered, wait `ack_wait`,
-//! and are redelivered to the same stale request again, up to `max_deliver` (and then
-//! dead-lettered). Short pull requests bound that: a stale one lives at most `EXPIRES`. See
-//! examples/README.md, "Gaps found".
-
-use std::time::Duration;
+//! A service that dies leaves its last pull request behind; the server drops it once nobody is
+//! subscribed to its reply subject (as nats-server does), so the events that arrive meanwhile
+//! wait for the next instance instead of going to the dead one.
 
 use async_nats::jetstream::consumer::{pull, PullConsumer};
 
-/// How long one pull request waits on the server.
-pub const EXPIRES: Duration = Duration::from_secs(1);
-
-/// The consumer's messages, pulled with short requests.
+/// The consumer's messages, pulled with async-nats's default requests.
 pub async fn messages(consumer: &PullConsumer) -> anyhow::Result<pull::Stream> {
-    Ok(consumer
-        .stream()
-        .expires(EXPIRES)
-        .heartbeat(EXPIRES / 3)
-        .messages()
-        .await?)
+    Ok(consumer.messages().await?)
 }
 
 /// The next message of a consumer's stream; errors the client library reports on the way

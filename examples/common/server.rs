@@ -12,6 +12,8 @@ use natrium::{Options, Server};
 pub struct Natrium {
     url: String,
     monitor: Option<String>,
+    /// The WebSocket URL (`ws://`), when the configuration has a `websocket {}` block.
+    websocket: Option<String>,
     embedded: Option<Embedded>,
 }
 
@@ -41,6 +43,10 @@ impl Natrium {
         opts.http_host = String::new();
         opts.http_port = Some(-1);
         opts.https_port = None;
+        if let Some(ws) = &mut opts.websocket {
+            ws.host = "127.0.0.1".into();
+            ws.port = -1;
+        }
         let store = match &mut opts.jetstream {
             Some(js) => {
                 let dir = tempfile::Builder::new()
@@ -55,11 +61,16 @@ impl Natrium {
         // Restarts come back on the same ports, so clients reconnect to where they were.
         opts.port = i32::from(server.port());
         opts.http_port = server.http_port().map(i32::from);
+        if let (Some(ws), Some(port)) = (&mut opts.websocket, server.websocket_port()) {
+            ws.port = i32::from(port);
+        }
         let url = server.client_url();
         let monitor = server.monitor_url();
+        let websocket = server.websocket_url();
         Ok(Natrium {
             url,
             monitor,
+            websocket,
             embedded: Some(Embedded {
                 server: Some(server),
                 opts,
@@ -68,11 +79,13 @@ impl Natrium {
         })
     }
 
-    /// A server already running at `url` (monitoring at `monitor`, if given).
-    pub fn remote(url: String, monitor: Option<String>) -> Natrium {
+    /// A server already running at `url` (monitoring at `monitor`, WebSocket clients at
+    /// `websocket`, if given).
+    pub fn remote(url: String, monitor: Option<String>, websocket: Option<String>) -> Natrium {
         Natrium {
             url,
             monitor: monitor.map(|m| m.trim_end_matches('/').to_string()),
+            websocket,
             embedded: None,
         }
     }
@@ -85,6 +98,11 @@ impl Natrium {
     /// The monitoring base URL, if known.
     pub fn monitor(&self) -> Option<&str> {
         self.monitor.as_deref()
+    }
+
+    /// The WebSocket URL, if known.
+    pub fn websocket(&self) -> Option<&str> {
+        self.websocket.as_deref()
     }
 
     /// Whether this example started the server (and so can stop and restart it, and read its

@@ -2,10 +2,25 @@
 //! configuration) and must show what its README says: every check passes, and the figures that
 //! prove the behaviour are asserted here by name.
 
+use std::future::Future;
+use std::time::Duration;
+
 use natrium::Options;
 use natrium_examples::common::server::find_metric;
 use natrium_examples::common::{logs, Checks, Natrium};
 use natrium_examples::{chat, streamspace, tapio, wegweiser};
+
+/// The most one system may take (they take seconds): a hang fails the test instead of holding
+/// up CI.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `scenario` within `LIMIT`.
+async fn bounded<T>(what: &str, scenario: impl Future<Output = anyhow::Result<T>>) -> T {
+    tokio::time::timeout(LIMIT, scenario)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {LIMIT:?}"))
+        .unwrap_or_else(|e| panic!("{what} failed: {e:#}"))
+}
 
 async fn embedded(config: &str, base: Options) -> Natrium {
     logs::install(std::env::var_os("EXAMPLES_LOG").is_some());
@@ -30,7 +45,7 @@ fn passed(c: &Checks, expected: &[&str]) {
 #[tokio::test]
 async fn wegweiser_tenants_receiver_ring_buffer_dlq_replay_and_refusals() {
     let mut n = embedded(wegweiser::CONFIG, Options::default()).await;
-    let c = wegweiser::run(&mut n).await.expect("runs");
+    let c = bounded("wegweiser", wegweiser::run(&mut n)).await;
     n.shutdown().await;
     let a = wegweiser::TENANTS[0].uuid;
     let b = wegweiser::TENANTS[1].uuid;
@@ -42,6 +57,9 @@ async fn wegweiser_tenants_receiver_ring_buffer_dlq_replay_and_refusals() {
             &format!("tenant {a} commands answered / timed out"),
             "metrics kept per device and metric",
             "UI window is the newest points",
+            "browsers receive their own tenant's live points over WebSocket",
+            "the UI's user cannot publish",
+            "the UI's user is refused on the NATS port (WebSocket only)",
             "malformed heartbeat refused by the receivers",
             "dead letter subject and headers",
             &format!("tenant {a} replayed after the outage, each once"),
@@ -67,7 +85,7 @@ async fn wegweiser_tenants_receiver_ring_buffer_dlq_replay_and_refusals() {
 #[tokio::test]
 async fn tapio_collectors_engine_siem_permissions_and_replay() {
     let mut n = embedded(tapio::CONFIG, Options::default()).await;
-    let c = tapio::run(&mut n).await.expect("runs");
+    let c = bounded("tapio", tapio::run(&mut n)).await;
     n.shutdown().await;
     passed(
         &c,
@@ -89,7 +107,7 @@ async fn tapio_collectors_engine_siem_permissions_and_replay() {
 #[tokio::test]
 async fn chat_pods_queue_group_health_work_queue_and_reconnect() {
     let mut n = embedded(chat::CONFIG, Options::default()).await;
-    let c = chat::run(&mut n).await.expect("runs");
+    let c = bounded("chat", chat::run(&mut n)).await;
     n.shutdown().await;
     passed(
         &c,
@@ -112,7 +130,7 @@ async fn chat_pods_queue_group_health_work_queue_and_reconnect() {
 #[tokio::test]
 async fn streamspace_controllers_backoff_dlq_and_circuit_breaker() {
     let mut n = embedded("", streamspace::compose_options()).await;
-    let c = streamspace::run(&mut n).await.expect("runs");
+    let c = bounded("streamspace", streamspace::run(&mut n)).await;
     n.shutdown().await;
     passed(
         &c,
@@ -151,7 +169,7 @@ async fn chat_seed_embedded_server_test() {
     nc.publish("chat.workflow.execute.test", "test".into())
         .await
         .expect("pub");
-    let got = tokio::time::timeout(std::time::Duration::from_secs(1), sub.next())
+    let got = tokio::time::timeout(Duration::from_secs(1), sub.next())
         .await
         .expect("message received within 1 s")
         .expect("subscription open");

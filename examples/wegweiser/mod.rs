@@ -53,6 +53,8 @@ pub struct Tenant {
     pub uuid: &'static str,
     pub agent_password: &'static str,
     pub svc_password: &'static str,
+    /// The UI's password (its user subscribes to live metrics over WebSocket only).
+    pub ui_password: &'static str,
     /// Devices whose agent runs.
     pub devices: [&'static str; 2],
     /// A registered device whose agent is not running.
@@ -64,6 +66,7 @@ pub static TENANTS: [Tenant; 2] = [
         uuid: "4f6c8a2e-1b3d-4c5e-9f70-8a1b2c3d4e5f",
         agent_password: "agent-secret-4f6c",
         svc_password: "svc-secret-4f6c",
+        ui_password: "ui-secret-4f6c",
         devices: [
             "a1000000-0000-4000-8000-000000000001",
             "a1000000-0000-4000-8000-000000000002",
@@ -74,6 +77,7 @@ pub static TENANTS: [Tenant; 2] = [
         uuid: "9b2e7d41-6c8f-4a3b-b5d2-e1f0a9c8b7d6",
         agent_password: "agent-secret-9b2e",
         svc_password: "svc-secret-9b2e",
+        ui_password: "ui-secret-9b2e",
         devices: [
             "b2000000-0000-4000-8000-000000000001",
             "b2000000-0000-4000-8000-000000000002",
@@ -91,6 +95,9 @@ impl Tenant {
     }
     pub fn svc_user(&self) -> String {
         format!("weg-nats-svc_{}", self.uuid)
+    }
+    pub fn ui_user(&self) -> String {
+        format!("ui_{}", self.uuid)
     }
     /// `TENANT_{tenant_uuid}_DEVICES`, as seed 000 names it.
     pub fn stream(&self) -> String {
@@ -198,6 +205,7 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
     heartbeats(&mut c, &sides).await?;
     commands(&mut c, &sides).await?;
     ring_buffer(&mut c, &sides[0]).await?;
+    live_charts(&mut c, n, &sides).await?;
     dead_letters(&mut c, &sides[0]).await?;
     receiver_outage(&mut c, n, &mut sides).await?;
     if n.is_embedded() {
@@ -449,6 +457,99 @@ async fn ring_buffer(c: &mut Checks, s: &Side) -> anyhow::Result<()> {
             Some(json!(METRIC_POINTS - 1)),
         ),
     );
+    Ok(())
+}
+
+/// Seed 001's "WebSocket push from backend to UI": each tenant's browser subscribes to its live
+/// metrics over WebSocket (nats.ws in a real browser; async-nats over `ws://` here) and sees its
+/// own devices' points as they are published, and nothing of the other tenant's; the UI's user
+/// cannot publish and cannot log in over the NATS port.
+async fn live_charts(c: &mut Checks, n: &Natrium, sides: &[Side]) -> anyhow::Result<()> {
+    let Some(ws) = n.websocket() else {
+        say(
+            SYSTEM,
+            "(no WebSocket URL: the browser's live charts are skipped; give --websocket)",
+        );
+        return Ok(());
+    };
+    let mut uis = Vec::new();
+    for s in sides {
+        let t = s.tenant;
+        let ui = Conn::open_url(
+            ws,
+            &format!("wegweiser-ui {}", t.uuid),
+            Some((&t.ui_user(), t.ui_password)),
+        )
+        .await?;
+        let sub = ui.client.subscribe("demo.system.>").await?;
+        ui.client.flush().await?;
+        uis.push((ui, sub));
+    }
+    const POINTS: [usize; 2] = [20, 5];
+    for (s, points) in sides.iter().zip(POINTS) {
+        let agent = &s.agents[0];
+        for i in 0..points {
+            agent.metric("cpu_percent", METRIC_POINTS + i).await?;
+        }
+        agent.flush().await?;
+    }
+    let mut got = Vec::new();
+    for ((s, (_, sub)), points) in sides.iter().zip(uis.iter_mut()).zip(POINTS) {
+        let mut devices = Vec::new();
+        // Exactly `points` arrive: the wait for one more ends after a pause.
+        while let Ok(Some(m)) = tokio::time::timeout(
+            Duration::from_millis(if devices.len() < points { 5_000 } else { 300 }),
+            sub.next(),
+        )
+        .await
+        {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload)?;
+            devices.push(v["device_uuid"].as_str().unwrap_or_default().to_string());
+        }
+        let own = devices.iter().all(|d| d == s.agents[0].device.as_str());
+        say(
+            SYSTEM,
+            format!(
+                "tenant {}'s browser (WebSocket) received {} live points, all its own: {own}",
+                s.tenant.uuid,
+                devices.len()
+            ),
+        );
+        got.push((devices.len(), own));
+    }
+    c.eq(
+        "browsers receive their own tenant's live points over WebSocket",
+        got,
+        POINTS.iter().map(|p| (*p, true)).collect(),
+    );
+    let (ui, _) = &uis[0];
+    ui.client
+        .publish(
+            format!("demo.system.{}.cpu_percent", sides[0].agents[0].device),
+            "{}".into(),
+        )
+        .await?;
+    ui.client.flush().await?;
+    let err = ui.wait_server_error("Publish to").await?;
+    c.that(
+        "the UI's user cannot publish",
+        err.starts_with("Permissions Violation for Publish to"),
+        err,
+    );
+    let t = sides[0].tenant;
+    let tcp = Conn::open(n, "ui over tcp", Some((&t.ui_user(), t.ui_password))).await;
+    let login = match &tcp {
+        Ok(_) => "accepted".to_string(),
+        Err(e) => e.root_cause().to_string(),
+    };
+    c.that(
+        "the UI's user is refused on the NATS port (WebSocket only)",
+        tcp.is_err() && login.contains("authorization violation"),
+        login,
+    );
+    for (ui, _) in uis {
+        ui.client.drain().await?;
+    }
     Ok(())
 }
 

@@ -569,3 +569,24 @@ async fn a_flapping_peer_is_redialled_with_backoff_and_its_interest_follows_the_
         s.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn peers_learned_through_gossip_get_the_whole_pool_too() {
+    let a = start(node("GA", &[], 3)).await;
+    let pa = a.cluster_port().expect("port");
+    let b = start(node("GB", &[pa], 3)).await;
+    let c = start(node("GC", &[pa], 3)).await;
+    // B and C only know A: they find each other through it and fill the pool between them
+    // (three pooled connections, PINNED's and the system account's, per peer).
+    within(15, "full pools", || {
+        [&a, &b, &c]
+            .iter()
+            .all(|s| s.num_routes() == 2 && s.num_route_connections() == 10)
+    })
+    .await;
+    every_account_crosses(&b, &c).await;
+    every_account_crosses(&c, &b).await;
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
+}

@@ -48,6 +48,8 @@ pub struct Options {
     /// `-1` picks a random free port, as nats-server does.
     pub port: i32,
     pub server_name: Option<String>,
+    /// `server_tags`: matched by replicated streams' `placement.tags`.
+    pub server_tags: Vec<String>,
     pub max_payload: usize,
     pub max_control_line: usize,
     pub max_connections: usize,
@@ -107,6 +109,7 @@ impl Default for Options {
             host: "0.0.0.0".into(),
             port: 4222,
             server_name: None,
+            server_tags: Vec::new(),
             max_payload: 1024 * 1024,
             max_control_line: 4096,
             max_connections: 64 * 1024,
@@ -204,6 +207,7 @@ impl Options {
                 "host" | "net" => self.host = string(v)?,
                 "port" => self.port = port(v, "port")?,
                 "server_name" => self.server_name = Some(string(v)?),
+                "server_tags" => self.server_tags = subject_list_plain(v)?,
                 "max_payload" => self.max_payload = size(v)? as usize,
                 "max_control_line" => self.max_control_line = size(v)? as usize,
                 "max_connections" | "max_conn" => self.max_connections = int(v)? as usize,
@@ -455,6 +459,13 @@ impl Options {
             {
                 return bad("cluster name cannot contain spaces or new lines");
             }
+            // As nats-server: a JetStream cluster names its servers and itself.
+            if self.jetstream.is_some() && self.server_name.is_none() {
+                return bad("jetstream cluster requires `server_name` to be set");
+            }
+            if self.jetstream.is_some() && c.name.is_none() {
+                return bad("jetstream cluster requires `cluster.name` to be set");
+            }
         }
         if self.max_payload == 0 || self.max_payload > 64 * 1024 * 1024 {
             return bad("max_payload must be between 1 byte and 64 MB");
@@ -578,6 +589,7 @@ impl Options {
             host,
             port,
             server_name,
+            server_tags,
             max_payload: _,
             max_control_line: _,
             max_connections: _,
@@ -610,8 +622,9 @@ impl Options {
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 17] = [
+        let checks: [(&'static str, bool); 18] = [
             ("cluster", &self.cluster != cluster),
+            ("server_tags", &self.server_tags != server_tags),
             ("host", &self.host != host),
             ("port", &self.port != port),
             ("server_name", &self.server_name != server_name),

@@ -229,6 +229,22 @@ impl Server {
             }
             None => None,
         };
+        if let (Some(js), Some(c)) = (&jetstream, &opts.cluster) {
+            let system = InternalClient::new(&accounts, &opts.system_account)
+                .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
+            let settings = crate::jetstream::ClusterSettings {
+                cluster: c.name.clone().unwrap_or_default(),
+                tags: opts.server_tags.clone(),
+                expected: c.routes.len() + 1,
+                system,
+            };
+            js.start_cluster(settings)
+                .await
+                .map_err(|e| ServerError::JetStream {
+                    dir: js.options().store_dir.clone(),
+                    msg: e.to_string(),
+                })?;
+        }
         let options = Arc::new(Mutex::new(opts.clone()));
         let observed = Arc::new(Observed {
             start: std::time::SystemTime::now(),
@@ -365,6 +381,19 @@ impl Server {
 
     pub fn num_subscriptions(&self) -> usize {
         self.conns.accounts.global().subscription_count()
+    }
+
+    /// The JetStream meta group as this server sees it (a JetStream cluster only).
+    pub fn jetstream_meta(&self) -> Option<crate::jetstream::MetaView> {
+        self.observed.jetstream.as_ref()?.meta_view()
+    }
+
+    /// The leader of replicated stream `stream` in `account`, as this server knows it.
+    pub fn stream_leader(&self, account: &str, stream: &str) -> Option<String> {
+        self.observed
+            .jetstream
+            .as_ref()?
+            .stream_leader(account, stream)
     }
 
     /// The bound cluster port, when this server is part of a cluster.
@@ -566,6 +595,7 @@ impl Server {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(js) = &self.observed.jetstream {
+            js.shutdown_cluster().await;
             js.shutdown();
         }
         self.stop_accepting().await;

@@ -41,9 +41,9 @@ impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
             name: "group".into(),
-            heartbeat: Duration::from_millis(200),
-            election_min: Duration::from_millis(1000),
-            election_max: Duration::from_millis(2000),
+            heartbeat: Duration::from_millis(150),
+            election_min: Duration::from_millis(800),
+            election_max: Duration::from_millis(1600),
             snapshot_every: 16 * 1024,
             keep_behind_snapshot: 4 * 1024,
             max_batch: 512,

@@ -178,7 +178,7 @@ impl LogStore {
             committed: None,
         };
         let segs = segments(dir).map_err(err)?;
-        let purged = meta.last_purged.map_or(0, |l| l.index);
+        let purged = meta.last_purged.map(|l| l.index);
         let mut damage: Option<(u64, u64)> = None;
         let mut cut: Option<(u64, u64)> = None;
         'segs: for (i, &seg) in segs.iter().enumerate() {
@@ -190,13 +190,19 @@ impl LogStore {
             let mut off = 0usize;
             while off < buf.len() {
                 let rest = buf.get(off..).unwrap_or_default();
-                let next_index = mem.last_log_id().map_or(purged + 1, |l| l.index + 1);
+                // The first entry follows the purged ones; with none purged the log may start
+                // at 0 (openraft's initial membership) or 1.
+                let next_index = match (mem.entries.back(), purged) {
+                    (Some(e), _) => Some(e.log_id.index + 1),
+                    (None, Some(p)) => Some(p + 1),
+                    (None, None) => None,
+                };
                 match codec::unframe(rest) {
                     Framed::Record(body, n) => {
                         let entry: Option<Entry<TypeConfig>> = codec::decode(body).ok();
                         match entry {
-                            Some(e) if e.log_id.index <= purged => {}
-                            Some(e) if e.log_id.index == next_index => {
+                            Some(e) if purged.is_some_and(|p| e.log_id.index <= p) => {}
+                            Some(e) if next_index.is_none_or(|n| e.log_id.index == n) => {
                                 if mem.entries.is_empty() {
                                     mem.first = e.log_id.index;
                                 }
@@ -205,7 +211,7 @@ impl LogStore {
                                 rec.entries += 1;
                             }
                             _ => {
-                                damage = Some((next_index, off as u64));
+                                damage = Some((next_index.unwrap_or(0), off as u64));
                                 cut = Some((seg, off as u64));
                                 break 'segs;
                             }
@@ -223,7 +229,7 @@ impl LogStore {
                         break 'segs;
                     }
                     Framed::Short | Framed::Bad => {
-                        damage = Some((next_index, off as u64));
+                        damage = Some((next_index.unwrap_or(0), off as u64));
                         cut = Some((seg, off as u64));
                         break 'segs;
                     }

@@ -243,6 +243,10 @@ async fn three_nodes_replicate_in_order_and_survive_a_leader_loss() {
     // The old leader comes back from its directory and catches up.
     let old = &nodes.iter().find(|n| n.id == l1).expect("old");
     let back = open(&net, &old.name, &old.dir).await;
+    assert!(
+        !back.group.status().vote_guarded,
+        "a clean restart is not damage"
+    );
     wait_applied(&back, 101).await;
     assert_eq!(
         back.state.0.lock().last().map(Vec::as_slice),

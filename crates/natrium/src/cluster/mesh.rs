@@ -319,6 +319,15 @@ impl Mesh {
                 &format!("Remote server has a duplicate name: {:?}", info.server_name),
             ));
         }
+        if info.jetstream && own.jetstream {
+            // nats-server's JetStream cluster speaks its own Raft ($NRG): the two never share
+            // replicated streams or a meta group.
+            tracing::warn!(
+                "{peer} - rid:{} - Route to {:?}, a nats-server with JetStream: Natrium does not join its JetStream cluster or host its replicated streams (nor it Natrium's)",
+                r.rid,
+                info.server_name
+            );
+        }
         if !self.register(r, &info.server_id) {
             tracing::debug!(
                 "{peer} - rid:{} - Detected duplicate remote route {:?}",

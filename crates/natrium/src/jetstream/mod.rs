@@ -3,14 +3,16 @@
 
 mod api;
 mod catalog;
+mod cluster;
 pub mod config;
 mod consumer;
 pub mod consumer_config;
 pub mod errors;
 mod stream;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use natrium_store::SyncPolicy;
 use parking_lot::Mutex;
@@ -19,6 +21,8 @@ use serde_json::{json, Value};
 use crate::router::InternalClient;
 use api::Api;
 use catalog::Catalog;
+pub(crate) use cluster::ClusterSettings;
+use cluster::JsCluster;
 use config::Storage;
 
 /// JetStream settings (`jetstream { ... }`, `-js`, `-sd`).
@@ -84,6 +88,10 @@ pub(crate) struct JetStream {
     /// The server's name, reported as the leader in stream and consumer info.
     server_name: String,
     accounts: Mutex<Vec<Arc<Catalog>>>,
+    /// Each account's API, by account name (forwarded requests are handed to it).
+    apis: Mutex<HashMap<String, Arc<Api>>>,
+    /// Replicated JetStream, when this server is in a cluster.
+    cluster: Arc<OnceLock<Arc<JsCluster>>>,
 }
 
 impl JetStream {
@@ -92,7 +100,62 @@ impl JetStream {
             opts,
             server_name,
             accounts: Mutex::new(Vec::new()),
+            apis: Mutex::new(HashMap::new()),
+            cluster: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// Starts replicated JetStream (the meta group, discovery, forwarding) on this server.
+    pub(crate) async fn start_cluster(
+        self: &Arc<Self>,
+        settings: ClusterSettings,
+    ) -> std::io::Result<()> {
+        let cl = JsCluster::start(self, &self.server_name, settings).await?;
+        let _ = self.cluster.set(cl);
+        Ok(())
+    }
+
+    /// The catalog of `account`, if JetStream is enabled for it.
+    fn catalog(&self, account: &str) -> Option<Arc<Catalog>> {
+        self.accounts
+            .lock()
+            .iter()
+            .find(|c| c.account() == account)
+            .cloned()
+    }
+
+    /// The API of `account`, if JetStream is enabled for it.
+    fn api(&self, account: &str) -> Option<Arc<Api>> {
+        self.apis.lock().get(account).cloned()
+    }
+
+    /// The meta group's leader and this server's view of the meta group (None outside a
+    /// cluster): (leader name, term, members' names).
+    pub(crate) fn meta_view(&self) -> Option<MetaView> {
+        let cl = self.cluster.get()?;
+        let st = cl.meta_status();
+        let mut members: Vec<String> = st.peers.iter().map(|p| p.name.clone()).collect();
+        if cl.meta_initialized() {
+            members.push(cl.name.clone());
+        }
+        members.sort();
+        Some(MetaView {
+            leader: st.leader.map(|l| l.1),
+            term: st.term,
+            members,
+        })
+    }
+
+    /// The leader of replicated stream `name` in `account` as this server knows it.
+    pub(crate) fn stream_leader(&self, account: &str, name: &str) -> Option<String> {
+        self.cluster.get()?.stream_leader(account, name)
+    }
+
+    /// Stops replicated JetStream (its groups sync their logs).
+    pub(crate) async fn shutdown_cluster(&self) {
+        if let Some(cl) = self.cluster.get() {
+            cl.shutdown().await;
+        }
     }
 
     /// Enables JetStream in `client`'s account: recovers its streams and serves its API.
@@ -126,7 +189,15 @@ impl JetStream {
         let sub = client
             .subscribe_local("$JS.API.>", None, 4096)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let api = Api::new(catalog.clone(), client, self.server_name.clone());
+        let api = Arc::new(Api::new(
+            catalog.clone(),
+            client.clone(),
+            self.server_name.clone(),
+            self.cluster.clone(),
+        ));
+        self.apis
+            .lock()
+            .insert(client.account().to_string(), api.clone());
         tokio::spawn(async move {
             let mut sub = sub;
             while let Some(m) = sub.next().await {
@@ -202,6 +273,15 @@ impl JetStream {
         }
         out
     }
+}
+
+/// The meta group as one server sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaView {
+    pub leader: Option<String>,
+    pub term: u64,
+    /// Members' server names (this one included once it is a member).
+    pub members: Vec<String>,
 }
 
 /// One stream's figures for monitoring.

@@ -229,6 +229,12 @@ struct Delivery {
     /// Receivers past their stall threshold during this batch.
     stall: Vec<Arc<Outbound>>,
     rng: fastrand::Rng,
+    /// The subject a batch is routed on when its messages present another (JetStream
+    /// deliveries): peers get it as the routed subject and the presented one after an `@` in
+    /// the reply, as nats-server sends them.
+    route_to: Option<Box<[u8]>>,
+    /// Scratch for `reply@subject`.
+    route_reply: Vec<u8>,
 }
 
 impl Delivery {
@@ -245,6 +251,8 @@ impl Delivery {
             expired: Vec::new(),
             stall: Vec::new(),
             rng: fastrand::Rng::new(),
+            route_to: None,
+            route_reply: Vec::new(),
         }
     }
 
@@ -490,17 +498,32 @@ impl Delivery {
         } else {
             None
         };
+        let mut reply_buf = std::mem::take(&mut self.route_reply);
+        let to = self.route_to.take();
+        let (subject, reply) = match (&to, m.reply) {
+            (Some(to), Some(r)) if to[..] != *m.subject => {
+                reply_buf.clear();
+                reply_buf.extend_from_slice(r);
+                reply_buf.push(b'@');
+                reply_buf.extend_from_slice(m.subject);
+                (&to[..], Some(&reply_buf[..]))
+            }
+            (Some(to), None) => (&to[..], None),
+            _ => (m.subject, m.reply),
+        };
         let i = self.stage(route);
         let st = &mut self.staged[i];
         natrium_protocol::route::msg(
             &mut st.buf,
             account.name.as_bytes(),
-            m.subject,
-            m.reply,
+            subject,
+            reply,
             queues.iter().copied(),
             headers,
             m.payload,
         );
+        self.route_to = to;
+        self.route_reply = reply_buf;
         st.msgs += 1;
         st.bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
         true
@@ -705,6 +728,18 @@ impl Publisher {
         m: &Msg<'_>,
         queues: Option<&[u8]>,
     ) -> bool {
+        self.publish_on(account, m.subject, m, queues)
+    }
+
+    /// Like `publish_to_queues`, for a routed message addressed to the subscribers of `to`
+    /// that presents another subject (`reply@subject` from the peer, split by the route).
+    pub fn publish_on(
+        &mut self,
+        account: &Arc<Account>,
+        to: &[u8],
+        m: &Msg<'_>,
+        queues: Option<&[u8]>,
+    ) -> bool {
         if !self
             .account
             .as_ref()
@@ -713,7 +748,7 @@ impl Publisher {
             self.report();
             self.account = Some(account.clone());
         }
-        let found = self.cache.lookup(account, m.subject);
+        let found = self.cache.lookup(account, to);
         let hop = self.dl.first_hop(queues);
         let delivered = self.dl.deliver_all(account, found, m, hop);
         if !self.dl.expired.is_empty() {
@@ -765,6 +800,7 @@ pub fn publish_batch<'a>(
     msgs: impl IntoIterator<Item = Msg<'a>>,
 ) -> (usize, Option<Lagging>) {
     let mut dl = Delivery::new(0);
+    dl.route_to = Some(to.into());
     let found = account.matches(to);
     account
         .sublist_stats

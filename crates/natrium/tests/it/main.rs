@@ -26,6 +26,7 @@ mod monitor_tls;
 mod nkeys;
 mod protocol;
 mod reload;
+mod replication;
 mod resolver;
 mod stock_clients;
 mod tls;

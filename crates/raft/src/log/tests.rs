@@ -103,6 +103,21 @@ fn entries_and_vote_survive_a_reopen() {
 }
 
 #[test]
+fn a_log_starting_at_index_zero_reopens_whole() {
+    // openraft writes a new group's first membership at index 0.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (log, _) = LogStore::open(dir.path()).expect("open");
+        append(&log, (0..=5).map(|i| entry(1, i, b"m")).collect());
+        log.close();
+    }
+    let (log, rec) = LogStore::open(dir.path()).expect("reopen");
+    assert_eq!(rec.damaged_at, None);
+    assert_eq!(indexes(&log), (0..=5).collect::<Vec<_>>());
+    assert!(!log.vote_guarded());
+}
+
+#[test]
 fn a_torn_last_record_is_cut_and_is_not_damage() {
     let dir = tempfile::tempdir().expect("tempdir");
     {

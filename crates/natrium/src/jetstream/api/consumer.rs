@@ -1,6 +1,7 @@
 //! The consumer API: `CONSUMER.CREATE`, `CONSUMER.DURABLE.CREATE`, `INFO`, `DELETE`, `NAMES`,
 //! `LIST`, `PAUSE`, and pull requests (`CONSUMER.MSG.NEXT`), with nats-server's JSON.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Deserialize;
@@ -135,7 +136,12 @@ impl Api {
             }
         }
         cfg.normalize();
-        cfg.validate()?;
+        let replicas = s.config_arc().num_replicas;
+        if replicas > 1 {
+            cfg.validate_replicated(replicas)?;
+        } else {
+            cfg.validate()?;
+        }
         let action = match req.action.as_str() {
             "create" => Action::Create,
             "update" => Action::Update,
@@ -145,12 +151,14 @@ impl Api {
         if created {
             self.advisory_consumer("CREATED", stream, &c.name, "create");
         }
+        self.replicate_consumer(stream, Some(&c), &c.name);
         Ok(self.consumer_info(&c))
     }
 
     fn consumer_delete(&self, stream: &str, name: &str) -> Result<Value, ApiError> {
         let s = self.catalog.stream(stream)?;
         self.catalog.delete_consumer(&s, name)?;
+        self.replicate_consumer(stream, None, name);
         self.advisory_consumer("DELETED", stream, name, "delete");
         Ok(json!({"success": true}))
     }
@@ -195,6 +203,29 @@ impl Api {
         }))
     }
 
+    /// On a replicated stream's leader: replicates a consumer's creation (or, without one, the
+    /// deletion of `name`) to the stream's other replicas.
+    fn replicate_consumer(&self, stream: &str, c: Option<&Arc<Consumer>>, name: &str) {
+        let Some(r) = self
+            .cluster
+            .get()
+            .and_then(|cl| cl.replica(self.client.account(), stream))
+        else {
+            return;
+        };
+        let c = c.cloned();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let res = match c {
+                Some(c) => r.consumer_created(&c).await,
+                None => r.consumer_deleted(&name).await,
+            };
+            if let Err(e) = res {
+                tracing::warn!("consumer {name}: not replicated: {}", e.description);
+            }
+        });
+    }
+
     /// The consumer info document (`consumer_info_response` minus `type`).
     fn consumer_info(&self, c: &Consumer) -> Value {
         let (cfg, p) = c.snapshot();
@@ -209,7 +240,7 @@ impl Api {
             "num_redelivered": p.num_redelivered,
             "num_waiting": p.num_waiting,
             "num_pending": p.num_pending,
-            "cluster": {"leader": self.server_name},
+            "cluster": self.cluster_of(&c.stream_name),
             "ts": rfc3339(SystemTime::now()),
         });
         if let Some(d) = &cfg.deliver_subject {

@@ -10,6 +10,7 @@
 //! layer imports the base layer, `perms` and the router's value types only.
 
 pub mod bcrypt;
+pub mod callout;
 pub mod certs;
 pub mod jwt;
 pub mod jwt_dir;
@@ -40,6 +41,9 @@ pub struct User {
     pub permissions: Option<Permissions>,
     /// The account the user belongs to; `None` is the global account.
     pub account: Option<String>,
+    /// `allowed_connection_types` (upper case): the kinds of connection the user may come
+    /// through (`STANDARD`, `WEBSOCKET`, ...); empty allows all.
+    pub allowed_connection_types: Vec<String>,
 }
 
 /// A user identified by an NKey (`authorization { users: [ {nkey: "U..."} ] }`): it proves who it
@@ -50,6 +54,28 @@ pub struct NkeyUser {
     pub nkey: String,
     pub permissions: Option<Permissions>,
     pub account: Option<String>,
+    /// As `User::allowed_connection_types`.
+    pub allowed_connection_types: Vec<String>,
+}
+
+/// The connection types `allowed_connection_types` may name (nats-server's).
+pub const CONNECTION_TYPES: &[&str] = &[
+    "STANDARD",
+    "WEBSOCKET",
+    "LEAFNODE",
+    "LEAFNODE_WS",
+    "MQTT",
+    "MQTT_WS",
+];
+
+/// Whether a user with `allowed` types may connect as this client (`websocket` or not).
+fn type_allowed(allowed: &[String], ctx: &ConnAuth) -> bool {
+    let want = if ctx.websocket {
+        jwt::CONN_TYPE_WEBSOCKET
+    } else {
+        jwt::CONN_TYPE_STANDARD
+    };
+    allowed.is_empty() || allowed.iter().any(|t| t == want)
 }
 
 /// Client authentication settings (the `authorization` block and its flag equivalents).
@@ -62,11 +88,14 @@ pub struct AuthOptions {
     pub nkeys: Vec<NkeyUser>,
     pub no_auth_user: Option<String>,
     pub default_permissions: Option<Permissions>,
+    /// `auth_callout`: users other than its `auth_users` are authenticated by a service.
+    pub callout: Option<callout::CalloutOptions>,
 }
 
 impl AuthOptions {
     pub fn required(&self) -> bool {
-        self.token.is_some()
+        self.callout.is_some()
+            || self.token.is_some()
             || self.user.is_some()
             || !self.users.is_empty()
             || !self.nkeys.is_empty()
@@ -118,6 +147,22 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+impl Credentials {
+    /// Takes from `other` each credential CONNECT did not carry (a WebSocket client's cookies,
+    /// as nats-server's `jwt_cookie`, `user_cookie`, `pass_cookie` and `token_cookie`).
+    pub fn fill_from(&mut self, other: &Credentials) {
+        let fill = |mine: &mut Option<String>, theirs: &Option<String>| {
+            if mine.as_deref().is_none_or(str::is_empty) && theirs.is_some() {
+                mine.clone_from(theirs);
+            }
+        };
+        fill(&mut self.jwt, &other.jwt);
+        fill(&mut self.user, &other.user);
+        fill(&mut self.pass, &other.pass);
+        fill(&mut self.token, &other.token);
+    }
+}
+
 impl From<&ConnectInfo> for Credentials {
     fn from(c: &ConnectInfo) -> Self {
         Credentials {
@@ -139,6 +184,9 @@ pub struct ConnAuth {
     pub cert: Option<CertNames>,
     /// The client's address (user JWTs may restrict it).
     pub ip: Option<IpAddr>,
+    /// The client came through the WebSocket listener (user JWTs may restrict connection
+    /// types).
+    pub websocket: bool,
 }
 
 /// Who a client authenticated as.
@@ -159,6 +207,8 @@ pub struct Identity {
     pub max_payload: Option<usize>,
     /// When the credentials expire (a user JWT's `exp`); the connection is closed then.
     pub expires: Option<std::time::SystemTime>,
+    /// Admitted by the auth callout service (a reload keeps it while a callout is configured).
+    pub via_callout: bool,
 }
 
 /// Why a client was refused; the wire error is always `Authorization Violation`.
@@ -182,6 +232,12 @@ pub enum AuthError {
     UnmappedCertificate(String),
     #[error("user JWT refused: {0}")]
     Jwt(#[from] JwtError),
+    #[error(
+        "user {0:?} may not connect through this kind of connection (allowed_connection_types)"
+    )]
+    ConnectionType(String),
+    #[error("auth callout: {0}")]
+    Callout(String),
 }
 
 impl AuthError {
@@ -191,12 +247,14 @@ impl AuthError {
             AuthError::UnknownUser(u)
             | AuthError::BadPassword(u)
             | AuthError::UnknownNkey(u)
-            | AuthError::BadSignature(u) => Some(u),
+            | AuthError::BadSignature(u)
+            | AuthError::ConnectionType(u) => Some(u),
             AuthError::Missing
             | AuthError::BadToken
             | AuthError::NoCertificate
             | AuthError::UnmappedCertificate(_)
-            | AuthError::Jwt(_) => None,
+            | AuthError::Jwt(_)
+            | AuthError::Callout(_) => None,
         }
     }
 }
@@ -275,6 +333,17 @@ impl Authenticator {
         a
     }
 
+    /// This authenticator with the operator-mode accounts of `old` that it does not have
+    /// itself: the URL resolver's accounts, fetched at run time, survive a reload.
+    pub fn with_fetched_accounts(mut self, old: &Authenticator) -> Authenticator {
+        if let (Some(t), Some(o)) = (self.trust.as_mut(), old.trust.as_ref()) {
+            for (k, acc) in &o.accounts {
+                t.accounts.entry(k.clone()).or_insert_with(|| acc.clone());
+            }
+        }
+        self
+    }
+
     /// A copy without the given accounts of operator mode (deleted account JWTs).
     pub fn without_accounts(&self, keys: &[String]) -> Authenticator {
         let mut a = self.clone();
@@ -303,6 +372,20 @@ impl Authenticator {
         self.timeout
     }
 
+    /// The auth callout settings, when one is configured.
+    pub fn callout(&self) -> Option<&callout::CalloutOptions> {
+        self.opts.callout.as_ref()
+    }
+
+    /// Whether a client with these credentials goes to the auth callout service: one is
+    /// configured and the client is not one of its `auth_users` (by user name or NKey).
+    pub fn goes_to_callout(&self, c: &Credentials) -> bool {
+        self.opts.callout.as_ref().is_some_and(|o| {
+            let named = c.user.as_deref().or(c.nkey.as_deref());
+            !named.is_some_and(|u| o.auth_users.iter().any(|a| a == u))
+        })
+    }
+
     /// Whether INFO must carry a nonce (NKey users sign it).
     pub fn needs_nonce(&self) -> bool {
         self.trust.is_some() || !self.nkeys.is_empty()
@@ -315,7 +398,13 @@ impl Authenticator {
             let Some(jwt) = c.jwt.as_deref() else {
                 return Verdict::Reject(AuthError::Missing);
             };
-            return match trust.authenticate(jwt, c.sig.as_deref(), ctx.nonce.as_deref(), ctx.ip) {
+            let conn_type = if ctx.websocket {
+                jwt::CONN_TYPE_WEBSOCKET
+            } else {
+                jwt::CONN_TYPE_STANDARD
+            };
+            let (sig, nonce) = (c.sig.as_deref(), ctx.nonce.as_deref());
+            return match trust.authenticate_as(jwt, sig, nonce, ctx.ip, conn_type) {
                 Ok(g) => Verdict::Accept(Identity {
                     user: Some(g.user),
                     account: Some(g.account),
@@ -324,6 +413,7 @@ impl Authenticator {
                     max_subs: g.max_subs,
                     max_payload: g.max_payload,
                     expires: g.expires,
+                    via_callout: false,
                 }),
                 Err(e) => Verdict::Reject(AuthError::Jwt(e)),
             };
@@ -364,6 +454,9 @@ impl Authenticator {
                 (Some(u), _) => u.as_str(),
                 (None, Some(nau)) if c.pass.is_none() && c.token.is_none() && c.nkey.is_none() => {
                     return match self.users.get(nau) {
+                        Some(entry) if !type_allowed(&entry.allowed_connection_types, ctx) => {
+                            Verdict::Reject(AuthError::ConnectionType(nau.clone()))
+                        }
                         Some(entry) => Verdict::Accept(self.identity_of(entry)),
                         None => Verdict::Reject(AuthError::UnknownUser(nau.clone())),
                     };
@@ -373,6 +466,9 @@ impl Authenticator {
             let Some(entry) = self.users.get(given) else {
                 return Verdict::Reject(AuthError::UnknownUser(given.to_string()));
             };
+            if !type_allowed(&entry.allowed_connection_types, ctx) {
+                return Verdict::Reject(AuthError::ConnectionType(given.to_string()));
+            }
             return password_verdict(
                 &entry.password,
                 c.pass.as_deref().unwrap_or(""),
@@ -389,6 +485,13 @@ impl Authenticator {
     /// Checks credentials again after a reload. A client whose user entry kept the very secret
     /// that admitted it passes without another bcrypt run.
     pub fn recheck(&self, c: &Credentials, ctx: &ConnAuth, before: &Identity) -> Verdict {
+        if before.via_callout {
+            // The service's verdict stands while a callout is configured.
+            return match &self.opts.callout {
+                Some(_) => Verdict::Accept(before.clone()),
+                None => Verdict::Reject(AuthError::Missing),
+            };
+        }
         match self.check(c, ctx) {
             Verdict::Bcrypt { identity, .. } if identity.secret == before.secret => {
                 Verdict::Accept(identity)
@@ -421,6 +524,9 @@ impl Authenticator {
         let Some(entry) = self.nkeys.get(nkey) else {
             return Verdict::Reject(AuthError::UnknownNkey(nkey.to_string()));
         };
+        if !type_allowed(&entry.allowed_connection_types, ctx) {
+            return Verdict::Reject(AuthError::ConnectionType(nkey.to_string()));
+        }
         let bad = || Verdict::Reject(AuthError::BadSignature(nkey.to_string()));
         let (Some(sig), Some(nonce)) = (sig, ctx.nonce.as_deref()) else {
             return bad();
@@ -450,6 +556,7 @@ impl Authenticator {
             max_subs: None,
             max_payload: None,
             expires: None,
+            via_callout: false,
         })
     }
 
@@ -465,9 +572,14 @@ impl Authenticator {
             .chain(&names.dns)
             .chain(&names.uris)
             .chain(std::iter::once(&names.dn))
-            .find_map(|n| self.users.get(n.as_str()));
+            .find_map(|n| self.users.get(n.as_str()))
+            .filter(|u| type_allowed(&u.allowed_connection_types, ctx));
         let entry = direct.or_else(|| {
-            let mut users: Vec<&User> = self.users.values().collect();
+            let mut users: Vec<&User> = self
+                .users
+                .values()
+                .filter(|u| type_allowed(&u.allowed_connection_types, ctx))
+                .collect();
             users.sort_by(|a, b| a.user.cmp(&b.user));
             users
                 .into_iter()
@@ -497,6 +609,7 @@ impl Authenticator {
             max_subs: None,
             max_payload: None,
             expires: None,
+            via_callout: false,
         }
     }
 
@@ -512,7 +625,76 @@ impl Authenticator {
             max_subs: None,
             max_payload: None,
             expires: None,
+            via_callout: false,
         }
+    }
+}
+
+/// What a listener changes in the server's authentication for its own clients: the websocket
+/// block's `authorization {}`, `no_auth_user` and `tls.verify_and_map`, applied as nats-server
+/// applies them to WebSocket clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthOverride {
+    /// The listener names its own credentials (nats-server's "auth override": a username, a
+    /// token or a `no_auth_user` in the block): they replace the server's token, single user
+    /// and `no_auth_user` (users, NKeys and operator mode stay).
+    pub replace: bool,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub no_auth_user: Option<String>,
+    /// The listener's auth timeout, when it sets one.
+    pub timeout: Option<Duration>,
+    /// The listener's own `verify_and_map` (it always replaces the server's).
+    pub tls_map: bool,
+}
+
+impl Authenticator {
+    /// This authenticator as a listener with override `o` applies it.
+    pub fn with_override(&self, o: &AuthOverride) -> Authenticator {
+        let mut a = self.clone();
+        a.tls_map = o.tls_map;
+        if let Some(t) = o.timeout {
+            a.timeout = t;
+        }
+        if o.replace {
+            a.opts.token = o.token.clone();
+            a.opts.user = o.user.clone();
+            a.opts.password = o.password.clone();
+            a.opts.no_auth_user = o.no_auth_user.clone();
+        }
+        a
+    }
+}
+
+/// The authenticator a listener with an override uses: derived from the one in force, and
+/// derived again only when a reload or an account JWT update has replaced that one.
+pub struct DerivedAuth {
+    over: AuthOverride,
+    /// (the authenticator in force it was derived from, the derived one)
+    cache: parking_lot::Mutex<Option<(Arc<Authenticator>, Arc<Authenticator>)>>,
+}
+
+impl DerivedAuth {
+    pub fn new(over: AuthOverride) -> Self {
+        DerivedAuth {
+            over,
+            cache: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The derived authenticator for the one `cell` holds now.
+    pub fn current(&self, cell: &AuthCell) -> Arc<Authenticator> {
+        let base = cell.current();
+        let mut cache = self.cache.lock();
+        if let Some((b, derived)) = &*cache {
+            if Arc::ptr_eq(b, &base) {
+                return derived.clone();
+            }
+        }
+        let derived = Arc::new(base.with_override(&self.over));
+        *cache = Some((base, derived.clone()));
+        derived
     }
 }
 
@@ -692,6 +874,7 @@ mod tests {
         let ctx = |emails: &[&str], dn: &str| ConnAuth {
             nonce: None,
             ip: None,
+            websocket: false,
             cert: Some(CertNames {
                 emails: emails.iter().map(|s| s.to_string()).collect(),
                 dn: dn.into(),

@@ -541,9 +541,16 @@ impl Delivery {
             return false;
         }
         let subject = f.map.apply(m.subject);
-        if let (ForwardKind::Service { importer }, Some(reply)) = (&f.kind, m.reply) {
+        if let (
+            ForwardKind::Service {
+                importer,
+                responses,
+            },
+            Some(reply),
+        ) = (&f.kind, m.reply)
+        {
             // The responder answers in the exporter's account; carry that answer back.
-            imports::add_response_route(&f.to, reply, importer.clone());
+            imports::add_response_route(&f.to, reply, importer.clone(), *responses);
         }
         let fm = Msg {
             subject: &subject,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::jwt::{encode, now, raw_login};
+use base64::Engine;
 use futures::StreamExt;
 use natrium::{Options, Server};
 use nkeys::KeyPair;
@@ -364,5 +365,179 @@ async fn account_and_user_jwt_limits() {
         .read_to_close()
         .await
         .ends_with("-ERR 'Maximum Payload Violation'\r\n"));
+    s.shutdown().await;
+}
+
+/// WebSocket clients in operator mode: a user JWT's `allowed_connection_types` decides which
+/// listener it may use, and with `jwt_cookie` a browser's cookie carries a bearer user JWT that
+/// CONNECT does not.
+#[tokio::test]
+async fn websocket_connection_types_and_jwt_cookie() {
+    let st = Setup::new();
+    let conf = st.config(json!({}));
+    let mut text = std::fs::read_to_string(&conf).expect("config");
+    text.push_str("websocket { listen: \"127.0.0.1:-1\", no_tls: true, jwt_cookie: natsjwt }\n");
+    std::fs::write(&conf, text).expect("write");
+    let s = start_file(&conf).await;
+    let ws_url = s.websocket_url().expect("ws url");
+    let connect = |creds: PathBuf, url: String| async move {
+        let c = async_nats::ConnectOptions::with_credentials_file(creds)
+            .await
+            .map_err(|e| e.to_string())?
+            .connection_timeout(Duration::from_secs(3))
+            .connect(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        c.flush().await.map_err(|e| e.to_string())
+    };
+    let (jw, kw) = st.user(
+        &st.a,
+        &st.a,
+        json!({"allowed_connection_types": ["WEBSOCKET"]}),
+    );
+    let web_only = st.creds("web", &jw, &kw);
+    connect(web_only.clone(), ws_url.clone())
+        .await
+        .expect("a WEBSOCKET user over WebSocket");
+    assert!(
+        connect(web_only, s.client_url()).await.is_err(),
+        "a WEBSOCKET user over TCP"
+    );
+    let (jt, kt) = st.user(
+        &st.a,
+        &st.a,
+        json!({"allowed_connection_types": ["STANDARD"]}),
+    );
+    let tcp_only = st.creds("tcp", &jt, &kt);
+    connect(tcp_only.clone(), s.client_url())
+        .await
+        .expect("a STANDARD user over TCP");
+    assert!(
+        connect(tcp_only, ws_url).await.is_err(),
+        "a STANDARD user over WebSocket"
+    );
+
+    // A bearer JWT from the cookie: no jwt, no signature in CONNECT.
+    let (bearer, _) = st.user(&st.a, &st.a, json!({"bearer_token": true}));
+    let port = s.websocket_port().expect("port");
+    let cookie = format!("Cookie: theme=dark; natsjwt={bearer}");
+    let (mut ws, _) = crate::websocket::RawWs::open(port, &[&cookie]).await;
+    ws.read_text().await;
+    ws.send_text("CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .await;
+    assert_eq!(ws.read_until("PONG").await, "PONG\r\n");
+    let (mut ws, _) = crate::websocket::RawWs::open(port, &[]).await;
+    ws.read_text().await;
+    ws.send_text("CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .await;
+    assert!(ws
+        .read_until("Authorization Violation")
+        .await
+        .contains("-ERR"));
+    s.shutdown().await;
+}
+
+/// Version 1 claims, as older operator setups and client test suites have them: the operator
+/// JWT without a `nats` object, `type` (and `issuer_account`) at the top level, the signature
+/// over the payload segment alone. The server starts from them and async-nats users with v1
+/// `.creds` join their account under the v1 permissions.
+#[tokio::test]
+async fn version_1_claims_are_accepted() {
+    use crate::common::jwt::{creds_connect, encode_v1, write_creds};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (op, acc, signer) = (
+        KeyPair::new_operator(),
+        KeyPair::new_account(),
+        KeyPair::new_account(),
+    );
+    let base = |iss: &KeyPair, sub: &str, kind: &str| {
+        json!({"jti": format!("{kind}{sub}"), "iat": now() - 10, "iss": iss.public_key(),
+               "sub": sub, "name": kind, "type": kind})
+    };
+    let op_jwt = encode_v1(base(&op, &op.public_key(), "operator"), &op);
+    let mut acc_claims = base(&op, &acc.public_key(), "account");
+    acc_claims["nats"] = json!({"limits": {"subs": -1, "conn": -1, "leaf": -1, "imports": -1,
+        "exports": -1, "data": -1, "payload": -1, "wildcards": true},
+        "signing_keys": [signer.public_key()]});
+    let acc_jwt = encode_v1(acc_claims, &op);
+    std::fs::write(dir.path().join("op.jwt"), &op_jwt).expect("write");
+    let conf = dir.path().join("v1.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:-1\noperator: op.jwt\nresolver: MEMORY\nresolver_preload: {{\n  {}: {}\n}}\n",
+            acc.public_key(),
+            acc_jwt
+        ),
+    )
+    .expect("write config");
+    let s = start_file(&conf).await;
+
+    // A user issued by the account itself, limited to `v1.>`.
+    let u = KeyPair::new_user();
+    let mut uc = base(&acc, &u.public_key(), "user");
+    uc["nats"] =
+        json!({"pub": {"allow": ["v1.>", "_INBOX.>"]}, "sub": {"allow": ["v1.>", "_INBOX.>"]}});
+    let user_jwt = encode_v1(uc, &acc);
+    let c = creds_connect(
+        &s.client_url(),
+        &write_creds(dir.path(), "u", &user_jwt, &u),
+    )
+    .await
+    .expect("v1 user connects");
+    let mut sub = c.subscribe("v1.x").await.expect("sub");
+    c.flush().await.expect("flush");
+    // One signed by the account's signing key names the account at the top level.
+    let u2 = KeyPair::new_user();
+    let mut uc2 = base(&signer, &u2.public_key(), "user");
+    uc2["issuer_account"] = json!(acc.public_key());
+    let jwt2 = encode_v1(uc2, &signer);
+    let c2 = creds_connect(&s.client_url(), &write_creds(dir.path(), "u2", &jwt2, &u2))
+        .await
+        .expect("v1 user of a signing key connects");
+    c2.publish("v1.x", "hello".into()).await.expect("pub");
+    c2.flush().await.expect("flush");
+    let m = tokio::time::timeout(Duration::from_secs(3), sub.next())
+        .await
+        .expect("delivered")
+        .expect("msg");
+    assert_eq!(&m.payload[..], b"hello");
+    // The v1 permissions hold.
+    let (mut r, first) = raw_login(&s, &user_jwt, &u, false).await;
+    assert_eq!(first, "PONG\r\n");
+    r.send("PUB other 1\r\nx\r\nPING\r\n").await;
+    assert_eq!(
+        r.read_until("PONG\r\n").await,
+        "-ERR 'Permissions Violation for Publish to \"other\"'\r\nPONG\r\n"
+    );
+
+    // A v1 JWT is signed over its payload alone: the same claims signed over header.payload
+    // (or tampered with) do not verify.
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = user_jwt.split('.').collect();
+    let resigned = {
+        let sig = acc
+            .sign(format!("{}.{}", parts[0], parts[1]).as_bytes())
+            .expect("sign");
+        format!("{}.{}.{}", parts[0], parts[1], b64.encode(sig))
+    };
+    assert_eq!(
+        raw_login(&s, &resigned, &u, false).await.1,
+        "-ERR 'Authorization Violation'\r\n",
+        "v1 claims signed the v2 way"
+    );
+    let mut tampered = base(&acc, &u.public_key(), "user");
+    tampered["nats"] = json!({"pub": {"allow": [">"]}});
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(tampered.to_string()),
+        parts[2]
+    );
+    assert_eq!(
+        raw_login(&s, &forged, &u, false).await.1,
+        "-ERR 'Authorization Violation'\r\n",
+        "tampered v1 claims"
+    );
     s.shutdown().await;
 }

@@ -273,6 +273,42 @@ impl Group {
             .map_err(|f| RaftError::Stopped(f.to_string()))
     }
 
+    /// Gives up leadership: this leader stops sending heartbeats and campaigning, so its
+    /// followers' election timers run out and one of them is elected (openraft 0.9 has no
+    /// leadership transfer). Returns the new leader; if none is elected `within`, this node
+    /// leads on (heartbeats again) and the answer is `Timeout`. The caller stops proposing
+    /// first: a proposal would reset the followers' timers.
+    pub async fn step_down(&self, within: Duration) -> Result<(NodeId, String), RaftError> {
+        let st = self.status();
+        if st.role != Role::Leader {
+            return Err(RaftError::NotLeader { leader: st.leader });
+        }
+        let rc = self.raft.runtime_config();
+        rc.heartbeat(false);
+        rc.elect(false);
+        let mut changes = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + within;
+        let result = loop {
+            let now = self.status();
+            if now.term > st.term {
+                if let Some(l) = now.leader.filter(|l| l.0 != self.id) {
+                    break Ok(l);
+                }
+            }
+            tokio::select! {
+                c = changes.changed() => if c.is_err() {
+                    break Err(RaftError::Stopped("group stopped".into()));
+                },
+                _ = tokio::time::sleep_until(deadline) => break Err(RaftError::Timeout),
+            }
+        };
+        rc.heartbeat(true);
+        if !self.log.vote_guarded() {
+            rc.elect(true);
+        }
+        result
+    }
+
     /// The group as this node sees it now.
     pub fn status(&self) -> GroupStatus {
         let m = self.raft.metrics().borrow().clone();

@@ -341,3 +341,45 @@ async fn a_new_member_catches_up_from_a_snapshot() {
         n.group.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_steps_down_and_another_is_elected() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let nodes = cluster(&net, root.path(), &["a", "b", "c"]).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l1 = leader(&all, None).await;
+    let lead = by_id(&nodes, l1);
+    lead.group
+        .propose(b"one".to_vec())
+        .await
+        .expect("committed");
+    // A follower can not step down.
+    let follower = nodes.iter().find(|n| n.id != l1).expect("follower");
+    assert!(matches!(
+        follower.group.step_down(Duration::from_secs(1)).await,
+        Err(RaftError::NotLeader { .. })
+    ));
+    let started = Instant::now();
+    let (l2, name) = lead
+        .group
+        .step_down(Duration::from_secs(8))
+        .await
+        .expect("another leader");
+    assert_ne!(l2, l1);
+    assert_eq!(name, by_id(&nodes, l2).name);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(leader(&all, Some(l1)).await, l2);
+    // The old leader follows and takes part again: the new leader commits, all apply.
+    by_id(&nodes, l2)
+        .group
+        .propose(b"two".to_vec())
+        .await
+        .expect("committed after the stepdown");
+    for n in &nodes {
+        wait_applied(n, 2).await;
+    }
+    for n in &nodes {
+        n.group.shutdown().await;
+    }
+}

@@ -234,6 +234,12 @@ impl JetStream {
         self.cluster.get()?.stream_leader(account, name)
     }
 
+    /// Why this server's JetStream is unhealthy as a cluster member (`/healthz`); Ok outside
+    /// a cluster.
+    pub(crate) fn cluster_health(&self) -> Result<(), String> {
+        self.cluster.get().map_or(Ok(()), |cl| cl.health())
+    }
+
     /// Stops replicated JetStream (its groups sync their logs).
     pub(crate) async fn shutdown_cluster(&self) {
         if let Some(cl) = self.cluster.get() {
@@ -369,6 +375,9 @@ impl JetStream {
         v["messages"] = json!(messages);
         v["bytes"] = json!(bytes);
         v["total"] = json!(apis.len());
+        if let Some(cl) = self.cluster.get() {
+            v["meta_cluster"] = cl.meta_cluster_info();
+        }
         let streams_too = q.streams || q.consumers;
         let chosen: Vec<Arc<Api>> = match &q.account {
             Some(name) => apis

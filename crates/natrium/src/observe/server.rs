@@ -311,6 +311,9 @@ pub fn healthz(o: &Observed, q: &HashMap<String, String>) -> (u16, Value) {
                 json!({"status": "unavailable", "error": format!("JetStream store directory not writable: {e}")}),
             );
         }
+        if let Err(e) = js.cluster_health() {
+            return (503, json!({"status": "unavailable", "error": e}));
+        }
     }
     (200, json!({"status": "ok"}))
 }

@@ -27,8 +27,18 @@ fn node_opts(name: &str, dir: &std::path::Path, routes: &[u16]) -> Options {
                 .collect(),
             ..ClusterOptions::default()
         }),
+        http_port: Some(-1),
+        http_host: "127.0.0.1".into(),
         ..js_opts(&dir.join(name))
     }
+}
+
+async fn get_json(s: &Server, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("{}{path}", s.monitor_url().expect("monitor")))
+        .await
+        .expect("http");
+    let code = r.status().as_u16();
+    (code, r.json().await.expect("json"))
 }
 
 struct Cluster {
@@ -142,7 +152,36 @@ async fn the_meta_group_forms_and_every_server_knows_its_leader() {
         .collect();
     assert_eq!(views[0].members, vec!["n1", "n2", "n3"]);
     assert!(views.iter().all(|v| v.leader == views[0].leader));
+    // /jsz in cluster form, /healthz?js-enabled-only=1 healthy on every server.
+    for s in c.running() {
+        let (code, v) = get_json(s, "/jsz").await;
+        assert_eq!(code, 200);
+        let m = &v["meta_cluster"];
+        assert_eq!(m["name"], "c1", "{v}");
+        assert_eq!(m["leader"], json!(views[0].leader), "{v}");
+        assert_eq!(m["cluster_size"], 3, "{v}");
+        assert_eq!(m["replicas"].as_array().map(Vec::len), Some(2), "{v}");
+        let (code, v) = get_json(s, "/healthz?js-enabled-only=1").await;
+        assert_eq!((code, &v["status"]), (200, &json!("ok")), "{v}");
+    }
     c.shutdown().await;
+}
+
+/// A server of a JetStream cluster whose peers never come is not healthy: no meta leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_meta_leader_is_unhealthy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = free.local_addr().expect("addr").port();
+    drop(free);
+    let s = start(node_opts("n1", dir.path(), &[dead])).await;
+    let (code, v) = get_json(&s, "/healthz?js-enabled-only=1").await;
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(
+        v["error"], "JetStream has not established contact with a meta leader",
+        "{v}"
+    );
+    s.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,6 +379,147 @@ async fn the_stream_survives_its_leader_and_deduplicates_across_the_change() {
         (11..=21).collect::<Vec<u64>>(),
         "no acked message again"
     );
+    c.shutdown().await;
+}
+
+/// `STREAM.LEADER.STEPDOWN` through a server that may not lead: another server leads the
+/// stream, de-duplication and the consumer's acknowledged progress carry over at once (no wait
+/// for the periodic progress sync); `META.LEADER.STEPDOWN` from a system-account client moves
+/// the meta leadership.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stepdowns_hand_stream_and_meta_leadership_to_another_server() {
+    let c = cluster().await;
+    let nc = connect(c.node("n2")).await;
+    let js = jetstream::new(nc.clone());
+    js.create_stream(stream::Config {
+        name: "SD".into(),
+        subjects: vec!["sd.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("created");
+    let old = leader_of(&c, "SD", "sd.x", None).await;
+    let publish = |id: String| {
+        let js = js.clone();
+        async move {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", id.as_str());
+            js.publish_with_headers("sd.x", h, "data".into())
+                .await
+                .expect("sent")
+                .await
+        }
+    };
+    for i in 1..=5 {
+        publish(format!("id-{i}")).await.expect("acknowledged");
+    }
+    let durable = js
+        .get_stream("SD")
+        .await
+        .expect("stream")
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("w".into()),
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    // Exactly three delivered (and acknowledged): none pending when the leader changes.
+    let mut msgs = durable
+        .fetch()
+        .max_messages(3)
+        .messages()
+        .await
+        .expect("messages");
+    for _ in 0..3 {
+        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("message");
+        m.double_ack().await.expect("ack");
+    }
+    drop(msgs);
+
+    let v = api(
+        &connect(c.node("n3")).await,
+        "$JS.API.STREAM.LEADER.STEPDOWN.SD",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(v["success"], true, "{v}");
+    assert_eq!(
+        v["type"], "io.nats.jetstream.api.v1.stream_leader_stepdown_response",
+        "{v}"
+    );
+    let new = leader_of(&c, "SD", "sd.x", Some(&old)).await;
+    assert_ne!(new, old);
+    let ack = publish("id-5".into()).await.expect("acknowledged");
+    assert!(ack.duplicate, "id-5 again is a duplicate on the new leader");
+    assert_eq!(ack.sequence, 5);
+    let ack = publish("id-6".into()).await.expect("acknowledged");
+    assert_eq!((ack.sequence, ack.duplicate), (6, false));
+    let durable: consumer::PullConsumer = js
+        .get_stream("SD")
+        .await
+        .expect("stream")
+        .get_consumer("w")
+        .await
+        .expect("consumer");
+    let mut msgs = durable.messages().await.expect("messages");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("message");
+        seen.push(m.info().expect("info").stream_sequence);
+        m.double_ack().await.expect("ack");
+    }
+    assert_eq!(
+        seen,
+        vec![4, 5, 6],
+        "acked messages are not delivered again"
+    );
+    drop(msgs);
+
+    // The meta leader steps down on a system-account request made through any server.
+    let meta_old = c
+        .node("n1")
+        .jetstream_meta()
+        .and_then(|v| v.leader)
+        .expect("meta leader");
+    let sys = c.node("n1").internal_client("$SYS").expect("system");
+    let mut inbox = sys.subscribe("_INBOX.meta-sd", None, 8).expect("inbox");
+    sys.publish(
+        "$JS.API.META.LEADER.STEPDOWN",
+        Some("_INBOX.meta-sd"),
+        None,
+        b"",
+    )
+    .expect("request");
+    let m = tokio::time::timeout(Duration::from_secs(15), inbox.next())
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    let v: serde_json::Value = serde_json::from_slice(&m.payload).expect("json");
+    assert_eq!(v["success"], true, "{v}");
+    assert_eq!(
+        v["type"],
+        "io.nats.jetstream.api.v1.meta_leader_stepdown_response"
+    );
+    wait(
+        Duration::from_secs(10),
+        "a new meta leader all agree on",
+        || {
+            let views: Vec<_> = c.running().filter_map(|s| s.jetstream_meta()).collect();
+            let l = views[0].leader.clone();
+            l.is_some() && l.as_deref() != Some(&meta_old) && views.iter().all(|v| v.leader == l)
+        },
+    )
+    .await;
     c.shutdown().await;
 }
 

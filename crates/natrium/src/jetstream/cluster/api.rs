@@ -25,6 +25,12 @@ const MAX_HOPS: u8 = 2;
 /// How long a create waits for the new stream's leader before answering.
 const LEADER_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a forwarded request waits for its client's reply interest to reach this server.
+const REPLY_INTEREST_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a meta stepdown waits for another meta leader.
+const META_STEPDOWN_WAIT: Duration = Duration::from_secs(8);
+
 /// How long a request for a stream's leader waits for one before it is asked again.
 const NO_LEADER_WAIT: Duration = Duration::from_secs(2);
 
@@ -64,6 +70,11 @@ pub(super) async fn serve_forwarded(cl: Weak<JsCluster>, mut sub: InternalSubscr
             continue;
         };
         let text = |k: &[u8]| h.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
+        if text(b"Nrx-Meta").as_deref() == Some("stepdown") {
+            let reply = text(b"Nrx-Reply");
+            tokio::spawn(async move { cl.meta_step_down(reply.as_deref()).await });
+            continue;
+        }
         let Some(account) = text(b"Nrx-Acc") else {
             continue;
         };
@@ -83,15 +94,28 @@ pub(super) async fn serve_forwarded(cl: Weak<JsCluster>, mut sub: InternalSubscr
         let Some(api) = cl.jetstream().and_then(|js| js.api(&account)) else {
             continue;
         };
-        api.handle_hop(
-            InternalMsg {
-                subject,
-                reply: text(b"Nrx-Reply"),
-                headers: None,
-                payload: m.payload.clone(),
-            },
-            hops,
-        );
+        let m = InternalMsg {
+            subject,
+            reply: text(b"Nrx-Reply"),
+            headers: None,
+            payload: m.payload.clone(),
+        };
+        let client = api.catalog().client().clone();
+        if m.reply.as_deref().is_none_or(|r| client.has_interest(r)) {
+            api.handle_hop(m, hops);
+            continue;
+        }
+        // The client's reply subscription (made just before its request) may reach this server
+        // after the forwarded request (another route): answer once it is here, or after a wait.
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + REPLY_INTEREST_WAIT;
+            while m.reply.as_deref().is_some_and(|r| !client.has_interest(r))
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            api.handle_hop(m, hops);
+        });
     }
 }
 
@@ -143,6 +167,42 @@ impl JsCluster {
         );
     }
 
+    /// `$JS.API.META.LEADER.STEPDOWN` (system account): taken by the meta leader, which
+    /// gives up its leadership; answered once another server leads the meta group.
+    pub(super) async fn meta_step_down(self: Arc<Self>, reply: Option<&str>) {
+        let sys = self.settings.system.clone();
+        if !self.is_meta_leader() {
+            match self.meta_leader() {
+                Some(l) if l != self.name => {
+                    let mut h = String::from("NATS/1.0\r\nNrx-Meta: stepdown\r\n");
+                    if let Some(r) = reply {
+                        h.push_str(&format!("Nrx-Reply: {r}\r\n"));
+                    }
+                    h.push_str("\r\n");
+                    let _ =
+                        sys.publish(&forward_subject(node_id(&l)), None, Some(h.as_bytes()), b"");
+                }
+                _ => respond(
+                    &sys,
+                    reply,
+                    "meta_leader_stepdown_response",
+                    Err(ApiError::cluster_unavailable("no meta leader")),
+                ),
+            }
+            return;
+        }
+        let r = match self.meta.step_down(META_STEPDOWN_WAIT).await {
+            Ok((_, name)) => {
+                tracing::info!("JetStream cluster: meta leader stepped down, {name} leads");
+                Ok(json!({"success": true}))
+            }
+            Err(e) => Err(ApiError::cluster_unavailable(format!(
+                "stepdown: no other meta leader elected: {e}"
+            ))),
+        };
+        respond(&sys, reply, "meta_leader_stepdown_response", r);
+    }
+
     /// Takes the API requests that concern replicated streams (answering or forwarding them);
     /// false leaves a request to the local API.
     pub(crate) fn intercept(
@@ -179,6 +239,9 @@ impl JsCluster {
             ["STREAM", op @ ("INFO" | "PURGE"), name] if assigned(name) => {
                 let op = *op;
                 self.to_stream_leader(client, m, hops, name, op == "INFO")
+            }
+            ["STREAM", "LEADER", "STEPDOWN", name] if assigned(name) => {
+                self.to_stream_leader(client, m, hops, name, false)
             }
             ["STREAM", "MSG", op @ ("GET" | "DELETE"), name] if assigned(name) => {
                 let read_only = *op == "GET";
@@ -488,8 +551,9 @@ impl JsCluster {
     }
 }
 
-/// A purge or message delete on the stream's leader, replicated before it is answered.
-async fn replicated_write(r: &super::Replica, client: &InternalClient, m: &InternalMsg) {
+/// A purge, message delete or stepdown on the stream's leader, replicated (or done) before it
+/// is answered.
+async fn replicated_write(r: &Arc<super::Replica>, client: &InternalClient, m: &InternalMsg) {
     #[derive(Default, Deserialize)]
     #[serde(default)]
     struct Purge {
@@ -505,7 +569,10 @@ async fn replicated_write(r: &super::Replica, client: &InternalClient, m: &Inter
     }
     let reply = m.reply.as_deref();
     let empty = m.payload.iter().all(u8::is_ascii_whitespace);
-    if m.subject.starts_with("$JS.API.STREAM.PURGE.") {
+    if m.subject.starts_with("$JS.API.STREAM.LEADER.STEPDOWN.") {
+        let res = r.step_down().await.map(|_| json!({"success": true}));
+        respond(client, reply, "stream_leader_stepdown_response", res);
+    } else if m.subject.starts_with("$JS.API.STREAM.PURGE.") {
         let req: Result<Purge, ApiError> = if empty {
             Ok(Purge::default())
         } else {

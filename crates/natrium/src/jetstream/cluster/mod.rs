@@ -137,6 +137,10 @@ impl JsCluster {
         let api = sys
             .subscribe(&api::forward_subject(id), None, 4096)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let stepdowns = sys
+            .subscribe_local("$JS.API.META.LEADER.STEPDOWN", None, 64)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        tokio::spawn(meta_stepdowns(Arc::downgrade(&cl), stepdowns));
         tokio::spawn(discovery(Arc::downgrade(&cl), hellos));
         tokio::spawn(api::serve_forwarded(Arc::downgrade(&cl), api));
         tokio::spawn(reconcile(Arc::downgrade(&cl), events));
@@ -285,15 +289,57 @@ impl JsCluster {
             .publish(LEADERS, None, None, body.to_string().as_bytes());
     }
 
-    /// The `cluster` object of a replicated stream's info on its leader, as nats-server's.
-    pub(crate) fn stream_cluster_info(&self, account: &str, name: &str) -> Option<Value> {
-        let r = self.replica(account, name)?;
-        let st = r.group.status();
-        let sa = self.assignment(account, name);
+    /// `/jsz`'s `meta_cluster`: the meta group as this server sees it, as nats-server's.
+    pub(crate) fn meta_cluster_info(&self) -> Value {
+        let st = self.meta.status();
+        let mut v = json!({
+            "name": self.settings.cluster,
+            "cluster_size": st.peers.iter().filter(|p| p.voter).count()
+                + usize::from(self.meta.is_initialized()),
+            "pending": 0,
+            "replicas": self.replicas_info(&st),
+        });
+        if let Some((_, l)) = st.leader {
+            v["peer"] = json!(format!("{:08x}", node_id(&l) as u32));
+            v["leader"] = json!(l);
+        }
+        v
+    }
+
+    /// Why this server's JetStream is not healthy as a cluster member (`/healthz`), as
+    /// nats-server words it: no meta leader, or a replica of a stream assigned here that is
+    /// not open or has no leader.
+    pub(crate) fn health(&self) -> Result<(), String> {
+        if !self.meta.is_initialized() || self.meta_leader().is_none() {
+            return Err("JetStream has not established contact with a meta leader".into());
+        }
+        let assigned: Vec<StreamAssignment> = self
+            .meta_state
+            .read()
+            .streams
+            .values()
+            .filter(|sa| sa.peers.contains(&self.name))
+            .cloned()
+            .collect();
+        for sa in assigned {
+            let current = self
+                .replica(&sa.account, &sa.config.name)
+                .is_some_and(|r| r.group.status().leader.is_some());
+            if !current {
+                return Err(format!(
+                    "JetStream stream '{} > {}' is not current",
+                    sa.account, sa.config.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The other members of a group as nats-server lists replicas.
+    fn replicas_info(&self, st: &natrium_raft::GroupStatus) -> Vec<Value> {
         let now = Instant::now();
         let peers = self.peers.lock();
-        let replicas: Vec<Value> = st
-            .peers
+        st.peers
             .iter()
             .map(|p| {
                 let active = p.last_contact.map_or(0, |d| d.as_nanos() as u64);
@@ -310,7 +356,15 @@ impl JsCluster {
                 }
                 v
             })
-            .collect();
+            .collect()
+    }
+
+    /// The `cluster` object of a replicated stream's info on its leader, as nats-server's.
+    pub(crate) fn stream_cluster_info(&self, account: &str, name: &str) -> Option<Value> {
+        let r = self.replica(account, name)?;
+        let st = r.group.status();
+        let sa = self.assignment(account, name);
+        let replicas = self.replicas_info(&st);
         let mut c = json!({"name": self.settings.cluster, "replicas": replicas});
         match st.leader {
             Some((_, l)) => c["leader"] = json!(l),
@@ -612,6 +666,14 @@ fn republish_leaders(cl: &Arc<JsCluster>) {
         if r.is_leader() && r.announce_due() {
             cl.announce_leader(&r.account, &r.name);
         }
+    }
+}
+
+/// `$JS.API.META.LEADER.STEPDOWN` from system-account clients of this server.
+async fn meta_stepdowns(cl: Weak<JsCluster>, mut sub: crate::router::InternalSubscription) {
+    while let Some(m) = sub.next().await {
+        let Some(cl) = cl.upgrade() else { return };
+        tokio::spawn(async move { cl.meta_step_down(m.reply.as_deref()).await });
     }
 }
 

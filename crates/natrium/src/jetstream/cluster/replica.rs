@@ -34,6 +34,9 @@ use crate::util::time::{from_unix_nanos, now_nanos, unix_nanos};
 /// Proposals the leader keeps in flight before it stops reading published messages.
 const IN_FLIGHT: usize = 16 * 1024;
 
+/// How long a stepdown waits for another leader.
+const STEPDOWN_WAIT: Duration = Duration::from_secs(8);
+
 /// How often the leader replicates its consumers' progress when it changed.
 const CONSUMER_SYNC: Duration = Duration::from_secs(1);
 
@@ -533,6 +536,48 @@ impl Replica {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Gives up this server's leadership of the stream (`STREAM.LEADER.STEPDOWN`): stops
+    /// ingest and the consumers (their last progress replicated first), then lets the group
+    /// elect another leader; leads on if none is elected in time. Returns the new leader.
+    pub(crate) async fn step_down(self: &Arc<Self>) -> Result<String, ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::cluster_not_leader());
+        }
+        let states: Vec<(String, Vec<u8>)> = {
+            let replicated: Vec<String> = self.shared.lock().consumers.keys().cloned().collect();
+            replicated
+                .into_iter()
+                .filter_map(|n| self.stream.consumers.get(&n).map(|c| (n, c.state_body())))
+                .collect()
+        };
+        self.step_down_local();
+        for (name, state) in states {
+            let _ = self
+                .propose_control(&Control::ConsumerState { name, state })
+                .await;
+        }
+        match self.group.step_down(STEPDOWN_WAIT).await {
+            Ok((_, name)) => {
+                tracing::info!(
+                    "JetStream cluster: stream {:?} stepped down, {name} leads it",
+                    self.name
+                );
+                Ok(name)
+            }
+            Err(e) => {
+                if self.group.status().role == Role::Leader {
+                    // Nobody took over: lead on.
+                    let (tx, rx) = watch::channel(false);
+                    *self.lead_stop.lock() = Some(tx);
+                    tokio::spawn(self.clone().lead(rx));
+                }
+                Err(ApiError::cluster_unavailable(format!(
+                    "stepdown: no other leader elected: {e}"
+                )))
+            }
+        }
     }
 
     /// Stops following the group (the data stays).

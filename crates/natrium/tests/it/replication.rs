@@ -764,3 +764,93 @@ async fn the_leader_process_is_killed_and_nothing_acknowledged_is_lost() {
     assert_eq!(info["state"]["messages"], 150, "{info}");
     drop(procs);
 }
+
+/// nats-py publishes with `Nats-Msg-Id` through a server that stays while the stream's leader
+/// (another server) is stopped mid-way, retrying what got no PubAck: every message is stored
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_py_publishes_across_a_leader_loss() {
+    let has_nats_py = std::process::Command::new("python3")
+        .args(["-c", "import nats"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nats_py {
+        assert!(
+            std::env::var_os("NATRIUM_REQUIRE_NATS_PY").is_none(),
+            "nats-py is required here (python3 -m pip install nats-py)"
+        );
+        eprintln!("skipped: python3 with nats-py not found");
+        return;
+    }
+    const SCRIPT: &str = r#"
+import asyncio, sys, time
+import nats
+
+async def main(url, n):
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    retries = 0
+    for i in range(1, n + 1):
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ack = await js.publish("fo.x", b"m", headers={"Nats-Msg-Id": f"m-{i}"}, timeout=1)
+                break
+            except Exception:
+                retries += 1
+                assert time.monotonic() < deadline, f"message {i}: no PubAck in 30 s"
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.02)
+    await nc.close()
+    print(f"published {n} retries {retries}")
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"#;
+    let mut c = cluster().await;
+    let nc = connect(c.node("n1")).await;
+    jetstream::new(nc)
+        .create_stream(stream::Config {
+            name: "FO".into(),
+            subjects: vec!["fo.>".into()],
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("created");
+    let old = leader_of(&c, "FO", "fo.x", None).await;
+    let stay = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != old)
+        .expect("another server");
+    const N: u32 = 150;
+    let py = tokio::process::Command::new("python3")
+        .args(["-c", SCRIPT, &c.node(stay).client_url(), &N.to_string()])
+        .kill_on_drop(true)
+        .output();
+    let py = tokio::spawn(py);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.stop(&old).await;
+    let out = tokio::time::timeout(Duration::from_secs(120), py)
+        .await
+        .expect("nats-py in time")
+        .expect("joined")
+        .expect("ran python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "nats-py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("published {N}")), "{stdout}");
+    eprintln!("nats-py across a leader loss: {}", stdout.trim());
+    let v = api(
+        &connect(c.node(stay)).await,
+        "$JS.API.STREAM.INFO.FO",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(v["state"]["messages"], N, "{v}");
+    assert_eq!(v["state"]["last_seq"], N, "each message stored once: {v}");
+    assert_ne!(v["cluster"]["leader"], json!(old), "{v}");
+    c.shutdown().await;
+}

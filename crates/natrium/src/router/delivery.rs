@@ -33,7 +33,7 @@ pub struct Msg<'a> {
 /// A publisher's cache of match results, valid while the account's generation holds.
 struct MatchCache {
     generation: u64,
-    results: FxHashMap<Box<[u8]>, Matches<SubRef>>,
+    results: hashbrown::HashMap<Vec<u8>, Matches<SubRef>, rustc_hash::FxBuildHasher>,
     /// Lookups and hits since the last `Publisher::flush` reported them to the account.
     lookups: u64,
     hits: u64,
@@ -57,7 +57,7 @@ impl MatchCache {
     fn new() -> Self {
         MatchCache {
             generation: u64::MAX,
-            results: FxHashMap::default(),
+            results: hashbrown::HashMap::default(),
             lookups: 0,
             hits: 0,
             fanout_sum: 0,
@@ -78,20 +78,25 @@ impl MatchCache {
             self.generation = generation;
         }
         self.lookups += 1;
-        if self.results.contains_key(subject) {
-            self.hits += 1;
-        } else {
-            if self.results.len() >= MATCH_CACHE_MAX {
-                self.clear();
-            }
-            let found = account.matches(subject);
-            let fanout = (found.plain.len() + found.queues.len()) as u64;
-            self.fanout_sum += fanout;
-            self.fanout_max = self.fanout_max.max(fanout);
-            self.results.insert(subject.into(), found);
+        // Past its size: start over before looking (the entry below holds the map, so the miss
+        // that overfilled it could not).
+        if self.results.len() > MATCH_CACHE_MAX {
+            self.clear();
         }
-        // Present: inserted just above if it was missing.
-        &self.results[subject]
+        // One hash and probe per message (a hit is the common case).
+        match self.results.entry_ref(subject) {
+            hashbrown::hash_map::EntryRef::Occupied(e) => {
+                self.hits += 1;
+                e.into_mut()
+            }
+            hashbrown::hash_map::EntryRef::Vacant(e) => {
+                let found = account.matches(subject);
+                let fanout = (found.plain.len() + found.queues.len()) as u64;
+                self.fanout_sum += fanout;
+                self.fanout_max = self.fanout_max.max(fanout);
+                e.insert(found)
+            }
+        }
     }
 }
 

@@ -1069,10 +1069,14 @@ fn leafnodes(v: &Spanned, warnings: &mut Vec<String>) -> Result<LeafOptions, Opt
                 }
             }
             "tls" => {
-                return Err(invalid(
-                    kv,
-                    "leafnode tls is not supported yet by this version of natrium (the link would run in the clear)",
-                ))
+                let t = tls(kv, warnings)?;
+                if t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty() {
+                    return Err(invalid(
+                        kv,
+                        "leafnode tls: cert_file and key_file are required",
+                    ));
+                }
+                l.tls = Some(t);
             }
             _ => not_supported(warnings, &kv.pos, "leafnodes", key),
         }
@@ -1139,7 +1143,9 @@ fn leaf_remote(v: &Spanned, warnings: &mut Vec<String>) -> Result<RemoteLeaf, Op
         hub: false,
         deny_imports: Vec::new(),
         deny_exports: Vec::new(),
+        tls: None,
     };
+    let mut tls_scheme = false;
     for (k, rv) in map_of(v)?.iter() {
         match k.to_ascii_lowercase().as_str() {
             "url" | "urls" => {
@@ -1148,8 +1154,9 @@ fn leaf_remote(v: &Spanned, warnings: &mut Vec<String>) -> Result<RemoteLeaf, Op
                     _ => vec![rv],
                 };
                 for item in items {
-                    let u = crate::leaf::options::remote_url(&string(item)?)
+                    let (u, tls) = crate::leaf::options::remote_url(&string(item)?)
                         .map_err(|e| invalid(item, &e))?;
+                    tls_scheme |= tls;
                     r.urls.push(u);
                 }
             }
@@ -1159,15 +1166,22 @@ fn leaf_remote(v: &Spanned, warnings: &mut Vec<String>) -> Result<RemoteLeaf, Op
             "deny_imports" | "deny_import" => r.deny_imports = subject_list_plain(rv)?,
             "deny_exports" | "deny_export" => r.deny_exports = subject_list_plain(rv)?,
             "tls" => {
-                return Err(invalid(
-                    rv,
-                    "leafnode remote tls is not supported yet by this version of natrium (the link would run in the clear)",
-                ))
+                let t = tls(rv, warnings)?;
+                if t.insecure {
+                    warnings.push(format!(
+                        "{}: TLS certificate chain and hostname of the leafnode hub will not be verified. DO NOT USE IN PRODUCTION!",
+                        rv.pos
+                    ));
+                }
+                r.tls = Some(t);
             }
-            "ws_compression" | "websocket" | "compression" | "first_info_timeout"
-            | "no_randomize" | "dont_randomize" | "jetstream_cluster_migrate" => {
-                not_supported(warnings, &rv.pos, "leafnode remote", k)
-            }
+            "ws_compression"
+            | "websocket"
+            | "compression"
+            | "first_info_timeout"
+            | "no_randomize"
+            | "dont_randomize"
+            | "jetstream_cluster_migrate" => not_supported(warnings, &rv.pos, "leafnode remote", k),
             _ => {
                 return Err(invalid(
                     rv,
@@ -1178,6 +1192,12 @@ fn leaf_remote(v: &Spanned, warnings: &mut Vec<String>) -> Result<RemoteLeaf, Op
     }
     if r.urls.is_empty() {
         return Err(invalid(v, "a leafnode remote needs a url"));
+    }
+    if tls_scheme && r.tls.is_none() {
+        return Err(invalid(
+            v,
+            "a tls:// leafnode remote needs a tls block (ca_file to check the hub, or insecure)",
+        ));
     }
     Ok(r)
 }

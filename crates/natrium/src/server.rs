@@ -154,6 +154,9 @@ impl Server {
         if let Some(w) = opts.websocket.as_ref().filter(|w| w.enabled()) {
             w.tls_server()?;
         }
+        if let Some(l) = &opts.leafnodes {
+            crate::leaf::check_tls(l)?;
+        }
         check_store_dir(opts)?;
         Ok(())
     }

@@ -55,6 +55,8 @@ pub struct LeafConn {
     /// The index of the remote this server dialled (it is the leaf), `None` when accepted.
     pub remote: Option<usize>,
     pub start: SystemTime,
+    /// The connection runs over TLS.
+    pub tls: bool,
     bound: Mutex<Option<Bound>>,
     /// The hub's first INFO (dialled connections).
     first_info: Mutex<Option<LeafInfo>>,
@@ -162,6 +164,17 @@ impl Closing {
     }
 }
 
+/// How a connection starts, when something happened before it ran.
+#[derive(Default)]
+pub(super) struct Start {
+    /// Bytes already read from the other side (the hub's INFO, read before TLS).
+    pub(super) initial: Vec<u8>,
+    /// The hub's INFO already went out, with this cid and nonce.
+    pub(super) sent_info: Option<(u64, String)>,
+    /// The connection runs over TLS.
+    pub(super) tls: bool,
+}
+
 /// How a connection ended, for the dialler's backoff.
 pub(super) struct Ended {
     /// The handshake completed.
@@ -175,18 +188,23 @@ pub(super) async fn run<S>(
     stream: S,
     peer: SocketAddr,
     remote: Option<usize>,
+    start: Start,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let conns = leafs.conns().clone();
-    let cid = conns.registry.next_cid();
+    let (cid, nonce) = match start.sent_info.clone() {
+        Some((cid, nonce)) => (cid, nonce),
+        None => (conns.registry.next_cid(), crate::auth::new_nonce()),
+    };
     let out = Outbound::new(cid, peer, conns.max_pending);
     let conn = Arc::new(LeafConn {
         cid,
         out: out.clone(),
         remote,
         start: SystemTime::now(),
+        tls: start.tls,
         bound: Mutex::new(None),
         first_info: Mutex::new(None),
         subs: Mutex::new(FxHashMap::default()),
@@ -206,10 +224,10 @@ where
         })
         .unwrap_or_default();
     tracing::info!("{peer} - lid:{cid} - Leafnode connection created{account_note}");
-    let (mut rd, wr) = tokio::io::split(stream);
+    let (rd, wr) = tokio::io::split(stream);
+    let mut rd = AsyncReadExt::chain(std::io::Cursor::new(start.initial), rd);
     let writer = tokio::spawn(write_loop(out.clone(), wr, conns.clone()));
-    let nonce = crate::auth::new_nonce();
-    if remote.is_none() {
+    if remote.is_none() && start.sent_info.is_none() {
         out.send(&leafs.info_line(cid, Some(&nonce), None));
     }
     let closing = read_loop(&leafs, &conn, &mut rd, peer, &nonce).await;
@@ -588,6 +606,7 @@ fn solicit_connect(
         is_hub: remote.hub,
         cluster: leafs.cluster_name().unwrap_or_default(),
         headers: true,
+        tls_required: conn.tls,
         deny_pub: remote.deny_imports.clone(),
         ..LeafConnect::default()
     };

@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod interest;
 pub mod options;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -43,6 +44,10 @@ pub struct Leafs {
     mesh: Option<Arc<Mesh>>,
     /// The leafnode listener's bound address, when this server is a hub.
     listen: Option<SocketAddr>,
+    /// TLS for accepted connections.
+    acceptor: Option<tls::LeafAcceptor>,
+    /// TLS for each remote that has it.
+    connectors: Vec<Option<tls::LeafConnector>>,
     /// Every connection, by cid.
     live: Mutex<BTreeMap<u64, Arc<LeafConn>>>,
     /// Each account's loop-detection subject.
@@ -85,7 +90,21 @@ impl Leafs {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
+        let tls_err = |e: crate::conn::TlsError| std::io::Error::other(format!("leafnode {e}"));
+        let acceptor = match &opts.tls {
+            Some(t) => Some(tls::LeafAcceptor::new(t).map_err(tls_err)?),
+            None => None,
+        };
+        let mut connectors = Vec::new();
+        for r in &opts.remotes {
+            connectors.push(match &r.tls {
+                Some(t) => Some(tls::LeafConnector::new(t).map_err(tls_err)?),
+                None => None,
+            });
+        }
         let leafs = Arc::new(Leafs {
+            acceptor,
+            connectors,
             current: Mutex::new(vec![0; opts.remotes.len()]),
             opts,
             conns,
@@ -218,7 +237,7 @@ impl Leafs {
             port,
             headers: true,
             auth_required: self.auth_required(),
-            tls_required: false,
+            tls_required: self.acceptor.is_some(),
             max_payload: self.conns.settings().max_payload as i64,
             ip: String::new(),
             cid,
@@ -287,6 +306,19 @@ impl Leafs {
     }
 }
 
+/// Loads the listener's and the remotes' TLS files, as a start would (`natrium -t`).
+pub fn check_tls(opts: &LeafOptions) -> Result<(), crate::conn::TlsError> {
+    if let Some(t) = &opts.tls {
+        tls::LeafAcceptor::new(t)?;
+    }
+    for r in &opts.remotes {
+        if let Some(t) = &r.tls {
+            tls::LeafConnector::new(t)?;
+        }
+    }
+    Ok(())
+}
+
 async fn accept_loop(leafs: Arc<Leafs>, listener: TcpListener) {
     let mut shutdown = leafs.conns.shutdown_rx();
     loop {
@@ -295,7 +327,7 @@ async fn accept_loop(leafs: Arc<Leafs>, listener: TcpListener) {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(conn::run(leafs.clone(), stream, peer, None));
+                    tokio::spawn(accepted(leafs.clone(), stream, peer));
                 }
                 Err(e) => {
                     tracing::error!("Error accepting leafnode connection: {e}");
@@ -303,6 +335,82 @@ async fn accept_loop(leafs: Arc<Leafs>, listener: TcpListener) {
                 }
             }
         }
+    }
+}
+
+/// Runs an accepted connection; with TLS, the INFO goes out in plaintext first, then the
+/// handshake (nats-server 2.9's order).
+async fn accepted(leafs: Arc<Leafs>, mut stream: TcpStream, peer: SocketAddr) {
+    let Some(acceptor) = &leafs.acceptor else {
+        conn::run(leafs.clone(), stream, peer, None, conn::Start::default()).await;
+        return;
+    };
+    let cid = leafs.conns.registry.next_cid();
+    let nonce = crate::auth::new_nonce();
+    let info = leafs.info_line(cid, Some(&nonce), None);
+    if tokio::io::AsyncWriteExt::write_all(&mut stream, &info)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    match acceptor.accept(stream).await {
+        Ok(tls) => {
+            let start = conn::Start {
+                sent_info: Some((cid, nonce)),
+                tls: true,
+                ..conn::Start::default()
+            };
+            conn::run(leafs.clone(), tls, peer, None, start).await;
+        }
+        Err(e) => tracing::error!("{peer} - lid:{cid} - Leafnode {e}"),
+    }
+}
+
+/// Runs a connection to remote `i`: reads the hub's INFO in plaintext, runs the TLS handshake
+/// when either side asks for it, then the connection (which starts from that INFO).
+async fn dialled(
+    leafs: &Arc<Leafs>,
+    i: usize,
+    url: &RouteUrl,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+) -> conn::Ended {
+    let failed = conn::Ended {
+        was_up: false,
+        looped: false,
+    };
+    let first = match tls::read_first_line(&mut stream).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{peer} - Leafnode connection to {url}: {e}");
+            return failed;
+        }
+    };
+    let hub_wants_tls = first
+        .strip_prefix(b"INFO ")
+        .and_then(|j| serde_json::from_slice::<LeafInfo>(j.trim_ascii()).ok())
+        .is_some_and(|i| i.tls_required);
+    let start = conn::Start {
+        initial: first,
+        ..conn::Start::default()
+    };
+    match (&leafs.connectors[i], hub_wants_tls) {
+        (None, false) => conn::run(leafs.clone(), stream, peer, Some(i), start).await,
+        (None, true) => {
+            tracing::error!("{peer} - Leafnode connection to {url}: the hub requires TLS and the remote has no tls block");
+            failed
+        }
+        (Some(c), _) => match c.connect(stream, &url.host).await {
+            Ok(tls) => {
+                let start = conn::Start { tls: true, ..start };
+                conn::run(leafs.clone(), tls, peer, Some(i), start).await
+            }
+            Err(e) => {
+                tracing::error!("{peer} - Leafnode connection to {url}: {e}");
+                failed
+            }
+        },
     }
 }
 
@@ -335,9 +443,9 @@ async fn solicit(leafs: Arc<Leafs>, i: usize) {
         attempt += 1;
         leafs.current.lock()[i] = idx;
         let url = urls[idx].clone();
-        let dialled =
+        let dial =
             tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(url.address())).await;
-        let stream = match dialled {
+        let stream = match dial {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 failures += 1;
@@ -357,7 +465,7 @@ async fn solicit(leafs: Arc<Leafs>, i: usize) {
             continue;
         };
         tracing::info!("Connected leafnode to {url}");
-        let ended = conn::run(leafs.clone(), stream, peer, Some(i)).await;
+        let ended = dialled(&leafs, i, &url, stream, peer).await;
         if ended.looped {
             failures = 0;
             delay = LOOP_DELAY;

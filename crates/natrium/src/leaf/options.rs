@@ -18,8 +18,10 @@ pub struct LeafOptions {
     pub no_advertise: bool,
     pub auth: LeafAuth,
     pub remotes: Vec<RemoteLeaf>,
-    /// The first wait before dialling a remote again (doubled per failure, up to 10 times).
+    /// The first wait before dialling a remote again (doubled per failure, up to 10 s).
     pub reconnect: Duration,
+    /// TLS on accepted connections (after the plaintext INFO, as nats-server 2.9).
+    pub tls: Option<crate::conn::TlsOptions>,
 }
 
 impl Default for LeafOptions {
@@ -32,6 +34,7 @@ impl Default for LeafOptions {
             auth: LeafAuth::default(),
             remotes: Vec::new(),
             reconnect: Duration::from_secs(1),
+            tls: None,
         }
     }
 }
@@ -83,18 +86,24 @@ pub struct RemoteLeaf {
     pub deny_imports: Vec<String>,
     /// Subjects not sent to the hub.
     pub deny_exports: Vec<String>,
+    /// TLS to the hub (`tls {}`, or a `tls://` URL with it): the hub's certificate checked
+    /// against `ca_file` unless `insecure`, this server's presented when set.
+    pub tls: Option<crate::conn::TlsOptions>,
 }
 
 /// The default leafnode port, used when a remote URL names none.
 pub const DEFAULT_LEAF_PORT: u16 = 7422;
 
-/// Parses a remote's URL: `nats-leaf://`, `nats://` or no scheme, `[user[:pass]@]host[:port]`.
-pub fn remote_url(s: &str) -> Result<RouteUrl, String> {
+/// Parses a remote's URL: `nats-leaf://`, `nats://`, `tls://` or no scheme,
+/// `[user[:pass]@]host[:port]`. Also says whether the scheme asks for TLS.
+pub fn remote_url(s: &str) -> Result<(RouteUrl, bool), String> {
     let t = s.trim();
+    let mut tls = false;
     if let Some((scheme, _)) = t.split_once("://") {
         match scheme.to_ascii_lowercase().as_str() {
             "nats-leaf" | "nats" => {}
-            "tls" | "ws" | "wss" => {
+            "tls" => tls = true,
+            "ws" | "wss" => {
                 return Err(format!(
                     "leafnode remote {t:?}: {scheme}:// remotes are not supported yet by this version of natrium"
                 ))
@@ -113,7 +122,7 @@ pub fn remote_url(s: &str) -> Result<RouteUrl, String> {
     if !explicit_port {
         u.port = DEFAULT_LEAF_PORT;
     }
-    Ok(u)
+    Ok((u, tls))
 }
 
 #[cfg(test)]
@@ -122,11 +131,12 @@ mod tests {
 
     #[test]
     fn remote_urls() {
-        let u = remote_url("nats-leaf://a:b@hub.example:7000").expect("url");
-        assert_eq!((u.host.as_str(), u.port), ("hub.example", 7000));
+        let (u, tls) = remote_url("nats-leaf://a:b@hub.example:7000").expect("url");
+        assert_eq!((u.host.as_str(), u.port, tls), ("hub.example", 7000, false));
         assert_eq!(u.user.as_deref(), Some("a"));
-        assert_eq!(remote_url("nats://hub").expect("url").port, 7422);
-        assert_eq!(remote_url("hub:6222").expect("url").port, 6222);
+        assert_eq!(remote_url("nats://hub").expect("url").0.port, 7422);
+        assert_eq!(remote_url("hub:6222").expect("url").0.port, 6222);
+        assert!(remote_url("tls://hub:7422").expect("url").1);
         assert!(remote_url("ws://hub:80").is_err());
         assert!(remote_url("http://hub").is_err());
     }

@@ -581,14 +581,29 @@ fn leafnode_config_is_read_as_nats_server_reads_it() {
             .any(|w| w.contains("min_version") && w.contains("not supported")),
         "{warnings:?}"
     );
-    // TLS would otherwise run the link in the clear: refused until implemented.
+    // TLS: the listener needs a certificate; a tls:// remote needs a tls block.
+    std::fs::write(&path, "leafnodes { port: 7422, tls { ca_file: a } }\n").expect("write");
+    let e = Options::from_file(&path).expect_err("refused").to_string();
+    assert!(e.contains("cert_file and key_file are required"), "{e}");
     std::fs::write(
         &path,
-        "leafnodes { port: 7422, tls { cert_file: a, key_file: b } }\n",
+        "leafnodes { remotes [ { url: \"tls://hub:7422\" } ] }\n",
     )
     .expect("write");
     let e = Options::from_file(&path).expect_err("refused").to_string();
-    assert!(e.contains("leafnode tls is not supported"), "{e}");
+    assert!(e.contains("needs a tls block"), "{e}");
+    std::fs::write(
+        &path,
+        "leafnodes { remotes [ { url: \"tls://hub:7422\", tls { ca_file: \"/ca.pem\", timeout: 3 } } ] }\n",
+    )
+    .expect("write");
+    let (o, _) = Options::from_file(&path).expect("parses");
+    let t = o.leafnodes.expect("leafnodes").remotes[0]
+        .tls
+        .clone()
+        .expect("tls");
+    assert_eq!(t.ca_file.as_deref(), Some(Path::new("/ca.pem")));
+    assert_eq!(t.timeout, Duration::from_secs(3));
     std::fs::write(
         &path,
         "leafnodes { remotes [ { url: \"ws://hub:80\" } ] }\n",
@@ -599,6 +614,116 @@ fn leafnode_config_is_read_as_nats_server_reads_it() {
     std::fs::write(&path, "leafnodes { remotes [ { account: A } ] }\n").expect("write");
     let e = Options::from_file(&path).expect_err("refused").to_string();
     assert!(e.contains("needs a url"), "{e}");
+}
+
+#[tokio::test]
+async fn leafnode_tls_after_the_plaintext_info() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = crate::common::pki::Pki::new();
+    let (cert, key) = pki.server_cert();
+    let ca = pki.ca_file();
+    let hub = natrium(
+        dir.path(),
+        "hub",
+        &format!(
+            "leafnodes {{ host: 127.0.0.1, port: -1, tls {{ cert_file: {cert:?}, key_file: {key:?} }} }}\n"
+        ),
+    )
+    .await;
+    let port = hub.leafnode_port().expect("port");
+    // Without TLS the leaf cannot join.
+    let plain = natrium(
+        dir.path(),
+        "plain",
+        &format!("leafnodes {{ remotes [ {{ url: \"nats-leaf://127.0.0.1:{port}\" }} ] }}\n"),
+    )
+    .await;
+    let leaf = natrium(
+        dir.path(),
+        "leaf",
+        &format!(
+            "leafnodes {{ remotes [ {{ url: \"tls://127.0.0.1:{port}\", tls {{ ca_file: {ca:?} }} }} ] }}\n"
+        ),
+    )
+    .await;
+    eventually(|| leaf.num_leafnodes() == 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        plain.num_leafnodes(),
+        0,
+        "a plaintext leaf joined a TLS hub"
+    );
+    assert_eq!(hub.num_leafnodes(), 1);
+    let a = connect(&leaf.client_url()).await;
+    let b = connect(&hub.client_url()).await;
+    let mut at_b = b.subscribe("secure").await.expect("sub");
+    b.flush().await.expect("flush");
+    until_flowing(&a, "secure", &mut at_b).await;
+    a.publish("secure", "over tls".into())
+        .await
+        .expect("publish");
+    assert_eq!(&next(&mut at_b).await.payload[..], b"over tls");
+    plain.shutdown().await;
+    leaf.shutdown().await;
+    hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn deny_imports_and_exports_filter_the_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = natrium(
+        dir.path(),
+        "hub",
+        "leafnodes { host: 127.0.0.1, port: -1 }\n",
+    )
+    .await;
+    let port = hub.leafnode_port().expect("port");
+    let leaf = natrium(
+        dir.path(),
+        "leaf",
+        &format!(
+            "leafnodes {{ remotes [ {{ url: \"nats-leaf://127.0.0.1:{port}\", deny_imports: [\"secret.>\"], deny_exports: [\"private.>\"] }} ] }}\n"
+        ),
+    )
+    .await;
+    eventually(|| hub.num_leafnodes() == 1).await;
+    let on_leaf = connect(&leaf.client_url()).await;
+    let on_hub = connect(&hub.client_url()).await;
+    // Imports: the leaf's interest in secret.> is not sent; open.> is.
+    let mut secret = on_leaf.subscribe("secret.>").await.expect("sub");
+    let mut open = on_leaf.subscribe("open.>").await.expect("sub");
+    on_leaf.flush().await.expect("flush");
+    let ic = hub.internal_client("$G").expect("internal");
+    eventually(|| ic.has_interest("open.x")).await;
+    assert!(!ic.has_interest("secret.x"), "denied interest crossed");
+    on_hub
+        .publish("secret.x", "s".into())
+        .await
+        .expect("publish");
+    on_hub.publish("open.x", "o".into()).await.expect("publish");
+    assert_eq!(&next(&mut open).await.payload[..], b"o");
+    assert!(silent(&mut secret, 300).await, "a denied import arrived");
+    // Exports: the leaf's private.> messages stay on the leaf.
+    let mut private = on_hub.subscribe("private.>").await.expect("sub");
+    let mut public = on_hub.subscribe("public.>").await.expect("sub");
+    on_hub.flush().await.expect("flush");
+    let il = leaf.internal_client("$G").expect("internal");
+    eventually(|| il.has_interest("public.x") && il.has_interest("private.x")).await;
+    on_leaf
+        .publish("private.x", "p".into())
+        .await
+        .expect("publish");
+    on_leaf
+        .publish("public.x", "q".into())
+        .await
+        .expect("publish");
+    assert_eq!(&next(&mut public).await.payload[..], b"q");
+    assert!(
+        silent(&mut private, 300).await,
+        "a denied export left the leaf"
+    );
+    leaf.shutdown().await;
+    hub.shutdown().await;
 }
 
 // ---- With Debian's nats-server ----
@@ -736,6 +861,76 @@ async fn natrium_leaf_joins_a_nats_server_hub_and_survives_its_restart() {
         .expect("publish");
     assert_eq!(&next(&mut kept).await.payload[..], b"after");
     leaf.shutdown().await;
+}
+
+#[tokio::test]
+async fn leafnode_tls_with_nats_server_on_either_side() {
+    let Some(bin) = nats_server_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = crate::common::pki::Pki::new();
+    let (cert, key) = pki.server_cert();
+    let ca = pki.ca_file();
+    // nats-server hub with TLS, Natrium leaf.
+    let go_leaf_port = free_port();
+    let go_hub = go_server(
+        &bin,
+        dir.path(),
+        "gotlshub",
+        &format!(
+            "leafnodes {{ listen: \"127.0.0.1:{go_leaf_port}\", tls {{ cert_file: {cert:?}, key_file: {key:?} }} }}\n"
+        ),
+    );
+    let rs_leaf = natrium(
+        dir.path(),
+        "rstlsleaf",
+        &format!(
+            "leafnodes {{ reconnect: \"100ms\", remotes [ {{ url: \"tls://127.0.0.1:{go_leaf_port}\", tls {{ ca_file: {ca:?} }} }} ] }}\n"
+        ),
+    )
+    .await;
+    eventually(|| rs_leaf.num_leafnodes() == 1).await;
+    let on_go = connect(&format!("nats://127.0.0.1:{}", go_hub.client_port)).await;
+    let on_leaf = connect(&rs_leaf.client_url()).await;
+    let mut at_go = on_go.subscribe("t1").await.expect("sub");
+    on_go.flush().await.expect("flush");
+    until_flowing(&on_leaf, "t1", &mut at_go).await;
+    let mut at_leaf = on_leaf.subscribe("t2").await.expect("sub");
+    on_leaf.flush().await.expect("flush");
+    until_flowing(&on_go, "t2", &mut at_leaf).await;
+    rs_leaf.shutdown().await;
+    drop(go_hub);
+
+    // Natrium hub with TLS, nats-server leaf.
+    let rs_hub = natrium(
+        dir.path(),
+        "rstlshub",
+        &format!(
+            "leafnodes {{ host: 127.0.0.1, port: -1, tls {{ cert_file: {cert:?}, key_file: {key:?} }} }}\n"
+        ),
+    )
+    .await;
+    let port = rs_hub.leafnode_port().expect("port");
+    let go_leaf = go_server(
+        &bin,
+        dir.path(),
+        "gotlsleaf",
+        &format!(
+            "leafnodes {{ reconnect: 1, remotes [ {{ url: \"tls://127.0.0.1:{port}\", tls {{ ca_file: {ca:?} }} }} ] }}\n"
+        ),
+    );
+    eventually(|| rs_hub.num_leafnodes() == 1).await;
+    let on_hub = connect(&rs_hub.client_url()).await;
+    let on_go = connect(&format!("nats://127.0.0.1:{}", go_leaf.client_port)).await;
+    let mut at_go = on_go.subscribe("t3").await.expect("sub");
+    on_go.flush().await.expect("flush");
+    until_flowing(&on_hub, "t3", &mut at_go).await;
+    let mut at_hub = on_hub.subscribe("t4").await.expect("sub");
+    on_hub.flush().await.expect("flush");
+    until_flowing(&on_go, "t4", &mut at_hub).await;
+    drop(go_leaf);
+    rs_hub.shutdown().await;
 }
 
 #[tokio::test]

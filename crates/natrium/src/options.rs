@@ -892,6 +892,13 @@ fn jetstream(
                         js.max_memory = size(kv)?
                     }
                     "max_file" | "max_file_store" | "max_store" => js.max_file = size(kv)?,
+                    "domain" => {
+                        let d = string(kv)?;
+                        if d.is_empty() || d.contains(['.', ' ', '*', '>']) {
+                            return Err(invalid(kv, &format!("invalid JetStream domain {d:?}: it must be a single subject token")));
+                        }
+                        js.domain = Some(d);
+                    }
                     "enabled" | "enable" => {
                         if !boolean(kv)? {
                             return Ok(None);

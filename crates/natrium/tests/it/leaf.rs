@@ -726,6 +726,91 @@ async fn deny_imports_and_exports_filter_the_link() {
     hub.shutdown().await;
 }
 
+#[tokio::test]
+async fn an_edge_keeps_its_own_streams_reached_through_its_domain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hub = natrium(
+        dir.path(),
+        "hub",
+        &format!(
+            "jetstream {{ store_dir: {:?}, domain: hub }}\nleafnodes {{ host: 127.0.0.1, port: -1 }}\n",
+            dir.path().join("hub-js")
+        ),
+    )
+    .await;
+    let port = hub.leafnode_port().expect("port");
+    let edge = natrium(
+        dir.path(),
+        "edge",
+        &format!(
+            "jetstream {{ store_dir: {:?}, domain: edge }}\nleafnodes {{ remotes [ {{ url: \"nats-leaf://127.0.0.1:{port}\" }} ] }}\n",
+            dir.path().join("edge-js")
+        ),
+    )
+    .await;
+    eventually(|| hub.num_leafnodes() == 1).await;
+    let on_hub = connect(&hub.client_url()).await;
+    let on_edge = connect(&edge.client_url()).await;
+    // The edge's own API stays local: a stream created there is the edge's.
+    let local = async_nats::jetstream::new(on_edge.clone());
+    local
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "EDGE".into(),
+            subjects: vec!["edge.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("edge stream");
+    // From the hub, through the edge's domain.
+    let ih = hub.internal_client("$G").expect("internal");
+    eventually(|| ih.has_interest("$JS.edge.API.STREAM.INFO.EDGE")).await;
+    let remote = async_nats::jetstream::with_domain(on_hub.clone(), "edge");
+    let mut info = remote
+        .get_stream("EDGE")
+        .await
+        .expect("edge stream from the hub");
+    assert_eq!(info.info().await.expect("info").config.name, "EDGE");
+    // The hub's own streams are not the edge's, and the other way round.
+    let hub_js = async_nats::jetstream::new(on_hub.clone());
+    assert!(
+        hub_js.get_stream("EDGE").await.is_err(),
+        "the hub has no EDGE stream"
+    );
+    // A publish on the hub lands in the edge's stream, acknowledged across the link.
+    eventually(|| ih.has_interest("edge.x")).await;
+    let ack = hub_js
+        .publish("edge.x", "from the hub".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    assert_eq!(ack.stream, "EDGE");
+    let mut s = local.get_stream("EDGE").await.expect("stream");
+    assert_eq!(s.info().await.expect("info").state.messages, 1);
+    // The edge reaches the hub's JetStream by the hub's domain.
+    hub_js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "HUB".into(),
+            subjects: vec!["hub.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("hub stream");
+    let ie = edge.internal_client("$G").expect("internal");
+    eventually(|| ie.has_interest("$JS.hub.API.STREAM.INFO.HUB")).await;
+    let to_hub = async_nats::jetstream::with_domain(on_edge.clone(), "hub");
+    to_hub
+        .get_stream("HUB")
+        .await
+        .expect("hub stream from the edge");
+    assert!(
+        local.get_stream("HUB").await.is_err(),
+        "the edge has no HUB stream"
+    );
+    edge.shutdown().await;
+    hub.shutdown().await;
+}
+
 // ---- With Debian's nats-server ----
 
 /// A nats-server process, killed when dropped.

@@ -272,7 +272,7 @@ impl Leafs {
         let bind = |acc: &Option<String>| acc.clone().unwrap_or_else(|| GLOBAL_ACCOUNT.to_string());
         if let Some(user) = &a.user {
             let pass = a.password.as_deref().unwrap_or_default();
-            return if &c.user == user && c.pass == pass {
+            return if &c.user == user && self.password_matches(pass, &c.pass, peer).await {
                 Ok(bind(&a.account))
             } else {
                 Err(format!("bad user or password for {:?}", c.user))
@@ -280,7 +280,9 @@ impl Leafs {
         }
         if !a.users.is_empty() {
             return match a.users.iter().find(|u| u.user == c.user) {
-                Some(u) if u.password == c.pass => Ok(bind(&u.account)),
+                Some(u) if self.password_matches(&u.password, &c.pass, peer).await => {
+                    Ok(bind(&u.account))
+                }
                 Some(_) => Err(format!("bad password for user {:?}", c.user)),
                 None => Err(format!("unknown user {:?}", c.user)),
             };
@@ -293,6 +295,24 @@ impl Leafs {
         conn::verdict_account(self, verdict, peer)
             .await
             .map(|acc| bind(&acc))
+    }
+
+    /// Compares a configured password (plain, or a bcrypt hash as nats-server allows, checked
+    /// through the server's bcrypt limiter) with the one given.
+    async fn password_matches(&self, configured: &str, given: &str, peer: SocketAddr) -> bool {
+        if configured.starts_with("$2") {
+            return self
+                .conns
+                .bcrypt
+                .verify(peer.ip(), configured.to_string(), given.to_string())
+                .await;
+        }
+        configured.len() == given.len()
+            && configured
+                .bytes()
+                .zip(given.bytes())
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
     }
 
     /// Closes every connection and stops listening and dialling.

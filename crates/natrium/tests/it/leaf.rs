@@ -362,10 +362,12 @@ async fn get_json_opt(s: &Server) -> Option<serde_json::Value> {
 #[tokio::test]
 async fn leafnode_authorization_binds_the_account_and_refuses_strangers() {
     let dir = tempfile::tempdir().expect("tempdir");
+    // site2's password is a bcrypt hash, as nats-server allows.
+    let hash = bcrypt::hash("pw2", 4).expect("hash");
     let hub = natrium(
         dir.path(),
         "hub",
-        "accounts { T { users [ {user: t, password: pt} ] } }\nleafnodes { host: 127.0.0.1, port: -1, authorization { users [ {user: site1, password: s3cret, account: T} ] } }\n",
+        &format!("accounts {{ T {{ users [ {{user: t, password: pt}} ] }} }}\nleafnodes {{ host: 127.0.0.1, port: -1, authorization {{ users [ {{user: site1, password: s3cret, account: T}}, {{user: site2, password: \"{hash}\", account: T}} ] }} }}\n"),
     )
     .await;
     let port = hub.leafnode_port().expect("port");
@@ -383,10 +385,19 @@ async fn leafnode_authorization_binds_the_account_and_refuses_strangers() {
         &format!("leafnodes {{ remotes [ {{ url: \"nats-leaf://site1:s3cret@127.0.0.1:{port}\" }} ] }}\n"),
     )
     .await;
-    eventually(|| good.num_leafnodes() == 1).await;
+    let hashed = natrium(
+        dir.path(),
+        "hashed",
+        &format!(
+            "leafnodes {{ remotes [ {{ url: \"nats-leaf://site2:pw2@127.0.0.1:{port}\" }} ] }}\n"
+        ),
+    )
+    .await;
+    eventually(|| good.num_leafnodes() == 1 && hashed.num_leafnodes() == 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(bad.num_leafnodes(), 0, "wrong password admitted");
-    assert_eq!(hub.num_leafnodes(), 1);
+    assert_eq!(hub.num_leafnodes(), 2);
+    hashed.shutdown().await;
     let on_good = connect(&good.client_url()).await;
     let mut s = on_good.subscribe("t.x").await.expect("sub");
     on_good.flush().await.expect("flush");

@@ -695,7 +695,7 @@ fn encode_change(buf: &mut Vec<u8>, c: &InterestChange) {
 
 /// This server's client URLs: its client listener's host, or every non-loopback address of the
 /// machine when it listens on all of them (loopback when it has no other).
-fn client_urls(host: &str, port: u16) -> Vec<String> {
+pub(crate) fn client_urls(host: &str, port: u16) -> Vec<String> {
     let fmt = |ip: IpAddr| match ip {
         IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         v4 => format!("{v4}:{port}"),

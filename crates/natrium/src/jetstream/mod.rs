@@ -33,6 +33,9 @@ pub struct JetStreamOptions {
     pub max_memory: i64,
     pub max_file: i64,
     pub sync: SyncPolicy,
+    /// `domain`: the API is also served as `$JS.<domain>.API.>`, interest that crosses routes
+    /// and leafnode connections, so a hub's clients reach an edge's streams by its domain.
+    pub domain: Option<String>,
 }
 
 impl Default for JetStreamOptions {
@@ -42,6 +45,7 @@ impl Default for JetStreamOptions {
             max_memory: -1,
             max_file: -1,
             sync: SyncPolicy::Always,
+            domain: None,
         }
     }
 }
@@ -278,6 +282,16 @@ impl JetStream {
         let sub = client
             .subscribe_local("$JS.API.>", None, 4096)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let domain_sub = match &self.opts.domain {
+            // One member of the group answers each request, wherever it came from.
+            Some(d) => Some((
+                format!("$JS.{d}.API."),
+                client
+                    .subscribe(&format!("$JS.{d}.API.>"), Some("_js_domain"), 4096)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            )),
+            None => None,
+        };
         let api = Arc::new(Api::new(
             catalog.clone(),
             client,
@@ -285,6 +299,17 @@ impl JetStream {
             self.cluster.clone(),
         ));
         self.apis.lock().push(api.clone());
+        if let Some((prefix, mut sub)) = domain_sub {
+            let api = api.clone();
+            tokio::spawn(async move {
+                while let Some(mut m) = sub.next().await {
+                    if let Some(rest) = m.subject.strip_prefix(&prefix) {
+                        m.subject = format!("$JS.API.{rest}");
+                        api.handle(m);
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             let mut sub = sub;
             while let Some(m) = sub.next().await {
@@ -328,6 +353,9 @@ impl JetStream {
             "max_storage": c.max_file,
             "store_dir": c.store_dir,
         });
+        if let Some(d) = &c.domain {
+            v["domain"] = json!(d);
+        }
         match c.sync {
             SyncPolicy::Always => v["sync_always"] = json!(true),
             SyncPolicy::Interval(d) => v["sync_interval"] = json!(d.as_nanos() as u64),

@@ -24,6 +24,7 @@ mod jwt_imports;
 mod kv;
 mod kv_watch;
 mod layers;
+mod leaf;
 mod limits;
 mod messaging;
 mod mixed_cluster;

@@ -472,6 +472,15 @@ impl Mesh {
         if !first {
             return Ok(dedicated);
         }
+        if info.jetstream && own.jetstream {
+            // nats-server's JetStream cluster speaks its own Raft ($NRG): the two never share
+            // replicated streams or a meta group.
+            tracing::warn!(
+                "{peer} - rid:{} - Route to {:?}, a nats-server with JetStream: Natrium does not join its JetStream cluster or host its replicated streams (nor it Natrium's)",
+                r.rid,
+                info.server_name
+            );
+        }
         // Tell the other peers about this one, so they connect to it too.
         let mut gossip = info.clone();
         gossip.nonce.clear();
@@ -1029,7 +1038,7 @@ fn encode_change(buf: &mut Vec<u8>, c: &InterestChange, implied: bool) {
 
 /// This server's client URLs: its client listener's host, or every non-loopback address of the
 /// machine when it listens on all of them (loopback when it has no other).
-fn client_urls(host: &str, port: u16) -> Vec<String> {
+pub(crate) fn client_urls(host: &str, port: u16) -> Vec<String> {
     let fmt = |ip: IpAddr| match ip {
         IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         v4 => format!("{v4}:{port}"),

@@ -3,6 +3,7 @@
 
 mod account;
 mod consumer;
+mod direct;
 mod stream;
 
 use std::sync::atomic::{AtomicU64, Ordering};

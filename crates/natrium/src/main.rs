@@ -6,7 +6,14 @@ use std::process::ExitCode;
 use natrium::cli::{Cli, USAGE};
 use natrium::{logging, Server, PROTOCOL_VERSION, VERSION};
 
+mod sd_notify;
+mod tenant;
+
 fn main() -> ExitCode {
+    // `natrium tenant ...`: provisioning, before nats-server's flags (see src/tenant/).
+    if std::env::args().nth(1).as_deref() == Some("tenant") {
+        return tenant::main(std::env::args().skip(2));
+    }
     let cli = match Cli::parse(std::env::args().skip(1)) {
         Ok(c) => c,
         Err(e) => {
@@ -128,7 +135,22 @@ async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
         }
         None => None,
     };
-    match wait_for_signal(&cli, &server).await? {
+    // systemd (Type=notify): ready once the listeners accept and the files are written.
+    let notify = sd_notify::Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!("{e}");
+        None
+    });
+    let status = format!("Accepting client connections on {}", server.addr());
+    // Handlers first: a `systemctl reload` right after READY=1 must not find SIGHUP's default.
+    let signals = Signals::install()?;
+    if let Some(n) = &notify {
+        n.ready(&status);
+    }
+    let stop = wait_for_signal(signals, &cli, &server, notify.as_ref(), &status).await?;
+    if let Some(n) = &notify {
+        n.stopping("Shutting down");
+    }
+    match stop {
         Stop::Now => {
             tracing::info!("Initiating Shutdown...");
             server.shutdown().await;
@@ -144,6 +166,28 @@ async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The signals the server acts on, caught from the moment this is made.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
+        })
+    }
+}
+
 /// How the server is to stop.
 enum Stop {
     /// SIGTERM, SIGINT: close every client and exit.
@@ -154,13 +198,21 @@ enum Stop {
 
 /// Serves signals until one asks to stop: SIGTERM/SIGINT stop, SIGHUP reloads the configuration
 /// (file and flags, as at start), SIGUSR1 reopens the log file, SIGUSR2 enters lame duck mode.
-async fn wait_for_signal(cli: &Cli, server: &Server) -> std::io::Result<Stop> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut usr2 = signal(SignalKind::user_defined2())?;
+/// A reload is bracketed by `RELOADING=1` and `READY=1` to systemd when it is watching.
+async fn wait_for_signal(
+    signals: Signals,
+    cli: &Cli,
+    server: &Server,
+    notify: Option<&sd_notify::Notifier>,
+    status: &str,
+) -> std::io::Result<Stop> {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+        mut usr1,
+        mut usr2,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => {
@@ -177,6 +229,9 @@ async fn wait_for_signal(cli: &Cli, server: &Server) -> std::io::Result<Stop> {
             }
             _ = hup.recv() => {
                 tracing::info!("Trapped \"hangup\" signal");
+                if let Some(n) = notify {
+                    n.reloading();
+                }
                 let result = cli
                     .options()
                     .map_err(natrium::ReloadError::from)
@@ -186,8 +241,14 @@ async fn wait_for_signal(cli: &Cli, server: &Server) -> std::io::Result<Stop> {
                         }
                         server.reload_options(opts)
                     });
-                if let Err(e) = result {
+                if let Err(e) = &result {
                     tracing::error!("Failed to reload server configuration: {e}");
+                }
+                if let Some(n) = notify {
+                    n.ready(&match &result {
+                        Ok(()) => status.to_string(),
+                        Err(e) => format!("{status}; last reload failed: {e}"),
+                    });
                 }
             }
             _ = usr1.recv() => {

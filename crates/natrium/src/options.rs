@@ -332,6 +332,10 @@ impl Options {
                 "default_permission" | "default_permissions" | "permissions" => {
                     self.auth.default_permissions = Some(permissions(v)?)
                 }
+                "auth_callout" | "auth_hook" => {
+                    self.auth.callout =
+                        Some(crate::auth::callout::parse(v).map_err(|m| invalid(v, &m))?)
+                }
                 _ => not_supported(warnings, kpos, "authorization", key),
             }
         }
@@ -523,7 +527,7 @@ impl Options {
         }
         if let Some(op) = &self.operator {
             match &op.resolver {
-                Some(Resolver::Memory | Resolver::Dir(_)) => {}
+                Some(Resolver::Memory | Resolver::Dir(_) | Resolver::Url(_)) => {}
                 Some(Resolver::Unsupported(r)) => {
                     return bad(&format!(
                         "resolver {r:?} is not supported yet by this version of natrium (use MEMORY or a directory resolver)"
@@ -618,8 +622,8 @@ impl Options {
             ("max_pending", &self.max_pending != max_pending),
             ("allow_non_tls", &self.allow_non_tls != allow_non_tls),
             (
-                "accounts",
-                !same_accounts_but_limits(&self.accounts, accounts),
+                "an account's jetstream (enabling it for a new account is fine)",
+                !jetstream_kept(&self.accounts, accounts),
             ),
             (
                 "resolver",
@@ -679,7 +683,7 @@ impl Options {
     }
 }
 
-/// The `resolver` setting: `MEMORY`/`MEM`, `URL(...)` (not supported yet) or a map with `dir`
+/// The `resolver` setting: `MEMORY`/`MEM`, `URL(...)` or a map with `dir`
 /// and `type` (`full`, `cache` or `mem`), with nats-server's checks and error texts.
 fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
     let m = match &v.value {
@@ -688,7 +692,7 @@ fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
             return if t.eq_ignore_ascii_case("MEM") || t.eq_ignore_ascii_case("MEMORY") {
                 Ok(Resolver::Memory)
             } else if t.to_ascii_uppercase().starts_with("URL") {
-                Ok(Resolver::Unsupported(t.to_string()))
+                Ok(Resolver::from_url_form(t))
             } else {
                 Err(invalid(v, RESOLVER_FORMS))
             };
@@ -782,12 +786,15 @@ fn resolver(v: &Spanned) -> Result<Resolver, OptionsError> {
 const RESOLVER_FORMS: &str = "error parsing account resolver, should be MEM or  URL(\"url\") or a map containing dir and type state=[FULL|CACHE])";
 
 /// Whether two account lists differ at most in the accounts' `limits` (which a reload applies).
-fn same_accounts_but_limits(a: &[AccountOptions], b: &[AccountOptions]) -> bool {
-    let strip = |x: &AccountOptions| AccountOptions {
-        limits: Limits::default(),
-        ..x.clone()
-    };
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| strip(x) == strip(y))
+/// Every account that had JetStream still has it, with the same limits: a reload may add
+/// accounts (with or without JetStream), change users, imports, exports and limits, and remove
+/// accounts without JetStream, but not take JetStream away or change its limits.
+fn jetstream_kept(old: &[AccountOptions], new: &[AccountOptions]) -> bool {
+    old.iter().filter(|a| a.jetstream).all(|a| {
+        new.iter()
+            .find(|n| n.name == a.name)
+            .is_some_and(|n| n.jetstream && n.jetstream_limits == a.jetstream_limits)
+    })
 }
 
 /// An account's `limits {}` block, with nats-server's names and aliases; unknown keys are

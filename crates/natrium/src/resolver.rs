@@ -7,7 +7,15 @@
 //! a preloaded JWT, written atomically (temporary file, fsync, rename), and applied to the live
 //! account: its limits, revocations (revoked users are closed), default permissions. Answers use
 //! nats-server's JSON: `{"server": {...}, "data": {"account", "code": 200, "message"}}` or
-//! `{"server": {...}, "error": {"account", "code": 500, "description"}}`.
+//! `{"server": {...}, "error": {"account", "code": 500, "description"}}`. `$SYS.REQ.CLAIMS.PACK`
+//! (a resolver's sync request, with the XOR of the SHA-256 of its JWTs as payload) is answered as
+//! nats-server's full resolver answers it: nothing but an empty message when the hashes agree,
+//! else one `<key>|<jwt>` message per unexpired JWT, then an empty message.
+//!
+//! The URL resolver (`resolver: URL(...)`): `UrlFetcher` GETs `<url><account key>` (the body is
+//! the JWT) for the connection layer's on-demand lookups, and `serve_url` applies
+//! `$SYS.REQ.ACCOUNT.<key>.CLAIMS.UPDATE` / `$SYS.ACCOUNT.<key>.CLAIMS.UPDATE` to accounts it has
+//! already fetched (others are skipped, as in nats-server).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -17,7 +25,7 @@ use serde_json::{json, Value};
 
 use crate::auth::jwt::{self, DirResolver, JwtError, TrustedAccount};
 use crate::auth::jwt_dir::{self, is_account_key, path_for, read_dir};
-use crate::conn::ConnContext;
+use crate::conn::{AccountFetcher, BoxFuture, ConnContext};
 use crate::observe::{self, Observed};
 use crate::router::{InternalClient, InternalMsg};
 
@@ -53,6 +61,8 @@ pub enum ResolverError {
     NotTrusted,
     #[error("malformed request")]
     Malformed,
+    #[error("request body is empty")]
+    EmptyBody,
     #[error("not allowed to delete system account")]
     SystemAccount,
 }
@@ -67,6 +77,7 @@ pub async fn serve(r: ClaimsHandler) {
         "$SYS.REQ.ACCOUNT.*.CLAIMS.LOOKUP",
         "$SYS.REQ.CLAIMS.LIST",
         "$SYS.REQ.CLAIMS.DELETE",
+        "$SYS.REQ.CLAIMS.PACK",
     ];
     let mut subs = Vec::new();
     for s in subjects {
@@ -120,6 +131,12 @@ fn handle(r: &ClaimsHandler, seq: &AtomicU64, msg: InternalMsg) {
             Some(json!({"data": keys}))
         }
         ["$SYS", "REQ", "CLAIMS", "DELETE"] => Some(delete(r, &msg.payload)),
+        ["$SYS", "REQ", "CLAIMS", "PACK"] => {
+            if let Some(reply) = &msg.reply {
+                pack(r, reply, &msg.payload);
+            }
+            None
+        }
         _ => None,
     };
     let (Some(mut body), Some(reply)) = (body, &msg.reply) else {
@@ -128,6 +145,35 @@ fn handle(r: &ClaimsHandler, seq: &AtomicU64, msg: InternalMsg) {
     body["server"] = observe::server_json(&r.server, seq);
     let payload = serde_json::to_vec(&body).unwrap_or_default();
     let _ = client.publish(reply, None, None, &payload);
+}
+
+/// Answers a pack request: an empty message when `theirs` is the hash of this directory's JWTs,
+/// else every unexpired JWT as `<key>|<jwt>`, one per message, and an empty message to end.
+fn pack(r: &ClaimsHandler, reply: &str, theirs: &[u8]) {
+    let jwts: Vec<(String, String)> = read_dir(&r.opts.dir)
+        .into_iter()
+        .filter_map(|(k, t)| t.ok().map(|t| (k, t)))
+        .collect();
+    let mut ours = [0u8; 32];
+    for (_, t) in &jwts {
+        let d = ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+        ours.iter_mut().zip(d.as_ref()).for_each(|(o, x)| *o ^= x);
+    }
+    if theirs != ours {
+        let now = crate::util::time::now_secs();
+        for (k, t) in &jwts {
+            let expired = jwt::decode::<Value>(t)
+                .ok()
+                .and_then(|c| c.exp)
+                .is_some_and(|e| e > 0 && e < now);
+            if !expired {
+                let _ = r
+                    .client
+                    .publish(reply, None, None, format!("{k}|{t}").as_bytes());
+            }
+        }
+    }
+    let _ = r.client.publish(reply, None, None, b"");
 }
 
 /// nats-server's answer to a claims request: `data` on success, `error` (code 500) on failure;
@@ -246,5 +292,145 @@ fn delete(r: &ClaimsHandler, payload: &[u8]) -> Value {
             &format!("delete accounts request by {by} failed"),
             Err(e),
         ),
+    }
+}
+
+/// How long one account fetch may take (nats-server's default account fetch timeout).
+const FETCH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1900);
+
+/// The URL resolver's HTTP side: `GET <url><key>`, the JWT in the body of a 200 answer.
+pub struct UrlFetcher {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl UrlFetcher {
+    pub fn new(url: &str) -> Result<UrlFetcher, String> {
+        let http = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(UrlFetcher {
+            url: url.to_string(),
+            http,
+        })
+    }
+}
+
+/// A URL as logs may show it: without user information (a password).
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://[REDACTED]@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+impl AccountFetcher for UrlFetcher {
+    fn fetch(&self, key: &str) -> BoxFuture<Result<String, String>> {
+        let url = format!("{}{key}", self.url);
+        let http = self.http.clone();
+        let key = key.to_string();
+        Box::pin(async move {
+            let shown = redacted(&url);
+            let started = std::time::Instant::now();
+            let resp = http
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("could not fetch <{shown:?}>: {}", e.without_url()))?;
+            if resp.status() != reqwest::StatusCode::OK {
+                return Err(format!("could not fetch <{shown:?}>: {}", resp.status()));
+            }
+            let body = resp
+                .text()
+                .await
+                .map_err(|e| format!("could not fetch <{shown:?}>: {}", e.without_url()))?;
+            tracing::debug!("Account [{key}] fetch took {:?}", started.elapsed());
+            Ok(body.trim().to_string())
+        })
+    }
+}
+
+/// The URL resolver's claims updates, in the system account until the server stops:
+/// `$SYS.REQ.ACCOUNT.<key>.CLAIMS.UPDATE` and `$SYS.ACCOUNT.<key>.CLAIMS.UPDATE` replace the JWT
+/// of an account this server has fetched (and apply it to its connections); an account it has
+/// not fetched is skipped (it will be fetched when a user needs it).
+pub async fn serve_url(client: InternalClient, conns: Arc<ConnContext>, server: Arc<Observed>) {
+    let mut subs = Vec::new();
+    for s in [
+        "$SYS.REQ.ACCOUNT.*.CLAIMS.UPDATE",
+        "$SYS.ACCOUNT.*.CLAIMS.UPDATE",
+    ] {
+        match client.subscribe(s, None, 1024) {
+            Ok(sub) => subs.push(sub),
+            Err(e) => {
+                tracing::error!("URL resolver - can not subscribe to {s}: {e}");
+                return;
+            }
+        }
+    }
+    let (mut new, mut old) = match (subs.pop(), subs.pop()) {
+        (Some(a), Some(b)) => (a, b),
+        _ => return,
+    };
+    let seq = AtomicU64::new(0);
+    loop {
+        let msg = tokio::select! {
+            m = new.next() => m,
+            m = old.next() => m,
+        };
+        let Some(msg) = msg else { return };
+        let key = msg
+            .subject
+            .split('.')
+            .nth(msg.subject.split('.').count() - 3);
+        let key = key.unwrap_or_default().to_string();
+        let token = String::from_utf8_lossy(&msg.payload).trim().to_string();
+        let body = if token.is_empty() {
+            respond(&key, "jwt update error", Err(ResolverError::EmptyBody))
+        } else {
+            let known = conns
+                .auth
+                .current()
+                .trust()
+                .is_some_and(|t| t.accounts.contains_key(&key));
+            match jwt::decode::<Value>(&token) {
+                Err(e) => respond(&key, "jwt update resulted in error", Err(e.into())),
+                Ok(c) if c.sub != key => respond(
+                    &key,
+                    "jwt update resulted in error",
+                    Err(ResolverError::SubjectMismatch),
+                ),
+                Ok(_) if !known => respond(&key, "jwt update skipped", Ok(())),
+                Ok(_) => {
+                    let installed = {
+                        let (conns, key, token) = (conns.clone(), key.clone(), token.clone());
+                        tokio::task::spawn_blocking(move || conns.install_account(&key, &token))
+                            .await
+                    };
+                    match installed {
+                        Ok(Ok(_)) => {
+                            conns.account_jwt_changed(&key);
+                            respond(&key, "jwt updated", Ok(()))
+                        }
+                        Ok(Err(e)) => respond(&key, "jwt update resulted in error", Err(e.into())),
+                        Err(_) => respond(
+                            &key,
+                            "jwt update resulted in error",
+                            Err(ResolverError::Malformed),
+                        ),
+                    }
+                }
+            }
+        };
+        let Some(reply) = &msg.reply else { continue };
+        let mut body = body;
+        body["server"] = observe::server_json(&server, &seq);
+        let payload = serde_json::to_vec(&body).unwrap_or_default();
+        let _ = client.publish(reply, None, None, &payload);
     }
 }

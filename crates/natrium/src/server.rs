@@ -17,7 +17,7 @@ use crate::conn::{ConnConfig, ConnContext, ConnSettings, ServerIdentity, TlsServ
 use crate::jetstream::JetStream;
 use crate::observe::Observed;
 use crate::options::{Options, OptionsError, Resolver, TlsOptions};
-use crate::router::imports::{self, NotExported};
+use crate::router::imports::{self, Import, NotExported};
 use crate::router::{Accounts, CloseReason, InterestFeed, InternalClient, InternalError};
 use crate::util::{PROTOCOL_VERSION, VERSION};
 
@@ -160,7 +160,8 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr()?;
-        let id = nkeys::KeyPair::new_server().public_key();
+        let server_key = Arc::new(nkeys::KeyPair::new_server());
+        let id = server_key.public_key();
         let name = opts.server_name.clone().unwrap_or_else(|| id.clone());
         tracing::info!("Starting natrium");
         tracing::info!("  Version:  {VERSION} (nats-server protocol {PROTOCOL_VERSION})");
@@ -187,7 +188,8 @@ impl Server {
             }
             None => (None, None),
         };
-        let accounts = Arc::new(build_accounts(&opts, &auth.trusted_accounts(), feed)?);
+        let imports = config_imports(&opts)?;
+        let accounts = Arc::new(build_accounts(&opts, &auth.trusted_accounts(), feed));
         let tls = tls_for(&opts)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let cfg = ConnConfig {
@@ -211,10 +213,13 @@ impl Server {
             tls,
             shutdown_rx,
         ));
+        conns.set_server_key(server_key);
         conns.set_account_limits(
             opts.accounts.iter().map(|a| (a.name.as_str(), a.limits)),
             &conns.auth.current(),
         );
+        conns.sync_config_imports(imports);
+        conns.sync_jwt_imports();
         let jetstream = match &opts.jetstream {
             Some(js) => {
                 check_store_dir(&opts)?;
@@ -269,6 +274,19 @@ impl Server {
                     system_account: opts.system_account.clone(),
                 }),
             )),
+            (Some(Some(Resolver::Url(url))), client) => {
+                let fetcher = crate::resolver::UrlFetcher::new(url).map_err(|e| {
+                    ServerError::Io(std::io::Error::other(format!("URL resolver: {e}")))
+                })?;
+                conns.set_fetcher(Arc::new(fetcher));
+                client.map(|c| {
+                    tokio::spawn(crate::resolver::serve_url(
+                        c,
+                        conns.clone(),
+                        observed.clone(),
+                    ))
+                })
+            }
             _ => None,
         };
         let mesh = match (&opts.cluster, changes) {
@@ -406,15 +424,17 @@ impl Server {
     }
 
     /// Applies new options without a restart: users, NKeys, tokens, passwords, permissions,
-    /// account membership, `no_auth_user`, the auth timeout, TLS, accounts' limits,
+    /// accounts and account membership, `no_auth_user`, the auth timeout, TLS, accounts' limits,
     /// `max_subscriptions`, `max_payload`, `max_control_line`, `max_connections`,
     /// `ping_interval`, `ping_max`, `write_deadline`, `debug`, `trace` and `logtime`.
     /// Every connection then re-checks its credentials once: one whose credentials no longer
     /// pass is closed with `Authorization Violation`, one whose user moved to another account is
     /// closed so it reconnects there, the others keep running with their new permissions
     /// (subscriptions no longer allowed are removed with a permissions error) and the new limits.
-    /// Changing anything else (accounts themselves, listeners, `max_pending`, JetStream, the
-    /// log file) refuses the whole reload with an error naming the setting.
+    /// Accounts may be added (with JetStream if they ask for it) and removed (unless they have
+    /// JetStream), their imports and exports changed (taking effect at once). Changing anything
+    /// else (listeners, `max_pending`, JetStream and an account's JetStream, the log file)
+    /// refuses the whole reload with an error naming the setting.
     pub fn reload_options(&self, new: Options) -> Result<(), ReloadError> {
         new.validate()?;
         let conns = &self.conns;
@@ -431,7 +451,7 @@ impl Server {
             .chain(new.auth.nkeys.iter().map(|u| (&u.nkey, &u.account)))
         {
             if let Some(a) = account {
-                if conns.accounts.get(a).is_none() {
+                if conns.accounts.get(a).is_none() && !new.accounts.iter().any(|n| &n.name == a) {
                     return Err(ReloadError::UnknownAccount {
                         user: user.clone(),
                         account: a.clone(),
@@ -439,7 +459,12 @@ impl Server {
                 }
             }
         }
-        let auth = authenticator_for(&new)?;
+        let imports = config_imports(&new)?;
+        let mut auth = authenticator_for(&new)?;
+        if let Some(Some(Resolver::Url(_))) = new.operator.as_ref().map(|o| &o.resolver) {
+            // Accounts the URL resolver fetched are not in the files: keep them.
+            auth = auth.with_fetched_accounts(&conns.auth.current());
+        }
         log_skipped(&auth);
         // Always re-read: rotated certificates usually keep their file names.
         let tls = tls_for(&new)?;
@@ -464,13 +489,42 @@ impl Server {
                 }
             }
         }
-        // Operator-mode accounts new to this configuration are created; users of accounts it no
-        // longer names fail their re-check below.
+        // Accounts new to this configuration are created (and get JetStream when they ask for
+        // it); users of accounts it no longer names fail their re-check below. Their imports
+        // follow the new configuration at once.
+        for a in &new.accounts {
+            conns.accounts.ensure(&a.name);
+        }
+        conns.sync_config_imports(imports);
+        if let Some(js) = &self.observed.jetstream {
+            let had = |name: &str| {
+                current
+                    .accounts
+                    .iter()
+                    .any(|a| a.name == name && a.jetstream)
+            };
+            for a in new.accounts.iter().filter(|a| a.jetstream && !had(&a.name)) {
+                let enabled = InternalClient::new(&conns.accounts, &a.name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| {
+                        js.enable_account(c, a.jetstream_limits)
+                            .map_err(|e| e.to_string())
+                    });
+                match enabled {
+                    Ok(_) => tracing::info!("Reloaded: JetStream enabled for account {}", a.name),
+                    Err(e) => tracing::error!(
+                        "Reloaded: JetStream could not be enabled for account {}: {e}",
+                        a.name
+                    ),
+                }
+            }
+        }
         conns.set_account_limits(
             new.accounts.iter().map(|a| (a.name.as_str(), a.limits)),
             &auth,
         );
         conns.auth.store(auth);
+        conns.sync_jwt_imports();
         conns.set_settings(conn_settings(&new), new.write_deadline);
         conns
             .registry
@@ -665,12 +719,8 @@ fn start_jetstream(
 }
 
 /// Creates the configured accounts (plus the global and system ones, and in operator mode those
-/// the trust names) and installs their imports, refusing imports the exporter does not allow.
-fn build_accounts(
-    opts: &Options,
-    trusted: &[String],
-    feed: Option<Arc<InterestFeed>>,
-) -> Result<Accounts, OptionsError> {
+/// the trust names).
+fn build_accounts(opts: &Options, trusted: &[String], feed: Option<Arc<InterestFeed>>) -> Accounts {
     let accounts = Accounts::with_interest(feed);
     for key in trusted {
         accounts.ensure(key);
@@ -679,6 +729,13 @@ fn build_accounts(
         accounts.ensure(&a.name);
     }
     accounts.ensure(&opts.system_account);
+    accounts
+}
+
+/// The configured imports as `(importer, exporter, import)`, refusing one its exporter does not
+/// allow.
+fn config_imports(opts: &Options) -> Result<Vec<(String, String, Import)>, OptionsError> {
+    let mut all = Vec::new();
     for importer in &opts.accounts {
         for imp in &importer.imports {
             let exporter = opts.accounts.iter().find(|a| a.name == imp.account);
@@ -690,12 +747,10 @@ fn build_accounts(
                 };
                 return Err(OptionsError::Validation(e.to_string()));
             }
-            if let (Some(i), Some(e)) = (accounts.get(&importer.name), accounts.get(&imp.account)) {
-                imports::install(&i, &e, imp);
-            }
+            all.push((importer.name.clone(), imp.account.clone(), imp.clone()));
         }
     }
-    Ok(accounts)
+    Ok(all)
 }
 
 /// Accepts client connections until shutdown.

@@ -4,10 +4,8 @@
 //! user JWTs, which clients present in CONNECT (from a `.creds` file), are signed by an account
 //! or one of its signing keys, and the client proves it holds the user key by signing the INFO
 //! nonce. This module verifies the JWTs (ed25519 over `header.payload`, keys as NKeys) and turns
-//! their claims into accounts, permissions, limits, expiry and revocations.
-//!
-//! Claims this version can not enforce make the JWT unusable rather than being ignored: user
-//! `times` windows and account `imports`/`exports`.
+//! their claims into accounts, permissions, limits, expiry, connect-time windows, revocations,
+//! and the imports and exports between accounts (with activation tokens for private exports).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -20,6 +18,7 @@ use serde::Deserialize;
 
 use super::jwt_dir;
 use crate::perms::{Permissions, ResponsePermission, SubjectPermission};
+use crate::router::imports::{ExportKind, Import, Responses};
 use crate::router::Limits;
 use crate::util::time::now_secs;
 
@@ -41,8 +40,36 @@ pub enum Resolver {
     Memory,
     /// `resolver { type: full|cache, dir: ... }`: JWTs stored in a directory, updated by pushes.
     Dir(DirResolver),
-    /// A form nats-server accepts that Natrium does not implement (`URL(...)`), as written.
+    /// `resolver: URL(http://host/jwt/v1/accounts/)`: account JWTs fetched over HTTP(S) when a
+    /// user of an account not known yet connects (the account's key appended to the URL), kept
+    /// in memory, fetched again when expired, updated by `CLAIMS.UPDATE` requests.
+    Url(String),
+    /// A form nats-server accepts that Natrium does not implement, as written.
     Unsupported(String),
+}
+
+impl Resolver {
+    /// The string forms of `resolver`: `URL(url)` or `URL("url")` (a `/` is appended when
+    /// missing, as nats-server does); anything else is kept as written, unsupported.
+    pub fn from_url_form(text: &str) -> Resolver {
+        let t = text.trim();
+        let inner = t
+            .get(..3)
+            .filter(|p| p.eq_ignore_ascii_case("URL"))
+            .and_then(|_| t[3..].trim().strip_prefix('('))
+            .and_then(|r| r.trim_end().strip_suffix(')'))
+            .map(|u| u.trim().trim_matches('"').trim());
+        match inner {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                let mut u = u.to_string();
+                if !u.ends_with('/') {
+                    u.push('/');
+                }
+                Resolver::Url(u)
+            }
+            _ => Resolver::Unsupported(t.to_string()),
+        }
+    }
 }
 
 /// The directory resolver's settings, named as in nats-server.
@@ -77,6 +104,10 @@ pub enum JwtError {
     NotYetValid,
     #[error("JWT issuer {0:?} is not trusted")]
     Untrusted(String),
+    #[error("account {0:?} is not known")]
+    UnknownAccount(String),
+    #[error("the JWT of account {0:?} expired")]
+    AccountExpired(String),
     #[error("user JWT revoked")]
     Revoked,
     #[error("{0}")]
@@ -96,11 +127,16 @@ pub struct Claims<N> {
     pub exp: Option<i64>,
     #[serde(default)]
     pub nbf: Option<i64>,
+    /// The audience (an auth callout's user JWT names the account the user joins here).
+    #[serde(default)]
+    pub aud: String,
     pub nats: N,
 }
 
 #[derive(Deserialize)]
 struct Header {
+    #[serde(default)]
+    typ: String,
     #[serde(default)]
     alg: String,
 }
@@ -125,7 +161,17 @@ impl<N> Claims<N> {
     }
 }
 
+/// The newest claims version this server reads (as nats-server's JWT library).
+const NEWEST_VERSION: i64 = 2;
+
 /// Decodes a JWT and verifies its signature with the issuer's public key (`iss`).
+///
+/// Both claim formats are read. Version 2 (what `nsc` writes today) keeps the kind-specific
+/// claims under `nats` (with `nats.type` and `nats.version`) and signs `header.payload`.
+/// Version 1, recognised by a `type` at the top level, signs the payload segment alone and keeps
+/// `type`, `tags` and `issuer_account` at the top level (an operator without signing keys has
+/// no `nats` object at all); an activation's export kind is `nats.type` there (`nats.kind` in
+/// version 2). Version 1 claims are moved into the version 2 shape before they are read.
 pub fn decode<N: DeserializeOwned>(token: &str) -> Result<Claims<N>, JwtError> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let token = token.trim();
@@ -140,22 +186,85 @@ pub fn decode<N: DeserializeOwned>(token: &str) -> Result<Claims<N>, JwtError> {
     let bad = |what: &str| JwtError::Malformed(what.to_string());
     let header: Header = serde_json::from_slice(&b64.decode(h).map_err(|_| bad("header"))?)
         .map_err(|_| bad("header"))?;
-    if header.alg != "ed25519-nkey" && header.alg != "ed25519" {
+    if !header.typ.eq_ignore_ascii_case("JWT") {
+        return Err(JwtError::Unsupported(format!("JWT type {:?}", header.typ)));
+    }
+    let alg = header.alg.to_ascii_lowercase();
+    if alg != "ed25519-nkey" && alg != "ed25519" {
         return Err(JwtError::Unsupported(format!(
             "JWT algorithm {:?}",
             header.alg
         )));
     }
     let payload = b64.decode(p).map_err(|_| bad("payload"))?;
-    let claims: Claims<N> =
+    let mut value: serde_json::Value =
         serde_json::from_slice(&payload).map_err(|e| JwtError::Malformed(e.to_string()))?;
+    let version = normalise_claims(&mut value)?;
+    let claims: Claims<N> =
+        serde_json::from_value(value).map_err(|e| JwtError::Malformed(e.to_string()))?;
     let sig = b64.decode(s).map_err(|_| bad("signature"))?;
     let key = nkeys::KeyPair::from_public_key(&claims.iss)
         .map_err(|_| JwtError::Malformed(format!("issuer {:?} is not a public key", claims.iss)))?;
-    let signed = &token[..h.len() + 1 + p.len()];
-    key.verify(signed.as_bytes(), &sig)
-        .map_err(|_| JwtError::Signature)?;
+    let v2 = &token[..h.len() + 1 + p.len()];
+    let verified = match version {
+        1 => key.verify(p.as_bytes(), &sig).is_ok(),
+        // No version: nats-server's library takes that for version 1; claims minted by hand
+        // often leave it out, so either form the issuer signed is accepted.
+        0 => key.verify(v2.as_bytes(), &sig).is_ok() || key.verify(p.as_bytes(), &sig).is_ok(),
+        _ => key.verify(v2.as_bytes(), &sig).is_ok(),
+    };
+    if !verified {
+        return Err(JwtError::Signature);
+    }
     Ok(claims)
+}
+
+/// Brings decoded claims into the version 2 shape; returns the version they were written in.
+fn normalise_claims(v: &mut serde_json::Value) -> Result<i64, JwtError> {
+    use serde_json::Value;
+    let Some(obj) = v.as_object_mut() else {
+        return Err(JwtError::Malformed("claims are not a JSON object".into()));
+    };
+    if !obj.get("nats").is_some_and(Value::is_object) {
+        obj.insert("nats".into(), Value::Object(Default::default()));
+    }
+    let top_type = obj
+        .get("type")
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string);
+    let Some(kind) = top_type else {
+        let version = obj
+            .get("nats")
+            .and_then(|n| n.get("version"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if version > NEWEST_VERSION {
+            return Err(JwtError::Unsupported(format!(
+                "JWT claims version {version} is newer than this server reads"
+            )));
+        }
+        return Ok(version);
+    };
+    // Version 1: move the fields version 2 keeps under `nats`.
+    let moved: Vec<(String, Value)> = ["tags", "issuer_account"]
+        .iter()
+        .filter_map(|k| obj.remove(*k).map(|v| (k.to_string(), v)))
+        .collect();
+    obj.remove("type");
+    if let Some(nats) = obj.get_mut("nats").and_then(Value::as_object_mut) {
+        if kind == "activation" {
+            if let Some(export_kind) = nats.remove("type") {
+                nats.insert("kind".into(), export_kind);
+            }
+        }
+        nats.insert("type".into(), Value::from(kind));
+        nats.insert("version".into(), Value::from(1));
+        for (k, v) in moved {
+            nats.insert(k, v);
+        }
+    }
+    Ok(1)
 }
 
 /// The JWT inside a file or string: the text itself, or the block between armour lines.
@@ -236,8 +345,18 @@ pub struct UserNats {
     bearer_token: bool,
     issuer_account: String,
     src: Option<CidrList>,
-    times: Vec<serde_json::Value>,
+    times: Vec<TimeRange>,
+    /// The IANA time zone `times` are in (`times_location`); the server's local time when empty.
+    times_location: String,
     allowed_connection_types: Vec<String>,
+}
+
+/// A connect-time window of a user JWT: `HH:MM:SS` to `HH:MM:SS`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TimeRange {
+    pub start: String,
+    pub end: String,
 }
 
 impl Default for UserNats {
@@ -253,6 +372,7 @@ impl Default for UserNats {
             issuer_account: String::new(),
             src: None,
             times: Vec::new(),
+            times_location: String::new(),
             allowed_connection_types: Vec::new(),
         }
     }
@@ -333,8 +453,56 @@ struct AccountNats {
     revocations: FxHashMap<String, i64>,
     limits: AccountLimitsNats,
     default_permissions: Option<DefaultPermissions>,
-    imports: Vec<serde_json::Value>,
-    exports: Vec<serde_json::Value>,
+    imports: Vec<ImportNats>,
+    exports: Vec<ExportNats>,
+    /// Operator-mode auth callout (`auth_users`, `allowed_accounts`, `xkey`): not supported.
+    authorization: serde_json::Value,
+}
+
+/// One `exports` entry of an account JWT.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ExportNats {
+    pub subject: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Private: importers need an activation token the exporter signed.
+    pub token_req: bool,
+    /// Activation tokens revoked: importing account key (or `*`) → revoked if issued at or
+    /// before this time.
+    pub revocations: FxHashMap<String, i64>,
+    /// `Singleton` (the default), `Stream` or `Chunked`.
+    pub response_type: String,
+    /// How long a request's reply path stays open, in nanoseconds (0: the default, 2 minutes).
+    pub response_threshold: i64,
+    /// The 1-based token of the subject that must be the importing account's key.
+    pub account_token_position: usize,
+}
+
+/// One `imports` entry of an account JWT.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ImportNats {
+    pub subject: String,
+    pub account: String,
+    pub token: String,
+    /// Deprecated form: a stream import's prefix, a service import's subject in the exporter.
+    pub to: String,
+    /// The subject as the importer sees it (may refer to wildcards as `$N`).
+    pub local_subject: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// An activation token's claims (`kind` and `subject`; version 1 tokens are migrated).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct ActivationNats {
+    #[serde(rename = "type")]
+    kind_of_claims: String,
+    kind: String,
+    subject: String,
+    issuer_account: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -365,6 +533,8 @@ pub struct TrustedAccount {
     disallow_bearer: bool,
     expires: Option<SystemTime>,
     claims_ok: Result<(), JwtError>,
+    pub exports: Vec<ExportNats>,
+    pub imports: Vec<ImportNats>,
 }
 
 impl TrustedAccount {
@@ -382,9 +552,15 @@ impl TrustedAccount {
         if !keys.contains(&c.iss) {
             return Err(JwtError::Untrusted(c.iss));
         }
-        let claims_ok = if !c.nats.imports.is_empty() || !c.nats.exports.is_empty() {
+        let external = c
+            .nats
+            .authorization
+            .get("auth_users")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|u| !u.is_empty());
+        let claims_ok = if external {
             Err(JwtError::Unsupported(
-                "account JWT imports/exports are not supported yet".into(),
+                "account JWTs delegating to an auth callout are not supported yet".into(),
             ))
         } else {
             c.check_time()
@@ -417,6 +593,8 @@ impl TrustedAccount {
             disallow_bearer: c.nats.limits.disallow_bearer,
             expires: c.expires(),
             claims_ok,
+            exports: c.nats.exports.clone(),
+            imports: c.nats.imports.clone(),
             jwt: token.trim().to_string(),
         })
     }
@@ -598,10 +776,14 @@ impl Trust {
         let acc = self
             .accounts
             .get(&account_key)
-            .ok_or_else(|| JwtError::Untrusted(account_key.clone()))?;
-        acc.claims_ok.clone()?;
+            .ok_or_else(|| JwtError::UnknownAccount(account_key.clone()))?;
+        let expired = || JwtError::AccountExpired(account_key.clone());
+        match acc.claims_ok.clone() {
+            Err(JwtError::Expired) => return Err(expired()),
+            other => other?,
+        }
         if acc.expires.is_some_and(|e| e <= SystemTime::now()) {
-            return Err(JwtError::Expired);
+            return Err(expired());
         }
         let scope = if c.iss == account_key {
             None
@@ -613,11 +795,11 @@ impl Trust {
         };
         // A scoped signing key's template replaces whatever the user JWT claims.
         let granted = scope.unwrap_or(&c.nats);
-        if !granted.times.is_empty() || !c.nats.times.is_empty() {
-            return Err(JwtError::Unsupported(
-                "time-restricted user JWTs are not supported yet".into(),
-            ));
-        }
+        let window_ends = connect_window(
+            &granted.times,
+            &granted.times_location,
+            jiff::Timestamp::now(),
+        )?;
         let types = &granted.allowed_connection_types;
         if !types.is_empty() && !types.iter().any(|t| t.eq_ignore_ascii_case("STANDARD")) {
             return Err(JwtError::Unsupported(
@@ -667,7 +849,7 @@ impl Trust {
                 .or_else(|| acc.default_permissions.clone()),
             max_subs: limit(granted.subs),
             max_payload: limit(granted.payload),
-            expires: min_time(c.expires(), acc.expires),
+            expires: min_time(min_time(c.expires(), acc.expires), window_ends),
         })
     }
 
@@ -677,6 +859,307 @@ impl Trust {
         v.sort();
         v
     }
+}
+
+/// The user JWT an auth callout service handed out for `user_nkey`: issued by `issuer` (the
+/// configured account key, not a signing key), for that very key, valid now and inside its
+/// connect times; its audience names the account the user joins.
+pub fn callout_user(token: &str, issuer: &str, user_nkey: &str) -> Result<UserGrant, JwtError> {
+    let c: Claims<UserNats> = decode(token)?;
+    if c.nats.kind != "user" {
+        return Err(JwtError::WrongType {
+            want: "user",
+            got: c.nats.kind,
+        });
+    }
+    let signer = if c.nats.issuer_account.is_empty() {
+        &c.iss
+    } else {
+        &c.nats.issuer_account
+    };
+    if signer != issuer {
+        return Err(JwtError::Untrusted(signer.clone()));
+    }
+    if c.sub != user_nkey {
+        return Err(JwtError::Malformed(format!(
+            "expected authorized user of {user_nkey:?} but got {:?}",
+            c.sub
+        )));
+    }
+    c.check_time()?;
+    let window_ends = connect_window(
+        &c.nats.times,
+        &c.nats.times_location,
+        jiff::Timestamp::now(),
+    )?;
+    let types = &c.nats.allowed_connection_types;
+    if !types.is_empty() && !types.iter().any(|t| t.eq_ignore_ascii_case("STANDARD")) {
+        return Err(JwtError::Unsupported(
+            "user JWT does not allow standard connections".into(),
+        ));
+    }
+    Ok(UserGrant {
+        user: c.sub.clone(),
+        name: c.name.clone(),
+        account: c.aud.clone(),
+        permissions: c.nats.permissions(),
+        max_subs: limit(c.nats.subs),
+        max_payload: limit(c.nats.payload),
+        expires: min_time(c.expires(), window_ends),
+    })
+}
+
+/// nats-server's check of a user JWT's connect-time windows (`times`, in `times_location` or
+/// the server's local time): the client may connect when one window, taken on today's date,
+/// has started and not ended (a window whose end is before its start ends tomorrow). Returns
+/// when the window ends (the connection is closed then), `None` without windows.
+pub fn connect_window(
+    times: &[TimeRange],
+    locale: &str,
+    now: jiff::Timestamp,
+) -> Result<Option<SystemTime>, JwtError> {
+    if times.is_empty() {
+        return Ok(None);
+    }
+    let tz = if locale.is_empty() {
+        jiff::tz::TimeZone::system()
+    } else {
+        jiff::tz::TimeZone::get(locale).map_err(|_| {
+            JwtError::Unsupported(format!("unknown time zone {locale:?} in the user JWT"))
+        })?
+    };
+    let outside = || JwtError::Unsupported("outside the user JWT's connect times".into());
+    let today = now.to_zoned_datetime(tz.clone()).date();
+    for r in times {
+        let (Ok(start), Ok(end)) = (
+            r.start.parse::<jiff::civil::Time>(),
+            r.end.parse::<jiff::civil::Time>(),
+        ) else {
+            return Err(outside());
+        };
+        let at = |day: jiff::civil::Date, t: jiff::civil::Time| {
+            day.to_datetime(t)
+                .to_zoned_datetime(tz.clone())
+                .map(|z| z.timestamp())
+                .map_err(|_| outside())
+        };
+        if at(today, start)? < now {
+            let end_day = if start > end {
+                today.tomorrow().map_err(|_| outside())?
+            } else {
+                today
+            };
+            let ends = at(end_day, end)?;
+            if ends > now {
+                let secs = ends.as_second().max(0) as u64;
+                let nanos = ends.subsec_nanosecond().max(0) as u32;
+                return Ok(Some(std::time::UNIX_EPOCH + Duration::new(secs, nanos)));
+            }
+        }
+    }
+    Err(outside())
+}
+
+/// An import an account JWT declares and its exporter allows, ready for the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportGrant {
+    /// The importing and exporting accounts' keys.
+    pub importer: String,
+    pub exporter: String,
+    pub import: Import,
+    pub responses: Responses,
+    /// When the activation token that allows it expires (the import goes away then).
+    pub expires: Option<SystemTime>,
+}
+
+/// Default reply-path lifetime of a service import (nats-server's response threshold).
+const DEFAULT_RESPONSE_THRESHOLD: Duration = Duration::from_secs(120);
+
+impl Trust {
+    /// The imports the trusted account JWTs declare, checked as nats-server checks them against
+    /// the exporter's JWT: the exporter is known, exports the subject (the import's subject a
+    /// subset of an export of the same kind), and allows this importer (public; the account's
+    /// key at the export's `account_token_position`; or, with `token_req`, an activation token
+    /// the exporter or one of its signing keys issued to the importer, for a subject covering
+    /// the import, not expired nor revoked by the export). Also says why the others are left out.
+    pub fn imports(&self) -> (Vec<ImportGrant>, Vec<String>) {
+        let mut grants = Vec::new();
+        let mut refused = Vec::new();
+        let mut keys: Vec<&String> = self.accounts.keys().collect();
+        keys.sort();
+        for key in keys {
+            let acc = &self.accounts[key];
+            if acc.claims_ok.is_err() {
+                continue;
+            }
+            for i in &acc.imports {
+                match self.grant(acc, i) {
+                    Ok(g) => grants.push(g),
+                    Err(why) => refused.push(format!(
+                        "account {} ({:?}): {} import of {:?} from account {}: {why}",
+                        acc.key, acc.name, i.kind, i.subject, i.account
+                    )),
+                }
+            }
+        }
+        (grants, refused)
+    }
+
+    fn grant(&self, importer: &TrustedAccount, i: &ImportNats) -> Result<ImportGrant, String> {
+        let kind = match i.kind.as_str() {
+            "stream" => ExportKind::Stream,
+            "service" => ExportKind::Service,
+            k => return Err(format!("invalid import type {k:?}")),
+        };
+        let exporter = self
+            .accounts
+            .get(&i.account)
+            .ok_or_else(|| "the exporting account is not known".to_string())?;
+        if exporter.claims_ok.is_err() || exporter.expires.is_some_and(|e| e <= SystemTime::now()) {
+            return Err("the exporting account's JWT is not valid".into());
+        }
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let import = match kind {
+            ExportKind::Stream => Import {
+                kind,
+                account: i.account.clone(),
+                subject: i.subject.clone(),
+                to: some(&i.local_subject),
+                prefix: if i.local_subject.is_empty() {
+                    some(&i.to)
+                } else {
+                    None
+                },
+            },
+            // `subject` is what the exporter serves, `to` what the importer publishes on.
+            ExportKind::Service if !i.local_subject.is_empty() => Import {
+                kind,
+                account: i.account.clone(),
+                subject: i.subject.clone(),
+                to: some(&i.local_subject),
+                prefix: None,
+            },
+            ExportKind::Service => Import {
+                kind,
+                account: i.account.clone(),
+                subject: some(&i.to).unwrap_or_else(|| i.subject.clone()),
+                to: some(&i.to).map(|_| i.subject.clone()),
+                prefix: None,
+            },
+        };
+        let subject = import.subject.as_str();
+        if !natrium_subjects::is_valid_subject(subject.as_bytes()) {
+            return Err("invalid subject".into());
+        }
+        if let Some(p) = &import.prefix {
+            if p.split('.').any(|t| t == "*" || t == ">") {
+                return Err("a stream import's prefix must be a literal subject".into());
+            }
+        }
+        let kind_name = match kind {
+            ExportKind::Stream => "stream",
+            ExportKind::Service => "service",
+        };
+        let usable = |x: &&ExportNats| {
+            x.kind == kind_name
+                && (x.account_token_position == 0
+                    || x.subject.split('.').nth(x.account_token_position - 1) == Some("*"))
+        };
+        let export =
+            exporter
+                .exports
+                .iter()
+                .filter(usable)
+                .find(|x| x.subject == subject)
+                .or_else(|| {
+                    exporter.exports.iter().filter(usable).find(|x| {
+                        natrium_subjects::is_subset(subject.as_bytes(), x.subject.as_bytes())
+                    })
+                })
+                .ok_or_else(|| "the exporting account does not export it".to_string())?;
+        let mut expires = None;
+        if export.account_token_position > 0 {
+            if subject.split('.').nth(export.account_token_position - 1)
+                != Some(importer.key.as_str())
+            {
+                return Err(
+                    "the subject does not name the importing account where the export requires it"
+                        .into(),
+                );
+            }
+        } else if export.token_req {
+            expires = activation(
+                exporter,
+                export,
+                &importer.key,
+                kind_name,
+                subject,
+                &i.token,
+            )?;
+        }
+        let responses = Responses {
+            multiple: matches!(export.response_type.as_str(), "Stream" | "Chunked"),
+            threshold: if export.response_threshold > 0 {
+                Duration::from_nanos(export.response_threshold as u64)
+            } else {
+                DEFAULT_RESPONSE_THRESHOLD
+            },
+        };
+        Ok(ImportGrant {
+            importer: importer.key.clone(),
+            exporter: exporter.key.clone(),
+            import,
+            responses,
+            expires,
+        })
+    }
+}
+
+/// Checks the activation token of an import of a private export; returns when it expires.
+fn activation(
+    exporter: &TrustedAccount,
+    export: &ExportNats,
+    importer: &str,
+    kind: &str,
+    subject: &str,
+    token: &str,
+) -> Result<Option<SystemTime>, String> {
+    if token.is_empty() {
+        return Err("the export is private and the import has no activation token".into());
+    }
+    let c: Claims<ActivationNats> = decode(token).map_err(|e| format!("activation token: {e}"))?;
+    let n = &c.nats;
+    if n.kind_of_claims != "activation" {
+        return Err("activation token: not an activation".into());
+    }
+    if c.iss != exporter.key && n.issuer_account != exporter.key {
+        return Err("activation token not issued by the exporting account".into());
+    }
+    if !n.issuer_account.is_empty()
+        && (n.issuer_account != exporter.key
+            || (c.iss != exporter.key && !exporter.signing.contains_key(&c.iss)))
+    {
+        return Err("activation token issued by a key the exporting account does not list".into());
+    }
+    if c.sub != importer {
+        return Err("activation token issued to another account".into());
+    }
+    if n.kind != kind {
+        return Err(format!("activation token is for a {} import", n.kind));
+    }
+    if !natrium_subjects::is_subset(subject.as_bytes(), n.subject.as_bytes()) {
+        return Err(format!(
+            "activation token is for {:?}, which does not cover the import",
+            n.subject
+        ));
+    }
+    c.check_time()
+        .map_err(|e| format!("activation token: {e}"))?;
+    let revoked = |k: &str| export.revocations.get(k).is_some_and(|t| *t >= c.iat);
+    if revoked(&c.sub) || revoked("*") {
+        return Err("activation token revoked by the export".into());
+    }
+    Ok(c.expires())
 }
 
 #[cfg(test)]
@@ -788,5 +1271,61 @@ mod tests {
             Some(JwtError::Untrusted(op.public_key()))
         );
         assert!(trust(account(&op_signer)).is_ok());
+    }
+
+    #[test]
+    fn connect_windows_as_nats_server_reads_them() {
+        let at = |s: &str| s.parse::<jiff::Timestamp>().expect("timestamp");
+        let day = |start: &str, end: &str| {
+            vec![TimeRange {
+                start: start.into(),
+                end: end.into(),
+            }]
+        };
+        let secs = |t: Option<SystemTime>| {
+            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64)
+        };
+        let office = day("09:00:00", "17:00:00");
+        assert_eq!(
+            secs(connect_window(&office, "UTC", at("2024-03-01T12:00:00Z")).expect("open")),
+            Some(at("2024-03-01T17:00:00Z").as_second())
+        );
+        assert!(connect_window(&office, "UTC", at("2024-03-01T18:00:00Z")).is_err());
+        // In its time zone: 09:00-17:00 in Tokyo is 00:00-08:00 UTC.
+        assert!(connect_window(&office, "Asia/Tokyo", at("2024-03-01T03:00:00Z")).is_ok());
+        assert!(connect_window(&office, "Asia/Tokyo", at("2024-03-01T12:00:00Z")).is_err());
+        // Overnight: from 22:00 it runs into tomorrow; after midnight the window that started
+        // yesterday does not count (nats-server takes every start on today's date).
+        let night = day("22:00:00", "02:00:00");
+        assert_eq!(
+            secs(connect_window(&night, "UTC", at("2024-03-01T23:00:00Z")).expect("open")),
+            Some(at("2024-03-02T02:00:00Z").as_second())
+        );
+        assert!(connect_window(&night, "UTC", at("2024-03-02T01:00:00Z")).is_err());
+        assert!(connect_window(&office, "Not/AZone", at("2024-03-01T12:00:00Z")).is_err());
+        assert!(connect_window(&day("9am", "5pm"), "UTC", at("2024-03-01T12:00:00Z")).is_err());
+        assert_eq!(
+            connect_window(&[], "", at("2024-03-01T12:00:00Z")),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn version_1_activation_tokens_name_their_export_kind_in_type() {
+        let acc = nkeys::KeyPair::new_account();
+        let importer = nkeys::KeyPair::new_account();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let h = b64.encode(br#"{"typ":"jwt","alg":"ed25519"}"#);
+        let p = b64.encode(
+            serde_json::json!({"iss": acc.public_key(), "sub": importer.public_key(), "iat": 1,
+                "type": "activation", "nats": {"subject": "a.>", "type": "service"}})
+            .to_string(),
+        );
+        let sig = b64.encode(acc.sign(p.as_bytes()).expect("sign"));
+        let c: Claims<ActivationNats> = decode(&format!("{h}.{p}.{sig}")).expect("v1 activation");
+        assert_eq!(c.nats.kind_of_claims, "activation");
+        assert_eq!(c.nats.kind, "service");
+        assert_eq!(c.nats.subject, "a.>");
     }
 }

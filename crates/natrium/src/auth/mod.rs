@@ -10,6 +10,7 @@
 //! layer imports the base layer, `perms` and the router's value types only.
 
 pub mod bcrypt;
+pub mod callout;
 pub mod certs;
 pub mod jwt;
 pub mod jwt_dir;
@@ -62,11 +63,14 @@ pub struct AuthOptions {
     pub nkeys: Vec<NkeyUser>,
     pub no_auth_user: Option<String>,
     pub default_permissions: Option<Permissions>,
+    /// `auth_callout`: users other than its `auth_users` are authenticated by a service.
+    pub callout: Option<callout::CalloutOptions>,
 }
 
 impl AuthOptions {
     pub fn required(&self) -> bool {
-        self.token.is_some()
+        self.callout.is_some()
+            || self.token.is_some()
             || self.user.is_some()
             || !self.users.is_empty()
             || !self.nkeys.is_empty()
@@ -159,6 +163,8 @@ pub struct Identity {
     pub max_payload: Option<usize>,
     /// When the credentials expire (a user JWT's `exp`); the connection is closed then.
     pub expires: Option<std::time::SystemTime>,
+    /// Admitted by the auth callout service (a reload keeps it while a callout is configured).
+    pub via_callout: bool,
 }
 
 /// Why a client was refused; the wire error is always `Authorization Violation`.
@@ -182,6 +188,8 @@ pub enum AuthError {
     UnmappedCertificate(String),
     #[error("user JWT refused: {0}")]
     Jwt(#[from] JwtError),
+    #[error("auth callout: {0}")]
+    Callout(String),
 }
 
 impl AuthError {
@@ -196,7 +204,8 @@ impl AuthError {
             | AuthError::BadToken
             | AuthError::NoCertificate
             | AuthError::UnmappedCertificate(_)
-            | AuthError::Jwt(_) => None,
+            | AuthError::Jwt(_)
+            | AuthError::Callout(_) => None,
         }
     }
 }
@@ -275,6 +284,17 @@ impl Authenticator {
         a
     }
 
+    /// This authenticator with the operator-mode accounts of `old` that it does not have
+    /// itself: the URL resolver's accounts, fetched at run time, survive a reload.
+    pub fn with_fetched_accounts(mut self, old: &Authenticator) -> Authenticator {
+        if let (Some(t), Some(o)) = (self.trust.as_mut(), old.trust.as_ref()) {
+            for (k, acc) in &o.accounts {
+                t.accounts.entry(k.clone()).or_insert_with(|| acc.clone());
+            }
+        }
+        self
+    }
+
     /// A copy without the given accounts of operator mode (deleted account JWTs).
     pub fn without_accounts(&self, keys: &[String]) -> Authenticator {
         let mut a = self.clone();
@@ -303,6 +323,20 @@ impl Authenticator {
         self.timeout
     }
 
+    /// The auth callout settings, when one is configured.
+    pub fn callout(&self) -> Option<&callout::CalloutOptions> {
+        self.opts.callout.as_ref()
+    }
+
+    /// Whether a client with these credentials goes to the auth callout service: one is
+    /// configured and the client is not one of its `auth_users` (by user name or NKey).
+    pub fn goes_to_callout(&self, c: &Credentials) -> bool {
+        self.opts.callout.as_ref().is_some_and(|o| {
+            let named = c.user.as_deref().or(c.nkey.as_deref());
+            !named.is_some_and(|u| o.auth_users.iter().any(|a| a == u))
+        })
+    }
+
     /// Whether INFO must carry a nonce (NKey users sign it).
     pub fn needs_nonce(&self) -> bool {
         self.trust.is_some() || !self.nkeys.is_empty()
@@ -324,6 +358,7 @@ impl Authenticator {
                     max_subs: g.max_subs,
                     max_payload: g.max_payload,
                     expires: g.expires,
+                    via_callout: false,
                 }),
                 Err(e) => Verdict::Reject(AuthError::Jwt(e)),
             };
@@ -389,6 +424,13 @@ impl Authenticator {
     /// Checks credentials again after a reload. A client whose user entry kept the very secret
     /// that admitted it passes without another bcrypt run.
     pub fn recheck(&self, c: &Credentials, ctx: &ConnAuth, before: &Identity) -> Verdict {
+        if before.via_callout {
+            // The service's verdict stands while a callout is configured.
+            return match &self.opts.callout {
+                Some(_) => Verdict::Accept(before.clone()),
+                None => Verdict::Reject(AuthError::Missing),
+            };
+        }
         match self.check(c, ctx) {
             Verdict::Bcrypt { identity, .. } if identity.secret == before.secret => {
                 Verdict::Accept(identity)
@@ -450,6 +492,7 @@ impl Authenticator {
             max_subs: None,
             max_payload: None,
             expires: None,
+            via_callout: false,
         })
     }
 
@@ -497,6 +540,7 @@ impl Authenticator {
             max_subs: None,
             max_payload: None,
             expires: None,
+            via_callout: false,
         }
     }
 
@@ -512,6 +556,7 @@ impl Authenticator {
             max_subs: None,
             max_payload: None,
             expires: None,
+            via_callout: false,
         }
     }
 }

@@ -6,16 +6,21 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use natrium_protocol::{encode, ServerInfo};
+use natrium_protocol::{encode, ConnectInfo, ServerInfo};
 use parking_lot::{Mutex, RwLock};
+use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 
 use super::client::Client;
 use super::registry::Registry;
 use super::tls::TlsServer;
-use crate::auth::{AuthCell, AuthError, Authenticator, BcryptLimiter, Identity};
+use crate::auth::jwt::{ImportGrant, JwtError, TrustedAccount};
+use crate::auth::{
+    AuthCell, AuthError, Authenticator, BcryptLimiter, ConnAuth, Credentials, Identity, Verdict,
+};
+use crate::router::imports::{self, Installed};
 use crate::router::{Account, Accounts, CloseReason, Limits};
 use crate::util::{PROTOCOL_VERSION, VERSION};
 
@@ -73,6 +78,52 @@ pub struct ConnContext {
     /// In a cluster: told whenever an account's connection count changes, so the other
     /// servers learn it.
     conn_counts: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Arc<Account>>>,
+    /// The imports account JWTs declare, as installed in the router (see `sync_jwt_imports`).
+    jwt_imports: Mutex<JwtImports>,
+    /// The imports the configuration's `accounts {}` declare, as installed in the router (see
+    /// `sync_config_imports`), by what they are.
+    config_imports: Mutex<FxHashMap<String, imports::Installed>>,
+    /// The URL resolver: fetches account JWTs on demand.
+    fetcher: RwLock<Option<Arc<dyn AccountFetcher>>>,
+    /// When each account was last fetched (fetches of one account are at least a second apart,
+    /// as in nats-server; failures included, so unknown keys can not flood the URL).
+    fetched_at: Mutex<FxHashMap<String, std::time::Instant>>,
+    /// The server's identity key (signs auth callout requests; its public key is the id).
+    server_key: RwLock<Option<Arc<nkeys::KeyPair>>>,
+    /// The server's curve key for sealed auth callout exchanges.
+    xkey: nkeys::XKey,
+}
+
+/// Where account JWTs come from at run time (the URL resolver): the JWT of an account, by key.
+pub trait AccountFetcher: Send + Sync {
+    fn fetch(&self, key: &str) -> BoxFuture<Result<String, String>>;
+}
+
+/// A boxed future, as `AccountFetcher` returns.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// An `auth_users` identity: in the callout account, it may not publish on the callout subject.
+fn callout_account_user(o: &crate::auth::callout::CalloutOptions, mut id: Identity) -> Identity {
+    let account = id
+        .account
+        .as_deref()
+        .unwrap_or(crate::router::GLOBAL_ACCOUNT);
+    if account == o.account {
+        id.permissions = Some(crate::auth::callout::deny_callout_subject(id.permissions));
+    }
+    id
+}
+
+/// How many accounts one lookup may fetch (the account, then those it imports from).
+const MAX_FETCHES_PER_LOOKUP: usize = 16;
+
+/// The JWT-declared imports in force, by what they are, and what was refused last time.
+#[derive(Default)]
+struct JwtImports {
+    installed: FxHashMap<String, Installed>,
+    refused: Vec<String>,
+    /// The earliest activation expiry a resync is already scheduled for.
+    resync_at: Option<SystemTime>,
 }
 
 /// What a `ConnContext` is built from.
@@ -107,7 +158,167 @@ impl ConnContext {
             shutdown,
             trust_update: Mutex::new(()),
             conn_counts: std::sync::OnceLock::new(),
+            jwt_imports: Mutex::new(JwtImports::default()),
+            config_imports: Mutex::new(FxHashMap::default()),
+            fetcher: RwLock::new(None),
+            fetched_at: Mutex::new(FxHashMap::default()),
+            server_key: RwLock::new(None),
+            xkey: nkeys::XKey::new(),
         }
+    }
+
+    /// Sets the key whose public key is this server's id (`identity.id`).
+    pub fn set_server_key(&self, key: Arc<nkeys::KeyPair>) {
+        *self.server_key.write() = Some(key);
+    }
+
+    pub fn server_key(&self) -> Option<Arc<nkeys::KeyPair>> {
+        self.server_key.read().clone()
+    }
+
+    /// The server's curve key (auth callout encryption).
+    pub fn xkey(&self) -> &nkeys::XKey {
+        &self.xkey
+    }
+
+    /// The cluster this server is part of, if any.
+    pub fn cluster_name(&self) -> Option<String> {
+        self.cluster.read().as_ref().map(|c| c.name.clone())
+    }
+
+    /// Installs the URL resolver's fetcher.
+    pub fn set_fetcher(&self, f: Arc<dyn AccountFetcher>) {
+        *self.fetcher.write() = Some(f);
+    }
+
+    /// Checks a client's credentials (see `Authenticator::check`). In operator mode with the URL
+    /// resolver, a user JWT of an account not known yet (or whose JWT expired) has its account
+    /// fetched first, with the accounts that one imports from, and is checked again.
+    ///
+    /// With an auth callout configured, a client that is not one of its `auth_users` is
+    /// authenticated by the callout service instead (see `callout`); every client admitted into
+    /// the callout account may not publish on the callout subject.
+    pub async fn authenticate(
+        self: &Arc<Self>,
+        info: &ConnectInfo,
+        creds: &Credentials,
+        conn: &ConnAuth,
+        client: &Client,
+    ) -> Verdict {
+        let auth = self.auth.current();
+        if let Some(o) = auth.callout() {
+            if auth.goes_to_callout(creds) {
+                return super::callout::ask(self, o, info, creds, conn, client).await;
+            }
+            return match auth.check(creds, conn) {
+                Verdict::Accept(id) => Verdict::Accept(callout_account_user(o, id)),
+                Verdict::Bcrypt {
+                    hash,
+                    given,
+                    identity,
+                    fail,
+                } => Verdict::Bcrypt {
+                    hash,
+                    given,
+                    identity: callout_account_user(o, identity),
+                    fail,
+                },
+                v => v,
+            };
+        }
+        let verdict = auth.check(creds, conn);
+        let key = match &verdict {
+            Verdict::Reject(AuthError::Jwt(
+                JwtError::UnknownAccount(k) | JwtError::AccountExpired(k),
+            )) => k.clone(),
+            _ => return verdict,
+        };
+        if self.lookup_account(&key).await {
+            self.auth.current().check(creds, conn)
+        } else {
+            verdict
+        }
+    }
+
+    /// Fetches account `key`'s JWT through the URL resolver, verifies it against the trusted
+    /// operators and installs it, then does the same for the accounts its imports name that
+    /// are not known yet. Returns whether `key` was installed.
+    pub async fn lookup_account(self: &Arc<Self>, key: &str) -> bool {
+        let Some(fetcher) = self.fetcher.read().clone() else {
+            return false;
+        };
+        let mut queue = vec![key.to_string()];
+        let mut found = false;
+        let mut fetches = 0;
+        while let Some(k) = queue.pop() {
+            if fetches == MAX_FETCHES_PER_LOOKUP || !crate::auth::jwt_dir::is_account_key(&k) {
+                continue;
+            }
+            {
+                let mut at = self.fetched_at.lock();
+                if at
+                    .get(&k)
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+                {
+                    continue;
+                }
+                at.insert(k.clone(), std::time::Instant::now());
+            }
+            fetches += 1;
+            let jwt = match fetcher.fetch(&k).await {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!("Account fetch failed: {e}");
+                    continue;
+                }
+            };
+            match self.install_account(&k, &jwt) {
+                Ok(acc) => {
+                    found |= k == key;
+                    let known = self.auth.current();
+                    let trust = known.trust();
+                    for i in &acc.imports {
+                        if trust.is_some_and(|t| !t.accounts.contains_key(&i.account))
+                            && !queue.contains(&i.account)
+                        {
+                            queue.push(i.account.clone());
+                        }
+                    }
+                    self.account_jwt_changed(&k);
+                }
+                Err(e) => tracing::warn!("Account {k} fetched JWT refused: {e}"),
+            }
+        }
+        found
+    }
+
+    /// Verifies an account JWT (fetched, or pushed to the URL resolver) for account `key` and
+    /// installs it, unless the one in force was issued later.
+    pub fn install_account(
+        self: &Arc<Self>,
+        key: &str,
+        jwt: &str,
+    ) -> Result<TrustedAccount, JwtError> {
+        self.update_trust(|auth| {
+            let trust = auth
+                .trust()
+                .ok_or_else(|| JwtError::Unsupported("not in operator mode".into()))?;
+            let acc = TrustedAccount::verify(jwt, &trust.operator_keys)?;
+            if acc.key != key {
+                return Err(JwtError::Malformed(format!(
+                    "subject does not match jwt content ({} for {key})",
+                    acc.key
+                )));
+            }
+            if trust
+                .accounts
+                .get(key)
+                .is_some_and(|have| have.issued_at > acc.issued_at)
+            {
+                return Ok((None, acc));
+            }
+            Ok((Some(auth.with_account(acc.clone())), acc))
+        })
     }
 
     pub fn settings(&self) -> ConnSettings {
@@ -236,7 +447,7 @@ impl ConnContext {
     /// authenticator it returns (if any): how the directory resolver applies a pushed or deleted
     /// account JWT (`f` also writes the file, so a reload never reads a half-applied change).
     pub fn update_trust<T, E>(
-        &self,
+        self: &Arc<Self>,
         f: impl FnOnce(&Authenticator) -> Result<(Option<Authenticator>, T), E>,
     ) -> Result<T, E> {
         let _serial = self.trust_update.lock();
@@ -248,8 +459,89 @@ impl ConnContext {
                 self.accounts.ensure(key).set_limits(t.limits);
             }
             self.auth.store(new);
+            self.sync_jwt_imports();
         }
         Ok(out)
+    }
+
+    /// Brings the router's imports between operator-mode accounts in line with the account
+    /// JWTs in force (at start, after a reload, after a pushed, fetched or deleted JWT): imports
+    /// the exporters allow are installed, those no longer declared or allowed (a changed
+    /// export, a revoked or expired activation token) are removed, the unchanged ones stay as
+    /// they are. When an activation token expires, this runs again then.
+    pub fn sync_jwt_imports(self: &Arc<Self>) {
+        let auth = self.auth.current();
+        let (grants, refused) = auth.trust().map(|t| t.imports()).unwrap_or_default();
+        let now = SystemTime::now();
+        let mut state = self.jwt_imports.lock();
+        let mut wanted: FxHashMap<String, ImportGrant> = grants
+            .into_iter()
+            .filter(|g| g.expires.is_none_or(|e| e > now))
+            .map(|g| (format!("{g:?}"), g))
+            .collect();
+        let next_expiry = wanted.values().filter_map(|g| g.expires).min();
+        state.installed.retain(|key, installed| {
+            let keep = wanted.remove(key).is_some();
+            if !keep {
+                installed.remove();
+            }
+            keep
+        });
+        for (key, g) in wanted {
+            let importer = self.accounts.ensure(&g.importer);
+            let exporter = self.accounts.ensure(&g.exporter);
+            tracing::debug!(
+                "Adding {:?} import of {:?} from account {} to account {}",
+                g.import.kind,
+                g.import.subject,
+                g.exporter,
+                g.importer
+            );
+            let installed = imports::install_with(&importer, &exporter, &g.import, g.responses);
+            state.installed.insert(key, installed);
+        }
+        for r in refused.iter().filter(|r| !state.refused.contains(r)) {
+            tracing::warn!("JWT import not installed: {r}");
+        }
+        state.refused = refused;
+        let Some(at) = next_expiry else { return };
+        if state.resync_at.is_some_and(|s| s <= at && s > now) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        state.resync_at = Some(at);
+        let weak = Arc::downgrade(self);
+        let wait = at.duration_since(now).unwrap_or_default();
+        rt.spawn(async move {
+            tokio::time::sleep(wait).await;
+            if let Some(ctx) = weak.upgrade() {
+                ctx.jwt_imports.lock().resync_at = None;
+                ctx.sync_jwt_imports();
+            }
+        });
+    }
+
+    /// Installs the configuration's imports, each `(importer, exporter, import)` (already checked
+    /// against the exporters' exports): those new to it are installed, those it no longer lists
+    /// are removed at once, the unchanged ones stay as they are (start and every reload).
+    pub fn sync_config_imports(&self, wanted: Vec<(String, String, imports::Import)>) {
+        let mut installed = self.config_imports.lock();
+        let mut wanted: FxHashMap<String, (String, String, imports::Import)> =
+            wanted.into_iter().map(|w| (format!("{w:?}"), w)).collect();
+        installed.retain(|key, i| {
+            let keep = wanted.remove(key).is_some();
+            if !keep {
+                i.remove();
+            }
+            keep
+        });
+        for (key, (importer, exporter, import)) in wanted {
+            let i = self.accounts.ensure(&importer);
+            let e = self.accounts.ensure(&exporter);
+            installed.insert(key, imports::install(&i, &e, &import));
+        }
     }
 
     /// After operator mode's JWT of account `key` changed (or went away): applies its limits to

@@ -4,9 +4,11 @@
 //! state machine, authentication, permissions), the writer (`writer`), the TLS configuration and
 //! handshake (`tls`) and taking over accepted sockets (`accept`). It imports the router and the
 //! auth layer, never the server or monitoring. Files depend on each other in that order:
-//! tls < client < registry < context < writer < reader < accept.
+//! tls < client < registry < context (with the auth callout it runs, `callout`) < writer <
+//! reader < accept.
 
 pub mod accept;
+pub mod callout;
 pub mod client;
 pub mod context;
 pub mod reader;
@@ -16,7 +18,9 @@ pub mod writer;
 
 pub use accept::accept;
 pub use client::{Client, ConnMeta, ConnSnapshot};
-pub use context::{ClusterView, ConnConfig, ConnContext, ConnSettings, ServerIdentity};
+pub use context::{
+    AccountFetcher, BoxFuture, ClusterView, ConnConfig, ConnContext, ConnSettings, ServerIdentity,
+};
 pub use reader::Conn;
 pub use registry::Registry;
 pub use tls::{TlsError, TlsOptions, TlsServer};

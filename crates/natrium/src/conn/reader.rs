@@ -533,8 +533,15 @@ impl Conn {
         deadline: tokio::time::Instant,
     ) -> Result<(), Fatal> {
         let creds = Credentials::from(&info);
-        let verdict = self.ctx.auth.current().check(&creds, &self.auth_ctx);
         let out = self.out.clone();
+        // Account lookups (URL resolver) and bcrypt both count against the auth timeout.
+        let ctx = self.ctx.clone();
+        let check = async {
+            let verdict = ctx
+                .authenticate(&info, &creds, &self.auth_ctx, &self.client)
+                .await;
+            self.resolve(verdict).await
+        };
         let checked = tokio::select! {
             biased;
             _ = out.killed() => {
@@ -543,7 +550,7 @@ impl Conn {
                     err: None,
                 });
             }
-            r = tokio::time::timeout_at(deadline, self.resolve(verdict)) => r,
+            r = tokio::time::timeout_at(deadline, check) => r,
         };
         let identity = match checked {
             Ok(Ok(id)) => id,

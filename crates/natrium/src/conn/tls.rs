@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use std::net::SocketAddr;
 
 use tokio::io::AsyncWriteExt;
@@ -19,7 +22,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::certs::{cert_names, is_pinned, key_id, peer_cert, CertNames, PeerCert};
+use crate::auth::certs::{
+    cert_names, is_pinned, is_version_1, key_id, peer_cert, verify_v1_chain, verify_v1_handshake,
+    CertNames, ChainError, PeerCert,
+};
 use crate::router::CloseReason;
 
 /// The `tls {}` block (and the `--tls*` flags) for the client listener.
@@ -146,16 +152,21 @@ impl TlsServer {
                 TlsError::Config("verify needs a ca_file to check client certificates".into())
             })?;
             let mut roots = RootCertStore::empty();
-            for ca in load_certs("CA certificate", ca_path)? {
+            let anchors = load_certs("CA certificate", ca_path)?;
+            for ca in &anchors {
                 roots
-                    .add(ca)
+                    .add(ca.clone())
                     .map_err(|e| load_err("CA certificate", ca_path, e))?;
             }
-            let verifier =
+            let webpki =
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
                     .map_err(|e| TlsError::Config(e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(ClientVerifier {
+                webpki,
+                anchors,
+                algs: provider.signature_verification_algorithms,
+            }))
         } else {
             builder.with_no_client_auth()
         };
@@ -183,6 +194,138 @@ impl TlsServer {
     /// Whether clients must present a certificate.
     pub fn verify(&self) -> bool {
         self.opts.verify || self.opts.verify_and_map
+    }
+}
+
+/// Client certificate verification: webpki for version 3 certificates, exactly as rustls
+/// configures it; version 1 certificates (which webpki refuses to parse, and which nats-server,
+/// through Go's x509, accepts) are verified by `auth::certs::verify_v1_chain` against the same
+/// CA file, every issuer on the way required to be a proper CA. The kind of certificate decides
+/// the path, never the outcome of the other: a version 3 certificate webpki refuses stays refused.
+#[derive(Debug)]
+struct ClientVerifier {
+    webpki: Arc<dyn ClientCertVerifier>,
+    /// The `ca_file`'s certificates (the trust anchors).
+    anchors: Vec<CertificateDer<'static>>,
+    algs: WebPkiSupportedAlgorithms,
+}
+
+fn v1_error(e: ChainError) -> rustls::Error {
+    let c = match e {
+        ChainError::NotVersion1 | ChainError::Malformed => CertificateError::BadEncoding,
+        ChainError::NotValidNow => CertificateError::Expired,
+        ChainError::UnknownIssuer => CertificateError::UnknownIssuer,
+        ChainError::BadSignature => CertificateError::BadSignature,
+        ChainError::UnsupportedAlgorithm => {
+            CertificateError::Other(rustls::OtherError(Arc::new(e)))
+        }
+    };
+    rustls::Error::InvalidCertificate(c)
+}
+
+impl ClientVerifier {
+    fn v1_handshake(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+        tls13: bool,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let candidates = self
+            .algs
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map(|(_, algs)| *algs)
+            .ok_or(rustls::Error::PeerMisbehaved(
+                rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+            ))?;
+        verify_v1_handshake(cert.as_ref(), message, dss.signature(), candidates, tls13)
+            .map(|()| HandshakeSignatureValid::assertion())
+            .map_err(v1_error)
+    }
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.webpki.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.webpki.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.webpki.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if !is_version_1(end_entity.as_ref()) {
+            return self
+                .webpki
+                .verify_client_cert(end_entity, intermediates, now);
+        }
+        let inter: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
+        let anchors: Vec<&[u8]> = self.anchors.iter().map(|c| c.as_ref()).collect();
+        verify_v1_chain(
+            end_entity.as_ref(),
+            &inter,
+            &anchors,
+            now.as_secs(),
+            self.algs.all,
+        )
+        .map(|()| ClientCertVerified::assertion())
+        .map_err(v1_error)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if is_version_1(cert.as_ref()) {
+            return self.v1_handshake(message, cert, dss, false);
+        }
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if is_version_1(cert.as_ref()) {
+            use rustls::SignatureScheme as S;
+            let tls13 = matches!(
+                dss.scheme,
+                S::ECDSA_NISTP256_SHA256
+                    | S::ECDSA_NISTP384_SHA384
+                    | S::ECDSA_NISTP521_SHA512
+                    | S::RSA_PSS_SHA256
+                    | S::RSA_PSS_SHA384
+                    | S::RSA_PSS_SHA512
+                    | S::ED25519
+                    | S::ED448
+            );
+            if !tls13 {
+                return Err(rustls::Error::PeerMisbehaved(
+                    rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+                ));
+            }
+            return self.v1_handshake(message, cert, dss, true);
+        }
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 
@@ -308,6 +451,8 @@ pub struct TlsConnInfo {
     pub first: bool,
     /// The certificates the client presented, its own first.
     pub peer_certs: Vec<PeerCert>,
+    /// The same certificates, DER (an auth callout request carries them).
+    pub peer_der: Vec<Vec<u8>>,
 }
 
 impl TlsConnInfo {
@@ -325,6 +470,12 @@ impl TlsConnInfo {
                 .unwrap_or_default()
                 .iter()
                 .map(|c| peer_cert(c.as_ref()))
+                .collect(),
+            peer_der: session
+                .peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.as_ref().to_vec())
                 .collect(),
         }
     }

@@ -27,7 +27,8 @@ pub struct Account {
     sublist: RwLock<Sublist<SubRef>>,
     /// Bumped after every change to `sublist`; read lock-free on the publish path.
     generation: AtomicU64,
-    /// Reply routes of service imports, oldest first, swept when they expire (see `imports`).
+    /// Reply routes of service imports with the time they close, oldest first, swept when they
+    /// expire (see `imports`).
     pub(super) responses: Mutex<VecDeque<(Instant, SubRef)>>,
     /// Failed authentications of users of this account (audit counter).
     pub auth_failures: AtomicU64,

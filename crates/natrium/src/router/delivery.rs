@@ -521,9 +521,16 @@ impl Delivery {
         if service && self.from_route {
             return false;
         }
-        if let (ForwardKind::Service { importer }, Some(reply)) = (&f.kind, m.reply) {
+        if let (
+            ForwardKind::Service {
+                importer,
+                responses,
+            },
+            Some(reply),
+        ) = (&f.kind, m.reply)
+        {
             // The responder answers in the exporter's account; carry that answer back.
-            imports::add_response_route(&f.to, reply, importer.clone());
+            imports::add_response_route(&f.to, reply, importer.clone(), *responses);
         }
         let next = Hop {
             depth: hop.depth + 1,

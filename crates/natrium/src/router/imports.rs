@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use natrium_subjects::{FWC, PWC, SEP};
 
 use super::account::Account;
-use super::subscription::Subscription;
+use super::subscription::{SubRef, Subscription};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExportKind {
@@ -55,8 +55,51 @@ pub fn allowed(exports: &[Export], importer: &str, imp: &Import) -> bool {
     })
 }
 
-/// Installs one import of `importer` from `exporter` as a forwarding subscription.
-pub fn install(importer: &Arc<Account>, exporter: &Arc<Account>, imp: &Import) {
+/// How a service export answers: how many responses a request may get, and how long its
+/// reply path stays open (nats-server's `response_type` and `response_threshold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Responses {
+    /// `stream` or `chunked`: any number of responses until the threshold; `singleton`: one.
+    pub multiple: bool,
+    pub threshold: Duration,
+}
+
+impl Default for Responses {
+    fn default() -> Self {
+        Responses {
+            multiple: false,
+            threshold: RESPONSE_TTL,
+        }
+    }
+}
+
+/// An installed import: the forwarding subscription and the account whose trie holds it, so it
+/// can be taken out again (an account JWT's imports change when the JWT does).
+pub struct Installed {
+    pub holder: Arc<Account>,
+    pub sub: SubRef,
+}
+
+impl Installed {
+    /// Removes the import's subscription: messages stop crossing it at once.
+    pub fn remove(&self) {
+        self.holder.remove(&self.sub);
+    }
+}
+
+/// Installs one import of `importer` from `exporter` as a forwarding subscription (a service
+/// export's answers as `Responses::default()`: one per request).
+pub fn install(importer: &Arc<Account>, exporter: &Arc<Account>, imp: &Import) -> Installed {
+    install_with(importer, exporter, imp, Responses::default())
+}
+
+/// Installs one import, its service answers handled as `responses` says.
+pub fn install_with(
+    importer: &Arc<Account>,
+    exporter: &Arc<Account>,
+    imp: &Import,
+    responses: Responses,
+) -> Installed {
     match imp.kind {
         ExportKind::Stream => {
             let map = SubjectMap::new(&imp.subject, imp.to.as_deref(), imp.prefix.as_deref());
@@ -69,33 +112,81 @@ pub fn install(importer: &Arc<Account>, exporter: &Arc<Account>, imp: &Import) {
                 },
                 0,
             );
-            exporter.insert(sub);
+            exporter.insert(sub.clone());
+            Installed {
+                holder: exporter.clone(),
+                sub,
+            }
         }
         ExportKind::Service => {
             let local = imp.to.clone().unwrap_or_else(|| imp.subject.clone());
+            // Local subjects may name the wildcards they capture (`$1`); they subscribe as `*`.
+            let pattern = wildcard_pattern(&local);
             let map = SubjectMap::new(&local, Some(&imp.subject), None);
             let sub = Subscription::forward(
-                local.as_bytes(),
+                pattern.as_bytes(),
                 Forward {
                     to: exporter.clone(),
                     map,
                     kind: ForwardKind::Service {
                         importer: importer.clone(),
+                        responses,
                     },
                 },
                 0,
             );
-            importer.insert(sub);
+            importer.insert(sub.clone());
+            Installed {
+                holder: importer.clone(),
+                sub,
+            }
         }
     }
 }
 
-/// How long the reply path of a forwarded service request stays open.
+/// A subject with `$N` wildcard references written as the `*` they stand for.
+pub fn wildcard_pattern(subject: &str) -> String {
+    subject
+        .split('.')
+        .map(|t| {
+            if wildcard_ref(t.as_bytes()).is_some() {
+                "*"
+            } else {
+                t
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The wildcard a token refers to: `$N` or `{{wildcard(N)}}` (1-based).
+fn wildcard_ref(token: &[u8]) -> Option<usize> {
+    let t = std::str::from_utf8(token).ok()?;
+    let n = match t.strip_prefix('$') {
+        Some(n) => n,
+        None => t
+            .strip_prefix("{{")?
+            .strip_suffix("}}")?
+            .trim()
+            .strip_prefix("wildcard(")?
+            .strip_suffix(')')?
+            .trim(),
+    };
+    n.parse::<usize>().ok().filter(|n| *n > 0)
+}
+
+/// How long the reply path of a forwarded service request stays open by default.
 const RESPONSE_TTL: Duration = Duration::from_secs(120);
 
-/// Routes one answer published in `exporter` on `reply` back to `importer` (a service import's
-/// reply path), and sweeps the exporter's reply routes that were never used.
-pub fn add_response_route(exporter: &Account, reply: &[u8], importer: Arc<Account>) {
+/// Routes the answers published in `exporter` on `reply` back to `importer` (a service import's
+/// reply path: one answer, or any number until the threshold), and sweeps the exporter's reply
+/// routes whose time is up.
+pub fn add_response_route(
+    exporter: &Account,
+    reply: &[u8],
+    importer: Arc<Account>,
+    responses: Responses,
+) {
     let route = Subscription::forward(
         reply,
         Forward {
@@ -103,22 +194,19 @@ pub fn add_response_route(exporter: &Account, reply: &[u8], importer: Arc<Accoun
             map: SubjectMap::Identity,
             kind: ForwardKind::Response,
         },
-        1,
+        if responses.multiple { 0 } else { 1 },
     );
     exporter.insert(route.clone());
     let now = Instant::now();
     let mut expired = Vec::new();
     {
         let mut q = exporter.responses.lock();
-        while q
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > RESPONSE_TTL)
-        {
+        while q.front().is_some_and(|(until, _)| *until <= now) {
             if let Some((_, s)) = q.pop_front() {
                 expired.push(s);
             }
         }
-        q.push_back((now, route));
+        q.push_back((now + responses.threshold, route));
     }
     for s in &expired {
         exporter.remove(s);
@@ -144,7 +232,10 @@ pub enum ForwardKind {
     /// A stream import: messages flow from exporter to importer.
     Stream,
     /// A service import: requests flow from importer to exporter; answers come back to `importer`.
-    Service { importer: Arc<Account> },
+    Service {
+        importer: Arc<Account>,
+        responses: Responses,
+    },
     /// The reply path of a service request.
     Response,
 }
@@ -200,19 +291,22 @@ impl SubjectMap {
                         tail = rest;
                         break;
                     }
-                    if pt == [PWC] {
+                    if pt == [PWC] || wildcard_ref(pt).is_some() {
                         captured.push(tok);
                     }
                     rest = after;
                 }
                 let mut out = Vec::with_capacity(to.len() + subject.len());
-                let mut next = captured.into_iter();
+                // `*` in `to` takes the captured tokens in order, `$N` the N-th one.
+                let mut next = captured.iter();
                 for (i, tt) in to.split(|c| *c == SEP).enumerate() {
                     if i > 0 {
                         out.push(SEP);
                     }
-                    if tt == [PWC] {
-                        out.extend_from_slice(next.next().unwrap_or(b"*"));
+                    if let Some(n) = wildcard_ref(tt) {
+                        out.extend_from_slice(captured.get(n - 1).copied().unwrap_or(b"*"));
+                    } else if tt == [PWC] {
+                        out.extend_from_slice(next.next().copied().unwrap_or(b"*"));
                     } else if tt == [FWC] {
                         out.extend_from_slice(tail);
                     } else {
@@ -251,5 +345,11 @@ mod tests {
         assert_eq!(m.apply(b"src.x.y"), b"dst.x.y");
         let m = SubjectMap::new("svc.time", Some("time"), None);
         assert_eq!(m.apply(b"svc.time"), b"time");
+        // Numbered references, as JWT `local_subject`s write them.
+        let m = SubjectMap::new("a.*.*", Some("b.$2.$1"), None);
+        assert_eq!(m.apply(b"a.x.y"), b"b.y.x");
+        let m = SubjectMap::new("a.*.*", Some("b.{{wildcard(2)}}.*"), None);
+        assert_eq!(m.apply(b"a.x.y"), b"b.y.x");
+        assert_eq!(wildcard_pattern("req.$1.x"), "req.*.x");
     }
 }

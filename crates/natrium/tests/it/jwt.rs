@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::jwt::{encode, now, raw_login};
+use base64::Engine;
 use futures::StreamExt;
 use natrium::{Options, Server};
 use nkeys::KeyPair;
@@ -364,5 +365,110 @@ async fn account_and_user_jwt_limits() {
         .read_to_close()
         .await
         .ends_with("-ERR 'Maximum Payload Violation'\r\n"));
+    s.shutdown().await;
+}
+
+/// Version 1 claims, as older operator setups and client test suites have them: the operator
+/// JWT without a `nats` object, `type` (and `issuer_account`) at the top level, the signature
+/// over the payload segment alone. The server starts from them and async-nats users with v1
+/// `.creds` join their account under the v1 permissions.
+#[tokio::test]
+async fn version_1_claims_are_accepted() {
+    use crate::common::jwt::{creds_connect, encode_v1, write_creds};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (op, acc, signer) = (
+        KeyPair::new_operator(),
+        KeyPair::new_account(),
+        KeyPair::new_account(),
+    );
+    let base = |iss: &KeyPair, sub: &str, kind: &str| {
+        json!({"jti": format!("{kind}{sub}"), "iat": now() - 10, "iss": iss.public_key(),
+               "sub": sub, "name": kind, "type": kind})
+    };
+    let op_jwt = encode_v1(base(&op, &op.public_key(), "operator"), &op);
+    let mut acc_claims = base(&op, &acc.public_key(), "account");
+    acc_claims["nats"] = json!({"limits": {"subs": -1, "conn": -1, "leaf": -1, "imports": -1,
+        "exports": -1, "data": -1, "payload": -1, "wildcards": true},
+        "signing_keys": [signer.public_key()]});
+    let acc_jwt = encode_v1(acc_claims, &op);
+    std::fs::write(dir.path().join("op.jwt"), &op_jwt).expect("write");
+    let conf = dir.path().join("v1.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:-1\noperator: op.jwt\nresolver: MEMORY\nresolver_preload: {{\n  {}: {}\n}}\n",
+            acc.public_key(),
+            acc_jwt
+        ),
+    )
+    .expect("write config");
+    let s = start_file(&conf).await;
+
+    // A user issued by the account itself, limited to `v1.>`.
+    let u = KeyPair::new_user();
+    let mut uc = base(&acc, &u.public_key(), "user");
+    uc["nats"] =
+        json!({"pub": {"allow": ["v1.>", "_INBOX.>"]}, "sub": {"allow": ["v1.>", "_INBOX.>"]}});
+    let user_jwt = encode_v1(uc, &acc);
+    let c = creds_connect(
+        &s.client_url(),
+        &write_creds(dir.path(), "u", &user_jwt, &u),
+    )
+    .await
+    .expect("v1 user connects");
+    let mut sub = c.subscribe("v1.x").await.expect("sub");
+    c.flush().await.expect("flush");
+    // One signed by the account's signing key names the account at the top level.
+    let u2 = KeyPair::new_user();
+    let mut uc2 = base(&signer, &u2.public_key(), "user");
+    uc2["issuer_account"] = json!(acc.public_key());
+    let jwt2 = encode_v1(uc2, &signer);
+    let c2 = creds_connect(&s.client_url(), &write_creds(dir.path(), "u2", &jwt2, &u2))
+        .await
+        .expect("v1 user of a signing key connects");
+    c2.publish("v1.x", "hello".into()).await.expect("pub");
+    c2.flush().await.expect("flush");
+    let m = tokio::time::timeout(Duration::from_secs(3), sub.next())
+        .await
+        .expect("delivered")
+        .expect("msg");
+    assert_eq!(&m.payload[..], b"hello");
+    // The v1 permissions hold.
+    let (mut r, first) = raw_login(&s, &user_jwt, &u, false).await;
+    assert_eq!(first, "PONG\r\n");
+    r.send("PUB other 1\r\nx\r\nPING\r\n").await;
+    assert_eq!(
+        r.read_until("PONG\r\n").await,
+        "-ERR 'Permissions Violation for Publish to \"other\"'\r\nPONG\r\n"
+    );
+
+    // A v1 JWT is signed over its payload alone: the same claims signed over header.payload
+    // (or tampered with) do not verify.
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = user_jwt.split('.').collect();
+    let resigned = {
+        let sig = acc
+            .sign(format!("{}.{}", parts[0], parts[1]).as_bytes())
+            .expect("sign");
+        format!("{}.{}.{}", parts[0], parts[1], b64.encode(sig))
+    };
+    assert_eq!(
+        raw_login(&s, &resigned, &u, false).await.1,
+        "-ERR 'Authorization Violation'\r\n",
+        "v1 claims signed the v2 way"
+    );
+    let mut tampered = base(&acc, &u.public_key(), "user");
+    tampered["nats"] = json!({"pub": {"allow": [">"]}});
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64.encode(tampered.to_string()),
+        parts[2]
+    );
+    assert_eq!(
+        raw_login(&s, &forged, &u, false).await.1,
+        "-ERR 'Authorization Violation'\r\n",
+        "tampered v1 claims"
+    );
     s.shutdown().await;
 }

@@ -19,6 +19,8 @@ const LAYERS: &[&[&str]] = &[
     &["monitor", "sys", "resolver"],
     &["server"],
     &["cli"],
+    // The binary's own modules (declared in main.rs, not lib.rs): above everything.
+    &["sd_notify", "tenant"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

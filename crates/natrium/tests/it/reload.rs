@@ -4,7 +4,8 @@
 //! users whose hash did not change stay, new users can log in, limits (`max_payload`,
 //! `max_connections`, `ping_interval`/`ping_max`) and log levels (`debug`, `trace`) change under
 //! live connections, and reloads that would change what can not change at run time (listeners,
-//! `max_pending`, accounts) are refused whole. The binary reloads on SIGHUP and on
+//! `max_pending`, an account's JetStream) are refused whole. Accounts come and go with
+//! their imports. The binary reloads on SIGHUP and on
 //! `--signal reload=<pid file>`.
 
 use std::path::Path;
@@ -149,12 +150,6 @@ async fn reload_swaps_users_permissions_and_accounts() {
         &config(&users_v2, accounts_v2, "").replace("127.0.0.1:-1", "127.0.0.1:4999"),
     );
     assert!(matches!(s.reload(), Err(ReloadError::NotSupported("port"))));
-    write(
-        &conf,
-        &config(&users_v2, &format!("{accounts_v2}\n  C: {{}}"), ""),
-    );
-    let err = s.reload().expect_err("adding an account is refused");
-    assert!(err.to_string().contains("accounts"), "{err}");
     write(&conf, "authorization { users: [ {user: x ");
     assert!(matches!(s.reload(), Err(ReloadError::Options(_))));
     let _dave = login(&s, "dave", "pw6").await;
@@ -433,5 +428,106 @@ async fn reload_changes_max_connections_and_pings() {
     let out = older.read_to_close().await;
     assert!(out.contains("PING\r\n"), "{out:?}");
     assert!(out.ends_with("-ERR 'Stale Connection'\r\n"), "{out:?}");
+    s.shutdown().await;
+}
+
+/// Connects `user` with async-nats, or says why not.
+async fn nats(s: &Server, user: &str, pass: &str) -> Result<async_nats::Client, String> {
+    async_nats::ConnectOptions::with_user_and_password(user.into(), pass.into())
+        .connect(s.client_url())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `sub` gets a message within a short while.
+async fn gets(sub: &mut async_nats::Subscriber, ms: u64) -> bool {
+    tokio::time::timeout(Duration::from_millis(ms), sub.next())
+        .await
+        .is_ok()
+}
+
+/// As nats-server: a reload adds accounts (a new one with JetStream gets it), removes them
+/// (their users are closed), and installs and removes imports at once; an import its exporter
+/// does not allow refuses the reload, and so does taking JetStream away from an account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_accounts_and_imports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("natrium.conf");
+    let js = format!("jetstream {{ store_dir: {:?} }}", dir.path().join("js"));
+    let a = "  A: { users: [ {user: a, password: pa} ], exports: [ {stream: \"news.>\"} ] }";
+    let b = "  B: { users: [ {user: b, password: pb} ] }";
+    let b_imports =
+        "  B: { users: [ {user: b, password: pb} ], imports: [ {stream: {account: A, subject: \"news.>\"}} ] }";
+    let c = "  C: { users: [ {user: c, password: pc} ], jetstream: enabled }";
+    let d = "  D: { users: [ {user: d, password: pd} ] }";
+    let cfg = |accounts: &[&str]| {
+        format!(
+            "listen: 127.0.0.1:-1\n{js}\naccounts {{\n{}\n}}\n",
+            accounts.join("\n")
+        )
+    };
+    write(&conf, &cfg(&[a, b]));
+    let s = start_file(&conf).await;
+    let pub_a = nats(&s, "a", "pa").await.expect("a");
+    let client_b = nats(&s, "b", "pb").await.expect("b");
+    let mut news = client_b.subscribe("news.>").await.expect("sub");
+    client_b.flush().await.expect("flush");
+    pub_a.publish("news.1", "x".into()).await.expect("pub");
+    pub_a.flush().await.expect("flush");
+    assert!(!gets(&mut news, 300).await, "no import yet");
+    assert!(nats(&s, "c", "pc").await.is_err(), "no account C yet");
+
+    // Add B's import and the accounts C (with JetStream) and D.
+    write(&conf, &cfg(&[a, b_imports, c, d]));
+    s.reload().expect("accounts added");
+    pub_a.publish("news.2", "y".into()).await.expect("pub");
+    pub_a.flush().await.expect("flush");
+    assert!(
+        gets(&mut news, 3000).await,
+        "the new import carries A's news to B"
+    );
+    let client_c = nats(&s, "c", "pc").await.expect("c logs in");
+    let jsc = async_nats::jetstream::new(client_c);
+    jsc.create_stream(async_nats::jetstream::stream::Config {
+        name: "C1".into(),
+        subjects: vec!["c.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("JetStream enabled for the new account C");
+    let client_d = nats(&s, "d", "pd").await.expect("d logs in");
+
+    // An import the exporter does not allow refuses the reload whole.
+    let a_closed = "  A: { users: [ {user: a, password: pa} ] }";
+    write(&conf, &cfg(&[a_closed, b_imports, c, d]));
+    let err = s.reload().expect_err("import without export");
+    assert!(err.to_string().contains("news.>"), "{err}");
+    // Taking JetStream away from C is refused.
+    let c_without = "  C: { users: [ {user: c, password: pc} ] }";
+    write(&conf, &cfg(&[a, b_imports, c_without, d]));
+    let err = s.reload().expect_err("JetStream taken away");
+    assert!(err.to_string().contains("jetstream"), "{err}");
+    pub_a.publish("news.3", "z".into()).await.expect("pub");
+    pub_a.flush().await.expect("flush");
+    assert!(
+        gets(&mut news, 3000).await,
+        "refused reloads changed nothing"
+    );
+
+    // Remove B's import and the account D: A's news stop, D's user is closed.
+    write(&conf, &cfg(&[a, b, c]));
+    s.reload().expect("import and account removed");
+    let t0 = Instant::now();
+    while client_d.connection_state() == async_nats::connection::State::Connected {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "D's user still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(nats(&s, "d", "pd").await.is_err(), "no account D any more");
+    pub_a.publish("news.4", "w".into()).await.expect("pub");
+    pub_a.flush().await.expect("flush");
+    assert!(!gets(&mut news, 500).await, "the import is gone");
     s.shutdown().await;
 }

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::common::jwt::{encode, now, raw_login};
+use futures::StreamExt;
 use natrium::{Options, Server};
 use nkeys::KeyPair;
 use serde_json::{json, Value};
@@ -306,7 +307,77 @@ async fn resolver_config_forms_and_errors() {
         }
         other => panic!("{other:?}"),
     }
-    let o = load("resolver: URL(http://127.0.0.1:9090/jwt/v1/accounts/)").expect("parses");
+    for form in [
+        "resolver: URL(http://127.0.0.1:9090/jwt/v1/accounts/)",
+        "resolver: URL(\"http://127.0.0.1:9090/jwt/v1/accounts\")",
+    ] {
+        let o = load(form).expect("parses");
+        match o.operator.and_then(|op| op.resolver) {
+            Some(natrium::options::Resolver::Url(u)) => {
+                assert_eq!(u, "http://127.0.0.1:9090/jwt/v1/accounts/")
+            }
+            other => panic!("{form}: {other:?}"),
+        }
+    }
+    let o = load("resolver: URL(ftp://x)").expect("parses");
     let e = o.validate().expect_err("not supported").to_string();
     assert!(e.contains("not supported yet"), "{e}");
+}
+
+/// `$SYS.REQ.CLAIMS.PACK`, as another resolver syncs with this one: with a hash that is not
+/// this directory's, every JWT as `<key>|<jwt>`, one a message, then an empty message; with the
+/// directory's own hash (XOR of the SHA-256 of each file), only the empty message.
+#[tokio::test]
+async fn pack_requests_are_answered_as_a_full_resolver_does() {
+    let (env, conf) = Env::new();
+    let (o, _) = Options::from_file(&conf).expect("config loads");
+    let s = Server::start(o).await.expect("starts");
+    let (sj, sk) = user_jwt(&env.sys);
+    let sys =
+        crate::common::jwt::creds_connect(&s.client_url(), &creds(env.dir.path(), "sys", &sj, &sk))
+            .await
+            .expect("system user connects");
+    let pack = |hash: Vec<u8>| {
+        let sys = sys.clone();
+        async move {
+            let inbox = sys.new_inbox();
+            let mut sub = sys.subscribe(inbox.clone()).await.expect("sub");
+            sys.publish_with_reply("$SYS.REQ.CLAIMS.PACK", inbox, hash.into())
+                .await
+                .expect("pack request");
+            let mut got = Vec::new();
+            loop {
+                let m = tokio::time::timeout(std::time::Duration::from_secs(3), sub.next())
+                    .await
+                    .expect("pack answer in time")
+                    .expect("message");
+                if m.payload.is_empty() {
+                    return got;
+                }
+                got.push(String::from_utf8(m.payload.to_vec()).expect("utf8"));
+            }
+        }
+    };
+    let mut files = Vec::new();
+    let mut hash = [0u8; 32];
+    for e in std::fs::read_dir(env.jwt_dir()).expect("dir").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(key) = name.strip_suffix(".jwt") else {
+            continue;
+        };
+        let text = std::fs::read_to_string(e.path()).expect("read");
+        let d = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+        hash.iter_mut().zip(d.as_ref()).for_each(|(h, x)| *h ^= x);
+        files.push(format!("{key}|{text}"));
+    }
+    files.sort();
+    let mut got = pack(vec![0u8; 32]).await;
+    got.sort();
+    assert_eq!(got, files);
+    assert!(got.iter().any(|l| l.starts_with(&env.a.public_key())));
+    assert!(
+        pack(hash.to_vec()).await.is_empty(),
+        "same hash: nothing to send"
+    );
+    s.shutdown().await;
 }

@@ -5,7 +5,7 @@
 //! with rcgen (`crate::common::pki`: a CA, a server certificate for 127.0.0.1/localhost, client
 //! certificates).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -594,5 +594,291 @@ async fn allow_non_tls_lets_plaintext_clients_in_beside_tls_ones() {
         .filter(|c| c["tls_version"].is_string())
         .count();
     assert_eq!((conns.len(), on_tls), (2, 1), "{connz}");
+}
+
+/// Runs openssl in `dir` with `args`; panics when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A client certificate made exactly as `openssl x509 -req` makes one without an extensions
+/// file (a version 1 certificate), signed by `ca` (`<ca>.pem`, `<ca>-key.pem` in `dir`).
+fn openssl_v1_client(dir: &Path, name: &str, subject: &str, ca: &str) -> (PathBuf, PathBuf) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            subject,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}-key.pem"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+        ],
+    );
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in", &format!("{name}.pem")])
+        .current_dir(dir)
+        .output()
+        .expect("openssl x509 -text");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Version: 1 (0x0)"),
+        "openssl made a version 1 certificate: {text}"
+    );
+    (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    )
+}
+
+/// A rustls client configuration presenting `cert` (rustls' own builder refuses to load a
+/// version 1 certificate, so the key is attached through a resolver) and trusting `ca`.
+fn v1_client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
+    use rustls::client::ResolvesClientCert;
+    use rustls::sign::CertifiedKey;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    #[derive(Debug)]
+    struct Always(Arc<CertifiedKey>);
+    impl ResolvesClientCert for Always {
+        fn resolve(
+            &self,
+            _hints: &[&[u8]],
+            _schemes: &[rustls::SignatureScheme],
+        ) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+        fn has_certs(&self) -> bool {
+            true
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let signing = provider
+        .key_provider
+        .load_private_key(PrivateKeyDer::from_pem_file(key).expect("key"))
+        .expect("signing key");
+    let certified = CertifiedKey::new(
+        vec![CertificateDer::from_pem_file(cert).expect("cert")],
+        signing,
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).expect("ca"))
+        .expect("add ca");
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(Always(Arc::new(certified))))
+}
+
+/// Version 1 client certificates (`openssl x509 -req` without an extensions file), which
+/// nats-server accepts for mutual TLS: admitted over TLS 1.3 (async-nats) and TLS 1.2 when a
+/// proper CA in `ca_file` signed them, and mapped to a user by `verify_and_map`; refused when
+/// signed by an unknown CA or by a "CA" that is not one (a version 1 self-signed certificate,
+/// even though it is in `ca_file`).
+#[tokio::test]
+async fn version_1_client_certificates() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=v1 test CA",
+        ],
+    );
+    // Not a CA: a version 1 self-signed certificate, listed in ca_file all the same.
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "fake-key.pem",
+            "-out",
+            "fake.csr",
+            "-subj",
+            "/CN=not a CA",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "fake.csr",
+            "-signkey",
+            "fake-key.pem",
+            "-out",
+            "fake.pem",
+            "-days",
+            "2",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other-key.pem",
+            "-out",
+            "other.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=unknown CA",
+        ],
+    );
+    let trusted = d.join("trusted.pem");
+    std::fs::write(
+        &trusted,
+        format!(
+            "{}{}",
+            std::fs::read_to_string(d.join("ca.pem")).expect("ca"),
+            std::fs::read_to_string(d.join("fake.pem")).expect("fake")
+        ),
+    )
+    .expect("write ca_file");
+    let (alice, alice_key) = openssl_v1_client(d, "alice", "/CN=alice/O=Acme", "ca");
+    let (forged, forged_key) = openssl_v1_client(d, "forged", "/CN=alice/O=Acme", "fake");
+    let (stranger, stranger_key) = openssl_v1_client(d, "stranger", "/CN=alice/O=Acme", "other");
+
+    let mut tls = pki.tls();
+    tls.ca_file = Some(trusted.clone());
+    tls.verify = true;
+    let s = tls_server(tls.clone()).await;
+    let tls13 = &[&rustls::version::TLS13];
+    let c = connect(
+        &s.client_url(),
+        async_nats::ConnectOptions::new()
+            .require_tls(true)
+            .tls_client_config(v1_client_config(&pki.ca_file(), &alice, &alice_key, tls13)),
+    )
+    .await
+    .expect("a version 1 certificate from the CA is accepted");
+    assert!(round_trip(&c, "v1").await);
+    for (what, cert, key) in [
+        (
+            "signed by a certificate that is not a CA",
+            &forged,
+            &forged_key,
+        ),
+        ("signed by an unknown CA", &stranger, &stranger_key),
+    ] {
+        assert!(
+            connect(
+                &s.client_url(),
+                async_nats::ConnectOptions::new()
+                    .require_tls(true)
+                    .tls_client_config(v1_client_config(&pki.ca_file(), cert, key, tls13)),
+            )
+            .await
+            .is_err(),
+            "{what}"
+        );
+    }
+    // TLS 1.2: the handshake signature is checked with the version 1 certificate's key too.
+    let (stream, _) = plain_info(&s).await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(v1_client_config(
+        &pki.ca_file(),
+        &alice,
+        &alice_key,
+        &[&rustls::version::TLS12],
+    )));
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut t = connector.connect(name, stream).await.expect("TLS 1.2");
+    t.write_all(b"CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .await
+        .expect("write");
+    assert!(read_until(&mut t, "PONG\r\n").await.ends_with("PONG\r\n"));
+    s.shutdown().await;
+
+    // verify_and_map: the user comes from the version 1 certificate's subject.
+    tls.verify = false;
+    tls.verify_and_map = true;
+    let mut o = opts();
+    o.tls = Some(tls);
+    o.auth.users = vec![User {
+        user: "CN=alice,O=Acme".into(),
+        permissions: Some(publish_only("alice.>")),
+        ..User::default()
+    }];
+    let s = start(o).await;
+    let stream = plain_info(&s).await.0;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(v1_client_config(
+        &pki.ca_file(),
+        &alice,
+        &alice_key,
+        tls13,
+    )));
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut t = connector.connect(name, stream).await.expect("TLS 1.3");
+    t.write_all(
+        b"CONNECT {\"verbose\":false}\r\nPUB alice.x 1\r\nx\r\nPUB bob.x 1\r\nx\r\nPING\r\n",
+    )
+    .await
+    .expect("write");
+    assert_eq!(
+        read_until(&mut t, "PONG\r\n").await,
+        "-ERR 'Permissions Violation for Publish to \"bob.x\"'\r\nPONG\r\n"
+    );
     s.shutdown().await;
 }

@@ -48,3 +48,50 @@ pub async fn raw_login(s: &Server, jwt: &str, key: &KeyPair, sign_other: bool) -
     let line = r.read_until("\r\n").await;
     (r, line)
 }
+
+/// A JWT of `claims` in the version 1 format older tools wrote: header `{"typ":"jwt","alg":
+/// "ed25519"}` and the signature over the payload segment alone (`claims` carry `type` at the
+/// top level).
+pub fn encode_v1(claims: Value, signer: &KeyPair) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let h = b64.encode(br#"{"typ":"jwt","alg":"ed25519"}"#);
+    let p = b64.encode(claims.to_string());
+    let sig = signer.sign(p.as_bytes()).expect("sign");
+    format!("{h}.{p}.{}", b64.encode(sig))
+}
+
+/// A `.creds` file for `jwt` and the user's seed, as `nsc` writes it.
+pub fn write_creds(
+    dir: &std::path::Path,
+    name: &str,
+    jwt: &str,
+    key: &KeyPair,
+) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.creds"));
+    std::fs::write(
+        &path,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            key.seed().expect("seed")
+        ),
+    )
+    .expect("write creds");
+    path
+}
+
+/// Connects async-nats with a `.creds` file.
+pub async fn creds_connect(
+    url: &str,
+    creds: &std::path::Path,
+) -> Result<async_nats::Client, String> {
+    let c = async_nats::ConnectOptions::with_credentials_file(creds)
+        .await
+        .map_err(|e| e.to_string())?
+        .connection_timeout(std::time::Duration::from_secs(3))
+        .connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    c.flush().await.map_err(|e| e.to_string())?;
+    Ok(c)
+}

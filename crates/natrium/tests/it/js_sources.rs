@@ -510,3 +510,56 @@ async fn source_and_mirror_configs_are_checked_as_nats_server_does() {
     assert_eq!(cyc["error"]["description"], "detected cycle", "{cyc}");
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_kv_bucket_mirrors_another_through_async_nats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let c = crate::common::client(&s).await;
+    let js = jetstream::new(c.clone());
+    let src = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "cfg".into(),
+            history: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("source bucket");
+    src.put("a", Bytes::from_static(b"1")).await.expect("put");
+    src.put("a", Bytes::from_static(b"2")).await.expect("put");
+    src.put("b", Bytes::from_static(b"3")).await.expect("put");
+    src.delete("b").await.expect("delete");
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "copy".into(),
+        history: 3,
+        mirror: Some(stream::Source {
+            name: "cfg".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("mirror bucket");
+    let i = wait_info(&c, "KV_copy", |v| v["state"]["last_seq"] == 4).await;
+    assert_eq!(i["config"]["mirror"]["name"], "KV_cfg");
+    assert_eq!(i["config"]["mirror_direct"], true);
+    // The mirror holds the origin's keys under the origin's subjects, history and deletes
+    // included (async-nats reads a local mirror bucket's keys that way, as from nats-server).
+    let copy = js.get_stream("KV_copy").await.expect("mirror stream");
+    let a = copy
+        .direct_get_last_for_subject("$KV.cfg.a")
+        .await
+        .expect("latest a");
+    assert_eq!(&a.payload[..], b"2");
+    assert_eq!(a.sequence, 2);
+    let b = copy
+        .direct_get_last_for_subject("$KV.cfg.b")
+        .await
+        .expect("b's delete marker");
+    assert_eq!(
+        b.headers.get("KV-Operation").map(|v| v.as_str()),
+        Some("DEL")
+    );
+    assert_eq!(i["state"]["messages"], 4, "history kept: {i}");
+    s.shutdown().await;
+}

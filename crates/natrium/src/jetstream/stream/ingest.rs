@@ -296,7 +296,6 @@ impl Stream {
         if seq > last + 1 && !self.skip_to(seq) {
             return false;
         }
-        let subject = String::from_utf8_lossy(&m.subject);
         let hdrs = m.headers.as_deref();
         let rollup = headers::get(hdrs, headers::ROLLUP).map(|r| r.to_ascii_lowercase());
         let receipt = match self
@@ -330,7 +329,6 @@ impl Stream {
                 self.timers.add_ttl(ts + t * 1_000_000_000, receipt.seq);
             }
         }
-        let _ = subject;
         self.consumers.on_stored(receipt.seq, &m.subject);
         true
     }

@@ -139,5 +139,23 @@ async fn batched_and_multi_last_direct_gets() {
     )
     .await;
     assert!(got[0].contains("404 No Results"), "{:?}", got[0]);
+    // A stream without direct gets (or none at all): no responders, as nats-server.
+    js.create_stream(stream::Config {
+        name: "ND".into(),
+        subjects: vec!["nd.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create");
+    for name in ["ND", "NONE"] {
+        let got = direct(
+            &mut r,
+            &format!("$JS.API.DIRECT.GET.{name}"),
+            r#"{"seq":1}"#,
+            1,
+        )
+        .await;
+        assert!(got[0].contains("NATS/1.0 503"), "{:?}", got[0]);
+    }
     s.shutdown().await;
 }

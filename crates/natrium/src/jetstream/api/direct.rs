@@ -95,13 +95,15 @@ impl Api {
                 c.mirror_direct && c.mirror.as_ref().is_some_and(|m| m.name == name)
             })
         });
+        // nats-server subscribes direct gets per stream that allows them: for any other stream
+        // the requester sees no responders.
         let Some(s) = found else {
-            return status("404 Message Not Found");
+            return status("503");
         };
         let cfg = s.config();
         let for_origin = cfg.mirror_direct && cfg.name != name;
         if !(cfg.allow_direct || for_origin) {
-            return status("400 Bad Request");
+            return status("503");
         }
         let blank = payload.iter().all(u8::is_ascii_whitespace);
         let mut req = if blank {

@@ -130,6 +130,9 @@ async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
             if let Some(url) = server.cluster_url() {
                 doc["cluster"] = serde_json::json!([url]);
             }
+            if let Some(url) = server.websocket_url() {
+                doc["websocket"] = serde_json::json!([url]);
+            }
             std::fs::write(&path, serde_json::to_vec(&doc)?)?;
             Some(path)
         }

@@ -174,9 +174,9 @@ async fn varz(State(s): State<Shared>) -> Json<Value> {
     Json(observe::varz(&s))
 }
 
-async fn jsz(State(s): State<Shared>) -> Response {
+async fn jsz(State(s): State<Shared>, Query(q): Query<observe::JszParams>) -> Response {
     s.count_request("/jsz");
-    reply(observe::jsz(&s))
+    reply(observe::jsz(&s, &q))
 }
 
 async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response {
@@ -274,6 +274,47 @@ fn per_account(
     Ok(())
 }
 
+/// The publish rate limits of the accounts that have them, and the time each account's
+/// publishers were held back by them (in seconds, counted for every account).
+fn encode_rates(
+    enc: &mut DescriptorEncoder,
+    accounts: &[Arc<crate::router::Account>],
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(
+        "natrium_account_throttled_seconds",
+        "Time publishers of the account waited for its publish rate limits",
+        None,
+        MetricType::Counter,
+    )?;
+    for a in accounts {
+        let ns = a.rates.throttled_ns.load(Ordering::Relaxed);
+        let labels = [("account", a.name.as_str())];
+        ConstCounter::new(ns as f64 / 1e9).encode(m.encode_family(&labels)?)?;
+    }
+    let limits: Vec<_> = accounts.iter().map(|a| (a, a.limits())).collect();
+    for (name, help, pick) in [
+        (
+            "natrium_account_max_msgs_per_second",
+            "Publish rate limit of the account in messages per second",
+            (|l: &crate::router::Limits| l.max_msgs_per_sec) as fn(&_) -> _,
+        ),
+        (
+            "natrium_account_max_bytes_per_second",
+            "Publish rate limit of the account in payload bytes per second",
+            |l: &crate::router::Limits| l.max_bytes_per_sec,
+        ),
+    ] {
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (a, l) in &limits {
+            if let Some(v) = pick(l) {
+                let labels = [("account", a.name.as_str())];
+                ConstGauge::new(v as f64).encode(m.encode_family(&labels)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Collector for NatriumCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = &self.server;
@@ -299,6 +340,12 @@ impl Collector for NatriumCollector {
             "natrium_connections",
             "Open client connections",
             clients.len() as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "natrium_websocket_connections",
+            "Open client connections through the WebSocket listener (counted in natrium_connections too)",
+            clients.iter().filter(|c| c.is_websocket()).count() as f64,
         )?;
         counter(
             &mut enc,
@@ -413,6 +460,7 @@ impl Collector for NatriumCollector {
         for ((name, help, kind), rows) in defs.into_iter().zip(rows.iter()) {
             per_account(&mut enc, name, help, kind, rows)?;
         }
+        encode_rates(&mut enc, &accounts)?;
         if let Some(mesh) = s.mesh.lock().clone() {
             encode_routes(&mut enc, &mesh.routes())?;
         }

@@ -13,7 +13,7 @@ mod known_keys;
 pub use crate::auth::jwt::{DirResolver, OperatorOptions, Resolver};
 pub use crate::auth::{AuthOptions, NkeyUser, User};
 pub use crate::cluster::{ClusterOptions, RouteUrl};
-pub use crate::conn::TlsOptions;
+pub use crate::conn::{TlsOptions, WebsocketOptions};
 pub use crate::jetstream::{AccountLimits, JetStreamOptions};
 pub use crate::perms::{Permissions, ResponsePermission, SubjectPermission};
 pub use crate::router::imports::{Export, ExportKind, Import};
@@ -82,6 +82,8 @@ pub struct Options {
     pub jetstream: Option<JetStreamOptions>,
     /// Routes to other servers (`cluster {}`), when this server is part of a cluster.
     pub cluster: Option<ClusterOptions>,
+    /// The WebSocket listener (`websocket {}`), when configured.
+    pub websocket: Option<WebsocketOptions>,
     /// Monitoring listener; `None` disables it, `-1` picks a random port.
     pub http_port: Option<i32>,
     /// HTTPS monitoring listener (with the `tls {}` certificate); exclusive with `http_port`.
@@ -127,6 +129,7 @@ impl Default for Options {
             system_account: SYSTEM_ACCOUNT.to_string(),
             jetstream: None,
             cluster: None,
+            websocket: None,
             http_port: None,
             https_port: None,
             http_host: String::new(),
@@ -223,6 +226,7 @@ impl Options {
                 }
                 "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
                 "cluster" => self.cluster = Some(cluster(v, &mut warnings)?),
+                "websocket" | "ws" => self.websocket = Some(websocket(v, &mut warnings)?),
                 // The JetStream store directory may also be set at the top level.
                 "store_dir" | "storedir" => store_dir = Some((PathBuf::from(string(v)?), v)),
                 "http_port" | "monitor_port" => self.http_port = Some(port(v, "http_port")?),
@@ -374,14 +378,35 @@ impl Options {
                                     let mut l = AccountLimits::default();
                                     for (k, kpos, lv) in m.entries() {
                                         match k.to_ascii_lowercase().as_str() {
-                                            "max_mem" | "max_memory" | "max_memory_store" => {
-                                                l.max_memory = size(lv)?
-                                            }
-                                            "max_file" | "max_store" | "max_file_store" => {
+                                            "max_mem" | "max_memory" | "max_memory_store"
+                                            | "mem" | "memory" => l.max_memory = size(lv)?,
+                                            "max_file" | "max_store" | "max_file_store"
+                                            | "max_disk" | "store" | "disk" => {
                                                 l.max_file = size(lv)?
                                             }
-                                            "max_streams" => l.max_streams = int(lv)?,
-                                            "max_consumers" => l.max_consumers = int(lv)?,
+                                            "max_streams" | "streams" => l.max_streams = int(lv)?,
+                                            "max_consumers" | "consumers" => {
+                                                l.max_consumers = int(lv)?
+                                            }
+                                            "max_ack_pending" => l.max_ack_pending = int(lv)?,
+                                            "max_bytes_required" | "max_stream_bytes"
+                                            | "max_bytes" => {
+                                                l.max_bytes_required = match &lv.value {
+                                                    Value::Bool(b) => *b,
+                                                    _ => {
+                                                        return Err(invalid(
+                                                            lv,
+                                                            "expected a boolean",
+                                                        ))
+                                                    }
+                                                }
+                                            }
+                                            "mem_max_stream_bytes" | "memory_max_stream_bytes" => {
+                                                l.memory_max_stream_bytes = size(lv)?
+                                            }
+                                            "disk_max_stream_bytes" | "store_max_stream_bytes" => {
+                                                l.storage_max_stream_bytes = size(lv)?
+                                            }
                                             _ => not_supported(
                                                 warnings,
                                                 kpos,
@@ -546,6 +571,10 @@ impl Options {
             // The JWTs themselves are verified once, when the server builds its authenticator
             // (`Server::start`, a reload, `natrium -t`).
         }
+        if let Some(ws) = &self.websocket {
+            ws.validate(a, self.operator.is_some())
+                .map_err(OptionsError::Validation)?;
+        }
         // As nats-server, the system account must exist (only the default `$SYS` is created);
         // in operator mode it is an account the operator's resolver provides.
         if self.operator.is_none()
@@ -602,6 +631,7 @@ impl Options {
             system_account,
             jetstream,
             cluster,
+            websocket,
             http_port,
             https_port,
             http_host,
@@ -614,8 +644,9 @@ impl Options {
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 17] = [
+        let checks: [(&'static str, bool); 18] = [
             ("cluster", &self.cluster != cluster),
+            ("websocket", &self.websocket != websocket),
             ("host", &self.host != host),
             ("port", &self.port != port),
             ("server_name", &self.server_name != server_name),
@@ -812,6 +843,9 @@ fn account_limits(v: &Spanned) -> Result<Limits, OptionsError> {
             "max_subscriptions" | "max_subs" => l.max_subscriptions = n,
             "max_payload" | "max_pay" => l.max_payload = n,
             "max_leafnodes" | "max_leafs" => l.max_leafnodes = n,
+            // Natrium's publish rate limits (positive: per second; 0 or negative: unlimited).
+            "max_msgs_per_sec" => l.max_msgs_per_sec = n.filter(|&r| r > 0).map(|r| r as u64),
+            "max_bytes_per_sec" => l.max_bytes_per_sec = n.filter(|&r| r > 0).map(|r| r as u64),
             _ => {
                 return Err(invalid(
                     lv,
@@ -993,6 +1027,99 @@ fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, Op
     Ok(c)
 }
 
+/// The `websocket {}` block, with nats-server's keys (2.10's and the cookie, `headers` and
+/// `ping_interval` keys of later versions) and errors; unknown keys are errors, as there.
+fn websocket(v: &Spanned, warnings: &mut Vec<String>) -> Result<WebsocketOptions, OptionsError> {
+    let mut w = WebsocketOptions::default();
+    for (key, kv) in map_of(v)?.iter() {
+        match key.to_ascii_lowercase().as_str() {
+            "listen" => {
+                let (host, port) = parse_listen(kv)?;
+                if let Some(h) = host {
+                    w.host = h;
+                }
+                w.port = port;
+            }
+            "port" => w.port = int(kv)? as i32,
+            "host" | "net" => w.host = string(kv)?,
+            "advertise" => w.advertise = Some(string(kv)?),
+            "no_tls" => w.no_tls = boolean(kv)?,
+            "tls" => w.tls = Some(tls(kv, warnings)?),
+            "same_origin" => w.same_origin = boolean(kv)?,
+            "allowed_origins" | "allowed_origin" | "allow_origins" | "allow_origin" | "origins"
+            | "origin" => {
+                w.allowed_origins = match &kv.value {
+                    Value::Array(items) => items.iter().map(string).collect::<Result<_, _>>()?,
+                    _ => vec![string(kv)?],
+                }
+            }
+            "handshake_timeout" => {
+                w.handshake_timeout = match &kv.value {
+                    Value::Integer(_) | Value::String(_) => duration(kv)?,
+                    other => {
+                        return Err(invalid(
+                            kv,
+                            &format!(
+                                "error parsing handshake timeout: unsupported type {}",
+                                other.kind_name()
+                            ),
+                        ))
+                    }
+                }
+            }
+            "compress" | "compression" => w.compression = boolean(kv)?,
+            "authorization" | "authentication" => {
+                for (k, av) in map_of(kv)?.iter() {
+                    match k.to_ascii_lowercase().as_str() {
+                        "user" | "username" => w.username = Some(string(av)?),
+                        "pass" | "password" => w.password = Some(string(av)?),
+                        "token" => w.token = Some(string(av)?),
+                        "timeout" => w.auth_timeout = Some(duration_secs_f(av)?),
+                        _ => return Err(invalid(av, &format!("unknown field {k:?}"))),
+                    }
+                }
+            }
+            "jwt_cookie" => w.jwt_cookie = Some(string(kv)?),
+            "user_cookie" => w.user_cookie = Some(string(kv)?),
+            "pass_cookie" => w.pass_cookie = Some(string(kv)?),
+            "token_cookie" => w.token_cookie = Some(string(kv)?),
+            "no_auth_user" => w.no_auth_user = Some(string(kv)?),
+            "headers" => {
+                let Value::Map(m) = &kv.value else {
+                    return Err(invalid(
+                        kv,
+                        &format!(
+                            "error parsing headers: unsupported type {}",
+                            kv.value.kind_name()
+                        ),
+                    ));
+                };
+                for (name, hv) in m.iter() {
+                    let Value::String(val) = &hv.value else {
+                        return Err(invalid(
+                            hv,
+                            &format!(
+                                "error parsing header key {name}: unsupported type {}",
+                                hv.value.kind_name()
+                            ),
+                        ));
+                    };
+                    w.headers.push((name.to_string(), val.clone()));
+                }
+            }
+            "ping_interval" => {
+                duration(kv)?;
+                warnings.push(format!(
+                    "{}: websocket ping_interval is not supported yet by this version of natrium: WebSocket clients are pinged every ping_interval of the server",
+                    kv.pos
+                ));
+            }
+            _ => return Err(invalid(kv, &format!("unknown field {key:?}"))),
+        }
+    }
+    Ok(w)
+}
+
 /// An `operator` entry: a JWT, or the path of a file holding one.
 fn operator_jwt(item: &str, base: Option<&Path>) -> Result<String, String> {
     if item.trim_start().starts_with("eyJ") {
@@ -1094,10 +1221,17 @@ fn users(
                 Some(p) => Some(permissions(p)?),
                 None => None,
             };
+            let allowed_connection_types = connection_types(u)?;
             for (k, kpos, _) in u.entries() {
                 if !matches!(
                     k.to_ascii_lowercase().as_str(),
-                    "nkey" | "permission" | "permissions" | "authorization"
+                    "nkey"
+                        | "permission"
+                        | "permissions"
+                        | "authorization"
+                        | "allowed_connection_types"
+                        | "connection_types"
+                        | "clients"
                 ) {
                     not_supported(warnings, kpos, "nkey user", k);
                 }
@@ -1106,6 +1240,7 @@ fn users(
                 nkey: string(nkey)?,
                 permissions,
                 account: account.map(String::from),
+                allowed_connection_types,
             });
             continue;
         }
@@ -1121,6 +1256,7 @@ fn users(
             Some(p) => Some(permissions(p)?),
             None => None,
         };
+        let allowed_connection_types = connection_types(u)?;
         for (k, kpos, _) in u.entries() {
             if !matches!(
                 k.to_ascii_lowercase().as_str(),
@@ -1131,6 +1267,9 @@ fn users(
                     | "permission"
                     | "permissions"
                     | "authorization"
+                    | "allowed_connection_types"
+                    | "connection_types"
+                    | "clients"
             ) {
                 not_supported(warnings, kpos, "user", k);
             }
@@ -1140,9 +1279,34 @@ fn users(
             password,
             permissions,
             account: account.map(String::from),
+            allowed_connection_types,
         });
     }
     Ok((out, nkeys))
+}
+
+/// A user entry's `allowed_connection_types` (or `connection_types`, `clients`): a string or a
+/// list of nats-server's connection types, upper-cased; an unknown one is an error, as there.
+fn connection_types(u: &Map) -> Result<Vec<String>, OptionsError> {
+    let Some(v) = ["allowed_connection_types", "connection_types", "clients"]
+        .iter()
+        .find_map(|k| u.get(k))
+    else {
+        return Ok(Vec::new());
+    };
+    let items = match &v.value {
+        Value::Array(items) => items.iter().map(string).collect::<Result<Vec<_>, _>>()?,
+        _ => vec![string(v)?],
+    };
+    let mut out = Vec::new();
+    for t in items {
+        let up = t.to_ascii_uppercase();
+        if !crate::auth::CONNECTION_TYPES.contains(&up.as_str()) {
+            return Err(invalid(v, &format!("unknown connection type {t:?}")));
+        }
+        out.push(up);
+    }
+    Ok(out)
 }
 
 /// A user entry's permissions, under any of nats-server's names for them.

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::Authenticator;
 use crate::cluster::Mesh;
-use crate::conn::{ConnConfig, ConnContext, ConnSettings, ServerIdentity, TlsServer};
+use crate::conn::{ConnConfig, ConnContext, ConnSettings, ServerIdentity, TlsServer, Websocket};
 use crate::jetstream::JetStream;
 use crate::observe::Observed;
 use crate::options::{Options, OptionsError, Resolver, TlsOptions};
@@ -35,6 +35,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Tls(#[from] crate::conn::TlsError),
+    #[error("{0}")]
+    Websocket(#[from] crate::conn::WebsocketError),
     /// JetStream could not start on its store directory (nats-server's words, with the path).
     #[error("Can't start JetStream: storage directory {}: {msg}", .dir.display())]
     JetStream {
@@ -129,6 +131,8 @@ pub struct Server {
     addr: SocketAddr,
     /// The accept loop; taken (and awaited) when the listener closes.
     accept: Option<JoinHandle<()>>,
+    /// The WebSocket listener, when configured.
+    websocket: Option<Websocket>,
     monitor: Option<JoinHandle<()>>,
     sys: Option<JoinHandle<()>>,
     /// Samples the CPU use `/varz` reports.
@@ -144,6 +148,9 @@ impl Server {
         opts.validate()?;
         authenticator_for(opts)?;
         tls_for(opts)?;
+        if let Some(w) = opts.websocket.as_ref().filter(|w| w.enabled()) {
+            w.tls_server()?;
+        }
         check_store_dir(opts)?;
         Ok(())
     }
@@ -234,6 +241,13 @@ impl Server {
             }
             None => None,
         };
+        if let Some(js) = &jetstream {
+            // Operator mode: accounts whose JWTs grant JetStream get it, at start and whenever
+            // a pushed or fetched JWT grants it (or changes its limits).
+            sync_jwt_jetstream(js, &accounts, &conns.auth.current());
+            let (js, accs) = (js.clone(), accounts.clone());
+            conns.set_trust_listener(Box::new(move |auth| sync_jwt_jetstream(&js, &accs, auth)));
+        }
         let options = Arc::new(Mutex::new(opts.clone()));
         let observed = Arc::new(Observed {
             start: std::time::SystemTime::now(),
@@ -289,6 +303,10 @@ impl Server {
             }
             _ => None,
         };
+        let websocket = match opts.websocket.as_ref().filter(|w| w.enabled()) {
+            Some(w) => Some(Websocket::start(w, conns.clone()).await?),
+            None => None,
+        };
         let mesh = match (&opts.cluster, changes) {
             (Some(c), Some(changes)) => Some(
                 Mesh::start(
@@ -316,6 +334,7 @@ impl Server {
             mesh,
             addr,
             accept: Some(accept),
+            websocket,
             monitor,
             sys,
             cpu: Some(cpu),
@@ -347,6 +366,16 @@ impl Server {
     /// A socket-less client in `account` (e.g. `"$G"`), for embedding programs and tests.
     pub fn internal_client(&self, account: &str) -> Result<InternalClient, InternalError> {
         InternalClient::new(&self.conns.accounts, account)
+    }
+
+    /// The bound WebSocket port, when the WebSocket listener is configured.
+    pub fn websocket_port(&self) -> Option<u16> {
+        self.websocket.as_ref().map(Websocket::port)
+    }
+
+    /// A URL WebSocket clients can connect to (`ws://` or `wss://`), when configured.
+    pub fn websocket_url(&self) -> Option<String> {
+        self.websocket.as_ref().map(Websocket::url)
     }
 
     /// The bound monitoring port, when monitoring is enabled.
@@ -468,6 +497,9 @@ impl Server {
         log_skipped(&auth);
         // Always re-read: rotated certificates usually keep their file names.
         let tls = tls_for(&new)?;
+        if let Some(ws) = &self.websocket {
+            ws.reload_tls()?;
+        }
         let repin = tls
             .as_ref()
             .map(|t| t.opts.pinned_certs.clone())
@@ -524,6 +556,9 @@ impl Server {
             &auth,
         );
         conns.auth.store(auth);
+        if let Some(js) = &self.observed.jetstream {
+            sync_jwt_jetstream(js, &conns.accounts, &conns.auth.current());
+        }
         conns.sync_jwt_imports();
         conns.set_settings(conn_settings(&new), new.write_deadline);
         conns
@@ -582,9 +617,9 @@ impl Server {
             let c = self.options.lock();
             (c.lame_duck_duration, c.lame_duck_grace_period)
         };
-        let line = self.conns.info(None, true);
         for c in self.conns.registry.clients() {
-            c.out.send(&line);
+            c.out
+                .send(&self.conns.client_info(c.is_websocket(), None, true));
         }
         tokio::time::sleep(grace).await;
         let clients = self.conns.registry.clients();
@@ -613,6 +648,9 @@ impl Server {
         if let Some(accept) = self.accept.take() {
             accept.abort();
             let _ = accept.await;
+        }
+        if let Some(ws) = &mut self.websocket {
+            ws.stop_accepting().await;
         }
     }
 
@@ -685,6 +723,30 @@ fn log_skipped(auth: &Authenticator) {
         .unwrap_or_default()
     {
         tracing::warn!("DirResolver - {w}");
+    }
+}
+
+/// Gives the operator-mode accounts whose JWTs grant JetStream their limits, enabling it for
+/// those that do not have it yet (an account's JetStream is not taken away at run time).
+fn sync_jwt_jetstream(js: &JetStream, accounts: &Arc<Accounts>, auth: &crate::auth::Authenticator) {
+    let Some(trust) = auth.trust() else { return };
+    for (key, t) in &trust.accounts {
+        let Some(j) = &t.jetstream else { continue };
+        let limits = crate::jetstream::AccountLimits::from_jwt(j);
+        if js.has_account(key) {
+            js.set_account_limits(key, limits);
+            continue;
+        }
+        let enabled = InternalClient::new(accounts, key)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                js.enable_account(c, Some(limits))
+                    .map_err(|e| e.to_string())
+            });
+        match enabled {
+            Ok(()) => tracing::info!("JetStream enabled for account {key} (from its JWT)"),
+            Err(e) => tracing::error!("JetStream could not be enabled for account {key}: {e}"),
+        }
     }
 }
 

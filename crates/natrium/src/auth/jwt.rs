@@ -7,6 +7,7 @@
 //! their claims into accounts, permissions, limits, expiry, connect-time windows, revocations,
 //! and the imports and exports between accounts (with activation tokens for private exports).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -21,6 +22,10 @@ use crate::perms::{Permissions, ResponsePermission, SubjectPermission};
 use crate::router::imports::{ExportKind, Import, Responses};
 use crate::router::Limits;
 use crate::util::time::now_secs;
+
+/// The connection types of a user JWT's `allowed_connection_types` that Natrium serves.
+pub const CONN_TYPE_STANDARD: &str = "STANDARD";
+pub const CONN_TYPE_WEBSOCKET: &str = "WEBSOCKET";
 
 /// JWT operator mode: `operator` (JWTs or files holding them), `resolver` (`MEMORY` or a
 /// directory) and `resolver_preload { ACCOUNT_KEY: JWT }`.
@@ -410,7 +415,8 @@ enum SigningKey {
 }
 
 /// An account JWT's `limits` (the JetStream ones are not read here); -1 is unlimited, and an
-/// absent limit too.
+/// absent limit too. `msgs_per_sec` and `bytes_per_sec` are Natrium's publish rate limits
+/// (nats-server and its JWT library ignore fields they do not know).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 struct AccountLimitsNats {
@@ -418,7 +424,35 @@ struct AccountLimitsNats {
     payload: i64,
     conn: i64,
     leaf: i64,
+    msgs_per_sec: i64,
+    bytes_per_sec: i64,
     disallow_bearer: bool,
+    #[serde(flatten)]
+    jetstream: JetStreamLimitsNats,
+    tiered_limits: BTreeMap<String, JetStreamLimitsNats>,
+}
+
+/// An account JWT's JetStream limits (`mem_storage`, `disk_storage`, ...), as the JWT carries
+/// them: 0 storage on both kinds (and no tiers) means JetStream is off for the account, -1 is
+/// unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct JetStreamLimitsNats {
+    pub mem_storage: i64,
+    pub disk_storage: i64,
+    pub streams: i64,
+    pub consumer: i64,
+    pub max_ack_pending: i64,
+    pub mem_max_stream_bytes: i64,
+    pub disk_max_stream_bytes: i64,
+    pub max_bytes_required: bool,
+}
+
+/// The JetStream an account JWT grants: flat limits, or limits per replica tier (`R1`, `R3`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtJetStream {
+    Flat(JetStreamLimitsNats),
+    Tiered(BTreeMap<String, JetStreamLimitsNats>),
 }
 
 impl Default for AccountLimitsNats {
@@ -428,7 +462,11 @@ impl Default for AccountLimitsNats {
             payload: -1,
             conn: -1,
             leaf: -1,
+            msgs_per_sec: -1,
+            bytes_per_sec: -1,
             disallow_bearer: false,
+            jetstream: JetStreamLimitsNats::default(),
+            tiered_limits: BTreeMap::new(),
         }
     }
 }
@@ -440,7 +478,19 @@ impl AccountLimitsNats {
             max_subscriptions: limit(self.subs),
             max_payload: limit(self.payload),
             max_leafnodes: limit(self.leaf),
+            max_msgs_per_sec: rate(self.msgs_per_sec),
+            max_bytes_per_sec: rate(self.bytes_per_sec),
         }
+    }
+
+    /// JetStream for the account, as nats-server reads it: flat limits when either storage is
+    /// set, else the tiers, else none.
+    fn jetstream(&self) -> Option<JwtJetStream> {
+        let j = self.jetstream;
+        if j.mem_storage != 0 || j.disk_storage != 0 {
+            return Some(JwtJetStream::Flat(j));
+        }
+        (!self.tiered_limits.is_empty()).then(|| JwtJetStream::Tiered(self.tiered_limits.clone()))
     }
 }
 
@@ -530,6 +580,8 @@ pub struct TrustedAccount {
     default_permissions: Option<Permissions>,
     /// The account's client limits (applied to the live account by the server).
     pub limits: Limits,
+    /// Its JetStream, if the JWT enables it.
+    pub jetstream: Option<JwtJetStream>,
     disallow_bearer: bool,
     expires: Option<SystemTime>,
     claims_ok: Result<(), JwtError>,
@@ -590,6 +642,7 @@ impl TrustedAccount {
             revocations: c.nats.revocations.clone(),
             default_permissions,
             limits: c.nats.limits.limits(),
+            jetstream: c.nats.limits.jetstream(),
             disallow_bearer: c.nats.limits.disallow_bearer,
             expires: c.expires(),
             claims_ok,
@@ -627,6 +680,11 @@ pub struct Trust {
 
 fn limit(n: i64) -> Option<usize> {
     (n >= 0).then_some(n as usize)
+}
+
+/// A publish rate: positive limits, 0 and negative are unlimited.
+fn rate(n: i64) -> Option<u64> {
+    (n > 0).then_some(n as u64)
 }
 
 fn min_time(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
@@ -752,13 +810,26 @@ impl Trust {
     }
 
     /// Verifies a user JWT and the nonce signature (`sig`, raw URL-safe or standard base64)
-    /// for a client at `ip`.
+    /// for a client at `ip` connected over TCP (the `STANDARD` connection type).
     pub fn authenticate(
         &self,
         token: &str,
         sig: Option<&str>,
         nonce: Option<&str>,
         ip: Option<IpAddr>,
+    ) -> Result<UserGrant, JwtError> {
+        self.authenticate_as(token, sig, nonce, ip, CONN_TYPE_STANDARD)
+    }
+
+    /// `authenticate` for a client of connection type `conn_type` (`STANDARD` or `WEBSOCKET`):
+    /// a user JWT with `allowed_connection_types` must name it.
+    pub fn authenticate_as(
+        &self,
+        token: &str,
+        sig: Option<&str>,
+        nonce: Option<&str>,
+        ip: Option<IpAddr>,
+        conn_type: &str,
     ) -> Result<UserGrant, JwtError> {
         let c: Claims<UserNats> = decode(token)?;
         if c.nats.kind != "user" {
@@ -801,10 +872,11 @@ impl Trust {
             jiff::Timestamp::now(),
         )?;
         let types = &granted.allowed_connection_types;
-        if !types.is_empty() && !types.iter().any(|t| t.eq_ignore_ascii_case("STANDARD")) {
-            return Err(JwtError::Unsupported(
-                "user JWT does not allow standard connections".into(),
-            ));
+        if !types.is_empty() && !types.iter().any(|t| t.eq_ignore_ascii_case(conn_type)) {
+            return Err(JwtError::Unsupported(format!(
+                "user JWT does not allow {} connections",
+                conn_type.to_ascii_lowercase()
+            )));
         }
         if let (Some(src), Some(ip)) = (&granted.src, ip) {
             let list: Vec<&str> = match src {
@@ -1185,7 +1257,8 @@ mod tests {
         );
         let acc_jwt = encode(
             serde_json::json!({"iss": op.public_key(), "sub": acc.public_key(), "iat": 1, "name": "A",
-                "nats": {"type": "account", "version": 2, "limits": {"subs": 5}}}),
+                "nats": {"type": "account", "version": 2,
+                    "limits": {"subs": 5, "msgs_per_sec": 300, "bytes_per_sec": 0}}}),
             &op,
         );
         let trust = Trust::new(&OperatorOptions {
@@ -1208,6 +1281,9 @@ mod tests {
             .expect("user");
         assert_eq!(g.account, acc.public_key());
         assert_eq!(g.max_subs, Some(10), "the user's own limit");
+        let limits = trust.accounts[&acc.public_key()].limits;
+        assert_eq!(limits.max_msgs_per_sec, Some(300), "Natrium's rate limit");
+        assert_eq!(limits.max_bytes_per_sec, None, "0 is unlimited");
         assert_eq!(
             trust.accounts[&acc.public_key()].limits.max_subscriptions,
             Some(5)

@@ -41,6 +41,9 @@ pub struct User {
     pub permissions: Option<Permissions>,
     /// The account the user belongs to; `None` is the global account.
     pub account: Option<String>,
+    /// `allowed_connection_types` (upper case): the kinds of connection the user may come
+    /// through (`STANDARD`, `WEBSOCKET`, ...); empty allows all.
+    pub allowed_connection_types: Vec<String>,
 }
 
 /// A user identified by an NKey (`authorization { users: [ {nkey: "U..."} ] }`): it proves who it
@@ -51,6 +54,28 @@ pub struct NkeyUser {
     pub nkey: String,
     pub permissions: Option<Permissions>,
     pub account: Option<String>,
+    /// As `User::allowed_connection_types`.
+    pub allowed_connection_types: Vec<String>,
+}
+
+/// The connection types `allowed_connection_types` may name (nats-server's).
+pub const CONNECTION_TYPES: &[&str] = &[
+    "STANDARD",
+    "WEBSOCKET",
+    "LEAFNODE",
+    "LEAFNODE_WS",
+    "MQTT",
+    "MQTT_WS",
+];
+
+/// Whether a user with `allowed` types may connect as this client (`websocket` or not).
+fn type_allowed(allowed: &[String], ctx: &ConnAuth) -> bool {
+    let want = if ctx.websocket {
+        jwt::CONN_TYPE_WEBSOCKET
+    } else {
+        jwt::CONN_TYPE_STANDARD
+    };
+    allowed.is_empty() || allowed.iter().any(|t| t == want)
 }
 
 /// Client authentication settings (the `authorization` block and its flag equivalents).
@@ -122,6 +147,22 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+impl Credentials {
+    /// Takes from `other` each credential CONNECT did not carry (a WebSocket client's cookies,
+    /// as nats-server's `jwt_cookie`, `user_cookie`, `pass_cookie` and `token_cookie`).
+    pub fn fill_from(&mut self, other: &Credentials) {
+        let fill = |mine: &mut Option<String>, theirs: &Option<String>| {
+            if mine.as_deref().is_none_or(str::is_empty) && theirs.is_some() {
+                mine.clone_from(theirs);
+            }
+        };
+        fill(&mut self.jwt, &other.jwt);
+        fill(&mut self.user, &other.user);
+        fill(&mut self.pass, &other.pass);
+        fill(&mut self.token, &other.token);
+    }
+}
+
 impl From<&ConnectInfo> for Credentials {
     fn from(c: &ConnectInfo) -> Self {
         Credentials {
@@ -143,6 +184,9 @@ pub struct ConnAuth {
     pub cert: Option<CertNames>,
     /// The client's address (user JWTs may restrict it).
     pub ip: Option<IpAddr>,
+    /// The client came through the WebSocket listener (user JWTs may restrict connection
+    /// types).
+    pub websocket: bool,
 }
 
 /// Who a client authenticated as.
@@ -188,6 +232,10 @@ pub enum AuthError {
     UnmappedCertificate(String),
     #[error("user JWT refused: {0}")]
     Jwt(#[from] JwtError),
+    #[error(
+        "user {0:?} may not connect through this kind of connection (allowed_connection_types)"
+    )]
+    ConnectionType(String),
     #[error("auth callout: {0}")]
     Callout(String),
 }
@@ -199,7 +247,8 @@ impl AuthError {
             AuthError::UnknownUser(u)
             | AuthError::BadPassword(u)
             | AuthError::UnknownNkey(u)
-            | AuthError::BadSignature(u) => Some(u),
+            | AuthError::BadSignature(u)
+            | AuthError::ConnectionType(u) => Some(u),
             AuthError::Missing
             | AuthError::BadToken
             | AuthError::NoCertificate
@@ -349,7 +398,13 @@ impl Authenticator {
             let Some(jwt) = c.jwt.as_deref() else {
                 return Verdict::Reject(AuthError::Missing);
             };
-            return match trust.authenticate(jwt, c.sig.as_deref(), ctx.nonce.as_deref(), ctx.ip) {
+            let conn_type = if ctx.websocket {
+                jwt::CONN_TYPE_WEBSOCKET
+            } else {
+                jwt::CONN_TYPE_STANDARD
+            };
+            let (sig, nonce) = (c.sig.as_deref(), ctx.nonce.as_deref());
+            return match trust.authenticate_as(jwt, sig, nonce, ctx.ip, conn_type) {
                 Ok(g) => Verdict::Accept(Identity {
                     user: Some(g.user),
                     account: Some(g.account),
@@ -399,6 +454,9 @@ impl Authenticator {
                 (Some(u), _) => u.as_str(),
                 (None, Some(nau)) if c.pass.is_none() && c.token.is_none() && c.nkey.is_none() => {
                     return match self.users.get(nau) {
+                        Some(entry) if !type_allowed(&entry.allowed_connection_types, ctx) => {
+                            Verdict::Reject(AuthError::ConnectionType(nau.clone()))
+                        }
                         Some(entry) => Verdict::Accept(self.identity_of(entry)),
                         None => Verdict::Reject(AuthError::UnknownUser(nau.clone())),
                     };
@@ -408,6 +466,9 @@ impl Authenticator {
             let Some(entry) = self.users.get(given) else {
                 return Verdict::Reject(AuthError::UnknownUser(given.to_string()));
             };
+            if !type_allowed(&entry.allowed_connection_types, ctx) {
+                return Verdict::Reject(AuthError::ConnectionType(given.to_string()));
+            }
             return password_verdict(
                 &entry.password,
                 c.pass.as_deref().unwrap_or(""),
@@ -463,6 +524,9 @@ impl Authenticator {
         let Some(entry) = self.nkeys.get(nkey) else {
             return Verdict::Reject(AuthError::UnknownNkey(nkey.to_string()));
         };
+        if !type_allowed(&entry.allowed_connection_types, ctx) {
+            return Verdict::Reject(AuthError::ConnectionType(nkey.to_string()));
+        }
         let bad = || Verdict::Reject(AuthError::BadSignature(nkey.to_string()));
         let (Some(sig), Some(nonce)) = (sig, ctx.nonce.as_deref()) else {
             return bad();
@@ -508,9 +572,14 @@ impl Authenticator {
             .chain(&names.dns)
             .chain(&names.uris)
             .chain(std::iter::once(&names.dn))
-            .find_map(|n| self.users.get(n.as_str()));
+            .find_map(|n| self.users.get(n.as_str()))
+            .filter(|u| type_allowed(&u.allowed_connection_types, ctx));
         let entry = direct.or_else(|| {
-            let mut users: Vec<&User> = self.users.values().collect();
+            let mut users: Vec<&User> = self
+                .users
+                .values()
+                .filter(|u| type_allowed(&u.allowed_connection_types, ctx))
+                .collect();
             users.sort_by(|a, b| a.user.cmp(&b.user));
             users
                 .into_iter()
@@ -558,6 +627,74 @@ impl Authenticator {
             expires: None,
             via_callout: false,
         }
+    }
+}
+
+/// What a listener changes in the server's authentication for its own clients: the websocket
+/// block's `authorization {}`, `no_auth_user` and `tls.verify_and_map`, applied as nats-server
+/// applies them to WebSocket clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthOverride {
+    /// The listener names its own credentials (nats-server's "auth override": a username, a
+    /// token or a `no_auth_user` in the block): they replace the server's token, single user
+    /// and `no_auth_user` (users, NKeys and operator mode stay).
+    pub replace: bool,
+    pub token: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub no_auth_user: Option<String>,
+    /// The listener's auth timeout, when it sets one.
+    pub timeout: Option<Duration>,
+    /// The listener's own `verify_and_map` (it always replaces the server's).
+    pub tls_map: bool,
+}
+
+impl Authenticator {
+    /// This authenticator as a listener with override `o` applies it.
+    pub fn with_override(&self, o: &AuthOverride) -> Authenticator {
+        let mut a = self.clone();
+        a.tls_map = o.tls_map;
+        if let Some(t) = o.timeout {
+            a.timeout = t;
+        }
+        if o.replace {
+            a.opts.token = o.token.clone();
+            a.opts.user = o.user.clone();
+            a.opts.password = o.password.clone();
+            a.opts.no_auth_user = o.no_auth_user.clone();
+        }
+        a
+    }
+}
+
+/// The authenticator a listener with an override uses: derived from the one in force, and
+/// derived again only when a reload or an account JWT update has replaced that one.
+pub struct DerivedAuth {
+    over: AuthOverride,
+    /// (the authenticator in force it was derived from, the derived one)
+    cache: parking_lot::Mutex<Option<(Arc<Authenticator>, Arc<Authenticator>)>>,
+}
+
+impl DerivedAuth {
+    pub fn new(over: AuthOverride) -> Self {
+        DerivedAuth {
+            over,
+            cache: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The derived authenticator for the one `cell` holds now.
+    pub fn current(&self, cell: &AuthCell) -> Arc<Authenticator> {
+        let base = cell.current();
+        let mut cache = self.cache.lock();
+        if let Some((b, derived)) = &*cache {
+            if Arc::ptr_eq(b, &base) {
+                return derived.clone();
+            }
+        }
+        let derived = Arc::new(base.with_override(&self.over));
+        *cache = Some((base, derived.clone()));
+        derived
     }
 }
 
@@ -737,6 +874,7 @@ mod tests {
         let ctx = |emails: &[&str], dn: &str| ConnAuth {
             nonce: None,
             ip: None,
+            websocket: false,
             cert: Some(CertNames {
                 emails: emails.iter().map(|s| s.to_string()).collect(),
                 dn: dn.into(),

@@ -27,6 +27,9 @@ use crate::util::{PROTOCOL_VERSION, VERSION};
 /// Largest routed message accepted from a peer (peers enforce their clients' `max_payload`).
 const MAX_ROUTED_PAYLOAD: usize = 64 * 1024 * 1024;
 
+/// A peer's client URLs and WebSocket URLs.
+type PeerUrls = (Vec<String>, Vec<String>);
+
 /// What a running cluster member shares between its tasks.
 pub struct Mesh {
     opts: ClusterOptions,
@@ -38,12 +41,14 @@ pub struct Mesh {
     listen: SocketAddr,
     /// This server's client URLs (`host:port`).
     client_urls: Vec<String>,
+    /// This server's WebSocket URLs, when it has a WebSocket listener.
+    ws_urls: Vec<String>,
     /// The registered route of each peer, by server id.
     routes: Mutex<FxHashMap<String, Arc<Route>>>,
     /// Every route connection, registered or not (for shutdown), by rid.
     live: Mutex<FxHashMap<u64, Arc<Route>>>,
-    /// Each peer's client URLs, by server id.
-    peer_urls: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Each peer's client and WebSocket URLs, by server id.
+    peer_urls: Mutex<BTreeMap<String, PeerUrls>>,
     /// Which server a dialled address turned out to be (this one included).
     known: Mutex<FxHashMap<String, String>>,
     /// Addresses learned from peers being dialled now.
@@ -93,6 +98,13 @@ impl Mesh {
         let (sync, synced) = mpsc::unbounded_channel();
         let mesh = Arc::new(Mesh {
             client_urls: client_urls(&conns.identity.host, conns.identity.port),
+            ws_urls: match conns.websocket() {
+                Some(ws) => match &ws.advertise {
+                    Some(a) => vec![a.clone()],
+                    None => client_urls(&ws.host, ws.port),
+                },
+                None => Vec::new(),
+            },
             opts,
             conns,
             name: RwLock::new(name),
@@ -210,6 +222,11 @@ impl Mesh {
                 Vec::new()
             } else {
                 self.client_urls.clone()
+            },
+            ws_connect_urls: if self.opts.no_advertise {
+                Vec::new()
+            } else {
+                self.ws_urls.clone()
             },
             lnoc: true,
             lnocu: true,
@@ -349,10 +366,11 @@ impl Mesh {
                 other.out.send(&line);
             }
         }
-        if !info.connect_urls.is_empty() {
-            self.peer_urls
-                .lock()
-                .insert(info.server_id.clone(), info.connect_urls.clone());
+        if !info.connect_urls.is_empty() || !info.ws_connect_urls.is_empty() {
+            self.peer_urls.lock().insert(
+                info.server_id.clone(),
+                (info.connect_urls.clone(), info.ws_connect_urls.clone()),
+            );
             self.update_clients();
         }
         let _ = self.sync.send(r.clone());
@@ -447,15 +465,20 @@ impl Mesh {
         }
     }
 
-    /// Tells clients the cluster's name and every server's client URLs.
+    /// Tells clients the cluster's name and every server's client URLs (WebSocket clients
+    /// every server's WebSocket URLs).
     fn update_clients(&self) {
         let mut urls = Vec::new();
+        let mut ws_urls = Vec::new();
         if !self.opts.no_advertise {
             urls.extend(self.client_urls.iter().cloned());
-            for peer in self.peer_urls.lock().values() {
-                for u in peer {
-                    if !urls.contains(u) {
-                        urls.push(u.clone());
+            ws_urls.extend(self.ws_urls.iter().cloned());
+            for (peer, peer_ws) in self.peer_urls.lock().values() {
+                for (list, add) in [(&mut urls, peer), (&mut ws_urls, peer_ws)] {
+                    for u in add {
+                        if !list.contains(u) {
+                            list.push(u.clone());
+                        }
                     }
                 }
             }
@@ -463,6 +486,7 @@ impl Mesh {
         self.conns.set_cluster_view(ClusterView {
             name: self.name(),
             connect_urls: urls,
+            ws_connect_urls: ws_urls,
         });
     }
 

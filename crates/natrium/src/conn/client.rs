@@ -22,6 +22,8 @@ pub struct ConnMeta {
     pub account: String,
     /// The TLS session, for TLS connections (set once after the handshake).
     pub tls: Option<Arc<TlsConnInfo>>,
+    /// The client came through the WebSocket listener (set before it runs).
+    pub websocket: bool,
 }
 
 /// A connection as monitoring sees it, live or closed.
@@ -85,6 +87,11 @@ impl Client {
     /// Marks the connection as counted by its account (or not); returns the previous state.
     pub(super) fn set_registered(&self, on: bool) -> bool {
         self.registered.swap(on, Ordering::AcqRel)
+    }
+
+    /// Whether the client came through the WebSocket listener.
+    pub fn is_websocket(&self) -> bool {
+        self.meta.lock().websocket
     }
 
     /// Whether the client has completed CONNECT (it then takes asynchronous INFO updates).

@@ -18,7 +18,8 @@ use super::registry::Registry;
 use super::tls::TlsServer;
 use crate::auth::jwt::{ImportGrant, JwtError, TrustedAccount};
 use crate::auth::{
-    AuthCell, AuthError, Authenticator, BcryptLimiter, ConnAuth, Credentials, Identity, Verdict,
+    AuthCell, AuthError, Authenticator, BcryptLimiter, ConnAuth, Credentials, DerivedAuth,
+    Identity, Verdict,
 };
 use crate::router::imports::{self, Installed};
 use crate::router::{Account, Accounts, CloseReason, Limits};
@@ -53,6 +54,21 @@ pub struct ClusterView {
     pub name: String,
     /// Every server's client URLs (`host:port`), this one's first; empty with `no_advertise`.
     pub connect_urls: Vec<String>,
+    /// Every server's WebSocket URLs, this one's first: WebSocket clients get these as their
+    /// `connect_urls` (as in nats-server, TCP clients never see them).
+    pub ws_connect_urls: Vec<String>,
+}
+
+/// The WebSocket listener as INFO and authentication see it, set once it is bound: nats-server
+/// tells a WebSocket client the listener's host, port and TLS, and authenticates it with the
+/// websocket block's overrides.
+pub struct WsEndpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// The `host:port` peers tell WebSocket clients instead of the listener's addresses.
+    pub advertise: Option<String>,
+    pub auth: DerivedAuth,
 }
 
 pub struct ConnContext {
@@ -69,6 +85,8 @@ pub struct ConnContext {
     write_deadline: AtomicU64,
     /// TLS for new connections, swapped by a reload.
     tls: RwLock<Option<Arc<TlsServer>>>,
+    /// The WebSocket listener, once bound (when configured).
+    websocket: std::sync::OnceLock<WsEndpoint>,
     /// Bytes a client may have waiting for its socket before it is cut off (not reloadable).
     pub max_pending: usize,
     shutdown: watch::Receiver<bool>,
@@ -92,7 +110,13 @@ pub struct ConnContext {
     server_key: RwLock<Option<Arc<nkeys::KeyPair>>>,
     /// The server's curve key for sealed auth callout exchanges.
     xkey: nkeys::XKey,
+    /// Told of each authenticator `update_trust` installs (the server enables JetStream for
+    /// accounts whose new JWTs grant it).
+    trust_listener: std::sync::OnceLock<TrustListener>,
 }
+
+/// See `ConnContext::set_trust_listener`.
+pub type TrustListener = Box<dyn Fn(&Authenticator) + Send + Sync>;
 
 /// Where account JWTs come from at run time (the URL resolver): the JWT of an account, by key.
 pub trait AccountFetcher: Send + Sync {
@@ -154,9 +178,11 @@ impl ConnContext {
             settings: Mutex::new(cfg.settings),
             write_deadline: AtomicU64::new(cfg.write_deadline.as_nanos() as u64),
             tls: RwLock::new(tls),
+            websocket: std::sync::OnceLock::new(),
             max_pending: cfg.max_pending,
             shutdown,
             trust_update: Mutex::new(()),
+            trust_listener: std::sync::OnceLock::new(),
             conn_counts: std::sync::OnceLock::new(),
             jwt_imports: Mutex::new(JwtImports::default()),
             config_imports: Mutex::new(FxHashMap::default()),
@@ -205,7 +231,7 @@ impl ConnContext {
         conn: &ConnAuth,
         client: &Client,
     ) -> Verdict {
-        let auth = self.auth.current();
+        let auth = self.authenticator(conn.websocket);
         if let Some(o) = auth.callout() {
             if auth.goes_to_callout(creds) {
                 return super::callout::ask(self, o, info, creds, conn, client).await;
@@ -234,7 +260,7 @@ impl ConnContext {
             _ => return verdict,
         };
         if self.lookup_account(&key).await {
-            self.auth.current().check(creds, conn)
+            self.authenticator(conn.websocket).check(creds, conn)
         } else {
             verdict
         }
@@ -343,6 +369,24 @@ impl ConnContext {
 
     pub fn set_tls(&self, tls: Option<Arc<TlsServer>>) {
         *self.tls.write() = tls;
+    }
+
+    /// Records the bound WebSocket listener (once).
+    pub fn set_websocket(&self, ws: WsEndpoint) {
+        let _ = self.websocket.set(ws);
+    }
+
+    pub fn websocket(&self) -> Option<&WsEndpoint> {
+        self.websocket.get()
+    }
+
+    /// The authenticator for a client of the WebSocket listener (`websocket`) or of the client
+    /// listener: the one in force, with the websocket block's overrides for the former.
+    pub fn authenticator(&self, websocket: bool) -> Arc<Authenticator> {
+        match (websocket, self.websocket.get()) {
+            (true, Some(ws)) => ws.auth.current(&self.auth),
+            _ => self.auth.current(),
+        }
     }
 
     pub fn shutdown_rx(&self) -> watch::Receiver<bool> {
@@ -460,8 +504,16 @@ impl ConnContext {
             }
             self.auth.store(new);
             self.sync_jwt_imports();
+            if let Some(listen) = self.trust_listener.get() {
+                listen(&self.auth.current());
+            }
         }
         Ok(out)
+    }
+
+    /// Sets what is told of each authenticator `update_trust` installs (once).
+    pub fn set_trust_listener(&self, f: TrustListener) {
+        let _ = self.trust_listener.set(f);
     }
 
     /// Brings the router's imports between operator-mode accounts in line with the account
@@ -614,7 +666,9 @@ impl ConnContext {
         for c in self.registry.clients() {
             if c.is_connected() {
                 let ip = c.out.addr.ip().to_string();
-                c.out.send(&self.info(Some((c.out.cid, &ip, None)), false));
+                let ws = c.is_websocket();
+                c.out
+                    .send(&self.client_info(ws, Some((c.out.cid, &ip, None)), false));
             }
         }
     }
@@ -622,8 +676,20 @@ impl ConnContext {
     /// The INFO every client is greeted with (and lame duck mode's, with `ldm`); `client`
     /// carries what is particular to one connection: its cid, address and nonce.
     pub fn info(&self, client: Option<(u64, &str, Option<String>)>, ldm: bool) -> Vec<u8> {
+        self.client_info(false, client, ldm)
+    }
+
+    /// `info` for a client of the WebSocket listener (`websocket`) or of the client listener.
+    /// As nats-server's: a WebSocket client is given the WebSocket listener's host, port and
+    /// TLS, its authentication requirement, and the cluster's WebSocket URLs as `connect_urls`.
+    pub fn client_info(
+        &self,
+        websocket: bool,
+        client: Option<(u64, &str, Option<String>)>,
+        ldm: bool,
+    ) -> Vec<u8> {
         let id = &self.identity;
-        let auth = self.auth.current();
+        let auth = self.authenticator(websocket);
         let tls = self.tls_server();
         let (client_id, client_ip, nonce) = match client {
             Some((cid, ip, nonce)) => (cid, ip.to_string(), nonce),
@@ -650,10 +716,27 @@ impl ConnContext {
             ldm,
             ..ServerInfo::default()
         };
+        let info = match (websocket, self.websocket.get()) {
+            (true, Some(ws)) => ServerInfo {
+                host: ws.host.clone(),
+                port: ws.port,
+                tls_required: ws.tls,
+                tls_available: ws.tls,
+                // The WebSocket listener's TLS is its own; a client certificate there is asked
+                // for, never announced.
+                tls_verify: false,
+                ..info
+            },
+            _ => info,
+        };
         let info = match &*self.cluster.read() {
             Some(c) => ServerInfo {
                 cluster: Some(c.name.clone()),
-                connect_urls: c.connect_urls.clone(),
+                connect_urls: if websocket {
+                    c.ws_connect_urls.clone()
+                } else {
+                    c.connect_urls.clone()
+                },
                 ..info
             },
             None => info,

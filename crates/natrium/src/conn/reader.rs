@@ -56,6 +56,8 @@ pub struct Conn {
     pings_out: u32,
     in_msgs: u64,
     in_bytes: u64,
+    /// `in_msgs` and `in_bytes` as last charged to the account's publish rates.
+    charged: (u64, u64),
     /// The nonce sent in INFO and the client certificate's names (see `auth`).
     auth_ctx: ConnAuth,
     auth_required: bool,
@@ -79,6 +81,8 @@ pub struct Conn {
     ping_changed: bool,
     /// Counts against `max_unauthenticated_per_ip` until CONNECT succeeds.
     unauthenticated: Option<Unauthenticated>,
+    /// A WebSocket client's credentials from cookies, used where CONNECT has none.
+    cookies: Option<Credentials>,
     /// When the connection was accepted: the time to CONNECT is the first RTT estimate.
     accepted: tokio::time::Instant,
     /// When the PING whose PONG is awaited went out, for the round-trip time.
@@ -132,6 +136,7 @@ impl Conn {
             perms: None,
             pings_out: 0,
             in_msgs: 0,
+            charged: (0, 0),
             in_bytes: 0,
             auth_ctx,
             expires_at: None,
@@ -148,7 +153,18 @@ impl Conn {
             creds: None,
             identity: None,
             max_subs: None,
+            cookies: None,
         }
+    }
+
+    /// Marks a client of the WebSocket listener: it authenticates with the websocket block's
+    /// overrides (and `cookies`, the credentials its upgrade request carried in cookies) and is
+    /// shown as a WebSocket connection.
+    pub fn with_websocket(mut self, cookies: Option<Credentials>) -> Self {
+        self.auth_ctx.websocket = true;
+        self.cookies = cookies;
+        self.client.meta.lock().websocket = true;
+        self
     }
 
     /// The nonce sent in this connection's INFO (NKey users sign it).
@@ -229,10 +245,11 @@ impl Conn {
             ping
         };
         let mut ping = new_ping(self.settings.ping_interval);
-        let auth_required = self.ctx.auth.required();
+        let auth = self.ctx.authenticator(self.auth_ctx.websocket);
+        let auth_required = auth.required();
         self.auth_required = auth_required;
         let auth_deadline = tokio::time::sleep(if auth_required {
-            self.ctx.auth.current().timeout()
+            auth.timeout()
         } else {
             Duration::from_secs(u32::MAX as u64)
         });
@@ -287,6 +304,13 @@ impl Conn {
                         // Every receiver that fell behind during this read gets its turn.
                         if let Some(lagging) = self.publisher.take_lagging() {
                             lagging.wait().await;
+                        }
+                        if let Some(wait) = self.charge_rates() {
+                            tokio::select! {
+                                _ = self.out.killed() => {}
+                                _ = shutdown.changed() => {}
+                                _ = tokio::time::sleep(wait) => {}
+                            }
                         }
                         r.err()
                     }
@@ -532,7 +556,10 @@ impl Conn {
         info: ConnectInfo,
         deadline: tokio::time::Instant,
     ) -> Result<(), Fatal> {
-        let creds = Credentials::from(&info);
+        let mut creds = Credentials::from(&info);
+        if let Some(cookies) = &self.cookies {
+            creds.fill_from(cookies);
+        }
         let out = self.out.clone();
         // Account lookups (URL resolver) and bcrypt both count against the auth timeout.
         let ctx = self.ctx.clone();
@@ -641,11 +668,11 @@ impl Conn {
         let (Some(creds), Some(before)) = (self.creds.clone(), self.identity.clone()) else {
             return Ok(());
         };
-        let verdict = self
-            .ctx
-            .auth
-            .current()
-            .recheck(&creds, &self.auth_ctx, &before);
+        let verdict = self.ctx.authenticator(self.auth_ctx.websocket).recheck(
+            &creds,
+            &self.auth_ctx,
+            &before,
+        );
         let identity = match self.resolve(verdict).await {
             Ok(id) => id,
             Err(AuthError::Jwt(JwtError::Revoked)) => {
@@ -713,6 +740,23 @@ impl Conn {
             ));
         }
         Ok(())
+    }
+
+    /// Charges what this read published to the account's publish rates (once per read, not
+    /// per message); returns how long to wait before reading again when the account is over
+    /// them (the client slows down through TCP back pressure; nothing is dropped).
+    fn charge_rates(&mut self) -> Option<Duration> {
+        let (msgs, bytes) = (
+            self.in_msgs - self.charged.0,
+            self.in_bytes - self.charged.1,
+        );
+        self.charged = (self.in_msgs, self.in_bytes);
+        let rates = &self.account.rates;
+        if !rates.limited() {
+            return None;
+        }
+        let wait = rates.charge(msgs, bytes);
+        (!wait.is_zero()).then_some(wait)
     }
 
     /// Takes this connection's subscription and payload limits from the server, its account

@@ -24,6 +24,19 @@ pub async fn write_loop<W: AsyncWrite>(out: Arc<Outbound>, wr: W, ctx: Arc<ConnC
             if closed {
                 break;
             }
+            // Between batches, bytes a stream holds back of its own go out: records TLS could
+            // not write yet, a WebSocket stream's pongs (it wakes this task for them).
+            match tokio::time::timeout(deadline, wr.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    out.close(CloseReason::WriteError);
+                    break;
+                }
+                Err(_) => {
+                    out.close(CloseReason::SlowConsumerWriteDeadline);
+                    break;
+                }
+            }
             // Idle for a while: give big buffers back (a busy connection keeps them).
             if tokio::time::timeout(IDLE_SHRINK, out.writable())
                 .await

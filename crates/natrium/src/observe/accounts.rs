@@ -213,7 +213,7 @@ pub fn accstatz(o: &Observed, q: &AccQuery) -> Value {
             if conns == 0 && !include_unused && q.acc.is_none() {
                 return None;
             }
-            Some(json!({
+            let mut stat = json!({
                 "acc": a.name,
                 "conns": conns,
                 "leafnodes": 0,
@@ -222,7 +222,18 @@ pub fn accstatz(o: &Observed, q: &AccQuery) -> Value {
                 "sent": {"msgs": t.out_msgs, "bytes": t.out_bytes},
                 "received": {"msgs": t.in_msgs, "bytes": t.in_bytes},
                 "slow_consumers": a.slow_consumers.load(Ordering::Relaxed),
-            }))
+            });
+            // Natrium's publish rate limits, for accounts that have them (an extension field).
+            let l = a.limits();
+            if l.max_msgs_per_sec.is_some() || l.max_bytes_per_sec.is_some() {
+                let waited = a.rates.throttled_ns.load(Ordering::Relaxed);
+                stat["rate_limits"] = json!({
+                    "max_msgs_per_sec": l.max_msgs_per_sec,
+                    "max_bytes_per_sec": l.max_bytes_per_sec,
+                    "throttled_seconds": waited as f64 / 1e9,
+                });
+            }
+            Some(stat)
         })
         .collect();
     json!({"server_id": o.id(), "now": rfc3339(SystemTime::now()), "account_statz": stats})

@@ -81,7 +81,11 @@ impl ConnInfo {
         ConnInfo {
             cid: c.cid,
             kind: "Client",
-            conn_type: "nats",
+            conn_type: if c.meta.websocket {
+                "websocket"
+            } else {
+                "nats"
+            },
             ip: c.addr.ip().to_string(),
             port: c.addr.port(),
             start: rfc3339(c.start),

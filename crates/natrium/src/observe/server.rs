@@ -189,12 +189,13 @@ pub fn varz(o: &Observed) -> Value {
     // Set here: the `json!` above is at the macro's recursion limit.
     v["http_base_path"] = json!(opts.http_base_path);
     v["gomaxprocs"] = json!(std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // Gateways, leaf nodes, MQTT and WebSocket are not configured (Natrium has none yet):
-    // nats-server shows them as empty objects then; the cluster section when there is one.
-    for k in ["gateway", "leaf", "mqtt", "websocket"] {
+    // Gateways, leaf nodes and MQTT are not configured (Natrium has none yet): nats-server
+    // shows them as empty objects then; the cluster and WebSocket sections when there are.
+    for k in ["gateway", "leaf", "mqtt"] {
         v[k] = json!({});
     }
     v["cluster"] = cluster_section(o);
+    v["websocket"] = websocket_section(o, &opts);
     v["http_req_stats"] = json!(*o.http_req_stats.lock());
     // nats-server 2.10's fields.
     v["slow_consumer_stats"] = json!({
@@ -222,32 +223,71 @@ pub fn varz(o: &Observed) -> Value {
     v
 }
 
-/// JetStream's section of `/varz` and the body of `/jsz`: `{}` when JetStream is off.
+/// JetStream's section of `/varz` (`config`, `stats`, `limits`): `{}` when JetStream is off.
 fn jetstream_summary(o: &Observed) -> Value {
     let Some(js) = &o.jetstream else {
         return json!({});
     };
-    let c = js.options();
     json!({
-        "config": {
-            "max_memory": c.max_memory,
-            "max_storage": c.max_file,
-            "store_dir": c.store_dir,
-            "sync_always": matches!(c.sync, natrium_store::SyncPolicy::Always),
-        },
-        "stats": js.usage(),
+        "config": js.config_json(),
+        "stats": js.stats(),
+        "limits": {},
     })
 }
 
+/// The query of `/jsz`, as nats-server reads it.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct JszParams {
+    pub acc: Option<String>,
+    pub accounts: Option<String>,
+    pub streams: Option<String>,
+    pub consumers: Option<String>,
+    pub config: Option<String>,
+    pub offset: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// A boolean query parameter as Go's `strconv.ParseBool` reads it; absent is false.
+fn go_bool(name: &str, v: &Option<String>) -> Result<bool, Refused> {
+    match v.as_deref() {
+        None | Some("") => Ok(false),
+        Some("1" | "t" | "T" | "TRUE" | "true" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(false),
+        Some(x) => Err(Refused::bad_request(format!(
+            "Error decoding boolean for '{name}': strconv.ParseBool: parsing {x:?}: invalid syntax"
+        ))),
+    }
+}
+
+fn go_int(name: &str, v: &Option<String>) -> Result<usize, Refused> {
+    match v.as_deref() {
+        None | Some("") => Ok(0),
+        Some(x) => x.parse::<i64>().map(|n| n.max(0) as usize).map_err(|_| {
+            Refused::bad_request(format!(
+                "Error decoding int for '{name}': strconv.Atoi: parsing {x:?}: invalid syntax"
+            ))
+        }),
+    }
+}
+
 /// The `/jsz` document; refused (503) when JetStream is off.
-pub fn jsz(o: &Observed) -> Answer {
-    if o.jetstream.is_none() {
+pub fn jsz(o: &Observed, p: &JszParams) -> Answer {
+    let Some(js) = &o.jetstream else {
         return Err(Refused {
             status: 503,
             text: "JetStream not enabled".into(),
         });
-    }
-    let mut v = jetstream_summary(o);
+    };
+    let q = crate::jetstream::JszQuery {
+        account: p.acc.clone().filter(|a| !a.is_empty()),
+        accounts: go_bool("accounts", &p.accounts)?,
+        streams: go_bool("streams", &p.streams)?,
+        consumers: go_bool("consumers", &p.consumers)?,
+        config: go_bool("config", &p.config)?,
+        offset: go_int("offset", &p.offset)?,
+        limit: go_int("limit", &p.limit)?,
+    };
+    let mut v = js.jsz(&q);
     v["server_id"] = json!(o.id());
     v["now"] = json!(rfc3339(SystemTime::now()));
     Ok(v)
@@ -325,6 +365,52 @@ pub fn routez(o: &Observed, subs: bool) -> Value {
         v["cluster_name"] = json!(m.name());
     }
     v
+}
+
+/// `/varz`'s `websocket` section, with nats-server's fields (empty ones left out, as its
+/// `omitempty` does): `{}` without a WebSocket listener.
+fn websocket_section(o: &Observed, opts: &crate::options::Options) -> Value {
+    let (Some(w), Some(ep)) = (&opts.websocket, o.conns.websocket()) else {
+        return json!({});
+    };
+    let mut v = serde_json::Map::new();
+    let mut set = |k: &str, val: Value| {
+        let empty = match &val {
+            Value::Null => true,
+            Value::Bool(b) => !b,
+            Value::String(s) => s.is_empty(),
+            Value::Array(a) => a.is_empty(),
+            Value::Number(n) => n.as_f64() == Some(0.0),
+            Value::Object(_) => false,
+        };
+        if !empty {
+            v.insert(k.to_string(), val);
+        }
+    };
+    set("host", json!(w.host));
+    set("port", json!(ep.port));
+    set("advertise", json!(w.advertise));
+    set("no_auth_user", json!(w.no_auth_user));
+    set("jwt_cookie", json!(w.jwt_cookie));
+    set(
+        "handshake_timeout",
+        json!(w.handshake_timeout.as_nanos() as u64),
+    );
+    set(
+        "auth_timeout",
+        json!(w.auth_timeout.map_or(0.0, |t| t.as_secs_f64())),
+    );
+    set("no_tls", json!(w.no_tls));
+    let tls = w.tls.as_ref();
+    set("tls_map", json!(tls.is_some_and(|t| t.verify_and_map)));
+    set(
+        "tls_pinned_certs",
+        json!(tls.map(|t| t.pinned_certs.clone()).unwrap_or_default()),
+    );
+    set("same_origin", json!(w.same_origin));
+    set("allowed_origins", json!(w.allowed_origins));
+    set("compression", json!(w.compression));
+    Value::Object(v)
 }
 
 /// `/varz`'s `cluster` section: the cluster's name, listener and configured routes.

@@ -393,6 +393,9 @@ static ACCOUNT_LIMITS: Block = Block {
         "max_pay",
         "max_leafnodes",
         "max_leafs",
+        // Natrium's own (nats-server has no rate limits): publish rates per account.
+        "max_msgs_per_sec",
+        "max_bytes_per_sec",
     ],
     unknown: Unknown::AccountLimits,
     nested: &[],

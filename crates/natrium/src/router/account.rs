@@ -1,7 +1,8 @@
 //! One account: a subject space. It holds the subscription trie for its connections and a
 //! generation counter that publishers read, without a lock, to know whether their cached match
 //! results are stale; the reply routes of service imports; its client limits (connections,
-//! subscriptions, payload) and connection count; and its audit and traffic counters.
+//! subscriptions, payload, publish rates) and connection count; and its audit and traffic
+//! counters.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,6 +14,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::interest::{Interest, InterestFeed, LocalInterest};
 use super::outbound::ClientStats;
+use super::rate::Rates;
 use super::subscription::{SubRef, Target};
 
 /// The account of clients that belong to no named account, as in nats-server.
@@ -51,6 +53,8 @@ pub struct Account {
     pub sublist_stats: SublistCounters,
     /// When the account was created (`update_time` in `/accountz`).
     pub created: std::time::SystemTime,
+    /// Publish rate limits, charged by each connection once per read (see `rate`).
+    pub rates: Rates,
 }
 
 /// Counters of an account's subscription trie and of the match caches in front of it, for
@@ -78,6 +82,10 @@ pub struct Limits {
     pub max_payload: Option<usize>,
     /// Parsed for compatibility; Natrium has no leaf nodes yet.
     pub max_leafnodes: Option<usize>,
+    /// Messages per second the account's clients may publish, together (a Natrium extension).
+    pub max_msgs_per_sec: Option<u64>,
+    /// Payload bytes per second the account's clients may publish, together (likewise).
+    pub max_bytes_per_sec: Option<u64>,
 }
 
 /// A connection refused because its account is at `max_connections`.
@@ -129,6 +137,7 @@ impl Account {
             remote_total: AtomicUsize::new(0),
             sublist_stats: SublistCounters::default(),
             created: std::time::SystemTime::now(),
+            rates: Rates::default(),
         })
     }
 
@@ -137,6 +146,7 @@ impl Account {
     }
 
     pub fn set_limits(&self, l: Limits) {
+        self.rates.set(l.max_msgs_per_sec, l.max_bytes_per_sec);
         *self.limits.write() = l;
     }
 

@@ -11,6 +11,7 @@ pub mod imports;
 pub mod interest;
 pub mod internal;
 pub mod outbound;
+pub mod rate;
 pub mod sink;
 pub mod subscription;
 

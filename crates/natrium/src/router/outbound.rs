@@ -459,6 +459,12 @@ impl Outbound {
         self.drained.notify_waiters();
     }
 
+    /// Wakes the writer with nothing queued: a stream that frames what it writes (WebSocket)
+    /// has bytes of its own to send, which the writer's flush sends.
+    pub fn wake_writer(&self) {
+        self.wake.notify_one();
+    }
+
     /// Resolves when there is something to write (or the connection closed).
     pub async fn writable(&self) {
         self.wake.notified().await

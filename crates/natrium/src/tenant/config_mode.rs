@@ -45,7 +45,13 @@ enum Js {
     Limits(Vec<(String, i64)>),
 }
 
-const LIMIT_KEYS: [&str; 3] = ["max_connections", "max_subscriptions", "max_payload"];
+const LIMIT_KEYS: [&str; 5] = [
+    "max_connections",
+    "max_subscriptions",
+    "max_payload",
+    "max_msgs_per_sec",
+    "max_bytes_per_sec",
+];
 const JS_KEYS: [&str; 4] = ["max_file", "max_mem", "max_streams", "max_consumers"];
 
 fn tenants_path(ctx: &Ctx) -> PathBuf {
@@ -369,10 +375,13 @@ pub async fn add(ctx: &Ctx) -> Result<()> {
     }
     let f = ctx.args.limits;
     let mut limits = Vec::new();
-    for (k, v) in LIMIT_KEYS
-        .iter()
-        .zip([f.max_connections, f.max_subscriptions, f.max_payload])
-    {
+    for (k, v) in LIMIT_KEYS.iter().zip([
+        f.max_connections,
+        f.max_subscriptions,
+        f.max_payload,
+        f.max_msgs_per_sec,
+        f.max_bytes_per_sec,
+    ]) {
         if let Some(v) = v {
             limits.push((k.to_string(), v));
         }
@@ -501,6 +510,17 @@ fn describe(t: &Tenant) -> String {
         show(get(&t.limits, "max_subscriptions")),
         show(get(&t.limits, "max_payload"))
     );
+    let (msgs, bytes) = (
+        get(&t.limits, "max_msgs_per_sec"),
+        get(&t.limits, "max_bytes_per_sec"),
+    );
+    if msgs.is_some() || bytes.is_some() {
+        s += &format!(
+            ", publish rate {} msgs/s, {} bytes/s",
+            show(msgs),
+            show(bytes)
+        );
+    }
     match &t.jetstream {
         Js::Off => s += ", no JetStream",
         Js::Enabled => s += ", JetStream (server limits)",

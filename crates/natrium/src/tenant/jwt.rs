@@ -66,6 +66,9 @@ pub struct Limits {
     pub conn: i64,
     pub subs: i64,
     pub payload: i64,
+    /// Natrium's publish rates (nats-server ignores them); -1 is unlimited.
+    pub msgs_per_sec: i64,
+    pub bytes_per_sec: i64,
     pub mem_storage: i64,
     pub disk_storage: i64,
     pub streams: i64,
@@ -78,6 +81,8 @@ impl Default for Limits {
             conn: -1,
             subs: -1,
             payload: -1,
+            msgs_per_sec: -1,
+            bytes_per_sec: -1,
             mem_storage: 0,
             disk_storage: 0,
             streams: -1,
@@ -97,6 +102,7 @@ impl Limits {
             "exports": -1, "wildcards": true, "conn": self.conn, "leaf": -1,
             "mem_storage": self.mem_storage, "disk_storage": self.disk_storage,
             "streams": self.streams, "consumers": self.consumers,
+            "msgs_per_sec": self.msgs_per_sec, "bytes_per_sec": self.bytes_per_sec,
         })
     }
 
@@ -107,6 +113,8 @@ impl Limits {
             conn: get("conn", d.conn),
             subs: get("subs", d.subs),
             payload: get("payload", d.payload),
+            msgs_per_sec: get("msgs_per_sec", d.msgs_per_sec),
+            bytes_per_sec: get("bytes_per_sec", d.bytes_per_sec),
             mem_storage: get("mem_storage", d.mem_storage),
             disk_storage: get("disk_storage", d.disk_storage),
             streams: get("streams", d.streams),

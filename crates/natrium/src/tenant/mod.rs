@@ -50,6 +50,9 @@ Options:
         --max-connections N   Connections open at once across the tenant (-1: unlimited)
         --max-subscriptions N Subscriptions per connection
         --max-payload SIZE    Largest message (e.g. 1MB)
+        --max-msgs-per-sec N  Messages per second the tenant may publish, together (publishers
+                              over it are slowed down, nothing is dropped)
+        --max-bytes-per-sec SIZE  Payload bytes per second likewise (e.g. 10MB)
         --js-disk SIZE        JetStream file storage (enables JetStream for the tenant)
         --js-memory SIZE      JetStream memory storage
         --js-streams N        JetStream streams
@@ -99,6 +102,8 @@ pub struct LimitFlags {
     pub max_connections: Option<i64>,
     pub max_subscriptions: Option<i64>,
     pub max_payload: Option<i64>,
+    pub max_msgs_per_sec: Option<i64>,
+    pub max_bytes_per_sec: Option<i64>,
     pub js_disk: Option<i64>,
     pub js_memory: Option<i64>,
     pub js_streams: Option<i64>,
@@ -163,6 +168,12 @@ fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args> {
                 l.max_subscriptions = Some(number(value()?, &name)?)
             }
             "max-payload" | "max_payload" => l.max_payload = Some(number(value()?, &name)?),
+            "max-msgs-per-sec" | "max_msgs_per_sec" => {
+                l.max_msgs_per_sec = Some(number(value()?, &name)?)
+            }
+            "max-bytes-per-sec" | "max_bytes_per_sec" => {
+                l.max_bytes_per_sec = Some(number(value()?, &name)?)
+            }
             "js-disk" | "js_disk" => l.js_disk = Some(number(value()?, &name)?),
             "js-memory" | "js_memory" => l.js_memory = Some(number(value()?, &name)?),
             "js-streams" | "js_streams" => l.js_streams = Some(number(value()?, &name)?),

@@ -229,6 +229,8 @@ impl Operator {
             conn: f.max_connections.unwrap_or(-1),
             subs: f.max_subscriptions.unwrap_or(-1),
             payload: f.max_payload.unwrap_or(-1),
+            msgs_per_sec: f.max_msgs_per_sec.unwrap_or(-1),
+            bytes_per_sec: f.max_bytes_per_sec.unwrap_or(-1),
             // Any JetStream flag enables JetStream; unset storage is then unlimited.
             disk_storage: f.js_disk.unwrap_or(if f.jetstream() { -1 } else { 0 }),
             mem_storage: f.js_memory.unwrap_or(if f.jetstream() { -1 } else { 0 }),
@@ -563,6 +565,13 @@ fn describe(l: &Limits) -> String {
         opt(l.subs),
         opt(l.payload)
     );
+    if l.msgs_per_sec > 0 || l.bytes_per_sec > 0 {
+        s += &format!(
+            ", publish rate {} msgs/s, {} bytes/s",
+            opt(l.msgs_per_sec),
+            opt(l.bytes_per_sec)
+        );
+    }
     if l.jetstream() {
         s += &format!(
             ", JetStream disk {}, memory {}, streams {}, consumers {}",

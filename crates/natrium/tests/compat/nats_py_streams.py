@@ -4,7 +4,8 @@ Usage: python3 nats_py_streams.py nats://HOST:PORT
 Covers a mirror and sources (with subject transforms) configured through nats-py's
 StreamConfig/StreamSource, their info (lag), a stream subject transform, republish, per-message
 TTLs (nats-py's msg_ttl), subject delete markers, counters (Nats-Incr, the PubAck's val) and a
-KV bucket whose republish nats-py configures. Prints "streams ok" and exits 0 on success.
+KV bucket whose republish nats-py configures, and one with limit markers (a key's TTL
+running out reaches its watcher as a purge). Prints "streams ok" and exits 0 on success.
 """
 
 import asyncio
@@ -117,6 +118,21 @@ async def main(url):
     rp = await rps.next_msg(timeout=5)
     assert rp.subject == "kvrp.a", rp.subject
     assert rp.data == b"1"
+
+    # A KV bucket with limit markers: nats-py asks $JS.API.INFO for API level 1 first.
+    info = await js.account_info()
+    assert info.api.level == 2, info.api
+    lm = await js.create_key_value(KeyValueConfig(bucket="lm", limit_marker_ttl=1.0))
+    assert (await lm.status()).marker_ttl == 1.0
+    w = await lm.watch("k")
+    first = await w.updates(timeout=5)
+    assert first is None, first  # nothing yet: the end of the initial values
+    await lm.create("k", b"v", msg_ttl=1.0)
+    put = await w.updates(timeout=5)
+    assert put.operation is None and put.value == b"v", put
+    gone = await w.updates(timeout=5)
+    assert gone.operation == "PURGE", gone
+    await w.stop()
 
     await nc.close()
     print("streams ok")

@@ -117,7 +117,7 @@ fn config_file_and_test_flag() {
     writeln!(
         f,
         "# a config written for nats-server\nlisten: 127.0.0.1:-1\nserver_name: from-conf\n\
-         max_payload: 64KB\nauthorization {{ user: u, password: p }}\nwebsocket {{ port: 8080 }}"
+         max_payload: 64KB\nauthorization {{ user: u, password: p }}\nmqtt {{ port: 1883 }}"
     )
     .expect("write");
     drop(f);
@@ -130,7 +130,7 @@ fn config_file_and_test_flag() {
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("websocket") && stderr.contains("not supported yet"),
+        stderr.contains("mqtt") && stderr.contains("not supported yet"),
         "{stderr}"
     );
 
@@ -507,4 +507,54 @@ fn three_processes_form_a_cluster_from_flags_and_a_config_file() {
             got.push_str(&l);
         }
     }
+}
+
+#[test]
+fn websocket_listener_log_lines_and_ports_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("ws.conf");
+    std::fs::write(
+        &conf,
+        "listen: 127.0.0.1:-1\nwebsocket { listen: \"127.0.0.1:-1\", no_tls: true }\n",
+    )
+    .expect("write");
+    let log = dir.path().join("ws.log");
+    let mut child = Command::new(BIN)
+        .arg("-c")
+        .arg(&conf)
+        .arg("-l")
+        .arg(&log)
+        .arg("--ports_file_dir")
+        .arg(dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let text = wait_for(&log, "Server is ready");
+    assert!(
+        text.contains("[WRN] Websocket not configured with TLS. DO NOT USE IN PRODUCTION!"),
+        "{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("Listening for websocket clients on ws://127.0.0.1:"))
+        .expect("the listener's line");
+    let port: u16 = line
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .trim()
+        .parse()
+        .expect("port");
+    let ports_file = dir.path().join(format!("natrium_{}.ports", child.id()));
+    let ports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&ports_file).expect("ports file")).expect("json");
+    let url = format!("ws://127.0.0.1:{port}");
+    assert_eq!(ports["websocket"][0], url.as_str());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let c = async_nats::connect(url).await.expect("ws connect");
+        c.flush().await.expect("flush");
+    });
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().expect("wait").success());
 }

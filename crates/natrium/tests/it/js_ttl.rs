@@ -197,3 +197,54 @@ async fn subject_delete_markers_replace_a_subjects_last_message() {
     );
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn kv_limit_markers_through_async_nats() {
+    use async_nats::jetstream::kv;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let c = crate::common::client(&s).await;
+    let js = jetstream::new(c.clone());
+    let info = api(&c, "$JS.API.INFO", Value::Null).await;
+    assert_eq!(
+        info["api"]["level"], 2,
+        "nats-server 2.12's API level: {info}"
+    );
+    // async-nats asks for API level 1 before it sets limit markers on a bucket.
+    let bucket = js
+        .create_key_value(kv::Config {
+            bucket: "L".into(),
+            limit_markers: Some(Duration::from_secs(1)),
+            ..Default::default()
+        })
+        .await
+        .expect("a bucket with limit markers");
+    let si = api(&c, "$JS.API.STREAM.INFO.KV_L", Value::Null).await;
+    assert_eq!(si["config"]["allow_msg_ttl"], true, "{si}");
+    assert_eq!(
+        si["config"]["subject_delete_marker_ttl"], 1_000_000_000u64,
+        "{si}"
+    );
+    let mut watch = bucket.watch("k").await.expect("watch");
+    bucket
+        .create_with_ttl("k", "v".into(), Duration::from_secs(1))
+        .await
+        .expect("create with a TTL");
+    let put = next_entry(&mut watch).await;
+    assert_eq!(put.operation, kv::Operation::Put);
+    // The key's TTL runs out: its marker reaches the watcher as a purge.
+    let gone = next_entry(&mut watch).await;
+    assert_eq!(gone.operation, kv::Operation::Purge, "{gone:?}");
+    assert!(gone.revision > put.revision);
+    assert!(bucket.get("k").await.expect("get").is_none());
+    s.shutdown().await;
+}
+
+async fn next_entry(w: &mut async_nats::jetstream::kv::Watch) -> async_nats::jetstream::kv::Entry {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .expect("a watch entry in time")
+        .expect("the watch goes on")
+        .expect("an entry")
+}

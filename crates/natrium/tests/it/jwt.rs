@@ -368,6 +368,75 @@ async fn account_and_user_jwt_limits() {
     s.shutdown().await;
 }
 
+/// WebSocket clients in operator mode: a user JWT's `allowed_connection_types` decides which
+/// listener it may use, and with `jwt_cookie` a browser's cookie carries a bearer user JWT that
+/// CONNECT does not.
+#[tokio::test]
+async fn websocket_connection_types_and_jwt_cookie() {
+    let st = Setup::new();
+    let conf = st.config(json!({}));
+    let mut text = std::fs::read_to_string(&conf).expect("config");
+    text.push_str("websocket { listen: \"127.0.0.1:-1\", no_tls: true, jwt_cookie: natsjwt }\n");
+    std::fs::write(&conf, text).expect("write");
+    let s = start_file(&conf).await;
+    let ws_url = s.websocket_url().expect("ws url");
+    let connect = |creds: PathBuf, url: String| async move {
+        let c = async_nats::ConnectOptions::with_credentials_file(creds)
+            .await
+            .map_err(|e| e.to_string())?
+            .connection_timeout(Duration::from_secs(3))
+            .connect(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        c.flush().await.map_err(|e| e.to_string())
+    };
+    let (jw, kw) = st.user(
+        &st.a,
+        &st.a,
+        json!({"allowed_connection_types": ["WEBSOCKET"]}),
+    );
+    let web_only = st.creds("web", &jw, &kw);
+    connect(web_only.clone(), ws_url.clone())
+        .await
+        .expect("a WEBSOCKET user over WebSocket");
+    assert!(
+        connect(web_only, s.client_url()).await.is_err(),
+        "a WEBSOCKET user over TCP"
+    );
+    let (jt, kt) = st.user(
+        &st.a,
+        &st.a,
+        json!({"allowed_connection_types": ["STANDARD"]}),
+    );
+    let tcp_only = st.creds("tcp", &jt, &kt);
+    connect(tcp_only.clone(), s.client_url())
+        .await
+        .expect("a STANDARD user over TCP");
+    assert!(
+        connect(tcp_only, ws_url).await.is_err(),
+        "a STANDARD user over WebSocket"
+    );
+
+    // A bearer JWT from the cookie: no jwt, no signature in CONNECT.
+    let (bearer, _) = st.user(&st.a, &st.a, json!({"bearer_token": true}));
+    let port = s.websocket_port().expect("port");
+    let cookie = format!("Cookie: theme=dark; natsjwt={bearer}");
+    let (mut ws, _) = crate::websocket::RawWs::open(port, &[&cookie]).await;
+    ws.read_text().await;
+    ws.send_text("CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .await;
+    assert_eq!(ws.read_until("PONG").await, "PONG\r\n");
+    let (mut ws, _) = crate::websocket::RawWs::open(port, &[]).await;
+    ws.read_text().await;
+    ws.send_text("CONNECT {\"verbose\":false}\r\nPING\r\n")
+        .await;
+    assert!(ws
+        .read_until("Authorization Violation")
+        .await
+        .contains("-ERR"));
+    s.shutdown().await;
+}
+
 /// Version 1 claims, as older operator setups and client test suites have them: the operator
 /// JWT without a `nats` object, `type` (and `issuer_account`) at the top level, the signature
 /// over the payload segment alone. The server starts from them and async-nats users with v1

@@ -162,3 +162,115 @@ async fn reload_lowers_account_limits_on_live_connections() {
     );
     s.shutdown().await;
 }
+
+/// Publishes `n` messages of `size` bytes as user `user` on `subject` as fast as the client
+/// goes, and returns how long until a subscriber of the same account had them all (each
+/// checked: none lost).
+async fn publish_through(s: &Server, user: &str, subject: &str, n: usize, size: usize) -> f64 {
+    use futures::StreamExt;
+    let connect = || {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), "pw".into())
+            .connect(s.client_url())
+    };
+    let sub_client = connect().await.expect("subscriber");
+    let mut sub = sub_client
+        .subscribe(subject.to_string())
+        .await
+        .expect("sub");
+    sub_client.flush().await.expect("flush");
+    let publisher = connect().await.expect("publisher");
+    let t0 = std::time::Instant::now();
+    let body = bytes::Bytes::from(vec![b'x'; size]);
+    for _ in 0..n {
+        publisher
+            .publish(subject.to_string(), body.clone())
+            .await
+            .expect("publish");
+    }
+    publisher.flush().await.expect("flush");
+    for i in 0..n {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(20), sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} of {n} never came"))
+            .expect("message");
+        assert_eq!(m.payload.len(), size);
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+/// Natrium's per-account publish rates (`limits { max_msgs_per_sec, max_bytes_per_sec }`; nats-
+/// server has none): a publisher over its account's rate is slowed down (its socket is not read
+/// until the account is within the rate) and loses nothing; a burst of one second's worth
+/// passes; other accounts are not affected; `/metrics` and `/accstatz` show the limits and the
+/// time publishers waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_rates_slow_an_account_down_and_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("rates.conf");
+    std::fs::write(
+        &conf,
+        "listen: 127.0.0.1:-1\nhttp: 127.0.0.1:-1\naccounts {\n\
+         A: { users: [ {user: a, password: pw} ], limits: { max_msgs_per_sec: 1000 } }\n\
+         B: { users: [ {user: b, password: pw} ] }\n\
+         C: { users: [ {user: c, password: pw} ], limits: { max_bytes_per_sec: 64KB } }\n}\n",
+    )
+    .expect("write");
+    let (o, warnings) = Options::from_file(&conf).expect("loads");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(o.accounts[0].limits.max_msgs_per_sec, Some(1000));
+    assert_eq!(o.accounts[2].limits.max_bytes_per_sec, Some(65536));
+    let s = Server::start(o).await.expect("starts");
+
+    // 5000 messages at 1000/s: a burst of 1000 passes, and the last read's messages (up to
+    // 64 KiB, ~2000 of these) are delivered before its wait: the rest takes 2 s at least.
+    let a = publish_through(&s, "a", "rated", 5000, 16).await;
+    assert!(a >= 1.5, "account A published 5000 messages in {a:.2} s");
+    // 256 KiB at 64 KiB/s: 64 KiB burst and up to one 64 KiB read early, 2 s for the rest.
+    let c = publish_through(&s, "c", "rated", 256, 1024).await;
+    assert!(c >= 1.5, "account C published 256 KiB in {c:.2} s");
+    // B has no limit: never held back.
+    publish_through(&s, "b", "free", 6000, 16).await;
+
+    let metrics = reqwest::get(format!("{}/metrics", s.monitor_url().expect("http")))
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("text");
+    let value = |name: &str, account: &str| -> Option<f64> {
+        let prefix = format!("{name}{{account=\"{account}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.parse().expect("number"))
+    };
+    assert_eq!(
+        value("natrium_account_max_msgs_per_second", "A"),
+        Some(1000.0)
+    );
+    assert_eq!(
+        value("natrium_account_max_bytes_per_second", "C"),
+        Some(65536.0)
+    );
+    assert_eq!(
+        value("natrium_account_max_msgs_per_second", "B"),
+        None,
+        "{metrics}"
+    );
+    let waited = |acc| value("natrium_account_throttled_seconds_total", acc).expect("counter");
+    assert!(waited("A") >= 1.0, "{metrics}");
+    assert!(waited("C") >= 2.0, "{metrics}");
+    assert_eq!(waited("B"), 0.0);
+
+    let stat = crate::common::get_json(&s, "/accstatz?acc=A").await;
+    let a_stat = &stat["account_statz"][0];
+    assert_eq!(a_stat["rate_limits"]["max_msgs_per_sec"], 1000, "{stat}");
+    assert!(a_stat["rate_limits"]["throttled_seconds"].as_f64() >= Some(1.0));
+    assert_eq!(a_stat["received"]["msgs"], 5000, "{stat}");
+    let stat = crate::common::get_json(&s, "/accstatz?acc=B").await;
+    assert!(
+        stat["account_statz"][0].get("rate_limits").is_none(),
+        "{stat}"
+    );
+    s.shutdown().await;
+}

@@ -199,6 +199,8 @@ async fn operator_mode_add_limits_rotate_ls_rm() {
         "64",
         "--js-streams",
         "3",
+        "--max-bytes-per-sec",
+        "1MB",
     ])
     .await);
     let tdir = env.keys.join("tenants").join("acme");
@@ -235,6 +237,8 @@ async fn operator_mode_add_limits_rotate_ls_rm() {
     );
     assert_eq!(claims.nats["limits"]["conn"], 2);
     assert_eq!(claims.nats["limits"]["streams"], 3);
+    assert_eq!(claims.nats["limits"]["bytes_per_sec"], 1024 * 1024);
+    assert_eq!(claims.nats["limits"]["msgs_per_sec"], -1);
     assert_eq!(claims.name, "acme");
 
     // A stock client logs in with the .creds file and messages flow.
@@ -470,6 +474,8 @@ async fn config_file_mode_add_rotate_rm_restart() {
         "2KB",
         "--js-streams",
         "1",
+        "--max-msgs-per-sec",
+        "500",
     ])
     .await);
     assert!(out.contains("reloaded"), "{out}");
@@ -515,7 +521,10 @@ async fn config_file_mode_add_rotate_rm_restart() {
 
     let out = ok(tenant(&["-c", c, "ls"]).await);
     assert!(
-        out.contains("acme") && out.contains("connections 2") && out.contains("streams 1"),
+        out.contains("acme")
+            && out.contains("connections 2")
+            && out.contains("publish rate 500 msgs/s")
+            && out.contains("streams 1"),
         "{out}"
     );
 

@@ -184,6 +184,19 @@ impl Stream {
             }
             subject_last.insert(s.subject.as_str(), virtual_last + 1);
         }
+        // The whole batch fits in the account, or none of it is stored.
+        if let Some(gate) = self.account_gate.get() {
+            let size: usize = batch
+                .msgs
+                .iter()
+                .map(|s| {
+                    s.subject.len() + s.headers.as_ref().map_or(0, |h| h.len()) + s.payload.len()
+                })
+                .sum();
+            if !gate(cfg.storage, size as u64) {
+                return Err(ApiError::account_resources_exceeded());
+            }
+        }
         let count = batch.msgs.len();
         let extra = format!(",\"batch\":{},\"count\":{}", json!(id), count);
         for (i, (s, w)) in batch.msgs.iter().zip(writes).enumerate() {

@@ -146,6 +146,14 @@ impl Stream {
         let subject = m.subject.as_bytes();
         let hdrs = write.headers.as_deref().or(m.headers);
         let payload = write.payload.as_deref().unwrap_or(m.payload);
+        if let Some(gate) = self.account_gate.get() {
+            let size = subject.len() + hdrs.map_or(0, <[u8]>::len) + payload.len();
+            if !gate(cfg.storage, size as u64) {
+                let e = ApiError::account_resources_exceeded();
+                self.reply_error(m.reply, e.clone());
+                return Err(e);
+            }
+        }
         // The republished message carries the subject's previous sequence.
         let transforms = Arc::clone(&self.transforms.read());
         let republish_to = transforms
@@ -159,6 +167,9 @@ impl Stream {
                 .map_or(0, |l| l.seq),
             None => 0,
         };
+        // With limits the store may remove messages to make room: consumers must hear of it.
+        let limited = cfg.max_msgs > 0 || cfg.max_bytes > 0 || cfg.max_msgs_per_subject > 0;
+        let before = limited.then(|| self.store.state());
         let receipt = match self.store.store_msg(subject, hdrs, payload, ts) {
             Ok(r) => r,
             Err(e) => {
@@ -167,17 +178,30 @@ impl Stream {
                 return Err(e);
             }
         };
+        // What went to make room or by the rollup: (new first sequence, removed from inside).
+        let (mut front, mut inside) = (None, false);
+        if let Some(b) = before {
+            let a = self.store.state();
+            if a.msgs != b.msgs + 1 {
+                inside = a.num_deleted > b.num_deleted || cfg.max_msgs_per_subject > 0;
+                front = (a.first_seq > b.first_seq).then_some(a.first_seq);
+            }
+        }
         match write.rollup {
             Some(Rollup::Subject) => {
-                let _ = self.store.purge_ex(subject, 0, 1);
+                inside |= self.store.purge_ex(subject, 0, 1).is_ok_and(|n| n > 0);
             }
             Some(Rollup::All) => {
-                let _ = self.store.compact(receipt.seq);
+                let removed = self.store.compact(receipt.seq).is_ok_and(|n| n > 0);
+                front = removed.then_some(receipt.seq).or(front);
             }
             None => {}
         }
         if let Some(scheduler) = &write.purge_scheduler {
-            let _ = self.store.purge_ex(scheduler.as_bytes(), 0, 0);
+            inside |= self
+                .store
+                .purge_ex(scheduler.as_bytes(), 0, 0)
+                .is_ok_and(|n| n > 0);
         }
         state.dedupe.expire(ts, cfg.duplicate_window());
         if let Some(id) = write.msg_id {
@@ -205,6 +229,12 @@ impl Stream {
             );
         }
         self.consumers.on_stored(receipt.seq, subject);
+        if let Some(first) = front {
+            self.consumers.removed_front(first);
+        }
+        if inside {
+            self.consumers.removed_inside();
+        }
         let Some(r) = m.reply else {
             return Ok(receipt.seq);
         };

@@ -11,7 +11,7 @@ mod source;
 mod timers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use natrium_store::StreamStore;
@@ -19,7 +19,7 @@ use natrium_subjects::SubjectTransform;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
-use super::config::StreamConfig;
+use super::config::{Storage, StreamConfig};
 use super::consumer::Consumers;
 use super::errors::ApiError;
 use crate::router::internal::SubControl;
@@ -72,7 +72,13 @@ pub(crate) struct Stream {
     timers: Timers,
     /// The running mirror or sources.
     sources: Mutex<Vec<Arc<Source>>>,
+    /// The account's byte limit, asked before each message is stored (set by the catalog when
+    /// the account has one).
+    account_gate: OnceLock<AccountGate>,
 }
+
+/// Whether the account has room for a message of this many bytes in a stream of this storage.
+pub(crate) type AccountGate = Box<dyn Fn(Storage, u64) -> bool + Send + Sync>;
 
 impl Stream {
     pub(crate) fn new(
@@ -108,7 +114,18 @@ impl Stream {
             stop: Notify::new(),
             stopped: AtomicBool::new(false),
             ingest: Mutex::new(None),
+            account_gate: OnceLock::new(),
         })
+    }
+
+    /// Sets the account's byte limit check (once).
+    pub(crate) fn set_account_gate(&self, gate: AccountGate) {
+        let _ = self.account_gate.set(gate);
+    }
+
+    /// Memory or file.
+    pub(crate) fn storage(&self) -> Storage {
+        self.config.read().storage
     }
 
     pub(crate) fn config(&self) -> StreamConfig {
@@ -231,6 +248,7 @@ impl Stream {
         if !removed {
             return Err(ApiError::msg_delete_failed("no message found"));
         }
+        self.consumers.removed_inside();
         Ok(())
     }
 }

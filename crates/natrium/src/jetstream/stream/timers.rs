@@ -139,17 +139,31 @@ impl Stream {
             }
             let cfg = Arc::clone(&self.config.read());
             let now = now_nanos();
+            let first_before = self.store.state().first_seq;
+            // The highest sequence this tick removed (consumers hear of removals below).
+            let mut removed = 0;
             if !cfg.max_age().is_zero() {
                 if cfg.allow_msg_ttl || cfg.subject_delete_marker_ttl > 0 {
-                    self.expire_by_age(&cfg, now);
-                } else if let Err(e) = self.store.expire(now) {
-                    tracing::warn!("stream {}: expiring messages failed: {e}", self.name);
+                    removed = self.expire_by_age(&cfg, now);
+                } else {
+                    match self.store.expire(now) {
+                        Ok(0) => {}
+                        Ok(_) => removed = first_before,
+                        Err(e) => {
+                            tracing::warn!("stream {}: expiring messages failed: {e}", self.name)
+                        }
+                    }
                 }
             }
             for seq in Timers::take_due(&self.timers.ttls, now) {
                 if let Ok(m) = self.store.load_msg(seq) {
-                    self.expire_one(&cfg, &m);
+                    if self.expire_one(&cfg, &m) {
+                        removed = removed.max(seq);
+                    }
                 }
+            }
+            if removed > 0 {
+                self.removed_by_timers(first_before, removed);
             }
             for seq in Timers::take_due(&self.timers.schedules, now) {
                 self.fire_schedule(&cfg, seq);
@@ -159,31 +173,47 @@ impl Stream {
 
     /// Max age for streams with TTLs: messages whose TTL is `never` stay; a subject's last
     /// message leaves a marker when markers are on.
-    fn expire_by_age(&self, cfg: &StreamConfig, now: i64) {
+    /// Returns the highest sequence removed (0: none).
+    fn expire_by_age(&self, cfg: &StreamConfig, now: i64) -> u64 {
         let horizon = now - cfg.max_age().as_nanos() as i64;
         let mut seq = self.store.state().first_seq.max(1);
+        let mut removed = 0;
         for _ in 0..MAX_AGE_BATCH {
             let Ok(m) = self.store.load_next_msg(b">", seq) else {
-                return;
+                break;
             };
             if m.ts > horizon {
-                return;
+                break;
             }
             seq = m.seq + 1;
             let never = headers::get(m.headers.as_deref(), headers::MSG_TTL)
                 .as_deref()
                 .and_then(headers::parse_ttl)
                 == Some(-1);
-            if !never {
-                self.expire_one(cfg, &m);
+            if !never && self.expire_one(cfg, &m) {
+                removed = m.seq;
             }
+        }
+        removed
+    }
+
+    /// Tells the consumers what a tick removed: the stream's front moved, or messages went
+    /// from inside it (after a message that stays, e.g. one whose TTL is `never`).
+    fn removed_by_timers(&self, first_before: u64, highest_removed: u64) {
+        let first = self.store.state().first_seq;
+        if first > first_before {
+            self.consumers.removed_front(first);
+        }
+        if highest_removed > first {
+            self.consumers.removed_inside();
         }
     }
 
     /// Removes an expired message, or, when it is its subject's last and markers are on,
     /// replaces it with a subject delete marker (`Nats-Marker-Reason: MaxAge`, the marker TTL,
     /// a `sub` rollup that removes it).
-    fn expire_one(&self, cfg: &StreamConfig, m: &natrium_store::StoredMsg) {
+    /// Whether the message was removed here (a marker's rollup tells the consumers itself).
+    fn expire_one(&self, cfg: &StreamConfig, m: &natrium_store::StoredMsg) -> bool {
         let marker_ttl = cfg.subject_delete_marker_ttl / 1_000_000_000;
         let is_marker = headers::get(m.headers.as_deref(), headers::MARKER_REASON).is_some();
         let last = marker_ttl > 0
@@ -214,10 +244,14 @@ impl Stream {
                 sourced: false,
             };
             self.store_one(cfg, &mut state, &inbound, None);
-            return;
+            return false;
         }
-        if let Err(e) = self.store.remove_msg(m.seq) {
-            tracing::warn!("stream {}: expiring message {}: {e}", self.name, m.seq);
+        match self.store.remove_msg(m.seq) {
+            Ok(removed) => removed,
+            Err(e) => {
+                tracing::warn!("stream {}: expiring message {}: {e}", self.name, m.seq);
+                false
+            }
         }
     }
 

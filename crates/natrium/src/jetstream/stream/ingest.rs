@@ -4,6 +4,7 @@
 //! Every writer (the ingest task, sources and the mirror, markers and schedules from the
 //! timers) applies under the ingest lock, so the stream has one writer at a time.
 
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -240,11 +241,14 @@ impl Stream {
         };
         let client = self.client.clone();
         let reply_to = r.to_string();
-        let mut ack = format!("{}{}", self.ack_prefix, receipt.seq);
+        // One allocation, sized for the sequence and what follows it.
+        let mut ack = String::with_capacity(self.ack_prefix.len() + 21 + extra.map_or(0, str::len));
+        ack.push_str(&self.ack_prefix);
+        let _ = write!(ack, "{}", receipt.seq);
         if let Some(extra) = extra {
             ack.push_str(extra);
         } else if let Some(val) = &write.counter {
-            ack.push_str(&format!(",\"val\":{}", json!(val)));
+            let _ = write!(ack, ",\"val\":{}", json!(val));
         }
         ack.push('}');
         if self.ack_before_sync {

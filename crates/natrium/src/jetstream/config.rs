@@ -200,6 +200,16 @@ impl PersistMode {
     }
 }
 
+/// `placement { cluster, tags }`: the cluster and the server tags a replicated stream's
+/// servers must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Placement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
 /// A stream's configuration, field for field as nats-server's `StreamConfig` JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamConfig {
@@ -262,6 +272,9 @@ pub struct StreamConfig {
     pub republish: Option<RePublish>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Where a replicated stream's replicas go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
     #[serde(default)]
     pub consumer_limits: serde_json::Value,
     /// Per-message TTLs (`Nats-TTL`).
@@ -373,6 +386,14 @@ impl StreamConfig {
     /// Checks the config as nats-server does for a standalone server (what needs the other
     /// streams is in `check_origins`).
     pub fn validate(&self) -> Result<(), ApiError> {
+        if self.num_replicas > 1 {
+            return Err(ApiError::replicas_not_supported());
+        }
+        self.validate_clustered()
+    }
+
+    /// Checks the config as nats-server does in a JetStream cluster (1 to 5 replicas).
+    pub fn validate_clustered(&self) -> Result<(), ApiError> {
         let invalid = ApiError::invalid_config;
         if self.name.is_empty() {
             return Err(invalid("stream name is required"));
@@ -402,9 +423,6 @@ impl StreamConfig {
             return Err(invalid(
                 "stream metadata exceeds maximum size of 131072 bytes",
             ));
-        }
-        if self.num_replicas > 1 {
-            return Err(ApiError::replicas_not_supported());
         }
         if self.num_replicas < 0 || self.num_replicas > 5 {
             return Err(invalid("replicas > 5 not supported"));

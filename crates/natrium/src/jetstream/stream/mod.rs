@@ -4,7 +4,7 @@
 //! and mirrors in `source.rs`, age, TTL and schedules in `timers.rs`.
 
 mod batch;
-mod check;
+pub(crate) mod check;
 mod headers;
 mod ingest;
 mod source;
@@ -130,6 +130,16 @@ impl Stream {
 
     pub(crate) fn config(&self) -> StreamConfig {
         StreamConfig::clone(&self.config.read())
+    }
+
+    /// The config in force (a cheap shared copy).
+    pub(crate) fn config_arc(&self) -> Arc<StreamConfig> {
+        Arc::clone(&self.config.read())
+    }
+
+    /// Starts the expiry task alone (a replica of a replicated stream: its leader ingests).
+    pub(crate) fn start_expiry(self: &Arc<Self>) {
+        tokio::spawn(self.clone().expire_loop());
     }
 
     /// The stream's default dead-letter subject (`dead_letter_subject` in its metadata), which

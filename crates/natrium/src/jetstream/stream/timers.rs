@@ -171,6 +171,34 @@ impl Stream {
         }
     }
 
+    /// The age-only task of a replica of a replicated stream (its leader ingests): messages
+    /// older than `max_age` go, and the consumers hear of it. TTLs, markers and schedules are
+    /// not run here: they store messages, which only a leader may decide.
+    pub(super) async fn expire_loop(self: Arc<Self>) {
+        loop {
+            let max_age = self.config.read().max_age();
+            let every = if max_age.is_zero() {
+                Duration::from_secs(1)
+            } else {
+                (max_age / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.stop.notified() => return,
+            }
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            if !max_age.is_zero() {
+                match self.store.expire(now_nanos()) {
+                    Ok(0) => {}
+                    Ok(_) => self.consumers.removed_front(self.store.state().first_seq),
+                    Err(e) => tracing::warn!("stream {}: expiring messages failed: {e}", self.name),
+                }
+            }
+        }
+    }
+
     /// Max age for streams with TTLs: messages whose TTL is `never` stay; a subject's last
     /// message leaves a marker when markers are on.
     /// Returns the highest sequence removed (0: none).

@@ -2,8 +2,10 @@
 //! subject, and `Sublist`, the subscription trie that finds every subscription matching a subject.
 
 mod sublist;
+pub mod transform;
 
 pub use sublist::{Matches, Sublist};
+pub use transform::{validate_mapping, SubjectTransform, TransformError};
 
 /// Token separator.
 pub const SEP: u8 = b'.';

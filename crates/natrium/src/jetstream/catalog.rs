@@ -412,6 +412,11 @@ impl Catalog {
         let store = self
             .open_store(&cfg, &dir)
             .map_err(|e| ApiError::create_failed(e.to_string()))?;
+        if cfg.first_seq > 1 {
+            store
+                .compact(cfg.first_seq)
+                .map_err(|e| ApiError::create_failed(e.to_string()))?;
+        }
         let name = cfg.name.clone();
         let s = Stream::new(cfg, created, store, self.client.clone(), self.lazy());
         self.gate(&s);

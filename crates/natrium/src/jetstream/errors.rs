@@ -226,6 +226,212 @@ impl ApiError {
             "filtered consumer not unique on workqueue stream",
         )
     }
+    pub fn mirror_with_first_seq() -> Self {
+        Self::new(
+            400,
+            10143,
+            "stream mirrors can not have first sequence configured",
+        )
+    }
+    pub fn mirror_with_subjects() -> Self {
+        Self::new(400, 10034, "stream mirrors can not contain subjects")
+    }
+    pub fn mirror_with_sources() -> Self {
+        Self::new(
+            400,
+            10031,
+            "stream mirrors can not also contain other sources",
+        )
+    }
+    pub fn mirror_with_counters() -> Self {
+        Self::new(400, 10173, "stream mirrors can not also calculate counters")
+    }
+    pub fn mirror_with_atomic_publish() -> Self {
+        Self::new(
+            400,
+            10198,
+            "stream mirrors can not also use atomic publishing",
+        )
+    }
+    pub fn mirror_with_msg_schedules() -> Self {
+        Self::new(400, 10186, "stream mirrors can not also schedule messages")
+    }
+    pub fn mirror_with_start_seq_and_time() -> Self {
+        Self::new(
+            400,
+            10032,
+            "stream mirrors can not have both start seq and start time configured",
+        )
+    }
+    pub fn mirror_multiple_filters() -> Self {
+        Self::new(
+            400,
+            10150,
+            "mirror with multiple subject transforms cannot also have a single subject filter",
+        )
+    }
+    pub fn mirror_invalid_subject_filter(err: impl std::fmt::Display) -> Self {
+        Self::new(400, 10151, format!("mirror transform source: {err}"))
+    }
+    pub fn mirror_invalid_transform_destination(err: impl std::fmt::Display) -> Self {
+        Self::new(400, 10154, format!("mirror transform: {err}"))
+    }
+    pub fn mirror_overlapping_filters() -> Self {
+        Self::new(400, 10152, "mirror subject filters can not overlap")
+    }
+    pub fn mirror_invalid_stream_name() -> Self {
+        Self::new(400, 10142, "mirrored stream name is invalid")
+    }
+    pub fn mirror_max_message_size_too_big() -> Self {
+        Self::new(
+            400,
+            10030,
+            "stream mirror must have max message size >= source",
+        )
+    }
+    pub fn mirror_not_updatable() -> Self {
+        Self::new(400, 10055, "stream mirror configuration can not be updated")
+    }
+    pub fn mirror_consumer_setup_failed(err: impl Into<String>) -> Self {
+        Self::new(500, 10029, err)
+    }
+    pub fn source_consumer_setup_failed(err: impl Into<String>) -> Self {
+        Self::new(500, 10045, err)
+    }
+    pub fn source_with_msg_schedules() -> Self {
+        Self::new(400, 10187, "stream source can not also schedule messages")
+    }
+    pub fn source_invalid_stream_name() -> Self {
+        Self::new(400, 10141, "sourced stream name is invalid")
+    }
+    pub fn source_duplicate_detected() -> Self {
+        Self::new(400, 10140, "duplicate source configuration detected")
+    }
+    pub fn source_multiple_filters() -> Self {
+        Self::new(
+            400,
+            10144,
+            "source with multiple subject transforms cannot also have a single subject filter",
+        )
+    }
+    pub fn source_invalid_subject_filter(err: impl std::fmt::Display) -> Self {
+        Self::new(400, 10145, format!("source transform source: {err}"))
+    }
+    pub fn source_invalid_transform_destination(err: impl std::fmt::Display) -> Self {
+        Self::new(400, 10146, format!("source transform: {err}"))
+    }
+    pub fn source_overlapping_filters() -> Self {
+        Self::new(400, 10147, "source filters can not overlap")
+    }
+    pub fn source_max_message_size_too_big() -> Self {
+        Self::new(
+            400,
+            10046,
+            "stream source must have max message size >= target",
+        )
+    }
+    pub fn stream_transform_invalid_source(err: impl std::fmt::Display) -> Self {
+        Self::new(400, 10155, format!("stream transform source: {err}"))
+    }
+    pub fn stream_transform_invalid_destination(err: impl std::fmt::Display) -> Self {
+        Self::new(400, 10156, format!("stream transform: {err}"))
+    }
+    pub fn external_delivery_subject_invalid(prefix: &str) -> Self {
+        Self::new(
+            400,
+            10024,
+            format!("stream external delivery prefix {prefix} must not contain wildcards"),
+        )
+    }
+    pub fn external_api_overlap(prefix: &str, subject: &str) -> Self {
+        Self::new(
+            400,
+            10021,
+            format!("stream external api prefix {prefix} must not overlap with {subject}"),
+        )
+    }
+    pub fn msg_ttl_disabled() -> Self {
+        Self::new(400, 10166, "per-message TTL is disabled")
+    }
+    pub fn msg_ttl_invalid() -> Self {
+        Self::new(400, 10165, "invalid per-message TTL")
+    }
+    pub fn counter_broken() -> Self {
+        Self::new(400, 10172, "message counter is broken")
+    }
+    pub fn incr_disabled() -> Self {
+        Self::new(400, 10168, "message counters is disabled")
+    }
+    pub fn incr_invalid() -> Self {
+        Self::new(400, 10171, "message counter increment is invalid")
+    }
+    pub fn incr_missing() -> Self {
+        Self::new(400, 10169, "message counter increment is missing")
+    }
+    pub fn incr_payload() -> Self {
+        Self::new(400, 10170, "message counter has payload")
+    }
+    pub fn schedules_disabled() -> Self {
+        Self::new(400, 10188, "message schedules is disabled")
+    }
+    pub fn schedules_pattern_invalid() -> Self {
+        Self::new(400, 10189, "message schedules pattern is invalid")
+    }
+    pub fn schedules_target_invalid() -> Self {
+        Self::new(400, 10190, "message schedules target is invalid")
+    }
+    pub fn schedules_ttl_invalid() -> Self {
+        Self::new(400, 10191, "message schedules invalid per-message TTL")
+    }
+    pub fn schedules_rollup_invalid() -> Self {
+        Self::new(400, 10192, "message schedules invalid rollup")
+    }
+    pub fn expected_last_subject_seq_missing() -> Self {
+        Self::new(
+            400,
+            10193,
+            "missing sequence for expected last sequence per subject",
+        )
+    }
+    pub fn header_too_large() -> Self {
+        Self::new(400, 10097, "header size exceeds maximum allowed of 64k")
+    }
+    pub fn atomic_disabled() -> Self {
+        Self::new(400, 10174, "atomic publish is disabled")
+    }
+    pub fn atomic_missing_seq() -> Self {
+        Self::new(400, 10175, "atomic publish sequence is missing")
+    }
+    pub fn atomic_incomplete() -> Self {
+        Self::new(400, 10176, "atomic publish batch is incomplete")
+    }
+    pub fn atomic_unsupported_header(header: &str) -> Self {
+        Self::new(
+            400,
+            10177,
+            format!("atomic publish unsupported header used: {header}"),
+        )
+    }
+    pub fn atomic_too_large(size: u64) -> Self {
+        Self::new(
+            400,
+            10199,
+            format!("atomic publish batch is too large: {size}"),
+        )
+    }
+    pub fn atomic_invalid_id() -> Self {
+        Self::new(400, 10179, "atomic publish batch ID is invalid")
+    }
+    pub fn atomic_invalid_commit() -> Self {
+        Self::new(400, 10200, "atomic publish batch commit is invalid")
+    }
+    pub fn atomic_duplicate_msg_id() -> Self {
+        Self::new(
+            400,
+            10201,
+            "atomic publish batch contains duplicate message id",
+        )
+    }
     pub fn stream_max_bytes_exceeded() -> Self {
         Self::new(
             400,

@@ -377,7 +377,7 @@ impl JetStream {
             "reserved_storage": u.reserved_storage,
             "accounts": apis.len(),
             "ha_assets": 0,
-            "api": {"total": u.api_total, "errors": u.api_errors},
+            "api": {"level": api::API_LEVEL, "total": u.api_total, "errors": u.api_errors},
         })
     }
 

@@ -265,6 +265,9 @@ struct Delivery {
     /// Receivers past their stall threshold during this batch.
     stall: Vec<Arc<Outbound>>,
     rng: fastrand::Rng,
+    /// `publish_batch`'s destination: what a stream import matches in the importer, while the
+    /// message keeps presenting its own subject (a JetStream delivery across accounts).
+    deliver_to: Option<Vec<u8>>,
     /// The subject a batch is routed on when its messages present another (JetStream
     /// deliveries): peers get it as the routed subject and the presented one after an `@` in
     /// the reply, as nats-server sends them.
@@ -276,6 +279,7 @@ struct Delivery {
 impl Delivery {
     fn new(cid: u64) -> Self {
         Delivery {
+            deliver_to: None,
             cid,
             echo: true,
             source: Source::Local,
@@ -617,7 +621,6 @@ impl Delivery {
         if service && matches!(self.source, Source::Route) {
             return false;
         }
-        let subject = f.map.apply(m.subject);
         if let (
             ForwardKind::Service {
                 importer,
@@ -629,17 +632,27 @@ impl Delivery {
             // The responder answers in the exporter's account; carry that answer back.
             imports::add_response_route(&f.to, reply, importer.clone(), *responses);
         }
-        let fm = Msg {
-            subject: &subject,
-            ..*m
-        };
-        let found = f.to.matches(&subject);
         let next = Hop {
             depth: hop.depth + 1,
             // Requests go to responders anywhere; a stream import or a reply is delivered here.
             to_routes: service && hop.to_routes,
             queues: None,
         };
+        if let Some(to) = self.deliver_to.take_if(|to| to.as_slice() != m.subject) {
+            // A batch for a destination: match where it maps to, present the message as it is.
+            let mapped = f.map.apply(&to);
+            let found = f.to.matches(&mapped);
+            self.deliver_to = Some(mapped.clone());
+            let delivered = self.deliver_all(&f.to, &found, m, next);
+            self.deliver_to = Some(to);
+            return delivered;
+        }
+        let subject = f.map.apply(m.subject);
+        let fm = Msg {
+            subject: &subject,
+            ..*m
+        };
+        let found = f.to.matches(&subject);
         self.deliver_all(&f.to, &found, &fm, next)
     }
 
@@ -907,6 +920,7 @@ pub fn publish_batch<'a>(
     msgs: impl IntoIterator<Item = Msg<'a>>,
 ) -> (usize, Option<Lagging>) {
     let mut dl = Delivery::new(0);
+    dl.deliver_to = Some(to.to_vec());
     dl.route_to = Some(to.into());
     let found = account.matches(to);
     account

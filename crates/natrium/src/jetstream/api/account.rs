@@ -55,6 +55,7 @@ impl Api {
             "consumers": consumers,
             "limits": limits,
             "api": {
+                "level": super::API_LEVEL,
                 "total": self.total.load(Ordering::Relaxed),
                 "errors": self.errors.load(Ordering::Relaxed),
             },

@@ -3,6 +3,7 @@
 
 mod account;
 mod consumer;
+mod direct;
 mod monitor;
 mod stream;
 
@@ -22,6 +23,12 @@ use crate::router::{InternalClient, InternalMsg};
 use crate::util::time::rfc3339;
 
 const API_PREFIX: &str = "$JS.API.";
+
+/// The JetStream API level `$JS.API.INFO` reports (nats-server 2.12's): clients ask for level 1
+/// before they set limit markers on a KV bucket. Level 1 is 2.11's per-message TTLs, subject
+/// delete markers, consumer pause and priority groups; level 2 is 2.12's counters, atomic
+/// batches, message schedules and the async persist mode.
+pub(crate) const API_LEVEL: u32 = 2;
 
 /// The API of one account, over its catalog.
 pub(crate) struct Api {

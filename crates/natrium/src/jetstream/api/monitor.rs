@@ -78,7 +78,7 @@ impl Api {
             "reserved_storage": u.reserved_storage,
             "accounts": 0,
             "ha_assets": 0,
-            "api": {"total": u.api_total, "errors": u.api_errors},
+            "api": {"level": super::API_LEVEL, "total": u.api_total, "errors": u.api_errors},
         });
         if !streams {
             return v;

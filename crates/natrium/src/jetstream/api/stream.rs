@@ -119,6 +119,8 @@ impl Api {
         }
         cfg.normalize();
         cfg.validate()?;
+        let catalog = &self.catalog;
+        cfg.check_origins(&|n: &str| catalog.stream(n).ok().map(|s| s.config()))?;
         Ok(cfg)
     }
 
@@ -221,60 +223,6 @@ impl Api {
         Ok(json!({"success": true}))
     }
 
-    /// `$JS.API.DIRECT.GET.<stream>[.<subject>]`: the message itself with its metadata in headers,
-    /// or a 404 status.
-    fn direct_get(&self, reply: Option<&str>, rest: &str, payload: &[u8]) {
-        let Some(reply) = reply else { return };
-        let (name, subject) = match rest.split_once('.') {
-            Some((n, s)) => (n, Some(s)),
-            None => (rest, None),
-        };
-        let status = |code: &str| {
-            let hdr = format!("NATS/1.0 {code}\r\n\r\n");
-            let _ = self.client.publish(reply, None, Some(hdr.as_bytes()), b"");
-        };
-        // nats-server subscribes direct gets per stream that allows them: for any other the
-        // requester sees no responders.
-        let Some(s) = self
-            .catalog
-            .stream(name)
-            .ok()
-            .filter(|s| s.config().allow_direct)
-        else {
-            return status("503");
-        };
-        let req = match subject {
-            Some(subj) => MsgGetRequest {
-                last_by_subj: Some(subj.to_string()),
-                ..MsgGetRequest::default()
-            },
-            None => match parse::<MsgGetRequest>(payload) {
-                Ok(r) => r,
-                Err(_) => return status("408 Bad Request"),
-            },
-        };
-        let Ok(m) = load(&s, &req) else {
-            return status("404 Message Not Found");
-        };
-        let mut h = format!(
-            "NATS/1.0\r\nNats-Stream: {}\r\nNats-Subject: {}\r\nNats-Sequence: {}\r\nNats-Time-Stamp: {}\r\n",
-            s.name,
-            String::from_utf8_lossy(&m.subject),
-            m.seq,
-            ts_rfc3339(m.ts)
-        )
-        .into_bytes();
-        if let Some(orig) = &m.headers {
-            // Append the original headers, without their own status line.
-            if let Some(i) = orig.windows(2).position(|w| w == b"\r\n") {
-                let body = &orig[i + 2..];
-                h.extend_from_slice(body.strip_suffix(b"\r\n").unwrap_or(body));
-            }
-        }
-        h.extend_from_slice(b"\r\n");
-        let _ = self.client.publish(reply, None, Some(&h), &m.payload);
-    }
-
     /// The stream info document (`stream_info_response` minus `type`).
     pub(super) fn stream_info(&self, s: &Stream, req: &InfoRequest) -> Value {
         let st = s.store.state();
@@ -304,13 +252,20 @@ impl Api {
                 .collect();
             state["subjects"] = Value::Object(subjects);
         }
-        json!({
+        let mut info = json!({
             "config": s.config(),
             "created": rfc3339(s.created),
             "state": state,
             "cluster": self.cluster_of(&s.name),
             "ts": rfc3339(SystemTime::now()),
-        })
+        });
+        if let Some(m) = s.mirror_info() {
+            info["mirror"] = m;
+        }
+        if let Some(srcs) = s.sources_info() {
+            info["sources"] = json!(srcs);
+        }
+        info
     }
 
     /// The `cluster` section of a stream's (or its consumers') info: the replicas of a

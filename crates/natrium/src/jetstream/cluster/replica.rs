@@ -190,7 +190,8 @@ impl StreamSm {
         let incoming = Incoming {
             subject: m.subject,
             headers: m.headers,
-            payload_len: m.payload.len(),
+            payload: m.payload,
+            sourced: false,
         };
         let write = match check(&cfg, store.as_ref(), &sh.dedupe, &incoming, m.ts) {
             Verdict::Refuse(e) => return self.error(e),

@@ -1,14 +1,21 @@
-//! One stream: its config, store and consumers, the tasks that feed it (ingest, expiry), and the
-//! operations on its messages the API asks for (purge, delete). Ingest is in `ingest.rs`.
+//! One stream: its config, store and consumers, the tasks that feed it (ingest, sources and
+//! mirror, timers), and the operations on its messages the API asks for (purge, delete).
+//! Ingest is in `ingest.rs` (decisions in `check.rs`), atomic batches in `batch.rs`, sources
+//! and mirrors in `source.rs`, age, TTL and schedules in `timers.rs`.
 
+mod batch;
 pub(crate) mod check;
+mod headers;
 mod ingest;
+mod source;
+mod timers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use natrium_store::StreamStore;
+use natrium_subjects::SubjectTransform;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
@@ -17,7 +24,27 @@ use super::consumer::Consumers;
 use super::errors::ApiError;
 use crate::router::internal::SubControl;
 use crate::router::{InternalClient, InternalSubscription};
-use crate::util::time::now_nanos;
+use ingest::IngestState;
+use source::Source;
+use timers::Timers;
+
+/// A config's compiled transforms.
+#[derive(Default)]
+struct Transforms {
+    /// `subject_transform`: applied to published subjects before anything else.
+    input: Option<SubjectTransform>,
+    /// `republish`.
+    republish: Option<SubjectTransform>,
+}
+
+impl Transforms {
+    fn of(cfg: &StreamConfig) -> Arc<Transforms> {
+        Arc::new(Transforms {
+            input: cfg.input_transform(),
+            republish: cfg.republish_transform(),
+        })
+    }
+}
 
 /// Messages waiting for a stream's ingest task before new ones are dropped (the publisher then
 /// sees no PubAck and retries; nothing acknowledged is ever dropped).
@@ -39,6 +66,12 @@ pub(crate) struct Stream {
     ack_prefix: String,
     /// The ingest subscription's subjects, changed in place by a stream update.
     ingest: Mutex<Option<Arc<SubControl>>>,
+    transforms: RwLock<Arc<Transforms>>,
+    /// Held by whoever stores a message: the stream has one writer at a time.
+    ingest_state: Mutex<IngestState>,
+    timers: Timers,
+    /// The running mirror or sources.
+    sources: Mutex<Vec<Arc<Source>>>,
     /// The account's byte limit, asked before each message is stored (set by the catalog when
     /// the account has one).
     account_gate: OnceLock<AccountGate>,
@@ -68,6 +101,11 @@ impl Stream {
         Arc::new(Stream {
             ack_prefix,
             name: config.name.clone(),
+            transforms: RwLock::new(Transforms::of(&config)),
+            ingest_state: Mutex::new(IngestState::default()),
+            timers: Timers::default(),
+            sources: Mutex::new(Vec::new()),
+            ack_before_sync: ack_before_sync || config.async_persist(),
             config: RwLock::new(Arc::new(config)),
             created,
             store,
@@ -76,7 +114,6 @@ impl Stream {
             stop: Notify::new(),
             stopped: AtomicBool::new(false),
             ingest: Mutex::new(None),
-            ack_before_sync,
             account_gate: OnceLock::new(),
         })
     }
@@ -115,21 +152,42 @@ impl Stream {
             .and_then(|m| m.get("dead_letter_subject").cloned())
     }
 
-    /// Applies a new config; the ingest subscription follows a change of subjects in place.
-    pub(crate) fn set_config(&self, c: StreamConfig) -> Result<(), ApiError> {
-        if let Some(ctl) = self.ingest.lock().as_ref() {
-            ctl.set_subjects(&c.subjects)
-                .map_err(|e| ApiError::update_failed(e.to_string()))?;
+    /// Applies a new config; the ingest subscription follows a change of subjects in place,
+    /// sources start and stop, a promoted mirror starts taking messages.
+    pub(crate) fn set_config(self: &Arc<Self>, c: StreamConfig) -> Result<(), ApiError> {
+        let has_ingest = self.ingest.lock().is_some();
+        if has_ingest {
+            if let Some(ctl) = self.ingest.lock().as_ref() {
+                ctl.set_subjects(&c.subjects)
+                    .map_err(|e| ApiError::update_failed(e.to_string()))?;
+            }
+        } else if !c.subjects.is_empty() {
+            self.subscribe_ingest(&c.subjects)
+                .map_err(|e| ApiError::update_failed(e.description))?;
         }
-        *self.config.write() = Arc::new(c);
+        *self.transforms.write() = Transforms::of(&c);
+        *self.config.write() = Arc::new(c.clone());
+        self.sync_sources(&c);
         Ok(())
     }
 
-    /// Subscribes to the stream's subjects and starts its ingest and expiry tasks.
+    /// Subscribes to the stream's subjects and starts its ingest, timer and source tasks.
     pub(crate) fn start(self: &Arc<Self>) -> Result<(), ApiError> {
-        let subjects = self.config.read().subjects.clone();
+        let cfg = self.config();
+        if !cfg.subjects.is_empty() {
+            self.subscribe_ingest(&cfg.subjects)?;
+        } else if cfg.mirror.is_none() && cfg.sources.is_none() {
+            return Err(ApiError::invalid_config("stream has no subjects"));
+        }
+        self.rebuild_timers();
+        tokio::spawn(self.clone().timer_loop());
+        self.sync_sources(&cfg);
+        Ok(())
+    }
+
+    fn subscribe_ingest(self: &Arc<Self>, subjects: &[String]) -> Result<(), ApiError> {
         let mut sub: Option<InternalSubscription> = None;
-        for s in &subjects {
+        for s in subjects {
             match sub.as_mut() {
                 None => {
                     sub = Some(
@@ -148,42 +206,17 @@ impl Stream {
         };
         *self.ingest.lock() = Some(sub.control());
         tokio::spawn(self.clone().ingest(sub));
-        tokio::spawn(self.clone().expire_loop());
         Ok(())
     }
 
     /// Stops its consumers, ingest and expiry; the store stays open for the caller to stop or
     /// delete.
     pub(crate) fn shutdown(&self) {
+        self.stop_sources();
         self.consumers.shutdown();
         self.stopped.store(true, Ordering::Release);
         self.stop.notify_waiters();
         self.stop.notify_one();
-    }
-
-    async fn expire_loop(self: Arc<Self>) {
-        loop {
-            let max_age = self.config.read().max_age();
-            let every = if max_age.is_zero() {
-                Duration::from_secs(1)
-            } else {
-                (max_age / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = self.stop.notified() => return,
-            }
-            if self.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            if !max_age.is_zero() {
-                match self.store.expire(now_nanos()) {
-                    Ok(0) => {}
-                    Ok(_) => self.consumers.removed_front(self.store.state().first_seq),
-                    Err(e) => tracing::warn!("stream {}: expiring messages failed: {e}", self.name),
-                }
-            }
-        }
     }
 
     /// Purges all messages, those on `filter`, those below `seq`, or all but the newest `keep`

@@ -127,13 +127,22 @@ impl Catalog {
     ) -> Result<Arc<dyn StreamStore>, StoreError> {
         Ok(match cfg.storage {
             Storage::Memory => Arc::new(MemStore::new(cfg.limits())?),
-            Storage::File => Arc::new(FileStore::open(
-                FileStoreConfig {
-                    sync: self.sync,
-                    ..FileStoreConfig::new(dir.join("msgs"))
-                },
-                cfg.limits(),
-            )?),
+            Storage::File => {
+                // Made here so that its entry in the stream's directory is synced too.
+                let msgs = dir.join("msgs");
+                crate::util::fs::create_dir_all_durable(&msgs).map_err(|e| StoreError::Io {
+                    store: Arc::from(msgs.display().to_string()),
+                    what: "create directory",
+                    error: Arc::from(e.to_string()),
+                })?;
+                Arc::new(FileStore::open(
+                    FileStoreConfig {
+                        sync: self.sync,
+                        ..FileStoreConfig::new(msgs)
+                    },
+                    cfg.limits(),
+                )?)
+            }
         })
     }
 
@@ -321,7 +330,7 @@ impl Catalog {
     }
 
     fn write_meta(dir: &Path, cfg: &StreamConfig, created: SystemTime) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
+        crate::util::fs::create_dir_all_durable(dir)?;
         let body = json!({"config": cfg, "created_ns": unix_nanos(created)});
         crate::util::fs::write_atomic(&dir.join("meta.json"), body.to_string().as_bytes())
     }

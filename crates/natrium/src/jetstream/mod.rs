@@ -107,7 +107,7 @@ impl JetStream {
             .join("jetstream")
             .join(client.account())
             .join("streams");
-        std::fs::create_dir_all(&dir)?;
+        crate::util::fs::create_dir_all_durable(&dir)?;
         let limits = account_limits.unwrap_or(AccountLimits {
             max_memory: self.opts.max_memory,
             max_file: self.opts.max_file,

@@ -17,7 +17,8 @@ use crate::util::time::now_nanos;
 impl Stream {
     /// The ingest task; it owns the de-dup window.
     pub(super) async fn ingest(self: Arc<Self>, mut sub: InternalSubscription) {
-        let mut dedupe = Dedupe::default();
+        let window = self.config.read().duplicate_window();
+        let mut dedupe = Dedupe::rebuild(self.store.as_ref(), now_nanos(), window);
         loop {
             let msg = tokio::select! {
                 m = sub.next() => m,

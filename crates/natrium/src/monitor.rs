@@ -174,9 +174,9 @@ async fn varz(State(s): State<Shared>) -> Json<Value> {
     Json(observe::varz(&s))
 }
 
-async fn jsz(State(s): State<Shared>) -> Response {
+async fn jsz(State(s): State<Shared>, Query(q): Query<observe::JszParams>) -> Response {
     s.count_request("/jsz");
-    reply(observe::jsz(&s))
+    reply(observe::jsz(&s, &q))
 }
 
 async fn connz(State(s): State<Shared>, Query(q): Query<ConnzQuery>) -> Response {

@@ -378,14 +378,35 @@ impl Options {
                                     let mut l = AccountLimits::default();
                                     for (k, kpos, lv) in m.entries() {
                                         match k.to_ascii_lowercase().as_str() {
-                                            "max_mem" | "max_memory" | "max_memory_store" => {
-                                                l.max_memory = size(lv)?
-                                            }
-                                            "max_file" | "max_store" | "max_file_store" => {
+                                            "max_mem" | "max_memory" | "max_memory_store"
+                                            | "mem" | "memory" => l.max_memory = size(lv)?,
+                                            "max_file" | "max_store" | "max_file_store"
+                                            | "max_disk" | "store" | "disk" => {
                                                 l.max_file = size(lv)?
                                             }
-                                            "max_streams" => l.max_streams = int(lv)?,
-                                            "max_consumers" => l.max_consumers = int(lv)?,
+                                            "max_streams" | "streams" => l.max_streams = int(lv)?,
+                                            "max_consumers" | "consumers" => {
+                                                l.max_consumers = int(lv)?
+                                            }
+                                            "max_ack_pending" => l.max_ack_pending = int(lv)?,
+                                            "max_bytes_required" | "max_stream_bytes"
+                                            | "max_bytes" => {
+                                                l.max_bytes_required = match &lv.value {
+                                                    Value::Bool(b) => *b,
+                                                    _ => {
+                                                        return Err(invalid(
+                                                            lv,
+                                                            "expected a boolean",
+                                                        ))
+                                                    }
+                                                }
+                                            }
+                                            "mem_max_stream_bytes" | "memory_max_stream_bytes" => {
+                                                l.memory_max_stream_bytes = size(lv)?
+                                            }
+                                            "disk_max_stream_bytes" | "store_max_stream_bytes" => {
+                                                l.storage_max_stream_bytes = size(lv)?
+                                            }
                                             _ => not_supported(
                                                 warnings,
                                                 kpos,

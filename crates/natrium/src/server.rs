@@ -241,6 +241,13 @@ impl Server {
             }
             None => None,
         };
+        if let Some(js) = &jetstream {
+            // Operator mode: accounts whose JWTs grant JetStream get it, at start and whenever
+            // a pushed or fetched JWT grants it (or changes its limits).
+            sync_jwt_jetstream(js, &accounts, &conns.auth.current());
+            let (js, accs) = (js.clone(), accounts.clone());
+            conns.set_trust_listener(Box::new(move |auth| sync_jwt_jetstream(&js, &accs, auth)));
+        }
         let options = Arc::new(Mutex::new(opts.clone()));
         let observed = Arc::new(Observed {
             start: std::time::SystemTime::now(),
@@ -549,6 +556,9 @@ impl Server {
             &auth,
         );
         conns.auth.store(auth);
+        if let Some(js) = &self.observed.jetstream {
+            sync_jwt_jetstream(js, &conns.accounts, &conns.auth.current());
+        }
         conns.sync_jwt_imports();
         conns.set_settings(conn_settings(&new), new.write_deadline);
         conns
@@ -713,6 +723,30 @@ fn log_skipped(auth: &Authenticator) {
         .unwrap_or_default()
     {
         tracing::warn!("DirResolver - {w}");
+    }
+}
+
+/// Gives the operator-mode accounts whose JWTs grant JetStream their limits, enabling it for
+/// those that do not have it yet (an account's JetStream is not taken away at run time).
+fn sync_jwt_jetstream(js: &JetStream, accounts: &Arc<Accounts>, auth: &crate::auth::Authenticator) {
+    let Some(trust) = auth.trust() else { return };
+    for (key, t) in &trust.accounts {
+        let Some(j) = &t.jetstream else { continue };
+        let limits = crate::jetstream::AccountLimits::from_jwt(j);
+        if js.has_account(key) {
+            js.set_account_limits(key, limits);
+            continue;
+        }
+        let enabled = InternalClient::new(accounts, key)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                js.enable_account(c, Some(limits))
+                    .map_err(|e| e.to_string())
+            });
+        match enabled {
+            Ok(()) => tracing::info!("JetStream enabled for account {key} (from its JWT)"),
+            Err(e) => tracing::error!("JetStream could not be enabled for account {key}: {e}"),
+        }
     }
 }
 

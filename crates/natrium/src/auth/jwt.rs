@@ -7,6 +7,7 @@
 //! their claims into accounts, permissions, limits, expiry, connect-time windows, revocations,
 //! and the imports and exports between accounts (with activation tokens for private exports).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -426,6 +427,32 @@ struct AccountLimitsNats {
     msgs_per_sec: i64,
     bytes_per_sec: i64,
     disallow_bearer: bool,
+    #[serde(flatten)]
+    jetstream: JetStreamLimitsNats,
+    tiered_limits: BTreeMap<String, JetStreamLimitsNats>,
+}
+
+/// An account JWT's JetStream limits (`mem_storage`, `disk_storage`, ...), as the JWT carries
+/// them: 0 storage on both kinds (and no tiers) means JetStream is off for the account, -1 is
+/// unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct JetStreamLimitsNats {
+    pub mem_storage: i64,
+    pub disk_storage: i64,
+    pub streams: i64,
+    pub consumer: i64,
+    pub max_ack_pending: i64,
+    pub mem_max_stream_bytes: i64,
+    pub disk_max_stream_bytes: i64,
+    pub max_bytes_required: bool,
+}
+
+/// The JetStream an account JWT grants: flat limits, or limits per replica tier (`R1`, `R3`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtJetStream {
+    Flat(JetStreamLimitsNats),
+    Tiered(BTreeMap<String, JetStreamLimitsNats>),
 }
 
 impl Default for AccountLimitsNats {
@@ -438,6 +465,8 @@ impl Default for AccountLimitsNats {
             msgs_per_sec: -1,
             bytes_per_sec: -1,
             disallow_bearer: false,
+            jetstream: JetStreamLimitsNats::default(),
+            tiered_limits: BTreeMap::new(),
         }
     }
 }
@@ -452,6 +481,16 @@ impl AccountLimitsNats {
             max_msgs_per_sec: rate(self.msgs_per_sec),
             max_bytes_per_sec: rate(self.bytes_per_sec),
         }
+    }
+
+    /// JetStream for the account, as nats-server reads it: flat limits when either storage is
+    /// set, else the tiers, else none.
+    fn jetstream(&self) -> Option<JwtJetStream> {
+        let j = self.jetstream;
+        if j.mem_storage != 0 || j.disk_storage != 0 {
+            return Some(JwtJetStream::Flat(j));
+        }
+        (!self.tiered_limits.is_empty()).then(|| JwtJetStream::Tiered(self.tiered_limits.clone()))
     }
 }
 
@@ -541,6 +580,8 @@ pub struct TrustedAccount {
     default_permissions: Option<Permissions>,
     /// The account's client limits (applied to the live account by the server).
     pub limits: Limits,
+    /// Its JetStream, if the JWT enables it.
+    pub jetstream: Option<JwtJetStream>,
     disallow_bearer: bool,
     expires: Option<SystemTime>,
     claims_ok: Result<(), JwtError>,
@@ -601,6 +642,7 @@ impl TrustedAccount {
             revocations: c.nats.revocations.clone(),
             default_permissions,
             limits: c.nats.limits.limits(),
+            jetstream: c.nats.limits.jetstream(),
             disallow_bearer: c.nats.limits.disallow_bearer,
             expires: c.expires(),
             claims_ok,

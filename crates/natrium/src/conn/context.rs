@@ -110,7 +110,13 @@ pub struct ConnContext {
     server_key: RwLock<Option<Arc<nkeys::KeyPair>>>,
     /// The server's curve key for sealed auth callout exchanges.
     xkey: nkeys::XKey,
+    /// Told of each authenticator `update_trust` installs (the server enables JetStream for
+    /// accounts whose new JWTs grant it).
+    trust_listener: std::sync::OnceLock<TrustListener>,
 }
+
+/// See `ConnContext::set_trust_listener`.
+pub type TrustListener = Box<dyn Fn(&Authenticator) + Send + Sync>;
 
 /// Where account JWTs come from at run time (the URL resolver): the JWT of an account, by key.
 pub trait AccountFetcher: Send + Sync {
@@ -176,6 +182,7 @@ impl ConnContext {
             max_pending: cfg.max_pending,
             shutdown,
             trust_update: Mutex::new(()),
+            trust_listener: std::sync::OnceLock::new(),
             conn_counts: std::sync::OnceLock::new(),
             jwt_imports: Mutex::new(JwtImports::default()),
             config_imports: Mutex::new(FxHashMap::default()),
@@ -497,8 +504,16 @@ impl ConnContext {
             }
             self.auth.store(new);
             self.sync_jwt_imports();
+            if let Some(listen) = self.trust_listener.get() {
+                listen(&self.auth.current());
+            }
         }
         Ok(out)
+    }
+
+    /// Sets what is told of each authenticator `update_trust` installs (once).
+    pub fn set_trust_listener(&self, f: TrustListener) {
+        let _ = self.trust_listener.set(f);
     }
 
     /// Brings the router's imports between operator-mode accounts in line with the account

@@ -35,10 +35,13 @@ pub(crate) struct Catalog {
     /// `<store_dir>/jetstream/<account>/streams`.
     dir: PathBuf,
     sync: SyncPolicy,
-    limits: AccountLimits,
-    /// Whether account limits were configured (then streams must reserve `max_bytes`).
+    /// Shared with the streams' account gates; replaced when the account's JWT changes.
+    limits: Arc<RwLock<AccountLimits>>,
+    /// Whether the account's limits were configured (then they are enforced; else only the
+    /// stream count is).
     reservations: bool,
-    streams: RwLock<BTreeMap<String, Arc<Stream>>>,
+    /// Shared (weakly) with the streams' account gates, which add up the account's bytes.
+    streams: Arc<RwLock<BTreeMap<String, Arc<Stream>>>>,
 }
 
 impl Catalog {
@@ -53,9 +56,9 @@ impl Catalog {
             client,
             dir,
             sync,
-            limits,
+            limits: Arc::new(RwLock::new(limits)),
             reservations,
-            streams: RwLock::new(BTreeMap::new()),
+            streams: Arc::new(RwLock::new(BTreeMap::new())),
         }
     }
 
@@ -64,12 +67,12 @@ impl Catalog {
     }
 
     pub(crate) fn limits(&self) -> AccountLimits {
-        self.limits
+        *self.limits.read()
     }
 
-    /// Whether streams must reserve `max_bytes` against the account's limits.
-    pub(crate) fn reservations(&self) -> bool {
-        self.reservations
+    /// New limits (the account's JWT changed).
+    pub(crate) fn set_limits(&self, limits: AccountLimits) {
+        *self.limits.write() = limits;
     }
 
     /// Whether PubAcks may leave before the sync (file streams in `sync_interval` mode).
@@ -194,6 +197,7 @@ impl Catalog {
                         self.client.clone(),
                         self.lazy(),
                     );
+                    self.gate(&s);
                     if let Err(e) = s.start() {
                         tracing::error!("stream {}: can not start: {}", cfg.name, e.description);
                         continue;
@@ -286,47 +290,91 @@ impl Catalog {
         Ok(())
     }
 
-    /// The account's stream count and storage reservations, as nats-server checks them.
+    /// The account's stream count, consumer and byte limits, as nats-server checks them on a
+    /// stream create or update: `max_bytes` required, each stream's `max_bytes` (a stream
+    /// without one counts a byte) reserved against the memory or file limit.
     fn check_limits(&self, cfg: &StreamConfig, replacing: Option<&str>) -> Result<(), ApiError> {
         let streams = self.streams.read();
-        let others = streams
-            .iter()
-            .filter(|(n, _)| Some(n.as_str()) != replacing);
-        if replacing.is_none()
-            && self.limits.max_streams > 0
-            && streams.len() as i64 >= self.limits.max_streams
-        {
+        let l = &self.limits();
+        if l.no_tier {
+            return Err(ApiError::no_limits());
+        }
+        if replacing.is_none() && l.max_streams > 0 && streams.len() as i64 >= l.max_streams {
             return Err(ApiError::max_streams());
         }
         if !self.reservations {
             return Ok(());
         }
-        let exceeded = match cfg.storage {
-            Storage::Memory => ApiError::memory_exceeded,
-            Storage::File => ApiError::storage_exceeded,
+        if l.max_bytes_required && cfg.max_bytes <= 0 {
+            return Err(ApiError::max_bytes_required());
+        }
+        if cfg.max_consumers > 0 && l.max_consumers > 0 && cfg.max_consumers > l.max_consumers {
+            return Err(ApiError::max_consumers());
+        }
+        let (limit, stream_max, exceeded): (i64, i64, fn() -> ApiError) = match cfg.storage {
+            Storage::Memory => (
+                l.max_memory,
+                l.memory_max_stream_bytes,
+                ApiError::memory_exceeded,
+            ),
+            Storage::File => (
+                l.max_file,
+                l.storage_max_stream_bytes,
+                ApiError::storage_exceeded,
+            ),
         };
-        let limit = match cfg.storage {
-            Storage::Memory => self.limits.max_memory,
-            Storage::File => self.limits.max_file,
-        };
-        if limit == 0 {
-            return Err(exceeded());
+        if stream_max > 0 && cfg.max_bytes > stream_max {
+            return Err(ApiError::stream_max_bytes_exceeded());
         }
         if limit < 0 {
             return Ok(());
         }
-        if cfg.max_bytes <= 0 {
-            return Err(ApiError::max_bytes_required());
-        }
-        let reserved: i64 = others
+        let reserved: i64 = streams
+            .iter()
+            .filter(|(n, _)| Some(n.as_str()) != replacing)
             .map(|(_, s)| s.config())
             .filter(|c| c.storage == cfg.storage)
             .map(|c| c.max_bytes.max(0))
             .sum();
-        if reserved + cfg.max_bytes > limit {
+        let add = if cfg.max_bytes < 0 {
+            1
+        } else {
+            cfg.max_bytes.max(1)
+        };
+        if reserved > limit || add > limit - reserved {
             return Err(exceeded());
         }
         Ok(())
+    }
+
+    /// Gives stream `s` the account's byte limit check when the account has a limit: the
+    /// bytes stored in all its streams of that storage plus the message's may not exceed it, as
+    /// nats-server checks each message.
+    fn gate(&self, s: &Stream) {
+        if !self.reservations {
+            return;
+        }
+        let streams = Arc::downgrade(&self.streams);
+        let limits = self.limits.clone();
+        s.set_account_gate(Box::new(move |storage, size| {
+            let limit = match storage {
+                Storage::Memory => limits.read().max_memory,
+                Storage::File => limits.read().max_file,
+            };
+            if limit < 0 {
+                return true;
+            }
+            let Some(streams) = streams.upgrade() else {
+                return true;
+            };
+            let used: u64 = streams
+                .read()
+                .values()
+                .filter(|s| s.storage() == storage)
+                .map(|s| s.store.state().bytes)
+                .sum();
+            used + size <= limit as u64
+        }));
     }
 
     fn write_meta(dir: &Path, cfg: &StreamConfig, created: SystemTime) -> std::io::Result<()> {
@@ -355,6 +403,7 @@ impl Catalog {
             .map_err(|e| ApiError::create_failed(e.to_string()))?;
         let name = cfg.name.clone();
         let s = Stream::new(cfg, created, store, self.client.clone(), self.lazy());
+        self.gate(&s);
         s.start()?;
         self.streams.write().insert(name, s.clone());
         Ok((s, true))
@@ -439,6 +488,15 @@ impl Catalog {
         }
         if action == Action::Update {
             return Err(ApiError::consumer_does_not_exist());
+        }
+        // The stream's own limit, or the account's (per stream) where it is lower.
+        let mut max = scfg.max_consumers;
+        let account_max = self.limits().max_consumers;
+        if max <= 0 || (account_max > 0 && account_max < max) {
+            max = account_max;
+        }
+        if max > 0 && s.consumers.len() as i64 >= max {
+            return Err(ApiError::max_consumers());
         }
         if scfg.retention == Retention::WorkQueue {
             if cfg.ack_policy != AckPolicy::Explicit {

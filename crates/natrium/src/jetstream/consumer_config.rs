@@ -37,6 +37,56 @@ pub enum ReplayPolicy {
     Original,
 }
 
+/// How a pull consumer with priority groups picks among waiting requests (`priority_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PriorityPolicy {
+    #[default]
+    None,
+    /// Requests with `min_pending`/`min_ack_pending` get messages only past those marks.
+    Overflow,
+    /// One client (its requests carrying the pin id) gets every message until it goes quiet.
+    PinnedClient,
+    /// Requests with a lower `priority` are served first.
+    Prioritized,
+}
+
+impl PriorityPolicy {
+    fn is_none(&self) -> bool {
+        *self == PriorityPolicy::None
+    }
+}
+
+/// A stream's `consumer_limits`: defaults and ceilings for its consumers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConsumerLimits {
+    pub inactive_threshold: i64,
+    pub max_ack_pending: i64,
+}
+
+impl ConsumerLimits {
+    /// Read from the stream config's `consumer_limits` object (missing fields are 0).
+    pub fn from_json(v: &serde_json::Value) -> ConsumerLimits {
+        ConsumerLimits {
+            inactive_threshold: v["inactive_threshold"].as_i64().unwrap_or(0),
+            max_ack_pending: v["max_ack_pending"].as_i64().unwrap_or(0),
+        }
+    }
+}
+
+/// Priority group names: 1 to 16 of `A-Z a-z 0-9 / _ = -`.
+fn valid_group_name(g: &str) -> bool {
+    (1..=16).contains(&g.len())
+        && g.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'=' | b'-'))
+}
+
+/// Most bytes of metadata keys and values a consumer may carry.
+const MAX_METADATA_LEN: usize = 128 * 1024;
+
+/// The pin lasts this long without a request from the pinned client unless configured.
+const DEFAULT_PINNED_TTL: i64 = 120_000_000_000;
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -104,6 +154,13 @@ pub struct ConsumerConfig {
     pub deliver_group: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause_until: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub priority_groups: Vec<String>,
+    #[serde(skip_serializing_if = "PriorityPolicy::is_none")]
+    pub priority_policy: PriorityPolicy,
+    /// How long a pin lasts without a request from the pinned client (nanoseconds).
+    #[serde(skip_serializing_if = "is_zero_i")]
+    pub priority_timeout: i64,
 }
 
 /// Ephemeral consumers go away after this much inactivity unless configured otherwise.
@@ -121,6 +178,50 @@ impl ConsumerConfig {
     /// The consumer's name: durable name, explicit name, or none (the server makes one up).
     pub fn given_name(&self) -> Option<&str> {
         self.durable_name.as_deref().or(self.name.as_deref())
+    }
+
+    /// Defaults from the stream's `consumer_limits` and the account's `max_ack_pending`, filled
+    /// before `normalize` as nats-server does.
+    pub fn apply_limits(&mut self, stream: ConsumerLimits, account_max_ack_pending: i64) {
+        if self.max_ack_pending == 0 {
+            self.max_ack_pending = stream.max_ack_pending;
+        }
+        if self.inactive_threshold == 0 {
+            self.inactive_threshold = stream.inactive_threshold.max(0);
+        }
+        if self.max_ack_pending == 0 && self.ack_policy != AckPolicy::None {
+            let mut n = 1000;
+            if account_max_ack_pending > 0 && account_max_ack_pending < n {
+                n = account_max_ack_pending;
+            }
+            self.max_ack_pending = n;
+        }
+    }
+
+    /// The stream's and the account's ceilings, checked after `normalize`.
+    pub fn check_limits(
+        &self,
+        stream: ConsumerLimits,
+        account_max_ack_pending: i64,
+    ) -> Result<(), ApiError> {
+        if account_max_ack_pending > 0 && self.max_ack_pending > account_max_ack_pending {
+            return Err(ApiError::consumer_max_ack_pending_excess(
+                account_max_ack_pending,
+            ));
+        }
+        if stream.max_ack_pending > 0 && self.max_ack_pending > stream.max_ack_pending {
+            return Err(ApiError::consumer_max_ack_pending_excess(
+                stream.max_ack_pending,
+            ));
+        }
+        if stream.inactive_threshold > 0 && self.inactive_threshold > stream.inactive_threshold {
+            return Err(ApiError::consumer_inactive_threshold_excess(
+                &crate::util::time::go_duration(Duration::from_nanos(
+                    stream.inactive_threshold as u64,
+                )),
+            ));
+        }
+        Ok(())
     }
 
     /// Fills defaults as nats-server does.
@@ -144,6 +245,21 @@ impl ConsumerConfig {
             if f.is_empty() {
                 self.filter_subject = None;
             }
+        }
+        if self.priority_timeout < 0 {
+            self.priority_timeout = 0;
+        }
+        if self.priority_policy == PriorityPolicy::PinnedClient && self.priority_timeout == 0 {
+            self.priority_timeout = DEFAULT_PINNED_TTL;
+        }
+        if self.max_batch < 0 {
+            self.max_batch = 0;
+        }
+        if self.max_expires < 0 {
+            self.max_expires = 0;
+        }
+        if self.max_bytes < 0 {
+            self.max_bytes = 0;
         }
     }
 
@@ -207,6 +323,51 @@ impl ConsumerConfig {
         }
         if self.flow_control && self.idle_heartbeat <= 0 {
             return Err(ApiError::consumer_fc_needs_heartbeats());
+        }
+        if self.is_pull() {
+            if self.rate_limit_bps > 0 {
+                return Err(ApiError::consumer_pull_with_rate_limit());
+            }
+            if self.max_expires != 0 && self.max_expires < 1_000_000 {
+                return Err(ApiError::consumer_max_request_expires_too_small());
+            }
+        } else if self.idle_heartbeat > 0 && self.idle_heartbeat < 100_000_000 {
+            return Err(ApiError::consumer_small_heartbeat());
+        }
+        let metadata_len: usize = self
+            .metadata
+            .iter()
+            .flatten()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        if metadata_len > MAX_METADATA_LEN {
+            return Err(ApiError::consumer_metadata_length(&format!(
+                "{}KB",
+                MAX_METADATA_LEN / 1024
+            )));
+        }
+        if self.priority_policy != PriorityPolicy::None {
+            if !self.is_pull() {
+                return Err(ApiError::consumer_push_with_priority_group());
+            }
+            if self.priority_groups.is_empty() {
+                return Err(ApiError::consumer_priority_policy_without_group());
+            }
+            for g in &self.priority_groups {
+                if g.is_empty() {
+                    return Err(ApiError::consumer_empty_group_name());
+                }
+                if !valid_group_name(g) {
+                    return Err(ApiError::consumer_invalid_group_name());
+                }
+            }
+        } else {
+            if !self.priority_groups.is_empty() {
+                return Err(ApiError::consumer_priority_group_with_policy_none());
+            }
+            if self.priority_timeout > 0 {
+                return Err(ApiError::consumer_pinned_ttl_without_priority_policy());
+            }
         }
         if self.num_replicas > 1 {
             return Err(ApiError::replicas_not_supported());
@@ -300,5 +461,66 @@ mod tests {
         );
         assert_eq!(bad(r#"{"filter_subjects":["a.>","a.b"]}"#), 10138);
         assert_eq!(bad(r#"{"deliver_policy":"by_start_sequence"}"#), 10012);
+        assert_eq!(bad(r#"{"priority_policy":"pinned_client"}"#), 10159);
+        assert_eq!(
+            bad(r#"{"priority_policy":"overflow","priority_groups":["a.b"]}"#),
+            10162
+        );
+        assert_eq!(
+            bad(r#"{"priority_policy":"overflow","priority_groups":[""]}"#),
+            10161
+        );
+        assert_eq!(bad(r#"{"priority_groups":["jobs"]}"#), 10196);
+        assert_eq!(bad(r#"{"priority_timeout":1000}"#), 10197);
+        assert_eq!(
+            bad(r#"{"deliver_subject":"d","priority_policy":"overflow","priority_groups":["g"]}"#),
+            10178
+        );
+        assert_eq!(bad(r#"{"rate_limit_bps":100}"#), 10086);
+        assert_eq!(bad(r#"{"max_expires":1000}"#), 10115);
+        assert_eq!(
+            bad(r#"{"deliver_subject":"d","idle_heartbeat":1000}"#),
+            10083
+        );
+    }
+
+    #[test]
+    fn limits_from_stream_and_account() {
+        let stream = ConsumerLimits {
+            inactive_threshold: 2_000_000_000,
+            max_ack_pending: 50,
+        };
+        let mut c = ConsumerConfig::default();
+        c.apply_limits(stream, 0);
+        c.normalize();
+        assert_eq!(
+            (c.max_ack_pending, c.inactive_threshold),
+            (50, 2_000_000_000)
+        );
+        let mut d = ConsumerConfig::default();
+        d.apply_limits(ConsumerLimits::default(), 20);
+        assert_eq!(d.max_ack_pending, 20);
+        let over = ConsumerConfig {
+            max_ack_pending: 60,
+            ..ConsumerConfig::default()
+        };
+        assert_eq!(
+            over.check_limits(stream, 0).expect_err("over").err_code,
+            10121
+        );
+        assert_eq!(
+            over.check_limits(ConsumerLimits::default(), 30)
+                .expect_err("over")
+                .description,
+            "consumer max ack pending exceeds system limit of 30"
+        );
+        let idle = ConsumerConfig {
+            inactive_threshold: 3_000_000_000,
+            ..ConsumerConfig::default()
+        };
+        assert_eq!(
+            idle.check_limits(stream, 0).expect_err("over").description,
+            "consumer inactive threshold exceeds system limit of 2s"
+        );
     }
 }

@@ -213,6 +213,115 @@ impl ApiError {
             "filtered consumer not unique on workqueue stream",
         )
     }
+    pub fn stream_max_bytes_exceeded() -> Self {
+        Self::new(
+            400,
+            10122,
+            "stream max bytes exceeds account limit max stream bytes",
+        )
+    }
+    pub fn account_resources_exceeded() -> Self {
+        Self::new(400, 10002, "resource limits exceeded for account")
+    }
+    pub fn no_limits() -> Self {
+        Self::new(
+            400,
+            10120,
+            "no JetStream default or applicable tiered limit present",
+        )
+    }
+    pub fn max_consumers() -> Self {
+        Self::new(400, 10026, "maximum consumers limit reached")
+    }
+    pub fn consumer_max_ack_pending_excess(limit: i64) -> Self {
+        Self::new(
+            400,
+            10121,
+            format!("consumer max ack pending exceeds system limit of {limit}"),
+        )
+    }
+    pub fn consumer_inactive_threshold_excess(limit: &str) -> Self {
+        Self::new(
+            400,
+            10153,
+            format!("consumer inactive threshold exceeds system limit of {limit}"),
+        )
+    }
+    pub fn consumer_small_heartbeat() -> Self {
+        Self::new(400, 10083, "consumer idle heartbeat needs to be >= 100ms")
+    }
+    pub fn consumer_pull_with_rate_limit() -> Self {
+        Self::new(
+            400,
+            10086,
+            "consumer in pull mode can not have rate limit set",
+        )
+    }
+    pub fn consumer_max_request_batch_negative() -> Self {
+        Self::new(400, 10114, "consumer max request batch needs to be > 0")
+    }
+    pub fn consumer_max_request_expires_too_small() -> Self {
+        Self::new(
+            400,
+            10115,
+            "consumer max request expires needs to be >= 1ms",
+        )
+    }
+    pub fn consumer_metadata_length(limit: &str) -> Self {
+        Self::new(
+            400,
+            10135,
+            format!("consumer metadata exceeds maximum size of {limit}"),
+        )
+    }
+    pub fn consumer_priority_policy_without_group() -> Self {
+        Self::new(
+            400,
+            10159,
+            "Setting PriorityPolicy requires at least one PriorityGroup to be set",
+        )
+    }
+    pub fn consumer_invalid_priority_group() -> Self {
+        Self::new(
+            400,
+            10160,
+            "Provided priority group does not exist for this consumer",
+        )
+    }
+    pub fn consumer_empty_group_name() -> Self {
+        Self::new(400, 10161, "Group name cannot be an empty string")
+    }
+    pub fn consumer_invalid_group_name() -> Self {
+        Self::new(
+            400,
+            10162,
+            "Valid priority group name must match A-Z, a-z, 0-9, -_/=)+ and may not exceed 16 characters",
+        )
+    }
+    pub fn consumer_push_with_priority_group() -> Self {
+        Self::new(
+            400,
+            10178,
+            "priority groups can not be used with push consumers",
+        )
+    }
+    pub fn consumer_priority_group_with_policy_none() -> Self {
+        Self::new(
+            400,
+            10196,
+            "consumer can not have priority groups when policy is none",
+        )
+    }
+    pub fn consumer_pinned_ttl_without_priority_policy() -> Self {
+        Self::new(
+            400,
+            10197,
+            "PinnedTTL cannot be set when PriorityPolicy is none",
+        )
+    }
+    pub fn consumer_invalid_reset(err: impl std::fmt::Display) -> Self {
+        Self::new(400, 10204, format!("invalid reset: {err}"))
+    }
     pub fn limits(err: impl Into<String>) -> Self {
         Self::new(500, 10053, err)
     }

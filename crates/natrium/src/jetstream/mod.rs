@@ -16,6 +16,7 @@ use natrium_store::SyncPolicy;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use crate::auth::jwt::{JetStreamLimitsNats, JwtJetStream};
 use crate::router::InternalClient;
 use api::Api;
 use catalog::Catalog;
@@ -56,15 +57,66 @@ pub fn check_store_writable(store_dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-/// An account's JetStream limits (`accounts { A: { jetstream { max_mem, max_file, max_streams } } }`);
-/// -1 means unlimited. Memory and file limits are reservations: streams must set `max_bytes` and
-/// the sum of their `max_bytes` may not exceed the limit, as in nats-server.
+/// An account's JetStream limits (`accounts { A: { jetstream { max_mem, max_file, max_streams,
+/// max_consumers, max_ack_pending, max_bytes_required } } }`, or an account JWT's); -1 means
+/// unlimited. As in nats-server: the streams' `max_bytes` are reserved against the memory and
+/// file limits, the stored bytes may not exceed them, `max_consumers` counts per stream, and
+/// `max_ack_pending` caps (and defaults) each consumer's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AccountLimits {
     pub max_memory: i64,
     pub max_file: i64,
     pub max_streams: i64,
     pub max_consumers: i64,
+    pub max_ack_pending: i64,
+    /// Streams must set `max_bytes`.
+    pub max_bytes_required: bool,
+    /// Largest `max_bytes` a memory (file) stream may have.
+    pub memory_max_stream_bytes: i64,
+    pub storage_max_stream_bytes: i64,
+    /// From an account JWT's `tiered_limits`: these are tier `R1`'s (the only tier a server
+    /// without replication uses), reported under `tiers`; `no_tier` when the JWT has tiers but
+    /// no `R1` (then no stream can be created, as nats-server refuses them).
+    pub tiered: bool,
+    pub no_tier: bool,
+}
+
+impl AccountLimits {
+    /// The limits an account JWT grants, as nats-server reads them (a non-positive stream
+    /// byte or ack pending limit is unlimited).
+    pub fn from_jwt(j: &JwtJetStream) -> AccountLimits {
+        let unlimited = |v: i64| if v > 0 { v } else { -1 };
+        let of = |l: &JetStreamLimitsNats| AccountLimits {
+            max_memory: l.mem_storage,
+            max_file: l.disk_storage,
+            max_streams: l.streams,
+            max_consumers: l.consumer,
+            max_ack_pending: unlimited(l.max_ack_pending),
+            max_bytes_required: l.max_bytes_required,
+            memory_max_stream_bytes: unlimited(l.mem_max_stream_bytes),
+            storage_max_stream_bytes: unlimited(l.disk_max_stream_bytes),
+            tiered: false,
+            no_tier: false,
+        };
+        match j {
+            JwtJetStream::Flat(l) => of(l),
+            JwtJetStream::Tiered(tiers) => match tiers.get("R1") {
+                Some(l) => AccountLimits {
+                    tiered: true,
+                    ..of(l)
+                },
+                None => AccountLimits {
+                    tiered: true,
+                    no_tier: true,
+                    max_memory: 0,
+                    max_file: 0,
+                    max_streams: 0,
+                    max_consumers: 0,
+                    ..AccountLimits::default()
+                },
+            },
+        }
+    }
 }
 
 impl Default for AccountLimits {
@@ -74,6 +126,12 @@ impl Default for AccountLimits {
             max_file: -1,
             max_streams: -1,
             max_consumers: -1,
+            max_ack_pending: -1,
+            max_bytes_required: false,
+            memory_max_stream_bytes: -1,
+            storage_max_stream_bytes: -1,
+            tiered: false,
+            no_tier: false,
         }
     }
 }
@@ -84,6 +142,21 @@ pub(crate) struct JetStream {
     /// The server's name, reported as the leader in stream and consumer info.
     server_name: String,
     accounts: Mutex<Vec<Arc<Catalog>>>,
+    /// Each account's API (its counters and info documents), in the order enabled.
+    apis: Mutex<Vec<Arc<Api>>>,
+}
+
+/// What `/jsz` asks for (`acc`, `accounts`, `streams`, `consumers`, `config`, `offset`,
+/// `limit`).
+#[derive(Debug, Clone, Default)]
+pub struct JszQuery {
+    pub account: Option<String>,
+    pub accounts: bool,
+    pub streams: bool,
+    pub consumers: bool,
+    pub config: bool,
+    pub offset: usize,
+    pub limit: usize,
 }
 
 impl JetStream {
@@ -92,6 +165,7 @@ impl JetStream {
             opts,
             server_name,
             accounts: Mutex::new(Vec::new()),
+            apis: Mutex::new(Vec::new()),
         })
     }
 
@@ -126,7 +200,8 @@ impl JetStream {
         let sub = client
             .subscribe_local("$JS.API.>", None, 4096)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let api = Api::new(catalog.clone(), client, self.server_name.clone());
+        let api = Arc::new(Api::new(catalog.clone(), client, self.server_name.clone()));
+        self.apis.lock().push(api.clone());
         tokio::spawn(async move {
             let mut sub = sub;
             while let Some(m) = sub.next().await {
@@ -135,6 +210,18 @@ impl JetStream {
         });
         self.accounts.lock().push(catalog);
         Ok(())
+    }
+
+    /// Whether JetStream is enabled for `account`.
+    pub(crate) fn has_account(&self, account: &str) -> bool {
+        self.accounts.lock().iter().any(|c| c.account() == account)
+    }
+
+    /// New limits for `account` (its JWT changed); streams and consumers already there stay.
+    pub(crate) fn set_account_limits(&self, account: &str, limits: AccountLimits) {
+        if let Some(c) = self.accounts.lock().iter().find(|c| c.account() == account) {
+            c.set_limits(limits);
+        }
     }
 
     /// The settings JetStream runs with.
@@ -149,18 +236,84 @@ impl JetStream {
         }
     }
 
-    /// Numbers for `/varz` and `/jsz`.
-    pub(crate) fn usage(&self) -> Value {
-        let accounts = self.accounts.lock().clone();
-        let (mut streams, mut consumers, mut messages, mut bytes) = (0, 0, 0, 0);
-        for s in accounts.iter().flat_map(|a| a.streams()) {
-            let st = s.store.state();
-            streams += 1;
-            consumers += s.consumers.len();
-            messages += st.msgs;
-            bytes += st.bytes;
+    /// The `config` object of `/varz`'s and `/jsz`'s JetStream sections.
+    pub(crate) fn config_json(&self) -> Value {
+        let c = &self.opts;
+        let mut v = json!({
+            "max_memory": c.max_memory,
+            "max_storage": c.max_file,
+            "store_dir": c.store_dir,
+        });
+        match c.sync {
+            SyncPolicy::Always => v["sync_always"] = json!(true),
+            SyncPolicy::Interval(d) => v["sync_interval"] = json!(d.as_nanos() as u64),
         }
-        json!({"streams": streams, "consumers": consumers, "messages": messages, "bytes": bytes, "accounts": accounts.len()})
+        v
+    }
+
+    /// nats-server's `JetStreamStats`: bytes used and reserved by kind, accounts, API counters.
+    pub(crate) fn stats(&self) -> Value {
+        let apis = self.apis.lock().clone();
+        let mut u = api::Usage::default();
+        for a in &apis {
+            u.add(&a.usage());
+        }
+        json!({
+            "memory": u.memory,
+            "storage": u.storage,
+            "reserved_memory": u.reserved_memory,
+            "reserved_storage": u.reserved_storage,
+            "accounts": apis.len(),
+            "ha_assets": 0,
+            "api": {"total": u.api_total, "errors": u.api_errors},
+        })
+    }
+
+    /// The `/jsz` document (without `server_id` and `now`): the stats, totals, and per account
+    /// (as `q` asks) its streams and consumers.
+    pub(crate) fn jsz(&self, q: &JszQuery) -> Value {
+        let mut apis = self.apis.lock().clone();
+        let mut v = self.stats();
+        v["config"] = self.config_json();
+        v["limits"] = json!({});
+        let (mut streams, mut consumers, mut messages, mut bytes) = (0, 0, 0, 0);
+        for a in &apis {
+            for s in a.catalog().streams() {
+                let st = s.store.state();
+                streams += 1;
+                consumers += s.consumers.len();
+                messages += st.msgs;
+                bytes += st.bytes;
+            }
+        }
+        v["streams"] = json!(streams);
+        v["consumers"] = json!(consumers);
+        v["messages"] = json!(messages);
+        v["bytes"] = json!(bytes);
+        v["total"] = json!(apis.len());
+        let streams_too = q.streams || q.consumers;
+        let chosen: Vec<Arc<Api>> = match &q.account {
+            Some(name) => apis
+                .iter()
+                .filter(|a| a.catalog().account() == name)
+                .cloned()
+                .collect(),
+            None if q.accounts || streams_too => {
+                apis.sort_by(|a, b| a.catalog().account().cmp(b.catalog().account()));
+                let limit = if q.limit == 0 { 1024 } else { q.limit };
+                apis.into_iter().skip(q.offset).take(limit).collect()
+            }
+            None => Vec::new(),
+        };
+        if !chosen.is_empty() {
+            v["account_details"] = Value::Array(
+                chosen
+                    .iter()
+                    .map(|a| a.account_detail(streams_too, q.consumers, q.config))
+                    .collect(),
+            );
+        }
+        v
     }
 
     /// Per-stream and per-consumer figures for `/metrics` (label cardinality: account, stream,

@@ -223,32 +223,71 @@ pub fn varz(o: &Observed) -> Value {
     v
 }
 
-/// JetStream's section of `/varz` and the body of `/jsz`: `{}` when JetStream is off.
+/// JetStream's section of `/varz` (`config`, `stats`, `limits`): `{}` when JetStream is off.
 fn jetstream_summary(o: &Observed) -> Value {
     let Some(js) = &o.jetstream else {
         return json!({});
     };
-    let c = js.options();
     json!({
-        "config": {
-            "max_memory": c.max_memory,
-            "max_storage": c.max_file,
-            "store_dir": c.store_dir,
-            "sync_always": matches!(c.sync, natrium_store::SyncPolicy::Always),
-        },
-        "stats": js.usage(),
+        "config": js.config_json(),
+        "stats": js.stats(),
+        "limits": {},
     })
 }
 
+/// The query of `/jsz`, as nats-server reads it.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct JszParams {
+    pub acc: Option<String>,
+    pub accounts: Option<String>,
+    pub streams: Option<String>,
+    pub consumers: Option<String>,
+    pub config: Option<String>,
+    pub offset: Option<String>,
+    pub limit: Option<String>,
+}
+
+/// A boolean query parameter as Go's `strconv.ParseBool` reads it; absent is false.
+fn go_bool(name: &str, v: &Option<String>) -> Result<bool, Refused> {
+    match v.as_deref() {
+        None | Some("") => Ok(false),
+        Some("1" | "t" | "T" | "TRUE" | "true" | "True") => Ok(true),
+        Some("0" | "f" | "F" | "FALSE" | "false" | "False") => Ok(false),
+        Some(x) => Err(Refused::bad_request(format!(
+            "Error decoding boolean for '{name}': strconv.ParseBool: parsing {x:?}: invalid syntax"
+        ))),
+    }
+}
+
+fn go_int(name: &str, v: &Option<String>) -> Result<usize, Refused> {
+    match v.as_deref() {
+        None | Some("") => Ok(0),
+        Some(x) => x.parse::<i64>().map(|n| n.max(0) as usize).map_err(|_| {
+            Refused::bad_request(format!(
+                "Error decoding int for '{name}': strconv.Atoi: parsing {x:?}: invalid syntax"
+            ))
+        }),
+    }
+}
+
 /// The `/jsz` document; refused (503) when JetStream is off.
-pub fn jsz(o: &Observed) -> Answer {
-    if o.jetstream.is_none() {
+pub fn jsz(o: &Observed, p: &JszParams) -> Answer {
+    let Some(js) = &o.jetstream else {
         return Err(Refused {
             status: 503,
             text: "JetStream not enabled".into(),
         });
-    }
-    let mut v = jetstream_summary(o);
+    };
+    let q = crate::jetstream::JszQuery {
+        account: p.acc.clone().filter(|a| !a.is_empty()),
+        accounts: go_bool("accounts", &p.accounts)?,
+        streams: go_bool("streams", &p.streams)?,
+        consumers: go_bool("consumers", &p.consumers)?,
+        config: go_bool("config", &p.config)?,
+        offset: go_int("offset", &p.offset)?,
+        limit: go_int("limit", &p.limit)?,
+    };
+    let mut v = js.jsz(&q);
     v["server_id"] = json!(o.id());
     v["now"] = json!(rfc3339(SystemTime::now()));
     Ok(v)

@@ -55,6 +55,43 @@ pub fn rfc3339(t: SystemTime) -> String {
     rfc3339_nanos(ns)
 }
 
+/// A duration as Go's `time.Duration.String` prints it (`0s`, `850ns`, `501µs`, `1.5ms`,
+/// `2.25s`, `1h2m3s`), for the fields nats-server fills that way (`rtt`).
+pub fn go_duration(d: Duration) -> String {
+    fn frac(n: u128, unit: u128, width: usize, suffix: &str) -> String {
+        let (int, rem) = (n / unit, n % unit);
+        if rem == 0 {
+            return format!("{int}{suffix}");
+        }
+        let digits = format!("{rem:0width$}");
+        format!("{int}.{}{suffix}", digits.trim_end_matches('0'))
+    }
+    let n = d.as_nanos();
+    match n {
+        0 => "0s".into(),
+        1..=999 => format!("{n}ns"),
+        1_000..=999_999 => frac(n, 1_000, 3, "µs"),
+        1_000_000..=999_999_999 => frac(n, 1_000_000, 6, "ms"),
+        _ => {
+            let secs = n / 1_000_000_000;
+            let (h, m) = (secs / 3600, (secs % 3600) / 60);
+            let mut out = String::new();
+            if h > 0 {
+                out += &format!("{h}h");
+            }
+            if h > 0 || m > 0 {
+                out += &format!("{m}m");
+            }
+            out + &frac(
+                (secs % 60) * 1_000_000_000 + n % 1_000_000_000,
+                1_000_000_000,
+                9,
+                "s",
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -509,7 +509,7 @@ async fn per_account_enablement_and_limits() {
     std::fs::write(
         &conf,
         format!(
-            "jetstream {{ store_dir: {:?} }}\naccounts {{\n  A: {{ jetstream: {{ max_file: 1MB, max_streams: 2 }}, users: [{{user: a, password: a}}] }}\n  B: {{ users: [{{user: b, password: b}}] }}\n}}\n",
+            "jetstream {{ store_dir: {:?} }}\naccounts {{\n  A: {{ jetstream: {{ max_file: 1MB, max_streams: 2, max_bytes_required: true }}, users: [{{user: a, password: a}}] }}\n  B: {{ users: [{{user: b, password: b}}] }}\n}}\n",
             dir.path().join("store").display().to_string()
         ),
     )

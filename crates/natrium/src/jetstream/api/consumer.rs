@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::{parse, Api, PagedRequest};
 use crate::jetstream::catalog::Action;
 use crate::jetstream::consumer::{parse_time, Consumer};
-use crate::jetstream::consumer_config::ConsumerConfig;
+use crate::jetstream::consumer_config::{ConsumerConfig, ConsumerLimits};
 use crate::jetstream::errors::ApiError;
 use crate::util::time::rfc3339;
 
@@ -68,6 +68,16 @@ impl Api {
                 reply,
                 "consumer_pause_response",
                 self.consumer_pause(stream, name, payload),
+            ),
+            ["CONSUMER", "UNPIN", stream, name] => self.respond(
+                reply,
+                "consumer_unpin_response",
+                self.consumer_unpin(stream, name, payload),
+            ),
+            ["CONSUMER", "RESET", stream, name] => self.respond(
+                reply,
+                "consumer_reset_response",
+                self.consumer_reset(stream, name, payload),
             ),
             ["CONSUMER", "MSG", "NEXT", rest] => match rest
                 .split_once('.')
@@ -134,8 +144,12 @@ impl Api {
                 return Err(ApiError::consumer_filter_mismatch());
             }
         }
+        let stream_limits = ConsumerLimits::from_json(&s.config().consumer_limits);
+        let account_max_ack_pending = self.catalog.limits().max_ack_pending;
+        cfg.apply_limits(stream_limits, account_max_ack_pending);
         cfg.normalize();
         cfg.validate()?;
+        cfg.check_limits(stream_limits, account_max_ack_pending)?;
         let action = match req.action.as_str() {
             "create" => Action::Create,
             "update" => Action::Update,
@@ -195,8 +209,55 @@ impl Api {
         }))
     }
 
+    /// `CONSUMER.UNPIN`: `{"group": g}` loses its pinned client.
+    fn consumer_unpin(&self, stream: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        #[derive(Deserialize)]
+        struct UnpinRequest {
+            #[serde(default)]
+            group: String,
+        }
+        let req: UnpinRequest = serde_json::from_slice(payload).map_err(ApiError::invalid_json)?;
+        if req.group.is_empty() {
+            return Err(ApiError::invalid_json("consumer group not specified"));
+        }
+        let valid = req.group.len() <= 16
+            && req
+                .group
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'=' | b'-'));
+        if !valid {
+            return Err(ApiError::consumer_invalid_group_name());
+        }
+        let (_, c) = self.catalog.consumer(stream, name)?;
+        if !c.config().priority_groups.contains(&req.group) {
+            return Err(ApiError::consumer_invalid_priority_group());
+        }
+        c.unpin(&req.group);
+        Ok(json!({}))
+    }
+
+    /// `CONSUMER.RESET`: `{"seq": n}` (or nothing: back to the ack floor); the consumer info
+    /// and `reset_seq`.
+    fn consumer_reset(&self, stream: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct ResetRequest {
+            seq: u64,
+        }
+        let req: ResetRequest = if payload.is_empty() {
+            ResetRequest::default()
+        } else {
+            serde_json::from_slice(payload).map_err(ApiError::invalid_json)?
+        };
+        let (_, c) = self.catalog.consumer(stream, name)?;
+        let seq = c.reset(req.seq)?;
+        let mut info = self.consumer_info(&c);
+        info["reset_seq"] = json!(seq);
+        Ok(info)
+    }
+
     /// The consumer info document (`consumer_info_response` minus `type`).
-    fn consumer_info(&self, c: &Consumer) -> Value {
+    pub(super) fn consumer_info(&self, c: &Consumer) -> Value {
         let (cfg, p) = c.snapshot();
         let mut v = json!({
             "stream_name": c.stream_name,
@@ -212,6 +273,20 @@ impl Api {
             "cluster": {"leader": self.server_name},
             "ts": rfc3339(SystemTime::now()),
         });
+        if let Some(t) = p.last_delivered {
+            v["delivered"]["last_active"] = json!(rfc3339(t));
+        }
+        if let Some(t) = p.last_ack {
+            v["ack_floor"]["last_active"] = json!(rfc3339(t));
+        }
+        if let Some((group, pin)) = &p.priority_group {
+            let mut g = json!({"group": group, "pinned_ts": "0001-01-01T00:00:00Z"});
+            if let Some((id, since)) = pin {
+                g["pinned_client_id"] = json!(id);
+                g["pinned_ts"] = json!(rfc3339(*since));
+            }
+            v["priority_groups"] = json!([g]);
+        }
         if let Some(d) = &cfg.deliver_subject {
             v["push_bound"] = json!(c.has_interest(d));
         }

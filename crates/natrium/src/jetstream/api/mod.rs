@@ -3,7 +3,10 @@
 
 mod account;
 mod consumer;
+mod monitor;
 mod stream;
+
+pub(crate) use monitor::Usage;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

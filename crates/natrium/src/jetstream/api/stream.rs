@@ -16,7 +16,7 @@ use crate::util::time::rfc3339;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-struct InfoRequest {
+pub(super) struct InfoRequest {
     subjects_filter: Option<String>,
     deleted_details: bool,
     offset: usize,
@@ -104,11 +104,16 @@ impl Api {
 
     /// A stream config from a CREATE or UPDATE request for stream `name`, normalized and valid.
     fn parse_config(&self, name: &str, payload: &[u8]) -> Result<StreamConfig, ApiError> {
-        let mut cfg: StreamConfig =
-            serde_json::from_slice(payload).map_err(ApiError::invalid_json)?;
-        if cfg.name.is_empty() {
-            cfg.name = name.to_string();
+        // A JSON object only (serde would read an array as a struct's fields in order), and its
+        // name must be the subject's: `{}` and `[]` are refused, as nats-server refuses them.
+        let v: Value = serde_json::from_slice(payload).map_err(ApiError::invalid_json)?;
+        if !v.is_object() {
+            return Err(ApiError::invalid_json(format!(
+                "json: cannot unmarshal {} into Go value of type server.StreamConfigRequest",
+                json_kind(&v)
+            )));
         }
+        let mut cfg: StreamConfig = serde_json::from_value(v).map_err(ApiError::invalid_json)?;
         if cfg.name != name {
             return Err(ApiError::stream_mismatch());
         }
@@ -188,6 +193,10 @@ impl Api {
 
     fn msg_get(&self, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
         let req: MsgGetRequest = parse(payload)?;
+        // Conflicting ways to pick the message are refused, as nats-server refuses them.
+        if req.last_by_subj.is_some() && (req.seq > 0 || req.next_by_subj.is_some()) {
+            return Err(ApiError::bad_request());
+        }
         let s = self.catalog.stream(name)?;
         let m = load(&s, &req)?;
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -224,12 +233,16 @@ impl Api {
             let hdr = format!("NATS/1.0 {code}\r\n\r\n");
             let _ = self.client.publish(reply, None, Some(hdr.as_bytes()), b"");
         };
-        let Ok(s) = self.catalog.stream(name) else {
-            return status("404 Message Not Found");
+        // nats-server subscribes direct gets per stream that allows them: for any other the
+        // requester sees no responders.
+        let Some(s) = self
+            .catalog
+            .stream(name)
+            .ok()
+            .filter(|s| s.config().allow_direct)
+        else {
+            return status("503");
         };
-        if !s.config().allow_direct {
-            return status("400 Bad Request");
-        }
         let req = match subject {
             Some(subj) => MsgGetRequest {
                 last_by_subj: Some(subj.to_string()),
@@ -263,7 +276,7 @@ impl Api {
     }
 
     /// The stream info document (`stream_info_response` minus `type`).
-    fn stream_info(&self, s: &Stream, req: &InfoRequest) -> Value {
+    pub(super) fn stream_info(&self, s: &Stream, req: &InfoRequest) -> Value {
         let st = s.store.state();
         let mut state = json!({
             "messages": st.msgs,
@@ -298,6 +311,18 @@ impl Api {
             "cluster": {"leader": self.server_name},
             "ts": rfc3339(SystemTime::now()),
         })
+    }
+}
+
+/// How Go's JSON decoder names a value's kind in its errors.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
     }
 }
 

@@ -130,6 +130,23 @@ impl Consumers {
         }
     }
 
+    /// Messages were removed from the front of the stream (limits, max age, a rollup of all):
+    /// consumers whose cursor is below `first_seq` recount (cheaply: everything left is after
+    /// their cursor); the others lost nothing they had pending.
+    pub(crate) fn removed_front(&self, first_seq: u64) {
+        for c in self.map.read().values() {
+            c.state.lock().removed_front(first_seq, self.store.as_ref());
+        }
+    }
+
+    /// Messages were removed from inside the stream (per-subject limits, a subject rollup, a
+    /// delete): consumers recount what they have pending before they next deliver or report.
+    pub(crate) fn removed_inside(&self) {
+        for c in self.map.read().values() {
+            c.state.lock().mark_stale();
+        }
+    }
+
     /// After purges and other bulk removals, consumers recount what they have pending.
     pub(crate) fn recount(&self) {
         for c in self.map.read().values() {
@@ -221,13 +238,16 @@ impl Consumer {
 
     /// Its config and figures, read together.
     pub(crate) fn snapshot(&self) -> (Arc<ConsumerConfig>, Progress) {
-        let st = self.state.lock();
+        let mut st = self.state.lock();
+        st.refresh(self.store.as_ref());
         (st.config().clone(), st.progress())
     }
 
     /// Its figures.
     pub(crate) fn progress(&self) -> Progress {
-        self.state.lock().progress()
+        let mut st = self.state.lock();
+        st.refresh(self.store.as_ref());
+        st.progress()
     }
 
     /// Whether a client subscribes to `subject` (a push consumer's deliver subject).
@@ -294,6 +314,27 @@ impl Consumer {
         let Some(reply) = reply else { return };
         let cmds = self.state.lock().pull(reply, payload, Instant::now());
         self.execute(cmds);
+    }
+
+    /// `$JS.API.CONSUMER.UNPIN` for one of its priority groups.
+    pub(crate) fn unpin(&self, group: &str) {
+        let cmds = self.state.lock().unpin(group);
+        self.execute(cmds);
+    }
+
+    /// `$JS.API.CONSUMER.RESET`: starts over at stream sequence `seq` (0: past the ack floor).
+    /// The sequence it restarts from.
+    pub(crate) fn reset(&self, seq: u64) -> Result<u64, ApiError> {
+        let r = self
+            .state
+            .lock()
+            .reset(seq, self.store.as_ref())
+            .map_err(ApiError::consumer_invalid_reset)?;
+        if let Some(set) = self.set.upgrade() {
+            set.release_unneeded();
+        }
+        self.wake.notify_one();
+        Ok(r)
     }
 
     /// An ack on `$JS.ACK.<stream>.<consumer>.…`, in the acking client's task.

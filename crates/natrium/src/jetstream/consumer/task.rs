@@ -29,12 +29,21 @@ impl Consumer {
             if self.stopped.load(Ordering::Acquire) {
                 return;
             }
-            // Interest in a push consumer's deliver subject, asked outside the state lock.
-            let route = self.state.lock().push_route();
+            // Interest in a push consumer's deliver subject and in the pull requests' reply
+            // subjects, asked outside the state lock.
+            let (route, replies) = {
+                let st = self.state.lock();
+                (st.push_route(), st.waiting_replies())
+            };
             let bound = route.is_some_and(|d| self.client.has_interest(&d));
+            let gone: Vec<_> = replies
+                .into_iter()
+                .filter(|r| !self.client.has_interest(r))
+                .collect();
             let at = At::now();
             let tick = {
                 let mut st = self.state.lock();
+                st.drop_requests(&gone);
                 if st.inactive(at.mono, bound) {
                     drop(st);
                     self.expire();

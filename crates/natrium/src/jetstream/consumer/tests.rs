@@ -508,22 +508,22 @@ fn pull_requests_expire_with_408() {
         statuses(&out.commands),
         vec![("_INBOX.1".into(), "NATS/1.0 408 Request Timeout".into())]
     );
+    // It still wanted 4 of its 5.
     assert_eq!(
         header(&out.commands[0], "Nats-Pending-Messages").as_deref(),
-        Some("0")
+        Some("4")
     );
     assert_eq!(st.progress().num_waiting, 0);
 }
 
 #[test]
-fn no_wait_requests_end_with_404_or_408() {
+fn no_wait_requests_end_with_404_at_the_end_of_the_stream() {
     let clock = Clock::new();
     let store = stream(&[]);
     let mut st = consumer(&store, PULL, &clock);
-    st.pull("_INBOX.1", br#"{"batch":5,"no_wait":true}"#, clock.mono(0));
-    let out = tick(&mut st, &store, clock.at(0));
+    // Nothing there and no expiry: refused at once.
     assert_eq!(
-        statuses(&out.commands),
+        statuses(&st.pull("_INBOX.1", br#"{"batch":5,"no_wait":true}"#, clock.mono(0))),
         vec![("_INBOX.1".into(), "NATS/1.0 404 No Messages".into())]
     );
     add(&store, "a");
@@ -533,9 +533,10 @@ fn no_wait_requests_end_with_404_or_408() {
     st.pull("_INBOX.2", br#"{"batch":5,"no_wait":true}"#, clock.mono(0));
     let out = tick(&mut st, &store, clock.at(0));
     assert_eq!(seqs(&out.commands), vec![1, 2]);
+    // nats-server 2.12 ends it with 404 even after deliveries.
     assert_eq!(
         statuses(&out.commands),
-        vec![("_INBOX.2".into(), "NATS/1.0 408 Request Timeout".into())]
+        vec![("_INBOX.2".into(), "NATS/1.0 404 No Messages".into())]
     );
 }
 
@@ -544,8 +545,8 @@ fn max_bytes_ends_a_request_before_a_message_too_big_for_it() {
     let clock = Clock::new();
     let store = stream(&["a", "a"]);
     let mut st = consumer(&store, PULL, &clock);
-    // Each message counts subject + payload: 1 + 2 bytes.
-    st.pull("_INBOX.1", br#"{"batch":5,"max_bytes":4}"#, clock.mono(0));
+    // Each message counts subject, ack subject and payload (1 + 39 + 2 bytes): one fits.
+    st.pull("_INBOX.1", br#"{"batch":5,"max_bytes":60}"#, clock.mono(0));
     let out = tick(&mut st, &store, clock.at(0));
     assert_eq!(seqs(&out.commands), vec![1]);
     assert_eq!(
@@ -581,7 +582,7 @@ fn pull_requests_get_idle_heartbeats() {
 }
 
 #[test]
-fn requests_are_served_in_order_each_with_its_batch() {
+fn requests_are_served_in_turn_each_with_its_batch() {
     let clock = Clock::new();
     let store = stream(&["a", "a", "a", "a", "a"]);
     let mut st = consumer(&store, PULL, &clock);
@@ -591,12 +592,13 @@ fn requests_are_served_in_order_each_with_its_batch() {
         .into_iter()
         .map(|(s, r, _)| (s, r))
         .collect();
+    // One message each in turn, as nats-server serves waiting requests.
     assert_eq!(
         routes,
         vec![
             (1, "_INBOX.1".into()),
-            (2, "_INBOX.1".into()),
-            (3, "_INBOX.2".into()),
+            (2, "_INBOX.2".into()),
+            (3, "_INBOX.1".into()),
             (4, "_INBOX.2".into())
         ]
     );
@@ -1010,8 +1012,101 @@ fn unknown_ack_verbs_change_nothing() {
     let subject = ack_subject(&out.commands, 1);
     let (seq, kind) = parse_ack(subject.as_bytes(), b"+OOPS").expect("parses");
     assert_eq!((seq, &kind), (1, &AckKind::Other));
-    assert!(st
-        .ack(seq, kind, Some("_INBOX.r"), clock.mono(1))
-        .is_empty());
+    // Nothing changes, but a sync ack is answered all the same, as nats-server answers it.
+    assert_eq!(
+        st.ack(seq, kind, Some("_INBOX.r"), clock.mono(1)),
+        vec![Command::Tick]
+    );
     assert_eq!(st.progress().num_ack_pending, 1);
+    let out = tick(&mut st, &store, clock.at(1));
+    assert_eq!(out.commands, vec![Command::AckReply("_INBOX.r".into())]);
+}
+
+#[test]
+fn requests_whose_reply_has_no_interest_are_dropped() {
+    let clock = Clock::new();
+    let store = stream(&["a", "a"]);
+    let mut st = consumer(&store, PULL, &clock);
+    st.pull("_INBOX.gone", b"2", clock.mono(0));
+    st.pull("_INBOX.live", b"2", clock.mono(0));
+    assert_eq!(
+        st.waiting_replies(),
+        vec![
+            std::sync::Arc::from("_INBOX.gone"),
+            std::sync::Arc::from("_INBOX.live")
+        ]
+    );
+    st.drop_requests(&[std::sync::Arc::from("_INBOX.gone")]);
+    let out = tick(&mut st, &store, clock.at(0));
+    assert_eq!(
+        delivered(&out.commands),
+        vec![(1, "_INBOX.live".into(), 1), (2, "_INBOX.live".into(), 1)]
+    );
+    // Dropped without an answer: nobody would read it.
+    assert!(statuses(&out.commands).is_empty());
+}
+
+#[test]
+fn a_negative_expiry_ends_the_request_at_once_with_408() {
+    let clock = Clock::new();
+    let store = stream(&["a"]);
+    let mut st = consumer(&store, PULL, &clock);
+    assert_eq!(
+        st.pull("_INBOX.1", br#"{"batch":3,"expires":-1}"#, clock.mono(0)),
+        vec![Command::Tick]
+    );
+    let out = tick(&mut st, &store, clock.at(0));
+    assert!(seqs(&out.commands).is_empty(), "nothing delivered to it");
+    assert_eq!(
+        statuses(&out.commands),
+        vec![("_INBOX.1".into(), "NATS/1.0 408 Request Timeout".into())]
+    );
+    assert_eq!(
+        header(&out.commands[0], "Nats-Pending-Messages").as_deref(),
+        Some("3")
+    );
+}
+
+#[test]
+fn reset_goes_back_to_the_ack_floor_or_a_sequence() {
+    let clock = Clock::new();
+    let store = stream(&["a", "a", "a", "a"]);
+    let mut st = consumer(&store, PULL, &clock);
+    st.pull("_INBOX.1", b"3", clock.mono(0));
+    tick(&mut st, &store, clock.at(0));
+    ack(&mut st, 1, "+ACK", None, clock.mono(1));
+    assert_eq!(st.reset(0, &store), Ok(2));
+    let p = st.progress();
+    assert_eq!(
+        (p.num_ack_pending, p.num_pending, p.delivered),
+        (0, 3, (0, 1))
+    );
+    st.pull("_INBOX.2", b"1", clock.mono(2));
+    assert_eq!(seqs(&tick(&mut st, &store, clock.at(2)).commands), vec![2]);
+    assert_eq!(st.reset(4, &store), Ok(4));
+    assert_eq!(st.progress().num_pending, 1);
+    let mut new = consumer(
+        &store,
+        r#"{"durable_name":"C","deliver_policy":"new"}"#,
+        &clock,
+    );
+    assert_eq!(new.reset(2, &store), Err("not allowed"));
+}
+
+#[test]
+fn removals_keep_the_pending_count_true() {
+    let clock = Clock::new();
+    let store = stream(&["a", "b", "c", "d"]);
+    let mut st = consumer(&store, PULL, &clock);
+    assert_eq!(st.progress().num_pending, 4);
+    // From the front, past the cursor: counted again.
+    store.remove_msg(1).expect("removed");
+    store.remove_msg(2).expect("removed");
+    st.removed_front(3, &store);
+    assert_eq!(st.progress().num_pending, 2);
+    // From inside: counted again at the next tick.
+    store.remove_msg(4).expect("removed");
+    st.mark_stale();
+    tick(&mut st, &store, clock.at(0));
+    assert_eq!(st.progress().num_pending, 1);
 }

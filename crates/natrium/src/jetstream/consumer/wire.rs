@@ -145,32 +145,72 @@ pub(crate) fn parse_ack<'a>(subject: &[u8], body: &'a [u8]) -> Option<(u64, AckK
     Some((sseq, kind))
 }
 
-/// Pull request options (`$JS.API.CONSUMER.MSG.NEXT` body or `+NXT` argument).
+/// Pull request options (`$JS.API.CONSUMER.MSG.NEXT` body or `+NXT` argument), with the
+/// priority group fields nats-server reads inline.
+/// Fields a client sends as `null` (async-nats does) read as their default, as Go reads them.
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(default)]
 pub(crate) struct NextRequest {
-    pub batch: u64,
-    pub expires: u64,
+    #[serde(deserialize_with = "nullable")]
+    pub batch: i64,
+    /// Nanoseconds; negative is already expired.
+    #[serde(deserialize_with = "nullable")]
+    pub expires: i64,
+    #[serde(deserialize_with = "nullable")]
     pub no_wait: bool,
-    pub max_bytes: u64,
-    pub idle_heartbeat: u64,
+    #[serde(deserialize_with = "nullable")]
+    pub max_bytes: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub idle_heartbeat: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub group: String,
+    #[serde(deserialize_with = "nullable")]
+    pub min_pending: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub min_ack_pending: i64,
+    #[serde(deserialize_with = "nullable")]
+    pub id: String,
+    #[serde(deserialize_with = "nullable")]
+    pub priority: i64,
 }
 
-/// A pull request body: empty (one message), a bare number (a batch) or JSON.
-pub(crate) fn parse_next(payload: &[u8]) -> NextRequest {
-    let text = String::from_utf8_lossy(payload);
-    let t = text.trim();
-    let batch = |n| NextRequest {
-        batch: n,
-        ..NextRequest::default()
-    };
+fn nullable<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+impl NextRequest {
+    fn of_batch(n: i64) -> NextRequest {
+        NextRequest {
+            batch: n,
+            ..NextRequest::default()
+        }
+    }
+}
+
+/// A pull request body: empty (one message), a bare number (a batch) or a JSON object. A JSON
+/// body that does not parse, or asks heartbeats more often than half its expiry, is refused
+/// with the reason nats-server gives (after "Bad Request - ").
+pub(crate) fn parse_next(payload: &[u8]) -> Result<NextRequest, String> {
+    let t = payload.trim_ascii();
     if t.is_empty() {
-        return batch(1);
+        return Ok(NextRequest::of_batch(1));
     }
-    if let Ok(n) = t.parse::<u64>() {
-        return batch(n);
+    if t[0] == b'{' {
+        let r: NextRequest = serde_json::from_slice(t).map_err(|e| e.to_string())?;
+        if r.idle_heartbeat > 0 && r.idle_heartbeat.saturating_mul(2) > r.expires {
+            return Err("heartbeat value too large".into());
+        }
+        return Ok(r);
     }
-    serde_json::from_str(t).unwrap_or(batch(1))
+    let n = std::str::from_utf8(t)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(1);
+    Ok(NextRequest::of_batch(n))
 }
 
 #[cfg(test)]
@@ -217,13 +257,26 @@ mod tests {
 
     #[test]
     fn pull_request_bodies() {
-        assert_eq!(parse_next(b"").batch, 1);
-        assert_eq!(parse_next(b" 7 ").batch, 7);
-        let r = parse_next(br#"{"batch":5,"expires":1000,"no_wait":true,"max_bytes":64}"#);
+        let ok = |b: &[u8]| parse_next(b).expect("valid request");
+        assert_eq!(ok(b"").batch, 1);
+        assert_eq!(ok(b" 7 ").batch, 7);
+        assert_eq!(ok(b"junk").batch, 1);
+        let r = ok(br#"{"batch":5,"expires":1000,"no_wait":true,"max_bytes":64}"#);
         assert_eq!(
             (r.batch, r.expires, r.no_wait, r.max_bytes),
             (5, 1000, true, 64)
         );
-        assert_eq!(parse_next(b"{not json").batch, 1);
+        assert_eq!(ok(br#"{"expires":-5}"#).expires, -5);
+        assert_eq!(
+            ok(br#"{"batch":3,"min_pending":null,"group":null}"#).batch,
+            3
+        );
+        assert!(parse_next(b"{not json").is_err());
+        assert_eq!(
+            parse_next(br#"{"expires":1000,"idle_heartbeat":600}"#),
+            Err("heartbeat value too large".into())
+        );
+        let g = ok(br#"{"batch":1,"group":"jobs","id":"PIN","priority":3}"#);
+        assert!(g.group == "jobs" && g.id == "PIN" && g.priority == 3);
     }
 }

@@ -72,6 +72,16 @@ impl Stream {
         reply: Option<&str>,
     ) {
         let subject = msg.subject.as_bytes();
+        if let Some(gate) = self.account_gate.get() {
+            let size =
+                subject.len() + msg.headers.as_ref().map_or(0, |h| h.len()) + msg.payload.len();
+            if !gate(cfg.storage, size as u64) {
+                return self.reply_error(reply, ApiError::account_resources_exceeded());
+            }
+        }
+        // With limits the store may remove messages to make room: consumers must hear of it.
+        let limited = cfg.max_msgs > 0 || cfg.max_bytes > 0 || cfg.max_msgs_per_subject > 0;
+        let before = limited.then(|| self.store.state());
         let receipt = match self
             .store
             .store_msg(subject, msg.headers.as_deref(), &msg.payload, now)
@@ -79,12 +89,22 @@ impl Stream {
             Ok(r) => r,
             Err(e) => return self.reply_error(reply, store_error(&e)),
         };
+        // What went to make room or by the rollup: (new first sequence, removed from inside).
+        let (mut front, mut inside) = (None, false);
+        if let Some(b) = before {
+            let a = self.store.state();
+            if a.msgs != b.msgs + 1 {
+                inside = a.num_deleted > b.num_deleted || cfg.max_msgs_per_subject > 0;
+                front = (a.first_seq > b.first_seq).then_some(a.first_seq);
+            }
+        }
         match write.rollup {
             Some(Rollup::Subject) => {
-                let _ = self.store.purge_ex(subject, 0, 1);
+                inside |= self.store.purge_ex(subject, 0, 1).is_ok_and(|n| n > 0);
             }
             Some(Rollup::All) => {
-                let _ = self.store.compact(receipt.seq);
+                let removed = self.store.compact(receipt.seq).is_ok_and(|n| n > 0);
+                front = removed.then_some(receipt.seq).or(front);
             }
             None => {}
         }
@@ -93,6 +113,12 @@ impl Stream {
             dedupe.record(id, receipt.seq, now);
         }
         self.consumers.on_stored(receipt.seq, subject);
+        if let Some(first) = front {
+            self.consumers.removed_front(first);
+        }
+        if inside {
+            self.consumers.removed_inside();
+        }
         let Some(r) = reply else { return };
         let client = self.client.clone();
         let reply_to = r.to_string();

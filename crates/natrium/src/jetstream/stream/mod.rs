@@ -5,14 +5,14 @@ mod check;
 mod ingest;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use natrium_store::StreamStore;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
-use super::config::StreamConfig;
+use super::config::{Storage, StreamConfig};
 use super::consumer::Consumers;
 use super::errors::ApiError;
 use crate::router::internal::SubControl;
@@ -39,7 +39,13 @@ pub(crate) struct Stream {
     ack_prefix: String,
     /// The ingest subscription's subjects, changed in place by a stream update.
     ingest: Mutex<Option<Arc<SubControl>>>,
+    /// The account's byte limit, asked before each message is stored (set by the catalog when
+    /// the account has one).
+    account_gate: OnceLock<AccountGate>,
 }
+
+/// Whether the account has room for a message of this many bytes in a stream of this storage.
+pub(crate) type AccountGate = Box<dyn Fn(Storage, u64) -> bool + Send + Sync>;
 
 impl Stream {
     pub(crate) fn new(
@@ -71,7 +77,18 @@ impl Stream {
             stopped: AtomicBool::new(false),
             ingest: Mutex::new(None),
             ack_before_sync,
+            account_gate: OnceLock::new(),
         })
+    }
+
+    /// Sets the account's byte limit check (once).
+    pub(crate) fn set_account_gate(&self, gate: AccountGate) {
+        let _ = self.account_gate.set(gate);
+    }
+
+    /// Memory or file.
+    pub(crate) fn storage(&self) -> Storage {
+        self.config.read().storage
     }
 
     pub(crate) fn config(&self) -> StreamConfig {
@@ -150,8 +167,10 @@ impl Stream {
                 return;
             }
             if !max_age.is_zero() {
-                if let Err(e) = self.store.expire(now_nanos()) {
-                    tracing::warn!("stream {}: expiring messages failed: {e}", self.name);
+                match self.store.expire(now_nanos()) {
+                    Ok(0) => {}
+                    Ok(_) => self.consumers.removed_front(self.store.state().first_seq),
+                    Err(e) => tracing::warn!("stream {}: expiring messages failed: {e}", self.name),
                 }
             }
         }
@@ -196,6 +215,7 @@ impl Stream {
         if !removed {
             return Err(ApiError::msg_delete_failed("no message found"));
         }
+        self.consumers.removed_inside();
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! redeliveries, pause): events in, commands out; no clock, no I/O. The tick is in `tick.rs`.
 
 mod tick;
+mod waiting;
 
 #[cfg(test)]
 pub(crate) use tick::TICK_MSGS;
@@ -16,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::start::{count_pending, initial_cursor, parse_time};
-use super::wire::{parse_next, status, status_msg, AckKind, Command, Save};
+use super::wire::{status, status_msg, AckKind, Command, Save};
 use crate::jetstream::config::Retention;
 use crate::jetstream::consumer_config::{AckPolicy, ConsumerConfig};
+use waiting::{Pin, PullRequest};
 
 /// The time an event happens at: monotonic for deadlines, wall clock for `pause_until`.
 #[derive(Debug, Clone, Copy)]
@@ -54,18 +56,6 @@ struct Pending {
     deadline: Instant,
 }
 
-#[derive(Debug)]
-struct PullRequest {
-    reply: Arc<str>,
-    batch: u64,
-    max_bytes: u64,
-    expires: Option<Instant>,
-    no_wait: bool,
-    heartbeat: Option<Duration>,
-    next_heartbeat: Option<Instant>,
-    delivered: u64,
-}
-
 /// What is persisted of a consumer's progress (the body of its state document).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct SavedState {
@@ -90,6 +80,11 @@ pub(crate) struct Progress {
     pub num_waiting: u64,
     pub num_pending: u64,
     pub paused_until: Option<SystemTime>,
+    /// When a message was last delivered, and last acknowledged.
+    pub last_delivered: Option<SystemTime>,
+    pub last_ack: Option<SystemTime>,
+    /// The first priority group, with the pin id and since when (pinned_client).
+    pub priority_group: Option<(String, Option<(String, SystemTime)>)>,
 }
 
 /// What a tick decided: the save to make first, then the commands in order.
@@ -137,6 +132,8 @@ pub(crate) struct ConsumerState {
     delivered_since_fc: u64,
     fc_seq: u64,
     paused_until: Option<SystemTime>,
+    /// Messages were removed from inside the stream since `num_pending` was counted.
+    stale: bool,
     /// Changed since the last save.
     dirty: bool,
     /// Deliveries were made since the state was last synced: the next save is fsynced before
@@ -146,6 +143,13 @@ pub(crate) struct ConsumerState {
     sync_replies: Vec<String>,
     /// Messages acked since the last tick, released to retention after the next save.
     acked: Vec<u64>,
+    /// The pinned client of a pinned_client consumer.
+    pin: Option<Pin>,
+    /// A monotonic instant and the wall time then, to turn event instants into wall times.
+    epoch: (Instant, SystemTime),
+    /// When a message was last delivered and last acknowledged (`last_active` in the info).
+    last_delivered_at: Option<SystemTime>,
+    last_ack_at: Option<SystemTime>,
 }
 
 impl ConsumerState {
@@ -184,10 +188,15 @@ impl ConsumerState {
             replay_mark: None,
             delivered_since_fc: 0,
             fc_seq: 0,
+            stale: false,
             dirty: false,
             unsynced_deliveries: false,
             sync_replies: Vec::new(),
             acked: Vec::new(),
+            pin: None,
+            epoch: (now, SystemTime::now()),
+            last_delivered_at: None,
+            last_ack_at: None,
             filters,
             cfg: Arc::new(cfg),
         };
@@ -219,6 +228,15 @@ impl ConsumerState {
 
     pub(crate) fn config(&self) -> &Arc<ConsumerConfig> {
         &self.cfg
+    }
+
+    /// The wall time at monotonic instant `t`.
+    fn wall(&self, t: Instant) -> SystemTime {
+        let (mono, wall) = self.epoch;
+        match t.checked_duration_since(mono) {
+            Some(d) => wall + d,
+            None => wall - mono.duration_since(t),
+        }
     }
 
     /// A new config (an update or a pause); the caller runs a tick.
@@ -260,6 +278,28 @@ impl ConsumerState {
         seq > self.sseq || self.pending.contains_key(&seq) || self.start_list.contains(&seq)
     }
 
+    /// Event: messages below `first_seq` were removed. Only a cursor below it had any of them
+    /// still to deliver; then all that is left is after the cursor, which counts cheaply.
+    pub(crate) fn removed_front(&mut self, first_seq: u64, store: &dyn StreamStore) {
+        if self.sseq + 1 < first_seq {
+            self.num_pending =
+                count_pending(store, &self.filters, self.sseq) + self.start_list.len() as u64;
+        }
+    }
+
+    /// Event: messages were removed from inside the stream; `refresh` recounts.
+    pub(crate) fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    /// Recounts what is pending if messages went from inside the stream since the last count.
+    pub(crate) fn refresh(&mut self, store: &dyn StreamStore) {
+        if std::mem::take(&mut self.stale) {
+            self.num_pending =
+                count_pending(store, &self.filters, self.sseq) + self.start_list.len() as u64;
+        }
+    }
+
     /// Event: messages were removed in bulk (purge): recounts what is pending and forgets pending
     /// messages that are gone. The caller runs a tick.
     pub(crate) fn recount(&mut self, store: &dyn StreamStore) {
@@ -282,44 +322,6 @@ impl ConsumerState {
         self.dirty = true;
     }
 
-    /// Event: a pull request (`$JS.API.CONSUMER.MSG.NEXT` or `+NXT`) answered at `reply`.
-    /// Refused with a 409 status, or queued (then a tick).
-    pub(crate) fn pull(&mut self, reply: &str, body: &[u8], now: Instant) -> Vec<Command> {
-        let refuse = |why: String| vec![Command::Status(status_msg(reply, status(&why, &[])))];
-        let req = parse_next(body);
-        let cfg = &self.cfg;
-        if !cfg.is_pull() {
-            return refuse("409 Consumer is push based".into());
-        }
-        let batch = req.batch.max(1);
-        if cfg.max_batch > 0 && batch > cfg.max_batch as u64 {
-            return refuse(format!("409 Exceeded MaxRequestBatch of {}", cfg.max_batch));
-        }
-        if cfg.max_bytes > 0 && req.max_bytes > cfg.max_bytes as u64 {
-            return refuse(format!(
-                "409 Exceeded MaxRequestMaxBytes of {}",
-                cfg.max_bytes
-            ));
-        }
-        let max_waiting = cfg.max_waiting;
-        self.last_active = now;
-        if self.waiting.len() as i64 >= max_waiting.max(1) {
-            return refuse("409 Exceeded MaxWaiting".into());
-        }
-        let heartbeat = (req.idle_heartbeat > 0).then(|| Duration::from_nanos(req.idle_heartbeat));
-        self.waiting.push_back(PullRequest {
-            reply: Arc::from(reply),
-            batch,
-            max_bytes: req.max_bytes,
-            expires: (req.expires > 0).then(|| now + Duration::from_nanos(req.expires)),
-            no_wait: req.no_wait,
-            heartbeat,
-            next_heartbeat: heartbeat.map(|h| now + h),
-            delivered: 0,
-        });
-        vec![Command::Tick]
-    }
-
     /// Event: an ack of message `sseq`, with the reply subject of a sync ack. Advisories, dead
     /// letters and releases it causes are returned to run at once; acks and sync-ack answers wait
     /// for the next tick's save.
@@ -332,18 +334,20 @@ impl ConsumerState {
     ) -> Vec<Command> {
         self.last_active = now;
         let mut out = Vec::new();
+        // Every ack with a reply is answered (after the save it causes, if any), as nats-server
+        // answers them; `+NXT` uses its reply for the pull request instead.
+        let answer = reply.filter(|_| !matches!(kind, AckKind::Next(_)));
+        if let Some(r) = answer {
+            self.sync_replies.push(r.to_string());
+        }
         match kind {
             AckKind::Ack => {
-                let acked = self.ack_upto(sseq);
-                if let Some(r) = reply {
-                    self.sync_replies.push(r.to_string());
-                }
-                if acked || reply.is_some() {
+                if self.ack_upto(sseq, now) {
                     out.push(Command::Tick);
                 }
             }
             AckKind::Next(body) => {
-                if self.ack_upto(sseq) {
+                if self.ack_upto(sseq, now) {
                     out.push(Command::Tick);
                 }
                 if let Some(r) = reply {
@@ -379,9 +383,7 @@ impl ConsumerState {
                     let deliveries = self.deliveries.remove(&sseq).unwrap_or(1);
                     self.update_floor();
                     self.dirty = true;
-                    if let Some(r) = reply {
-                        self.sync_replies.push(r.to_string());
-                    }
+                    self.last_ack_at = Some(self.wall(now));
                     let why = if reason.is_empty() {
                         "terminated".to_string()
                     } else {
@@ -400,12 +402,15 @@ impl ConsumerState {
             }
             AckKind::Other => {}
         }
+        if answer.is_some() && !out.contains(&Command::Tick) {
+            out.push(Command::Tick);
+        }
         out
     }
 
     /// Records an acknowledgement (all up to `sseq` under `AckPolicy::All`); whether anything was
     /// pending.
-    fn ack_upto(&mut self, sseq: u64) -> bool {
+    fn ack_upto(&mut self, sseq: u64, now: Instant) -> bool {
         let acked: Vec<u64> = match self.cfg.ack_policy {
             AckPolicy::All => self.pending.range(..=sseq).map(|(s, _)| *s).collect(),
             _ => self
@@ -423,6 +428,7 @@ impl ConsumerState {
         if acked.is_empty() {
             return false;
         }
+        self.last_ack_at = Some(self.wall(now));
         self.update_floor();
         self.dirty = true;
         if self.releases {
@@ -458,6 +464,49 @@ impl ConsumerState {
         if self.releases {
             out.push(Command::Release(seq));
         }
+    }
+
+    /// Event: `$JS.API.CONSUMER.RESET` to stream sequence `seq` (0: just past the ack floor), as
+    /// nats-server 2.14 does: pending acks and redeliveries are forgotten and delivery starts
+    /// over from there. The sequence it starts from, or why it can not. The caller runs a tick.
+    pub(crate) fn reset(&mut self, seq: u64, store: &dyn StreamStore) -> Result<u64, &'static str> {
+        use crate::jetstream::consumer_config::DeliverPolicy;
+        let seq = if seq == 0 {
+            self.floor_s + 1
+        } else {
+            match self.cfg.deliver_policy {
+                DeliverPolicy::All => seq,
+                DeliverPolicy::ByStartSequence => {
+                    if seq < self.cfg.opt_start_seq.unwrap_or(0) {
+                        return Err("below start seq");
+                    }
+                    seq
+                }
+                DeliverPolicy::ByStartTime => {
+                    let (cursor, _) = initial_cursor(&self.cfg, &self.filters, store);
+                    if seq < cursor + 1 {
+                        return Err("below start time");
+                    }
+                    seq
+                }
+                _ => return Err("not allowed"),
+            }
+        }
+        .max(1);
+        self.pending.clear();
+        self.deliveries.clear();
+        self.redeliver.clear();
+        self.start_list.clear();
+        self.sseq = seq - 1;
+        self.dseq = 0;
+        self.floor_s = seq - 1;
+        self.floor_d = 0;
+        self.last_delivered_at = None;
+        self.last_ack_at = None;
+        self.num_pending = count_pending(store, &self.filters, self.sseq);
+        self.dirty = true;
+        self.unsynced_deliveries = true;
+        Ok(seq)
     }
 
     /// Event: the consumer is deleted; waiting pull requests are told.
@@ -539,6 +588,9 @@ impl ConsumerState {
             num_waiting: self.waiting.len() as u64,
             num_pending: self.num_pending,
             paused_until: self.paused_until,
+            last_delivered: self.last_delivered_at,
+            last_ack: self.last_ack_at,
+            priority_group: self.priority_groups(),
         }
     }
 }

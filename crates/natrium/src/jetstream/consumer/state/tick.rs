@@ -8,10 +8,44 @@ use natrium_store::{StoredMsg, StreamStore};
 use super::{At, ConsumerState, Pending, TickOutput};
 use crate::jetstream::consumer::start::next_matching;
 use crate::jetstream::consumer::wire::{ack_subject, status, status_msg, Command, Outgoing};
-use crate::jetstream::consumer_config::{AckPolicy, ConsumerConfig, ReplayPolicy};
+use crate::jetstream::consumer_config::{AckPolicy, ConsumerConfig, PriorityPolicy, ReplayPolicy};
 
 /// Deliveries decided per tick; the task publishes them and comes back for more.
 pub(crate) const TICK_MSGS: usize = 1024;
+
+/// Where a message to deliver came from (and goes back to if it is not delivered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Redelivery,
+    StartList,
+    New,
+}
+
+/// A message's header block without its closing blank line (a bare `NATS/1.0` line if it has
+/// none), ready for more headers.
+fn open_headers(h: Option<&[u8]>) -> String {
+    match h {
+        Some(orig) => {
+            String::from_utf8_lossy(orig)
+                .trim_end_matches("\r\n")
+                .to_string()
+                + "\r\n"
+        }
+        None => "NATS/1.0\r\n".to_string(),
+    }
+}
+
+/// `h` with a `Nats-Pin-Id` header added.
+fn with_pin(h: Option<&[u8]>, pin: &str) -> bytes::Bytes {
+    let mut s = open_headers(h);
+    s.push_str("Nats-Pin-Id: ");
+    s.push_str(pin);
+    s.push_str("\r\n\r\n");
+    bytes::Bytes::from(s)
+}
+
+/// A stand-in pin id for sizing a delivery before its request (and pin) is chosen.
+const PIN_PLACEHOLDER: &str = "0000000000000000000000";
 
 /// Deliveries to a push consumer between two flow-control requests.
 const FLOW_CONTROL_EVERY: u64 = 512;
@@ -42,6 +76,9 @@ impl ConsumerState {
         if let Some(nb) = self.not_before {
             min(nb);
         }
+        if let Some(p) = self.pin_deadline() {
+            min(p);
+        }
         if cfg.idle_heartbeat > 0 {
             min(self.last_delivery + Duration::from_nanos(cfg.idle_heartbeat as u64));
         }
@@ -68,6 +105,7 @@ impl ConsumerState {
         let cfg = self.cfg.clone();
         let now = at.mono;
         let mut out = Vec::new();
+        self.refresh(store);
         let had_replies = !self.sync_replies.is_empty();
         out.extend(self.acked.drain(..).map(Command::Release));
         out.extend(self.sync_replies.drain(..).map(Command::AckReply));
@@ -97,8 +135,9 @@ impl ConsumerState {
             }
         }
         self.expire_requests(now, &mut out);
+        self.expire_pin(now, &mut out);
         let paused = self.paused_until.is_some_and(|p| p > at.wall);
-        let more = !paused && self.deliver(&cfg, store, now, push_bound, &mut out);
+        let more = !paused && self.deliver(&cfg, store, at, push_bound, &mut out);
         // Idle heartbeat for push consumers.
         if cfg.idle_heartbeat > 0 {
             if let Some(d) = &cfg.deliver_subject {
@@ -106,14 +145,7 @@ impl ConsumerState {
                     >= Duration::from_nanos(cfg.idle_heartbeat as u64)
                 {
                     self.last_delivery = now;
-                    let hdr = status(
-                        "100 Idle Heartbeat",
-                        &[
-                            ("Nats-Last-Consumer", self.dseq.to_string()),
-                            ("Nats-Last-Stream", self.sseq.to_string()),
-                        ],
-                    );
-                    out.push(Command::Status(status_msg(d, hdr)));
+                    out.push(self.heartbeat(d));
                 }
             }
         }
@@ -126,43 +158,16 @@ impl ConsumerState {
         }
     }
 
-    /// Pull requests that expired (408) or are due a heartbeat (100).
-    fn expire_requests(&mut self, now: Instant, out: &mut Vec<Command>) {
-        let mut i = 0;
-        while i < self.waiting.len() {
-            let r = &mut self.waiting[i];
-            if r.expires.is_some_and(|e| e <= now) {
-                let r = self.waiting.remove(i).expect("index checked");
-                let hdr = status(
-                    "408 Request Timeout",
-                    &[
-                        ("Nats-Pending-Messages", self.num_pending.to_string()),
-                        ("Nats-Pending-Bytes", "0".into()),
-                    ],
-                );
-                out.push(Command::Status(status_msg(&r.reply, hdr)));
-                continue;
-            }
-            if let (Some(h), Some(nh)) = (r.heartbeat, r.next_heartbeat) {
-                if nh <= now {
-                    r.next_heartbeat = Some(now + h);
-                    let hdr = status("100 Idle Heartbeat", &[]);
-                    out.push(Command::Status(status_msg(&r.reply, hdr)));
-                }
-            }
-            i += 1;
-        }
-    }
-
     /// Delivers what is due; whether it stopped at `TICK_MSGS` with more to deliver.
     fn deliver(
         &mut self,
         cfg: &ConsumerConfig,
         store: &dyn StreamStore,
-        now: Instant,
+        at: At,
         push_bound: bool,
         out: &mut Vec<Command>,
     ) -> bool {
+        let now = at.mono;
         let push_route = match &self.push_route {
             Some(_) if !push_bound => return false,
             r => r.clone(),
@@ -185,55 +190,16 @@ impl ConsumerState {
             if self.not_before.is_some_and(|t| t > now) {
                 return false;
             }
-            // Where to?
-            let route = match &push_route {
-                Some(d) => d.clone(),
-                None => match self.waiting.front() {
-                    Some(r) => r.reply.clone(),
-                    None => return false,
-                },
-            };
+            if push_route.is_none() && !self.has_request() {
+                return false;
+            }
             // What?
-            let Some((msg, redelivery)) = self.next_message(store) else {
-                // Nothing to deliver: a no_wait request ends here.
-                if cfg.is_pull() && self.waiting.front().is_some_and(|r| r.no_wait) {
-                    let r = self.waiting.pop_front().expect("front exists");
-                    let hdr = if r.delivered == 0 {
-                        status("404 No Messages", &[])
-                    } else {
-                        status(
-                            "408 Request Timeout",
-                            &[
-                                ("Nats-Pending-Messages", "0".into()),
-                                ("Nats-Pending-Bytes", "0".into()),
-                            ],
-                        )
-                    };
-                    out.push(Command::Status(status_msg(&r.reply, hdr)));
-                    continue;
-                }
+            let cursor = self.sseq;
+            let Some((msg, from)) = self.next_message(store) else {
+                // The end of the stream: no_wait requests end here.
+                self.end_no_wait(out);
                 return false;
             };
-            let size =
-                msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len()) + msg.subject.len();
-            if cfg.is_pull()
-                && self
-                    .waiting
-                    .front()
-                    .is_some_and(|r| r.max_bytes > 0 && size as u64 > r.max_bytes)
-            {
-                let r = self.waiting.pop_front().expect("front exists");
-                let hdr = status("409 Message Size Exceeds MaxBytes", &[]);
-                out.push(Command::Status(status_msg(&r.reply, hdr)));
-                if redelivery {
-                    self.redeliver.insert(msg.seq);
-                } else {
-                    // Not delivered after all: step the cursor back.
-                    self.sseq = msg.seq - 1;
-                    self.num_pending += 1;
-                }
-                continue;
-            }
             let deliveries = if acked {
                 self.deliveries.get(&msg.seq).copied().unwrap_or(0) + 1
             } else {
@@ -248,9 +214,53 @@ impl ConsumerState {
                 self.exhausted(msg.seq, deliveries - 1, out);
                 continue;
             }
-            self.dseq += 1;
+            let dseq = self.dseq + 1;
+            let reply = ack_subject(
+                &self.ack_prefix,
+                [
+                    deliveries,
+                    msg.seq,
+                    dseq,
+                    msg.ts.max(0) as u64,
+                    self.num_pending,
+                ],
+            );
+            let (mut headers, payload) = if cfg.headers_only {
+                let mut h = open_headers(msg.headers.as_deref());
+                h.push_str(&format!("Nats-Msg-Size: {}\r\n\r\n", msg.payload.len()));
+                (Some(bytes::Bytes::from(h)), bytes::Bytes::new())
+            } else {
+                (msg.headers.clone(), msg.payload.clone())
+            };
+            // Where to?
+            let (route, request) = match &push_route {
+                Some(d) => (d.clone(), None),
+                None => {
+                    let pinned = cfg.priority_policy == PriorityPolicy::PinnedClient;
+                    let hdr_len = if pinned {
+                        // As it will be with a pin id (all pin ids have the same length).
+                        with_pin(headers.as_deref(), PIN_PLACEHOLDER).len()
+                    } else {
+                        headers.as_ref().map_or(0, |h| h.len())
+                    };
+                    let size = msg.subject.len() + reply.len() + hdr_len + payload.len();
+                    match self.next_request(size as u64, now, at.wall, out) {
+                        Some(i) => {
+                            if let Some(pin) = self.pin.as_ref().filter(|_| pinned) {
+                                headers = Some(with_pin(headers.as_deref(), &pin.id));
+                            }
+                            (self.waiting[i].reply.clone(), Some((i, size as u64)))
+                        }
+                        None => {
+                            // Nobody can take it now: it waits for the next request.
+                            self.put_back(msg.seq, from, cursor);
+                            return false;
+                        }
+                    }
+                }
+            };
+            self.dseq = dseq;
             sent += 1;
-            let dseq = self.dseq;
             if acked {
                 self.deliveries.insert(msg.seq, deliveries);
                 self.pending.insert(
@@ -267,48 +277,25 @@ impl ConsumerState {
             self.dirty = true;
             self.unsynced_deliveries |= acked;
             self.last_delivery = now;
+            self.last_delivered_at = Some(at.wall);
             // Pacing: original replay holds a message back until its time comes.
-            if cfg.replay_policy == ReplayPolicy::Original && !redelivery {
-                if let Some((last_ts, at)) = self.replay_mark {
-                    let due = at + Duration::from_nanos((msg.ts - last_ts).max(0) as u64);
+            if cfg.replay_policy == ReplayPolicy::Original && from != Source::Redelivery {
+                if let Some((last_ts, mark)) = self.replay_mark {
+                    let due = mark + Duration::from_nanos((msg.ts - last_ts).max(0) as u64);
                     if due > now {
                         // Take it back; it goes when its time comes.
                         self.dseq -= 1;
                         self.pending.remove(&msg.seq);
                         self.deliveries.remove(&msg.seq);
-                        self.sseq = msg.seq - 1;
-                        self.num_pending += 1;
+                        self.put_back(msg.seq, from, cursor);
                         self.not_before = Some(due);
                         return false;
                     }
                 }
                 self.replay_mark = Some((msg.ts, now));
             }
-            let reply = ack_subject(
-                &self.ack_prefix,
-                [
-                    deliveries,
-                    msg.seq,
-                    dseq,
-                    msg.ts.max(0) as u64,
-                    self.num_pending,
-                ],
-            );
-            let (headers, payload) = if cfg.headers_only {
-                let mut h = match &msg.headers {
-                    Some(orig) => {
-                        String::from_utf8_lossy(orig)
-                            .trim_end_matches("\r\n")
-                            .to_string()
-                            + "\r\n"
-                    }
-                    None => "NATS/1.0\r\n".to_string(),
-                };
-                h.push_str(&format!("Nats-Msg-Size: {}\r\n\r\n", msg.payload.len()));
-                (Some(bytes::Bytes::from(h)), bytes::Bytes::new())
-            } else {
-                (msg.headers, msg.payload)
-            };
+            let size =
+                msg.payload.len() + msg.headers.as_ref().map_or(0, |h| h.len()) + msg.subject.len();
             out.push(Command::Deliver {
                 seq: msg.seq,
                 msg: Outgoing {
@@ -319,6 +306,9 @@ impl ConsumerState {
                     payload,
                 },
             });
+            if let Some((i, size)) = request {
+                self.served(i, size, now, out);
+            }
             if cfg.rate_limit_bps > 0 {
                 let secs = (size as f64 * 8.0) / cfg.rate_limit_bps as f64;
                 self.not_before = Some(now + Duration::from_secs_f64(secs));
@@ -336,35 +326,39 @@ impl ConsumerState {
                     out.push(Command::Status(m));
                 }
             }
-            if cfg.is_pull() {
-                if let Some(r) = self.waiting.front_mut() {
-                    r.delivered += 1;
-                    r.batch -= 1;
-                    if r.max_bytes > 0 {
-                        r.max_bytes = r.max_bytes.saturating_sub(size as u64);
-                    }
-                    if let (Some(h), Some(_)) = (r.heartbeat, r.next_heartbeat) {
-                        r.next_heartbeat = Some(now + h);
-                    }
-                    if r.batch == 0 {
-                        self.waiting.pop_front();
-                    }
-                }
-            }
             if self.not_before.is_some() {
                 return false;
             }
         }
     }
 
+    /// Message `seq`, taken from `from` with the cursor at `cursor` before, was not delivered
+    /// after all: it goes back where it came from.
+    fn put_back(&mut self, seq: u64, from: Source, cursor: u64) {
+        match from {
+            Source::Redelivery => {
+                self.redeliver.insert(seq);
+            }
+            Source::StartList => {
+                self.start_list.push_front(seq);
+                self.sseq = cursor;
+                self.num_pending += 1;
+            }
+            Source::New => {
+                self.sseq = cursor;
+                self.num_pending += 1;
+            }
+        }
+    }
+
     /// The next message to deliver: a due redelivery first, then the start list, then new ones.
-    fn next_message(&mut self, store: &dyn StreamStore) -> Option<(StoredMsg, bool)> {
+    fn next_message(&mut self, store: &dyn StreamStore) -> Option<(StoredMsg, Source)> {
         while let Some(seq) = self.redeliver.pop_first() {
             if !self.pending.contains_key(&seq) {
                 continue;
             }
             match store.load_msg(seq) {
-                Ok(m) => return Some((m, true)),
+                Ok(m) => return Some((m, Source::Redelivery)),
                 Err(_) => {
                     // Gone from the stream (limits, purge): nothing left to redeliver.
                     self.pending.remove(&seq);
@@ -378,12 +372,12 @@ impl ConsumerState {
             self.num_pending = self.num_pending.saturating_sub(1);
             if let Ok(m) = store.load_msg(seq) {
                 self.sseq = self.sseq.max(seq);
-                return Some((m, false));
+                return Some((m, Source::StartList));
             }
         }
         let m = next_matching(store, &self.filters, self.sseq + 1)?;
         self.sseq = m.seq;
         self.num_pending = self.num_pending.saturating_sub(1);
-        Some((m, false))
+        Some((m, Source::New))
     }
 }

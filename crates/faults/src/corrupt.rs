@@ -1,6 +1,6 @@
 //! Corruption injection into the files of a stopped node: single-bit flips at random offsets and
-//! truncations, in the message blocks or in every file of its store directory (Raft logs
-//! included), chosen by a seeded generator so a run can be repeated.
+//! truncations, in the message blocks, the Raft groups' files, or every file of its store
+//! directory, chosen by a seeded generator so a run can be repeated.
 
 use std::fmt;
 use std::fs::OpenOptions;
@@ -15,6 +15,9 @@ pub enum Target {
     /// Every regular file under the store directory (metadata, indexes, consumer state, Raft
     /// logs and snapshots).
     AllFiles,
+    /// The files of the Raft groups only: everything under a directory named `raft` (segments,
+    /// vote and log metadata, snapshot) or `meta` of `jetstream-cluster` (the meta group).
+    RaftLog,
 }
 
 /// How much damage to do.
@@ -87,6 +90,7 @@ pub fn files(dir: &Path, target: Target) -> Vec<PathBuf> {
                     Target::MessageBlocks => p.extension().is_some_and(|x| x == "blk"),
                     // The store directory lock holds no data.
                     Target::AllFiles => !p.file_name().is_some_and(|n| n == "LOCK" || n == "lock"),
+                    Target::RaftLog => in_raft_group(dir, &p),
                 };
                 if pick {
                     out.push(p);
@@ -96,6 +100,20 @@ pub fn files(dir: &Path, target: Target) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Whether `file` (under `root`) belongs to a Raft group's directory: a `raft` directory, or
+/// the meta group's (`jetstream-cluster/meta`).
+fn in_raft_group(root: &Path, file: &Path) -> bool {
+    let Ok(rel) = file.strip_prefix(root) else {
+        return false;
+    };
+    let parts: Vec<&std::ffi::OsStr> = rel.iter().collect();
+    let dirs = &parts[..parts.len().saturating_sub(1)];
+    dirs.iter().any(|d| *d == "raft")
+        || dirs
+            .windows(2)
+            .any(|w| w[0] == "jetstream-cluster" && w[1] == "meta")
 }
 
 /// Damages `files` as `cfg` asks, choosing files and offsets with `rng`.
@@ -191,5 +209,26 @@ mod tests {
         assert_eq!(from, 4096);
         assert_eq!(std::fs::metadata(&blk).unwrap().len(), to);
         assert!(to < from);
+    }
+
+    #[test]
+    fn the_raft_target_picks_group_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let stream = root.join("jetstream-cluster/streams/$G/S");
+        let write = |rel: &Path| {
+            std::fs::create_dir_all(rel.parent().unwrap()).unwrap();
+            std::fs::write(rel, b"x").unwrap();
+        };
+        let seg = stream.join("raft/0000000000000001.seg");
+        let meta_seg = root.join("jetstream-cluster/meta/0000000000000001.seg");
+        write(&seg);
+        write(&meta_seg);
+        write(&stream.join("msgs/1.blk"));
+        write(&stream.join("meta.json"));
+        let mut want = vec![meta_seg, seg];
+        want.sort();
+        assert_eq!(files(root, Target::RaftLog), want);
+        assert_eq!(files(root, Target::MessageBlocks).len(), 1);
     }
 }

@@ -75,8 +75,11 @@ struct RunArgs {
     #[arg(long, default_value_t = 0)]
     truncations: usize,
     /// Damage every file of the store (Raft logs, metadata), not only message blocks.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "raft_log")]
     all_files: bool,
+    /// Damage only the Raft groups' files (log segments, vote, snapshot) of the node.
+    #[arg(long)]
+    raft_log: bool,
     /// Bytes at the end of each file that corruption leaves alone (default: 1 KiB with one
     /// replica, whose store cannot tell a damaged last record from a torn write; else 0).
     #[arg(long)]
@@ -146,6 +149,8 @@ fn run(a: RunArgs) -> ExitCode {
     cfg.corrupt = CorruptConfig {
         target: if a.all_files {
             Target::AllFiles
+        } else if a.raft_log {
+            Target::RaftLog
         } else {
             Target::MessageBlocks
         },

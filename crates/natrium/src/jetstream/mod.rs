@@ -46,7 +46,7 @@ impl Default for JetStreamOptions {
 /// Whether JetStream can create and sync a file in its store directory (for `/healthz`).
 pub fn check_store_writable(store_dir: &Path) -> std::io::Result<()> {
     let dir = store_dir.join("jetstream");
-    std::fs::create_dir_all(&dir)?;
+    crate::util::fs::create_dir_all_durable(&dir)?;
     let probe = dir.join(".healthz");
     {
         use std::io::Write;

@@ -44,56 +44,6 @@ impl Dedupe {
         self.order.push_back((now, id.clone()));
         self.last_id = Some(id);
     }
-
-    /// The window rebuilt from the messages `store` holds (at a restart), as nats-server
-    /// rebuilds it: the msg id of every message stored within `window` of `now`, and the last
-    /// message's id (if it has one) as the last msg id. Without it a client that retries a
-    /// publish whose PubAck a restart swallowed would store the message twice.
-    pub(crate) fn rebuild(store: &dyn StreamStore, now: i64, window: Duration) -> Dedupe {
-        let mut d = Dedupe::default();
-        let st = store.state();
-        if st.msgs == 0 {
-            return d;
-        }
-        let horizon = now - window.as_nanos() as i64;
-        // The first sequence inside the window: timestamps grow with sequences.
-        let (mut lo, mut hi) = (st.first_seq, st.last_seq + 1);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match store.load_next_msg(b">", mid) {
-                Ok(m) if m.ts < horizon => lo = m.seq + 1,
-                _ => hi = mid,
-            }
-        }
-        let mut next = lo;
-        let mut last_id = None;
-        loop {
-            let m = match store.load_next_msg(b">", next) {
-                Ok(m) => m,
-                // A damaged message is skipped (it is never served).
-                Err(natrium_store::StoreError::Corrupt { seq, .. }) if seq >= next => {
-                    next = seq + 1;
-                    continue;
-                }
-                Err(_) => break,
-            };
-            let id = m
-                .headers
-                .as_deref()
-                .and_then(HeaderView::parse)
-                .and_then(|h| {
-                    h.get(b"Nats-Msg-Id")
-                        .map(|v| String::from_utf8_lossy(v).into_owned())
-                });
-            if let Some(id) = &id {
-                d.record(id.clone(), m.seq, m.ts);
-            }
-            last_id = id;
-            next = m.seq + 1;
-        }
-        d.last_id = last_id;
-        d
-    }
 }
 
 /// A published message as `check` sees it.
@@ -202,6 +152,59 @@ pub(crate) fn check(
         }
     };
     Verdict::Accept(Write { msg_id, rollup })
+}
+
+// Kept apart from the window's other methods: rebuilding it is the restart path.
+impl Dedupe {
+    /// The window rebuilt from the messages `store` holds (at a restart), as nats-server
+    /// rebuilds it: the msg id of every message stored within `window` of `now`, and the last
+    /// message's id (if it has one) as the last msg id. Without it a client that retries a
+    /// publish whose PubAck a restart swallowed would store the message twice.
+    pub(crate) fn rebuild(store: &dyn StreamStore, now: i64, window: Duration) -> Dedupe {
+        let mut d = Dedupe::default();
+        let st = store.state();
+        if st.msgs == 0 {
+            return d;
+        }
+        let horizon = now - window.as_nanos() as i64;
+        // The first sequence inside the window: timestamps grow with sequences.
+        let (mut lo, mut hi) = (st.first_seq, st.last_seq + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match store.load_next_msg(b">", mid) {
+                Ok(m) if m.ts < horizon => lo = m.seq + 1,
+                _ => hi = mid,
+            }
+        }
+        let mut next = lo;
+        let mut last_id = None;
+        loop {
+            let m = match store.load_next_msg(b">", next) {
+                Ok(m) => m,
+                // A damaged message is skipped (it is never served).
+                Err(natrium_store::StoreError::Corrupt { seq, .. }) if seq >= next => {
+                    next = seq + 1;
+                    continue;
+                }
+                Err(_) => break,
+            };
+            let id = m
+                .headers
+                .as_deref()
+                .and_then(HeaderView::parse)
+                .and_then(|h| {
+                    h.get(b"Nats-Msg-Id")
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                });
+            if let Some(id) = &id {
+                d.record(id.clone(), m.seq, m.ts);
+            }
+            last_id = id;
+            next = m.seq + 1;
+        }
+        d.last_id = last_id;
+        d
+    }
 }
 
 #[cfg(test)]

@@ -403,11 +403,11 @@ impl Cluster {
                     detail: node.tail(20),
                 });
             }
-            let file = node
-                .dir
-                .join("ports")
-                .join(format!("natrium_{}.ports", child.id()));
-            if let Some(ports) = std::fs::read(&file).ok().and_then(|b| parse_ports(&b)) {
+            let found = ports_file(&node.dir.join("ports"), child.id());
+            if let Some(ports) = found
+                .and_then(|f| std::fs::read(f).ok())
+                .and_then(|b| parse_ports(&b))
+            {
                 node.ports = Some(ports);
                 if let Some(route) = ports.route {
                     self.net.node_started(i, route, ports.client);
@@ -644,6 +644,22 @@ fn config_text(cfg: &ClusterConfig, node: &Node, net: &Net) -> String {
     s
 }
 
+/// The ports file of process `pid` in `dir`: `<binary name>_<pid>.ports` (the name follows the
+/// binary's file name, so a copy of another build writes its own).
+fn ports_file(dir: &Path, pid: u32) -> Option<PathBuf> {
+    let tail = format!("_{pid}.ports");
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .take(1000)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(&tail))
+        })
+}
+
 /// Reads natrium's ports file: `{"nats": [url], "monitoring": [url], "cluster": [url]}`.
 fn parse_ports(b: &[u8]) -> Option<Ports> {
     let v: serde_json::Value = serde_json::from_slice(b).ok()?;
@@ -708,5 +724,19 @@ mod tests {
         assert_eq!(p.monitor.unwrap().port(), 8222);
         assert_eq!(p.route.unwrap().port(), 6222);
         assert!(parse_ports(b"{}").is_none());
+    }
+
+    #[test]
+    fn finds_the_ports_file_of_a_pid_whatever_the_binary_is_called() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("natrium_12.ports"), b"{}").unwrap();
+        std::fs::write(dir.path().join("natrium-copy_123.ports"), b"{}").unwrap();
+        let f = ports_file(dir.path(), 123).unwrap();
+        assert_eq!(f.file_name().unwrap(), "natrium-copy_123.ports");
+        assert_eq!(
+            ports_file(dir.path(), 12).unwrap().file_name().unwrap(),
+            "natrium_12.ports"
+        );
+        assert!(ports_file(dir.path(), 1).is_none());
     }
 }

@@ -149,7 +149,7 @@ impl Report {
             self.elapsed_s,
             if self.passed() { "PASSED" } else { "FAILED" }
         );
-        if self.verdicts.is_empty() {
+        if self.verdicts.is_empty() && self.acked == 0 {
             let _ = writeln!(s, "faults injected: {}", self.faults_total);
         } else {
             let _ = writeln!(

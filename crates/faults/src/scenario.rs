@@ -107,6 +107,9 @@ impl RunConfig {
 /// The stream every JetStream scenario publishes to.
 pub const STREAM: &str = "FAULTS";
 
+/// How long a replicated stream must stay healthy before the next fault.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// An ack that comes this soon after a fault was in flight before it (from the old leader).
 const IN_FLIGHT_GRACE: Duration = Duration::from_millis(25);
 
@@ -179,6 +182,32 @@ pub async fn run(cfg: RunConfig) -> Report {
         ctx.report.errors.push(e);
     }
     ctx.finish().await
+}
+
+/// Whether a replica in a stream info's `cluster.replicas` is caught up: online, and `current`
+/// or, with the leader busy, at most `window` entries behind and heard from within a second.
+/// (`current` alone may stay false under steady publishing, when some entries are always in
+/// flight.)
+fn replica_caught_up(r: &Value, window: u64) -> bool {
+    if r["offline"].as_bool() == Some(true) {
+        return false;
+    }
+    if r["current"].as_bool() == Some(true) {
+        return true;
+    }
+    // Not current with no lag shown: its lag is unknown (never heard from, or long ago).
+    let Some(lag) = r["lag"].as_u64() else {
+        return false;
+    };
+    let active = r["active"].as_u64().unwrap_or(0);
+    lag <= window && (1..1_000_000_000).contains(&active)
+}
+
+/// Whether a `STREAM.CREATE` error may pass while a cluster forms: JetStream temporarily
+/// unavailable (no meta leader yet, 10008) or too few peers online yet (10005). Any other
+/// error is the server's answer (e.g. 10074, no replicated streams in this build).
+fn create_may_succeed_later(error: &Value) -> bool {
+    matches!(error["err_code"].as_u64(), Some(10008 | 10005))
 }
 
 fn validate(cfg: &RunConfig) -> Result<(), String> {
@@ -273,6 +302,9 @@ impl Ctx {
             let last = match r {
                 Ok(m) => match serde_json::from_slice::<Value>(&m.payload) {
                     Ok(v) if v.get("error").is_none() => return Ok(()),
+                    Ok(v) if !create_may_succeed_later(&v["error"]) => {
+                        return Err(format!("stream create refused: {}", v["error"]))
+                    }
                     Ok(v) => v["error"].to_string(),
                     Err(e) => e.to_string(),
                 },
@@ -340,10 +372,17 @@ impl Ctx {
         out
     }
 
-    /// Waits until the stream has a leader and every replica is current (R1: it answers).
+    /// Entries the workload may have in flight at once: a replica this close behind a busy
+    /// leader is caught up.
+    fn in_flight_window(&self) -> u64 {
+        (self.cfg.workload.publishers * self.cfg.workload.inflight.max(1)) as u64 + 8
+    }
+
+    /// Waits until the stream has a leader and every replica is caught up (R1: it answers).
     async fn wait_healthy(&self) -> Result<(), String> {
         let end = Instant::now() + self.cfg.iteration_timeout;
         let mut last: String;
+        let mut healthy_since: Option<Instant> = None;
         loop {
             match self.info().await {
                 Ok(v) => {
@@ -353,15 +392,24 @@ impl Ctx {
                     let c = &v["cluster"];
                     let leader = c["leader"].as_str().unwrap_or("");
                     let reps = c["replicas"].as_array().cloned().unwrap_or_default();
-                    let current = reps.iter().all(|r| {
-                        r["current"].as_bool() == Some(true) && r["offline"].as_bool() != Some(true)
-                    });
+                    let window = self.in_flight_window();
+                    let current = reps.iter().all(|r| replica_caught_up(r, window));
                     if !leader.is_empty() && reps.len() + 1 == self.cfg.replicas && current {
-                        return Ok(());
+                        // Held for a while, so that a node just restarted has settled (its
+                        // catch-up done, its groups' damage guards lifted) before the next fault.
+                        let since = *healthy_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= SETTLE {
+                            return Ok(());
+                        }
+                    } else {
+                        healthy_since = None;
                     }
                     last = c.to_string();
                 }
-                Err(e) => last = e,
+                Err(e) => {
+                    healthy_since = None;
+                    last = e
+                }
             }
             if Instant::now() > end {
                 return Err(format!("stream not healthy in time: {last}"));
@@ -638,10 +686,21 @@ impl Ctx {
                     r.reported_lost.extend(self.detected.iter().copied());
                     self.report.verdicts.push(checker::check(wcfg, &logs, &r))
                 }
-                Err(e) => self
-                    .report
-                    .errors
-                    .push(format!("read through the API: {e}")),
+                Err(e) => {
+                    // A stream the cluster no longer knows lost every acknowledged message.
+                    if e.contains("\"err_code\":10059") {
+                        let gone = checker::ReplicaContents {
+                            source: "API (no stream)".into(),
+                            ..Default::default()
+                        };
+                        self.report
+                            .verdicts
+                            .push(checker::check(wcfg, &logs, &gone));
+                    }
+                    self.report
+                        .errors
+                        .push(format!("read through the API: {e}"))
+                }
             }
             // ... and each node's own copy, from its files once it has stopped.
             for i in 0..self.cluster.len() {
@@ -667,6 +726,13 @@ impl Ctx {
                     copies.len(),
                     self.cfg.replicas
                 ));
+                // A copy gone from disk lost every acknowledged message.
+                for k in copies.len()..self.cfg.replicas {
+                    copies.push(checker::ReplicaContents {
+                        source: format!("missing copy {}", k + 1),
+                        ..Default::default()
+                    });
+                }
             }
             for r in &copies {
                 self.report.verdicts.push(checker::check(wcfg, &logs, r));
@@ -684,5 +750,45 @@ impl Ctx {
             self.report.kept = Some(self.cluster.dir().display().to_string());
         }
         self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_is_caught_up_when_current_or_close_behind_and_heard_from() {
+        let up = |v: Value| replica_caught_up(&v, 12);
+        assert!(up(
+            json!({"name": "n1", "current": true, "active": 5_000_000})
+        ));
+        assert!(up(
+            json!({"name": "n1", "current": false, "lag": 4, "active": 2_000_000})
+        ));
+        assert!(!up(
+            json!({"name": "n1", "current": false, "lag": 13, "active": 2_000_000})
+        ));
+        assert!(!up(
+            json!({"name": "n1", "current": false, "lag": 1, "active": 3_000_000_000u64})
+        ));
+        assert!(!up(
+            json!({"name": "n1", "current": false, "active": 0, "offline": true})
+        ));
+        assert!(!up(json!({"name": "n1", "current": true, "offline": true})));
+        assert!(!up(json!({"name": "n1", "current": false})));
+        assert!(!up(json!({"name": "n1", "current": false, "active": 0})));
+        assert!(!up(
+            json!({"name": "n1", "current": false, "lag": 2, "active": 0})
+        ));
+    }
+
+    #[test]
+    fn only_a_forming_cluster_is_waited_for_at_stream_create() {
+        let e = |code: u64| json!({"code": 503, "err_code": code, "description": "x"});
+        assert!(create_may_succeed_later(&e(10008)));
+        assert!(create_may_succeed_later(&e(10005)));
+        assert!(!create_may_succeed_later(&e(10074)));
+        assert!(!create_may_succeed_later(&json!({"code": 500})));
     }
 }

@@ -204,10 +204,12 @@ pub struct Workload {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Connection options of the harness's clients: every node's URL, no discovered servers (they
-/// would bypass the proxies), quick reconnects.
+/// Connection options of the harness's clients: every node's URL tried in the order given (so
+/// publishers spread over the nodes), no discovered servers (they would bypass the proxies),
+/// quick reconnects.
 pub fn connect_options() -> async_nats::ConnectOptions {
     async_nats::ConnectOptions::new()
+        .retain_servers_order()
         .retry_on_initial_connect()
         .ignore_discovered_servers()
         .connection_timeout(Duration::from_secs(2))

@@ -2,7 +2,8 @@
 //! kill -9, SIGSTOP, simulated power loss and corruption of a JetStream node, and link faults
 //! and kills in a routed cluster under core NATS. Each asserts the checker's verdict: every
 //! acknowledged message present once, in order, intact, on every copy. One runs at a time (they
-//! start processes); the long runs are `natrium-faults run`.
+//! start processes); the long runs are `natrium-faults run`. `NATRIUM_FAULTS_BIN` runs them
+//! against another build of the server (e.g. a branch's).
 
 use std::time::Duration;
 
@@ -15,7 +16,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_natrium");
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn config(kind: Kind, nodes: usize, replicas: usize, iterations: usize) -> RunConfig {
-    let mut c = RunConfig::new(kind, BIN);
+    let bin = std::env::var_os("NATRIUM_FAULTS_BIN").unwrap_or_else(|| BIN.into());
+    let mut c = RunConfig::new(kind, bin);
     c.nodes = nodes;
     c.replicas = replicas;
     c.iterations = iterations;
@@ -103,4 +105,48 @@ fn core_nats_across_routes_survives_link_faults_and_kills() {
     assert_eq!(r.iterations, 5);
     let core = r.core.as_ref().expect("core verdict");
     assert!(core.delivered > 1000, "{}", r.render());
+}
+
+/// Whether the run stopped because this build refuses replicated streams (10074), before any
+/// fault: then that refusal is all it reports.
+fn refused_replicas(r: &natrium_faults::report::Report) -> bool {
+    let refused = r
+        .errors
+        .iter()
+        .any(|e| e.contains("stream create refused") && e.contains("10074"));
+    if refused {
+        assert_eq!(r.errors.len(), 1, "{}", r.render());
+        assert_eq!(r.iterations, 0);
+        assert_eq!(r.faults_total, 0);
+        assert!(r.verdicts.is_empty());
+    }
+    refused
+}
+
+#[test]
+fn r3_leader_kill_loop_once_streams_replicate() {
+    // Until replicated JetStream lands, the server refuses the R3 stream (10074) and the harness
+    // reports exactly that; once it lands, this is the leader kill -9 loop on three processes.
+    let r = run(config(Kind::LeaderKill, 3, 3, 3));
+    if refused_replicas(&r) {
+        return;
+    }
+    assert_passed(&r, 3, 3);
+    assert_eq!(r.failover.as_ref().map(|f| f.count), Some(3));
+}
+
+#[test]
+fn r3_partitions_once_streams_replicate() {
+    // The leader cut off, its outgoing bytes dropped, its links slowed, a follower cut off.
+    let mut c = config(Kind::Partition, 3, 3, 4);
+    c.iteration_timeout = Duration::from_secs(40);
+    // A publisher on each node: those on a node cut off from the leader get no PubAck until
+    // the cut heals (as with any server: a client keeps its connection), the others must.
+    c.workload.publishers = 3;
+    let r = run(c);
+    if refused_replicas(&r) {
+        return;
+    }
+    assert_passed(&r, 4, 3);
+    assert_eq!(r.unavailable, 0, "{}", r.render());
 }

@@ -87,6 +87,9 @@ struct RunArgs {
     /// Power-loss runs: every fsync of the nodes takes this many milliseconds longer.
     #[arg(long)]
     slow_sync_ms: Option<u64>,
+    /// Stop the whole run after this many seconds (its processes killed, exit 2).
+    #[arg(long)]
+    max_run_s: Option<u64>,
     /// Write the report as JSON to this file too.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -173,7 +176,19 @@ fn run(a: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let report = rt.block_on(scenario::run(cfg));
+    let limit = a.max_run_s.map(Duration::from_secs);
+    let report = match rt.block_on(async {
+        match limit {
+            Some(l) => tokio::time::timeout(l, scenario::run(cfg)).await.ok(),
+            None => Some(scenario::run(cfg).await),
+        }
+    }) {
+        Some(r) => r,
+        None => {
+            eprintln!("natrium-faults: the run took longer than --max-run-s; stopped");
+            return ExitCode::from(2);
+        }
+    };
     print!("{}", report.render());
     if let Some(p) = a.json {
         match serde_json::to_vec_pretty(&report) {

@@ -21,6 +21,10 @@ struct Proc {
 
 impl Proc {
     fn start() -> Proc {
+        Proc::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
@@ -33,6 +37,7 @@ impl Proc {
         for (k, v) in powerloss::env(&root, &journal) {
             cmd.env(k, v);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.spawn().unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
@@ -281,4 +286,16 @@ fn a_store_with_lazy_sync_loses_exactly_its_unsynced_messages() {
     assert_eq!((st.msgs, st.last_seq), (100, 100), "{st:?}");
     assert_eq!(&s.load_msg(100).unwrap().payload[..], b"m99");
     assert!(st.lost.is_empty());
+}
+
+#[test]
+fn a_slow_disk_makes_each_sync_wait_and_still_makes_it_durable() {
+    let mut p = Proc::start_with(&[("NATRIUM_POWERLOSS_SYNC_DELAY_MS", "300")]);
+    p.run(&["append a one"]);
+    let t = std::time::Instant::now();
+    p.run(&["fsync a"]);
+    assert!(t.elapsed() >= std::time::Duration::from_millis(300));
+    p.run(&["fsyncdir .", "append a -two"]);
+    p.power_loss();
+    assert_eq!(p.read("a").as_deref(), Some("one"));
 }

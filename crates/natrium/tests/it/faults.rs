@@ -12,6 +12,9 @@ use parking_lot::Mutex;
 
 const BIN: &str = env!("CARGO_BIN_EXE_natrium");
 
+/// The most one short run may take.
+const RUN_LIMIT: Duration = Duration::from_secs(240);
+
 /// The fault runs take the machine's attention: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -37,7 +40,11 @@ fn run(cfg: RunConfig) -> natrium_faults::report::Report {
         .enable_all()
         .build()
         .expect("runtime");
-    let report = rt.block_on(scenario::run(cfg));
+    // Every wait inside a run is bounded; this bounds the whole (dropping the run kills its
+    // processes).
+    let report = rt
+        .block_on(async { tokio::time::timeout(RUN_LIMIT, scenario::run(cfg)).await })
+        .unwrap_or_else(|_| panic!("the fault run took longer than {RUN_LIMIT:?}"));
     eprintln!("{}", report.render());
     report
 }
@@ -119,6 +126,10 @@ fn refused_replicas(r: &natrium_faults::report::Report) -> bool {
         assert_eq!(r.iterations, 0);
         assert_eq!(r.faults_total, 0);
         assert!(r.verdicts.is_empty());
+        // A failed run keeps its files for a look; this one has nothing to show.
+        if let Some(dir) = &r.kept {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     refused
 }

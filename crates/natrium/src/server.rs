@@ -767,7 +767,7 @@ fn start_jetstream(
             tracing::info!("    Sync:            every {d:?} (lazy)")
         }
     }
-    let js = JetStream::new(js_opts, server_name.to_string());
+    let js = JetStream::new(js_opts, server_name.to_string())?;
     let mut enabled = vec![(crate::router::GLOBAL_ACCOUNT.to_string(), None)];
     for a in opts.accounts.iter().filter(|a| a.jetstream) {
         enabled.push((a.name.clone(), a.jetstream_limits));

@@ -4,6 +4,8 @@
 //!
 //! `cargo bench -p natrium-store --bench store [-- MSGS]`; data goes to `$STORE_BENCH_DIR` or a
 //! temp dir (kept with `STORE_BENCH_KEEP=1`; `store recover DIR` then times one open).
+//! `-- subjects N` measures per-subject state instead: N messages on N subjects, then a reopen;
+//! `-- read N` the read path: N messages read back in order, by subject and at random.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,6 +117,18 @@ fn one_in_flight(dir: &Path, publishers: usize) -> (f64, u64) {
     )
 }
 
+/// CPU time this thread has used (user + system), so that other work on the machine does not
+/// count against a measurement.
+fn cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
 fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
@@ -154,6 +168,85 @@ fn main() {
         Ok(d) => tempfile::tempdir_in(d).expect("tempdir"),
         Err(_) => tempfile::tempdir().expect("tempdir"),
     };
+    if args.get(1).map(String::as_str) == Some("read") {
+        // The consume path: N messages of 128 bytes on 16 subjects, then read back in order
+        // (everything, and one subject), and at random; best of 3 passes each,
+        // in messages per second of this thread's CPU time.
+        let dir = root.path().join("read");
+        let s = open(&dir, SyncPolicy::Interval(Duration::from_secs(120)));
+        let c = cpu_secs();
+        for i in 0..total {
+            let subject = format!("bench.{}", i % 16);
+            s.store_msg(subject.as_bytes(), None, &PAYLOAD, i as i64)
+                .expect("store");
+        }
+        println!(
+            "append: {:.0} msgs per CPU second",
+            total as f64 / (cpu_secs() - c)
+        );
+        let pass = |filter: &[u8]| {
+            let c = cpu_secs();
+            let (mut at, mut n) = (1, 0u64);
+            while let Ok(m) = s.load_next_msg(filter, at) {
+                at = m.seq + 1;
+                n += 1;
+            }
+            n as f64 / (cpu_secs() - c)
+        };
+        let best = |f: &dyn Fn() -> f64| (0..3).map(|_| f()).fold(0.0, f64::max);
+        println!(
+            "read all in order: {:.0} msgs per CPU second",
+            best(&|| pass(b">"))
+        );
+        println!(
+            "read one subject of 16: {:.0} msgs per CPU second",
+            best(&|| pass(b"bench.3"))
+        );
+        let random = || {
+            let c = cpu_secs();
+            let n = 20_000u64;
+            for k in 0..n {
+                let seq = k.wrapping_mul(2_654_435_761) % total + 1;
+                s.load_msg(seq).expect("load");
+            }
+            n as f64 / (cpu_secs() - c)
+        };
+        println!("read at random: {:.0} msgs per CPU second", best(&random));
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("subjects") {
+        // What per-subject state costs: N messages, each on its own subject (a KV bucket of N
+        // keys), then a reopen in a fresh process.
+        let dir = root.path().join("subjects");
+        let before = rss_kib("VmRSS:");
+        let t = Instant::now();
+        let s = open(&dir, SyncPolicy::Interval(Duration::from_secs(120)));
+        for i in 0..total {
+            let subject = format!("kv.bucket.key{i:010}");
+            s.store_msg(subject.as_bytes(), None, &PAYLOAD[..16], i as i64)
+                .expect("store");
+        }
+        println!(
+            "wrote {total} msgs on {} subjects in {:.1}s; RSS +{} MiB while open",
+            s.state().num_subjects,
+            t.elapsed().as_secs_f64(),
+            (rss_kib("VmRSS:") - before) / 1024
+        );
+        s.stop().expect("stop");
+        drop(s);
+        let exe = std::env::current_exe().expect("exe");
+        let out = std::process::Command::new(exe)
+            .arg("recover")
+            .arg(&dir)
+            .output()
+            .expect("child");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        if std::env::var_os("STORE_BENCH_KEEP").is_some() {
+            println!("kept {}", dir.display());
+            std::mem::forget(root);
+        }
+        return;
+    }
     let fresh = |name: &str| root.path().join(name);
 
     for threads in [1, 16, 256] {

@@ -99,7 +99,7 @@ fn checksum(generation: u64, len: u32, body: &[u8]) -> u32 {
 }
 
 /// The generation and body of an intact slot; `None` for an empty, torn or damaged one.
-fn read_slot(f: &File) -> io::Result<Option<(u64, Vec<u8>)>> {
+pub(crate) fn read_slot(f: &File) -> io::Result<Option<(u64, Vec<u8>)>> {
     let size = f.metadata()?.len() as usize;
     if size < HEADER {
         return Ok(None);

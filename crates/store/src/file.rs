@@ -1,28 +1,55 @@
-//! The file store: block files and delete records under the stream's directory, recovery (torn
-//! tails, checksum verification, resync past corruption, the index cross-check) and group commit.
+//! The file store: block files and delete records under the stream's directory, recovery (sealed
+//! blocks from their summaries, the tail read and checked whole: torn tails, checksums, resync
+//! past corruption, the index cross-check), group commit, and the background scrub.
 //!
-//! Files: `<start:020>.blk` (records, see `record`), `<start:020>.dlt` (12-byte delete records:
-//! `seq u64 | crc32c(seq) u32`, little-endian), `index` (a cache of block lengths, see `docs/STORE.md`).
+//! Files: `<start:020>.blk` (records, see `record`; sealed blocks end with their index and
+//! summary, see `seal`), `<start:020>.dlt` (12-byte delete records: `seq u64 | crc32c(seq) u32`,
+//! little-endian), `index` (a cache of block lengths, see `docs/STORE.md`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use rustc_hash::FxHashSet;
 
+use crate::block::{Block, Local};
 use crate::durable::{Durable, IoHook, SyncStats};
-use crate::engine::{Backend, Block, Engine, Parts, NO_SUBJECT};
-use crate::record::{self, DecodeError, OVERHEAD};
+use crate::engine::{Backend, CacheStats, Engine, Parts};
+use crate::record;
+use crate::scan::{self, Scanned, MAX_LOST};
+use crate::scrub::{self, ScrubCtl};
+use crate::seal::{self, Summary};
 use crate::shared::Shared;
 use crate::subjects::Subjects;
-use crate::{Limits, Result, StoreError, SyncPolicy};
+use crate::{Corruption, Limits, Result, StoreError, SyncPolicy};
+
+/// How the background scrub re-reads sealed blocks to find damage that happened at rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scrub {
+    /// Bytes per second, shared by every store of the process.
+    pub rate: u64,
+    /// Wait after opening before the first pass.
+    pub delay: Duration,
+    /// Wait between the end of one pass and the start of the next.
+    pub interval: Duration,
+}
+
+impl Default for Scrub {
+    fn default() -> Self {
+        Scrub {
+            rate: 32 << 20,
+            delay: Duration::from_secs(30),
+            interval: Duration::from_secs(24 * 3600),
+        }
+    }
+}
 
 /// Where and how a file store keeps a stream.
 #[derive(Clone)]
@@ -34,6 +61,10 @@ pub struct FileStoreConfig {
     pub sync: SyncPolicy,
     /// Observes (or holds back) each data sync; for tests.
     pub io_hook: Option<Arc<dyn IoHook>>,
+    /// Sealed blocks whose record index stays in memory (least recently used are dropped).
+    pub cache_blocks: usize,
+    /// The background scrub; None: none (damage is then found when a message is read).
+    pub scrub: Option<Scrub>,
 }
 
 impl FileStoreConfig {
@@ -43,32 +74,9 @@ impl FileStoreConfig {
             block_size: 8 << 20,
             sync: SyncPolicy::Always,
             io_hook: None,
+            cache_blocks: 8,
+            scrub: Some(Scrub::default()),
         }
-    }
-}
-
-/// Damage found on recovery. Sequences `first_seq ..= last_seq` (none when `first_seq >
-/// last_seq`) are lost: loading them returns `StoreError::Corrupt`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Corruption {
-    pub file: PathBuf,
-    pub offset: u64,
-    pub first_seq: u64,
-    pub last_seq: u64,
-    pub reason: String,
-}
-
-impl fmt::Display for Corruption {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} at byte {}: {} (messages {}..={})",
-            self.file.display(),
-            self.offset,
-            self.reason,
-            self.first_seq,
-            self.last_seq
-        )
     }
 }
 
@@ -80,20 +88,24 @@ pub struct Recovery {
     pub torn_tail: Option<(PathBuf, u64, u64)>,
     /// The index was missing or unreadable and was rebuilt from the blocks.
     pub index_rebuilt: bool,
+    /// Blocks read whole on open (the unsealed tail, and blocks without a usable summary).
+    pub blocks_scanned: usize,
+    /// Blocks opened from their summary alone.
+    pub blocks_summarized: usize,
 }
 
 /// A durable stream store in a directory of block files.
 pub struct FileStore {
-    shared: Shared<FileBackend>,
+    shared: Arc<Shared<FileBackend>>,
     recovery: Recovery,
     syncer: Mutex<Option<JoinHandle<()>>>,
+    scrub: Arc<ScrubCtl>,
+    scrubber: Mutex<Option<JoinHandle<()>>>,
 }
 
 const INDEX: &str = "index";
 const INDEX_MAGIC: &[u8; 8] = b"NTRIDX01";
 const DLT_ENTRY: usize = 12;
-/// Sequences listed one by one per damaged range (a crafted file name could claim billions).
-const MAX_LOST: usize = 1 << 20;
 
 fn io_err(store: &Arc<str>, what: &'static str, e: io::Error) -> StoreError {
     StoreError::Io {
@@ -103,7 +115,7 @@ fn io_err(store: &Arc<str>, what: &'static str, e: io::Error) -> StoreError {
     }
 }
 
-fn blk_path(dir: &Path, start: u64) -> PathBuf {
+pub(crate) fn blk_path(dir: &Path, start: u64) -> PathBuf {
     dir.join(format!("{start:020}.blk"))
 }
 
@@ -133,6 +145,7 @@ pub(crate) struct FileBackend {
     /// The bytes last read ahead from one block, so that reading messages in order (a consumer
     /// catching up) costs one `pread` per `READ_AHEAD` bytes rather than one per message.
     ahead: Mutex<Option<ReadAhead>>,
+    scrub: Arc<ScrubCtl>,
 }
 
 /// Bytes `at .. at + data.len()` of block `start`, as they were on disk when read. Appends land
@@ -165,11 +178,20 @@ impl FileBackend {
             .map(|f| &f.blk)
             .ok_or_else(|| io_err(&self.name, "block", io::ErrorKind::NotFound.into()))
     }
+
+    /// The open file of block `start` (for the scrub, which reads it without the store's lock).
+    pub(crate) fn block_file(&self, start: u64) -> Option<Arc<File>> {
+        self.files.get(&start).map(|f| f.blk.clone())
+    }
 }
 
 impl Backend for FileBackend {
     fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    fn block_path(&self, start: u64) -> PathBuf {
+        blk_path(&self.dir, start)
     }
 
     fn create_block(&mut self, start: u64) -> Result<()> {
@@ -232,6 +254,14 @@ impl Backend for FileBackend {
         Ok(rec)
     }
 
+    fn read_raw(&self, start: u64, at: u32, len: u32) -> Result<Bytes> {
+        let mut buf = vec![0; len as usize];
+        self.blk(start)?
+            .read_exact_at(&mut buf, u64::from(at))
+            .map_err(self.err("read block"))?;
+        Ok(Bytes::from(buf))
+    }
+
     fn overwrite(&mut self, start: u64, at: u32, rec: &[u8]) -> Result<()> {
         self.drop_ahead(start);
         self.write(start, at, rec)?;
@@ -274,6 +304,14 @@ impl Backend for FileBackend {
             }
         }
         Ok(())
+    }
+
+    fn deleted_in(&self, start: u64) -> Result<FxHashSet<u64>> {
+        match fs::read(dlt_path(&self.dir, start)) {
+            Ok(buf) => Ok(parse_dlt(&buf, &self.name, &dlt_path(&self.dir, start))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(FxHashSet::default()),
+            Err(e) => Err(io_err(&self.name, "read delete records", e)),
+        }
     }
 
     fn remove_block(&mut self, start: u64) -> Result<()> {
@@ -339,6 +377,14 @@ impl Backend for FileBackend {
         self.dirty.clear();
         fs::remove_dir_all(&self.dir).map_err(self.err("remove stream directory"))
     }
+
+    fn evictable(&self) -> bool {
+        true
+    }
+
+    fn note_suspect(&self, _start: u64) {
+        self.scrub.kick();
+    }
 }
 
 fn write_index(dir: &Path, blocks: &[(u64, u64, u64)]) -> io::Result<()> {
@@ -359,7 +405,7 @@ fn write_index(dir: &Path, blocks: &[(u64, u64, u64)]) -> io::Result<()> {
     sync_dir(dir)
 }
 
-fn u64_at(buf: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(buf: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     if let Some(s) = buf.get(at..at + 8) {
         a.copy_from_slice(s);
@@ -368,7 +414,7 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
 }
 
 /// Block start → (bytes, next sequence), if the index is present and intact.
-fn read_index(dir: &Path) -> Option<BTreeMap<u64, (u64, u64)>> {
+pub(crate) fn read_index(dir: &Path) -> Option<BTreeMap<u64, (u64, u64)>> {
     let buf = fs::read(dir.join(INDEX)).ok()?;
     let body = buf.get(..buf.len().checked_sub(4)?)?;
     let crc = u32::from_le_bytes(buf.get(body.len()..)?.try_into().ok()?);
@@ -392,6 +438,20 @@ fn read_index(dir: &Path) -> Option<BTreeMap<u64, (u64, u64)>> {
     )
 }
 
+/// The sequences in delete records (whole entries with a good checksum).
+pub(crate) fn parse_dlt(buf: &[u8], name: &Arc<str>, path: &Path) -> FxHashSet<u64> {
+    let mut out = FxHashSet::default();
+    for e in buf.chunks_exact(DLT_ENTRY) {
+        let (s, c) = e.split_at(8);
+        if crc32c::crc32c(s).to_le_bytes() == c {
+            out.insert(u64_at(s, 0));
+        } else {
+            tracing::warn!(store = %name, file = %path.display(), "bad delete record ignored");
+        }
+    }
+    out
+}
+
 /// Sequences removed from a block, from its delete records; a torn last entry is cut off.
 fn read_dlt(dir: &Path, start: u64, name: &Arc<str>) -> Result<FxHashSet<u64>> {
     let path = dlt_path(dir, start);
@@ -406,170 +466,234 @@ fn read_dlt(dir: &Path, start: u64, name: &Arc<str>) -> Result<FxHashSet<u64>> {
         f.and_then(|f| f.set_len(whole as u64))
             .map_err(|e| io_err(name, "truncate delete records", e))?;
     }
-    let mut out = FxHashSet::default();
-    for e in buf.chunks_exact(DLT_ENTRY) {
-        let (s, c) = e.split_at(8);
-        if crc32c::crc32c(s).to_le_bytes() == c {
-            out.insert(u64_at(s, 0));
-        } else {
-            tracing::warn!(store = %name, file = %path.display(), "bad delete record ignored");
+    Ok(parse_dlt(buf.get(..whole).unwrap_or_default(), name, &path))
+}
+
+/// A block's figures from its summary and delete records, without reading its messages (the
+/// index record too when some of them were removed: it says which subject each one had).
+/// A block file being opened: its first sequence, its length and the next block's start.
+struct Opening<'a> {
+    f: &'a File,
+    start: u64,
+    len: u64,
+    next_start: Option<u64>,
+}
+
+fn summarized(
+    o: Opening<'_>,
+    summary: Summary,
+    dead: &FxHashSet<u64>,
+    subjects: &mut Subjects,
+    lost: &mut BTreeSet<u64>,
+) -> Option<(Block, u64)> {
+    let Opening {
+        f,
+        start,
+        len,
+        next_start,
+    } = o;
+    let count = u64::from(summary.count);
+    let next = start + count;
+    if len > u64::from(u32::MAX) {
+        return None;
+    }
+    // Lost ranges: sorted, apart, inside the block (or its lost tail, up to the next block).
+    let limit = next_start.unwrap_or(next);
+    let ranges_ok = summary
+        .lost
+        .iter()
+        .all(|(a, z)| start <= *a && a <= z && *z < limit)
+        && summary
+            .lost
+            .windows(2)
+            .all(|w| matches!(w, [x, y] if x.1 < y.0));
+    if !ranges_ok {
+        return None;
+    }
+    let summary_lost = |q: u64| {
+        let k = summary.lost.partition_point(|(_, z)| *z < q);
+        summary.lost.get(k).is_some_and(|(a, _)| *a <= q)
+    };
+    let mut removed: Vec<u64> = dead
+        .iter()
+        .copied()
+        .filter(|q| (start..next).contains(q) && !summary_lost(*q))
+        .collect();
+    removed.sort_unstable();
+    let mut per_local: Vec<u64> = summary
+        .subjects
+        .iter()
+        .map(|s| u64::from(s.count))
+        .collect();
+    let mut removed_bytes = 0u64;
+    if !removed.is_empty() {
+        let at = u64::from(summary.index_at);
+        let summary_at = seal_start(f, len)?;
+        let mut raw = vec![0; usize::try_from(summary_at.checked_sub(at)?).ok()?];
+        f.read_exact_at(&mut raw, at).ok()?;
+        let irec = seal::decode_index(&raw)?;
+        if irec.offsets.len() as u64 != count {
+            return None;
         }
-    }
-    Ok(out)
-}
-
-/// Find where good records resume after a bad one at `bad` (expected sequence `expected`):
-/// the offset and the first sequence not lost.
-fn resync(buf: &[u8], bad: usize, expected: u64) -> Option<(usize, u64)> {
-    let mut p = bad + 1;
-    while p + OVERHEAD <= buf.len() {
-        let rest = buf.get(p..)?;
-        let len = record::peek_len(rest)?;
-        let seq = record::peek_seq(rest)?;
-        let max_seq = expected + ((p - bad) / OVERHEAD) as u64 + 1;
-        if (OVERHEAD..=rest.len()).contains(&len)
-            && seq.saturating_add(1) >= expected
-            && seq <= max_seq
-        {
-            match record::decode(rest) {
-                Ok(r) if r.is_marker() => return Some((p, (r.seq + 1).max(expected))),
-                Ok(r) if r.seq >= expected => return Some((p, r.seq)),
-                _ => {}
-            }
-        }
-        p += 1;
-    }
-    None
-}
-
-/// Everything recovery learns from one block.
-struct Scanned {
-    block: Block,
-    bytes: u64,
-    /// (seq, ts) of the newest record, message or marker.
-    last: Option<(u64, i64)>,
-    sealed: bool,
-    bad_tail: bool,
-    torn_at: Option<usize>,
-}
-
-struct Scanner<'a> {
-    path: &'a Path,
-    subjects: &'a mut Subjects,
-    lost: &'a mut BTreeSet<u64>,
-    corruption: &'a mut Vec<Corruption>,
-}
-
-impl Scanner<'_> {
-    fn report(&mut self, offset: usize, first: u64, last: u64, reason: &str) {
-        let c = Corruption {
-            file: self.path.to_path_buf(),
-            offset: offset as u64,
-            first_seq: first,
-            last_seq: last,
-            reason: reason.to_string(),
-        };
-        tracing::warn!(corruption = %c, "stream store damaged");
-        self.lost.extend((first..=last).take(MAX_LOST));
-        self.corruption.push(c);
-    }
-
-    fn scan(
-        &mut self,
-        start: u64,
-        buf: &[u8],
-        dead: &FxHashSet<u64>,
-        is_last: bool,
-        next_start: Option<u64>,
-    ) -> Scanned {
-        let mut s = Scanned {
-            block: Block::new(start),
-            bytes: 0,
-            last: None,
-            sealed: false,
-            bad_tail: false,
-            torn_at: None,
-        };
-        let mut pos = 0usize;
-        while let Some(rest) = buf.get(pos..).filter(|r| !r.is_empty()) {
-            let expected = s.block.next_seq();
-            let mut incomplete = false;
-            let why = match record::decode(rest) {
-                Ok(r) if r.is_marker() => {
-                    s.last = s.last.max(Some((r.seq, r.ts)));
-                    pos += r.len;
-                    s.block.len = pos as u32;
-                    s.sealed = s.block.count() > 0 && pos == buf.len();
-                    continue;
-                }
-                Ok(r) if r.seq == expected => {
-                    let live = !dead.contains(&r.seq);
-                    let id = if live {
-                        self.subjects.add(r.subject, r.seq)
-                    } else {
-                        NO_SUBJECT
-                    };
-                    s.block.push(pos as u32, id, r.len as u32, r.ts, live);
-                    if live {
-                        s.bytes += r.len as u64;
-                    }
-                    s.last = s.last.max(Some((r.seq, r.ts)));
-                    s.sealed = false;
-                    pos += r.len;
-                    continue;
-                }
-                Ok(_) => "record holds an unexpected sequence",
-                Err(DecodeError::Incomplete) => {
-                    incomplete = true;
-                    "record truncated"
-                }
-                Err(DecodeError::Invalid(why)) => why,
+        for q in &removed {
+            let i = (q - start) as usize;
+            let local = if irec.locals.is_empty() {
+                0
+            } else {
+                *irec.locals.get(i)?
             };
-            let torn_like = incomplete || rest.iter().all(|b| *b == 0);
-            match resync(buf, pos, expected) {
-                None if is_last && torn_like => {
-                    s.torn_at = Some(pos);
-                    break;
-                }
-                None => {
-                    let upto = next_start.map_or(expected, |n| (n - 1).max(expected));
-                    self.report(pos, expected, upto, why);
-                    s.bad_tail = true;
-                    s.block.len = buf.len() as u32;
-                    break;
-                }
-                Some((p, resume)) => {
-                    self.report(pos, expected, resume.saturating_sub(1), why);
-                    for _ in expected..resume {
-                        s.block.push_lost(pos as u32);
-                    }
-                    pos = p;
-                }
-            }
+            let n = per_local.get_mut(local as usize)?;
+            *n = n.checked_sub(1)?;
+            let from = *irec.offsets.get(i)?;
+            let to = irec.offsets.get(i + 1).copied().unwrap_or(irec.end);
+            removed_bytes += u64::from(to.checked_sub(from)?);
         }
-        if s.bad_tail {
-            // The damaged record's sequence was assigned: never reuse it.
-            let ts = s.last.map_or(0, |l| l.1);
-            s.last = s.last.max(Some((s.block.next_seq(), ts)));
-        }
-        let tail_lost = next_start.filter(|n| *n > s.block.next_seq());
-        if let (Some(n), false, false) = (tail_lost, s.sealed, s.bad_tail) {
-            if s.block.count() > 0 {
-                let first = s.block.next_seq();
-                self.report(
-                    buf.len(),
-                    first,
-                    n - 1,
-                    "block ends without its seal record",
-                );
-            }
-        }
-        s
     }
+    let lost_count: u64 = summary
+        .lost
+        .iter()
+        .map(|&(a, z)| {
+            z.min(next.saturating_sub(1))
+                .saturating_add(1)
+                .saturating_sub(a.max(start))
+        })
+        .sum();
+    let live = count.checked_sub(lost_count + removed.len() as u64)?;
+    let live_bytes = summary.msg_bytes.checked_sub(removed_bytes)?;
+    // The first sequence neither lost nor removed (each step passes a range or a removal).
+    let mut first_live = start;
+    while first_live < next {
+        let k = summary.lost.partition_point(|(_, z)| *z < first_live);
+        match summary.lost.get(k) {
+            Some(&(a, z)) if a <= first_live => first_live = z + 1,
+            _ if dead.contains(&first_live) => first_live += 1,
+            _ => break,
+        }
+    }
+    let mut budget = MAX_LOST as usize;
+    for &(a, z) in &summary.lost {
+        let n = usize::try_from(z - a + 1).unwrap_or(usize::MAX).min(budget);
+        lost.extend((a..=z).take(n));
+        budget -= n;
+    }
+    let mut few = Vec::new();
+    subjects.reserve(summary.subjects.len());
+    for (s, n) in summary.subjects.iter().zip(&per_local) {
+        if *n > 0 {
+            few.push(subjects.add_n(&s.name, *n, s.first, s.last));
+        }
+    }
+    let last_assigned = summary
+        .lost
+        .iter()
+        .map(|(_, z)| *z)
+        .max()
+        .unwrap_or(0)
+        .max(next - 1);
+    let block = Block {
+        start,
+        count: summary.count,
+        len: len as u32,
+        live: live as u32,
+        live_bytes,
+        first_live,
+        first_ts: summary.first_ts,
+        last_ts: summary.last_ts,
+        seal_at: summary.index_at,
+        verified: false,
+        suspect: false,
+        few: (few.len() <= 16).then_some(few),
+        index: None,
+        used: 0,
+    };
+    Some((block, last_assigned))
 }
 
-/// Read every block, verify every record, and build the engine's parts.
-fn recover(dir: &Path, name: &Arc<str>) -> Result<(Parts, Recovery, BTreeMap<u64, BlockFiles>)> {
+/// Where the summary record of a block of `len` bytes starts.
+fn seal_start(f: &File, len: u64) -> Option<u64> {
+    let mut tail = [0u8; 8];
+    f.read_exact_at(&mut tail, len.checked_sub(8)?).ok()?;
+    let own = u64::from(u32::from_le_bytes(tail.get(..4)?.try_into().ok()?));
+    len.checked_sub(own)
+}
+
+/// A block read whole: its figures, with its subjects counted in `subjects`.
+fn scanned_block(start: u64, mut s: Scanned, subjects: &mut Subjects) -> (Block, u64) {
+    let count = s.index.count();
+    // Live records per local subject, and their first and last sequences.
+    let mut per: Vec<(u64, u64, u64)> = vec![(0, 0, 0); s.index.locals.len()];
+    for i in 0..count {
+        if !s.index.is_dead(i) {
+            if let Some(p) = per.get_mut(s.index.local(i) as usize) {
+                let seq = start + i as u64;
+                if p.0 == 0 {
+                    p.1 = seq;
+                }
+                p.0 += 1;
+                p.2 = seq;
+            }
+        }
+    }
+    for (l, (n, first, last)) in s.index.locals.iter_mut().zip(per) {
+        let id = if n > 0 {
+            subjects.add_n(&l.name, n, first, last)
+        } else {
+            subjects.id(&l.name).unwrap_or(crate::block::NO_SUBJECT)
+        };
+        if let Some(x) = subjects.get(id) {
+            *l = Local {
+                name: x.name.clone(),
+                id,
+            };
+        }
+    }
+    let first_live = (0..count)
+        .find(|i| !s.index.is_dead(*i))
+        .map_or(start + count as u64, |i| start + i as u64);
+    let block = Block {
+        start,
+        count: count as u32,
+        len: s.len,
+        live: s.live,
+        live_bytes: s.live_bytes,
+        first_live,
+        first_ts: s.first_ts,
+        last_ts: s.last_ts,
+        seal_at: 0,
+        verified: true,
+        suspect: false,
+        few: None,
+        index: Some(Box::new(std::mem::take(&mut s.index))),
+        used: 0,
+    };
+    (block, s.live_bytes)
+}
+
+/// What recovery hands `open`: the engine's parts, the report, the open block files and the
+/// blocks that were read whole (not known to be synced).
+struct Recovered {
+    parts: Parts,
+    recovery: Recovery,
+    files: BTreeMap<u64, BlockFiles>,
+    scanned: Vec<u64>,
+    /// The index as read: start → (bytes, next sequence).
+    index: Option<BTreeMap<u64, (u64, u64)>>,
+}
+
+/// Whether `index` (as read on open) lists exactly these blocks: then the store was closed
+/// cleanly (or opened since) with every byte of them synced, and nothing is left to sync.
+fn index_matches(index: Option<&BTreeMap<u64, (u64, u64)>>, blocks: &[(u64, u64, u64)]) -> bool {
+    index.is_some_and(|i| {
+        i.len() == blocks.len()
+            && blocks
+                .iter()
+                .all(|(start, len, next)| i.get(start) == Some(&(*len, *next)))
+    })
+}
+
+/// Open every block (sealed ones from their summary, the rest read whole) and build the
+/// engine's parts.
+fn recover(dir: &Path, name: &Arc<str>) -> Result<Recovered> {
     let err = |what| move |e| io_err(name, what, e);
     let (mut starts, mut dlts) = (Vec::new(), Vec::new());
     for entry in fs::read_dir(dir).map_err(err("list directory"))? {
@@ -585,6 +709,7 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<(Parts, Recovery, BTreeMap<u64
         }
     }
     starts.sort_unstable();
+    dlts.sort_unstable();
     // Delete records whose block is gone (a crash between the two unlinks).
     for d in dlts.iter().filter(|d| starts.binary_search(d).is_err()) {
         fs::remove_file(dlt_path(dir, *d)).map_err(err("remove orphan delete records"))?;
@@ -599,56 +724,105 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<(Parts, Recovery, BTreeMap<u64
     let mut blocks: Vec<Block> = Vec::new();
     let mut files = BTreeMap::new();
     let mut obsolete = Vec::new();
+    let mut scanned = Vec::new();
     let (mut bytes, mut last) = (0u64, (0u64, 0i64));
     let mut roll = false;
-    let mut buf = Vec::new();
+    let report = |rec: &mut Recovery, lost: &mut BTreeSet<u64>, c: Corruption| {
+        tracing::warn!(corruption = %c, "stream store damaged");
+        lost.extend((c.first_seq..=c.last_seq).take(MAX_LOST as usize));
+        rec.corruption.push(c);
+    };
     for (k, &start) in starts.iter().enumerate() {
         let path = blk_path(dir, start);
         let is_last = k + 1 == starts.len();
         let next_start = starts.get(k + 1).copied();
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .map_err(err("open block"))?;
-        buf.clear();
-        f.read_to_end(&mut buf).map_err(err("read block"))?;
-        if buf.is_empty() && !is_last {
+        let len = f.metadata().map_err(err("stat block"))?.len();
+        if len == 0 && !is_last {
             obsolete.push(start);
             continue;
         }
-        if buf.is_empty() {
+        if len == 0 {
             // A new block not yet written to still tells the next sequence.
             last.0 = last.0.max(start.saturating_sub(1));
         }
         // A marker first in a block is a purge floor: every older block is gone.
-        if matches!(record::decode(&buf), Ok(r) if r.is_marker()) {
+        let mut head = [0u8; record::OVERHEAD];
+        if len >= head.len() as u64
+            && f.read_exact_at(&mut head, 0).is_ok()
+            && matches!(record::decode(&head), Ok(r) if r.is_marker())
+        {
             obsolete.extend(blocks.drain(..).map(|b| b.start));
             files.clear();
             subjects.clear();
             lost.clear();
             rec.corruption.clear();
+            scanned.clear();
             bytes = 0;
         }
-        let dead = read_dlt(dir, start, name)?;
-        let mut sc = Scanner {
-            path: &path,
-            subjects: &mut subjects,
-            lost: &mut lost,
-            corruption: &mut rec.corruption,
+        let dead = if dlts.binary_search(&start).is_ok() {
+            read_dlt(dir, start, name)?
+        } else {
+            FxHashSet::default()
         };
-        let s = sc.scan(start, &buf, &dead, is_last, next_start);
-        if let Some(at) = s.torn_at {
-            tracing::warn!(file = %path.display(), at, "cutting off a torn last record");
-            f.set_len(at as u64).map_err(err("truncate torn tail"))?;
-            f.sync_data().map_err(err("sync block"))?;
-            rec.torn_tail = Some((path.clone(), at as u64, (buf.len() - at) as u64));
-        }
-        if let Some(l) = s.last {
-            last = last.max(l);
-        }
-        bytes += s.bytes;
-        roll = s.sealed || s.bad_tail;
+        let mut read = |at: u64, n: usize| {
+            let mut v = vec![0; n];
+            f.read_exact_at(&mut v, at).ok().map(|()| v)
+        };
+        let summary = seal::read_summary(len, &mut read).filter(|(s, _)| {
+            s.start == start && next_start.is_none_or(|n| start + u64::from(s.count) <= n)
+        });
+        let opened = summary.and_then(|(s, _)| {
+            let o = Opening {
+                f: &f,
+                start,
+                len,
+                next_start,
+            };
+            summarized(o, s, &dead, &mut subjects, &mut lost)
+        });
+        let block = match opened {
+            Some((block, last_assigned)) => {
+                rec.blocks_summarized += 1;
+                bytes += block.live_bytes;
+                last = last.max((last_assigned, block.last_ts));
+                roll = true;
+                block
+            }
+            None => {
+                rec.blocks_scanned += 1;
+                let s = scan::scan_file(&f, len, start, &dead, is_last, next_start)
+                    .map_err(err("read block"))?;
+                for x in &s.findings {
+                    let c = Corruption {
+                        file: path.clone(),
+                        offset: x.offset,
+                        first_seq: x.first_seq,
+                        last_seq: x.last_seq,
+                        reason: x.reason.clone(),
+                    };
+                    report(&mut rec, &mut lost, c);
+                }
+                if let Some(at) = s.torn_at {
+                    tracing::warn!(file = %path.display(), at, "cutting off a torn last record");
+                    f.set_len(at as u64).map_err(err("truncate torn tail"))?;
+                    f.sync_data().map_err(err("sync block"))?;
+                    rec.torn_tail = Some((path.clone(), at as u64, len - at as u64));
+                }
+                if let Some(l) = s.last {
+                    last = last.max(l);
+                }
+                roll = s.sealed || s.bad_tail;
+                scanned.push(start);
+                let (block, live_bytes) = scanned_block(start, s, &mut subjects);
+                bytes += live_bytes;
+                block
+            }
+        };
         files.insert(
             start,
             BlockFiles {
@@ -656,7 +830,7 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<(Parts, Recovery, BTreeMap<u64
                 dlt: None,
             },
         );
-        blocks.push(s.block);
+        blocks.push(block);
     }
     // The index remembers how long each block was when it was last written: a shorter block
     // lost records even if the cut fell exactly between two of them.
@@ -673,10 +847,8 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<(Parts, Recovery, BTreeMap<u64
                 last_seq: next - 1,
                 reason: format!("block is {} bytes, the index recorded {len}", b.len),
             };
-            tracing::warn!(corruption = %c, "stream store damaged");
-            lost.extend((c.first_seq..=c.last_seq).take(MAX_LOST));
             last.0 = last.0.max(c.last_seq);
-            rec.corruption.push(c);
+            report(&mut rec, &mut lost, c);
         }
     }
     for start in obsolete {
@@ -700,7 +872,13 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<(Parts, Recovery, BTreeMap<u64
         lost,
         roll,
     };
-    Ok((parts, rec, files))
+    Ok(Recovered {
+        parts,
+        recovery: rec,
+        files,
+        scanned,
+        index,
+    })
 }
 
 impl FileStore {
@@ -708,12 +886,27 @@ impl FileStore {
     pub fn open(cfg: FileStoreConfig, limits: Limits) -> Result<FileStore> {
         let name: Arc<str> = Arc::from(cfg.dir.display().to_string());
         fs::create_dir_all(&cfg.dir).map_err(|e| io_err(&name, "create directory", e))?;
-        let (parts, recovery, files) = recover(&cfg.dir, &name)?;
-        // Whatever survived in the page cache becomes durable before anything is served.
-        for f in files.values() {
-            f.blk
-                .sync_data()
-                .map_err(|e| io_err(&name, "sync block", e))?;
+        let Recovered {
+            parts,
+            recovery,
+            files,
+            scanned,
+            index,
+        } = recover(&cfg.dir, &name)?;
+        let recovered: Vec<(u64, u64, u64)> = parts
+            .blocks
+            .iter()
+            .map(|b| (b.start, u64::from(b.len), b.next_seq()))
+            .collect();
+        let clean = index_matches(index.as_ref(), &recovered);
+        // Whatever survived in the page cache becomes durable before anything is served (sealed
+        // blocks were synced when they were sealed; after a clean close everything was).
+        for start in scanned.into_iter().filter(|_| !clean) {
+            if let Some(f) = files.get(&start) {
+                f.blk
+                    .sync_data()
+                    .map_err(|e| io_err(&name, "sync block", e))?;
+            }
         }
         let last_seq = parts.last_seq;
         let durable = Arc::new(Durable::new(
@@ -723,6 +916,7 @@ impl FileStore {
             last_seq,
         ));
         let active = files.keys().next_back().copied().unwrap_or(0);
+        let ctl = Arc::new(ScrubCtl::default());
         let backend = FileBackend {
             dir: cfg.dir.clone(),
             name: name.clone(),
@@ -732,33 +926,56 @@ impl FileStore {
             active,
             last_written: last_seq,
             dirty: Vec::new(),
-            dir_dirty: true,
+            dir_dirty: !clean,
             ahead: Mutex::new(None),
+            scrub: ctl.clone(),
         };
         let block_size = cfg.block_size.clamp(4 << 10, 1 << 30);
-        let mut engine = Engine::new(backend, limits, block_size, parts)?;
+        let mut engine = Engine::new(backend, limits, block_size, cfg.cache_blocks, parts)?;
         engine.backend.sync_meta(false)?;
-        write_index(&cfg.dir, &engine.block_summary())
-            .map_err(|e| io_err(&name, "write index", e))?;
+        let summary = engine.block_summary();
+        if !index_matches(index.as_ref(), &summary) {
+            write_index(&cfg.dir, &summary).map_err(|e| io_err(&name, "write index", e))?;
+        }
         let d = durable.clone();
         let policy = cfg.sync;
         let syncer = std::thread::Builder::new()
             .name("natrium-store-sync".into())
             .spawn(move || d.run(policy))
             .map_err(|e| io_err(&name, "start syncer thread", e))?;
+        let shared = Arc::new(Shared {
+            engine: parking_lot::Mutex::new(engine),
+            durable: Some(durable),
+        });
+        let scrubber = match cfg.scrub {
+            Some(policy) if policy.rate > 0 => {
+                let (weak, ctl) = (Arc::downgrade(&shared), ctl.clone());
+                Some(
+                    std::thread::Builder::new()
+                        .name("natrium-store-scrub".into())
+                        .spawn(move || scrub::run(weak, ctl, policy))
+                        .map_err(|e| io_err(&name, "start scrub thread", e))?,
+                )
+            }
+            _ => None,
+        };
         Ok(FileStore {
-            shared: Shared {
-                engine: parking_lot::Mutex::new(engine),
-                durable: Some(durable),
-            },
+            shared,
             recovery,
             syncer: Mutex::new(Some(syncer)),
+            scrub: ctl,
+            scrubber: Mutex::new(scrubber),
         })
     }
 
     /// What recovery found when this store was opened.
     pub fn recovery(&self) -> &Recovery {
         &self.recovery
+    }
+
+    /// Damage found since open, by reads, verification or the scrub (not what `recovery` lists).
+    pub fn damage(&self) -> Vec<Corruption> {
+        self.shared.engine.lock().damage().to_vec()
     }
 
     /// Syncs done so far and how far they reach.
@@ -770,7 +987,22 @@ impl FileStore {
             .unwrap_or_default()
     }
 
-    fn join_syncer(&self) {
+    /// Blocks, loaded indexes and their memory, index loads, verified blocks.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.shared.engine.lock().cache_stats()
+    }
+
+    /// Check every record of every sealed block now (what the scrub does over time); returns
+    /// the damage found (also in `damage`).
+    pub fn verify_now(&self) -> Result<Vec<Corruption>> {
+        self.shared.engine.lock().verify_all()
+    }
+
+    fn join_threads(&self) {
+        self.scrub.stop();
+        if let Some(h) = self.scrubber.lock().take() {
+            let _ = h.join();
+        }
         if let Some(h) = self.syncer.lock().take() {
             let _ = h.join();
         }
@@ -783,7 +1015,7 @@ impl Drop for FileStore {
         if let Err(e) = self.shared.stop() {
             tracing::warn!(error = %e, "closing the file store failed");
         }
-        self.join_syncer();
+        self.join_threads();
     }
 }
 

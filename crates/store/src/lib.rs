@@ -11,17 +11,24 @@
     allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 
+mod block;
 pub mod conformance;
 mod docfile;
 mod durable;
 mod engine;
 mod file;
+mod lock;
 mod mem;
 pub mod record;
+mod scan;
+mod scrub;
+mod seal;
 mod shared;
 mod subjects;
+mod verify;
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +37,11 @@ use bytes::Bytes;
 
 pub use docfile::DocFile;
 pub use durable::{IoHook, SyncStats};
-pub use file::{Corruption, FileStore, FileStoreConfig};
+pub use engine::CacheStats;
+pub use file::{FileStore, FileStoreConfig, Recovery, Scrub};
+pub use lock::{LockError, StoreDirLock, LOCK_FILE};
 pub use mem::MemStore;
+pub use verify::{verify_dir, Problem, Report, StreamReport};
 
 /// Result of a store operation.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -74,6 +84,31 @@ pub enum StoreError {
         what: &'static str,
         error: Arc<str>,
     },
+}
+
+/// Damage found in a stream store: sequences `first_seq ..= last_seq` (none when `first_seq >
+/// last_seq`) are lost: loading them returns `StoreError::Corrupt`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    pub file: PathBuf,
+    pub offset: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub reason: String,
+}
+
+impl fmt::Display for Corruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at byte {}: {} (messages {}..={})",
+            self.file.display(),
+            self.offset,
+            self.reason,
+            self.first_seq,
+            self.last_seq
+        )
+    }
 }
 
 /// What happens when a limit would be exceeded.

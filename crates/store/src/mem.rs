@@ -42,6 +42,24 @@ impl Backend for MemBackend {
         Ok(())
     }
 
+    fn block_path(&self, _start: u64) -> std::path::PathBuf {
+        std::path::PathBuf::from("memory")
+    }
+
+    fn read_raw(&self, start: u64, at: u32, len: u32) -> Result<bytes::Bytes> {
+        self.read(start, at, len)
+    }
+
+    fn deleted_in(&self, _start: u64) -> Result<rustc_hash::FxHashSet<u64>> {
+        // Memory blocks are never evicted, so their index (with what was removed) is never read
+        // back from the block.
+        Ok(rustc_hash::FxHashSet::default())
+    }
+
+    fn evictable(&self) -> bool {
+        false
+    }
+
     fn read(&self, start: u64, at: u32, len: u32) -> Result<bytes::Bytes> {
         let b = self.blocks.get(&start).ok_or(StoreError::NotFound)?;
         let (at, len) = (at as usize, len as usize);
@@ -118,7 +136,7 @@ impl MemStore {
         };
         Ok(MemStore {
             shared: Shared {
-                engine: Mutex::new(Engine::new(backend, limits, BLOCK_SIZE, parts)?),
+                engine: Mutex::new(Engine::new(backend, limits, BLOCK_SIZE, usize::MAX, parts)?),
                 durable: None,
             },
         })

@@ -52,7 +52,11 @@ impl Subjects {
             }
             return id;
         }
-        let name: Arc<[u8]> = Arc::from(subject);
+        self.insert(Arc::from(subject), seq)
+    }
+
+    /// A new subject with one message, `seq`.
+    fn insert(&mut self, name: Arc<[u8]>, seq: u64) -> u32 {
         let info = SubjectInfo {
             name: name.clone(),
             msgs: 1,
@@ -73,6 +77,49 @@ impl Subjects {
         };
         self.ids.insert(name, id);
         id
+    }
+
+    /// Count `n` messages of `subject` whose sequences lie in `first ..= last` (a block's share,
+    /// on open); returns the subject's id.
+    pub fn add_n(&mut self, subject: &Arc<[u8]>, n: u64, first: u64, last: u64) -> u32 {
+        if let Some(id) = self.id(subject) {
+            if let Some(s) = self.get_mut(id) {
+                if s.msgs == 0 {
+                    (s.first, s.last) = (first, last);
+                } else {
+                    s.first = s.first.min(first);
+                    s.last = s.last.max(last);
+                }
+                s.msgs += n;
+            }
+            return id;
+        }
+        let id = self.insert(subject.clone(), first);
+        if let Some(s) = self.get_mut(id) {
+            s.msgs = n;
+            s.last = last;
+        }
+        id
+    }
+
+    /// Room for `n` more subjects.
+    pub fn reserve(&mut self, n: usize) {
+        self.ids.reserve(n);
+        self.info.reserve(n);
+    }
+
+    /// Uncount `n` messages of subject `id` (lost to damage found after open); the bounds stay.
+    pub fn remove_n(&mut self, id: u32, n: u64) {
+        let Some(slot) = self.info.get_mut(id as usize) else {
+            return;
+        };
+        let Some(s) = slot.as_mut() else { return };
+        s.msgs = s.msgs.saturating_sub(n);
+        if s.msgs == 0 {
+            self.ids.remove(&s.name);
+            *slot = None;
+            self.free.push(id);
+        }
     }
 
     /// Uncount message `seq` of subject `id`.

@@ -142,6 +142,8 @@ pub(crate) struct JetStream {
     /// The server's name, reported as the leader in stream and consumer info.
     server_name: String,
     accounts: Mutex<Vec<Arc<Catalog>>>,
+    /// Held from start until shutdown: no second process opens this store directory.
+    lock: Mutex<Option<natrium_store::StoreDirLock>>,
     /// Each account's API (its counters and info documents), in the order enabled.
     apis: Mutex<Vec<Arc<Api>>>,
 }
@@ -160,13 +162,20 @@ pub struct JszQuery {
 }
 
 impl JetStream {
-    pub(crate) fn new(opts: JetStreamOptions, server_name: String) -> Arc<JetStream> {
-        Arc::new(JetStream {
+    /// Locks `<store_dir>/jetstream`; fails, naming the holder's pid, if another server has it.
+    pub(crate) fn new(
+        opts: JetStreamOptions,
+        server_name: String,
+    ) -> std::io::Result<Arc<JetStream>> {
+        let lock = natrium_store::StoreDirLock::acquire(&opts.store_dir.join("jetstream"))
+            .map_err(std::io::Error::other)?;
+        Ok(Arc::new(JetStream {
             opts,
             server_name,
             accounts: Mutex::new(Vec::new()),
+            lock: Mutex::new(Some(lock)),
             apis: Mutex::new(Vec::new()),
-        })
+        }))
     }
 
     /// Enables JetStream in `client`'s account: recovers its streams and serves its API.
@@ -234,6 +243,7 @@ impl JetStream {
         for acc in self.accounts.lock().iter() {
             acc.shutdown();
         }
+        self.lock.lock().take();
     }
 
     /// The `config` object of `/varz`'s and `/jsz`'s JetStream sections.

@@ -36,6 +36,7 @@ mod protocol;
 mod reload;
 mod resolver;
 mod stock_clients;
+mod store_dir;
 mod systemd;
 mod tenant;
 mod tls;

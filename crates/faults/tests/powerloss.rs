@@ -299,3 +299,16 @@ fn a_slow_disk_makes_each_sync_wait_and_still_makes_it_durable() {
     p.power_loss();
     assert_eq!(p.read("a").as_deref(), Some("one"));
 }
+
+#[test]
+fn a_file_store_made_in_new_directories_survives_a_power_loss() {
+    // No fsync of any directory by the test: the store must make its own directories durable.
+    use natrium_store::{FileStore, FileStoreConfig, Limits, StreamStore};
+    let mut p = Proc::start();
+    p.run(&["store-open a/b/s", "store-append 10", "store-sync"]);
+    p.power_loss();
+    assert!(p.path("a/b/s").is_dir());
+    let s = FileStore::open(FileStoreConfig::new(p.path("a/b/s")), Limits::default()).unwrap();
+    let st = s.state();
+    assert_eq!((st.msgs, st.last_seq), (10, 10), "{st:?}");
+}

@@ -130,22 +130,13 @@ impl Catalog {
     ) -> Result<Arc<dyn StreamStore>, StoreError> {
         Ok(match cfg.storage {
             Storage::Memory => Arc::new(MemStore::new(cfg.limits())?),
-            Storage::File => {
-                // Made here so that its entry in the stream's directory is synced too.
-                let msgs = dir.join("msgs");
-                crate::util::fs::create_dir_all_durable(&msgs).map_err(|e| StoreError::Io {
-                    store: Arc::from(msgs.display().to_string()),
-                    what: "create directory",
-                    error: Arc::from(e.to_string()),
-                })?;
-                Arc::new(FileStore::open(
-                    FileStoreConfig {
-                        sync: self.sync,
-                        ..FileStoreConfig::new(msgs)
-                    },
-                    cfg.limits(),
-                )?)
-            }
+            Storage::File => Arc::new(FileStore::open(
+                FileStoreConfig {
+                    sync: self.sync,
+                    ..FileStoreConfig::new(dir.join("msgs"))
+                },
+                cfg.limits(),
+            )?),
         })
     }
 

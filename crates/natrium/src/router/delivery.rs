@@ -200,6 +200,10 @@ fn put_frame(
 const STAGED_SCAN: usize = 8;
 /// Staging buffers larger than this are not kept for the next batch.
 const MAX_RETAINED_STAGING: usize = 1 << 20;
+/// A receiver's frames are handed over as soon as this many are gathered, so a batch with a
+/// large share for one receiver (many of its subscriptions match) does not outgrow what
+/// staging retains.
+pub(super) const MAX_STAGED: usize = 256 * 1024;
 
 /// Per-batch delivery bookkeeping: the frames gathered for each receiver, which subscriptions
 /// hit their max, which receivers fell behind.
@@ -420,6 +424,9 @@ impl Delivery {
                     None => st.subs.push((sub.clone(), 1)),
                 }
             }
+            if st.buf.len() >= MAX_STAGED {
+                hand_over(st, self.cid, &mut self.stall, &mut self.flush);
+            }
         }
         if crate::logging::protocol_trace() {
             trace_delivery(client, m, &s.sid, headers);
@@ -503,6 +510,9 @@ impl Delivery {
         );
         st.msgs += 1;
         st.bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
+        if st.buf.len() >= MAX_STAGED {
+            hand_over(st, self.cid, &mut self.stall, &mut self.flush);
+        }
         true
     }
 
@@ -549,46 +559,7 @@ impl Delivery {
     fn flush(&mut self) {
         self.slots.clear();
         for mut st in std::mem::take(&mut self.staged) {
-            for (sub, n) in &st.subs {
-                sub.0.delivered.fetch_add(*n, Ordering::Relaxed);
-            }
-            let client = &st.out;
-            let mut out = client.out.lock();
-            if out.closed {
-                drop(out);
-            } else if out.buf.len() + st.buf.len() > client.max_pending {
-                drop(out);
-                tracing::info!(
-                    "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
-                    client.addr,
-                    client.cid,
-                    client.max_pending
-                );
-                client.close(CloseReason::SlowConsumerPendingBytes);
-            } else {
-                let was_empty = out.buf.is_empty();
-                if was_empty {
-                    // Hand the gathered frames over whole; the receiver's empty buffer (and
-                    // its capacity) comes back for the next batch.
-                    std::mem::swap(&mut out.buf, &mut st.buf);
-                } else {
-                    out.buf.extend_from_slice(&st.buf);
-                }
-                out.out_msgs += st.msgs;
-                out.out_bytes += st.bytes;
-                let behind = out.buf.len() > client.stall_threshold();
-                drop(out);
-                if behind
-                    && client.cid != self.cid
-                    && !self.stall.iter().any(|c| c.cid == client.cid)
-                {
-                    self.stall.push(client.clone());
-                }
-                if was_empty {
-                    self.flush.push(st.out.clone());
-                }
-            }
-            st.buf.clear();
+            hand_over(&mut st, self.cid, &mut self.stall, &mut self.flush);
             if st.buf.capacity() <= MAX_RETAINED_STAGING {
                 self.spare.push(st.buf);
             }
@@ -609,6 +580,60 @@ impl Delivery {
     fn take_lagging(&mut self) -> Option<Lagging> {
         (!self.stall.is_empty()).then(|| Lagging(std::mem::take(&mut self.stall)))
     }
+}
+
+/// Hands a receiver the frames gathered for it (one lock): cuts it off as a slow consumer past
+/// `max_pending`, notes it in `stall` if it is now lagging (unless it is the publisher `cid`),
+/// and in `wake` if its buffer went from empty to non-empty. Leaves `st` empty for more frames.
+fn hand_over(
+    st: &mut Staged,
+    cid: u64,
+    stall: &mut Vec<Arc<Outbound>>,
+    wake: &mut Vec<Arc<Outbound>>,
+) {
+    if st.buf.is_empty() {
+        // Handed over already (its subscriptions' counts went with the frames).
+        return;
+    }
+    for (sub, n) in st.subs.drain(..) {
+        sub.0.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+    let client = &st.out;
+    let mut out = client.out.lock();
+    if out.closed {
+        drop(out);
+    } else if out.buf.len() + st.buf.len() > client.max_pending {
+        drop(out);
+        tracing::info!(
+            "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
+            client.addr,
+            client.cid,
+            client.max_pending
+        );
+        client.close(CloseReason::SlowConsumerPendingBytes);
+    } else {
+        let was_empty = out.buf.is_empty();
+        if was_empty {
+            // Hand the gathered frames over whole; the receiver's empty buffer (and its
+            // capacity) comes back for the next batch.
+            std::mem::swap(&mut out.buf, &mut st.buf);
+        } else {
+            out.buf.extend_from_slice(&st.buf);
+        }
+        out.out_msgs += st.msgs;
+        out.out_bytes += st.bytes;
+        let behind = out.buf.len() > client.stall_threshold();
+        drop(out);
+        if behind && client.cid != cid && !stall.iter().any(|c| c.cid == client.cid) {
+            stall.push(client.clone());
+        }
+        if was_empty {
+            wake.push(client.clone());
+        }
+    }
+    st.buf.clear();
+    st.msgs = 0;
+    st.bytes = 0;
 }
 
 /// Whether `size` more bytes fit in a receiver's buffer. One that is closed does not take them;

@@ -668,3 +668,49 @@ async fn bad_consumer_requests_get_error_codes() {
     assert_eq!(del["success"], true);
     s.shutdown().await;
 }
+
+/// async-nats's `messages()` pulls again when a request expires: the 408 says how much of the
+/// batch was left (`Nats-Pending-Messages`, as nats-server says it), the client counts its
+/// outstanding batch down by that and sends a new request. With a 408 that says 0 the client
+/// kept waiting on the expired request: no new request, "missed idle heartbeat" errors, and
+/// messages published later never arrived.
+#[tokio::test]
+async fn pull_stream_keeps_pulling_across_expired_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = crate::common::start(crate::common::js_opts(dir.path())).await;
+    let js = jetstream::new(crate::common::client(&s).await);
+    let st = js
+        .create_stream(stream::Config {
+            name: "IDLE".into(),
+            subjects: vec!["idle.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let c = st
+        .create_consumer(pull::Config {
+            durable_name: Some("svc".into()),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut msgs = c
+        .stream()
+        .expires(Duration::from_millis(400))
+        .heartbeat(Duration::from_millis(100))
+        .messages()
+        .await
+        .expect("messages");
+    // Idle across several expiries: nothing but a heartbeat error would arrive.
+    let idle = tokio::time::timeout(Duration::from_millis(1_500), msgs.next()).await;
+    assert!(idle.is_err(), "nothing expected while idle, got {idle:?}");
+    publish_n(&js, "idle.x", 1).await;
+    let m = tokio::time::timeout(Duration::from_secs(5), msgs.next())
+        .await
+        .expect("the message arrives on a fresh pull request")
+        .expect("stream open")
+        .expect("a message, not an error");
+    assert_eq!(&m.payload[..], b"m0");
+    m.ack().await.expect("ack");
+}

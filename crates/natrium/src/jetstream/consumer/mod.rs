@@ -88,7 +88,7 @@ impl Consumers {
     pub(crate) fn on_stored(&self, seq: u64, subject: &[u8]) {
         let map = self.map.read();
         for c in map.values() {
-            c.on_stored(subject);
+            c.on_stored(seq, subject);
         }
         if self.retention == Retention::Interest && !map.values().any(|c| c.needs(seq, subject)) {
             let _ = self.store.remove_msg(seq);
@@ -293,8 +293,8 @@ impl Consumer {
         }
     }
 
-    fn on_stored(&self, subject: &[u8]) {
-        if self.state.lock().on_stored(subject) {
+    fn on_stored(&self, seq: u64, subject: &[u8]) {
+        if self.state.lock().on_stored(seq, subject) {
             self.wake.notify_one();
         }
     }

@@ -499,8 +499,8 @@ fn pull_requests_expire_with_408() {
     assert!(tick(&mut st, &store, clock.at(0)).commands.is_empty());
     assert_eq!(st.progress().num_waiting, 1);
     assert_eq!(st.next_deadline(clock.at(0)), Some(clock.mono(1_000)));
-    add(&store, "a");
-    st.on_stored(b"a");
+    let seq = add(&store, "a");
+    st.on_stored(seq, b"a");
     let out = tick(&mut st, &store, clock.at(500));
     assert_eq!(seqs(&out.commands), vec![1]);
     let out = tick(&mut st, &store, clock.at(1_000));
@@ -526,10 +526,10 @@ fn no_wait_requests_end_with_404_at_the_end_of_the_stream() {
         statuses(&st.pull("_INBOX.1", br#"{"batch":5,"no_wait":true}"#, clock.mono(0))),
         vec![("_INBOX.1".into(), "NATS/1.0 404 No Messages".into())]
     );
-    add(&store, "a");
-    add(&store, "a");
-    st.on_stored(b"a");
-    st.on_stored(b"a");
+    let s1 = add(&store, "a");
+    let s2 = add(&store, "a");
+    st.on_stored(s1, b"a");
+    st.on_stored(s2, b"a");
     st.pull("_INBOX.2", br#"{"batch":5,"no_wait":true}"#, clock.mono(0));
     let out = tick(&mut st, &store, clock.at(0));
     assert_eq!(seqs(&out.commands), vec![1, 2]);
@@ -743,7 +743,7 @@ fn deliver_new_takes_what_comes_after_it() {
         &clock,
     );
     let seq = add(&store, "a");
-    assert!(st.on_stored(b"a"));
+    assert!(st.on_stored(seq, b"a"));
     st.pull("_INBOX.1", b"5", clock.mono(0));
     assert_eq!(
         seqs(&tick(&mut st, &store, clock.at(0)).commands),
@@ -769,10 +769,40 @@ fn filters_select_subjects() {
         &clock,
     );
     // Only matching messages count as pending and wake the consumer.
-    assert!(st.on_stored(b"s.x"));
-    assert!(!st.on_stored(b"t.x"));
-    assert!(!st.on_stored(b"s.x.y"));
+    assert!(st.on_stored(1, b"s.x"));
+    assert!(!st.on_stored(2, b"t.x"));
+    assert!(!st.on_stored(3, b"s.x.y"));
     assert_eq!(st.progress().num_pending, 1);
+}
+
+#[test]
+fn a_message_delivered_before_its_stored_event_is_not_pending() {
+    let clock = Clock::new();
+    let store = stream(&[]);
+    let mut st = consumer(&store, PULL, &clock);
+    st.pull(
+        "_INBOX.1",
+        br#"{"batch":5,"expires":1000000000}"#,
+        clock.mono(0),
+    );
+    // The stream stored it and a tick (woken by something else) delivered it before the
+    // consumer heard of the store.
+    let seq = add(&store, "a");
+    assert_eq!(
+        seqs(&tick(&mut st, &store, clock.at(0)).commands),
+        vec![seq]
+    );
+    assert!(st.on_stored(seq, b"a"));
+    assert_eq!(st.progress().num_pending, 0, "caught up");
+    // One stored after the cursor is pending until delivered.
+    let next = add(&store, "a");
+    assert!(st.on_stored(next, b"a"));
+    assert_eq!(st.progress().num_pending, 1);
+    assert_eq!(
+        seqs(&tick(&mut st, &store, clock.at(1)).commands),
+        vec![next]
+    );
+    assert_eq!(st.progress().num_pending, 0);
 }
 
 #[test]

@@ -260,13 +260,17 @@ impl ConsumerState {
                 .any(|f| natrium_subjects::matches(f.as_bytes(), subject))
     }
 
-    /// Event: the stream stored a message on `subject`. Whether it is one for this consumer (then
-    /// the caller runs a tick).
-    pub(crate) fn on_stored(&mut self, subject: &[u8]) -> bool {
+    /// Event: the stream stored message `seq` on `subject`. Whether it is one for this consumer
+    /// (then the caller runs a tick). A tick that ran between the store and this event may have
+    /// delivered it already (the cursor is at or past `seq`): then it is not pending, and
+    /// counting it would leave a caught-up consumer one message behind.
+    pub(crate) fn on_stored(&mut self, seq: u64, subject: &[u8]) -> bool {
         if !self.matches(subject) {
             return false;
         }
-        self.num_pending += 1;
+        if seq > self.sseq {
+            self.num_pending += 1;
+        }
         true
     }
 

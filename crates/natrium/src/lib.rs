@@ -8,6 +8,8 @@
 //!   internal clients
 //! - `auth`: passwords, NKeys, JWT operator mode, certificate names, the bcrypt limiter
 //! - `conn`: client connections (reader, writer, TLS), their shared context and registry
+//! - `cluster`: routes to peer servers (the full mesh)
+//! - `leaf`: leafnode connections (hub and leaf sides)
 //! - `jetstream`: the `$JS.API`, streams and consumers over `natrium-store`
 //! - `options`: the configuration, composed of the layers' config types
 //! - `observe`: the monitoring documents
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod cluster;
 pub mod conn;
 pub mod jetstream;
+pub mod leaf;
 pub mod logging;
 pub mod monitor;
 pub mod observe;

@@ -152,7 +152,13 @@ pub fn init(debug: bool, trace: bool, logtime: bool, file: Option<&Path>) -> std
     PROTOCOL_TRACE.store(trace, Ordering::Relaxed);
     let (filter, handle) = reload::Layer::new(level_for(debug, trace));
     let format = NatsFormat::new(logtime);
-    let registry = tracing_subscriber::registry().with(filter);
+    // openraft narrates every vote, append and unreachable peer; Natrium logs what matters of
+    // it (leaders, damage, membership) itself. NATRIUM_RAFT_LOG=1 shows openraft's own.
+    let raft_log = std::env::var_os("NATRIUM_RAFT_LOG").is_some();
+    let quiet_raft = tracing_subscriber::filter::filter_fn(move |m| {
+        raft_log || !m.target().starts_with("openraft")
+    });
+    let registry = tracing_subscriber::registry().with(filter).with(quiet_raft);
     let result = match file {
         Some(path) => {
             let lf = Arc::new(LogFile {

@@ -134,6 +134,9 @@ async fn run(cli: Cli, opts: natrium::Options) -> anyhow::Result<()> {
             if let Some(url) = server.cluster_url() {
                 doc["cluster"] = serde_json::json!([url]);
             }
+            if let Some(url) = server.leafnode_url() {
+                doc["leafnodes"] = serde_json::json!([url]);
+            }
             if let Some(url) = server.websocket_url() {
                 doc["websocket"] = serde_json::json!([url]);
             }

@@ -218,9 +218,12 @@ async fn gatewayz(State(s): State<Shared>) -> Json<Value> {
     Json(observe::gatewayz(&s))
 }
 
-async fn leafz(State(s): State<Shared>) -> Json<Value> {
+async fn leafz(State(s): State<Shared>, Query(q): Query<HashMap<String, String>>) -> Json<Value> {
     s.count_request("/leafz");
-    Json(observe::leafz(&s))
+    let subs = q
+        .get("subs")
+        .is_some_and(|v| v == "1" || v == "true" || v == "detail");
+    Json(observe::leafz(&s, subs, q.get("acc").map(String::as_str)))
 }
 
 /// Reads live state at scrape time; label cardinality is per account only.
@@ -464,6 +467,9 @@ impl Collector for NatriumCollector {
         if let Some(mesh) = s.mesh.lock().clone() {
             encode_routes(&mut enc, &mesh.routes())?;
         }
+        if let Some(leafs) = s.leafs.lock().clone() {
+            encode_leafs(&mut enc, &leafs)?;
+        }
         if let Some(js) = &s.jetstream {
             encode_jetstream(&mut enc, &js.stream_stats())?;
         }
@@ -544,6 +550,75 @@ fn encode_routes(
             match kind {
                 MetricType::Counter => ConstCounter::new(f(r) as u64).encode(fam)?,
                 _ => ConstGauge::new(f(r)).encode(fam)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Leafnode series: the totals, and per connection labelled by the other server's name and the
+/// bound account.
+fn encode_leafs(
+    enc: &mut DescriptorEncoder,
+    leafs: &crate::leaf::Leafs,
+) -> Result<(), std::fmt::Error> {
+    let t = leafs.totals();
+    gauge(
+        enc,
+        "natrium_leafnodes",
+        "Leafnode connections up (either side)",
+        t.connections as f64,
+    )?;
+    let conns: Vec<_> = leafs
+        .connections()
+        .into_iter()
+        .filter_map(|c| c.bound().map(|b| (c, b)))
+        .collect();
+    type Row<'a> = &'a (Arc<crate::leaf::LeafConn>, crate::leaf::conn::Bound);
+    type Series = (&'static str, &'static str, MetricType, fn(Row<'_>) -> f64);
+    let series: [Series; 5] = [
+        (
+            "natrium_leafnode_in_msgs",
+            "Messages received over the leafnode connection",
+            MetricType::Counter,
+            |(c, _)| c.in_msgs.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        ),
+        (
+            "natrium_leafnode_out_msgs",
+            "Messages sent over the leafnode connection",
+            MetricType::Counter,
+            |(c, _)| c.out.stats().out_msgs as f64,
+        ),
+        (
+            "natrium_leafnode_in_bytes",
+            "Payload bytes received over the leafnode connection",
+            MetricType::Counter,
+            |(c, _)| c.in_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        ),
+        (
+            "natrium_leafnode_out_bytes",
+            "Payload bytes sent over the leafnode connection",
+            MetricType::Counter,
+            |(c, _)| c.out.stats().out_bytes as f64,
+        ),
+        (
+            "natrium_leafnode_subscriptions",
+            "The other server's interest held here",
+            MetricType::Gauge,
+            |(c, _)| c.num_subs() as f64,
+        ),
+    ];
+    for (name, help, kind, f) in series {
+        let mut m = enc.encode_descriptor(name, help, None, kind)?;
+        for row in &conns {
+            let labels = [
+                ("remote", row.1.remote_name.as_str()),
+                ("account", row.1.account.name.as_str()),
+            ];
+            let fam = m.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(f(row) as u64).encode(fam)?,
+                _ => ConstGauge::new(f(row)).encode(fam)?,
             }
         }
     }

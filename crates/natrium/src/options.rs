@@ -15,6 +15,7 @@ pub use crate::auth::{AuthOptions, NkeyUser, User};
 pub use crate::cluster::{ClusterOptions, RouteUrl};
 pub use crate::conn::{TlsOptions, WebsocketOptions};
 pub use crate::jetstream::{AccountLimits, JetStreamOptions};
+pub use crate::leaf::{LeafAuth, LeafOptions, LeafUser, RemoteLeaf};
 pub use crate::perms::{Permissions, ResponsePermission, SubjectPermission};
 pub use crate::router::imports::{Export, ExportKind, Import};
 pub use crate::router::Limits;
@@ -48,6 +49,8 @@ pub struct Options {
     /// `-1` picks a random free port, as nats-server does.
     pub port: i32,
     pub server_name: Option<String>,
+    /// `server_tags`: matched by replicated streams' `placement.tags`.
+    pub server_tags: Vec<String>,
     pub max_payload: usize,
     pub max_control_line: usize,
     pub max_connections: usize,
@@ -84,6 +87,8 @@ pub struct Options {
     pub cluster: Option<ClusterOptions>,
     /// The WebSocket listener (`websocket {}`), when configured.
     pub websocket: Option<WebsocketOptions>,
+    /// Leafnodes (`leafnodes {}`): the hub's listener and the remotes this server dials.
+    pub leafnodes: Option<LeafOptions>,
     /// Monitoring listener; `None` disables it, `-1` picks a random port.
     pub http_port: Option<i32>,
     /// HTTPS monitoring listener (with the `tls {}` certificate); exclusive with `http_port`.
@@ -109,6 +114,7 @@ impl Default for Options {
             host: "0.0.0.0".into(),
             port: 4222,
             server_name: None,
+            server_tags: Vec::new(),
             max_payload: 1024 * 1024,
             max_control_line: 4096,
             max_connections: 64 * 1024,
@@ -130,6 +136,7 @@ impl Default for Options {
             jetstream: None,
             cluster: None,
             websocket: None,
+            leafnodes: None,
             http_port: None,
             https_port: None,
             http_host: String::new(),
@@ -207,6 +214,7 @@ impl Options {
                 "host" | "net" => self.host = string(v)?,
                 "port" => self.port = port(v, "port")?,
                 "server_name" => self.server_name = Some(string(v)?),
+                "server_tags" => self.server_tags = subject_list_plain(v)?,
                 "max_payload" => self.max_payload = size(v)? as usize,
                 "max_control_line" => self.max_control_line = size(v)? as usize,
                 "max_connections" | "max_conn" => self.max_connections = int(v)? as usize,
@@ -227,6 +235,7 @@ impl Options {
                 "jetstream" => self.jetstream = jetstream(v, &mut warnings)?,
                 "cluster" => self.cluster = Some(cluster(v, &mut warnings)?),
                 "websocket" | "ws" => self.websocket = Some(websocket(v, &mut warnings)?),
+                "leafnodes" | "leaf" => self.leafnodes = Some(leafnodes(v, &mut warnings)?),
                 // The JetStream store directory may also be set at the top level.
                 "store_dir" | "storedir" => store_dir = Some((PathBuf::from(string(v)?), v)),
                 "http_port" | "monitor_port" => self.http_port = Some(port(v, "http_port")?),
@@ -484,6 +493,18 @@ impl Options {
             {
                 return bad("cluster name cannot contain spaces or new lines");
             }
+            // As nats-server: a JetStream cluster names its servers and itself.
+            if self.jetstream.is_some() && self.server_name.is_none() {
+                return bad("jetstream cluster requires `server_name` to be set");
+            }
+            if self.jetstream.is_some() && c.name.is_none() {
+                return bad("jetstream cluster requires `cluster.name` to be set");
+            }
+        }
+        if let Some(l) = &self.leafnodes {
+            if l.port.is_some_and(|p| !(-1..=65535).contains(&p)) {
+                return bad("leafnode port must be between -1 and 65535");
+            }
         }
         if self.max_payload == 0 || self.max_payload > 64 * 1024 * 1024 {
             return bad("max_payload must be between 1 byte and 64 MB");
@@ -611,6 +632,7 @@ impl Options {
             host,
             port,
             server_name,
+            server_tags,
             max_payload: _,
             max_control_line: _,
             max_connections: _,
@@ -632,6 +654,7 @@ impl Options {
             jetstream,
             cluster,
             websocket,
+            leafnodes,
             http_port,
             https_port,
             http_host,
@@ -644,8 +667,10 @@ impl Options {
             ports_file_dir,
             config_file: _,
         } = new;
-        let checks: [(&'static str, bool); 18] = [
+        let checks: [(&'static str, bool); 20] = [
             ("cluster", &self.cluster != cluster),
+            ("server_tags", &self.server_tags != server_tags),
+            ("leafnodes", &self.leafnodes != leafnodes),
             ("websocket", &self.websocket != websocket),
             ("host", &self.host != host),
             ("port", &self.port != port),
@@ -880,6 +905,13 @@ fn jetstream(
                         js.max_memory = size(kv)?
                     }
                     "max_file" | "max_file_store" | "max_store" => js.max_file = size(kv)?,
+                    "domain" => {
+                        let d = string(kv)?;
+                        if d.is_empty() || d.contains(['.', ' ', '*', '>']) {
+                            return Err(invalid(kv, &format!("invalid JetStream domain {d:?}: it must be a single subject token")));
+                        }
+                        js.domain = Some(d);
+                    }
                     "enabled" | "enable" => {
                         if !boolean(kv)? {
                             return Ok(None);
@@ -1025,6 +1057,169 @@ fn cluster(v: &Spanned, warnings: &mut Vec<String>) -> Result<ClusterOptions, Op
         }
     }
     Ok(c)
+}
+
+/// The `leafnodes {}` block, with nats-server's keys. TLS is refused until implemented (the link
+/// would otherwise run in the clear); keys that only tune the link are warnings.
+fn leafnodes(v: &Spanned, warnings: &mut Vec<String>) -> Result<LeafOptions, OptionsError> {
+    let mut l = LeafOptions::default();
+    for (key, kv) in map_of(v)?.iter() {
+        match key.to_ascii_lowercase().as_str() {
+            "listen" => {
+                let (host, port) = parse_listen(kv)?;
+                if let Some(h) = host {
+                    l.host = h;
+                }
+                l.port = Some(port);
+            }
+            "port" => l.port = Some(port(kv, "leafnode port")?),
+            "host" | "net" => l.host = string(kv)?,
+            "advertise" | "leafnode_advertise" => l.advertise = Some(string(kv)?),
+            "no_advertise" => l.no_advertise = boolean(kv)?,
+            "reconnect" | "reconnect_delay" | "reconnect_interval" => {
+                l.reconnect = duration(kv)?.max(Duration::from_millis(10))
+            }
+            "authorization" => l.auth = leaf_authorization(kv)?,
+            "remotes" => {
+                let Value::Array(items) = &kv.value else {
+                    return Err(invalid(kv, "leafnode remotes must be an array"));
+                };
+                for item in items {
+                    l.remotes.push(leaf_remote(item, warnings)?);
+                }
+            }
+            "tls" => {
+                let t = tls(kv, warnings)?;
+                if t.cert_file.as_os_str().is_empty() || t.key_file.as_os_str().is_empty() {
+                    return Err(invalid(
+                        kv,
+                        "leafnode tls: cert_file and key_file are required",
+                    ));
+                }
+                l.tls = Some(t);
+            }
+            _ => not_supported(warnings, &kv.pos, "leafnodes", key),
+        }
+    }
+    Ok(l)
+}
+
+fn leaf_authorization(v: &Spanned) -> Result<LeafAuth, OptionsError> {
+    let mut a = LeafAuth::default();
+    for (k, av) in map_of(v)?.iter() {
+        match k.to_ascii_lowercase().as_str() {
+            "user" | "username" => a.user = Some(string(av)?),
+            "pass" | "password" => a.password = Some(string(av)?),
+            "account" => a.account = Some(string(av)?),
+            "timeout" => a.timeout = duration_secs_f(av)?,
+            "users" => {
+                let Value::Array(items) = &av.value else {
+                    return Err(invalid(av, "expected an array of users"));
+                };
+                for item in items {
+                    let u = map_of(item)?;
+                    let field = |names: &[&str]| -> Result<Option<String>, OptionsError> {
+                        for n in names {
+                            if let Some(x) = u.get(n) {
+                                return Ok(Some(string(x)?));
+                            }
+                        }
+                        Ok(None)
+                    };
+                    a.users.push(LeafUser {
+                        user: field(&["user", "username"])?
+                            .ok_or_else(|| invalid(item, "a leafnode user needs a user name"))?,
+                        password: field(&["password", "pass"])?.unwrap_or_default(),
+                        account: field(&["account"])?,
+                    });
+                }
+            }
+            "token" => return Err(invalid(
+                av,
+                "leafnode authorization does not support tokens (a leaf's CONNECT carries none)",
+            )),
+            _ => {
+                return Err(invalid(
+                    av,
+                    &format!("unknown field {k:?} in leafnode authorization"),
+                ))
+            }
+        }
+    }
+    if a.user.is_some() && !a.users.is_empty() {
+        return Err(invalid(
+            v,
+            "leafnode authorization can have a single user or users, not both",
+        ));
+    }
+    Ok(a)
+}
+
+fn leaf_remote(v: &Spanned, warnings: &mut Vec<String>) -> Result<RemoteLeaf, OptionsError> {
+    let mut r = RemoteLeaf {
+        urls: Vec::new(),
+        credentials: None,
+        account: None,
+        hub: false,
+        deny_imports: Vec::new(),
+        deny_exports: Vec::new(),
+        tls: None,
+    };
+    let mut tls_scheme = false;
+    for (k, rv) in map_of(v)?.iter() {
+        match k.to_ascii_lowercase().as_str() {
+            "url" | "urls" => {
+                let items = match &rv.value {
+                    Value::Array(items) => items.iter().collect::<Vec<_>>(),
+                    _ => vec![rv],
+                };
+                for item in items {
+                    let (u, tls) = crate::leaf::options::remote_url(&string(item)?)
+                        .map_err(|e| invalid(item, &e))?;
+                    tls_scheme |= tls;
+                    r.urls.push(u);
+                }
+            }
+            "credentials" | "creds" => r.credentials = Some(PathBuf::from(string(rv)?)),
+            "account" | "local" => r.account = Some(string(rv)?),
+            "hub" => r.hub = boolean(rv)?,
+            "deny_imports" | "deny_import" => r.deny_imports = subject_list_plain(rv)?,
+            "deny_exports" | "deny_export" => r.deny_exports = subject_list_plain(rv)?,
+            "tls" => {
+                let t = tls(rv, warnings)?;
+                if t.insecure {
+                    warnings.push(format!(
+                        "{}: TLS certificate chain and hostname of the leafnode hub will not be verified. DO NOT USE IN PRODUCTION!",
+                        rv.pos
+                    ));
+                }
+                r.tls = Some(t);
+            }
+            "ws_compression"
+            | "websocket"
+            | "compression"
+            | "first_info_timeout"
+            | "no_randomize"
+            | "dont_randomize"
+            | "jetstream_cluster_migrate" => not_supported(warnings, &rv.pos, "leafnode remote", k),
+            _ => {
+                return Err(invalid(
+                    rv,
+                    &format!("unknown field {k:?} in leafnode remote"),
+                ))
+            }
+        }
+    }
+    if r.urls.is_empty() {
+        return Err(invalid(v, "a leafnode remote needs a url"));
+    }
+    if tls_scheme && r.tls.is_none() {
+        return Err(invalid(
+            v,
+            "a tls:// leafnode remote needs a tls block (ca_file to check the hub, or insecure)",
+        ));
+    }
+    Ok(r)
 }
 
 /// The `websocket {}` block, with nats-server's keys (2.10's and the cookie, `headers` and

@@ -15,6 +15,7 @@ use crate::auth::Authenticator;
 use crate::cluster::Mesh;
 use crate::conn::{ConnConfig, ConnContext, ConnSettings, ServerIdentity, TlsServer, Websocket};
 use crate::jetstream::JetStream;
+use crate::leaf::Leafs;
 use crate::observe::Observed;
 use crate::options::{Options, OptionsError, Resolver, TlsOptions};
 use crate::router::imports::{self, Import, NotExported};
@@ -128,6 +129,8 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     /// This server's place in its cluster, when it has one.
     mesh: Option<Arc<Mesh>>,
+    /// Leafnode connections (hub and leaf sides), when configured.
+    leafs: Option<Arc<Leafs>>,
     addr: SocketAddr,
     /// The accept loop; taken (and awaited) when the listener closes.
     accept: Option<JoinHandle<()>>,
@@ -150,6 +153,9 @@ impl Server {
         tls_for(opts)?;
         if let Some(w) = opts.websocket.as_ref().filter(|w| w.enabled()) {
             w.tls_server()?;
+        }
+        if let Some(l) = &opts.leafnodes {
+            crate::leaf::check_tls(l)?;
         }
         check_store_dir(opts)?;
         Ok(())
@@ -248,6 +254,22 @@ impl Server {
             let (js, accs) = (js.clone(), accounts.clone());
             conns.set_trust_listener(Box::new(move |auth| sync_jwt_jetstream(&js, &accs, auth)));
         }
+        if let (Some(js), Some(c)) = (&jetstream, &opts.cluster) {
+            let system = InternalClient::new(&accounts, &opts.system_account)
+                .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
+            let settings = crate::jetstream::ClusterSettings {
+                cluster: c.name.clone().unwrap_or_default(),
+                tags: opts.server_tags.clone(),
+                expected: c.routes.len() + 1,
+                system,
+            };
+            js.start_cluster(settings)
+                .await
+                .map_err(|e| ServerError::JetStream {
+                    dir: js.options().store_dir.clone(),
+                    msg: e.to_string(),
+                })?;
+        }
         let options = Arc::new(Mutex::new(opts.clone()));
         let observed = Arc::new(Observed {
             start: std::time::SystemTime::now(),
@@ -257,6 +279,7 @@ impl Server {
             http_port: Mutex::new(None),
             https_port: Mutex::new(None),
             mesh: Mutex::new(None),
+            leafs: Mutex::new(None),
             cpu: Default::default(),
             http_req_stats: Default::default(),
         });
@@ -324,6 +347,18 @@ impl Server {
             _ => None,
         };
         *observed.mesh.lock() = mesh.clone();
+        let leafs = match &opts.leafnodes {
+            Some(l) => Some(
+                Leafs::start(l.clone(), conns.clone(), mesh.clone())
+                    .await
+                    .map_err(|source| ServerError::Listen {
+                        addr: format!("{}:{}", l.host, l.port.unwrap_or_default()),
+                        source,
+                    })?,
+            ),
+            None => None,
+        };
+        *observed.leafs.lock() = leafs.clone();
         let accept = tokio::spawn(accept_loop(conns.clone(), listener));
         tracing::info!("Server is ready");
         Ok(Server {
@@ -332,6 +367,7 @@ impl Server {
             options,
             shutdown,
             mesh,
+            leafs,
             addr,
             accept: Some(accept),
             websocket,
@@ -414,6 +450,19 @@ impl Server {
         self.conns.accounts.global().subscription_count()
     }
 
+    /// The JetStream meta group as this server sees it (a JetStream cluster only).
+    pub fn jetstream_meta(&self) -> Option<crate::jetstream::MetaView> {
+        self.observed.jetstream.as_ref()?.meta_view()
+    }
+
+    /// The leader of replicated stream `stream` in `account`, as this server knows it.
+    pub fn stream_leader(&self, account: &str, stream: &str) -> Option<String> {
+        self.observed
+            .jetstream
+            .as_ref()?
+            .stream_leader(account, stream)
+    }
+
     /// The bound cluster port, when this server is part of a cluster.
     pub fn cluster_port(&self) -> Option<u16> {
         self.mesh.as_ref().map(|m| m.port())
@@ -428,6 +477,28 @@ impl Server {
             h => h.to_string(),
         };
         Some(format!("nats://{host}:{}", m.port()))
+    }
+
+    /// The bound leafnode port, when this server accepts leaves.
+    pub fn leafnode_port(&self) -> Option<u16> {
+        self.leafs.as_ref().and_then(|l| l.port())
+    }
+
+    /// A URL leaves can dial to reach this server (loopback when the leafnode listener is on
+    /// every interface).
+    pub fn leafnode_url(&self) -> Option<String> {
+        let l = self.leafs.as_ref()?;
+        let port = l.port()?;
+        let host = match l.options().host.as_str() {
+            "0.0.0.0" | "::" | "" => "127.0.0.1".to_string(),
+            h => h.to_string(),
+        };
+        Some(format!("nats-leaf://{host}:{port}"))
+    }
+
+    /// How many leafnode connections have completed their handshake.
+    pub fn num_leafnodes(&self) -> usize {
+        self.leafs.as_ref().map_or(0, |l| l.totals().connections)
     }
 
     /// How many peers this server has a route to.
@@ -658,11 +729,15 @@ impl Server {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         if let Some(js) = &self.observed.jetstream {
+            js.shutdown_cluster().await;
             js.shutdown();
         }
         self.stop_accepting().await;
         if let Some(m) = &self.mesh {
             m.shutdown().await;
+        }
+        if let Some(l) = &self.leafs {
+            l.shutdown().await;
         }
         for task in [self.monitor, self.sys, self.resolver, self.cpu]
             .into_iter()

@@ -6,6 +6,7 @@
 pub mod encode;
 pub mod headers;
 pub mod json;
+pub mod leaf;
 pub mod parse;
 pub mod route;
 

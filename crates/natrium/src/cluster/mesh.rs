@@ -336,6 +336,15 @@ impl Mesh {
                 &format!("Remote server has a duplicate name: {:?}", info.server_name),
             ));
         }
+        if info.jetstream && own.jetstream {
+            // nats-server's JetStream cluster speaks its own Raft ($NRG): the two never share
+            // replicated streams or a meta group.
+            tracing::warn!(
+                "{peer} - rid:{} - Route to {:?}, a nats-server with JetStream: Natrium does not join its JetStream cluster or host its replicated streams (nor it Natrium's)",
+                r.rid,
+                info.server_name
+            );
+        }
         if !self.register(r, &info.server_id) {
             tracing::debug!(
                 "{peer} - rid:{} - Detected duplicate remote route {:?}",
@@ -686,7 +695,7 @@ fn encode_change(buf: &mut Vec<u8>, c: &InterestChange) {
 
 /// This server's client URLs: its client listener's host, or every non-loopback address of the
 /// machine when it listens on all of them (loopback when it has no other).
-fn client_urls(host: &str, port: u16) -> Vec<String> {
+pub(crate) fn client_urls(host: &str, port: u16) -> Vec<String> {
     let fmt = |ip: IpAddr| match ip {
         IpAddr::V6(v6) => format!("[{v6}]:{port}"),
         v4 => format!("{v4}:{port}"),

@@ -338,9 +338,19 @@ async fn read_loop(
                             in_bytes += (payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
                             match mesh.conns().accounts.get(&String::from_utf8_lossy(account)) {
                                 Some(acc) => {
-                                    let m = Msg { subject, reply, headers, payload };
                                     let qf = (!queues.is_empty()).then_some(queues);
-                                    publisher.publish_to_queues(&acc, &m, qf);
+                                    // `reply@subject`: addressed to `subject`'s subscribers,
+                                    // presenting the other (JetStream deliveries).
+                                    match reply.and_then(|r| r.iter().rposition(|b| *b == b'@').filter(|i| *i + 1 < r.len()).map(|i| (&r[..i], &r[i + 1..]))) {
+                                        Some((r, shown)) => {
+                                            let m = Msg { subject: shown, reply: Some(r), headers, payload };
+                                            publisher.publish_on(&acc, subject, &m, qf);
+                                        }
+                                        None => {
+                                            let m = Msg { subject, reply, headers, payload };
+                                            publisher.publish_to_queues(&acc, &m, qf);
+                                        }
+                                    }
                                 }
                                 None => tracing::debug!(
                                     "{peer} - rid:{} - Unknown account {:?} for routed message on subject {:?}",

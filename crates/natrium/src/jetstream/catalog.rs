@@ -66,6 +66,26 @@ impl Catalog {
         self.client.account()
     }
 
+    /// The account's internal client.
+    pub(crate) fn client(&self) -> &InternalClient {
+        &self.client
+    }
+
+    /// Adds this node's replica of a replicated stream (its files live with the cluster's).
+    pub(crate) fn insert_replicated(&self, s: Arc<Stream>) -> Result<(), ApiError> {
+        let mut streams = self.streams.write();
+        if streams.contains_key(&s.name) {
+            return Err(ApiError::stream_name_exists());
+        }
+        streams.insert(s.name.clone(), s);
+        Ok(())
+    }
+
+    /// Takes a replicated stream's replica out of the account (the cluster stops it).
+    pub(crate) fn remove_replicated(&self, name: &str) {
+        self.streams.write().remove(name);
+    }
+
     pub(crate) fn limits(&self) -> AccountLimits {
         *self.limits.read()
     }

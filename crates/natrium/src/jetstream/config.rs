@@ -54,6 +54,16 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// `placement { cluster, tags }`: the cluster and the server tags a replicated stream's
+/// servers must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Placement {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
 /// A stream's configuration, field for field as nats-server's `StreamConfig` JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamConfig {
@@ -108,6 +118,9 @@ pub struct StreamConfig {
     pub first_seq: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// Where a replicated stream's replicas go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
     #[serde(default)]
     pub consumer_limits: serde_json::Value,
 }
@@ -154,6 +167,14 @@ impl StreamConfig {
 
     /// Checks the config as nats-server does for a standalone server.
     pub fn validate(&self) -> Result<(), ApiError> {
+        if self.num_replicas > 1 {
+            return Err(ApiError::replicas_not_supported());
+        }
+        self.validate_clustered()
+    }
+
+    /// Checks the config as nats-server does in a JetStream cluster (1 to 5 replicas).
+    pub fn validate_clustered(&self) -> Result<(), ApiError> {
         if self.name.is_empty() {
             return Err(ApiError::invalid_config("stream name is required"));
         }
@@ -162,9 +183,6 @@ impl StreamConfig {
         }
         if self.name.contains(['.', '*', '>', ' ', '\t', '\r', '\n']) || self.name.len() > 255 {
             return Err(ApiError::invalid_config("invalid stream name"));
-        }
-        if self.num_replicas > 1 {
-            return Err(ApiError::replicas_not_supported());
         }
         if self.num_replicas < 0 || self.num_replicas > 5 {
             return Err(ApiError::invalid_config("replicas > 5 not supported"));

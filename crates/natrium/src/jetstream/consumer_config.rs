@@ -375,6 +375,21 @@ impl ConsumerConfig {
         Ok(())
     }
 
+    /// Checks the config for a consumer of a replicated stream with `stream_replicas`: it may
+    /// ask for up to as many replicas as its stream has (it lives with the stream's group).
+    pub fn validate_replicated(&self, stream_replicas: i64) -> Result<(), ApiError> {
+        if self.num_replicas > stream_replicas {
+            return Err(ApiError::invalid_config(
+                "consumer replicas can not exceed the stream's",
+            ));
+        }
+        let single = ConsumerConfig {
+            num_replicas: 0,
+            ..self.clone()
+        };
+        single.validate()
+    }
+
     /// The subjects this consumer reads (empty means the whole stream).
     pub fn filters(&self) -> Vec<String> {
         match &self.filter_subject {

@@ -23,6 +23,19 @@ impl ApiError {
     pub fn bad_request() -> Self {
         Self::new(400, 10003, "bad request")
     }
+    /// JSClusterNoPeersErrF: the text says why (`no suitable peers for placement, ...`).
+    pub fn no_suitable_peers(why: impl Into<String>) -> Self {
+        Self::new(400, 10005, why)
+    }
+    /// JSClusterNotAvailErr; `why` is logged by the caller, the text is nats-server's.
+    pub fn cluster_unavailable(why: impl std::fmt::Display) -> Self {
+        tracing::debug!("JetStream cluster unavailable: {why}");
+        Self::new(503, 10008, "JetStream system temporarily unavailable")
+    }
+    /// JSClusterNotLeaderErr.
+    pub fn cluster_not_leader() -> Self {
+        Self::new(500, 10009, "JetStream cluster can not handle request")
+    }
     pub fn invalid_json(err: impl std::fmt::Display) -> Self {
         Self::new(400, 10025, format!("invalid JSON: {err}"))
     }

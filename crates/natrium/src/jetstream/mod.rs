@@ -3,6 +3,7 @@
 
 mod api;
 mod catalog;
+mod cluster;
 pub mod config;
 mod consumer;
 pub mod consumer_config;
@@ -10,7 +11,7 @@ pub mod errors;
 mod stream;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use natrium_store::SyncPolicy;
 use parking_lot::Mutex;
@@ -20,6 +21,8 @@ use crate::auth::jwt::{JetStreamLimitsNats, JwtJetStream};
 use crate::router::InternalClient;
 use api::Api;
 use catalog::Catalog;
+pub(crate) use cluster::ClusterSettings;
+use cluster::JsCluster;
 use config::Storage;
 
 /// JetStream settings (`jetstream { ... }`, `-js`, `-sd`).
@@ -30,6 +33,9 @@ pub struct JetStreamOptions {
     pub max_memory: i64,
     pub max_file: i64,
     pub sync: SyncPolicy,
+    /// `domain`: the API is also served as `$JS.<domain>.API.>`, interest that crosses routes
+    /// and leafnode connections, so a hub's clients reach an edge's streams by its domain.
+    pub domain: Option<String>,
 }
 
 impl Default for JetStreamOptions {
@@ -39,6 +45,7 @@ impl Default for JetStreamOptions {
             max_memory: -1,
             max_file: -1,
             sync: SyncPolicy::Always,
+            domain: None,
         }
     }
 }
@@ -146,6 +153,8 @@ pub(crate) struct JetStream {
     lock: Mutex<Option<natrium_store::StoreDirLock>>,
     /// Each account's API (its counters and info documents), in the order enabled.
     apis: Mutex<Vec<Arc<Api>>>,
+    /// Replicated JetStream, when this server is in a cluster.
+    cluster: Arc<OnceLock<Arc<JsCluster>>>,
 }
 
 /// What `/jsz` asks for (`acc`, `accounts`, `streams`, `consumers`, `config`, `offset`,
@@ -175,7 +184,71 @@ impl JetStream {
             accounts: Mutex::new(Vec::new()),
             lock: Mutex::new(Some(lock)),
             apis: Mutex::new(Vec::new()),
+            cluster: Arc::new(OnceLock::new()),
         }))
+    }
+
+    /// Starts replicated JetStream (the meta group, discovery, forwarding) on this server.
+    pub(crate) async fn start_cluster(
+        self: &Arc<Self>,
+        settings: ClusterSettings,
+    ) -> std::io::Result<()> {
+        let cl = JsCluster::start(self, &self.server_name, settings).await?;
+        let _ = self.cluster.set(cl);
+        Ok(())
+    }
+
+    /// The catalog of `account`, if JetStream is enabled for it.
+    fn catalog(&self, account: &str) -> Option<Arc<Catalog>> {
+        self.accounts
+            .lock()
+            .iter()
+            .find(|c| c.account() == account)
+            .cloned()
+    }
+
+    /// The API of `account`, if JetStream is enabled for it.
+    fn api(&self, account: &str) -> Option<Arc<Api>> {
+        self.apis
+            .lock()
+            .iter()
+            .find(|a| a.catalog().account() == account)
+            .cloned()
+    }
+
+    /// The meta group's leader and this server's view of the meta group (None outside a
+    /// cluster): (leader name, term, members' names).
+    pub(crate) fn meta_view(&self) -> Option<MetaView> {
+        let cl = self.cluster.get()?;
+        let st = cl.meta_status();
+        let mut members: Vec<String> = st.peers.iter().map(|p| p.name.clone()).collect();
+        if cl.meta_initialized() {
+            members.push(cl.name.clone());
+        }
+        members.sort();
+        Some(MetaView {
+            leader: st.leader.map(|l| l.1),
+            term: st.term,
+            members,
+        })
+    }
+
+    /// The leader of replicated stream `name` in `account` as this server knows it.
+    pub(crate) fn stream_leader(&self, account: &str, name: &str) -> Option<String> {
+        self.cluster.get()?.stream_leader(account, name)
+    }
+
+    /// Why this server's JetStream is unhealthy as a cluster member (`/healthz`); Ok outside
+    /// a cluster.
+    pub(crate) fn cluster_health(&self) -> Result<(), String> {
+        self.cluster.get().map_or(Ok(()), |cl| cl.health())
+    }
+
+    /// Stops replicated JetStream (its groups sync their logs).
+    pub(crate) async fn shutdown_cluster(&self) {
+        if let Some(cl) = self.cluster.get() {
+            cl.shutdown().await;
+        }
     }
 
     /// Enables JetStream in `client`'s account: recovers its streams and serves its API.
@@ -209,8 +282,34 @@ impl JetStream {
         let sub = client
             .subscribe_local("$JS.API.>", None, 4096)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let api = Arc::new(Api::new(catalog.clone(), client, self.server_name.clone()));
+        let domain_sub = match &self.opts.domain {
+            // One member of the group answers each request, wherever it came from.
+            Some(d) => Some((
+                format!("$JS.{d}.API."),
+                client
+                    .subscribe(&format!("$JS.{d}.API.>"), Some("_js_domain"), 4096)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let api = Arc::new(Api::new(
+            catalog.clone(),
+            client,
+            self.server_name.clone(),
+            self.cluster.clone(),
+        ));
         self.apis.lock().push(api.clone());
+        if let Some((prefix, mut sub)) = domain_sub {
+            let api = api.clone();
+            tokio::spawn(async move {
+                while let Some(mut m) = sub.next().await {
+                    if let Some(rest) = m.subject.strip_prefix(&prefix) {
+                        m.subject = format!("$JS.API.{rest}");
+                        api.handle(m);
+                    }
+                }
+            });
+        }
         tokio::spawn(async move {
             let mut sub = sub;
             while let Some(m) = sub.next().await {
@@ -254,6 +353,9 @@ impl JetStream {
             "max_storage": c.max_file,
             "store_dir": c.store_dir,
         });
+        if let Some(d) = &c.domain {
+            v["domain"] = json!(d);
+        }
         match c.sync {
             SyncPolicy::Always => v["sync_always"] = json!(true),
             SyncPolicy::Interval(d) => v["sync_interval"] = json!(d.as_nanos() as u64),
@@ -301,6 +403,9 @@ impl JetStream {
         v["messages"] = json!(messages);
         v["bytes"] = json!(bytes);
         v["total"] = json!(apis.len());
+        if let Some(cl) = self.cluster.get() {
+            v["meta_cluster"] = cl.meta_cluster_info();
+        }
         let streams_too = q.streams || q.consumers;
         let chosen: Vec<Arc<Api>> = match &q.account {
             Some(name) => apis
@@ -365,6 +470,15 @@ impl JetStream {
         }
         out
     }
+}
+
+/// The meta group as one server sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaView {
+    pub leader: Option<String>,
+    pub term: u64,
+    /// Members' server names (this one included once it is a member).
+    pub members: Vec<String>,
 }
 
 /// One stream's figures for monitoring.

@@ -37,6 +37,8 @@ pub struct Observed {
     pub https_port: Mutex<Option<u16>>,
     /// The cluster, once its listener is up.
     pub mesh: Mutex<Option<Arc<Mesh>>>,
+    /// Leafnode connections, once started.
+    pub leafs: Mutex<Option<Arc<crate::leaf::Leafs>>>,
     /// The process's current CPU use, sampled each second.
     pub cpu: CpuMeter,
     /// Monitoring requests served, by endpoint (`http_req_stats` in `/varz`).

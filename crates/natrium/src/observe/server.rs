@@ -175,7 +175,7 @@ pub fn varz(o: &Observed) -> Value {
         "total_connections": reg.total_connections.load(Ordering::Relaxed),
         "routes": o.mesh.lock().as_ref().map_or(0, |m| m.routes().len()),
         "remotes": 0,
-        "leafnodes": 0,
+        "leafnodes": o.leafs.lock().as_ref().map_or(0, |l| l.totals().connections),
         "in_msgs": t.in_msgs,
         "out_msgs": t.out_msgs,
         "in_bytes": t.in_bytes,
@@ -189,11 +189,12 @@ pub fn varz(o: &Observed) -> Value {
     // Set here: the `json!` above is at the macro's recursion limit.
     v["http_base_path"] = json!(opts.http_base_path);
     v["gomaxprocs"] = json!(std::thread::available_parallelism().map_or(1, |n| n.get()));
-    // Gateways, leaf nodes and MQTT are not configured (Natrium has none yet): nats-server
-    // shows them as empty objects then; the cluster and WebSocket sections when there are.
-    for k in ["gateway", "leaf", "mqtt"] {
+    // Gateways and MQTT are not configured (Natrium has none yet): nats-server shows them as
+    // empty objects then; the cluster, leafnode and WebSocket sections when there are.
+    for k in ["gateway", "mqtt"] {
         v[k] = json!({});
     }
+    v["leaf"] = leaf_section(o);
     v["cluster"] = cluster_section(o);
     v["websocket"] = websocket_section(o, &opts);
     v["http_req_stats"] = json!(*o.http_req_stats.lock());
@@ -310,6 +311,9 @@ pub fn healthz(o: &Observed, q: &HashMap<String, String>) -> (u16, Value) {
                 503,
                 json!({"status": "unavailable", "error": format!("JetStream store directory not writable: {e}")}),
             );
+        }
+        if let Err(e) = js.cluster_health() {
+            return (503, json!({"status": "unavailable", "error": e}));
         }
     }
     (200, json!({"status": "ok"}))
@@ -439,7 +443,60 @@ pub fn gatewayz(o: &Observed) -> Value {
     })
 }
 
-/// `/leafz`: Natrium has no leaf nodes yet, so none, in nats-server's form.
-pub fn leafz(o: &Observed) -> Value {
-    json!({"server_id": o.id(), "now": rfc3339(SystemTime::now()), "leafnodes": 0, "leafs": []})
+/// `/varz`'s `leaf` section: the leafnode listener and the remotes, as nats-server shows them.
+fn leaf_section(o: &Observed) -> Value {
+    let Some(l) = o.leafs.lock().clone() else {
+        return json!({});
+    };
+    let opts = l.options();
+    json!({
+        "host": opts.host,
+        "port": l.port().unwrap_or_default(),
+        "auth_timeout": opts.auth.timeout.as_secs_f64(),
+        "tls_timeout": 0.0,
+        "remotes": opts.remotes.iter().map(|r| json!({
+            "local_account": r.account.as_deref().unwrap_or(crate::router::GLOBAL_ACCOUNT),
+            "urls": r.urls.iter().map(|u| u.address()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `/leafz`: every leafnode connection that completed its handshake, in nats-server's form
+/// (`subs` adds each one's interest; `account` keeps the connections bound to that account).
+pub fn leafz(o: &Observed, subs: bool, account: Option<&str>) -> Value {
+    let mut leafs = Vec::new();
+    if let Some(l) = o.leafs.lock().clone() {
+        for c in l.connections() {
+            let Some(b) = c.bound() else { continue };
+            if account.is_some_and(|a| a != b.account.name) {
+                continue;
+            }
+            let s = c.out.stats();
+            let mut v = json!({
+                "name": b.remote_name,
+                "is_spoke": b.peer.spoke,
+                "account": b.account.name,
+                "ip": c.out.addr.ip().to_string(),
+                "port": c.out.addr.port(),
+                "in_msgs": c.in_msgs.load(Ordering::Relaxed),
+                "out_msgs": s.out_msgs,
+                "in_bytes": c.in_bytes.load(Ordering::Relaxed),
+                "out_bytes": s.out_bytes,
+                "subscriptions": c.num_subs(),
+            });
+            if let Some(rtt) = c.out.rtt() {
+                v["rtt"] = json!(format!("{rtt:?}"));
+            }
+            if subs {
+                v["subscriptions_list"] = json!(c.subscription_list());
+            }
+            leafs.push(v);
+        }
+    }
+    json!({
+        "server_id": o.id(),
+        "now": rfc3339(SystemTime::now()),
+        "leafnodes": leafs.len(),
+        "leafs": leafs,
+    })
 }

@@ -16,6 +16,7 @@ use super::interest::{Interest, InterestFeed, LocalInterest};
 use super::outbound::ClientStats;
 use super::rate::Rates;
 use super::subscription::{SubRef, Target};
+use super::watch::InterestWatcher;
 
 /// The account of clients that belong to no named account, as in nats-server.
 pub const GLOBAL_ACCOUNT: &str = "$G";
@@ -29,6 +30,8 @@ pub struct Account {
     sublist: RwLock<Sublist<SubRef>>,
     /// Bumped after every change to `sublist`; read lock-free on the publish path.
     generation: AtomicU64,
+    /// Told of every change to `sublist`, under its write lock (leafnode connections).
+    watchers: Mutex<Vec<Arc<dyn InterestWatcher>>>,
     /// Reply routes of service imports with the time they close, oldest first, swept when they
     /// expire (see `imports`).
     pub(super) responses: Mutex<VecDeque<(Instant, SubRef)>>,
@@ -80,7 +83,7 @@ pub struct Limits {
     pub max_connections: Option<usize>,
     pub max_subscriptions: Option<usize>,
     pub max_payload: Option<usize>,
-    /// Parsed for compatibility; Natrium has no leaf nodes yet.
+    /// Parsed for compatibility; not enforced on leafnode connections yet.
     pub max_leafnodes: Option<usize>,
     /// Messages per second the account's clients may publish, together (a Natrium extension).
     pub max_msgs_per_sec: Option<u64>,
@@ -125,6 +128,7 @@ impl Account {
             name,
             sublist: RwLock::new(Sublist::new()),
             generation: AtomicU64::new(0),
+            watchers: Mutex::new(Vec::new()),
             responses: Mutex::new(VecDeque::new()),
             auth_failures: AtomicU64::new(0),
             permission_violations: AtomicU64::new(0),
@@ -204,6 +208,9 @@ impl Account {
             let mut list = self.sublist.write();
             list.insert(&sub.0.subject, sub.0.queue.as_deref(), sub.clone());
             self.generation.fetch_add(1, Ordering::AcqRel);
+            for w in self.watchers.lock().iter() {
+                w.changed(&sub.0, true);
+            }
         }
         self.sublist_stats.inserts.fetch_add(1, Ordering::Relaxed);
         self.count_interest(&sub, true);
@@ -215,6 +222,9 @@ impl Account {
             let removed = list.remove(&sub.0.subject, sub.0.queue.as_deref(), sub);
             if removed {
                 self.generation.fetch_add(1, Ordering::AcqRel);
+                for w in self.watchers.lock().iter() {
+                    w.changed(&sub.0, false);
+                }
             }
             removed
         };
@@ -246,6 +256,22 @@ impl Account {
             .as_ref()
             .map(LocalInterest::snapshot)
             .unwrap_or_default()
+    }
+
+    /// Starts telling `w` of every change to the trie, after telling it of every subscription
+    /// there now (all under the write lock, so it misses nothing and sees nothing twice).
+    pub fn watch(&self, w: Arc<dyn InterestWatcher>) {
+        let list = self.sublist.write();
+        list.for_each(|_, _, sub| w.changed(&sub.0, true));
+        self.watchers.lock().push(w);
+    }
+
+    /// Stops telling `w` (compared by identity).
+    pub fn unwatch(&self, w: &Arc<dyn InterestWatcher>) {
+        let _list = self.sublist.write();
+        self.watchers
+            .lock()
+            .retain(|x| !std::ptr::addr_eq(Arc::as_ptr(x), Arc::as_ptr(w)));
     }
 
     /// Every subscription matching `subject`, computed under the read lock.

@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use super::account::Account;
 use super::imports::{self, Forward, ForwardKind};
 use super::outbound::{CloseReason, OutBuf, Outbound, STALL_MAX};
-use super::subscription::{SubRef, Target};
+use super::subscription::{LeafPeer, RouteSub, SubRef, Target};
 
 /// One message to deliver. `subject` is the subject receivers see; what it is matched on may
 /// differ (see [`publish_batch`]).
@@ -33,7 +33,7 @@ pub struct Msg<'a> {
 /// A publisher's cache of match results, valid while the account's generation holds.
 struct MatchCache {
     generation: u64,
-    results: FxHashMap<Box<[u8]>, Matches<SubRef>>,
+    results: hashbrown::HashMap<Vec<u8>, Matches<SubRef>, rustc_hash::FxBuildHasher>,
     /// Lookups and hits since the last `Publisher::flush` reported them to the account.
     lookups: u64,
     hits: u64,
@@ -57,7 +57,7 @@ impl MatchCache {
     fn new() -> Self {
         MatchCache {
             generation: u64::MAX,
-            results: FxHashMap::default(),
+            results: hashbrown::HashMap::default(),
             lookups: 0,
             hits: 0,
             fanout_sum: 0,
@@ -78,20 +78,25 @@ impl MatchCache {
             self.generation = generation;
         }
         self.lookups += 1;
-        if self.results.contains_key(subject) {
-            self.hits += 1;
-        } else {
-            if self.results.len() >= MATCH_CACHE_MAX {
-                self.clear();
-            }
-            let found = account.matches(subject);
-            let fanout = (found.plain.len() + found.queues.len()) as u64;
-            self.fanout_sum += fanout;
-            self.fanout_max = self.fanout_max.max(fanout);
-            self.results.insert(subject.into(), found);
+        // Past its size: start over before looking (the entry below holds the map, so the miss
+        // that overfilled it could not).
+        if self.results.len() > MATCH_CACHE_MAX {
+            self.clear();
         }
-        // Present: inserted just above if it was missing.
-        &self.results[subject]
+        // One hash and probe per message (a hit is the common case).
+        match self.results.entry_ref(subject) {
+            hashbrown::hash_map::EntryRef::Occupied(e) => {
+                self.hits += 1;
+                e.into_mut()
+            }
+            hashbrown::hash_map::EntryRef::Vacant(e) => {
+                let found = account.matches(subject);
+                let fanout = (found.plain.len() + found.queues.len()) as u64;
+                self.fanout_sum += fanout;
+                self.fanout_max = self.fanout_max.max(fanout);
+                e.insert(found)
+            }
+        }
     }
 }
 
@@ -113,7 +118,34 @@ struct Hop<'q> {
 }
 
 /// One peer a message goes to, and the queue groups it picked members there for.
-type RouteHit<'f> = (&'f Arc<Outbound>, SmallVec<[&'f [u8]; 2]>);
+type RouteHit<'f> = (&'f RouteSub, SmallVec<[&'f [u8]; 2]>);
+
+/// Where the messages a publisher delivers come from.
+#[derive(Clone)]
+enum Source {
+    /// A client or the server itself.
+    Local,
+    /// A route: delivered here only (a full mesh never relays), and to leaves of this hub.
+    Route,
+    /// A leafnode connection: to routes too unless this server is the leaf (the hub reaches
+    /// the other servers of this cluster itself), never back to the same remote cluster.
+    Leaf(Arc<LeafPeer>),
+}
+
+/// Whether a message from `source` (connection `cid`) may go to the peer behind `r`.
+fn peer_ok(source: &Source, cid: u64, r: &RouteSub, hop: Hop<'_>) -> bool {
+    let Some(leaf) = &r.leaf else {
+        return hop.to_routes;
+    };
+    if r.route.cid == cid {
+        return false;
+    }
+    match source {
+        Source::Local => true,
+        Source::Route => !leaf.spoke,
+        Source::Leaf(from) => from.cluster.is_none() || from.cluster != leaf.cluster,
+    }
+}
 
 /// The frames one receiver gets from a batch, handed over in one piece (one lock) at `flush`.
 struct Staged {
@@ -217,8 +249,8 @@ struct Delivery {
     /// The publishing connection (0 for none), for `echo: false`.
     cid: u64,
     echo: bool,
-    /// The publisher is a route: what it sends never goes back out to routes.
-    from_route: bool,
+    /// Where the published messages come from (decides where they may go).
+    source: Source,
     staged: Vec<Staged>,
     /// Where each receiver's slot is in `staged` (by cid), once there are many.
     slots: FxHashMap<u64, usize>,
@@ -233,6 +265,12 @@ struct Delivery {
     /// Receivers past their stall threshold during this batch.
     stall: Vec<Arc<Outbound>>,
     rng: fastrand::Rng,
+    /// The subject a batch is routed on when its messages present another (JetStream
+    /// deliveries): peers get it as the routed subject and the presented one after an `@` in
+    /// the reply, as nats-server sends them.
+    route_to: Option<Box<[u8]>>,
+    /// Scratch for `reply@subject`.
+    route_reply: Vec<u8>,
 }
 
 impl Delivery {
@@ -240,7 +278,7 @@ impl Delivery {
         Delivery {
             cid,
             echo: true,
-            from_route: false,
+            source: Source::Local,
             staged: Vec::new(),
             slots: FxHashMap::default(),
             spare: Vec::new(),
@@ -249,6 +287,8 @@ impl Delivery {
             expired: Vec::new(),
             stall: Vec::new(),
             rng: fastrand::Rng::new(),
+            route_to: None,
+            route_reply: Vec::new(),
         }
     }
 
@@ -256,7 +296,11 @@ impl Delivery {
     fn first_hop<'q>(&self, queues: Option<&'q [u8]>) -> Hop<'q> {
         Hop {
             depth: 0,
-            to_routes: !self.from_route,
+            to_routes: match &self.source {
+                Source::Local => true,
+                Source::Route => false,
+                Source::Leaf(from) => !from.spoke,
+            },
             queues,
         }
     }
@@ -277,8 +321,10 @@ impl Delivery {
         for sub in &found.plain {
             match &sub.0.target {
                 Target::Route(r) => {
-                    if hop.to_routes && !routes.iter().any(|(o, _)| Arc::ptr_eq(o, &r.route)) {
-                        routes.push((&r.route, SmallVec::new()));
+                    if peer_ok(&self.source, self.cid, r, hop)
+                        && !routes.iter().any(|(o, _)| Arc::ptr_eq(&o.route, &r.route))
+                    {
+                        routes.push((r, SmallVec::new()));
                     }
                 }
                 _ => delivered |= self.deliver(account, sub, m, hop),
@@ -288,13 +334,21 @@ impl Delivery {
             match hop.queues {
                 // From a route: only the groups the sender picked this server for.
                 Some(qf) if !queue_names(qf).any(|q| q == &name[..]) => continue,
-                None if self.from_route => continue,
+                None if !matches!(self.source, Source::Local) => continue,
                 _ => {}
             }
             let n = members.len();
-            // Peers count as many members as they have; locals as one each.
+            // Peers count as many members as they have; locals as one each. Leaves only get
+            // a group's messages when it has no member on this server (as nats-server).
+            let has_local = members
+                .iter()
+                .any(|s| !matches!(s.0.target, Target::Route(_)));
+            // A clone, so the weights can be read while delivering (free unless the source is
+            // a leafnode connection: one reference count then).
+            let (source, cid) = (self.source.clone(), self.cid);
             let weight = |s: &SubRef| match &s.0.target {
-                Target::Route(r) if hop.to_routes => r.weight().max(1) as usize,
+                Target::Route(r) if r.leaf.is_some() && has_local => 0,
+                Target::Route(r) if peer_ok(&source, cid, r, hop) => r.weight().max(1) as usize,
                 Target::Route(_) => 0,
                 _ => 1,
             };
@@ -322,12 +376,15 @@ impl Delivery {
             for i in 0..n {
                 let sub = &members[(start + i) % n];
                 if let Target::Route(r) = &sub.0.target {
-                    if !hop.to_routes {
+                    if weight(sub) == 0 {
                         continue;
                     }
-                    match routes.iter_mut().find(|(o, _)| Arc::ptr_eq(o, &r.route)) {
+                    match routes
+                        .iter_mut()
+                        .find(|(o, _)| Arc::ptr_eq(&o.route, &r.route))
+                    {
                         Some((_, qs)) => qs.push(name),
-                        None => routes.push((&r.route, smallvec::smallvec![&name[..]])),
+                        None => routes.push((r, smallvec::smallvec![&name[..]])),
                     }
                     delivered = true;
                     break;
@@ -481,33 +538,60 @@ impl Delivery {
         self.staged.len() - 1
     }
 
-    /// Sends one routed message (RMSG/HMSG in `account`) to a peer, naming `queues`.
-    fn route(
-        &mut self,
-        account: &Account,
-        route: &Arc<Outbound>,
-        queues: &[&[u8]],
-        m: &Msg<'_>,
-    ) -> bool {
+    /// Sends one routed message (RMSG/HMSG in `account`, or LMSG/HMSG to a leafnode
+    /// connection) to a peer, naming `queues`.
+    fn route(&mut self, account: &Account, peer: &RouteSub, queues: &[&[u8]], m: &Msg<'_>) -> bool {
+        let route = &peer.route;
         if route.closing.load(Ordering::Relaxed) {
             return false;
+        }
+        if let Some(leaf) = &peer.leaf {
+            if leaf.deny_out.iter().any(|d| matches(d, m.subject)) {
+                return false;
+            }
         }
         let headers = if route.headers.load(Ordering::Relaxed) {
             m.headers
         } else {
             None
         };
+        let mut reply_buf = std::mem::take(&mut self.route_reply);
+        let to = self.route_to.take();
+        let (subject, reply) = match (&to, m.reply) {
+            (Some(to), Some(r)) if to[..] != *m.subject => {
+                reply_buf.clear();
+                reply_buf.extend_from_slice(r);
+                reply_buf.push(b'@');
+                reply_buf.extend_from_slice(m.subject);
+                (&to[..], Some(&reply_buf[..]))
+            }
+            (Some(to), None) => (&to[..], None),
+            _ => (m.subject, m.reply),
+        };
         let i = self.stage(route);
         let st = &mut self.staged[i];
-        natrium_protocol::route::msg(
-            &mut st.buf,
-            account.name.as_bytes(),
-            m.subject,
-            m.reply,
-            queues.iter().copied(),
-            headers,
-            m.payload,
-        );
+        if peer.leaf.is_some() {
+            natrium_protocol::leaf::msg(
+                &mut st.buf,
+                m.subject,
+                m.reply,
+                queues.iter().copied(),
+                headers,
+                m.payload,
+            );
+        } else {
+            natrium_protocol::route::msg(
+                &mut st.buf,
+                account.name.as_bytes(),
+                subject,
+                reply,
+                queues.iter().copied(),
+                headers,
+                m.payload,
+            );
+        }
+        self.route_to = to;
+        self.route_reply = reply_buf;
         st.msgs += 1;
         st.bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
         if st.buf.len() >= MAX_STAGED {
@@ -524,7 +608,7 @@ impl Delivery {
         let service = f.is_service();
         // A request that came from a route was already sent through its service import where
         // it was published.
-        if service && self.from_route {
+        if service && matches!(self.source, Source::Route) {
             return false;
         }
         let subject = f.map.apply(m.subject);
@@ -682,7 +766,15 @@ impl Publisher {
     /// only, never relayed to other peers.
     pub fn for_route(cid: u64) -> Self {
         let mut p = Self::new(cid);
-        p.dl.from_route = true;
+        p.dl.source = Source::Route;
+        p
+    }
+
+    /// For the leafnode connection `cid`: what the other side sends goes to local subscribers,
+    /// other leafnode connections and (unless this server is the leaf) routes, never back.
+    pub fn for_leaf(cid: u64, peer: Arc<LeafPeer>) -> Self {
+        let mut p = Self::new(cid);
+        p.dl.source = Source::Leaf(peer);
         p
     }
 
@@ -737,6 +829,18 @@ impl Publisher {
         m: &Msg<'_>,
         queues: Option<&[u8]>,
     ) -> bool {
+        self.publish_on(account, m.subject, m, queues)
+    }
+
+    /// Like `publish_to_queues`, for a routed message addressed to the subscribers of `to`
+    /// that presents another subject (`reply@subject` from the peer, split by the route).
+    pub fn publish_on(
+        &mut self,
+        account: &Arc<Account>,
+        to: &[u8],
+        m: &Msg<'_>,
+        queues: Option<&[u8]>,
+    ) -> bool {
         if !self
             .account
             .as_ref()
@@ -745,7 +849,7 @@ impl Publisher {
             self.report();
             self.account = Some(account.clone());
         }
-        let found = self.cache.lookup(account, m.subject);
+        let found = self.cache.lookup(account, to);
         let hop = self.dl.first_hop(queues);
         let delivered = self.dl.deliver_all(account, found, m, hop);
         if !self.dl.expired.is_empty() {
@@ -797,6 +901,7 @@ pub fn publish_batch<'a>(
     msgs: impl IntoIterator<Item = Msg<'a>>,
 ) -> (usize, Option<Lagging>) {
     let mut dl = Delivery::new(0);
+    dl.route_to = Some(to.into());
     let found = account.matches(to);
     account
         .sublist_stats

@@ -1,7 +1,7 @@
 //! The router layer: where messages go. Accounts and their subject spaces, imports between
 //! them, subscriptions and their targets, a connection's outbound side, delivery (with the
-//! per-publisher match cache) and internal clients. Every kind of connection (clients today;
-//! routes, leafnodes and WebSocket clients next) publishes through here and receives through an
+//! per-publisher match cache) and internal clients. Every kind of connection (clients, routes,
+//! leafnodes, WebSocket clients) publishes through here and receives through an
 //! `Outbound`. It imports only the base layer and `perms`.
 
 pub mod account;
@@ -14,6 +14,7 @@ pub mod outbound;
 pub mod rate;
 pub mod sink;
 pub mod subscription;
+pub mod watch;
 
 pub use account::{
     Account, Limits, SubInfo, SublistCounters, TooManyConnections, Totals, GLOBAL_ACCOUNT,
@@ -26,7 +27,8 @@ pub use interest::{Interest, InterestChange, InterestFeed};
 pub use internal::{InternalClient, InternalError, InternalSubscription};
 pub use outbound::{ClientStats, CloseReason, Outbound, SubAdded};
 pub use sink::InternalMsg;
-pub use subscription::{RouteSub, SubRef, Subscription, Target};
+pub use subscription::{LeafPeer, RouteSub, SubRef, Subscription, Target};
+pub use watch::InterestWatcher;
 
 #[cfg(test)]
 mod tests;

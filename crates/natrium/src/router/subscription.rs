@@ -13,7 +13,8 @@ use super::sink::InternalSink;
 pub enum Target {
     /// A client connection's outbound buffer (MSG/HMSG with the subscription's sid).
     Client(Arc<Outbound>),
-    /// A peer server's interest (RS+), reached over its route connection (RMSG/HMSG).
+    /// A peer server's interest (RS+ from a route, LS+ from a leafnode connection), reached over
+    /// that connection (RMSG/HMSG, or LMSG/HMSG for a leafnode).
     Route(Arc<RouteSub>),
     /// Another account (an import, or the reply path of a service import).
     Forward(Arc<Forward>),
@@ -26,6 +27,20 @@ pub enum Target {
 pub struct RouteSub {
     pub route: Arc<Outbound>,
     pub weight: AtomicU32,
+    /// Set when the peer is a leafnode connection rather than a route.
+    pub leaf: Option<Arc<LeafPeer>>,
+}
+
+/// What delivery needs to know of a leafnode connection (hub or leaf side).
+#[derive(Debug, Default)]
+pub struct LeafPeer {
+    /// This server dialled the connection: it is the leaf (spoke), the other side the hub.
+    pub spoke: bool,
+    /// The other side's cluster name, if it is in one: messages from that cluster never go
+    /// back to it through another leafnode connection.
+    pub cluster: Option<Box<[u8]>>,
+    /// Subjects never sent over this connection (a remote's `deny_exports`).
+    pub deny_out: Vec<Box<[u8]>>,
 }
 
 impl RouteSub {
@@ -92,6 +107,30 @@ impl Subscription {
             target: Target::Route(Arc::new(RouteSub {
                 route,
                 weight: AtomicU32::new(weight),
+                leaf: None,
+            })),
+            subject: subject.into(),
+            queue: queue.map(Into::into),
+            sid: Box::default(),
+            max: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            deny: None,
+        }))
+    }
+
+    /// Interest a leafnode connection announced (`LS+ subject [queue weight]`).
+    pub fn leaf(
+        out: Arc<Outbound>,
+        peer: Arc<LeafPeer>,
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        weight: u32,
+    ) -> SubRef {
+        SubRef(Arc::new(Subscription {
+            target: Target::Route(Arc::new(RouteSub {
+                route: out,
+                weight: AtomicU32::new(weight),
+                leaf: Some(peer),
             })),
             subject: subject.into(),
             queue: queue.map(Into::into),
@@ -129,13 +168,14 @@ impl Subscription {
 
     /// Whether this is local interest that peer servers must hear about: a client's or an
     /// internal subscription, or a stream import or reply path (service imports are resolved
-    /// where a request is published, so they are not announced); never a peer's own interest.
+    /// where a request is published, so they are not announced), or the interest of a leaf
+    /// connected here (this server is its hub); never a route's interest.
     pub fn is_announced(&self) -> bool {
         match &self.target {
             Target::Client(_) => true,
             Target::Internal(sink) => !sink.is_local(),
             Target::Forward(f) => !f.is_service(),
-            Target::Route(_) => false,
+            Target::Route(r) => r.leaf.as_ref().is_some_and(|l| !l.spoke),
         }
     }
 

@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["auth"],
     &["conn"],
     &["cluster"],
+    &["leaf"],
     &["jetstream"],
     &["options"],
     &["observe"],

@@ -1,6 +1,7 @@
 //! The consumer API: `CONSUMER.CREATE`, `CONSUMER.DURABLE.CREATE`, `INFO`, `DELETE`, `NAMES`,
 //! `LIST`, `PAUSE`, and pull requests (`CONSUMER.MSG.NEXT`), with nats-server's JSON.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::Deserialize;
@@ -148,7 +149,12 @@ impl Api {
         let account_max_ack_pending = self.catalog.limits().max_ack_pending;
         cfg.apply_limits(stream_limits, account_max_ack_pending);
         cfg.normalize();
-        cfg.validate()?;
+        let replicas = s.config_arc().num_replicas;
+        if replicas > 1 {
+            cfg.validate_replicated(replicas)?;
+        } else {
+            cfg.validate()?;
+        }
         cfg.check_limits(stream_limits, account_max_ack_pending)?;
         let action = match req.action.as_str() {
             "create" => Action::Create,
@@ -159,12 +165,14 @@ impl Api {
         if created {
             self.advisory_consumer("CREATED", stream, &c.name, "create");
         }
+        self.replicate_consumer(stream, Some(&c), &c.name);
         Ok(self.consumer_info(&c))
     }
 
     fn consumer_delete(&self, stream: &str, name: &str) -> Result<Value, ApiError> {
         let s = self.catalog.stream(stream)?;
         self.catalog.delete_consumer(&s, name)?;
+        self.replicate_consumer(stream, None, name);
         self.advisory_consumer("DELETED", stream, name, "delete");
         Ok(json!({"success": true}))
     }
@@ -207,6 +215,29 @@ impl Api {
             "pause_until": req.pause_until.unwrap_or_else(|| rfc3339(SystemTime::UNIX_EPOCH)),
             "pause_remaining": remaining,
         }))
+    }
+
+    /// On a replicated stream's leader: replicates a consumer's creation (or, without one, the
+    /// deletion of `name`) to the stream's other replicas.
+    fn replicate_consumer(&self, stream: &str, c: Option<&Arc<Consumer>>, name: &str) {
+        let Some(r) = self
+            .cluster
+            .get()
+            .and_then(|cl| cl.replica(self.client.account(), stream))
+        else {
+            return;
+        };
+        let c = c.cloned();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let res = match c {
+                Some(c) => r.consumer_created(&c).await,
+                None => r.consumer_deleted(&name).await,
+            };
+            if let Err(e) = res {
+                tracing::warn!("consumer {name}: not replicated: {}", e.description);
+            }
+        });
     }
 
     /// `CONSUMER.UNPIN`: `{"group": g}` loses its pinned client.
@@ -270,7 +301,7 @@ impl Api {
             "num_redelivered": p.num_redelivered,
             "num_waiting": p.num_waiting,
             "num_pending": p.num_pending,
-            "cluster": {"leader": self.server_name},
+            "cluster": self.cluster_of(&c.stream_name),
             "ts": rfc3339(SystemTime::now()),
         });
         if let Some(t) = p.last_delivered {

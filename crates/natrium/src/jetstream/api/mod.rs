@@ -9,13 +9,14 @@ mod stream;
 pub(crate) use monitor::Usage;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::catalog::Catalog;
+use super::cluster::JsCluster;
 use super::errors::ApiError;
 use crate::router::{InternalClient, InternalMsg};
 use crate::util::time::rfc3339;
@@ -30,22 +31,41 @@ pub(crate) struct Api {
     server_name: String,
     total: AtomicU64,
     errors: AtomicU64,
+    /// This server's replicated JetStream, once started (in a cluster).
+    cluster: Arc<OnceLock<Arc<JsCluster>>>,
 }
 
 impl Api {
-    pub(crate) fn new(catalog: Arc<Catalog>, client: InternalClient, server_name: String) -> Api {
+    pub(crate) fn new(
+        catalog: Arc<Catalog>,
+        client: InternalClient,
+        server_name: String,
+        cluster: Arc<OnceLock<Arc<JsCluster>>>,
+    ) -> Api {
         Api {
             catalog,
             client,
             server_name,
             total: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            cluster,
         }
     }
 
     /// Answers one request on `$JS.API.>`.
     pub(crate) fn handle(&self, m: InternalMsg) {
+        self.handle_hop(m, 0);
+    }
+
+    /// Answers a request that was forwarded `hops` times; requests about replicated streams
+    /// go to the cluster first.
+    pub(crate) fn handle_hop(&self, m: InternalMsg, hops: u8) {
         self.total.fetch_add(1, Ordering::Relaxed);
+        if let Some(cl) = self.cluster.get() {
+            if cl.intercept(&self.client, &m, hops) {
+                return;
+            }
+        }
         let Some(rest) = m.subject.strip_prefix(API_PREFIX) else {
             return;
         };

@@ -308,9 +308,39 @@ impl Api {
             "config": s.config(),
             "created": rfc3339(s.created),
             "state": state,
-            "cluster": {"leader": self.server_name},
+            "cluster": self.cluster_of(&s.name),
             "ts": rfc3339(SystemTime::now()),
         })
+    }
+
+    /// The `cluster` section of a stream's (or its consumers') info: the replicas of a
+    /// replicated stream, else this server as the leader.
+    pub(super) fn cluster_of(&self, stream: &str) -> Value {
+        self.cluster
+            .get()
+            .and_then(|cl| cl.stream_cluster_info(self.client.account(), stream))
+            .unwrap_or_else(|| json!({"leader": self.server_name}))
+    }
+
+    /// The info of stream `s` (for the cluster's STREAM.LIST).
+    pub(crate) fn stream_info_of(&self, s: &Stream) -> Value {
+        self.stream_info(s, &InfoRequest::default())
+    }
+
+    /// Names (and, when `full`, infos) of this server's streams on `filter`.
+    pub(crate) fn local_stream_infos(
+        &self,
+        filter: Option<&str>,
+        full: bool,
+    ) -> Vec<(String, Option<Value>)> {
+        self.catalog
+            .streams_matching(filter)
+            .iter()
+            .map(|s| {
+                let info = full.then(|| self.stream_info(s, &InfoRequest::default()));
+                (s.name.clone(), info)
+            })
+            .collect()
     }
 }
 

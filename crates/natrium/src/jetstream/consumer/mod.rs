@@ -243,6 +243,11 @@ impl Consumer {
         (st.config().clone(), st.progress())
     }
 
+    /// Its state document's body now.
+    pub(crate) fn state_body(&self) -> Vec<u8> {
+        self.state.lock().encode()
+    }
+
     /// Its figures.
     pub(crate) fn progress(&self) -> Progress {
         let mut st = self.state.lock();

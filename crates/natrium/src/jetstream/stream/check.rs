@@ -44,6 +44,31 @@ impl Dedupe {
         self.order.push_back((now, id.clone()));
         self.last_id = Some(id);
     }
+
+    /// The window as (id, sequence, time), oldest first (for snapshots of replicated streams).
+    pub(crate) fn entries(&self) -> Vec<(String, u64, i64)> {
+        self.order
+            .iter()
+            .filter_map(|(_, id)| self.ids.get(id).map(|(seq, ts)| (id.clone(), *seq, *ts)))
+            .collect()
+    }
+
+    pub(crate) fn last_id(&self) -> Option<&str> {
+        self.last_id.as_deref()
+    }
+
+    /// A window from `entries` (as [`Dedupe::entries`] gave them).
+    pub(crate) fn from_entries(
+        entries: Vec<(String, u64, i64)>,
+        last_id: Option<String>,
+    ) -> Dedupe {
+        let mut d = Dedupe::default();
+        for (id, seq, ts) in entries {
+            d.record(id, seq, ts);
+        }
+        d.last_id = last_id;
+        d
+    }
 }
 
 /// A published message as `check` sees it.

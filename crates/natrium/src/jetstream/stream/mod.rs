@@ -1,7 +1,7 @@
 //! One stream: its config, store and consumers, the tasks that feed it (ingest, expiry), and the
 //! operations on its messages the API asks for (purge, delete). Ingest is in `ingest.rs`.
 
-mod check;
+pub(crate) mod check;
 mod ingest;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,6 +93,16 @@ impl Stream {
 
     pub(crate) fn config(&self) -> StreamConfig {
         StreamConfig::clone(&self.config.read())
+    }
+
+    /// The config in force (a cheap shared copy).
+    pub(crate) fn config_arc(&self) -> Arc<StreamConfig> {
+        Arc::clone(&self.config.read())
+    }
+
+    /// Starts the expiry task alone (a replica of a replicated stream: its leader ingests).
+    pub(crate) fn start_expiry(self: &Arc<Self>) {
+        tokio::spawn(self.clone().expire_loop());
     }
 
     /// The stream's default dead-letter subject (`dead_letter_subject` in its metadata), which

@@ -582,6 +582,20 @@ impl ConsumerState {
         })
     }
 
+    /// The state document's body now (replicated consumers send it to their replicas).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let saved = SavedState {
+            sseq: self.sseq,
+            dseq: self.dseq,
+            floor_s: self.floor_s,
+            floor_d: self.floor_d,
+            pending: self.pending.iter().map(|(s, p)| (*s, p.dseq)).collect(),
+            deliveries: self.deliveries.iter().map(|(s, d)| (*s, *d)).collect(),
+            start_list: self.start_list.iter().copied().collect(),
+        };
+        serde_json::to_vec(&saved).unwrap_or_default()
+    }
+
     /// The consumer's figures now.
     pub(crate) fn progress(&self) -> Progress {
         Progress {

@@ -1,0 +1,612 @@
+//! `$JS.API` as a cluster serves it, for replicated streams: creates, updates and deletes go
+//! to the meta leader; a stream's info, messages, purges and consumers to the stream's leader.
+//! A request is forwarded to the server that must answer it as a system-account message on
+//! `$NRX.API.<node>` (account, subject and reply in headers, at most two hops); that server
+//! answers the client's reply subject itself. R1 streams stay with the local API.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use natrium_protocol::headers::HeaderView;
+use natrium_raft::{node_id, NodeId, RaftError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::meta::{self, MetaOp, StreamAssignment};
+use super::JsCluster;
+use crate::jetstream::config::StreamConfig;
+use crate::jetstream::errors::ApiError;
+use crate::router::{InternalClient, InternalMsg, InternalSubscription};
+use crate::util::time::{now_nanos, rfc3339};
+
+/// Requests forwarded more often than this are refused (no loops).
+const MAX_HOPS: u8 = 2;
+
+/// How long a create waits for the new stream's leader before answering.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a forwarded request waits for its client's reply interest to reach this server.
+const REPLY_INTEREST_WAIT: Duration = Duration::from_secs(1);
+
+/// How long a meta stepdown waits for another meta leader.
+const META_STEPDOWN_WAIT: Duration = Duration::from_secs(8);
+
+/// How long a request for a stream's leader waits for one before it is asked again.
+const NO_LEADER_WAIT: Duration = Duration::from_secs(2);
+
+pub(crate) fn forward_subject(node: NodeId) -> String {
+    format!("$NRX.API.{node:016x}")
+}
+
+/// `result` as an `io.nats.jetstream.api.v1.<kind>` document.
+fn response(kind: &str, result: Result<Value, ApiError>) -> Value {
+    match result {
+        Ok(mut v) => {
+            v["type"] = json!(format!("io.nats.jetstream.api.v1.{kind}"));
+            v
+        }
+        Err(e) => json!({"type": format!("io.nats.jetstream.api.v1.{kind}"), "error": e}),
+    }
+}
+
+/// Replies with `result` as an `io.nats.jetstream.api.v1.<kind>` document.
+fn respond(
+    client: &InternalClient,
+    reply: Option<&str>,
+    kind: &str,
+    result: Result<Value, ApiError>,
+) {
+    if let Some(r) = reply {
+        let body = response(kind, result);
+        let _ = client.publish(r, None, None, body.to_string().as_bytes());
+    }
+}
+
+/// Serves requests other servers forwarded here.
+pub(super) async fn serve_forwarded(cl: Weak<JsCluster>, mut sub: InternalSubscription) {
+    while let Some(m) = sub.next().await {
+        let Some(cl) = cl.upgrade() else { return };
+        let Some(h) = m.headers.as_deref().and_then(HeaderView::parse) else {
+            continue;
+        };
+        let text = |k: &[u8]| h.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
+        if text(b"Nrx-Meta").as_deref() == Some("stepdown") {
+            let reply = text(b"Nrx-Reply");
+            tokio::spawn(async move { cl.meta_step_down(reply.as_deref()).await });
+            continue;
+        }
+        let Some(account) = text(b"Nrx-Acc") else {
+            continue;
+        };
+        if let Some(reply) = text(b"Nrx-Respond") {
+            // An answer to send from here (see `JsCluster::respond_via`).
+            if let Some(c) = cl.jetstream().and_then(|js| js.catalog(&account)) {
+                let _ = c.client().publish(&reply, None, None, &m.payload);
+            }
+            continue;
+        }
+        let Some(subject) = text(b"Nrx-Subject") else {
+            continue;
+        };
+        let hops = text(b"Nrx-Hops")
+            .and_then(|h| h.parse::<u8>().ok())
+            .unwrap_or(MAX_HOPS);
+        let Some(api) = cl.jetstream().and_then(|js| js.api(&account)) else {
+            continue;
+        };
+        let m = InternalMsg {
+            subject,
+            reply: text(b"Nrx-Reply"),
+            headers: None,
+            payload: m.payload.clone(),
+        };
+        let client = api.catalog().client().clone();
+        if m.reply.as_deref().is_none_or(|r| client.has_interest(r)) {
+            api.handle_hop(m, hops);
+            continue;
+        }
+        // The client's reply subscription (made just before its request) may reach this server
+        // after the forwarded request (another route): answer once it is here, or after a wait.
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + REPLY_INTEREST_WAIT;
+            while m.reply.as_deref().is_some_and(|r| !client.has_interest(r))
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            api.handle_hop(m, hops);
+        });
+    }
+}
+
+impl JsCluster {
+    /// Sends a request to server `to` to answer.
+    fn forward(&self, to: &str, account: &str, m: &InternalMsg, hops: u8) {
+        let mut h = format!(
+            "NATS/1.0\r\nNrx-Acc: {account}\r\nNrx-Subject: {}\r\nNrx-Hops: {}\r\n",
+            m.subject,
+            hops + 1
+        );
+        if let Some(r) = &m.reply {
+            h.push_str(&format!("Nrx-Reply: {r}\r\n"));
+        }
+        h.push_str("\r\n");
+        let _ = self.settings.system.publish(
+            &forward_subject(node_id(to)),
+            None,
+            Some(h.as_bytes()),
+            &m.payload,
+        );
+    }
+
+    /// Answers `reply` from server `via`: a stream's leader answers its creation itself, so
+    /// the answer reaches the client's server on the same route as the leader's interest in
+    /// the stream's subjects, and the client's first publish finds the stream.
+    fn respond_via(
+        &self,
+        via: &str,
+        client: &InternalClient,
+        reply: Option<&str>,
+        kind: &str,
+        result: Result<Value, ApiError>,
+    ) {
+        let Some(reply) = reply else { return };
+        if via == self.name {
+            return respond(client, Some(reply), kind, result);
+        }
+        let h = format!(
+            "NATS/1.0\r\nNrx-Acc: {}\r\nNrx-Respond: {reply}\r\n\r\n",
+            client.account()
+        );
+        let body = response(kind, result).to_string();
+        let _ = self.settings.system.publish(
+            &forward_subject(node_id(via)),
+            None,
+            Some(h.as_bytes()),
+            body.as_bytes(),
+        );
+    }
+
+    /// `$JS.API.META.LEADER.STEPDOWN` (system account): taken by the meta leader, which
+    /// gives up its leadership; answered once another server leads the meta group.
+    pub(super) async fn meta_step_down(self: Arc<Self>, reply: Option<&str>) {
+        let sys = self.settings.system.clone();
+        if !self.is_meta_leader() {
+            match self.meta_leader() {
+                Some(l) if l != self.name => {
+                    let mut h = String::from("NATS/1.0\r\nNrx-Meta: stepdown\r\n");
+                    if let Some(r) = reply {
+                        h.push_str(&format!("Nrx-Reply: {r}\r\n"));
+                    }
+                    h.push_str("\r\n");
+                    let _ =
+                        sys.publish(&forward_subject(node_id(&l)), None, Some(h.as_bytes()), b"");
+                }
+                _ => respond(
+                    &sys,
+                    reply,
+                    "meta_leader_stepdown_response",
+                    Err(ApiError::cluster_unavailable("no meta leader")),
+                ),
+            }
+            return;
+        }
+        let r = match self.meta.step_down(META_STEPDOWN_WAIT).await {
+            Ok((_, name)) => {
+                tracing::info!("JetStream cluster: meta leader stepped down, {name} leads");
+                Ok(json!({"success": true}))
+            }
+            Err(e) => Err(ApiError::cluster_unavailable(format!(
+                "stepdown: no other meta leader elected: {e}"
+            ))),
+        };
+        respond(&sys, reply, "meta_leader_stepdown_response", r);
+    }
+
+    /// Takes the API requests that concern replicated streams (answering or forwarding them);
+    /// false leaves a request to the local API.
+    pub(crate) fn intercept(
+        self: &Arc<Self>,
+        client: &InternalClient,
+        m: &InternalMsg,
+        hops: u8,
+    ) -> bool {
+        let Some(rest) = m.subject.strip_prefix("$JS.API.") else {
+            return false;
+        };
+        let account = client.account().to_string();
+        let tokens: Vec<&str> = rest.split('.').collect();
+        let assigned = |name: &str| self.assignment(&account, name).is_some();
+        match tokens.as_slice() {
+            ["STREAM", "CREATE", name] => {
+                let replicas = serde_json::from_slice::<Value>(&m.payload)
+                    .ok()
+                    .and_then(|v| v["num_replicas"].as_i64())
+                    .unwrap_or(1);
+                if replicas <= 1 && !assigned(name) {
+                    return false;
+                }
+                self.to_meta_leader(client, m, hops)
+            }
+            ["STREAM", "UPDATE" | "DELETE", name] if assigned(name) => {
+                self.to_meta_leader(client, m, hops)
+            }
+            ["STREAM", "NAMES" | "LIST"] if !self.assignments(&account).is_empty() => {
+                let op = tokens[1] == "LIST";
+                self.list(client, m, op);
+                true
+            }
+            ["STREAM", op @ ("INFO" | "PURGE"), name] if assigned(name) => {
+                let op = *op;
+                self.to_stream_leader(client, m, hops, name, op == "INFO")
+            }
+            ["STREAM", "LEADER", "STEPDOWN", name] if assigned(name) => {
+                self.to_stream_leader(client, m, hops, name, false)
+            }
+            ["STREAM", "MSG", op @ ("GET" | "DELETE"), name] if assigned(name) => {
+                let read_only = *op == "GET";
+                self.to_stream_leader(client, m, hops, name, read_only)
+            }
+            ["DIRECT", "GET", name, ..] if assigned(name) => {
+                // Any replica serves direct gets from its own store.
+                if self.replica(&account, name).is_some() {
+                    return false;
+                }
+                self.to_stream_leader(client, m, hops, name, true)
+            }
+            ["CONSUMER", _, stream, ..] if assigned(stream) => {
+                self.to_stream_leader(client, m, hops, stream, true)
+            }
+            ["CONSUMER", "DURABLE", "CREATE", stream, ..] if assigned(stream) => {
+                self.to_stream_leader(client, m, hops, stream, true)
+            }
+            ["CONSUMER", "MSG", "NEXT", stream, ..] if assigned(stream) => {
+                self.to_stream_leader(client, m, hops, stream, true)
+            }
+            _ => false,
+        }
+    }
+
+    fn to_meta_leader(
+        self: &Arc<Self>,
+        client: &InternalClient,
+        m: &InternalMsg,
+        hops: u8,
+    ) -> bool {
+        if self.is_meta_leader() {
+            let cl = self.clone();
+            let client = client.clone();
+            let m = m.clone();
+            tokio::spawn(async move { cl.meta_request(&client, &m).await });
+            return true;
+        }
+        match self.meta_leader() {
+            Some(l) if hops < MAX_HOPS => self.forward(&l, client.account(), m, hops),
+            _ => respond(
+                client,
+                m.reply.as_deref(),
+                "error_response",
+                Err(ApiError::cluster_unavailable("no meta leader")),
+            ),
+        }
+        true
+    }
+
+    /// Read-only requests run in the local API on the leader; purges and deletes are
+    /// replicated from here.
+    fn to_stream_leader(
+        self: &Arc<Self>,
+        client: &InternalClient,
+        m: &InternalMsg,
+        hops: u8,
+        stream: &str,
+        read_only: bool,
+    ) -> bool {
+        let account = client.account();
+        if let Some(r) = self.replica(account, stream).filter(|r| r.is_leader()) {
+            if read_only {
+                return false;
+            }
+            let client = client.clone();
+            let m = m.clone();
+            tokio::spawn(async move { replicated_write(&r, &client, &m).await });
+            return true;
+        }
+        match self.stream_leader(account, stream) {
+            Some(l) if l != self.name && hops < MAX_HOPS => self.forward(&l, account, m, hops),
+            _ if hops < MAX_HOPS => {
+                // No leader that serves yet (an election, or a new leader applying what its
+                // term found): asked again once there is one, a little later at most.
+                let cl = self.clone();
+                let (account, stream, m) = (account.to_string(), stream.to_string(), m.clone());
+                tokio::spawn(async move {
+                    cl.wait_stream_leader(&account, &stream, NO_LEADER_WAIT)
+                        .await;
+                    if let Some(api) = cl.jetstream().and_then(|js| js.api(&account)) {
+                        api.handle_hop(m, hops + 1);
+                    }
+                });
+            }
+            _ => {
+                if m.subject.starts_with("$JS.API.CONSUMER.MSG.NEXT.") {
+                    if let Some(r) = &m.reply {
+                        let _ = client.publish(r, None, Some(b"NATS/1.0 503\r\n\r\n"), b"");
+                    }
+                } else {
+                    respond(
+                        client,
+                        m.reply.as_deref(),
+                        "error_response",
+                        Err(ApiError::cluster_unavailable("stream has no leader")),
+                    );
+                }
+            }
+        }
+        true
+    }
+
+    /// STREAM.CREATE / UPDATE / DELETE on the meta leader.
+    async fn meta_request(self: Arc<Self>, client: &InternalClient, m: &InternalMsg) {
+        let account = client.account().to_string();
+        let rest = m
+            .subject
+            .strip_prefix("$JS.API.STREAM.")
+            .unwrap_or_default();
+        let reply = m.reply.as_deref();
+        let (op, name) = rest.split_once('.').unwrap_or((rest, ""));
+        match op {
+            "CREATE" => {
+                let r = self.create(&account, name, &m.payload).await;
+                if r.as_ref().is_ok_and(|v| v["did_create"] == json!(true)) {
+                    advisory(client, "CREATED", name, "create");
+                }
+                match self.serving_leader(&account, name).filter(|_| r.is_ok()) {
+                    Some(l) => self.respond_via(&l, client, reply, "stream_create_response", r),
+                    None => respond(client, reply, "stream_create_response", r),
+                }
+            }
+            "UPDATE" => {
+                let r = self.update(&account, name, &m.payload).await;
+                respond(client, reply, "stream_update_response", r)
+            }
+            "DELETE" => {
+                let op = MetaOp::DeleteStream {
+                    account: account.clone(),
+                    name: name.to_string(),
+                };
+                let r = self
+                    .propose_meta(&op)
+                    .await
+                    .map(|_| json!({"success": true}));
+                if r.is_ok() {
+                    advisory(client, "DELETED", name, "delete");
+                }
+                respond(client, reply, "stream_delete_response", r)
+            }
+            _ => respond(
+                client,
+                reply,
+                "error_response",
+                Err(ApiError::bad_request()),
+            ),
+        }
+    }
+
+    async fn propose_meta(&self, op: &MetaOp) -> Result<Value, ApiError> {
+        let data = serde_json::to_vec(op).map_err(ApiError::invalid_json)?;
+        match self.meta.propose(data).await {
+            Ok((_, answer)) => meta::answer(&answer),
+            Err(RaftError::NotLeader { .. }) => Err(ApiError::cluster_not_leader()),
+            Err(e) => Err(ApiError::cluster_unavailable(e.to_string())),
+        }
+    }
+
+    fn parse_config(name: &str, payload: &[u8]) -> Result<StreamConfig, ApiError> {
+        let mut cfg: StreamConfig =
+            serde_json::from_slice(payload).map_err(ApiError::invalid_json)?;
+        if cfg.name.is_empty() {
+            cfg.name = name.to_string();
+        }
+        if cfg.name != name {
+            return Err(ApiError::stream_mismatch());
+        }
+        cfg.normalize();
+        cfg.validate_clustered()?;
+        Ok(cfg)
+    }
+
+    async fn create(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let cfg = Self::parse_config(name, payload)?;
+        if let Some(sa) = self.assignment(account, name) {
+            if sa.config != cfg {
+                return Err(ApiError::stream_name_exists());
+            }
+            let mut info = self.assignment_info(&sa);
+            info["did_create"] = json!(false);
+            return Ok(info);
+        }
+        if cfg.num_replicas <= 1 {
+            // Named like no replicated stream and asking for one replica: the local API's.
+            return Err(ApiError::bad_request());
+        }
+        let peers = self.place(cfg.num_replicas as usize, cfg.placement.as_ref())?;
+        let sa = StreamAssignment {
+            account: account.to_string(),
+            group: format!("S-{account}-{name}-{:08x}", fastrand::u32(..)),
+            config: cfg,
+            peers,
+            created_ns: now_nanos(),
+        };
+        let answer = self
+            .propose_meta(&MetaOp::AddStream { sa: sa.clone() })
+            .await?;
+        let created = answer["created"] == json!(true);
+        let sa = self.assignment(account, name).unwrap_or(sa);
+        self.wait_stream_leader(account, name, LEADER_WAIT).await;
+        let mut info = self.assignment_info(&sa);
+        info["did_create"] = json!(created);
+        Ok(info)
+    }
+
+    async fn update(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
+        let cfg = Self::parse_config(name, payload)?;
+        self.propose_meta(&MetaOp::UpdateStream {
+            account: account.to_string(),
+            config: cfg,
+        })
+        .await?;
+        let sa = self
+            .assignment(account, name)
+            .ok_or_else(ApiError::stream_not_found)?;
+        Ok(self.assignment_info(&sa))
+    }
+
+    /// A stream's info from its assignment: the local replica's state when there is one.
+    pub(crate) fn assignment_info(&self, sa: &StreamAssignment) -> Value {
+        let mut state = json!({
+            "messages": 0, "bytes": 0, "first_seq": 0, "first_ts": rfc3339(SystemTime::UNIX_EPOCH),
+            "last_seq": 0, "last_ts": rfc3339(SystemTime::UNIX_EPOCH), "consumer_count": 0,
+        });
+        if let Some(r) = self.replica(&sa.account, &sa.config.name) {
+            let st = r.stream.store.state();
+            state = json!({
+                "messages": st.msgs, "bytes": st.bytes, "first_seq": st.first_seq,
+                "first_ts": crate::util::time::rfc3339_nanos(st.first_ts as i128),
+                "last_seq": st.last_seq,
+                "last_ts": crate::util::time::rfc3339_nanos(st.last_ts as i128),
+                "num_subjects": st.num_subjects, "num_deleted": st.num_deleted,
+                "consumer_count": r.stream.consumers.len(),
+            });
+        }
+        let leader = self.stream_leader(&sa.account, &sa.config.name);
+        let replicas: Vec<Value> = sa
+            .peers
+            .iter()
+            .filter(|p| leader.as_ref() != Some(*p))
+            .map(|p| json!({"name": p, "current": false, "active": 0}))
+            .collect();
+        let mut cluster = json!({"name": self.settings.cluster, "replicas": replicas});
+        if let Some(l) = leader {
+            cluster["leader"] = json!(l);
+        }
+        json!({
+            "config": sa.config,
+            "created": crate::util::time::rfc3339_nanos(sa.created_ns as i128),
+            "state": state,
+            "cluster": cluster,
+            "ts": rfc3339(SystemTime::now()),
+        })
+    }
+
+    /// STREAM.NAMES and STREAM.LIST with the replicated streams of the account added.
+    fn list(self: &Arc<Self>, client: &InternalClient, m: &InternalMsg, full: bool) {
+        #[derive(Default, Deserialize)]
+        #[serde(default)]
+        struct Paged {
+            offset: usize,
+            subject: Option<String>,
+        }
+        let req: Paged = serde_json::from_slice(&m.payload).unwrap_or_default();
+        let account = client.account();
+        let Some(api) = self.jetstream().and_then(|js| js.api(account)) else {
+            return;
+        };
+        let mut names: Vec<(String, Option<Value>)> = api
+            .local_stream_infos(req.subject.as_deref(), full)
+            .into_iter()
+            .filter(|(n, _)| self.assignment(account, n).is_none())
+            .collect();
+        for sa in self.assignments(account) {
+            let matches = req.subject.as_deref().is_none_or(|f| {
+                sa.config
+                    .subjects
+                    .iter()
+                    .any(|s| natrium_subjects::overlaps(s.as_bytes(), f.as_bytes()))
+            });
+            if matches {
+                let info = full.then(|| match self.replica(account, &sa.config.name) {
+                    Some(r) if r.is_leader() => api.stream_info_of(&r.stream),
+                    _ => self.assignment_info(&sa),
+                });
+                names.push((sa.config.name.clone(), info));
+            }
+        }
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        let total = names.len();
+        let limit = if full { 256 } else { 1024 };
+        let page = names.into_iter().skip(req.offset).take(limit);
+        let body = if full {
+            let infos: Vec<Value> = page.filter_map(|(_, i)| i).collect();
+            json!({"total": total, "offset": req.offset, "limit": limit, "streams": infos, "missing": []})
+        } else {
+            let names: Vec<String> = page.map(|(n, _)| n).collect();
+            json!({"total": total, "offset": req.offset, "limit": limit, "streams": names})
+        };
+        let kind = if full {
+            "stream_list_response"
+        } else {
+            "stream_names_response"
+        };
+        respond(client, m.reply.as_deref(), kind, Ok(body));
+    }
+}
+
+/// A purge, message delete or stepdown on the stream's leader, replicated (or done) before it
+/// is answered.
+async fn replicated_write(r: &Arc<super::Replica>, client: &InternalClient, m: &InternalMsg) {
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    struct Purge {
+        filter: Option<String>,
+        seq: u64,
+        keep: u64,
+    }
+    #[derive(Default, Deserialize)]
+    #[serde(default)]
+    struct Delete {
+        seq: u64,
+        no_erase: bool,
+    }
+    let reply = m.reply.as_deref();
+    let empty = m.payload.iter().all(u8::is_ascii_whitespace);
+    if m.subject.starts_with("$JS.API.STREAM.LEADER.STEPDOWN.") {
+        let res = r.step_down().await.map(|_| json!({"success": true}));
+        respond(client, reply, "stream_leader_stepdown_response", res);
+    } else if m.subject.starts_with("$JS.API.STREAM.PURGE.") {
+        let req: Result<Purge, ApiError> = if empty {
+            Ok(Purge::default())
+        } else {
+            serde_json::from_slice(&m.payload).map_err(ApiError::invalid_json)
+        };
+        let r = match req {
+            Ok(p) => r.purge(p.filter, p.seq, p.keep).await,
+            Err(e) => Err(e),
+        };
+        respond(client, reply, "stream_purge_response", r);
+    } else {
+        let req: Result<Delete, ApiError> =
+            serde_json::from_slice(&m.payload).map_err(ApiError::invalid_json);
+        let r = match req {
+            Ok(d) => r.delete_msg(d.seq, d.no_erase).await,
+            Err(e) => Err(e),
+        };
+        respond(client, reply, "stream_msg_delete_response", r);
+    }
+}
+
+/// `$JS.EVENT.ADVISORY.STREAM.<kind>.<stream>`.
+fn advisory(client: &InternalClient, kind: &str, stream: &str, action: &str) {
+    let body = json!({
+        "type": "io.nats.jetstream.advisory.v1.stream_action",
+        "id": format!("{:016x}", fastrand::u64(..)),
+        "timestamp": rfc3339(SystemTime::now()),
+        "stream": stream,
+        "action": action,
+    });
+    let _ = client.publish(
+        &format!("$JS.EVENT.ADVISORY.STREAM.{kind}.{stream}"),
+        None,
+        None,
+        body.to_string().as_bytes(),
+    );
+}

@@ -1,0 +1,854 @@
+//! This node's replica of a replicated stream: the local `Stream` (store, consumers) and the
+//! stream's Raft group. Every replica applies the committed operations in log order and decides
+//! each message itself (`check`: sealed, size, expected headers, `Nats-Msg-Id` window), so all
+//! replicas reach the same state and de-duplication holds across leader changes. The leader
+//! subscribes to the stream's subjects, proposes each message (with its timestamp) and publishes
+//! the PubAck once the entry is committed (synced on a majority, itself included) and applied
+//! here; it runs the consumers, whose configs and progress are replicated in the group too.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use natrium_raft::{Group, RaftError, Role};
+use natrium_store::{FileStore, FileStoreConfig, MemStore, StoreError, StreamStore, SyncPolicy};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+use super::meta::StreamAssignment;
+use super::{group_config, JsCluster};
+use crate::jetstream::catalog::Catalog;
+use crate::jetstream::config::{Storage, StreamConfig};
+use crate::jetstream::consumer::Consumer;
+use crate::jetstream::consumer_config::ConsumerConfig;
+use crate::jetstream::errors::ApiError;
+use crate::jetstream::stream::check::{check, Dedupe, Incoming, Rollup, Verdict};
+use crate::jetstream::stream::Stream;
+use crate::router::InternalClient;
+use crate::util::time::{from_unix_nanos, now_nanos, unix_nanos};
+
+/// Proposals the leader keeps in flight before it stops reading published messages.
+const IN_FLIGHT: usize = 16 * 1024;
+
+/// How long a stepdown waits for another leader.
+const STEPDOWN_WAIT: Duration = Duration::from_secs(8);
+
+/// How often the leader replicates its consumers' progress when it changed.
+const CONSUMER_SYNC: Duration = Duration::from_secs(1);
+
+/// A replicated consumer: its config and last replicated progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ConsumerRecord {
+    config: ConsumerConfig,
+    created_ns: i64,
+    #[serde(default)]
+    state: Option<Vec<u8>>,
+}
+
+/// An operation of a stream's group other than a message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Control {
+    /// The leader's first entry: once applied, everything before it is.
+    Barrier,
+    Purge {
+        filter: Option<String>,
+        seq: u64,
+        keep: u64,
+    },
+    DeleteMsg {
+        seq: u64,
+        no_erase: bool,
+    },
+    Consumer {
+        name: String,
+        record: Box<ConsumerRecord>,
+    },
+    ConsumerDelete {
+        name: String,
+    },
+    ConsumerState {
+        name: String,
+        state: Vec<u8>,
+    },
+}
+
+/// A published message as an entry: `M`, timestamp (i64 LE), subject (u16 LE length),
+/// headers (u32 LE length, `u32::MAX` for none), payload.
+fn encode_msg(ts: i64, subject: &str, headers: Option<&[u8]>, payload: &[u8]) -> Vec<u8> {
+    let mut v =
+        Vec::with_capacity(19 + subject.len() + headers.map_or(0, <[u8]>::len) + payload.len());
+    v.push(b'M');
+    v.extend_from_slice(&ts.to_le_bytes());
+    v.extend_from_slice(&(subject.len() as u16).to_le_bytes());
+    v.extend_from_slice(subject.as_bytes());
+    match headers {
+        Some(h) => {
+            v.extend_from_slice(&(h.len() as u32).to_le_bytes());
+            v.extend_from_slice(h);
+        }
+        None => v.extend_from_slice(&u32::MAX.to_le_bytes()),
+    }
+    v.extend_from_slice(payload);
+    v
+}
+
+struct MsgEntry<'a> {
+    ts: i64,
+    subject: &'a [u8],
+    headers: Option<&'a [u8]>,
+    payload: &'a [u8],
+}
+
+fn decode_msg(b: &[u8]) -> Option<MsgEntry<'_>> {
+    let ts = i64::from_le_bytes(b.get(1..9)?.try_into().ok()?);
+    let sl = u16::from_le_bytes(b.get(9..11)?.try_into().ok()?) as usize;
+    let subject = b.get(11..11 + sl)?;
+    let at = 11 + sl;
+    let hl = u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?);
+    let (headers, at) = if hl == u32::MAX {
+        (None, at + 4)
+    } else {
+        let hl = hl as usize;
+        (Some(b.get(at + 4..at + 4 + hl)?), at + 4 + hl)
+    };
+    Some(MsgEntry {
+        ts,
+        subject,
+        headers,
+        payload: b.get(at..)?,
+    })
+}
+
+fn encode_control(c: &Control) -> Vec<u8> {
+    let mut v = vec![b'J'];
+    v.extend_from_slice(&serde_json::to_vec(c).unwrap_or_default());
+    v
+}
+
+/// What the replicas share with the state machine.
+struct Shared {
+    dedupe: Dedupe,
+    /// Largest message timestamp applied (the leader stamps later ones after it).
+    max_ts: i64,
+    /// After a restart: (sequence the next accepted message gets, last sequence the store
+    /// already holds). Messages up to the latter are found, not stored again.
+    replay: Option<(u64, u64)>,
+    consumers: BTreeMap<String, ConsumerRecord>,
+}
+
+/// The stream group's state machine.
+struct StreamSm {
+    stream: Arc<Stream>,
+    shared: Arc<Mutex<Shared>>,
+    max_ts: Arc<AtomicI64>,
+}
+
+/// What a snapshot holds besides the store (which is synced when it is taken).
+#[derive(Serialize, Deserialize)]
+struct SnapshotState {
+    last_seq: u64,
+    max_ts: i64,
+    /// (msg id, sequence, timestamp) inside the window.
+    ids: Vec<(String, u64, i64)>,
+    last_id: Option<String>,
+    consumers: BTreeMap<String, ConsumerRecord>,
+}
+
+fn store_error(e: &StoreError) -> ApiError {
+    match e {
+        StoreError::MsgTooLarge => ApiError::message_too_large(),
+        other => ApiError::store_failed(other.to_string()),
+    }
+}
+
+impl StreamSm {
+    fn ack(&self, seq: u64, duplicate: bool) -> Vec<u8> {
+        let mut v = json!({"stream": self.stream.name, "seq": seq});
+        if duplicate {
+            v["duplicate"] = json!(true);
+        }
+        v.to_string().into_bytes()
+    }
+
+    fn error(&self, e: ApiError) -> Vec<u8> {
+        json!({"stream": self.stream.name, "error": e})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn apply_msg(&mut self, m: MsgEntry<'_>) -> Vec<u8> {
+        let cfg = self.stream.config_arc();
+        let store = self.stream.store.clone();
+        let mut sh = self.shared.lock();
+        sh.max_ts = sh.max_ts.max(m.ts);
+        self.max_ts.fetch_max(m.ts, Ordering::Relaxed);
+        let incoming = Incoming {
+            subject: m.subject,
+            headers: m.headers,
+            payload_len: m.payload.len(),
+        };
+        let write = match check(&cfg, store.as_ref(), &sh.dedupe, &incoming, m.ts) {
+            Verdict::Refuse(e) => return self.error(e),
+            Verdict::Duplicate(seq) => return self.ack(seq, true),
+            Verdict::Accept(w) => w,
+        };
+        // After a restart the store may already hold what the log replays.
+        if let Some((next, held)) = sh.replay {
+            if next <= held {
+                let found = match store.load_msg(next) {
+                    Ok(stored) => stored.ts == m.ts && stored.subject.as_ref() == m.subject,
+                    Err(StoreError::NotFound) => true,
+                    Err(_) => false,
+                };
+                if found {
+                    sh.replay = if next == held {
+                        None
+                    } else {
+                        Some((next + 1, held))
+                    };
+                    sh.dedupe.expire(m.ts, cfg.duplicate_window());
+                    if let Some(id) = write.msg_id {
+                        sh.dedupe.record(id, next, m.ts);
+                    }
+                    return self.ack(next, false);
+                }
+                tracing::error!(
+                    "stream {}: replayed log and store disagree at sequence {next}; storing from here",
+                    self.stream.name
+                );
+            }
+            sh.replay = None;
+        }
+        let receipt = match store.store_msg(m.subject, m.headers, m.payload, m.ts) {
+            Ok(r) => r,
+            Err(e) => return self.error(store_error(&e)),
+        };
+        match write.rollup {
+            Some(Rollup::Subject) => {
+                let _ = store.purge_ex(m.subject, 0, 1);
+            }
+            Some(Rollup::All) => {
+                let _ = store.compact(receipt.seq);
+            }
+            None => {}
+        }
+        sh.dedupe.expire(m.ts, cfg.duplicate_window());
+        if let Some(id) = write.msg_id {
+            sh.dedupe.record(id, receipt.seq, m.ts);
+        }
+        drop(sh);
+        self.stream.consumers.on_stored(receipt.seq, m.subject);
+        self.ack(receipt.seq, false)
+    }
+
+    fn apply_control(&mut self, c: Control) -> Vec<u8> {
+        match c {
+            Control::Barrier => b"{}".to_vec(),
+            Control::Purge { filter, seq, keep } => {
+                match self.stream.purge(filter.as_deref(), seq, keep) {
+                    Ok(n) => json!({"success": true, "purged": n})
+                        .to_string()
+                        .into_bytes(),
+                    Err(e) => json!({"error": e}).to_string().into_bytes(),
+                }
+            }
+            Control::DeleteMsg { seq, no_erase } => match self.stream.delete_msg(seq, no_erase) {
+                Ok(()) => json!({"success": true}).to_string().into_bytes(),
+                Err(e) => json!({"error": e}).to_string().into_bytes(),
+            },
+            Control::Consumer { name, record } => {
+                let mut sh = self.shared.lock();
+                let state = sh.consumers.get(&name).and_then(|r| r.state.clone());
+                sh.consumers.insert(
+                    name,
+                    ConsumerRecord {
+                        state: record.state.or(state),
+                        ..*record
+                    },
+                );
+                b"{}".to_vec()
+            }
+            Control::ConsumerDelete { name } => {
+                self.shared.lock().consumers.remove(&name);
+                b"{}".to_vec()
+            }
+            Control::ConsumerState { name, state } => {
+                if let Some(r) = self.shared.lock().consumers.get_mut(&name) {
+                    r.state = Some(state);
+                }
+                b"{}".to_vec()
+            }
+        }
+    }
+}
+
+impl natrium_raft::StateMachine for StreamSm {
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
+        match data.first() {
+            Some(b'M') => match decode_msg(data) {
+                Some(m) => self.apply_msg(m),
+                None => self.error(ApiError::bad_request()),
+            },
+            Some(b'J') => match serde_json::from_slice::<Control>(&data[1..]) {
+                Ok(c) => self.apply_control(c),
+                Err(e) => self.error(ApiError::invalid_json(e)),
+            },
+            _ => self.error(ApiError::bad_request()),
+        }
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        self.stream.store.sync().map_err(|e| e.to_string())?;
+        let sh = self.shared.lock();
+        let st = SnapshotState {
+            last_seq: self.stream.store.state().last_seq,
+            max_ts: sh.max_ts,
+            ids: sh.dedupe.entries(),
+            last_id: sh.dedupe.last_id().map(String::from),
+            consumers: sh.consumers.clone(),
+        };
+        serde_json::to_vec(&st).map_err(|e| e.to_string())
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        let st: SnapshotState = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        let held = self.stream.store.state().last_seq;
+        if held < st.last_seq {
+            tracing::error!(
+                "stream {}: the store holds sequences up to {held}, its snapshot says {}; the missing messages are not served",
+                self.stream.name,
+                st.last_seq
+            );
+        }
+        let mut sh = self.shared.lock();
+        sh.dedupe = Dedupe::from_entries(st.ids, st.last_id);
+        sh.max_ts = st.max_ts;
+        self.max_ts.fetch_max(st.max_ts, Ordering::Relaxed);
+        sh.consumers = st.consumers;
+        sh.replay = (held > st.last_seq).then_some((st.last_seq + 1, held));
+        Ok(())
+    }
+}
+
+/// This node's replica of one stream.
+pub(crate) struct Replica {
+    pub(crate) account: String,
+    pub(crate) name: String,
+    pub(crate) group: Group,
+    pub(crate) stream: Arc<Stream>,
+    catalog: Arc<Catalog>,
+    client: InternalClient,
+    cluster: Weak<JsCluster>,
+    shared: Arc<Mutex<Shared>>,
+    max_ts: Arc<AtomicI64>,
+    dir: PathBuf,
+    leading: AtomicBool,
+    last_announce: Mutex<Instant>,
+    /// Stops the leader's tasks.
+    lead_stop: Mutex<Option<watch::Sender<bool>>>,
+    stop: watch::Sender<bool>,
+}
+
+fn open_store(cfg: &StreamConfig, dir: &Path) -> Result<Arc<dyn StreamStore>, StoreError> {
+    Ok(match cfg.storage {
+        Storage::Memory => Arc::new(MemStore::new(cfg.limits())?),
+        // The Raft log is what is durable before the PubAck; the store is synced when a
+        // snapshot is taken (the log before it is dropped only then).
+        Storage::File => Arc::new(FileStore::open(
+            FileStoreConfig {
+                sync: SyncPolicy::Interval(Duration::from_secs(60)),
+                ..FileStoreConfig::new(dir.join("msgs"))
+            },
+            cfg.limits(),
+        )?),
+    })
+}
+
+impl Replica {
+    /// Opens the replica in `dir` (store and group), puts its stream in the account's catalog
+    /// and starts following the group.
+    pub(crate) async fn open(
+        cl: &Arc<JsCluster>,
+        catalog: &Arc<Catalog>,
+        sa: &StreamAssignment,
+        dir: &Path,
+    ) -> Result<Arc<Replica>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let body = json!({"config": sa.config, "created_ns": sa.created_ns, "peers": sa.peers});
+        crate::util::fs::write_atomic(&dir.join("meta.json"), body.to_string().as_bytes())
+            .map_err(|e| e.to_string())?;
+        let store = open_store(&sa.config, dir).map_err(|e| e.to_string())?;
+        let client = catalog.client().clone();
+        let stream = Stream::new(
+            sa.config.clone(),
+            from_unix_nanos(sa.created_ns),
+            store,
+            client.clone(),
+            false,
+        );
+        let shared = Arc::new(Mutex::new(Shared {
+            dedupe: Dedupe::default(),
+            max_ts: 0,
+            replay: None,
+            consumers: BTreeMap::new(),
+        }));
+        let max_ts = Arc::new(AtomicI64::new(0));
+        let held = stream.store.state().last_seq;
+        if held > 0 {
+            // No snapshot yet: the whole log is replayed over what the store holds.
+            shared.lock().replay = Some((1, held));
+        }
+        let sm = StreamSm {
+            stream: stream.clone(),
+            shared: shared.clone(),
+            max_ts: max_ts.clone(),
+        };
+        let group = Group::open(
+            cl.id,
+            &group_config(&sa.group),
+            &dir.join("raft"),
+            sm,
+            cl.hub.transport(&sa.group),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        cl.hub.register(&sa.group, group.clone());
+        catalog
+            .insert_replicated(stream.clone())
+            .map_err(|e| e.description)?;
+        stream.start_expiry();
+        let (stop, _) = watch::channel(false);
+        let r = Arc::new(Replica {
+            account: sa.account.clone(),
+            name: sa.config.name.clone(),
+            group,
+            stream,
+            catalog: catalog.clone(),
+            client,
+            cluster: Arc::downgrade(cl),
+            shared,
+            max_ts,
+            dir: dir.to_path_buf(),
+            leading: AtomicBool::new(false),
+            last_announce: Mutex::new(Instant::now()),
+            lead_stop: Mutex::new(None),
+            stop,
+        });
+        tokio::spawn(follow(Arc::downgrade(&r)));
+        Ok(r)
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    /// Whether the leader should repeat its announcement now.
+    pub(crate) fn announce_due(&self) -> bool {
+        let mut last = self.last_announce.lock();
+        if last.elapsed() >= Duration::from_secs(3) {
+            *last = Instant::now();
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A committed stream config change (from the meta group).
+    pub(crate) fn update_config(&self, cfg: StreamConfig) {
+        if let Err(e) = self.stream.store.update_config(cfg.limits()) {
+            tracing::warn!("stream {}: applying new limits: {e}", self.name);
+        }
+        let body = json!({"config": cfg, "created_ns": unix_nanos(self.stream.created)});
+        let _ =
+            crate::util::fs::write_atomic(&self.dir.join("meta.json"), body.to_string().as_bytes());
+        if let Err(e) = self.stream.set_config(cfg) {
+            tracing::warn!(
+                "stream {}: applying new config: {}",
+                self.name,
+                e.description
+            );
+        }
+    }
+
+    /// Proposes a control operation (on the leader) and returns what applying it answered.
+    async fn propose_control(&self, c: &Control) -> Result<serde_json::Value, ApiError> {
+        match self.group.propose(encode_control(c)).await {
+            Ok((_, answer)) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&answer).map_err(ApiError::invalid_json)?;
+                match v.get("error") {
+                    Some(e) => Err(serde_json::from_value::<ApiErrorBody>(e.clone())
+                        .map(ApiErrorBody::into_api)
+                        .unwrap_or_else(|_| ApiError::bad_request())),
+                    None => Ok(v),
+                }
+            }
+            Err(RaftError::NotLeader { .. }) => Err(ApiError::cluster_not_leader()),
+            Err(e) => Err(ApiError::cluster_unavailable(e.to_string())),
+        }
+    }
+
+    /// A purge, replicated.
+    pub(crate) async fn purge(
+        &self,
+        filter: Option<String>,
+        seq: u64,
+        keep: u64,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.propose_control(&Control::Purge { filter, seq, keep })
+            .await
+    }
+
+    /// A message delete, replicated.
+    pub(crate) async fn delete_msg(
+        &self,
+        seq: u64,
+        no_erase: bool,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.propose_control(&Control::DeleteMsg { seq, no_erase })
+            .await
+    }
+
+    /// Replicates a consumer the leader created (or updated).
+    pub(crate) async fn consumer_created(&self, c: &Consumer) -> Result<(), ApiError> {
+        let record = ConsumerRecord {
+            config: c.config(),
+            created_ns: unix_nanos(c.created),
+            state: None,
+        };
+        self.propose_control(&Control::Consumer {
+            name: c.name.clone(),
+            record: Box::new(record),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Replicates a consumer's deletion.
+    pub(crate) async fn consumer_deleted(&self, name: &str) -> Result<(), ApiError> {
+        self.propose_control(&Control::ConsumerDelete {
+            name: name.to_string(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Gives up this server's leadership of the stream (`STREAM.LEADER.STEPDOWN`): stops
+    /// ingest and the consumers (their last progress replicated first), then lets the group
+    /// elect another leader; leads on if none is elected in time. Returns the new leader.
+    pub(crate) async fn step_down(self: &Arc<Self>) -> Result<String, ApiError> {
+        if !self.is_leader() {
+            return Err(ApiError::cluster_not_leader());
+        }
+        let states: Vec<(String, Vec<u8>)> = {
+            let replicated: Vec<String> = self.shared.lock().consumers.keys().cloned().collect();
+            replicated
+                .into_iter()
+                .filter_map(|n| self.stream.consumers.get(&n).map(|c| (n, c.state_body())))
+                .collect()
+        };
+        self.step_down_local();
+        for (name, state) in states {
+            let _ = self
+                .propose_control(&Control::ConsumerState { name, state })
+                .await;
+        }
+        match self.group.step_down(STEPDOWN_WAIT).await {
+            Ok((_, name)) => {
+                tracing::info!(
+                    "JetStream cluster: stream {:?} stepped down, {name} leads it",
+                    self.name
+                );
+                Ok(name)
+            }
+            Err(e) => {
+                if self.group.status().role == Role::Leader {
+                    // Nobody took over: lead on.
+                    let (tx, rx) = watch::channel(false);
+                    *self.lead_stop.lock() = Some(tx);
+                    tokio::spawn(self.clone().lead(rx));
+                }
+                Err(ApiError::cluster_unavailable(format!(
+                    "stepdown: no other leader elected: {e}"
+                )))
+            }
+        }
+    }
+
+    /// Stops following the group (the data stays).
+    pub(crate) async fn stop(&self) {
+        let _ = self.stop.send(true);
+        self.step_down_local();
+        self.stream.shutdown();
+        if let Some(cl) = self.cluster.upgrade() {
+            cl.hub.unregister(&self.group_name());
+        }
+        self.group.shutdown().await;
+        self.catalog.remove_replicated(&self.name);
+        if let Err(e) = self.stream.store.stop() {
+            tracing::warn!("stream {}: stopping store: {e}", self.name);
+        }
+    }
+
+    /// Removes the replica's files (after `stop`).
+    pub(crate) fn destroy(&self) {
+        for c in self.stream.consumers.take_all() {
+            c.delete();
+        }
+        let _ = self.stream.store.delete();
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!("stream {}: removing {}: {e}", self.name, self.dir.display());
+        }
+    }
+
+    fn group_name(&self) -> String {
+        self.cluster
+            .upgrade()
+            .and_then(|cl| cl.assignment(&self.account, &self.name))
+            .map(|sa| sa.group)
+            .unwrap_or_default()
+    }
+
+    /// Leaves the leader's role here: stops ingest and the consumers.
+    fn step_down_local(&self) {
+        if let Some(tx) = self.lead_stop.lock().take() {
+            let _ = tx.send(true);
+        }
+        if self.leading.swap(false, Ordering::AcqRel) {
+            for c in self.stream.consumers.take_all() {
+                c.shutdown();
+            }
+        }
+    }
+
+    /// Becomes the leader here: waits for everything before its term to be applied, then
+    /// starts the consumers and ingest.
+    async fn lead(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        // The barrier: once it is applied, so is every entry of earlier terms.
+        let barrier = encode_control(&Control::Barrier);
+        let ok = tokio::select! {
+            r = self.group.propose(barrier) => r.is_ok(),
+            _ = stop.changed() => false,
+        };
+        if !ok || *stop.borrow() {
+            return;
+        }
+        self.leading.store(true, Ordering::Release);
+        tracing::info!(
+            "JetStream cluster: this server leads stream {:?} in account {:?}",
+            self.name,
+            self.account
+        );
+        self.start_consumers();
+        let subjects = self.stream.config_arc().subjects.clone();
+        let mut sub = None;
+        for s in &subjects {
+            let r = match sub.as_mut() {
+                None => self
+                    .client
+                    .subscribe(s, None, 64 * 1024)
+                    .map(|x| sub = Some(x)),
+                Some(existing) => existing.also(s, None),
+            };
+            if let Err(e) = r {
+                tracing::error!("stream {}: subscribing to {s}: {e}", self.name);
+            }
+        }
+        let Some(mut sub) = sub else { return };
+        // Announced once it listens: a server forwarding to it finds it ready.
+        if let Some(cl) = self.cluster.upgrade() {
+            cl.announce_leader(&self.account, &self.name);
+            cl.advise_leader(&self.client, &self.name);
+        }
+        let (acks, pending) = mpsc::channel(IN_FLIGHT);
+        tokio::spawn(ack_loop(self.client.clone(), pending));
+        let mut last_ts = 0i64;
+        let mut sync = tokio::time::interval(CONSUMER_SYNC);
+        let mut synced: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        loop {
+            let m = tokio::select! {
+                m = sub.next() => m,
+                _ = stop.changed() => None,
+                _ = sync.tick() => {
+                    self.sync_consumers(&mut synced).await;
+                    continue;
+                }
+            };
+            let Some(m) = m else { break };
+            let cfg = self.stream.config_arc();
+            let reply = if cfg.no_ack { None } else { m.reply.clone() };
+            // Timestamps only grow along the log, whatever the clocks of past leaders said.
+            let ts = now_nanos()
+                .max(self.max_ts.load(Ordering::Relaxed) + 1)
+                .max(last_ts + 1);
+            last_ts = ts;
+            let entry = encode_msg(ts, &m.subject, m.headers.as_deref(), &m.payload);
+            match self.group.propose_queued(entry).await {
+                Ok(fut) => {
+                    if acks.send((Box::pin(fut), reply)).await.is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        // Stopped leading (or stopped): the subscription goes with `sub`.
+        drop(sub);
+    }
+
+    /// Creates (and starts) the replicated consumers on this new leader, from their configs
+    /// and last replicated progress.
+    fn start_consumers(&self) {
+        let records = self.shared.lock().consumers.clone();
+        for (name, r) in records {
+            if self.stream.consumers.get(&name).is_some() {
+                continue;
+            }
+            let c = Consumer::new(
+                name.clone(),
+                &self.stream.consumers,
+                self.stream.dead_letter(),
+                r.config.clone(),
+                from_unix_nanos(r.created_ns),
+                None,
+                r.state.clone(),
+            );
+            match c.start() {
+                Ok(()) => self.stream.consumers.insert(c),
+                Err(e) => tracing::warn!(
+                    "stream {}: consumer {name} not started: {}",
+                    self.name,
+                    e.description
+                ),
+            }
+        }
+    }
+
+    /// Replicates the progress of each consumer that moved since the last time.
+    async fn sync_consumers(&self, synced: &mut BTreeMap<String, Vec<u8>>) {
+        let replicated: Vec<String> = self.shared.lock().consumers.keys().cloned().collect();
+        for name in replicated {
+            let Some(c) = self.stream.consumers.get(&name) else {
+                continue;
+            };
+            let state = c.state_body();
+            if synced.get(&name) == Some(&state) {
+                continue;
+            }
+            let op = Control::ConsumerState {
+                name: name.clone(),
+                state: state.clone(),
+            };
+            if self.propose_control(&op).await.is_ok() {
+                synced.insert(name, state);
+            }
+        }
+    }
+}
+
+type AckFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, Vec<u8>), RaftError>> + Send>>;
+
+/// Publishes PubAcks in proposal order as the proposals are committed and applied.
+async fn ack_loop(
+    client: InternalClient,
+    mut pending: mpsc::Receiver<(AckFuture, Option<String>)>,
+) {
+    while let Some((fut, reply)) = pending.recv().await {
+        let r = fut.await;
+        let Some(reply) = reply else { continue };
+        match r {
+            Ok((_, answer)) => {
+                let _ = client.publish(&reply, None, None, &answer);
+            }
+            // Not committed (leader lost, no quorum): no PubAck; the publisher retries.
+            Err(e) => tracing::debug!("proposal not committed: {e}"),
+        }
+    }
+}
+
+/// Follows the group's leadership: leads while this node is the leader.
+async fn follow(r: Weak<Replica>) {
+    let (mut changes, mut stop) = match r.upgrade() {
+        Some(r) => (r.group.changes(), r.stop.subscribe()),
+        None => return,
+    };
+    let mut term_led = 0u64;
+    loop {
+        {
+            let Some(r) = r.upgrade() else { return };
+            let st = r.group.status();
+            let leading_now = st.role == Role::Leader;
+            if leading_now && term_led != st.term {
+                r.step_down_local();
+                term_led = st.term;
+                let (tx, rx) = watch::channel(false);
+                *r.lead_stop.lock() = Some(tx);
+                tokio::spawn(r.clone().lead(rx));
+            } else if !leading_now && term_led != 0 {
+                term_led = 0;
+                r.step_down_local();
+                tracing::info!(
+                    "JetStream cluster: this server no longer leads stream {:?}",
+                    r.name
+                );
+            }
+        }
+        tokio::select! {
+            c = changes.changed() => if c.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ApiErrorBody {
+    code: u16,
+    err_code: u16,
+    description: String,
+}
+
+impl ApiErrorBody {
+    fn into_api(self) -> ApiError {
+        ApiError {
+            code: self.code,
+            err_code: self.err_code,
+            description: self.description,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_entries_round_trip() {
+        let e = encode_msg(
+            42,
+            "orders.new",
+            Some(b"NATS/1.0\r\nA: b\r\n\r\n"),
+            b"payload",
+        );
+        let m = decode_msg(&e).expect("decodes");
+        assert_eq!(m.ts, 42);
+        assert_eq!(m.subject, b"orders.new");
+        assert_eq!(m.headers, Some(&b"NATS/1.0\r\nA: b\r\n\r\n"[..]));
+        assert_eq!(m.payload, b"payload");
+        let e = encode_msg(-1, "x", None, b"");
+        let m = decode_msg(&e).expect("decodes");
+        assert_eq!((m.ts, m.headers, m.payload), (-1, None, &b""[..]));
+        assert!(decode_msg(&e[..5]).is_none());
+        let c = encode_control(&Control::Purge {
+            filter: None,
+            seq: 3,
+            keep: 0,
+        });
+        assert_eq!(c[0], b'J');
+    }
+}

@@ -1,0 +1,404 @@
+//! A running Raft group on this node: open it over a directory (log, vote, snapshot), propose
+//! entries, read its status (role, term, leader, each peer's progress), change its members, and
+//! answer the RPCs its peers send through the transport.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError as OrRaftError};
+use openraft::raft::{AppendEntriesRequest, ClientWriteResponse, VoteRequest, VoteResponse};
+use openraft::{Config, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+use crate::log::LogStore;
+use crate::net::{self, Contacts, NetFactory, RpcKind, Transport};
+use crate::state::SmStore;
+use crate::{codec, Data, NodeId, Peer, RaftError, StateMachine, TypeConfig};
+
+/// Timing and compaction settings of a group.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Name of the group (for logs).
+    pub name: String,
+    pub heartbeat: Duration,
+    /// Elections start after a random time in this range without a leader's word.
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// A snapshot is taken after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot (a lagging peer catches up from them).
+    pub keep_behind_snapshot: u64,
+    /// Entries sent in one AppendEntries.
+    pub max_batch: u64,
+    /// How long a proposal may wait for its commit.
+    pub propose_timeout: Duration,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            name: "group".into(),
+            heartbeat: Duration::from_millis(150),
+            election_min: Duration::from_millis(800),
+            election_max: Duration::from_millis(1600),
+            snapshot_every: 16 * 1024,
+            keep_behind_snapshot: 4 * 1024,
+            max_batch: 512,
+            propose_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// This node's role in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Candidate,
+    Follower,
+    Learner,
+    Stopped,
+}
+
+/// A peer as the leader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerProgress {
+    pub id: NodeId,
+    pub name: String,
+    /// The last index known to be on the peer (leader only).
+    pub matched: Option<u64>,
+    /// Entries the peer is behind the leader's last (leader only).
+    pub lag: Option<u64>,
+    /// Time since the peer last answered this node.
+    pub last_contact: Option<Duration>,
+    pub voter: bool,
+}
+
+/// What a group looks like from this node now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub id: NodeId,
+    pub role: Role,
+    pub term: u64,
+    /// The leader's id and name, when known.
+    pub leader: Option<(NodeId, String)>,
+    pub last_log_index: u64,
+    pub last_applied: u64,
+    /// Every member but this node.
+    pub peers: Vec<PeerProgress>,
+    /// The log was found damaged and this node does not vote yet.
+    pub vote_guarded: bool,
+}
+
+/// A Raft group member on this node. Cheap to clone.
+#[derive(Clone)]
+pub struct Group {
+    id: NodeId,
+    raft: openraft::Raft<TypeConfig>,
+    log: LogStore,
+    contacts: Contacts,
+    propose_timeout: Duration,
+}
+
+fn map_write_err(e: OrRaftError<NodeId, ClientWriteError<NodeId, Peer>>) -> RaftError {
+    match e {
+        OrRaftError::APIError(ClientWriteError::ForwardToLeader(f)) => RaftError::NotLeader {
+            leader: f
+                .leader_id
+                .map(|id| (id, f.leader_node.map(|n| n.name).unwrap_or_default())),
+        },
+        OrRaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            RaftError::Membership(e.to_string())
+        }
+        OrRaftError::Fatal(f) => RaftError::Stopped(f.to_string()),
+    }
+}
+
+impl Group {
+    /// Opens the group stored in `dir` (created when new) as node `id`, with the application's
+    /// state machine and the transport to its peers. A new group has no members until
+    /// [`Group::initialize`] (on one node) or a leader adds this node.
+    pub async fn open<S: StateMachine>(
+        id: NodeId,
+        cfg: &GroupConfig,
+        dir: &Path,
+        sm: S,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Group, RaftError> {
+        let (log, recovered) =
+            LogStore::open(&dir.join("log")).map_err(|e| RaftError::Storage(e.to_string()))?;
+        if recovered.torn_bytes > 0 {
+            tracing::warn!(
+                "raft group {}: cut {} bytes of a torn last log record",
+                cfg.name,
+                recovered.torn_bytes
+            );
+        }
+        let sm = SmStore::open(dir, sm).map_err(RaftError::Storage)?;
+        let config = Config {
+            cluster_name: cfg.name.clone(),
+            heartbeat_interval: cfg.heartbeat.as_millis() as u64,
+            election_timeout_min: cfg.election_min.as_millis() as u64,
+            election_timeout_max: cfg.election_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
+            max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
+            max_payload_entries: cfg.max_batch,
+            install_snapshot_timeout: 10_000,
+            ..Config::default()
+        };
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| RaftError::Storage(format!("config: {e}")))?,
+        );
+        let contacts = Contacts::default();
+        let factory = NetFactory {
+            transport,
+            contacts: contacts.clone(),
+        };
+        let raft = openraft::Raft::new(id, config, factory, log.clone(), sm)
+            .await
+            .map_err(|e| RaftError::Stopped(e.to_string()))?;
+        if log.vote_guarded() {
+            // Damaged log: no campaigning either until a leader has repaired it.
+            raft.runtime_config().elect(false);
+            let (r, l) = (raft.clone(), log.clone());
+            tokio::spawn(async move {
+                let mut changes = r.metrics();
+                while changes.changed().await.is_ok() {
+                    if !l.vote_guarded() {
+                        r.runtime_config().elect(true);
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(Group {
+            id,
+            raft,
+            log,
+            contacts,
+            propose_timeout: cfg.propose_timeout,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Makes `members` (this node among them) the group's first membership. Only one node
+    /// initializes a group; the others learn of it from the leader.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Peer>) -> Result<(), RaftError> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(OrRaftError::APIError(_)) => Err(RaftError::AlreadyInitialized),
+            Err(OrRaftError::Fatal(f)) => Err(RaftError::Stopped(f.to_string())),
+        }
+    }
+
+    /// Whether the group has a membership (initialized here or learned from a leader).
+    pub fn is_initialized(&self) -> bool {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().voter_ids().next().is_some()
+    }
+
+    /// Proposes `data`; on the leader, waits until it is committed (stored on a majority,
+    /// synced) and applied here, and returns its index and what applying it returned.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<(u64, Vec<u8>), RaftError> {
+        let fut = self.raft.client_write(Data(data));
+        match tokio::time::timeout(self.propose_timeout, fut).await {
+            Ok(Ok(ClientWriteResponse { log_id, data, .. })) => Ok((log_id.index, data.0)),
+            Ok(Err(e)) => Err(map_write_err(e)),
+            Err(_) => Err(RaftError::Timeout),
+        }
+    }
+
+    /// Queues `data` for proposal at once (in call order) and returns a future that resolves
+    /// like [`Group::propose`]'s.
+    pub async fn propose_queued(
+        &self,
+        data: Vec<u8>,
+    ) -> Result<impl Future<Output = Result<(u64, Vec<u8>), RaftError>> + Send + 'static, RaftError>
+    {
+        let rx = self
+            .raft
+            .client_write_ff(Data(data))
+            .await
+            .map_err(|f| RaftError::Stopped(f.to_string()))?;
+        let timeout = self.propose_timeout;
+        Ok(async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(Ok(r))) => Ok((r.log_id.index, r.data.0)),
+                Ok(Ok(Err(e))) => Err(map_write_err(OrRaftError::APIError(e))),
+                Ok(Err(_)) => Err(RaftError::Stopped("proposal dropped".into())),
+                Err(_) => Err(RaftError::Timeout),
+            }
+        })
+    }
+
+    /// Adds `id` as a voting member (as a learner first, caught up, then promoted).
+    pub async fn add_member(&self, id: NodeId, peer: Peer) -> Result<(), RaftError> {
+        self.raft
+            .add_learner(id, peer, true)
+            .await
+            .map_err(map_write_err)?;
+        let mut add = BTreeSet::new();
+        add.insert(id);
+        self.raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds(add), false)
+            .await
+            .map_err(map_write_err)?;
+        Ok(())
+    }
+
+    /// Removes `id` from the group's members.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), RaftError> {
+        let mut rm = BTreeSet::new();
+        rm.insert(id);
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveVoters(rm), false)
+            .await
+            .map_err(map_write_err)?;
+        Ok(())
+    }
+
+    /// Starts an election on this node now.
+    pub async fn campaign(&self) -> Result<(), RaftError> {
+        self.raft
+            .trigger()
+            .elect()
+            .await
+            .map_err(|f| RaftError::Stopped(f.to_string()))
+    }
+
+    /// Gives up leadership: this leader stops sending heartbeats and campaigning, so its
+    /// followers' election timers run out and one of them is elected (openraft 0.9 has no
+    /// leadership transfer). Returns the new leader; if none is elected `within`, this node
+    /// leads on (heartbeats again) and the answer is `Timeout`. The caller stops proposing
+    /// first: a proposal would reset the followers' timers.
+    pub async fn step_down(&self, within: Duration) -> Result<(NodeId, String), RaftError> {
+        let st = self.status();
+        if st.role != Role::Leader {
+            return Err(RaftError::NotLeader { leader: st.leader });
+        }
+        let rc = self.raft.runtime_config();
+        rc.heartbeat(false);
+        rc.elect(false);
+        let mut changes = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + within;
+        let result = loop {
+            let now = self.status();
+            if now.term > st.term {
+                if let Some(l) = now.leader.filter(|l| l.0 != self.id) {
+                    break Ok(l);
+                }
+            }
+            tokio::select! {
+                c = changes.changed() => if c.is_err() {
+                    break Err(RaftError::Stopped("group stopped".into()));
+                },
+                _ = tokio::time::sleep_until(deadline) => break Err(RaftError::Timeout),
+            }
+        };
+        rc.heartbeat(true);
+        if !self.log.vote_guarded() {
+            rc.elect(true);
+        }
+        result
+    }
+
+    /// The group as this node sees it now.
+    pub fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match (&m.running_state, m.state) {
+            (Err(_), _) => Role::Stopped,
+            (_, ServerState::Leader) => Role::Leader,
+            (_, ServerState::Candidate) => Role::Candidate,
+            (_, ServerState::Follower) => Role::Follower,
+            (_, ServerState::Learner) => Role::Learner,
+            (_, ServerState::Shutdown) => Role::Stopped,
+        };
+        let membership = m.membership_config.membership();
+        let name_of = |id: NodeId| {
+            membership
+                .get_node(&id)
+                .map(|n| n.name.clone())
+                .unwrap_or_default()
+        };
+        let last = m.last_log_index.unwrap_or(0);
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let contacts = self.contacts.lock().clone();
+        let now = Instant::now();
+        let peers = membership
+            .nodes()
+            .filter(|(id, _)| **id != self.id)
+            .map(|(id, n)| {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id))
+                    .map(|l| l.map_or(0, |l| l.index));
+                PeerProgress {
+                    id: *id,
+                    name: n.name.clone(),
+                    matched,
+                    lag: matched.map(|x| last.saturating_sub(x)),
+                    last_contact: contacts.get(id).map(|t| now.duration_since(*t)),
+                    voter: voters.contains(id),
+                }
+            })
+            .collect();
+        GroupStatus {
+            id: self.id,
+            role,
+            term: m.current_term,
+            leader: m.current_leader.map(|id| (id, name_of(id))),
+            last_log_index: last,
+            last_applied: m.last_applied.map_or(0, |l| l.index),
+            peers,
+            vote_guarded: self.log.vote_guarded(),
+        }
+    }
+
+    /// A receiver that changes whenever openraft's view of the group does (role, term,
+    /// leader, progress); read [`Group::status`] after each change.
+    pub fn changes(&self) -> watch::Receiver<impl Sized + Send + Sync> {
+        self.raft.metrics()
+    }
+
+    /// Answers a peer's RPC (the body as the peer's transport delivered it).
+    pub async fn handle_rpc(&self, kind: RpcKind, body: &[u8]) -> Result<Vec<u8>, String> {
+        match kind {
+            RpcKind::Append => {
+                let req: AppendEntriesRequest<TypeConfig> = codec::decode(body)?;
+                let r = self.raft.append_entries(req).await;
+                codec::encode(&r)
+            }
+            RpcKind::Vote => {
+                let req: VoteRequest<NodeId> = codec::decode(body)?;
+                if self.log.vote_guarded() {
+                    // Damaged log: never help elect anyone until a leader has repaired it.
+                    let m = self.raft.metrics().borrow().clone();
+                    let r: Result<VoteResponse<NodeId>, OrRaftError<NodeId>> =
+                        Ok(VoteResponse::new(m.vote, self.log.last_log_id(), false));
+                    return codec::encode(&r);
+                }
+                let r = self.raft.vote(req).await;
+                codec::encode(&r)
+            }
+            RpcKind::Snapshot => {
+                let (vote, snap) = net::snapshot_request(body)?;
+                let r = self.raft.install_full_snapshot(vote, snap).await;
+                codec::encode(&r)
+            }
+        }
+    }
+
+    /// Stops the group (the log's pending syncs finish).
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+        self.log.close();
+    }
+}

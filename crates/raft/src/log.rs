@@ -1,0 +1,639 @@
+//! A group's Raft log on disk: segment files of checksummed records (one entry each), the vote
+//! and the log's metadata (last purged id, damage guard) in checksummed document slots. Appends
+//! are written at once and made durable by a syncer thread (group commit: one fdatasync covers
+//! everything written before it); openraft is told an append is flushed only after its sync.
+//!
+//! Recovery reads every segment: a torn record at the very end (a write the crash cut short,
+//! never acknowledged) is cut off; a bad record with intact data after it, or a vote that can
+//! not be read back, is damage: the log is cut at the damage and the node keeps a guard that
+//! stops it from voting until a leader has replicated past it. Entries stay in memory between
+//! the last purge (snapshot) and the end.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::ops::{Bound, RangeBounds};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use natrium_store::DocFile;
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{
+    Entry, ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogId, StorageError, Vote,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, Framed};
+use crate::{NodeId, TypeConfig};
+
+/// A segment is closed and a new one started past this size.
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Errors opening a log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogStoreError {
+    #[error("raft log {dir}: {source}")]
+    Io { dir: PathBuf, source: io::Error },
+    #[error("raft log {dir}: {what}")]
+    Invalid { dir: PathBuf, what: String },
+}
+
+/// What recovery found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Entries read back intact.
+    pub entries: u64,
+    /// Bytes of a torn last record cut off.
+    pub torn_bytes: u64,
+    /// Damage found (a bad record before good data, or an unreadable vote): the index the log
+    /// was cut at.
+    pub damaged_at: Option<u64>,
+}
+
+/// The log's metadata document.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    last_purged: Option<LogId<NodeId>>,
+    /// Refuse to vote until the log holds an entry of a later term than `.0` or reaches index
+    /// `.1`.
+    guard: Option<(u64, u64)>,
+}
+
+struct Mem {
+    /// Index of `entries[0]` (meaningful when non-empty).
+    first: u64,
+    entries: VecDeque<Entry<TypeConfig>>,
+    /// Where each entry is: (segment number, offset of its record).
+    pos: VecDeque<(u64, u64)>,
+    meta: Meta,
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+}
+
+impl Mem {
+    fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.entries
+            .back()
+            .map(|e| *e.get_log_id())
+            .or(self.meta.last_purged)
+    }
+}
+
+struct Writer {
+    /// Number of the active segment.
+    seg: u64,
+    file: Arc<File>,
+    len: u64,
+    buf: Vec<u8>,
+}
+
+type Flushed = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// A queued sync: the file to sync and whom to tell.
+type SyncRequest = (Arc<File>, Flushed);
+
+struct Inner {
+    dir: PathBuf,
+    mem: Mutex<Mem>,
+    writer: Mutex<Writer>,
+    vote_doc: Mutex<DocFile>,
+    meta_doc: Mutex<DocFile>,
+    sync_tx: Mutex<Option<mpsc::Sender<SyncRequest>>>,
+}
+
+/// A group's log; clones share it (openraft reads through a clone).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+fn seg_path(dir: &Path, seg: u64) -> PathBuf {
+    dir.join(format!("{seg:016}.seg"))
+}
+
+fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(n) = name
+            .strip_suffix(".seg")
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            v.push(n);
+        }
+    }
+    v.sort_unstable();
+    Ok(v)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+}
+
+impl LogStore {
+    /// Opens (creating) the log in `dir` and reads it back.
+    pub fn open(dir: &Path) -> Result<(LogStore, Recovered), LogStoreError> {
+        let err = |source| LogStoreError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let had_vote = ["vote.0", "vote.1"]
+            .iter()
+            .any(|n| std::fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > 0));
+        let (vote_doc, vote_body) = DocFile::open(dir, "vote").map_err(err)?;
+        let (meta_doc, meta_body) = DocFile::open(dir, "meta").map_err(err)?;
+        let meta: Meta = match meta_body {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| LogStoreError::Invalid {
+                dir: dir.to_path_buf(),
+                what: format!("metadata: {e}"),
+            })?,
+            None => Meta::default(),
+        };
+        let vote: Option<Vote<NodeId>> = match &vote_body {
+            Some(b) => serde_json::from_slice(b).ok(),
+            None => None,
+        };
+        let mut rec = Recovered::default();
+        let mut mem = Mem {
+            first: 0,
+            entries: VecDeque::new(),
+            pos: VecDeque::new(),
+            meta: meta.clone(),
+            vote,
+            committed: None,
+        };
+        let segs = segments(dir).map_err(err)?;
+        let purged = meta.last_purged.map(|l| l.index);
+        let mut damage: Option<(u64, u64)> = None;
+        let mut cut: Option<(u64, u64)> = None;
+        'segs: for (i, &seg) in segs.iter().enumerate() {
+            let mut buf = Vec::new();
+            File::open(seg_path(dir, seg))
+                .and_then(|mut f| f.read_to_end(&mut buf))
+                .map_err(err)?;
+            let last_seg = i + 1 == segs.len();
+            let mut off = 0usize;
+            while off < buf.len() {
+                let rest = buf.get(off..).unwrap_or_default();
+                // The first entry follows the purged ones; with none purged the log may start
+                // at 0 (openraft's initial membership) or 1.
+                let next_index = match (mem.entries.back(), purged) {
+                    (Some(e), _) => Some(e.log_id.index + 1),
+                    (None, Some(p)) => Some(p + 1),
+                    (None, None) => None,
+                };
+                match codec::unframe(rest) {
+                    Framed::Record(body, n) => {
+                        let entry: Option<Entry<TypeConfig>> = codec::decode(body).ok();
+                        match entry {
+                            Some(e) if purged.is_some_and(|p| e.log_id.index <= p) => {}
+                            Some(e) if next_index.is_none_or(|n| e.log_id.index == n) => {
+                                if mem.entries.is_empty() {
+                                    mem.first = e.log_id.index;
+                                }
+                                mem.entries.push_back(e);
+                                mem.pos.push_back((seg, off as u64));
+                                rec.entries += 1;
+                            }
+                            _ => {
+                                damage = Some((next_index.unwrap_or(0), off as u64));
+                                cut = Some((seg, off as u64));
+                                break 'segs;
+                            }
+                        }
+                        off += n;
+                    }
+                    Framed::Short if last_seg => {
+                        rec.torn_bytes = (buf.len() - off) as u64;
+                        cut = Some((seg, off as u64));
+                        break 'segs;
+                    }
+                    Framed::Bad if last_seg && !intact_after(&buf, off) => {
+                        rec.torn_bytes = (buf.len() - off) as u64;
+                        cut = Some((seg, off as u64));
+                        break 'segs;
+                    }
+                    Framed::Short | Framed::Bad => {
+                        damage = Some((next_index.unwrap_or(0), off as u64));
+                        cut = Some((seg, off as u64));
+                        break 'segs;
+                    }
+                }
+            }
+        }
+        if let Some((seg, off)) = cut {
+            let f = open_rw(&seg_path(dir, seg)).map_err(err)?;
+            f.set_len(off).map_err(err)?;
+            f.sync_all().map_err(err)?;
+            for later in segs.iter().filter(|s| **s > seg) {
+                std::fs::remove_file(seg_path(dir, *later)).map_err(err)?;
+            }
+            sync_dir(dir).map_err(err)?;
+        }
+        if had_vote && mem.vote.is_none() {
+            // The vote was written once and can not be read back: this node may have voted in
+            // a term it no longer knows.
+            damage = damage.or(Some((mem.last_log_id().map_or(1, |l| l.index + 1), 0)));
+        }
+        let mut meta_doc = meta_doc;
+        let mut meta = mem.meta.clone();
+        if let Some((at, _)) = damage {
+            rec.damaged_at = Some(at);
+            let term = mem.last_log_id().map_or(0, |l| l.leader_id.term);
+            let guard = (term, at);
+            meta.guard = Some(meta.guard.map_or(guard, |g| g.max(guard)));
+            let body = serde_json::to_vec(&meta).unwrap_or_default();
+            meta_doc.write(&body, true).map_err(err)?;
+            tracing::error!(
+                "raft log {}: damaged at index {at}; not voting until a leader has replicated past it",
+                dir.display()
+            );
+        }
+        mem.meta = meta;
+        let seg = segs
+            .last()
+            .copied()
+            .unwrap_or(1)
+            .max(cut.map_or(0, |c| c.0));
+        let path = seg_path(dir, seg);
+        let file = open_rw(&path).map_err(err)?;
+        let len = file.metadata().map_err(err)?.len();
+        if segs.is_empty() {
+            sync_dir(dir).map_err(err)?;
+        }
+        let file = Arc::new(file);
+        let (tx, rx) = mpsc::channel::<SyncRequest>();
+        let name = dir.display().to_string();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || syncer(rx, name))
+            .map_err(err)?;
+        let inner = Inner {
+            dir: dir.to_path_buf(),
+            mem: Mutex::new(mem),
+            writer: Mutex::new(Writer {
+                seg,
+                file,
+                len,
+                buf: Vec::new(),
+            }),
+            vote_doc: Mutex::new(vote_doc),
+            meta_doc: Mutex::new(meta_doc),
+            sync_tx: Mutex::new(Some(tx)),
+        };
+        Ok((
+            LogStore {
+                inner: Arc::new(inner),
+            },
+            rec,
+        ))
+    }
+
+    /// The last entry's id (or the last purged one).
+    pub fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        self.inner.mem.lock().last_log_id()
+    }
+
+    /// Whether this node must refuse votes (its log was found damaged and no leader has
+    /// replicated past the damage yet).
+    pub fn vote_guarded(&self) -> bool {
+        self.inner.mem.lock().meta.guard.is_some()
+    }
+
+    /// Stops the syncer thread (after the syncs already asked for).
+    pub fn close(&self) {
+        self.inner.sync_tx.lock().take();
+    }
+
+    fn io_err(&self, verb: ErrorVerb, e: io::Error) -> StorageError<NodeId> {
+        StorageError::from_io_error(ErrorSubject::Logs, verb, e)
+    }
+
+    fn write_meta(&self, meta: &Meta, sync: bool) -> io::Result<()> {
+        let body = serde_json::to_vec(meta).map_err(io::Error::other)?;
+        self.inner.meta_doc.lock().write(&body, sync)
+    }
+
+    /// Clears the vote guard once the log holds an entry of a later term than the damage, or
+    /// reaches past it.
+    fn maybe_clear_guard(&self) {
+        let meta = {
+            let mut mem = self.inner.mem.lock();
+            let (Some((term, index)), Some(last)) = (mem.meta.guard, mem.last_log_id()) else {
+                return;
+            };
+            if last.leader_id.term <= term && last.index < index {
+                return;
+            }
+            mem.meta.guard = None;
+            mem.meta.clone()
+        };
+        tracing::info!(
+            "raft log {}: caught up past the damage; voting again",
+            self.inner.dir.display()
+        );
+        if let Err(e) = self.write_meta(&meta, true) {
+            tracing::error!("raft log {}: {e}", self.inner.dir.display());
+        }
+    }
+
+    fn entries(&self, range: impl RangeBounds<u64>) -> Vec<Entry<TypeConfig>> {
+        let mem = self.inner.mem.lock();
+        if mem.entries.is_empty() {
+            return Vec::new();
+        }
+        let first = mem.first;
+        let end = first + mem.entries.len() as u64;
+        let lo = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => first,
+        }
+        .max(first);
+        let hi = match range.end_bound() {
+            Bound::Included(i) => i + 1,
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => end,
+        }
+        .min(end);
+        if lo >= hi {
+            return Vec::new();
+        }
+        mem.entries
+            .range((lo - first) as usize..(hi - first) as usize)
+            .cloned()
+            .collect()
+    }
+
+    /// Writes `entries` at the end of the log; the sync is queued. (openraft's error type is
+    /// large; it is what the trait returns.)
+    #[allow(clippy::result_large_err)]
+    fn append_entries(
+        &self,
+        entries: Vec<Entry<TypeConfig>>,
+        done: Flushed,
+    ) -> Result<(), StorageError<NodeId>> {
+        let mut w = self.inner.writer.lock();
+        if w.len >= SEGMENT_BYTES {
+            // Close the full segment (synced whole) and start the next.
+            w.file
+                .sync_data()
+                .map_err(|e| self.io_err(ErrorVerb::Write, e))?;
+            let seg = w.seg + 1;
+            let file = open_rw(&seg_path(&self.inner.dir, seg))
+                .map_err(|e| self.io_err(ErrorVerb::Write, e))?;
+            sync_dir(&self.inner.dir).map_err(|e| self.io_err(ErrorVerb::Write, e))?;
+            w.seg = seg;
+            w.file = Arc::new(file);
+            w.len = 0;
+        }
+        let mut buf = std::mem::take(&mut w.buf);
+        buf.clear();
+        let mut offsets = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let body =
+                codec::encode(e).map_err(|e| self.io_err(ErrorVerb::Write, io::Error::other(e)))?;
+            offsets.push(w.len + buf.len() as u64);
+            codec::frame(&mut buf, &body);
+        }
+        let res = w.file.write_all_at(&buf, w.len);
+        if let Err(e) = res {
+            w.buf = buf;
+            return Err(self.io_err(ErrorVerb::Write, e));
+        }
+        w.len += buf.len() as u64;
+        w.buf = buf;
+        let seg = w.seg;
+        {
+            let mut mem = self.inner.mem.lock();
+            for (e, off) in entries.into_iter().zip(offsets) {
+                if mem.entries.is_empty() {
+                    mem.first = e.log_id.index;
+                }
+                mem.entries.push_back(e);
+                mem.pos.push_back((seg, off));
+            }
+        }
+        let file = w.file.clone();
+        drop(w);
+        self.maybe_clear_guard();
+        match self.inner.sync_tx.lock().as_ref() {
+            Some(tx) => {
+                if let Err(mpsc::SendError((_, done))) = tx.send((file, done)) {
+                    done(Err(io::Error::other("raft log closed")));
+                }
+            }
+            None => done(Err(io::Error::other("raft log closed"))),
+        }
+        Ok(())
+    }
+
+    /// Removes the entries from `index` on.
+    fn truncate_from(&self, index: u64) -> io::Result<()> {
+        let mut w = self.inner.writer.lock();
+        let mut mem = self.inner.mem.lock();
+        if mem.entries.is_empty() || index >= mem.first + mem.entries.len() as u64 {
+            return Ok(());
+        }
+        let keep = index.saturating_sub(mem.first) as usize;
+        let Some(&(seg, off)) = mem.pos.get(keep) else {
+            return Ok(());
+        };
+        mem.entries.truncate(keep);
+        mem.pos.truncate(keep);
+        drop(mem);
+        let dir = &self.inner.dir;
+        if seg == w.seg {
+            w.file.set_len(off)?;
+            w.file.sync_all()?;
+        } else {
+            for s in segments(dir)?.into_iter().filter(|s| *s > seg) {
+                std::fs::remove_file(seg_path(dir, s))?;
+            }
+            let f = open_rw(&seg_path(dir, seg))?;
+            f.set_len(off)?;
+            f.sync_all()?;
+            sync_dir(dir)?;
+            w.seg = seg;
+            w.file = Arc::new(f);
+        }
+        w.len = off;
+        Ok(())
+    }
+
+    /// Forgets the entries up to `upto` (they are in a snapshot) and removes whole segments.
+    fn purge_upto(&self, upto: LogId<NodeId>) -> io::Result<()> {
+        let meta = {
+            let mut mem = self.inner.mem.lock();
+            while mem
+                .entries
+                .front()
+                .is_some_and(|e| e.log_id.index <= upto.index)
+            {
+                mem.entries.pop_front();
+                mem.pos.pop_front();
+                mem.first += 1;
+            }
+            if mem.entries.is_empty() {
+                mem.first = upto.index + 1;
+            }
+            if mem.meta.last_purged.is_none_or(|p| p.index < upto.index) {
+                mem.meta.last_purged = Some(upto);
+            }
+            mem.meta.clone()
+        };
+        self.write_meta(&meta, true)?;
+        let oldest_kept = self.inner.mem.lock().pos.front().map(|p| p.0);
+        let active = self.inner.writer.lock().seg;
+        let dir = &self.inner.dir;
+        let mut removed = false;
+        for s in segments(dir)? {
+            if s < oldest_kept.unwrap_or(active) && s != active {
+                std::fs::remove_file(seg_path(dir, s))?;
+                removed = true;
+            }
+        }
+        if removed {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether an intact record follows a bad one somewhere after `off` (then the bad record is
+/// damage, not a torn tail).
+fn intact_after(buf: &[u8], off: usize) -> bool {
+    let mut i = off + 1;
+    while i + codec::FRAME < buf.len() {
+        if let Some(rest) = buf.get(i..) {
+            if let Framed::Record(body, _) = codec::unframe(rest) {
+                if codec::decode::<Entry<TypeConfig>>(body).is_ok() {
+                    return true;
+                }
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// The syncer thread: takes every queued flush, syncs each file once, then reports.
+fn syncer(rx: mpsc::Receiver<SyncRequest>, name: String) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        let mut synced: Vec<(Arc<File>, Result<(), String>)> = Vec::new();
+        for (file, done) in batch {
+            let res = match synced.iter().find(|(f, _)| Arc::ptr_eq(f, &file)) {
+                Some((_, r)) => r.clone(),
+                None => {
+                    let r = file.sync_data().map_err(|e| e.to_string());
+                    if let Err(e) = &r {
+                        tracing::error!("raft log {name}: fdatasync failed: {e}");
+                    }
+                    synced.push((file.clone(), r.clone()));
+                    r
+                }
+            };
+            done(res.map_err(io::Error::other));
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
+        Ok(self.entries(range))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        let mem = self.inner.mem.lock();
+        Ok(LogState {
+            last_purged_log_id: mem.meta.last_purged,
+            last_log_id: mem.last_log_id(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let body = serde_json::to_vec(vote).map_err(|e| {
+            StorageError::from_io_error(ErrorSubject::Vote, ErrorVerb::Write, io::Error::other(e))
+        })?;
+        self.inner
+            .vote_doc
+            .lock()
+            .write(&body, true)
+            .map_err(|e| StorageError::from_io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
+        self.inner.mem.lock().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
+        Ok(self.inner.mem.lock().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeId>>,
+    ) -> Result<(), StorageError<NodeId>> {
+        // Kept in memory only: after a restart the leader tells the node again.
+        self.inner.mem.lock().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
+        Ok(None)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        self.append_entries(entries, Box::new(move |r| callback.log_io_completed(r)))
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.truncate_from(log_id.index)
+            .map_err(|e| self.io_err(ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.purge_upto(log_id)
+            .map_err(|e| self.io_err(ErrorVerb::Delete, e))
+    }
+}
+
+#[cfg(test)]
+mod tests;

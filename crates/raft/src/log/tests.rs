@@ -1,0 +1,226 @@
+use std::io::Write;
+use std::sync::mpsc as std_mpsc;
+
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload};
+
+use super::*;
+use crate::state::SmStore;
+use crate::{Data, StateMachine};
+
+/// A state machine that keeps what it applied.
+#[derive(Default)]
+struct Applied(Vec<(u64, Vec<u8>)>);
+
+impl StateMachine for Applied {
+    fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
+        self.0.push((index, data.to_vec()));
+        index.to_le_bytes().to_vec()
+    }
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(&self.0).map_err(|e| e.to_string())
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        self.0 = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, SmStore<Applied>, tempfile::TempDir> for Builder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, SmStore<Applied>), StorageError<NodeId>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, _) = LogStore::open(&dir.path().join("log")).expect("open log");
+        let sm = SmStore::open(dir.path(), Applied::default()).expect("open sm");
+        Ok((dir, log, sm))
+    }
+}
+
+/// openraft's own conformance suite for log stores and state machines.
+#[test]
+fn passes_openraft_storage_suite() {
+    Suite::test_all(Builder).expect("suite");
+}
+
+fn entry(term: u64, index: u64, data: &[u8]) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Normal(Data(data.to_vec())),
+    }
+}
+
+/// Appends and waits for the sync.
+fn append(log: &LogStore, entries: Vec<Entry<TypeConfig>>) {
+    let (tx, rx) = std_mpsc::channel();
+    log.append_entries(
+        entries,
+        Box::new(move |r| {
+            let _ = tx.send(r.is_ok());
+        }),
+    )
+    .expect("append");
+    assert!(rx.recv().expect("flushed"), "sync succeeded");
+}
+
+fn indexes(log: &LogStore) -> Vec<u64> {
+    log.entries(..).iter().map(|e| e.log_id.index).collect()
+}
+
+fn only_segment(dir: &Path) -> PathBuf {
+    let segs = segments(dir).expect("segments");
+    assert_eq!(segs.len(), 1);
+    seg_path(dir, segs[0])
+}
+
+#[test]
+fn entries_and_vote_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    {
+        let (mut log, rec) = LogStore::open(dir.path()).expect("open");
+        assert_eq!(rec, Recovered::default());
+        append(
+            &log,
+            (1..=50).map(|i| entry(1, i, &[i as u8; 40])).collect(),
+        );
+        rt.block_on(log.save_vote(&Vote::new(3, 2))).expect("vote");
+        log.close();
+    }
+    let (mut log, rec) = LogStore::open(dir.path()).expect("reopen");
+    assert_eq!(rec.entries, 50);
+    assert_eq!(rec.damaged_at, None);
+    assert_eq!(indexes(&log), (1..=50).collect::<Vec<_>>());
+    assert_eq!(
+        rt.block_on(log.read_vote()).expect("vote"),
+        Some(Vote::new(3, 2))
+    );
+    let e = &log.entries(7..8)[0];
+    assert_eq!(e.payload, EntryPayload::Normal(Data(vec![7; 40])));
+    assert!(!log.vote_guarded());
+}
+
+#[test]
+fn a_log_starting_at_index_zero_reopens_whole() {
+    // openraft writes a new group's first membership at index 0.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (log, _) = LogStore::open(dir.path()).expect("open");
+        append(&log, (0..=5).map(|i| entry(1, i, b"m")).collect());
+        log.close();
+    }
+    let (log, rec) = LogStore::open(dir.path()).expect("reopen");
+    assert_eq!(rec.damaged_at, None);
+    assert_eq!(indexes(&log), (0..=5).collect::<Vec<_>>());
+    assert!(!log.vote_guarded());
+}
+
+#[test]
+fn a_torn_last_record_is_cut_and_is_not_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (log, _) = LogStore::open(dir.path()).expect("open");
+        append(&log, (1..=10).map(|i| entry(1, i, b"payload")).collect());
+        log.close();
+    }
+    let seg = only_segment(dir.path());
+    let len = std::fs::metadata(&seg).expect("meta").len();
+    // Half of the last record was never written.
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open seg")
+        .set_len(len - 9)
+        .expect("cut");
+    let (log, rec) = LogStore::open(dir.path()).expect("reopen");
+    assert_eq!(rec.entries, 9);
+    assert!(rec.torn_bytes > 0);
+    assert_eq!(rec.damaged_at, None);
+    assert!(!log.vote_guarded());
+    // New entries continue after the cut.
+    append(&log, vec![entry(1, 10, b"again")]);
+    log.close();
+    let (log, rec) = LogStore::open(dir.path()).expect("third open");
+    assert_eq!(rec.torn_bytes, 0);
+    assert_eq!(indexes(&log), (1..=10).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_flipped_bit_in_the_middle_is_damage_and_guards_the_vote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (log, _) = LogStore::open(dir.path()).expect("open");
+        append(&log, (1..=20).map(|i| entry(2, i, &[0xab; 100])).collect());
+        log.close();
+    }
+    let seg = only_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let pos = bytes.len() / 2;
+    bytes[pos] ^= 0x10;
+    std::fs::write(&seg, &bytes).expect("write");
+    let (log, rec) = LogStore::open(dir.path()).expect("reopen");
+    let at = rec.damaged_at.expect("damage found");
+    assert!(at > 1 && at < 20, "damage at {at}");
+    assert_eq!(
+        indexes(&log),
+        (1..at).collect::<Vec<_>>(),
+        "cut at the damage"
+    );
+    assert!(log.vote_guarded());
+    log.close();
+    // The guard is durable: a restart does not forget it.
+    let (log, _) = LogStore::open(dir.path()).expect("third open");
+    assert!(log.vote_guarded());
+    // A leader of a later term replicating to this node lifts it.
+    append(&log, vec![entry(3, at, b"repaired")]);
+    assert!(!log.vote_guarded());
+    log.close();
+    let (log, _) = LogStore::open(dir.path()).expect("fourth open");
+    assert!(!log.vote_guarded());
+}
+
+#[test]
+fn an_unreadable_vote_guards_the_vote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    {
+        let (mut log, _) = LogStore::open(dir.path()).expect("open");
+        append(&log, vec![entry(1, 1, b"x")]);
+        rt.block_on(log.save_vote(&Vote::new(1, 1))).expect("vote");
+        log.close();
+    }
+    for slot in ["vote.0", "vote.1"] {
+        let path = dir.path().join(slot);
+        let mut bytes = std::fs::read(&path).expect("read");
+        if let Some(b) = bytes.get_mut(20) {
+            *b ^= 0xff;
+        }
+        std::fs::File::create(&path)
+            .and_then(|mut f| f.write_all(&bytes))
+            .expect("write");
+    }
+    let (log, rec) = LogStore::open(dir.path()).expect("reopen");
+    assert!(rec.damaged_at.is_some());
+    assert!(log.vote_guarded());
+}
+
+#[test]
+fn truncate_and_purge_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (log, _) = LogStore::open(dir.path()).expect("open");
+        append(&log, (1..=30).map(|i| entry(1, i, b"a")).collect());
+        log.truncate_from(21).expect("truncate");
+        append(&log, (21..=25).map(|i| entry(2, i, b"b")).collect());
+        log.purge_upto(LogId::new(CommittedLeaderId::new(1, 1), 10))
+            .expect("purge");
+        log.close();
+    }
+    let (log, rec) = LogStore::open(dir.path()).expect("reopen");
+    assert_eq!(rec.damaged_at, None);
+    assert_eq!(indexes(&log), (11..=25).collect::<Vec<_>>());
+    assert_eq!(log.entries(21..22)[0].log_id.leader_id.term, 2);
+    assert_eq!(log.last_log_id().map(|l| l.index), Some(25));
+}

@@ -1,0 +1,385 @@
+//! Groups of three and four nodes in one process over an in-memory transport that can cut
+//! links: replication, leader loss, a partitioned minority, restart from disk, snapshots for a
+//! new member. Every wait is bounded.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use natrium_raft::{
+    node_id, Group, GroupConfig, NodeId, Peer, RaftError, Role, RpcKind, StateMachine, Transport,
+    TransportError,
+};
+use parking_lot::Mutex;
+
+/// Applied entries, shared with the test.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl StateMachine for Log {
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
+        let mut v = self.0.lock();
+        v.push(data.to_vec());
+        (v.len() as u64).to_le_bytes().to_vec()
+    }
+    fn snapshot(&mut self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(&*self.0.lock()).map_err(|e| e.to_string())
+    }
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        *self.0.lock() = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// An in-memory network: each node's group by id, and the links cut.
+#[derive(Default)]
+struct Net {
+    groups: Mutex<HashMap<NodeId, Group>>,
+    cut: Mutex<HashSet<(NodeId, NodeId)>>,
+}
+
+struct Link {
+    from: NodeId,
+    net: Arc<Net>,
+}
+
+impl Transport for Link {
+    fn call(
+        &self,
+        to: NodeId,
+        _peer: &Peer,
+        kind: RpcKind,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> natrium_raft::CallFuture {
+        let net = self.net.clone();
+        let from = self.from;
+        Box::pin(async move {
+            let cut = {
+                let c = net.cut.lock();
+                c.contains(&(from, to)) || c.contains(&(to, from))
+            };
+            let target = net.groups.lock().get(&to).cloned();
+            let Some(g) = target.filter(|_| !cut) else {
+                return Err(TransportError::Unreachable(format!("{to} cut off")));
+            };
+            match tokio::time::timeout(timeout, g.handle_rpc(kind, &body)).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err(TransportError::Unreachable(e)),
+                Err(_) => Err(TransportError::Timeout),
+            }
+        })
+    }
+}
+
+struct Node {
+    name: String,
+    id: NodeId,
+    dir: PathBuf,
+    group: Group,
+    state: Log,
+}
+
+fn config() -> GroupConfig {
+    GroupConfig {
+        name: "test".into(),
+        heartbeat: Duration::from_millis(50),
+        election_min: Duration::from_millis(300),
+        election_max: Duration::from_millis(600),
+        snapshot_every: 64,
+        keep_behind_snapshot: 8,
+        propose_timeout: Duration::from_secs(2),
+        ..GroupConfig::default()
+    }
+}
+
+async fn open(net: &Arc<Net>, name: &str, dir: &Path) -> Node {
+    let id = node_id(name);
+    let state = Log::default();
+    let link = Arc::new(Link {
+        from: id,
+        net: net.clone(),
+    });
+    let group = Group::open(id, &config(), dir, state.clone(), link)
+        .await
+        .expect("open group");
+    net.groups.lock().insert(id, group.clone());
+    Node {
+        name: name.to_string(),
+        id,
+        dir: dir.to_path_buf(),
+        group,
+        state,
+    }
+}
+
+async fn cluster(net: &Arc<Net>, root: &Path, names: &[&str]) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for n in names {
+        nodes.push(open(net, n, &root.join(n)).await);
+    }
+    let members: BTreeMap<NodeId, Peer> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n.id,
+                Peer {
+                    name: n.name.clone(),
+                },
+            )
+        })
+        .collect();
+    nodes[0]
+        .group
+        .initialize(members)
+        .await
+        .expect("initialize");
+    nodes
+}
+
+/// Waits (bounded) until one of `nodes` other than `not` leads and the others agree.
+async fn leader(nodes: &[&Node], not: Option<NodeId>) -> NodeId {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let leaders: Vec<NodeId> = nodes
+            .iter()
+            .filter(|n| n.group.status().role == Role::Leader)
+            .map(|n| n.id)
+            .filter(|id| Some(*id) != not)
+            .collect();
+        if let [l] = leaders[..] {
+            if nodes
+                .iter()
+                .all(|n| n.group.status().leader.map(|x| x.0) == Some(l))
+            {
+                return l;
+            }
+        }
+        assert!(Instant::now() < deadline, "no single leader in 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn wait_applied(node: &Node, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.state.0.lock().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} applied {} of {n}",
+            node.name,
+            node.state.0.lock().len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn by_id(nodes: &[Node], id: NodeId) -> &Node {
+    nodes.iter().find(|n| n.id == id).expect("node")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_in_order_and_survive_a_leader_loss() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let nodes = cluster(&net, root.path(), &["a", "b", "c"]).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l1 = leader(&all, None).await;
+    let lead = by_id(&nodes, l1);
+    for i in 0..100u32 {
+        let (_, reply) = lead
+            .group
+            .propose(i.to_le_bytes().to_vec())
+            .await
+            .expect("committed");
+        assert_eq!(
+            reply,
+            u64::from(i + 1).to_le_bytes(),
+            "applied on the leader"
+        );
+    }
+    // A follower refuses proposals and names the leader.
+    let follower = nodes.iter().find(|n| n.id != l1).expect("follower");
+    match follower.group.propose(b"x".to_vec()).await {
+        Err(RaftError::NotLeader {
+            leader: Some((id, name)),
+        }) => {
+            assert_eq!(id, l1);
+            assert_eq!(name, lead.name);
+        }
+        other => panic!("expected NotLeader, got {other:?}"),
+    }
+    for n in &nodes {
+        wait_applied(n, 100).await;
+    }
+    let expected: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    for n in &nodes {
+        assert_eq!(*n.state.0.lock(), expected, "{} applied the same", n.name);
+    }
+    let st = lead.group.status();
+    assert_eq!(st.peers.len(), 2);
+    assert!(st
+        .peers
+        .iter()
+        .all(|p| p.matched.is_some() && p.last_contact.is_some()));
+
+    // The leader goes away: the two others elect one of them and go on.
+    lead.group.shutdown().await;
+    net.groups.lock().remove(&l1);
+    let rest: Vec<&Node> = nodes.iter().filter(|n| n.id != l1).collect();
+    let started = Instant::now();
+    let l2 = leader(&rest, Some(l1)).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "election took {took:?}");
+    by_id(&nodes, l2)
+        .group
+        .propose(b"after".to_vec())
+        .await
+        .expect("committed by two of three");
+    for n in &rest {
+        wait_applied(n, 101).await;
+    }
+
+    // The old leader comes back from its directory and catches up.
+    let old = &nodes.iter().find(|n| n.id == l1).expect("old");
+    let back = open(&net, &old.name, &old.dir).await;
+    assert!(
+        !back.group.status().vote_guarded,
+        "a clean restart is not damage"
+    );
+    wait_applied(&back, 101).await;
+    assert_eq!(
+        back.state.0.lock().last().map(Vec::as_slice),
+        Some(&b"after"[..])
+    );
+    for n in nodes.iter().filter(|n| n.id != l1) {
+        n.group.shutdown().await;
+    }
+    back.group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_stops_committing_and_the_majority_goes_on() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let nodes = cluster(&net, root.path(), &["p1", "p2", "p3"]).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l1 = leader(&all, None).await;
+    by_id(&nodes, l1)
+        .group
+        .propose(b"before".to_vec())
+        .await
+        .expect("committed");
+    {
+        let mut cut = net.cut.lock();
+        for n in nodes.iter().filter(|n| n.id != l1) {
+            cut.insert((l1, n.id));
+        }
+    }
+    // The old leader can not commit alone.
+    let r = by_id(&nodes, l1).group.propose(b"lost".to_vec()).await;
+    assert!(
+        matches!(
+            r,
+            Err(RaftError::Timeout) | Err(RaftError::NotLeader { .. })
+        ),
+        "minority proposal: {r:?}"
+    );
+    let rest: Vec<&Node> = nodes.iter().filter(|n| n.id != l1).collect();
+    let l2 = leader(&rest, Some(l1)).await;
+    by_id(&nodes, l2)
+        .group
+        .propose(b"majority".to_vec())
+        .await
+        .expect("committed by the majority");
+    // Healed: the old leader follows and holds only committed entries.
+    net.cut.lock().clear();
+    let old = by_id(&nodes, l1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while old.state.0.lock().last().map(Vec::as_slice) != Some(&b"majority"[..]) {
+        assert!(Instant::now() < deadline, "old leader never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        *old.state.0.lock(),
+        vec![b"before".to_vec(), b"majority".to_vec()],
+        "the minority's entry is gone"
+    );
+    for n in &nodes {
+        n.group.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_catches_up_from_a_snapshot() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let nodes = cluster(&net, root.path(), &["s1", "s2", "s3"]).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l = by_id(&nodes, leader(&all, None).await);
+    for i in 0..300u32 {
+        l.group
+            .propose(i.to_le_bytes().to_vec())
+            .await
+            .expect("committed");
+    }
+    // Snapshots were taken and the log behind them dropped.
+    let fresh = open(&net, "s4", &root.path().join("s4")).await;
+    l.group
+        .add_member(fresh.id, Peer { name: "s4".into() })
+        .await
+        .expect("added");
+    wait_applied(&fresh, 300).await;
+    assert_eq!(*fresh.state.0.lock(), *l.state.0.lock());
+    assert!(
+        root.path().join("s4").join("snapshot").exists(),
+        "caught up through a snapshot"
+    );
+    let st = l.group.status();
+    assert!(st.peers.iter().any(|p| p.name == "s4" && p.voter));
+    for n in nodes.iter().chain(std::iter::once(&fresh)) {
+        n.group.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_steps_down_and_another_is_elected() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let nodes = cluster(&net, root.path(), &["a", "b", "c"]).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l1 = leader(&all, None).await;
+    let lead = by_id(&nodes, l1);
+    lead.group
+        .propose(b"one".to_vec())
+        .await
+        .expect("committed");
+    // A follower can not step down.
+    let follower = nodes.iter().find(|n| n.id != l1).expect("follower");
+    assert!(matches!(
+        follower.group.step_down(Duration::from_secs(1)).await,
+        Err(RaftError::NotLeader { .. })
+    ));
+    let started = Instant::now();
+    let (l2, name) = lead
+        .group
+        .step_down(Duration::from_secs(8))
+        .await
+        .expect("another leader");
+    assert_ne!(l2, l1);
+    assert_eq!(name, by_id(&nodes, l2).name);
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(leader(&all, Some(l1)).await, l2);
+    // The old leader follows and takes part again: the new leader commits, all apply.
+    by_id(&nodes, l2)
+        .group
+        .propose(b"two".to_vec())
+        .await
+        .expect("committed after the stepdown");
+    for n in &nodes {
+        wait_applied(n, 2).await;
+    }
+    for n in &nodes {
+        n.group.shutdown().await;
+    }
+}

@@ -127,6 +127,23 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and its missing parents, syncing the directory that holds each one made: a new
+/// directory's entry survives a power loss only then.
+pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(p) = parent {
+        create_dir_durable(p)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => sync_dir(parent.unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 struct BlockFiles {
     blk: Arc<File>,
     dlt: Option<Arc<File>>,
@@ -885,7 +902,7 @@ impl FileStore {
     /// Open (or create) the store in `cfg.dir`, recovering what is there, then apply `limits`.
     pub fn open(cfg: FileStoreConfig, limits: Limits) -> Result<FileStore> {
         let name: Arc<str> = Arc::from(cfg.dir.display().to_string());
-        fs::create_dir_all(&cfg.dir).map_err(|e| io_err(&name, "create directory", e))?;
+        create_dir_durable(&cfg.dir).map_err(|e| io_err(&name, "create directory", e))?;
         let Recovered {
             parts,
             recovery,

@@ -4,7 +4,7 @@
 //! The lock belongs to the open file: it is released when the `StoreDirLock` is dropped or the
 //! process dies (even by SIGKILL), never by a stale file. The file itself is left in place.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -51,7 +51,8 @@ impl StoreDirLock {
                 error,
             }
         };
-        fs::create_dir_all(dir).map_err(io("create directory"))?;
+        // Durably: the lock is taken first, so this makes the store's top directory.
+        crate::file::create_dir_durable(dir).map_err(io("create directory"))?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -101,6 +102,7 @@ impl Drop for StoreDirLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn second_lock_is_refused_with_the_holders_pid_until_the_first_is_dropped() {

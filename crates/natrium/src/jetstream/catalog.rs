@@ -389,7 +389,7 @@ impl Catalog {
     }
 
     fn write_meta(dir: &Path, cfg: &StreamConfig, created: SystemTime) -> std::io::Result<()> {
-        std::fs::create_dir_all(dir)?;
+        crate::util::fs::create_dir_all_durable(dir)?;
         let body = json!({"config": cfg, "created_ns": unix_nanos(created)});
         crate::util::fs::write_atomic(&dir.join("meta.json"), body.to_string().as_bytes())
     }

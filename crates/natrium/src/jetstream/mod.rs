@@ -53,7 +53,7 @@ impl Default for JetStreamOptions {
 /// Whether JetStream can create and sync a file in its store directory (for `/healthz`).
 pub fn check_store_writable(store_dir: &Path) -> std::io::Result<()> {
     let dir = store_dir.join("jetstream");
-    std::fs::create_dir_all(&dir)?;
+    crate::util::fs::create_dir_all_durable(&dir)?;
     let probe = dir.join(".healthz");
     {
         use std::io::Write;
@@ -263,7 +263,7 @@ impl JetStream {
             .join("jetstream")
             .join(client.account())
             .join("streams");
-        std::fs::create_dir_all(&dir)?;
+        crate::util::fs::create_dir_all_durable(&dir)?;
         let limits = account_limits.unwrap_or(AccountLimits {
             max_memory: self.opts.max_memory,
             max_file: self.opts.max_file,

@@ -1,4 +1,5 @@
-//! Atomic file replacement: a crash leaves the old content or the new, never a torn file.
+//! Atomic file replacement (a crash leaves the old content or the new, never a torn file) and
+//! durable directory creation (a new directory survives a power loss once it is made).
 
 use std::io::Write;
 use std::path::Path;
@@ -21,6 +22,24 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and its missing parents durably: after each directory is made, the directory
+/// holding it is fsynced (a new entry survives a power loss only then).
+pub fn create_dir_all_durable(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(p) = parent {
+        create_dir_all_durable(p)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +56,17 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("meta.json")]);
+    }
+
+    #[test]
+    fn creates_every_missing_level_and_accepts_an_existing_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("a").join("b").join("c");
+        create_dir_all_durable(&deep).expect("created");
+        assert!(deep.is_dir());
+        create_dir_all_durable(&deep).expect("again");
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").expect("file");
+        assert!(create_dir_all_durable(&file.join("sub")).is_err());
     }
 }

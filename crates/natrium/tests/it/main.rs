@@ -13,6 +13,7 @@ mod config_cli;
 mod consumers;
 mod deploy;
 mod durability;
+mod faults;
 mod flood;
 mod internal;
 mod jetstream;

@@ -358,7 +358,7 @@ impl Consumer {
     /// Saves config and creation time (durable consumers of file streams).
     pub(crate) fn save_meta(&self) -> std::io::Result<()> {
         let Some(dir) = &self.dir else { return Ok(()) };
-        std::fs::create_dir_all(dir)?;
+        crate::util::fs::create_dir_all_durable(dir)?;
         let created_ns = crate::util::time::unix_nanos(self.created);
         let body = json!({"name": self.name, "config": self.config(), "created_ns": created_ns});
         crate::util::fs::write_atomic(&dir.join("meta.json"), body.to_string().as_bytes())

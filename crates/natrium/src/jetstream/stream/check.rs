@@ -451,6 +451,59 @@ struct Counted {
     val: String,
 }
 
+// Kept apart from the window's other methods: rebuilding it is the restart path.
+impl Dedupe {
+    /// The window rebuilt from the messages `store` holds (at a restart), as nats-server
+    /// rebuilds it: the msg id of every message stored within `window` of `now`, and the last
+    /// message's id (if it has one) as the last msg id. Without it a client that retries a
+    /// publish whose PubAck a restart swallowed would store the message twice.
+    pub(crate) fn rebuild(store: &dyn StreamStore, now: i64, window: Duration) -> Dedupe {
+        let mut d = Dedupe::default();
+        let st = store.state();
+        if st.msgs == 0 {
+            return d;
+        }
+        let horizon = now - window.as_nanos() as i64;
+        // The first sequence inside the window: timestamps grow with sequences.
+        let (mut lo, mut hi) = (st.first_seq, st.last_seq + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match store.load_next_msg(b">", mid) {
+                Ok(m) if m.ts < horizon => lo = m.seq + 1,
+                _ => hi = mid,
+            }
+        }
+        let mut next = lo;
+        let mut last_id = None;
+        loop {
+            let m = match store.load_next_msg(b">", next) {
+                Ok(m) => m,
+                // A damaged message is skipped (it is never served).
+                Err(natrium_store::StoreError::Corrupt { seq, .. }) if seq >= next => {
+                    next = seq + 1;
+                    continue;
+                }
+                Err(_) => break,
+            };
+            let id = m
+                .headers
+                .as_deref()
+                .and_then(HeaderView::parse)
+                .and_then(|h| {
+                    h.get(b"Nats-Msg-Id")
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                });
+            if let Some(id) = &id {
+                d.record(id.clone(), m.seq, m.ts);
+            }
+            last_id = id;
+            next = m.seq + 1;
+        }
+        d.last_id = last_id;
+        d
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -700,6 +753,37 @@ mod tests {
             decide(&cfg, &st, &w, "S", &[("Nats-Msg-Id", "m2")], T0),
             Verdict::Accept(_)
         ));
+    }
+
+    #[test]
+    fn the_window_is_rebuilt_from_the_store_after_a_restart() {
+        let cfg = config(r#"{"name":"S","duplicate_window":10000000000}"#);
+        let st = MemStore::new(cfg.limits()).expect("store");
+        let put = |id: Option<&str>, ts: i64| {
+            let h = id.map(|id| headers(&[("Nats-Msg-Id", id)]));
+            st.store_msg(b"S", h.as_deref(), b"x", ts)
+                .expect("stored")
+                .seq
+        };
+        put(Some("old"), T0);
+        let a = put(Some("a"), T0 + 5 * SEC);
+        put(None, T0 + 6 * SEC);
+        let b = put(Some("b"), T0 + 7 * SEC);
+        let window = cfg.duplicate_window();
+        let now = T0 + 12 * SEC;
+        let w = Dedupe::rebuild(&st, now, window);
+        assert_eq!(w.lookup("a", now, window), Some(a));
+        assert_eq!(w.lookup("b", now, window), Some(b));
+        assert_eq!(w.lookup("old", now, window), None);
+        assert_eq!(w.ids.len(), 2);
+        assert_eq!(w.last_id.as_deref(), Some("b"));
+        let id = [("Nats-Msg-Id", "a")];
+        assert_eq!(decide(&cfg, &st, &w, "S", &id, now), Verdict::Duplicate(a));
+        // The last message has no id: nor has the window a last one.
+        put(None, T0 + 8 * SEC);
+        assert_eq!(Dedupe::rebuild(&st, now, window).last_id, None);
+        let empty = MemStore::new(cfg.limits()).expect("store");
+        assert!(Dedupe::rebuild(&empty, now, window).ids.is_empty());
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub(crate) enum Outcome {
 impl Stream {
     /// The ingest task: messages published on the stream's subjects.
     pub(super) async fn ingest(self: Arc<Self>, mut sub: InternalSubscription) {
+        // The de-dup window as the stored messages leave it (a restart must not forget the ids
+        // of messages whose PubAck it swallowed).
+        let window = self.config.read().duplicate_window();
+        self.ingest_state.lock().dedupe = Dedupe::rebuild(self.store.as_ref(), now_nanos(), window);
         loop {
             let msg = tokio::select! {
                 m = sub.next() => m,

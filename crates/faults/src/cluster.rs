@@ -542,10 +542,16 @@ impl Cluster {
         loop {
             let mut ok = true;
             for &i in &up {
-                let n = self
-                    .monitor(i, "/routez")
-                    .await
-                    .and_then(|v| v["num_routes"].as_u64());
+                // Peers, not connections: with pooled routes `num_routes` counts every
+                // connection (as nats-server 2.10 does), so count the distinct remote ids.
+                let n = self.monitor(i, "/routez").await.and_then(|v| {
+                    let ids: std::collections::BTreeSet<String> = v["routes"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|r| r["remote_id"].as_str().map(str::to_owned))
+                        .collect();
+                    Some(ids.len() as u64)
+                });
                 if n != Some(want) {
                     ok = false;
                     break;

@@ -117,6 +117,13 @@ pub(crate) struct Net {
 
 type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, Peer, E>;
 
+/// The least time an append or vote call waits for its answer. openraft 0.9 gives an append
+/// only the heartbeat interval (150 ms here): with a slower round trip (the fault harness's 214 ms
+/// of delay each way on the leader's routes) no append ever succeeded and commits stopped for as
+/// long as the delay lasted. A slower answer is still a good one; a dead peer is found by its
+/// missing answers all the same, only later.
+const MIN_RPC_TTL: Duration = Duration::from_secs(1);
+
 impl Net {
     async fn call<Req: Serialize, Resp: for<'de> Deserialize<'de>>(
         &self,
@@ -148,7 +155,7 @@ impl RaftNetwork<TypeConfig> for Net {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         let r: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
-            .call(RpcKind::Append, &rpc, option.hard_ttl())
+            .call(RpcKind::Append, &rpc, option.hard_ttl().max(MIN_RPC_TTL))
             .await
             .map_err(Self::rpc_error)?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -160,7 +167,7 @@ impl RaftNetwork<TypeConfig> for Net {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
         let r: Result<VoteResponse<NodeId>, RaftError<NodeId>> = self
-            .call(RpcKind::Vote, &rpc, option.hard_ttl())
+            .call(RpcKind::Vote, &rpc, option.hard_ttl().max(MIN_RPC_TTL))
             .await
             .map_err(Self::rpc_error)?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

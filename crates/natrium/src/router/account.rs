@@ -15,8 +15,16 @@ use parking_lot::{Mutex, RwLock};
 use super::interest::{Interest, InterestFeed, LocalInterest};
 use super::outbound::ClientStats;
 use super::rate::Rates;
-use super::subscription::{SubRef, Target};
-use super::watch::InterestWatcher;
+use super::subscription::{SubInfo, SubRef, Subscription, Target};
+
+/// A leafnode connection keeps its own view of an account's interest (what it tells the other
+/// side depends on who holds each subscription), so it watches the account's subscriptions.
+/// Told of every subscription added to (`up`) or removed from an account it watches. Called
+/// with the account's trie locked for writing, so calls keep the changes' order: it must be
+/// short and must not touch the account's trie.
+pub trait InterestWatcher: Send + Sync {
+    fn changed(&self, sub: &Subscription, up: bool);
+}
 
 /// The account of clients that belong to no named account, as in nats-server.
 pub const GLOBAL_ACCOUNT: &str = "$G";
@@ -299,36 +307,5 @@ impl Account {
             out.push(info);
         });
         out
-    }
-}
-
-/// A subscription as monitoring shows it (nats-server's `SubDetail`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SubInfo {
-    pub subject: String,
-    pub queue: Option<String>,
-    /// Empty for internal subscriptions.
-    pub sid: String,
-    /// Messages delivered to it so far.
-    pub msgs: u64,
-    /// Its auto-unsubscribe max, 0 for none.
-    pub max: u64,
-    /// The owning connection, 0 for internal subscriptions.
-    pub cid: u64,
-}
-
-impl SubInfo {
-    pub fn of(s: &super::subscription::Subscription) -> SubInfo {
-        SubInfo {
-            subject: String::from_utf8_lossy(&s.subject).into_owned(),
-            queue: s
-                .queue
-                .as_deref()
-                .map(|q| String::from_utf8_lossy(q).into_owned()),
-            sid: String::from_utf8_lossy(&s.sid).into_owned(),
-            msgs: s.delivered.load(Ordering::Relaxed),
-            max: s.max.load(Ordering::Relaxed),
-            cid: s.client_out().map_or(0, |o| o.cid),
-        }
     }
 }

@@ -4,7 +4,7 @@
 //! import into another account, or offered to an internal sink. Writers are woken once per
 //! batch, not per message.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use natrium_protocol::encode;
@@ -17,7 +17,7 @@ use smallvec::SmallVec;
 
 use super::account::Account;
 use super::imports::{self, Forward, ForwardKind};
-use super::outbound::{CloseReason, OutBuf, Outbound, STALL_MAX};
+use super::outbound::{CacheStats, CloseReason, OutBuf, Outbound, STALL_MAX};
 use super::subscription::{LeafPeer, RouteSub, SubRef, Target};
 
 /// One message to deliver. `subject` is the subject receivers see; what it is matched on may
@@ -40,15 +40,6 @@ struct MatchCache {
     /// Fan-out (plain matches plus queue groups) summed over the cached results, and its max.
     fanout_sum: u64,
     fanout_max: u64,
-}
-
-/// What a connection's match cache holds, as its publisher last reported it (once per read),
-/// for nats-server's sublist statistics.
-#[derive(Debug, Default)]
-pub struct CacheStats {
-    pub entries: AtomicU64,
-    pub fanout_sum: AtomicU64,
-    pub fanout_max: AtomicU64,
 }
 
 const MATCH_CACHE_MAX: usize = 4096;

@@ -10,25 +10,22 @@ pub mod delivery;
 pub mod imports;
 pub mod interest;
 pub mod internal;
+pub mod mapping;
 pub mod outbound;
 pub mod rate;
 pub mod sink;
 pub mod subscription;
-pub mod watch;
 
 pub use account::{
-    Account, Limits, SubInfo, SublistCounters, TooManyConnections, Totals, GLOBAL_ACCOUNT,
+    Account, InterestWatcher, Limits, SublistCounters, TooManyConnections, Totals, GLOBAL_ACCOUNT,
 };
 pub use accounts::Accounts;
-pub use delivery::{
-    publish, publish_batch, remove_subscription, CacheStats, Lagging, Msg, Publisher,
-};
+pub use delivery::{publish, publish_batch, remove_subscription, Lagging, Msg, Publisher};
 pub use interest::{Interest, InterestChange, InterestFeed};
 pub use internal::{InternalClient, InternalError, InternalSubscription};
-pub use outbound::{ClientStats, CloseReason, Outbound, SubAdded};
+pub use outbound::{CacheStats, ClientStats, CloseReason, Outbound, SubAdded};
 pub use sink::InternalMsg;
-pub use subscription::{LeafPeer, RouteSub, SubRef, Subscription, Target};
-pub use watch::InterestWatcher;
+pub use subscription::{LeafPeer, RouteSub, SubInfo, SubRef, Subscription, Target};
 
 #[cfg(test)]
 mod tests;

@@ -108,6 +108,15 @@ pub(super) struct OutBuf {
     pub(super) out_bytes: u64,
 }
 
+/// What a connection's match cache holds, as its publisher last reported it (once per read),
+/// for nats-server's sublist statistics.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub entries: AtomicU64,
+    pub fanout_sum: AtomicU64,
+    pub fanout_max: AtomicU64,
+}
+
 /// What adding a subscription to a connection's sid map did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubAdded {
@@ -162,7 +171,7 @@ pub struct Outbound {
     /// The client's name from CONNECT, for logs, traces and monitoring.
     name: Mutex<String>,
     /// The size of this connection's match cache, reported by its publisher.
-    pub cache_stats: Arc<super::delivery::CacheStats>,
+    pub cache_stats: Arc<CacheStats>,
     /// Round-trip time measured with the server's last answered PING, in nanoseconds (0 until
     /// measured).
     rtt_nanos: AtomicU64,
@@ -408,11 +417,11 @@ impl Outbound {
     }
 
     /// (subject, queue, sid) of every subscription, for monitoring.
-    pub fn subscription_list(&self) -> Vec<super::account::SubInfo> {
+    pub fn subscription_list(&self) -> Vec<super::subscription::SubInfo> {
         self.subs
             .lock()
             .values()
-            .map(|s| super::account::SubInfo::of(&s.0))
+            .map(|s| super::subscription::SubInfo::of(&s.0))
             .collect()
     }
 

@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::imports::Forward;
+use super::account::Account;
+use super::mapping::{Responses, SubjectMap};
 use super::outbound::Outbound;
 use super::sink::InternalSink;
 
@@ -224,5 +225,63 @@ impl SubRef {
             delivered: AtomicU64::new(s.delivered.load(Ordering::Relaxed)),
             deny,
         }))
+    }
+}
+
+/// What an import's internal subscription does with a message.
+pub struct Forward {
+    /// The account the message is published into.
+    pub to: Arc<Account>,
+    pub map: SubjectMap,
+    pub kind: ForwardKind,
+}
+
+impl Forward {
+    /// Whether this forwards service requests (resolved where they are published).
+    pub fn is_service(&self) -> bool {
+        matches!(self.kind, ForwardKind::Service { .. })
+    }
+}
+
+pub enum ForwardKind {
+    /// A stream import: messages flow from exporter to importer.
+    Stream,
+    /// A service import: requests flow from importer to exporter; answers come back to `importer`.
+    Service {
+        importer: Arc<Account>,
+        responses: Responses,
+    },
+    /// The reply path of a service request.
+    Response,
+}
+
+/// A subscription as monitoring shows it (nats-server's `SubDetail`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubInfo {
+    pub subject: String,
+    pub queue: Option<String>,
+    /// Empty for internal subscriptions.
+    pub sid: String,
+    /// Messages delivered to it so far.
+    pub msgs: u64,
+    /// Its auto-unsubscribe max, 0 for none.
+    pub max: u64,
+    /// The owning connection, 0 for internal subscriptions.
+    pub cid: u64,
+}
+
+impl SubInfo {
+    pub fn of(s: &Subscription) -> SubInfo {
+        SubInfo {
+            subject: String::from_utf8_lossy(&s.subject).into_owned(),
+            queue: s
+                .queue
+                .as_deref()
+                .map(|q| String::from_utf8_lossy(q).into_owned()),
+            sid: String::from_utf8_lossy(&s.sid).into_owned(),
+            msgs: s.delivered.load(Ordering::Relaxed),
+            max: s.max.load(Ordering::Relaxed),
+            cid: s.client_out().map_or(0, |o| o.cid),
+        }
     }
 }

@@ -33,48 +33,11 @@ impl RouteTls {
     /// Reads the certificate, key and CA; `insecure` skips checking peers' certificates when
     /// dialling (as nats-server's option, for tests only).
     pub fn new(opts: &TlsOptions) -> Result<RouteTls, TlsError> {
-        let insecure = opts.insecure;
         let server = TlsServer::new(opts)?;
-        let load = |what: &'static str,
-                    path: &std::path::Path|
-         -> Result<Vec<CertificateDer<'static>>, TlsError> {
-            CertificateDer::pem_file_iter(path)
-                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| TlsError::Load {
-                    what,
-                    path: path.display().to_string(),
-                    msg: e.to_string(),
-                })
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        let builder = if insecure {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify))
-        } else {
-            let ca = opts.ca_file.as_deref().ok_or_else(|| {
-                TlsError::Config(
-                    "cluster tls needs a ca_file to check the peers' certificates".into(),
-                )
-            })?;
-            let mut roots = RootCertStore::empty();
-            for c in load("CA certificate", ca)? {
-                roots.add(c).map_err(|e| TlsError::Config(e.to_string()))?;
-            }
-            builder.with_root_certificates(roots)
-        };
-        let certs = load("certificate", &opts.cert_file)?;
-        let key = PrivateKeyDer::from_pem_file(&opts.key_file).map_err(|e| TlsError::Load {
-            what: "private key",
-            path: opts.key_file.display().to_string(),
-            msg: e.to_string(),
-        })?;
-        let client = builder
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let client = client_config(
+            opts,
+            "cluster tls needs a ca_file to check the peers' certificates",
+        )?;
         Ok(RouteTls {
             acceptor: server.route_acceptor(),
             connector: TlsConnector::from(Arc::new(client)),
@@ -118,6 +81,54 @@ impl RouteTls {
             }
         }
     }
+}
+
+/// The dialling side's TLS (routes, leafnode remotes): the peer's certificate checked against
+/// `ca_file` (`missing_ca` is the error without one), or not at all with `insecure`; this
+/// server's own certificate presented when `cert_file` is set.
+pub(crate) fn client_config(opts: &TlsOptions, missing_ca: &str) -> Result<ClientConfig, TlsError> {
+    let load = |what: &'static str,
+                path: &std::path::Path|
+     -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TlsError::Load {
+                what,
+                path: path.display().to_string(),
+                msg: e.to_string(),
+            })
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = if opts.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify))
+    } else {
+        let ca = opts
+            .ca_file
+            .as_deref()
+            .ok_or_else(|| TlsError::Config(missing_ca.into()))?;
+        let mut roots = RootCertStore::empty();
+        for c in load("CA certificate", ca)? {
+            roots.add(c).map_err(|e| TlsError::Config(e.to_string()))?;
+        }
+        builder.with_root_certificates(roots)
+    };
+    if opts.cert_file.as_os_str().is_empty() {
+        return Ok(builder.with_no_client_auth());
+    }
+    let certs = load("certificate", &opts.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&opts.key_file).map_err(|e| TlsError::Load {
+        what: "private key",
+        path: opts.key_file.display().to_string(),
+        msg: e.to_string(),
+    })?;
+    builder
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| TlsError::Config(e.to_string()))
 }
 
 /// `insecure`: any certificate is taken (nats-server warns that this is not for production).

@@ -6,9 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -53,50 +51,10 @@ impl LeafConnector {
     /// From a remote's `tls {}`: `ca_file` (else the hub's certificate is not checked only with
     /// `insecure`), and `cert_file`/`key_file` when the hub asks for a client certificate.
     pub fn new(opts: &TlsOptions) -> Result<LeafConnector, TlsError> {
-        let load = |what: &'static str,
-                    path: &std::path::Path|
-         -> Result<Vec<CertificateDer<'static>>, TlsError> {
-            CertificateDer::pem_file_iter(path)
-                .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| TlsError::Load {
-                    what,
-                    path: path.display().to_string(),
-                    msg: e.to_string(),
-                })
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
-        let builder = if opts.insecure {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(NoVerify))
-        } else {
-            let ca = opts.ca_file.as_deref().ok_or_else(|| {
-                TlsError::Config(
-                    "leafnode remote tls needs a ca_file to check the hub's certificate".into(),
-                )
-            })?;
-            let mut roots = RootCertStore::empty();
-            for c in load("CA certificate", ca)? {
-                roots.add(c).map_err(|e| TlsError::Config(e.to_string()))?;
-            }
-            builder.with_root_certificates(roots)
-        };
-        let config = if opts.cert_file.as_os_str().is_empty() {
-            builder.with_no_client_auth()
-        } else {
-            let certs = load("certificate", &opts.cert_file)?;
-            let key = PrivateKeyDer::from_pem_file(&opts.key_file).map_err(|e| TlsError::Load {
-                what: "private key",
-                path: opts.key_file.display().to_string(),
-                msg: e.to_string(),
-            })?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| TlsError::Config(e.to_string()))?
-        };
+        let config = crate::cluster::tls::client_config(
+            opts,
+            "leafnode remote tls needs a ca_file to check the hub's certificate",
+        )?;
         Ok(LeafConnector {
             connector: TlsConnector::from(Arc::new(config)),
             timeout: opts.timeout,
@@ -145,55 +103,4 @@ pub async fn read_first_line(stream: &mut (impl AsyncRead + Unpin)) -> Result<Ve
     tokio::time::timeout(Duration::from_secs(2), read)
         .await
         .map_err(|_| "no INFO from the hub in time".to_string())?
-}
-
-/// `insecure`: any certificate is taken (nats-server warns that this is not for production).
-#[derive(Debug)]
-struct NoVerify;
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }

@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
+
+use crate::util::readbuf::ReadBuf;
 use natrium_protocol::route::{parse_route_op_in, RouteConnect, RouteInfo, RouteOp};
 use natrium_protocol::{encode, ParseError, Parsed};
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::mesh::Mesh;
@@ -250,8 +252,7 @@ async fn read_loop(
         Stage::AwaitConnect
     };
     let mut publisher = Publisher::for_route(route.rid);
-    let mut buf = BytesMut::with_capacity(MIN_READ);
-    let mut read_size = MIN_READ;
+    let mut buf = ReadBuf::new(MIN_READ, MAX_READ);
     let (every, ping_max) = mesh.ping();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -264,10 +265,6 @@ async fn read_loop(
     // The account of a dedicated route, once its handshake is done.
     let mut dedicated: Option<Arc<Account>> = None;
     loop {
-        if buf.capacity() - buf.len() < read_size {
-            buf.reserve(read_size);
-        }
-        let room = buf.capacity() - buf.len();
         tokio::select! {
             biased;
             _ = out.killed() => {
@@ -276,14 +273,11 @@ async fn read_loop(
             _ = shutdown.changed() => {
                 return Closing { reason: CloseReason::ServerShutdown, err: None, log: None };
             }
-            r = rd.read_buf(&mut buf) => {
-                let n = match r {
+            r = buf.read_from(rd) => {
+                match r {
                     Ok(0) => return Closing { reason: CloseReason::ClientClosed, err: None, log: None },
                     Err(_) => return Closing { reason: CloseReason::ReadError, err: None, log: None },
-                    Ok(n) => n,
-                };
-                if n >= room {
-                    read_size = (read_size * 2).min(MAX_READ);
+                    Ok(_) => {}
                 }
                 let mut pos = 0;
                 let result = loop {
@@ -431,9 +425,7 @@ async fn read_loop(
                 if let Err(c) = result {
                     return c;
                 }
-                if buf.is_empty() && buf.capacity() > 2 * MAX_READ {
-                    buf = BytesMut::with_capacity(read_size);
-                }
+                buf.settle();
             }
             _ = ping.tick() => {
                 if pings_out + 1 > ping_max {

@@ -7,12 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use natrium_protocol::{
     encode, headers, parse_op, ClientOp, ConnectInfo, Limits, ParseError, Parsed,
 };
 use natrium_subjects::{is_valid_publish_subject, is_valid_queue, is_valid_subject};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::Client;
 use super::context::{ConnContext, ConnSettings};
@@ -27,6 +27,7 @@ use crate::router::{
     remove_subscription, Account, CloseReason, Msg, Outbound, Publisher, SubAdded, Subscription,
     GLOBAL_ACCOUNT,
 };
+use crate::util::readbuf::ReadBuf;
 
 /// The first PING after CONNECT comes this soon (or at the ping interval if shorter), plus up
 /// to a fifth more at random, as nats-server sends it: its PONG measures the round-trip time
@@ -234,10 +235,8 @@ impl Conn {
     }
 
     async fn read_loop<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> CloseReason {
-        let mut rbuf = BytesMut::with_capacity(MIN_READ);
-        // How much room the next read gets: doubled when a read fills it, halved when reads stay
-        // small, so a busy publisher gets 64 KiB reads and an idle connection keeps 512 bytes.
-        let mut read_size = MIN_READ;
+        // A busy publisher gets 64 KiB reads and an idle connection keeps 512 bytes.
+        let mut rbuf = ReadBuf::new(MIN_READ, MAX_READ);
         let new_ping = |every: Duration| {
             let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             // After a stall, do not fire the missed pings back to back (that would look stale).
@@ -272,31 +271,16 @@ impl Conn {
                     auth_deadline.as_mut().reset(at);
                 }
             }
-            if rbuf.capacity() - rbuf.len() < read_size {
-                rbuf.reserve(read_size);
-            }
-            // One read takes at most `read_size` bytes even when the buffer has grown larger
-            // (BytesMut doubles when it reserves around a partial message): a read is one
-            // delivery batch, and a batch of megabytes outgrew the receivers' staging buffers,
-            // which were then dropped and regrown (callgrind, fan-out 1 -> 4: a sixth of the
-            // server's instructions went to that regrowth).
-            let room = (rbuf.capacity() - rbuf.len()).min(read_size);
-            let mut limited = (&mut rbuf).limit(room);
             let fatal = tokio::select! {
                 biased;
                 _ = self.out.killed() => {
                     return self.out.close_reason().unwrap_or(CloseReason::ServerShutdown);
                 }
                 _ = shutdown.changed() => return CloseReason::ServerShutdown,
-                r = rd.read_buf(&mut limited) => match r {
+                r = rbuf.read_from(rd) => match r {
                     Ok(0) => return CloseReason::ClientClosed,
                     Err(_) => return CloseReason::ReadError,
-                    Ok(n) => {
-                        if n >= room {
-                            read_size = (read_size * 2).min(MAX_READ);
-                        } else if n < read_size / 4 {
-                            read_size = (read_size / 2).max(MIN_READ);
-                        }
+                    Ok(_) => {
                         let mut r = self.process(&mut rbuf);
                         while r.is_ok() {
                             let Some(info) = self.pending_connect.take() else { break };
@@ -349,9 +333,7 @@ impl Conn {
                 }
                 return f.reason;
             }
-            if rbuf.is_empty() && rbuf.capacity() > 2 * MAX_READ {
-                rbuf = BytesMut::with_capacity(read_size);
-            }
+            rbuf.settle();
         }
     }
 

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
+
+use crate::util::readbuf::ReadBuf;
 use natrium_protocol::leaf::{parse_leaf_op, LeafConnect, LeafInfo, LeafOp};
 use natrium_protocol::{encode, ParseError, Parsed};
 use natrium_subjects::matches;
@@ -278,8 +280,7 @@ async fn read_loop(
     };
     let mut publisher: Option<Publisher> = None;
     let mut deny_in: Vec<Box<[u8]>> = Vec::new();
-    let mut buf = BytesMut::with_capacity(MIN_READ);
-    let mut read_size = MIN_READ;
+    let mut buf = ReadBuf::new(MIN_READ, MAX_READ);
     let settings = leafs.conns().settings();
     let every = settings.ping_interval.max(Duration::from_millis(100));
     let ping_max = settings.ping_max.max(1);
@@ -291,24 +292,17 @@ async fn read_loop(
     let mut shutdown = leafs.conns().shutdown_rx();
     let (mut in_msgs, mut in_bytes) = (0u64, 0u64);
     loop {
-        if buf.capacity() - buf.len() < read_size {
-            buf.reserve(read_size);
-        }
-        let room = buf.capacity() - buf.len();
         tokio::select! {
             biased;
             _ = out.killed() => {
                 return Closing::quiet(out.close_reason().unwrap_or(CloseReason::ServerShutdown));
             }
             _ = shutdown.changed() => return Closing::quiet(CloseReason::ServerShutdown),
-            r = rd.read_buf(&mut buf) => {
-                let n = match r {
+            r = buf.read_from(rd) => {
+                match r {
                     Ok(0) => return Closing::quiet(CloseReason::ClientClosed),
                     Err(_) => return Closing::quiet(CloseReason::ReadError),
-                    Ok(n) => n,
-                };
-                if n >= room {
-                    read_size = (read_size * 2).min(MAX_READ);
+                    Ok(_) => {}
                 }
                 let mut pos = 0;
                 let mut result = Ok(());
@@ -474,9 +468,7 @@ async fn read_loop(
                 if let Err(c) = result {
                     return c;
                 }
-                if buf.is_empty() && buf.capacity() > 2 * MAX_READ {
-                    buf = BytesMut::with_capacity(read_size);
-                }
+                buf.settle();
             }
             _ = ping.tick() => {
                 if pings_out + 1 > ping_max {

@@ -1,7 +1,9 @@
 //! The base layer: small helpers every other layer may use (time conversions and RFC 3339,
-//! atomic file writes) and the versions. It imports nothing from the rest of the crate.
+//! atomic file writes, a connection's adaptive read buffer) and the versions. It imports nothing
+//! from the rest of the crate.
 
 pub mod fs;
+pub mod readbuf;
 pub mod time;
 
 /// The nats-server release whose client-visible behaviour Natrium implements (sent in INFO,

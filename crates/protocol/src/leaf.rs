@@ -3,11 +3,10 @@
 //! `LS- subject [queue]`) and messages (`LMSG subject [reply | + reply queues | | queues] size`,
 //! `HMSG ... hdr_size total_size`) carry no account. Also the leaf CONNECT and INFO documents.
 
-use memchr::memchr;
 use serde::{Deserialize, Serialize};
 
-use crate::parse::{is_space, parse_size, trim, trim_start, Args, ParseError, Parsed};
-use crate::route::MAX_ROUTE_CONTROL_LINE;
+use crate::parse::{parse_size, trim, Args, ParseError, Parsed};
+use crate::route::control_line;
 
 /// One operation from the other server, borrowing from the read buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -41,24 +40,9 @@ pub enum LeafOp<'a> {
 
 /// Parses one operation from the front of `buf`.
 pub fn parse_leaf_op(buf: &[u8], max_payload: usize) -> Result<Parsed<LeafOp<'_>>, ParseError> {
-    let Some(nl) = memchr(b'\n', buf) else {
-        if buf.len() > MAX_ROUTE_CONTROL_LINE {
-            return Err(ParseError::ControlLineTooLong);
-        }
+    let Some((name, args, after)) = control_line(buf)? else {
         return Ok(Parsed::Incomplete { total: None });
     };
-    if nl > MAX_ROUTE_CONTROL_LINE {
-        return Err(ParseError::ControlLineTooLong);
-    }
-    let line_end = if nl > 0 && buf[nl - 1] == b'\r' {
-        nl - 1
-    } else {
-        nl
-    };
-    let line = trim_start(&buf[..line_end]);
-    let after = nl + 1;
-    let name_end = line.iter().position(|c| is_space(*c)).unwrap_or(line.len());
-    let (name, args) = line.split_at(name_end);
     let is = |n: &[u8]| n.eq_ignore_ascii_case(name);
     let op = if is(b"PING") {
         LeafOp::Ping

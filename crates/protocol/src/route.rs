@@ -68,24 +68,9 @@ pub fn parse_route_op_in(
     max_payload: usize,
     implied_account: bool,
 ) -> Result<Parsed<RouteOp<'_>>, ParseError> {
-    let Some(nl) = memchr(b'\n', buf) else {
-        if buf.len() > MAX_ROUTE_CONTROL_LINE {
-            return Err(ParseError::ControlLineTooLong);
-        }
+    let Some((name, args, after)) = control_line(buf)? else {
         return Ok(Parsed::Incomplete { total: None });
     };
-    if nl > MAX_ROUTE_CONTROL_LINE {
-        return Err(ParseError::ControlLineTooLong);
-    }
-    let line_end = if nl > 0 && buf[nl - 1] == b'\r' {
-        nl - 1
-    } else {
-        nl
-    };
-    let line = trim_start(&buf[..line_end]);
-    let after = nl + 1;
-    let name_end = line.iter().position(|c| is_space(*c)).unwrap_or(line.len());
-    let (name, args) = line.split_at(name_end);
     let upper = |n: &[u8]| n.eq_ignore_ascii_case(name);
     let op = if upper(b"PING") {
         RouteOp::Ping
@@ -171,6 +156,29 @@ pub fn parse_route_op_in(
 
 /// Heuristic for an old-style `LS- account subject queue`: an account name has no dot, a
 /// subject usually has one. Only used to tell the two three-argument forms apart.
+/// The control line at the front of a peer's (route's or leaf's) bytes: its operation name,
+/// its arguments and where the line ends; `None` while the line is incomplete.
+pub(crate) fn control_line(buf: &[u8]) -> Result<Option<(&[u8], &[u8], usize)>, ParseError> {
+    let Some(nl) = memchr(b'\n', buf) else {
+        if buf.len() > MAX_ROUTE_CONTROL_LINE {
+            return Err(ParseError::ControlLineTooLong);
+        }
+        return Ok(None);
+    };
+    if nl > MAX_ROUTE_CONTROL_LINE {
+        return Err(ParseError::ControlLineTooLong);
+    }
+    let line_end = if nl > 0 && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
+    let line = trim_start(&buf[..line_end]);
+    let name_end = line.iter().position(|c| is_space(*c)).unwrap_or(line.len());
+    let (name, args) = line.split_at(name_end);
+    Ok(Some((name, args, nl + 1)))
+}
+
 fn is_subject_like(s: &[u8]) -> bool {
     s.contains(&b'.')
 }

@@ -633,7 +633,7 @@ impl Delivery {
             // A batch for a destination: match where it maps to, present the message as it is.
             let mapped = f.map.apply(&to);
             let found = f.to.matches(&mapped);
-            self.deliver_to = Some(mapped.clone());
+            self.deliver_to = Some(mapped);
             let delivered = self.deliver_all(&f.to, &found, m, next);
             self.deliver_to = Some(to);
             return delivered;

@@ -156,9 +156,12 @@ pub fn parse_route_op_in(
 
 /// Heuristic for an old-style `LS- account subject queue`: an account name has no dot, a
 /// subject usually has one. Only used to tell the two three-argument forms apart.
+/// A control line's operation name, its arguments, and the offset just past the line.
+pub(crate) type ControlLine<'a> = (&'a [u8], &'a [u8], usize);
+
 /// The control line at the front of a peer's (route's or leaf's) bytes: its operation name,
 /// its arguments and where the line ends; `None` while the line is incomplete.
-pub(crate) fn control_line(buf: &[u8]) -> Result<Option<(&[u8], &[u8], usize)>, ParseError> {
+pub(crate) fn control_line(buf: &[u8]) -> Result<Option<ControlLine<'_>>, ParseError> {
     let Some(nl) = memchr(b'\n', buf) else {
         if buf.len() > MAX_ROUTE_CONTROL_LINE {
             return Err(ParseError::ControlLineTooLong);

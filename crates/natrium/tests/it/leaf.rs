@@ -7,12 +7,13 @@
 //! `NATRIUM_REQUIRE_NATS_SERVER` is set, as CI does).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
 use natrium::{Options, Server};
 
+use crate::common::goserver::{nats_server_binary, GoServer};
 use crate::common::{eventually, get_json, start};
 
 /// Starts Natrium from config `text` (written to `dir/name.conf`), clients on a random port.
@@ -824,36 +825,6 @@ async fn an_edge_keeps_its_own_streams_reached_through_its_domain() {
 
 // ---- With Debian's nats-server ----
 
-/// A nats-server process, killed when dropped.
-struct GoServer {
-    child: Child,
-    client_port: u16,
-}
-
-impl Drop for GoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats_server_binary() -> Option<String> {
-    let found = Command::new("nats-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        return Some("nats-server".into());
-    }
-    if std::env::var_os("NATRIUM_REQUIRE_NATS_SERVER").is_some() {
-        panic!("nats-server is required (NATRIUM_REQUIRE_NATS_SERVER) but not installed");
-    }
-    eprintln!("notice: nats-server not installed; skipping the leafnode interop test");
-    None
-}
-
 /// Starts nats-server with config `text` on a random client port (read from its ports file).
 fn go_server(bin: &str, dir: &Path, name: &str, text: &str) -> GoServer {
     let conf = dir.join(format!("{name}.conf"));
@@ -903,7 +874,7 @@ async fn go_leafz(monitor: u16) -> serde_json::Value {
 
 #[tokio::test]
 async fn natrium_leaf_joins_a_nats_server_hub_and_survives_its_restart() {
-    let Some(bin) = nats_server_binary() else {
+    let Some(bin) = nats_server_binary("the leafnode interop test") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -961,7 +932,7 @@ async fn natrium_leaf_joins_a_nats_server_hub_and_survives_its_restart() {
 
 #[tokio::test]
 async fn leafnode_tls_with_nats_server_on_either_side() {
-    let Some(bin) = nats_server_binary() else {
+    let Some(bin) = nats_server_binary("the leafnode interop test") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1031,7 +1002,7 @@ async fn leafnode_tls_with_nats_server_on_either_side() {
 
 #[tokio::test]
 async fn nats_server_leaf_joins_a_natrium_hub() {
-    let Some(bin) = nats_server_binary() else {
+    let Some(bin) = nats_server_binary("the leafnode interop test") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

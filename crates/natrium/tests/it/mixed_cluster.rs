@@ -3,44 +3,15 @@
 //! cross both ways, and clients learn both servers. Skipped with a notice when nats-server is
 //! not installed, unless `NATRIUM_REQUIRE_NATS_SERVER` is set (as CI does).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
 use natrium::options::ClusterOptions;
 use natrium::Options;
 
+use crate::common::goserver::{nats_server_binary, GoServer};
 use crate::common::{eventually, opts, start};
-
-/// A nats-server process, killed when dropped.
-struct GoServer {
-    child: Child,
-    client_port: u16,
-}
-
-impl Drop for GoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats_server_binary() -> Option<String> {
-    let found = Command::new("nats-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if found {
-        return Some("nats-server".into());
-    }
-    if std::env::var_os("NATRIUM_REQUIRE_NATS_SERVER").is_some() {
-        panic!("nats-server is required (NATRIUM_REQUIRE_NATS_SERVER) but not installed");
-    }
-    eprintln!("notice: nats-server not installed; skipping the mixed-cluster test");
-    None
-}
 
 /// Starts nats-server in cluster `c1`, routing to `route_port`, on random ports.
 fn go_server(bin: &str, route_port: u16, dir: &std::path::Path) -> GoServer {
@@ -79,7 +50,7 @@ fn go_server(bin: &str, route_port: u16, dir: &std::path::Path) -> GoServer {
 
 #[tokio::test]
 async fn natrium_and_nats_server_form_one_cluster() {
-    let Some(bin) = nats_server_binary() else {
+    let Some(bin) = nats_server_binary("the mixed-cluster test") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");

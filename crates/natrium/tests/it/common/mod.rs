@@ -2,6 +2,7 @@
 //! cases a well-behaved client library cannot produce.
 #![allow(dead_code)]
 
+pub mod goserver;
 pub mod jwt;
 pub mod pki;
 

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError as OrRaftError};
-use openraft::raft::{AppendEntriesRequest, ClientWriteResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, ClientWriteResponse, VoteRequest, VoteResponse,
+};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
@@ -373,7 +375,19 @@ impl Group {
         match kind {
             RpcKind::Append => {
                 let req: AppendEntriesRequest<TypeConfig> = codec::decode(body)?;
+                let guarded = self.log.vote_guarded();
+                let upto = req
+                    .entries
+                    .last()
+                    .map(|e| e.log_id.index)
+                    .or(req.prev_log_id.map(|p| p.index));
+                let leader_commit = req.leader_commit.map(|c| c.index);
                 let r = self.raft.append_entries(req).await;
+                if guarded && matches!(r, Ok(AppendEntriesResponse::Success)) {
+                    // Damaged log: it now matches the leader's up to `upto` (see
+                    // `LogStore::leader_matched`).
+                    self.log.leader_matched(upto, leader_commit);
+                }
                 codec::encode(&r)
             }
             RpcKind::Vote => {

@@ -6,7 +6,7 @@
 //! acknowledged (to the leader, or counted by the leader for itself) only after the fdatasync
 //! that covers it (group commit: one sync for everything written meanwhile); the vote is synced
 //! before it is answered. A log found damaged in its middle makes the node refuse to vote until
-//! the leader has brought it back past the damage.
+//! a leader has given back everything it may have acknowledged (docs/REPLICATION.md).
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]

@@ -4,10 +4,11 @@
 //! everything written before it); openraft is told an append is flushed only after its sync.
 //!
 //! Recovery reads every segment: a torn record at the very end (a write the crash cut short,
-//! never acknowledged) is cut off; a bad record with intact data after it, or a vote that can
-//! not be read back, is damage: the log is cut at the damage and the node keeps a guard that
-//! stops it from voting until a leader has replicated past it. Entries stay in memory between
-//! the last purge (snapshot) and the end.
+//! never acknowledged) is cut off; a bad record with intact data after it, or a vote or
+//! metadata slot that fails its check, is damage: the log is cut at the damage and the node
+//! keeps a guard that stops it from voting until its log, synced, again holds everything a
+//! leader may have counted on it for (see [`LogStore::leader_matched`]). Entries stay in memory
+//! between the last purge (snapshot) and the end.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -58,8 +59,10 @@ pub struct Recovered {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Meta {
     last_purged: Option<LogId<NodeId>>,
-    /// Refuse to vote until the log holds an entry of a later term than `.0` or reaches index
-    /// `.1`.
+    /// Damage guard: (highest term the node may have known before the damage, `u64::MAX`
+    /// when its vote was unreadable; the index the log was cut at). The node refuses to vote
+    /// until its synced log holds an entry of a later term than `.0`, or matches a leader's
+    /// up to that leader's commit index (see `Mem::repair_to`).
     guard: Option<(u64, u64)>,
 }
 
@@ -72,6 +75,12 @@ struct Mem {
     meta: Meta,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
+    /// The last entry known to be synced (kept while guarded).
+    synced: Option<LogId<NodeId>>,
+    /// While guarded: the highest commit index a leader announced, and the highest index up
+    /// to which this log is known to match a leader's (a successful AppendEntries).
+    repair_to: Option<u64>,
+    matched: Option<u64>,
 }
 
 impl Mem {
@@ -151,12 +160,18 @@ impl LogStore {
             dir: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(err)?;
+        // Made durably (each new level's parent synced): the log's entries are acknowledged
+        // only once synced, and a directory entry lost to a power cut would take them along.
+        natrium_store::create_dir_durable(dir).map_err(err)?;
         let had_vote = ["vote.0", "vote.1"]
             .iter()
             .any(|n| std::fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > 0));
         let (vote_doc, vote_body) = DocFile::open(dir, "vote").map_err(err)?;
         let (meta_doc, meta_body) = DocFile::open(dir, "meta").map_err(err)?;
+        // A slot that held a document and fails its check now may have been the newest: the
+        // other one is older (a vote of an earlier term, a guard not yet written).
+        let vote_suspect = vote_doc.suspect();
+        let meta_suspect = meta_doc.suspect();
         let meta: Meta = match meta_body {
             Some(b) => serde_json::from_slice(&b).map_err(|e| LogStoreError::Invalid {
                 dir: dir.to_path_buf(),
@@ -176,6 +191,9 @@ impl LogStore {
             meta: meta.clone(),
             vote,
             committed: None,
+            synced: None,
+            repair_to: None,
+            matched: None,
         };
         let segs = segments(dir).map_err(err)?;
         let purged = meta.last_purged.map(|l| l.index);
@@ -245,26 +263,38 @@ impl LogStore {
             }
             sync_dir(dir).map_err(err)?;
         }
-        if had_vote && mem.vote.is_none() {
-            // The vote was written once and can not be read back: this node may have voted in
-            // a term it no longer knows.
+        let vote_lost = vote_suspect || (had_vote && mem.vote.is_none());
+        if vote_lost || meta_suspect {
+            // The vote was written and can not be read back (this node may have voted in a term
+            // it no longer knows), or the log's metadata may be older than it was (a guard or
+            // purge forgotten).
             damage = damage.or(Some((mem.last_log_id().map_or(1, |l| l.index + 1), 0)));
         }
         let mut meta_doc = meta_doc;
         let mut meta = mem.meta.clone();
         if let Some((at, _)) = damage {
             rec.damaged_at = Some(at);
-            let term = mem.last_log_id().map_or(0, |l| l.leader_id.term);
-            let guard = (term, at);
-            meta.guard = Some(meta.guard.map_or(guard, |g| g.max(guard)));
+            // Every entry the node held came from a leader of a term its vote had reached: an
+            // entry of a later term than the vote's can only come from a leader elected since.
+            let term = if vote_lost {
+                u64::MAX
+            } else {
+                let voted = mem.vote.map_or(0, |v| v.leader_id.term);
+                voted.max(mem.last_log_id().map_or(0, |l| l.leader_id.term))
+            };
+            meta.guard = Some(match meta.guard {
+                Some((t, i)) => (t.max(term), i.min(at)),
+                None => (term, at),
+            });
             let body = serde_json::to_vec(&meta).unwrap_or_default();
             meta_doc.write(&body, true).map_err(err)?;
             tracing::error!(
-                "raft log {}: damaged at index {at}; not voting until a leader has replicated past it",
+                "raft log {}: damaged at index {at}; not voting until a leader has repaired it",
                 dir.display()
             );
         }
         mem.meta = meta;
+        mem.synced = mem.last_log_id();
         let seg = segs
             .last()
             .copied()
@@ -276,6 +306,9 @@ impl LogStore {
         if segs.is_empty() {
             sync_dir(dir).map_err(err)?;
         }
+        // What was read back may be in the page cache only (a crash of the process, not of the
+        // machine): synced now, it counts as durable (`Mem::synced`).
+        file.sync_data().map_err(err)?;
         let file = Arc::new(file);
         let (tx, rx) = mpsc::channel::<SyncRequest>();
         let name = dir.display().to_string();
@@ -329,18 +362,61 @@ impl LogStore {
         self.inner.meta_doc.lock().write(&body, sync)
     }
 
-    /// Clears the vote guard once the log holds an entry of a later term than the damage, or
-    /// reaches past it.
+    /// While guarded, a leader's AppendEntries succeeded here: this log matches the leader's
+    /// up to `upto`, and the leader had committed up to `leader_commit`. Entries committed
+    /// with this node's acknowledgements from before the damage are at or below a leader's
+    /// commit index; once the log matches a leader's that far, synced, the guard is lifted.
+    pub(crate) fn leader_matched(&self, upto: Option<u64>, leader_commit: Option<u64>) {
+        {
+            let mut mem = self.inner.mem.lock();
+            if mem.meta.guard.is_none() {
+                return;
+            }
+            // No commit announced yet: nothing is known to be required; wait for one.
+            let Some(c) = leader_commit else { return };
+            mem.repair_to = mem.repair_to.max(Some(c));
+            mem.matched = mem.matched.max(upto);
+        }
+        self.maybe_clear_guard();
+    }
+
+    /// While guarded: the entries up to `last` are synced.
+    fn synced_to(&self, last: LogId<NodeId>) {
+        {
+            let mut mem = self.inner.mem.lock();
+            if mem.meta.guard.is_none() {
+                return;
+            }
+            // A truncation since the append may have removed or replaced it.
+            let at = last.index.checked_sub(mem.first).map(|i| i as usize);
+            if at
+                .and_then(|i| mem.entries.get(i))
+                .is_some_and(|e| e.log_id == last)
+            {
+                mem.synced = mem.synced.max(Some(last));
+            }
+        }
+        self.maybe_clear_guard();
+    }
+
+    /// Clears the vote guard once the synced log holds an entry of a later term than the node
+    /// knew before the damage, or matches a leader's up to that leader's commit index.
     fn maybe_clear_guard(&self) {
         let meta = {
             let mut mem = self.inner.mem.lock();
-            let (Some((term, index)), Some(last)) = (mem.meta.guard, mem.last_log_id()) else {
+            let (Some((term, _)), Some(synced)) = (mem.meta.guard, mem.synced) else {
                 return;
             };
-            if last.leader_id.term <= term && last.index < index {
+            let later_term = synced.leader_id.term > term;
+            let repaired = mem.repair_to.is_some_and(|target| {
+                synced.index >= target && mem.matched.is_some_and(|m| m >= target)
+            });
+            if !later_term && !repaired {
                 return;
             }
             mem.meta.guard = None;
+            mem.repair_to = None;
+            mem.matched = None;
             mem.meta.clone()
         };
         tracing::info!(
@@ -402,6 +478,7 @@ impl LogStore {
             w.file = Arc::new(file);
             w.len = 0;
         }
+        let last = entries.last().map(|e| *e.get_log_id());
         let mut buf = std::mem::take(&mut w.buf);
         buf.clear();
         let mut offsets = Vec::with_capacity(entries.len());
@@ -419,7 +496,7 @@ impl LogStore {
         w.len += buf.len() as u64;
         w.buf = buf;
         let seg = w.seg;
-        {
+        let guarded = {
             let mut mem = self.inner.mem.lock();
             for (e, off) in entries.into_iter().zip(offsets) {
                 if mem.entries.is_empty() {
@@ -428,10 +505,22 @@ impl LogStore {
                 mem.entries.push_back(e);
                 mem.pos.push_back((seg, off));
             }
-        }
+            mem.meta.guard.is_some()
+        };
         let file = w.file.clone();
         drop(w);
-        self.maybe_clear_guard();
+        let done: Flushed = match last.filter(|_| guarded) {
+            Some(last) => {
+                let log = self.clone();
+                Box::new(move |r: io::Result<()>| {
+                    if r.is_ok() {
+                        log.synced_to(last);
+                    }
+                    done(r)
+                })
+            }
+            None => done,
+        };
         match self.inner.sync_tx.lock().as_ref() {
             Some(tx) => {
                 if let Err(mpsc::SendError((_, done))) = tx.send((file, done)) {
@@ -456,6 +545,12 @@ impl LogStore {
         };
         mem.entries.truncate(keep);
         mem.pos.truncate(keep);
+        if mem.synced.is_some_and(|s| s.index >= index) {
+            mem.synced = mem.last_log_id();
+        }
+        if mem.matched.is_some_and(|m| m >= index) {
+            mem.matched = index.checked_sub(1);
+        }
         drop(mem);
         let dir = &self.inner.dir;
         if seg == w.seg {

@@ -383,3 +383,72 @@ async fn a_leader_steps_down_and_another_is_elected() {
         n.group.shutdown().await;
     }
 }
+
+/// Flips a bit in the middle of the only log segment in `dir/log` (a record with intact ones
+/// after it: damage, not a torn write).
+fn damage_log(dir: &Path) {
+    let segs: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    assert_eq!(segs.len(), 1, "{segs:?}");
+    let mut bytes = std::fs::read(&segs[0]).expect("read");
+    let pos = bytes.len() / 2;
+    bytes[pos] ^= 0x20;
+    std::fs::write(&segs[0], &bytes).expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_back_with_a_damaged_log_rejoins_and_the_leader_goes_on() {
+    // The follower's log is cut at the damage, shorter than what it acknowledged. Before
+    // openraft's `loosen-follower-log-revert` was enabled, the leader's progress tracking
+    // panicked on the shorter answer and the group stopped committing.
+    let root = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let nodes = cluster(&net, root.path(), &["a", "b", "c"]).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l = leader(&all, None).await;
+    let lead = by_id(&nodes, l);
+    // Fewer than `snapshot_every`: the whole log stays on disk.
+    for i in 0..40u32 {
+        lead.group
+            .propose(i.to_le_bytes().to_vec())
+            .await
+            .expect("committed");
+    }
+    for n in &nodes {
+        wait_applied(n, 40).await;
+    }
+    let f = nodes.iter().find(|n| n.id != l).expect("a follower");
+    f.group.shutdown().await;
+    net.groups.lock().remove(&f.id);
+    damage_log(&f.dir);
+    let back = open(&net, &f.name, &f.dir).await;
+    let st = back.group.status();
+    assert!(st.vote_guarded, "damage found at open");
+    assert!(st.last_log_index < 40, "cut at the damage: {st:?}");
+
+    // The leader keeps committing, and repairs the follower.
+    for i in 40..60u32 {
+        lead.group
+            .propose(i.to_le_bytes().to_vec())
+            .await
+            .expect("committed after the damaged follower came back");
+    }
+    wait_applied(&back, 60).await;
+    let expected: Vec<Vec<u8>> = (0..60u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    assert_eq!(*back.state.0.lock(), expected, "the repaired copy");
+    assert_eq!(lead.group.status().role, Role::Leader);
+    // Once its log matches the leader's up to the commit index it votes again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while back.group.status().vote_guarded {
+        assert!(Instant::now() < deadline, "still guarded after the repair");
+        lead.group.propose(b"tick".to_vec()).await.expect("tick");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in nodes.iter().filter(|n| n.id != f.id) {
+        n.group.shutdown().await;
+    }
+    back.group.shutdown().await;
+}

@@ -21,6 +21,8 @@ pub struct DocFile {
     /// The slot the next write replaces (the one not holding the newest generation).
     next: usize,
     buf: Vec<u8>,
+    /// A slot that must have held a document fails its check (see [`DocFile::suspect`]).
+    suspect: bool,
 }
 
 impl DocFile {
@@ -42,13 +44,29 @@ impl DocFile {
             File::open(dir)?.sync_all()?;
         }
         let mut best: Option<(u64, usize, Vec<u8>)> = None;
-        for (i, f) in slots.iter().enumerate() {
-            if let Some((generation, body)) = read_slot(f)? {
-                if best.as_ref().is_none_or(|(g, _, _)| generation > *g) {
-                    best = Some((generation, i, body));
+        // Per slot: empty (never written), or written but failing its check now.
+        let mut state = [SlotState::Intact; 2];
+        for ((i, f), st) in slots.iter().enumerate().zip(state.iter_mut()) {
+            match read_slot(f)? {
+                Some((generation, body)) => {
+                    if best.as_ref().is_none_or(|(g, _, _)| generation > *g) {
+                        best = Some((generation, i, body));
+                    }
                 }
+                None if f.metadata()?.len() == 0 => *st = SlotState::Empty,
+                None => *st = SlotState::Bad,
             }
         }
+        // Past the first write both slots hold a document: beside a newest of generation 2 or
+        // more an empty slot was cut, and a bad slot may always have been the newest.
+        let suspect = match &best {
+            Some((g, i, _)) => match state.get(1 - i) {
+                Some(SlotState::Bad) => true,
+                Some(SlotState::Empty) => *g >= 2,
+                _ => false,
+            },
+            None => state.contains(&SlotState::Bad),
+        };
         let (generation, next, body) = match best {
             Some((g, i, body)) => (g, 1 - i, Some(body)),
             None => (0, 0, None),
@@ -59,9 +77,18 @@ impl DocFile {
                 generation,
                 next,
                 buf: Vec::new(),
+                suspect,
             },
             body,
         ))
+    }
+
+    /// Whether, at open, a slot that must have held a document failed its check (bit rot, a
+    /// cut file, or a write torn by a crash): the document returned may then be older than the
+    /// last one written. Callers for whom an older document is unsafe (a Raft vote) treat this
+    /// as damage.
+    pub fn suspect(&self) -> bool {
+        self.suspect
     }
 
     /// Replaces the document. With `sync` it is durable when this returns; without, it survives
@@ -87,6 +114,14 @@ impl DocFile {
         self.next = 1 - self.next;
         Ok(())
     }
+}
+
+/// What opening found in a slot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Intact,
+    Empty,
+    Bad,
 }
 
 /// CRC-32C over the generation, the length and the body.
@@ -159,11 +194,13 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         let (mut f, body) = DocFile::open(dir.path(), "state").unwrap();
         assert_eq!(body.as_deref(), Some(&b"older"[..]));
+        assert!(f.suspect(), "the lost slot may have held a newer document");
         // The damaged slot is the one rewritten next.
         f.write(b"repaired", true).unwrap();
         drop(f);
-        let (_, body) = DocFile::open(dir.path(), "state").unwrap();
+        let (f, body) = DocFile::open(dir.path(), "state").unwrap();
         assert_eq!(body.as_deref(), Some(&b"repaired"[..]));
+        assert!(!f.suspect());
         // A torn write (cut inside the body) is not intact either.
         let p0 = dir.path().join("state.0");
         let p1 = dir.path().join("state.1");
@@ -174,7 +211,35 @@ mod tests {
         };
         let data = std::fs::read(&newest).unwrap();
         std::fs::write(&newest, &data[..data.len() - 3]).unwrap();
-        let (_, body) = DocFile::open(dir.path(), "state").unwrap();
+        let (f, body) = DocFile::open(dir.path(), "state").unwrap();
         assert_eq!(body.as_deref(), Some(&b"older"[..]));
+        assert!(f.suspect());
+    }
+
+    #[test]
+    fn a_slot_cut_to_nothing_past_the_first_write_is_suspect() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut f, _) = DocFile::open(dir.path(), "state").unwrap();
+        assert!(!f.suspect(), "new");
+        f.write(b"one", true).unwrap(); // slot 0, generation 1
+        drop(f);
+        let (mut f, _) = DocFile::open(dir.path(), "state").unwrap();
+        assert!(!f.suspect(), "slot 1 was never written");
+        f.write(b"two", true).unwrap(); // slot 1, generation 2
+        drop(f);
+        // The newest cut to nothing: the older one is all that is left.
+        std::fs::File::create(dir.path().join("state.1")).unwrap();
+        let (f, body) = DocFile::open(dir.path(), "state").unwrap();
+        assert_eq!(body.as_deref(), Some(&b"one"[..]));
+        assert!(!f.suspect(), "generation 1 beside an empty slot looks new");
+        drop(f);
+        // The older cut instead: the newest (generation 2) had a predecessor.
+        let (mut f, _) = DocFile::open(dir.path(), "state").unwrap();
+        f.write(b"two", true).unwrap(); // slot 1 again, generation 2
+        drop(f);
+        std::fs::File::create(dir.path().join("state.0")).unwrap();
+        let (f, body) = DocFile::open(dir.path(), "state").unwrap();
+        assert_eq!(body.as_deref(), Some(&b"two"[..]));
+        assert!(f.suspect());
     }
 }

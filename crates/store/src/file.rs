@@ -129,7 +129,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Creates `dir` and its missing parents, syncing the directory that holds each one made: a new
 /// directory's entry survives a power loss only then.
-pub(crate) fn create_dir_durable(dir: &Path) -> io::Result<()> {
+pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }

@@ -38,7 +38,7 @@ use bytes::Bytes;
 pub use docfile::DocFile;
 pub use durable::{IoHook, SyncStats};
 pub use engine::CacheStats;
-pub use file::{FileStore, FileStoreConfig, Recovery, Scrub};
+pub use file::{create_dir_durable, FileStore, FileStoreConfig, Recovery, Scrub};
 pub use lock::{LockError, StoreDirLock, LOCK_FILE};
 pub use mem::MemStore;
 pub use verify::{verify_dir, Problem, Report, StreamReport};

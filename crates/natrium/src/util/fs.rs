@@ -23,21 +23,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// Creates `dir` and its missing parents durably: after each directory is made, the directory
-/// holding it is fsynced (a new entry survives a power loss only then).
+/// holding it is fsynced (a new entry survives a power loss only then). The store crate's, so
+/// that the store, the Raft log and the server make directories one way.
 pub fn create_dir_all_durable(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(p) = parent {
-        create_dir_all_durable(p)?;
-    }
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()
+    natrium_store::create_dir_durable(dir)
 }
 
 #[cfg(test)]

@@ -175,3 +175,32 @@ fn r3_partitions_once_streams_replicate() {
     }
     assert_eq!(r.unavailable, stalls.len(), "{}", r.render());
 }
+
+#[test]
+fn r3_power_loss_of_every_node_keeps_the_meta_group_and_the_stream() {
+    // Before the cluster's directories (`jetstream-cluster`, `meta`, the replica's directory,
+    // each group's `raft/log`) were created with their parents synced, the first power loss of
+    // every node took the meta group and the stream (every acknowledged message) with them.
+    let r = run(config(Kind::PowerLoss, 3, 3, 3));
+    assert_passed(&r, 3, 3);
+    assert_eq!(r.power_losses, 3);
+}
+
+#[test]
+fn r3_a_node_back_with_damaged_raft_logs_is_repaired_and_nothing_is_lost() {
+    // Bits flipped and files cut in one node's Raft files (the stream's group and the meta
+    // group: segments, vote, metadata). Before openraft's `loosen-follower-log-revert` was
+    // enabled, the leader panicked when the damaged follower answered with a log shorter than
+    // it had acknowledged, and the stream took no publish again.
+    let mut c = config(Kind::Corruption, 3, 3, 3);
+    c.corrupt.target = natrium_faults::corrupt::Target::RaftLog;
+    c.corrupt.flips = 2;
+    c.corrupt.truncations = 1;
+    let r = run(c);
+    assert_passed(&r, 3, 3);
+    assert!(!r.damage.is_empty(), "{}", r.render());
+    assert!(r.crashes.is_empty(), "{}", r.render());
+    for v in &r.verdicts {
+        assert_eq!(v.lost, 0, "{}", r.render());
+    }
+}

@@ -224,3 +224,104 @@ fn truncate_and_purge_survive_a_reopen() {
     assert_eq!(log.entries(21..22)[0].log_id.leader_id.term, 2);
     assert_eq!(log.last_log_id().map(|l| l.index), Some(25));
 }
+
+#[test]
+fn the_guard_holds_until_the_log_matches_a_leader_up_to_its_commit() {
+    // The node acknowledged entries 1..=30 (term 2) and voted in term 4; damage cuts its log.
+    // Reaching the damaged index again is not enough: entries it had acknowledged after it may
+    // have been counted for a commit.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    {
+        let (mut log, _) = LogStore::open(dir.path()).expect("open");
+        append(&log, (1..=30).map(|i| entry(2, i, &[0xcd; 100])).collect());
+        rt.block_on(log.save_vote(&Vote::new(4, 1))).expect("vote");
+        log.close();
+    }
+    let seg = only_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let pos = bytes.len() / 3;
+    bytes[pos] ^= 0x01;
+    std::fs::write(&seg, &bytes).expect("write");
+    let (log, rec) = LogStore::open(dir.path()).expect("reopen");
+    let at = rec.damaged_at.expect("damage found");
+    assert!(at < 15, "damage at {at}");
+    assert!(log.vote_guarded());
+    // Entries of terms the node had already seen (<= 4) come back up to the damaged index
+    // and past it: still guarded.
+    append(&log, (at..=at + 2).map(|i| entry(3, i, b"r")).collect());
+    assert!(log.vote_guarded(), "term 3 is not later than the vote's 4");
+    // A leader whose commit index is 30 confirms a match up to at + 2: not yet.
+    log.leader_matched(Some(at + 2), Some(30));
+    assert!(log.vote_guarded(), "the commit index is not reached");
+    append(&log, (at + 3..=30).map(|i| entry(3, i, b"r")).collect());
+    assert!(
+        log.vote_guarded(),
+        "appended, but no match with a leader confirmed"
+    );
+    log.leader_matched(Some(30), Some(30));
+    assert!(
+        !log.vote_guarded(),
+        "matched and synced up to the leader's commit"
+    );
+    log.close();
+    let (log, _) = LogStore::open(dir.path()).expect("third open");
+    assert!(!log.vote_guarded(), "lifted durably");
+}
+
+#[test]
+fn an_entry_of_a_term_after_the_vote_lifts_the_guard() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    {
+        let (mut log, _) = LogStore::open(dir.path()).expect("open");
+        append(&log, (1..=20).map(|i| entry(2, i, &[0xef; 100])).collect());
+        rt.block_on(log.save_vote(&Vote::new(4, 1))).expect("vote");
+        log.close();
+    }
+    let seg = only_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let pos = bytes.len() / 2;
+    bytes[pos] ^= 0x01;
+    std::fs::write(&seg, &bytes).expect("write");
+    let (log, rec) = LogStore::open(dir.path()).expect("reopen");
+    let at = rec.damaged_at.expect("damage");
+    append(&log, vec![entry(4, at, b"same term as the vote")]);
+    assert!(log.vote_guarded());
+    // Only a leader elected after the vote's term writes term 5: its log holds everything
+    // committed, and this log now matches it up to that entry.
+    append(&log, vec![entry(5, at + 1, b"new leader")]);
+    assert!(!log.vote_guarded());
+}
+
+#[test]
+fn a_damaged_vote_slot_guards_the_vote_even_when_the_other_reads() {
+    // The newest vote lost, the older one read back: this node may have voted in the newer
+    // term already, so it must not vote on the strength of the older.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    {
+        let (mut log, _) = LogStore::open(dir.path()).expect("open");
+        append(&log, vec![entry(1, 1, b"x")]);
+        rt.block_on(log.save_vote(&Vote::new(1, 1))).expect("vote");
+        rt.block_on(log.save_vote(&Vote::new(2, 2))).expect("vote");
+        log.close();
+    }
+    let newest = ["vote.0", "vote.1"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .find(|p| String::from_utf8_lossy(&std::fs::read(p).expect("read")).contains("\"term\":2"))
+        .expect("the newest slot");
+    let mut bytes = std::fs::read(&newest).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&newest, &bytes).expect("write");
+    let (mut log, rec) = LogStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        rt.block_on(log.read_vote()).expect("vote"),
+        Some(Vote::new(1, 1)),
+        "the older slot"
+    );
+    assert!(rec.damaged_at.is_some());
+    assert!(log.vote_guarded());
+}

@@ -89,7 +89,7 @@ impl JsCluster {
     ) -> std::io::Result<Arc<JsCluster>> {
         let id = node_id(server_name);
         let dir = js.options().store_dir.join("jetstream-cluster");
-        std::fs::create_dir_all(dir.join("meta"))?;
+        crate::util::fs::create_dir_all_durable(&dir.join("meta"))?;
         let hub = Hub::start(settings.system.clone(), id)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let (events_tx, events) = mpsc::unbounded_channel();

@@ -379,7 +379,7 @@ impl Replica {
         sa: &StreamAssignment,
         dir: &Path,
     ) -> Result<Arc<Replica>, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        crate::util::fs::create_dir_all_durable(dir).map_err(|e| e.to_string())?;
         let body = json!({"config": sa.config, "created_ns": sa.created_ns, "peers": sa.peers});
         crate::util::fs::write_atomic(&dir.join("meta.json"), body.to_string().as_bytes())
             .map_err(|e| e.to_string())?;

@@ -71,10 +71,14 @@ pub struct PeerProgress {
     pub name: String,
     /// The last index known to be on the peer (leader only).
     pub matched: Option<u64>,
-    /// Entries the peer is behind the leader's last (leader only).
+    /// Committed entries the peer does not hold yet (leader only): what nats-server reports as
+    /// a peer's lag. Entries past the commit index are in flight and do not count.
     pub lag: Option<u64>,
     /// Time since the peer last answered this node.
     pub last_contact: Option<Duration>,
+    /// Time since the peer last held everything this leader had committed when it sent the
+    /// request the peer answered (what it lacked then was in flight).
+    pub caught_up: Option<Duration>,
     pub voter: bool,
 }
 
@@ -87,6 +91,8 @@ pub struct GroupStatus {
     /// The leader's id and name, when known.
     pub leader: Option<(NodeId, String)>,
     pub last_log_index: u64,
+    /// The last index known committed here.
+    pub commit_index: u64,
     pub last_applied: u64,
     /// Every member but this node.
     pub peers: Vec<PeerProgress>,
@@ -159,6 +165,7 @@ impl Group {
         let factory = NetFactory {
             transport,
             contacts: contacts.clone(),
+            log: log.clone(),
         };
         let raft = openraft::Raft::new(id, config, factory, log.clone(), sm)
             .await
@@ -330,6 +337,9 @@ impl Group {
                 .unwrap_or_default()
         };
         let last = m.last_log_index.unwrap_or(0);
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        // openraft saves the commit index before it applies: never behind what was applied.
+        let commit = self.log.committed_index().unwrap_or(0).max(applied);
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let contacts = self.contacts.lock().clone();
         let now = Instant::now();
@@ -346,8 +356,15 @@ impl Group {
                     id: *id,
                     name: n.name.clone(),
                     matched,
-                    lag: matched.map(|x| last.saturating_sub(x)),
-                    last_contact: contacts.get(id).map(|t| now.duration_since(*t)),
+                    lag: matched.map(|x| commit.saturating_sub(x)),
+                    last_contact: contacts
+                        .get(id)
+                        .and_then(|c| c.answered)
+                        .map(|t| now.duration_since(t)),
+                    caught_up: contacts
+                        .get(id)
+                        .and_then(|c| c.caught_up)
+                        .map(|t| now.duration_since(t)),
                     voter: voters.contains(id),
                 }
             })
@@ -358,7 +375,8 @@ impl Group {
             term: m.current_term,
             leader: m.current_leader.map(|id| (id, name_of(id))),
             last_log_index: last,
-            last_applied: m.last_applied.map_or(0, |l| l.index),
+            commit_index: commit,
+            last_applied: applied,
             peers,
             vote_guarded: self.log.vote_guarded(),
         }

@@ -342,6 +342,12 @@ impl LogStore {
         self.inner.mem.lock().last_log_id()
     }
 
+    /// The last index this node knows committed (kept in memory: after a restart, once a
+    /// leader has said it again).
+    pub fn committed_index(&self) -> Option<u64> {
+        self.inner.mem.lock().committed.map(|c| c.index)
+    }
+
     /// Whether this node must refuse votes (its log was found damaged and no leader has
     /// replicated past the damage yet).
     pub fn vote_guarded(&self) -> bool {

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
+use crate::log::LogStore;
 use crate::{NodeId, Peer, SnapshotBytes, TypeConfig};
 
 /// The kinds of request a group sends its peers.
@@ -78,8 +79,18 @@ pub trait Transport: Send + Sync + 'static {
     ) -> CallFuture;
 }
 
-/// The last time each peer answered (for the replicas' `active` figure).
-pub(crate) type Contacts = Arc<Mutex<HashMap<NodeId, Instant>>>;
+/// What the leader last heard from a peer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Contact {
+    /// The peer's last answer (the replicas' `active` figure).
+    pub answered: Option<Instant>,
+    /// The last answer to an AppendEntries that carried everything committed when it was
+    /// sent: the peer then held it all, and only entries still in flight were missing.
+    pub caught_up: Option<Instant>,
+}
+
+/// Each peer's [`Contact`].
+pub(crate) type Contacts = Arc<Mutex<HashMap<NodeId, Contact>>>;
 
 /// A whole snapshot as sent to a follower.
 #[derive(Serialize, Deserialize)]
@@ -93,6 +104,8 @@ pub(crate) struct SnapshotRpc {
 pub(crate) struct NetFactory {
     pub transport: Arc<dyn Transport>,
     pub contacts: Contacts,
+    /// This node's log (its commit index when a request leaves).
+    pub log: LogStore,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetFactory {
@@ -104,6 +117,7 @@ impl RaftNetworkFactory<TypeConfig> for NetFactory {
             peer: node.clone(),
             transport: self.transport.clone(),
             contacts: self.contacts.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -113,6 +127,7 @@ pub(crate) struct Net {
     peer: Peer,
     transport: Arc<dyn Transport>,
     contacts: Contacts,
+    log: LogStore,
 }
 
 type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, Peer, E>;
@@ -136,7 +151,11 @@ impl Net {
             .transport
             .call(self.target, &self.peer, kind, body, timeout)
             .await?;
-        self.contacts.lock().insert(self.target, Instant::now());
+        self.contacts
+            .lock()
+            .entry(self.target)
+            .or_default()
+            .answered = Some(Instant::now());
         codec::decode(&answer).map_err(TransportError::Unreachable)
     }
 
@@ -154,10 +173,23 @@ impl RaftNetwork<TypeConfig> for Net {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        let upto = rpc
+            .entries
+            .last()
+            .map(|e| e.log_id.index)
+            .or(rpc.prev_log_id.map(|p| p.index));
+        let committed = self.log.committed_index();
         let r: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
             .call(RpcKind::Append, &rpc, option.hard_ttl().max(MIN_RPC_TTL))
             .await
             .map_err(Self::rpc_error)?;
+        if matches!(r, Ok(AppendEntriesResponse::Success)) && upto >= committed {
+            self.contacts
+                .lock()
+                .entry(self.target)
+                .or_default()
+                .caught_up = Some(Instant::now());
+        }
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 

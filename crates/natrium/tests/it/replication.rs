@@ -854,3 +854,83 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2])))
     assert_ne!(v["cluster"]["leader"], json!(old), "{v}");
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_current_under_steady_publishing() {
+    // Pipelined publishes keep some entries always in flight. nats-server reports a replica
+    // current when it holds what the leader has applied; counting it behind the leader's last
+    // log entry instead made `current` false for as long as publishing went on.
+    let c = cluster().await;
+    let nc = connect(c.node("n1")).await;
+    let js = jetstream::new(nc.clone());
+    js.create_stream(stream::Config {
+        name: "STEADY".into(),
+        subjects: vec!["steady.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("created");
+    leader_of(&c, "STEADY", "steady.x", None).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let js = js.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked = 0u64;
+            // Bounded: stops when told, or after 60 s.
+            let until = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                let mut window = Vec::with_capacity(8);
+                for i in 0..8 {
+                    window.push(
+                        js.publish(format!("steady.{i}"), "x".into())
+                            .await
+                            .expect("sent"),
+                    );
+                }
+                for a in window {
+                    a.await.expect("acknowledged");
+                    acked += 1;
+                }
+            }
+            acked
+        })
+    };
+    let mut samples = 0;
+    let mut all_current = 0;
+    let mut last_seq = 0;
+    let mut seen = Vec::new();
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let v = api(&nc, "$JS.API.STREAM.INFO.STEADY", serde_json::Value::Null).await;
+        let seq = v["state"]["last_seq"].as_u64().unwrap_or(0);
+        let replicas = v["cluster"]["replicas"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if seq <= last_seq || replicas.len() != 2 {
+            continue; // not publishing in between, or no leader's view
+        }
+        last_seq = seq;
+        samples += 1;
+        if replicas.iter().all(|r| r["current"] == json!(true)) {
+            all_current += 1;
+        }
+        seen.push(json!(replicas
+            .iter()
+            .map(|r| (r["current"].clone(), r["lag"].clone()))
+            .collect::<Vec<_>>()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = publisher.await.expect("publisher");
+    assert!(acked > 100, "publishing went on: {acked} acknowledged");
+    assert!(samples >= 10, "{samples} samples while publishing");
+    eprintln!("every replica current in {all_current} of {samples} samples ({acked} acked)");
+    assert!(
+        all_current * 10 >= samples * 9,
+        "every replica current in only {all_current} of {samples} samples while publishing: {seen:?}"
+    );
+    c.shutdown().await;
+}

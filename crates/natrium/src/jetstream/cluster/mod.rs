@@ -36,6 +36,10 @@ const LEADERS: &str = "$NRX.SL";
 /// Name of the meta group.
 const META: &str = "_meta_";
 
+/// A replica counts as current for this long after an answer showed it held everything
+/// committed (several round trips: a replica that stops keeping up is not current for long).
+const CAUGHT_UP: Duration = Duration::from_secs(1);
+
 /// How this server takes part in a JetStream cluster.
 #[derive(Clone)]
 pub(crate) struct ClusterSettings {
@@ -344,9 +348,13 @@ impl JsCluster {
             .map(|p| {
                 let active = p.last_contact.map_or(0, |d| d.as_nanos() as u64);
                 let offline = !peers.is_online(&p.name, now);
+                // Current when heard from lately and holding what the leader has applied (as
+                // nats-server), or, under steady publishing, when its last answer showed it
+                // held everything committed when the request left: what it lacks is in flight.
                 let current = !offline
-                    && p.lag.is_some_and(|l| l == 0)
-                    && p.last_contact.is_some_and(|d| d < Duration::from_secs(5));
+                    && p.last_contact.is_some_and(|d| d < Duration::from_secs(5))
+                    && (p.matched.is_some_and(|m| m >= st.last_applied)
+                        || p.caught_up.is_some_and(|d| d < CAUGHT_UP));
                 let mut v = json!({"name": p.name, "current": current, "active": active});
                 if let Some(l) = p.lag.filter(|l| *l > 0) {
                     v["lag"] = json!(l);

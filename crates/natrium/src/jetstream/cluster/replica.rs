@@ -605,6 +605,13 @@ impl Replica {
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             tracing::warn!("stream {}: removing {}: {e}", self.name, self.dir.display());
         }
+        // The removal is durable once the directory that held it is synced: else a power loss
+        // could bring the old log and messages back under a stream created again by that name.
+        if let Some(parent) = self.dir.parent() {
+            if let Err(e) = std::fs::File::open(parent).and_then(|d| d.sync_all()) {
+                tracing::warn!("stream {}: syncing {}: {e}", self.name, parent.display());
+            }
+        }
     }
 
     fn group_name(&self) -> String {

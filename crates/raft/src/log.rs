@@ -349,7 +349,7 @@ impl LogStore {
     }
 
     /// Whether this node must refuse votes (its log was found damaged and no leader has
-    /// replicated past the damage yet).
+    /// repaired it yet).
     pub fn vote_guarded(&self) -> bool {
         self.inner.mem.lock().meta.guard.is_some()
     }

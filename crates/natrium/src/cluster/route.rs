@@ -417,11 +417,8 @@ async fn read_loop(
                     }
                 };
                 buf.advance(pos);
-                publisher.flush();
                 out.record_in(in_msgs, in_bytes);
-                if let Some(lagging) = publisher.take_lagging() {
-                    lagging.wait().await;
-                }
+                publisher.end_read().await;
                 if let Err(c) = result {
                     return c;
                 }

@@ -652,9 +652,11 @@ impl Delivery {
     /// Hands each receiver the frames this batch gathered for it (one lock each), cuts off a
     /// receiver past `max_pending` as a slow consumer, notes receivers now lagging, and wakes
     /// each writer whose buffer went from empty to non-empty.
-    fn flush(&mut self) {
+    fn flush(&mut self) -> usize {
         self.slots.clear();
+        let mut handed = 0;
         for mut st in std::mem::take(&mut self.staged) {
+            handed += st.buf.len();
             hand_over(&mut st, self.cid, &mut self.stall, &mut self.flush);
             if st.buf.capacity() <= MAX_RETAINED_STAGING {
                 self.spare.push(st.buf);
@@ -663,6 +665,7 @@ impl Delivery {
         for c in self.flush.drain(..) {
             c.wake.notify_one();
         }
+        handed
     }
 
     /// Removes the subscriptions that reached their max.
@@ -876,7 +879,28 @@ impl Publisher {
     pub fn take_lagging(&mut self) -> Option<Lagging> {
         self.dl.take_lagging()
     }
+
+    /// Ends a connection's read: flushes, then paces the reader. A read that handed other
+    /// connections `YIELD_AFTER` bytes or more gives their writers a turn before the next read:
+    /// on a busy worker the reader would read on until its task budget ran out, queueing
+    /// megabytes per receiver that went cold in cache before their writers copied them to the
+    /// sockets (perf, 1 -> 4 and 4 -> 4 pinned to one core: a tenth to a third less server CPU
+    /// per message, page faults from queue growth gone). Receivers past their stall threshold
+    /// are then waited for (bounded).
+    pub async fn end_read(&mut self) {
+        let handed = self.dl.flush();
+        self.report();
+        if handed >= YIELD_AFTER {
+            tokio::task::yield_now().await;
+        }
+        if let Some(lagging) = self.dl.take_lagging() {
+            lagging.wait().await;
+        }
+    }
 }
+
+/// See `Publisher::end_read`.
+const YIELD_AFTER: usize = 32 * 1024;
 
 /// Receivers a batch left past their stall threshold.
 pub struct Lagging(Vec<Arc<Outbound>>);

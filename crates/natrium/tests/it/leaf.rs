@@ -1058,3 +1058,115 @@ async fn go_leaf_on_natrium_hub(bin: &GoBin) {
     eventually(|| hub.num_leafnodes() == 0).await;
     hub.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_leaf_cluster_on_a_mixed_hub_gets_each_message_once() {
+    for bin in nats_servers("the leaf-cluster interop test") {
+        eprintln!("nats-server {}", bin.version);
+        leaf_cluster_on_mixed_hub(&bin).await;
+    }
+}
+
+/// A hub cluster of Natrium and nats-server, an edge cluster of two nats-server nodes with one
+/// leafnode connection to each hub node: a message published in the edge reaches the other
+/// edge node once (over the edge's own route, not again through the hub), and each hub node
+/// once. Needs the origin cluster on routed messages (`LMSG`) in both directions.
+async fn leaf_cluster_on_mixed_hub(bin: &GoBin) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rs = natrium(
+        dir.path(),
+        "rshub",
+        "cluster { name: hub, listen: \"127.0.0.1:-1\" }\nleafnodes { host: 127.0.0.1, port: -1 }\n",
+    )
+    .await;
+    let gh_leaf = free_port();
+    let gh = GoServer::start(
+        bin,
+        dir.path(),
+        "gohub",
+        &format!(
+            "cluster {{ name: hub, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{}\"] }}\nleafnodes {{ listen: \"127.0.0.1:{gh_leaf}\" }}\n",
+            rs.cluster_port().expect("cluster port")
+        ),
+    );
+    eventually(|| rs.num_routes() == 1).await;
+    let e1 = GoServer::start(
+        bin,
+        dir.path(),
+        "edge1",
+        &format!(
+            "cluster {{ name: edge, listen: \"127.0.0.1:-1\" }}\nleafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
+            gh_leaf
+        ),
+    );
+    let e2 = GoServer::start(
+        bin,
+        dir.path(),
+        "edge2",
+        &format!(
+            "cluster {{ name: edge, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{}\"] }}\nleafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
+            e1.cluster_port.expect("cluster port"),
+            rs.leafnode_port().expect("leafnode port")
+        ),
+    );
+    eventually(|| rs.num_leafnodes() == 1).await;
+    let nodes = [
+        connect(&e1.client_url()).await,
+        connect(&e2.client_url()).await,
+        connect(&rs.client_url()).await,
+        connect(&gh.client_url()).await,
+    ];
+    let mut subs = Vec::new();
+    for c in &nodes {
+        subs.push(c.subscribe("t.>").await.expect("sub"));
+        c.flush().await.expect("flush");
+    }
+    // Until probes from either edge node reach every subscriber.
+    for (from, edge) in nodes[..2].iter().enumerate() {
+        let mut reached = [false; 4];
+        for i in 0..200 {
+            if reached.iter().all(|r| *r) {
+                break;
+            }
+            edge.publish(format!("t.probe.{i}"), "p".into())
+                .await
+                .expect("publish");
+            edge.flush().await.expect("flush");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            for (k, s) in subs.iter_mut().enumerate() {
+                while let Ok(Some(_)) =
+                    tokio::time::timeout(Duration::from_millis(1), s.next()).await
+                {
+                    reached[k] = true;
+                }
+            }
+        }
+        assert!(
+            reached.iter().all(|r| *r),
+            "from edge node {from}: {reached:?}"
+        );
+    }
+    for s in subs.iter_mut() {
+        drain(s).await;
+    }
+    nodes[0]
+        .publish("t.x", "from e1".into())
+        .await
+        .expect("publish");
+    nodes[1]
+        .publish("t.y", "from e2".into())
+        .await
+        .expect("publish");
+    nodes[0].flush().await.expect("flush");
+    nodes[1].flush().await.expect("flush");
+    for (k, s) in subs.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), s.next()).await {
+            got.push(m.subject.to_string());
+        }
+        got.sort();
+        assert_eq!(got, ["t.x", "t.y"], "{} node {k}", bin.version);
+    }
+    drop((e1, e2, gh));
+    rs.shutdown().await;
+}

@@ -464,8 +464,10 @@ impl Delivery {
             if !fits(client, &mut out, size) {
                 return false;
             }
-            let was_empty = out.buf.is_empty();
-            encode::msg(&mut out.buf, m.subject, &s.sid, m.reply, headers, m.payload);
+            let was_empty = out.is_empty();
+            out.append_with(size + s.sid.len() + 32, |buf| {
+                encode::msg(buf, m.subject, &s.sid, m.reply, headers, m.payload)
+            });
             out.out_msgs += 1;
             out.out_bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
             drop(out);
@@ -721,7 +723,7 @@ fn hand_over(
     let mut out = client.out.lock();
     if out.closed {
         drop(out);
-    } else if out.buf.len() + st.buf.len() > client.max_pending {
+    } else if out.len() + st.buf.len() > client.max_pending {
         drop(out);
         tracing::info!(
             "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",
@@ -731,17 +733,12 @@ fn hand_over(
         );
         client.close(CloseReason::SlowConsumerPendingBytes);
     } else {
-        let was_empty = out.buf.is_empty();
-        if was_empty {
-            // Hand the gathered frames over whole; the receiver's empty buffer (and its
-            // capacity) comes back for the next batch.
-            std::mem::swap(&mut out.buf, &mut st.buf);
-        } else {
-            out.buf.extend_from_slice(&st.buf);
-        }
+        let was_empty = out.is_empty();
+        // The gathered frames join the receiver's queue whole; an empty buffer comes back.
+        out.push_staged(&mut st.buf);
         out.out_msgs += st.msgs;
         out.out_bytes += st.bytes;
-        let behind = out.buf.len() > client.stall_threshold();
+        let behind = out.len() > client.stall_threshold();
         drop(out);
         if behind && client.cid != cid && !stall.iter().any(|c| c.cid == client.cid) {
             stall.push(client.clone());
@@ -761,7 +758,7 @@ fn fits(client: &Outbound, out: &mut MutexGuard<'_, OutBuf>, size: usize) -> boo
     if out.closed {
         return false;
     }
-    if out.buf.len() + size > client.max_pending {
+    if out.len() + size > client.max_pending {
         MutexGuard::unlocked(out, || {
             tracing::info!(
                 "{} - cid:{} - Slow Consumer Detected: MaxPending of {} Exceeded",

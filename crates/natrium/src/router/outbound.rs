@@ -1,9 +1,10 @@
-//! A connection's outbound side: the buffer publishers append frames to (one short lock per
-//! append), its `max_pending` cut-off, closing, the wake-ups of its writer and reader, its
+//! A connection's outbound side: the queue of segments publishers hand their frames to (one
+//! short lock per batch), its `max_pending` cut-off, closing, the wake-ups of its writer and reader, its
 //! subscriptions by sid and its traffic counters. The connection layer owns the socket and the
-//! writer task that drains this buffer; everything that delivers to a connection goes through
+//! writer task that drains this queue; everything that delivers to a connection goes through
 //! here.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -100,12 +101,105 @@ pub struct ClientStats {
     pub subscriptions: usize,
 }
 
+/// The frames queued for a connection's writer: a chain of segments, oldest first, written with
+/// vectored writes. A publisher's staged frames join the chain whole (no copy, no growth of one
+/// large buffer: growing and dropping multi-megabyte buffers cost a fifth of the server's time
+/// in page faults and realloc copies under fan-out, measured with perf); small appends go into
+/// the last segment's spare room. Written segments come back to `free` for reuse.
 pub(super) struct OutBuf {
-    pub(super) buf: Vec<u8>,
+    segs: VecDeque<Vec<u8>>,
+    /// Bytes in `segs`.
+    len: usize,
+    /// Emptied segments, reused by appends and given to publishers in exchange for theirs.
+    free: Vec<Vec<u8>>,
     pub(super) closed: bool,
     /// Messages and bytes delivered to this connection (counted under the lock the append takes).
     pub(super) out_msgs: u64,
     pub(super) out_bytes: u64,
+}
+
+/// A new segment for appends holds at least this much.
+const SEG_MIN: usize = 16 * 1024;
+/// Staged frames up to this size are copied into the last segment when they fit its spare room
+/// (many small hand-overs would otherwise make many small segments).
+const COPY_MAX: usize = 4 * 1024;
+/// Written segments kept for reuse: at most this many, each at most `SEG_MAX_FREE` bytes.
+const MAX_FREE: usize = 8;
+const SEG_MAX_FREE: usize = 1 << 20;
+
+impl OutBuf {
+    fn new() -> Self {
+        OutBuf {
+            segs: VecDeque::new(),
+            len: 0,
+            free: Vec::new(),
+            closed: false,
+            out_msgs: 0,
+            out_bytes: 0,
+        }
+    }
+
+    /// Bytes queued.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends what `f` writes (about `need` bytes) to the last segment, or to a new one when
+    /// the last has no room for `need` (a segment is never grown).
+    pub(super) fn append_with(&mut self, need: usize, f: impl FnOnce(&mut Vec<u8>)) {
+        let room = self
+            .segs
+            .back()
+            .is_some_and(|last| last.capacity() - last.len() >= need);
+        if !room {
+            let mut seg = self.free.pop().unwrap_or_default();
+            seg.reserve(need.max(SEG_MIN));
+            self.segs.push_back(seg);
+        }
+        let last = self.segs.back_mut().expect("a segment");
+        let before = last.len();
+        f(last);
+        self.len += last.len() - before;
+    }
+
+    /// Appends `bytes`.
+    pub(super) fn extend(&mut self, bytes: &[u8]) {
+        self.append_with(bytes.len(), |seg| seg.extend_from_slice(bytes));
+    }
+
+    /// Queues a publisher's staged frames: the buffer itself joins the chain and `staged` gets
+    /// an empty one in exchange (small amounts are copied instead, when the last segment has
+    /// room).
+    pub(super) fn push_staged(&mut self, staged: &mut Vec<u8>) {
+        let n = staged.len();
+        if n == 0 {
+            return;
+        }
+        if n <= COPY_MAX
+            && self
+                .segs
+                .back()
+                .is_some_and(|last| last.capacity() - last.len() >= n)
+        {
+            self.extend(staged);
+            staged.clear();
+            return;
+        }
+        let empty = self.free.pop().unwrap_or_default();
+        self.segs.push_back(std::mem::replace(staged, empty));
+        self.len += n;
+    }
+
+    /// Drops everything queued (a slow consumer's backlog).
+    pub(super) fn discard(&mut self) {
+        self.segs.clear();
+        self.free.clear();
+        self.len = 0;
+    }
 }
 
 /// What a connection's match cache holds, as its publisher last reported it (once per read),
@@ -132,10 +226,6 @@ pub enum SubAdded {
 /// let a fan-out benchmark cut live subscribers off as slow consumers on a busy machine.
 pub const STALL_STEP: Duration = Duration::from_millis(5);
 pub const STALL_MAX: Duration = Duration::from_millis(250);
-
-/// Outbound buffer capacity a busy connection keeps between writes, and what an idle one keeps.
-const MAX_RETAINED_OUT: usize = 8 * 1024 * 1024;
-const MIN_RETAINED_OUT: usize = 64 * 1024;
 
 /// The outbound side of one connection.
 pub struct Outbound {
@@ -184,12 +274,7 @@ impl Outbound {
         Arc::new(Outbound {
             cid,
             addr,
-            out: Mutex::new(OutBuf {
-                buf: Vec::new(),
-                closed: false,
-                out_msgs: 0,
-                out_bytes: 0,
-            }),
+            out: Mutex::new(OutBuf::new()),
             wake: Notify::new(),
             kill: Notify::new(),
             drained: Notify::new(),
@@ -236,7 +321,7 @@ impl Outbound {
             if out.closed {
                 return;
             }
-            out.buf.extend_from_slice(bytes);
+            out.extend(bytes);
         }
         self.wake.notify_one();
     }
@@ -273,7 +358,7 @@ impl Outbound {
             let mut out = self.out.lock();
             out.closed = true;
             if reason.is_slow_consumer() {
-                out.buf = Vec::new();
+                out.discard();
             }
         }
         self.wake.notify_one();
@@ -359,7 +444,7 @@ impl Outbound {
     pub fn stats(&self) -> ClientStats {
         let (out_msgs, out_bytes, pending_bytes) = {
             let out = self.out.lock();
-            (out.out_msgs, out.out_bytes, out.buf.len())
+            (out.out_msgs, out.out_bytes, out.len())
         };
         ClientStats {
             in_msgs: self.in_msgs.load(Ordering::Relaxed),
@@ -438,7 +523,7 @@ impl Outbound {
 
     /// Bytes queued plus bytes the writer has taken but not yet written.
     fn pending(&self) -> usize {
-        self.out.lock().buf.len() + self.inflight.load(Ordering::Relaxed)
+        self.out.lock().len() + self.inflight.load(Ordering::Relaxed)
     }
 
     /// Above this many pending bytes a publisher briefly waits for this connection's writer.
@@ -468,18 +553,31 @@ impl Outbound {
 
     // --- the writer's side ---
 
-    /// Swaps the queued bytes into `batch` (which must be empty) and tells whether the
+    /// Swaps the queued segments into `batch` (which must be empty) and tells whether the
     /// connection is closed; the bytes count as in flight until `wrote` says otherwise.
-    pub fn take_batch(&self, batch: &mut Vec<u8>) -> bool {
-        let closed = {
+    pub fn take_batch(&self, batch: &mut VecDeque<Vec<u8>>) -> bool {
+        let (closed, n) = {
             let mut out = self.out.lock();
-            if !out.buf.is_empty() {
-                std::mem::swap(&mut out.buf, batch);
+            let n = out.len;
+            if n > 0 {
+                std::mem::swap(&mut out.segs, batch);
+                out.len = 0;
             }
-            out.closed
+            (out.closed, n)
         };
-        self.inflight.store(batch.len(), Ordering::Relaxed);
+        self.inflight.store(n, Ordering::Relaxed);
         closed
+    }
+
+    /// Every queued byte, taken out in one piece (tests and tools that read what a
+    /// connection was sent).
+    pub fn take_bytes(&self) -> Vec<u8> {
+        let mut batch = VecDeque::new();
+        self.take_batch(&mut batch);
+        let bytes = batch.iter().flatten().copied().collect();
+        self.recycle(&mut batch);
+        self.inflight.store(0, Ordering::Relaxed);
+        bytes
     }
 
     /// The writer has `left` bytes of its batch still to write: stalled publishers may go on.
@@ -499,24 +597,25 @@ impl Outbound {
         self.wake.notified().await
     }
 
-    /// After a written batch: keeps `batch`'s capacity for the next one up to a bound (freeing
-    /// and regrowing multi-megabyte buffers on every burst cost a tenth of the server's time in
-    /// page faults under fan-out, measured with perf).
-    pub fn recycle(batch: &mut Vec<u8>) {
-        batch.clear();
-        if batch.capacity() > MAX_RETAINED_OUT {
-            *batch = Vec::new();
+    /// After a written batch: its segments come back for reuse (up to a bound), `batch` is left
+    /// empty.
+    pub fn recycle(&self, batch: &mut VecDeque<Vec<u8>>) {
+        let mut out = self.out.lock();
+        for mut seg in batch.drain(..) {
+            if out.free.len() < MAX_FREE && seg.capacity() <= SEG_MAX_FREE {
+                seg.clear();
+                out.free.push(seg);
+            }
         }
     }
 
-    /// After the connection was idle a while: gives big buffers back.
-    pub fn shrink_idle(&self, batch: &mut Vec<u8>) {
-        if batch.capacity() > MIN_RETAINED_OUT {
-            *batch = Vec::new();
-        }
+    /// After the connection was idle a while: gives the kept segments back.
+    pub fn shrink_idle(&self, batch: &mut VecDeque<Vec<u8>>) {
+        *batch = VecDeque::new();
         let mut out = self.out.lock();
-        if out.buf.is_empty() && out.buf.capacity() > MIN_RETAINED_OUT {
-            out.buf = Vec::new();
+        out.free = Vec::new();
+        if out.segs.is_empty() {
+            out.segs = VecDeque::new();
         }
     }
 }

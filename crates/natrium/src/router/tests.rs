@@ -89,9 +89,7 @@ fn sub(
 
 /// What `out` has been sent since the last call.
 fn received(out: &Outbound) -> Vec<Frame> {
-    let mut batch = Vec::new();
-    out.take_batch(&mut batch);
-    frames(&batch)
+    frames(&out.take_bytes())
 }
 
 fn msg<'a>(subject: &'a str, payload: &'a str) -> Msg<'a> {
@@ -463,8 +461,7 @@ fn remote(
 
 /// The routed messages in `out`'s buffer, as (control line, payload).
 fn routed(out: &Outbound) -> Vec<(String, String)> {
-    let mut batch = Vec::new();
-    out.take_batch(&mut batch);
+    let batch = out.take_bytes();
     let mut v = Vec::new();
     let mut rest = &batch[..];
     while !rest.is_empty() {

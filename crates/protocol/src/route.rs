@@ -335,8 +335,12 @@ fn push_account(out: &mut Vec<u8>, account: &[u8]) {
 
 /// Appends a routed message (no account when `account` is empty): `RMSG account subject [reply] size` (or `HMSG ... hdr total` with
 /// headers); with queue groups `+ reply q1 q2` or `| q1 q2` stands where the reply would be.
+/// A message that entered the cluster from leafnode cluster `origin` is
+/// `LMSG origin account subject ... hdr total`, with a header size (0 without headers) always.
+#[allow(clippy::too_many_arguments)]
 pub fn msg<'q>(
     out: &mut Vec<u8>,
+    origin: Option<&[u8]>,
     account: &[u8],
     subject: &[u8],
     reply: Option<&[u8]>,
@@ -347,11 +351,15 @@ pub fn msg<'q>(
     let mut num = itoa::Buffer::new();
     let hlen = headers.map_or(0, <[u8]>::len);
     out.reserve(account.len() + subject.len() + hlen + payload.len() + 64);
-    out.extend_from_slice(if headers.is_some() {
-        b"HMSG "
-    } else {
-        b"RMSG "
-    });
+    match origin {
+        Some(o) => {
+            out.extend_from_slice(b"LMSG ");
+            out.extend_from_slice(o);
+            out.push(b' ');
+        }
+        None if headers.is_some() => out.extend_from_slice(b"HMSG "),
+        None => out.extend_from_slice(b"RMSG "),
+    }
     push_account(out, account);
     out.extend_from_slice(subject);
     out.push(b' ');
@@ -373,8 +381,8 @@ pub fn msg<'q>(
         out.extend_from_slice(r);
         out.push(b' ');
     }
-    if let Some(h) = headers {
-        out.extend_from_slice(num.format(h.len()).as_bytes());
+    if headers.is_some() || origin.is_some() {
+        out.extend_from_slice(num.format(hlen).as_bytes());
         out.push(b' ');
     }
     out.extend_from_slice(num.format(hlen + payload.len()).as_bytes());
@@ -558,7 +566,7 @@ mod tests {
         let mut out = Vec::new();
         sub(&mut out, b"", b"foo", None);
         unsub(&mut out, b"", b"foo", Some(b"q"));
-        msg(&mut out, b"", b"foo", None, [], None, b"x");
+        msg(&mut out, None, b"", b"foo", None, [], None, b"x");
         assert_eq!(out, b"RS+ foo\r\nRS- foo q\r\nRMSG foo 1\r\nx\r\n");
     }
 
@@ -699,6 +707,7 @@ mod tests {
         unsub(&mut b, b"A", b"jobs", Some(b"w"));
         msg(
             &mut b,
+            None,
             b"A",
             b"x.y",
             Some(b"r"),
@@ -708,6 +717,7 @@ mod tests {
         );
         msg(
             &mut b,
+            None,
             b"A",
             b"x.y",
             None,
@@ -715,6 +725,49 @@ mod tests {
             Some(b"NATS/1.0\r\n\r\n"),
             b"d",
         );
+        // From leafnode cluster `edge`: the origin first, a header size always.
+        msg(
+            &mut b,
+            Some(b"edge"),
+            b"A",
+            b"x.y",
+            Some(b"r"),
+            std::iter::empty(),
+            None,
+            b"d",
+        );
+        msg(
+            &mut b,
+            Some(b"edge"),
+            b"B",
+            b"x.y",
+            None,
+            [&b"w"[..]],
+            Some(b"NATS/1.0\r\n\r\n"),
+            b"d",
+        );
+        assert!(String::from_utf8_lossy(&b).contains("LMSG edge A x.y r 0 1\r\nd\r\n"));
+        assert!(String::from_utf8_lossy(&b).contains("LMSG edge B x.y | w 12 13\r\n"));
+        // On a route dedicated to the account, without it.
+        let mut d = Vec::new();
+        msg(&mut d, Some(b"edge"), b"", b"x.y", None, [], None, b"d");
+        assert_eq!(d, b"LMSG edge x.y 0 1\r\nd\r\n");
+        match parse_route_op_in(&d, 1 << 20, true) {
+            Ok(Parsed::Op {
+                op:
+                    RouteOp::Msg {
+                        origin,
+                        subject,
+                        payload,
+                        ..
+                    },
+                ..
+            }) => assert_eq!(
+                (origin, subject, payload),
+                (Some(&b"edge"[..]), &b"x.y"[..], &b"d"[..])
+            ),
+            other => panic!("{other:?}"),
+        }
         let mut ops = Vec::new();
         let mut rest = &b[..];
         while !rest.is_empty() {
@@ -722,7 +775,7 @@ mod tests {
             ops.push(format!("{op:?}"));
             rest = &rest[len..];
         }
-        assert_eq!(ops.len(), 5, "{ops:?}");
+        assert_eq!(ops.len(), 7, "{ops:?}");
         assert!(String::from_utf8_lossy(&b).contains("RMSG A x.y + r w v 4\r\ndata\r\n"));
         assert!(String::from_utf8_lossy(&b).contains("HMSG A x.y 12 13\r\n"));
     }

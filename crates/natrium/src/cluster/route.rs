@@ -342,6 +342,7 @@ async fn read_loop(
                                 Ok(info) if stage == Stage::AwaitInfo => {
                                     *route.remote.lock() = Some(info.clone());
                                     out.set_headers(info.headers);
+                                    out.set_leaf_origin(info.lnoc);
                                     mesh.handshake(route, info, peer).map(|acc| {
                                         dedicated = acc;
                                         stage = Stage::Up;
@@ -379,7 +380,7 @@ async fn read_loop(
                             route.remove_interest(account, subject, queue);
                             Ok(())
                         }
-                        RouteOp::Msg { account, subject, reply, queues, headers, payload, .. } => {
+                        RouteOp::Msg { origin, account, subject, reply, queues, headers, payload } => {
                             in_msgs += 1;
                             in_bytes += (payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
                             let acc = match &dedicated {
@@ -394,11 +395,11 @@ async fn read_loop(
                                     match reply.and_then(|r| r.iter().rposition(|b| *b == b'@').filter(|i| *i + 1 < r.len()).map(|i| (&r[..i], &r[i + 1..]))) {
                                         Some((r, shown)) => {
                                             let m = Msg { subject: shown, reply: Some(r), headers, payload };
-                                            publisher.publish_on(&acc, subject, &m, qf);
+                                            publisher.publish_on(&acc, subject, &m, qf, origin);
                                         }
                                         None => {
                                             let m = Msg { subject, reply, headers, payload };
-                                            publisher.publish_to_queues(&acc, &m, qf);
+                                            publisher.publish_on(&acc, subject, &m, qf, origin);
                                         }
                                     }
                                 }
@@ -417,11 +418,8 @@ async fn read_loop(
                     }
                 };
                 buf.advance(pos);
-                publisher.flush();
                 out.record_in(in_msgs, in_bytes);
-                if let Some(lagging) = publisher.take_lagging() {
-                    lagging.wait().await;
-                }
+                publisher.end_read().await;
                 if let Err(c) = result {
                     return c;
                 }

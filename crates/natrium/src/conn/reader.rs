@@ -289,12 +289,8 @@ impl Conn {
                                 r = self.process(&mut rbuf);
                             }
                         }
-                        self.publisher.flush();
                         self.out.record_in(self.in_msgs, self.in_bytes);
-                        // Every receiver that fell behind during this read gets its turn.
-                        if let Some(lagging) = self.publisher.take_lagging() {
-                            lagging.wait().await;
-                        }
+                        self.publisher.end_read().await;
                         if let Some(wait) = self.charge_rates() {
                             tokio::select! {
                                 _ = self.out.killed() => {}

@@ -455,10 +455,7 @@ async fn read_loop(
                 }
                 buf.advance(pos);
                 if let Some(p) = publisher.as_mut() {
-                    p.flush();
-                    if let Some(lagging) = p.take_lagging() {
-                        lagging.wait().await;
-                    }
+                    p.end_read().await;
                 }
                 out.record_in(in_msgs, in_bytes);
                 conn.in_msgs.fetch_add(in_msgs, Ordering::Relaxed);

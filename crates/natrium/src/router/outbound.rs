@@ -245,6 +245,8 @@ pub struct Outbound {
     pub(super) headers: AtomicBool,
     /// A route dedicated to one account: routed messages leave the account name out.
     pub(super) account_implied: AtomicBool,
+    /// A route whose peer takes `LMSG` with the leafnode cluster a message came from (`lnoc`).
+    pub(super) leaf_origin: AtomicBool,
     pub(super) max_pending: usize,
     /// Set when the client has `allow_responses`: deliveries with a reply then record a grant.
     pub(super) responses: Mutex<Option<(ResponsePermission, ResponseGrants)>>,
@@ -280,6 +282,7 @@ impl Outbound {
             closing: AtomicBool::new(false),
             headers: AtomicBool::new(false),
             account_implied: AtomicBool::new(false),
+            leaf_origin: AtomicBool::new(false),
             max_pending,
             responses: Mutex::new(None),
             track_responses: AtomicBool::new(false),
@@ -383,6 +386,12 @@ impl Outbound {
     /// Marks a route dedicated to one account (its messages do not name the account).
     pub fn set_account_implied(&self, on: bool) {
         self.account_implied.store(on, Ordering::Relaxed);
+    }
+
+    /// Marks a route whose peer takes `LMSG` with a leafnode origin cluster (its INFO's
+    /// `lnoc`): messages from a leafnode cluster then name it.
+    pub fn set_leaf_origin(&self, on: bool) {
+        self.leaf_origin.store(on, Ordering::Relaxed);
     }
 
     pub fn headers(&self) -> bool {

@@ -1,31 +1,21 @@
-//! Leafnodes: a Natrium leaf joins a Natrium hub and Debian's nats-server hub, a nats-server leaf
-//! joins a Natrium hub; messages (with headers), request-reply and queue groups cross both ways;
-//! a leaf bound to a tenant's account sees only that tenant's traffic; a leaf attached to a node
-//! of a cluster reaches the whole cluster, with no duplicates and no echo; a loop of leafnode
-//! connections is detected; a lost hub is redialled and the leaf's interest sent again.
-//! nats-server runs as a child process (skipped with a notice when it is not installed, unless
-//! `NATRIUM_REQUIRE_NATS_SERVER` is set, as CI does).
+//! Leafnodes: a Natrium leaf joins a Natrium hub and nats-server hubs, nats-server leaves join a
+//! Natrium hub; messages (with headers), request-reply, queue groups and interest withdrawal cross
+//! both ways; a leaf bound to a tenant's account sees only that tenant's traffic; a leaf attached
+//! to a node of a cluster reaches the whole cluster, with no duplicates and no echo; a loop of
+//! leafnode connections is detected; a lost hub is redialled and the leaf's interest sent again.
+//! The nats-server scenarios run against every version `common::goserver` finds (Debian's 2.9 and
+//! those `NATRIUM_NATS_SERVER_MODERN` names; 2.10+ ask for s2 compression, which Natrium turns
+//! down).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::StreamExt;
 use natrium::{Options, Server};
 
-use crate::common::goserver::{nats_server_binary, GoServer};
-use crate::common::{eventually, get_json, start};
-
-/// Starts Natrium from config `text` (written to `dir/name.conf`), clients on a random port.
-async fn natrium(dir: &Path, name: &str, text: &str) -> Server {
-    let path = dir.join(format!("{name}.conf"));
-    std::fs::write(&path, text).expect("write config");
-    let (mut o, _) = Options::from_file(&path).expect("config parses");
-    o.host = "127.0.0.1".into();
-    o.port = -1;
-    o.server_name = Some(name.into());
-    start(o).await
-}
+use crate::common::goserver::{nats_servers, GoBin, GoServer};
+use crate::common::traffic::{drain, natrium, next, silent, until_flowing};
+use crate::common::{eventually, get_json};
 
 /// A port free now (bound, then released), for servers whose leafnode port must be known
 /// before they start.
@@ -43,44 +33,6 @@ async fn connect_as(url: &str, user: &str, pass: &str) -> async_nats::Client {
         .connect(url)
         .await
         .expect("client connects")
-}
-
-/// Publishes `subject` from `from` until `sub` gets a message (interest crosses a leafnode
-/// connection asynchronously), then lets stray probes arrive and drops them.
-async fn until_flowing(from: &async_nats::Client, subject: &str, sub: &mut async_nats::Subscriber) {
-    for _ in 0..200 {
-        from.publish(subject.to_string(), "probe".into())
-            .await
-            .expect("publish");
-        from.flush().await.expect("flush");
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
-            while let Ok(Some(_)) =
-                tokio::time::timeout(Duration::from_millis(150), sub.next()).await
-            {}
-            return;
-        }
-    }
-    panic!("{subject}: nothing crossed the leafnode connection");
-}
-
-/// Drops what `sub` received so far (probes).
-async fn drain(sub: &mut async_nats::Subscriber) {
-    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {}
-}
-
-/// The next message on `sub`, within 5 s.
-async fn next(sub: &mut async_nats::Subscriber) -> async_nats::Message {
-    tokio::time::timeout(Duration::from_secs(5), sub.next())
-        .await
-        .expect("a message in time")
-        .expect("subscription open")
-}
-
-/// Whether `sub` stays silent for `ms`.
-async fn silent(sub: &mut async_nats::Subscriber, ms: u64) -> bool {
-    tokio::time::timeout(Duration::from_millis(ms), sub.next())
-        .await
-        .is_err()
 }
 
 /// Messages, headers, request-reply and a queue group across one leafnode connection between
@@ -823,66 +775,62 @@ async fn an_edge_keeps_its_own_streams_reached_through_its_domain() {
     hub.shutdown().await;
 }
 
-// ---- With Debian's nats-server ----
+// ---- With nats-server: Debian's 2.9 and the modern ones (common::goserver) ----
 
-/// Starts nats-server with config `text` on a random client port (read from its ports file).
-fn go_server(bin: &str, dir: &Path, name: &str, text: &str) -> GoServer {
-    let conf = dir.join(format!("{name}.conf"));
-    std::fs::write(&conf, text).expect("write config");
-    let ports_dir = dir.join(format!("{name}-ports"));
-    let _ = std::fs::remove_dir_all(&ports_dir);
-    std::fs::create_dir_all(&ports_dir).expect("ports dir");
-    let child = Command::new(bin)
-        .arg("-c")
-        .arg(&conf)
-        .args(["-a", "127.0.0.1", "-p", "-1", "-n", name])
-        .arg("--ports_file_dir")
-        .arg(&ports_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn nats-server");
-    let ports = ports_dir.join(format!("nats-server_{}.ports", child.id()));
-    let mut doc = None;
-    for _ in 0..500 {
-        if let Some(v) = std::fs::read(&ports)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        {
-            doc = Some(v);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+/// What a nats-server 2.10+ side adds to its leafnode block or remote: it asks for s2
+/// compression, which Natrium (no s2) must turn down, leaving the link uncompressed.
+fn go_compression(bin: &GoBin) -> &'static str {
+    if bin.at_least(2, 10) {
+        ", compression: s2_fast"
+    } else {
+        ""
     }
-    let doc = doc.expect("nats-server wrote its ports file");
-    let url = doc["nats"][0].as_str().expect("client url").to_string();
-    let client_port = url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port");
-    GoServer { child, client_port }
 }
 
-/// The leafnode connections nats-server reports on its monitoring port.
-async fn go_leafz(monitor: u16) -> serde_json::Value {
-    let r = reqwest::get(format!("http://127.0.0.1:{monitor}/leafz"))
-        .await
-        .expect("leafz");
-    r.json().await.expect("json")
+/// The other side's interest in `subject` (with queue group `queue`, weight `weight`) as
+/// nats-server lists it in `/leafz?subs=1`, on its one leafnode connection.
+async fn go_leaf_subs(go: &GoServer) -> Vec<String> {
+    let lz = go.monitor("/leafz?subs=1").await;
+    lz["leafs"][0]["subscriptions_list"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until nats-server's view of its one leafnode connection satisfies `f`.
+async fn go_leaf_subs_until(go: &GoServer, what: &str, f: impl Fn(&[String]) -> bool) {
+    for _ in 0..200 {
+        if f(&go_leaf_subs(go).await) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "{what}: nats-server's /leafz shows {:?}",
+        go_leaf_subs(go).await
+    );
 }
 
 #[tokio::test]
 async fn natrium_leaf_joins_a_nats_server_hub_and_survives_its_restart() {
-    let Some(bin) = nats_server_binary("the leafnode interop test") else {
-        return;
-    };
+    for bin in nats_servers("the leafnode interop test") {
+        eprintln!("nats-server {}", bin.version);
+        natrium_leaf_on_go_hub(&bin).await;
+    }
+}
+
+async fn natrium_leaf_on_go_hub(bin: &GoBin) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (leaf_port, http) = (free_port(), free_port());
+    let leaf_port = free_port();
     let hub_conf = format!(
-        "http: \"127.0.0.1:{http}\"\naccounts {{\n  A {{ users [ {{user: a, password: pa}} ] }}\n  B {{ users [ {{user: b, password: pb}} ] }}\n}}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\", authorization {{ users [ {{user: edge, password: e, account: A}} ] }} }}\n"
+        "http: \"127.0.0.1:-1\"\naccounts {{\n  A {{ users [ {{user: a, password: pa}} ] }}\n  B {{ users [ {{user: b, password: pb}} ] }}\n}}\nleafnodes {{ listen: \"127.0.0.1:{leaf_port}\"{}, authorization {{ users [ {{user: edge, password: e, account: A}} ] }} }}\n",
+        go_compression(bin)
     );
-    let go = go_server(&bin, dir.path(), "gohub", &hub_conf);
+    let go = GoServer::start(bin, dir.path(), "gohub", &hub_conf);
     let leaf = natrium(
         dir.path(),
         "rsleaf",
@@ -890,16 +838,42 @@ async fn natrium_leaf_joins_a_nats_server_hub_and_survives_its_restart() {
     )
     .await;
     eventually(|| leaf.num_leafnodes() == 1).await;
-    let lz = go_leafz(http).await;
-    assert_eq!(lz["leafnodes"], 1, "{lz}");
+    let lz = go.monitor("/leafz").await;
+    assert_eq!(lz["leafnodes"], 1, "{} {lz}", bin.version);
     assert_eq!(lz["leafs"][0]["account"], "A", "{lz}");
-    let go_url = format!("nats://127.0.0.1:{}", go.client_port);
-    let on_go = connect_as(&go_url, "a", "pa").await;
+    if bin.at_least(2, 10) {
+        // Not s2_fast, as the hub asked: Natrium has no s2.
+        assert_eq!(lz["leafs"][0]["compression"], "not supported", "{lz}");
+    }
+    let on_go = connect_as(&go.client_url(), "a", "pa").await;
     let on_leaf = connect(&leaf.client_url()).await;
     exchange(&on_leaf, &on_go).await;
 
+    // The leaf's interest as the hub sees it: a queue group with its weight, then gone when
+    // the leaf's clients leave.
+    let q1 = on_leaf
+        .queue_subscribe("weighted", "wq".into())
+        .await
+        .expect("qsub");
+    let q2 = on_leaf
+        .queue_subscribe("weighted", "wq".into())
+        .await
+        .expect("qsub");
+    let plain = on_leaf.subscribe("withdrawn").await.expect("sub");
+    on_leaf.flush().await.expect("flush");
+    go_leaf_subs_until(&go, "the leaf's interest", |s| {
+        s.iter().any(|x| x == "withdrawn") && s.iter().any(|x| x == "weighted")
+    })
+    .await;
+    drop((q1, q2, plain));
+    on_leaf.flush().await.expect("flush");
+    go_leaf_subs_until(&go, "the leaf's interest withdrawn", |s| {
+        !s.iter().any(|x| x == "withdrawn" || x == "weighted")
+    })
+    .await;
+
     // Tenant isolation on nats-server's side: account B never reaches the leaf.
-    let on_go_b = connect_as(&go_url, "b", "pb").await;
+    let on_go_b = connect_as(&go.client_url(), "b", "pb").await;
     let mut edge = on_leaf.subscribe("iso").await.expect("sub");
     on_leaf.flush().await.expect("flush");
     until_flowing(&on_go, "iso", &mut edge).await;
@@ -918,9 +892,9 @@ async fn natrium_leaf_joins_a_nats_server_hub_and_survives_its_restart() {
     drop(on_go_b);
     drop(go);
     eventually(|| leaf.num_leafnodes() == 0).await;
-    let go = go_server(&bin, dir.path(), "gohub", &hub_conf);
+    let go = GoServer::start(bin, dir.path(), "gohub", &hub_conf);
     eventually(|| leaf.num_leafnodes() == 1).await;
-    let on_go = connect_as(&format!("nats://127.0.0.1:{}", go.client_port), "a", "pa").await;
+    let on_go = connect_as(&go.client_url(), "a", "pa").await;
     until_flowing(&on_go, "kept", &mut kept).await;
     on_go
         .publish("kept", "after".into())
@@ -932,21 +906,26 @@ async fn natrium_leaf_joins_a_nats_server_hub_and_survives_its_restart() {
 
 #[tokio::test]
 async fn leafnode_tls_with_nats_server_on_either_side() {
-    let Some(bin) = nats_server_binary("the leafnode interop test") else {
-        return;
-    };
+    for bin in nats_servers("the leafnode interop test") {
+        eprintln!("nats-server {}", bin.version);
+        leafnode_tls_with(&bin).await;
+    }
+}
+
+async fn leafnode_tls_with(bin: &GoBin) {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = crate::common::pki::Pki::new();
     let (cert, key) = pki.server_cert();
     let ca = pki.ca_file();
     // nats-server hub with TLS, Natrium leaf.
     let go_leaf_port = free_port();
-    let go_hub = go_server(
-        &bin,
+    let go_hub = GoServer::start(
+        bin,
         dir.path(),
         "gotlshub",
         &format!(
-            "leafnodes {{ listen: \"127.0.0.1:{go_leaf_port}\", tls {{ cert_file: {cert:?}, key_file: {key:?} }} }}\n"
+            "leafnodes {{ listen: \"127.0.0.1:{go_leaf_port}\"{}, tls {{ cert_file: {cert:?}, key_file: {key:?} }} }}\n",
+            go_compression(bin)
         ),
     );
     let rs_leaf = natrium(
@@ -958,7 +937,7 @@ async fn leafnode_tls_with_nats_server_on_either_side() {
     )
     .await;
     eventually(|| rs_leaf.num_leafnodes() == 1).await;
-    let on_go = connect(&format!("nats://127.0.0.1:{}", go_hub.client_port)).await;
+    let on_go = connect(&go_hub.client_url()).await;
     let on_leaf = connect(&rs_leaf.client_url()).await;
     let mut at_go = on_go.subscribe("t1").await.expect("sub");
     on_go.flush().await.expect("flush");
@@ -979,17 +958,18 @@ async fn leafnode_tls_with_nats_server_on_either_side() {
     )
     .await;
     let port = rs_hub.leafnode_port().expect("port");
-    let go_leaf = go_server(
-        &bin,
+    let go_leaf = GoServer::start(
+        bin,
         dir.path(),
         "gotlsleaf",
         &format!(
-            "leafnodes {{ reconnect: 1, remotes [ {{ url: \"tls://127.0.0.1:{port}\", tls {{ ca_file: {ca:?} }} }} ] }}\n"
+            "leafnodes {{ reconnect: 1, remotes [ {{ url: \"tls://127.0.0.1:{port}\"{}, tls {{ ca_file: {ca:?} }} }} ] }}\n",
+            go_compression(bin)
         ),
     );
     eventually(|| rs_hub.num_leafnodes() == 1).await;
     let on_hub = connect(&rs_hub.client_url()).await;
-    let on_go = connect(&format!("nats://127.0.0.1:{}", go_leaf.client_port)).await;
+    let on_go = connect(&go_leaf.client_url()).await;
     let mut at_go = on_go.subscribe("t3").await.expect("sub");
     on_go.flush().await.expect("flush");
     until_flowing(&on_hub, "t3", &mut at_go).await;
@@ -1002,9 +982,13 @@ async fn leafnode_tls_with_nats_server_on_either_side() {
 
 #[tokio::test]
 async fn nats_server_leaf_joins_a_natrium_hub() {
-    let Some(bin) = nats_server_binary("the leafnode interop test") else {
-        return;
-    };
+    for bin in nats_servers("the leafnode interop test") {
+        eprintln!("nats-server {}", bin.version);
+        go_leaf_on_natrium_hub(&bin).await;
+    }
+}
+
+async fn go_leaf_on_natrium_hub(bin: &GoBin) {
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = natrium(
         dir.path(),
@@ -1013,19 +997,53 @@ async fn nats_server_leaf_joins_a_natrium_hub() {
     )
     .await;
     let port = hub.leafnode_port().expect("port");
-    let go = go_server(
-        &bin,
+    let go = GoServer::start(
+        bin,
         dir.path(),
         "goleaf",
-        &format!("leafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://edge:e@127.0.0.1:{port}\" }} ] }}\n"),
+        &format!(
+            "http: \"127.0.0.1:-1\"\nleafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://edge:e@127.0.0.1:{port}\"{} }} ] }}\n",
+            go_compression(bin)
+        ),
     );
     eventually(|| hub.num_leafnodes() == 1).await;
     let lz = get_json(&hub, "/leafz").await;
     assert_eq!(lz["leafs"][0]["account"], "A", "{lz}");
     assert_eq!(lz["leafs"][0]["name"], "goleaf", "{lz}");
-    let on_go = connect(&format!("nats://127.0.0.1:{}", go.client_port)).await;
+    let on_go = connect(&go.client_url()).await;
     let on_hub = connect_as(&hub.client_url(), "a", "pa").await;
     exchange(&on_go, &on_hub).await;
+
+    // The hub's interest as the nats-server leaf sees it, and withdrawn.
+    let q1 = on_hub
+        .queue_subscribe("weighted", "wq".into())
+        .await
+        .expect("qsub");
+    let q2 = on_hub
+        .queue_subscribe("weighted", "wq".into())
+        .await
+        .expect("qsub");
+    let plain = on_hub.subscribe("withdrawn").await.expect("sub");
+    on_hub.flush().await.expect("flush");
+    go_leaf_subs_until(&go, "the hub's interest", |s| {
+        s.iter().any(|x| x == "withdrawn") && s.iter().any(|x| x == "weighted")
+    })
+    .await;
+    drop((q1, q2, plain));
+    on_hub.flush().await.expect("flush");
+    go_leaf_subs_until(&go, "the hub's interest withdrawn", |s| {
+        !s.iter().any(|x| x == "withdrawn" || x == "weighted")
+    })
+    .await;
+    // And the leaf's, as the hub sees it.
+    let ic = hub.internal_client("A").expect("A");
+    let gone = on_go.subscribe("gone.>").await.expect("sub");
+    on_go.flush().await.expect("flush");
+    eventually(|| ic.has_interest("gone.x")).await;
+    drop(gone);
+    on_go.flush().await.expect("flush");
+    eventually(|| !ic.has_interest("gone.x")).await;
+
     // Account B's traffic stays on the hub.
     let on_hub_b = connect_as(&hub.client_url(), "b", "pb").await;
     let mut edge = on_go.subscribe("iso").await.expect("sub");
@@ -1039,4 +1057,116 @@ async fn nats_server_leaf_joins_a_natrium_hub() {
     drop(go);
     eventually(|| hub.num_leafnodes() == 0).await;
     hub.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_leaf_cluster_on_a_mixed_hub_gets_each_message_once() {
+    for bin in nats_servers("the leaf-cluster interop test") {
+        eprintln!("nats-server {}", bin.version);
+        leaf_cluster_on_mixed_hub(&bin).await;
+    }
+}
+
+/// A hub cluster of Natrium and nats-server, an edge cluster of two nats-server nodes with one
+/// leafnode connection to each hub node: a message published in the edge reaches the other
+/// edge node once (over the edge's own route, not again through the hub), and each hub node
+/// once. Needs the origin cluster on routed messages (`LMSG`) in both directions.
+async fn leaf_cluster_on_mixed_hub(bin: &GoBin) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rs = natrium(
+        dir.path(),
+        "rshub",
+        "cluster { name: hub, listen: \"127.0.0.1:-1\" }\nleafnodes { host: 127.0.0.1, port: -1 }\n",
+    )
+    .await;
+    let gh_leaf = free_port();
+    let gh = GoServer::start(
+        bin,
+        dir.path(),
+        "gohub",
+        &format!(
+            "cluster {{ name: hub, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{}\"] }}\nleafnodes {{ listen: \"127.0.0.1:{gh_leaf}\" }}\n",
+            rs.cluster_port().expect("cluster port")
+        ),
+    );
+    eventually(|| rs.num_routes() == 1).await;
+    let e1 = GoServer::start(
+        bin,
+        dir.path(),
+        "edge1",
+        &format!(
+            "cluster {{ name: edge, listen: \"127.0.0.1:-1\" }}\nleafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
+            gh_leaf
+        ),
+    );
+    let e2 = GoServer::start(
+        bin,
+        dir.path(),
+        "edge2",
+        &format!(
+            "cluster {{ name: edge, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{}\"] }}\nleafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
+            e1.cluster_port.expect("cluster port"),
+            rs.leafnode_port().expect("leafnode port")
+        ),
+    );
+    eventually(|| rs.num_leafnodes() == 1).await;
+    let nodes = [
+        connect(&e1.client_url()).await,
+        connect(&e2.client_url()).await,
+        connect(&rs.client_url()).await,
+        connect(&gh.client_url()).await,
+    ];
+    let mut subs = Vec::new();
+    for c in &nodes {
+        subs.push(c.subscribe("t.>").await.expect("sub"));
+        c.flush().await.expect("flush");
+    }
+    // Until probes from either edge node reach every subscriber.
+    for (from, edge) in nodes[..2].iter().enumerate() {
+        let mut reached = [false; 4];
+        for i in 0..200 {
+            if reached.iter().all(|r| *r) {
+                break;
+            }
+            edge.publish(format!("t.probe.{i}"), "p".into())
+                .await
+                .expect("publish");
+            edge.flush().await.expect("flush");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            for (k, s) in subs.iter_mut().enumerate() {
+                while let Ok(Some(_)) =
+                    tokio::time::timeout(Duration::from_millis(1), s.next()).await
+                {
+                    reached[k] = true;
+                }
+            }
+        }
+        assert!(
+            reached.iter().all(|r| *r),
+            "from edge node {from}: {reached:?}"
+        );
+    }
+    for s in subs.iter_mut() {
+        drain(s).await;
+    }
+    nodes[0]
+        .publish("t.x", "from e1".into())
+        .await
+        .expect("publish");
+    nodes[1]
+        .publish("t.y", "from e2".into())
+        .await
+        .expect("publish");
+    nodes[0].flush().await.expect("flush");
+    nodes[1].flush().await.expect("flush");
+    for (k, s) in subs.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), s.next()).await {
+            got.push(m.subject.to_string());
+        }
+        got.sort();
+        assert_eq!(got, ["t.x", "t.y"], "{} node {k}", bin.version);
+    }
+    drop((e1, e2, gh));
+    rs.shutdown().await;
 }

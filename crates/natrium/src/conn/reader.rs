@@ -284,7 +284,9 @@ impl Conn {
                         let mut r = self.process(&mut rbuf);
                         while r.is_ok() {
                             let Some(info) = self.pending_connect.take() else { break };
-                            r = self.connect_first(info, auth_deadline.deadline()).await;
+                            // Boxed: authentication's futures are large and run once, and held
+                            // inline they would make every connection's reader task larger.
+                            r = Box::pin(self.connect_first(info, auth_deadline.deadline())).await;
                             if r.is_ok() {
                                 r = self.process(&mut rbuf);
                             }
@@ -318,7 +320,7 @@ impl Conn {
                         Some(Fatal::new(CloseReason::AuthenticationTimeout, "Authentication Timeout"))
                     }
                 }
-                _ = self.client.reauthorized() => self.reauthorize().await.err(),
+                _ = self.client.reauthorized() => Box::pin(self.reauthorize()).await.err(),
             };
             if let Some(f) = fatal {
                 if let Some(e) = &f.err {

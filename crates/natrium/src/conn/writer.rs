@@ -76,13 +76,18 @@ async fn write_batch<W: AsyncWrite>(
     let mut left: usize = batch.iter().map(Vec::len).sum();
     let (mut seg, mut off) = (0, 0);
     while left > 0 {
-        let iov: SmallVec<[IoSlice<'_>; MAX_IOV]> = std::iter::once(&batch[seg][off..])
-            .chain(batch.iter().skip(seg + 1).map(Vec::as_slice))
-            .filter(|b| !b.is_empty())
-            .take(MAX_IOV)
-            .map(IoSlice::new)
-            .collect();
-        match tokio::time::timeout(deadline, wr.as_mut().write_vectored(&iov)).await {
+        // The slices are built in each poll, on the stack: held across the await they would
+        // make every connection's writer task that much larger.
+        let write = std::future::poll_fn(|cx| {
+            let iov: SmallVec<[IoSlice<'_>; MAX_IOV]> = std::iter::once(&batch[seg][off..])
+                .chain(batch.iter().skip(seg + 1).map(Vec::as_slice))
+                .filter(|b| !b.is_empty())
+                .take(MAX_IOV)
+                .map(IoSlice::new)
+                .collect();
+            wr.as_mut().poll_write_vectored(cx, &iov)
+        });
+        match tokio::time::timeout(deadline, write).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Some(CloseReason::WriteError),
             Ok(Ok(n)) => {
                 left -= n;

@@ -339,6 +339,21 @@ impl Delivery {
                 _ => {}
             }
             let n = members.len();
+            // A group of local members only (the common case): one picked at random, the
+            // others tried in turn if it can not take the message.
+            if members
+                .iter()
+                .all(|s| !matches!(s.0.target, Target::Route(_)))
+            {
+                let start = self.rng.usize(..n);
+                for i in 0..n {
+                    if self.deliver(account, &members[(start + i) % n], m, hop) {
+                        delivered = true;
+                        break;
+                    }
+                }
+                continue;
+            }
             // Peers count as many members as they have; locals as one each. Leaves only get
             // a group's messages when it has no member on this server (as nats-server).
             let has_local = members

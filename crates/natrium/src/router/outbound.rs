@@ -118,8 +118,9 @@ pub(super) struct OutBuf {
     pub(super) out_bytes: u64,
 }
 
-/// A new segment for appends holds at least this much.
-const SEG_MIN: usize = 16 * 1024;
+/// Appends grow the last segment up to this size, then start a new one (a segment is never
+/// grown past it: small connections keep small buffers, busy ones no growing copies).
+const SEG_GROW_MAX: usize = 64 * 1024;
 /// Staged frames up to this size are copied into the last segment when they fit its spare room
 /// (many small hand-overs would otherwise make many small segments).
 const COPY_MAX: usize = 4 * 1024;
@@ -148,16 +149,14 @@ impl OutBuf {
         self.len == 0
     }
 
-    /// Appends what `f` writes (about `need` bytes) to the last segment, or to a new one when
-    /// the last has no room for `need` (a segment is never grown).
+    /// Appends what `f` writes (about `need` bytes) to the last segment: within its room, or
+    /// growing it while it stays under `SEG_GROW_MAX`; else to a new segment.
     pub(super) fn append_with(&mut self, need: usize, f: impl FnOnce(&mut Vec<u8>)) {
-        let room = self
-            .segs
-            .back()
-            .is_some_and(|last| last.capacity() - last.len() >= need);
-        if !room {
-            let mut seg = self.free.pop().unwrap_or_default();
-            seg.reserve(need.max(SEG_MIN));
+        let fits = self.segs.back().is_some_and(|last| {
+            last.capacity() - last.len() >= need || last.len() + need <= SEG_GROW_MAX
+        });
+        if !fits {
+            let seg = self.free.pop().unwrap_or_default();
             self.segs.push_back(seg);
         }
         let last = self.segs.back_mut().expect("a segment");

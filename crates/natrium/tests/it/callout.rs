@@ -143,7 +143,7 @@ fn config(dir: &std::path::Path, issuer: &KeyPair, xkey: Option<&XKey>) -> std::
         format!(
             "listen: 127.0.0.1:-1\n\
              accounts {{\n  AUTH: {{ users: [ {{user: auth, password: auth-pw}} ] }}\n  APP: {{}}\n  OTHER: {{}}\n}}\n\
-             authorization {{\n  timeout: 2\n  auth_callout {{\n    issuer: {}\n    account: AUTH\n    auth_users: [ auth ]\n{xkey_line}  }}\n}}\n",
+             authorization {{\n  timeout: 4\n  auth_callout {{\n    issuer: {}\n    account: AUTH\n    auth_users: [ auth ]\n{xkey_line}  }}\n}}\n",
             issuer.public_key()
         ),
     )

@@ -173,10 +173,20 @@ impl FrameParts {
         self.ready = [false; 2];
     }
 
-    /// The shared parts for `m`, with its headers or without them.
+    /// The shared parts for `m`, with its headers or without them (built at a message's first
+    /// delivery; the others pay the check).
+    #[inline(always)]
     fn parts(&mut self, m: &Msg<'_>, headers: Option<&[u8]>) -> (&[u8], &[u8]) {
         let i = usize::from(headers.is_some());
         if !self.ready[i] {
+            self.build(i, m, headers);
+        }
+        (&self.head[i], &self.mid[i])
+    }
+
+    #[inline(never)]
+    fn build(&mut self, i: usize, m: &Msg<'_>, headers: Option<&[u8]>) {
+        {
             let (head, mid) = (&mut self.head[i], &mut self.mid[i]);
             head.clear();
             head.extend_from_slice(if headers.is_some() { b"HMSG " } else { b"MSG " });
@@ -198,12 +208,14 @@ impl FrameParts {
             mid.extend_from_slice(b"\r\n");
             self.ready[i] = true;
         }
-        (&self.head[i], &self.mid[i])
     }
 }
 
-/// Appends one delivery: the shared parts around the receiver's sid, then the body.
-#[inline]
+/// Appends one delivery: the shared parts around the receiver's sid, then the body. One
+/// reservation, then plain copies: six `extend_from_slice` calls each checked the capacity
+/// again, and whether the compiler inlined them into `deliver` changed with unrelated edits
+/// (callgrind, fan-out 1 -> 4: 496M against 534M instructions for 200,000 messages).
+#[inline(always)]
 fn put_frame(
     buf: &mut Vec<u8>,
     head: &[u8],
@@ -212,16 +224,34 @@ fn put_frame(
     headers: Option<&[u8]>,
     payload: &[u8],
 ) {
-    let hlen = headers.map_or(0, <[u8]>::len);
-    buf.reserve(head.len() + sid.len() + mid.len() + hlen + payload.len() + 2);
-    buf.extend_from_slice(head);
-    buf.extend_from_slice(sid);
-    buf.extend_from_slice(mid);
-    if let Some(h) = headers {
-        buf.extend_from_slice(h);
+    let parts = [
+        head,
+        sid,
+        mid,
+        headers.unwrap_or_default(),
+        payload,
+        b"\r\n",
+    ];
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    buf.reserve(total);
+    let mut at = buf.len();
+    for part in parts {
+        // SAFETY: `reserve` made room for `total` bytes past the length; the parts are copied
+        // into that room, back to back, and never overlap the buffer (they are other data).
+        unsafe {
+            std::ptr::copy_nonoverlapping(part.as_ptr(), buf.as_mut_ptr().add(at), part.len());
+        }
+        at += part.len();
     }
-    buf.extend_from_slice(payload);
-    buf.extend_from_slice(b"\r\n");
+    // SAFETY: every byte up to `at` (old length + `total`) was written above.
+    unsafe { buf.set_len(at) };
+}
+
+/// Appends the frame of a message with one receiver (kept out of line: inlined, it made the
+/// compiler stop inlining the fan-out path's copies into `deliver`, measured with callgrind).
+#[inline(never)]
+fn encode_single(buf: &mut Vec<u8>, m: &Msg<'_>, sid: &[u8], headers: Option<&[u8]>) {
+    encode::msg(buf, m.subject, sid, m.reply, headers, m.payload);
 }
 
 /// Past this many receivers in a batch, their staging slots are found through a map.
@@ -318,6 +348,8 @@ impl Delivery {
     ) -> bool {
         let mut delivered = false;
         self.frames[hop.depth as usize].reset();
+        // One receiver at most: its frame is encoded directly, without shared parts.
+        let single = found.plain.len() + found.queues.len() <= 1;
         let mut routes: SmallVec<[RouteHit<'_>; 4]> = SmallVec::new();
         for sub in &found.plain {
             match &sub.0.target {
@@ -328,7 +360,7 @@ impl Delivery {
                         routes.push((r, SmallVec::new()));
                     }
                 }
-                _ => delivered |= self.deliver(account, sub, m, hop),
+                _ => delivered |= self.deliver(account, sub, m, hop, single),
             }
         }
         for (name, members) in &found.queues {
@@ -347,7 +379,7 @@ impl Delivery {
             {
                 let start = self.rng.usize(..n);
                 for i in 0..n {
-                    if self.deliver(account, &members[(start + i) % n], m, hop) {
+                    if self.deliver(account, &members[(start + i) % n], m, hop, single) {
                         delivered = true;
                         break;
                     }
@@ -411,7 +443,7 @@ impl Delivery {
                     delivered = true;
                     break;
                 }
-                if self.deliver(account, sub, m, hop) {
+                if self.deliver(account, sub, m, hop, single) {
                     delivered = true;
                     break;
                 }
@@ -423,8 +455,16 @@ impl Delivery {
         delivered
     }
 
-    /// Delivers one message to one local subscription of `account`. Returns whether it did.
-    fn deliver(&mut self, account: &Arc<Account>, sub: &SubRef, m: &Msg<'_>, hop: Hop<'_>) -> bool {
+    /// Delivers one message to one local subscription of `account` (`single`: the message's
+    /// only receiver). Returns whether it did.
+    fn deliver(
+        &mut self,
+        account: &Arc<Account>,
+        sub: &SubRef,
+        m: &Msg<'_>,
+        hop: Hop<'_>,
+        single: bool,
+    ) -> bool {
         let s = &sub.0;
         if let Some(deny) = &s.deny {
             if deny.iter().any(|d| matches(d, m.subject)) {
@@ -494,9 +534,20 @@ impl Delivery {
             }
         } else {
             let i = self.stage(client);
-            let (head, mid) = self.frames[hop.depth as usize].parts(m, headers);
+            if single {
+                encode_single(&mut self.staged[i].buf, m, &s.sid, headers);
+            } else {
+                let (head, mid) = self.frames[hop.depth as usize].parts(m, headers);
+                put_frame(
+                    &mut self.staged[i].buf,
+                    head,
+                    &s.sid,
+                    mid,
+                    headers,
+                    m.payload,
+                );
+            }
             let st = &mut self.staged[i];
-            put_frame(&mut st.buf, head, &s.sid, mid, headers, m.payload);
             st.msgs += 1;
             st.bytes += (m.payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
             if count_now {

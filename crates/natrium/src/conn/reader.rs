@@ -53,7 +53,11 @@ pub struct Conn {
     name: String,
     user: Option<String>,
     perms: Option<ClientPerms>,
-    publisher: Publisher,
+    /// Made at the connection's first publish (boxed: a subscriber-only connection, the
+    /// common idle case, does not carry its match cache and delivery state).
+    publisher: Option<Box<Publisher>>,
+    /// `echo` from CONNECT, for the publisher.
+    echo: bool,
     pings_out: u32,
     in_msgs: u64,
     in_bytes: u64,
@@ -121,7 +125,8 @@ impl Conn {
             ..ConnAuth::default()
         };
         Conn {
-            publisher: Publisher::new(out.cid).with_stats(out.cache_stats.clone()),
+            publisher: None,
+            echo: true,
             client,
             out,
             ctx,
@@ -292,7 +297,9 @@ impl Conn {
                             }
                         }
                         self.out.record_in(self.in_msgs, self.in_bytes);
-                        self.publisher.end_read().await;
+                        if let Some(p) = self.publisher.as_mut() {
+                            p.end_read().await;
+                        }
                         if let Some(wait) = self.charge_rates() {
                             tokio::select! {
                                 _ = self.out.killed() => {}
@@ -589,7 +596,9 @@ impl Conn {
                     "Authorization Violation",
                 )
             })?;
-            self.publisher.forget_matches();
+            if let Some(p) = self.publisher.as_mut() {
+                p.forget_matches();
+            }
         }
         if self.account.add_connection().is_err() {
             return Err(Fatal::new(
@@ -833,7 +842,10 @@ impl Conn {
         self.connected = true;
         self.verbose = info.verbose;
         self.pedantic = info.pedantic;
-        self.publisher.set_echo(info.echo);
+        self.echo = info.echo;
+        if let Some(p) = self.publisher.as_mut() {
+            p.set_echo(info.echo);
+        }
         self.out.set_headers(info.headers);
         self.no_responders = info.no_responders && info.headers;
         self.name = format!(
@@ -865,7 +877,15 @@ impl Conn {
         // nats-server acknowledges a verbose PUB once it passed the permission check, before
         // delivering it.
         self.ok();
-        let delivered = is_valid_subject(m.subject) && self.publisher.publish(&self.account, m);
+        let delivered = is_valid_subject(m.subject) && {
+            let (out, echo) = (&self.out, self.echo);
+            let p = self.publisher.get_or_insert_with(|| {
+                let mut p = Publisher::new(out.cid).with_stats(out.cache_stats.clone());
+                p.set_echo(echo);
+                Box::new(p)
+            });
+            p.publish(&self.account, m)
+        };
         if !delivered && self.no_responders {
             if let Some(reply) = m.reply {
                 self.send_no_responders(reply);

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::parse::{parse_size, trim, Args, ParseError, Parsed};
-use crate::route::control_line;
+use crate::route::{control_line, message_body};
 
 /// One operation from the other server, borrowing from the read buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -126,26 +126,10 @@ fn parse_msg<'a>(
         [ind, qs @ ..] if *ind == b"|" => (None, span(args, qs)),
         _ => return Err(bad()),
     };
-    if total > max_payload {
-        return Err(ParseError::MaxPayload {
-            size: total,
-            max: max_payload,
-        });
-    }
-    if hdr.is_some_and(|h| h > total) {
-        return Err(bad());
-    }
-    let end = after + total;
-    let needed = end + 2;
-    if buf.len() < needed {
-        return Ok(Parsed::Incomplete {
-            total: Some(needed),
-        });
-    }
-    if &buf[end..needed] != b"\r\n" {
-        return Err(ParseError::BadTerminator);
-    }
-    let data = &buf[after..end];
+    let (data, needed) = match message_body(buf, after, total, hdr, max_payload, bad)? {
+        Parsed::Op { op, len } => (op, len),
+        Parsed::Incomplete { total } => return Ok(Parsed::Incomplete { total }),
+    };
     let (headers, payload) = match hdr {
         Some(h) => (Some(&data[..h]), &data[h..]),
         None => (None, data),

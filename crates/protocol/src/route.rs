@@ -182,6 +182,42 @@ pub(crate) fn control_line(buf: &[u8]) -> Result<Option<ControlLine<'_>>, ParseE
     Ok(Some((name, args, nl + 1)))
 }
 
+/// The body of a routed message (RMSG/HMSG/LMSG): `total` bytes from `after`, `hdr` of them
+/// headers, then CRLF; checked against `max_payload` and its header size (`bad` otherwise).
+/// The op's length is the body's end past its CRLF.
+pub(crate) fn message_body(
+    buf: &[u8],
+    after: usize,
+    total: usize,
+    hdr: Option<usize>,
+    max_payload: usize,
+    bad: impl Fn() -> ParseError,
+) -> Result<Parsed<&[u8]>, ParseError> {
+    if total > max_payload {
+        return Err(ParseError::MaxPayload {
+            size: total,
+            max: max_payload,
+        });
+    }
+    if hdr.is_some_and(|h| h > total) {
+        return Err(bad());
+    }
+    let end = after + total;
+    let needed = end + 2;
+    if buf.len() < needed {
+        return Ok(Parsed::Incomplete {
+            total: Some(needed),
+        });
+    }
+    if &buf[end..needed] != b"\r\n" {
+        return Err(ParseError::BadTerminator);
+    }
+    Ok(Parsed::Op {
+        op: &buf[after..end],
+        len: needed,
+    })
+}
+
 fn is_subject_like(s: &[u8]) -> bool {
     s.contains(&b'.')
 }
@@ -259,26 +295,10 @@ fn parse_msg<'a>(
             (Some(middle), &middle[..0])
         }
     };
-    if total > max_payload {
-        return Err(ParseError::MaxPayload {
-            size: total,
-            max: max_payload,
-        });
-    }
-    if hdr.is_some_and(|h| h > total) {
-        return Err(bad());
-    }
-    let end = after + total;
-    let needed = end + 2;
-    if buf.len() < needed {
-        return Ok(Parsed::Incomplete {
-            total: Some(needed),
-        });
-    }
-    if &buf[end..needed] != b"\r\n" {
-        return Err(ParseError::BadTerminator);
-    }
-    let data = &buf[after..end];
+    let (data, needed) = match message_body(buf, after, total, hdr, max_payload, bad)? {
+        Parsed::Op { op, len } => (op, len),
+        Parsed::Incomplete { total } => return Ok(Parsed::Incomplete { total }),
+    };
     let (headers, payload) = match hdr {
         // LMSG always carries a header size, 0 when there is none.
         Some(0) if leaf => (None, data),

@@ -371,26 +371,12 @@ impl Delivery {
                 _ => {}
             }
             let n = members.len();
-            // A group of local members only (the common case): one picked at random, the
-            // others tried in turn if it can not take the message.
-            if members
-                .iter()
-                .all(|s| !matches!(s.0.target, Target::Route(_)))
-            {
-                let start = self.rng.usize(..n);
-                for i in 0..n {
-                    if self.deliver(account, &members[(start + i) % n], m, hop, single) {
-                        delivered = true;
-                        break;
-                    }
-                }
-                continue;
-            }
+            let is_local = |s: &SubRef| !matches!(s.0.target, Target::Route(_));
+            // Members on this server only (the common case): no weights to weigh.
+            let all_local = members.iter().all(is_local);
             // Peers count as many members as they have; locals as one each. Leaves only get
             // a group's messages when it has no member on this server (as nats-server).
-            let has_local = members
-                .iter()
-                .any(|s| !matches!(s.0.target, Target::Route(_)));
+            let has_local = all_local || members.iter().any(is_local);
             // A clone, so the weights can be read while delivering (free unless the source is
             // a leafnode connection: one reference count then).
             let (source, cid) = (self.source.clone(), self.cid);
@@ -406,7 +392,11 @@ impl Delivery {
                 Target::Route(_) => 0,
                 _ => 1,
             };
-            let total: usize = members.iter().map(weight).sum();
+            let total: usize = if all_local {
+                n
+            } else {
+                members.iter().map(weight).sum()
+            };
             if total == 0 {
                 continue;
             }
@@ -963,9 +953,11 @@ impl Publisher {
 
     /// Wakes the writers of every receiver since the last flush, and reports the match
     /// cache's counters (once per read: two atomic additions, none on the message path).
-    pub fn flush(&mut self) {
-        self.dl.flush();
+    /// Returns the bytes handed to other connections.
+    pub fn flush(&mut self) -> usize {
+        let handed = self.dl.flush();
         self.report();
+        handed
     }
 
     /// Receivers that fell behind since the last call, for the publisher to wait on.
@@ -981,9 +973,7 @@ impl Publisher {
     /// per message, page faults from queue growth gone). Receivers past their stall threshold
     /// are then waited for (bounded).
     pub async fn end_read(&mut self) {
-        let handed = self.dl.flush();
-        self.report();
-        if handed >= YIELD_AFTER {
+        if self.flush() >= YIELD_AFTER {
             tokio::task::yield_now().await;
         }
         if let Some(lagging) = self.dl.take_lagging() {

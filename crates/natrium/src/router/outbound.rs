@@ -178,12 +178,11 @@ impl OutBuf {
         if n == 0 {
             return;
         }
-        if n <= COPY_MAX
-            && self
-                .segs
-                .back()
-                .is_some_and(|last| last.capacity() - last.len() >= n)
-        {
+        let room = self
+            .segs
+            .back()
+            .map_or(0, |last| last.capacity() - last.len());
+        if n <= COPY_MAX && room >= n {
             self.extend(staged);
             staged.clear();
             return;

@@ -736,13 +736,17 @@ impl Delivery {
     fn flush(&mut self) -> usize {
         self.slots.clear();
         let mut handed = 0;
-        for mut st in std::mem::take(&mut self.staged) {
+        // Drained in place: the slot array keeps its allocation for the next batch (taking it
+        // whole cost a free and a malloc per read, callgrind req-16x2).
+        let mut staged = std::mem::take(&mut self.staged);
+        for mut st in staged.drain(..) {
             handed += st.buf.len();
             hand_over(&mut st, self.cid, &mut self.stall, &mut self.flush);
-            if st.buf.capacity() <= MAX_RETAINED_STAGING {
+            if st.buf.capacity() > 0 && st.buf.capacity() <= MAX_RETAINED_STAGING {
                 self.spare.push(st.buf);
             }
         }
+        self.staged = staged;
         for c in self.flush.drain(..) {
             c.wake.notify_one();
         }

@@ -551,11 +551,13 @@ impl Outbound {
 
     // --- the writer's side ---
 
-    /// Swaps the queued segments into `batch` (which must be empty) and tells whether the
-    /// connection is closed; the bytes count as in flight until `wrote` says otherwise.
+    /// Takes back the segments of `batch` (the last batch, written) for reuse and swaps the
+    /// queued ones in, under one lock; tells whether the connection is closed. The bytes count
+    /// as in flight until `wrote` says otherwise.
     pub fn take_batch(&self, batch: &mut VecDeque<Vec<u8>>) -> bool {
         let (closed, n) = {
             let mut out = self.out.lock();
+            recycle(&mut out, batch);
             let n = out.len;
             if n > 0 {
                 std::mem::swap(&mut out.segs, batch);
@@ -573,7 +575,7 @@ impl Outbound {
         let mut batch = VecDeque::new();
         self.take_batch(&mut batch);
         let bytes = batch.iter().flatten().copied().collect();
-        self.recycle(&mut batch);
+        recycle(&mut self.out.lock(), &mut batch);
         self.inflight.store(0, Ordering::Relaxed);
         bytes
     }
@@ -595,18 +597,6 @@ impl Outbound {
         self.wake.notified().await
     }
 
-    /// After a written batch: its segments come back for reuse (up to a bound), `batch` is left
-    /// empty.
-    pub fn recycle(&self, batch: &mut VecDeque<Vec<u8>>) {
-        let mut out = self.out.lock();
-        for mut seg in batch.drain(..) {
-            if out.free.len() < MAX_FREE && seg.capacity() <= SEG_MAX_FREE {
-                seg.clear();
-                out.free.push(seg);
-            }
-        }
-    }
-
     /// After the connection was idle a while: gives the kept segments back.
     pub fn shrink_idle(&self, batch: &mut VecDeque<Vec<u8>>) {
         *batch = VecDeque::new();
@@ -614,6 +604,17 @@ impl Outbound {
         out.free = Vec::new();
         if out.segs.is_empty() {
             out.segs = VecDeque::new();
+        }
+    }
+}
+
+/// After a written batch: its segments come back to `out` for reuse (up to a bound), `batch` is
+/// left empty.
+fn recycle(out: &mut OutBuf, batch: &mut VecDeque<Vec<u8>>) {
+    for mut seg in batch.drain(..) {
+        if out.free.len() < MAX_FREE && seg.capacity() <= SEG_MAX_FREE {
+            seg.clear();
+            out.free.push(seg);
         }
     }
 }

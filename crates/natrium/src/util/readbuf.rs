@@ -47,9 +47,10 @@ impl ReadBuf {
         Ok(n)
     }
 
-    /// After processing: an empty buffer grown past twice the largest read is given back.
+    /// After processing: an empty buffer more than four times the current read size (which
+    /// shrinks as reads get small) is given back, so a burst's large buffer does not stay.
     pub fn settle(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 2 * self.max {
+        if self.buf.is_empty() && self.buf.capacity() > 4 * self.size {
             self.buf = BytesMut::with_capacity(self.size);
         }
     }

@@ -345,6 +345,38 @@ pub fn unsub(out: &mut Vec<u8>, account: &[u8], subject: &[u8], queue: Option<&[
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `LS+ origin account subject[ queue weight]\r\n`: interest of a leaf of this server
+/// that belongs to leafnode cluster `origin` (no account when `account` is empty).
+pub fn leaf_sub(
+    out: &mut Vec<u8>,
+    origin: &[u8],
+    account: &[u8],
+    subject: &[u8],
+    queue: Option<(&[u8], u32)>,
+) {
+    let at = out.len();
+    sub(out, account, subject, queue);
+    out.splice(at..at + 4, b"LS+ ".iter().copied());
+    out.splice(at + 4..at + 4, origin.iter().copied().chain([b' ']));
+}
+
+/// Appends `LS- [origin ]account subject[ queue]\r\n` (the origin only for a peer whose INFO
+/// has `lnocu`; no account when `account` is empty).
+pub fn leaf_unsub(
+    out: &mut Vec<u8>,
+    origin: Option<&[u8]>,
+    account: &[u8],
+    subject: &[u8],
+    queue: Option<&[u8]>,
+) {
+    let at = out.len();
+    unsub(out, account, subject, queue);
+    out.splice(at..at + 4, b"LS- ".iter().copied());
+    if let Some(o) = origin {
+        out.splice(at + 4..at + 4, o.iter().copied().chain([b' ']));
+    }
+}
+
 /// The account and its separator; nothing on a per-account route (empty `account`).
 fn push_account(out: &mut Vec<u8>, account: &[u8]) {
     if !account.is_empty() {
@@ -655,6 +687,24 @@ mod tests {
                 account: b"$G",
                 subject: b"sensors.>",
                 queue: None
+            }
+        );
+        let mut out = Vec::new();
+        leaf_sub(&mut out, b"edge", b"$G", b"jobs", Some((b"w", 2)));
+        leaf_sub(&mut out, b"edge", b"", b"x.>", None);
+        leaf_unsub(&mut out, Some(b"edge"), b"$G", b"jobs", Some(b"w"));
+        leaf_unsub(&mut out, None, b"$G", b"x.>", None);
+        assert_eq!(
+            out,
+            b"LS+ edge $G jobs w 2\r\nLS+ edge x.>\r\nLS- edge $G jobs w\r\nLS- $G x.>\r\n"
+        );
+        assert_eq!(
+            one(b"LS+ edge $G jobs w 2\r\n").0,
+            RouteOp::Sub {
+                origin: Some(b"edge"),
+                account: b"$G",
+                subject: b"jobs",
+                queue: Some((b"w", 2))
             }
         );
         assert!(parse_route_op(b"RS+ only\r\n", 1024).is_err());

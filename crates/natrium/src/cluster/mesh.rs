@@ -969,7 +969,7 @@ async fn announce(
     mut changes: mpsc::UnboundedReceiver<InterestChange>,
     mut synced: mpsc::UnboundedReceiver<Arc<Route>>,
 ) {
-    let mut routes: Vec<(Arc<Route>, Slot)> = Vec::new();
+    let mut routes: Vec<(Arc<Route>, Slot, Origins)> = Vec::new();
     let mut bufs: Vec<Vec<u8>> = Vec::new();
     let mut batch: Vec<InterestChange> = Vec::new();
     loop {
@@ -978,19 +978,23 @@ async fn announce(
             r = synced.recv() => {
                 let Some(r) = r else { return };
                 let Some(slot) = r.slot() else { continue };
+                let origins = Origins::of(&r);
                 let mut all = Vec::new();
                 for acc in mesh.conns.accounts.list() {
                     let Some(implied) = mesh.carries(&slot, &acc.name) else { continue };
                     let name = if implied { "" } else { acc.name.as_str() };
-                    for i in acc.local_interest() {
+                    for i in acc.local_interest(!origins.lnoc) {
                         let queue = i.queue.as_deref().map(|q| (q, i.count));
-                        natrium_protocol::route::sub(&mut all, name.as_bytes(), &i.subject, queue);
+                        match &i.origin {
+                            Some(o) => natrium_protocol::route::leaf_sub(&mut all, o, name.as_bytes(), &i.subject, queue),
+                            None => natrium_protocol::route::sub(&mut all, name.as_bytes(), &i.subject, queue),
+                        }
                     }
                 }
                 if !all.is_empty() {
                     r.out.send(&all);
                 }
-                routes.push((r, slot));
+                routes.push((r, slot, origins));
             }
             c = changes.recv() => {
                 let Some(c) = c else { return };
@@ -1006,13 +1010,13 @@ async fn announce(
                         Err(_) => break,
                     }
                 }
-                routes.retain(|(r, _)| !r.out.is_closed() && r.registered.load(Ordering::Acquire));
+                routes.retain(|(r, _, _)| !r.out.is_closed() && r.registered.load(Ordering::Acquire));
                 bufs.resize_with(routes.len(), Vec::new);
-                for ((r, slot), buf) in routes.iter().zip(bufs.iter_mut()) {
+                for ((r, slot, origins), buf) in routes.iter().zip(bufs.iter_mut()) {
                     buf.clear();
                     for c in &batch {
                         if let Some(implied) = mesh.carries(slot, &c.account) {
-                            encode_change(buf, c, implied);
+                            encode_change(buf, c, implied, *origins);
                         }
                     }
                     if !buf.is_empty() {
@@ -1024,15 +1028,53 @@ async fn announce(
     }
 }
 
-fn encode_change(buf: &mut Vec<u8>, c: &InterestChange, implied: bool) {
+/// What a peer's INFO says it takes of a leaf's interest.
+#[derive(Debug, Clone, Copy)]
+struct Origins {
+    /// `LS+ origin ...` (`lnoc`); without it the peer hears every origin summed up as `RS+`.
+    lnoc: bool,
+    /// `LS- origin ...` (`lnocu`); without it `LS-` names no origin.
+    lnocu: bool,
+}
+
+impl Origins {
+    fn of(r: &Route) -> Origins {
+        let info = r.remote();
+        Origins {
+            lnoc: info.as_ref().is_some_and(|i| i.lnoc),
+            lnocu: info.as_ref().is_some_and(|i| i.lnocu),
+        }
+    }
+}
+
+/// One interest change as `peer` must hear of it (if at all).
+fn encode_change(buf: &mut Vec<u8>, c: &InterestChange, implied: bool, peer: Origins) {
+    use natrium_protocol::route;
     let account = if implied {
         &b""[..]
     } else {
         c.account.as_bytes()
     };
-    match (c.count, c.queue.as_deref()) {
-        (0, q) => natrium_protocol::route::unsub(buf, account, &c.subject, q),
-        (n, q) => natrium_protocol::route::sub(buf, account, &c.subject, q.map(|q| (q, n))),
+    let q = c.queue.as_deref();
+    if !peer.lnoc {
+        if c.summed {
+            match c.total {
+                0 => route::unsub(buf, account, &c.subject, q),
+                n => route::sub(buf, account, &c.subject, q.map(|q| (q, n))),
+            }
+        }
+        return;
+    }
+    if !c.per_origin {
+        return;
+    }
+    match (c.count, c.origin.as_deref()) {
+        (0, None) => route::unsub(buf, account, &c.subject, q),
+        (n, None) => route::sub(buf, account, &c.subject, q.map(|q| (q, n))),
+        (0, Some(o)) => {
+            route::leaf_unsub(buf, peer.lnocu.then_some(o), account, &c.subject, q);
+        }
+        (n, Some(o)) => route::leaf_sub(buf, o, account, &c.subject, q.map(|q| (q, n))),
     }
 }
 

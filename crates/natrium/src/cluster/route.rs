@@ -24,8 +24,8 @@ use super::options::RouteUrl;
 use crate::conn::writer::write_loop;
 use crate::router::{Account, CloseReason, Msg, Outbound, Publisher, SubRef, Subscription};
 
-/// A peer's interest: (account, subject, queue).
-type SubKey = (Box<[u8]>, Box<[u8]>, Option<Box<[u8]>>);
+/// A peer's interest: (account, subject, queue, leafnode origin cluster).
+type SubKey = (Box<[u8]>, Box<[u8]>, Option<Box<[u8]>>, Option<Box<[u8]>>);
 
 /// How a route connection came about.
 #[derive(Debug, Clone)]
@@ -99,19 +99,27 @@ impl Route {
         self.subs
             .lock()
             .keys()
-            .map(|(a, s, q)| match q {
+            .map(|(a, s, q, _)| match q {
                 Some(q) => format!("{} {} {}", text(a), text(s), text(q)),
                 None => format!("{} {}", text(a), text(s)),
             })
             .collect()
     }
 
-    /// Installs (or re-weighs) the peer's interest in `subject`.
-    fn add_interest(&self, account: Arc<Account>, subject: &[u8], queue: Option<(&[u8], u32)>) {
+    /// Installs (or re-weighs) the peer's interest in `subject` (on behalf of its leaves of
+    /// leafnode cluster `origin`: `LS+`, kept apart from its own `RS+`).
+    fn add_interest(
+        &self,
+        account: Arc<Account>,
+        subject: &[u8],
+        queue: Option<(&[u8], u32)>,
+        origin: Option<&[u8]>,
+    ) {
         let key: SubKey = (
             account.name.as_bytes().into(),
             subject.into(),
             queue.map(|(q, _)| q.into()),
+            origin.map(Into::into),
         );
         let mut subs = self.subs.lock();
         if let Some((_, existing)) = subs.get(&key) {
@@ -127,15 +135,27 @@ impl Route {
             subject,
             queue.map(|(q, _)| q),
             queue.map_or(0, |(_, w)| w),
+            origin,
         );
         subs.insert(key, (account.clone(), sub.clone()));
         drop(subs);
         account.insert(sub);
     }
 
-    /// Withdraws the peer's interest in `subject`.
-    fn remove_interest(&self, account: &[u8], subject: &[u8], queue: Option<&[u8]>) {
-        let key: SubKey = (account.into(), subject.into(), queue.map(Into::into));
+    /// Withdraws the peer's interest in `subject` (its leaves' of cluster `origin`).
+    fn remove_interest(
+        &self,
+        account: &[u8],
+        subject: &[u8],
+        queue: Option<&[u8]>,
+        origin: Option<&[u8]>,
+    ) {
+        let key: SubKey = (
+            account.into(),
+            subject.into(),
+            queue.map(Into::into),
+            origin.map(Into::into),
+        );
         let removed = self.subs.lock().remove(&key);
         if let Some((acc, sub)) = removed {
             acc.remove(&sub);
@@ -359,13 +379,13 @@ async fn read_loop(
                             None,
                             "route sent interest or messages before INFO",
                         )),
-                        RouteOp::Sub { account, subject, queue, .. } => {
+                        RouteOp::Sub { origin, account, subject, queue } => {
                             let acc = match &dedicated {
                                 Some(d) => Some(d.clone()),
                                 None => mesh.conns().accounts.get(&String::from_utf8_lossy(account)),
                             };
                             match acc {
-                                Some(acc) => route.add_interest(acc, subject, queue),
+                                Some(acc) => route.add_interest(acc, subject, queue, origin),
                                 None => tracing::debug!(
                                     "{peer} - rid:{} - Unknown account {:?} for remote subject {:?}",
                                     route.rid,
@@ -375,9 +395,9 @@ async fn read_loop(
                             }
                             Ok(())
                         }
-                        RouteOp::Unsub { account, subject, queue, .. } => {
+                        RouteOp::Unsub { origin, account, subject, queue } => {
                             let account = dedicated.as_ref().map_or(account, |d| d.name.as_bytes());
-                            route.remove_interest(account, subject, queue);
+                            route.remove_interest(account, subject, queue, origin);
                             Ok(())
                         }
                         RouteOp::Msg { origin, account, subject, reply, queues, headers, payload } => {

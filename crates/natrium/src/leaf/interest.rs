@@ -61,8 +61,13 @@ impl SentInterest {
             Target::Client(_) | Target::Forward(_) => true,
             Target::Internal(sink) => !sink.is_local(),
             Target::Route(r) => match &r.leaf {
-                // A route's interest: only a hub tells its leaves.
-                None => !self.peer.spoke,
+                // A route's interest: only a hub tells its leaves, and not a cluster's leaves
+                // the interest of its own members elsewhere (`LS+` with their origin).
+                None => {
+                    !self.peer.spoke
+                        && (r.origin.is_none()
+                            || r.origin.as_deref() != self.peer.cluster.as_deref())
+                }
                 Some(l) => {
                     // Not the other side's own interest; a leaf tells its hub only of the
                     // leaves it is itself the hub of; never a remote cluster its own interest.

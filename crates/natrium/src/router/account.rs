@@ -251,18 +251,20 @@ impl Account {
                     &self.shared_name,
                     &sub.0.subject,
                     sub.0.queue.as_deref(),
+                    sub.0.leaf_origin(),
                     up,
                 );
             }
         }
     }
 
-    /// The announced interest now (subject, queue, local count): what a peer learns when its
-    /// route comes up. Empty outside a cluster.
-    pub fn local_interest(&self) -> Vec<Interest> {
+    /// The announced interest now (subject, queue, origin, local count): what a peer learns
+    /// when its route comes up; `summed` adds the origins up (a peer without `lnoc`). Empty
+    /// outside a cluster.
+    pub fn local_interest(&self, summed: bool) -> Vec<Interest> {
         self.interest
             .as_ref()
-            .map(LocalInterest::snapshot)
+            .map(|i| i.snapshot(summed))
             .unwrap_or_default()
     }
 

@@ -386,8 +386,28 @@ impl Delivery {
                 origin: None,
                 ..hop
             };
+            // A peer's member on behalf of its leaves (`LS+` with an origin) is a fallback like
+            // a leaf's: only when no member of this cluster can take the message, and never
+            // for a message from that same leaf cluster.
+            let has_own = has_local
+                || (!all_local
+                    && members.iter().any(|s| match &s.0.target {
+                        Target::Route(r) => {
+                            r.leaf.is_none() && r.origin.is_none() && peer_ok(&source, cid, r, qhop)
+                        }
+                        _ => false,
+                    }));
+            let from_cluster: Option<&[u8]> = match &source {
+                Source::Leaf(from) => from.cluster.as_deref(),
+                _ => None,
+            };
             let weight = |s: &SubRef| match &s.0.target {
                 Target::Route(r) if r.leaf.is_some() && has_local => 0,
+                Target::Route(r)
+                    if r.origin.is_some() && (has_own || r.origin.as_deref() == from_cluster) =>
+                {
+                    0
+                }
                 Target::Route(r) if peer_ok(&source, cid, r, qhop) => r.weight().max(1) as usize,
                 Target::Route(_) => 0,
                 _ => 1,

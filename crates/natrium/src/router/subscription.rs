@@ -30,6 +30,10 @@ pub struct RouteSub {
     pub weight: AtomicU32,
     /// Set when the peer is a leafnode connection rather than a route.
     pub leaf: Option<Arc<LeafPeer>>,
+    /// A route's interest on behalf of a leaf of the peer from leafnode cluster `origin`
+    /// (`LS+ origin ...`): a queue group's member there is only a fallback, never picked for a
+    /// message from that same cluster, and never told to this server's leaves of that cluster.
+    pub origin: Option<Box<[u8]>>,
 }
 
 /// What delivery needs to know of a leafnode connection (hub or leaf side).
@@ -97,18 +101,21 @@ impl Subscription {
         }))
     }
 
-    /// A peer server's interest in `subject` (in `queue`, with `weight` members there).
+    /// A peer server's interest in `subject` (in `queue`, with `weight` members there), on
+    /// behalf of its leaves of leafnode cluster `origin` when set.
     pub fn route(
         route: Arc<Outbound>,
         subject: &[u8],
         queue: Option<&[u8]>,
         weight: u32,
+        origin: Option<&[u8]>,
     ) -> SubRef {
         SubRef(Arc::new(Subscription {
             target: Target::Route(Arc::new(RouteSub {
                 route,
                 weight: AtomicU32::new(weight),
                 leaf: None,
+                origin: origin.map(Into::into),
             })),
             subject: subject.into(),
             queue: queue.map(Into::into),
@@ -132,6 +139,7 @@ impl Subscription {
                 route: out,
                 weight: AtomicU32::new(weight),
                 leaf: Some(peer),
+                origin: None,
             })),
             subject: subject.into(),
             queue: queue.map(Into::into),
@@ -177,6 +185,15 @@ impl Subscription {
             Target::Internal(sink) => !sink.is_local(),
             Target::Forward(f) => !f.is_service(),
             Target::Route(r) => r.leaf.as_ref().is_some_and(|l| !l.spoke),
+        }
+    }
+
+    /// The leafnode cluster an announced subscription belongs to: a leaf's (connected here, this
+    /// server its hub) in a named cluster; peers hear of it as `LS+ origin ...`.
+    pub fn leaf_origin(&self) -> Option<&[u8]> {
+        match &self.target {
+            Target::Route(r) => r.leaf.as_ref().and_then(|l| l.cluster.as_deref()),
+            _ => None,
         }
     }
 

@@ -454,6 +454,7 @@ fn remote(
         subject.as_bytes(),
         queue.map(str::as_bytes),
         weight,
+        None,
     );
     account.insert(s.clone());
     s
@@ -656,14 +657,78 @@ fn a_cluster_member_reports_its_first_and_last_subscriptions_and_queue_weights()
             ("jobs".into(), w, 0),
         ]
     );
-    assert!(acc.local_interest().is_empty());
+    assert!(acc.local_interest(false).is_empty());
     sub(&acc, &c1, "z", Some("g"), "3");
     assert_eq!(
-        acc.local_interest(),
+        acc.local_interest(false),
         vec![interest::Interest {
             subject: b"z".to_vec().into(),
             queue: Some(b"g".to_vec().into()),
+            origin: None,
             count: 1
         }]
     );
+}
+
+#[test]
+fn a_hub_reports_its_leaves_interest_per_origin_and_summed() {
+    let (feed, mut rx) = InterestFeed::new();
+    let accounts = Accounts::with_interest(Some(feed));
+    let acc = accounts.ensure("A");
+    let c1 = conn(1, 1 << 20);
+    let leaf_out = conn(7, 1 << 20);
+    let edge = Arc::new(LeafPeer {
+        spoke: false,
+        cluster: Some(b"edge".to_vec().into()),
+        deny_out: Vec::new(),
+    });
+    let own = sub(&acc, &c1, "jobs", Some("w"), "1");
+    let l = Subscription::leaf(leaf_out, edge, b"jobs", Some(b"w"), 1);
+    acc.insert(l.clone());
+    acc.remove(&l);
+    remove_subscription(&acc, &own);
+    let mut got = Vec::new();
+    while let Ok(c) = rx.try_recv() {
+        got.push((
+            c.origin.map(|o| String::from_utf8_lossy(&o).into_owned()),
+            c.count,
+            c.total,
+        ));
+    }
+    let edge = Some("edge".to_string());
+    assert_eq!(
+        got,
+        vec![
+            (None, 1, 1),
+            (edge.clone(), 1, 2),
+            (edge.clone(), 0, 1),
+            (None, 0, 0)
+        ]
+    );
+    // A peer with origins hears of each apart, one without of the sum.
+    let l = Subscription::leaf(
+        conn(8, 1 << 20),
+        Arc::new(LeafPeer {
+            spoke: false,
+            cluster: Some(b"edge".to_vec().into()),
+            deny_out: Vec::new(),
+        }),
+        b"x",
+        None,
+        0,
+    );
+    acc.insert(l);
+    sub(&acc, &c1, "x", None, "2");
+    let mut by_origin = acc.local_interest(false);
+    by_origin.sort_by(|a, b| a.origin.cmp(&b.origin));
+    assert_eq!(
+        by_origin
+            .iter()
+            .map(|i| (i.origin.is_some(), i.count))
+            .collect::<Vec<_>>(),
+        vec![(false, 1), (true, 1)]
+    );
+    let summed = acc.local_interest(true);
+    assert_eq!(summed.len(), 1);
+    assert_eq!((summed[0].origin.is_none(), summed[0].count), (true, 2));
 }

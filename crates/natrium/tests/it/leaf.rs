@@ -19,12 +19,12 @@ use crate::common::{eventually, get_json};
 
 /// A port free now (bound, then released), for servers whose leafnode port must be known
 /// before they start.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }
 
-async fn connect(url: &str) -> async_nats::Client {
+pub(crate) async fn connect(url: &str) -> async_nats::Client {
     async_nats::connect(url).await.expect("client connects")
 }
 

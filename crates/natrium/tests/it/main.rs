@@ -32,6 +32,7 @@ mod kv;
 mod kv_watch;
 mod layers;
 mod leaf;
+mod leaf_cluster;
 mod limits;
 mod messaging;
 mod mixed_cluster;

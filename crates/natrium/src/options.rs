@@ -1190,8 +1190,12 @@ fn leaf_remote(v: &Spanned, warnings: &mut Vec<String>) -> Result<RemoteLeaf, Op
         deny_imports: Vec::new(),
         deny_exports: Vec::new(),
         tls: None,
+        ws: false,
+        ws_compression: false,
+        ws_no_masking: false,
     };
     let mut tls_scheme = false;
+    let mut kinds = Vec::new();
     for (k, rv) in map_of(v)?.iter() {
         match k.to_ascii_lowercase().as_str() {
             "url" | "urls" => {
@@ -1200,9 +1204,10 @@ fn leaf_remote(v: &Spanned, warnings: &mut Vec<String>) -> Result<RemoteLeaf, Op
                     _ => vec![rv],
                 };
                 for item in items {
-                    let (u, tls) = crate::leaf::options::remote_url(&string(item)?)
+                    let (u, scheme) = crate::leaf::options::remote_url(&string(item)?)
                         .map_err(|e| invalid(item, &e))?;
-                    tls_scheme |= tls;
+                    tls_scheme |= scheme.tls;
+                    kinds.push(scheme.ws);
                     r.urls.push(u);
                 }
             }
@@ -1221,8 +1226,11 @@ fn leaf_remote(v: &Spanned, warnings: &mut Vec<String>) -> Result<RemoteLeaf, Op
                 }
                 r.tls = Some(t);
             }
-            "ws_compression"
-            | "websocket"
+            "ws_compress" | "ws_compression" | "websocket_compress" | "websocket_compression" => {
+                r.ws_compression = boolean(rv)?
+            }
+            "ws_no_masking" | "websocket_no_masking" => r.ws_no_masking = boolean(rv)?,
+            "websocket"
             | "compression"
             | "first_info_timeout"
             | "no_randomize"
@@ -1239,10 +1247,17 @@ fn leaf_remote(v: &Spanned, warnings: &mut Vec<String>) -> Result<RemoteLeaf, Op
     if r.urls.is_empty() {
         return Err(invalid(v, "a leafnode remote needs a url"));
     }
+    r.ws = kinds.first().is_some_and(|ws| *ws);
+    if kinds.iter().any(|ws| *ws != r.ws) {
+        return Err(invalid(
+            v,
+            "remote leaf node configuration cannot have a mix of websocket and non-websocket urls",
+        ));
+    }
     if tls_scheme && r.tls.is_none() {
         return Err(invalid(
             v,
-            "a tls:// leafnode remote needs a tls block (ca_file to check the hub, or insecure)",
+            "a tls:// or wss:// leafnode remote needs a tls block (ca_file to check the hub, or insecure)",
         ));
     }
     Ok(r)

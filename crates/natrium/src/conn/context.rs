@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::client::Client;
 use super::registry::Registry;
 use super::tls::TlsServer;
+use super::websocket::WsLeafAcceptor;
 use crate::auth::jwt::{ImportGrant, JwtError, TrustedAccount};
 use crate::auth::{
     AuthCell, AuthError, Authenticator, BcryptLimiter, ConnAuth, Credentials, DerivedAuth,
@@ -87,6 +88,9 @@ pub struct ConnContext {
     tls: RwLock<Option<Arc<TlsServer>>>,
     /// The WebSocket listener, once bound (when configured).
     websocket: std::sync::OnceLock<WsEndpoint>,
+    /// Who takes leafnode connections that arrive on the WebSocket listener (set by the
+    /// leafnode layer when this server accepts leaves).
+    ws_leafs: std::sync::OnceLock<Arc<dyn WsLeafAcceptor>>,
     /// Bytes a client may have waiting for its socket before it is cut off (not reloadable).
     pub max_pending: usize,
     shutdown: watch::Receiver<bool>,
@@ -179,6 +183,7 @@ impl ConnContext {
             write_deadline: AtomicU64::new(cfg.write_deadline.as_nanos() as u64),
             tls: RwLock::new(tls),
             websocket: std::sync::OnceLock::new(),
+            ws_leafs: std::sync::OnceLock::new(),
             max_pending: cfg.max_pending,
             shutdown,
             trust_update: Mutex::new(()),
@@ -378,6 +383,15 @@ impl ConnContext {
 
     pub fn websocket(&self) -> Option<&WsEndpoint> {
         self.websocket.get()
+    }
+
+    /// Hands leafnode connections of the WebSocket listener to `a`.
+    pub fn set_ws_leafs(&self, a: Arc<dyn WsLeafAcceptor>) {
+        let _ = self.ws_leafs.set(a);
+    }
+
+    pub fn ws_leafs(&self) -> Option<&Arc<dyn WsLeafAcceptor>> {
+        self.ws_leafs.get()
     }
 
     /// The authenticator for a client of the WebSocket listener (`websocket`) or of the client

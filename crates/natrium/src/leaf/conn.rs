@@ -175,6 +175,8 @@ pub(super) struct Start {
     pub(super) sent_info: Option<(u64, String)>,
     /// The connection runs over TLS.
     pub(super) tls: bool,
+    /// Its outbound side, made before it ran (a WebSocket stream writes close frames for it).
+    pub(super) out: Option<Arc<Outbound>>,
 }
 
 /// How a connection ended, for the dialler's backoff.
@@ -196,11 +198,15 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let conns = leafs.conns().clone();
-    let (cid, nonce) = match start.sent_info.clone() {
-        Some((cid, nonce)) => (cid, nonce),
-        None => (conns.registry.next_cid(), crate::auth::new_nonce()),
+    let (cid, nonce) = match (&start.sent_info, &start.out) {
+        (Some((cid, nonce)), _) => (*cid, nonce.clone()),
+        (None, Some(out)) => (out.cid, crate::auth::new_nonce()),
+        (None, None) => (conns.registry.next_cid(), crate::auth::new_nonce()),
     };
-    let out = Outbound::new(cid, peer, conns.max_pending);
+    let out = match &start.out {
+        Some(o) => o.clone(),
+        None => Outbound::new(cid, peer, conns.max_pending),
+    };
     let conn = Arc::new(LeafConn {
         cid,
         out: out.clone(),

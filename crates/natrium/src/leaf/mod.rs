@@ -8,6 +8,7 @@ pub mod conn;
 pub mod interest;
 pub mod options;
 pub mod tls;
+pub mod ws;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ pub use conn::LeafConn;
 pub use options::{LeafAuth, LeafOptions, LeafUser, RemoteLeaf};
 
 use crate::cluster::{Mesh, RouteUrl};
+use crate::conn::websocket::stream::WsStream;
+use crate::conn::websocket::{LeafSocket, WsLeafAcceptor, WsLeafStream};
 use crate::conn::ConnContext;
 use crate::router::{CloseReason, GLOBAL_ACCOUNT};
 use crate::util::PROTOCOL_VERSION;
@@ -117,6 +120,12 @@ impl Leafs {
             in_bytes: AtomicU64::new(0),
             closed_out: Mutex::new((0, 0)),
         });
+        if listen.is_some() {
+            // Leaves may come in on the WebSocket listener too (path `/leafnode`).
+            leafs
+                .conns
+                .set_ws_leafs(Arc::new(WsLeafs(Arc::downgrade(&leafs))));
+        }
         if let (Some(l), Some(addr)) = (listener, listen) {
             tracing::info!(
                 "Listening for leafnode connections on {}:{}",
@@ -434,6 +443,93 @@ async fn dialled(
     }
 }
 
+/// Runs a connection to remote `i` over WebSocket: TLS first for `wss://`, then the upgrade,
+/// then the connection inside the frames (the hub's INFO is its first frame; its
+/// `tls_required` is not for this transport, as nats-server ignores it there).
+async fn dialled_ws(
+    leafs: &Arc<Leafs>,
+    i: usize,
+    url: &RouteUrl,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> conn::Ended {
+    let failed = conn::Ended {
+        was_up: false,
+        looped: false,
+    };
+    let remote = &leafs.opts.remotes[i];
+    let mut socket: Box<dyn LeafSocket> = match &leafs.connectors[i] {
+        None => Box::new(stream),
+        Some(c) => match c.connect(stream, &url.host).await {
+            Ok(tls) => Box::new(tls),
+            Err(e) => {
+                tracing::error!("{peer} - Leafnode connection to {url}: {e}");
+                return failed;
+            }
+        },
+    };
+    let max_payload = leafs.conns.settings().max_payload;
+    let upgraded = ws::upgrade(
+        &mut socket,
+        &url.address(),
+        remote.ws_compression,
+        remote.ws_no_masking,
+        max_payload,
+    )
+    .await;
+    let (cfg, rest) = match upgraded {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!("{peer} - Leafnode connection to {url}: {e}");
+            return failed;
+        }
+    };
+    tracing::debug!(
+        "{peer} - Leafnode compression={} masking={}",
+        cfg.compress,
+        cfg.mask_out
+    );
+    let out = crate::router::Outbound::new(
+        leafs.conns.registry.next_cid(),
+        peer,
+        leafs.conns.max_pending,
+    );
+    let mut ws = WsStream::new(socket, cfg, out.clone());
+    ws.preload(&rest);
+    let start = conn::Start {
+        tls: leafs.connectors[i].is_some(),
+        out: Some(out),
+        ..conn::Start::default()
+    };
+    conn::run(leafs.clone(), ws, peer, Some(i), start).await
+}
+
+/// Hands the WebSocket listener's leafnode connections to the leafnode layer.
+struct WsLeafs(std::sync::Weak<Leafs>);
+
+impl WsLeafAcceptor for WsLeafs {
+    fn accept(
+        &self,
+        stream: WsLeafStream,
+        peer: SocketAddr,
+        out: Arc<crate::router::Outbound>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let leafs = self.0.upgrade();
+        Box::pin(async move {
+            let Some(leafs) = leafs else { return };
+            tracing::info!(
+                "{peer} - lid:{} - Leafnode connection over WebSocket",
+                out.cid
+            );
+            let start = conn::Start {
+                out: Some(out),
+                ..conn::Start::default()
+            };
+            conn::run(leafs, stream, peer, None, start).await;
+        })
+    }
+}
+
 /// The wait before the `failures`-th redial: `reconnect`, doubled per failure, at most 10 s
 /// (or `reconnect` when that is longer).
 fn backoff(base: Duration, failures: u32) -> Duration {
@@ -485,7 +581,11 @@ async fn solicit(leafs: Arc<Leafs>, i: usize) {
             continue;
         };
         tracing::info!("Connected leafnode to {url}");
-        let ended = dialled(&leafs, i, &url, stream, peer).await;
+        let ended = if leafs.opts.remotes[i].ws {
+            dialled_ws(&leafs, i, &url, stream, peer).await
+        } else {
+            dialled(&leafs, i, &url, stream, peer).await
+        };
         if ended.looped {
             failures = 0;
             delay = LOOP_DELAY;

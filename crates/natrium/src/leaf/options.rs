@@ -89,28 +89,57 @@ pub struct RemoteLeaf {
     /// TLS to the hub (`tls {}`, or a `tls://` URL with it): the hub's certificate checked
     /// against `ca_file` unless `insecure`, this server's presented when set.
     pub tls: Option<crate::conn::TlsOptions>,
+    /// The URLs are `ws://` or `wss://`: the connection runs over WebSocket to the hub's
+    /// WebSocket listener (path `/leafnode`).
+    pub ws: bool,
+    /// `ws_compression`: ask for permessage-deflate.
+    pub ws_compression: bool,
+    /// `ws_no_masking`: ask the hub to take unmasked frames.
+    pub ws_no_masking: bool,
+}
+
+/// What a remote URL's scheme asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scheme {
+    pub tls: bool,
+    pub ws: bool,
 }
 
 /// The default leafnode port, used when a remote URL names none.
 pub const DEFAULT_LEAF_PORT: u16 = 7422;
 
-/// Parses a remote's URL: `nats-leaf://`, `nats://`, `tls://` or no scheme,
-/// `[user[:pass]@]host[:port]`. Also says whether the scheme asks for TLS.
-pub fn remote_url(s: &str) -> Result<(RouteUrl, bool), String> {
+/// Parses a remote's URL: `nats-leaf://`, `nats://`, `tls://`, `ws://`, `wss://` or no
+/// scheme, `[user[:pass]@]host[:port]`. Also says whether the scheme asks for TLS or WebSocket.
+pub fn remote_url(s: &str) -> Result<(RouteUrl, Scheme), String> {
     let t = s.trim();
-    let mut tls = false;
-    if let Some((scheme, _)) = t.split_once("://") {
-        match scheme.to_ascii_lowercase().as_str() {
+    let mut scheme = Scheme::default();
+    let mut default_port = DEFAULT_LEAF_PORT;
+    if let Some((name, _)) = t.split_once("://") {
+        match name.to_ascii_lowercase().as_str() {
             "nats-leaf" | "nats" => {}
-            "tls" => tls = true,
-            "ws" | "wss" => {
-                return Err(format!(
-                    "leafnode remote {t:?}: {scheme}:// remotes are not supported yet by this version of natrium"
-                ))
+            "tls" => scheme.tls = true,
+            "ws" => {
+                scheme.ws = true;
+                default_port = 80;
+            }
+            "wss" => {
+                scheme = Scheme {
+                    tls: true,
+                    ws: true,
+                };
+                default_port = 443;
             }
             _ => return Err(format!("error parsing leafnode remote url [{t:?}]")),
         }
     }
+    // A path (`ws://hub/some/path`) is not kept: the hub is asked for `/leafnode`.
+    let t = match t.split_once("://") {
+        Some((name, rest)) => {
+            let cut = rest.find('/').unwrap_or(rest.len());
+            &s.trim()[..name.len() + 3 + cut]
+        }
+        None => t,
+    };
     let mut u =
         RouteUrl::parse(t).map_err(|_| format!("error parsing leafnode remote url [{t:?}]"))?;
     let hostport = t.split_once("://").map_or(t, |(_, r)| r);
@@ -120,9 +149,9 @@ pub fn remote_url(s: &str) -> Result<(RouteUrl, bool), String> {
         .rsplit_once(':')
         .is_some_and(|(h, p)| !h.ends_with('[') && p.chars().all(|c| c.is_ascii_digit()));
     if !explicit_port {
-        u.port = DEFAULT_LEAF_PORT;
+        u.port = default_port;
     }
-    Ok((u, tls))
+    Ok((u, scheme))
 }
 
 #[cfg(test)]
@@ -131,13 +160,38 @@ mod tests {
 
     #[test]
     fn remote_urls() {
-        let (u, tls) = remote_url("nats-leaf://a:b@hub.example:7000").expect("url");
-        assert_eq!((u.host.as_str(), u.port, tls), ("hub.example", 7000, false));
+        let (u, s) = remote_url("nats-leaf://a:b@hub.example:7000").expect("url");
+        assert_eq!(
+            (u.host.as_str(), u.port, s),
+            ("hub.example", 7000, Scheme::default())
+        );
         assert_eq!(u.user.as_deref(), Some("a"));
         assert_eq!(remote_url("nats://hub").expect("url").0.port, 7422);
         assert_eq!(remote_url("hub:6222").expect("url").0.port, 6222);
-        assert!(remote_url("tls://hub:7422").expect("url").1);
-        assert!(remote_url("ws://hub:80").is_err());
+        assert!(remote_url("tls://hub:7422").expect("url").1.tls);
+        let (u, s) = remote_url("ws://hub:8080/x").expect("url");
+        assert_eq!(
+            (u.port, s),
+            (
+                8080,
+                Scheme {
+                    tls: false,
+                    ws: true
+                }
+            )
+        );
+        let (u, s) = remote_url("wss://hub").expect("url");
+        assert_eq!(
+            (u.port, s),
+            (
+                443,
+                Scheme {
+                    tls: true,
+                    ws: true
+                }
+            )
+        );
+        assert_eq!(remote_url("ws://hub").expect("url").0.port, 80);
         assert!(remote_url("http://hub").is_err());
     }
 }

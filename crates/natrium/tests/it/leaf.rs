@@ -37,7 +37,7 @@ async fn connect_as(url: &str, user: &str, pass: &str) -> async_nats::Client {
 
 /// Messages, headers, request-reply and a queue group across one leafnode connection between
 /// `a` and `b` (clients of the two sides, in the same account).
-async fn exchange(a: &async_nats::Client, b: &async_nats::Client) {
+pub(crate) async fn exchange(a: &async_nats::Client, b: &async_nats::Client) {
     // a -> b with headers, b -> a.
     let mut at_b = b.subscribe("to.b.>").await.expect("sub");
     let mut at_a = a.subscribe("to.a.>").await.expect("sub");
@@ -568,13 +568,26 @@ fn leafnode_config_is_read_as_nats_server_reads_it() {
         .expect("tls");
     assert_eq!(t.ca_file.as_deref(), Some(Path::new("/ca.pem")));
     assert_eq!(t.timeout, Duration::from_secs(3));
+    // WebSocket remotes: ws_compression and ws_no_masking; no mix of ws and other URLs.
     std::fs::write(
         &path,
-        "leafnodes { remotes [ { url: \"ws://hub:80\" } ] }\n",
+        "leafnodes { remotes [ { urls: [\"ws://hub\", \"ws://h2:8080\"], ws_compression: true, ws_no_masking: true } ] }\n",
+    )
+    .expect("write");
+    let (o, _) = Options::from_file(&path).expect("parses");
+    let r = &o.leafnodes.expect("leafnodes").remotes[0];
+    assert!(r.ws && r.ws_compression && r.ws_no_masking);
+    assert_eq!((r.urls[0].port, r.urls[1].port), (80, 8080));
+    std::fs::write(
+        &path,
+        "leafnodes { remotes [ { urls: [\"ws://hub:80\", \"nats-leaf://h2\"] } ] }\n",
     )
     .expect("write");
     let e = Options::from_file(&path).expect_err("refused").to_string();
-    assert!(e.contains("ws:// remotes are not supported"), "{e}");
+    assert!(e.contains("mix of websocket and non-websocket"), "{e}");
+    std::fs::write(&path, "leafnodes { remotes [ { url: \"wss://hub\" } ] }\n").expect("write");
+    let e = Options::from_file(&path).expect_err("refused").to_string();
+    assert!(e.contains("needs a tls block"), "{e}");
     std::fs::write(&path, "leafnodes { remotes [ { account: A } ] }\n").expect("write");
     let e = Options::from_file(&path).expect_err("refused").to_string();
     assert!(e.contains("needs a url"), "{e}");
@@ -779,7 +792,7 @@ async fn an_edge_keeps_its_own_streams_reached_through_its_domain() {
 
 /// What a nats-server 2.10+ side adds to its leafnode block or remote: it asks for s2
 /// compression, which Natrium (no s2) must turn down, leaving the link uncompressed.
-fn go_compression(bin: &GoBin) -> &'static str {
+pub(crate) fn go_compression(bin: &GoBin) -> &'static str {
     if bin.at_least(2, 10) {
         ", compression: s2_fast"
     } else {

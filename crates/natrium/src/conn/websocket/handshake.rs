@@ -49,6 +49,8 @@ pub struct Upgraded {
     pub no_compressed_fragments: bool,
     /// Credentials from cookies, if any of the configured cookies came.
     pub cookies: Option<Credentials>,
+    /// The path ends in `/leafnode`: a leafnode remote over WebSocket, not a client.
+    pub leaf: bool,
 }
 
 /// Why an upgrade was refused: the HTTP status sent and nats-server's reason (for the log).
@@ -126,12 +128,7 @@ pub async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
 /// The checks of RFC 6455 4.2.1 in nats-server's order, then the origin; the accept key.
 fn check(req: &Request, rules: &UpgradeRules, tls: bool) -> Result<(Upgraded, String), Refused> {
     let path = req.uri().path();
-    if path.ends_with("/leafnode") {
-        return Err(refused(
-            404,
-            "leafnode websocket connections are not supported by this server",
-        ));
-    }
+    let leaf = path.ends_with("/leafnode");
     if path.ends_with("/mqtt") {
         return Err(refused(404, "mqtt websocket endpoint not enabled"));
     }
@@ -170,6 +167,7 @@ fn check(req: &Request, rules: &UpgradeRules, tls: bool) -> Result<(Upgraded, St
             && ua.contains("Version/")
             && ua.contains("Safari/"),
         cookies: cookies(req, rules),
+        leaf,
     };
     Ok((up, derive_accept_key(key.as_bytes())))
 }

@@ -457,6 +457,56 @@ enum Transport {
     ),
 }
 
+/// A socket a leafnode connection runs over once upgraded (TCP or TLS).
+pub trait LeafSocket: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> LeafSocket for T {}
+
+/// A leafnode connection that came in on the WebSocket listener (path `/leafnode`).
+pub type WsLeafStream = WsStream<Box<dyn LeafSocket>>;
+
+/// Takes leafnode connections that arrive on the WebSocket listener: implemented by the leafnode
+/// layer, which runs `stream` as an accepted leaf whose outbound side is `out`.
+pub trait WsLeafAcceptor: Send + Sync {
+    fn accept(
+        &self,
+        stream: WsLeafStream,
+        peer: SocketAddr,
+        out: Arc<crate::router::Outbound>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
+
+/// Runs a leafnode connection of the WebSocket listener, or drops it when this server takes no
+/// leaves (nats-server closes it the same way, after the upgrade).
+async fn run_leaf(
+    l: &Arc<Listener>,
+    transport: Transport,
+    up: Upgraded,
+    peer: SocketAddr,
+    cid: u64,
+) {
+    let ctx = &l.ctx;
+    let Some(acceptor) = ctx.ws_leafs().cloned() else {
+        tracing::error!("{peer} - Not configured to accept leaf node connections");
+        return;
+    };
+    let cfg = WsConfig {
+        compress: up.compress,
+        masked: !up.no_masking,
+        browser: false,
+        no_compressed_fragments: false,
+        max_payload: ctx.settings().max_payload,
+        mask_out: false,
+    };
+    let out = crate::router::Outbound::new(cid, peer, ctx.max_pending);
+    let socket: Box<dyn LeafSocket> = match transport {
+        Transport::Plain(s) => Box::new(s),
+        Transport::Tls(s, _, _) => Box::new(*s),
+    };
+    acceptor
+        .accept(WsStream::new(socket, cfg, out.clone()), peer, out)
+        .await;
+}
+
 /// Registers the upgraded connection and runs it until it closes.
 async fn run(
     l: &Arc<Listener>,
@@ -466,6 +516,10 @@ async fn run(
     cid: u64,
     slot: super::registry::Unauthenticated,
 ) {
+    if up.leaf {
+        drop(slot);
+        return run_leaf(l, transport, up, peer, cid).await;
+    }
     let ctx = &l.ctx;
     let cfg = WsConfig {
         compress: up.compress,
@@ -473,6 +527,7 @@ async fn run(
         browser: up.browser,
         no_compressed_fragments: up.no_compressed_fragments,
         max_payload: ctx.settings().max_payload,
+        mask_out: false,
     };
     let client = Client::new(cid, peer, ctx.max_pending);
     if ctx.registry.register(&client).is_err() {

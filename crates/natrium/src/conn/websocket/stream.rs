@@ -75,6 +75,9 @@ pub struct WsConfig {
     pub no_compressed_fragments: bool,
     /// The server's `max_payload`, which bounds compressed messages.
     pub max_payload: usize,
+    /// Frames written are masked: this side dialled (a leafnode remote over WebSocket) and
+    /// the other side did not agree to `Nats-No-Masking`.
+    pub mask_out: bool,
 }
 
 /// The data frame being read.
@@ -162,6 +165,17 @@ impl<S> WsStream<S> {
         }
     }
 
+    /// Bytes that arrived with the upgrade response, ahead of the first frame (the dialling
+    /// side read them with the response).
+    pub fn preload(&mut self, bytes: &[u8]) {
+        if self.raw.len() < bytes.len() {
+            self.raw.resize(bytes.len(), 0);
+        }
+        self.raw[..bytes.len()].copy_from_slice(bytes);
+        self.rpos = 0;
+        self.rend = bytes.len();
+    }
+
     /// The limit on a compressed message, compressed and inflated.
     fn compressed_limit(&self) -> usize {
         self.cfg
@@ -173,7 +187,14 @@ impl<S> WsStream<S> {
     /// Queues a close frame with `status` and `reason` and fails the read side.
     fn fail(&mut self, status: u16, reason: &str) -> io::Error {
         if self.close_frame.is_none() {
-            self.close_frame = Some(close_frame(status, reason));
+            let mut f = Vec::new();
+            push_frame_as(
+                &mut f,
+                0x88,
+                &close_payload(status, reason),
+                self.cfg.mask_out,
+            );
+            self.close_frame = Some(f);
         }
         io::Error::new(io::ErrorKind::InvalidData, reason.to_string())
     }
@@ -366,7 +387,7 @@ impl<S> WsStream<S> {
     fn control(&mut self, c: Control, payload: &[u8]) -> io::Result<()> {
         match c {
             Control::Ping => {
-                push_frame(&mut self.ctrl, 0x8a, payload);
+                push_frame_as(&mut self.ctrl, 0x8a, payload, self.cfg.mask_out);
                 self.out.wake_writer();
             }
             Control::Pong => {}
@@ -391,7 +412,7 @@ impl<S> WsStream<S> {
                     }
                 };
                 let mut frame = Vec::with_capacity(reply.len() + 2);
-                push_frame(&mut frame, 0x88, &reply);
+                push_frame_as(&mut frame, 0x88, &reply, self.cfg.mask_out);
                 self.close_frame = Some(frame);
                 self.peer_closed = true;
             }
@@ -540,7 +561,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         } else {
             usize::MAX
         };
-        push_message(&mut self.wbuf, &out, frame, true);
+        push_message(&mut self.wbuf, &out, frame, true, self.cfg.mask_out);
         Ok(())
     }
 }
@@ -630,8 +651,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
             let _ = this.poll_drain(cx)?;
             return Poll::Ready(Ok(buf.len()));
         }
-        if this.cfg.browser && buf.len() > BROWSER_FRAME {
-            push_message(&mut this.wbuf, buf, BROWSER_FRAME, false);
+        if this.cfg.mask_out || (this.cfg.browser && buf.len() > BROWSER_FRAME) {
+            let frame = if this.cfg.browser {
+                BROWSER_FRAME
+            } else {
+                usize::MAX
+            };
+            push_message(&mut this.wbuf, buf, frame, false, this.cfg.mask_out);
             let _ = this.poll_drain(cx)?;
             return Poll::Ready(Ok(buf.len()));
         }
@@ -677,7 +703,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
                     .out
                     .close_reason()
                     .unwrap_or(CloseReason::ServerShutdown);
-                close_frame(close_status(reason), &reason.to_string())
+                let mut f = Vec::new();
+                let payload = close_payload(close_status(reason), &reason.to_string());
+                push_frame_as(&mut f, 0x88, &payload, this.cfg.mask_out);
+                f
             });
             this.ctrl.extend_from_slice(&frame);
         }
@@ -763,9 +792,24 @@ pub fn push_frame(out: &mut Vec<u8>, first: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Appends one whole frame, masked with a fresh random key when `mask` (a client's frame).
+fn push_frame_as(out: &mut Vec<u8>, first: u8, payload: &[u8], mask: bool) {
+    if !mask {
+        return push_frame(out, first, payload);
+    }
+    let at = out.len();
+    push_header(out, first, payload.len());
+    out[at + 1] |= 0x80;
+    let key = fastrand::u32(..).to_ne_bytes();
+    out.extend_from_slice(&key);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    unmask(&mut out[start..], key, 0);
+}
+
 /// Appends a binary message in frames of at most `frame` bytes; `compressed` marks the first
 /// frame with RSV1.
-fn push_message(out: &mut Vec<u8>, payload: &[u8], frame: usize, compressed: bool) {
+fn push_message(out: &mut Vec<u8>, payload: &[u8], frame: usize, compressed: bool, mask: bool) {
     let mut rest = payload;
     let mut first = true;
     loop {
@@ -778,7 +822,7 @@ fn push_message(out: &mut Vec<u8>, payload: &[u8], frame: usize, compressed: boo
         if first && compressed {
             b |= 0x40;
         }
-        push_frame(out, b, &rest[..n]);
+        push_frame_as(out, b, &rest[..n], mask);
         rest = &rest[n..];
         first = false;
         if fin {
@@ -932,7 +976,7 @@ mod tests {
     #[test]
     fn messages_split_into_frames() {
         let mut out = Vec::new();
-        push_message(&mut out, &[7u8; 10], 4, true);
+        push_message(&mut out, &[7u8; 10], 4, true, false);
         // 3 frames: 4 + 4 + 2 bytes; RSV1 and the opcode on the first, FIN on the last.
         assert_eq!(out[0], 0x42);
         assert_eq!(out[1], 4);
@@ -940,5 +984,44 @@ mod tests {
         assert_eq!(out[12], 0x80);
         assert_eq!(out[13], 2);
         assert_eq!(out.len(), 6 + 6 + 4);
+    }
+
+    /// A dialling side's frames are masked (and compressed when agreed); the accepting side,
+    /// which requires masks, reads them back; unmasked ones it refuses.
+    #[tokio::test]
+    async fn a_dialling_side_masks_what_it_writes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for (compress, mask_out) in [(false, true), (true, true), (false, false)] {
+            let (a, b) = tokio::io::duplex(1 << 16);
+            let out = || Outbound::new(1, "127.0.0.1:1".parse().expect("addr"), 1 << 20);
+            let dialler = WsConfig {
+                compress,
+                mask_out,
+                max_payload: 1 << 20,
+                ..WsConfig::default()
+            };
+            let acceptor = WsConfig {
+                compress,
+                masked: true,
+                max_payload: 1 << 20,
+                ..WsConfig::default()
+            };
+            let mut w = WsStream::new(a, dialler, out());
+            let mut r = WsStream::new(b, acceptor, out());
+            let text = b"LS+ foo.bar\r\n".repeat(20);
+            w.write_all(&text).await.expect("write");
+            w.flush().await.expect("flush");
+            let mut got = vec![0u8; text.len()];
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(2), r.read_exact(&mut got))
+                    .await
+                    .expect("in time");
+            if mask_out {
+                read.expect("read");
+                assert_eq!(got, text, "compress={compress}");
+            } else {
+                assert!(read.is_err(), "an unmasked frame was taken");
+            }
+        }
     }
 }

@@ -171,7 +171,11 @@ async fn leaves_over_secure_websocket() {
     let a = connect(&leaf.client_url()).await;
     let b = connect(&hub.client_url()).await;
     exchange(&a, &b).await;
-    assert_eq!(stranger.num_leafnodes(), 0, "a leaf joined with an unknown CA");
+    assert_eq!(
+        stranger.num_leafnodes(),
+        0,
+        "a leaf joined with an unknown CA"
+    );
     assert_eq!(hub.num_leafnodes(), 1);
     for bin in nats_servers("the leafnode-over-wss interop test") {
         let go = GoServer::start(

@@ -349,12 +349,17 @@ impl Server {
         *observed.mesh.lock() = mesh.clone();
         let leafs = match &opts.leafnodes {
             Some(l) => Some(
-                Leafs::start(l.clone(), conns.clone(), mesh.clone())
-                    .await
-                    .map_err(|source| ServerError::Listen {
-                        addr: format!("{}:{}", l.host, l.port.unwrap_or_default()),
-                        source,
-                    })?,
+                Leafs::start(
+                    l.clone(),
+                    conns.clone(),
+                    mesh.clone(),
+                    InternalClient::new(&accounts, &opts.system_account).ok(),
+                )
+                .await
+                .map_err(|source| ServerError::Listen {
+                    addr: format!("{}:{}", l.host, l.port.unwrap_or_default()),
+                    source,
+                })?,
             ),
             None => None,
         };

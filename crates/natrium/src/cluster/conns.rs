@@ -42,7 +42,7 @@ pub(super) async fn exchange(
                 if a.name == GLOBAL_ACCOUNT {
                     continue;
                 }
-                if a.num_connections() == 0 {
+                if a.num_connections() + a.num_leafnodes() == 0 {
                     live.remove(&a.name);
                 } else {
                     live.insert(a.name.clone(), a.clone());
@@ -87,6 +87,7 @@ pub(super) async fn exchange(
 fn announce(mesh: &Mesh, system: &InternalClient, seq: &AtomicU64, account: &Account) {
     let id = &mesh.conns().identity;
     let n = account.num_connections();
+    let leafs = account.num_leafnodes();
     let now = rfc3339(SystemTime::now());
     let event = json!({
         "type": "io.nats.server.advisory.v1.account_connections",
@@ -104,8 +105,8 @@ fn announce(mesh: &Mesh, system: &InternalClient, seq: &AtomicU64, account: &Acc
         },
         "acc": account.name,
         "conns": n,
-        "leafnodes": 0,
-        "total_conns": n,
+        "leafnodes": leafs,
+        "total_conns": n + leafs,
         "num_subscriptions": account.subscription_count(),
         "slow_consumers": account.slow_consumers.load(std::sync::atomic::Ordering::Relaxed),
     });

@@ -124,10 +124,12 @@ impl LeafConn {
     }
 
     /// Withdraws the other side's interest and stops watching the account.
-    fn clear(&self) {
+    fn clear(&self, leafs: &Leafs) {
         let Some(b) = self.bound.lock().take() else {
             return;
         };
+        b.account.leaf_connection(false);
+        leafs.conns().connection_count_changed(&b.account);
         let w: Arc<dyn InterestWatcher> = b.sent.clone();
         b.account.unwatch(&w);
         let all: Vec<SubRef> = self.subs.lock().drain().map(|(_, s)| s).collect();
@@ -247,7 +249,7 @@ where
     }
     let was_up = conn.bound.lock().is_some();
     out.close(closing.reason);
-    conn.clear();
+    conn.clear(&leafs);
     leafs.closed(&conn);
     let _ = writer.await;
     tracing::info!(
@@ -695,6 +697,9 @@ fn finish_solicited(
 /// keeps sending its changes.
 fn start_interest(leafs: &Arc<Leafs>, conn: &Arc<LeafConn>, b: Bound) {
     *conn.bound.lock() = Some(b.clone());
+    b.account.leaf_connection(true);
+    leafs.conns().connection_count_changed(&b.account);
+    leafs.connect_event(&b.account.name);
     let w: Arc<dyn InterestWatcher> = b.sent.clone();
     b.account.watch(w);
     b.sent.force(leafs.lds_subject(&b.account.name).as_bytes());

@@ -29,7 +29,7 @@ use crate::cluster::{Mesh, RouteUrl};
 use crate::conn::websocket::stream::WsStream;
 use crate::conn::websocket::{LeafSocket, WsLeafAcceptor, WsLeafStream};
 use crate::conn::ConnContext;
-use crate::router::{CloseReason, GLOBAL_ACCOUNT};
+use crate::router::{CloseReason, InternalClient, GLOBAL_ACCOUNT};
 use crate::util::PROTOCOL_VERSION;
 
 /// The prefix of the loop-detection subjects: each account sends its own over every leafnode
@@ -63,6 +63,10 @@ pub struct Leafs {
     in_bytes: AtomicU64,
     /// Messages and bytes sent over connections now closed.
     closed_out: Mutex<(u64, u64)>,
+    /// The system account's client, for `$SYS.ACCOUNT.<account>.LEAFNODE.CONNECT`.
+    system: Option<InternalClient>,
+    /// The sequence of this server's events.
+    event_seq: AtomicU64,
 }
 
 /// Leafnode traffic, for `/varz` and `/metrics`.
@@ -81,6 +85,7 @@ impl Leafs {
         opts: LeafOptions,
         conns: Arc<ConnContext>,
         mesh: Option<Arc<Mesh>>,
+        system: Option<InternalClient>,
     ) -> std::io::Result<Arc<Leafs>> {
         let listener = match opts.port {
             Some(p) => {
@@ -119,6 +124,8 @@ impl Leafs {
             in_msgs: AtomicU64::new(0),
             in_bytes: AtomicU64::new(0),
             closed_out: Mutex::new((0, 0)),
+            system,
+            event_seq: AtomicU64::new(0),
         });
         if listen.is_some() {
             // Leaves may come in on the WebSocket listener too (path `/leafnode`).
@@ -203,6 +210,30 @@ impl Leafs {
             self.in_msgs.fetch_add(msgs, Ordering::Relaxed);
             self.in_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
+    }
+
+    /// Publishes `$SYS.ACCOUNT.<account>.LEAFNODE.CONNECT` as nats-server's `accNumConnsReq`
+    /// (`server`, `acc`), for a connection bound to `account` on either side.
+    fn connect_event(&self, account: &str) {
+        let Some(system) = &self.system else { return };
+        let id = &self.conns.identity;
+        let now = crate::util::time::rfc3339(std::time::SystemTime::now());
+        let event = serde_json::json!({
+            "server": {
+                "name": id.name,
+                "host": id.host,
+                "id": id.id,
+                "cluster": self.cluster_name().unwrap_or_default(),
+                "ver": PROTOCOL_VERSION,
+                "seq": self.event_seq.fetch_add(1, Ordering::Relaxed) + 1,
+                "jetstream": false,
+                "time": now,
+            },
+            "acc": account,
+        });
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        let subject = format!("$SYS.ACCOUNT.{account}.LEAFNODE.CONNECT");
+        let _ = system.publish(&subject, None, None, &body);
     }
 
     /// The loop-detection subject of `account` (made up once per account).

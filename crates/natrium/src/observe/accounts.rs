@@ -210,14 +210,15 @@ pub fn accstatz(o: &Observed, q: &AccQuery) -> Value {
         .filter(|a| q.acc.as_ref().is_none_or(|n| n == &a.name))
         .filter_map(|a| {
             let (conns, t) = account_usage(a, &clients);
-            if conns == 0 && !include_unused && q.acc.is_none() {
+            let leafs = a.num_leafnodes();
+            if conns + leafs == 0 && !include_unused && q.acc.is_none() {
                 return None;
             }
             let mut stat = json!({
                 "acc": a.name,
                 "conns": conns,
-                "leafnodes": 0,
-                "total_conns": conns,
+                "leafnodes": leafs,
+                "total_conns": conns + leafs,
                 "num_subscriptions": a.subscription_count(),
                 "sent": {"msgs": t.out_msgs, "bytes": t.out_bytes},
                 "received": {"msgs": t.in_msgs, "bytes": t.in_bytes},

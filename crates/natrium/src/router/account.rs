@@ -56,6 +56,8 @@ pub struct Account {
     limits: RwLock<Limits>,
     /// Client connections registered with this account (internal clients are not counted).
     connections: AtomicUsize,
+    /// Leafnode connections bound to this account on this server (either side).
+    leaf_connections: AtomicUsize,
     /// In a cluster: the account's connections on each other server (by server id), as they
     /// report them, and their sum; `max_connections` holds for the cluster as a whole.
     remote_connections: Mutex<rustc_hash::FxHashMap<String, usize>>,
@@ -145,6 +147,7 @@ impl Account {
             closed_totals: Mutex::new(Totals::default()),
             limits: RwLock::new(Limits::default()),
             connections: AtomicUsize::new(0),
+            leaf_connections: AtomicUsize::new(0),
             remote_connections: Mutex::new(rustc_hash::FxHashMap::default()),
             remote_total: AtomicUsize::new(0),
             sublist_stats: SublistCounters::default(),
@@ -184,6 +187,22 @@ impl Account {
 
     pub fn num_connections(&self) -> usize {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// A leafnode connection was bound to this account (`up`) or went.
+    pub fn leaf_connection(&self, up: bool) {
+        if up {
+            self.leaf_connections.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let _ = self
+                .leaf_connections
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Leafnode connections bound to this account here (`leafnodes` in account statistics).
+    pub fn num_leafnodes(&self) -> usize {
+        self.leaf_connections.load(Ordering::Acquire)
     }
 
     /// Records how many connections of this account server `server` has (its report).

@@ -33,6 +33,7 @@ mod kv_watch;
 mod layers;
 mod leaf;
 mod leaf_cluster;
+mod leaf_monitor;
 mod leaf_ws;
 mod limits;
 mod messaging;

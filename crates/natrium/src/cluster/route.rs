@@ -143,20 +143,32 @@ impl Route {
     }
 
     /// Withdraws the peer's interest in `subject` (its leaves' of cluster `origin`).
+    /// A peer without `lnocu` names no origin in `LS-`: its interest of any origin goes.
     fn remove_interest(
         &self,
         account: &[u8],
         subject: &[u8],
         queue: Option<&[u8]>,
         origin: Option<&[u8]>,
+        lnocu: bool,
     ) {
-        let key: SubKey = (
+        let mut key: SubKey = (
             account.into(),
             subject.into(),
             queue.map(Into::into),
             origin.map(Into::into),
         );
-        let removed = self.subs.lock().remove(&key);
+        let mut subs = self.subs.lock();
+        if !lnocu && origin.is_none() && !subs.contains_key(&key) {
+            if let Some(k) = subs
+                .keys()
+                .find(|k| k.0 == key.0 && k.1 == key.1 && k.2 == key.2)
+            {
+                key = k.clone();
+            }
+        }
+        let removed = subs.remove(&key);
+        drop(subs);
         if let Some((acc, sub)) = removed {
             acc.remove(&sub);
         }
@@ -284,6 +296,8 @@ async fn read_loop(
     let max_payload = mesh.max_payload();
     // The account of a dedicated route, once its handshake is done.
     let mut dedicated: Option<Arc<Account>> = None;
+    // The peer sends `LS-` with the origin (`lnocu`, nats-server 2.10+).
+    let mut lnocu = false;
     loop {
         tokio::select! {
             biased;
@@ -363,6 +377,7 @@ async fn read_loop(
                                     *route.remote.lock() = Some(info.clone());
                                     out.set_headers(info.headers);
                                     out.set_leaf_origin(info.lnoc);
+                                    lnocu = info.lnocu;
                                     mesh.handshake(route, info, peer).map(|acc| {
                                         dedicated = acc;
                                         stage = Stage::Up;
@@ -396,8 +411,14 @@ async fn read_loop(
                             Ok(())
                         }
                         RouteOp::Unsub { origin, account, subject, queue } => {
+                            // Without `lnocu` (nats-server 2.9) `LS- account subject queue`
+                            // has no origin: read as origin, account, subject it is that.
+                            let (origin, account, subject, queue) = match (lnocu, origin, queue, &dedicated) {
+                                (false, Some(o), None, None) => (None, o, account, Some(subject)),
+                                _ => (origin, account, subject, queue),
+                            };
                             let account = dedicated.as_ref().map_or(account, |d| d.name.as_bytes());
-                            route.remove_interest(account, subject, queue, origin);
+                            route.remove_interest(account, subject, queue, origin, lnocu);
                             Ok(())
                         }
                         RouteOp::Msg { origin, account, subject, reply, queues, headers, payload } => {

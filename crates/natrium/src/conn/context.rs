@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use super::client::Client;
 use super::registry::Registry;
 use super::tls::TlsServer;
-use super::websocket::WsLeafAcceptor;
 use crate::auth::jwt::{ImportGrant, JwtError, TrustedAccount};
 use crate::auth::{
     AuthCell, AuthError, Authenticator, BcryptLimiter, ConnAuth, Credentials, DerivedAuth,
@@ -70,6 +69,22 @@ pub struct WsEndpoint {
     /// The `host:port` peers tell WebSocket clients instead of the listener's addresses.
     pub advertise: Option<String>,
     pub auth: DerivedAuth,
+}
+
+/// A byte stream a leafnode connection runs over (TCP, TLS, or WebSocket frames over either).
+pub trait LeafSocket: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> LeafSocket for T {}
+
+/// Takes leafnode connections that arrive on the WebSocket listener (path `/leafnode`):
+/// implemented by the leafnode layer, which runs `stream` (the frames already unwrapped) as an
+/// accepted leaf whose outbound side is `out`.
+pub trait WsLeafAcceptor: Send + Sync {
+    fn accept(
+        &self,
+        stream: Box<dyn LeafSocket>,
+        peer: SocketAddr,
+        out: Arc<crate::router::Outbound>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 }
 
 pub struct ConnContext {

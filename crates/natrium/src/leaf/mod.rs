@@ -26,8 +26,8 @@ pub use conn::LeafConn;
 pub use options::{LeafAuth, LeafOptions, LeafUser, RemoteLeaf};
 
 use crate::cluster::{Mesh, RouteUrl};
+use crate::conn::context::{LeafSocket, WsLeafAcceptor};
 use crate::conn::websocket::stream::WsStream;
-use crate::conn::websocket::{LeafSocket, WsLeafAcceptor, WsLeafStream};
 use crate::conn::ConnContext;
 use crate::router::{CloseReason, InternalClient, GLOBAL_ACCOUNT};
 use crate::util::PROTOCOL_VERSION;
@@ -541,7 +541,7 @@ struct WsLeafs(std::sync::Weak<Leafs>);
 impl WsLeafAcceptor for WsLeafs {
     fn accept(
         &self,
-        stream: WsLeafStream,
+        stream: Box<dyn LeafSocket>,
         peer: SocketAddr,
         out: Arc<crate::router::Outbound>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use self::handshake::{parse_origin, status_text, Origins, UpgradeRules, Upgraded};
 use self::stream::{close_frame, push_frame, WsConfig, WsStream};
 use super::client::Client;
-use super::context::{ConnContext, WsEndpoint};
+use super::context::{ConnContext, LeafSocket, WsEndpoint};
 use super::reader::Conn;
 use super::tls::{Accepted, TlsError, TlsOptions, TlsServer};
 use crate::auth::{AuthOptions, AuthOverride, DerivedAuth};
@@ -457,24 +457,6 @@ enum Transport {
     ),
 }
 
-/// A socket a leafnode connection runs over once upgraded (TCP or TLS).
-pub trait LeafSocket: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> LeafSocket for T {}
-
-/// A leafnode connection that came in on the WebSocket listener (path `/leafnode`).
-pub type WsLeafStream = WsStream<Box<dyn LeafSocket>>;
-
-/// Takes leafnode connections that arrive on the WebSocket listener: implemented by the leafnode
-/// layer, which runs `stream` as an accepted leaf whose outbound side is `out`.
-pub trait WsLeafAcceptor: Send + Sync {
-    fn accept(
-        &self,
-        stream: WsLeafStream,
-        peer: SocketAddr,
-        out: Arc<crate::router::Outbound>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-}
-
 /// Runs a leafnode connection of the WebSocket listener, or drops it when this server takes no
 /// leaves (nats-server closes it the same way, after the upgrade).
 async fn run_leaf(
@@ -503,7 +485,7 @@ async fn run_leaf(
         Transport::Tls(s, _, _) => Box::new(*s),
     };
     acceptor
-        .accept(WsStream::new(socket, cfg, out.clone()), peer, out)
+        .accept(Box::new(WsStream::new(socket, cfg, out.clone())), peer, out)
         .await;
 }
 

@@ -2,8 +2,9 @@
 //! receipts a sync covers, all at once; waiters block on a condvar or register a callback.
 //!
 //! Invariant: `synced` only moves after `sync_data` returned Ok for a file holding every record up
-//! to it (earlier blocks were synced when sealed). A failed sync is sticky: every waiter after it
-//! gets the error and the store refuses writes.
+//! to it (earlier blocks were synced when sealed) and, with a high-water mark, after the mark
+//! (the last sequence synced, kept apart from the blocks) was written and synced too. A failed
+//! sync is sticky: every waiter after it gets the error and the store refuses writes.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::{DurableCallback, Result, StoreError, SyncPolicy, SyncToken};
+use crate::{DocFile, DurableCallback, Result, StoreError, SyncPolicy, SyncToken};
 
 /// Observes the file store's data syncs, for tests that prove ordering (a hook may also block to
 /// hold a sync back).
@@ -46,8 +47,39 @@ struct State {
     running: bool,
 }
 
+/// The store's high-water mark: the last sequence a sync made durable, in its own document
+/// (`hwm.0`/`hwm.1`), so that a last block cut at rest can not hide acknowledged sequences.
+pub(crate) struct Mark {
+    pub doc: DocFile,
+    /// The value last written.
+    pub value: u64,
+}
+
+impl Mark {
+    /// The document's body for `value`.
+    pub fn body(value: u64) -> [u8; 8] {
+        value.to_le_bytes()
+    }
+
+    /// The value a body holds.
+    pub fn parse(body: &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(body.try_into().ok()?))
+    }
+
+    /// Raises the mark to `through`, durably; nothing to do when it is there already.
+    pub fn raise(&mut self, through: u64) -> std::io::Result<()> {
+        if through <= self.value {
+            return Ok(());
+        }
+        self.doc.write(&Mark::body(through), true)?;
+        self.value = through;
+        Ok(())
+    }
+}
+
 pub(crate) struct Durable {
     name: Arc<str>,
+    mark: Option<Mutex<Mark>>,
     state: Mutex<State>,
     work: Condvar,
     done: Condvar,
@@ -62,10 +94,12 @@ impl Durable {
         hook: Option<Arc<dyn IoHook>>,
         policy: SyncPolicy,
         through: u64,
+        mark: Option<Mark>,
     ) -> Self {
         Durable {
             eager: policy == SyncPolicy::Always,
             name,
+            mark: mark.map(Mutex::new),
             state: Mutex::new(State {
                 written: through,
                 synced: through,
@@ -119,9 +153,13 @@ impl Durable {
         if let Some(h) = &self.hook {
             h.before_sync(SyncToken(through));
         }
-        let res = file.sync_data();
+        let mut res = file.sync_data();
         if let Some(h) = &self.hook {
             h.after_sync(SyncToken(through), res.is_ok());
+        }
+        if let (Ok(()), Some(mark)) = (&res, &self.mark) {
+            // Only what is synced is marked, and it counts as durable once the mark is.
+            res = mark.lock().raise(through);
         }
         let mut st = self.state.lock();
         st.syncs += 1;

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use natrium_raft::{Group, RaftError, Role};
+use natrium_raft::{Group, GroupConfig, RaftError, Role};
 use natrium_store::{FileStore, FileStoreConfig, MemStore, StoreError, StreamStore, SyncPolicy};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -363,6 +363,9 @@ fn open_store(cfg: &StreamConfig, dir: &Path) -> Result<Arc<dyn StreamStore>, St
         Storage::File => Arc::new(FileStore::open(
             FileStoreConfig {
                 sync: SyncPolicy::Interval(Duration::from_secs(60)),
+                // Its high-water mark is the Raft log: messages a cut store lost are stored
+                // again from it, so they must not be written off as lost here.
+                high_water_mark: false,
                 ..FileStoreConfig::new(dir.join("msgs"))
             },
             cfg.limits(),
@@ -411,7 +414,10 @@ impl Replica {
         };
         let group = Group::open(
             cl.id,
-            &group_config(&sa.group),
+            &GroupConfig {
+                member_marker: Some(dir.join("raft.member")),
+                ..group_config(&sa.group)
+            },
             &dir.join("raft"),
             sm,
             cl.hub.transport(&sa.group),

@@ -393,6 +393,9 @@ impl Backend for FileBackend {
         if let Err(e) = write_index(&self.dir, &blocks) {
             tracing::warn!(store = %self.name, error = %e, "writing the index failed");
         }
+        if let Err(e) = self.durable.sync_mark() {
+            tracing::warn!(store = %self.name, error = %e, "syncing the high-water mark failed");
+        }
         self.files.clear();
         self.dirty.clear();
     }
@@ -937,7 +940,7 @@ impl FileStore {
                 let (doc, body) = DocFile::open(&cfg.dir, MARK)
                     .map_err(|e| io_err(&name, "open high-water mark", e))?;
                 let value = body.as_deref().and_then(Mark::parse).unwrap_or(0);
-                Some(Mark { doc, value })
+                Some(Mark::new(doc, value))
             }
             false => None,
         };
@@ -967,7 +970,7 @@ impl FileStore {
         let mut mark = mark;
         if let Some(m) = &mut mark {
             // Everything recovered is durable now (synced above, or by an earlier open).
-            m.raise(last_seq)
+            m.raise(last_seq, true)
                 .map_err(|e| io_err(&name, "write high-water mark", e))?;
         }
         let durable = Arc::new(Durable::new(

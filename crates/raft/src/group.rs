@@ -37,6 +37,10 @@ pub struct GroupConfig {
     pub max_batch: u64,
     /// How long a proposal may wait for its commit.
     pub propose_timeout: Duration,
+    /// A file outside the group's directory that says this node has been a member (see
+    /// [`LogStore::member_marker`]): a node whose Raft state is gone while it is there does
+    /// not vote until a leader has caught it up.
+    pub member_marker: Option<std::path::PathBuf>,
 }
 
 impl Default for GroupConfig {
@@ -50,6 +54,7 @@ impl Default for GroupConfig {
             keep_behind_snapshot: 4 * 1024,
             max_batch: 512,
             propose_timeout: Duration::from_secs(10),
+            member_marker: None,
         }
     }
 }
@@ -143,6 +148,10 @@ impl Group {
                 cfg.name,
                 recovered.torn_bytes
             );
+        }
+        if let Some(marker) = &cfg.member_marker {
+            log.member_marker(marker)
+                .map_err(|e| RaftError::Storage(format!("member marker: {e}")))?;
         }
         let sm = SmStore::open(dir, sm).map_err(RaftError::Storage)?;
         let config = Config {

@@ -112,6 +112,8 @@ struct Inner {
     vote_doc: Mutex<DocFile>,
     meta_doc: Mutex<DocFile>,
     sync_tx: Mutex<Option<mpsc::Sender<SyncRequest>>>,
+    /// The member marker still to write (at the first vote this log saves).
+    marker: Mutex<Option<PathBuf>>,
 }
 
 /// A group's log; clones share it (openraft reads through a clone).
@@ -163,11 +165,8 @@ impl LogStore {
         // Made durably (each new level's parent synced): the log's entries are acknowledged
         // only once synced, and a directory entry lost to a power cut would take them along.
         natrium_store::create_dir_durable(dir).map_err(err)?;
-        let had_vote = ["vote.0", "vote.1"]
-            .iter()
-            .any(|n| std::fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > 0));
-        let (vote_doc, vote_body) = DocFile::open(dir, "vote").map_err(err)?;
-        let (meta_doc, meta_body) = DocFile::open(dir, "meta").map_err(err)?;
+        let (mut vote_doc, vote_body) = DocFile::open(dir, "vote").map_err(err)?;
+        let (mut meta_doc, meta_body) = DocFile::open(dir, "meta").map_err(err)?;
         // A slot that held a document and fails its check now may have been the newest: the
         // other one is older (a vote of an earlier term, a guard not yet written).
         let vote_suspect = vote_doc.suspect();
@@ -179,10 +178,28 @@ impl LogStore {
             })?,
             None => Meta::default(),
         };
-        let vote: Option<Vote<NodeId>> = match &vote_body {
-            Some(b) => serde_json::from_slice(b).ok(),
-            None => None,
+        // A vote document is a vote or `null` (none cast yet); anything else is unreadable.
+        let vote: Result<Option<Vote<NodeId>>, _> = match &vote_body {
+            Some(b) => serde_json::from_slice(b),
+            None => Ok(None),
         };
+        let vote_unreadable = vote.is_err();
+        let vote = vote.unwrap_or_default();
+        // Both slots of each document hold one from here on (the current one written again, a
+        // `null` vote when none was cast): a slot cut to nothing is then always seen as damage
+        // (`DocFile::suspect`), even beside a document written only once before.
+        if !vote_suspect && !vote_unreadable {
+            let body = serde_json::to_vec(&vote).unwrap_or_default();
+            while vote_doc.generation() < 2 {
+                vote_doc.write(&body, true).map_err(err)?;
+            }
+        }
+        if !meta_suspect {
+            let body = serde_json::to_vec(&meta).unwrap_or_default();
+            while meta_doc.generation() < 2 {
+                meta_doc.write(&body, true).map_err(err)?;
+            }
+        }
         let mut rec = Recovered::default();
         let mut mem = Mem {
             first: 0,
@@ -215,6 +232,7 @@ impl LogStore {
                     (None, Some(p)) => Some(p + 1),
                     (None, None) => None,
                 };
+                let mut bad = false;
                 match codec::unframe(rest) {
                     Framed::Record(body, n) => {
                         let entry: Option<Entry<TypeConfig>> = codec::decode(body).ok();
@@ -228,30 +246,25 @@ impl LogStore {
                                 mem.pos.push_back((seg, off as u64));
                                 rec.entries += 1;
                             }
-                            _ => {
-                                damage = Some((next_index.unwrap_or(0), off as u64));
-                                cut = Some((seg, off as u64));
-                                break 'segs;
-                            }
+                            _ => bad = true,
                         }
-                        off += n;
+                        if !bad {
+                            off += n;
+                            continue;
+                        }
                     }
-                    Framed::Short if last_seg => {
-                        rec.torn_bytes = (buf.len() - off) as u64;
-                        cut = Some((seg, off as u64));
-                        break 'segs;
-                    }
-                    Framed::Bad if last_seg && !intact_after(&buf, off) => {
-                        rec.torn_bytes = (buf.len() - off) as u64;
-                        cut = Some((seg, off as u64));
-                        break 'segs;
-                    }
-                    Framed::Short | Framed::Bad => {
-                        damage = Some((next_index.unwrap_or(0), off as u64));
-                        cut = Some((seg, off as u64));
-                        break 'segs;
-                    }
+                    Framed::Short | Framed::Bad => {}
                 }
+                cut = Some((seg, off as u64));
+                // At the end of the log (nothing intact after it): a write torn by a crash
+                // (never acknowledged), or a complete record damaged since it was written
+                // (perhaps synced and acknowledged).
+                let tail = last_seg && !intact_after(&buf, off);
+                match tail.then(|| tail_kind(&buf, off)) {
+                    Some(Tail::Torn) => rec.torn_bytes = (buf.len() - off) as u64,
+                    _ => damage = Some((next_index.unwrap_or(0), off as u64)),
+                }
+                break 'segs;
             }
         }
         if let Some((seg, off)) = cut {
@@ -263,14 +276,13 @@ impl LogStore {
             }
             sync_dir(dir).map_err(err)?;
         }
-        let vote_lost = vote_suspect || (had_vote && mem.vote.is_none());
+        let vote_lost = vote_suspect || vote_unreadable;
         if vote_lost || meta_suspect {
             // The vote was written and can not be read back (this node may have voted in a term
             // it no longer knows), or the log's metadata may be older than it was (a guard or
             // purge forgotten).
             damage = damage.or(Some((mem.last_log_id().map_or(1, |l| l.index + 1), 0)));
         }
-        let mut meta_doc = meta_doc;
         let mut meta = mem.meta.clone();
         if let Some((at, _)) = damage {
             rec.damaged_at = Some(at);
@@ -328,6 +340,7 @@ impl LogStore {
             vote_doc: Mutex::new(vote_doc),
             meta_doc: Mutex::new(meta_doc),
             sync_tx: Mutex::new(Some(tx)),
+            marker: Mutex::new(None),
         };
         Ok((
             LogStore {
@@ -352,6 +365,45 @@ impl LogStore {
     /// repaired it yet).
     pub fn vote_guarded(&self) -> bool {
         self.inner.mem.lock().meta.guard.is_some()
+    }
+
+    /// Keeps a member marker at `path`, outside the log's directory: a file made (durably) when
+    /// this log first saves a vote, i.e. once the node has taken part in the group (every
+    /// leader's first AppendEntries to it and every vote it casts save one first). If the
+    /// marker is there and the log is blank (no vote, no entry: its directory was lost whole,
+    /// or its files cut to nothing), the node may have acknowledged entries or voted in a term
+    /// it no longer knows: it is guarded like a damaged log, until a leader has caught it up.
+    /// Returns whether that guard was set now.
+    pub fn member_marker(&self, path: &Path) -> io::Result<bool> {
+        let blank = {
+            let mem = self.inner.mem.lock();
+            mem.vote.is_none() && mem.last_log_id().is_none() && mem.meta.guard.is_none()
+        };
+        let exists = path.try_exists()?;
+        if exists && blank {
+            let meta = {
+                let mut mem = self.inner.mem.lock();
+                // No term is known: only matching a leader up to its commit index lifts it.
+                mem.meta.guard = Some((u64::MAX, 0));
+                mem.meta.clone()
+            };
+            self.write_meta(&meta, true)?;
+            tracing::error!(
+                "raft log {}: empty, but this node was a member ({} exists); not voting until \
+                 a leader has caught it up",
+                self.inner.dir.display(),
+                path.display()
+            );
+            return Ok(true);
+        }
+        if !exists {
+            if blank {
+                *self.inner.marker.lock() = Some(path.to_path_buf());
+            } else {
+                write_marker(path)?;
+            }
+        }
+        Ok(false)
     }
 
     /// Stops the syncer thread (after the syncs already asked for).
@@ -592,6 +644,9 @@ impl LogStore {
             }
             if mem.entries.is_empty() {
                 mem.first = upto.index + 1;
+                // A snapshot installed over the whole log: it is durable, and the log's state
+                // as a guard sees it (what is synced) starts after it.
+                mem.synced = mem.synced.max(Some(upto));
             }
             if mem.meta.last_purged.is_none_or(|p| p.index < upto.index) {
                 mem.meta.last_purged = Some(upto);
@@ -614,6 +669,62 @@ impl LogStore {
         }
         Ok(())
     }
+}
+
+/// Makes the member marker durably: the file, then the directory entry.
+fn write_marker(path: &Path) -> io::Result<()> {
+    File::create(path)?.sync_all()?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// What a bad record at the very end of the log is.
+#[derive(Debug, PartialEq, Eq)]
+enum Tail {
+    /// A write the crash cut short: bytes missing past the end, or a sector that never reached
+    /// the disk (zeros). Never synced, so never acknowledged.
+    Torn,
+    /// A complete record that fails its check (a flipped bit, a length field that names
+    /// another length than the bytes its checksum covers): it was written whole, perhaps
+    /// synced and acknowledged.
+    Damaged,
+}
+
+/// Sectors a disk writes atomically: a torn write leaves whole sectors unwritten.
+const SECTOR: usize = 512;
+
+/// Tells a torn last write from damage, for the bad record at `off` with nothing intact after.
+fn tail_kind(buf: &[u8], off: usize) -> Tail {
+    let rest = buf.get(off..).unwrap_or_default();
+    if rest.len() < codec::FRAME {
+        return Tail::Torn;
+    }
+    // A sector of the record (clipped to the record's bytes) that holds only zeros was never
+    // written: appends extend the file, and what they have not written yet reads as zeros.
+    let mut at = off;
+    while at < buf.len() {
+        let end = ((at / SECTOR) + 1) * SECTOR;
+        let window = buf.get(at..end.min(buf.len())).unwrap_or_default();
+        if window.iter().all(|b| *b == 0) {
+            return Tail::Torn;
+        }
+        at = end;
+    }
+    let (len, crc) = rest.split_at(4);
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let body = rest.get(codec::FRAME..).unwrap_or_default();
+    if len > body.len() && len <= codec::MAX_RECORD {
+        // Bytes missing past the end: torn, unless the bytes there are a whole record by its
+        // checksum (then the length field was damaged).
+        return match crc32c::crc32c(body) == crc {
+            true => Tail::Damaged,
+            false => Tail::Torn,
+        };
+    }
+    Tail::Damaged
 }
 
 /// Whether an intact record follows a bad one somewhere after `off` (then the bad record is
@@ -692,6 +803,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .write(&body, true)
             .map_err(|e| StorageError::from_io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         self.inner.mem.lock().vote = Some(*vote);
+        let marker = self.inner.marker.lock().take();
+        if let Some(path) = marker {
+            if let Err(e) = write_marker(&path) {
+                *self.inner.marker.lock() = Some(path);
+                return Err(StorageError::from_io_error(
+                    ErrorSubject::Vote,
+                    ErrorVerb::Write,
+                    e,
+                ));
+            }
+        }
         Ok(())
     }
 

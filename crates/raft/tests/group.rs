@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use natrium_raft::{
-    node_id, Group, GroupConfig, NodeId, Peer, RaftError, Role, RpcKind, StateMachine, Transport,
-    TransportError,
+    node_id, Group, GroupConfig, GroupStatus, NodeId, Peer, RaftError, Role, RpcKind, StateMachine,
+    Transport, TransportError,
 };
 use parking_lot::Mutex;
 
@@ -101,7 +101,12 @@ async fn open(net: &Arc<Net>, name: &str, dir: &Path) -> Node {
         from: id,
         net: net.clone(),
     });
-    let group = Group::open(id, &config(), dir, state.clone(), link)
+    // The member marker beside the group's directory (as the server keeps it).
+    let cfg = GroupConfig {
+        member_marker: Some(dir.with_extension("member")),
+        ..config()
+    };
+    let group = Group::open(id, &cfg, dir, state.clone(), link)
         .await
         .expect("open group");
     net.groups.lock().insert(id, group.clone());
@@ -404,6 +409,22 @@ async fn a_follower_back_with_a_damaged_log_rejoins_and_the_leader_goes_on() {
     // The follower's log is cut at the damage, shorter than what it acknowledged. Before
     // openraft's `loosen-follower-log-revert` was enabled, the leader's progress tracking
     // panicked on the shorter answer and the group stopped committing.
+    follower_back_after(damage_log, |st| st.last_log_index < 40).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_raft_directory_was_lost_does_not_vote_until_caught_up() {
+    // Its directory gone whole (a wiped disk): the node had acknowledged entries and voted,
+    // and would otherwise rejoin as a new member and vote at once. The marker beside the
+    // directory says it was a member.
+    let wipe = |dir: &Path| std::fs::remove_dir_all(dir).expect("wipe");
+    follower_back_after(wipe, |st| st.last_log_index == 0).await;
+}
+
+/// Three nodes commit 40 entries; a follower is stopped, `damage` is done to its directory,
+/// it is opened again (`cut` checks its status then): it must be guarded, the leader goes on
+/// and repairs it, and it votes again once it matches the leader up to the commit index.
+async fn follower_back_after(damage: impl FnOnce(&Path), cut: impl Fn(&GroupStatus) -> bool) {
     let root = tempfile::tempdir().expect("tempdir");
     let net = Arc::new(Net::default());
     let nodes = cluster(&net, root.path(), &["a", "b", "c"]).await;
@@ -423,11 +444,11 @@ async fn a_follower_back_with_a_damaged_log_rejoins_and_the_leader_goes_on() {
     let f = nodes.iter().find(|n| n.id != l).expect("a follower");
     f.group.shutdown().await;
     net.groups.lock().remove(&f.id);
-    damage_log(&f.dir);
+    damage(&f.dir);
     let back = open(&net, &f.name, &f.dir).await;
     let st = back.group.status();
     assert!(st.vote_guarded, "damage found at open");
-    assert!(st.last_log_index < 40, "cut at the damage: {st:?}");
+    assert!(cut(&st), "cut at the damage: {st:?}");
 
     // The leader keeps committing, and repairs the follower.
     for i in 40..60u32 {

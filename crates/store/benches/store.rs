@@ -20,6 +20,8 @@ const RUN: Duration = Duration::from_secs(3);
 fn open(dir: &Path, sync: SyncPolicy) -> FileStore {
     let mut c = FileStoreConfig::new(dir);
     c.sync = sync;
+    // What the high-water mark costs: `STORE_BENCH_NO_MARK=1` runs without it.
+    c.high_water_mark = std::env::var_os("STORE_BENCH_NO_MARK").is_none();
     FileStore::open(c, Limits::default()).expect("open")
 }
 
@@ -265,6 +267,10 @@ fn main() {
     }
     let (rate, syncs) = pipelined(&fresh("always-pipelined"));
     println!("always,   1 thread, acks by callback:   {rate:>10.0} msgs/s ({syncs} fsyncs)");
+    if args.get(1).map(String::as_str) == Some("durable") {
+        // The acknowledged paths only (`durable`): no lazy rows, no recovery.
+        return;
+    }
     for threads in [1, 16] {
         let (rate, syncs) = synchronous(
             &fresh(&format!("interval-{threads}")),

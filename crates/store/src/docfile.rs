@@ -91,6 +91,11 @@ impl DocFile {
         self.suspect
     }
 
+    /// The generation of the newest document (0: none written yet).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Replaces the document. With `sync` it is durable when this returns; without, it survives
     /// the process being killed but not the machine losing power.
     pub fn write(&mut self, body: &[u8], sync: bool) -> io::Result<()> {

@@ -2,8 +2,9 @@
 //! receipts a sync covers, all at once; waiters block on a condvar or register a callback.
 //!
 //! Invariant: `synced` only moves after `sync_data` returned Ok for a file holding every record up
-//! to it (earlier blocks were synced when sealed). A failed sync is sticky: every waiter after it
-//! gets the error and the store refuses writes.
+//! to it (earlier blocks were synced when sealed) and, with a high-water mark, after the mark
+//! (the last sequence synced, kept apart from the blocks) was raised to it. A failed
+//! sync is sticky: every waiter after it gets the error and the store refuses writes.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::{DurableCallback, Result, StoreError, SyncPolicy, SyncToken};
+use crate::{DocFile, DurableCallback, Result, StoreError, SyncPolicy, SyncToken};
 
 /// Observes the file store's data syncs, for tests that prove ordering (a hook may also block to
 /// hold a sync back).
@@ -46,8 +47,64 @@ struct State {
     running: bool,
 }
 
+/// The store's high-water mark: the last sequence a sync made durable, in its own document
+/// (`hwm.0`/`hwm.1`), so that a last block cut at rest can not hide acknowledged sequences.
+/// It is written after the block's fdatasync and before the receipts resolve, and fdatasynced
+/// itself at most once per [`MARK_SYNC_EVERY`] (and at a clean close): a process crash keeps
+/// every write (the page cache survives it); a power loss may take the raises since its last
+/// sync, so a cut after a power loss may hide up to that much.
+pub(crate) struct Mark {
+    pub doc: DocFile,
+    /// The value last written.
+    pub value: u64,
+    /// When the document was last synced.
+    pub synced_at: Option<Instant>,
+}
+
+/// How often the high-water mark is fdatasynced (once per this, on the first raise after it).
+pub(crate) const MARK_SYNC_EVERY: Duration = Duration::from_secs(1);
+
+impl Mark {
+    pub fn new(doc: DocFile, value: u64) -> Mark {
+        Mark {
+            doc,
+            value,
+            synced_at: None,
+        }
+    }
+
+    /// The document's body for `value`.
+    pub fn body(value: u64) -> [u8; 8] {
+        value.to_le_bytes()
+    }
+
+    /// The value a body holds.
+    pub fn parse(body: &[u8]) -> Option<u64> {
+        Some(u64::from_le_bytes(body.try_into().ok()?))
+    }
+
+    /// Raises the mark to `through` (nothing to do when it is there already); synced when
+    /// `sync`, or when the last sync is older than [`MARK_SYNC_EVERY`].
+    pub fn raise(&mut self, through: u64, sync: bool) -> std::io::Result<()> {
+        if through <= self.value {
+            return Ok(());
+        }
+        let sync = sync
+            || self
+                .synced_at
+                .is_none_or(|t| t.elapsed() >= MARK_SYNC_EVERY);
+        self.doc.write(&Mark::body(through), sync)?;
+        self.value = through;
+        if sync {
+            self.synced_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
 pub(crate) struct Durable {
     name: Arc<str>,
+    mark: Option<Mutex<Mark>>,
     state: Mutex<State>,
     work: Condvar,
     done: Condvar,
@@ -62,10 +119,12 @@ impl Durable {
         hook: Option<Arc<dyn IoHook>>,
         policy: SyncPolicy,
         through: u64,
+        mark: Option<Mark>,
     ) -> Self {
         Durable {
             eager: policy == SyncPolicy::Always,
             name,
+            mark: mark.map(Mutex::new),
             state: Mutex::new(State {
                 written: through,
                 synced: through,
@@ -119,9 +178,14 @@ impl Durable {
         if let Some(h) = &self.hook {
             h.before_sync(SyncToken(through));
         }
-        let res = file.sync_data();
+        let mut res = file.sync_data();
         if let Some(h) = &self.hook {
             h.after_sync(SyncToken(through), res.is_ok());
+        }
+        if let (Ok(()), Some(mark)) = (&res, &self.mark) {
+            // Only what is synced is marked (so the mark never claims what a power loss may
+            // take), and before the receipts resolve (so it covers every acknowledged one).
+            res = mark.lock().raise(through, false);
         }
         let mut st = self.state.lock();
         st.syncs += 1;
@@ -203,6 +267,20 @@ impl Durable {
         SyncStats {
             syncs: st.syncs,
             synced_through: st.synced,
+        }
+    }
+
+    /// Makes the high-water mark durable as it stands (a clean close).
+    pub fn sync_mark(&self) -> std::io::Result<()> {
+        match &self.mark {
+            Some(m) => {
+                let mut m = m.lock();
+                let value = m.value;
+                m.doc.write(&Mark::body(value), true)?;
+                m.synced_at = Some(Instant::now());
+                Ok(())
+            }
+            None => Ok(()),
         }
     }
 

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use rustc_hash::FxHashSet;
 
 use crate::block::{Block, Local};
-use crate::durable::{Durable, IoHook, SyncStats};
+use crate::durable::{Durable, IoHook, Mark, SyncStats};
 use crate::engine::{Backend, CacheStats, Engine, Parts};
 use crate::record;
 use crate::scan::{self, Scanned, MAX_LOST};
@@ -28,6 +28,7 @@ use crate::scrub::{self, ScrubCtl};
 use crate::seal::{self, Summary};
 use crate::shared::Shared;
 use crate::subjects::Subjects;
+use crate::DocFile;
 use crate::{Corruption, Limits, Result, StoreError, SyncPolicy};
 
 /// How the background scrub re-reads sealed blocks to find damage that happened at rest.
@@ -65,6 +66,11 @@ pub struct FileStoreConfig {
     pub cache_blocks: usize,
     /// The background scrub; None: none (damage is then found when a message is read).
     pub scrub: Option<Scrub>,
+    /// Keep a high-water mark (`hwm.0`/`hwm.1`): the last sequence made durable, written with
+    /// the sync that makes it so. At open, sequences up to it that the blocks no longer hold
+    /// are reported lost and never handed out again. Off for a store whose messages are also
+    /// kept elsewhere (a replica's store, refilled from its Raft log).
+    pub high_water_mark: bool,
 }
 
 impl FileStoreConfig {
@@ -76,6 +82,7 @@ impl FileStoreConfig {
             io_hook: None,
             cache_blocks: 8,
             scrub: Some(Scrub::default()),
+            high_water_mark: true,
         }
     }
 }
@@ -104,6 +111,8 @@ pub struct FileStore {
 }
 
 const INDEX: &str = "index";
+/// The high-water mark's document (`hwm.0`, `hwm.1`).
+const MARK: &str = "hwm";
 const INDEX_MAGIC: &[u8; 8] = b"NTRIDX01";
 const DLT_ENTRY: usize = 12;
 
@@ -383,6 +392,9 @@ impl Backend for FileBackend {
     fn close(&mut self, blocks: Vec<(u64, u64, u64)>) {
         if let Err(e) = write_index(&self.dir, &blocks) {
             tracing::warn!(store = %self.name, error = %e, "writing the index failed");
+        }
+        if let Err(e) = self.durable.sync_mark() {
+            tracing::warn!(store = %self.name, error = %e, "syncing the high-water mark failed");
         }
         self.files.clear();
         self.dirty.clear();
@@ -710,7 +722,7 @@ fn index_matches(index: Option<&BTreeMap<u64, (u64, u64)>>, blocks: &[(u64, u64,
 
 /// Open every block (sealed ones from their summary, the rest read whole) and build the
 /// engine's parts.
-fn recover(dir: &Path, name: &Arc<str>) -> Result<Recovered> {
+fn recover(dir: &Path, name: &Arc<str>, mark: Option<u64>) -> Result<Recovered> {
     let err = |what| move |e| io_err(name, what, e);
     let (mut starts, mut dlts) = (Vec::new(), Vec::new());
     for entry in fs::read_dir(dir).map_err(err("list directory"))? {
@@ -868,6 +880,26 @@ fn recover(dir: &Path, name: &Arc<str>) -> Result<Recovered> {
             report(&mut rec, &mut lost, c);
         }
     }
+    // The high-water mark is the last sequence a sync made durable (and that may have been
+    // acknowledged): blocks that end before it lost records, cut at rest; their sequences are
+    // lost, and new messages start after them.
+    if let Some(mark) = mark.filter(|m| *m > last.0 && *m <= record::MAX_SEQ) {
+        let (file, offset) = blocks.last().map_or((dir.join(MARK), 0), |b| {
+            (blk_path(dir, b.start), u64::from(b.len))
+        });
+        let c = Corruption {
+            file,
+            offset,
+            first_seq: last.0 + 1,
+            last_seq: mark,
+            reason: format!(
+                "the blocks end at sequence {}, sequences up to {mark} were stored and synced",
+                last.0
+            ),
+        };
+        last.0 = mark;
+        report(&mut rec, &mut lost, c);
+    }
     for start in obsolete {
         for p in [blk_path(dir, start), dlt_path(dir, start)] {
             if let Err(e) = fs::remove_file(&p) {
@@ -903,13 +935,22 @@ impl FileStore {
     pub fn open(cfg: FileStoreConfig, limits: Limits) -> Result<FileStore> {
         let name: Arc<str> = Arc::from(cfg.dir.display().to_string());
         create_dir_durable(&cfg.dir).map_err(|e| io_err(&name, "create directory", e))?;
+        let mark = match cfg.high_water_mark {
+            true => {
+                let (doc, body) = DocFile::open(&cfg.dir, MARK)
+                    .map_err(|e| io_err(&name, "open high-water mark", e))?;
+                let value = body.as_deref().and_then(Mark::parse).unwrap_or(0);
+                Some(Mark::new(doc, value))
+            }
+            false => None,
+        };
         let Recovered {
             parts,
             recovery,
             files,
             scanned,
             index,
-        } = recover(&cfg.dir, &name)?;
+        } = recover(&cfg.dir, &name, mark.as_ref().map(|m| m.value))?;
         let recovered: Vec<(u64, u64, u64)> = parts
             .blocks
             .iter()
@@ -926,11 +967,18 @@ impl FileStore {
             }
         }
         let last_seq = parts.last_seq;
+        let mut mark = mark;
+        if let Some(m) = &mut mark {
+            // Everything recovered is durable now (synced above, or by an earlier open).
+            m.raise(last_seq, true)
+                .map_err(|e| io_err(&name, "write high-water mark", e))?;
+        }
         let durable = Arc::new(Durable::new(
             name.clone(),
             cfg.io_hook.clone(),
             cfg.sync,
             last_seq,
+            mark,
         ));
         let active = files.keys().next_back().copied().unwrap_or(0);
         let ctl = Arc::new(ScrubCtl::default());

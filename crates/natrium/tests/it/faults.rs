@@ -97,6 +97,26 @@ fn r1_corruption_is_detected_and_never_served() {
 }
 
 #[test]
+fn r1_a_cut_last_block_is_reported_and_its_sequences_are_not_given_again() {
+    // The last block cut at rest while the node was down (after a kill -9, so the index still
+    // held the length of the previous open): before the store kept a high-water mark, the cut
+    // looked like a torn write, the acknowledged messages vanished unreported and new
+    // messages took their sequences (reused > 0).
+    let mut c = config(Kind::Corruption, 1, 1, 3);
+    c.corrupt.flips = 0;
+    c.corrupt.truncations = 1;
+    c.corrupt.spare_tail = 0;
+    let r = run(c);
+    assert!(r.detected_loss_allowed);
+    assert_passed(&r, 3, 1);
+    for v in &r.verdicts {
+        assert_eq!(v.seq_reused, 0, "{}", r.render());
+        assert_eq!(v.lost, v.lost_detected, "{}", r.render());
+        assert_eq!(v.corrupted, 0);
+    }
+}
+
+#[test]
 fn r1_pauses_lose_nothing() {
     let r = run(config(Kind::Pause, 1, 1, 2));
     assert_passed(&r, 2, 1);

@@ -181,6 +181,163 @@ fn a_flipped_bit_in_the_middle_is_damage_and_guards_the_vote() {
     assert!(!log.vote_guarded());
 }
 
+/// Ten entries of 300 bytes synced, then the segment as `damage` leaves it; reopened.
+fn reopen_after(damage: impl FnOnce(&mut Vec<u8>)) -> (LogStore, Recovered, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (log, _) = LogStore::open(dir.path()).expect("open");
+        append(&log, (1..=10).map(|i| entry(2, i, &[0x5a; 300])).collect());
+        log.close();
+    }
+    let seg = only_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).expect("read");
+    damage(&mut bytes);
+    std::fs::write(&seg, &bytes).expect("write");
+    let (log, rec) = LogStore::open(dir.path()).expect("reopen");
+    (log, rec, dir)
+}
+
+#[test]
+fn a_flipped_bit_in_the_last_record_is_damage_not_a_torn_write() {
+    // The last record is complete; only its checksum fails: it was written whole, and may
+    // have been synced and acknowledged.
+    let (log, rec, _dir) = reopen_after(|b| {
+        let at = b.len() - 100;
+        b[at] ^= 0x01;
+    });
+    assert_eq!(rec.torn_bytes, 0);
+    assert_eq!(rec.damaged_at, Some(10));
+    assert_eq!(indexes(&log), (1..=9).collect::<Vec<_>>());
+    assert!(log.vote_guarded());
+    // A flipped bit in the length field of the last record, either way.
+    for bit in [0x01u8, 0x80] {
+        let (log, rec, _dir) = reopen_after(|b| {
+            // Ten records of one size: the last starts a tenth from the end.
+            let last = b.len() - b.len() / 10;
+            b[last + 1] ^= bit;
+        });
+        assert_eq!(rec.damaged_at, Some(10), "length bit {bit:#x}");
+        assert!(log.vote_guarded());
+    }
+}
+
+#[test]
+fn a_torn_last_write_is_cut_without_a_guard() {
+    // Bytes missing past the end.
+    let (log, rec, _dir) = reopen_after(|b| b.truncate(b.len() - 40));
+    assert_eq!((rec.damaged_at, rec.entries), (None, 9));
+    assert!(rec.torn_bytes > 0);
+    assert!(!log.vote_guarded());
+    // The file grew but the last sector never reached the disk: zeros.
+    let (log, rec, _dir) = reopen_after(|b| {
+        let n = b.len();
+        let from = (n - 1) / 512 * 512;
+        b[from..].fill(0);
+    });
+    assert_eq!(rec.damaged_at, None);
+    assert!(rec.torn_bytes > 0);
+    assert!(!log.vote_guarded());
+    // A whole zeroed record (its frame too) after the last intact one.
+    let (log, rec, _dir) = reopen_after(|b| b.extend_from_slice(&[0; 64]));
+    assert_eq!(
+        (rec.damaged_at, rec.entries, rec.torn_bytes),
+        (None, 10, 64)
+    );
+    assert!(!log.vote_guarded());
+}
+
+#[test]
+fn a_vote_slot_cut_to_nothing_guards_the_vote() {
+    // Two votes written (terms 1 and 2), then the newest slot cut to nothing: the older vote
+    // alone looked like a vote written once, and the node could vote again in term 2.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    {
+        let (mut log, _) = LogStore::open(dir.path()).expect("open");
+        rt.block_on(log.save_vote(&Vote::new(1, 1))).expect("vote");
+        rt.block_on(log.save_vote(&Vote::new(2, 2))).expect("vote");
+        log.close();
+    }
+    // The slot with the highest generation (header: magic, generation u64 LE, ...).
+    let newest = ["vote.0", "vote.1"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .max_by_key(|p| {
+            let b = std::fs::read(p).expect("read");
+            u64::from_le_bytes(b[4..12].try_into().expect("generation"))
+        })
+        .expect("a vote slot");
+    std::fs::File::create(&newest).expect("cut");
+    let (log, rec) = LogStore::open(dir.path()).expect("reopen");
+    assert!(rec.damaged_at.is_some(), "{rec:?}");
+    assert!(log.vote_guarded());
+    log.close();
+    // A vote written once, then its slot cut: guarded too.
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (mut log, _) = LogStore::open(dir.path()).expect("open");
+        rt.block_on(log.save_vote(&Vote::new(1, 1))).expect("vote");
+        log.close();
+    }
+    for slot in ["vote.0", "vote.1"] {
+        let p = dir.path().join(slot);
+        if String::from_utf8_lossy(&std::fs::read(&p).expect("read")).contains("leader_id") {
+            std::fs::File::create(&p).expect("cut");
+        }
+    }
+    let (log, _) = LogStore::open(dir.path()).expect("reopen");
+    assert!(log.vote_guarded());
+    // A new log that never voted opens unguarded, again and again.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for _ in 0..3 {
+        let (log, rec) = LogStore::open(dir.path()).expect("open");
+        assert_eq!(rec.damaged_at, None);
+        assert!(!log.vote_guarded());
+        log.close();
+    }
+}
+
+#[test]
+fn a_member_whose_log_vanished_is_guarded_by_its_marker() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("raft");
+    let marker = root.path().join("raft.member");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    {
+        let (log, _) = LogStore::open(&dir).expect("open");
+        assert!(!log.member_marker(&marker).expect("marker"));
+        assert!(!marker.exists(), "written at the first vote, not before");
+        log.close();
+        // Restarted before any vote: still a new member.
+        let (mut log, _) = LogStore::open(&dir).expect("open");
+        assert!(!log.member_marker(&marker).expect("marker"));
+        assert!(!log.vote_guarded());
+        rt.block_on(log.save_vote(&Vote::new(1, 7))).expect("vote");
+        assert!(marker.exists(), "written with the first vote");
+        append(&log, vec![entry(1, 1, b"x")]);
+        log.close();
+    }
+    // Reopened whole: no guard.
+    let (log, _) = LogStore::open(&dir).expect("reopen");
+    assert!(!log.member_marker(&marker).expect("marker"));
+    assert!(!log.vote_guarded());
+    log.close();
+    // The directory lost whole: guarded, and the guard is durable.
+    std::fs::remove_dir_all(&dir).expect("wipe");
+    let (log, _) = LogStore::open(&dir).expect("reopen");
+    assert!(log.member_marker(&marker).expect("marker"));
+    assert!(log.vote_guarded());
+    log.close();
+    let (log, _) = LogStore::open(&dir).expect("reopen");
+    assert!(log.vote_guarded());
+    // An entry of a later term does not lift this one (no term was known): only matching a
+    // leader up to its commit index does.
+    append(&log, vec![entry(5, 1, b"x")]);
+    assert!(log.vote_guarded());
+    log.leader_matched(Some(1), Some(1));
+    assert!(!log.vote_guarded());
+}
+
 #[test]
 fn an_unreadable_vote_guards_the_vote() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -122,7 +122,10 @@ impl JsCluster {
         };
         let meta = Group::open(
             id,
-            &group_config(META),
+            &GroupConfig {
+                member_marker: Some(dir.join("meta.member")),
+                ..group_config(META)
+            },
             &dir.join("meta"),
             sm,
             hub.transport(META),

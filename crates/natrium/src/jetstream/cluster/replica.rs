@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use natrium_raft::{node_id, Group, Peer, RaftError, Role};
+use natrium_raft::{node_id, Group, GroupConfig, Peer, RaftError, Role};
 use natrium_store::{FileStore, FileStoreConfig, MemStore, StoreError, StreamStore, SyncPolicy};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -467,6 +467,9 @@ fn open_store(cfg: &StreamConfig, dir: &Path) -> Result<Arc<dyn StreamStore>, St
         Storage::File => Arc::new(FileStore::open(
             FileStoreConfig {
                 sync: SyncPolicy::Interval(Duration::from_secs(60)),
+                // Its high-water mark is the Raft log: messages a cut store lost are stored
+                // again from it, so they must not be written off as lost here.
+                high_water_mark: false,
                 ..FileStoreConfig::new(dir.join("msgs"))
             },
             cfg.limits(),
@@ -517,7 +520,10 @@ impl Replica {
         };
         let group = Group::open(
             cl.id,
-            &cl.stream_group_config(&sa.group),
+            &GroupConfig {
+                member_marker: Some(dir.join("raft.member")),
+                ..cl.stream_group_config(&sa.group)
+            },
             &dir.join("raft"),
             sm,
             cl.hub.transport(&sa.group),

@@ -161,9 +161,12 @@ impl Stream {
         }
         // The republished message carries the subject's previous sequence.
         let transforms = Arc::clone(&self.transforms.read());
+        // A replicated stream's leader republishes (its followers store the same messages).
+        let leads = self.leads();
         let republish_to = transforms
             .republish
             .as_ref()
+            .filter(|_| leads)
             .and_then(|t| t.apply(m.subject));
         let last_on_subject = match &republish_to {
             Some(_) => self
@@ -212,11 +215,12 @@ impl Stream {
         if let Some(id) = write.msg_id {
             state.dedupe.record(id, receipt.seq, ts);
         }
-        if write.ttl > 0 && cfg.allow_msg_ttl {
+        // Timers run where timed work is decided: a replica's leader (a new one rebuilds them).
+        if write.ttl > 0 && cfg.allow_msg_ttl && leads {
             self.timers
                 .add_ttl(ts + write.ttl * 1_000_000_000, receipt.seq);
         }
-        if cfg.allow_msg_schedules {
+        if cfg.allow_msg_schedules && leads {
             if let Some(at) = super::timers::schedule_time(hdrs) {
                 self.timers.add_schedule(at, receipt.seq);
             }
@@ -325,6 +329,22 @@ impl Stream {
     /// Stores a mirrored message at its origin sequence `seq` with its origin timestamp,
     /// skipping the sequences the origin no longer has. Returns false when it could not.
     pub(crate) fn store_mirrored(&self, seq: u64, ts: i64, m: &StoredMsg) -> bool {
+        if let Some(r) = self.replication.get() {
+            // Replicated: the leader proposes it; every replica stores it when applied.
+            r.propose(super::hook::Proposal::Mirrored {
+                seq,
+                ts,
+                subject: String::from_utf8_lossy(&m.subject).into_owned(),
+                headers: m.headers.as_ref().map(|h| h.to_vec()),
+                payload: m.payload.to_vec(),
+            });
+            return true;
+        }
+        self.apply_mirrored(seq, ts, m)
+    }
+
+    /// Stores a mirrored message (see `store_mirrored`), on this server.
+    pub(super) fn apply_mirrored(&self, seq: u64, ts: i64, m: &StoredMsg) -> bool {
         let cfg = Arc::clone(&self.config.read());
         let _state = self.ingest_state.lock();
         let last = self.store.state().last_seq;
@@ -358,7 +378,7 @@ impl Stream {
             }
             _ => {}
         }
-        if cfg.allow_msg_ttl {
+        if cfg.allow_msg_ttl && self.leads() {
             if let Some(t) = headers::get(hdrs, headers::MSG_TTL)
                 .as_deref()
                 .and_then(headers::parse_ttl)

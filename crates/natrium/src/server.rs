@@ -194,15 +194,13 @@ impl Server {
             );
         }
         // In a cluster, every account reports its interest changes for the routes to announce.
-        let (feed, changes) = match &opts.cluster {
-            Some(_) => {
-                let (feed, rx) = InterestFeed::new();
-                (Some(feed), Some(rx))
-            }
-            None => (None, None),
-        };
+        let feed = opts.cluster.as_ref().map(|_| InterestFeed::new());
         let imports = config_imports(&opts)?;
-        let accounts = Arc::new(build_accounts(&opts, &auth.trusted_accounts(), feed));
+        let accounts = Arc::new(build_accounts(
+            &opts,
+            &auth.trusted_accounts(),
+            feed.clone(),
+        ));
         let tls = tls_for(&opts)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let cfg = ConnConfig {
@@ -330,12 +328,12 @@ impl Server {
             Some(w) => Some(Websocket::start(w, conns.clone()).await?),
             None => None,
         };
-        let mesh = match (&opts.cluster, changes) {
-            (Some(c), Some(changes)) => Some(
+        let mesh = match (&opts.cluster, feed) {
+            (Some(c), Some(feed)) => Some(
                 Mesh::start(
                     c.clone(),
                     conns.clone(),
-                    changes,
+                    feed,
                     InternalClient::new(&accounts, &opts.system_account).ok(),
                 )
                 .await

@@ -208,20 +208,22 @@ pub fn response(
     user_nkey: &str,
     server_id: &str,
 ) -> Result<CalloutGrant, String> {
-    let payload = payload.trim_ascii();
-    if payload.is_empty() {
+    // Only a JWT in the clear is trimmed: a sealed answer is binary, and its last byte is a
+    // whitespace byte one time in 43 (trimming it made decryption fail).
+    let text = payload.trim_ascii();
+    if text.is_empty() {
         return Err("auth callout violation: \"no reason supplied\"".into());
     }
     let opened;
     let token = match (xkey, &o.xkey) {
-        (Some(ours), Some(theirs)) if !payload.starts_with(b"eyJ") => {
+        (Some(ours), Some(theirs)) if !text.starts_with(b"eyJ") => {
             let sender = nkeys::XKey::from_public_key(theirs).map_err(|e| e.to_string())?;
             opened = ours
                 .open(payload, &sender)
                 .map_err(|e| format!("error decrypting auth callout response: {e}"))?;
-            &opened[..]
+            opened.trim_ascii()
         }
-        _ => payload,
+        _ => text,
     };
     let token = std::str::from_utf8(token).map_err(|_| "response is not a JWT".to_string())?;
     let r: jwt::Claims<ResponseNats> = jwt::decode(token).map_err(|e| e.to_string())?;
@@ -278,4 +280,43 @@ pub fn deny_callout_subject(permissions: Option<Permissions>) -> Permissions {
         publish.deny.push(CALLOUT_SUBJECT.to_string());
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sealed answer is binary: one whose last byte is a whitespace byte is opened whole
+    /// (the answer carries an error, so a decrypted answer reads as the service's refusal).
+    #[test]
+    fn a_sealed_answer_ending_in_a_whitespace_byte_is_opened() {
+        let (issuer, server) = (nkeys::KeyPair::new_account(), nkeys::KeyPair::new_server());
+        let (ours, service) = (nkeys::XKey::new(), nkeys::XKey::new());
+        let o = CalloutOptions {
+            issuer: issuer.public_key(),
+            account: "AUTH".into(),
+            auth_users: vec![],
+            xkey: Some(service.public_key()),
+        };
+        let user = nkeys::KeyPair::new_user().public_key();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let answer = encode(
+            &json!({"jti": "r", "iat": now, "iss": issuer.public_key(), "sub": user,
+                    "aud": server.public_key(),
+                    "nats": {"type": "authorization_response", "version": 2, "error": "nope"}}),
+            &issuer,
+        );
+        // The nonce is random: seal until the last byte is whitespace (1 in 43, bounded).
+        let sealed = (0..10_000)
+            .map(|_| service.seal(answer.as_bytes(), &ours).expect("seal"))
+            .find(|s| s.last().is_some_and(u8::is_ascii_whitespace))
+            .expect("a sealed answer ending in whitespace");
+        let verdict = response(&o, &sealed, Some(&ours), &user, &server.public_key());
+        assert_eq!(
+            verdict.err().as_deref(),
+            Some("auth callout service returned an error: nope")
+        );
+    }
 }

@@ -17,13 +17,12 @@ use natrium_protocol::route::{RouteConnect, RouteInfo};
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::{FxHashMap, FxHashSet};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::options::{ClusterOptions, RouteUrl, MAX_ROUTE_PING_INTERVAL};
 use super::route::{self, Closing, Dialled, Route, RunEnd, Slot};
 use crate::conn::{ClusterView, ConnContext};
-use crate::router::{CloseReason, InterestChange, InternalClient};
+use crate::router::{Announcer, CloseReason, InterestChange, InterestFeed, InternalClient};
 use crate::util::{PROTOCOL_VERSION, VERSION};
 
 /// Largest routed message accepted from a peer (peers enforce their clients' `max_payload`).
@@ -59,8 +58,10 @@ pub struct Mesh {
     known: Mutex<FxHashMap<String, String>>,
     /// Addresses learned from peers being dialled now.
     dialling: Mutex<FxHashSet<String>>,
-    /// Registered routes waiting for this server's interest.
-    sync: mpsc::UnboundedSender<Arc<Route>>,
+    /// Where the accounts' interest changes are announced from (see `RouteAnnouncer`).
+    feed: Arc<InterestFeed>,
+    /// The registered routes that were told this server's interest, which hear every change.
+    announced: Mutex<Announced>,
     lame_duck: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// TLS on routes, when configured.
@@ -69,11 +70,11 @@ pub struct Mesh {
 
 impl Mesh {
     /// Binds the cluster listener and starts accepting routes, dialling the explicit ones and
-    /// announcing the interest `changes` report.
+    /// announcing the interest changes `feed` reports.
     pub async fn start(
         opts: ClusterOptions,
         conns: Arc<ConnContext>,
-        changes: mpsc::UnboundedReceiver<InterestChange>,
+        feed: Arc<InterestFeed>,
         system: Option<InternalClient>,
     ) -> std::io::Result<Arc<Mesh>> {
         let tls = match &opts.tls {
@@ -101,7 +102,6 @@ impl Mesh {
             opts.host,
             listen.port()
         );
-        let (sync, synced) = mpsc::unbounded_channel();
         let pinned = opts.pinned_accounts(system.as_ref().map(InternalClient::account));
         let mesh = Arc::new(Mesh {
             client_urls: client_urls(&conns.identity.host, conns.identity.port),
@@ -124,16 +124,15 @@ impl Mesh {
             peer_urls: Mutex::new(BTreeMap::new()),
             known: Mutex::new(FxHashMap::default()),
             dialling: Mutex::new(FxHashSet::default()),
-            sync,
+            feed: feed.clone(),
+            announced: Mutex::new(Announced::default()),
             lame_duck: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             tls,
         });
         mesh.update_clients();
-        let mut tasks = vec![
-            tokio::spawn(accept_loop(mesh.clone(), listener)),
-            tokio::spawn(announce(mesh.clone(), changes, synced)),
-        ];
+        feed.set_announcer(Arc::new(RouteAnnouncer(Arc::downgrade(&mesh))));
+        let mut tasks = vec![tokio::spawn(accept_loop(mesh.clone(), listener))];
         for url in mesh.opts.routes.clone() {
             for lane in mesh.lanes() {
                 tasks.push(tokio::spawn(keep_route(
@@ -468,7 +467,7 @@ impl Mesh {
             ),
         }
         self.changed.notify_waiters();
-        let _ = self.sync.send(r.clone());
+        self.sync_interest(r);
         if !first {
             return Ok(dedicated);
         }
@@ -961,65 +960,62 @@ async fn keep_route(mesh: Arc<Mesh>, url: RouteUrl, lane: Lane, explicit: bool) 
     }
 }
 
-/// Announces this server's interest to its peers: a connection that has just come up gets
-/// everything of the accounts it carries, then each change (batched) goes to the connections
-/// carrying its account, in the order the accounts reported them.
-async fn announce(
-    mesh: Arc<Mesh>,
-    mut changes: mpsc::UnboundedReceiver<InterestChange>,
-    mut synced: mpsc::UnboundedReceiver<Arc<Route>>,
-) {
-    let mut routes: Vec<(Arc<Route>, Slot)> = Vec::new();
-    let mut bufs: Vec<Vec<u8>> = Vec::new();
-    let mut batch: Vec<InterestChange> = Vec::new();
-    loop {
-        tokio::select! {
-            biased;
-            r = synced.recv() => {
-                let Some(r) = r else { return };
-                let Some(slot) = r.slot() else { continue };
-                let mut all = Vec::new();
-                for acc in mesh.conns.accounts.list() {
-                    let Some(implied) = mesh.carries(&slot, &acc.name) else { continue };
-                    let name = if implied { "" } else { acc.name.as_str() };
-                    for i in acc.local_interest() {
-                        let queue = i.queue.as_deref().map(|q| (q, i.count));
-                        natrium_protocol::route::sub(&mut all, name.as_bytes(), &i.subject, queue);
-                    }
-                }
-                if !all.is_empty() {
-                    r.out.send(&all);
-                }
-                routes.push((r, slot));
-            }
-            c = changes.recv() => {
-                let Some(c) = c else { return };
-                batch.clear();
-                batch.push(c);
-                let mut size = 0;
-                while size < 64 * 1024 {
-                    match changes.try_recv() {
-                        Ok(c) => {
-                            size += c.subject.len() + c.account.len() + 16;
-                            batch.push(c);
-                        }
-                        Err(_) => break,
-                    }
-                }
-                routes.retain(|(r, _)| !r.out.is_closed() && r.registered.load(Ordering::Acquire));
-                bufs.resize_with(routes.len(), Vec::new);
-                for ((r, slot), buf) in routes.iter().zip(bufs.iter_mut()) {
-                    buf.clear();
-                    for c in &batch {
-                        if let Some(implied) = mesh.carries(slot, &c.account) {
-                            encode_change(buf, c, implied);
-                        }
-                    }
-                    if !buf.is_empty() {
-                        r.out.send(buf);
-                    }
+/// The routes that hear interest changes, and a scratch buffer for encoding them.
+#[derive(Default)]
+struct Announced {
+    routes: Vec<(Arc<Route>, Slot)>,
+    buf: Vec<u8>,
+}
+
+impl Mesh {
+    /// Tells a route that has just registered this server's interest in the accounts it
+    /// carries; from then on it hears every change (see `RouteAnnouncer`).
+    fn sync_interest(&self, r: &Arc<Route>) {
+        let Some(slot) = r.slot() else { return };
+        self.feed.exclusive(|| {
+            let mut all = Vec::new();
+            for acc in self.conns.accounts.list() {
+                let Some(implied) = self.carries(&slot, &acc.name) else {
+                    continue;
+                };
+                let name = if implied { "" } else { acc.name.as_str() };
+                for i in acc.local_interest() {
+                    let queue = i.queue.as_deref().map(|q| (q, i.count));
+                    natrium_protocol::route::sub(&mut all, name.as_bytes(), &i.subject, queue);
                 }
             }
+            if !all.is_empty() {
+                r.out.send(&all);
+            }
+            self.announced.lock().routes.push((r.clone(), slot));
+        });
+    }
+}
+
+/// Sends the accounts' interest changes to the routes carrying each account, in the order the
+/// accounts reported them, before the subscription that made them returns: a client's SUB is
+/// on the wire ahead of the PUB it sends next (a reply inbox a peer's responder answers into).
+struct RouteAnnouncer(std::sync::Weak<Mesh>);
+
+impl Announcer for RouteAnnouncer {
+    fn announce(&self, changes: &[InterestChange]) {
+        let Some(mesh) = self.0.upgrade() else { return };
+        let mut announced = mesh.announced.lock();
+        let Announced { routes, buf } = &mut *announced;
+        routes.retain(|(r, _)| !r.out.is_closed() && r.registered.load(Ordering::Acquire));
+        for (r, slot) in routes.iter() {
+            buf.clear();
+            for c in changes {
+                if let Some(implied) = mesh.carries(slot, &c.account) {
+                    encode_change(buf, c, implied);
+                }
+            }
+            if !buf.is_empty() {
+                r.out.send(buf);
+            }
+        }
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
         }
     }
 }

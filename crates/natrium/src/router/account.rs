@@ -247,12 +247,15 @@ impl Account {
     fn count_interest(&self, sub: &SubRef, up: bool) {
         if let Some(interest) = &self.interest {
             if sub.0.is_announced() {
-                interest.changed(
+                let report = interest.changed(
                     &self.shared_name,
                     &sub.0.subject,
                     sub.0.queue.as_deref(),
                     up,
                 );
+                if report {
+                    interest.flush();
+                }
             }
         }
     }

@@ -21,7 +21,7 @@ pub use account::{
 };
 pub use accounts::Accounts;
 pub use delivery::{publish, publish_batch, remove_subscription, Lagging, Msg, Publisher};
-pub use interest::{Interest, InterestChange, InterestFeed};
+pub use interest::{Announcer, Interest, InterestChange, InterestFeed};
 pub use internal::{InternalClient, InternalError, InternalSubscription};
 pub use outbound::{CacheStats, ClientStats, CloseReason, Outbound, SubAdded};
 pub use sink::InternalMsg;

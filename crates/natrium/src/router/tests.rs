@@ -622,7 +622,17 @@ fn imports_route_requests_but_deliver_stream_imports_and_replies_locally() {
 
 #[test]
 fn a_cluster_member_reports_its_first_and_last_subscriptions_and_queue_weights() {
-    let (feed, mut rx) = InterestFeed::new();
+    /// Collects what it is told to announce.
+    #[derive(Default)]
+    struct Collect(parking_lot::Mutex<Vec<interest::InterestChange>>);
+    impl interest::Announcer for Collect {
+        fn announce(&self, changes: &[interest::InterestChange]) {
+            self.0.lock().extend_from_slice(changes);
+        }
+    }
+    let feed = InterestFeed::new();
+    let told = Arc::new(Collect::default());
+    feed.set_announcer(told.clone());
     let accounts = Accounts::with_interest(Some(feed));
     let acc = accounts.ensure("A");
     let (c1, c2) = (conn(1, 1 << 20), conn(2, 1 << 20));
@@ -637,7 +647,7 @@ fn a_cluster_member_reports_its_first_and_last_subscriptions_and_queue_weights()
     remove_subscription(&acc, &b);
     remove_subscription(&acc, &q2);
     let mut got = Vec::new();
-    while let Ok(c) = rx.try_recv() {
+    for c in told.0.lock().drain(..) {
         got.push((
             String::from_utf8_lossy(&c.subject).into_owned(),
             c.queue.map(|q| String::from_utf8_lossy(&q).into_owned()),

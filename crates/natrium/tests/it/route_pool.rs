@@ -601,3 +601,35 @@ async fn peers_learned_through_gossip_get_the_whole_pool_too() {
         s.shutdown().await;
     }
 }
+
+/// A client that subscribes and publishes in one write (a request with a new reply inbox) has
+/// its interest reach a peer before the message: RS+ goes out ahead of the RMSG, as nats-server
+/// orders them, so a responder on the peer can always answer into the inbox.
+#[tokio::test]
+async fn interest_reaches_a_peer_before_the_message_that_follows_it() {
+    let a = start(node("WO", &[], 3)).await;
+    let (mut rd, mut wr, _) = fake_peer(
+        &a,
+        serde_json::json!({"route_pool_size": 3, "route_pool_idx": 0}),
+    )
+    .await;
+    wr.write_all(b"RS+ A svc\r\nPING\r\n").await.expect("write");
+    read_until(&mut rd, "PONG").await;
+    eventually(|| a.num_routes() == 1).await;
+    let mut c = crate::common::Raw::connect(&a).await;
+    c.send("CONNECT {\"verbose\":false,\"user\":\"a\",\"pass\":\"a\"}\r\nPING\r\n")
+        .await;
+    c.read_until("PONG\r\n").await;
+    for i in 0..20 {
+        c.send(&format!(
+            "SUB _INBOX.order{i} {i}\r\nPUB svc _INBOX.order{i} 2\r\nhi\r\n"
+        ))
+        .await;
+        let lines = read_until(&mut rd, "RMSG A svc").await;
+        assert!(
+            lines.iter().any(|l| l == &format!("RS+ A _INBOX.order{i}")),
+            "request {i}: the inbox's RS+ did not come before the message: {lines:?}"
+        );
+    }
+    a.shutdown().await;
+}

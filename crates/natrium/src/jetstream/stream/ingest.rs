@@ -98,7 +98,7 @@ impl Stream {
     }
 
     /// Decides on one message and applies the decision, answering `reply`; with `ts` (a
-    /// mirror's), the message keeps its origin's timestamp.
+    /// replica applying its leader's marker or scheduled message), at that time.
     pub(crate) fn store_one(
         &self,
         cfg: &StreamConfig,
@@ -106,7 +106,8 @@ impl Stream {
         m: &Inbound<'_>,
         ts: Option<i64>,
     ) -> Outcome {
-        let now = now_nanos();
+        // A replica decides at its leader's time, so every replica decides the same.
+        let now = ts.unwrap_or_else(now_nanos);
         let incoming = Incoming {
             subject: m.subject.as_bytes(),
             headers: m.headers,

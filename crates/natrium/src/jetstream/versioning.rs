@@ -1,5 +1,6 @@
-//! nats-server's `_nats.*` metadata on streams and consumers (2.11+): the API level an asset
-//! needs (`_nats.req.level`, stored), and this server's version and level (added to responses).
+//! nats-server's API versioning (2.11+): the `_nats.*` metadata of streams and consumers (the
+//! level an asset needs, stored; this server's version and level, in responses) and the
+//! `Nats-Required-Api-Level` request header.
 
 use std::collections::BTreeMap;
 
@@ -78,6 +79,22 @@ pub(crate) fn same_stream(existing: &StreamConfig, cfg: &StreamConfig) -> bool {
         want.metadata = None;
     }
     *existing == want
+}
+
+/// Whether a request's `Nats-Required-Api-Level` header asks for more than this server serves
+/// (or is not a number): nats-server then refuses the request.
+pub(crate) fn refuses(headers: Option<&[u8]>) -> bool {
+    let Some(h) = headers.and_then(natrium_protocol::headers::HeaderView::parse) else {
+        return false;
+    };
+    match h.get(b"Nats-Required-Api-Level") {
+        None => false,
+        Some([]) => false,
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .is_none_or(|l| l > API_LEVEL),
+    }
 }
 
 /// Whether two consumer configs are the same but for `_nats.req.level`.
@@ -170,6 +187,16 @@ mod tests {
         add_dynamic(&mut v);
         assert_eq!(v["metadata"][SERVER_LEVEL], "2");
         assert_eq!(v["metadata"][SERVER_VERSION], crate::util::PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn requests_asking_for_a_higher_level_are_refused() {
+        let h = |v: &str| format!("NATS/1.0\r\nNats-Required-Api-Level: {v}\r\n\r\n");
+        assert!(!refuses(None));
+        assert!(!refuses(Some(b"NATS/1.0\r\nX: 1\r\n\r\n")));
+        for (v, refused) in [("0", false), ("2", false), ("3", true), ("x", true)] {
+            assert_eq!(refuses(Some(h(v).as_bytes())), refused, "{v}");
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! the answers R1 streams give: counters, TTLs and delete markers, schedules and atomic batches
 //! across a leader stepdown (nothing acknowledged lost, nothing twice), subject transforms,
 //! republish, `discard_new_per_subject`, `first_seq`, sources and mirrors (of and by replicated
-//! streams), KV and object store
-//! buckets with three replicas; and the `_nats.*` metadata of stream and consumer info.
+//! streams), KV and object store buckets with three replicas; the `_nats.*` metadata of stream
+//! and consumer info and the `Nats-Required-Api-Level` request header.
 
 use std::time::Duration;
 
@@ -606,5 +606,38 @@ async fn stream_and_consumer_info_carry_nats_metadata() {
         assert_eq!(cm.get("_nats.ver").map(String::as_str), Some("2.12.0"));
         assert_eq!(cm.get("_nats.level").map(String::as_str), Some("2"));
     }
+    // A request asking for a higher API level is refused, as nats-server refuses it.
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Required-Api-Level", "3");
+    for subject in [
+        "$JS.API.STREAM.INFO.MD",
+        "$JS.API.STREAM.INFO.MD1",
+        "$JS.API.INFO",
+    ] {
+        let r = nc
+            .request_with_headers(subject.to_string(), h.clone(), "".into())
+            .await
+            .expect("answer");
+        let v: Value = serde_json::from_slice(&r.payload).expect("json");
+        assert_eq!(v["error"]["err_code"], 10185, "{subject}: {v}");
+        assert_eq!(v["error"]["code"], 412, "{v}");
+    }
+    let r = nc
+        .request_with_headers(
+            "$JS.API.DIRECT.GET.MD1".to_string(),
+            h.clone(),
+            json!({"seq": 1}).to_string().into(),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(r.status.map(|s| s.as_u16()), Some(412));
+    let mut ok = async_nats::HeaderMap::new();
+    ok.insert("Nats-Required-Api-Level", "2");
+    let r = nc
+        .request_with_headers("$JS.API.INFO".to_string(), ok, "".into())
+        .await
+        .expect("answer");
+    let v: Value = serde_json::from_slice(&r.payload).expect("json");
+    assert!(v.get("error").is_none(), "{v}");
     c.shutdown().await;
 }

@@ -379,9 +379,7 @@ impl ConsumerConfig {
     /// ask for up to as many replicas as its stream has (it lives with the stream's group).
     pub fn validate_replicated(&self, stream_replicas: i64) -> Result<(), ApiError> {
         if self.num_replicas > stream_replicas {
-            return Err(ApiError::invalid_config(
-                "consumer replicas can not exceed the stream's",
-            ));
+            return Err(ApiError::consumer_replicas_exceed_stream());
         }
         let single = ConsumerConfig {
             num_replicas: 0,

@@ -107,6 +107,30 @@ impl ApiError {
     pub fn replicas_not_updatable() -> Self {
         Self::new(400, 10061, "Replicas configuration can not be updated")
     }
+    /// JSClusterPeerNotMemberErr: `STREAM.PEER.REMOVE` of a server that holds no replica.
+    pub fn peer_not_member() -> Self {
+        Self::new(400, 10040, "peer not a member")
+    }
+    /// JSClusterServerNotMemberErr: `SERVER.REMOVE` of a server outside the meta group.
+    pub fn server_not_member() -> Self {
+        Self::new(400, 10044, "server is not a member of the cluster")
+    }
+    /// JSPeerRemapErr: no server can take a removed peer's place.
+    pub fn peer_remap_failed() -> Self {
+        Self::new(503, 10075, "peer remap failed")
+    }
+    /// JSConsumerReplicasExceedsStream.
+    pub fn consumer_replicas_exceed_stream() -> Self {
+        Self::new(
+            400,
+            10126,
+            "consumer config replica count exceeds parent stream",
+        )
+    }
+    /// JSClusterRequiredErr.
+    pub fn cluster_required() -> Self {
+        Self::new(503, 10010, "JetStream clustering support required")
+    }
     pub fn sealed() -> Self {
         Self::new(400, 10109, "invalid operation on sealed stream")
     }

@@ -37,6 +37,9 @@ pub struct JetStreamOptions {
     /// `domain`: the API is also served as `$JS.<domain>.API.>`, interest that crosses routes
     /// and leafnode connections, so a hub's clients reach an edge's streams by its domain.
     pub domain: Option<String>,
+    /// Entries a replicated stream's Raft group applies between two snapshots (default
+    /// 16 Ki). Not in the config file: a knob for tests and measurements.
+    pub raft_snapshot_every: Option<u64>,
 }
 
 impl Default for JetStreamOptions {
@@ -47,6 +50,7 @@ impl Default for JetStreamOptions {
             max_file: -1,
             sync: SyncPolicy::Always,
             domain: None,
+            raft_snapshot_every: None,
         }
     }
 }

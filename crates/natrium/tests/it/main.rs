@@ -43,6 +43,7 @@ mod nkeys;
 mod protocol;
 mod reload;
 mod replication;
+mod replication_ops;
 mod resolver;
 mod route_pool;
 mod stock_clients;

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::meta::{self, MetaOp, StreamAssignment};
-use super::JsCluster;
+use super::{peer_id, JsCluster};
 use crate::jetstream::config::StreamConfig;
 use crate::jetstream::errors::ApiError;
 use crate::router::{InternalClient, InternalMsg, InternalSubscription};
@@ -70,10 +70,29 @@ pub(super) async fn serve_forwarded(cl: Weak<JsCluster>, mut sub: InternalSubscr
             continue;
         };
         let text = |k: &[u8]| h.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
-        if text(b"Nrx-Meta").as_deref() == Some("stepdown") {
-            let reply = text(b"Nrx-Reply");
-            tokio::spawn(async move { cl.meta_step_down(reply.as_deref()).await });
-            continue;
+        match text(b"Nrx-Meta").as_deref() {
+            Some("stepdown") => {
+                let reply = text(b"Nrx-Reply");
+                tokio::spawn(async move { cl.meta_step_down(reply.as_deref()).await });
+                continue;
+            }
+            Some("op") => {
+                let (reply, body) = (m.reply.clone(), m.payload.clone());
+                tokio::spawn(async move {
+                    let answer = cl.meta_op_forwarded(&body).await;
+                    if let Some(r) = reply {
+                        let _ = cl.settings.system.publish(&r, None, None, &answer);
+                    }
+                });
+                continue;
+            }
+            Some("server-remove") => {
+                let reply = text(b"Nrx-Reply");
+                let body = m.payload.clone();
+                tokio::spawn(async move { cl.server_remove(reply.as_deref(), &body).await });
+                continue;
+            }
+            _ => {}
         }
         let Some(account) = text(b"Nrx-Acc") else {
             continue;
@@ -167,6 +186,190 @@ impl JsCluster {
         );
     }
 
+    /// Hands a meta request (`stepdown`, `server-remove`) to the meta leader `to`.
+    fn forward_meta(&self, to: &str, kind: &str, reply: Option<&str>, body: &[u8]) {
+        let mut h = format!("NATS/1.0\r\nNrx-Meta: {kind}\r\n");
+        if let Some(r) = reply {
+            h.push_str(&format!("Nrx-Reply: {r}\r\n"));
+        }
+        h.push_str("\r\n");
+        let _ = self.settings.system.publish(
+            &forward_subject(node_id(to)),
+            None,
+            Some(h.as_bytes()),
+            body,
+        );
+    }
+
+    /// `$JS.API.SERVER.REMOVE` (system account, `{"peer": name}` or `{"peer_id": id}`): taken
+    /// by the meta leader, which marks the server removed (never placed on nor added again),
+    /// moves each of its stream replicas to another server (or drops them when no server is
+    /// left to take them) and takes it out of the meta group. A meta leader asked to remove
+    /// itself first hands its leadership over.
+    pub(super) async fn server_remove(self: Arc<Self>, reply: Option<&str>, body: &[u8]) {
+        const KIND: &str = "meta_server_remove_response";
+        let sys = self.settings.system.clone();
+        if !self.is_meta_leader() {
+            match self.meta_leader() {
+                Some(l) if l != self.name => self.forward_meta(&l, "server-remove", reply, body),
+                _ => respond(
+                    &sys,
+                    reply,
+                    KIND,
+                    Err(ApiError::cluster_unavailable("no meta leader")),
+                ),
+            }
+            return;
+        }
+        let target = match self.server_to_remove(body) {
+            Ok(t) => t,
+            Err(e) => return respond(&sys, reply, KIND, Err(e)),
+        };
+        if target == self.name {
+            let r = match self.meta.step_down(META_STEPDOWN_WAIT).await {
+                Ok((_, l)) => {
+                    self.forward_meta(&l, "server-remove", reply, body);
+                    return;
+                }
+                Err(e) => Err(ApiError::cluster_unavailable(format!(
+                    "server remove: no other meta leader elected: {e}"
+                ))),
+            };
+            return respond(&sys, reply, KIND, r);
+        }
+        let r = self.remove_server(&target).await;
+        respond(&sys, reply, KIND, r);
+    }
+
+    /// The meta member a `SERVER.REMOVE` request names, as nats-server finds it.
+    fn server_to_remove(&self, body: &[u8]) -> Result<String, ApiError> {
+        #[derive(Default, Deserialize)]
+        #[serde(default)]
+        struct Req {
+            peer: String,
+            peer_id: String,
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::bad_request());
+        }
+        let req: Req = serde_json::from_slice(body).map_err(ApiError::invalid_json)?;
+        let st = self.meta.status();
+        let members =
+            std::iter::once(self.name.clone()).chain(st.peers.into_iter().map(|p| p.name));
+        let mut found = None;
+        for name in members {
+            let hit = if !req.peer_id.is_empty() {
+                peer_id(&name) == req.peer_id || format!("{:016x}", node_id(&name)) == req.peer_id
+            } else {
+                !req.peer.is_empty() && name == req.peer
+            };
+            if hit {
+                found = Some(name);
+                break;
+            }
+        }
+        found.ok_or_else(ApiError::server_not_member)
+    }
+
+    async fn remove_server(&self, target: &str) -> Result<Value, ApiError> {
+        self.propose_meta(&MetaOp::RemoveServer {
+            name: target.to_string(),
+        })
+        .await?;
+        let moving: Vec<StreamAssignment> = self
+            .meta_state
+            .read()
+            .streams
+            .values()
+            .filter(|sa| sa.peers.iter().any(|p| p == target))
+            .cloned()
+            .collect();
+        for sa in moving {
+            let mut peers: Vec<String> =
+                sa.peers.iter().filter(|p| *p != target).cloned().collect();
+            match self.place(1, sa.config.placement.as_ref(), &sa.peers) {
+                Ok(mut extra) => peers.append(&mut extra),
+                Err(_) => tracing::warn!(
+                    "JetStream cluster: stream '{} > {}' loses its replica on {target} with no server to take it",
+                    sa.account,
+                    sa.config.name
+                ),
+            }
+            if peers.is_empty() {
+                tracing::error!(
+                    "JetStream cluster: stream '{} > {}' has no other replica than {target}: left there",
+                    sa.account,
+                    sa.config.name
+                );
+                continue;
+            }
+            self.propose_meta(&MetaOp::SetPeers {
+                account: sa.account.clone(),
+                name: sa.config.name.clone(),
+                peers,
+            })
+            .await?;
+        }
+        let rm = self.meta.remove_member(node_id(target));
+        match tokio::time::timeout(META_STEPDOWN_WAIT, rm).await {
+            Ok(Ok(())) => {
+                tracing::info!("JetStream cluster: {target} removed from the meta group");
+                Ok(json!({"success": true}))
+            }
+            Ok(Err(e)) => Err(ApiError::cluster_unavailable(e)),
+            Err(_) => Err(ApiError::cluster_unavailable("server remove timed out")),
+        }
+    }
+
+    /// `STREAM.PEER.REMOVE` on the meta leader: the peer (a server name or peer id) leaves
+    /// the stream's replicas and another server takes its place; nats-server's errors.
+    async fn peer_remove(&self, account: &str, name: &str, body: &[u8]) -> Result<Value, ApiError> {
+        #[derive(Default, Deserialize)]
+        #[serde(default)]
+        struct Req {
+            peer: String,
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::bad_request());
+        }
+        let req: Req = serde_json::from_slice(body).map_err(ApiError::invalid_json)?;
+        if req.peer.is_empty() {
+            return Err(ApiError::bad_request());
+        }
+        let sa = self
+            .assignment(account, name)
+            .ok_or_else(ApiError::stream_not_found)?;
+        let target = sa
+            .peers
+            .iter()
+            .find(|p| **p == req.peer || peer_id(p) == req.peer)
+            .cloned()
+            .ok_or_else(ApiError::peer_not_member)?;
+        let extra = self
+            .place(1, sa.config.placement.as_ref(), &sa.peers)
+            .map_err(|e| {
+                tracing::warn!(
+                    "JetStream cluster: no server can replace {target} for stream '{account} > {name}': {}",
+                    e.description
+                );
+                ApiError::peer_remap_failed()
+            })?;
+        let peers: Vec<String> = sa
+            .peers
+            .iter()
+            .filter(|p| **p != target)
+            .cloned()
+            .chain(extra)
+            .collect();
+        self.propose_meta(&MetaOp::SetPeers {
+            account: account.to_string(),
+            name: name.to_string(),
+            peers,
+        })
+        .await?;
+        Ok(json!({"success": true}))
+    }
+
     /// `$JS.API.META.LEADER.STEPDOWN` (system account): taken by the meta leader, which
     /// gives up its leadership; answered once another server leads the meta group.
     pub(super) async fn meta_step_down(self: Arc<Self>, reply: Option<&str>) {
@@ -228,8 +431,30 @@ impl JsCluster {
                 }
                 self.to_meta_leader(client, m, hops)
             }
+            ["STREAM", "UPDATE", name]
+                if !assigned(name)
+                    && serde_json::from_slice::<Value>(&m.payload)
+                        .ok()
+                        .and_then(|v| v["num_replicas"].as_i64())
+                        .is_some_and(|n| n > 1)
+                    && self.holds_local(&account, name) =>
+            {
+                let (cl, client, m) = (self.clone(), client.clone(), m.clone());
+                let name = name.to_string();
+                tokio::spawn(async move {
+                    let r = cl.convert(client.account(), &name, &m.payload).await;
+                    respond(&client, m.reply.as_deref(), "stream_update_response", r);
+                });
+                true
+            }
             ["STREAM", "UPDATE" | "DELETE", name] if assigned(name) => {
                 self.to_meta_leader(client, m, hops)
+            }
+            ["STREAM", "PEER", "REMOVE", name] if assigned(name) => {
+                self.to_meta_leader(client, m, hops)
+            }
+            ["CONSUMER", "LEADER", "STEPDOWN", stream, _] if assigned(stream) => {
+                self.to_stream_leader(client, m, hops, stream, false)
             }
             ["STREAM", "NAMES" | "LIST"] if !self.assignments(&account).is_empty() => {
                 let op = tokens[1] == "LIST";
@@ -373,6 +598,11 @@ impl JsCluster {
                 let r = self.update(&account, name, &m.payload).await;
                 respond(client, reply, "stream_update_response", r)
             }
+            "PEER" => {
+                let name = name.strip_prefix("REMOVE.").unwrap_or_default();
+                let r = self.peer_remove(&account, name, &m.payload).await;
+                respond(client, reply, "stream_remove_peer_response", r)
+            }
             "DELETE" => {
                 let op = MetaOp::DeleteStream {
                     account: account.clone(),
@@ -396,7 +626,7 @@ impl JsCluster {
         }
     }
 
-    async fn propose_meta(&self, op: &MetaOp) -> Result<Value, ApiError> {
+    pub(super) async fn propose_meta(&self, op: &MetaOp) -> Result<Value, ApiError> {
         let data = serde_json::to_vec(op).map_err(ApiError::invalid_json)?;
         match self.meta.propose(data).await {
             Ok((_, answer)) => meta::answer(&answer),
@@ -405,7 +635,7 @@ impl JsCluster {
         }
     }
 
-    fn parse_config(name: &str, payload: &[u8]) -> Result<StreamConfig, ApiError> {
+    pub(super) fn parse_config(name: &str, payload: &[u8]) -> Result<StreamConfig, ApiError> {
         let mut cfg: StreamConfig =
             serde_json::from_slice(payload).map_err(ApiError::invalid_json)?;
         if cfg.name.is_empty() {
@@ -434,7 +664,7 @@ impl JsCluster {
             // Named like no replicated stream and asking for one replica: the local API's.
             return Err(ApiError::bad_request());
         }
-        let peers = self.place(cfg.num_replicas as usize, cfg.placement.as_ref())?;
+        let peers = self.place(cfg.num_replicas as usize, cfg.placement.as_ref(), &[])?;
         let sa = StreamAssignment {
             account: account.to_string(),
             group: format!("S-{account}-{name}-{:08x}", fastrand::u32(..)),
@@ -455,15 +685,45 @@ impl JsCluster {
 
     async fn update(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
         let cfg = Self::parse_config(name, payload)?;
+        let existing = self
+            .assignment(account, name)
+            .ok_or_else(ApiError::stream_not_found)?;
+        let peers = if cfg.num_replicas != existing.config.num_replicas {
+            Some(self.rescale(&existing, &cfg)?)
+        } else {
+            None
+        };
         self.propose_meta(&MetaOp::UpdateStream {
             account: account.to_string(),
             config: cfg,
+            peers,
         })
         .await?;
         let sa = self
             .assignment(account, name)
             .ok_or_else(ApiError::stream_not_found)?;
         Ok(self.assignment_info(&sa))
+    }
+
+    /// The peers of a stream whose `num_replicas` changes to `cfg`'s: more servers placed as
+    /// for a new stream (nats-server's error when there are too few), or fewer kept, its
+    /// leader first. The new peers are added at the end (the first peer formed the group).
+    fn rescale(&self, sa: &StreamAssignment, cfg: &StreamConfig) -> Result<Vec<String>, ApiError> {
+        let n = cfg.num_replicas.max(1) as usize;
+        let mut peers = sa.peers.clone();
+        if n > peers.len() {
+            let extra = self.place(n - peers.len(), cfg.placement.as_ref(), &peers)?;
+            peers.extend(extra);
+            return Ok(peers);
+        }
+        if let Some(l) = self.stream_leader(&sa.account, &sa.config.name) {
+            if let Some(i) = peers.iter().position(|p| *p == l) {
+                let leader = peers.remove(i);
+                peers.insert(0, leader);
+            }
+        }
+        peers.truncate(n);
+        Ok(peers)
     }
 
     /// A stream's info from its assignment: the local replica's state when there is one.
@@ -576,7 +836,17 @@ async fn replicated_write(r: &Arc<super::Replica>, client: &InternalClient, m: &
     }
     let reply = m.reply.as_deref();
     let empty = m.payload.iter().all(u8::is_ascii_whitespace);
-    if m.subject.starts_with("$JS.API.STREAM.LEADER.STEPDOWN.") {
+    if let Some(rest) = m.subject.strip_prefix("$JS.API.CONSUMER.LEADER.STEPDOWN.") {
+        // Consumers run on their stream's leader: a consumer's stepdown moves the stream's
+        // leadership (and with it every consumer of the stream) to another replica.
+        const KIND: &str = "consumer_leader_stepdown_response";
+        let consumer = rest.rsplit('.').next().unwrap_or_default();
+        if r.stream.consumers.get(consumer).is_none() {
+            return respond(client, reply, KIND, Err(ApiError::consumer_not_found()));
+        }
+        let res = r.step_down().await.map(|_| json!({"success": true}));
+        respond(client, reply, KIND, res);
+    } else if m.subject.starts_with("$JS.API.STREAM.LEADER.STEPDOWN.") {
         let res = r.step_down().await.map(|_| json!({"success": true}));
         respond(client, reply, "stream_leader_stepdown_response", res);
     } else if m.subject.starts_with("$JS.API.STREAM.PURGE.") {

@@ -3,7 +3,7 @@
 //! racing creates can not both win) and reported to this node's reconciler as events; nothing
 //! removes a stream's assignment but a committed delete.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -46,6 +46,9 @@ pub(crate) enum MetaOp {
     UpdateStream {
         account: String,
         config: StreamConfig,
+        /// New peers when `num_replicas` changes (chosen by the meta leader).
+        #[serde(default)]
+        peers: Option<Vec<String>>,
     },
     DeleteStream {
         account: String,
@@ -56,6 +59,11 @@ pub(crate) enum MetaOp {
         account: String,
         name: String,
         peers: Vec<String>,
+    },
+    /// A server removed from the meta group (`SERVER.REMOVE`): never placed on again nor
+    /// added back by the meta leader.
+    RemoveServer {
+        name: String,
     },
 }
 
@@ -72,6 +80,9 @@ pub(crate) enum MetaEvent {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct MetaState {
     pub streams: BTreeMap<String, StreamAssignment>,
+    /// Servers removed with `SERVER.REMOVE`.
+    #[serde(default)]
+    pub removed: BTreeSet<String>,
 }
 
 impl MetaState {
@@ -103,19 +114,37 @@ impl MetaState {
                 self.streams.insert(sa.key(), sa.clone());
                 (Ok(json!({"created": true})), Some(MetaEvent::Assigned(sa)))
             }
-            MetaOp::UpdateStream { account, config } => {
+            MetaOp::UpdateStream {
+                account,
+                config,
+                peers,
+            } => {
                 let k = key(&account, &config.name);
                 let Some(existing) = self.streams.get(&k) else {
                     return (Err(ApiError::stream_not_found()), None);
                 };
-                if let Err(e) = existing.config.check_update(&config) {
+                // The replica count may change here, with the peers that go with it.
+                let same_count = StreamConfig {
+                    num_replicas: existing.config.num_replicas,
+                    ..config.clone()
+                };
+                if let Err(e) = existing.config.check_update(&same_count) {
                     return (Err(e), None);
+                }
+                let rescale = config.num_replicas != existing.config.num_replicas;
+                match &peers {
+                    Some(p) if p.len() as i64 == config.num_replicas.max(1) && !p.is_empty() => {}
+                    None if !rescale => {}
+                    _ => return (Err(ApiError::replicas_not_updatable()), None),
                 }
                 if self.overlaps(&account, &config) {
                     return (Err(ApiError::subjects_overlap()), None);
                 }
                 let mut sa = existing.clone();
                 sa.config = config;
+                if let Some(p) = peers {
+                    sa.peers = p;
+                }
                 self.streams.insert(k, sa.clone());
                 (Ok(json!({"updated": true})), Some(MetaEvent::Updated(sa)))
             }
@@ -139,6 +168,10 @@ impl MetaState {
                 }
                 None => (Err(ApiError::stream_not_found()), None),
             },
+            MetaOp::RemoveServer { name } => {
+                self.removed.insert(name);
+                (Ok(json!({"success": true})), None)
+            }
         }
     }
 }

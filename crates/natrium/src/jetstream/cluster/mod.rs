@@ -7,12 +7,14 @@
 //! `<store_dir>/jetstream-cluster/streams/<account>/<stream>/` (a replica: `msgs/`, `raft/`).
 
 mod api;
+mod catchup;
+mod convert;
 mod meta;
 mod peers;
 mod replica;
 mod transport;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -40,6 +42,10 @@ const META: &str = "_meta_";
 /// committed (several round trips: a replica that stops keeping up is not current for long).
 const CAUGHT_UP: Duration = Duration::from_secs(1);
 
+/// How long a server moved off a stream keeps its replica for the group's leader to take it
+/// out of the group.
+const REMOVAL_WAIT: Duration = Duration::from_secs(60);
+
 /// How this server takes part in a JetStream cluster.
 #[derive(Clone)]
 pub(crate) struct ClusterSettings {
@@ -57,6 +63,8 @@ pub(crate) struct ClusterSettings {
 #[derive(Default)]
 struct Leaders {
     map: HashMap<String, String>,
+    /// The group's voters as its leader last announced them.
+    voters: HashMap<String, Vec<String>>,
 }
 
 /// This node's replicated JetStream.
@@ -72,9 +80,19 @@ pub(crate) struct JsCluster {
     peers: Mutex<Peers>,
     replicas: Mutex<HashMap<String, Arc<Replica>>>,
     leaders: Mutex<Leaders>,
+    /// Catch-up fetches waiting for their answers.
+    pending: catchup::Pending,
+    /// Streams (by key) this server is making replicated: their replica is opened by the
+    /// conversion, not by the reconciler.
+    converting: Mutex<HashSet<String>>,
     /// Bumped whenever a stream leader is announced (waiters re-check).
     leader_news: watch::Sender<u64>,
     stop: watch::Sender<bool>,
+}
+
+/// A server's peer id as `/jsz` and `SERVER.REMOVE` show and take it.
+fn peer_id(name: &str) -> String {
+    format!("{:08x}", node_id(name) as u32)
 }
 
 fn group_config(name: &str) -> GroupConfig {
@@ -126,6 +144,8 @@ impl JsCluster {
             peers: Mutex::new(Peers::default()),
             replicas: Mutex::new(HashMap::new()),
             leaders: Mutex::new(Leaders::default()),
+            pending: catchup::Pending::default(),
+            converting: Mutex::new(HashSet::new()),
             leader_news,
             stop,
         });
@@ -143,13 +163,35 @@ impl JsCluster {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         let stepdowns = sys
             .subscribe_local("$JS.API.META.LEADER.STEPDOWN", None, 64)
+            .and_then(|mut s| s.also("$JS.API.SERVER.REMOVE", None).map(|_| s))
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let fetches = sys
+            .subscribe(&catchup::serve_subject(id), None, 256)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let answers = sys
+            .subscribe(&format!("{}.*", catchup::answers_prefix(id)), None, 256)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        tokio::spawn(catchup::serve(Arc::downgrade(&cl), fetches));
+        tokio::spawn(catchup::answers(Arc::downgrade(&cl), answers));
         tokio::spawn(meta_stepdowns(Arc::downgrade(&cl), stepdowns));
         tokio::spawn(discovery(Arc::downgrade(&cl), hellos));
         tokio::spawn(api::serve_forwarded(Arc::downgrade(&cl), api));
         tokio::spawn(reconcile(Arc::downgrade(&cl), events));
         tokio::spawn(meta_watch(Arc::downgrade(&cl)));
         Ok(cl)
+    }
+
+    /// The Raft settings of a replicated stream's group.
+    fn stream_group_config(&self, name: &str) -> GroupConfig {
+        let mut cfg = group_config(name);
+        if let Some(n) = self
+            .jetstream()
+            .and_then(|js| js.options().raft_snapshot_every)
+        {
+            cfg.snapshot_every = n.max(1);
+            cfg.keep_behind_snapshot = cfg.keep_behind_snapshot.min(n);
+        }
+        cfg
     }
 
     fn jetstream(&self) -> Option<Arc<JetStream>> {
@@ -284,9 +326,10 @@ impl JsCluster {
         self.leaders.lock().map.remove(&meta::key(account, name));
     }
 
-    /// Announces that this node leads `key`'s stream.
-    fn announce_leader(&self, account: &str, stream: &str) {
-        let body = json!({"account": account, "stream": stream, "leader": self.name});
+    /// Announces that this node leads the stream, with its group's voters.
+    fn announce_leader(&self, r: &Replica) {
+        let (account, stream) = (&r.account, &r.name);
+        let body = json!({"account": account, "stream": stream, "leader": self.name, "voters": r.voters()});
         let _ = self
             .settings
             .system
@@ -304,7 +347,7 @@ impl JsCluster {
             "replicas": self.replicas_info(&st),
         });
         if let Some((_, l)) = st.leader {
-            v["peer"] = json!(format!("{:08x}", node_id(&l) as u32));
+            v["peer"] = json!(peer_id(&l));
             v["leader"] = json!(l);
         }
         v
@@ -390,12 +433,13 @@ impl JsCluster {
     }
 
     /// Chooses `n` servers for a new stream: online, in the meta group, of the placement's
-    /// cluster and with its tags; the least loaded first. nats-server's error when there are
-    /// too few.
+    /// cluster and with its tags, not removed and not in `exclude`; the least loaded first.
+    /// nats-server's error when there are too few.
     fn place(
         &self,
         n: usize,
         placement: Option<&super::config::Placement>,
+        exclude: &[String],
     ) -> Result<Vec<String>, super::errors::ApiError> {
         let now = Instant::now();
         let members: Vec<NodeId> = {
@@ -404,6 +448,7 @@ impl JsCluster {
                 .chain(st.peers.iter().filter(|p| p.voter).map(|p| p.id))
                 .collect()
         };
+        let removed = self.meta_state.read().removed.clone();
         let load: HashMap<String, usize> = {
             let mut m = HashMap::new();
             for sa in self.meta_state.read().streams.values() {
@@ -427,6 +472,9 @@ impl JsCluster {
                 continue;
             }
             let h = &k.hello;
+            if removed.contains(&h.name) || exclude.contains(&h.name) {
+                continue;
+            }
             if let Some(p) = placement {
                 if p.cluster
                     .as_ref()
@@ -475,7 +523,9 @@ impl JsCluster {
         if !sa.peers.contains(&self.name) {
             return;
         }
-        if self.replicas.lock().contains_key(&sa.key()) {
+        if self.replicas.lock().contains_key(&sa.key())
+            || self.converting.lock().contains(&sa.key())
+        {
             return;
         }
         let Some(js) = self.jetstream() else { return };
@@ -517,6 +567,31 @@ impl JsCluster {
         }
     }
 
+    /// Waits (bounded) until the stream's leader announces a group without this server.
+    async fn wait_removed(&self, r: &Replica) {
+        let key = meta::key(&r.account, &r.name);
+        let deadline = Instant::now() + REMOVAL_WAIT;
+        while Instant::now() < deadline {
+            let removed = {
+                let leaders = self.leaders.lock();
+                leaders.map.get(&key).is_some_and(|l| *l != self.name)
+                    && leaders
+                        .voters
+                        .get(&key)
+                        .is_some_and(|v| !v.is_empty() && !v.contains(&self.name))
+            };
+            if removed || r.group.status().role == Role::Stopped {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::warn!(
+            "stream '{} > {}': not taken out of its group in time; leaving it",
+            r.account,
+            r.name
+        );
+    }
+
     async fn drop_replica(&self, sa: &StreamAssignment, delete: bool) {
         let r = self.replicas.lock().remove(&sa.key());
         if let Some(r) = r {
@@ -525,6 +600,37 @@ impl JsCluster {
                 r.destroy();
             }
         }
+    }
+
+    /// Publishes nats-server's quorum-lost advisory for a stream in its account (and, with the
+    /// account named, in the system account).
+    fn advise_quorum_lost(&self, r: &Replica, replicas: Vec<Value>) {
+        tracing::warn!(
+            "JetStream cluster stream '{} > {}' has NO quorum, stalled",
+            r.account,
+            r.name
+        );
+        let subject = format!("$JS.EVENT.ADVISORY.STREAM.QUORUM_LOST.{}", r.name);
+        let mut body = json!({
+            "type": "io.nats.jetstream.advisory.v1.stream_quorum_lost",
+            "id": format!("{:016x}", fastrand::u64(..)),
+            "timestamp": rfc3339(std::time::SystemTime::now()),
+            "stream": r.name,
+            "replicas": replicas,
+        });
+        let _ = r
+            .client()
+            .publish(&subject, None, None, body.to_string().as_bytes());
+        body["account"] = json!(r.account);
+        let _ = self
+            .settings
+            .system
+            .publish(&subject, None, None, body.to_string().as_bytes());
+    }
+
+    /// The replicas of a group as nats-server lists them (for advisories).
+    fn group_replicas(&self, r: &Replica) -> Vec<Value> {
+        self.replicas_info(&r.group.status())
     }
 
     /// Publishes a leader-elected advisory for a stream in its account.
@@ -565,7 +671,11 @@ async fn discovery(cl: Weak<JsCluster>, mut sub: crate::router::InternalSubscrip
                 if m.subject == LEADERS {
                     let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
                     if let (Some(a), Some(s), Some(l)) = (v["account"].as_str(), v["stream"].as_str(), v["leader"].as_str()) {
-                        cl.leaders.lock().map.insert(meta::key(a, s), l.to_string());
+                        let voters: Vec<String> = serde_json::from_value(v["voters"].clone()).unwrap_or_default();
+                        let mut leaders = cl.leaders.lock();
+                        leaders.map.insert(meta::key(a, s), l.to_string());
+                        leaders.voters.insert(meta::key(a, s), voters);
+                        drop(leaders);
                         cl.leader_news.send_modify(|n| *n += 1);
                     }
                     continue;
@@ -642,11 +752,13 @@ async fn maybe_grow(cl: &Arc<JsCluster>) {
     if st.role != Role::Leader {
         return;
     }
+    let removed = cl.meta_state.read().removed.clone();
     let newcomer = {
         let peers = cl.peers.lock();
         peers
             .online(Instant::now())
             .into_iter()
+            .filter(|(_, h)| !removed.contains(&h.name))
             .find(|(id, _)| *id != cl.id && !st.peers.iter().any(|p| p.id == *id && p.voter))
             .map(|(id, h)| (id, h.name.clone()))
     };
@@ -667,21 +779,39 @@ async fn maybe_grow(cl: &Arc<JsCluster>) {
     }
 }
 
-/// Leaders repeat their announcement every few seconds (servers that joined later learn it).
+/// Leaders repeat their announcement every few seconds (servers that joined later learn it),
+/// bring their group's members in line with the stream's assigned peers, and tell when they
+/// have lost their quorum.
 fn republish_leaders(cl: &Arc<JsCluster>) {
     let replicas: Vec<Arc<Replica>> = cl.replicas.lock().values().cloned().collect();
     for r in replicas {
-        if r.is_leader() && r.announce_due() {
-            cl.announce_leader(&r.account, &r.name);
+        if !r.is_leader() {
+            continue;
+        }
+        if r.announce_due() {
+            cl.announce_leader(&r);
+        }
+        if let Some(sa) = cl.assignment(&r.account, &r.name) {
+            if r.needs_reshape(&sa.peers) {
+                tokio::spawn(r.clone().reshape(sa.peers));
+            }
+        }
+        if r.quorum_lost() {
+            cl.advise_quorum_lost(&r, cl.group_replicas(&r));
         }
     }
 }
 
-/// `$JS.API.META.LEADER.STEPDOWN` from system-account clients of this server.
+/// `$JS.API.META.LEADER.STEPDOWN` and `$JS.API.SERVER.REMOVE` from system-account clients of
+/// this server.
 async fn meta_stepdowns(cl: Weak<JsCluster>, mut sub: crate::router::InternalSubscription) {
     while let Some(m) = sub.next().await {
         let Some(cl) = cl.upgrade() else { return };
-        tokio::spawn(async move { cl.meta_step_down(m.reply.as_deref()).await });
+        if m.subject == "$JS.API.SERVER.REMOVE" {
+            tokio::spawn(async move { cl.server_remove(m.reply.as_deref(), &m.payload).await });
+        } else {
+            tokio::spawn(async move { cl.meta_step_down(m.reply.as_deref()).await });
+        }
     }
 }
 
@@ -725,8 +855,24 @@ async fn reconcile(cl: Weak<JsCluster>, mut events: mpsc::UnboundedReceiver<Meta
                         Some(r) => r.update_config(sa.config.clone()),
                         None => cl.ensure_replica(&sa).await,
                     }
-                } else {
-                    cl.drop_replica(&sa, true).await;
+                } else if let Some(r) = cl.replica(&sa.account, &sa.config.name) {
+                    // Moved off this server. A leader first hands its group to the new peers
+                    // (new members caught up, leadership given away); a follower just leaves.
+                    // It stays a member (and answers) until the group's leader has taken it
+                    // out: the group keeps its quorum while it shrinks.
+                    let cl = cl.clone();
+                    tokio::spawn(async move {
+                        if r.is_leader() {
+                            r.clone().reshape(sa.peers.clone()).await;
+                        }
+                        cl.wait_removed(&r).await;
+                        let back = cl
+                            .assignment(&sa.account, &sa.config.name)
+                            .is_some_and(|now| now.peers.contains(&cl.name));
+                        if !back {
+                            cl.drop_replica(&sa, true).await;
+                        }
+                    });
                 }
             }
             MetaEvent::Deleted(sa) => {

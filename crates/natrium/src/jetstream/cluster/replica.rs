@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use natrium_raft::{Group, RaftError, Role};
+use natrium_raft::{node_id, Group, Peer, RaftError, Role};
 use natrium_store::{FileStore, FileStoreConfig, MemStore, StoreError, StreamStore, SyncPolicy};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use super::meta::StreamAssignment;
-use super::{group_config, JsCluster};
+use super::JsCluster;
 use crate::jetstream::catalog::Catalog;
 use crate::jetstream::config::{Storage, StreamConfig};
 use crate::jetstream::consumer::Consumer;
@@ -42,9 +42,19 @@ const STEPDOWN_WAIT: Duration = Duration::from_secs(8);
 /// How often the leader replicates its consumers' progress when it changed.
 const CONSUMER_SYNC: Duration = Duration::from_secs(1);
 
+/// A leader that has heard from no majority of its voters for this long has lost its quorum
+/// (nats-server: ten of its 1 s heartbeats; ours are 150 ms, elections time out in 0.8-1.6 s).
+const LOST_QUORUM: Duration = Duration::from_secs(3);
+
+/// Quorum-lost advisories of one stream are this far apart at least (as nats-server).
+const LOST_QUORUM_ADVISORY_EVERY: Duration = Duration::from_secs(10);
+
+/// How long adding a member may take (it is caught up as a learner first).
+const ADD_MEMBER_WAIT: Duration = Duration::from_secs(60);
+
 /// A replicated consumer: its config and last replicated progress.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct ConsumerRecord {
+pub(super) struct ConsumerRecord {
     config: ConsumerConfig,
     created_ns: i64,
     #[serde(default)]
@@ -87,6 +97,31 @@ enum Control {
         seqs: Vec<u64>,
         ts: i64,
     },
+    /// The next message gets sequence `next` (the end of an imported stream: its last
+    /// messages were deleted).
+    Advance {
+        next: u64,
+    },
+}
+
+/// A message of an R1 stream made replicated, with the sequence it had: `I`, sequence (u64
+/// LE), then the message as `encode_msg` writes it.
+fn encode_import(
+    seq: u64,
+    ts: i64,
+    subject: &str,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = vec![b'I'];
+    v.extend_from_slice(&seq.to_le_bytes());
+    v.extend_from_slice(&encode_msg(ts, subject, headers, payload));
+    v
+}
+
+fn decode_import(b: &[u8]) -> Option<(u64, MsgEntry<'_>)> {
+    let seq = u64::from_le_bytes(b.get(1..9)?.try_into().ok()?);
+    Some((seq, decode_msg(b.get(9..)?)?))
 }
 
 /// A published message as an entry: `M`, timestamp (i64 LE), subject (u16 LE length),
@@ -154,6 +189,9 @@ struct Shared {
 
 /// The stream group's state machine.
 struct StreamSm {
+    /// Where missing messages are fetched from after a snapshot.
+    cluster: Weak<JsCluster>,
+    account: String,
     stream: Arc<Stream>,
     shared: Arc<Mutex<Shared>>,
     max_ts: Arc<AtomicI64>,
@@ -168,6 +206,13 @@ struct SnapshotState {
     ids: Vec<(String, u64, i64)>,
     last_id: Option<String>,
     consumers: BTreeMap<String, ConsumerRecord>,
+}
+
+fn store_error(e: &StoreError) -> ApiError {
+    match e {
+        StoreError::MsgTooLarge => ApiError::message_too_large(),
+        other => ApiError::store_failed(other.to_string()),
+    }
 }
 
 impl StreamSm {
@@ -212,9 +257,50 @@ impl StreamSm {
         self.stream.apply_batch(&id, msgs, ts, &mut sh.replay)
     }
 
+    /// A message imported from an R1 stream: stored as it was, at its sequence (no checks:
+    /// it was accepted when it was published), its `Nats-Msg-Id` remembered.
+    fn apply_import(&mut self, seq: u64, m: MsgEntry<'_>) -> Vec<u8> {
+        let store = self.stream.store.clone();
+        let mut sh = self.shared.lock();
+        sh.max_ts = sh.max_ts.max(m.ts);
+        self.max_ts.fetch_max(m.ts, Ordering::Relaxed);
+        Self::replayed_through(&mut sh, seq);
+        if store.state().last_seq < seq {
+            if let Err(e) = super::catchup::advance(store.as_ref(), seq, m.ts) {
+                return self.error(store_error(&e));
+            }
+            if let Err(e) = store.store_msg(m.subject, m.headers, m.payload, m.ts) {
+                return self.error(store_error(&e));
+            }
+            self.stream.consumers.on_stored(seq, m.subject);
+        }
+        if let Some(id) = crate::jetstream::stream::headers::get(m.headers, "Nats-Msg-Id") {
+            self.stream.record_msg_id(id, seq, m.ts);
+        }
+        json!({"stream": self.stream.name, "seq": seq})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// After a restart, entries that name their sequence move the replay's expectation on.
+    fn replayed_through(sh: &mut Shared, seq: u64) {
+        if let Some((_, held)) = sh.replay {
+            sh.replay = (seq < held).then_some((seq + 1, held));
+        }
+    }
+
     fn apply_control(&mut self, c: Control) -> Vec<u8> {
         match c {
             Control::Barrier => b"{}".to_vec(),
+            Control::Advance { next } => {
+                let mut sh = self.shared.lock();
+                Self::replayed_through(&mut sh, next.saturating_sub(1));
+                let ts = sh.max_ts;
+                match super::catchup::advance(self.stream.store.as_ref(), next, ts) {
+                    Ok(()) => b"{}".to_vec(),
+                    Err(e) => self.error(store_error(&e)),
+                }
+            }
             Control::Purge { filter, seq, keep } => {
                 match self.stream.purge(filter.as_deref(), seq, keep) {
                     Ok(n) => json!({"success": true, "purged": n})
@@ -289,6 +375,10 @@ impl natrium_raft::StateMachine for StreamSm {
                 }
             }
             Some(b'B') => self.apply_batch(data),
+            Some(b'I') => match decode_import(data) {
+                Some((seq, m)) => self.apply_import(seq, m),
+                None => self.error(ApiError::bad_request()),
+            },
             Some(b'J') => match serde_json::from_slice::<Control>(&data[1..]) {
                 Ok(c) => self.apply_control(c),
                 Err(e) => self.error(ApiError::invalid_json(e)),
@@ -313,13 +403,28 @@ impl natrium_raft::StateMachine for StreamSm {
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         let st: SnapshotState = serde_json::from_slice(data).map_err(|e| e.to_string())?;
-        let held = self.stream.store.state().last_seq;
+        let mut held = self.stream.store.state().last_seq;
         if held < st.last_seq {
-            tracing::error!(
-                "stream {}: the store holds sequences up to {held}, its snapshot says {}; the missing messages are not served",
-                self.stream.name,
-                st.last_seq
-            );
+            // A new or lagging replica: the messages the snapshot covers come from the leader.
+            let fetched = match self.cluster.upgrade() {
+                Some(cl) => cl.catch_up_blocking(
+                    &self.account,
+                    &self.stream.name,
+                    &self.stream.store,
+                    st.last_seq,
+                ),
+                None => Err("stopping".into()),
+            };
+            held = self.stream.store.state().last_seq;
+            if let Err(e) = fetched {
+                // Not an error for openraft (it would stop the group here): logged, and the
+                // messages missing here are not served by this replica.
+                tracing::error!(
+                    "stream {}: the store holds sequences up to {held}, its snapshot says {}; catching up failed: {e}",
+                    self.stream.name,
+                    st.last_seq
+                );
+            }
         }
         let mut sh = self.shared.lock();
         self.stream.restore_dedupe(st.ids, st.last_id);
@@ -346,6 +451,12 @@ pub(crate) struct Replica {
     leading: Arc<AtomicBool>,
     /// Work the stream decided for its leader to propose (timed work, sourced messages).
     proposals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Proposal>>,
+    /// Since when this server leads (serving).
+    led_since: Mutex<Option<Instant>>,
+    /// A membership change runs (on the leader).
+    reshaping: AtomicBool,
+    /// When the last quorum-lost advisory left.
+    lost_quorum_sent: Mutex<Option<Instant>>,
     last_announce: Mutex<Instant>,
     /// Stops the leader's tasks.
     lead_stop: Mutex<Option<watch::Sender<bool>>>,
@@ -410,13 +521,15 @@ impl Replica {
             shared.lock().replay = Some((first, held));
         }
         let sm = StreamSm {
+            cluster: Arc::downgrade(cl),
+            account: sa.account.clone(),
             stream: stream.clone(),
             shared: shared.clone(),
             max_ts: max_ts.clone(),
         };
         let group = Group::open(
             cl.id,
-            &group_config(&sa.group),
+            &cl.stream_group_config(&sa.group),
             &dir.join("raft"),
             sm,
             cl.hub.transport(&sa.group),
@@ -447,6 +560,9 @@ impl Replica {
             dir: dir.to_path_buf(),
             leading,
             proposals: tokio::sync::Mutex::new(proposals),
+            led_since: Mutex::new(None),
+            reshaping: AtomicBool::new(false),
+            lost_quorum_sent: Mutex::new(None),
             last_announce: Mutex::new(Instant::now()),
             lead_stop: Mutex::new(None),
             stop,
@@ -484,6 +600,121 @@ impl Replica {
         true
     }
 
+    /// The account's client (advisories go out with it).
+    pub(crate) fn client(&self) -> &InternalClient {
+        &self.client
+    }
+
+    /// The group's voters (this server included) by name.
+    pub(crate) fn voters(&self) -> Vec<String> {
+        let st = self.group.status();
+        let mut v: Vec<String> = st
+            .peers
+            .iter()
+            .filter(|p| p.voter)
+            .map(|p| p.name.clone())
+            .collect();
+        if st.role == Role::Leader {
+            v.push(self.group_member_name());
+        }
+        v.sort();
+        v
+    }
+
+    fn group_member_name(&self) -> String {
+        self.cluster
+            .upgrade()
+            .map(|cl| cl.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// On the leader: whether the group's voters differ from the stream's assigned `peers`.
+    pub(crate) fn needs_reshape(&self, peers: &[String]) -> bool {
+        if self.reshaping.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut want = peers.to_vec();
+        want.sort();
+        self.voters() != want
+    }
+
+    /// On the leader: makes the group's voters the assigned `peers`. New members are added
+    /// (as learners, caught up from the log or a snapshot, then voters) before others are
+    /// removed, so the group keeps its quorum; a leader not among `peers` gives its
+    /// leadership away last, and the next leader removes it.
+    pub(crate) async fn reshape(self: Arc<Self>, peers: Vec<String>) {
+        if self.reshaping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.group_member_name();
+        let current = self.voters();
+        for p in peers.iter().filter(|p| !current.contains(p)) {
+            tracing::info!(
+                "JetStream cluster: stream {:?}: adding {p} to its group",
+                self.name
+            );
+            let add = self.group.add_member(node_id(p), Peer { name: p.clone() });
+            match tokio::time::timeout(ADD_MEMBER_WAIT, add).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("stream {:?}: adding {p}: {e}", self.name),
+                Err(_) => tracing::warn!("stream {:?}: adding {p}: timed out", self.name),
+            }
+        }
+        for p in current.iter().filter(|p| !peers.contains(p) && **p != me) {
+            tracing::info!(
+                "JetStream cluster: stream {:?}: removing {p} from its group",
+                self.name
+            );
+            if let Err(e) = self.group.remove_member(node_id(p)).await {
+                tracing::warn!("stream {:?}: removing {p}: {e}", self.name);
+            }
+        }
+        if let Some(cl) = self.cluster.upgrade() {
+            if self.is_leader() {
+                cl.announce_leader(&self);
+            }
+        }
+        if !peers.contains(&me) && self.is_leader() {
+            if let Err(e) = self.step_down().await {
+                tracing::warn!(
+                    "stream {:?}: handing leadership over: {}",
+                    self.name,
+                    e.description
+                );
+            }
+        }
+        self.reshaping.store(false, Ordering::Release);
+    }
+
+    /// On the leader: whether it has heard from no majority of its voters for a while (and
+    /// the last advisory about it is old enough to send another).
+    pub(crate) fn quorum_lost(&self) -> bool {
+        if self
+            .led_since
+            .lock()
+            .is_none_or(|t| t.elapsed() < LOST_QUORUM)
+        {
+            return false;
+        }
+        let st = self.group.status();
+        let voters = st.peers.iter().filter(|p| p.voter).count() + 1;
+        let heard = st
+            .peers
+            .iter()
+            .filter(|p| p.voter && p.last_contact.is_some_and(|d| d < LOST_QUORUM))
+            .count()
+            + 1;
+        if heard > voters / 2 {
+            return false;
+        }
+        let mut sent = self.lost_quorum_sent.lock();
+        if sent.is_some_and(|t| t.elapsed() < LOST_QUORUM_ADVISORY_EVERY) {
+            return false;
+        }
+        *sent = Some(Instant::now());
+        true
+    }
+
     /// Whether the leader should repeat its announcement now.
     pub(crate) fn announce_due(&self) -> bool {
         let mut last = self.last_announce.lock();
@@ -495,20 +726,26 @@ impl Replica {
         }
     }
 
-    /// A committed stream config change (from the meta group).
-    pub(crate) fn update_config(&self, cfg: StreamConfig) {
+    /// A committed stream config change (from the meta group). Only the leader takes
+    /// messages (through the group): a change of subjects restarts its ingest.
+    pub(crate) fn update_config(self: &Arc<Self>, cfg: StreamConfig) {
+        let old = self.stream.config_arc();
+        if *old == cfg {
+            return;
+        }
         if let Err(e) = self.stream.store.update_config(cfg.limits()) {
             tracing::warn!("stream {}: applying new limits: {e}", self.name);
         }
         let body = json!({"config": cfg, "created_ns": unix_nanos(self.stream.created)});
         let _ =
             crate::util::fs::write_atomic(&self.dir.join("meta.json"), body.to_string().as_bytes());
-        if let Err(e) = self.stream.set_config(cfg) {
-            tracing::warn!(
-                "stream {}: applying new config: {}",
-                self.name,
-                e.description
-            );
+        let resubscribe = old.subjects != cfg.subjects;
+        self.stream.set_replicated_config(cfg);
+        if resubscribe && self.is_leader() {
+            self.step_down_local();
+            let (tx, rx) = watch::channel(false);
+            *self.lead_stop.lock() = Some(tx);
+            tokio::spawn(self.clone().lead(rx));
         }
     }
 
@@ -549,6 +786,69 @@ impl Replica {
     ) -> Result<serde_json::Value, ApiError> {
         self.propose_control(&Control::DeleteMsg { seq, no_erase })
             .await
+    }
+
+    /// On this new leader of a stream that was R1 here: replicates the old stream's messages
+    /// (with their sequences and timestamps) and its consumers (configs and progress), in
+    /// the group's log before anything else is published to it.
+    pub(super) async fn import(
+        &self,
+        old: &Stream,
+        consumers: Vec<(String, ConsumerRecord)>,
+    ) -> Result<(), ApiError> {
+        let unavailable = |e: RaftError| ApiError::cluster_unavailable(e.to_string());
+        let store = old.store.clone();
+        let last = store.state().last_seq;
+        let mut at = 1;
+        let mut waiting = Vec::new();
+        loop {
+            let m = match store.load_next_msg(b">", at) {
+                Ok(m) => m,
+                Err(StoreError::Eof | StoreError::NotFound) => break,
+                Err(e) => return Err(store_error(&e)),
+            };
+            at = m.seq + 1;
+            let subject = String::from_utf8_lossy(&m.subject);
+            let entry = encode_import(m.seq, m.ts, &subject, m.headers.as_deref(), &m.payload);
+            waiting.push(
+                self.group
+                    .propose_queued(entry)
+                    .await
+                    .map_err(unavailable)?,
+            );
+            if waiting.len() >= 1024 {
+                for w in waiting.drain(..) {
+                    Self::answer_ok(&w.await.map_err(unavailable)?.1)?;
+                }
+            }
+        }
+        for w in waiting {
+            Self::answer_ok(&w.await.map_err(unavailable)?.1)?;
+        }
+        if last >= at {
+            self.propose_control(&Control::Advance { next: last + 1 })
+                .await?;
+        }
+        for (name, record) in consumers {
+            self.propose_control(&Control::Consumer {
+                name,
+                record: Box::new(record),
+            })
+            .await?;
+        }
+        self.start_consumers();
+        Ok(())
+    }
+
+    fn answer_ok(answer: &[u8]) -> Result<(), ApiError> {
+        let v: serde_json::Value =
+            serde_json::from_slice(answer).map_err(ApiError::invalid_json)?;
+        match v.get("error") {
+            Some(e) => Err(serde_json::from_value::<ApiErrorBody>(e.clone())
+                .map(ApiErrorBody::into_api)
+                .unwrap_or_else(|_| ApiError::bad_request())),
+            None => Ok(()),
+        }
     }
 
     /// Replicates a consumer the leader created (or updated).
@@ -663,6 +963,7 @@ impl Replica {
         if let Some(tx) = self.lead_stop.lock().take() {
             let _ = tx.send(true);
         }
+        *self.led_since.lock() = None;
         if self.leading.swap(false, Ordering::AcqRel) {
             self.stream.lead_stopped();
             for c in self.stream.consumers.take_all() {
@@ -689,6 +990,7 @@ impl Replica {
         while proposals.try_recv().is_ok() {}
         self.leading.store(true, Ordering::Release);
         self.stream.lead_started();
+        *self.led_since.lock() = Some(Instant::now());
         tracing::info!(
             "JetStream cluster: this server leads stream {:?} in account {:?}",
             self.name,
@@ -713,7 +1015,7 @@ impl Replica {
         let mut sub = sub;
         // Announced once it listens: a server forwarding to it finds it ready.
         if let Some(cl) = self.cluster.upgrade() {
-            cl.announce_leader(&self.account, &self.name);
+            cl.announce_leader(&self);
             cl.advise_leader(&self.client, &self.name);
         }
         let (acks, pending) = mpsc::channel(IN_FLIGHT);
@@ -898,6 +1200,22 @@ impl Replication for Hook {
             let _ = self.proposals.send(p);
         }
     }
+}
+
+/// The consumers of a stream with their configs and progress, to replicate.
+pub(super) fn consumer_records(s: &Stream) -> Vec<(String, ConsumerRecord)> {
+    s.consumers
+        .list()
+        .into_iter()
+        .map(|c| {
+            let record = ConsumerRecord {
+                config: c.config(),
+                created_ns: unix_nanos(c.created),
+                state: Some(c.state_body()),
+            };
+            (c.name.clone(), record)
+        })
+        .collect()
 }
 
 /// Publishes PubAcks in proposal order as the proposals are committed and applied.

@@ -5,7 +5,7 @@
 
 mod batch;
 pub(crate) mod check;
-mod headers;
+pub(crate) mod headers;
 mod hook;
 mod ingest;
 mod replicated;
@@ -183,6 +183,13 @@ impl Stream {
         *self.config.write() = Arc::new(c.clone());
         self.sync_sources(&c);
         Ok(())
+    }
+
+    /// Applies a new config to a replica of a replicated stream: no ingest here (its leader
+    /// takes messages through the group), no sources.
+    pub(crate) fn set_replicated_config(&self, c: StreamConfig) {
+        *self.transforms.write() = Transforms::of(&c);
+        *self.config.write() = Arc::new(c);
     }
 
     /// Subscribes to the stream's subjects and starts its ingest, timer and source tasks.

@@ -315,6 +315,15 @@ impl Stream {
         self.apply_mirrored(seq, e.ts, &m)
     }
 
+    /// Records a message's `Nats-Msg-Id` stored at `seq` and `ts` in the de-dup window (an
+    /// imported message).
+    pub(crate) fn record_msg_id(&self, id: String, seq: u64, ts: i64) {
+        let window = self.config_arc().duplicate_window();
+        let mut st = self.ingest_state.lock();
+        st.dedupe.expire(ts, window);
+        st.dedupe.record(id, seq, ts);
+    }
+
     /// The de-dup window as (id, sequence, time) and the last id (for a replica's snapshot).
     pub(crate) fn dedupe_snapshot(&self) -> (Vec<(String, u64, i64)>, Option<String>) {
         let st = self.ingest_state.lock();

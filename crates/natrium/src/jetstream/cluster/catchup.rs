@@ -1,0 +1,358 @@
+//! Catch-up of a replica's messages from a peer: a replica given a snapshot (a new or lagging
+//! peer) whose store lacks messages the snapshot covers fetches them, in order and with their
+//! sequences, from the stream's leader on `$NRX.CU.<node>`; answers come to `$NRX.CUR.<node>.<n>`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use natrium_raft::{node_id, NodeId};
+use natrium_store::{StoreError, StreamStore};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::JsCluster;
+use crate::router::InternalSubscription;
+
+/// How long one fetch waits for its answer.
+const FETCH_WAIT: Duration = Duration::from_secs(5);
+
+/// Messages and bytes in one answer at most.
+const BATCH_MSGS: usize = 4096;
+const BATCH_BYTES: usize = 4 << 20;
+
+/// The answer's `next` of a server that does not hold the asked range.
+const LACKING: u64 = u64::MAX;
+
+/// Subject on which node `id` serves fetches.
+pub(super) fn serve_subject(id: NodeId) -> String {
+    format!("$NRX.CU.{id:016x}")
+}
+
+/// Prefix of the subjects on which node `id` receives answers.
+pub(super) fn answers_prefix(id: NodeId) -> String {
+    format!("$NRX.CUR.{id:016x}")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Fetch {
+    account: String,
+    stream: String,
+    from: u64,
+    to: u64,
+}
+
+/// Waiting fetches of this node.
+#[derive(Default)]
+pub(super) struct Pending {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>,
+}
+
+/// A fetched message.
+pub(crate) struct Fetched {
+    pub seq: u64,
+    pub ts: i64,
+    pub subject: Vec<u8>,
+    pub headers: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+}
+
+fn put(v: &mut Vec<u8>, b: &[u8]) {
+    v.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    v.extend_from_slice(b);
+}
+
+fn take<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let v = b.get(4..4 + n)?;
+    *b = &b[4 + n..];
+    Some(v)
+}
+
+/// An answer: the next sequence to ask for (u64 LE; 0 when nothing is left), then per message
+/// seq (u64 LE), ts (i64 LE), subject, headers (flag byte then bytes), payload (u32 LE lengths).
+fn encode_answer(next: u64, msgs: &[natrium_store::StoredMsg]) -> Vec<u8> {
+    let mut v = next.to_le_bytes().to_vec();
+    for m in msgs {
+        v.extend_from_slice(&m.seq.to_le_bytes());
+        v.extend_from_slice(&m.ts.to_le_bytes());
+        put(&mut v, &m.subject);
+        match &m.headers {
+            Some(h) => {
+                v.push(1);
+                put(&mut v, h);
+            }
+            None => v.push(0),
+        }
+        put(&mut v, &m.payload);
+    }
+    v
+}
+
+fn decode_answer(mut b: &[u8]) -> Option<(u64, Vec<Fetched>)> {
+    let next = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    b = &b[8..];
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let seq = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+        let ts = i64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
+        b = &b[16..];
+        let subject = take(&mut b)?.to_vec();
+        let flag = *b.first()?;
+        b = &b[1..];
+        let headers = if flag == 1 {
+            Some(take(&mut b)?.to_vec())
+        } else {
+            None
+        };
+        let payload = take(&mut b)?.to_vec();
+        out.push(Fetched {
+            seq,
+            ts,
+            subject,
+            headers,
+            payload,
+        });
+    }
+    Some((next, out))
+}
+
+/// Serves fetches from this node's replicas.
+pub(super) async fn serve(cl: Weak<JsCluster>, mut sub: InternalSubscription) {
+    while let Some(m) = sub.next().await {
+        let Some(cl) = cl.upgrade() else { return };
+        let Some(reply) = m.reply.as_deref() else {
+            continue;
+        };
+        let Ok(f) = serde_json::from_slice::<Fetch>(&m.payload) else {
+            continue;
+        };
+        let Some(r) = cl.replica(&f.account, &f.stream) else {
+            continue;
+        };
+        let store = r.stream.store.clone();
+        if store.state().last_seq < f.to || r.group.status().role == natrium_raft::Role::Stopped {
+            // Not (or no longer) holding the range: the asker tries another peer.
+            let _ = cl
+                .settings
+                .system
+                .publish(reply, None, None, &encode_answer(LACKING, &[]));
+            continue;
+        }
+        let mut msgs = Vec::new();
+        let mut bytes = 0;
+        let mut at = f.from;
+        let mut next = 0;
+        while at <= f.to {
+            match store.load_next_msg(b">", at) {
+                Ok(sm) if sm.seq <= f.to => {
+                    at = sm.seq + 1;
+                    bytes += sm.payload.len() + sm.subject.len() + 32;
+                    msgs.push(sm);
+                    if msgs.len() >= BATCH_MSGS || bytes >= BATCH_BYTES {
+                        next = at;
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        if next > f.to {
+            next = 0;
+        }
+        let _ = cl
+            .settings
+            .system
+            .publish(reply, None, None, &encode_answer(next, &msgs));
+    }
+}
+
+/// Hands answers to the fetches waiting for them.
+pub(super) async fn answers(cl: Weak<JsCluster>, mut sub: InternalSubscription) {
+    while let Some(m) = sub.next().await {
+        let Some(cl) = cl.upgrade() else { return };
+        let Some(n) = m.subject.rsplit('.').next().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let waiting = cl.pending.waiting.lock().remove(&n);
+        if let Some(tx) = waiting {
+            let _ = tx.send(m.payload.to_vec());
+        }
+    }
+}
+
+impl JsCluster {
+    /// Sends `body` (with `headers`) on `subject` and waits (up to `within`) for the answer,
+    /// which comes to this node's answer subjects.
+    pub(super) async fn request(
+        &self,
+        subject: &str,
+        headers: Option<&[u8]>,
+        body: &[u8],
+        within: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let n = self.pending.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.waiting.lock().insert(n, tx);
+        let reply = self.answer_subject(n);
+        let _ = self
+            .settings
+            .system
+            .publish(subject, Some(&reply), headers, body);
+        let answer = tokio::time::timeout(within, rx).await;
+        self.pending.waiting.lock().remove(&n);
+        match answer {
+            Ok(Ok(a)) => Ok(a),
+            _ => Err(format!("no answer on {subject}")),
+        }
+    }
+
+    pub(super) fn answer_subject(&self, n: u64) -> String {
+        format!("{}.{n}", answers_prefix(self.id))
+    }
+
+    /// Fetches stream messages `from..=to` held by server `peer`, in batches.
+    async fn fetch(
+        &self,
+        peer: &str,
+        account: &str,
+        stream: &str,
+        from: u64,
+        to: u64,
+        mut each: impl FnMut(Fetched) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut from = from;
+        loop {
+            let body = serde_json::to_vec(&Fetch {
+                account: account.into(),
+                stream: stream.into(),
+                from,
+                to,
+            })
+            .map_err(|e| e.to_string())?;
+            let answer = self
+                .request(&serve_subject(node_id(peer)), None, &body, FETCH_WAIT)
+                .await?;
+            let (next, msgs) = decode_answer(&answer).ok_or("bad catch-up answer")?;
+            if next == LACKING {
+                return Err(format!("{peer} does not hold them"));
+            }
+            for m in msgs {
+                each(m)?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            from = next;
+        }
+    }
+
+    /// Brings `store` up to sequence `to` (it holds less) with the messages the stream's
+    /// leader has: blocks (the state machine is restoring a snapshot). Gaps (messages deleted
+    /// on the leader) stay gaps.
+    pub(super) fn catch_up_blocking(
+        self: &Arc<Self>,
+        account: &str,
+        stream: &str,
+        store: &Arc<dyn StreamStore>,
+        to: u64,
+    ) -> Result<(), String> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| e.to_string())?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err("catch-up needs the multi-threaded runtime".into());
+        }
+        // The leader first, then the other members.
+        let mut peers: Vec<String> = self.stream_leader(account, stream).into_iter().collect();
+        let members = match self.replica(account, stream) {
+            Some(r) => r.group.status().peers.into_iter().map(|p| p.name).collect(),
+            None => self
+                .assignment(account, stream)
+                .map(|sa| sa.peers)
+                .unwrap_or_default(),
+        };
+        for m in members {
+            if !peers.contains(&m) {
+                peers.push(m);
+            }
+        }
+        peers.retain(|p| *p != self.name);
+        let mut last = String::from("no peer to catch up from");
+        for peer in peers {
+            let from = store.state().last_seq + 1;
+            tracing::info!(
+                "JetStream cluster: stream '{account} > {stream}': fetching messages {from}..={to} from {peer}"
+            );
+            let r = tokio::task::block_in_place(|| {
+                handle.block_on(self.fetch(&peer, account, stream, from, to, |m| {
+                    advance(store.as_ref(), m.seq, m.ts).map_err(|e| e.to_string())?;
+                    store
+                        .store_msg(&m.subject, m.headers.as_deref(), &m.payload, m.ts)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }))
+            });
+            match r {
+                Ok(()) => return advance(store.as_ref(), to + 1, 0).map_err(|e| e.to_string()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Makes `next` the sequence the store gives its next message: an empty store jumps there,
+/// one holding messages fills the gap with removed placeholders.
+pub(crate) fn advance(store: &dyn StreamStore, next: u64, ts: i64) -> Result<(), StoreError> {
+    let st = store.state();
+    if st.last_seq + 1 >= next {
+        return Ok(());
+    }
+    if st.msgs == 0 {
+        store.compact(next)?;
+        return Ok(());
+    }
+    for _ in st.last_seq + 1..next {
+        let r = store.store_msg(b"_nrx.gap", None, b"", ts.max(st.last_ts))?;
+        store.remove_msg(r.seq)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn answers_round_trip() {
+        let msgs = vec![
+            natrium_store::StoredMsg {
+                seq: 3,
+                ts: 7,
+                subject: Bytes::from_static(b"a.b"),
+                headers: Some(Bytes::from_static(b"NATS/1.0\r\n\r\n")),
+                payload: Bytes::from_static(b"x"),
+            },
+            natrium_store::StoredMsg {
+                seq: 9,
+                ts: -1,
+                subject: Bytes::from_static(b"c"),
+                headers: None,
+                payload: Bytes::new(),
+            },
+        ];
+        let (next, got) = decode_answer(&encode_answer(10, &msgs)).expect("decodes");
+        assert_eq!(next, 10);
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].seq, got[0].ts, &got[0].subject[..]),
+            (3, 7, &b"a.b"[..])
+        );
+        assert_eq!(got[0].headers.as_deref(), Some(&b"NATS/1.0\r\n\r\n"[..]));
+        assert_eq!((got[1].seq, got[1].headers.is_none()), (9, true));
+        assert!(decode_answer(&[1, 2]).is_none());
+    }
+}

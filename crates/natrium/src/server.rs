@@ -466,6 +466,19 @@ impl Server {
             .stream_leader(account, stream)
     }
 
+    /// The messages this server's own copy of `stream` holds (an R1 stream here, or this
+    /// server's replica of a replicated one), oldest first.
+    pub fn local_messages(
+        &self,
+        account: &str,
+        stream: &str,
+    ) -> Option<Vec<crate::jetstream::LocalMsg>> {
+        self.observed
+            .jetstream
+            .as_ref()?
+            .local_messages(account, stream)
+    }
+
     /// The bound cluster port, when this server is part of a cluster.
     pub fn cluster_port(&self) -> Option<u16> {
         self.mesh.as_ref().map(|m| m.port())

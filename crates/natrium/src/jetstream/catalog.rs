@@ -398,7 +398,7 @@ impl Catalog {
     /// returned as it is. Whether it was created.
     pub(crate) fn create(&self, cfg: StreamConfig) -> Result<(Arc<Stream>, bool), ApiError> {
         if let Some(existing) = self.streams.read().get(&cfg.name) {
-            if existing.config() == cfg {
+            if super::versioning::same_stream(&existing.config(), &cfg) {
                 return Ok((existing.clone(), false));
             }
             return Err(ApiError::stream_name_exists());
@@ -491,7 +491,7 @@ impl Catalog {
             .unwrap_or_else(ephemeral_name);
         if let Some(existing) = s.consumers.get(&name) {
             let old = existing.config();
-            if old == cfg {
+            if super::versioning::same_consumer(&old, &cfg) {
                 return Ok((existing, false));
             }
             if action == Action::Create {

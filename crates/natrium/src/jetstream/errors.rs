@@ -426,6 +426,9 @@ impl ApiError {
     pub fn atomic_missing_seq() -> Self {
         Self::new(400, 10175, "atomic publish sequence is missing")
     }
+    pub fn required_api_level() -> Self {
+        Self::new(412, 10185, "JetStream minimum api level required")
+    }
     pub fn atomic_incomplete() -> Self {
         Self::new(400, 10176, "atomic publish batch is incomplete")
     }

@@ -9,6 +9,7 @@ mod consumer;
 pub mod consumer_config;
 pub mod errors;
 mod stream;
+mod versioning;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -161,6 +162,16 @@ pub(crate) struct JetStream {
     cluster: Arc<OnceLock<Arc<JsCluster>>>,
 }
 
+/// A message as a server's own copy of a stream holds it (`Server::local_messages`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalMsg {
+    pub seq: u64,
+    pub subject: String,
+    /// The header block as text.
+    pub headers: Option<String>,
+    pub payload: Vec<u8>,
+}
+
 /// What `/jsz` asks for (`acc`, `accounts`, `streams`, `consumers`, `config`, `offset`,
 /// `limit`).
 #[derive(Debug, Clone, Default)]
@@ -240,6 +251,24 @@ impl JetStream {
     /// The leader of replicated stream `name` in `account` as this server knows it.
     pub(crate) fn stream_leader(&self, account: &str, name: &str) -> Option<String> {
         self.cluster.get()?.stream_leader(account, name)
+    }
+
+    /// The messages this server's copy of stream `name` holds (sequence, subject, headers,
+    /// payload), oldest first: what a replica stored, for checks across replicas.
+    pub(crate) fn local_messages(&self, account: &str, name: &str) -> Option<Vec<LocalMsg>> {
+        let s = self.catalog(account)?.stream(name).ok()?;
+        let mut out = Vec::new();
+        let mut seq = s.store.state().first_seq.max(1);
+        while let Ok(m) = s.store.load_next_msg(b">", seq) {
+            seq = m.seq + 1;
+            out.push(LocalMsg {
+                seq: m.seq,
+                subject: String::from_utf8_lossy(&m.subject).into_owned(),
+                headers: m.headers.map(|h| String::from_utf8_lossy(&h).into_owned()),
+                payload: m.payload.to_vec(),
+            });
+        }
+        Some(out)
     }
 
     /// Why this server's JetStream is unhealthy as a cluster member (`/healthz`); Ok outside

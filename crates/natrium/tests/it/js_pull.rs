@@ -594,7 +594,8 @@ async fn consumer_info_shows_last_activity_and_metadata() {
     let info = api(&nc, "$JS.API.CONSUMER.INFO.S.C", Value::Null).await;
     assert_eq!(
         info["config"]["metadata"],
-        json!({"team": "blue", "tier": "1"})
+        json!({"team": "blue", "tier": "1", "_nats.req.level": "0", "_nats.ver": "2.12.0",
+               "_nats.level": "2"})
     );
     assert!(info["delivered"].get("last_active").is_none(), "{info}");
     publish(&js, 1).await;

@@ -41,13 +41,13 @@ async fn get_json(s: &Server, path: &str) -> (u16, serde_json::Value) {
     (code, r.json().await.expect("json"))
 }
 
-struct Cluster {
+pub(crate) struct Cluster {
     _dir: tempfile::TempDir,
     nodes: Vec<Option<Server>>,
 }
 
 impl Cluster {
-    fn node(&self, name: &str) -> &Server {
+    pub(crate) fn node(&self, name: &str) -> &Server {
         let i = ["n1", "n2", "n3"]
             .iter()
             .position(|n| *n == name)
@@ -55,7 +55,7 @@ impl Cluster {
         self.nodes[i].as_ref().expect("node running")
     }
 
-    fn running(&self) -> impl Iterator<Item = &Server> {
+    pub(crate) fn running(&self) -> impl Iterator<Item = &Server> {
         self.nodes.iter().flatten()
     }
 
@@ -69,7 +69,7 @@ impl Cluster {
         }
     }
 
-    async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         for s in self.nodes.iter_mut().filter_map(Option::take) {
             s.shutdown().await;
         }
@@ -77,7 +77,7 @@ impl Cluster {
 }
 
 /// Three JetStream servers: n2 and n3 route to n1; waits for the meta group of three.
-async fn cluster() -> Cluster {
+pub(crate) async fn cluster() -> Cluster {
     let dir = tempfile::tempdir().expect("tempdir");
     let n1 = start(node_opts("n1", dir.path(), &[])).await;
     let p1 = n1.cluster_port().expect("cluster port");
@@ -101,7 +101,7 @@ async fn cluster() -> Cluster {
 }
 
 /// Polls `f` every 50 ms until it holds; panics after `within`.
-async fn wait(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) async fn wait(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         assert!(start.elapsed() < within, "not in {within:?}: {what}");
@@ -109,7 +109,7 @@ async fn wait(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-async fn connect(s: &Server) -> async_nats::Client {
+pub(crate) async fn connect(s: &Server) -> async_nats::Client {
     async_nats::ConnectOptions::new()
         .request_timeout(Some(Duration::from_secs(10)))
         .connect(s.client_url())
@@ -119,7 +119,12 @@ async fn connect(s: &Server) -> async_nats::Client {
 
 /// The stream's leader (other than `not`) as all running servers agree on it, once every
 /// running server sees its interest in `subject`.
-async fn leader_of(c: &Cluster, stream: &str, subject: &str, not: Option<&str>) -> String {
+pub(crate) async fn leader_of(
+    c: &Cluster,
+    stream: &str,
+    subject: &str,
+    not: Option<&str>,
+) -> String {
     let mut agreed = None;
     wait(
         Duration::from_secs(20),
@@ -742,7 +747,8 @@ async fn the_leader_process_is_killed_and_nothing_acknowledged_is_lost() {
         .expect("connect");
     let started = Instant::now();
     loop {
-        // A direct get is answered from the replica's own store.
+        // A direct get is answered from the replica's own store once it holds the message (a
+        // replica that lacks it leaves the request to the leader).
         let r = local
             .request(
                 "$JS.API.DIRECT.GET.K",

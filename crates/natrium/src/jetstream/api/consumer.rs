@@ -149,6 +149,7 @@ impl Api {
         let account_max_ack_pending = self.catalog.limits().max_ack_pending;
         cfg.apply_limits(stream_limits, account_max_ack_pending);
         cfg.normalize();
+        crate::jetstream::versioning::consumer_static(&mut cfg);
         let replicas = s.config_arc().num_replicas;
         if replicas > 1 {
             cfg.validate_replicated(replicas)?;
@@ -304,6 +305,7 @@ impl Api {
             "cluster": self.cluster_of(&c.stream_name),
             "ts": rfc3339(SystemTime::now()),
         });
+        crate::jetstream::versioning::add_dynamic(&mut v["config"]);
         if let Some(t) = p.last_delivered {
             v["delivered"]["last_active"] = json!(rfc3339(t));
         }

@@ -68,6 +68,23 @@ impl Api {
     /// go to the cluster first.
     pub(crate) fn handle_hop(&self, m: InternalMsg, hops: u8) {
         self.total.fetch_add(1, Ordering::Relaxed);
+        if super::versioning::refuses(m.headers.as_deref()) {
+            // `Nats-Required-Api-Level` above this server's level: nats-server's 412.
+            let Some(reply) = m.reply.as_deref() else {
+                return;
+            };
+            if m.subject.starts_with("$JS.API.DIRECT.GET.") {
+                let hdr = b"NATS/1.0 412 Required Api Level\r\n\r\n";
+                let _ = self.client.publish(reply, None, Some(hdr), b"");
+            } else {
+                self.respond(
+                    Some(reply),
+                    "error_response",
+                    Err(ApiError::required_api_level()),
+                );
+            }
+            return;
+        }
         if let Some(cl) = self.cluster.get() {
             if cl.intercept(&self.client, &m, hops) {
                 return;

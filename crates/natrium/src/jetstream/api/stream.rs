@@ -119,6 +119,7 @@ impl Api {
         }
         cfg.normalize();
         cfg.validate()?;
+        crate::jetstream::versioning::stream_static(&mut cfg);
         let catalog = &self.catalog;
         cfg.check_origins(&|n: &str| catalog.stream(n).ok().map(|s| s.config()))?;
         Ok(cfg)
@@ -259,6 +260,7 @@ impl Api {
             "cluster": self.cluster_of(&s.name),
             "ts": rfc3339(SystemTime::now()),
         });
+        crate::jetstream::versioning::add_dynamic(&mut info["config"]);
         if let Some(m) = s.mirror_info() {
             info["mirror"] = m;
         }

@@ -472,9 +472,13 @@ impl JsCluster {
                 let read_only = *op == "GET";
                 self.to_stream_leader(client, m, hops, name, read_only)
             }
-            ["DIRECT", "GET", name, ..] if assigned(name) => {
-                // Any replica serves direct gets from its own store.
-                if self.replica(&account, name).is_some() {
+            ["DIRECT", "GET", name, last_for @ ..] if assigned(name) => {
+                // Any replica serves direct gets from its own store; a follower that lacks the
+                // message asked for (it may not have applied it yet) leaves it to the leader.
+                if self
+                    .replica(&account, name)
+                    .is_some_and(|r| r.is_leader() || r.holds_for_direct(last_for, &m.payload))
+                {
                     return false;
                 }
                 self.to_stream_leader(client, m, hops, name, true)
@@ -642,13 +646,14 @@ impl JsCluster {
         }
         cfg.normalize();
         cfg.validate_clustered()?;
+        crate::jetstream::versioning::stream_static(&mut cfg);
         Ok(cfg)
     }
 
     async fn create(&self, account: &str, name: &str, payload: &[u8]) -> Result<Value, ApiError> {
         let cfg = Self::parse_config(name, payload)?;
         if let Some(sa) = self.assignment(account, name) {
-            if sa.config != cfg {
+            if !crate::jetstream::versioning::same_stream(&sa.config, &cfg) {
                 return Err(ApiError::stream_name_exists());
             }
             let mut info = self.assignment_info(&sa);
@@ -749,13 +754,15 @@ impl JsCluster {
         if let Some(l) = leader {
             cluster["leader"] = json!(l);
         }
-        json!({
+        let mut info = json!({
             "config": sa.config,
             "created": crate::util::time::rfc3339_nanos(sa.created_ns as i128),
             "state": state,
             "cluster": cluster,
             "ts": rfc3339(SystemTime::now()),
-        })
+        });
+        crate::jetstream::versioning::add_dynamic(&mut info["config"]);
+        info
     }
 
     /// STREAM.NAMES and STREAM.LIST with the replicated streams of the account added.

@@ -1,10 +1,11 @@
 //! This node's replica of a replicated stream: the local `Stream` (store, consumers) and the
-//! stream's Raft group. Every replica applies the committed operations in log order and decides
-//! each message itself (`check`: sealed, size, expected headers, `Nats-Msg-Id` window), so all
-//! replicas reach the same state and de-duplication holds across leader changes. The leader
-//! subscribes to the stream's subjects, proposes each message (with its timestamp) and publishes
-//! the PubAck once the entry is committed (synced on a majority, itself included) and applied
-//! here; it runs the consumers, whose configs and progress are replicated in the group too.
+//! stream's Raft group. Every replica applies the committed operations in log order through the
+//! R1 ingest code (`Stream::apply_entry`: checks, counters, rollups, the `Nats-Msg-Id` window),
+//! so all replicas reach the same state and de-duplication holds across leader changes. The
+//! leader subscribes to the stream's subjects, assembles atomic batches, proposes each message
+//! (with its timestamp), TTL expiries, schedules and sourced messages, and publishes the PubAck
+//! once the entry is committed (synced on a majority, itself included) and applied here; it runs
+//! the consumers and the sources, whose configs and progress are replicated in the group too.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,8 +27,9 @@ use crate::jetstream::config::{Storage, StreamConfig};
 use crate::jetstream::consumer::Consumer;
 use crate::jetstream::consumer_config::ConsumerConfig;
 use crate::jetstream::errors::ApiError;
-use crate::jetstream::stream::check::{check, Dedupe, Incoming, Rollup, Verdict};
-use crate::jetstream::stream::Stream;
+use crate::jetstream::stream::{
+    decode_batch, encode_batch, Entry, LeaderBatches, Proposal, Replay, Replication, Stream,
+};
 use crate::router::InternalClient;
 use crate::util::time::{from_unix_nanos, now_nanos, unix_nanos};
 
@@ -84,6 +86,16 @@ enum Control {
     ConsumerState {
         name: String,
         state: Vec<u8>,
+    },
+    /// Messages the leader found due (TTL, max age with markers), removed at `ts`.
+    Expire {
+        seqs: Vec<u64>,
+        ts: i64,
+    },
+    /// Schedules the leader found due, fired at `ts`.
+    Fire {
+        seqs: Vec<u64>,
+        ts: i64,
     },
     /// The next message gets sequence `next` (the end of an imported stream: its last
     /// messages were deleted).
@@ -167,12 +179,11 @@ fn encode_control(c: &Control) -> Vec<u8> {
 
 /// What the replicas share with the state machine.
 struct Shared {
-    dedupe: Dedupe,
     /// Largest message timestamp applied (the leader stamps later ones after it).
     max_ts: i64,
     /// After a restart: (sequence the next accepted message gets, last sequence the store
     /// already holds). Messages up to the latter are found, not stored again.
-    replay: Option<(u64, u64)>,
+    replay: Replay,
     consumers: BTreeMap<String, ConsumerRecord>,
 }
 
@@ -205,90 +216,50 @@ fn store_error(e: &StoreError) -> ApiError {
 }
 
 impl StreamSm {
-    fn ack(&self, seq: u64, duplicate: bool) -> Vec<u8> {
-        let mut v = json!({"stream": self.stream.name, "seq": seq});
-        if duplicate {
-            v["duplicate"] = json!(true);
-        }
-        v.to_string().into_bytes()
-    }
-
     fn error(&self, e: ApiError) -> Vec<u8> {
         json!({"stream": self.stream.name, "error": e})
             .to_string()
             .into_bytes()
     }
 
-    fn apply_msg(&mut self, m: MsgEntry<'_>) -> Vec<u8> {
-        let cfg = self.stream.config_arc();
-        let store = self.stream.store.clone();
+    fn apply_msg(&mut self, m: MsgEntry<'_>, sourced: bool, mirrored: Option<u64>) -> Vec<u8> {
         let mut sh = self.shared.lock();
         sh.max_ts = sh.max_ts.max(m.ts);
         self.max_ts.fetch_max(m.ts, Ordering::Relaxed);
-        let incoming = Incoming {
+        let e = Entry {
             subject: m.subject,
             headers: m.headers,
             payload: m.payload,
-            sourced: false,
+            ts: m.ts,
+            sourced,
         };
-        let write = match check(&cfg, store.as_ref(), &sh.dedupe, &incoming, m.ts) {
-            Verdict::Refuse(e) => return self.error(e),
-            Verdict::Duplicate(seq) => return self.ack(seq, true),
-            Verdict::Accept(w) => w,
-        };
-        // After a restart the store may already hold what the log replays.
-        if let Some((next, held)) = sh.replay {
-            if next <= held {
-                let found = match store.load_msg(next) {
-                    Ok(stored) => stored.ts == m.ts && stored.subject.as_ref() == m.subject,
-                    Err(StoreError::NotFound) => true,
-                    Err(_) => false,
-                };
-                if found {
-                    sh.replay = if next == held {
-                        None
-                    } else {
-                        Some((next + 1, held))
-                    };
-                    sh.dedupe.expire(m.ts, cfg.duplicate_window());
-                    if let Some(id) = write.msg_id {
-                        sh.dedupe.record(id, next, m.ts);
-                    }
-                    return self.ack(next, false);
+        match mirrored {
+            Some(seq) => {
+                if !self.stream.apply_mirror_entry(seq, &e, &mut sh.replay) {
+                    tracing::warn!(
+                        "stream {}: mirrored message {seq} not stored",
+                        self.stream.name
+                    );
                 }
-                tracing::error!(
-                    "stream {}: replayed log and store disagree at sequence {next}; storing from here",
-                    self.stream.name
-                );
+                b"{}".to_vec()
             }
-            sh.replay = None;
+            None => self.stream.apply_entry(&e, &mut sh.replay),
         }
-        let receipt = match store.store_msg(m.subject, m.headers, m.payload, m.ts) {
-            Ok(r) => r,
-            Err(e) => return self.error(store_error(&e)),
+    }
+
+    fn apply_batch(&mut self, data: &[u8]) -> Vec<u8> {
+        let Some((ts, id, msgs)) = decode_batch(data) else {
+            return self.error(ApiError::bad_request());
         };
-        match write.rollup {
-            Some(Rollup::Subject) => {
-                let _ = store.purge_ex(m.subject, 0, 1);
-            }
-            Some(Rollup::All) => {
-                let _ = store.compact(receipt.seq);
-            }
-            None => {}
-        }
-        sh.dedupe.expire(m.ts, cfg.duplicate_window());
-        if let Some(id) = write.msg_id {
-            sh.dedupe.record(id, receipt.seq, m.ts);
-        }
-        drop(sh);
-        self.stream.consumers.on_stored(receipt.seq, m.subject);
-        self.ack(receipt.seq, false)
+        let mut sh = self.shared.lock();
+        sh.max_ts = sh.max_ts.max(ts);
+        self.max_ts.fetch_max(ts, Ordering::Relaxed);
+        self.stream.apply_batch(&id, msgs, ts, &mut sh.replay)
     }
 
     /// A message imported from an R1 stream: stored as it was, at its sequence (no checks:
     /// it was accepted when it was published), its `Nats-Msg-Id` remembered.
     fn apply_import(&mut self, seq: u64, m: MsgEntry<'_>) -> Vec<u8> {
-        let cfg = self.stream.config_arc();
         let store = self.stream.store.clone();
         let mut sh = self.shared.lock();
         sh.max_ts = sh.max_ts.max(m.ts);
@@ -303,11 +274,12 @@ impl StreamSm {
             }
             self.stream.consumers.on_stored(seq, m.subject);
         }
-        sh.dedupe.expire(m.ts, cfg.duplicate_window());
         if let Some(id) = crate::jetstream::stream::headers::get(m.headers, "Nats-Msg-Id") {
-            sh.dedupe.record(id, seq, m.ts);
+            self.stream.record_msg_id(id, seq, m.ts);
         }
-        self.ack(seq, false)
+        json!({"stream": self.stream.name, "seq": seq})
+            .to_string()
+            .into_bytes()
     }
 
     /// After a restart, entries that name their sequence move the replay's expectation on.
@@ -363,6 +335,20 @@ impl StreamSm {
                 }
                 b"{}".to_vec()
             }
+            Control::Expire { seqs, ts } => {
+                let mut sh = self.shared.lock();
+                sh.max_ts = sh.max_ts.max(ts);
+                self.max_ts.fetch_max(ts, Ordering::Relaxed);
+                self.stream.apply_expire(&seqs, ts, &mut sh.replay);
+                b"{}".to_vec()
+            }
+            Control::Fire { seqs, ts } => {
+                let mut sh = self.shared.lock();
+                sh.max_ts = sh.max_ts.max(ts);
+                self.max_ts.fetch_max(ts, Ordering::Relaxed);
+                self.stream.apply_fire(&seqs, ts, &mut sh.replay);
+                b"{}".to_vec()
+            }
         }
     }
 }
@@ -371,9 +357,24 @@ impl natrium_raft::StateMachine for StreamSm {
     fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
         match data.first() {
             Some(b'M') => match decode_msg(data) {
-                Some(m) => self.apply_msg(m),
+                Some(m) => self.apply_msg(m, false, None),
                 None => self.error(ApiError::bad_request()),
             },
+            Some(b'S') => match decode_msg(data) {
+                Some(m) => self.apply_msg(m, true, None),
+                None => self.error(ApiError::bad_request()),
+            },
+            Some(b'R') => {
+                let seq = data
+                    .get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes);
+                match (seq, data.get(9..).and_then(decode_msg)) {
+                    (Some(seq), Some(m)) => self.apply_msg(m, false, Some(seq)),
+                    _ => self.error(ApiError::bad_request()),
+                }
+            }
+            Some(b'B') => self.apply_batch(data),
             Some(b'I') => match decode_import(data) {
                 Some((seq, m)) => self.apply_import(seq, m),
                 None => self.error(ApiError::bad_request()),
@@ -389,11 +390,12 @@ impl natrium_raft::StateMachine for StreamSm {
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         self.stream.store.sync().map_err(|e| e.to_string())?;
         let sh = self.shared.lock();
+        let (ids, last_id) = self.stream.dedupe_snapshot();
         let st = SnapshotState {
             last_seq: self.stream.store.state().last_seq,
             max_ts: sh.max_ts,
-            ids: sh.dedupe.entries(),
-            last_id: sh.dedupe.last_id().map(String::from),
+            ids,
+            last_id,
             consumers: sh.consumers.clone(),
         };
         serde_json::to_vec(&st).map_err(|e| e.to_string())
@@ -425,7 +427,7 @@ impl natrium_raft::StateMachine for StreamSm {
             }
         }
         let mut sh = self.shared.lock();
-        sh.dedupe = Dedupe::from_entries(st.ids, st.last_id);
+        self.stream.restore_dedupe(st.ids, st.last_id);
         sh.max_ts = st.max_ts;
         self.max_ts.fetch_max(st.max_ts, Ordering::Relaxed);
         sh.consumers = st.consumers;
@@ -446,7 +448,9 @@ pub(crate) struct Replica {
     shared: Arc<Mutex<Shared>>,
     max_ts: Arc<AtomicI64>,
     dir: PathBuf,
-    leading: AtomicBool,
+    leading: Arc<AtomicBool>,
+    /// Work the stream decided for its leader to propose (timed work, sourced messages).
+    proposals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Proposal>>,
     /// Since when this server leads (serving).
     led_since: Mutex<Option<Instant>>,
     /// A membership change runs (on the leader).
@@ -500,16 +504,24 @@ impl Replica {
             false,
         );
         let shared = Arc::new(Mutex::new(Shared {
-            dedupe: Dedupe::default(),
             max_ts: 0,
             replay: None,
             consumers: BTreeMap::new(),
         }));
         let max_ts = Arc::new(AtomicI64::new(0));
+        let st = stream.store.state();
+        if st.last_seq == 0 && st.msgs == 0 && sa.config.first_seq > 1 {
+            // `first_seq`: the first message stored gets it, on every replica.
+            stream
+                .store
+                .compact(sa.config.first_seq)
+                .map_err(|e| e.to_string())?;
+        }
         let held = stream.store.state().last_seq;
-        if held > 0 {
+        let first = sa.config.first_seq.max(1);
+        if held >= first {
             // No snapshot yet: the whole log is replayed over what the store holds.
-            shared.lock().replay = Some((1, held));
+            shared.lock().replay = Some((first, held));
         }
         let sm = StreamSm {
             cluster: Arc::downgrade(cl),
@@ -534,7 +546,12 @@ impl Replica {
         catalog
             .insert_replicated(stream.clone())
             .map_err(|e| e.description)?;
-        stream.start_expiry();
+        let leading = Arc::new(AtomicBool::new(false));
+        let (proposals_tx, proposals) = mpsc::unbounded_channel();
+        stream.start_replica(Arc::new(Hook {
+            leading: leading.clone(),
+            proposals: proposals_tx,
+        }));
         let (stop, _) = watch::channel(false);
         let r = Arc::new(Replica {
             account: sa.account.clone(),
@@ -547,7 +564,8 @@ impl Replica {
             shared,
             max_ts,
             dir: dir.to_path_buf(),
-            leading: AtomicBool::new(false),
+            leading,
+            proposals: tokio::sync::Mutex::new(proposals),
             led_since: Mutex::new(None),
             reshaping: AtomicBool::new(false),
             lost_quorum_sent: Mutex::new(None),
@@ -561,6 +579,31 @@ impl Replica {
 
     pub(crate) fn is_leader(&self) -> bool {
         self.leading.load(Ordering::Acquire)
+    }
+
+    /// Whether this replica's store holds what a direct get asks for (`last_for`: the subject
+    /// tokens after the stream's name; else the request's `seq` or `last_by_subj`). Batches and
+    /// other forms are answered from what it has.
+    pub(crate) fn holds_for_direct(&self, last_for: &[&str], payload: &[u8]) -> bool {
+        let store = &self.stream.store;
+        if !last_for.is_empty() {
+            return store
+                .load_last_by_subject(last_for.join(".").as_bytes())
+                .is_ok();
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return true;
+        };
+        if v.get("batch").is_some() || v.get("next_by_subj").is_some() {
+            return true;
+        }
+        if let Some(seq) = v["seq"].as_u64() {
+            return store.load_msg(seq).is_ok();
+        }
+        if let Some(subject) = v["last_by_subj"].as_str() {
+            return store.load_last_by_subject(subject.as_bytes()).is_ok();
+        }
+        true
     }
 
     /// The account's client (advisories go out with it).
@@ -928,6 +971,7 @@ impl Replica {
         }
         *self.led_since.lock() = None;
         if self.leading.swap(false, Ordering::AcqRel) {
+            self.stream.lead_stopped();
             for c in self.stream.consumers.take_all() {
                 c.shutdown();
             }
@@ -946,7 +990,12 @@ impl Replica {
         if !ok || *stop.borrow() {
             return;
         }
+        // Work queued for an earlier term is not proposed again: the timers and sources start
+        // over from the store.
+        let mut proposals = self.proposals.lock().await;
+        while proposals.try_recv().is_ok() {}
         self.leading.store(true, Ordering::Release);
+        self.stream.lead_started();
         *self.led_since.lock() = Some(Instant::now());
         tracing::info!(
             "JetStream cluster: this server leads stream {:?} in account {:?}",
@@ -968,7 +1017,8 @@ impl Replica {
                 tracing::error!("stream {}: subscribing to {s}: {e}", self.name);
             }
         }
-        let Some(mut sub) = sub else { return };
+        // A mirror, or a stream fed by its sources alone, has no subjects: it leads all the same.
+        let mut sub = sub;
         // Announced once it listens: a server forwarding to it finds it ready.
         if let Some(cl) = self.cluster.upgrade() {
             cl.announce_leader(&self);
@@ -979,24 +1029,37 @@ impl Replica {
         let mut last_ts = 0i64;
         let mut sync = tokio::time::interval(CONSUMER_SYNC);
         let mut synced: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut batches = LeaderBatches::default();
         loop {
-            let m = tokio::select! {
-                m = sub.next() => m,
-                _ = stop.changed() => None,
+            let (entry, reply) = tokio::select! {
+                m = next_published(&mut sub) => {
+                    let Some(m) = m else { break };
+                    // Timestamps only grow along the log, whatever the clocks of past leaders said.
+                    let ts = now_nanos()
+                        .max(self.max_ts.load(Ordering::Relaxed) + 1)
+                        .max(last_ts + 1);
+                    match self.published(&mut batches, &m, ts) {
+                        Some(e) => {
+                            last_ts = ts;
+                            e
+                        }
+                        None => continue,
+                    }
+                }
+                p = proposals.recv() => {
+                    let Some(p) = p else { break };
+                    let ts = now_nanos()
+                        .max(self.max_ts.load(Ordering::Relaxed) + 1)
+                        .max(last_ts + 1);
+                    last_ts = ts;
+                    (encode_proposal(p, ts), None)
+                }
+                _ = stop.changed() => break,
                 _ = sync.tick() => {
                     self.sync_consumers(&mut synced).await;
                     continue;
                 }
             };
-            let Some(m) = m else { break };
-            let cfg = self.stream.config_arc();
-            let reply = if cfg.no_ack { None } else { m.reply.clone() };
-            // Timestamps only grow along the log, whatever the clocks of past leaders said.
-            let ts = now_nanos()
-                .max(self.max_ts.load(Ordering::Relaxed) + 1)
-                .max(last_ts + 1);
-            last_ts = ts;
-            let entry = encode_msg(ts, &m.subject, m.headers.as_deref(), &m.payload);
             match self.group.propose_queued(entry).await {
                 Ok(fut) => {
                     if acks.send((Box::pin(fut), reply)).await.is_err() {
@@ -1008,6 +1071,31 @@ impl Replica {
         }
         // Stopped leading (or stopped): the subscription goes with `sub`.
         drop(sub);
+    }
+
+    /// The entry to propose for a published message (and where its answer goes), or none: a
+    /// mirror takes no published messages, a batch's messages wait for its commit.
+    fn published(
+        &self,
+        batches: &mut LeaderBatches,
+        m: &crate::router::InternalMsg,
+        ts: i64,
+    ) -> Option<(Vec<u8>, Option<String>)> {
+        let cfg = self.stream.config_arc();
+        if cfg.mirror.is_some() {
+            return None;
+        }
+        let reply = if cfg.no_ack { None } else { m.reply.clone() };
+        let transformed = self.stream.transform_subject(&m.subject);
+        let subject = transformed.as_deref().unwrap_or(&m.subject);
+        let hdrs = m.headers.as_deref();
+        if Stream::in_batch(hdrs) {
+            let (id, msgs) =
+                self.stream
+                    .stage_batch(batches, subject, hdrs, &m.payload, reply.as_deref())?;
+            return Some((encode_batch(ts, &id, &msgs), reply));
+        }
+        Some((encode_msg(ts, subject, hdrs, &m.payload), reply))
     }
 
     /// Creates (and starts) the replicated consumers on this new leader, from their configs
@@ -1062,6 +1150,63 @@ impl Replica {
 
 type AckFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(u64, Vec<u8>), RaftError>> + Send>>;
+
+/// The next message published on the stream's subjects (never, without subjects).
+async fn next_published(
+    sub: &mut Option<crate::router::InternalSubscription>,
+) -> Option<crate::router::InternalMsg> {
+    match sub {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The entry for work the stream decided on its leader.
+fn encode_proposal(p: Proposal, ts: i64) -> Vec<u8> {
+    match p {
+        Proposal::Expire(seqs) => encode_control(&Control::Expire { seqs, ts }),
+        Proposal::Fire(seqs) => encode_control(&Control::Fire { seqs, ts }),
+        Proposal::Sourced {
+            subject,
+            headers,
+            payload,
+        } => {
+            let mut e = encode_msg(ts, &subject, headers.as_deref(), &payload);
+            e[0] = b'S';
+            e
+        }
+        Proposal::Mirrored {
+            seq,
+            ts,
+            subject,
+            headers,
+            payload,
+        } => {
+            let mut e = vec![b'R'];
+            e.extend_from_slice(&seq.to_le_bytes());
+            e.extend_from_slice(&encode_msg(ts, &subject, headers.as_deref(), &payload));
+            e
+        }
+    }
+}
+
+/// The stream's way to its replica: whether it leads, and the queue of the leader's proposals.
+struct Hook {
+    leading: Arc<AtomicBool>,
+    proposals: mpsc::UnboundedSender<Proposal>,
+}
+
+impl Replication for Hook {
+    fn leads(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    fn propose(&self, p: Proposal) {
+        if self.leads() {
+            let _ = self.proposals.send(p);
+        }
+    }
+}
 
 /// The consumers of a stream with their configs and progress, to replicate.
 pub(super) fn consumer_records(s: &Stream) -> Vec<(String, ConsumerRecord)> {

@@ -20,10 +20,11 @@ const MAX_INFLIGHT: usize = 50;
 const MAX_SIZE: u64 = 1000;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Staged {
-    subject: String,
-    headers: Option<Vec<u8>>,
-    payload: Vec<u8>,
+/// A staged message (its `Nats-Batch-*` headers removed).
+pub(crate) struct Staged {
+    pub subject: String,
+    pub headers: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
 }
 
 struct Batch {
@@ -47,17 +48,26 @@ impl Batches {
 impl Stream {
     /// One message of an atomic batch.
     pub(super) fn batch_in(&self, cfg: &StreamConfig, state: &mut IngestState, m: &Inbound<'_>) {
-        if let Err(e) = self.batch_step(cfg, state, m) {
+        let r = match self.stage(cfg, &mut state.batches, m) {
+            Ok(Some((id, msgs))) => self
+                .commit(cfg, state, &id, msgs, m.reply, now_nanos())
+                .map(|_| ()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
             self.reply_error(m.reply, e);
         }
     }
 
-    fn batch_step(
+    /// Stages one message of a batch (staged ones get an empty reply); the whole batch (id
+    /// and messages) once its commit arrives.
+    pub(crate) fn stage(
         &self,
         cfg: &StreamConfig,
-        state: &mut IngestState,
+        batches: &mut Batches,
         m: &Inbound<'_>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<(String, Vec<Staged>)>, ApiError> {
         if cfg.sealed {
             return Err(ApiError::sealed());
         }
@@ -78,18 +88,18 @@ impl Stream {
             return Err(ApiError::atomic_missing_seq());
         };
         let now = Instant::now();
-        state.batches.expire(now);
-        if !state.batches.open.contains_key(&id) {
+        batches.expire(now);
+        if !batches.open.contains_key(&id) {
             if seq != 1 {
                 if seq > MAX_SIZE {
                     return Err(ApiError::atomic_too_large(MAX_SIZE));
                 }
                 return Err(ApiError::atomic_incomplete());
             }
-            if state.batches.open.len() >= MAX_INFLIGHT {
+            if batches.open.len() >= MAX_INFLIGHT {
                 return Err(ApiError::atomic_incomplete());
             }
-            state.batches.open.insert(
+            batches.open.insert(
                 id.clone(),
                 Batch {
                     msgs: Vec::new(),
@@ -101,19 +111,19 @@ impl Stream {
             None => false,
             Some(c) if c == "1" => true,
             Some(_) => {
-                state.batches.open.remove(&id);
+                batches.open.remove(&id);
                 return Err(ApiError::atomic_invalid_commit());
             }
         };
-        let Some(batch) = state.batches.open.get_mut(&id) else {
+        let Some(batch) = batches.open.get_mut(&id) else {
             return Err(ApiError::atomic_incomplete());
         };
         if batch.msgs.len() as u64 + 1 != seq {
-            state.batches.open.remove(&id);
+            batches.open.remove(&id);
             return Err(ApiError::atomic_incomplete());
         }
         if seq > MAX_SIZE {
-            state.batches.open.remove(&id);
+            batches.open.remove(&id);
             return Err(ApiError::atomic_too_large(MAX_SIZE));
         }
         batch.last = now;
@@ -126,30 +136,31 @@ impl Stream {
             if let Some(r) = m.reply {
                 let _ = self.client.publish(r, None, None, b"");
             }
-            return Ok(());
+            return Ok(None);
         }
-        let Some(batch) = state.batches.open.remove(&id) else {
+        let Some(batch) = batches.open.remove(&id) else {
             return Err(ApiError::atomic_incomplete());
         };
-        self.commit(cfg, state, &id, batch, m.reply)
+        Ok(Some((id, batch.msgs)))
     }
 
-    /// Checks every staged message as if those before it were stored, then stores them all.
-    fn commit(
+    /// Checks every staged message as if those before it were stored, then stores them all
+    /// at `now`; the last one's sequence.
+    pub(super) fn commit(
         &self,
         cfg: &StreamConfig,
         state: &mut IngestState,
         id: &str,
-        batch: Batch,
+        msgs: Vec<Staged>,
         reply: Option<&str>,
-    ) -> Result<(), ApiError> {
-        let now = now_nanos();
+        now: i64,
+    ) -> Result<u64, ApiError> {
         let last = self.store.state().last_seq;
-        let mut writes: Vec<Write> = Vec::with_capacity(batch.msgs.len());
+        let mut writes: Vec<Write> = Vec::with_capacity(msgs.len());
         let mut ids = std::collections::HashSet::new();
         // The sequence each subject will have had last, for the batch's later messages.
         let mut subject_last: HashMap<&str, u64> = HashMap::new();
-        for (i, s) in batch.msgs.iter().enumerate() {
+        for (i, s) in msgs.iter().enumerate() {
             let h = s.headers.as_deref();
             if headers::get(h, "Nats-Expected-Last-Msg-Id").is_some() {
                 return Err(ApiError::atomic_unsupported_header(
@@ -186,8 +197,7 @@ impl Stream {
         }
         // The whole batch fits in the account, or none of it is stored.
         if let Some(gate) = self.account_gate.get() {
-            let size: usize = batch
-                .msgs
+            let size: usize = msgs
                 .iter()
                 .map(|s| {
                     s.subject.len() + s.headers.as_ref().map_or(0, |h| h.len()) + s.payload.len()
@@ -197,9 +207,10 @@ impl Stream {
                 return Err(ApiError::account_resources_exceeded());
             }
         }
-        let count = batch.msgs.len();
+        let count = msgs.len();
+        let mut last_seq = 0;
         let extra = format!(",\"batch\":{},\"count\":{}", json!(id), count);
-        for (i, (s, w)) in batch.msgs.iter().zip(writes).enumerate() {
+        for (i, (s, w)) in msgs.iter().zip(writes).enumerate() {
             let last_one = i + 1 == count;
             let inbound = Inbound {
                 subject: &s.subject,
@@ -208,7 +219,7 @@ impl Stream {
                 reply: if last_one { reply } else { None },
                 sourced: false,
             };
-            self.apply(
+            last_seq = self.apply(
                 cfg,
                 state,
                 &inbound,
@@ -217,6 +228,6 @@ impl Stream {
                 last_one.then_some(extra.as_str()),
             )?;
         }
-        Ok(())
+        Ok(last_seq)
     }
 }

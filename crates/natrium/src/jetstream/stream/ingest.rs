@@ -98,7 +98,7 @@ impl Stream {
     }
 
     /// Decides on one message and applies the decision, answering `reply`; with `ts` (a
-    /// mirror's), the message keeps its origin's timestamp.
+    /// replica applying its leader's marker or scheduled message), at that time.
     pub(crate) fn store_one(
         &self,
         cfg: &StreamConfig,
@@ -106,7 +106,8 @@ impl Stream {
         m: &Inbound<'_>,
         ts: Option<i64>,
     ) -> Outcome {
-        let now = now_nanos();
+        // A replica decides at its leader's time, so every replica decides the same.
+        let now = ts.unwrap_or_else(now_nanos);
         let incoming = Incoming {
             subject: m.subject.as_bytes(),
             headers: m.headers,
@@ -161,9 +162,12 @@ impl Stream {
         }
         // The republished message carries the subject's previous sequence.
         let transforms = Arc::clone(&self.transforms.read());
+        // A replicated stream's leader republishes (its followers store the same messages).
+        let leads = self.leads();
         let republish_to = transforms
             .republish
             .as_ref()
+            .filter(|_| leads)
             .and_then(|t| t.apply(m.subject));
         let last_on_subject = match &republish_to {
             Some(_) => self
@@ -212,11 +216,12 @@ impl Stream {
         if let Some(id) = write.msg_id {
             state.dedupe.record(id, receipt.seq, ts);
         }
-        if write.ttl > 0 && cfg.allow_msg_ttl {
+        // Timers run where timed work is decided: a replica's leader (a new one rebuilds them).
+        if write.ttl > 0 && cfg.allow_msg_ttl && leads {
             self.timers
                 .add_ttl(ts + write.ttl * 1_000_000_000, receipt.seq);
         }
-        if cfg.allow_msg_schedules {
+        if cfg.allow_msg_schedules && leads {
             if let Some(at) = super::timers::schedule_time(hdrs) {
                 self.timers.add_schedule(at, receipt.seq);
             }
@@ -325,6 +330,22 @@ impl Stream {
     /// Stores a mirrored message at its origin sequence `seq` with its origin timestamp,
     /// skipping the sequences the origin no longer has. Returns false when it could not.
     pub(crate) fn store_mirrored(&self, seq: u64, ts: i64, m: &StoredMsg) -> bool {
+        if let Some(r) = self.replication.get() {
+            // Replicated: the leader proposes it; every replica stores it when applied.
+            r.propose(super::hook::Proposal::Mirrored {
+                seq,
+                ts,
+                subject: String::from_utf8_lossy(&m.subject).into_owned(),
+                headers: m.headers.as_ref().map(|h| h.to_vec()),
+                payload: m.payload.to_vec(),
+            });
+            return true;
+        }
+        self.apply_mirrored(seq, ts, m)
+    }
+
+    /// Stores a mirrored message (see `store_mirrored`), on this server.
+    pub(super) fn apply_mirrored(&self, seq: u64, ts: i64, m: &StoredMsg) -> bool {
         let cfg = Arc::clone(&self.config.read());
         let _state = self.ingest_state.lock();
         let last = self.store.state().last_seq;
@@ -358,7 +379,7 @@ impl Stream {
             }
             _ => {}
         }
-        if cfg.allow_msg_ttl {
+        if cfg.allow_msg_ttl && self.leads() {
             if let Some(t) = headers::get(hdrs, headers::MSG_TTL)
                 .as_deref()
                 .and_then(headers::parse_ttl)

@@ -6,7 +6,9 @@
 mod batch;
 pub(crate) mod check;
 pub(crate) mod headers;
+mod hook;
 mod ingest;
+mod replicated;
 mod source;
 mod timers;
 
@@ -24,7 +26,9 @@ use super::consumer::Consumers;
 use super::errors::ApiError;
 use crate::router::internal::SubControl;
 use crate::router::{InternalClient, InternalSubscription};
+pub(crate) use hook::{Proposal, Replication};
 use ingest::IngestState;
+pub(crate) use replicated::{decode_batch, encode_batch, Entry, LeaderBatches, Replay};
 use source::Source;
 use timers::Timers;
 
@@ -75,6 +79,9 @@ pub(crate) struct Stream {
     /// The account's byte limit, asked before each message is stored (set by the catalog when
     /// the account has one).
     account_gate: OnceLock<AccountGate>,
+    /// Set on a replica of a replicated stream: whether it leads, and the way to its leader's
+    /// proposals (timed work and sources are decided there).
+    replication: OnceLock<Arc<dyn Replication>>,
 }
 
 /// Whether the account has room for a message of this many bytes in a stream of this storage.
@@ -115,6 +122,7 @@ impl Stream {
             stopped: AtomicBool::new(false),
             ingest: Mutex::new(None),
             account_gate: OnceLock::new(),
+            replication: OnceLock::new(),
         })
     }
 
@@ -137,9 +145,15 @@ impl Stream {
         Arc::clone(&self.config.read())
     }
 
-    /// Starts the expiry task alone (a replica of a replicated stream: its leader ingests).
-    pub(crate) fn start_expiry(self: &Arc<Self>) {
-        tokio::spawn(self.clone().expire_loop());
+    /// Starts a replica's timer task (its leader ingests; `replication` says who leads).
+    pub(crate) fn start_replica(self: &Arc<Self>, replication: Arc<dyn Replication>) {
+        let _ = self.replication.set(replication);
+        tokio::spawn(self.clone().timer_loop());
+    }
+
+    /// Whether this server decides for the stream: always for R1, the leader for a replica.
+    fn leads(&self) -> bool {
+        self.replication.get().is_none_or(|r| r.leads())
     }
 
     /// The stream's default dead-letter subject (`dead_letter_subject` in its metadata), which
@@ -161,7 +175,7 @@ impl Stream {
                 ctl.set_subjects(&c.subjects)
                     .map_err(|e| ApiError::update_failed(e.to_string()))?;
             }
-        } else if !c.subjects.is_empty() {
+        } else if !c.subjects.is_empty() && self.replication.get().is_none() {
             self.subscribe_ingest(&c.subjects)
                 .map_err(|e| ApiError::update_failed(e.description))?;
         }

@@ -143,6 +143,11 @@ impl Stream {
     /// Starts the mirror or the sources of `cfg` that are not running yet and stops those it
     /// no longer has.
     pub(super) fn sync_sources(self: &Arc<Self>, cfg: &StreamConfig) {
+        if !self.leads() {
+            // A replica's sources run on its leader only.
+            self.stop_sources();
+            return;
+        }
         let wanted: Vec<(StreamSource, bool)> = match &cfg.mirror {
             Some(m) => vec![(m.clone(), true)],
             None => cfg
@@ -405,8 +410,9 @@ impl Stream {
                 p.sseq = delivered;
             }
         }
-        if src.mirror {
-            // The origin no longer has what came before its consumer's start: skip to it.
+        if src.mirror && self.replication.get().is_none() {
+            // The origin no longer has what came before its consumer's start: skip to it
+            // (a replica skips when it applies the first mirrored message).
             let _guard = self.ingest_state.lock();
             let st = self.store.state();
             if st.last_seq < delivered && !self.skip_to(delivered + 1) {
@@ -582,6 +588,17 @@ impl Stream {
         });
         let hdr = headers::with(kept.as_deref(), &[(headers::STREAM_SOURCE, &origin)]);
         let subject = Self::transformed(src, &msg.subject);
+        if let Some(r) = self.replication.get() {
+            // Replicated: the leader proposes it; every replica decides and stores it when
+            // applied. A proposal lost with the leadership is found missing by the next
+            // leader's sources, which start from what its store holds.
+            r.propose(super::hook::Proposal::Sourced {
+                subject,
+                headers: Some(hdr),
+                payload: msg.payload.to_vec(),
+            });
+            return true;
+        }
         let cfg = Arc::clone(&self.config.read());
         let mut state = self.ingest_state.lock();
         let inbound = Inbound {

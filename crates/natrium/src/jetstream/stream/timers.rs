@@ -10,6 +10,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::hook::{Proposal, Replication};
 use super::ingest::Inbound;
 use super::{headers, Stream};
 use crate::jetstream::config::StreamConfig;
@@ -21,8 +22,8 @@ const MAX_AGE_BATCH: usize = 100_000;
 /// Due times (ns since the epoch) of TTL'd and scheduled messages, by sequence.
 #[derive(Default)]
 pub(crate) struct Timers {
-    ttls: Mutex<BTreeSet<(i64, u64)>>,
-    schedules: Mutex<BTreeSet<(i64, u64)>>,
+    pub(super) ttls: Mutex<BTreeSet<(i64, u64)>>,
+    pub(super) schedules: Mutex<BTreeSet<(i64, u64)>>,
     wake: Notify,
 }
 
@@ -51,6 +52,11 @@ impl Timers {
         }
     }
 
+    /// Wakes the timer task (its due times changed).
+    pub(super) fn wake_now(&self) {
+        self.wake.notify_one();
+    }
+
     fn next_due(&self) -> Option<i64> {
         let t = self.ttls.lock().first().map(|(at, _)| *at);
         let s = self.schedules.lock().first().map(|(at, _)| *at);
@@ -60,7 +66,7 @@ impl Timers {
         }
     }
 
-    fn take_due(set: &Mutex<BTreeSet<(i64, u64)>>, now: i64) -> Vec<u64> {
+    pub(super) fn take_due(set: &Mutex<BTreeSet<(i64, u64)>>, now: i64) -> Vec<u64> {
         let mut s = set.lock();
         let mut due = Vec::new();
         while let Some(&(at, seq)) = s.first() {
@@ -87,6 +93,8 @@ impl Stream {
     /// Rebuilds the TTL and schedule timers from the stored messages (on recovery): one pass
     /// over the stream, only for streams that allow TTLs or schedules.
     pub(super) fn rebuild_timers(&self) {
+        self.timers.ttls.lock().clear();
+        self.timers.schedules.lock().clear();
         let cfg = self.config();
         if !cfg.allow_msg_ttl && !cfg.allow_msg_schedules {
             return;
@@ -115,8 +123,11 @@ impl Stream {
         }
     }
 
-    /// The timer task: expires by age and TTL, fires schedules.
+    /// The timer task: expires by age and TTL, fires schedules. On a replica of a replicated
+    /// stream the leader decides what is due and proposes it (`replicated_tick`).
     pub(super) async fn timer_loop(self: Arc<Self>) {
+        // A replica's leader: the highest sequence it proposed to expire by age.
+        let mut aged = 0u64;
         loop {
             let cfg = Arc::clone(&self.config.read());
             let max_age = cfg.max_age();
@@ -125,7 +136,7 @@ impl Stream {
             } else {
                 (max_age / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
             };
-            if let Some(at) = self.timers.next_due() {
+            if let (Some(at), true) = (self.timers.next_due(), self.leads()) {
                 let wait = (at - now_nanos()).max(0) as u64;
                 every = every.min(Duration::from_nanos(wait));
             }
@@ -139,6 +150,10 @@ impl Stream {
             }
             let cfg = Arc::clone(&self.config.read());
             let now = now_nanos();
+            if let Some(r) = self.replication.get() {
+                self.replicated_tick(r.as_ref(), &cfg, now, &mut aged);
+                continue;
+            }
             let first_before = self.store.state().first_seq;
             // The highest sequence this tick removed (consumers hear of removals below).
             let mut removed = 0;
@@ -157,7 +172,7 @@ impl Stream {
             }
             for seq in Timers::take_due(&self.timers.ttls, now) {
                 if let Ok(m) = self.store.load_msg(seq) {
-                    if self.expire_one(&cfg, &m) {
+                    if self.expire_one(&cfg, &m, None) {
                         removed = removed.max(seq);
                     }
                 }
@@ -166,36 +181,58 @@ impl Stream {
                 self.removed_by_timers(first_before, removed);
             }
             for seq in Timers::take_due(&self.timers.schedules, now) {
-                self.fire_schedule(&cfg, seq);
+                self.fire_schedule(&cfg, seq, None);
             }
         }
     }
 
-    /// The age-only task of a replica of a replicated stream (its leader ingests): messages
-    /// older than `max_age` go, and the consumers hear of it. TTLs, markers and schedules are
-    /// not run here: they store messages, which only a leader may decide.
-    pub(super) async fn expire_loop(self: Arc<Self>) {
-        loop {
-            let max_age = self.config.read().max_age();
-            let every = if max_age.is_zero() {
-                Duration::from_secs(1)
-            } else {
-                (max_age / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
-            };
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = self.stop.notified() => return,
+    /// A replica's tick. Max age alone (no TTLs, no markers) runs on every replica by its own
+    /// clock; the rest is decided by the leader alone and proposed, so every replica applies
+    /// the same expiries, markers and scheduled messages at the same place in the log.
+    fn replicated_tick(&self, r: &dyn Replication, cfg: &StreamConfig, now: i64, aged: &mut u64) {
+        let markers = cfg.allow_msg_ttl || cfg.subject_delete_marker_ttl > 0;
+        if !cfg.max_age().is_zero() && !markers {
+            match self.store.expire(now) {
+                Ok(0) => {}
+                Ok(_) => self.consumers.removed_front(self.store.state().first_seq),
+                Err(e) => tracing::warn!("stream {}: expiring messages failed: {e}", self.name),
             }
-            if self.stopped.load(Ordering::Acquire) {
-                return;
-            }
-            if !max_age.is_zero() {
-                match self.store.expire(now_nanos()) {
-                    Ok(0) => {}
-                    Ok(_) => self.consumers.removed_front(self.store.state().first_seq),
-                    Err(e) => tracing::warn!("stream {}: expiring messages failed: {e}", self.name),
+        }
+        if !r.leads() {
+            *aged = 0;
+            return;
+        }
+        let mut expire = Vec::new();
+        if !cfg.max_age().is_zero() && markers {
+            let horizon = now - cfg.max_age().as_nanos() as i64;
+            let mut seq = self.store.state().first_seq.max(*aged + 1).max(1);
+            for _ in 0..MAX_AGE_BATCH {
+                let Ok(m) = self.store.load_next_msg(b">", seq) else {
+                    break;
+                };
+                if m.ts > horizon {
+                    break;
+                }
+                seq = m.seq + 1;
+                *aged = m.seq;
+                let never = headers::get(m.headers.as_deref(), headers::MSG_TTL)
+                    .as_deref()
+                    .and_then(headers::parse_ttl)
+                    == Some(-1);
+                if !never {
+                    expire.push(m.seq);
                 }
             }
+        }
+        expire.extend(Timers::take_due(&self.timers.ttls, now));
+        if !expire.is_empty() {
+            expire.sort_unstable();
+            expire.dedup();
+            r.propose(Proposal::Expire(expire));
+        }
+        let fire = Timers::take_due(&self.timers.schedules, now);
+        if !fire.is_empty() {
+            r.propose(Proposal::Fire(fire));
         }
     }
 
@@ -218,7 +255,7 @@ impl Stream {
                 .as_deref()
                 .and_then(headers::parse_ttl)
                 == Some(-1);
-            if !never && self.expire_one(cfg, &m) {
+            if !never && self.expire_one(cfg, &m, None) {
                 removed = m.seq;
             }
         }
@@ -227,7 +264,7 @@ impl Stream {
 
     /// Tells the consumers what a tick removed: the stream's front moved, or messages went
     /// from inside it (after a message that stays, e.g. one whose TTL is `never`).
-    fn removed_by_timers(&self, first_before: u64, highest_removed: u64) {
+    pub(super) fn removed_by_timers(&self, first_before: u64, highest_removed: u64) {
         let first = self.store.state().first_seq;
         if first > first_before {
             self.consumers.removed_front(first);
@@ -241,7 +278,13 @@ impl Stream {
     /// replaces it with a subject delete marker (`Nats-Marker-Reason: MaxAge`, the marker TTL,
     /// a `sub` rollup that removes it).
     /// Whether the message was removed here (a marker's rollup tells the consumers itself).
-    fn expire_one(&self, cfg: &StreamConfig, m: &natrium_store::StoredMsg) -> bool {
+    /// `ts`: the marker's timestamp (a replica applies its leader's), else now.
+    pub(super) fn expire_one(
+        &self,
+        cfg: &StreamConfig,
+        m: &natrium_store::StoredMsg,
+        ts: Option<i64>,
+    ) -> bool {
         let marker_ttl = cfg.subject_delete_marker_ttl / 1_000_000_000;
         let is_marker = headers::get(m.headers.as_deref(), headers::MARKER_REASON).is_some();
         let last = marker_ttl > 0
@@ -271,7 +314,7 @@ impl Stream {
                 reply: None,
                 sourced: false,
             };
-            self.store_one(cfg, &mut state, &inbound, None);
+            self.store_one(cfg, &mut state, &inbound, ts);
             return false;
         }
         match self.store.remove_msg(m.seq) {
@@ -286,7 +329,8 @@ impl Stream {
     /// Publishes a due schedule's message on its target (nats-server's scheduled message:
     /// the schedule's headers replaced by `Nats-Scheduler` and `Nats-Schedule-Next: purge`,
     /// which removes the schedule once stored).
-    fn fire_schedule(&self, cfg: &StreamConfig, seq: u64) {
+    /// `ts`: the message's timestamp (a replica applies its leader's), else now.
+    pub(super) fn fire_schedule(&self, cfg: &StreamConfig, seq: u64, ts: Option<i64>) {
         let Ok(m) = self.store.load_msg(seq) else {
             return;
         };
@@ -320,6 +364,6 @@ impl Stream {
             reply: None,
             sourced: false,
         };
-        self.store_one(cfg, &mut state, &inbound, None);
+        self.store_one(cfg, &mut state, &inbound, ts);
     }
 }

@@ -473,11 +473,11 @@ impl JsCluster {
                 self.to_stream_leader(client, m, hops, name, read_only)
             }
             ["DIRECT", "GET", name, last_for @ ..] if assigned(name) => {
-                // Any replica serves direct gets from its own store; a follower that lacks the
-                // message asked for (it may not have applied it yet) leaves it to the leader.
+                // The leader serves direct gets; a follower only those it can answer as the
+                // leader would (see `answers_direct`).
                 if self
                     .replica(&account, name)
-                    .is_some_and(|r| r.is_leader() || r.holds_for_direct(last_for, &m.payload))
+                    .is_some_and(|r| r.is_leader() || r.answers_direct(last_for, &m.payload))
                 {
                     return false;
                 }

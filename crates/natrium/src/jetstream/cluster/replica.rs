@@ -581,29 +581,25 @@ impl Replica {
         self.leading.load(Ordering::Acquire)
     }
 
-    /// Whether this replica's store holds what a direct get asks for (`last_for`: the subject
-    /// tokens after the stream's name; else the request's `seq` or `last_by_subj`). Batches and
-    /// other forms are answered from what it has.
-    pub(crate) fn holds_for_direct(&self, last_for: &[&str], payload: &[u8]) -> bool {
-        let store = &self.stream.store;
+    /// Whether this follower answers a direct get from its own store: only a get by sequence of
+    /// a message it holds (a stored message never changes). A get by subject (KV's get: the
+    /// last message of a key, `last_for` or `last_by_subj`), `next_by_subj` and batches go to
+    /// the leader, which has applied every acknowledged write; a follower may not have yet, and
+    /// a put followed by a get read the value before the put (replication::a_kv_bucket...).
+    pub(crate) fn answers_direct(&self, last_for: &[&str], payload: &[u8]) -> bool {
         if !last_for.is_empty() {
-            return store
-                .load_last_by_subject(last_for.join(".").as_bytes())
-                .is_ok();
+            return false;
         }
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
-            return true;
+            return false;
         };
-        if v.get("batch").is_some() || v.get("next_by_subj").is_some() {
-            return true;
+        let by_seq_only = ["next_by_subj", "last_by_subj", "batch", "multi_last"]
+            .iter()
+            .all(|k| v.get(k).is_none());
+        match v["seq"].as_u64() {
+            Some(seq) if by_seq_only => self.stream.store.load_msg(seq).is_ok(),
+            _ => false,
         }
-        if let Some(seq) = v["seq"].as_u64() {
-            return store.load_msg(seq).is_ok();
-        }
-        if let Some(subject) = v["last_by_subj"].as_str() {
-            return store.load_last_by_subject(subject.as_bytes()).is_ok();
-        }
-        true
     }
 
     /// The account's client (advisories go out with it).

@@ -344,8 +344,9 @@ pub fn parse_size(s: &[u8]) -> Option<usize> {
 }
 
 /// A message's body: `total` bytes from `after`, then CRLF. The op is the body; its length
-/// ends past the CRLF. Shared by the client, route and leaf parsers.
-#[inline]
+/// ends past the CRLF. Shared by the client, route and leaf parsers; inlined always (a call
+/// cost the client parser 23 instructions per PUB, callgrind).
+#[inline(always)]
 pub(crate) fn framed_body(
     buf: &[u8],
     after: usize,

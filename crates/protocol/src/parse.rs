@@ -187,17 +187,10 @@ pub fn parse_op<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<ClientOp<'a
                 }
                 None => None,
             };
-            let end = after + total;
-            let needed = end + 2;
-            if buf.len() < needed {
-                return Ok(Parsed::Incomplete {
-                    total: Some(needed),
-                });
-            }
-            if &buf[end..needed] != b"\r\n" {
-                return Err(ParseError::BadTerminator);
-            }
-            let body = &buf[after..end];
+            let (body, needed) = match framed_body(buf, after, total)? {
+                Parsed::Op { op, len } => (op, len),
+                Parsed::Incomplete { total } => return Ok(Parsed::Incomplete { total }),
+            };
             let (headers, payload) = match hdr_len {
                 Some(h) => (Some(&body[..h]), &body[h..]),
                 None => (None, body),
@@ -348,6 +341,30 @@ pub fn parse_size(s: &[u8]) -> Option<usize> {
         n = n * 10 + (c - b'0') as usize;
     }
     Some(n)
+}
+
+/// A message's body: `total` bytes from `after`, then CRLF. The op is the body; its length
+/// ends past the CRLF. Shared by the client, route and leaf parsers.
+#[inline]
+pub(crate) fn framed_body(
+    buf: &[u8],
+    after: usize,
+    total: usize,
+) -> Result<Parsed<&[u8]>, ParseError> {
+    let end = after + total;
+    let needed = end + 2;
+    if buf.len() < needed {
+        return Ok(Parsed::Incomplete {
+            total: Some(needed),
+        });
+    }
+    if &buf[end..needed] != b"\r\n" {
+        return Err(ParseError::BadTerminator);
+    }
+    Ok(Parsed::Op {
+        op: &buf[after..end],
+        len: needed,
+    })
 }
 
 #[cfg(test)]

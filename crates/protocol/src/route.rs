@@ -202,20 +202,7 @@ pub(crate) fn message_body(
     if hdr.is_some_and(|h| h > total) {
         return Err(bad());
     }
-    let end = after + total;
-    let needed = end + 2;
-    if buf.len() < needed {
-        return Ok(Parsed::Incomplete {
-            total: Some(needed),
-        });
-    }
-    if &buf[end..needed] != b"\r\n" {
-        return Err(ParseError::BadTerminator);
-    }
-    Ok(Parsed::Op {
-        op: &buf[after..end],
-        len: needed,
-    })
+    crate::parse::framed_body(buf, after, total)
 }
 
 fn is_subject_like(s: &[u8]) -> bool {

@@ -372,11 +372,17 @@ impl Delivery {
             }
             let n = members.len();
             let is_local = |s: &SubRef| !matches!(s.0.target, Target::Route(_));
-            // Members on this server only (the common case): no weights to weigh.
-            let all_local = members.iter().all(is_local);
+            // Members on this server only (the common case): the first that takes the message
+            // from a random start, with no weights to weigh.
+            if members.iter().all(is_local) {
+                let start = self.rng.usize(..n);
+                delivered |= (0..n)
+                    .any(|i| self.deliver(account, &members[(start + i) % n], m, hop, single));
+                continue;
+            }
             // Peers count as many members as they have; locals as one each. Leaves only get
             // a group's messages when it has no member on this server (as nats-server).
-            let has_local = all_local || members.iter().any(is_local);
+            let has_local = members.iter().any(is_local);
             // A clone, so the weights can be read while delivering (free unless the source is
             // a leafnode connection: one reference count then).
             let (source, cid) = (self.source.clone(), self.cid);
@@ -390,13 +396,12 @@ impl Delivery {
             // a leaf's: only when no member of this cluster can take the message, and never
             // for a message from that same leaf cluster.
             let has_own = has_local
-                || (!all_local
-                    && members.iter().any(|s| match &s.0.target {
-                        Target::Route(r) => {
-                            r.leaf.is_none() && r.origin.is_none() && peer_ok(&source, cid, r, qhop)
-                        }
-                        _ => false,
-                    }));
+                || members.iter().any(|s| match &s.0.target {
+                    Target::Route(r) => {
+                        r.leaf.is_none() && r.origin.is_none() && peer_ok(&source, cid, r, qhop)
+                    }
+                    _ => false,
+                });
             let from_cluster: Option<&[u8]> = match &source {
                 Source::Leaf(from) => from.cluster.as_deref(),
                 _ => None,
@@ -412,11 +417,7 @@ impl Delivery {
                 Target::Route(_) => 0,
                 _ => 1,
             };
-            let total: usize = if all_local {
-                n
-            } else {
-                members.iter().map(weight).sum()
-            };
+            let total: usize = members.iter().map(weight).sum();
             if total == 0 {
                 continue;
             }

@@ -2,9 +2,10 @@
 //! subscriptions per subject, queue group and origin (a leaf cluster's interest apart from this
 //! server's own) and reports each change that peers must hear about: a subject's first and last
 //! subscription (RS+ / RS-, LS+ / LS- with the origin), and every change of a queue group's
-//! member count (its weight), both per origin and summed (for peers that take no origin). Reports are announced, in order, before the change
-//! returns (a client's SUB reaches peers ahead of the PUB it sends next, as nats-server orders
-//! them); a server without a cluster has no feed and pays nothing.
+//! member count (its weight), both per origin and summed (for peers that take no origin).
+//! Reports are announced, in order, before the change returns (a client's SUB reaches peers
+//! ahead of the PUB it sends next, as nats-server orders them); a server without a cluster has
+//! no feed and pays nothing.
 
 use std::sync::Arc;
 
@@ -96,11 +97,17 @@ pub struct Interest {
 /// A leafnode origin cluster (`None`: this server's own interest) and its count.
 type OriginCount = (Option<Box<[u8]>>, u32);
 
-/// Counts per subject and queue group: in all, and per origin (`None`: this server's own).
+/// Counts per subject and queue group, per origin (`None`: this server's own).
 #[derive(Default)]
 struct Counted {
-    total: u32,
     by_origin: SmallVec<[OriginCount; 1]>,
+}
+
+impl Counted {
+    /// The count of every origin.
+    fn total(&self) -> u32 {
+        self.by_origin.iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// One account's announced subscriptions, counted per subject, queue group and origin.
@@ -141,12 +148,7 @@ impl LocalInterest {
             }
             return false;
         }
-        let (n, total) = if up {
-            (n + 1, c.total + 1)
-        } else {
-            (n - 1, c.total - 1)
-        };
-        c.total = total;
+        let n = if up { n + 1 } else { n - 1 };
         match pos {
             Some(p) if n == 0 => {
                 c.by_origin.swap_remove(p);
@@ -154,6 +156,7 @@ impl LocalInterest {
             Some(p) => c.by_origin[p].1 = n,
             None => c.by_origin.push((origin.map(Into::into), n)),
         }
+        let total = c.total();
         let edge = |now: u32| queue.is_some() || (up && now == 1) || (!up && now == 0);
         let (per_origin, summed) = (edge(n), edge(total));
         if total == 0 {
@@ -191,7 +194,7 @@ impl LocalInterest {
                     subject: subject.clone(),
                     queue: queue.clone(),
                     origin: None,
-                    count: c.total,
+                    count: c.total(),
                 });
                 continue;
             }

@@ -621,20 +621,27 @@ fn imports_route_requests_but_deliver_stream_imports_and_replies_locally() {
     assert_eq!(lines, vec!["RMSG E svc _INBOX.r 1".to_string()]);
 }
 
-#[test]
-fn a_cluster_member_reports_its_first_and_last_subscriptions_and_queue_weights() {
-    /// Collects what it is told to announce.
-    #[derive(Default)]
-    struct Collect(parking_lot::Mutex<Vec<interest::InterestChange>>);
-    impl interest::Announcer for Collect {
-        fn announce(&self, changes: &[interest::InterestChange]) {
-            self.0.lock().extend_from_slice(changes);
-        }
+/// Collects the interest changes it is told to announce.
+#[derive(Default)]
+struct Collect(parking_lot::Mutex<Vec<interest::InterestChange>>);
+
+impl interest::Announcer for Collect {
+    fn announce(&self, changes: &[interest::InterestChange]) {
+        self.0.lock().extend_from_slice(changes);
     }
+}
+
+/// Accounts of a cluster member whose announcements are collected.
+fn announcing_accounts() -> (Accounts, Arc<Collect>) {
     let feed = InterestFeed::new();
     let told = Arc::new(Collect::default());
     feed.set_announcer(told.clone());
-    let accounts = Accounts::with_interest(Some(feed));
+    (Accounts::with_interest(Some(feed)), told)
+}
+
+#[test]
+fn a_cluster_member_reports_its_first_and_last_subscriptions_and_queue_weights() {
+    let (accounts, told) = announcing_accounts();
     let acc = accounts.ensure("A");
     let (c1, c2) = (conn(1, 1 << 20), conn(2, 1 << 20));
     let a = sub(&acc, &c1, "x.*", None, "1");
@@ -682,17 +689,7 @@ fn a_cluster_member_reports_its_first_and_last_subscriptions_and_queue_weights()
 
 #[test]
 fn a_hub_reports_its_leaves_interest_per_origin_and_summed() {
-    #[derive(Default)]
-    struct Collect(parking_lot::Mutex<Vec<interest::InterestChange>>);
-    impl interest::Announcer for Collect {
-        fn announce(&self, changes: &[interest::InterestChange]) {
-            self.0.lock().extend_from_slice(changes);
-        }
-    }
-    let feed = InterestFeed::new();
-    let told = Arc::new(Collect::default());
-    feed.set_announcer(told.clone());
-    let accounts = Accounts::with_interest(Some(feed));
+    let (accounts, told) = announcing_accounts();
     let acc = accounts.ensure("A");
     let c1 = conn(1, 1 << 20);
     let leaf_out = conn(7, 1 << 20);

@@ -28,7 +28,7 @@ pub(crate) async fn connect(url: &str) -> async_nats::Client {
     async_nats::connect(url).await.expect("client connects")
 }
 
-async fn connect_as(url: &str, user: &str, pass: &str) -> async_nats::Client {
+pub(crate) async fn connect_as(url: &str, user: &str, pass: &str) -> async_nats::Client {
     async_nats::ConnectOptions::with_user_and_password(user.into(), pass.into())
         .connect(url)
         .await
@@ -800,9 +800,9 @@ pub(crate) fn go_compression(bin: &GoBin) -> &'static str {
     }
 }
 
-/// The other side's interest in `subject` (with queue group `queue`, weight `weight`) as
-/// nats-server lists it in `/leafz?subs=1`, on its one leafnode connection.
-async fn go_leaf_subs(go: &GoServer) -> Vec<String> {
+/// What `go` received over its one leafnode connection, as it lists it in `/leafz?subs=1`
+/// (`subject`, or `subject queue weight`).
+pub(crate) async fn go_leaf_subs(go: &GoServer) -> Vec<String> {
     let lz = go.monitor("/leafz?subs=1").await;
     lz["leafs"][0]["subscriptions_list"]
         .as_array()
@@ -815,7 +815,7 @@ async fn go_leaf_subs(go: &GoServer) -> Vec<String> {
 }
 
 /// Waits until nats-server's view of its one leafnode connection satisfies `f`.
-async fn go_leaf_subs_until(go: &GoServer, what: &str, f: impl Fn(&[String]) -> bool) {
+pub(crate) async fn go_leaf_subs_until(go: &GoServer, what: &str, f: impl Fn(&[String]) -> bool) {
     for _ in 0..200 {
         if f(&go_leaf_subs(go).await) {
             return;
@@ -1086,49 +1086,13 @@ async fn a_leaf_cluster_on_a_mixed_hub_gets_each_message_once() {
 /// once. Needs the origin cluster on routed messages (`LMSG`) in both directions.
 async fn leaf_cluster_on_mixed_hub(bin: &GoBin) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rs = natrium(
-        dir.path(),
-        "rshub",
-        "cluster { name: hub, listen: \"127.0.0.1:-1\" }\nleafnodes { host: 127.0.0.1, port: -1 }\n",
-    )
-    .await;
-    let gh_leaf = free_port();
-    let gh = GoServer::start(
-        bin,
-        dir.path(),
-        "gohub",
-        &format!(
-            "cluster {{ name: hub, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{}\"] }}\nleafnodes {{ listen: \"127.0.0.1:{gh_leaf}\" }}\n",
-            rs.cluster_port().expect("cluster port")
-        ),
-    );
-    eventually(|| rs.num_routes() == 1).await;
-    let e1 = GoServer::start(
-        bin,
-        dir.path(),
-        "edge1",
-        &format!(
-            "cluster {{ name: edge, listen: \"127.0.0.1:-1\" }}\nleafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
-            gh_leaf
-        ),
-    );
-    let e2 = GoServer::start(
-        bin,
-        dir.path(),
-        "edge2",
-        &format!(
-            "cluster {{ name: edge, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{}\"] }}\nleafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
-            e1.cluster_port.expect("cluster port"),
-            rs.leafnode_port().expect("leafnode port")
-        ),
-    );
-    eventually(|| rs.num_leafnodes() == 1).await;
-    let nodes = [
-        connect(&e1.client_url()).await,
-        connect(&e2.client_url()).await,
-        connect(&rs.client_url()).await,
-        connect(&gh.client_url()).await,
-    ];
+    let MixedHub {
+        rs,
+        gh,
+        e1,
+        e2,
+        nodes,
+    } = mixed_hub_with_leaf_cluster(bin, dir.path(), false).await;
     let mut subs = Vec::new();
     for c in &nodes {
         subs.push(c.subscribe("t.>").await.expect("sub"));
@@ -1182,4 +1146,78 @@ async fn leaf_cluster_on_mixed_hub(bin: &GoBin) {
     }
     drop((e1, e2, gh));
     rs.shutdown().await;
+}
+
+/// A hub cluster (`hub`) of Natrium `rs` routed to nats-server `gh`, and an edge cluster
+/// (`edge`) of nats-server `e1` (leaf of `gh`) and `e2` (routed to `e1`, leaf of `rs`).
+pub(crate) struct MixedHub {
+    pub(crate) rs: Server,
+    pub(crate) gh: GoServer,
+    pub(crate) e1: GoServer,
+    pub(crate) e2: GoServer,
+    /// One client on each of `e1`, `e2`, `rs` and `gh`, in that order.
+    pub(crate) nodes: [async_nats::Client; 4],
+}
+
+/// Starts a [`MixedHub`] in `dir` once `rs` has its route and its leaf; `monitored` gives `gh`
+/// and `e1` an HTTP monitoring port.
+pub(crate) async fn mixed_hub_with_leaf_cluster(
+    bin: &GoBin,
+    dir: &Path,
+    monitored: bool,
+) -> MixedHub {
+    let http = if monitored {
+        "http: \"127.0.0.1:-1\"\n"
+    } else {
+        ""
+    };
+    let rs = natrium(
+        dir,
+        "rshub",
+        "cluster { name: hub, listen: \"127.0.0.1:-1\" }\nleafnodes { host: 127.0.0.1, port: -1 }\n",
+    )
+    .await;
+    let gh_leaf = free_port();
+    let gh = GoServer::start(
+        bin,
+        dir,
+        "gohub",
+        &format!(
+            "{http}cluster {{ name: hub, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{}\"] }}\nleafnodes {{ listen: \"127.0.0.1:{gh_leaf}\" }}\n",
+            rs.cluster_port().expect("cluster port")
+        ),
+    );
+    eventually(|| rs.num_routes() == 1).await;
+    let e1 = GoServer::start(
+        bin,
+        dir,
+        "edge1",
+        &format!(
+            "{http}cluster {{ name: edge, listen: \"127.0.0.1:-1\" }}\nleafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://127.0.0.1:{gh_leaf}\" }} ] }}\n",
+        ),
+    );
+    let e2 = GoServer::start(
+        bin,
+        dir,
+        "edge2",
+        &format!(
+            "cluster {{ name: edge, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{}\"] }}\nleafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
+            e1.cluster_port.expect("cluster port"),
+            rs.leafnode_port().expect("leafnode port")
+        ),
+    );
+    eventually(|| rs.num_leafnodes() == 1).await;
+    let nodes = [
+        connect(&e1.client_url()).await,
+        connect(&e2.client_url()).await,
+        connect(&rs.client_url()).await,
+        connect(&gh.client_url()).await,
+    ];
+    MixedHub {
+        rs,
+        gh,
+        e1,
+        e2,
+        nodes,
+    }
 }

@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use crate::common::eventually;
-use crate::common::goserver::{nats_servers, GoBin, GoServer};
-use crate::common::traffic::{drain, natrium};
-use crate::leaf::{connect, free_port};
+use crate::common::goserver::{nats_servers, GoBin};
+use crate::common::traffic::drain;
+use crate::leaf::{go_leaf_subs, go_leaf_subs_until, mixed_hub_with_leaf_cluster, MixedHub};
 
 #[tokio::test]
 async fn a_queue_group_across_a_leaf_cluster_and_a_mixed_hub_gets_each_message_once() {
@@ -21,19 +20,6 @@ async fn a_queue_group_across_a_leaf_cluster_and_a_mixed_hub_gets_each_message_o
         eprintln!("nats-server {}", bin.version);
         queue_group_on_mixed_hub(&bin).await;
     }
-}
-
-/// What `go` received over its one leafnode connection (`/leafz?subs=1`).
-async fn go_leaf_subs(go: &GoServer) -> Vec<String> {
-    let lz = go.monitor("/leafz?subs=1").await;
-    lz["leafs"][0]["subscriptions_list"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Whether a `/leafz` subscription entry (`subject` or `subject queue`) is for `subject`.
@@ -62,31 +48,29 @@ async fn spread(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut total = 0;
     while tokio::time::Instant::now() < deadline {
-        let mut any = false;
-        for m in members.iter_mut() {
-            while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(5), m.next()).await
-            {
-                *got.entry(String::from_utf8_lossy(&msg.payload).into_owned())
-                    .or_insert(0) += 1;
-                total += 1;
-                any = true;
-            }
-        }
+        let taken = take(members, &mut got).await;
+        total += taken;
         // Everything arrived and nothing more for a while: done.
-        if total >= want && !any {
+        if total >= want && taken == 0 {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            for m in members.iter_mut() {
-                while let Ok(Some(msg)) =
-                    tokio::time::timeout(Duration::from_millis(5), m.next()).await
-                {
-                    *got.entry(String::from_utf8_lossy(&msg.payload).into_owned())
-                        .or_insert(0) += 1;
-                }
-            }
+            take(members, &mut got).await;
             break;
         }
     }
     got
+}
+
+/// Adds what `members` hold now (each until 5 ms pass without a message) to `got`; how many.
+async fn take(members: &mut [async_nats::Subscriber], got: &mut BTreeMap<String, usize>) -> usize {
+    let mut n = 0;
+    for m in members.iter_mut() {
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(5), m.next()).await {
+            *got.entry(String::from_utf8_lossy(&msg.payload).into_owned())
+                .or_insert(0) += 1;
+            n += 1;
+        }
+    }
+    n
 }
 
 fn assert_once(got: &BTreeMap<String, usize>, nodes: usize, n: usize, what: &str) {
@@ -106,48 +90,13 @@ fn assert_once(got: &BTreeMap<String, usize>, nodes: usize, n: usize, what: &str
 /// and `e2` (leaf of `rs`).
 async fn queue_group_on_mixed_hub(bin: &GoBin) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rs = natrium(
-        dir.path(),
-        "rshub",
-        "cluster { name: hub, listen: \"127.0.0.1:-1\" }\nleafnodes { host: 127.0.0.1, port: -1 }\n",
-    )
-    .await;
-    let gh_leaf = free_port();
-    let gh = GoServer::start(
-        bin,
-        dir.path(),
-        "gohub",
-        &format!(
-            "http: \"127.0.0.1:-1\"\ncluster {{ name: hub, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{}\"] }}\nleafnodes {{ listen: \"127.0.0.1:{gh_leaf}\" }}\n",
-            rs.cluster_port().expect("cluster port")
-        ),
-    );
-    eventually(|| rs.num_routes() == 1).await;
-    let e1 = GoServer::start(
-        bin,
-        dir.path(),
-        "edge1",
-        &format!(
-            "http: \"127.0.0.1:-1\"\ncluster {{ name: edge, listen: \"127.0.0.1:-1\" }}\nleafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://127.0.0.1:{gh_leaf}\" }} ] }}\n",
-        ),
-    );
-    let e2 = GoServer::start(
-        bin,
-        dir.path(),
-        "edge2",
-        &format!(
-            "cluster {{ name: edge, listen: \"127.0.0.1:-1\", routes: [\"nats-route://127.0.0.1:{}\"] }}\nleafnodes {{ reconnect: 1, remotes [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
-            e1.cluster_port.expect("cluster port"),
-            rs.leafnode_port().expect("leafnode port")
-        ),
-    );
-    eventually(|| rs.num_leafnodes() == 1).await;
-    let nodes = [
-        connect(&e1.client_url()).await,
-        connect(&e2.client_url()).await,
-        connect(&rs.client_url()).await,
-        connect(&gh.client_url()).await,
-    ];
+    let MixedHub {
+        rs,
+        gh,
+        e1,
+        e2,
+        nodes,
+    } = mixed_hub_with_leaf_cluster(bin, dir.path(), true).await;
 
     // 1. Only e2 (a leaf of the Natrium node) has a member of `jobs`, and the Natrium node a
     // member of `ctrl`. The nats-server hub node tells its leaf e1 of `ctrl` (the hub's own)
@@ -162,19 +111,12 @@ async fn queue_group_on_mixed_hub(bin: &GoBin) {
         .expect("qsub");
     nodes[1].flush().await.expect("flush");
     nodes[2].flush().await.expect("flush");
-    let mut seen = Vec::new();
-    for _ in 0..200 {
-        seen = go_leaf_subs(&e1).await;
-        if seen.iter().any(|s| names(s, "ctrl")) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(
-        seen.iter().any(|s| names(s, "ctrl")),
-        "{}: the hub's own queue interest reaches e1: {seen:?}",
-        bin.version
-    );
+    go_leaf_subs_until(
+        &e1,
+        &format!("{}: the hub's own queue interest reaches e1", bin.version),
+        |seen| seen.iter().any(|s| names(s, "ctrl")),
+    )
+    .await;
     // The hub node learned of e2's member over its route (it delivers there), yet never told
     // e1 of it.
     let mut routed = serde_json::Value::Null;

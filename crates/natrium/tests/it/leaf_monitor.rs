@@ -4,6 +4,7 @@
 
 use crate::common::traffic::{natrium, next};
 use crate::common::{eventually, get_json};
+use crate::leaf::connect_as;
 
 #[tokio::test]
 async fn leaf_connections_are_counted_per_account_and_announced() {
@@ -14,19 +15,13 @@ async fn leaf_connections_are_counted_per_account_and_announced() {
         "http: \"127.0.0.1:-1\"\naccounts {\n  A { users [ {user: a, password: pa} ] }\n  SYS { users [ {user: sys, password: ps} ] }\n}\nsystem_account: SYS\nleafnodes { host: 127.0.0.1, port: -1, authorization { users [ {user: edge, password: e, account: A} ] } }\n",
     )
     .await;
-    let sys = async_nats::ConnectOptions::with_user_and_password("sys".into(), "ps".into())
-        .connect(hub.client_url())
-        .await
-        .expect("sys connects");
+    let sys = connect_as(&hub.client_url(), "sys", "ps").await;
     let mut events = sys
         .subscribe("$SYS.ACCOUNT.*.LEAFNODE.CONNECT")
         .await
         .expect("sub");
     sys.flush().await.expect("flush");
-    let a = async_nats::ConnectOptions::with_user_and_password("a".into(), "pa".into())
-        .connect(hub.client_url())
-        .await
-        .expect("a connects");
+    let a = connect_as(&hub.client_url(), "a", "pa").await;
     let port = hub.leafnode_port().expect("leafnode port");
     let leaf = natrium(
         dir.path(),

@@ -8,6 +8,9 @@ use crate::common::goserver::{nats_servers, GoBin, GoServer};
 use crate::common::traffic::natrium;
 use crate::leaf::{connect, exchange, free_port};
 
+/// A hub with a plaintext WebSocket listener (compressing) and a leafnode listener.
+const WS_HUB: &str = "websocket { listen: \"127.0.0.1:-1\", no_tls: true, compression: true }\nleafnodes { host: 127.0.0.1, port: -1 }\n";
+
 /// The remote's WebSocket options: none, or both.
 fn ws_opts(extras: bool) -> &'static str {
     if extras {
@@ -21,12 +24,7 @@ fn ws_opts(extras: bool) -> &'static str {
 async fn natrium_leaf_over_websocket_to_a_natrium_hub() {
     for extras in [false, true] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let hub = natrium(
-            dir.path(),
-            "hub",
-            "websocket { listen: \"127.0.0.1:-1\", no_tls: true, compression: true }\nleafnodes { host: 127.0.0.1, port: -1 }\n",
-        )
-        .await;
+        let hub = natrium(dir.path(), "hub", WS_HUB).await;
         let port = hub.websocket_port().expect("websocket port");
         let leaf = natrium(
             dir.path(),
@@ -112,12 +110,7 @@ async fn natrium_leaf_on_go_ws_hub(bin: &GoBin, extras: bool) {
 
 async fn go_leaf_on_natrium_ws_hub(bin: &GoBin, extras: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let hub = natrium(
-        dir.path(),
-        "hub",
-        "websocket { listen: \"127.0.0.1:-1\", no_tls: true, compression: true }\nleafnodes { host: 127.0.0.1, port: -1 }\n",
-    )
-    .await;
+    let hub = natrium(dir.path(), "hub", WS_HUB).await;
     let port = hub.websocket_port().expect("websocket port");
     let go = GoServer::start(
         bin,

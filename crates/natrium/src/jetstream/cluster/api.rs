@@ -150,11 +150,16 @@ impl JsCluster {
             h.push_str(&format!("Nrx-Reply: {r}\r\n"));
         }
         h.push_str("\r\n");
+        self.send_to(to, &h, &m.payload);
+    }
+
+    /// Publishes `headers` and `body` to server `to`'s forwarding subject.
+    fn send_to(&self, to: &str, headers: &str, body: &[u8]) {
         let _ = self.settings.system.publish(
             &forward_subject(node_id(to)),
             None,
-            Some(h.as_bytes()),
-            &m.payload,
+            Some(headers.as_bytes()),
+            body,
         );
     }
 
@@ -178,12 +183,7 @@ impl JsCluster {
             client.account()
         );
         let body = response(kind, result).to_string();
-        let _ = self.settings.system.publish(
-            &forward_subject(node_id(via)),
-            None,
-            Some(h.as_bytes()),
-            body.as_bytes(),
-        );
+        self.send_to(via, &h, body.as_bytes());
     }
 
     /// Hands a meta request (`stepdown`, `server-remove`) to the meta leader `to`.
@@ -193,12 +193,7 @@ impl JsCluster {
             h.push_str(&format!("Nrx-Reply: {r}\r\n"));
         }
         h.push_str("\r\n");
-        let _ = self.settings.system.publish(
-            &forward_subject(node_id(to)),
-            None,
-            Some(h.as_bytes()),
-            body,
-        );
+        self.send_to(to, &h, body);
     }
 
     /// `$JS.API.SERVER.REMOVE` (system account, `{"peer": name}` or `{"peer_id": id}`): taken
@@ -376,15 +371,7 @@ impl JsCluster {
         let sys = self.settings.system.clone();
         if !self.is_meta_leader() {
             match self.meta_leader() {
-                Some(l) if l != self.name => {
-                    let mut h = String::from("NATS/1.0\r\nNrx-Meta: stepdown\r\n");
-                    if let Some(r) = reply {
-                        h.push_str(&format!("Nrx-Reply: {r}\r\n"));
-                    }
-                    h.push_str("\r\n");
-                    let _ =
-                        sys.publish(&forward_subject(node_id(&l)), None, Some(h.as_bytes()), b"");
-                }
+                Some(l) if l != self.name => self.forward_meta(&l, "stepdown", reply, b""),
                 _ => respond(
                     &sys,
                     reply,

@@ -179,8 +179,6 @@ fn encode_control(c: &Control) -> Vec<u8> {
 
 /// What the replicas share with the state machine.
 struct Shared {
-    /// Largest message timestamp applied (the leader stamps later ones after it).
-    max_ts: i64,
     /// After a restart: (sequence the next accepted message gets, last sequence the store
     /// already holds). Messages up to the latter are found, not stored again.
     replay: Replay,
@@ -194,6 +192,7 @@ struct StreamSm {
     account: String,
     stream: Arc<Stream>,
     shared: Arc<Mutex<Shared>>,
+    /// Largest message timestamp applied (the leader stamps later ones after it).
     max_ts: Arc<AtomicI64>,
 }
 
@@ -224,7 +223,6 @@ impl StreamSm {
 
     fn apply_msg(&mut self, m: MsgEntry<'_>, sourced: bool, mirrored: Option<u64>) -> Vec<u8> {
         let mut sh = self.shared.lock();
-        sh.max_ts = sh.max_ts.max(m.ts);
         self.max_ts.fetch_max(m.ts, Ordering::Relaxed);
         let e = Entry {
             subject: m.subject,
@@ -252,7 +250,6 @@ impl StreamSm {
             return self.error(ApiError::bad_request());
         };
         let mut sh = self.shared.lock();
-        sh.max_ts = sh.max_ts.max(ts);
         self.max_ts.fetch_max(ts, Ordering::Relaxed);
         self.stream.apply_batch(&id, msgs, ts, &mut sh.replay)
     }
@@ -262,7 +259,6 @@ impl StreamSm {
     fn apply_import(&mut self, seq: u64, m: MsgEntry<'_>) -> Vec<u8> {
         let store = self.stream.store.clone();
         let mut sh = self.shared.lock();
-        sh.max_ts = sh.max_ts.max(m.ts);
         self.max_ts.fetch_max(m.ts, Ordering::Relaxed);
         Self::replayed_through(&mut sh, seq);
         if store.state().last_seq < seq {
@@ -295,7 +291,7 @@ impl StreamSm {
             Control::Advance { next } => {
                 let mut sh = self.shared.lock();
                 Self::replayed_through(&mut sh, next.saturating_sub(1));
-                let ts = sh.max_ts;
+                let ts = self.max_ts.load(Ordering::Relaxed);
                 match super::catchup::advance(self.stream.store.as_ref(), next, ts) {
                     Ok(()) => b"{}".to_vec(),
                     Err(e) => self.error(store_error(&e)),
@@ -337,14 +333,12 @@ impl StreamSm {
             }
             Control::Expire { seqs, ts } => {
                 let mut sh = self.shared.lock();
-                sh.max_ts = sh.max_ts.max(ts);
                 self.max_ts.fetch_max(ts, Ordering::Relaxed);
                 self.stream.apply_expire(&seqs, ts, &mut sh.replay);
                 b"{}".to_vec()
             }
             Control::Fire { seqs, ts } => {
                 let mut sh = self.shared.lock();
-                sh.max_ts = sh.max_ts.max(ts);
                 self.max_ts.fetch_max(ts, Ordering::Relaxed);
                 self.stream.apply_fire(&seqs, ts, &mut sh.replay);
                 b"{}".to_vec()
@@ -393,7 +387,7 @@ impl natrium_raft::StateMachine for StreamSm {
         let (ids, last_id) = self.stream.dedupe_snapshot();
         let st = SnapshotState {
             last_seq: self.stream.store.state().last_seq,
-            max_ts: sh.max_ts,
+            max_ts: self.max_ts.load(Ordering::Relaxed),
             ids,
             last_id,
             consumers: sh.consumers.clone(),
@@ -428,7 +422,6 @@ impl natrium_raft::StateMachine for StreamSm {
         }
         let mut sh = self.shared.lock();
         self.stream.restore_dedupe(st.ids, st.last_id);
-        sh.max_ts = st.max_ts;
         self.max_ts.fetch_max(st.max_ts, Ordering::Relaxed);
         sh.consumers = st.consumers;
         sh.replay = (held > st.last_seq).then_some((st.last_seq + 1, held));
@@ -504,7 +497,6 @@ impl Replica {
             false,
         );
         let shared = Arc::new(Mutex::new(Shared {
-            max_ts: 0,
             replay: None,
             consumers: BTreeMap::new(),
         }));

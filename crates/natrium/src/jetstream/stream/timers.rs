@@ -204,25 +204,13 @@ impl Stream {
         }
         let mut expire = Vec::new();
         if !cfg.max_age().is_zero() && markers {
-            let horizon = now - cfg.max_age().as_nanos() as i64;
-            let mut seq = self.store.state().first_seq.max(*aged + 1).max(1);
-            for _ in 0..MAX_AGE_BATCH {
-                let Ok(m) = self.store.load_next_msg(b">", seq) else {
-                    break;
-                };
-                if m.ts > horizon {
-                    break;
-                }
-                seq = m.seq + 1;
+            let from = self.store.state().first_seq.max(*aged + 1);
+            self.past_max_age(cfg, now, from, |m, never| {
                 *aged = m.seq;
-                let never = headers::get(m.headers.as_deref(), headers::MSG_TTL)
-                    .as_deref()
-                    .and_then(headers::parse_ttl)
-                    == Some(-1);
                 if !never {
                     expire.push(m.seq);
                 }
-            }
+            });
         }
         expire.extend(Timers::take_due(&self.timers.ttls, now));
         if !expire.is_empty() {
@@ -240,9 +228,26 @@ impl Stream {
     /// message leaves a marker when markers are on.
     /// Returns the highest sequence removed (0: none).
     fn expire_by_age(&self, cfg: &StreamConfig, now: i64) -> u64 {
-        let horizon = now - cfg.max_age().as_nanos() as i64;
-        let mut seq = self.store.state().first_seq.max(1);
         let mut removed = 0;
+        self.past_max_age(cfg, now, self.store.state().first_seq, |m, never| {
+            if !never && self.expire_one(cfg, m, None) {
+                removed = m.seq;
+            }
+        });
+        removed
+    }
+
+    /// Calls `f` with each message from `from` on that is past the stream's max age (at most
+    /// `MAX_AGE_BATCH`), oldest first, and whether its TTL says `never`.
+    fn past_max_age(
+        &self,
+        cfg: &StreamConfig,
+        now: i64,
+        from: u64,
+        mut f: impl FnMut(&natrium_store::StoredMsg, bool),
+    ) {
+        let horizon = now - cfg.max_age().as_nanos() as i64;
+        let mut seq = from.max(1);
         for _ in 0..MAX_AGE_BATCH {
             let Ok(m) = self.store.load_next_msg(b">", seq) else {
                 break;
@@ -255,11 +260,8 @@ impl Stream {
                 .as_deref()
                 .and_then(headers::parse_ttl)
                 == Some(-1);
-            if !never && self.expire_one(cfg, &m, None) {
-                removed = m.seq;
-            }
+            f(&m, never);
         }
-        removed
     }
 
     /// Tells the consumers what a tick removed: the stream's front moved, or messages went

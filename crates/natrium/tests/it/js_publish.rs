@@ -10,28 +10,14 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-/// Publishes with headers as a request; the reply's JSON (or `Null` for an empty reply).
+/// Publishes with headers as a request (5 s to answer); the reply's JSON (or `Null`).
 async fn request(
     c: &async_nats::Client,
     subject: &str,
     hdrs: &[(&str, &str)],
     body: &str,
 ) -> Value {
-    let mut h = async_nats::HeaderMap::new();
-    for (k, v) in hdrs {
-        h.insert(*k, *v);
-    }
-    let r = tokio::time::timeout(
-        Duration::from_secs(5),
-        c.request_with_headers(subject.to_string(), h, Bytes::from(body.to_string())),
-    )
-    .await
-    .expect("reply in time")
-    .expect("reply");
-    if r.payload.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(&r.payload).expect("json")
+    crate::common::request_with_headers(c, subject, hdrs, body, Duration::from_secs(5)).await
 }
 
 #[tokio::test]
@@ -272,13 +258,7 @@ async fn scheduled_messages_are_published_on_their_target_at_their_time() {
         })
         .await
         .expect("create");
-    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
-    let at = at
-        .replace_nanosecond(0)
-        .expect("whole seconds")
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("rfc3339");
-    let pattern = format!("@at {at}");
+    let pattern = crate::common::schedule_at(1);
     let ack = request(
         &c,
         "sched.a",

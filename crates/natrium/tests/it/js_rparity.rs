@@ -11,26 +11,12 @@ use async_nats::jetstream::{self, kv, object_store};
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::common::api;
+use crate::common::{api, request_with_headers, schedule_at};
 use crate::replication::{cluster, connect, leader_of, wait, Cluster};
 
-/// A publish as a raw request with headers; its answer (`Null` for an empty one).
+/// A publish as a raw request with headers (10 s to answer); its answer (`Null` for an empty one).
 async fn req(nc: &async_nats::Client, subject: &str, hdrs: &[(&str, &str)], body: &str) -> Value {
-    let mut h = async_nats::HeaderMap::new();
-    for (k, v) in hdrs {
-        h.insert(*k, *v);
-    }
-    let r = tokio::time::timeout(
-        Duration::from_secs(10),
-        nc.request_with_headers(subject.to_string(), h, body.to_string().into()),
-    )
-    .await
-    .expect("answered in time")
-    .expect("answered");
-    if r.payload.is_empty() {
-        return Value::Null;
-    }
-    serde_json::from_slice(&r.payload).expect("json answer")
+    request_with_headers(nc, subject, hdrs, body, Duration::from_secs(10)).await
 }
 
 async fn create(nc: &async_nats::Client, cfg: Value) -> Value {
@@ -185,13 +171,7 @@ async fn r3_schedules_fire_once_across_a_stepdown() {
     )
     .await;
     leader_of(&c, "SCH", "sch.a", None).await;
-    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
-    let at = at
-        .replace_nanosecond(0)
-        .expect("whole seconds")
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("rfc3339");
-    let pattern = format!("@at {at}");
+    let pattern = schedule_at(3);
     let a = req(
         &nc,
         "sch.a",

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::common::{api, js_opts, start};
 
-fn node_opts(name: &str, dir: &std::path::Path, routes: &[u16]) -> Options {
+pub(crate) fn node_opts(name: &str, dir: &std::path::Path, routes: &[u16]) -> Options {
     Options {
         server_name: Some(name.into()),
         cluster: Some(ClusterOptions {
@@ -43,14 +43,49 @@ async fn get_json(s: &Server, path: &str) -> (u16, serde_json::Value) {
 
 pub(crate) struct Cluster {
     _dir: tempfile::TempDir,
+    /// `n1..`, in start order.
+    pub(crate) names: Vec<String>,
     nodes: Vec<Option<Server>>,
 }
 
 impl Cluster {
+    /// `n` JetStream servers `n1..` made by `opts(name, dir, routes)`: the others route to n1;
+    /// waits (at most `within`) for the meta group of `n`.
+    pub(crate) async fn start(
+        n: usize,
+        within: Duration,
+        opts: fn(&str, &std::path::Path, &[u16]) -> Options,
+    ) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n1 = start(opts("n1", dir.path(), &[])).await;
+        let p1 = n1.cluster_port().expect("cluster port");
+        let mut nodes = vec![Some(n1)];
+        for i in 2..=n {
+            nodes.push(Some(start(opts(&format!("n{i}"), dir.path(), &[p1])).await));
+        }
+        let c = Cluster {
+            _dir: dir,
+            names: (1..=n).map(|i| format!("n{i}")).collect(),
+            nodes,
+        };
+        wait(within, &format!("the meta group of {n}"), || {
+            let views: Vec<_> = c.running().map(|s| s.jetstream_meta()).collect();
+            let leader = views[0].as_ref().and_then(|v| v.leader.clone());
+            leader.is_some()
+                && views.iter().all(|v| {
+                    v.as_ref()
+                        .is_some_and(|v| v.leader == leader && v.members.len() == n)
+                })
+        })
+        .await;
+        c
+    }
+
     pub(crate) fn node(&self, name: &str) -> &Server {
-        let i = ["n1", "n2", "n3"]
+        let i = self
+            .names
             .iter()
-            .position(|n| *n == name)
+            .position(|n| n == name)
             .expect("node name");
         self.nodes[i].as_ref().expect("node running")
     }
@@ -59,10 +94,11 @@ impl Cluster {
         self.nodes.iter().flatten()
     }
 
-    async fn stop(&mut self, name: &str) {
-        let i = ["n1", "n2", "n3"]
+    pub(crate) async fn stop(&mut self, name: &str) {
+        let i = self
+            .names
             .iter()
-            .position(|n| *n == name)
+            .position(|n| n == name)
             .expect("node name");
         if let Some(s) = self.nodes[i].take() {
             s.shutdown().await;
@@ -78,26 +114,39 @@ impl Cluster {
 
 /// Three JetStream servers: n2 and n3 route to n1; waits for the meta group of three.
 pub(crate) async fn cluster() -> Cluster {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let n1 = start(node_opts("n1", dir.path(), &[])).await;
-    let p1 = n1.cluster_port().expect("cluster port");
-    let n2 = start(node_opts("n2", dir.path(), &[p1])).await;
-    let n3 = start(node_opts("n3", dir.path(), &[p1])).await;
-    let c = Cluster {
-        _dir: dir,
-        nodes: vec![Some(n1), Some(n2), Some(n3)],
-    };
-    wait(Duration::from_secs(30), "meta group of three", || {
-        let views: Vec<_> = c.running().map(|s| s.jetstream_meta()).collect();
-        let leader = views[0].as_ref().and_then(|v| v.leader.clone());
-        leader.is_some()
-            && views.iter().all(|v| {
-                v.as_ref()
-                    .is_some_and(|v| v.leader == leader && v.members.len() == 3)
-            })
-    })
-    .await;
-    c
+    Cluster::start(3, Duration::from_secs(30), node_opts).await
+}
+
+/// A durable pull consumer `name` on `stream` (30 s ack wait) that has been handed its first
+/// `n` messages and acknowledged each.
+pub(crate) async fn durable_with_acked(
+    stream: &stream::Stream,
+    name: &str,
+    n: usize,
+) -> consumer::PullConsumer {
+    let durable: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.into()),
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut msgs = durable
+        .fetch()
+        .max_messages(n)
+        .messages()
+        .await
+        .expect("fetch");
+    for _ in 0..n {
+        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("message");
+        m.double_ack().await.expect("ack");
+    }
+    durable
 }
 
 /// Polls `f` every 50 ms until it holds; panics after `within`.
@@ -419,33 +468,8 @@ async fn stepdowns_hand_stream_and_meta_leadership_to_another_server() {
     for i in 1..=5 {
         publish(format!("id-{i}")).await.expect("acknowledged");
     }
-    let durable = js
-        .get_stream("SD")
-        .await
-        .expect("stream")
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("w".into()),
-            ack_wait: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
     // Exactly three delivered (and acknowledged): none pending when the leader changes.
-    let mut msgs = durable
-        .fetch()
-        .max_messages(3)
-        .messages()
-        .await
-        .expect("messages");
-    for _ in 0..3 {
-        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
-            .await
-            .expect("in time")
-            .expect("open")
-            .expect("message");
-        m.double_ack().await.expect("ack");
-    }
-    drop(msgs);
+    durable_with_acked(&js.get_stream("SD").await.expect("stream"), "w", 3).await;
 
     let v = api(
         &connect(c.node("n3")).await,

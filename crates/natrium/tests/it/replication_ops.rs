@@ -10,106 +10,31 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
-use natrium::options::{ClusterOptions, RouteUrl};
 use natrium::{Options, Server};
 use serde_json::{json, Value};
 
-use crate::common::{api, js_opts, start};
+use crate::common::api;
+use crate::replication::{self, wait, Cluster};
 
 /// Snapshots every this many entries: a new replica gets a snapshot, not the whole log.
 const SNAPSHOT_EVERY: u64 = 64;
 
+/// replication.rs's node with a small snapshot interval and no monitoring port.
 fn node_opts(name: &str, dir: &std::path::Path, routes: &[u16]) -> Options {
-    let mut o = js_opts(&dir.join(name));
+    let mut o = Options {
+        http_port: None,
+        http_host: String::new(),
+        ..replication::node_opts(name, dir, routes)
+    };
     if let Some(js) = o.jetstream.as_mut() {
         js.raft_snapshot_every = Some(SNAPSHOT_EVERY);
     }
-    Options {
-        server_name: Some(name.into()),
-        cluster: Some(ClusterOptions {
-            name: Some("c1".into()),
-            host: "127.0.0.1".into(),
-            port: -1,
-            routes: routes
-                .iter()
-                .map(|p| RouteUrl::parse(&format!("nats://127.0.0.1:{p}")).expect("url"))
-                .collect(),
-            ..ClusterOptions::default()
-        }),
-        ..o
-    }
+    o
 }
 
-struct Cluster {
-    _dir: tempfile::TempDir,
-    names: Vec<String>,
-    nodes: Vec<Option<Server>>,
-}
-
-impl Cluster {
-    /// `n` JetStream servers `n1..`: the others route to n1; waits for the meta group of `n`.
-    async fn start(n: usize) -> Cluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let n1 = start(node_opts("n1", dir.path(), &[])).await;
-        let p1 = n1.cluster_port().expect("cluster port");
-        let mut nodes = vec![Some(n1)];
-        for i in 2..=n {
-            nodes.push(Some(
-                start(node_opts(&format!("n{i}"), dir.path(), &[p1])).await,
-            ));
-        }
-        let c = Cluster {
-            _dir: dir,
-            names: (1..=n).map(|i| format!("n{i}")).collect(),
-            nodes,
-        };
-        wait(
-            Duration::from_secs(40),
-            "the meta group of every server",
-            || {
-                let views: Vec<_> = c.running().map(|s| s.jetstream_meta()).collect();
-                let leader = views[0].as_ref().and_then(|v| v.leader.clone());
-                leader.is_some()
-                    && views.iter().all(|v| {
-                        v.as_ref()
-                            .is_some_and(|v| v.leader == leader && v.members.len() == n)
-                    })
-            },
-        )
-        .await;
-        c
-    }
-
-    fn node(&self, name: &str) -> &Server {
-        let i = self.names.iter().position(|n| n == name).expect("name");
-        self.nodes[i].as_ref().expect("node running")
-    }
-
-    fn running(&self) -> impl Iterator<Item = &Server> {
-        self.nodes.iter().flatten()
-    }
-
-    async fn stop(&mut self, name: &str) {
-        let i = self.names.iter().position(|n| n == name).expect("name");
-        if let Some(s) = self.nodes[i].take() {
-            s.shutdown().await;
-        }
-    }
-
-    async fn shutdown(mut self) {
-        for s in self.nodes.iter_mut().filter_map(Option::take) {
-            s.shutdown().await;
-        }
-    }
-}
-
-/// Polls `f` every 50 ms until it holds; panics after `within`.
-async fn wait(within: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < within, "not in {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// `n` servers of `node_opts`; waits for the meta group of `n`.
+async fn start_cluster(n: usize) -> Cluster {
+    Cluster::start(n, Duration::from_secs(40), node_opts).await
 }
 
 async fn connect(s: &Server) -> async_nats::Client {
@@ -222,6 +147,29 @@ async fn held_by(c: &Cluster, on: &str, stream: &str, expect: &[(u64, String)]) 
     }
 }
 
+/// The next message durable `name` of `stream` delivers, the consumer looked up afresh
+/// (`found` names the lookup for a failure).
+async fn next_of(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    found: &str,
+) -> jetstream::Message {
+    let durable: consumer::PullConsumer = js
+        .get_stream(stream)
+        .await
+        .expect("stream")
+        .get_consumer(name)
+        .await
+        .expect(found);
+    let mut msgs = durable.messages().await.expect("messages");
+    tokio::time::timeout(Duration::from_secs(15), msgs.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("message")
+}
+
 fn expected(seqs: &[u64], prefix: &str) -> Vec<(u64, String)> {
     seqs.iter()
         .enumerate()
@@ -241,7 +189,7 @@ fn r3(name: &str, subject: &str, replicas: usize) -> stream::Config {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_peer_is_replaced_and_the_replacement_holds_every_message() {
-    let c = Cluster::start(4).await;
+    let c = start_cluster(4).await;
     let nc = connect(c.node("n1")).await;
     let js = jetstream::new(nc.clone());
     js.create_stream(r3("PR", "pr.>", 3))
@@ -321,7 +269,7 @@ async fn a_removed_peer_is_replaced_and_the_replacement_holds_every_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn num_replicas_grows_and_shrinks_with_every_message_kept() {
-    let c = Cluster::start(5).await;
+    let c = start_cluster(5).await;
     let nc = connect(c.node("n2")).await;
     let js = jetstream::new(nc.clone());
     js.create_stream(r3("RS", "rs.>", 3))
@@ -378,7 +326,7 @@ async fn num_replicas_grows_and_shrinks_with_every_message_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_r1_stream_becomes_r3_with_its_messages_ids_and_consumers() {
-    let c = Cluster::start(3).await;
+    let c = start_cluster(3).await;
     let nc = connect(c.node("n1")).await;
     let js = jetstream::new(nc.clone());
     js.create_stream(r3("CV", "cv.>", 1))
@@ -388,29 +336,7 @@ async fn an_r1_stream_becomes_r3_with_its_messages_ids_and_consumers() {
     assert_eq!(seqs, (1..=30).collect::<Vec<u64>>());
     let s = js.get_stream("CV").await.expect("stream");
     assert!(s.delete_message(10).await.expect("deleted"));
-    let durable: consumer::PullConsumer = s
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some("d".into()),
-            ack_wait: Duration::from_secs(30),
-            ..Default::default()
-        })
-        .await
-        .expect("consumer");
-    let mut msgs = durable
-        .fetch()
-        .max_messages(5)
-        .messages()
-        .await
-        .expect("fetch");
-    for _ in 0..5 {
-        let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
-            .await
-            .expect("in time")
-            .expect("open")
-            .expect("message");
-        m.double_ack().await.expect("ack");
-    }
-    drop(msgs);
+    replication::durable_with_acked(&s, "d", 5).await;
 
     // An R1 stream asking for more servers than there are stays as it was.
     js.create_stream(r3("CV2", "cv2.>", 1))
@@ -450,31 +376,18 @@ async fn an_r1_stream_becomes_r3_with_its_messages_ids_and_consumers() {
     assert!(ack.duplicate, "ids survive the change");
     assert_eq!(ack.sequence, 3);
     assert_eq!(publish(&js, "cv.x", "b", 1).await, vec![31]);
-    let durable: consumer::PullConsumer = js
-        .get_stream("CV")
-        .await
-        .expect("stream")
-        .get_consumer("d")
-        .await
-        .expect("the consumer came along");
-    let mut msgs = durable.messages().await.expect("messages");
-    let m = tokio::time::timeout(Duration::from_secs(15), msgs.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("message");
+    let m = next_of(&js, "CV", "d", "the consumer came along").await;
     assert_eq!(
         m.info().expect("info").stream_sequence,
         6,
         "acked stay acked"
     );
-    drop(msgs);
     c.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_server_leaves_the_meta_group_and_its_replicas_move() {
-    let c = Cluster::start(4).await;
+    let c = start_cluster(4).await;
     let nc = connect(c.node("n1")).await;
     let js = jetstream::new(nc.clone());
     js.create_stream(r3("SR", "sr.>", 3))
@@ -543,7 +456,7 @@ async fn a_removed_server_leaves_the_meta_group_and_its_replicas_move() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_stepdown_replicas_and_the_quorum_lost_advisory() {
-    let mut c = Cluster::start(3).await;
+    let mut c = start_cluster(3).await;
     let nc = connect(c.node("n1")).await;
     let js = jetstream::new(nc.clone());
     js.create_stream(r3("CS", "cs.>", 3))
@@ -591,21 +504,8 @@ async fn consumer_stepdown_replicas_and_the_quorum_lost_advisory() {
         assert!(start.elapsed() < Duration::from_secs(20), "a new leader");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let durable: consumer::PullConsumer = js
-        .get_stream("CS")
-        .await
-        .expect("stream")
-        .get_consumer("three")
-        .await
-        .expect("consumer on the new leader");
-    let mut msgs = durable.messages().await.expect("messages");
-    let m = tokio::time::timeout(Duration::from_secs(15), msgs.next())
-        .await
-        .expect("in time")
-        .expect("open")
-        .expect("message");
+    let m = next_of(&js, "CS", "three", "consumer on the new leader").await;
     assert_eq!(m.info().expect("info").stream_sequence, 1);
-    drop(msgs);
     held_by(&c, &new, "CS", &acked).await;
 
     // The leader loses both followers: the advisory in nats-server's shape.

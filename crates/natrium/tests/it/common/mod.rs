@@ -61,6 +61,43 @@ pub async fn api(
     serde_json::from_slice(&r.payload).expect("api json")
 }
 
+/// A publish with headers made as a request, answered within `within`: the reply's JSON
+/// (`Null` for an empty reply).
+pub async fn request_with_headers(
+    c: &async_nats::Client,
+    subject: &str,
+    hdrs: &[(&str, &str)],
+    body: &str,
+    within: Duration,
+) -> serde_json::Value {
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in hdrs {
+        h.insert(*k, *v);
+    }
+    let r = tokio::time::timeout(
+        within,
+        c.request_with_headers(subject.to_string(), h, body.to_string().into()),
+    )
+    .await
+    .expect("reply in time")
+    .expect("reply");
+    if r.payload.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&r.payload).expect("json")
+}
+
+/// A `Nats-Schedule` firing once, `secs` whole seconds from now: `@at <RFC 3339>`.
+pub fn schedule_at(secs: i64) -> String {
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    let at = at
+        .replace_nanosecond(0)
+        .expect("whole seconds")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("rfc3339");
+    format!("@at {at}")
+}
+
 /// A raw TCP connection speaking the protocol by hand.
 pub struct Raw {
     pub stream: TcpStream,

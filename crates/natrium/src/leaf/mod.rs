@@ -545,6 +545,8 @@ async fn dialled_ws(
     );
     let mut ws = WsStream::new(socket, cfg, out.clone());
     ws.preload(&rest);
+    // Closing sends a close frame and waits (bounded by the writer) for the hub's.
+    ws.set_dialler();
     let start = conn::Start {
         tls: leafs.connectors[i].is_some(),
         out: Some(out),

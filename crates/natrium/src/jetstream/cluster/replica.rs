@@ -28,7 +28,8 @@ use crate::jetstream::consumer::Consumer;
 use crate::jetstream::consumer_config::ConsumerConfig;
 use crate::jetstream::errors::ApiError;
 use crate::jetstream::stream::{
-    decode_batch, encode_batch, Entry, LeaderBatches, Proposal, Replay, Replication, Stream,
+    decode_batch, encode_batch, replay_over, replayed_through, Entry, LeaderBatches, Proposal,
+    Replay, Replication, Stream,
 };
 use crate::router::InternalClient;
 use crate::util::time::{from_unix_nanos, now_nanos, unix_nanos};
@@ -260,7 +261,7 @@ impl StreamSm {
         let store = self.stream.store.clone();
         let mut sh = self.shared.lock();
         self.max_ts.fetch_max(m.ts, Ordering::Relaxed);
-        Self::replayed_through(&mut sh, seq);
+        replayed_through(&mut sh.replay, seq);
         if store.state().last_seq < seq {
             if let Err(e) = super::catchup::advance(store.as_ref(), seq, m.ts) {
                 return self.error(store_error(&e));
@@ -278,19 +279,12 @@ impl StreamSm {
             .into_bytes()
     }
 
-    /// After a restart, entries that name their sequence move the replay's expectation on.
-    fn replayed_through(sh: &mut Shared, seq: u64) {
-        if let Some((_, held)) = sh.replay {
-            sh.replay = (seq < held).then_some((seq + 1, held));
-        }
-    }
-
     fn apply_control(&mut self, c: Control) -> Vec<u8> {
         match c {
             Control::Barrier => b"{}".to_vec(),
             Control::Advance { next } => {
                 let mut sh = self.shared.lock();
-                Self::replayed_through(&mut sh, next.saturating_sub(1));
+                replayed_through(&mut sh.replay, next.saturating_sub(1));
                 let ts = self.max_ts.load(Ordering::Relaxed);
                 match super::catchup::advance(self.stream.store.as_ref(), next, ts) {
                     Ok(()) => b"{}".to_vec(),
@@ -424,7 +418,7 @@ impl natrium_raft::StateMachine for StreamSm {
         self.stream.restore_dedupe(st.ids, st.last_id);
         self.max_ts.fetch_max(st.max_ts, Ordering::Relaxed);
         sh.consumers = st.consumers;
-        sh.replay = (held > st.last_seq).then_some((st.last_seq + 1, held));
+        sh.replay = replay_over(self.stream.store.as_ref(), st.last_seq + 1);
         Ok(())
     }
 }
@@ -509,12 +503,8 @@ impl Replica {
                 .compact(sa.config.first_seq)
                 .map_err(|e| e.to_string())?;
         }
-        let held = stream.store.state().last_seq;
-        let first = sa.config.first_seq.max(1);
-        if held >= first {
-            // No snapshot yet: the whole log is replayed over what the store holds.
-            shared.lock().replay = Some((first, held));
-        }
+        // Until a snapshot says otherwise, the whole log is replayed over what the store holds.
+        shared.lock().replay = replay_over(stream.store.as_ref(), sa.config.first_seq.max(1));
         let sm = StreamSm {
             cluster: Arc::downgrade(cl),
             account: sa.account.clone(),

@@ -292,7 +292,14 @@ impl StreamSm {
                 }
             }
             Control::Purge { filter, seq, keep } => {
-                match self.stream.purge(filter.as_deref(), seq, keep) {
+                let replaying = self.shared.lock().replay;
+                let purged = match replaying {
+                    Some(r) => self
+                        .stream
+                        .purge_replayed(filter.as_deref(), seq, keep, r.next),
+                    None => self.stream.purge(filter.as_deref(), seq, keep),
+                };
+                match purged {
                     Ok(n) => json!({"success": true, "purged": n})
                         .to_string()
                         .into_bytes(),

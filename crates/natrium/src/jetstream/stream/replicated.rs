@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use natrium_store::StoredMsg;
+use natrium_store::{StoreError, StoredMsg};
 use serde_json::json;
 
 use super::batch::Batches;
@@ -342,6 +342,46 @@ impl Stream {
         for &seq in seqs {
             self.fire_schedule(&cfg, seq, Some(ts));
         }
+    }
+
+    /// A purge replayed over a store that also holds what was stored after it: only messages
+    /// below `below` (the replay's position: every held message stored before the purge is
+    /// below it, every one at or above it came later) are in its reach.
+    pub(crate) fn purge_replayed(
+        &self,
+        filter: Option<&str>,
+        seq: u64,
+        keep: u64,
+        below: u64,
+    ) -> Result<u64, ApiError> {
+        let filter = filter.filter(|f| !f.is_empty()).unwrap_or(">");
+        let failed = |e: StoreError| ApiError::purge_failed(e.to_string());
+        let purged = if keep == 0 {
+            let upto = if seq > 1 { seq.min(below) } else { below };
+            if upto <= 1 {
+                return Ok(0);
+            }
+            self.store
+                .purge_ex(filter.as_bytes(), upto, 0)
+                .map_err(failed)?
+        } else {
+            let mut matching = Vec::new();
+            let mut at = 1;
+            while let Ok(m) = self.store.load_next_msg(filter.as_bytes(), at) {
+                if m.seq >= below {
+                    break;
+                }
+                matching.push(m.seq);
+                at = m.seq + 1;
+            }
+            let drop = matching.len().saturating_sub(keep as usize);
+            for &s in &matching[..drop] {
+                self.store.remove_msg(s).map_err(failed)?;
+            }
+            drop as u64
+        };
+        self.consumers.recount();
+        Ok(purged)
     }
 
     /// Applies a mirrored message at its origin sequence (nothing when the store has it).

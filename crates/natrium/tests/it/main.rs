@@ -48,6 +48,7 @@ mod protocol;
 mod reload;
 mod replication;
 mod replication_ops;
+mod replication_replay;
 mod resolver;
 mod route_pool;
 mod stock_clients;

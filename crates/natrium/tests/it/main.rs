@@ -48,6 +48,7 @@ mod reload;
 mod replication;
 mod replication_ops;
 mod replication_replay;
+mod replication_routes;
 mod resolver;
 mod route_pool;
 mod stock_clients;

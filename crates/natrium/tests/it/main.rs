@@ -47,6 +47,7 @@ mod protocol;
 mod reload;
 mod replication;
 mod replication_ops;
+mod replication_repair;
 mod resolver;
 mod route_pool;
 mod stock_clients;

@@ -46,6 +46,9 @@ pub(crate) struct Cluster {
     /// `n1..`, in start order.
     pub(crate) names: Vec<String>,
     nodes: Vec<Option<Server>>,
+    opts: fn(&str, &std::path::Path, &[u16]) -> Options,
+    /// n1's cluster port (the others route to it).
+    seed: u16,
 }
 
 impl Cluster {
@@ -67,6 +70,8 @@ impl Cluster {
             _dir: dir,
             names: (1..=n).map(|i| format!("n{i}")).collect(),
             nodes,
+            opts,
+            seed: p1,
         };
         wait(within, &format!("the meta group of {n}"), || {
             let views: Vec<_> = c.running().map(|s| s.jetstream_meta()).collect();
@@ -103,6 +108,26 @@ impl Cluster {
         if let Some(s) = self.nodes[i].take() {
             s.shutdown().await;
         }
+    }
+
+    /// The store directory of server `name`.
+    pub(crate) fn store_dir(&self, name: &str) -> std::path::PathBuf {
+        self._dir.path().join(name)
+    }
+
+    /// Starts server `name` (stopped before, not n1) again on its store directory.
+    pub(crate) async fn restart(&mut self, name: &str) {
+        let i = self
+            .names
+            .iter()
+            .position(|n| n == name)
+            .expect("node name");
+        assert!(
+            i > 0 && self.nodes[i].is_none(),
+            "{name} is stopped, not n1"
+        );
+        let o = (self.opts)(name, self._dir.path(), &[self.seed]);
+        self.nodes[i] = Some(start(o).await);
     }
 
     pub(crate) async fn shutdown(mut self) {

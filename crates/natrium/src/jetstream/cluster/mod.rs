@@ -11,6 +11,7 @@ mod catchup;
 mod convert;
 mod meta;
 mod peers;
+mod repair;
 mod replica;
 mod transport;
 
@@ -85,6 +86,8 @@ pub(crate) struct JsCluster {
     /// Streams (by key) this server is making replicated: their replica is opened by the
     /// conversion, not by the reconciler.
     converting: Mutex<HashSet<String>>,
+    /// Streams (by key) whose replica here is being repaired (not open meanwhile).
+    repairing: Mutex<HashSet<String>>,
     /// Bumped whenever a stream leader is announced (waiters re-check).
     leader_news: watch::Sender<u64>,
     stop: watch::Sender<bool>,
@@ -149,6 +152,7 @@ impl JsCluster {
             leaders: Mutex::new(Leaders::default()),
             pending: catchup::Pending::default(),
             converting: Mutex::new(HashSet::new()),
+            repairing: Mutex::new(HashSet::new()),
             leader_news,
             stop,
         });
@@ -420,6 +424,12 @@ impl JsCluster {
         let sa = self.assignment(account, name);
         let replicas = self.replicas_info(&st);
         let mut c = json!({"name": self.settings.cluster, "replicas": replicas});
+        if let Some(sa) = &sa {
+            c["raft_group"] = json!(sa.group);
+        }
+        if let Some(since) = r.leader_since() {
+            c["leader_since"] = json!(rfc3339(since));
+        }
         match st.leader {
             Some((_, l)) => c["leader"] = json!(l),
             None => {
@@ -528,6 +538,7 @@ impl JsCluster {
         }
         if self.replicas.lock().contains_key(&sa.key())
             || self.converting.lock().contains(&sa.key())
+            || self.repairing.lock().contains(&sa.key())
         {
             return;
         }
@@ -545,6 +556,23 @@ impl JsCluster {
             .join("streams")
             .join(&sa.account)
             .join(&sa.config.name);
+        // A store that lost messages is repaired from the peers before the replica opens.
+        match repair::check(sa, &dir) {
+            Ok(None) => {}
+            Ok(Some(damaged)) => {
+                self.repairing.lock().insert(sa.key());
+                tokio::spawn(self.clone().repair(sa.clone(), dir, damaged));
+                return;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "replicated stream {:?} in account {:?}: can not check its store: {e}",
+                    sa.config.name,
+                    sa.account
+                );
+                return;
+            }
+        }
         match Replica::open(self, &catalog, sa, &dir).await {
             Ok(r) => {
                 if let Some(first) = sa.peers.first().filter(|p| **p == self.name) {

@@ -48,6 +48,7 @@ mod reload;
 mod replication;
 mod replication_ops;
 mod replication_repair;
+mod replication_replay;
 mod resolver;
 mod route_pool;
 mod stock_clients;

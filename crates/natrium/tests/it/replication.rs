@@ -47,8 +47,6 @@ pub(crate) struct Cluster {
     pub(crate) names: Vec<String>,
     nodes: Vec<Option<Server>>,
     opts: fn(&str, &std::path::Path, &[u16]) -> Options,
-    /// n1's cluster port (the others route to it).
-    seed: u16,
 }
 
 impl Cluster {
@@ -71,7 +69,6 @@ impl Cluster {
             names: (1..=n).map(|i| format!("n{i}")).collect(),
             nodes,
             opts,
-            seed: p1,
         };
         wait(within, &format!("the meta group of {n}"), || {
             let views: Vec<_> = c.running().map(|s| s.jetstream_meta()).collect();
@@ -115,19 +112,19 @@ impl Cluster {
         self._dir.path().join(name)
     }
 
-    /// Starts server `name` (stopped before, not n1) again on its store directory.
+    /// Starts stopped server `name` again on its store, routed to a running server.
     pub(crate) async fn restart(&mut self, name: &str) {
         let i = self
             .names
             .iter()
             .position(|n| n == name)
             .expect("node name");
-        assert!(
-            i > 0 && self.nodes[i].is_none(),
-            "{name} is stopped, not n1"
-        );
-        let o = (self.opts)(name, self._dir.path(), &[self.seed]);
-        self.nodes[i] = Some(start(o).await);
+        assert!(self.nodes[i].is_none(), "{name} is running");
+        let route = self
+            .running()
+            .find_map(|s| s.cluster_port())
+            .expect("a running server");
+        self.nodes[i] = Some(start((self.opts)(name, self._dir.path(), &[route])).await);
     }
 
     pub(crate) async fn shutdown(mut self) {

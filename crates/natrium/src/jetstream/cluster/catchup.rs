@@ -138,7 +138,12 @@ pub(super) async fn serve(cl: Weak<JsCluster>, mut sub: InternalSubscription) {
             continue;
         };
         let store = r.stream.store.clone();
-        if store.state().last_seq < f.to || r.group.status().role == natrium_raft::Role::Stopped {
+        let st = store.state();
+        // Sequences this store lost to damage are missing, not deleted.
+        let damaged = st.lost[st.lost.partition_point(|&s| s < f.from)..]
+            .first()
+            .is_some_and(|&s| s <= f.to);
+        if st.last_seq < f.to || damaged || r.group.status().role == natrium_raft::Role::Stopped {
             // Not (or no longer) holding the range: the asker tries another peer.
             let _ = cl
                 .settings
@@ -146,32 +151,47 @@ pub(super) async fn serve(cl: Weak<JsCluster>, mut sub: InternalSubscription) {
                 .publish(reply, None, None, &encode_answer(LACKING, &[]));
             continue;
         }
-        let mut msgs = Vec::new();
-        let mut bytes = 0;
-        let mut at = f.from;
-        let mut next = 0;
-        while at <= f.to {
-            match store.load_next_msg(b">", at) {
-                Ok(sm) if sm.seq <= f.to => {
-                    at = sm.seq + 1;
-                    bytes += sm.payload.len() + sm.subject.len() + 32;
-                    msgs.push(sm);
-                    if msgs.len() >= BATCH_MSGS || bytes >= BATCH_BYTES {
-                        next = at;
-                        break;
-                    }
-                }
-                _ => break,
+        let answer = match read_range(store.as_ref(), f.from, f.to) {
+            Ok((next, msgs)) => encode_answer(next, &msgs),
+            Err(e) => {
+                // A message it cannot read (damaged here) is not a gap: another peer is asked.
+                tracing::warn!(
+                    "JetStream cluster: stream '{} > {}': catch-up read failed: {e}",
+                    f.account,
+                    f.stream
+                );
+                encode_answer(LACKING, &[])
             }
-        }
-        if next > f.to {
-            next = 0;
-        }
-        let _ = cl
-            .settings
-            .system
-            .publish(reply, None, None, &encode_answer(next, &msgs));
+        };
+        let _ = cl.settings.system.publish(reply, None, None, &answer);
     }
+}
+
+/// The messages of `from..=to` that one answer carries, and the sequence to ask for next (0
+/// when the range is done). Only the end of the messages ends the range: a read error is not
+/// a gap.
+fn read_range(
+    store: &dyn StreamStore,
+    from: u64,
+    to: u64,
+) -> Result<(u64, Vec<natrium_store::StoredMsg>), StoreError> {
+    let mut msgs = Vec::new();
+    let mut bytes = 0;
+    let mut at = from;
+    while at <= to {
+        let sm = match store.load_next_msg(b">", at) {
+            Ok(sm) if sm.seq <= to => sm,
+            Ok(_) | Err(StoreError::NotFound | StoreError::Eof) => break,
+            Err(e) => return Err(e),
+        };
+        at = sm.seq + 1;
+        bytes += sm.payload.len() + sm.subject.len() + 32;
+        msgs.push(sm);
+        if msgs.len() >= BATCH_MSGS || bytes >= BATCH_BYTES {
+            return Ok((if at > to { 0 } else { at }, msgs));
+        }
+    }
+    Ok((0, msgs))
 }
 
 /// Hands answers to the fetches waiting for them.
@@ -353,6 +373,31 @@ pub(crate) fn advance(store: &dyn StreamStore, next: u64, ts: i64) -> Result<(),
 mod tests {
     use super::*;
     use bytes::Bytes;
+
+    #[test]
+    fn a_range_is_read_in_batches_and_ends_at_its_last_message() {
+        let store = natrium_store::MemStore::new(natrium_store::Limits::default()).expect("store");
+        for i in 0..10u8 {
+            store.store_msg(b"s", None, &[i], 1).expect("stored");
+        }
+        store.remove_msg(4).expect("removed");
+        let (next, msgs) = read_range(&store, 2, 6).expect("read");
+        assert_eq!(next, 0);
+        let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [2, 3, 5, 6], "a deleted message is a gap");
+        let big = vec![0u8; BATCH_BYTES / 2];
+        for _ in 0..3 {
+            store.store_msg(b"s", None, &big, 1).expect("stored");
+        }
+        let (next, msgs) = read_range(&store, 11, 13).expect("read");
+        assert_eq!(
+            (next, msgs.len()),
+            (13, 2),
+            "one answer holds at most BATCH_BYTES"
+        );
+        let (next, msgs) = read_range(&store, 13, 13).expect("read");
+        assert_eq!((next, msgs.len()), (0, 1));
+    }
 
     #[test]
     fn answers_round_trip() {

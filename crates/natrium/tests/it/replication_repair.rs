@@ -275,6 +275,10 @@ async fn a_replica_with_a_damaged_block_is_repaired_from_its_peers() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    println!(
+        "repaired and caught up {:?} after the restart",
+        start.elapsed()
+    );
     // Every message read through the repaired server is the leader's.
     let vc = connect(c.node(&victim)).await;
     for m in &want {
@@ -286,5 +290,97 @@ async fn a_replica_with_a_damaged_block_is_repaired_from_its_peers() {
             (m.subject.as_str(), &m.payload)
         );
     }
+    c.shutdown().await;
+}
+
+/// An R1 stream on n2 made R3, n2 stopped as soon as the stream's new group leads there (the
+/// import of its messages cut short) and started again: the conversion is taken up from the
+/// kept R1 files, every message ends on three servers at its sequence, and publishing goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversion_cut_by_a_restart_is_finished_with_every_message() {
+    const N: u64 = 3000;
+    let mut c = cluster().await;
+    let nc2 = connect(c.node("n2")).await;
+    let js2 = jetstream::new(nc2.clone());
+    js2.create_stream(stream::Config {
+        name: "CONV".into(),
+        subjects: vec!["conv.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("created on n2");
+    let mut acks = Vec::new();
+    for i in 0..N {
+        acks.push(
+            js2.publish(format!("conv.{}", i % 5), format!("m-{i:05}").into())
+                .await
+                .expect("published"),
+        );
+        if acks.len() == 500 {
+            for a in acks.drain(..) {
+                a.await.expect("acknowledged");
+            }
+        }
+    }
+    for a in acks.drain(..) {
+        a.await.expect("acknowledged");
+    }
+    // Ask for three replicas, and stop n2 once the new group leads there.
+    let asker = nc2.clone();
+    tokio::spawn(async move {
+        let body = json!({"name": "CONV", "subjects": ["conv.>"], "num_replicas": 3});
+        let _ = asker
+            .request("$JS.API.STREAM.UPDATE.CONV", body.to_string().into())
+            .await;
+    });
+    let start = std::time::Instant::now();
+    while c.node("n2").stream_leader("$G", "CONV").as_deref() != Some("n2") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no group for CONV"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    c.stop("n2").await;
+    c.restart("n2").await;
+    let nc1 = connect(c.node("n1")).await;
+    let start = std::time::Instant::now();
+    loop {
+        let v = api(&nc1, "$JS.API.STREAM.INFO.CONV", Value::Null).await;
+        if v["config"]["num_replicas"] == 3 && v["state"]["messages"] == N {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not converted with every message: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "conversion finished {:?} after the restart",
+        start.elapsed()
+    );
+    let js1 = jetstream::new(nc1.clone());
+    let ack = js1
+        .publish("conv.new", "after".into())
+        .await
+        .expect("published")
+        .await
+        .expect("acknowledged");
+    assert_eq!(ack.sequence, N + 1);
+    wait(
+        Duration::from_secs(30),
+        "every replica holds every message",
+        || {
+            c.running().all(|s| {
+                s.local_messages("$G", "CONV").is_some_and(|m| {
+                    m.len() as u64 == N + 1
+                        && m.iter().enumerate().all(|(i, x)| x.seq == i as u64 + 1)
+                        && m[17].payload == b"m-00017"
+                })
+            })
+        },
+    )
+    .await;
     c.shutdown().await;
 }

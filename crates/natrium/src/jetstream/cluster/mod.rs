@@ -531,8 +531,15 @@ impl JsCluster {
         self.meta.shutdown().await;
     }
 
-    /// Opens this node's replica of `sa` (idempotent).
+    /// Opens this node's replica of `sa` (idempotent), taking up a conversion a restart left
+    /// unfinished.
     async fn ensure_replica(self: &Arc<Self>, sa: &StreamAssignment) {
+        self.open_replica(sa, true).await
+    }
+
+    /// Opens this node's replica of `sa` (idempotent); with `resume`, a conversion left
+    /// unfinished in its directory is taken up (not by the conversion that opens it).
+    async fn open_replica(self: &Arc<Self>, sa: &StreamAssignment, resume: bool) {
         if !sa.peers.contains(&self.name) {
             return;
         }
@@ -573,8 +580,16 @@ impl JsCluster {
                 return;
             }
         }
+        let conversion = resume.then(|| self.pending_conversion(sa, &dir)).flatten();
         match Replica::open(self, &catalog, sa, &dir).await {
             Ok(r) => {
+                if let Some((local, pending)) = conversion {
+                    let (account, name) = (sa.account.clone(), sa.config.name.clone());
+                    tokio::spawn(
+                        self.clone()
+                            .resume_conversion(account, name, local, pending),
+                    );
+                }
                 if let Some(first) = sa.peers.first().filter(|p| **p == self.name) {
                     // The first peer forms the group; the others learn it from the leader.
                     let members: BTreeMap<NodeId, Peer> = sa

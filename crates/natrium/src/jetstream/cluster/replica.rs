@@ -55,7 +55,7 @@ const ADD_MEMBER_WAIT: Duration = Duration::from_secs(60);
 
 /// A replicated consumer: its config and last replicated progress.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct ConsumerRecord {
+pub(crate) struct ConsumerRecord {
     config: ConsumerConfig,
     created_ns: i64,
     #[serde(default)]
@@ -461,6 +461,8 @@ pub(crate) struct Replica {
     leading: Arc<AtomicBool>,
     /// The subjects the leader's ingest listens on (none when not leading).
     listening: Mutex<Option<Vec<String>>>,
+    /// The leader takes no publishes while a conversion imports the R1 stream's messages.
+    ingest_held: watch::Sender<bool>,
     /// Work the stream decided for its leader to propose (timed work, sourced messages).
     proposals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Proposal>>,
     /// Since when this server leads (serving).
@@ -579,6 +581,7 @@ impl Replica {
             dir: dir.to_path_buf(),
             leading,
             listening: Mutex::new(None),
+            ingest_held: watch::channel(super::convert::Pending::read(dir).is_some()).0,
             proposals: tokio::sync::Mutex::new(proposals),
             led_since: Mutex::new(None),
             reshaping: AtomicBool::new(false),
@@ -599,6 +602,11 @@ impl Replica {
     pub(crate) fn leader_since(&self) -> Option<std::time::SystemTime> {
         let since = (*self.led_since.lock())?;
         std::time::SystemTime::now().checked_sub(since.elapsed())
+    }
+
+    /// Lets the leader take publishes (a conversion's import is done).
+    pub(super) fn release_ingest(&self) {
+        self.ingest_held.send_replace(false);
     }
 
     /// Whether this server leads the stream and its ingest listens on exactly `subjects`.
@@ -1025,6 +1033,15 @@ impl Replica {
             self.account
         );
         self.start_consumers();
+        // An R1 stream being made replicated: its messages are imported first (a publish
+        // taken before would get a sequence an imported message has).
+        let mut held = self.ingest_held.subscribe();
+        while *held.borrow_and_update() {
+            tokio::select! {
+                r = held.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
         let subjects = self.stream.config_arc().subjects.clone();
         let mut sub = None;
         for s in &subjects {

@@ -125,6 +125,95 @@ async fn a_restarted_replica_replays_purges_without_removing_later_messages() {
     c.shutdown().await;
 }
 
+/// A replica small enough to snapshot every 16 entries (the log behind it compacted).
+fn compacting_node(name: &str, dir: &std::path::Path, routes: &[u16]) -> natrium::Options {
+    let mut o = crate::replication::node_opts(name, dir, routes);
+    if let Some(js) = o.jetstream.as_mut() {
+        js.raft_snapshot_every = Some(16);
+    }
+    o
+}
+
+/// A follower away while messages are deleted (a work queue's acks, KV purges) and the log is
+/// compacted behind a snapshot gets the snapshot when it comes back: what the leader removed
+/// in the meantime is removed on it too, not only the new messages fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_back_after_compaction_drops_what_was_removed_while_it_was_away() {
+    let mut c = Cluster::start(3, Duration::from_secs(30), compacting_node).await;
+    let nc = connect(c.node("n1")).await;
+    let js = jetstream::new(nc.clone());
+    js.create_stream(stream::Config {
+        name: "WQ".into(),
+        subjects: vec!["wq.>".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    for i in 0..40 {
+        js.publish(format!("wq.{}", i % 4), format!("{i}").into())
+            .await
+            .expect("sent")
+            .await
+            .expect("acknowledged");
+    }
+    let leader = leader_of(&c, "WQ", "wq.0", None).await;
+    let follower = c
+        .names
+        .iter()
+        .find(|n| **n != leader)
+        .expect("a follower")
+        .clone();
+    let all = local(&c, &leader, "WQ");
+    wait(
+        Duration::from_secs(20),
+        "the follower holds every message",
+        || local(&c, &follower, "WQ") == all,
+    )
+    .await;
+    c.stop(&follower).await;
+    // While it is away: the first ten go (from the front), two in the middle, one subject is
+    // purged, and more than a snapshot's worth of entries follow.
+    let leader_nc = connect(c.node(&leader)).await;
+    let purge = api(&leader_nc, "$JS.API.STREAM.PURGE.WQ", json!({"seq": 11})).await;
+    assert_eq!(purge["success"], true, "{purge}");
+    for seq in [20, 25] {
+        let v = api(
+            &leader_nc,
+            "$JS.API.STREAM.MSG.DELETE.WQ",
+            json!({"seq": seq}),
+        )
+        .await;
+        assert_eq!(v["success"], true, "{v}");
+    }
+    let purge = api(
+        &leader_nc,
+        "$JS.API.STREAM.PURGE.WQ",
+        json!({"filter": "wq.3"}),
+    )
+    .await;
+    assert_eq!(purge["success"], true, "{purge}");
+    for i in 0..40 {
+        js.publish("wq.9", format!("late {i}").into())
+            .await
+            .expect("sent")
+            .await
+            .expect("acknowledged");
+    }
+    let expected = local(&c, &leader, "WQ");
+    c.restart(&follower).await;
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while local(&c, &follower, "WQ") != expected && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        local(&c, &follower, "WQ"),
+        expected,
+        "{follower} against {leader}"
+    );
+    c.shutdown().await;
+}
+
 /// Stops a follower of `stream` once it holds `expected`, starts it again on its files and
 /// checks that it holds exactly that, at the same sequences, for a while.
 async fn restart_a_follower_and_compare(

@@ -398,6 +398,42 @@ impl natrium_raft::StateMachine for StreamSm {
         serde_json::to_vec(&st).map_err(|e| e.to_string())
     }
 
+    /// A leader's snapshot: what this replica holds of its range may include messages removed
+    /// since it last applied the log (their entries are compacted into the snapshot), which
+    /// are removed here too before the snapshot is taken as at open.
+    fn install(&mut self, data: &[u8]) -> Result<(), String> {
+        #[derive(Deserialize)]
+        struct Head {
+            last_seq: u64,
+        }
+        let head: Head = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        let held = self.stream.store.state().last_seq;
+        if held > 0 {
+            let upto = held.min(head.last_seq);
+            let reconciled = match self.cluster.upgrade() {
+                Some(cl) => cl.reconcile_blocking(
+                    &self.account,
+                    &self.stream.name,
+                    &self.stream.store,
+                    upto,
+                ),
+                None => Err("stopping".into()),
+            };
+            match reconciled {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    "stream {}: removed {n} messages the leader removed while this replica was behind",
+                    self.stream.name
+                ),
+                Err(e) => tracing::error!(
+                    "stream {}: could not learn what the leader removed up to {upto}: {e}",
+                    self.stream.name
+                ),
+            }
+        }
+        self.restore(data)
+    }
+
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         let st: SnapshotState = serde_json::from_slice(data).map_err(|e| e.to_string())?;
         let held = self.stream.store.state().last_seq;

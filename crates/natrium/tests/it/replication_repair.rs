@@ -384,3 +384,81 @@ async fn a_conversion_cut_by_a_restart_is_finished_with_every_message() {
     .await;
     c.shutdown().await;
 }
+
+/// An R3 stream sourcing an R1 stream that lives on another server: its leader's consumer
+/// create for the origin is forwarded to the origin's server (every other server stays out
+/// of it), so every message of the origin is sourced; a client of another server reads the
+/// R1 stream's info too, and a stream no server holds is still "not found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_r3_stream_sources_an_r1_stream_of_another_server() {
+    let c = cluster().await;
+    let nc3 = connect(c.node("n3")).await;
+    let js3 = jetstream::new(nc3.clone());
+    js3.create_stream(stream::Config {
+        name: "ORIG".into(),
+        subjects: vec!["orig.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("R1 created on n3");
+    for i in 0..10 {
+        js3.publish(format!("orig.{i}"), "x".into())
+            .await
+            .expect("published")
+            .await
+            .expect("acknowledged");
+    }
+    let nc1 = connect(c.node("n1")).await;
+    let v = api(
+        &nc1,
+        "$JS.API.STREAM.CREATE.AGG",
+        json!({"name": "AGG", "num_replicas": 3, "sources": [{"name": "ORIG"}]}),
+    )
+    .await;
+    assert!(v.get("error").is_none(), "{v}");
+    // Its leader on another server than the origin's.
+    let mut leader = String::new();
+    for _ in 0..5 {
+        wait(Duration::from_secs(20), "AGG has a leader", || {
+            c.node("n1").stream_leader("$G", "AGG").is_some()
+        })
+        .await;
+        leader = c.node("n1").stream_leader("$G", "AGG").expect("leader");
+        if leader != "n3" {
+            break;
+        }
+        let v = api(&nc1, "$JS.API.STREAM.LEADER.STEPDOWN.AGG", Value::Null).await;
+        assert_eq!(v["success"], true, "{v}");
+    }
+    assert_ne!(leader, "n3", "the leader stays on the origin's server");
+    for i in 10..15 {
+        js3.publish(format!("orig.{i}"), "y".into())
+            .await
+            .expect("published")
+            .await
+            .expect("acknowledged");
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let v = api(&nc1, "$JS.API.STREAM.INFO.AGG", Value::Null).await;
+        if v["state"]["messages"] == 15 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "not every origin message sourced (leader {leader}): {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A client of n1 sees n3's R1 stream.
+    let v = api(&nc1, "$JS.API.STREAM.INFO.ORIG", Value::Null).await;
+    assert_eq!(v["state"]["messages"], 15, "{v}");
+    // Not found, asked of every server first.
+    let start = std::time::Instant::now();
+    for _ in 0..20 {
+        let v = api(&nc1, "$JS.API.STREAM.INFO.NOPE", Value::Null).await;
+        assert_eq!(v["error"]["err_code"], 10059, "{v}");
+    }
+    println!("stream not found: {:?} per request", start.elapsed() / 20);
+    c.shutdown().await;
+}

@@ -531,8 +531,38 @@ impl JsCluster {
             ["CONSUMER", "MSG", "NEXT", stream, ..] if assigned(stream) => {
                 self.to_stream_leader(client, m, hops, stream, true)
             }
+            _ if hops < MAX_HOPS => match r1_stream(&tokens) {
+                Some(stream) if !assigned(stream) && !self.holds_local(&account, stream) => {
+                    self.to_r1_holder(client, m, hops, stream);
+                    true
+                }
+                _ => false,
+            },
             _ => false,
         }
+    }
+
+    /// A request naming an R1 stream this server does not hold: forwarded to the server that
+    /// holds it, else answered by the local API ("not found").
+    fn to_r1_holder(
+        self: &Arc<Self>,
+        client: &InternalClient,
+        m: &InternalMsg,
+        hops: u8,
+        stream: &str,
+    ) {
+        let (cl, account, m) = (self.clone(), client.account().to_string(), m.clone());
+        let stream = stream.to_string();
+        tokio::spawn(async move {
+            match cl.locate_r1(&account, &stream).await {
+                Some(holder) => cl.forward(&holder, &account, &m, hops),
+                None => {
+                    if let Some(api) = cl.jetstream().and_then(|js| js.api(&account)) {
+                        api.handle_hop(m, MAX_HOPS);
+                    }
+                }
+            }
+        });
     }
 
     fn to_meta_leader(
@@ -862,6 +892,18 @@ impl JsCluster {
             "stream_names_response"
         };
         respond(client, m.reply.as_deref(), kind, Ok(body));
+    }
+}
+
+/// The stream a request served by an R1 stream's own server names: stream info, message
+/// gets, direct gets and consumer requests (creates and deletes of streams stay with the
+/// server asked).
+fn r1_stream<'a>(tokens: &[&'a str]) -> Option<&'a str> {
+    match tokens {
+        ["STREAM", "INFO", s] | ["STREAM", "MSG", "GET", s] | ["DIRECT", "GET", s, ..] => Some(s),
+        ["CONSUMER", "DURABLE", "CREATE", s, ..] | ["CONSUMER", "MSG", "NEXT", s, ..] => Some(s),
+        ["CONSUMER", "CREATE" | "INFO" | "DELETE" | "NAMES" | "LIST", s, ..] => Some(s),
+        _ => None,
     }
 }
 

@@ -9,6 +9,7 @@
 mod api;
 mod catchup;
 mod convert;
+mod locate;
 mod meta;
 mod peers;
 mod repair;
@@ -178,6 +179,10 @@ impl JsCluster {
         let answers = sys
             .subscribe(&format!("{}.*", catchup::answers_prefix(id)), None, 256)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let r1_asks = sys
+            .subscribe(&locate::subject(id), None, 256)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        tokio::spawn(locate::serve(Arc::downgrade(&cl), r1_asks));
         tokio::spawn(catchup::serve(Arc::downgrade(&cl), fetches));
         tokio::spawn(catchup::answers(Arc::downgrade(&cl), answers));
         tokio::spawn(meta_stepdowns(Arc::downgrade(&cl), stepdowns));

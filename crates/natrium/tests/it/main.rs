@@ -49,6 +49,7 @@ mod replication;
 mod replication_ops;
 mod replication_repair;
 mod replication_replay;
+mod replication_routes;
 mod resolver;
 mod route_pool;
 mod stock_clients;

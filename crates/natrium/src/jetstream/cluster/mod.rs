@@ -55,8 +55,9 @@ pub(crate) struct ClusterSettings {
     pub cluster: String,
     /// `server_tags`.
     pub tags: Vec<String>,
-    /// Servers expected when the meta group first forms (explicit routes + this one).
-    pub expected: usize,
+    /// Servers expected when the meta group first forms (those the explicit routes name, this
+    /// one included), as known now.
+    pub expected: Arc<dyn Fn() -> usize + Send + Sync>,
     /// A client in the system account.
     pub system: InternalClient,
 }
@@ -770,7 +771,7 @@ async fn maybe_bootstrap(cl: &Arc<JsCluster>) {
         if online.iter().any(|(_, h)| h.meta_initialized) {
             return;
         }
-        if online.len() < cl.settings.expected.max(1)
+        if online.len() < (cl.settings.expected)().max(1)
             || online.first().map(|(id, _)| *id) != Some(cl.id)
             || peers
                 .changed

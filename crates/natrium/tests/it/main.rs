@@ -47,6 +47,7 @@ mod protocol;
 mod reload;
 mod replication;
 mod replication_ops;
+mod replication_repair;
 mod replication_replay;
 mod replication_routes;
 mod resolver;

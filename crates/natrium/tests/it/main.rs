@@ -48,6 +48,7 @@ mod reload;
 mod replication;
 mod replication_acks;
 mod replication_ops;
+mod replication_replay;
 mod resolver;
 mod route_pool;
 mod stock_clients;

@@ -29,7 +29,8 @@ use crate::jetstream::config::{Retention, Storage, StreamConfig};
 use crate::jetstream::consumer::{Consumer, Delta};
 use crate::jetstream::errors::ApiError;
 use crate::jetstream::stream::{
-    decode_batch, encode_batch, Entry, LeaderBatches, Proposal, Replay, Replication, Stream,
+    decode_batch, encode_batch, replay_over, replayed_through, Entry, LeaderBatches, Proposal,
+    Replay, Replication, Stream,
 };
 use crate::router::InternalClient;
 use crate::util::time::{from_unix_nanos, now_nanos, unix_nanos};
@@ -261,7 +262,7 @@ impl StreamSm {
         let store = self.stream.store.clone();
         let mut sh = self.shared.lock();
         self.max_ts.fetch_max(m.ts, Ordering::Relaxed);
-        Self::replayed_through(&mut sh, seq);
+        replayed_through(&mut sh.replay, seq);
         if store.state().last_seq < seq {
             if let Err(e) = super::catchup::advance(store.as_ref(), seq, m.ts) {
                 return self.error(store_error(&e));
@@ -279,19 +280,12 @@ impl StreamSm {
             .into_bytes()
     }
 
-    /// After a restart, entries that name their sequence move the replay's expectation on.
-    fn replayed_through(sh: &mut Shared, seq: u64) {
-        if let Some((_, held)) = sh.replay {
-            sh.replay = (seq < held).then_some((seq + 1, held));
-        }
-    }
-
     fn apply_control(&mut self, c: Control) -> Vec<u8> {
         match c {
             Control::Barrier => b"{}".to_vec(),
             Control::Advance { next } => {
                 let mut sh = self.shared.lock();
-                Self::replayed_through(&mut sh, next.saturating_sub(1));
+                replayed_through(&mut sh.replay, next.saturating_sub(1));
                 let ts = self.max_ts.load(Ordering::Relaxed);
                 match super::catchup::advance(self.stream.store.as_ref(), next, ts) {
                     Ok(()) => b"{}".to_vec(),
@@ -299,7 +293,14 @@ impl StreamSm {
                 }
             }
             Control::Purge { filter, seq, keep } => {
-                match self.stream.purge(filter.as_deref(), seq, keep) {
+                let replaying = self.shared.lock().replay;
+                let purged = match replaying {
+                    Some(r) => self
+                        .stream
+                        .purge_replayed(filter.as_deref(), seq, keep, r.next),
+                    None => self.stream.purge(filter.as_deref(), seq, keep),
+                };
+                match purged {
                     Ok(n) => json!({"success": true, "purged": n})
                         .to_string()
                         .into_bytes(),
@@ -438,6 +439,42 @@ impl natrium_raft::StateMachine for StreamSm {
         serde_json::to_vec(&st).map_err(|e| e.to_string())
     }
 
+    /// A leader's snapshot: what this replica holds of its range may include messages removed
+    /// since it last applied the log (their entries are compacted into the snapshot), which
+    /// are removed here too before the snapshot is taken as at open.
+    fn install(&mut self, data: &[u8]) -> Result<(), String> {
+        #[derive(Deserialize)]
+        struct Head {
+            last_seq: u64,
+        }
+        let head: Head = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        let held = self.stream.store.state().last_seq;
+        if held > 0 {
+            let upto = held.min(head.last_seq);
+            let reconciled = match self.cluster.upgrade() {
+                Some(cl) => cl.reconcile_blocking(
+                    &self.account,
+                    &self.stream.name,
+                    &self.stream.store,
+                    upto,
+                ),
+                None => Err("stopping".into()),
+            };
+            match reconciled {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    "stream {}: removed {n} messages the leader removed while this replica was behind",
+                    self.stream.name
+                ),
+                Err(e) => tracing::error!(
+                    "stream {}: could not learn what the leader removed up to {upto}: {e}",
+                    self.stream.name
+                ),
+            }
+        }
+        self.restore(data)
+    }
+
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         let st: SnapshotState = serde_json::from_slice(data).map_err(|e| e.to_string())?;
         let mut held = self.stream.store.state().last_seq;
@@ -467,7 +504,7 @@ impl natrium_raft::StateMachine for StreamSm {
         self.stream.restore_dedupe(st.ids, st.last_id);
         self.max_ts.fetch_max(st.max_ts, Ordering::Relaxed);
         self.consumers.lock().restore(st.consumers);
-        sh.replay = (held > st.last_seq).then_some((st.last_seq + 1, held));
+        sh.replay = replay_over(self.stream.store.as_ref(), st.last_seq + 1);
         Ok(())
     }
 }
@@ -550,12 +587,8 @@ impl Replica {
                 .compact(sa.config.first_seq)
                 .map_err(|e| e.to_string())?;
         }
-        let held = stream.store.state().last_seq;
-        let first = sa.config.first_seq.max(1);
-        if held >= first {
-            // No snapshot yet: the whole log is replayed over what the store holds.
-            shared.lock().replay = Some((first, held));
-        }
+        // Until a snapshot says otherwise, the whole log is replayed over what the store holds.
+        shared.lock().replay = replay_over(stream.store.as_ref(), sa.config.first_seq.max(1));
         let sm = StreamSm {
             cluster: Arc::downgrade(cl),
             account: sa.account.clone(),

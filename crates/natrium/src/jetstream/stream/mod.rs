@@ -28,7 +28,9 @@ use crate::router::internal::SubControl;
 use crate::router::{InternalClient, InternalSubscription};
 pub(crate) use hook::{Proposal, Replication};
 use ingest::IngestState;
-pub(crate) use replicated::{decode_batch, encode_batch, Entry, LeaderBatches, Replay};
+pub(crate) use replicated::{
+    decode_batch, encode_batch, replay_over, replayed_through, Entry, LeaderBatches, Replay,
+};
 use source::Source;
 use timers::Timers;
 

@@ -363,6 +363,10 @@ impl Server {
                     conns.clone(),
                     mesh.clone(),
                     InternalClient::new(&accounts, &opts.system_account).ok(),
+                    crate::leaf::LeafJetStream {
+                        enabled: opts.jetstream.is_some(),
+                        domain: opts.jetstream.as_ref().and_then(|j| j.domain.clone()),
+                    },
                 )
                 .await
                 .map_err(|source| ServerError::Listen {

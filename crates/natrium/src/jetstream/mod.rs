@@ -329,6 +329,7 @@ impl JetStream {
             )),
             None => None,
         };
+        let publisher = client.clone();
         let api = Arc::new(Api::new(
             catalog.clone(),
             client,
@@ -340,10 +341,18 @@ impl JetStream {
             let api = api.clone();
             tokio::spawn(async move {
                 while let Some(mut m) = sub.next().await {
-                    if let Some(rest) = m.subject.strip_prefix(&prefix) {
-                        m.subject = format!("$JS.API.{rest}");
-                        api.handle(m);
+                    let Some(rest) = m.subject.strip_prefix(&prefix) else {
+                        continue;
+                    };
+                    if rest.starts_with("$KV.") || rest.starts_with("$OBJ.") {
+                        // nats-server's `$JS.<domain>.API.$KV.>` -> `$KV.>` (and `$OBJ`):
+                        // a bucket written to by domain is this server's.
+                        let (headers, reply) = (m.headers.as_deref(), m.reply.as_deref());
+                        let _ = publisher.publish(rest, reply, headers, &m.payload);
+                        continue;
                     }
+                    m.subject = format!("$JS.API.{rest}");
+                    api.handle(m);
                 }
             });
         }

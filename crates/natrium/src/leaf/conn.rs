@@ -21,6 +21,7 @@ use rustc_hash::FxHashMap;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::interest::SentInterest;
+use super::js::JsDeny;
 use super::Leafs;
 use crate::auth::{ConnAuth, Credentials, Verdict};
 use crate::conn::writer::write_loop;
@@ -45,6 +46,8 @@ pub struct Bound {
     pub account: Arc<Account>,
     pub peer: Arc<LeafPeer>,
     pub sent: Arc<SentInterest>,
+    /// The JetStream subjects this connection keeps from crossing.
+    pub js: Arc<JsDeny>,
     /// The other server's id and name.
     pub remote_id: String,
     pub remote_name: String,
@@ -437,7 +440,9 @@ async fn read_loop(
                                 c.looped = true;
                                 Err(c)
                             } else {
-                                conn.add_interest(&b, subject, queue);
+                                if !b.js.blocks(subject) {
+                                    conn.add_interest(&b, subject, queue);
+                                }
                                 Ok(())
                             }
                         }
@@ -452,9 +457,19 @@ async fn read_loop(
                             in_bytes += (payload.len() + headers.map_or(0, <[u8]>::len)) as u64;
                             if let (Some(b), Some(p)) = (conn.bound(), publisher.as_mut()) {
                                 if !deny_in.iter().any(|d| matches(d, subject)) {
-                                    let m = Msg { subject, reply, headers, payload };
                                     let qf = (!queues.is_empty()).then_some(queues);
-                                    p.publish_to_queues(&b.account, &m, qf);
+                                    // `$JS.ACK...@subject`: a JetStream delivery addressed to
+                                    // `subject`'s subscribers, presenting the stored subject.
+                                    match reply.and_then(js_delivery) {
+                                        Some((r, shown)) => {
+                                            let m = Msg { subject: shown, reply: Some(r), headers, payload };
+                                            p.publish_on(&b.account, subject, &m, qf, None);
+                                        }
+                                        None => {
+                                            let m = Msg { subject, reply, headers, payload };
+                                            p.publish_to_queues(&b.account, &m, qf);
+                                        }
+                                    }
                                 }
                             }
                             Ok(())
@@ -491,6 +506,16 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// Splits a JetStream delivery's `$JS.ACK...@subject` reply into the ack reply and the stored
+/// subject (nats-server splits only replies under `$JS.ACK.`).
+fn js_delivery(reply: &[u8]) -> Option<(&[u8], &[u8])> {
+    if !reply.starts_with(b"$JS.ACK.") {
+        return None;
+    }
+    let at = reply.iter().rposition(|b| *b == b'@')?;
+    (at + 1 < reply.len()).then(|| (&reply[..at], &reply[at + 1..]))
 }
 
 /// The hub side: checks the leaf's CONNECT, binds the account and answers with INFO.
@@ -550,13 +575,16 @@ async fn accept_connect(
         )
     })?;
     conn.out.set_headers(c.headers);
+    let js = leafs.js_deny(&account.name, &c.domain);
+    let mut deny_out: Deny = c.deny_pub.iter().map(|s| s.as_bytes().into()).collect();
+    deny_out.extend(js.both.iter().chain(&js.out).cloned());
     let peer_info = Arc::new(LeafPeer {
         // A leaf that declares itself the hub makes this side the spoke.
         spoke: c.is_hub,
         cluster: (!c.cluster.is_empty()).then(|| c.cluster.as_bytes().into()),
-        deny_out: c.deny_pub.iter().map(|s| s.as_bytes().into()).collect(),
+        deny_out,
     });
-    let sent = SentInterest::new(conn.out.clone(), peer_info.clone(), Vec::new());
+    let sent = SentInterest::new(conn.out.clone(), peer_info.clone(), js.both.clone());
     let name = if c.name.is_empty() {
         c.server_id.clone()
     } else {
@@ -565,10 +593,12 @@ async fn accept_connect(
     conn.out.set_name(&name);
     conn.out
         .send(&leafs.info_line(conn.cid, None, Some(&account.name)));
+    let deny_in = js.both.clone();
     let b = Bound {
         account,
         peer: peer_info,
         sent,
+        js: Arc::new(js),
         remote_id: c.server_id.clone(),
         remote_name: name,
     };
@@ -578,7 +608,7 @@ async fn accept_connect(
         b.remote_name,
         b.account.name
     );
-    Ok((b, Vec::new()))
+    Ok((b, deny_in))
 }
 
 /// The leaf side, on the hub's first INFO: checks it came from a leafnode port and sends CONNECT.
@@ -602,6 +632,7 @@ fn solicit_connect(
         name: leafs.conns().identity.name.clone(),
         is_hub: remote.hub,
         cluster: leafs.cluster_name().unwrap_or_default(),
+        domain: leafs.js_domain(),
         headers: true,
         tls_required: conn.tls,
         deny_pub: remote.deny_imports.clone(),
@@ -656,25 +687,30 @@ fn finish_solicited(
         .lock()
         .clone()
         .unwrap_or_else(|| info.clone());
+    let js = leafs.js_deny(&account.name, &first.domain);
+    let mut deny_out: Deny = remote
+        .deny_exports
+        .iter()
+        .map(|s| s.as_bytes().into())
+        .collect();
+    deny_out.extend(js.both.iter().chain(&js.out).cloned());
     let peer_info = Arc::new(LeafPeer {
         spoke: !remote.hub,
         cluster: (!first.cluster.is_empty()).then(|| first.cluster.as_bytes().into()),
-        deny_out: remote
-            .deny_exports
-            .iter()
-            .map(|s| s.as_bytes().into())
-            .collect(),
+        deny_out,
     });
-    let deny_in: Vec<Box<[u8]>> = remote
+    let mut deny_in: Deny = remote
         .deny_imports
         .iter()
         .map(|s| s.as_bytes().into())
         .collect();
+    deny_in.extend(js.both.iter().cloned());
     let sent = SentInterest::new(conn.out.clone(), peer_info.clone(), deny_in.clone());
     let b = Bound {
         account,
         peer: peer_info.clone(),
         sent,
+        js: Arc::new(js),
         remote_id: first.server_id.clone(),
         remote_name: if first.server_name.is_empty() {
             first.server_id.clone()

@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod interest;
+pub mod js;
 pub mod options;
 pub mod tls;
 pub mod ws;
@@ -23,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 pub use conn::LeafConn;
+pub use js::LeafJetStream;
 pub use options::{LeafAuth, LeafOptions, LeafUser, RemoteLeaf};
 
 use crate::cluster::{Mesh, RouteUrl};
@@ -67,6 +69,8 @@ pub struct Leafs {
     system: Option<InternalClient>,
     /// The sequence of this server's events.
     event_seq: AtomicU64,
+    /// This server's JetStream (its domain), for the denies of each connection.
+    js: LeafJetStream,
 }
 
 /// Leafnode traffic, for `/varz` and `/metrics`.
@@ -86,6 +90,7 @@ impl Leafs {
         conns: Arc<ConnContext>,
         mesh: Option<Arc<Mesh>>,
         system: Option<InternalClient>,
+        js: LeafJetStream,
     ) -> std::io::Result<Arc<Leafs>> {
         let listener = match opts.port {
             Some(p) => {
@@ -126,6 +131,7 @@ impl Leafs {
             closed_out: Mutex::new((0, 0)),
             system,
             event_seq: AtomicU64::new(0),
+            js,
         });
         if listen.is_some() {
             // Leaves may come in on the WebSocket listener too (path `/leafnode`).
@@ -187,6 +193,18 @@ impl Leafs {
             out_msgs,
             out_bytes,
         }
+    }
+
+    /// The JetStream subjects a connection bound to `account` keeps from crossing, the other
+    /// side being of JetStream domain `theirs`.
+    fn js_deny(&self, account: &str, theirs: &str) -> js::JsDeny {
+        let system = self.system.as_ref().is_some_and(|s| s.account() == account);
+        self.js.deny(system, theirs)
+    }
+
+    /// This server's JetStream domain (empty for none).
+    fn js_domain(&self) -> String {
+        self.js.domain_name()
     }
 
     fn cluster_name(&self) -> Option<String> {
@@ -283,7 +301,7 @@ impl Leafs {
             cid,
             nonce: nonce.unwrap_or_default().to_string(),
             cluster: self.cluster_name().unwrap_or_default(),
-            domain: String::new(),
+            domain: self.js.domain_name(),
             leafnode_urls: Some(urls),
             remote_account: account.unwrap_or_default().to_string(),
             info_on_connect: true,
@@ -527,6 +545,8 @@ async fn dialled_ws(
     );
     let mut ws = WsStream::new(socket, cfg, out.clone());
     ws.preload(&rest);
+    // Closing sends a close frame and waits (bounded by the writer) for the hub's.
+    ws.set_dialler();
     let start = conn::Start {
         tls: leafs.connectors[i].is_some(),
         out: Some(out),

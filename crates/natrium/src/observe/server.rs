@@ -502,6 +502,7 @@ pub fn leafz(o: &Observed, subs: bool, account: Option<&str>) -> Value {
             }
             let s = c.out.stats();
             let mut v = json!({
+                "id": c.cid,
                 "name": b.remote_name,
                 "is_spoke": b.peer.spoke,
                 "account": b.account.name,
@@ -512,6 +513,9 @@ pub fn leafz(o: &Observed, subs: bool, account: Option<&str>) -> Value {
                 "in_bytes": c.in_bytes.load(Ordering::Relaxed),
                 "out_bytes": s.out_bytes,
                 "subscriptions": c.num_subs(),
+                // nats-server 2.10+ names the link's s2 mode; a side without s2 shows this
+                // (WebSocket links too: permessage-deflate is not reported here).
+                "compression": "not supported",
             });
             if let Some(rtt) = c.out.rtt() {
                 v["rtt"] = json!(format!("{rtt:?}"));

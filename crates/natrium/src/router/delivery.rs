@@ -668,10 +668,12 @@ impl Delivery {
             _ => None,
         };
         if peer.leaf.is_some() {
+            // As over a route: a JetStream delivery goes to its delivery subject, the stored
+            // subject after `@` in the reply (nats-server does the same on leafnodes).
             natrium_protocol::leaf::msg(
                 &mut st.buf,
-                m.subject,
-                m.reply,
+                subject,
+                reply,
                 queues.iter().copied(),
                 headers,
                 m.payload,

@@ -34,6 +34,7 @@ mod kv_watch;
 mod layers;
 mod leaf;
 mod leaf_cluster;
+mod leaf_js;
 mod leaf_monitor;
 mod leaf_ws;
 mod limits;

@@ -135,6 +135,8 @@ pub struct WsStream<S> {
     close_frame: Option<Vec<u8>>,
     close_queued: bool,
     deflater: Option<Compress>,
+    /// This side dialled (a leafnode remote): closing waits for the other side's close frame.
+    dialler: bool,
 }
 
 impl<S> WsStream<S> {
@@ -162,7 +164,16 @@ impl<S> WsStream<S> {
             close_frame: None,
             close_queued: false,
             deflater: None,
+            dialler: false,
         }
+    }
+
+    /// Makes this the dialling side of the connection (RFC 6455's client): shutting down sends
+    /// the close frame, then reads (discarding data) until the other side's close frame or the
+    /// end of the stream before closing the socket; the caller bounds that wait (the writer
+    /// gives a shutdown one second).
+    pub fn set_dialler(&mut self) {
+        self.dialler = true;
     }
 
     /// Bytes that arrived with the upgrade response, ahead of the first frame (the dialling
@@ -713,8 +724,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
         // A frame cut short can not be followed by a close frame: the socket just closes.
         if this.frame_left == 0 {
             ready!(this.poll_drain(cx))?;
+            if this.dialler {
+                ready!(Pin::new(&mut this.inner).poll_flush(cx))?;
+                ready!(this.poll_close_reply(cx));
+            }
         }
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
+    /// Reads until the other side's close frame has arrived (or the stream ended or failed),
+    /// discarding data frames.
+    fn poll_close_reply(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut scratch = [0u8; 4096];
+        loop {
+            if self.peer_closed {
+                return Poll::Ready(());
+            }
+            let mut rb = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut *self).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+        }
     }
 }
 

@@ -18,18 +18,24 @@ impl Consumer {
     pub(super) async fn run(self: Arc<Self>) {
         // Replicated: the last delta appended to the log and not known committed yet.
         let mut in_flight: Option<Committed> = None;
+        // The last tick stopped at its limit with more to deliver: the next one runs at once,
+        // without asking the state for its next deadline and arming a timer for it (per tick
+        // a lock, clock reads and a timer-wheel entry made and dropped).
+        let mut again = false;
         loop {
             if self.stopped.load(Ordering::Acquire) {
                 return;
             }
-            let deadline = self.state.lock().next_deadline(At::now());
-            tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = self.stop.notified() => return,
-                _ = sleep_until(deadline) => {}
-            }
-            if self.stopped.load(Ordering::Acquire) {
-                return;
+            if !again {
+                let deadline = self.state.lock().next_deadline(At::now());
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = self.stop.notified() => return,
+                    _ = sleep_until(deadline) => {}
+                }
+                if self.stopped.load(Ordering::Acquire) {
+                    return;
+                }
             }
             // Interest in a push consumer's deliver subject and in the pull requests' reply
             // subjects, asked outside the state lock.
@@ -66,14 +72,15 @@ impl Consumer {
                             self.stream_name,
                             self.name
                         );
+                        again = false;
                         continue;
                     }
                 } else {
                     self.persist(save).await;
                 }
             }
-            if self.send(tick.commands).await {
-                self.wake.notify_one();
+            again = self.send(tick.commands).await;
+            if again {
                 // Let the receivers' writers send this batch before the next one is made.
                 tokio::task::yield_now().await;
             }

@@ -74,29 +74,53 @@ pub(crate) fn status_msg(route: &str, hdr: Bytes) -> Outgoing {
     }
 }
 
-/// `<prefix><n1>.<n2>...`: an ack subject, without `format!` (one allocation, sized up front).
+/// `<prefix><n1>.<n2>...`: an ack subject, without `format!`: one allocation sized up front,
+/// the digits written back to front two at a time (perf, push ack none: the per-digit version
+/// was 15% of the server's time).
 pub(crate) fn ack_subject(prefix: &str, numbers: [u64; 5]) -> String {
-    let mut s = String::with_capacity(prefix.len() + 5 * 21);
-    s.push_str(prefix);
-    let mut digits = [0u8; 20];
-    for (i, mut n) in numbers.into_iter().enumerate() {
+    // Five numbers of at most 20 digits, four dots.
+    let mut buf = [0u8; 5 * 20 + 4];
+    let mut at = buf.len();
+    for (i, n) in numbers.into_iter().rev().enumerate() {
         if i > 0 {
-            s.push('.');
-        }
-        let mut at = digits.len();
-        loop {
             at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
+            buf[at] = b'.';
         }
-        for d in &digits[at..] {
-            s.push(char::from(*d));
-        }
+        at = write_digits(&mut buf[..at], n);
     }
+    let mut s = String::with_capacity(prefix.len() + buf.len() - at);
+    s.push_str(prefix);
+    // Only ASCII digits and dots were written.
+    s.push_str(std::str::from_utf8(&buf[at..]).unwrap_or_default());
     s
+}
+
+/// Two-digit pairs "00" to "99".
+const DIGIT_PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
+
+/// Writes `n` in decimal at the end of `buf`; returns where it starts.
+fn write_digits(buf: &mut [u8], mut n: u64) -> usize {
+    let mut at = buf.len();
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        at -= 2;
+        buf[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
+        at -= 1;
+        buf[at] = b'0' + n as u8;
+    }
+    at
 }
 
 /// What an ack says about a message.
@@ -223,6 +247,8 @@ mod tests {
             [1, 1, 1, 0, 0],
             [3, 42, 17, 1_700_000_000_123_456_789, 9],
             [u64::MAX, 10, 100, 1000, 99_999],
+            [0, 9, 99, 101, u64::MAX],
+            [5, 50, 500, 5_000, 50_000],
         ] {
             let want = format!(
                 "$JS.ACK.S.C.{}.{}.{}.{}.{}",

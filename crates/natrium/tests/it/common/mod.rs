@@ -5,6 +5,7 @@
 pub mod goserver;
 pub mod jwt;
 pub mod pki;
+pub mod proxy;
 pub mod traffic;
 
 use std::time::Duration;

@@ -46,6 +46,7 @@ mod nkeys;
 mod protocol;
 mod reload;
 mod replication;
+mod replication_acks;
 mod replication_ops;
 mod replication_repair;
 mod replication_replay;

@@ -8,6 +8,7 @@
 
 mod api;
 mod catchup;
+mod consumers;
 mod convert;
 mod locate;
 mod meta;
@@ -850,6 +851,10 @@ fn republish_leaders(cl: &Arc<JsCluster>) {
         }
         if r.quorum_lost() {
             cl.advise_quorum_lost(&r, cl.group_replicas(&r));
+            // Its consumers are in its group: they lost their quorum with it.
+            for c in r.consumer_names() {
+                r.advise_consumer("QUORUM_LOST", &c);
+            }
         }
     }
 }

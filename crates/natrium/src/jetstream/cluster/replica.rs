@@ -20,12 +20,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+pub(super) use super::consumers::ConsumerRecord;
+use super::consumers::{ConsumerTable, LogHook};
 use super::meta::StreamAssignment;
 use super::JsCluster;
 use crate::jetstream::catalog::Catalog;
-use crate::jetstream::config::{Storage, StreamConfig};
-use crate::jetstream::consumer::Consumer;
-use crate::jetstream::consumer_config::ConsumerConfig;
+use crate::jetstream::config::{Retention, Storage, StreamConfig};
+use crate::jetstream::consumer::{Consumer, Delta};
 use crate::jetstream::errors::ApiError;
 use crate::jetstream::stream::{
     decode_batch, encode_batch, replay_over, replayed_through, Entry, LeaderBatches, Proposal,
@@ -40,8 +41,8 @@ const IN_FLIGHT: usize = 16 * 1024;
 /// How long a stepdown waits for another leader.
 const STEPDOWN_WAIT: Duration = Duration::from_secs(8);
 
-/// How often the leader replicates its consumers' progress when it changed.
-const CONSUMER_SYNC: Duration = Duration::from_secs(1);
+/// How long a stopping leader waits for its consumers' last progress to be committed.
+const CONSUMER_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// A leader that has heard from no majority of its voters for this long has lost its quorum
 /// (nats-server: ten of its 1 s heartbeats; ours are 150 ms, elections time out in 0.8-1.6 s).
@@ -52,15 +53,6 @@ const LOST_QUORUM_ADVISORY_EVERY: Duration = Duration::from_secs(10);
 
 /// How long adding a member may take (it is caught up as a learner first).
 const ADD_MEMBER_WAIT: Duration = Duration::from_secs(60);
-
-/// A replicated consumer: its config and last replicated progress.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ConsumerRecord {
-    config: ConsumerConfig,
-    created_ns: i64,
-    #[serde(default)]
-    state: Option<Vec<u8>>,
-}
 
 /// An operation of a stream's group other than a message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,9 +76,17 @@ enum Control {
     ConsumerDelete {
         name: String,
     },
+    /// A whole state document (entries of earlier versions; deltas replaced it).
     ConsumerState {
         name: String,
         state: Vec<u8>,
+    },
+    /// What a consumer's leader changed since its last delta: applied on every replica into
+    /// its copy of the progress; messages it released leave work queues and interest streams.
+    ConsumerDelta {
+        name: String,
+        created_ns: i64,
+        delta: Delta,
     },
     /// Messages the leader found due (TTL, max age with markers), removed at `ts`.
     Expire {
@@ -183,7 +183,6 @@ struct Shared {
     /// After a restart: (sequence the next accepted message gets, last sequence the store
     /// already holds). Messages up to the latter are found, not stored again.
     replay: Replay,
-    consumers: BTreeMap<String, ConsumerRecord>,
 }
 
 /// The stream group's state machine.
@@ -197,6 +196,8 @@ struct StreamSm {
     shared: Arc<Mutex<Shared>>,
     /// Largest message timestamp applied (the leader stamps later ones after it).
     max_ts: Arc<AtomicI64>,
+    /// The replicated consumers (locked after `shared` when both are).
+    consumers: Arc<Mutex<ConsumerTable>>,
 }
 
 /// What a snapshot holds besides the store (which is synced when it is taken).
@@ -271,7 +272,7 @@ impl StreamSm {
             if let Err(e) = store.store_msg(m.subject, m.headers, m.payload, m.ts) {
                 return self.error(store_error(&e));
             }
-            self.stream.stored(seq, m.subject);
+            self.stream.consumers.on_stored(seq, m.subject);
         }
         if let Some(id) = crate::jetstream::stream::headers::get(m.headers, "Nats-Msg-Id") {
             self.stream.record_msg_id(id, seq, m.ts);
@@ -313,25 +314,27 @@ impl StreamSm {
                 Err(e) => json!({"error": e}).to_string().into_bytes(),
             },
             Control::Consumer { name, record } => {
-                let mut sh = self.shared.lock();
-                let state = sh.consumers.get(&name).and_then(|r| r.state.clone());
-                sh.consumers.insert(
-                    name,
-                    ConsumerRecord {
-                        state: record.state.or(state),
-                        ..*record
-                    },
-                );
+                self.consumers.lock().set_record(name, *record);
                 b"{}".to_vec()
             }
             Control::ConsumerDelete { name } => {
-                self.shared.lock().consumers.remove(&name);
+                self.consumers.lock().remove(&name);
+                if self.stream.config_arc().retention == Retention::Interest {
+                    self.release_unneeded();
+                }
                 b"{}".to_vec()
             }
             Control::ConsumerState { name, state } => {
-                if let Some(r) = self.shared.lock().consumers.get_mut(&name) {
-                    r.state = Some(state);
-                }
+                self.consumers.lock().set_state(&name, &state);
+                b"{}".to_vec()
+            }
+            Control::ConsumerDelta {
+                name,
+                created_ns,
+                delta,
+            } => {
+                self.consumers.lock().apply(&name, created_ns, &delta);
+                self.release(&delta.released);
                 b"{}".to_vec()
             }
             Control::Expire { seqs, ts } => {
@@ -347,6 +350,47 @@ impl StreamSm {
                 b"{}".to_vec()
             }
         }
+    }
+}
+
+impl StreamSm {
+    /// Messages a consumer is done with, by the stream's retention: a work queue drops them,
+    /// an interest stream when no consumer (by the progress the log holds) needs them.
+    fn release(&self, seqs: &[u64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        let store = self.stream.store.as_ref();
+        match self.stream.config_arc().retention {
+            Retention::Limits => return,
+            Retention::WorkQueue => {
+                for s in seqs {
+                    let _ = store.remove_msg(*s);
+                }
+            }
+            Retention::Interest => {
+                for s in seqs {
+                    let Ok(m) = store.load_msg(*s) else { continue };
+                    if !self.consumers.lock().needed(*s, &m.subject) {
+                        let _ = store.remove_msg(*s);
+                    }
+                }
+            }
+        }
+        self.stream.consumers.removed_inside();
+    }
+
+    /// Interest retention after a consumer went: what no remaining consumer needs goes.
+    fn release_unneeded(&self) {
+        let store = self.stream.store.as_ref();
+        let mut seq = store.state().first_seq;
+        while let Ok(m) = store.load_next_msg(b">", seq) {
+            if !self.consumers.lock().needed(m.seq, &m.subject) {
+                let _ = store.remove_msg(m.seq);
+            }
+            seq = m.seq + 1;
+        }
+        self.stream.consumers.removed_inside();
     }
 }
 
@@ -386,14 +430,13 @@ impl natrium_raft::StateMachine for StreamSm {
 
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         self.stream.store.sync().map_err(|e| e.to_string())?;
-        let sh = self.shared.lock();
         let (ids, last_id) = self.stream.dedupe_snapshot();
         let st = SnapshotState {
             last_seq: self.stream.store.state().last_seq,
             max_ts: self.max_ts.load(Ordering::Relaxed),
             ids,
             last_id,
-            consumers: sh.consumers.clone(),
+            consumers: self.consumers.lock().records(),
         };
         serde_json::to_vec(&st).map_err(|e| e.to_string())
     }
@@ -476,7 +519,7 @@ impl natrium_raft::StateMachine for StreamSm {
         let mut sh = self.shared.lock();
         self.stream.restore_dedupe(st.ids, st.last_id);
         self.max_ts.fetch_max(st.max_ts, Ordering::Relaxed);
-        sh.consumers = st.consumers;
+        self.consumers.lock().restore(st.consumers);
         sh.replay = replay_over(self.stream.store.as_ref(), st.last_seq + 1);
         Ok(())
     }
@@ -491,8 +534,8 @@ pub(crate) struct Replica {
     catalog: Arc<Catalog>,
     client: InternalClient,
     cluster: Weak<JsCluster>,
-    shared: Arc<Mutex<Shared>>,
     max_ts: Arc<AtomicI64>,
+    consumers: Arc<Mutex<ConsumerTable>>,
     dir: PathBuf,
     leading: Arc<AtomicBool>,
     /// The subjects the leader's ingest listens on (none when not leading).
@@ -558,10 +601,8 @@ impl Replica {
             client.clone(),
             false,
         );
-        let shared = Arc::new(Mutex::new(Shared {
-            replay: None,
-            consumers: BTreeMap::new(),
-        }));
+        let shared = Arc::new(Mutex::new(Shared { replay: None }));
+        let consumers = Arc::new(Mutex::new(ConsumerTable::default()));
         let max_ts = Arc::new(AtomicI64::new(0));
         let st = stream.store.state();
         if st.last_seq == 0 && st.msgs == 0 && sa.config.first_seq > 1 {
@@ -580,6 +621,7 @@ impl Replica {
             stream: stream.clone(),
             shared: shared.clone(),
             max_ts: max_ts.clone(),
+            consumers: consumers.clone(),
         };
         let group = Group::open(
             cl.id,
@@ -594,6 +636,23 @@ impl Replica {
         .await
         .map_err(|e| e.to_string())?;
         cl.hub.register(&sa.group, group.clone());
+        // Before any consumer is made: their progress and retention go through the log.
+        stream.consumers.set_log(Arc::new(LogHook {
+            group: group.clone(),
+            table: consumers.clone(),
+            encode_delta: |name, created_ns, delta| {
+                encode_control(&Control::ConsumerDelta {
+                    name: name.to_string(),
+                    created_ns,
+                    delta,
+                })
+            },
+            encode_delete: |name| {
+                encode_control(&Control::ConsumerDelete {
+                    name: name.to_string(),
+                })
+            },
+        }));
         catalog
             .insert_replicated(stream.clone())
             .map_err(|e| e.description)?;
@@ -612,8 +671,8 @@ impl Replica {
             catalog: catalog.clone(),
             client,
             cluster: Arc::downgrade(cl),
-            shared,
             max_ts,
+            consumers,
             dir: dir.to_path_buf(),
             leading,
             listening: Mutex::new(None),
@@ -953,19 +1012,9 @@ impl Replica {
         if !self.is_leader() {
             return Err(ApiError::cluster_not_leader());
         }
-        let states: Vec<(String, Vec<u8>)> = {
-            let replicated: Vec<String> = self.shared.lock().consumers.keys().cloned().collect();
-            replicated
-                .into_iter()
-                .filter_map(|n| self.stream.consumers.get(&n).map(|c| (n, c.state_body())))
-                .collect()
-        };
+        let consumers = self.stream.consumers.list();
         self.step_down_local();
-        for (name, state) in states {
-            let _ = self
-                .propose_control(&Control::ConsumerState { name, state })
-                .await;
-        }
+        self.flush_consumers(consumers, true).await;
         match self.group.step_down(STEPDOWN_WAIT).await {
             Ok((_, name)) => {
                 tracing::info!(
@@ -988,10 +1037,38 @@ impl Replica {
         }
     }
 
+    /// On a leader that stopped its consumers: appends their last progress and waits until
+    /// it is committed (bounded), so the next leader starts from it; with `barrier`, also
+    /// every delta still in flight (a barrier after them is committed only with them).
+    async fn flush_consumers(&self, consumers: Vec<Arc<Consumer>>, barrier: bool) {
+        let flush = async {
+            for c in consumers {
+                c.flush_log().await;
+            }
+            if barrier {
+                let _ = self.group.propose(encode_control(&Control::Barrier)).await;
+            }
+        };
+        if tokio::time::timeout(CONSUMER_FLUSH_WAIT, flush)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "stream {}: consumers' last progress not committed in time",
+                self.name
+            );
+        }
+    }
+
     /// Stops following the group (the data stays).
     pub(crate) async fn stop(&self) {
         let _ = self.stop.send(true);
+        let consumers = self.stream.consumers.list();
+        let leading = self.is_leader();
         self.step_down_local();
+        if leading {
+            self.flush_consumers(consumers, false).await;
+        }
         self.stream.shutdown();
         if let Some(cl) = self.cluster.upgrade() {
             cl.hub.unregister(&self.group_name());
@@ -1103,8 +1180,6 @@ impl Replica {
         let (acks, pending) = mpsc::channel(IN_FLIGHT);
         tokio::spawn(ack_loop(self.client.clone(), pending));
         let mut last_ts = 0i64;
-        let mut sync = tokio::time::interval(CONSUMER_SYNC);
-        let mut synced: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut batches = LeaderBatches::default();
         loop {
             let (entry, reply) = tokio::select! {
@@ -1131,10 +1206,6 @@ impl Replica {
                     (encode_proposal(p, ts), None)
                 }
                 _ = stop.changed() => break,
-                _ = sync.tick() => {
-                    self.sync_consumers(&mut synced).await;
-                    continue;
-                }
             };
             match self.group.propose_queued(entry).await {
                 Ok(fut) => {
@@ -1175,9 +1246,10 @@ impl Replica {
     }
 
     /// Creates (and starts) the replicated consumers on this new leader, from their configs
-    /// and last replicated progress.
+    /// and progress as the log left them, and announces each one's new leader (nats-server's
+    /// consumer leader-elected advisory).
     fn start_consumers(&self) {
-        let records = self.shared.lock().consumers.clone();
+        let records = self.consumers.lock().records();
         for (name, r) in records {
             if self.stream.consumers.get(&name).is_some() {
                 continue;
@@ -1192,7 +1264,10 @@ impl Replica {
                 r.state.clone(),
             );
             match c.start() {
-                Ok(()) => self.stream.consumers.insert(c),
+                Ok(()) => {
+                    self.stream.consumers.insert(c);
+                    self.advise_consumer("LEADER_ELECTED", &name);
+                }
                 Err(e) => tracing::warn!(
                     "stream {}: consumer {name} not started: {}",
                     self.name,
@@ -1202,25 +1277,35 @@ impl Replica {
         }
     }
 
-    /// Replicates the progress of each consumer that moved since the last time.
-    async fn sync_consumers(&self, synced: &mut BTreeMap<String, Vec<u8>>) {
-        let replicated: Vec<String> = self.shared.lock().consumers.keys().cloned().collect();
-        for name in replicated {
-            let Some(c) = self.stream.consumers.get(&name) else {
-                continue;
-            };
-            let state = c.state_body();
-            if synced.get(&name) == Some(&state) {
-                continue;
-            }
-            let op = Control::ConsumerState {
-                name: name.clone(),
-                state: state.clone(),
-            };
-            if self.propose_control(&op).await.is_ok() {
-                synced.insert(name, state);
-            }
+    /// Publishes a consumer advisory of nats-server (`LEADER_ELECTED`, with this server as the
+    /// leader, or `QUORUM_LOST`) in the stream's account, with the group's other replicas.
+    pub(super) fn advise_consumer(&self, kind: &str, consumer: &str) {
+        let Some(cl) = self.cluster.upgrade() else {
+            return;
+        };
+        let mut body = json!({
+            "type": format!("io.nats.jetstream.advisory.v1.consumer_{}", kind.to_ascii_lowercase()),
+            "id": format!("{:016x}", fastrand::u64(..)),
+            "timestamp": crate::util::time::rfc3339(std::time::SystemTime::now()),
+            "stream": self.name,
+            "consumer": consumer,
+            "replicas": cl.group_replicas(self),
+        });
+        if kind == "LEADER_ELECTED" {
+            body["leader"] = json!(cl.name);
         }
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.{kind}.{}.{consumer}",
+            self.name
+        );
+        let _ = self
+            .client
+            .publish(&subject, None, None, body.to_string().as_bytes());
+    }
+
+    /// The replicated consumers' names (as the log holds them).
+    pub(super) fn consumer_names(&self) -> Vec<String> {
+        self.consumers.lock().names()
     }
 }
 

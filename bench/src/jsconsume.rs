@@ -45,6 +45,8 @@ pub struct JsConsumeOpts {
     /// The stream holds `<subject>.>`; publisher i publishes to `<subject>.p<i>`.
     pub subject: String,
     pub storage: String,
+    /// The stream's `num_replicas`.
+    pub replicas: u32,
     pub msgs: u64,
     pub size: usize,
     pub kind: Kind,
@@ -153,7 +155,12 @@ pub async fn run(o: &JsConsumeOpts) -> Result<JsConsumeReport> {
         bail!("an ordered consumer does not ack (ack policy none)");
     }
     let mut api = Api::connect(&o.server).await?;
-    js::recreate_stream(&mut api, &o.stream, &format!("{}.>", o.subject), &o.storage).await?;
+    let subject = format!("{}.>", o.subject);
+    if o.replicas > 1 {
+        recreate_replicated(&mut api, o, &subject).await?;
+    } else {
+        js::recreate_stream(&mut api, &o.stream, &subject, &o.storage).await?;
+    }
     let mut errors = Vec::new();
 
     let fill = if o.pubs == 0 {
@@ -321,6 +328,37 @@ async fn publish(
         rate: Rate::new(acked, acked * o.size as u64, end - t0),
         errors,
     })
+}
+
+/// Deletes the stream if it exists, then creates it with `--replicas` replicas (a cluster's
+/// stream: the create may be answered before every replica serves, so it is retried while the
+/// cluster says it is not ready).
+async fn recreate_replicated(api: &mut Api, o: &JsConsumeOpts, subject: &str) -> Result<()> {
+    let _ = api
+        .json(&format!("$JS.API.STREAM.DELETE.{}", o.stream), b"")
+        .await?;
+    let config = json!({"name": o.stream, "subjects": [subject], "storage": o.storage,
+                        "num_replicas": o.replicas});
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let created = api
+            .json(
+                &format!("$JS.API.STREAM.CREATE.{}", o.stream),
+                config.to_string().as_bytes(),
+            )
+            .await?;
+        match js::api_error(&created) {
+            None => return Ok(()),
+            Some(e) if Instant::now() > deadline => {
+                bail!(
+                    "creating stream {} with {} replicas: {e}",
+                    o.stream,
+                    o.replicas
+                )
+            }
+            Some(_) => sleep(Duration::from_millis(250)).await,
+        }
+    }
 }
 
 /// Creates reader `r`'s consumer; returns the name to ask CONSUMER.INFO with.

@@ -280,6 +280,9 @@ struct JsConsumeArgs {
     subject: String,
     #[arg(long, default_value = "file", value_parser = ["file", "memory"])]
     storage: String,
+    /// The stream's replicas (`num_replicas`; more than 1 needs a JetStream cluster).
+    #[arg(long, default_value_t = 1)]
+    replicas: u32,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     timeout: f64,
@@ -486,6 +489,7 @@ async fn run(cli: &Cli) -> Result<ExitCode> {
                 stream: a.stream.clone(),
                 subject: a.subject.clone(),
                 storage: a.storage.clone(),
+                replicas: a.replicas,
                 msgs: a.msgs,
                 size: a.size,
                 kind: a.kind,

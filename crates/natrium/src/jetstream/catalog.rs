@@ -532,7 +532,11 @@ impl Catalog {
                 }
             }
         }
-        let persisted = cfg.is_durable() && scfg.storage == Storage::File && !cfg.mem_storage;
+        // A replicated stream's consumers keep their progress in the stream's log.
+        let persisted = cfg.is_durable()
+            && scfg.storage == Storage::File
+            && !cfg.mem_storage
+            && !s.consumers.replicated();
         let dir = persisted.then(|| self.dir.join(&s.name).join("obs").join(&name));
         let c = Consumer::new(
             name,

@@ -96,6 +96,16 @@ impl Cluster {
         self.nodes.iter().flatten()
     }
 
+    /// The names of the servers running, in start order.
+    pub(crate) fn running_names(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, s)| s.is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     pub(crate) async fn stop(&mut self, name: &str) {
         let i = self
             .names
@@ -105,6 +115,11 @@ impl Cluster {
         if let Some(s) = self.nodes[i].take() {
             s.shutdown().await;
         }
+    }
+
+    /// The store directory of server `name`.
+    pub(crate) fn store_dir(&self, name: &str) -> std::path::PathBuf {
+        self._dir.path().join(name)
     }
 
     /// Starts stopped server `name` again on its store, routed to a running server.

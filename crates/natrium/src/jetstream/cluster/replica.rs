@@ -20,12 +20,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+pub(super) use super::consumers::ConsumerRecord;
+use super::consumers::{ConsumerTable, LogHook};
 use super::meta::StreamAssignment;
 use super::JsCluster;
 use crate::jetstream::catalog::Catalog;
-use crate::jetstream::config::{Storage, StreamConfig};
-use crate::jetstream::consumer::Consumer;
-use crate::jetstream::consumer_config::ConsumerConfig;
+use crate::jetstream::config::{Retention, Storage, StreamConfig};
+use crate::jetstream::consumer::{Consumer, Delta};
 use crate::jetstream::errors::ApiError;
 use crate::jetstream::stream::{
     decode_batch, encode_batch, replay_over, replayed_through, Entry, LeaderBatches, Proposal,
@@ -40,8 +41,8 @@ const IN_FLIGHT: usize = 16 * 1024;
 /// How long a stepdown waits for another leader.
 const STEPDOWN_WAIT: Duration = Duration::from_secs(8);
 
-/// How often the leader replicates its consumers' progress when it changed.
-const CONSUMER_SYNC: Duration = Duration::from_secs(1);
+/// How long a stopping leader waits for its consumers' last progress to be committed.
+const CONSUMER_FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// A leader that has heard from no majority of its voters for this long has lost its quorum
 /// (nats-server: ten of its 1 s heartbeats; ours are 150 ms, elections time out in 0.8-1.6 s).
@@ -52,15 +53,6 @@ const LOST_QUORUM_ADVISORY_EVERY: Duration = Duration::from_secs(10);
 
 /// How long adding a member may take (it is caught up as a learner first).
 const ADD_MEMBER_WAIT: Duration = Duration::from_secs(60);
-
-/// A replicated consumer: its config and last replicated progress.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct ConsumerRecord {
-    config: ConsumerConfig,
-    created_ns: i64,
-    #[serde(default)]
-    state: Option<Vec<u8>>,
-}
 
 /// An operation of a stream's group other than a message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,9 +76,17 @@ enum Control {
     ConsumerDelete {
         name: String,
     },
+    /// A whole state document (entries of earlier versions; deltas replaced it).
     ConsumerState {
         name: String,
         state: Vec<u8>,
+    },
+    /// What a consumer's leader changed since its last delta: applied on every replica into
+    /// its copy of the progress; messages it released leave work queues and interest streams.
+    ConsumerDelta {
+        name: String,
+        created_ns: i64,
+        delta: Delta,
     },
     /// Messages the leader found due (TTL, max age with markers), removed at `ts`.
     Expire {
@@ -183,7 +183,6 @@ struct Shared {
     /// After a restart: (sequence the next accepted message gets, last sequence the store
     /// already holds). Messages up to the latter are found, not stored again.
     replay: Replay,
-    consumers: BTreeMap<String, ConsumerRecord>,
 }
 
 /// The stream group's state machine.
@@ -191,10 +190,14 @@ struct StreamSm {
     /// Where missing messages are fetched from after a snapshot.
     cluster: Weak<JsCluster>,
     account: String,
+    /// The replica's directory.
+    dir: PathBuf,
     stream: Arc<Stream>,
     shared: Arc<Mutex<Shared>>,
     /// Largest message timestamp applied (the leader stamps later ones after it).
     max_ts: Arc<AtomicI64>,
+    /// The replicated consumers (locked after `shared` when both are).
+    consumers: Arc<Mutex<ConsumerTable>>,
 }
 
 /// What a snapshot holds besides the store (which is synced when it is taken).
@@ -269,7 +272,7 @@ impl StreamSm {
             if let Err(e) = store.store_msg(m.subject, m.headers, m.payload, m.ts) {
                 return self.error(store_error(&e));
             }
-            self.stream.stored(seq, m.subject);
+            self.stream.consumers.on_stored(seq, m.subject);
         }
         if let Some(id) = crate::jetstream::stream::headers::get(m.headers, "Nats-Msg-Id") {
             self.stream.record_msg_id(id, seq, m.ts);
@@ -311,25 +314,27 @@ impl StreamSm {
                 Err(e) => json!({"error": e}).to_string().into_bytes(),
             },
             Control::Consumer { name, record } => {
-                let mut sh = self.shared.lock();
-                let state = sh.consumers.get(&name).and_then(|r| r.state.clone());
-                sh.consumers.insert(
-                    name,
-                    ConsumerRecord {
-                        state: record.state.or(state),
-                        ..*record
-                    },
-                );
+                self.consumers.lock().set_record(name, *record);
                 b"{}".to_vec()
             }
             Control::ConsumerDelete { name } => {
-                self.shared.lock().consumers.remove(&name);
+                self.consumers.lock().remove(&name);
+                if self.stream.config_arc().retention == Retention::Interest {
+                    self.release_unneeded();
+                }
                 b"{}".to_vec()
             }
             Control::ConsumerState { name, state } => {
-                if let Some(r) = self.shared.lock().consumers.get_mut(&name) {
-                    r.state = Some(state);
-                }
+                self.consumers.lock().set_state(&name, &state);
+                b"{}".to_vec()
+            }
+            Control::ConsumerDelta {
+                name,
+                created_ns,
+                delta,
+            } => {
+                self.consumers.lock().apply(&name, created_ns, &delta);
+                self.release(&delta.released);
                 b"{}".to_vec()
             }
             Control::Expire { seqs, ts } => {
@@ -345,6 +350,47 @@ impl StreamSm {
                 b"{}".to_vec()
             }
         }
+    }
+}
+
+impl StreamSm {
+    /// Messages a consumer is done with, by the stream's retention: a work queue drops them,
+    /// an interest stream when no consumer (by the progress the log holds) needs them.
+    fn release(&self, seqs: &[u64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        let store = self.stream.store.as_ref();
+        match self.stream.config_arc().retention {
+            Retention::Limits => return,
+            Retention::WorkQueue => {
+                for s in seqs {
+                    let _ = store.remove_msg(*s);
+                }
+            }
+            Retention::Interest => {
+                for s in seqs {
+                    let Ok(m) = store.load_msg(*s) else { continue };
+                    if !self.consumers.lock().needed(*s, &m.subject) {
+                        let _ = store.remove_msg(*s);
+                    }
+                }
+            }
+        }
+        self.stream.consumers.removed_inside();
+    }
+
+    /// Interest retention after a consumer went: what no remaining consumer needs goes.
+    fn release_unneeded(&self) {
+        let store = self.stream.store.as_ref();
+        let mut seq = store.state().first_seq;
+        while let Ok(m) = store.load_next_msg(b">", seq) {
+            if !self.consumers.lock().needed(m.seq, &m.subject) {
+                let _ = store.remove_msg(m.seq);
+            }
+            seq = m.seq + 1;
+        }
+        self.stream.consumers.removed_inside();
     }
 }
 
@@ -384,14 +430,13 @@ impl natrium_raft::StateMachine for StreamSm {
 
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         self.stream.store.sync().map_err(|e| e.to_string())?;
-        let sh = self.shared.lock();
         let (ids, last_id) = self.stream.dedupe_snapshot();
         let st = SnapshotState {
             last_seq: self.stream.store.state().last_seq,
             max_ts: self.max_ts.load(Ordering::Relaxed),
             ids,
             last_id,
-            consumers: sh.consumers.clone(),
+            consumers: self.consumers.lock().records(),
         };
         serde_json::to_vec(&st).map_err(|e| e.to_string())
     }
@@ -434,7 +479,7 @@ impl natrium_raft::StateMachine for StreamSm {
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         let st: SnapshotState = serde_json::from_slice(data).map_err(|e| e.to_string())?;
-        let mut held = self.stream.store.state().last_seq;
+        let held = self.stream.store.state().last_seq;
         if held < st.last_seq {
             // A new or lagging replica: the messages the snapshot covers come from the leader.
             let fetched = match self.cluster.upgrade() {
@@ -446,21 +491,35 @@ impl natrium_raft::StateMachine for StreamSm {
                 ),
                 None => Err("stopping".into()),
             };
-            held = self.stream.store.state().last_seq;
+            let held = self.stream.store.state().last_seq;
             if let Err(e) = fetched {
-                // Not an error for openraft (it would stop the group here): logged, and the
-                // messages missing here are not served by this replica.
+                // Not an error for openraft (it would stop the group here). The sequences stay
+                // aligned with the log (the missing ones are gaps for now), the range is noted
+                // lost, and the replica is closed and repaired from its peers before it opens
+                // again (not voting nor serving meanwhile).
                 tracing::error!(
-                    "stream {}: the store holds sequences up to {held}, its snapshot says {}; catching up failed: {e}",
+                    "stream {}: the store holds sequences up to {held}, its snapshot says {}; catching up failed: {e}; repairing",
                     self.stream.name,
                     st.last_seq
                 );
+                let noted = super::repair::note_lost(&self.dir, held + 1, st.last_seq);
+                let ts = self.stream.store.state().last_ts;
+                if let Err(e) = noted.map_err(|e| e.to_string()).and_then(|()| {
+                    super::catchup::advance(self.stream.store.as_ref(), st.last_seq + 1, ts)
+                        .map_err(|e| e.to_string())
+                }) {
+                    return Err(format!("noting the messages not caught up: {e}"));
+                }
+                if let Some(cl) = self.cluster.upgrade() {
+                    let (account, name) = (self.account.clone(), self.stream.name.clone());
+                    tokio::spawn(async move { cl.reopen(&account, &name).await });
+                }
             }
         }
         let mut sh = self.shared.lock();
         self.stream.restore_dedupe(st.ids, st.last_id);
         self.max_ts.fetch_max(st.max_ts, Ordering::Relaxed);
-        sh.consumers = st.consumers;
+        self.consumers.lock().restore(st.consumers);
         sh.replay = replay_over(self.stream.store.as_ref(), st.last_seq + 1);
         Ok(())
     }
@@ -475,10 +534,14 @@ pub(crate) struct Replica {
     catalog: Arc<Catalog>,
     client: InternalClient,
     cluster: Weak<JsCluster>,
-    shared: Arc<Mutex<Shared>>,
     max_ts: Arc<AtomicI64>,
+    consumers: Arc<Mutex<ConsumerTable>>,
     dir: PathBuf,
     leading: Arc<AtomicBool>,
+    /// The subjects the leader's ingest listens on (none when not leading).
+    listening: Mutex<Option<Vec<String>>>,
+    /// The leader takes no publishes while a conversion imports the R1 stream's messages.
+    ingest_held: watch::Sender<bool>,
     /// Work the stream decided for its leader to propose (timed work, sourced messages).
     proposals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Proposal>>,
     /// Since when this server leads (serving).
@@ -496,19 +559,24 @@ pub(crate) struct Replica {
 fn open_store(cfg: &StreamConfig, dir: &Path) -> Result<Arc<dyn StreamStore>, StoreError> {
     Ok(match cfg.storage {
         Storage::Memory => Arc::new(MemStore::new(cfg.limits())?),
-        // The Raft log is what is durable before the PubAck; the store is synced when a
-        // snapshot is taken (the log before it is dropped only then).
-        Storage::File => Arc::new(FileStore::open(
-            FileStoreConfig {
-                sync: SyncPolicy::Interval(Duration::from_secs(60)),
-                // Its high-water mark is the Raft log: messages a cut store lost are stored
-                // again from it, so they must not be written off as lost here.
-                high_water_mark: false,
-                ..FileStoreConfig::new(dir.join("msgs"))
-            },
-            cfg.limits(),
-        )?),
+        Storage::File => Arc::new(open_file_store(cfg, &dir.join("msgs"))?),
     })
+}
+
+/// A replica's file store in `msgs`.
+pub(super) fn open_file_store(cfg: &StreamConfig, msgs: &Path) -> Result<FileStore, StoreError> {
+    // The Raft log is what is durable before the PubAck; the store is synced when a snapshot
+    // is taken (the log before it is dropped only then).
+    FileStore::open(
+        FileStoreConfig {
+            sync: SyncPolicy::Interval(Duration::from_secs(60)),
+            // Its high-water mark is the Raft log: messages a cut store lost are stored again
+            // from it, so they must not be written off as lost here.
+            high_water_mark: false,
+            ..FileStoreConfig::new(msgs)
+        },
+        cfg.limits(),
+    )
 }
 
 impl Replica {
@@ -533,10 +601,8 @@ impl Replica {
             client.clone(),
             false,
         );
-        let shared = Arc::new(Mutex::new(Shared {
-            replay: None,
-            consumers: BTreeMap::new(),
-        }));
+        let shared = Arc::new(Mutex::new(Shared { replay: None }));
+        let consumers = Arc::new(Mutex::new(ConsumerTable::default()));
         let max_ts = Arc::new(AtomicI64::new(0));
         let st = stream.store.state();
         if st.last_seq == 0 && st.msgs == 0 && sa.config.first_seq > 1 {
@@ -551,9 +617,11 @@ impl Replica {
         let sm = StreamSm {
             cluster: Arc::downgrade(cl),
             account: sa.account.clone(),
+            dir: dir.to_path_buf(),
             stream: stream.clone(),
             shared: shared.clone(),
             max_ts: max_ts.clone(),
+            consumers: consumers.clone(),
         };
         let group = Group::open(
             cl.id,
@@ -568,6 +636,23 @@ impl Replica {
         .await
         .map_err(|e| e.to_string())?;
         cl.hub.register(&sa.group, group.clone());
+        // Before any consumer is made: their progress and retention go through the log.
+        stream.consumers.set_log(Arc::new(LogHook {
+            group: group.clone(),
+            table: consumers.clone(),
+            encode_delta: |name, created_ns, delta| {
+                encode_control(&Control::ConsumerDelta {
+                    name: name.to_string(),
+                    created_ns,
+                    delta,
+                })
+            },
+            encode_delete: |name| {
+                encode_control(&Control::ConsumerDelete {
+                    name: name.to_string(),
+                })
+            },
+        }));
         catalog
             .insert_replicated(stream.clone())
             .map_err(|e| e.description)?;
@@ -586,10 +671,12 @@ impl Replica {
             catalog: catalog.clone(),
             client,
             cluster: Arc::downgrade(cl),
-            shared,
             max_ts,
+            consumers,
             dir: dir.to_path_buf(),
             leading,
+            listening: Mutex::new(None),
+            ingest_held: watch::channel(super::convert::Pending::read(dir).is_some()).0,
             proposals: tokio::sync::Mutex::new(proposals),
             led_since: Mutex::new(None),
             reshaping: AtomicBool::new(false),
@@ -604,6 +691,22 @@ impl Replica {
 
     pub(crate) fn is_leader(&self) -> bool {
         self.leading.load(Ordering::Acquire)
+    }
+
+    /// Since when this server leads the stream (serving), as wall-clock time.
+    pub(crate) fn leader_since(&self) -> Option<std::time::SystemTime> {
+        let since = (*self.led_since.lock())?;
+        std::time::SystemTime::now().checked_sub(since.elapsed())
+    }
+
+    /// Lets the leader take publishes (a conversion's import is done).
+    pub(super) fn release_ingest(&self) {
+        self.ingest_held.send_replace(false);
+    }
+
+    /// Whether this server leads the stream and its ingest listens on exactly `subjects`.
+    pub(crate) fn listens_on(&self, subjects: &[String]) -> bool {
+        self.is_leader() && self.listening.lock().as_deref() == Some(subjects)
     }
 
     /// Whether this follower answers a direct get from its own store: only a get by sequence of
@@ -909,19 +1012,9 @@ impl Replica {
         if !self.is_leader() {
             return Err(ApiError::cluster_not_leader());
         }
-        let states: Vec<(String, Vec<u8>)> = {
-            let replicated: Vec<String> = self.shared.lock().consumers.keys().cloned().collect();
-            replicated
-                .into_iter()
-                .filter_map(|n| self.stream.consumers.get(&n).map(|c| (n, c.state_body())))
-                .collect()
-        };
+        let consumers = self.stream.consumers.list();
         self.step_down_local();
-        for (name, state) in states {
-            let _ = self
-                .propose_control(&Control::ConsumerState { name, state })
-                .await;
-        }
+        self.flush_consumers(consumers, true).await;
         match self.group.step_down(STEPDOWN_WAIT).await {
             Ok((_, name)) => {
                 tracing::info!(
@@ -944,10 +1037,38 @@ impl Replica {
         }
     }
 
+    /// On a leader that stopped its consumers: appends their last progress and waits until
+    /// it is committed (bounded), so the next leader starts from it; with `barrier`, also
+    /// every delta still in flight (a barrier after them is committed only with them).
+    async fn flush_consumers(&self, consumers: Vec<Arc<Consumer>>, barrier: bool) {
+        let flush = async {
+            for c in consumers {
+                c.flush_log().await;
+            }
+            if barrier {
+                let _ = self.group.propose(encode_control(&Control::Barrier)).await;
+            }
+        };
+        if tokio::time::timeout(CONSUMER_FLUSH_WAIT, flush)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "stream {}: consumers' last progress not committed in time",
+                self.name
+            );
+        }
+    }
+
     /// Stops following the group (the data stays).
     pub(crate) async fn stop(&self) {
         let _ = self.stop.send(true);
+        let consumers = self.stream.consumers.list();
+        let leading = self.is_leader();
         self.step_down_local();
+        if leading {
+            self.flush_consumers(consumers, false).await;
+        }
         self.stream.shutdown();
         if let Some(cl) = self.cluster.upgrade() {
             cl.hub.unregister(&self.group_name());
@@ -991,6 +1112,7 @@ impl Replica {
             let _ = tx.send(true);
         }
         *self.led_since.lock() = None;
+        *self.listening.lock() = None;
         if self.leading.swap(false, Ordering::AcqRel) {
             self.stream.lead_stopped();
             for c in self.stream.consumers.take_all() {
@@ -1024,6 +1146,15 @@ impl Replica {
             self.account
         );
         self.start_consumers();
+        // An R1 stream being made replicated: its messages are imported first (a publish
+        // taken before would get a sequence an imported message has).
+        let mut held = self.ingest_held.subscribe();
+        while *held.borrow_and_update() {
+            tokio::select! {
+                r = held.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
         let subjects = self.stream.config_arc().subjects.clone();
         let mut sub = None;
         for s in &subjects {
@@ -1040,6 +1171,7 @@ impl Replica {
         }
         // A mirror, or a stream fed by its sources alone, has no subjects: it leads all the same.
         let mut sub = sub;
+        *self.listening.lock() = Some(subjects);
         // Announced once it listens: a server forwarding to it finds it ready.
         if let Some(cl) = self.cluster.upgrade() {
             cl.announce_leader(&self);
@@ -1048,8 +1180,6 @@ impl Replica {
         let (acks, pending) = mpsc::channel(IN_FLIGHT);
         tokio::spawn(ack_loop(self.client.clone(), pending));
         let mut last_ts = 0i64;
-        let mut sync = tokio::time::interval(CONSUMER_SYNC);
-        let mut synced: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut batches = LeaderBatches::default();
         loop {
             let (entry, reply) = tokio::select! {
@@ -1076,10 +1206,6 @@ impl Replica {
                     (encode_proposal(p, ts), None)
                 }
                 _ = stop.changed() => break,
-                _ = sync.tick() => {
-                    self.sync_consumers(&mut synced).await;
-                    continue;
-                }
             };
             match self.group.propose_queued(entry).await {
                 Ok(fut) => {
@@ -1120,9 +1246,10 @@ impl Replica {
     }
 
     /// Creates (and starts) the replicated consumers on this new leader, from their configs
-    /// and last replicated progress.
+    /// and progress as the log left them, and announces each one's new leader (nats-server's
+    /// consumer leader-elected advisory).
     fn start_consumers(&self) {
-        let records = self.shared.lock().consumers.clone();
+        let records = self.consumers.lock().records();
         for (name, r) in records {
             if self.stream.consumers.get(&name).is_some() {
                 continue;
@@ -1137,7 +1264,10 @@ impl Replica {
                 r.state.clone(),
             );
             match c.start() {
-                Ok(()) => self.stream.consumers.insert(c),
+                Ok(()) => {
+                    self.stream.consumers.insert(c);
+                    self.advise_consumer("LEADER_ELECTED", &name);
+                }
                 Err(e) => tracing::warn!(
                     "stream {}: consumer {name} not started: {}",
                     self.name,
@@ -1147,25 +1277,35 @@ impl Replica {
         }
     }
 
-    /// Replicates the progress of each consumer that moved since the last time.
-    async fn sync_consumers(&self, synced: &mut BTreeMap<String, Vec<u8>>) {
-        let replicated: Vec<String> = self.shared.lock().consumers.keys().cloned().collect();
-        for name in replicated {
-            let Some(c) = self.stream.consumers.get(&name) else {
-                continue;
-            };
-            let state = c.state_body();
-            if synced.get(&name) == Some(&state) {
-                continue;
-            }
-            let op = Control::ConsumerState {
-                name: name.clone(),
-                state: state.clone(),
-            };
-            if self.propose_control(&op).await.is_ok() {
-                synced.insert(name, state);
-            }
+    /// Publishes a consumer advisory of nats-server (`LEADER_ELECTED`, with this server as the
+    /// leader, or `QUORUM_LOST`) in the stream's account, with the group's other replicas.
+    pub(super) fn advise_consumer(&self, kind: &str, consumer: &str) {
+        let Some(cl) = self.cluster.upgrade() else {
+            return;
+        };
+        let mut body = json!({
+            "type": format!("io.nats.jetstream.advisory.v1.consumer_{}", kind.to_ascii_lowercase()),
+            "id": format!("{:016x}", fastrand::u64(..)),
+            "timestamp": crate::util::time::rfc3339(std::time::SystemTime::now()),
+            "stream": self.name,
+            "consumer": consumer,
+            "replicas": cl.group_replicas(self),
+        });
+        if kind == "LEADER_ELECTED" {
+            body["leader"] = json!(cl.name);
         }
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.{kind}.{}.{consumer}",
+            self.name
+        );
+        let _ = self
+            .client
+            .publish(&subject, None, None, body.to_string().as_bytes());
+    }
+
+    /// The replicated consumers' names (as the log holds them).
+    pub(super) fn consumer_names(&self) -> Vec<String> {
+        self.consumers.lock().names()
     }
 }
 

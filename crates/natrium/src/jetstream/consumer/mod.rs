@@ -9,9 +9,11 @@ mod tests;
 mod wire;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Instant, SystemTime};
 
 use natrium_store::{DocFile, StreamStore};
@@ -25,9 +27,29 @@ use super::errors::ApiError;
 use crate::router::internal::HandlerSubscription;
 use crate::router::InternalClient;
 pub(crate) use start::parse_time;
-pub(crate) use state::Progress;
 use state::{ConsumerState, Identity};
+pub(crate) use state::{Delta, LogProgress, Progress};
 use wire::{parse_ack, Command};
+
+/// Resolves once an appended entry is committed (to whether it was).
+pub(crate) type Committed = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// A replicated stream's log as its consumers (which run on the stream's leader) see it.
+pub(crate) trait ConsumerLog: Send + Sync {
+    /// Appends a progress change of consumer `name` (created at `created_ns`) to the log, in
+    /// call order; `None` when this server can not (no longer the leader).
+    fn append(
+        &self,
+        name: &str,
+        created_ns: i64,
+        delta: Delta,
+    ) -> Pin<Box<dyn Future<Output = Option<Committed>> + Send + '_>>;
+    /// Whether a replicated consumer still needs message `seq` on `subject` (interest
+    /// retention), by the progress the log holds: every replica decides alike.
+    fn needed(&self, seq: u64, subject: &[u8]) -> bool;
+    /// An ephemeral consumer expired on the leader: its record goes through the log.
+    fn expired(&self, name: &str);
+}
 
 /// The consumers of one stream, and what their stream's retention does with the messages they
 /// are done with.
@@ -37,6 +59,9 @@ pub(crate) struct Consumers {
     client: InternalClient,
     retention: Retention,
     map: RwLock<BTreeMap<String, Arc<Consumer>>>,
+    /// A replicated stream's log: consumers' progress goes through it, and retention is
+    /// decided when it is applied (on every replica), not by the consumers running here.
+    log: OnceLock<Arc<dyn ConsumerLog>>,
 }
 
 impl Consumers {
@@ -52,7 +77,18 @@ impl Consumers {
             client,
             retention,
             map: RwLock::new(BTreeMap::new()),
+            log: OnceLock::new(),
         })
+    }
+
+    /// Makes this a replicated stream's set (before any consumer is made).
+    pub(crate) fn set_log(&self, log: Arc<dyn ConsumerLog>) {
+        let _ = self.log.set(log);
+    }
+
+    /// Whether progress and retention go through a replicated stream's log.
+    pub(crate) fn replicated(&self) -> bool {
+        self.log.get().is_some()
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<Arc<Consumer>> {
@@ -90,7 +126,17 @@ impl Consumers {
         for c in map.values() {
             c.on_stored(seq, subject);
         }
-        if self.retention == Retention::Interest && !map.values().any(|c| c.needs(seq, subject)) {
+        if self.retention != Retention::Interest {
+            return;
+        }
+        let needed = match self.log.get() {
+            Some(log) => {
+                drop(map);
+                log.needed(seq, subject)
+            }
+            None => map.values().any(|c| c.needs(seq, subject)),
+        };
+        if !needed {
             let _ = self.store.remove_msg(seq);
         }
     }
@@ -98,6 +144,10 @@ impl Consumers {
     /// A consumer is done with message `seq`: work queues drop it at once, interest streams once
     /// no consumer needs it any more.
     pub(crate) fn release(&self, seq: u64) {
+        if self.replicated() {
+            // Replicated consumers release through the log.
+            return;
+        }
         match self.retention {
             Retention::Limits => {}
             Retention::WorkQueue => {
@@ -117,7 +167,8 @@ impl Consumers {
     /// Interest streams, after a consumer went away: removes the messages no remaining consumer
     /// needs (all of them when none is left), as nats-server does on consumer delete.
     pub(crate) fn release_unneeded(&self) {
-        if self.retention != Retention::Interest {
+        if self.retention != Retention::Interest || self.replicated() {
+            // Replicated: the consumer's deletion, applied from the log, does this.
             return;
         }
         let map = self.map.read();
@@ -182,6 +233,10 @@ pub(crate) struct Consumer {
     state_file: Arc<Mutex<Option<DocFile>>>,
     /// The ack subscription (a handler run in the acking client's task).
     acks: Mutex<Option<HandlerSubscription>>,
+    /// A replicated stream's log, which its progress goes to.
+    log: Option<Arc<dyn ConsumerLog>>,
+    /// Held from taking a delta to its place in the log, so deltas go in the order taken.
+    log_order: tokio::sync::Mutex<()>,
 }
 
 impl Consumer {
@@ -202,6 +257,7 @@ impl Consumer {
             retention: set.retention,
             dead_letter: stream_dead_letter,
             persisted: dir.is_some(),
+            replicated: set.replicated(),
         };
         let state = ConsumerState::new(
             id,
@@ -224,6 +280,8 @@ impl Consumer {
             dir,
             state_file: Arc::new(Mutex::new(None)),
             acks: Mutex::new(None),
+            log: set.log.get().cloned(),
+            log_order: tokio::sync::Mutex::new(()),
         })
     }
 

@@ -10,12 +10,14 @@ use serde_json::{json, Value};
 
 use super::state::At;
 use super::wire::{Command, Save};
-use super::Consumer;
+use super::{Committed, Consumer};
 use crate::router::Msg;
-use crate::util::time::rfc3339;
+use crate::util::time::{rfc3339, unix_nanos};
 
 impl Consumer {
     pub(super) async fn run(self: Arc<Self>) {
+        // Replicated: the last delta appended to the log and not known committed yet.
+        let mut in_flight: Option<Committed> = None;
         // The last tick stopped at its limit with more to deliver: the next one runs at once,
         // without asking the state for its next deadline and arming a timer for it (per tick
         // a lock, clock reads and a timer-wheel entry made and dropped).
@@ -58,7 +60,24 @@ impl Consumer {
                 st.tick(self.store.as_ref(), at, bound)
             };
             if let Some(save) = tick.save {
-                self.persist(save).await;
+                if self.log.is_some() {
+                    let replies = tick
+                        .commands
+                        .iter()
+                        .any(|c| matches!(c, Command::AckReply(_)));
+                    if !self.to_log(&mut in_flight, replies).await {
+                        // No longer the leader: what this tick decided does not leave.
+                        tracing::debug!(
+                            "consumer {}/{}: progress not replicated",
+                            self.stream_name,
+                            self.name
+                        );
+                        again = false;
+                        continue;
+                    }
+                } else {
+                    self.persist(save).await;
+                }
             }
             again = self.send(tick.commands).await;
             if again {
@@ -68,8 +87,58 @@ impl Consumer {
         }
     }
 
+    /// Replicated: appends the progress made since the last delta to the stream's log, once
+    /// the previous append is committed (what changes meanwhile goes in one entry: group
+    /// commit, no timer). Deliveries may leave as soon as their delta has its place in the log:
+    /// an ack of them comes later in the log, and is never committed without it. With `wait`
+    /// (sync acks to answer) the commit is waited for. Whether the log took it.
+    async fn to_log(&self, in_flight: &mut Option<Committed>, wait: bool) -> bool {
+        if let Some(prev) = in_flight.take() {
+            if !prev.await {
+                return false;
+            }
+        }
+        match self.append_delta().await {
+            Err(()) => false,
+            Ok(None) => true,
+            Ok(Some(c)) if wait => c.await,
+            Ok(Some(c)) => {
+                *in_flight = Some(c);
+                true
+            }
+        }
+    }
+
+    /// Takes the delta and appends it, in the order taken. `Ok(None)`: nothing changed.
+    async fn append_delta(&self) -> Result<Option<Committed>, ()> {
+        let Some(log) = &self.log else {
+            return Ok(None);
+        };
+        let _order = self.log_order.lock().await;
+        let Some(delta) = self.state.lock().take_delta() else {
+            return Ok(None);
+        };
+        log.append(&self.name, unix_nanos(self.created), delta)
+            .await
+            .map(Some)
+            .ok_or(())
+    }
+
+    /// Replicated, at a stepdown (its task stopped): appends what changed since the last delta
+    /// and waits for it (and so every earlier one) to be committed. Whether it was.
+    pub(crate) async fn flush_log(&self) -> bool {
+        match self.append_delta().await {
+            Err(()) => false,
+            Ok(None) => true,
+            Ok(Some(c)) => c.await,
+        }
+    }
+
     /// An ephemeral consumer inactive past its threshold goes away.
     fn expire(&self) {
+        if let Some(log) = &self.log {
+            log.expired(&self.name);
+        }
         let set = self.set.upgrade();
         if let Some(set) = &set {
             set.remove(&self.name);

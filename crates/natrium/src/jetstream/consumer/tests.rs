@@ -84,6 +84,7 @@ fn consumer_with(
             retention,
             dead_letter: dead_letter.map(String::from),
             persisted: true,
+            replicated: false,
         },
         config(cfg),
         store,
@@ -874,6 +875,7 @@ fn saved_state_restores_cursor_pending_and_counts() {
             retention: Retention::Limits,
             dead_letter: None,
             persisted: true,
+            replicated: false,
         },
         config(PULL),
         &store,
@@ -1139,4 +1141,68 @@ fn removals_keep_the_pending_count_true() {
     st.mark_stale();
     tick(&mut st, &store, clock.at(0));
     assert_eq!(st.progress().num_pending, 1);
+}
+
+/// A replicated consumer (work queue): what each delta says, and that applying the deltas in
+/// order rebuilds the leader's state document.
+#[test]
+fn replicated_deltas_carry_deliveries_acks_and_releases() {
+    use super::state::{Delta, LogProgress};
+    let clock = Clock::new();
+    let store = stream(&["a", "a", "a"]);
+    let mut st = ConsumerState::new(
+        Identity {
+            stream: "S",
+            name: "C",
+            retention: Retention::WorkQueue,
+            dead_letter: None,
+            persisted: false,
+            replicated: true,
+        },
+        config(r#"{"durable_name":"C","ack_policy":"explicit","ack_wait":1000000000}"#),
+        &store,
+        None,
+        clock.mono(0),
+    );
+    let mut replica = LogProgress::default();
+    st.pull("_INBOX.1", b"3", clock.mono(0));
+    let out = tick(&mut st, &store, clock.at(0));
+    assert_eq!(seqs(&out.commands), vec![1, 2, 3]);
+    assert!(out.save.is_some(), "deliveries go to the log first");
+    let d = st.take_delta().expect("a delta");
+    assert_eq!(
+        (d.sseq, d.dseq, d.floor_s, d.add.clone(), d.del.clone()),
+        (3, 3, 0, vec![(1, 1, 1), (2, 2, 1), (3, 3, 1)], vec![])
+    );
+    replica.apply(&d);
+    assert_eq!(st.take_delta(), None, "nothing changed since");
+
+    // An ack of 2, with a reply: released through the log, answered after the save.
+    let cmds = st.ack(2, AckKind::Ack, Some("_INBOX.r"), clock.mono(10));
+    assert!(!cmds.iter().any(|c| matches!(c, Command::Release(_))));
+    let out = tick(&mut st, &store, clock.at(10));
+    assert!(!out
+        .commands
+        .iter()
+        .any(|c| matches!(c, Command::Release(_))));
+    assert!(out
+        .commands
+        .contains(&Command::AckReply("_INBOX.r".to_string())));
+    assert_eq!(out.save.map(|s| s.sync), Some(true));
+    let d = st.take_delta().expect("a delta");
+    assert_eq!((d.del.clone(), d.released.clone()), (vec![2], vec![2]));
+    replica.apply(&d);
+
+    // 1 and 3 time out and go again: their second delivery, a new consumer sequence each.
+    st.pull("_INBOX.1", b"2", clock.mono(1500));
+    let out = tick(&mut st, &store, clock.at(1500));
+    assert_eq!(seqs(&out.commands), vec![1, 3]);
+    let d: Delta = st.take_delta().expect("a delta");
+    assert_eq!(d.add, vec![(1, 4, 2), (3, 5, 2)]);
+    replica.apply(&d);
+    assert_eq!(
+        LogProgress::decode(&replica.encode()),
+        LogProgress::decode(&st.encode()),
+        "the replica's copy is the leader's state"
+    );
 }

@@ -158,15 +158,6 @@ impl Stream {
         self.replication.get().is_none_or(|r| r.leads())
     }
 
-    /// Message `seq` was stored: the consumers hear of it. Not on a follower, which runs none:
-    /// under interest retention it would find no consumer that needs the message and drop it
-    /// (a new leader's consumers then had nothing to deliver).
-    pub(crate) fn stored(&self, seq: u64, subject: &[u8]) {
-        if self.leads() {
-            self.consumers.on_stored(seq, subject);
-        }
-    }
-
     /// The stream's default dead-letter subject (`dead_letter_subject` in its metadata), which
     /// consumers created now take.
     pub(crate) fn dead_letter(&self) -> Option<String> {

@@ -1,8 +1,11 @@
 //! A consumer's state as a pure state machine (cursor, ack floor, pending, pull requests,
 //! redeliveries, pause): events in, commands out; no clock, no I/O. The tick is in `tick.rs`.
 
+mod log;
 mod tick;
 mod waiting;
+
+pub(crate) use log::{Delta, LogProgress};
 
 #[cfg(test)]
 pub(crate) use tick::TICK_MSGS;
@@ -47,6 +50,8 @@ pub(crate) struct Identity<'a> {
     pub dead_letter: Option<String>,
     /// Whether the state is saved (durable consumers of file streams).
     pub persisted: bool,
+    /// Whether its progress goes through a replicated stream's log (`take_delta`) instead.
+    pub replicated: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,8 +146,12 @@ pub(crate) struct ConsumerState {
     unsynced_deliveries: bool,
     /// Sync acks to answer after the next save.
     sync_replies: Vec<String>,
-    /// Messages acked since the last tick, released to retention after the next save.
+    /// Messages acked since the last tick, released to retention after the next save (with
+    /// the next delta, when replicated: retention acts when it is applied).
     acked: Vec<u64>,
+    /// Replicated: its progress goes to the log as deltas from this base.
+    replicated: bool,
+    base: Option<log::Base>,
     /// The pinned client of a pinned_client consumer.
     pin: Option<Pin>,
     /// A monotonic instant and the wall time then, to turn event instants into wall times.
@@ -172,6 +181,8 @@ impl ConsumerState {
             releases: id.retention != Retention::Limits,
             stream_dead_letter: id.dead_letter,
             persisted: id.persisted,
+            replicated: id.replicated,
+            base: None,
             sseq: 0,
             dseq: 0,
             floor_s: 0,
@@ -223,6 +234,10 @@ impl ConsumerState {
             }
         }
         st.num_pending = count_pending(store, &st.filters, st.sseq) + st.start_list.len() as u64;
+        if st.replicated && saved.is_some() {
+            // What the replicas hold already.
+            st.base = Some(log::Base::of(&st));
+        }
         st
     }
 
@@ -398,9 +413,7 @@ impl ConsumerState {
                         body: json!({"type": "io.nats.jetstream.advisory.v1.terminated", "consumer_seq": p.dseq, "stream_seq": sseq, "deliveries": deliveries, "reason": reason}),
                     });
                     out.extend(self.dead_letter(sseq, deliveries, why));
-                    if self.releases {
-                        out.push(Command::Release(sseq));
-                    }
+                    self.release(sseq, &mut out);
                     out.push(Command::Tick);
                 }
             }
@@ -458,16 +471,28 @@ impl ConsumerState {
         })
     }
 
+    /// The consumer is done with message `seq`: retention hears of it now, or (replicated)
+    /// when the next delta is applied.
+    fn release(&mut self, seq: u64, out: &mut Vec<Command>) {
+        if !self.releases {
+            return;
+        }
+        if self.replicated {
+            self.acked.push(seq);
+            self.dirty = true;
+        } else {
+            out.push(Command::Release(seq));
+        }
+    }
+
     /// Message `seq` ran out of deliveries (`deliveries` made): advisory, dead letter, release.
-    fn exhausted(&self, seq: u64, deliveries: u64, out: &mut Vec<Command>) {
+    fn exhausted(&mut self, seq: u64, deliveries: u64, out: &mut Vec<Command>) {
         out.push(Command::Advisory {
             kind: "MAX_DELIVERIES",
             body: json!({"type": "io.nats.jetstream.advisory.v1.max_deliver", "stream_seq": seq, "deliveries": deliveries}),
         });
         out.extend(self.dead_letter(seq, deliveries, "max_deliveries".into()));
-        if self.releases {
-            out.push(Command::Release(seq));
-        }
+        self.release(seq, out);
     }
 
     /// Event: `$JS.API.CONSUMER.RESET` to stream sequence `seq` (0: just past the ack floor), as
@@ -559,6 +584,15 @@ impl ConsumerState {
     /// without a sync: they survive the process being killed, and a power loss can only bring a
     /// message back as a redelivery.
     fn save(&mut self, sync_acks: bool) -> Option<Save> {
+        if self.replicated {
+            // The task takes the delta (`take_delta`) in log order; sync acks wait for it.
+            let due = self.dirty || !self.acked.is_empty() || sync_acks;
+            self.unsynced_deliveries = false;
+            return due.then(|| Save {
+                body: Vec::new(),
+                sync: sync_acks,
+            });
+        }
         if !self.dirty {
             return None;
         }

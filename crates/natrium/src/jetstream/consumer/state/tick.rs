@@ -107,7 +107,9 @@ impl ConsumerState {
         let mut out = Vec::new();
         self.refresh(store);
         let had_replies = !self.sync_replies.is_empty();
-        out.extend(self.acked.drain(..).map(Command::Release));
+        if !self.replicated {
+            out.extend(self.acked.drain(..).map(Command::Release));
+        }
         out.extend(self.sync_replies.drain(..).map(Command::AckReply));
         // Ack deadlines that passed: due for redelivery.
         if cfg.ack_policy != AckPolicy::None {

@@ -117,6 +117,11 @@ impl Cluster {
         }
     }
 
+    /// The store directory of server `name`.
+    pub(crate) fn store_dir(&self, name: &str) -> std::path::PathBuf {
+        self._dir.path().join(name)
+    }
+
     /// Starts stopped server `name` again on its store, routed to a running server.
     pub(crate) async fn restart(&mut self, name: &str) {
         let i = self

@@ -1,11 +1,13 @@
-//! A replica restarted on its files replays its group's log over a store that already holds
-//! what the log stored: entries whose checks depend on the stream's state (expected sequences,
-//! limits) must be recognised as already stored, not checked again against a store that is
-//! ahead of them, so the replica keeps the same messages at the same sequences as its peers.
+//! A replica's copy stays its leader's: restarted on its files it replays its group's log over
+//! a store that already holds what the log stored (entries whose checks depend on the stream's
+//! state, and purges, must not be applied again against a store that is ahead of them); back
+//! after the log was compacted it drops what the leader removed meanwhile; and a follower
+//! keeps what only its leader's consumers may release.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
+use futures::StreamExt;
 use serde_json::json;
 
 use crate::common::api;
@@ -122,6 +124,74 @@ async fn a_restarted_replica_replays_purges_without_removing_later_messages() {
     let expected = local(&c, &leader, "PG");
     assert!(!expected.is_empty());
     restart_a_follower_and_compare(&mut c, &leader, "PG", expected).await;
+    c.shutdown().await;
+}
+
+/// An interest stream's followers have no consumers running (they run on the leader): they
+/// keep every message, and the new leader after a failover delivers the ones nobody acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_of_an_interest_stream_keep_its_messages_for_the_next_leader() {
+    let mut c = cluster().await;
+    let nc = connect(c.node("n1")).await;
+    let js = jetstream::new(nc);
+    let s = js
+        .create_stream(stream::Config {
+            name: "IN".into(),
+            subjects: vec!["in.>".into()],
+            retention: stream::RetentionPolicy::Interest,
+            num_replicas: 3,
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    s.create_consumer(async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some("w".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("consumer");
+    for i in 0..5 {
+        js.publish("in.x", format!("{i}").into())
+            .await
+            .expect("sent")
+            .await
+            .expect("acknowledged");
+    }
+    let leader = leader_of(&c, "IN", "in.x", None).await;
+    let expected = local(&c, &leader, "IN");
+    assert_eq!(expected.len(), 5);
+    for f in c.names.clone().iter().filter(|n| **n != leader) {
+        wait(
+            Duration::from_secs(10),
+            "a follower holds the messages",
+            || local(&c, f, "IN") == expected,
+        )
+        .await;
+    }
+    let stay = c
+        .names
+        .iter()
+        .find(|n| **n != leader)
+        .expect("a follower")
+        .clone();
+    c.stop(&leader).await;
+    leader_of(&c, "IN", "in.x", Some(&leader)).await;
+    let js = jetstream::new(connect(c.node(&stay)).await);
+    let w: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("IN")
+        .await
+        .expect("stream")
+        .get_consumer("w")
+        .await
+        .expect("consumer");
+    let mut msgs = w.fetch().max_messages(5).messages().await.expect("fetch");
+    let mut got = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(10), msgs.next()).await {
+        let m = m.expect("message");
+        got.push(String::from_utf8_lossy(&m.payload).into_owned());
+        m.double_ack().await.expect("ack");
+    }
+    assert_eq!(got, ["0", "1", "2", "3", "4"]);
     c.shutdown().await;
 }
 

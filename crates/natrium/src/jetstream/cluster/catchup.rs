@@ -23,6 +23,10 @@ const FETCH_WAIT: Duration = Duration::from_secs(5);
 const BATCH_MSGS: usize = 4096;
 const BATCH_BYTES: usize = 4 << 20;
 
+/// Rounds of fetch attempts over the peers when a snapshot is restored, and the first pause.
+const CATCH_UP_ROUNDS: u32 = 3;
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+
 /// The answer's `next` of a server that does not hold the asked range.
 const LACKING: u64 = u64::MAX;
 
@@ -294,7 +298,7 @@ impl JsCluster {
     }
 
     /// Fetches stream messages `from..=to` held by server `peer`, in batches.
-    async fn fetch(
+    pub(super) async fn fetch(
         &self,
         peer: &str,
         account: &str,
@@ -430,13 +434,38 @@ impl JsCluster {
             return Err("catch-up needs the multi-threaded runtime".into());
         }
         let mut last = String::from("no peer to catch up from");
-        for peer in self.catch_up_peers(account, stream) {
+        let peers = self.catch_up_peers(account, stream);
+        // A few rounds (a peer may be electing or reconnecting); then the caller notes the
+        // range lost and the replica is repaired in the background.
+        for round in 0..CATCH_UP_ROUNDS {
+            if round > 0 {
+                tokio::task::block_in_place(|| std::thread::sleep(RETRY_FIRST * (1 << round)));
+            }
+            match self.catch_up_round(&handle, &peers, account, stream, store, to) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn catch_up_round(
+        &self,
+        handle: &tokio::runtime::Handle,
+        peers: &[String],
+        account: &str,
+        stream: &str,
+        store: &Arc<dyn StreamStore>,
+        to: u64,
+    ) -> Result<(), String> {
+        let mut last = String::from("no peer to catch up from");
+        for peer in peers {
             let from = store.state().last_seq + 1;
             tracing::info!(
                 "JetStream cluster: stream '{account} > {stream}': fetching messages {from}..={to} from {peer}"
             );
             let r = tokio::task::block_in_place(|| {
-                handle.block_on(self.fetch(&peer, account, stream, from, to, |m| {
+                handle.block_on(self.fetch(peer, account, stream, from, to, |m| {
                     advance(store.as_ref(), m.seq, m.ts).map_err(|e| e.to_string())?;
                     store
                         .store_msg(&m.subject, m.headers.as_deref(), &m.payload, m.ts)

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-pub(super) use super::consumers::ConsumerRecord;
+pub(crate) use super::consumers::ConsumerRecord;
 use super::consumers::{ConsumerTable, LogHook};
 use super::meta::StreamAssignment;
 use super::JsCluster;
@@ -190,6 +190,8 @@ struct StreamSm {
     /// Where missing messages are fetched from after a snapshot.
     cluster: Weak<JsCluster>,
     account: String,
+    /// The replica's directory.
+    dir: PathBuf,
     stream: Arc<Stream>,
     shared: Arc<Mutex<Shared>>,
     /// Largest message timestamp applied (the leader stamps later ones after it).
@@ -270,7 +272,7 @@ impl StreamSm {
             if let Err(e) = store.store_msg(m.subject, m.headers, m.payload, m.ts) {
                 return self.error(store_error(&e));
             }
-            self.stream.consumers.on_stored(seq, m.subject);
+            self.stream.stored(seq, m.subject);
         }
         if let Some(id) = crate::jetstream::stream::headers::get(m.headers, "Nats-Msg-Id") {
             self.stream.record_msg_id(id, seq, m.ts);
@@ -477,7 +479,7 @@ impl natrium_raft::StateMachine for StreamSm {
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         let st: SnapshotState = serde_json::from_slice(data).map_err(|e| e.to_string())?;
-        let mut held = self.stream.store.state().last_seq;
+        let held = self.stream.store.state().last_seq;
         if held < st.last_seq {
             // A new or lagging replica: the messages the snapshot covers come from the leader.
             let fetched = match self.cluster.upgrade() {
@@ -489,15 +491,29 @@ impl natrium_raft::StateMachine for StreamSm {
                 ),
                 None => Err("stopping".into()),
             };
-            held = self.stream.store.state().last_seq;
+            let held = self.stream.store.state().last_seq;
             if let Err(e) = fetched {
-                // Not an error for openraft (it would stop the group here): logged, and the
-                // messages missing here are not served by this replica.
+                // Not an error for openraft (it would stop the group here). The sequences stay
+                // aligned with the log (the missing ones are gaps for now), the range is noted
+                // lost, and the replica is closed and repaired from its peers before it opens
+                // again (not voting nor serving meanwhile).
                 tracing::error!(
-                    "stream {}: the store holds sequences up to {held}, its snapshot says {}; catching up failed: {e}",
+                    "stream {}: the store holds sequences up to {held}, its snapshot says {}; catching up failed: {e}; repairing",
                     self.stream.name,
                     st.last_seq
                 );
+                let noted = super::repair::note_lost(&self.dir, held + 1, st.last_seq);
+                let ts = self.stream.store.state().last_ts;
+                if let Err(e) = noted.map_err(|e| e.to_string()).and_then(|()| {
+                    super::catchup::advance(self.stream.store.as_ref(), st.last_seq + 1, ts)
+                        .map_err(|e| e.to_string())
+                }) {
+                    return Err(format!("noting the messages not caught up: {e}"));
+                }
+                if let Some(cl) = self.cluster.upgrade() {
+                    let (account, name) = (self.account.clone(), self.stream.name.clone());
+                    tokio::spawn(async move { cl.reopen(&account, &name).await });
+                }
             }
         }
         let mut sh = self.shared.lock();
@@ -522,6 +538,10 @@ pub(crate) struct Replica {
     consumers: Arc<Mutex<ConsumerTable>>,
     dir: PathBuf,
     leading: Arc<AtomicBool>,
+    /// The subjects the leader's ingest listens on (none when not leading).
+    listening: Mutex<Option<Vec<String>>>,
+    /// The leader takes no publishes while a conversion imports the R1 stream's messages.
+    ingest_held: watch::Sender<bool>,
     /// Work the stream decided for its leader to propose (timed work, sourced messages).
     proposals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Proposal>>,
     /// Since when this server leads (serving).
@@ -539,19 +559,24 @@ pub(crate) struct Replica {
 fn open_store(cfg: &StreamConfig, dir: &Path) -> Result<Arc<dyn StreamStore>, StoreError> {
     Ok(match cfg.storage {
         Storage::Memory => Arc::new(MemStore::new(cfg.limits())?),
-        // The Raft log is what is durable before the PubAck; the store is synced when a
-        // snapshot is taken (the log before it is dropped only then).
-        Storage::File => Arc::new(FileStore::open(
-            FileStoreConfig {
-                sync: SyncPolicy::Interval(Duration::from_secs(60)),
-                // Its high-water mark is the Raft log: messages a cut store lost are stored
-                // again from it, so they must not be written off as lost here.
-                high_water_mark: false,
-                ..FileStoreConfig::new(dir.join("msgs"))
-            },
-            cfg.limits(),
-        )?),
+        Storage::File => Arc::new(open_file_store(cfg, &dir.join("msgs"))?),
     })
+}
+
+/// A replica's file store in `msgs`.
+pub(super) fn open_file_store(cfg: &StreamConfig, msgs: &Path) -> Result<FileStore, StoreError> {
+    // The Raft log is what is durable before the PubAck; the store is synced when a snapshot
+    // is taken (the log before it is dropped only then).
+    FileStore::open(
+        FileStoreConfig {
+            sync: SyncPolicy::Interval(Duration::from_secs(60)),
+            // Its high-water mark is the Raft log: messages a cut store lost are stored again
+            // from it, so they must not be written off as lost here.
+            high_water_mark: false,
+            ..FileStoreConfig::new(msgs)
+        },
+        cfg.limits(),
+    )
 }
 
 impl Replica {
@@ -592,6 +617,7 @@ impl Replica {
         let sm = StreamSm {
             cluster: Arc::downgrade(cl),
             account: sa.account.clone(),
+            dir: dir.to_path_buf(),
             stream: stream.clone(),
             shared: shared.clone(),
             max_ts: max_ts.clone(),
@@ -649,6 +675,8 @@ impl Replica {
             consumers,
             dir: dir.to_path_buf(),
             leading,
+            listening: Mutex::new(None),
+            ingest_held: watch::channel(super::convert::Pending::read(dir).is_some()).0,
             proposals: tokio::sync::Mutex::new(proposals),
             led_since: Mutex::new(None),
             reshaping: AtomicBool::new(false),
@@ -663,6 +691,22 @@ impl Replica {
 
     pub(crate) fn is_leader(&self) -> bool {
         self.leading.load(Ordering::Acquire)
+    }
+
+    /// Since when this server leads the stream (serving), as wall-clock time.
+    pub(crate) fn leader_since(&self) -> Option<std::time::SystemTime> {
+        let since = (*self.led_since.lock())?;
+        std::time::SystemTime::now().checked_sub(since.elapsed())
+    }
+
+    /// Lets the leader take publishes (a conversion's import is done).
+    pub(super) fn release_ingest(&self) {
+        self.ingest_held.send_replace(false);
+    }
+
+    /// Whether this server leads the stream and its ingest listens on exactly `subjects`.
+    pub(crate) fn listens_on(&self, subjects: &[String]) -> bool {
+        self.is_leader() && self.listening.lock().as_deref() == Some(subjects)
     }
 
     /// Whether this follower answers a direct get from its own store: only a get by sequence of
@@ -1068,6 +1112,7 @@ impl Replica {
             let _ = tx.send(true);
         }
         *self.led_since.lock() = None;
+        *self.listening.lock() = None;
         if self.leading.swap(false, Ordering::AcqRel) {
             self.stream.lead_stopped();
             for c in self.stream.consumers.take_all() {
@@ -1101,6 +1146,15 @@ impl Replica {
             self.account
         );
         self.start_consumers();
+        // An R1 stream being made replicated: its messages are imported first (a publish
+        // taken before would get a sequence an imported message has).
+        let mut held = self.ingest_held.subscribe();
+        while *held.borrow_and_update() {
+            tokio::select! {
+                r = held.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
         let subjects = self.stream.config_arc().subjects.clone();
         let mut sub = None;
         for s in &subjects {
@@ -1117,6 +1171,7 @@ impl Replica {
         }
         // A mirror, or a stream fed by its sources alone, has no subjects: it leads all the same.
         let mut sub = sub;
+        *self.listening.lock() = Some(subjects);
         // Announced once it listens: a server forwarding to it finds it ready.
         if let Some(cl) = self.cluster.upgrade() {
             cl.announce_leader(&self);

@@ -17,7 +17,7 @@ use crate::jetstream::consumer_config::ConsumerConfig;
 /// A replicated consumer: its config and (on the wire and in snapshots) its progress as a
 /// state document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct ConsumerRecord {
+pub(crate) struct ConsumerRecord {
     pub(super) config: ConsumerConfig,
     pub(super) created_ns: i64,
     #[serde(default)]

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
-pub(super) use super::consumers::ConsumerRecord;
+pub(crate) use super::consumers::ConsumerRecord;
 use super::consumers::{ConsumerTable, LogHook};
 use super::meta::StreamAssignment;
 use super::JsCluster;
@@ -272,7 +272,7 @@ impl StreamSm {
             if let Err(e) = store.store_msg(m.subject, m.headers, m.payload, m.ts) {
                 return self.error(store_error(&e));
             }
-            self.stream.consumers.on_stored(seq, m.subject);
+            self.stream.stored(seq, m.subject);
         }
         if let Some(id) = crate::jetstream::stream::headers::get(m.headers, "Nats-Msg-Id") {
             self.stream.record_msg_id(id, seq, m.ts);

@@ -158,6 +158,16 @@ impl Stream {
         self.replication.get().is_none_or(|r| r.leads())
     }
 
+    /// Message `seq` was stored: the consumers hear of it. A replica's set decides interest
+    /// retention by the replicated consumers' progress (the same on every replica); a follower
+    /// whose set is not linked to its log yet skips it: it runs no consumer, would find none
+    /// needing the message and drop it (a new leader's consumers then had nothing to deliver).
+    pub(crate) fn stored(&self, seq: u64, subject: &[u8]) {
+        if self.leads() || self.consumers.replicated() {
+            self.consumers.on_stored(seq, subject);
+        }
+    }
+
     /// The stream's default dead-letter subject (`dead_letter_subject` in its metadata), which
     /// consumers created now take.
     pub(crate) fn dead_letter(&self) -> Option<String> {

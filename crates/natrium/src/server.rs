@@ -252,13 +252,21 @@ impl Server {
             let (js, accs) = (js.clone(), accounts.clone());
             conns.set_trust_listener(Box::new(move |auth| sync_jwt_jetstream(&js, &accs, auth)));
         }
+        // The mesh starts after JetStream: until it does, every configured route counts.
+        let routed: Arc<std::sync::OnceLock<std::sync::Weak<Mesh>>> = Arc::default();
         if let (Some(js), Some(c)) = (&jetstream, &opts.cluster) {
             let system = InternalClient::new(&accounts, &opts.system_account)
                 .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
+            let (configured, routed) = (c.routes.len() + 1, routed.clone());
             let settings = crate::jetstream::ClusterSettings {
                 cluster: c.name.clone().unwrap_or_default(),
                 tags: opts.server_tags.clone(),
-                expected: c.routes.len() + 1,
+                expected: Arc::new(move || {
+                    routed
+                        .get()
+                        .and_then(std::sync::Weak::upgrade)
+                        .map_or(configured, |m| m.configured_servers())
+                }),
                 system,
             };
             js.start_cluster(settings)
@@ -345,6 +353,9 @@ impl Server {
             _ => None,
         };
         *observed.mesh.lock() = mesh.clone();
+        if let Some(m) = &mesh {
+            let _ = routed.set(Arc::downgrade(m));
+        }
         let leafs = match &opts.leafnodes {
             Some(l) => Some(
                 Leafs::start(

@@ -7,8 +7,9 @@
 //! never acknowledged) is cut off; a bad record with intact data after it, or a vote or
 //! metadata slot that fails its check, is damage: the log is cut at the damage and the node
 //! keeps a guard that stops it from voting until its log, synced, again holds everything a
-//! leader may have counted on it for (see [`LogStore::leader_matched`]). Entries stay in memory
-//! between the last purge (snapshot) and the end.
+//! leader may have counted on it for (see [`LogStore::leader_matched`]). The ids and places of
+//! the entries between the last purge (snapshot) and the end stay in memory, their bodies only
+//! for the newest [`CACHE_BYTES`]: older ones are read back from their segment.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -33,6 +34,11 @@ use crate::{NodeId, TypeConfig};
 
 /// A segment is closed and a new one started past this size.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bodies of the newest entries kept in memory, in encoded bytes: followers replicate and
+/// everyone applies from the tail. Between snapshots a group holds up to ~20,000 entries, so
+/// with all of them in memory a stream of 128 KiB object-store chunks held 2.5 GiB per node.
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Errors opening a log.
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +73,16 @@ struct Meta {
 }
 
 struct Mem {
-    /// Index of `entries[0]` (meaningful when non-empty).
+    /// Index of `ids[0]` (meaningful when non-empty).
     first: u64,
-    entries: VecDeque<Entry<TypeConfig>>,
-    /// Where each entry is: (segment number, offset of its record).
-    pos: VecDeque<(u64, u64)>,
+    /// Every entry's id, from `first` to the end.
+    ids: VecDeque<LogId<NodeId>>,
+    /// Where each entry is: (segment number, offset of its record, body length).
+    pos: VecDeque<(u64, u64, u32)>,
+    /// The newest entries themselves (the last `cache.len()` of `ids`), and their body bytes.
+    cache: VecDeque<Entry<TypeConfig>>,
+    cache_bytes: usize,
+    cache_limit: usize,
     meta: Meta,
     vote: Option<Vote<NodeId>>,
     committed: Option<LogId<NodeId>>,
@@ -85,10 +96,58 @@ struct Mem {
 
 impl Mem {
     fn last_log_id(&self) -> Option<LogId<NodeId>> {
-        self.entries
-            .back()
-            .map(|e| *e.get_log_id())
-            .or(self.meta.last_purged)
+        self.ids.back().copied().or(self.meta.last_purged)
+    }
+
+    /// Index after the last entry.
+    fn end(&self) -> u64 {
+        self.first + self.ids.len() as u64
+    }
+
+    /// Index of `cache[0]`.
+    fn cache_first(&self) -> u64 {
+        self.end() - self.cache.len() as u64
+    }
+
+    fn push(&mut self, e: Entry<TypeConfig>, at: (u64, u64, u32)) {
+        if self.ids.is_empty() {
+            self.first = e.log_id.index;
+        }
+        self.ids.push_back(e.log_id);
+        self.pos.push_back(at);
+        self.cache.push_back(e);
+        self.cache_bytes += at.2 as usize;
+        while self.cache_bytes > self.cache_limit {
+            let i = self.ids.len() - self.cache.len();
+            if self.cache.pop_front().is_none() {
+                break;
+            }
+            self.cache_bytes -= self.pos.get(i).map_or(0, |p| p.2 as usize);
+        }
+    }
+
+    /// Keeps the first `keep` entries.
+    fn truncate(&mut self, keep: usize) {
+        let drop = self.ids.len().saturating_sub(keep);
+        for _ in 0..drop.min(self.cache.len()) {
+            self.cache.pop_back();
+            let i = self.ids.len() - 1;
+            self.cache_bytes -= self.pos.get(i).map_or(0, |p| p.2 as usize);
+            self.ids.pop_back();
+            self.pos.pop_back();
+        }
+        self.ids.truncate(keep);
+        self.pos.truncate(keep);
+    }
+
+    /// Forgets the first entry.
+    fn pop_front(&mut self) {
+        if self.cache.len() == self.ids.len() && self.cache.pop_front().is_some() {
+            self.cache_bytes -= self.pos.front().map_or(0, |p| p.2 as usize);
+        }
+        self.ids.pop_front();
+        self.pos.pop_front();
+        self.first += 1;
     }
 }
 
@@ -158,6 +217,14 @@ fn open_rw(path: &Path) -> io::Result<File> {
 impl LogStore {
     /// Opens (creating) the log in `dir` and reads it back.
     pub fn open(dir: &Path) -> Result<(LogStore, Recovered), LogStoreError> {
+        Self::open_with_cache(dir, CACHE_BYTES)
+    }
+
+    /// [`LogStore::open`] keeping at most `cache_limit` bytes of entry bodies in memory.
+    pub fn open_with_cache(
+        dir: &Path,
+        cache_limit: usize,
+    ) -> Result<(LogStore, Recovered), LogStoreError> {
         let err = |source| LogStoreError::Io {
             dir: dir.to_path_buf(),
             source,
@@ -203,8 +270,11 @@ impl LogStore {
         let mut rec = Recovered::default();
         let mut mem = Mem {
             first: 0,
-            entries: VecDeque::new(),
+            ids: VecDeque::new(),
             pos: VecDeque::new(),
+            cache: VecDeque::new(),
+            cache_bytes: 0,
+            cache_limit,
             meta: meta.clone(),
             vote,
             committed: None,
@@ -227,8 +297,8 @@ impl LogStore {
                 let rest = buf.get(off..).unwrap_or_default();
                 // The first entry follows the purged ones; with none purged the log may start
                 // at 0 (openraft's initial membership) or 1.
-                let next_index = match (mem.entries.back(), purged) {
-                    (Some(e), _) => Some(e.log_id.index + 1),
+                let next_index = match (mem.ids.back(), purged) {
+                    (Some(id), _) => Some(id.index + 1),
                     (None, Some(p)) => Some(p + 1),
                     (None, None) => None,
                 };
@@ -239,11 +309,7 @@ impl LogStore {
                         match entry {
                             Some(e) if purged.is_some_and(|p| e.log_id.index <= p) => {}
                             Some(e) if next_index.is_none_or(|n| e.log_id.index == n) => {
-                                if mem.entries.is_empty() {
-                                    mem.first = e.log_id.index;
-                                }
-                                mem.entries.push_back(e);
-                                mem.pos.push_back((seg, off as u64));
+                                mem.push(e, (seg, off as u64, body.len() as u32));
                                 rec.entries += 1;
                             }
                             _ => bad = true,
@@ -448,8 +514,8 @@ impl LogStore {
             // A truncation since the append may have removed or replaced it.
             let at = last.index.checked_sub(mem.first).map(|i| i as usize);
             if at
-                .and_then(|i| mem.entries.get(i))
-                .is_some_and(|e| e.log_id == last)
+                .and_then(|i| mem.ids.get(i))
+                .is_some_and(|id| *id == last)
             {
                 mem.synced = mem.synced.max(Some(last));
             }
@@ -486,32 +552,71 @@ impl LogStore {
         }
     }
 
-    fn entries(&self, range: impl RangeBounds<u64>) -> Vec<Entry<TypeConfig>> {
-        let mem = self.inner.mem.lock();
-        if mem.entries.is_empty() {
-            return Vec::new();
+    /// The entries of `range` that the log holds: the newest from memory, older ones read
+    /// back from their segments (checked like at recovery).
+    fn entries(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<Entry<TypeConfig>>> {
+        let (lo, hi, on_disk, cached) = {
+            let mem = self.inner.mem.lock();
+            let (first, end) = (mem.first, mem.end());
+            let lo = match range.start_bound() {
+                Bound::Included(i) => *i,
+                Bound::Excluded(i) => i + 1,
+                Bound::Unbounded => first,
+            }
+            .max(first);
+            let hi = match range.end_bound() {
+                Bound::Included(i) => i + 1,
+                Bound::Excluded(i) => *i,
+                Bound::Unbounded => end,
+            }
+            .min(end);
+            if lo >= hi {
+                return Ok(Vec::new());
+            }
+            let cache_first = mem.cache_first();
+            let on_disk: Vec<(u64, u64, u32)> = (lo..hi.min(cache_first))
+                .filter_map(|i| mem.pos.get((i - first) as usize).copied())
+                .collect();
+            let from = lo.max(cache_first);
+            let cached: Vec<Entry<TypeConfig>> = if from < hi {
+                mem.cache
+                    .range((from - cache_first) as usize..(hi - cache_first) as usize)
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (lo, hi, on_disk, cached)
+        };
+        let mut out = Vec::with_capacity((hi - lo) as usize);
+        let mut file: Option<(u64, File)> = None;
+        for (i, (seg, off, len)) in on_disk.into_iter().enumerate() {
+            if file.as_ref().is_none_or(|f| f.0 != seg) {
+                file = Some((seg, File::open(seg_path(&self.inner.dir, seg))?));
+            }
+            let Some((_, f)) = file.as_ref() else {
+                continue;
+            };
+            let mut buf = vec![0u8; codec::FRAME + len as usize];
+            f.read_exact_at(&mut buf, off)?;
+            let index = lo + i as u64;
+            let bad = || {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("raft log entry {index} fails its check when read back"),
+                )
+            };
+            let Framed::Record(body, _) = codec::unframe(&buf) else {
+                return Err(bad());
+            };
+            let e: Entry<TypeConfig> = codec::decode(body).map_err(|_| bad())?;
+            if e.log_id.index != index {
+                return Err(bad());
+            }
+            out.push(e);
         }
-        let first = mem.first;
-        let end = first + mem.entries.len() as u64;
-        let lo = match range.start_bound() {
-            Bound::Included(i) => *i,
-            Bound::Excluded(i) => i + 1,
-            Bound::Unbounded => first,
-        }
-        .max(first);
-        let hi = match range.end_bound() {
-            Bound::Included(i) => i + 1,
-            Bound::Excluded(i) => *i,
-            Bound::Unbounded => end,
-        }
-        .min(end);
-        if lo >= hi {
-            return Vec::new();
-        }
-        mem.entries
-            .range((lo - first) as usize..(hi - first) as usize)
-            .cloned()
-            .collect()
+        out.extend(cached);
+        Ok(out)
     }
 
     /// Writes `entries` at the end of the log; the sync is queued. (openraft's error type is
@@ -543,7 +648,7 @@ impl LogStore {
         for e in &entries {
             let body =
                 codec::encode(e).map_err(|e| self.io_err(ErrorVerb::Write, io::Error::other(e)))?;
-            offsets.push(w.len + buf.len() as u64);
+            offsets.push((w.len + buf.len() as u64, body.len() as u32));
             codec::frame(&mut buf, &body);
         }
         let res = w.file.write_all_at(&buf, w.len);
@@ -556,12 +661,8 @@ impl LogStore {
         let seg = w.seg;
         let guarded = {
             let mut mem = self.inner.mem.lock();
-            for (e, off) in entries.into_iter().zip(offsets) {
-                if mem.entries.is_empty() {
-                    mem.first = e.log_id.index;
-                }
-                mem.entries.push_back(e);
-                mem.pos.push_back((seg, off));
+            for (e, (off, len)) in entries.into_iter().zip(offsets) {
+                mem.push(e, (seg, off, len));
             }
             mem.meta.guard.is_some()
         };
@@ -594,15 +695,14 @@ impl LogStore {
     fn truncate_from(&self, index: u64) -> io::Result<()> {
         let mut w = self.inner.writer.lock();
         let mut mem = self.inner.mem.lock();
-        if mem.entries.is_empty() || index >= mem.first + mem.entries.len() as u64 {
+        if mem.ids.is_empty() || index >= mem.end() {
             return Ok(());
         }
         let keep = index.saturating_sub(mem.first) as usize;
-        let Some(&(seg, off)) = mem.pos.get(keep) else {
+        let Some(&(seg, off, _)) = mem.pos.get(keep) else {
             return Ok(());
         };
-        mem.entries.truncate(keep);
-        mem.pos.truncate(keep);
+        mem.truncate(keep);
         if mem.synced.is_some_and(|s| s.index >= index) {
             mem.synced = mem.last_log_id();
         }
@@ -633,16 +733,10 @@ impl LogStore {
     fn purge_upto(&self, upto: LogId<NodeId>) -> io::Result<()> {
         let meta = {
             let mut mem = self.inner.mem.lock();
-            while mem
-                .entries
-                .front()
-                .is_some_and(|e| e.log_id.index <= upto.index)
-            {
-                mem.entries.pop_front();
-                mem.pos.pop_front();
-                mem.first += 1;
+            while mem.ids.front().is_some_and(|id| id.index <= upto.index) {
+                mem.pop_front();
             }
-            if mem.entries.is_empty() {
+            if mem.ids.is_empty() {
                 mem.first = upto.index + 1;
                 // A snapshot installed over the whole log: it is durable, and the log's state
                 // as a guard sees it (what is synced) starts after it.
@@ -774,7 +868,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeId>> {
-        Ok(self.entries(range))
+        self.entries(range)
+            .map_err(|e| StorageError::from_io_error(ErrorSubject::Logs, ErrorVerb::Read, e))
     }
 }
 

@@ -28,6 +28,12 @@ pub trait StateMachine: Send + 'static {
 
     /// Takes the state of a snapshot (the leader's, or this node's own when the group opens).
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+
+    /// Takes a snapshot a leader sent (this node was behind its log); by default as
+    /// [`StateMachine::restore`].
+    fn install(&mut self, data: &[u8]) -> Result<(), String> {
+        self.restore(data)
+    }
 }
 
 /// The snapshot file's content.
@@ -211,7 +217,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for SmStore<S> {
         write_snapshot(&self.dir, &file).map_err(|e| snap_err(ErrorVerb::Write, e))?;
         let mut sh = self.shared.lock();
         sh.app
-            .restore(&file.data)
+            .install(&file.data)
             .map_err(|e| snap_err(ErrorVerb::Write, e))?;
         sh.last_applied = meta.last_log_id;
         sh.membership = meta.last_membership.clone();

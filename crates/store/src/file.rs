@@ -112,7 +112,7 @@ pub struct FileStore {
 
 const INDEX: &str = "index";
 /// The high-water mark's document (`hwm.0`, `hwm.1`).
-const MARK: &str = "hwm";
+pub(crate) const MARK: &str = "hwm";
 const INDEX_MAGIC: &[u8; 8] = b"NTRIDX01";
 const DLT_ENTRY: usize = 12;
 

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashSet;
 
-use crate::file::{blk_path, parse_dlt, read_index};
+use crate::durable::Mark;
+use crate::file::{blk_path, parse_dlt, read_index, MARK};
 use crate::record;
 use crate::scan::{self, Scanned};
 use crate::seal;
@@ -147,6 +148,9 @@ fn walk(dir: &Path, report: &mut Report) -> io::Result<()> {
             blocks = true;
         } else if name == "state.0" || name == "state.1" {
             states = true;
+        } else if name == "hwm.0" || name == "hwm.1" {
+            // A store whose every block is gone still has its high-water mark.
+            blocks = true;
         }
     }
     if blocks {
@@ -226,6 +230,9 @@ fn verify_blocks(dir: &Path) -> io::Result<StreamReport> {
     }
     let live_starts = starts.get(first_block..).unwrap_or_default();
     let mut first_live = None;
+    // The last sequence the blocks account for (held, or reported lost above).
+    let mut end = 0;
+    let mut tail = (dir.join(MARK), 0);
     for (k, &start) in live_starts.iter().enumerate() {
         let path = blk_path(dir, start);
         let buf = fs::read(&path)?;
@@ -291,9 +298,11 @@ fn verify_blocks(dir: &Path) -> io::Result<StreamReport> {
             ));
         }
         check_seal(&path, &buf, &s, is_last, &mut r);
+        tail = (path.clone(), s.len as u64);
         if let Some(&(len, next)) = index.as_ref().and_then(|i| i.get(&start)) {
             let next_seq = start + s.index.count() as u64;
             if (s.len as u64) < len && next > next_seq && next <= record::MAX_SEQ {
+                end = end.max(next - 1);
                 r.problems.push(problem(
                     &path,
                     u64::from(s.len),
@@ -303,8 +312,54 @@ fn verify_blocks(dir: &Path) -> io::Result<StreamReport> {
             }
         }
     }
+    end = end.max(r.last_seq);
+    check_mark(dir, end, tail, &mut r)?;
     r.first_seq = first_live.unwrap_or(r.last_seq + 1);
     Ok(r)
+}
+
+/// The high-water mark (`hwm.0`/`hwm.1`, the last sequence a sync made durable) against where
+/// the blocks end: sequences between are lost, as the store reports them when it opens.
+fn check_mark(dir: &Path, end: u64, tail: (PathBuf, u64), r: &mut StreamReport) -> io::Result<()> {
+    let mut newest: Option<(u64, Vec<u8>)> = None;
+    let mut bad = Vec::new();
+    for slot in ["hwm.0", "hwm.1"] {
+        let p = dir.join(slot);
+        let f = match File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        match crate::docfile::read_slot(&f)? {
+            Some((g, body)) if newest.as_ref().is_none_or(|(n, _)| g > *n) => {
+                newest = Some((g, body))
+            }
+            Some(_) => {}
+            None if f.metadata()?.len() == 0 => {}
+            None => bad.push(p),
+        }
+    }
+    for p in bad {
+        r.notes.push(problem(
+            &p,
+            0,
+            NONE,
+            "high-water mark slot damaged or torn (the other slot is used)",
+        ));
+    }
+    let mark = newest.and_then(|(_, b)| Mark::parse(&b));
+    if let Some(mark) = mark.filter(|m| *m > end && *m <= record::MAX_SEQ) {
+        r.problems.push(problem(
+            &tail.0,
+            tail.1,
+            (end + 1, mark),
+            format!(
+                "the blocks end at sequence {end}, sequences up to {mark} were stored and synced"
+            ),
+        ));
+        r.last_seq = r.last_seq.max(mark);
+    }
+    Ok(())
 }
 
 /// A block's index and summary records must describe its records exactly.

@@ -417,6 +417,27 @@ impl Mesh {
         ))
     }
 
+    /// How many servers the configured routes name, this one included: a URL counts once
+    /// until it is dialled, then as the server it turned out to be: none when it is this
+    /// server's own (a route list shared by every node of a cluster names each of them), once
+    /// for several URLs of one peer.
+    pub fn configured_servers(&self) -> usize {
+        let known = self.known.lock();
+        let own = &self.conns.identity.id;
+        let mut peers = FxHashSet::default();
+        let mut unknown = 0;
+        for url in &self.opts.routes {
+            match known.get(&url.address()) {
+                Some(id) if id == own => {}
+                Some(id) => {
+                    peers.insert(id.as_str());
+                }
+                None => unknown += 1,
+            }
+        }
+        peers.len() + unknown + 1
+    }
+
     /// The peer's first INFO: checks it and registers the route, or refuses it.
     pub(super) fn handshake(
         self: &Arc<Self>,

@@ -181,6 +181,10 @@ pub struct JszQuery {
     pub streams: bool,
     pub consumers: bool,
     pub config: bool,
+    /// Only the streams this server leads (nats-server's `leader_only`).
+    pub leader_only: bool,
+    /// Each stream's Raft group (`stream_raft_group`, nats-server's `raft`).
+    pub raft: bool,
     pub offset: usize,
     pub limit: usize,
 }
@@ -457,7 +461,7 @@ impl JetStream {
             v["account_details"] = Value::Array(
                 chosen
                     .iter()
-                    .map(|a| a.account_detail(streams_too, q.consumers, q.config))
+                    .map(|a| a.account_detail(streams_too, q))
                     .collect(),
             );
         }

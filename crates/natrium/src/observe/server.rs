@@ -244,6 +244,8 @@ pub struct JszParams {
     pub streams: Option<String>,
     pub consumers: Option<String>,
     pub config: Option<String>,
+    pub leader_only: Option<String>,
+    pub raft: Option<String>,
     pub offset: Option<String>,
     pub limit: Option<String>,
 }
@@ -285,6 +287,8 @@ pub fn jsz(o: &Observed, p: &JszParams) -> Answer {
         streams: go_bool("streams", &p.streams)?,
         consumers: go_bool("consumers", &p.consumers)?,
         config: go_bool("config", &p.config)?,
+        leader_only: go_bool("leader_only", &p.leader_only)?,
+        raft: go_bool("raft", &p.raft)?,
         offset: go_int("offset", &p.offset)?,
         limit: go_int("limit", &p.limit)?,
     };

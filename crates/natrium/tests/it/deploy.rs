@@ -1,7 +1,9 @@
 //! The files in deploy/ are checked, not just shipped:
 //! - the sample configuration and the Kubernetes ConfigMap's pass `natrium -t`;
-//! - the Kubernetes manifest parses (python3 with PyYAML) and has what it promises: a
-//!   StatefulSet of one with a volume claim for the store, probes on /healthz, a Service;
+//! - the Kubernetes manifests parse (python3 with PyYAML) and have what they promise: a
+//!   StatefulSet of one with a volume claim for the store, probes on /healthz, a Service; and
+//!   for the cluster, three pods started in parallel, named by their pod, routed to each other
+//!   by their stable names, with a disruption budget of one;
 //! - the systemd unit passes `systemd-analyze verify` (no warnings either) in a scratch root
 //!   holding the unit, the binary and the system's own units, so it needs no running systemd,
 //!   and its sandboxing keeps `systemd-analyze security` at an exposure of 2.0 or lower;
@@ -54,8 +56,8 @@ fn sample_configuration_loads() {
     config_test(&deploy().join("natrium.conf"));
 }
 
-/// The manifest's documents as JSON, via PyYAML.
-fn manifest() -> Option<Vec<serde_json::Value>> {
+/// The documents of manifest `file` (in deploy/kubernetes) as JSON, via PyYAML.
+fn manifest(file: &str) -> Option<Vec<serde_json::Value>> {
     if !have(
         "python3 with PyYAML",
         Command::new("python3").args(["-c", "import yaml"]),
@@ -67,7 +69,7 @@ fn manifest() -> Option<Vec<serde_json::Value>> {
             "-c",
             "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
         ])
-        .arg(deploy().join("kubernetes/natrium.yaml"))
+        .arg(deploy().join("kubernetes").join(file))
         .output()
         .expect("python3");
     assert!(
@@ -80,7 +82,9 @@ fn manifest() -> Option<Vec<serde_json::Value>> {
 
 #[test]
 fn kubernetes_manifest() {
-    let Some(docs) = manifest() else { return };
+    let Some(docs) = manifest("natrium.yaml") else {
+        return;
+    };
     let of = |kind: &str| -> Vec<&serde_json::Value> {
         docs.iter().filter(|d| d["kind"] == kind).collect()
     };
@@ -140,6 +144,70 @@ fn kubernetes_manifest() {
     );
     assert_eq!(o.http_port, Some(8222));
     assert!(o.pid_file.is_none(), "the root file system is read-only");
+}
+
+#[test]
+fn kubernetes_cluster_manifest() {
+    let Some(docs) = manifest("natrium-cluster.yaml") else {
+        return;
+    };
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        docs.iter().filter(|d| d["kind"] == kind).collect()
+    };
+    let sts = of("StatefulSet")[0];
+    let spec = &sts["spec"];
+    assert_eq!(spec["replicas"], 3);
+    assert_eq!(spec["podManagementPolicy"], "Parallel");
+    let labels = &spec["template"]["metadata"]["labels"];
+    let c = &spec["template"]["spec"]["containers"][0];
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"],
+        "/healthz?js-enabled-only=true"
+    );
+    assert_eq!(c["env"][0]["name"], "POD_NAME");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    // The headless service the pods are named under carries the route port.
+    let headless = of("Service")
+        .into_iter()
+        .find(|s| s["metadata"]["name"] == spec["serviceName"])
+        .expect("the StatefulSet's service");
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert!(headless["spec"]["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .any(|p| p["port"] == 6222));
+    let pdb = of("PodDisruptionBudget")[0];
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], *labels);
+    // Each pod's configuration loads with its name, and routes to every pod by its stable name.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in of("ConfigMap")[0]["data"].as_object().expect("data") {
+        std::fs::write(dir.path().join(name), text.as_str().expect("text")).expect("write");
+    }
+    let conf = dir.path().join("natrium.conf");
+    let out = Command::new(BIN)
+        .args(["-t", "-c"])
+        .arg(&conf)
+        .env("POD_NAME", "natrium-1")
+        .output()
+        .expect("run natrium -t");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&conf).expect("read");
+    let sts_name = sts["metadata"]["name"].as_str().expect("name");
+    let svc = spec["serviceName"].as_str().expect("service");
+    for i in 0..3 {
+        let route = format!("nats://{sts_name}-{i}.{svc}:6222");
+        assert!(text.contains(&route), "routes name {route}");
+    }
+    assert!(text.contains("server_name: $POD_NAME"));
 }
 
 #[test]

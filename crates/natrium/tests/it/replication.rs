@@ -46,6 +46,7 @@ pub(crate) struct Cluster {
     /// `n1..`, in start order.
     pub(crate) names: Vec<String>,
     nodes: Vec<Option<Server>>,
+    opts: fn(&str, &std::path::Path, &[u16]) -> Options,
 }
 
 impl Cluster {
@@ -67,6 +68,7 @@ impl Cluster {
             _dir: dir,
             names: (1..=n).map(|i| format!("n{i}")).collect(),
             nodes,
+            opts,
         };
         wait(within, &format!("the meta group of {n}"), || {
             let views: Vec<_> = c.running().map(|s| s.jetstream_meta()).collect();
@@ -103,6 +105,26 @@ impl Cluster {
         if let Some(s) = self.nodes[i].take() {
             s.shutdown().await;
         }
+    }
+
+    /// The store directory of server `name`.
+    pub(crate) fn store_dir(&self, name: &str) -> std::path::PathBuf {
+        self._dir.path().join(name)
+    }
+
+    /// Starts stopped server `name` again on its store, routed to a running server.
+    pub(crate) async fn restart(&mut self, name: &str) {
+        let i = self
+            .names
+            .iter()
+            .position(|n| n == name)
+            .expect("node name");
+        assert!(self.nodes[i].is_none(), "{name} is running");
+        let route = self
+            .running()
+            .find_map(|s| s.cluster_port())
+            .expect("a running server");
+        self.nodes[i] = Some(start((self.opts)(name, self._dir.path(), &[route])).await);
     }
 
     pub(crate) async fn shutdown(mut self) {

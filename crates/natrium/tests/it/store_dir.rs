@@ -141,3 +141,78 @@ fn store_verify_reports_a_clean_store_and_a_damaged_one() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("Usage: natrium store verify DIR"));
 }
+
+/// A block cut at rest exactly between two records, its index gone: the blocks look whole, but
+/// the high-water mark says sequences up to 30 were stored and synced. `store verify` reports
+/// 21..=30 lost, as the server does when it opens the store.
+#[test]
+fn store_verify_reports_sequences_past_the_blocks_up_to_the_high_water_mark() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    let (server, port) = start(&store, &dir.path().join("server.log"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let c = async_nats::connect(format!("127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(c);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "H".into(),
+            subjects: vec!["h".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+        for i in 0..30 {
+            js.publish("h", Bytes::from(format!("mark-me-{i:03}")))
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+        }
+    });
+    stop(server);
+
+    let msgs = store.join("jetstream/$G/streams/H/msgs");
+    let blk = std::fs::read_dir(&msgs)
+        .expect("stream dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "blk"))
+        .expect("a block");
+    let bytes = std::fs::read(&blk).expect("read block");
+    // Message 21's record starts 27 bytes before its payload (framing and the subject "h").
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b"mark-me-020")
+        .expect("message 21")
+        - 27;
+    assert_eq!(bytes[at + 4..at + 12], 21u64.to_le_bytes(), "record start");
+    std::fs::write(&blk, &bytes[..at]).expect("cut the block");
+    std::fs::remove_file(msgs.join("index")).expect("remove the index");
+
+    let out = Command::new(BIN)
+        .args(["store", "verify"])
+        .arg(&store)
+        .output()
+        .expect("run store verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("messages 21..=30"), "{text}");
+    assert!(
+        text.contains("the blocks end at sequence 20, sequences up to 30 were stored and synced"),
+        "{text}"
+    );
+    // The server finds the same when it opens the store.
+    let (server, port) = start(&store, &dir.path().join("again.log"));
+    let info = rt.block_on(async {
+        let c = async_nats::connect(format!("127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(c);
+        let mut s = js.get_stream("H").await.expect("stream");
+        s.info().await.expect("info").state.clone()
+    });
+    stop(server);
+    assert_eq!((info.messages, info.last_sequence), (20, 30));
+}

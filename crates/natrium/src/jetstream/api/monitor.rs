@@ -65,8 +65,10 @@ impl Api {
     }
 
     /// `/jsz`'s `account_details` entry: usage, and with `streams` each stream's detail (with
-    /// `consumers` their info, with `config` the configs).
-    pub(crate) fn account_detail(&self, streams: bool, consumers: bool, config: bool) -> Value {
+    /// the query's `consumers` their info, with `config` the configs, with `raft` the stream's
+    /// Raft group; with `leader_only` only the streams this server leads).
+    pub(crate) fn account_detail(&self, streams: bool, q: &crate::jetstream::JszQuery) -> Value {
+        let (consumers, config) = (q.consumers, q.config);
         let u = self.usage();
         let name = self.catalog.account();
         let mut v = json!({
@@ -87,6 +89,7 @@ impl Api {
             .catalog
             .streams()
             .iter()
+            .filter(|s| !q.leader_only || self.leads(&s.name))
             .map(|s| {
                 let info = self.stream_info(s, &InfoRequest::default());
                 let mut d = json!({
@@ -95,6 +98,9 @@ impl Api {
                     "cluster": info["cluster"],
                     "state": info["state"],
                 });
+                if let Some(g) = info["cluster"]["raft_group"].as_str().filter(|_| q.raft) {
+                    d["stream_raft_group"] = json!(g);
+                }
                 if config {
                     d["config"] = info["config"].clone();
                 }

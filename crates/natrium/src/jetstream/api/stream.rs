@@ -279,6 +279,16 @@ impl Api {
             .unwrap_or_else(|| json!({"leader": self.server_name}))
     }
 
+    /// Whether this server leads stream `name`: its replica leads, or it is an R1 stream here.
+    pub(crate) fn leads(&self, name: &str) -> bool {
+        match self.cluster.get() {
+            Some(cl) => cl
+                .replica(self.client.account(), name)
+                .is_none_or(|r| r.is_leader()),
+            None => true,
+        }
+    }
+
     /// The info of stream `s` (for the cluster's STREAM.LIST).
     pub(crate) fn stream_info_of(&self, s: &Stream) -> Value {
         self.stream_info(s, &InfoRequest::default())

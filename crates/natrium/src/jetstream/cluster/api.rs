@@ -100,7 +100,19 @@ pub(super) async fn serve_forwarded(cl: Weak<JsCluster>, mut sub: InternalSubscr
         if let Some(reply) = text(b"Nrx-Respond") {
             // An answer to send from here (see `JsCluster::respond_via`).
             if let Some(c) = cl.jetstream().and_then(|js| js.catalog(&account)) {
-                let _ = c.client().publish(&reply, None, None, &m.payload);
+                let client = c.client().clone();
+                match text(b"Nrx-Stream") {
+                    Some(stream) => {
+                        let payload = m.payload.clone();
+                        tokio::spawn(async move {
+                            cl.wait_listening(&account, &stream, &payload).await;
+                            let _ = client.publish(&reply, None, None, &payload);
+                        });
+                    }
+                    None => {
+                        let _ = client.publish(&reply, None, None, &m.payload);
+                    }
+                }
             }
             continue;
         }
@@ -165,25 +177,65 @@ impl JsCluster {
 
     /// Answers `reply` from server `via`: a stream's leader answers its creation itself, so
     /// the answer reaches the client's server on the same route as the leader's interest in
-    /// the stream's subjects, and the client's first publish finds the stream.
+    /// the stream's subjects, and the client's first publish finds the stream. With `stream`
+    /// (an update), the leader answers once its ingest listens on the subjects the answer's
+    /// config names.
     fn respond_via(
-        &self,
+        self: &Arc<Self>,
         via: &str,
         client: &InternalClient,
         reply: Option<&str>,
         kind: &str,
         result: Result<Value, ApiError>,
+        stream: Option<&str>,
     ) {
         let Some(reply) = reply else { return };
         if via == self.name {
-            return respond(client, Some(reply), kind, result);
+            let Some(stream) = stream else {
+                return respond(client, Some(reply), kind, result);
+            };
+            let (cl, client, reply) = (self.clone(), client.clone(), reply.to_string());
+            let (stream, body) = (stream.to_string(), response(kind, result).to_string());
+            tokio::spawn(async move {
+                cl.wait_listening(client.account(), &stream, body.as_bytes())
+                    .await;
+                let _ = client.publish(&reply, None, None, body.as_bytes());
+            });
+            return;
         }
-        let h = format!(
-            "NATS/1.0\r\nNrx-Acc: {}\r\nNrx-Respond: {reply}\r\n\r\n",
+        let mut h = format!(
+            "NATS/1.0\r\nNrx-Acc: {}\r\nNrx-Respond: {reply}\r\n",
             client.account()
         );
+        if let Some(s) = stream {
+            h.push_str(&format!("Nrx-Stream: {s}\r\n"));
+        }
+        h.push_str("\r\n");
         let body = response(kind, result).to_string();
         self.send_to(via, &h, body.as_bytes());
+    }
+
+    /// Waits (up to `LEADER_WAIT`) until this server leads `stream` with its ingest on the
+    /// subjects of the config in `answer` (an update's answer); at once when there is none.
+    async fn wait_listening(&self, account: &str, stream: &str, answer: &[u8]) {
+        let subjects: Option<Vec<String>> = serde_json::from_slice::<Value>(answer)
+            .ok()
+            .and_then(|v| serde_json::from_value(v["config"]["subjects"].clone()).ok());
+        let Some(subjects) = subjects else { return };
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            // Its group's leader (its ingest restarting on a change of subjects leaves the
+            // serving role for a moment), not yet listening on the new subjects.
+            match self.replica(account, stream) {
+                Some(r)
+                    if r.group.status().role == natrium_raft::Role::Leader
+                        && !r.listens_on(&subjects) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Hands a meta request (`stepdown`, `server-remove`) to the meta leader `to`.
@@ -479,8 +531,38 @@ impl JsCluster {
             ["CONSUMER", "MSG", "NEXT", stream, ..] if assigned(stream) => {
                 self.to_stream_leader(client, m, hops, stream, true)
             }
+            _ if hops < MAX_HOPS => match r1_stream(&tokens) {
+                Some(stream) if !assigned(stream) && !self.holds_local(&account, stream) => {
+                    self.to_r1_holder(client, m, hops, stream);
+                    true
+                }
+                _ => false,
+            },
             _ => false,
         }
+    }
+
+    /// A request naming an R1 stream this server does not hold: forwarded to the server that
+    /// holds it, else answered by the local API ("not found").
+    fn to_r1_holder(
+        self: &Arc<Self>,
+        client: &InternalClient,
+        m: &InternalMsg,
+        hops: u8,
+        stream: &str,
+    ) {
+        let (cl, account, m) = (self.clone(), client.account().to_string(), m.clone());
+        let stream = stream.to_string();
+        tokio::spawn(async move {
+            match cl.locate_r1(&account, &stream).await {
+                Some(holder) => cl.forward(&holder, &account, &m, hops),
+                None => {
+                    if let Some(api) = cl.jetstream().and_then(|js| js.api(&account)) {
+                        api.handle_hop(m, MAX_HOPS);
+                    }
+                }
+            }
+        });
     }
 
     fn to_meta_leader(
@@ -577,13 +659,21 @@ impl JsCluster {
                     advisory(client, "CREATED", name, "create");
                 }
                 match self.serving_leader(&account, name).filter(|_| r.is_ok()) {
-                    Some(l) => self.respond_via(&l, client, reply, "stream_create_response", r),
+                    Some(l) => {
+                        self.respond_via(&l, client, reply, "stream_create_response", r, None)
+                    }
                     None => respond(client, reply, "stream_create_response", r),
                 }
             }
             "UPDATE" => {
+                // Answered by the stream's leader once it listens on the new subjects: the
+                // client's next publish on one of them finds it (as a create's).
                 let r = self.update(&account, name, &m.payload).await;
-                respond(client, reply, "stream_update_response", r)
+                const KIND: &str = "stream_update_response";
+                match self.serving_leader(&account, name).filter(|_| r.is_ok()) {
+                    Some(l) => self.respond_via(&l, client, reply, KIND, r, Some(name)),
+                    None => respond(client, reply, KIND, r),
+                }
             }
             "PEER" => {
                 let name = name.strip_prefix("REMOVE.").unwrap_or_default();
@@ -802,6 +892,18 @@ impl JsCluster {
             "stream_names_response"
         };
         respond(client, m.reply.as_deref(), kind, Ok(body));
+    }
+}
+
+/// The stream a request served by an R1 stream's own server names: stream info, message
+/// gets, direct gets and consumer requests (creates and deletes of streams stay with the
+/// server asked).
+fn r1_stream<'a>(tokens: &[&'a str]) -> Option<&'a str> {
+    match tokens {
+        ["STREAM", "INFO", s] | ["STREAM", "MSG", "GET", s] | ["DIRECT", "GET", s, ..] => Some(s),
+        ["CONSUMER", "DURABLE", "CREATE", s, ..] | ["CONSUMER", "MSG", "NEXT", s, ..] => Some(s),
+        ["CONSUMER", "CREATE" | "INFO" | "DELETE" | "NAMES" | "LIST", s, ..] => Some(s),
+        _ => None,
     }
 }
 

@@ -9,8 +9,10 @@
 mod api;
 mod catchup;
 mod convert;
+mod locate;
 mod meta;
 mod peers;
+mod repair;
 mod replica;
 mod transport;
 
@@ -53,8 +55,9 @@ pub(crate) struct ClusterSettings {
     pub cluster: String,
     /// `server_tags`.
     pub tags: Vec<String>,
-    /// Servers expected when the meta group first forms (explicit routes + this one).
-    pub expected: usize,
+    /// Servers expected when the meta group first forms (those the explicit routes name, this
+    /// one included), as known now.
+    pub expected: Arc<dyn Fn() -> usize + Send + Sync>,
     /// A client in the system account.
     pub system: InternalClient,
 }
@@ -85,6 +88,8 @@ pub(crate) struct JsCluster {
     /// Streams (by key) this server is making replicated: their replica is opened by the
     /// conversion, not by the reconciler.
     converting: Mutex<HashSet<String>>,
+    /// Streams (by key) whose replica here is being repaired (not open meanwhile).
+    repairing: Mutex<HashSet<String>>,
     /// Bumped whenever a stream leader is announced (waiters re-check).
     leader_news: watch::Sender<u64>,
     stop: watch::Sender<bool>,
@@ -149,6 +154,7 @@ impl JsCluster {
             leaders: Mutex::new(Leaders::default()),
             pending: catchup::Pending::default(),
             converting: Mutex::new(HashSet::new()),
+            repairing: Mutex::new(HashSet::new()),
             leader_news,
             stop,
         });
@@ -174,6 +180,10 @@ impl JsCluster {
         let answers = sys
             .subscribe(&format!("{}.*", catchup::answers_prefix(id)), None, 256)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let r1_asks = sys
+            .subscribe(&locate::subject(id), None, 256)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        tokio::spawn(locate::serve(Arc::downgrade(&cl), r1_asks));
         tokio::spawn(catchup::serve(Arc::downgrade(&cl), fetches));
         tokio::spawn(catchup::answers(Arc::downgrade(&cl), answers));
         tokio::spawn(meta_stepdowns(Arc::downgrade(&cl), stepdowns));
@@ -420,6 +430,12 @@ impl JsCluster {
         let sa = self.assignment(account, name);
         let replicas = self.replicas_info(&st);
         let mut c = json!({"name": self.settings.cluster, "replicas": replicas});
+        if let Some(sa) = &sa {
+            c["raft_group"] = json!(sa.group);
+        }
+        if let Some(since) = r.leader_since() {
+            c["leader_since"] = json!(rfc3339(since));
+        }
         match st.leader {
             Some((_, l)) => c["leader"] = json!(l),
             None => {
@@ -521,13 +537,21 @@ impl JsCluster {
         self.meta.shutdown().await;
     }
 
-    /// Opens this node's replica of `sa` (idempotent).
+    /// Opens this node's replica of `sa` (idempotent), taking up a conversion a restart left
+    /// unfinished.
     async fn ensure_replica(self: &Arc<Self>, sa: &StreamAssignment) {
+        self.open_replica(sa, true).await
+    }
+
+    /// Opens this node's replica of `sa` (idempotent); with `resume`, a conversion left
+    /// unfinished in its directory is taken up (not by the conversion that opens it).
+    async fn open_replica(self: &Arc<Self>, sa: &StreamAssignment, resume: bool) {
         if !sa.peers.contains(&self.name) {
             return;
         }
         if self.replicas.lock().contains_key(&sa.key())
             || self.converting.lock().contains(&sa.key())
+            || self.repairing.lock().contains(&sa.key())
         {
             return;
         }
@@ -545,8 +569,33 @@ impl JsCluster {
             .join("streams")
             .join(&sa.account)
             .join(&sa.config.name);
+        // A store that lost messages is repaired from the peers before the replica opens.
+        match repair::check(sa, &dir) {
+            Ok(None) => {}
+            Ok(Some(damaged)) => {
+                self.repairing.lock().insert(sa.key());
+                tokio::spawn(self.clone().repair(sa.clone(), dir, damaged));
+                return;
+            }
+            Err(e) => {
+                tracing::error!(
+                    "replicated stream {:?} in account {:?}: can not check its store: {e}",
+                    sa.config.name,
+                    sa.account
+                );
+                return;
+            }
+        }
+        let conversion = resume.then(|| self.pending_conversion(sa, &dir)).flatten();
         match Replica::open(self, &catalog, sa, &dir).await {
             Ok(r) => {
+                if let Some((local, pending)) = conversion {
+                    let (account, name) = (sa.account.clone(), sa.config.name.clone());
+                    tokio::spawn(
+                        self.clone()
+                            .resume_conversion(account, name, local, pending),
+                    );
+                }
                 if let Some(first) = sa.peers.first().filter(|p| **p == self.name) {
                     // The first peer forms the group; the others learn it from the leader.
                     let members: BTreeMap<NodeId, Peer> = sa
@@ -722,7 +771,7 @@ async fn maybe_bootstrap(cl: &Arc<JsCluster>) {
         if online.iter().any(|(_, h)| h.meta_initialized) {
             return;
         }
-        if online.len() < cl.settings.expected.max(1)
+        if online.len() < (cl.settings.expected)().max(1)
             || online.first().map(|(id, _)| *id) != Some(cl.id)
             || peers
                 .changed

@@ -28,7 +28,8 @@ use crate::jetstream::consumer::Consumer;
 use crate::jetstream::consumer_config::ConsumerConfig;
 use crate::jetstream::errors::ApiError;
 use crate::jetstream::stream::{
-    decode_batch, encode_batch, Entry, LeaderBatches, Proposal, Replay, Replication, Stream,
+    decode_batch, encode_batch, replay_over, replayed_through, Entry, LeaderBatches, Proposal,
+    Replay, Replication, Stream,
 };
 use crate::router::InternalClient;
 use crate::util::time::{from_unix_nanos, now_nanos, unix_nanos};
@@ -65,7 +66,7 @@ const ADD_MEMBER_WAIT: Duration = Duration::from_secs(60);
 
 /// A replicated consumer: its config and last replicated progress.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct ConsumerRecord {
+pub(crate) struct ConsumerRecord {
     config: ConsumerConfig,
     created_ns: i64,
     #[serde(default)]
@@ -229,6 +230,8 @@ struct StreamSm {
     /// Where missing messages are fetched from after a snapshot.
     cluster: Weak<JsCluster>,
     account: String,
+    /// The replica's directory.
+    dir: PathBuf,
     stream: Arc<Stream>,
     shared: Arc<Mutex<Shared>>,
     /// Largest message timestamp applied (the leader stamps later ones after it).
@@ -316,7 +319,7 @@ impl StreamSm {
         let store = self.stream.store.clone();
         let mut sh = self.shared.lock();
         self.max_ts.fetch_max(m.ts, Ordering::Relaxed);
-        Self::replayed_through(&mut sh, seq);
+        replayed_through(&mut sh.replay, seq);
         if store.state().last_seq < seq {
             if let Err(e) = super::catchup::advance(store.as_ref(), seq, m.ts) {
                 return self.error(store_error(&e));
@@ -324,7 +327,7 @@ impl StreamSm {
             if let Err(e) = store.store_msg(m.subject, m.headers, m.payload, m.ts) {
                 return self.error(store_error(&e));
             }
-            self.stream.consumers.on_stored(seq, m.subject);
+            self.stream.stored(seq, m.subject);
         }
         if let Some(id) = crate::jetstream::stream::headers::get(m.headers, "Nats-Msg-Id") {
             self.stream.record_msg_id(id, seq, m.ts);
@@ -334,19 +337,12 @@ impl StreamSm {
             .into_bytes()
     }
 
-    /// After a restart, entries that name their sequence move the replay's expectation on.
-    fn replayed_through(sh: &mut Shared, seq: u64) {
-        if let Some((_, held)) = sh.replay {
-            sh.replay = (seq < held).then_some((seq + 1, held));
-        }
-    }
-
     fn apply_control(&mut self, c: Control) -> Vec<u8> {
         match c {
             Control::Barrier => b"{}".to_vec(),
             Control::Advance { next } => {
                 let mut sh = self.shared.lock();
-                Self::replayed_through(&mut sh, next.saturating_sub(1));
+                replayed_through(&mut sh.replay, next.saturating_sub(1));
                 let ts = self.max_ts.load(Ordering::Relaxed);
                 match super::catchup::advance(self.stream.store.as_ref(), next, ts) {
                     Ok(()) => b"{}".to_vec(),
@@ -354,7 +350,14 @@ impl StreamSm {
                 }
             }
             Control::Purge { filter, seq, keep } => {
-                match self.stream.purge(filter.as_deref(), seq, keep) {
+                let replaying = self.shared.lock().replay;
+                let purged = match replaying {
+                    Some(r) => self
+                        .stream
+                        .purge_replayed(filter.as_deref(), seq, keep, r.next),
+                    None => self.stream.purge(filter.as_deref(), seq, keep),
+                };
+                match purged {
                     Ok(n) => json!({"success": true, "purged": n})
                         .to_string()
                         .into_bytes(),
@@ -452,9 +455,45 @@ impl natrium_raft::StateMachine for StreamSm {
         serde_json::to_vec(&st).map_err(|e| e.to_string())
     }
 
+    /// A leader's snapshot: what this replica holds of its range may include messages removed
+    /// since it last applied the log (their entries are compacted into the snapshot), which
+    /// are removed here too before the snapshot is taken as at open.
+    fn install(&mut self, data: &[u8]) -> Result<(), String> {
+        #[derive(Deserialize)]
+        struct Head {
+            last_seq: u64,
+        }
+        let head: Head = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        let held = self.stream.store.state().last_seq;
+        if held > 0 {
+            let upto = held.min(head.last_seq);
+            let reconciled = match self.cluster.upgrade() {
+                Some(cl) => cl.reconcile_blocking(
+                    &self.account,
+                    &self.stream.name,
+                    &self.stream.store,
+                    upto,
+                ),
+                None => Err("stopping".into()),
+            };
+            match reconciled {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    "stream {}: removed {n} messages the leader removed while this replica was behind",
+                    self.stream.name
+                ),
+                Err(e) => tracing::error!(
+                    "stream {}: could not learn what the leader removed up to {upto}: {e}",
+                    self.stream.name
+                ),
+            }
+        }
+        self.restore(data)
+    }
+
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {
         let st: SnapshotState = serde_json::from_slice(data).map_err(|e| e.to_string())?;
-        let mut held = self.stream.store.state().last_seq;
+        let held = self.stream.store.state().last_seq;
         if held < st.last_seq {
             // A new or lagging replica: the messages the snapshot covers come from the leader.
             let fetched = match self.cluster.upgrade() {
@@ -466,22 +505,36 @@ impl natrium_raft::StateMachine for StreamSm {
                 ),
                 None => Err("stopping".into()),
             };
-            held = self.stream.store.state().last_seq;
+            let held = self.stream.store.state().last_seq;
             if let Err(e) = fetched {
-                // Not an error for openraft (it would stop the group here): logged, and the
-                // messages missing here are not served by this replica.
+                // Not an error for openraft (it would stop the group here). The sequences stay
+                // aligned with the log (the missing ones are gaps for now), the range is noted
+                // lost, and the replica is closed and repaired from its peers before it opens
+                // again (not voting nor serving meanwhile).
                 tracing::error!(
-                    "stream {}: the store holds sequences up to {held}, its snapshot says {}; catching up failed: {e}",
+                    "stream {}: the store holds sequences up to {held}, its snapshot says {}; catching up failed: {e}; repairing",
                     self.stream.name,
                     st.last_seq
                 );
+                let noted = super::repair::note_lost(&self.dir, held + 1, st.last_seq);
+                let ts = self.stream.store.state().last_ts;
+                if let Err(e) = noted.map_err(|e| e.to_string()).and_then(|()| {
+                    super::catchup::advance(self.stream.store.as_ref(), st.last_seq + 1, ts)
+                        .map_err(|e| e.to_string())
+                }) {
+                    return Err(format!("noting the messages not caught up: {e}"));
+                }
+                if let Some(cl) = self.cluster.upgrade() {
+                    let (account, name) = (self.account.clone(), self.stream.name.clone());
+                    tokio::spawn(async move { cl.reopen(&account, &name).await });
+                }
             }
         }
         let mut sh = self.shared.lock();
         self.stream.restore_dedupe(st.ids, st.last_id);
         self.max_ts.fetch_max(st.max_ts, Ordering::Relaxed);
         sh.consumers = st.consumers;
-        sh.replay = (held > st.last_seq).then_some((st.last_seq + 1, held));
+        sh.replay = replay_over(self.stream.store.as_ref(), st.last_seq + 1);
         Ok(())
     }
 }
@@ -499,6 +552,10 @@ pub(crate) struct Replica {
     max_ts: Arc<AtomicI64>,
     dir: PathBuf,
     leading: Arc<AtomicBool>,
+    /// The subjects the leader's ingest listens on (none when not leading).
+    listening: Mutex<Option<Vec<String>>>,
+    /// The leader takes no publishes while a conversion imports the R1 stream's messages.
+    ingest_held: watch::Sender<bool>,
     /// Work the stream decided for its leader to propose (timed work, sourced messages).
     proposals: tokio::sync::Mutex<mpsc::UnboundedReceiver<Proposal>>,
     /// Since when this server leads (serving).
@@ -516,19 +573,24 @@ pub(crate) struct Replica {
 fn open_store(cfg: &StreamConfig, dir: &Path) -> Result<Arc<dyn StreamStore>, StoreError> {
     Ok(match cfg.storage {
         Storage::Memory => Arc::new(MemStore::new(cfg.limits())?),
-        // The Raft log is what is durable before the PubAck; the store is synced when a
-        // snapshot is taken (the log before it is dropped only then).
-        Storage::File => Arc::new(FileStore::open(
-            FileStoreConfig {
-                sync: SyncPolicy::Interval(Duration::from_secs(60)),
-                // Its high-water mark is the Raft log: messages a cut store lost are stored
-                // again from it, so they must not be written off as lost here.
-                high_water_mark: false,
-                ..FileStoreConfig::new(dir.join("msgs"))
-            },
-            cfg.limits(),
-        )?),
+        Storage::File => Arc::new(open_file_store(cfg, &dir.join("msgs"))?),
     })
+}
+
+/// A replica's file store in `msgs`.
+pub(super) fn open_file_store(cfg: &StreamConfig, msgs: &Path) -> Result<FileStore, StoreError> {
+    // The Raft log is what is durable before the PubAck; the store is synced when a snapshot
+    // is taken (the log before it is dropped only then).
+    FileStore::open(
+        FileStoreConfig {
+            sync: SyncPolicy::Interval(Duration::from_secs(60)),
+            // Its high-water mark is the Raft log: messages a cut store lost are stored again
+            // from it, so they must not be written off as lost here.
+            high_water_mark: false,
+            ..FileStoreConfig::new(msgs)
+        },
+        cfg.limits(),
+    )
 }
 
 impl Replica {
@@ -566,15 +628,12 @@ impl Replica {
                 .compact(sa.config.first_seq)
                 .map_err(|e| e.to_string())?;
         }
-        let held = stream.store.state().last_seq;
-        let first = sa.config.first_seq.max(1);
-        if held >= first {
-            // No snapshot yet: the whole log is replayed over what the store holds.
-            shared.lock().replay = Some((first, held));
-        }
+        // Until a snapshot says otherwise, the whole log is replayed over what the store holds.
+        shared.lock().replay = replay_over(stream.store.as_ref(), sa.config.first_seq.max(1));
         let sm = StreamSm {
             cluster: Arc::downgrade(cl),
             account: sa.account.clone(),
+            dir: dir.to_path_buf(),
             stream: stream.clone(),
             shared: shared.clone(),
             max_ts: max_ts.clone(),
@@ -614,6 +673,8 @@ impl Replica {
             max_ts,
             dir: dir.to_path_buf(),
             leading,
+            listening: Mutex::new(None),
+            ingest_held: watch::channel(super::convert::Pending::read(dir).is_some()).0,
             proposals: tokio::sync::Mutex::new(proposals),
             led_since: Mutex::new(None),
             reshaping: AtomicBool::new(false),
@@ -628,6 +689,22 @@ impl Replica {
 
     pub(crate) fn is_leader(&self) -> bool {
         self.leading.load(Ordering::Acquire)
+    }
+
+    /// Since when this server leads the stream (serving), as wall-clock time.
+    pub(crate) fn leader_since(&self) -> Option<std::time::SystemTime> {
+        let since = (*self.led_since.lock())?;
+        std::time::SystemTime::now().checked_sub(since.elapsed())
+    }
+
+    /// Lets the leader take publishes (a conversion's import is done).
+    pub(super) fn release_ingest(&self) {
+        self.ingest_held.send_replace(false);
+    }
+
+    /// Whether this server leads the stream and its ingest listens on exactly `subjects`.
+    pub(crate) fn listens_on(&self, subjects: &[String]) -> bool {
+        self.is_leader() && self.listening.lock().as_deref() == Some(subjects)
     }
 
     /// Whether this follower answers a direct get from its own store: only a get by sequence of
@@ -1015,6 +1092,7 @@ impl Replica {
             let _ = tx.send(true);
         }
         *self.led_since.lock() = None;
+        *self.listening.lock() = None;
         if self.leading.swap(false, Ordering::AcqRel) {
             self.stream.lead_stopped();
             for c in self.stream.consumers.take_all() {
@@ -1048,6 +1126,15 @@ impl Replica {
             self.account
         );
         self.start_consumers();
+        // An R1 stream being made replicated: its messages are imported first (a publish
+        // taken before would get a sequence an imported message has).
+        let mut held = self.ingest_held.subscribe();
+        while *held.borrow_and_update() {
+            tokio::select! {
+                r = held.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
         let subjects = self.stream.config_arc().subjects.clone();
         let mut sub = None;
         for s in &subjects {
@@ -1064,6 +1151,7 @@ impl Replica {
         }
         // A mirror, or a stream fed by its sources alone, has no subjects: it leads all the same.
         let mut sub = sub;
+        *self.listening.lock() = Some(subjects);
         // Announced once it listens: a server forwarding to it finds it ready.
         if let Some(cl) = self.cluster.upgrade() {
             cl.announce_leader(&self);

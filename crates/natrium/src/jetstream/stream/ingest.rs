@@ -238,7 +238,7 @@ impl Stream {
                 last_on_subject,
             );
         }
-        self.consumers.on_stored(receipt.seq, subject);
+        self.stored(receipt.seq, subject);
         if let Some(first) = front {
             self.consumers.removed_front(first);
         }
@@ -388,7 +388,7 @@ impl Stream {
                 self.timers.add_ttl(ts + t * 1_000_000_000, receipt.seq);
             }
         }
-        self.consumers.on_stored(receipt.seq, &m.subject);
+        self.stored(receipt.seq, &m.subject);
         true
     }
 

@@ -28,7 +28,9 @@ use crate::router::internal::SubControl;
 use crate::router::{InternalClient, InternalSubscription};
 pub(crate) use hook::{Proposal, Replication};
 use ingest::IngestState;
-pub(crate) use replicated::{decode_batch, encode_batch, Entry, LeaderBatches, Replay};
+pub(crate) use replicated::{
+    decode_batch, encode_batch, replay_over, replayed_through, Entry, LeaderBatches, Replay,
+};
 use source::Source;
 use timers::Timers;
 
@@ -154,6 +156,15 @@ impl Stream {
     /// Whether this server decides for the stream: always for R1, the leader for a replica.
     fn leads(&self) -> bool {
         self.replication.get().is_none_or(|r| r.leads())
+    }
+
+    /// Message `seq` was stored: the consumers hear of it. Not on a follower, which runs none:
+    /// under interest retention it would find no consumer that needs the message and drop it
+    /// (a new leader's consumers then had nothing to deliver).
+    pub(crate) fn stored(&self, seq: u64, subject: &[u8]) {
+        if self.leads() {
+            self.consumers.on_stored(seq, subject);
+        }
     }
 
     /// The stream's default dead-letter subject (`dead_letter_subject` in its metadata), which

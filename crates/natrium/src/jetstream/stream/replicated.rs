@@ -14,9 +14,55 @@ use super::ingest::Inbound;
 use super::{headers, Stream};
 use crate::jetstream::errors::ApiError;
 
-/// After a restart, where the replay of the log over the store stands: (the sequence the next
-/// stored message gets, the last sequence the store already holds).
-pub(crate) type Replay = Option<(u64, u64)>;
+/// After a restart (or a snapshot installed under a store that holds more than it covers),
+/// the log is replayed over a store that already holds its effects. The leader stamps every
+/// entry with a timestamp above all before it and an entry's messages carry it, so an entry
+/// stamped at or before the store's last timestamp is already in the store (its messages
+/// held, or removed since, or it was refused): it is recognised by its timestamp, never
+/// stored again and never checked against a store that is ahead of it (a `Nats-Expected-*`
+/// publish would be refused there). Entries stamped later are applied as usual.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Replaying {
+    /// The sequence the next stored message had.
+    pub next: u64,
+    /// The store's last sequence when the replay began, and its timestamp.
+    pub held: u64,
+    pub held_ts: i64,
+}
+
+/// Where the replay stands; `None` once the log is past what the store holds.
+pub(crate) type Replay = Option<Replaying>;
+
+/// The replay of the log from sequence `next` over `store`, if it holds anything from there.
+pub(crate) fn replay_over(store: &dyn natrium_store::StreamStore, next: u64) -> Replay {
+    let st = store.state();
+    (st.last_seq >= next).then_some(Replaying {
+        next,
+        held: st.last_seq,
+        held_ts: st.last_ts,
+    })
+}
+
+/// Moves the replay past sequence `seq` (an entry that names the sequence it stored).
+pub(crate) fn replayed_through(replay: &mut Replay, seq: u64) {
+    if let Some(r) = *replay {
+        *replay = (seq < r.held).then_some(Replaying {
+            next: r.next.max(seq + 1),
+            ..r
+        });
+    }
+}
+
+/// What the replay found of an entry.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// Stamped after what the store holds: apply it.
+    New,
+    /// Its messages are held at `first..=last` (a batch, or expiry markers, may be several).
+    Held { first: u64, last: u64 },
+    /// Nothing of it is held: refused when it was applied, or its messages removed since.
+    Gone,
+}
 
 /// A message entry of the log.
 pub(crate) struct Entry<'a> {
@@ -145,32 +191,43 @@ impl Stream {
             .into_bytes()
     }
 
-    /// During a replay: whether the store already holds what an entry stored (at the replay's
-    /// next sequence, with this timestamp and, when given, subject), and at which sequence.
-    fn replayed(&self, replay: &mut Replay, ts: i64, subject: Option<&[u8]>) -> Option<u64> {
-        let (next, held) = (*replay)?;
-        if next > held {
-            *replay = None;
-            return None;
-        }
-        let found = match self.store.load_msg(next) {
-            Ok(m) => m.ts == ts && subject.is_none_or(|s| m.subject.as_ref() == s),
-            // Removed since: only a message entry (with its subject) takes it as its own.
-            Err(StoreError::NotFound) => subject.is_some(),
-            Err(_) => false,
+    /// During a replay: what the store holds of the entry stamped `ts`.
+    fn replayed(&self, replay: &mut Replay, ts: i64) -> Found {
+        let Some(r) = *replay else {
+            return Found::New;
         };
-        if !found {
-            if subject.is_some() {
-                tracing::error!(
-                    "stream {}: replayed log and store disagree at sequence {next}; storing from here",
-                    self.name
-                );
-                *replay = None;
-            }
-            return None;
+        if ts > r.held_ts || r.next > r.held {
+            *replay = None;
+            return Found::New;
         }
-        *replay = (next < held).then_some((next + 1, held));
-        Some(next)
+        let mut at = r.next;
+        let first = loop {
+            match self.store.load_next_msg(b">", at) {
+                Ok(m) if m.seq <= r.held && m.ts < ts => {
+                    // Held, yet no entry before this one stored it.
+                    tracing::error!(
+                        "stream {}: replayed log and store disagree: message {} is not in the log",
+                        self.name,
+                        m.seq
+                    );
+                    at = m.seq + 1;
+                }
+                Ok(m) if m.seq <= r.held && m.ts == ts => break m.seq,
+                _ => {
+                    *replay = Some(Replaying { next: at, ..r });
+                    return Found::Gone;
+                }
+            }
+        };
+        let mut last = first;
+        while let Ok(m) = self.store.load_next_msg(b">", last + 1) {
+            if m.seq > r.held || m.ts != ts {
+                break;
+            }
+            last = m.seq;
+        }
+        replayed_through(replay, last);
+        Found::Held { first, last }
     }
 
     /// Applies a message entry (published, or sourced) as R1 ingest would at `e.ts`, without
@@ -181,6 +238,18 @@ impl Stream {
             return self.error_doc(ApiError::bad_request());
         };
         let mut state = self.ingest_state.lock();
+        match self.replayed(replay, e.ts) {
+            Found::New => {}
+            Found::Held { first, .. } => {
+                state.dedupe.expire(e.ts, cfg.duplicate_window());
+                if let Some(id) = headers::get(e.headers, "Nats-Msg-Id").filter(|v| !v.is_empty()) {
+                    state.dedupe.record(id, first, e.ts);
+                }
+                return self.ack_doc(first, None);
+            }
+            // Nobody waits for the answer of a replayed entry.
+            Found::Gone => return self.error_doc(ApiError::store_failed("replayed: not held")),
+        }
         let incoming = Incoming {
             subject: e.subject,
             headers: e.headers,
@@ -201,13 +270,6 @@ impl Stream {
             Verdict::Duplicate(seq) => return self.ack_doc(seq, Some(json!({"duplicate": true}))),
             Verdict::Accept(w) => w,
         };
-        if let Some(seq) = self.replayed(replay, e.ts, Some(e.subject)) {
-            state.dedupe.expire(e.ts, cfg.duplicate_window());
-            if let Some(id) = write.msg_id {
-                state.dedupe.record(id, seq, e.ts);
-            }
-            return self.ack_doc(seq, None);
-        }
         let counter = write.counter.clone();
         let inbound = Inbound {
             subject,
@@ -232,28 +294,10 @@ impl Stream {
     ) -> Vec<u8> {
         let count = msgs.len();
         let extra = json!({"batch": id, "count": count});
-        if replay.is_some() {
-            let mut found = 0;
-            let mut last = 0;
-            while found < count {
-                match self.replayed(replay, ts, Some(msgs[found].subject.as_bytes())) {
-                    Some(seq) => {
-                        last = seq;
-                        found += 1;
-                    }
-                    None => break,
-                }
-            }
-            if found == count {
-                return self.ack_doc(last, Some(extra));
-            }
-            if found > 0 {
-                tracing::error!(
-                    "stream {}: the store holds {found} of the {count} messages of batch {id:?} replayed",
-                    self.name
-                );
-                return self.ack_doc(last, Some(extra));
-            }
+        match self.replayed(replay, ts) {
+            Found::New => {}
+            Found::Held { last, .. } => return self.ack_doc(last, Some(extra)),
+            Found::Gone => return self.error_doc(ApiError::store_failed("replayed: not held")),
         }
         let cfg = self.config_arc();
         let mut state = self.ingest_state.lock();
@@ -267,19 +311,19 @@ impl Stream {
     pub(crate) fn apply_expire(&self, seqs: &[u64], ts: i64, replay: &mut Replay) {
         let cfg = self.config_arc();
         let first_before = self.store.state().first_seq;
+        // Replayed: the markers it left (if any) are held; what it removed may not be yet.
+        let replayed = self.replayed(replay, ts) != Found::New;
         let mut removed = 0;
         for &seq in seqs {
             let Ok(m) = self.store.load_msg(seq) else {
                 continue;
             };
-            if replay.is_some() {
-                // Its marker, if it left one, is already stored; else it goes without one.
-                if self.replayed(replay, ts, None).is_none() && self.store.remove_msg(seq).is_ok() {
-                    removed = removed.max(seq);
-                }
-                continue;
-            }
-            if self.expire_one(&cfg, &m, Some(ts)) {
+            let gone = if replayed {
+                self.store.remove_msg(seq).unwrap_or(false)
+            } else {
+                self.expire_one(&cfg, &m, Some(ts))
+            };
+            if gone {
                 removed = removed.max(seq);
             }
         }
@@ -290,21 +334,59 @@ impl Stream {
 
     /// Applies due schedules the leader decided at `ts`.
     pub(crate) fn apply_fire(&self, seqs: &[u64], ts: i64, replay: &mut Replay) {
+        if self.replayed(replay, ts) != Found::New {
+            // Fired before the restart: what it stored is held (or removed since).
+            return;
+        }
         let cfg = self.config_arc();
         for &seq in seqs {
-            if replay.is_some() {
-                let _ = self.replayed(replay, ts, None);
-                continue;
-            }
             self.fire_schedule(&cfg, seq, Some(ts));
         }
     }
 
+    /// A purge replayed over a store that also holds what was stored after it: only messages
+    /// below `below` (the replay's position: every held message stored before the purge is
+    /// below it, every one at or above it came later) are in its reach.
+    pub(crate) fn purge_replayed(
+        &self,
+        filter: Option<&str>,
+        seq: u64,
+        keep: u64,
+        below: u64,
+    ) -> Result<u64, ApiError> {
+        let filter = filter.filter(|f| !f.is_empty()).unwrap_or(">");
+        let failed = |e: StoreError| ApiError::purge_failed(e.to_string());
+        let purged = if keep == 0 {
+            let upto = if seq > 1 { seq.min(below) } else { below };
+            if upto <= 1 {
+                return Ok(0);
+            }
+            self.store
+                .purge_ex(filter.as_bytes(), upto, 0)
+                .map_err(failed)?
+        } else {
+            let mut matching = Vec::new();
+            let mut at = 1;
+            while let Ok(m) = self.store.load_next_msg(filter.as_bytes(), at) {
+                if m.seq >= below {
+                    break;
+                }
+                matching.push(m.seq);
+                at = m.seq + 1;
+            }
+            let drop = matching.len().saturating_sub(keep as usize);
+            for &s in &matching[..drop] {
+                self.store.remove_msg(s).map_err(failed)?;
+            }
+            drop as u64
+        };
+        self.consumers.recount();
+        Ok(purged)
+    }
+
     /// Applies a mirrored message at its origin sequence (nothing when the store has it).
     pub(crate) fn apply_mirror_entry(&self, seq: u64, e: &Entry<'_>, replay: &mut Replay) -> bool {
-        if let Some((next, held)) = *replay {
-            *replay = (seq < held).then_some((next.max(seq + 1), held));
-        }
+        replayed_through(replay, seq);
         let m = StoredMsg {
             seq,
             ts: e.ts,

@@ -148,25 +148,74 @@ pub async fn recreate_stream(
     subject: &str,
     storage: &str,
 ) -> Result<()> {
-    let deleted = api
-        .json(&format!("$JS.API.STREAM.DELETE.{name}"), b"")
-        .await?;
+    recreate_replicated_stream(api, name, subject, storage, 1).await
+}
+
+/// JetStream's "temporarily unavailable" (10008) and "insufficient resources" (10023) codes,
+/// which a cluster answers while its meta group or its peers are still forming.
+const CLUSTER_FORMING: [u64; 2] = [10008, 10023];
+/// How long [`recreate_replicated_stream`] keeps asking while a cluster forms.
+const FORMING_WAIT: Duration = Duration::from_secs(30);
+
+/// Deletes the stream if it exists, then creates it with one subject and `replicas` copies. In
+/// a cluster that is still forming (no responders yet, 10008, 10023) both requests are asked
+/// again every 250 ms, for up to 30 s.
+pub async fn recreate_replicated_stream(
+    api: &mut Api,
+    name: &str,
+    subject: &str,
+    storage: &str,
+    replicas: usize,
+) -> Result<()> {
+    let until = Instant::now() + FORMING_WAIT;
+    let deleted =
+        ask_while_forming(api, &format!("$JS.API.STREAM.DELETE.{name}"), b"", until).await?;
     if let Some(e) = api_error(&deleted) {
         if e.get("err_code").and_then(Value::as_u64) != Some(STREAM_NOT_FOUND) {
             bail!("deleting stream {name}: {e}");
         }
     }
-    let config = json!({"name": name, "subjects": [subject], "storage": storage});
-    let created = api
-        .json(
-            &format!("$JS.API.STREAM.CREATE.{name}"),
-            config.to_string().as_bytes(),
-        )
-        .await?;
+    let config = json!({"name": name, "subjects": [subject], "storage": storage,
+                        "num_replicas": replicas});
+    let created = ask_while_forming(
+        api,
+        &format!("$JS.API.STREAM.CREATE.{name}"),
+        config.to_string().as_bytes(),
+        until,
+    )
+    .await?;
     if let Some(e) = api_error(&created) {
         bail!("creating stream {name}: {e}");
     }
     Ok(())
+}
+
+/// One API request, asked again every 250 ms until `until` while the answer says the cluster
+/// is still forming.
+async fn ask_while_forming(
+    api: &mut Api,
+    subject: &str,
+    body: &[u8],
+    until: Instant,
+) -> Result<Value> {
+    loop {
+        let answer = match api.request(subject, body, API_TIMEOUT).await? {
+            ApiReply::Json(v) => {
+                let code = api_error(&v)
+                    .and_then(|e| e.get("err_code"))
+                    .and_then(Value::as_u64);
+                if !code.is_some_and(|c| CLUSTER_FORMING.contains(&c)) {
+                    return Ok(v);
+                }
+                v.to_string()
+            }
+            ApiReply::NoResponders => "no responders".to_string(),
+        };
+        if Instant::now() >= until {
+            bail!("{subject}: the cluster did not form within {FORMING_WAIT:?}: {answer}");
+        }
+        sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// The figures of a stream's `state` the generator checks.
@@ -211,6 +260,8 @@ pub struct JsPubOpts {
     pub subject: String,
     /// `file` or `memory`.
     pub storage: String,
+    /// Copies of the stream (`num_replicas`; above 1 needs a JetStream cluster).
+    pub replicas: usize,
     pub msgs: u64,
     pub size: usize,
     pub pubs: usize,
@@ -232,6 +283,7 @@ pub struct JsPubReport {
     pub server: String,
     pub stream: String,
     pub storage: String,
+    pub replicas: usize,
     pub sync: bool,
     pub window: usize,
     pub pubs: usize,
@@ -261,8 +313,9 @@ impl JsPubReport {
             format!("window {}", self.window)
         };
         let mut s = format!(
-            "js-pub {} {} B, {} pub{}, {mode}: {} msgs/s ({} acked in {:.3} s, {:.1} MiB/s); {}",
+            "js-pub {} R{} {} B, {} pub{}, {mode}: {} msgs/s ({} acked in {:.3} s, {:.1} MiB/s); {}",
             self.storage,
+            self.replicas,
             self.size,
             self.pubs,
             if self.pubs == 1 { "" } else { "s" },
@@ -304,7 +357,7 @@ pub async fn run(o: &JsPubOpts) -> Result<JsPubReport> {
         bail!("--window must be at least 1");
     }
     let mut api = Api::connect(&o.server).await?;
-    recreate_stream(&mut api, &o.stream, &o.subject, &o.storage).await?;
+    recreate_replicated_stream(&mut api, &o.stream, &o.subject, &o.storage, o.replicas).await?;
 
     let subjects: Vec<String> = (0..o.pubs).map(|_| o.subject.clone()).collect();
     let publishers = open_publishers(&o.server, &subjects, o.size, o.msgs, window).await?;
@@ -365,6 +418,7 @@ pub async fn run(o: &JsPubOpts) -> Result<JsPubReport> {
         server: o.server.clone(),
         stream: o.stream.clone(),
         storage: o.storage.clone(),
+        replicas: o.replicas,
         sync: o.sync,
         window,
         pubs: o.pubs,

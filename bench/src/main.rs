@@ -232,6 +232,9 @@ struct JsPubArgs {
     subject: String,
     #[arg(long, default_value = "file", value_parser = ["file", "memory"])]
     storage: String,
+    /// Copies of the stream (`num_replicas`; above 1 needs a JetStream cluster).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Stop publishing after this many seconds, even if fewer than -n were sent.
     #[arg(long)]
     duration: Option<f64>,
@@ -470,6 +473,7 @@ async fn run(cli: &Cli) -> Result<ExitCode> {
                 stream: a.stream.clone(),
                 subject: a.subject.clone(),
                 storage: a.storage.clone(),
+                replicas: a.replicas,
                 msgs: a.msgs,
                 size: a.size,
                 pubs: a.pubs,

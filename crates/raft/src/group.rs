@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::log::LogStore;
 use crate::net::{self, Contacts, NetFactory, RpcKind, Transport};
+use crate::pace::{self, Pacer};
 use crate::state::SmStore;
 use crate::{codec, Data, NodeId, Peer, RaftError, StateMachine, TypeConfig};
 
@@ -25,8 +27,15 @@ use crate::{codec, Data, NodeId, Peer, RaftError, StateMachine, TypeConfig};
 pub struct GroupConfig {
     /// Name of the group (for logs).
     pub name: String,
+    /// How often a leader sends a heartbeat to its followers.
     pub heartbeat: Duration,
-    /// Elections start after a random time in this range without a leader's word.
+    /// How long a follower has to answer an AppendEntries (openraft 0.9's heartbeat interval,
+    /// which is its only deadline for one; a late answer is a failed one). It must cover the
+    /// slowest round trip plus a follower's fsync. A voter that heard a leader within about
+    /// this long refuses its vote to another (openraft's leader lease).
+    pub append_timeout: Duration,
+    /// Elections start after a random time in this range without a leader's word; both above
+    /// the lease (`append_timeout` + 50 ms).
     pub election_min: Duration,
     pub election_max: Duration,
     /// A snapshot is taken after this many applied entries since the last one.
@@ -43,12 +52,20 @@ pub struct GroupConfig {
     pub member_marker: Option<std::path::PathBuf>,
 }
 
+/// How much openraft's leader lease exceeds the AppendEntries deadline (openraft wants its
+/// election timeouts above its heartbeat interval, and the lease is the longest of them).
+const LEASE_OVER_APPEND: Duration = Duration::from_millis(50);
+
 impl Default for GroupConfig {
     fn default() -> Self {
         GroupConfig {
             name: "group".into(),
-            heartbeat: Duration::from_millis(150),
-            election_min: Duration::from_millis(800),
+            // Chosen by measurement (docs/REPLICATION.md, "Timing"): leader kills fail over
+            // in 1.4 / 1.6 s (p50 / p99), and a link with 214 ms of delay each way still
+            // commits.
+            heartbeat: Duration::from_millis(250),
+            append_timeout: Duration::from_secs(1),
+            election_min: Duration::from_millis(1100),
             election_max: Duration::from_millis(1600),
             snapshot_every: 16 * 1024,
             keep_behind_snapshot: 4 * 1024,
@@ -113,6 +130,7 @@ pub struct Group {
     log: LogStore,
     contacts: Contacts,
     propose_timeout: Duration,
+    pacer: Arc<Pacer>,
 }
 
 fn map_write_err(e: OrRaftError<NodeId, ClientWriteError<NodeId, Peer>>) -> RaftError {
@@ -154,11 +172,21 @@ impl Group {
                 .map_err(|e| RaftError::Storage(format!("member marker: {e}")))?;
         }
         let sm = SmStore::open(dir, sm).map_err(RaftError::Storage)?;
+        let lease = cfg.append_timeout + LEASE_OVER_APPEND;
+        if cfg.election_min <= lease || cfg.election_max < cfg.election_min {
+            return Err(RaftError::Storage(format!(
+                "config: elections after {:?}..{:?} must start above the lease ({lease:?})",
+                cfg.election_min, cfg.election_max
+            )));
+        }
         let config = Config {
             cluster_name: cfg.name.clone(),
-            heartbeat_interval: cfg.heartbeat.as_millis() as u64,
-            election_timeout_min: cfg.election_min.as_millis() as u64,
-            election_timeout_max: cfg.election_max.as_millis() as u64,
+            // openraft's heartbeat interval is the AppendEntries deadline; its heartbeats and
+            // elections are the pacer's (`pace.rs`).
+            heartbeat_interval: cfg.append_timeout.as_millis() as u64,
+            election_timeout_min: cfg.append_timeout.as_millis() as u64 + 1,
+            election_timeout_max: lease.as_millis() as u64,
+            enable_elect: false,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every),
             max_in_snapshot_log_to_keep: cfg.keep_behind_snapshot,
             max_payload_entries: cfg.max_batch,
@@ -179,26 +207,22 @@ impl Group {
         let raft = openraft::Raft::new(id, config, factory, log.clone(), sm)
             .await
             .map_err(|e| RaftError::Stopped(e.to_string()))?;
-        if log.vote_guarded() {
-            // Damaged log: no campaigning either until a leader has repaired it.
-            raft.runtime_config().elect(false);
-            let (r, l) = (raft.clone(), log.clone());
-            tokio::spawn(async move {
-                let mut changes = r.metrics();
-                while changes.changed().await.is_ok() {
-                    if !l.vote_guarded() {
-                        r.runtime_config().elect(true);
-                        return;
-                    }
-                }
-            });
-        }
+        // The pacer does not campaign while the log is damage-guarded (until a leader has
+        // repaired it).
+        let pacer = Pacer::new(
+            id,
+            cfg.heartbeat,
+            (cfg.election_min, cfg.election_max),
+            lease,
+        );
+        tokio::spawn(pace::run(id, raft.clone(), pacer.clone(), log.clone()));
         Ok(Group {
             id,
             raft,
             log,
             contacts,
             propose_timeout: cfg.propose_timeout,
+            pacer,
         })
     }
 
@@ -303,7 +327,8 @@ impl Group {
         }
         let rc = self.raft.runtime_config();
         rc.heartbeat(false);
-        rc.elect(false);
+        self.pacer.heartbeats.store(false, Ordering::Release);
+        self.pacer.campaign.store(false, Ordering::Release);
         let mut changes = self.raft.metrics();
         let deadline = tokio::time::Instant::now() + within;
         let result = loop {
@@ -321,9 +346,8 @@ impl Group {
             }
         };
         rc.heartbeat(true);
-        if !self.log.vote_guarded() {
-            rc.elect(true);
-        }
+        self.pacer.heartbeats.store(true, Ordering::Release);
+        self.pacer.campaign.store(true, Ordering::Release);
         result
     }
 
@@ -410,6 +434,9 @@ impl Group {
                     .or(req.prev_log_id.map(|p| p.index));
                 let leader_commit = req.leader_commit.map(|c| c.index);
                 let r = self.raft.append_entries(req).await;
+                if matches!(&r, Ok(a) if !matches!(a, AppendEntriesResponse::HigherVote(_))) {
+                    self.pacer.heard_leader();
+                }
                 if guarded && matches!(r, Ok(AppendEntriesResponse::Success)) {
                     // Damaged log: it now matches the leader's up to `upto` (see
                     // `LogStore::leader_matched`).
@@ -426,7 +453,13 @@ impl Group {
                         Ok(VoteResponse::new(m.vote, self.log.last_log_id(), false));
                     return codec::encode(&r);
                 }
+                let shorter = req.last_log_id;
                 let r = self.raft.vote(req).await;
+                match &r {
+                    Ok(v) if v.vote_granted => self.pacer.heard_leader(),
+                    Ok(v) if v.last_log_id > shorter => self.pacer.shorter_candidate_seen(),
+                    _ => {}
+                }
                 codec::encode(&r)
             }
             RpcKind::Snapshot => {

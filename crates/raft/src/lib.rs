@@ -15,6 +15,7 @@ mod codec;
 mod group;
 mod log;
 mod net;
+mod pace;
 mod state;
 
 use std::io::Cursor;

@@ -132,10 +132,10 @@ pub(crate) struct Net {
 
 type RpcErr<E = RaftError<NodeId>> = RPCError<NodeId, Peer, E>;
 
-/// The least time an append or vote call waits for its answer. openraft 0.9 gives an append
-/// only the heartbeat interval (150 ms here): with a slower round trip (the fault harness's 214 ms
-/// of delay each way on the leader's routes) no append ever succeeded and commits stopped for as
-/// long as the delay lasted. A slower answer is still a good one; a dead peer is found by its
+/// The least time an append or vote call waits for its answer. openraft 0.9 bounds an append by
+/// its heartbeat interval, which is `GroupConfig::append_timeout` here (1 s; it was a 150 ms
+/// heartbeat, and with the fault harness's 214 ms of delay each way on the leader's routes no
+/// append ever succeeded). A slower answer is still a good one; a dead peer is found by its
 /// missing answers all the same, only later.
 const MIN_RPC_TTL: Duration = Duration::from_secs(1);
 

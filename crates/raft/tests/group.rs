@@ -37,6 +37,8 @@ impl StateMachine for Log {
 struct Net {
     groups: Mutex<HashMap<NodeId, Group>>,
     cut: Mutex<HashSet<(NodeId, NodeId)>>,
+    /// Added to every request and to every answer.
+    delay: Mutex<Duration>,
 }
 
 struct Link {
@@ -64,7 +66,14 @@ impl Transport for Link {
             let Some(g) = target.filter(|_| !cut) else {
                 return Err(TransportError::Unreachable(format!("{to} cut off")));
             };
-            match tokio::time::timeout(timeout, g.handle_rpc(kind, &body)).await {
+            let delay = *net.delay.lock();
+            let slow = async {
+                tokio::time::sleep(delay).await;
+                let r = g.handle_rpc(kind, &body).await;
+                tokio::time::sleep(delay).await;
+                r
+            };
+            match tokio::time::timeout(timeout, slow).await {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(e)) => Err(TransportError::Unreachable(e)),
                 Err(_) => Err(TransportError::Timeout),
@@ -85,6 +94,7 @@ fn config() -> GroupConfig {
     GroupConfig {
         name: "test".into(),
         heartbeat: Duration::from_millis(50),
+        append_timeout: Duration::from_millis(150),
         election_min: Duration::from_millis(300),
         election_max: Duration::from_millis(600),
         snapshot_every: 64,
@@ -261,6 +271,29 @@ async fn three_nodes_replicate_in_order_and_survive_a_leader_loss() {
         n.group.shutdown().await;
     }
     back.group.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_slower_than_the_heartbeat_still_commits() {
+    // 60 ms each way: every AppendEntries takes over twice the 50 ms heartbeat. openraft 0.9
+    // bounds an append by its heartbeat interval; when that was the heartbeat, no append ever
+    // succeeded and nothing committed. It is now `append_timeout` (150 ms here).
+    let root = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let nodes = cluster(&net, root.path(), &["a", "b", "c"]).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l = leader(&all, None).await;
+    *net.delay.lock() = Duration::from_millis(60);
+    let leader_node = by_id(&nodes, l);
+    for i in 0..10u8 {
+        let r = leader_node.group.propose(vec![i]).await;
+        assert!(r.is_ok(), "proposal {i} over the slow link: {r:?}");
+    }
+    // Heard every 50 ms plus the delay: no follower campaigned meanwhile.
+    assert_eq!(leader_node.group.status().role, Role::Leader);
+    for n in &nodes {
+        wait_applied(n, 10).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

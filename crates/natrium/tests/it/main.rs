@@ -45,6 +45,7 @@ mod monitor_compat;
 mod monitor_tls;
 mod nkeys;
 mod protocol;
+mod r3_ingest;
 mod reload;
 mod replication;
 mod replication_acks;

@@ -168,6 +168,17 @@ impl Net {
 }
 
 impl RaftNetwork<TypeConfig> for Net {
+    /// After an unreachable peer (a timeout, no route, a group not open there yet): 20 ms,
+    /// doubling up to 500 ms. openraft's default waits 500 ms from the first failure, which
+    /// with a group a follower opens a moment after its leader stalled that follower for the
+    /// deadline plus half a second right after every stream was created.
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::successors(
+            Some(Duration::from_millis(20)),
+            |d| Some((*d * 2).min(Duration::from_millis(500))),
+        ))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

@@ -91,6 +91,10 @@ impl Hub {
             return;
         };
         let Some(g) = self.groups.read().get(group).cloned() else {
+            // Not open here (yet): said at once, so the caller need not wait out its deadline.
+            if let Some(r) = reply {
+                let _ = self.client.publish(&r, None, None, b"");
+            }
             return;
         };
         let body = body.to_vec();
@@ -169,6 +173,9 @@ impl Transport for RouteTransport {
                 return Err(TransportError::Unreachable(format!("no route to {peer}")));
             }
             match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(answer)) if answer.is_empty() => Err(TransportError::Unreachable(format!(
+                    "group not open on {peer}"
+                ))),
                 Ok(Ok(answer)) => Ok(answer),
                 _ => {
                     hub.waiting.lock().remove(&id);

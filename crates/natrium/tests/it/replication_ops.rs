@@ -84,6 +84,15 @@ async fn wait_members(nc: &async_nats::Client, stream: &str, want: &[&str]) -> S
     }
 }
 
+/// A JetStream context that waits up to 15 s for the API: a stream create is answered once
+/// its group's first election is done, which on a test machine loaded by the whole suite has
+/// passed the clients' default 5 s (`created: TimedOut` in one full run of four).
+fn js_context(nc: async_nats::Client) -> jetstream::Context {
+    let mut js = jetstream::new(nc);
+    js.set_timeout(Duration::from_secs(15));
+    js
+}
+
 /// Publishes `count` messages `<prefix>-<i>` with their ids and returns the acknowledged
 /// sequences (retrying while there is no leader).
 async fn publish(js: &jetstream::Context, subject: &str, prefix: &str, count: usize) -> Vec<u64> {
@@ -191,7 +200,7 @@ fn r3(name: &str, subject: &str, replicas: usize) -> stream::Config {
 async fn a_removed_peer_is_replaced_and_the_replacement_holds_every_message() {
     let c = start_cluster(4).await;
     let nc = connect(c.node("n1")).await;
-    let js = jetstream::new(nc.clone());
+    let js = js_context(nc.clone());
     js.create_stream(r3("PR", "pr.>", 3))
         .await
         .expect("created");
@@ -271,7 +280,7 @@ async fn a_removed_peer_is_replaced_and_the_replacement_holds_every_message() {
 async fn num_replicas_grows_and_shrinks_with_every_message_kept() {
     let c = start_cluster(5).await;
     let nc = connect(c.node("n2")).await;
-    let js = jetstream::new(nc.clone());
+    let js = js_context(nc.clone());
     js.create_stream(r3("RS", "rs.>", 3))
         .await
         .expect("created");
@@ -328,7 +337,7 @@ async fn num_replicas_grows_and_shrinks_with_every_message_kept() {
 async fn an_r1_stream_becomes_r3_with_its_messages_ids_and_consumers() {
     let c = start_cluster(3).await;
     let nc = connect(c.node("n1")).await;
-    let js = jetstream::new(nc.clone());
+    let js = js_context(nc.clone());
     js.create_stream(r3("CV", "cv.>", 1))
         .await
         .expect("created");
@@ -389,7 +398,7 @@ async fn an_r1_stream_becomes_r3_with_its_messages_ids_and_consumers() {
 async fn a_removed_server_leaves_the_meta_group_and_its_replicas_move() {
     let c = start_cluster(4).await;
     let nc = connect(c.node("n1")).await;
-    let js = jetstream::new(nc.clone());
+    let js = js_context(nc.clone());
     js.create_stream(r3("SR", "sr.>", 3))
         .await
         .expect("created");
@@ -458,7 +467,7 @@ async fn a_removed_server_leaves_the_meta_group_and_its_replicas_move() {
 async fn consumer_stepdown_replicas_and_the_quorum_lost_advisory() {
     let mut c = start_cluster(3).await;
     let nc = connect(c.node("n1")).await;
-    let js = jetstream::new(nc.clone());
+    let js = js_context(nc.clone());
     js.create_stream(r3("CS", "cs.>", 3))
         .await
         .expect("created");

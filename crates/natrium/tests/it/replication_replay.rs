@@ -41,12 +41,7 @@ async fn a_restarted_replica_replays_expected_sequence_publishes_without_storing
     }
     js.publish("other", "x".into()).await.ok();
     let leader = leader_of(&c, "KV_rp", "$KV.rp.k0", None).await;
-    let follower = c
-        .names
-        .iter()
-        .find(|n| **n != leader)
-        .expect("a follower")
-        .clone();
+    let follower = follower(&c, &leader);
     let expected: Vec<(u64, String)> = local(&c, &leader, "KV_rp");
     assert_eq!(expected.len(), 10, "one value per key: {expected:?}");
     wait(
@@ -168,12 +163,7 @@ async fn followers_of_an_interest_stream_keep_its_messages_for_the_next_leader()
         )
         .await;
     }
-    let stay = c
-        .names
-        .iter()
-        .find(|n| **n != leader)
-        .expect("a follower")
-        .clone();
+    let stay = follower(&c, &leader);
     c.stop(&leader).await;
     leader_of(&c, "IN", "in.x", Some(&leader)).await;
     let js = jetstream::new(connect(c.node(&stay)).await);
@@ -228,12 +218,7 @@ async fn a_replica_back_after_compaction_drops_what_was_removed_while_it_was_awa
             .expect("acknowledged");
     }
     let leader = leader_of(&c, "WQ", "wq.0", None).await;
-    let follower = c
-        .names
-        .iter()
-        .find(|n| **n != leader)
-        .expect("a follower")
-        .clone();
+    let follower = follower(&c, &leader);
     let all = local(&c, &leader, "WQ");
     wait(
         Duration::from_secs(20),
@@ -292,12 +277,7 @@ async fn restart_a_follower_and_compare(
     stream: &str,
     expected: Vec<(u64, String)>,
 ) {
-    let follower = c
-        .names
-        .iter()
-        .find(|n| **n != leader)
-        .expect("a follower")
-        .clone();
+    let follower = follower(&c, &leader);
     wait(
         Duration::from_secs(20),
         "the follower holds every message",
@@ -316,6 +296,15 @@ async fn restart_a_follower_and_compare(
         expected,
         "{follower} against {leader}"
     );
+}
+
+/// A server of the three that does not lead.
+fn follower(c: &Cluster, leader: &str) -> String {
+    c.names
+        .iter()
+        .find(|n| *n != leader)
+        .expect("a follower")
+        .clone()
 }
 
 /// Sequence and subject of every message server `on` holds of `stream`.

@@ -277,7 +277,7 @@ async fn restart_a_follower_and_compare(
     stream: &str,
     expected: Vec<(u64, String)>,
 ) {
-    let follower = follower(&c, &leader);
+    let follower = follower(c, leader);
     wait(
         Duration::from_secs(20),
         "the follower holds every message",

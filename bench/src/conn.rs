@@ -72,19 +72,27 @@ impl Ws {
             }
         }
         out.extend_from_slice(&key);
+        // Copy and mask in one pass over the payload (a copy, then a masking pass, made this
+        // generator the bottleneck of 1 KiB publishing at ~1.7 GB/s).
         let at = out.len();
-        out.extend_from_slice(payload);
+        out.resize(at + payload.len(), 0);
         let wide = u64::from_ne_bytes([
             key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
         ]);
-        let mut chunks = out[at..].chunks_exact_mut(8);
-        for c in &mut chunks {
+        let mut dst = out[at..].chunks_exact_mut(8);
+        let mut src = payload.chunks_exact(8);
+        for (d, s) in (&mut dst).zip(&mut src) {
             let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            c.copy_from_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
+            w.copy_from_slice(s);
+            d.copy_from_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
         }
-        for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-            *b ^= key[i & 3];
+        for (i, (d, s)) in dst
+            .into_remainder()
+            .iter_mut()
+            .zip(src.remainder())
+            .enumerate()
+        {
+            *d = s ^ key[i & 3];
         }
         &self.out
     }
@@ -364,5 +372,48 @@ impl Conn {
     /// Gives up the read buffer, keeping only the socket (for connections held idle).
     pub fn into_stream(self) -> TcpStream {
         self.stream
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ws;
+
+    fn ws() -> Ws {
+        Ws {
+            raw: Vec::new(),
+            start: 0,
+            end: 0,
+            left: 0,
+            out: Vec::new(),
+            seed: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    /// A frame unmasked with its own key gives back the payload, at every length class.
+    #[test]
+    fn frames_unmask_to_their_payload() {
+        let mut ws = ws();
+        for len in [0usize, 1, 3, 7, 8, 9, 125, 126, 1027, 65535, 65536, 70001] {
+            let payload: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+            let frame = ws.frame(&payload).to_vec();
+            assert_eq!(frame[0], 0x82);
+            let (n, at) = match frame[1] & 0x7f {
+                126 => (u16::from_be_bytes([frame[2], frame[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                l => (l as usize, 2),
+            };
+            assert_eq!(n, len);
+            let key = &frame[at..at + 4];
+            let got: Vec<u8> = frame[at + 4..]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ key[i & 3])
+                .collect();
+            assert_eq!(got, payload, "length {len}");
+        }
     }
 }

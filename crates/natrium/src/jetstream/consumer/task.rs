@@ -20,8 +20,10 @@ impl Consumer {
         let mut in_flight: Option<Committed> = None;
         // The last tick stopped at its limit with more to deliver: the next one runs at once,
         // without asking the state for its next deadline and arming a timer for it (per tick
-        // a lock, clock reads and a timer-wheel entry made and dropped).
-        let mut again = false;
+        // a lock, clock reads and a timer-wheel entry made and dropped). The first tick runs at
+        // once: a push consumer whose deliver subject already has interest (clients subscribe
+        // before they create it) would otherwise wait for its 100 ms interest poll.
+        let mut again = true;
         loop {
             if self.stopped.load(Ordering::Acquire) {
                 return;

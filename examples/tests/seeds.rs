@@ -29,6 +29,14 @@ async fn embedded(config: &str, base: Options) -> Natrium {
         .expect("server starts")
 }
 
+/// An embedded cluster of three (n1..n3) started from `config` over `base`.
+async fn cluster(config: &str, base: Options) -> Natrium {
+    logs::install(std::env::var_os("EXAMPLES_LOG").is_some());
+    Natrium::embedded_cluster(config, base, 3)
+        .await
+        .expect("cluster starts")
+}
+
 /// No check failed, and each of `expected` was made (a check that was skipped cannot pass).
 fn passed(c: &Checks, expected: &[&str]) {
     let failed = c.failures();
@@ -99,6 +107,32 @@ async fn tapio_collectors_engine_siem_permissions_and_replay() {
             "caught up after the outage: every correlation exported once",
             "replayed history gives the same correlations",
             "replay complete (v2 delivered, acknowledged)",
+            "/metrics: stream messages, engine's unacknowledged events",
+        ],
+    );
+}
+
+/// Tapio on the seed's three-node cluster: the events stream gets its 3 replicas, and the
+/// stream leader's node goes away while the collectors publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tapio_on_a_cluster_through_the_stream_leaders_loss() {
+    let mut n = cluster(tapio::CONFIG, Options::default()).await;
+    let c = bounded("tapio on a cluster", tapio::run(&mut n)).await;
+    n.shutdown().await;
+    passed(
+        &c,
+        &[
+            "events stream created with 3 replicas",
+            "round 1: every event acknowledged once, in sequence",
+            "correlations found and exported to the SIEM",
+            "violations counted in /metrics",
+            "caught up after the outage: every correlation exported once",
+            "replayed history gives the same correlations",
+            "stream info: 3 replicas, a new leader, the returning node current again",
+            "leader loss: every acknowledged event in the stream once",
+            "leader loss: correlation acknowledged every event",
+            "leader loss: correlation-v2 acknowledged every event",
+            "leader loss: both engines correlate every incident, each exported once",
             "/metrics: stream messages, engine's unacknowledged events",
         ],
     );

@@ -476,7 +476,7 @@ async fn live_charts(c: &mut Checks, n: &Natrium, sides: &[Side]) -> anyhow::Res
     for s in sides {
         let t = s.tenant;
         let ui = Conn::open_url(
-            ws,
+            &ws,
             &format!("wegweiser-ui {}", t.uuid),
             Some((&t.ui_user(), t.ui_password)),
         )

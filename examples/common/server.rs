@@ -427,6 +427,26 @@ impl Natrium {
         Ok(sum)
     }
 
+    /// The node that reports `stream` (of the account `js` works in) with its consumers: its
+    /// leader's on a cluster (a replicated stream's consumers run on its leader), else 0.
+    pub async fn stream_node(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+    ) -> anyhow::Result<usize> {
+        if !self.is_cluster() {
+            return Ok(0);
+        }
+        let info = js.get_stream(stream).await?.get_info().await?;
+        let leader = info
+            .cluster
+            .and_then(|c| c.leader)
+            .with_context(|| format!("{stream} has no leader"))?;
+        self.monitor_of(&leader)
+            .await?
+            .with_context(|| format!("no monitoring URL for {leader}"))
+    }
+
     /// The index of the node whose server name is `name`, asked of each node's `/varz`.
     pub async fn monitor_of(&self, name: &str) -> anyhow::Result<Option<usize>> {
         for i in 0..self.monitors.len() {

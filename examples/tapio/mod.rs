@@ -422,7 +422,7 @@ impl Engine {
             .get_consumer(durable)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        let mut messages = pull::messages(&consumer).await?;
+        let mut messages = pull::messages(n, &consumer).await?;
         let stats = Arc::new(EngineStats::default());
         let st = stats.clone();
         let task = tokio::spawn(async move {
@@ -510,7 +510,7 @@ impl Siem {
             .get_consumer(SIEM)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        let mut messages = pull::messages(&consumer).await?;
+        let mut messages = pull::messages(n, &consumer).await?;
         let task = tokio::spawn(async move {
             while let Some(m) = pull::next(SIEM, &mut messages).await {
                 let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
@@ -608,7 +608,15 @@ async fn metrics(c: &mut Checks, n: &Natrium, total: usize) -> anyhow::Result<()
         return Ok(());
     }
     // A replicated stream's consumers run on its leader: its node reports them.
-    let node = stream_leader_node(n, EVENTS).await?;
+    let admin = Conn::open(
+        n,
+        "tapio-admin",
+        Some(("tapio-admin", "tapio-admin-secret")),
+    )
+    .await?;
+    let node = n
+        .stream_node(&jetstream::new(admin.client.clone()), EVENTS)
+        .await?;
     let stored = n
         .metric_on(
             node,
@@ -941,29 +949,4 @@ async fn read_events(js: &Js, from: u64, count: usize) -> anyhow::Result<Vec<Str
         }
     }
     Ok(ids)
-}
-
-/// The index of the node that leads `stream` (0 on a single server).
-async fn stream_leader_node(n: &Natrium, stream: &str) -> anyhow::Result<usize> {
-    if !n.is_cluster() {
-        return Ok(0);
-    }
-    let admin = Conn::open(
-        n,
-        "tapio-admin",
-        Some(("tapio-admin", "tapio-admin-secret")),
-    )
-    .await?;
-    let info = jetstream::new(admin.client.clone())
-        .get_stream(stream)
-        .await?
-        .get_info()
-        .await?;
-    let leader = info
-        .cluster
-        .and_then(|c| c.leader)
-        .with_context(|| format!("{stream} has no leader"))?;
-    n.monitor_of(&leader)
-        .await?
-        .with_context(|| format!("no monitoring URL for {leader}"))
 }

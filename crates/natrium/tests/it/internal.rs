@@ -66,8 +66,9 @@ async fn dropping_an_internal_subscription_unsubscribes() {
     assert!(s.internal_client("nope").is_err());
 }
 
-#[tokio::test]
-async fn system_account_answers_monitoring_requests() {
+/// A server with a system account `SYS` (user `admin`) and an account `APP` (user `app`,
+/// password `app`), and the admin's connection.
+async fn system_server() -> (natrium::Server, async_nats::Client) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("sys.conf");
     std::fs::write(
@@ -83,6 +84,12 @@ async fn system_account_answers_monitoring_requests() {
         .connect(s.client_url())
         .await
         .expect("admin");
+    (s, admin)
+}
+
+#[tokio::test]
+async fn system_account_answers_monitoring_requests() {
+    let (s, admin) = system_server().await;
     let r = admin
         .request("$SYS.REQ.SERVER.PING.VARZ", Bytes::new())
         .await
@@ -128,21 +135,7 @@ async fn system_account_answers_monitoring_requests() {
 /// (`$SYS.ACCOUNT.<account>.CONNECT` / `.DISCONNECT`) with what it sent.
 #[tokio::test]
 async fn system_account_hears_clients_connect_disconnect_and_fail_to_log_in() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("sys.conf");
-    std::fs::write(
-        &path,
-        "accounts { SYS: { users: [{user: admin, password: admin}] }, APP: { users: [{user: app, password: app}] } }\nsystem_account: SYS\n",
-    )
-    .expect("write");
-    let (mut o, _) = Options::from_file(&path).expect("loads");
-    o.port = -1;
-    o.host = "127.0.0.1".into();
-    let s = crate::common::start(o).await;
-    let admin = async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
-        .connect(s.client_url())
-        .await
-        .expect("admin");
+    let (s, admin) = system_server().await;
     let mut events = admin.subscribe("$SYS.>").await.expect("sub");
     admin.flush().await.expect("flush");
 

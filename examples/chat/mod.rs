@@ -364,6 +364,16 @@ impl Back {
         Ok(())
     }
 
+    /// On a cluster, waits until every node knows each pod's subscriptions (its health
+    /// subscription is its last, and a connection's subscriptions reach a node in order).
+    async fn wait_reachable(&self, n: &Natrium) -> anyhow::Result<()> {
+        for p in &self.pods {
+            n.wait_interest("$G", &format!("chat.pod.{}.health", p.id))
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn stop_workers(&mut self) {
         for w in self.workers.drain(..) {
             w.stop().await;
@@ -439,9 +449,13 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
         }
     }
 
+    back.wait_reachable(n).await?;
+
     // 1. Core NATS: the workflow service as a queue group, responses to the session's pod,
     //    broadcast when the registry does not know the session.
     back.start_workers(n, Mode::QueueGroup).await?;
+    n.wait_interest("$G", "chat.workflow.execute.sess_1")
+        .await?;
     let per_session = 5;
     let requests = SESSIONS.len() * per_session;
     back.send("a", per_session).await?;
@@ -487,6 +501,8 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
         .await?;
     back.pod("pod-1").conn.client.flush().await?;
     back.start_workers(n, Mode::QueueGroup).await?;
+    n.wait_interest("$G", "chat.workflow.execute.sess_1")
+        .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let lost = !back.shared.processed.lock().iter().any(|m| m == "msg_lost");
     c.that(
@@ -692,6 +708,7 @@ async fn reconnect(c: &mut Checks, n: &mut Natrium, back: &Back) -> anyhow::Resu
     for w in &back.workers {
         w.conn.wait_connected().await?;
     }
+    back.wait_reachable(n).await?;
     let drops: Vec<usize> = back
         .pods
         .iter()
@@ -773,6 +790,7 @@ async fn node_loss(
     );
     n.stop_node(node).await?;
     back.send("e", 3).await?;
+    back.wait_reachable(n).await?;
     let sent = SESSIONS.len() * (2 + 3);
     back.wait_processed_within(before + sent, Duration::from_secs(30))
         .await?;

@@ -372,6 +372,27 @@ impl Natrium {
         ready.with_context(|| format!("/healthz not ok on every node within {META_WITHIN:?}"))
     }
 
+    /// On an embedded cluster, waits (at most 10 s) until every running node has interest in
+    /// `subject` in `account`: a subscription made on one node reaches the others over the
+    /// routes a moment later, and a core message published meanwhile on another node is not
+    /// delivered to it (as with nats-server). A single or remote server: returns at once.
+    pub async fn wait_interest(&self, account: &str, subject: &str) -> anyhow::Result<()> {
+        let Some(e) = self.embedded.as_ref().filter(|_| self.is_cluster()) else {
+            return Ok(());
+        };
+        let everywhere = poll(Duration::from_secs(10), || async {
+            let all = e.nodes.iter().filter_map(|n| n.server.as_ref()).all(|s| {
+                s.internal_client(account)
+                    .is_ok_and(|c| c.has_interest(subject))
+            });
+            Ok(all.then_some(()))
+        })
+        .await?;
+        everywhere.with_context(|| {
+            format!("{subject} (account {account}) not known on every node within 10 s")
+        })
+    }
+
     /// Stops the embedded servers, if any.
     pub async fn shutdown(mut self) {
         if let Some(e) = &mut self.embedded {

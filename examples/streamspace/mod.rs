@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream, AckKind, Context as Js};
 use futures::StreamExt;
 use natrium::Options;
@@ -520,8 +519,23 @@ async fn dead_letter(
             Ok(Some(dlq.get_raw_message(i.state.last_sequence).await?))
         }
     })
-    .await?
-    .context("nothing reached the dead-letter stream")?;
+    .await?;
+    let Some(msg) = msg else {
+        let ci = js
+            .get_stream(EVENTS)
+            .await?
+            .consumer_info("kubernetes-controller")
+            .await?;
+        let attempts: Vec<usize> = k8s.stats.attempts.lock().values().map(Vec::len).collect();
+        anyhow::bail!(
+            "nothing reached the dead-letter stream: the controller saw {attempts:?} attempts; its consumer: delivered {}, ack floor {}, num_ack_pending {}, num_redelivered {}, num_waiting {}",
+            ci.delivered.stream_sequence,
+            ci.ack_floor.stream_sequence,
+            ci.num_ack_pending,
+            ci.num_redelivered,
+            ci.num_waiting
+        );
+    };
     let header = |k: &str| {
         msg.headers
             .get(k)

@@ -507,6 +507,12 @@ async fn live_charts(c: &mut Checks, n: &Natrium, sides: &[Side]) -> anyhow::Res
         ui.client.flush().await?;
         uis.push((ui, sub));
     }
+    if n.is_cluster() {
+        // The browser's subscription reaches the other nodes over the routes a moment later;
+        // its interest can not be told from the metrics stream's (also `demo.system.>`), so
+        // the points wait a little.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     const POINTS: [usize; 2] = [20, 5];
     for (s, points) in sides.iter().zip(POINTS) {
         let agent = &s.agents[0];

@@ -242,6 +242,19 @@ impl JsCluster {
         self.meta.status().role == Role::Leader
     }
 
+    /// Waits (at most `within`) until this server has applied every meta entry it knows to be
+    /// committed (a leader just restarted applies its log again).
+    pub(crate) async fn meta_applied(&self, within: Duration) {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let st = self.meta.status();
+            if st.last_applied >= st.commit_index || tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The meta group's status (for monitoring and tests).
     pub(crate) fn meta_status(&self) -> natrium_raft::GroupStatus {
         self.meta.status()
@@ -452,7 +465,7 @@ impl JsCluster {
         Some(c)
     }
 
-    /// Chooses `n` servers for a new stream: online, in the meta group, of the placement's
+    /// Chooses `n` servers for a new stream: online and routed to, in the meta group, of the placement's
     /// cluster and with its tags, not removed and not in `exclude`; the least loaded first.
     /// nats-server's error when there are too few.
     fn place(
@@ -487,11 +500,13 @@ impl JsCluster {
                 offline = true;
                 continue;
             };
-            if now.duration_since(k.seen) > peers::ONLINE {
+            let h = &k.hello;
+            // Heard from lately, and still routed to: a server that shut down a moment ago is
+            // not chosen (its group would have no quorum until it came back).
+            if now.duration_since(k.seen) > peers::ONLINE || !self.reachable(&h.name) {
                 offline = true;
                 continue;
             }
-            let h = &k.hello;
             if removed.contains(&h.name) || exclude.contains(&h.name) {
                 continue;
             }

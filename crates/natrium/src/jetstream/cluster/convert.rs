@@ -443,10 +443,11 @@ impl JsCluster {
         let added = self
             .until_stop(self.propose_meta_anywhere(&MetaOp::AddStream { sa: sa.clone() }))
             .await;
-        // Ours when the meta group created it; an equal config already there may be ours
-        // (a retry of an attempt that did commit) or another server's stream of that name.
+        // Ours when it names our group: an equal config already there may be ours (a retry
+        // of an attempt that did commit) or another server's stream of that name.
+        // Either way, the conversion goes on once the meta state here holds it (a forwarded
+        // operation is applied by the meta leader first): each later step reads it.
         let assigned = match &added {
-            Ok(v) if v["created"] == true => Ok(sa.clone()),
             Ok(_) => match self.applied_assignment(account, name).await {
                 Some(a) if a.group == sa.group => Ok(a),
                 Some(_) => Err(None),
@@ -737,6 +738,15 @@ impl JsCluster {
                     peers: Some(peers),
                 }))
                 .await?;
+                // The answer below (and a later attempt) reads the meta state here.
+                let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+                while self
+                    .assignment(account, name)
+                    .is_some_and(|a| a.config.num_replicas != want)
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
             }
         } else {
             // Grown before a cut: the import was committed and the R1 files retired then.

@@ -46,8 +46,12 @@ pub(crate) struct Cluster {
     /// `n1..`, in start order.
     pub(crate) names: Vec<String>,
     nodes: Vec<Option<Server>>,
-    opts: fn(&str, &std::path::Path, &[u16]) -> Options,
+    opts: NodeOpts,
 }
+
+/// How a cluster's servers are configured: `opts(name, dir, routes)`.
+pub(crate) type NodeOpts =
+    std::sync::Arc<dyn Fn(&str, &std::path::Path, &[u16]) -> Options + Send + Sync>;
 
 impl Cluster {
     /// `n` JetStream servers `n1..` made by `opts(name, dir, routes)`: the others route to n1;
@@ -55,8 +59,9 @@ impl Cluster {
     pub(crate) async fn start(
         n: usize,
         within: Duration,
-        opts: fn(&str, &std::path::Path, &[u16]) -> Options,
+        opts: impl Fn(&str, &std::path::Path, &[u16]) -> Options + Send + Sync + 'static,
     ) -> Cluster {
+        let opts: NodeOpts = std::sync::Arc::new(opts);
         let dir = tempfile::tempdir().expect("tempdir");
         let n1 = start(opts("n1", dir.path(), &[])).await;
         let p1 = n1.cluster_port().expect("cluster port");

@@ -40,6 +40,11 @@ pub struct JetStreamOptions {
     /// Entries a replicated stream's Raft group applies between two snapshots (default
     /// 16 Ki). Not in the config file: a knob for tests and measurements.
     pub raft_snapshot_every: Option<u64>,
+    /// How often a push consumer looks for interest on its deliver subject without being
+    /// woken by the router's watch (default 1 s, a safety net). Not in the config file: a knob
+    /// for tests (a very long poll shows that the watch alone delivers).
+    #[doc(hidden)]
+    pub push_interest_poll: Option<std::time::Duration>,
 }
 
 impl Default for JetStreamOptions {
@@ -51,6 +56,7 @@ impl Default for JetStreamOptions {
             sync: SyncPolicy::Always,
             domain: None,
             raft_snapshot_every: None,
+            push_interest_poll: None,
         }
     }
 }
@@ -312,6 +318,9 @@ impl JetStream {
             self.opts.sync,
             limits,
             account_limits.is_some(),
+            self.opts
+                .push_interest_poll
+                .unwrap_or(consumer::INTEREST_POLL),
         ));
         catalog.recover();
         // Each server answers the API for its own streams: in a cluster the API stays local

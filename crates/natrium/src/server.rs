@@ -138,6 +138,8 @@ pub struct Server {
     websocket: Option<Websocket>,
     monitor: Option<JoinHandle<()>>,
     sys: Option<JoinHandle<()>>,
+    /// Publishes client connect, disconnect and auth error events in the system account.
+    client_events: Option<JoinHandle<()>>,
     /// Samples the CPU use `/varz` reports.
     cpu: Option<JoinHandle<()>>,
     resolver: Option<JoinHandle<()>>,
@@ -307,6 +309,10 @@ impl Server {
         let sys = system
             .clone()
             .map(|c| tokio::spawn(crate::sys::serve(c, observed.clone())));
+        let client_events = system.clone().map(|c| {
+            let events = observed.conns.watch_client_events();
+            tokio::spawn(crate::sys::client_events(c, observed.clone(), events))
+        });
         let resolver = match (opts.operator.as_ref().map(|o| &o.resolver), system) {
             (Some(Some(Resolver::Dir(d))), Some(client)) => Some(tokio::spawn(
                 crate::resolver::serve(crate::resolver::ClaimsHandler {
@@ -391,6 +397,7 @@ impl Server {
             websocket,
             monitor,
             sys,
+            client_events,
             cpu: Some(cpu),
             resolver,
         })
@@ -775,9 +782,15 @@ impl Server {
         if let Some(l) = &self.leafs {
             l.shutdown().await;
         }
-        for task in [self.monitor, self.sys, self.resolver, self.cpu]
-            .into_iter()
-            .flatten()
+        for task in [
+            self.monitor,
+            self.sys,
+            self.client_events,
+            self.resolver,
+            self.cpu,
+        ]
+        .into_iter()
+        .flatten()
         {
             task.abort();
             let _ = task.await;

@@ -172,6 +172,9 @@ impl Group {
                 .map_err(|e| RaftError::Storage(format!("member marker: {e}")))?;
         }
         let sm = SmStore::open(dir, sm).map_err(RaftError::Storage)?;
+        // Entries of earlier terms applied while this node leads are flagged to the
+        // application (`StateMachine::apply_entry`).
+        sm.set_leader_probe(log.clone(), id);
         let lease = cfg.append_timeout + LEASE_OVER_APPEND;
         if cfg.election_min <= lease || cfg.election_max < cfg.election_min {
             return Err(RaftError::Storage(format!(
@@ -208,7 +211,8 @@ impl Group {
             .await
             .map_err(|e| RaftError::Stopped(e.to_string()))?;
         // The pacer does not campaign while the log is damage-guarded (until a leader has
-        // repaired it).
+        // repaired it). A node that led the group when it stopped needs no campaign: openraft
+        // starts it as the leader of its term (its saved vote is its own, committed).
         let pacer = Pacer::new(
             id,
             cfg.heartbeat,
@@ -231,10 +235,15 @@ impl Group {
     }
 
     /// Makes `members` (this node among them) the group's first membership. Only one node
-    /// initializes a group; the others learn of it from the leader.
+    /// initializes a group; the others learn of it from the leader. This node campaigns at
+    /// once, and again soon (backing off) until a leader is heard: its peers may not have
+    /// opened the group yet, and it alone can campaign (it alone knows the members).
     pub async fn initialize(&self, members: BTreeMap<NodeId, Peer>) -> Result<(), RaftError> {
         match self.raft.initialize(members).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.pacer.forming();
+                Ok(())
+            }
             Err(OrRaftError::APIError(_)) => Err(RaftError::AlreadyInitialized),
             Err(OrRaftError::Fatal(f)) => Err(RaftError::Stopped(f.to_string())),
         }

@@ -85,6 +85,8 @@ struct Mem {
     cache_limit: usize,
     meta: Meta,
     vote: Option<Vote<NodeId>>,
+    /// A vote was saved since the log opened (`vote` is not the one found on disk).
+    voted_here: bool,
     committed: Option<LogId<NodeId>>,
     /// The last entry known to be synced (kept while guarded).
     synced: Option<LogId<NodeId>>,
@@ -277,6 +279,7 @@ impl LogStore {
             cache_limit,
             meta: meta.clone(),
             vote,
+            voted_here: false,
             committed: None,
             synced: None,
             repair_to: None,
@@ -425,6 +428,16 @@ impl LogStore {
     /// leader has said it again).
     pub fn committed_index(&self) -> Option<u64> {
         self.inner.mem.lock().committed.map(|c| c.index)
+    }
+
+    /// Whether node `me` is, by its last vote, a leader elected since the log opened, in a term
+    /// later than `term` (it took over entries proposed in `term`).
+    pub(crate) fn leads_after(&self, me: NodeId, term: u64) -> bool {
+        let mem = self.inner.mem.lock();
+        mem.voted_here
+            && mem.vote.is_some_and(|v| {
+                v.is_committed() && v.leader_id().voted_for() == Some(me) && v.leader_id.term > term
+            })
     }
 
     /// Whether this node must refuse votes (its log was found damaged and no leader has
@@ -897,7 +910,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .lock()
             .write(&body, true)
             .map_err(|e| StorageError::from_io_error(ErrorSubject::Vote, ErrorVerb::Write, e))?;
-        self.inner.mem.lock().vote = Some(*vote);
+        {
+            let mut mem = self.inner.mem.lock();
+            mem.vote = Some(*vote);
+            mem.voted_here = true;
+        }
         let marker = self.inner.marker.lock().take();
         if let Some(path) = marker {
             if let Err(e) = write_marker(&path) {

@@ -28,6 +28,12 @@ const URGENT: (u64, u64) = (10, 60);
 const URGENT_TRIES: u8 = 3;
 /// How often the pacer looks (at most).
 const STEP_MAX: Duration = Duration::from_millis(25);
+/// A group just formed here (this node made its first membership, and campaigned at once):
+/// while no leader has been heard, it campaigns again after this long, doubling each time,
+/// until the wait reaches the election timeout. Its first campaign fails when its peers have
+/// not opened the group yet (they answer "not open"); only this node holds the membership,
+/// so nobody else can campaign, and before this it waited a whole election timeout.
+const FORMING_FIRST: Duration = Duration::from_millis(50);
 
 /// The pacer's state, shared by the group (which reports contacts) and its task.
 pub(crate) struct Pacer {
@@ -47,6 +53,8 @@ struct PaceState {
     contact: Instant,
     next_campaign: Instant,
     urgent: u8,
+    /// The next wait between campaigns while the group forms (none: not forming).
+    forming: Option<Duration>,
     last_heartbeat: Instant,
     rng: u64,
 }
@@ -67,6 +75,7 @@ impl Pacer {
             contact: now,
             next_campaign: now,
             urgent: 0,
+            forming: None,
             last_heartbeat: now,
             rng: seed | 1,
         };
@@ -88,7 +97,18 @@ impl Pacer {
         let now = Instant::now();
         st.contact = now;
         st.urgent = 0;
+        st.forming = None;
         st.next_campaign = now + st.between(self.election.0, self.election.1);
+    }
+
+    /// This node has just made the group's first membership and campaigned: until a leader is
+    /// heard, it campaigns again soon (`FORMING_FIRST`, doubling) rather than after an election
+    /// timeout.
+    pub(crate) fn forming(&self) {
+        let mut st = self.st.lock();
+        let now = Instant::now();
+        st.next_campaign = now + FORMING_FIRST;
+        st.forming = Some(FORMING_FIRST * 2);
     }
 
     /// A candidate with a shorter log than this node's asked for its vote: the leader is gone
@@ -155,6 +175,7 @@ pub(crate) async fn run(
                     let mut st = pacer.st.lock();
                     st.contact = now;
                     st.urgent = 0;
+                    st.forming = None;
                     let due = now.duration_since(st.last_heartbeat) >= pacer.heartbeat;
                     if due {
                         st.last_heartbeat = now;
@@ -176,9 +197,15 @@ pub(crate) async fn run(
                         // Alone: nobody to wait for.
                         true
                     } else if now >= st.next_campaign {
+                        let forming = st.forming.filter(|w| *w < pacer.election.0);
                         st.next_campaign = if st.urgent > 0 {
                             st.urgent -= 1;
                             now + st.between_ms(URGENT.0 * 10, URGENT.1 * 5)
+                        } else if let Some(wait) = forming {
+                            // Jittered a little: the round trip of a vote on a loaded machine.
+                            st.forming = Some(wait * 2);
+                            let ms = wait.as_millis() as u64;
+                            now + st.between_ms(ms, ms + ms / 4)
                         } else {
                             now + st.between(pacer.election.0, pacer.election.1)
                         };

@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, Framed};
+use crate::log::LogStore;
 use crate::{NodeId, Peer, Reply, SnapshotBytes, TypeConfig};
 
 /// The replicated state of a group, supplied by the application.
@@ -21,6 +22,16 @@ pub trait StateMachine: Send + 'static {
     /// Applies the committed entry at `index`. Every member applies the same entries in the
     /// same order and must reach the same state; the returned bytes go back to the proposer.
     fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8>;
+
+    /// Applies as [`StateMachine::apply`]. `inherited`: this node leads the group and the
+    /// entry was proposed in an earlier term (by a leader gone since, or by this node before it
+    /// lost the lead); nobody here waits for its answer, so an application that answers
+    /// clients for its entries answers this one itself (nats-server's leader answers the
+    /// reply a stored message's entry carries when it applies it).
+    fn apply_entry(&mut self, index: u64, data: &[u8], inherited: bool) -> Vec<u8> {
+        let _ = inherited;
+        self.apply(index, data)
+    }
 
     /// The state as of the last applied entry, made durable first: the log up to it may be
     /// dropped afterwards.
@@ -51,6 +62,8 @@ struct Shared<S> {
     current: Option<Arc<SnapshotFile>>,
     /// Snapshots built so far (names them).
     built: u64,
+    /// This node's log and id: whether it leads a later term than an entry's.
+    leader_probe: Option<(LogStore, NodeId)>,
 }
 
 /// The openraft state machine over an application's.
@@ -92,6 +105,12 @@ fn write_snapshot(dir: &Path, file: &SnapshotFile) -> io::Result<()> {
 }
 
 impl<S: StateMachine> SmStore<S> {
+    /// Lets applies tell entries this node took over as a later term's leader (see
+    /// [`StateMachine::apply_entry`]).
+    pub(crate) fn set_leader_probe(&self, log: LogStore, me: NodeId) {
+        self.shared.lock().leader_probe = Some((log, me));
+    }
+
     /// Restores `app` from the snapshot in `dir`, if there is one. A snapshot that fails its
     /// checksum is an error: the group must not start from a state it can not trust.
     pub(crate) fn open(dir: &Path, app: S) -> Result<SmStore<S>, String> {
@@ -102,6 +121,7 @@ impl<S: StateMachine> SmStore<S> {
             membership: StoredMembership::default(),
             current: None,
             built: 0,
+            leader_probe: None,
         };
         match std::fs::read(&path) {
             Ok(buf) => {
@@ -183,7 +203,12 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for SmStore<S> {
             match e.payload {
                 EntryPayload::Blank => out.push(Reply::default()),
                 EntryPayload::Normal(d) => {
-                    let r = sh.app.apply(e.log_id.index, &d.0);
+                    let term = e.log_id.leader_id.term;
+                    let inherited = sh
+                        .leader_probe
+                        .as_ref()
+                        .is_some_and(|(log, me)| log.leads_after(*me, term));
+                    let r = sh.app.apply_entry(e.log_id.index, &d.0, inherited);
                     out.push(Reply(r));
                 }
                 EntryPayload::Membership(m) => {

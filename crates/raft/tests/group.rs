@@ -13,15 +13,20 @@ use natrium_raft::{
 };
 use parking_lot::Mutex;
 
-/// Applied entries, shared with the test.
+/// Applied entries, shared with the test, and for each whether it was applied as `inherited`
+/// (this node leading a later term than the entry's).
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<Vec<u8>>>>);
+struct Log(Arc<Mutex<Vec<Vec<u8>>>>, Arc<Mutex<Vec<bool>>>);
 
 impl StateMachine for Log {
     fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
         let mut v = self.0.lock();
         v.push(data.to_vec());
         (v.len() as u64).to_le_bytes().to_vec()
+    }
+    fn apply_entry(&mut self, index: u64, data: &[u8], inherited: bool) -> Vec<u8> {
+        self.1.lock().push(inherited);
+        self.apply(index, data)
     }
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
         serde_json::to_vec(&*self.0.lock()).map_err(|e| e.to_string())
@@ -37,6 +42,8 @@ impl StateMachine for Log {
 struct Net {
     groups: Mutex<HashMap<NodeId, Group>>,
     cut: Mutex<HashSet<(NodeId, NodeId)>>,
+    /// Nodes that hear no answers: their requests are served, the answers lost.
+    deaf: Mutex<HashSet<NodeId>>,
     /// Added to every request and to every answer.
     delay: Mutex<Duration>,
 }
@@ -74,6 +81,7 @@ impl Transport for Link {
                 r
             };
             match tokio::time::timeout(timeout, slow).await {
+                Ok(Ok(_)) if net.deaf.lock().contains(&from) => Err(TransportError::Timeout),
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(e)) => Err(TransportError::Unreachable(e)),
                 Err(_) => Err(TransportError::Timeout),
@@ -105,6 +113,10 @@ fn config() -> GroupConfig {
 }
 
 async fn open(net: &Arc<Net>, name: &str, dir: &Path) -> Node {
+    open_with(net, name, dir, config()).await
+}
+
+async fn open_with(net: &Arc<Net>, name: &str, dir: &Path, cfg: GroupConfig) -> Node {
     let id = node_id(name);
     let state = Log::default();
     let link = Arc::new(Link {
@@ -114,7 +126,7 @@ async fn open(net: &Arc<Net>, name: &str, dir: &Path) -> Node {
     // The member marker beside the group's directory (as the server keeps it).
     let cfg = GroupConfig {
         member_marker: Some(dir.with_extension("member")),
-        ..config()
+        ..cfg
     };
     let group = Group::open(id, &cfg, dir, state.clone(), link)
         .await
@@ -505,4 +517,152 @@ async fn follower_back_after(damage: impl FnOnce(&Path), cut: impl Fn(&GroupStat
         n.group.shutdown().await;
     }
     back.group.shutdown().await;
+}
+
+/// Elections that would not start for 20 s: a leader seen within the 10 s `leader` waits
+/// was elected without any election timeout firing.
+fn slow_elections() -> GroupConfig {
+    GroupConfig {
+        election_min: Duration::from_secs(20),
+        election_max: Duration::from_secs(21),
+        ..config()
+    }
+}
+
+fn members(names: &[&str]) -> BTreeMap<NodeId, Peer> {
+    names
+        .iter()
+        .map(|n| {
+            (
+                node_id(n),
+                Peer {
+                    name: n.to_string(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// A new group's first member campaigns before its peers have opened the group (they are not
+/// reachable yet, as a server answers "not open"): it campaigns again soon, backing off, and
+/// leads once they are there. Before, its next campaign waited a whole election timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_leads_once_its_late_peers_open_without_an_election_timeout() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let a = open_with(&net, "a", &root.path().join("a"), slow_elections()).await;
+    a.group
+        .initialize(members(&["a", "b", "c"]))
+        .await
+        .expect("initialize");
+    // Its first campaign has failed: nobody else is there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(a.group.status().role == Role::Candidate && a.group.status().term >= 1) {
+        assert!(Instant::now() < deadline, "{:?}", a.group.status());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let b = open_with(&net, "b", &root.path().join("b"), slow_elections()).await;
+    let c = open_with(&net, "c", &root.path().join("c"), slow_elections()).await;
+    assert_eq!(leader(&[&a, &b, &c], None).await, a.id);
+    for n in [&a, &b, &c] {
+        n.group.shutdown().await;
+    }
+}
+
+/// Every member of a group stops and opens again (a whole cluster restarted): the member that
+/// led leads again at once (openraft starts a node whose saved vote is its own, committed, as
+/// the leader of that term), without waiting for any election timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_every_member_restarts_the_last_leader_leads_at_once() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let names = ["a", "b", "c"];
+    let mut nodes = Vec::new();
+    for n in names {
+        nodes.push(open_with(&net, n, &root.path().join(n), slow_elections()).await);
+    }
+    nodes[0]
+        .group
+        .initialize(members(&names))
+        .await
+        .expect("initialize");
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l1 = leader(&all, None).await;
+    by_id(&nodes, l1)
+        .group
+        .propose(b"one".to_vec())
+        .await
+        .expect("committed");
+    for n in &nodes {
+        wait_applied(n, 1).await;
+    }
+    for n in nodes.drain(..) {
+        n.group.shutdown().await;
+        net.groups.lock().remove(&n.id);
+    }
+    for n in names {
+        nodes.push(open_with(&net, n, &root.path().join(n), slow_elections()).await);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    assert_eq!(leader(&all, None).await, l1);
+    by_id(&nodes, l1)
+        .group
+        .propose(b"two".to_vec())
+        .await
+        .expect("committed after the restart");
+    for n in &nodes {
+        n.group.shutdown().await;
+    }
+}
+
+/// Entries a leader appended on its followers but never learned committed (it heard no
+/// answers) are committed by the next leader, which applies them flagged `inherited` (it must
+/// answer for them); its follower applies them unflagged, as everyone applied the entries
+/// committed in the first term.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_applies_the_entries_it_took_over_as_inherited() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let net = Arc::new(Net::default());
+    let nodes = cluster(&net, root.path(), &["a", "b", "c"]).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let l1 = leader(&all, None).await;
+    let old = by_id(&nodes, l1);
+    old.group.propose(b"one".to_vec()).await.expect("committed");
+    for n in &nodes {
+        wait_applied(n, 1).await;
+    }
+    net.deaf.lock().insert(l1);
+    let index = old.group.status().last_log_index + 1;
+    drop(
+        old.group
+            .propose_queued(b"two".to_vec())
+            .await
+            .expect("queued"),
+    );
+    let followers: Vec<&Node> = nodes.iter().filter(|n| n.id != l1).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !followers
+        .iter()
+        .all(|f| f.group.status().last_log_index >= index)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "followers never got entry {index}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    old.group.shutdown().await;
+    net.groups.lock().remove(&l1);
+    let l2 = leader(&followers, Some(l1)).await;
+    for f in &followers {
+        wait_applied(f, 2).await;
+        let flags = f.state.1.lock().clone();
+        let expected = vec![false, f.id == l2];
+        assert_eq!(flags, expected, "{} (leader {})", f.name, f.id == l2);
+        assert_eq!(f.state.0.lock()[1], b"two");
+    }
+    assert_eq!(*old.state.1.lock(), vec![false]);
+    for f in followers {
+        f.group.shutdown().await;
+    }
 }

@@ -45,6 +45,22 @@ pub struct ConnSnapshot {
     pub rtt: Option<std::time::Duration>,
 }
 
+/// What the system account is told of a client connection (nats-server's client events:
+/// `$SYS.ACCOUNT.<account>.CONNECT` / `.DISCONNECT`, `$SYS.SERVER.<id>.CLIENT.AUTH.ERR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEventKind {
+    Connect,
+    Disconnect,
+    AuthError,
+}
+
+/// A client event and the connection as it was then.
+#[derive(Debug)]
+pub struct ClientEvent {
+    pub kind: ClientEventKind,
+    pub conn: ConnSnapshot,
+}
+
 /// The part of a client connection other tasks touch.
 pub struct Client {
     pub out: Arc<Outbound>,

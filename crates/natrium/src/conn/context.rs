@@ -13,7 +13,7 @@ use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxHashMap;
 use tokio::sync::watch;
 
-use super::client::Client;
+use super::client::{Client, ClientEvent, ClientEventKind, ConnSnapshot};
 use super::registry::Registry;
 use super::tls::TlsServer;
 use crate::auth::jwt::{ImportGrant, JwtError, TrustedAccount};
@@ -115,6 +115,8 @@ pub struct ConnContext {
     /// In a cluster: told whenever an account's connection count changes, so the other
     /// servers learn it.
     conn_counts: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Arc<Account>>>,
+    /// Where client events go, once the system account listens (`watch_client_events`).
+    client_events: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<ClientEvent>>,
     /// The imports account JWTs declare, as installed in the router (see `sync_jwt_imports`).
     jwt_imports: Mutex<JwtImports>,
     /// The imports the configuration's `accounts {}` declare, as installed in the router (see
@@ -204,6 +206,7 @@ impl ConnContext {
             trust_update: Mutex::new(()),
             trust_listener: std::sync::OnceLock::new(),
             conn_counts: std::sync::OnceLock::new(),
+            client_events: std::sync::OnceLock::new(),
             jwt_imports: Mutex::new(JwtImports::default()),
             config_imports: Mutex::new(FxHashMap::default()),
             fetcher: RwLock::new(None),
@@ -508,6 +511,21 @@ impl ConnContext {
     pub fn connection_count_changed(&self, account: &Arc<Account>) {
         if let Some(tx) = self.conn_counts.get() {
             let _ = tx.send(account.clone());
+        }
+    }
+
+    /// From now on, reports clients connecting, disconnecting and failing to authenticate (the
+    /// system account publishes them).
+    pub fn watch_client_events(&self) -> tokio::sync::mpsc::UnboundedReceiver<ClientEvent> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = self.client_events.set(tx);
+        rx
+    }
+
+    /// Reports a client event; `conn` is only called when someone listens.
+    pub fn client_event(&self, kind: ClientEventKind, conn: impl FnOnce() -> ConnSnapshot) {
+        if let Some(tx) = self.client_events.get() {
+            let _ = tx.send(ClientEvent { kind, conn: conn() });
         }
     }
 

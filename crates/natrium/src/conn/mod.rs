@@ -19,7 +19,7 @@ pub mod websocket;
 pub mod writer;
 
 pub use accept::accept;
-pub use client::{Client, ConnMeta, ConnSnapshot};
+pub use client::{Client, ClientEvent, ClientEventKind, ConnMeta, ConnSnapshot};
 pub use context::{
     AccountFetcher, BoxFuture, ClusterView, ConnConfig, ConnContext, ConnSettings, ServerIdentity,
     WsEndpoint,

@@ -14,7 +14,7 @@ use natrium_protocol::{
 use natrium_subjects::{is_valid_publish_subject, is_valid_queue, is_valid_subject};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::client::Client;
+use super::client::{Client, ClientEventKind, ConnSnapshot};
 use super::context::{ConnContext, ConnSettings};
 use super::registry::Unauthenticated;
 use super::tls::TlsConnInfo;
@@ -603,6 +603,8 @@ impl Conn {
             Ok(Err(e)) => {
                 self.ctx
                     .audit_auth_failure(&self.out.addr, self.out.cid, &e);
+                self.ctx
+                    .client_event(ClientEventKind::AuthError, || self.refused(&info));
                 return Err(Fatal::new(
                     CloseReason::AuthenticationViolation,
                     "Authorization Violation",
@@ -650,7 +652,25 @@ impl Conn {
         self.out.set_rtt(self.accepted.elapsed());
         self.first_ping = true;
         self.apply_connect(&info);
+        self.ctx
+            .client_event(ClientEventKind::Connect, || self.client.snapshot(false));
         Ok(())
+    }
+
+    /// The connection as a refused CONNECT left it, for the auth error event: the client's
+    /// options and the user it claimed (a token is not repeated: nats-server puts it there).
+    fn refused(&self, info: &ConnectInfo) -> ConnSnapshot {
+        let mut s = self.client.snapshot(true);
+        s.reason = Some(CloseReason::AuthenticationViolation);
+        s.name = info.name.clone().unwrap_or_default();
+        s.meta.lang = info.lang.clone().unwrap_or_default();
+        s.meta.version = info.version.clone().unwrap_or_default();
+        s.meta.user = info
+            .nkey
+            .clone()
+            .or_else(|| info.user.clone())
+            .or_else(|| info.auth_token.as_ref().map(|_| "[REDACTED]".to_string()));
+        s
     }
 
     /// Finishes a check, running a bcrypt comparison through the server's limiter.
@@ -997,11 +1017,16 @@ impl Conn {
     }
 
     fn cleanup(&mut self) {
-        if self.client.set_registered(false) {
+        let registered = self.client.set_registered(false);
+        if registered {
             self.account.remove_connection();
             self.ctx.connection_count_changed(&self.account);
         }
         let snapshot = self.client.snapshot(true);
+        if registered {
+            self.ctx
+                .client_event(ClientEventKind::Disconnect, || snapshot.clone());
+        }
         for sub in self.out.drain_subs() {
             self.account.remove(&sub);
         }

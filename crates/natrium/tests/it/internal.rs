@@ -1,4 +1,5 @@
-//! Internal clients (no socket) and the system account's monitoring requests over NATS.
+//! Internal clients (no socket), the system account's monitoring requests over NATS, and its
+//! client events (connect, disconnect, refused login).
 
 use std::time::Duration;
 
@@ -65,8 +66,9 @@ async fn dropping_an_internal_subscription_unsubscribes() {
     assert!(s.internal_client("nope").is_err());
 }
 
-#[tokio::test]
-async fn system_account_answers_monitoring_requests() {
+/// A server with a system account `SYS` (user `admin`) and an account `APP` (user `app`,
+/// password `app`), and the admin's connection.
+async fn system_server() -> (natrium::Server, async_nats::Client) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("sys.conf");
     std::fs::write(
@@ -82,6 +84,12 @@ async fn system_account_answers_monitoring_requests() {
         .connect(s.client_url())
         .await
         .expect("admin");
+    (s, admin)
+}
+
+#[tokio::test]
+async fn system_account_answers_monitoring_requests() {
+    let (s, admin) = system_server().await;
     let r = admin
         .request("$SYS.REQ.SERVER.PING.VARZ", Bytes::new())
         .await
@@ -119,5 +127,81 @@ async fn system_account_answers_monitoring_requests() {
         err.kind(),
         async_nats::client::RequestErrorKind::NoResponders
     );
+    s.shutdown().await;
+}
+
+/// nats-server's client events in the system account: a refused login
+/// (`$SYS.SERVER.<id>.CLIENT.AUTH.ERR`), then a client's connect and disconnect
+/// (`$SYS.ACCOUNT.<account>.CONNECT` / `.DISCONNECT`) with what it sent.
+#[tokio::test]
+async fn system_account_hears_clients_connect_disconnect_and_fail_to_log_in() {
+    let (s, admin) = system_server().await;
+    let mut events = admin.subscribe("$SYS.>").await.expect("sub");
+    admin.flush().await.expect("flush");
+
+    let refused = async_nats::ConnectOptions::with_user_and_password("app".into(), "wrong".into())
+        .name("intruder")
+        .max_reconnects(Some(1))
+        .connect(s.client_url())
+        .await;
+    assert!(refused.is_err(), "a wrong password is refused");
+    let app = async_nats::ConnectOptions::with_user_and_password("app".into(), "app".into())
+        .name("worker")
+        .connect(s.client_url())
+        .await
+        .expect("app");
+    app.publish("orders.new", "hello".into())
+        .await
+        .expect("pub");
+    app.flush().await.expect("flush");
+    drop(app);
+
+    // Other system traffic (connection counts) may come in between: look for the three.
+    let mut seen = std::collections::HashMap::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen.len() < 3 {
+        let m = tokio::time::timeout_at(until, events.next())
+            .await
+            .unwrap_or_else(|_| panic!("events seen so far: {:?}", seen.keys()))
+            .expect("subscription open");
+        let subject = m.subject.to_string();
+        let kind = if subject == format!("$SYS.SERVER.{}.CLIENT.AUTH.ERR", s.server_id()) {
+            "auth"
+        } else if subject == "$SYS.ACCOUNT.APP.CONNECT" {
+            "connect"
+        } else if subject == "$SYS.ACCOUNT.APP.DISCONNECT" {
+            "disconnect"
+        } else {
+            continue;
+        };
+        let v: Value = serde_json::from_slice(&m.payload).expect("json");
+        seen.insert(kind, v);
+    }
+
+    let auth = &seen["auth"];
+    assert_eq!(auth["type"], "io.nats.server.advisory.v1.client_disconnect");
+    assert_eq!(auth["server"]["id"], s.server_id());
+    assert_eq!(auth["client"]["user"], "app");
+    assert_eq!(auth["client"]["name"], "intruder");
+    assert_eq!(auth["client"]["acc"], "$G");
+    assert_eq!(auth["reason"], "Authentication Failure");
+    assert!(!auth.to_string().contains("wrong"), "no password in events");
+
+    let connect = &seen["connect"];
+    assert_eq!(connect["type"], "io.nats.server.advisory.v1.client_connect");
+    assert_eq!(connect["client"]["acc"], "APP");
+    assert_eq!(connect["client"]["name"], "worker");
+    assert_eq!(connect["client"]["lang"], "rust");
+    assert_eq!(connect["client"]["kind"], "Client");
+    assert_eq!(connect["client"]["client_type"], "nats");
+    assert!(connect.get("reason").is_none());
+
+    let gone = &seen["disconnect"];
+    assert_eq!(gone["type"], "io.nats.server.advisory.v1.client_disconnect");
+    assert_eq!(gone["client"]["id"], connect["client"]["id"]);
+    assert_eq!(gone["reason"], "Client Closed");
+    assert_eq!(gone["sent"]["msgs"], 1);
+    assert_eq!(gone["sent"]["bytes"], 5);
+    assert!(gone["client"]["stop"].is_string());
     s.shutdown().await;
 }

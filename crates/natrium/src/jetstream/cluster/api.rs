@@ -670,7 +670,15 @@ impl JsCluster {
                 // client's next publish on one of them finds it (as a create's).
                 let r = self.update(&account, name, &m.payload).await;
                 const KIND: &str = "stream_update_response";
-                match self.serving_leader(&account, name).filter(|_| r.is_ok()) {
+                // Waited for: a leader restarting its ingest on new subjects does not serve for
+                // that moment, and when it is this server (the meta leader) no announcement
+                // stands in for it. Answered from here at once, the client's next publish on a
+                // new subject found no responders.
+                let leader = match r.is_ok() {
+                    true => self.wait_stream_leader(&account, name, LEADER_WAIT).await,
+                    false => None,
+                };
+                match leader {
                     Some(l) => self.respond_via(&l, client, reply, KIND, r, Some(name)),
                     None => respond(client, reply, KIND, r),
                 }

@@ -172,6 +172,63 @@ fn encode_group(msgs: &[Vec<u8>]) -> Vec<u8> {
     v
 }
 
+/// A published message (`M`) or batch commit (`B`) with the subject its PubAck goes to: `P`,
+/// reply (u16 LE length), then the entry. The leader that proposed it answers from its
+/// proposal; a leader elected later that commits it answers when it applies it (as
+/// nats-server's entries carry the reply for whichever server leads when they are applied).
+fn encode_replied(reply: &str, entry: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(3 + reply.len() + entry.len());
+    v.push(b'P');
+    v.extend_from_slice(&(reply.len() as u16).to_le_bytes());
+    v.extend_from_slice(reply.as_bytes());
+    v.extend_from_slice(entry);
+    v
+}
+
+/// A `P` entry's reply subject and the entry it wraps.
+fn decode_replied(b: &[u8]) -> Option<(&str, &[u8])> {
+    let n = u16::from_le_bytes(b.get(1..3)?.try_into().ok()?) as usize;
+    let reply = std::str::from_utf8(b.get(3..3 + n)?).ok()?;
+    Some((reply, b.get(3 + n..)?))
+}
+
+/// `entry` wrapped with the subject its PubAck goes to, when it has one (a subject too long
+/// for the frame, beyond any control line, is answered by the proposing leader only).
+fn replied(entry: Vec<u8>, reply: Option<&str>) -> Vec<u8> {
+    match reply {
+        Some(r) if r.len() <= usize::from(u16::MAX) => encode_replied(r, &entry),
+        _ => entry,
+    }
+}
+
+/// How old an entry taken over by a new leader may be for its PubAck to still be sent: no
+/// client waits that long (stock clients wait 5 s). A node elected after a restart applies the
+/// log since its last snapshot again; without this it answered every reply in it.
+const INHERITED_ANSWER_AGE: Duration = Duration::from_secs(60);
+
+/// Whether the PubAck of `entry` (an `M` or `B`, stamped by its leader at bytes 1..9) is young
+/// enough to be sent by the leader that took it over.
+fn answer_wanted(entry: &[u8]) -> bool {
+    let Some(ts) = entry
+        .get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_le_bytes)
+    else {
+        return false;
+    };
+    now_nanos().saturating_sub(ts) < INHERITED_ANSWER_AGE.as_nanos() as i64
+}
+
+/// Whether `e` is a plain published message (`M`, or `M` wrapped with its reply): what a
+/// group entry (`N`) may hold.
+fn is_plain_msg(e: &[u8]) -> bool {
+    match e.first() {
+        Some(b'M') => true,
+        Some(b'P') => decode_replied(e).is_some_and(|(_, inner)| inner.first() == Some(&b'M')),
+        _ => false,
+    }
+}
+
 /// The parts of a group entry, or of a group's answer (the same framing after `skip` bytes).
 fn group_parts(b: &[u8], skip: usize) -> Option<Vec<&[u8]>> {
     let mut parts = Vec::new();
@@ -237,6 +294,8 @@ struct StreamSm {
     max_ts: Arc<AtomicI64>,
     /// The replicated consumers (locked after `shared` when both are).
     consumers: Arc<Mutex<ConsumerTable>>,
+    /// The account's client: a leader answers the PubAcks of entries it took over with it.
+    client: InternalClient,
 }
 
 /// What a snapshot holds besides the store (which is synced when it is taken).
@@ -288,15 +347,16 @@ impl StreamSm {
         }
     }
 
-    /// A group of published messages: each applied as its own entry would be.
-    fn apply_group(&mut self, data: &[u8]) -> Vec<u8> {
+    /// A group of published messages: each applied as its own entry would be (and, on a
+    /// leader that took the entry over, answered).
+    fn apply_group(&mut self, data: &[u8], inherited: bool) -> Vec<u8> {
         let Some(parts) = group_parts(data, 1) else {
             return self.error(ApiError::bad_request());
         };
         let mut answer = Vec::with_capacity(parts.len() * 64);
         for part in parts {
-            let one = match (part.first(), decode_msg(part)) {
-                (Some(b'M'), Some(m)) => self.apply_msg(m, false, None),
+            let one = match part.first() {
+                Some(b'M') | Some(b'P') => self.apply_entry_as(part, inherited),
                 _ => self.error(ApiError::bad_request()),
             };
             answer.extend_from_slice(&(one.len() as u32).to_le_bytes());
@@ -450,9 +510,24 @@ impl StreamSm {
     }
 }
 
-impl natrium_raft::StateMachine for StreamSm {
-    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
+impl StreamSm {
+    /// Applies entry `data`; `inherited`: this node leads and the entry is of an earlier term,
+    /// so the reply a `P` entry carries is answered here.
+    fn apply_entry_as(&mut self, data: &[u8], inherited: bool) -> Vec<u8> {
         match data.first() {
+            Some(b'P') => {
+                let Some((reply, inner)) = decode_replied(data) else {
+                    return self.error(ApiError::bad_request());
+                };
+                let answer = match inner.first() {
+                    Some(b'M') | Some(b'B') => self.apply_entry_as(inner, false),
+                    _ => self.error(ApiError::bad_request()),
+                };
+                if inherited && answer_wanted(inner) {
+                    let _ = self.client.publish(reply, None, None, &answer);
+                }
+                answer
+            }
             Some(b'M') => match decode_msg(data) {
                 Some(m) => self.apply_msg(m, false, None),
                 None => self.error(ApiError::bad_request()),
@@ -471,7 +546,7 @@ impl natrium_raft::StateMachine for StreamSm {
                     _ => self.error(ApiError::bad_request()),
                 }
             }
-            Some(b'N') => self.apply_group(data),
+            Some(b'N') => self.apply_group(data, inherited),
             Some(b'B') => self.apply_batch(data),
             Some(b'I') => match decode_import(data) {
                 Some((seq, m)) => self.apply_import(seq, m),
@@ -483,6 +558,16 @@ impl natrium_raft::StateMachine for StreamSm {
             },
             _ => self.error(ApiError::bad_request()),
         }
+    }
+}
+
+impl natrium_raft::StateMachine for StreamSm {
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
+        self.apply_entry_as(data, false)
+    }
+
+    fn apply_entry(&mut self, _index: u64, data: &[u8], inherited: bool) -> Vec<u8> {
+        self.apply_entry_as(data, inherited)
     }
 
     fn snapshot(&mut self) -> Result<Vec<u8>, String> {
@@ -680,6 +765,7 @@ impl Replica {
             shared: shared.clone(),
             max_ts: max_ts.clone(),
             consumers: consumers.clone(),
+            client: catalog.client().clone(),
         };
         let group = Group::open(
             cl.id,
@@ -1306,7 +1392,7 @@ impl Replica {
         last_ts: &mut i64,
         held: &mut Option<(Vec<u8>, Option<String>)>,
     ) -> (Vec<u8>, Replies) {
-        let Some(s) = sub.as_mut().filter(|_| first.0.first() == Some(&b'M')) else {
+        let Some(s) = sub.as_mut().filter(|_| is_plain_msg(&first.0)) else {
             return (first.0, Replies::One(first.1));
         };
         let mut bytes = first.0.len();
@@ -1321,7 +1407,7 @@ impl Replica {
                 continue;
             };
             *last_ts = ts;
-            if e.first() != Some(&b'M') {
+            if !is_plain_msg(&e) {
                 *held = Some((e, reply));
                 break;
             }
@@ -1355,9 +1441,13 @@ impl Replica {
             let (id, msgs) =
                 self.stream
                     .stage_batch(batches, subject, hdrs, &m.payload, reply.as_deref())?;
-            return Some((encode_batch(ts, &id, &msgs), reply));
+            return Some((
+                replied(encode_batch(ts, &id, &msgs), reply.as_deref()),
+                reply,
+            ));
         }
-        Some((encode_msg(ts, subject, hdrs, &m.payload), reply))
+        let entry = encode_msg(ts, subject, hdrs, &m.payload);
+        Some((replied(entry, reply.as_deref()), reply))
     }
 
     /// Creates (and starts) the replicated consumers on this new leader, from their configs

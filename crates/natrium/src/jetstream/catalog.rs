@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use natrium_store::{FileStore, FileStoreConfig, MemStore, StoreError, StreamStore, SyncPolicy};
 use parking_lot::RwLock;
@@ -42,6 +42,8 @@ pub(crate) struct Catalog {
     reservations: bool,
     /// Shared (weakly) with the streams' account gates, which add up the account's bytes.
     streams: Arc<RwLock<BTreeMap<String, Arc<Stream>>>>,
+    /// Push consumers' interest poll (see `JetStreamOptions::push_interest_poll`).
+    interest_poll: Duration,
 }
 
 impl Catalog {
@@ -51,6 +53,7 @@ impl Catalog {
         sync: SyncPolicy,
         limits: AccountLimits,
         reservations: bool,
+        interest_poll: Duration,
     ) -> Catalog {
         Catalog {
             client,
@@ -59,7 +62,13 @@ impl Catalog {
             limits: Arc::new(RwLock::new(limits)),
             reservations,
             streams: Arc::new(RwLock::new(BTreeMap::new())),
+            interest_poll,
         }
+    }
+
+    /// Push consumers' interest poll, for the streams made here.
+    pub(crate) fn interest_poll(&self) -> Duration {
+        self.interest_poll
     }
 
     pub(crate) fn account(&self) -> &str {
@@ -207,6 +216,7 @@ impl Catalog {
                         store,
                         self.client.clone(),
                         self.lazy(),
+                        self.interest_poll,
                     );
                     self.gate(&s);
                     if let Err(e) = s.start() {
@@ -418,7 +428,14 @@ impl Catalog {
                 .map_err(|e| ApiError::create_failed(e.to_string()))?;
         }
         let name = cfg.name.clone();
-        let s = Stream::new(cfg, created, store, self.client.clone(), self.lazy());
+        let s = Stream::new(
+            cfg,
+            created,
+            store,
+            self.client.clone(),
+            self.lazy(),
+            self.interest_poll,
+        );
         self.gate(&s);
         s.start()?;
         self.streams.write().insert(name, s.clone());

@@ -46,6 +46,11 @@ pub struct JetStreamOptions {
     /// `Server::continue_conversions`, or for good when the server stops (a cut there).
     #[doc(hidden)]
     pub conversion_pause: Option<String>,
+    /// How often a push consumer looks for interest on its deliver subject without being
+    /// woken by the router's watch (default 1 s, a safety net). Not in the config file: a knob
+    /// for tests (a very long poll shows that the watch alone delivers).
+    #[doc(hidden)]
+    pub push_interest_poll: Option<std::time::Duration>,
 }
 
 impl Default for JetStreamOptions {
@@ -58,6 +63,7 @@ impl Default for JetStreamOptions {
             domain: None,
             raft_snapshot_every: None,
             conversion_pause: None,
+            push_interest_poll: None,
         }
     }
 }
@@ -333,6 +339,9 @@ impl JetStream {
             self.opts.sync,
             limits,
             account_limits.is_some(),
+            self.opts
+                .push_interest_poll
+                .unwrap_or(consumer::INTEREST_POLL),
         ));
         catalog.recover();
         // Each server answers the API for its own streams: in a cluster the API stays local

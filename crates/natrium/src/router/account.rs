@@ -1,8 +1,9 @@
 //! One account: a subject space. It holds the subscription trie for its connections and a
 //! generation counter that publishers read, without a lock, to know whether their cached match
-//! results are stale; the reply routes of service imports; its client limits (connections,
-//! subscriptions, payload, publish rates) and connection count; and its audit and traffic
-//! counters.
+//! results are stale; who watches the trie (leafnode connections; watches on literal subjects,
+//! such as a push consumer's deliver subject); the reply routes of service imports; its client
+//! limits (connections, subscriptions, payload, publish rates) and connection count; and its
+//! audit and traffic counters.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,11 +12,13 @@ use std::time::Instant;
 
 use natrium_subjects::{Matches, Sublist};
 use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
 
 use super::interest::{Interest, InterestFeed, LocalInterest};
 use super::outbound::ClientStats;
 use super::rate::Rates;
 use super::subscription::{SubInfo, SubRef, Subscription, Target};
+use super::watch::{SubjectWatches, ToWake};
 
 /// A leafnode connection keeps its own view of an account's interest (what it tells the other
 /// side depends on who holds each subscription), so it watches the account's subscriptions.
@@ -24,6 +27,26 @@ use super::subscription::{SubInfo, SubRef, Subscription, Target};
 /// short and must not touch the account's trie.
 pub trait InterestWatcher: Send + Sync {
     fn changed(&self, sub: &Subscription, up: bool);
+}
+
+/// A watch on a literal subject of an account (see [`Account::watch_subject`]); dropping it
+/// ends the watch.
+pub struct SubjectWatch {
+    account: Arc<Account>,
+    subject: Box<[u8]>,
+    id: u64,
+}
+
+impl SubjectWatch {
+    pub fn subject(&self) -> &[u8] {
+        &self.subject
+    }
+}
+
+impl Drop for SubjectWatch {
+    fn drop(&mut self) {
+        self.account.subject_watches.remove(&self.subject, self.id);
+    }
 }
 
 /// The account of clients that belong to no named account, as in nats-server.
@@ -40,6 +63,9 @@ pub struct Account {
     generation: AtomicU64,
     /// Told of every change to `sublist`, under its write lock (leafnode connections).
     watchers: Mutex<Vec<Arc<dyn InterestWatcher>>>,
+    /// Literal subjects whose watchers are woken when a matching subscription comes or goes
+    /// (push consumers' deliver subjects).
+    subject_watches: SubjectWatches,
     /// Reply routes of service imports with the time they close, oldest first, swept when they
     /// expire (see `imports`).
     pub(super) responses: Mutex<VecDeque<(Instant, SubRef)>>,
@@ -139,6 +165,7 @@ impl Account {
             sublist: RwLock::new(Sublist::new()),
             generation: AtomicU64::new(0),
             watchers: Mutex::new(Vec::new()),
+            subject_watches: SubjectWatches::default(),
             responses: Mutex::new(VecDeque::new()),
             auth_failures: AtomicU64::new(0),
             permission_violations: AtomicU64::new(0),
@@ -231,6 +258,7 @@ impl Account {
     }
 
     pub fn insert(&self, sub: SubRef) {
+        let mut wake = ToWake::new();
         {
             let mut list = self.sublist.write();
             list.insert(&sub.0.subject, sub.0.queue.as_deref(), sub.clone());
@@ -238,12 +266,15 @@ impl Account {
             for w in self.watchers.lock().iter() {
                 w.changed(&sub.0, true);
             }
+            self.subject_watches.changed(&sub.0.subject, &mut wake);
         }
+        wake.iter().for_each(|n| n.notify_one());
         self.sublist_stats.inserts.fetch_add(1, Ordering::Relaxed);
         self.count_interest(&sub, true);
     }
 
     pub fn remove(&self, sub: &SubRef) -> bool {
+        let mut wake = ToWake::new();
         let removed = {
             let mut list = self.sublist.write();
             let removed = list.remove(&sub.0.subject, sub.0.queue.as_deref(), sub);
@@ -252,9 +283,11 @@ impl Account {
                 for w in self.watchers.lock().iter() {
                     w.changed(&sub.0, false);
                 }
+                self.subject_watches.changed(&sub.0.subject, &mut wake);
             }
             removed
         };
+        wake.iter().for_each(|n| n.notify_one());
         if removed {
             self.sublist_stats.removes.fetch_add(1, Ordering::Relaxed);
             self.count_interest(sub, false);
@@ -304,6 +337,26 @@ impl Account {
         self.watchers
             .lock()
             .retain(|x| !std::ptr::addr_eq(Arc::as_ptr(x), Arc::as_ptr(w)));
+    }
+
+    /// Wakes `notify` whenever a subscription matching the literal `subject` is added to this
+    /// account or removed from it (by a client, a route, a leafnode connection or an internal
+    /// client), until the returned watch is dropped. Registered under the trie's write lock: a
+    /// look at the trie after this call sees every subscription whose change it was not woken
+    /// for.
+    pub fn watch_subject(self: &Arc<Self>, subject: &[u8], notify: Arc<Notify>) -> SubjectWatch {
+        let _list = self.sublist.write();
+        let id = self.subject_watches.add(subject, notify);
+        SubjectWatch {
+            account: self.clone(),
+            subject: subject.into(),
+            id,
+        }
+    }
+
+    /// Subject watches registered now.
+    pub fn subject_watches(&self) -> usize {
+        self.subject_watches.len()
     }
 
     /// Every subscription matching `subject`, computed under the read lock.

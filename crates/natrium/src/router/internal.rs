@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
-use super::account::Account;
+use super::account::{Account, SubjectWatch};
 use super::accounts::Accounts;
 use super::delivery::{self, Lagging, Msg};
 use super::sink::{Handler, InternalMsg, InternalSink};
@@ -153,6 +153,20 @@ impl InternalClient {
     /// Whether any subscription in the account matches `subject`.
     pub fn has_interest(&self, subject: &str) -> bool {
         !self.account.matches(subject.as_bytes()).is_empty()
+    }
+
+    /// Wakes `notify` whenever a subscription matching the literal `subject` comes to the
+    /// account or goes, until the watch is dropped (see [`Account::watch_subject`]): after
+    /// this call, `has_interest` answers anew each time it is woken.
+    pub fn watch_subject(
+        &self,
+        subject: &str,
+        notify: Arc<Notify>,
+    ) -> Result<SubjectWatch, InternalError> {
+        if !natrium_subjects::is_valid_publish_subject(subject.as_bytes()) {
+            return Err(InternalError::InvalidSubject(subject.to_string()));
+        }
+        Ok(self.account.watch_subject(subject.as_bytes(), notify))
     }
 }
 

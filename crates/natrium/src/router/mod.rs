@@ -1,6 +1,6 @@
 //! The router layer: where messages go. Accounts and their subject spaces, imports between
 //! them, subscriptions and their targets, a connection's outbound side, delivery (with the
-//! per-publisher match cache) and internal clients. Every kind of connection (clients, routes,
+//! per-publisher match cache), internal clients and watches on subjects. Every kind of connection (clients, routes,
 //! leafnodes, WebSocket clients) publishes through here and receives through an
 //! `Outbound`. It imports only the base layer and `perms`.
 
@@ -15,9 +15,11 @@ pub mod outbound;
 pub mod rate;
 pub mod sink;
 pub mod subscription;
+mod watch;
 
 pub use account::{
-    Account, InterestWatcher, Limits, SublistCounters, TooManyConnections, Totals, GLOBAL_ACCOUNT,
+    Account, InterestWatcher, Limits, SubjectWatch, SublistCounters, TooManyConnections, Totals,
+    GLOBAL_ACCOUNT,
 };
 pub use accounts::Accounts;
 pub use delivery::{publish, publish_batch, remove_subscription, Lagging, Msg, Publisher};

@@ -748,3 +748,67 @@ fn a_hub_reports_its_leaves_interest_per_origin_and_summed() {
     assert_eq!(summed.len(), 1);
     assert_eq!((summed[0].origin.is_none(), summed[0].count), (true, 2));
 }
+
+/// Whether `n` was woken since the last call (takes the stored wake-up).
+fn woken(n: &tokio::sync::Notify) -> bool {
+    use futures::FutureExt;
+    n.notified().now_or_never().is_some()
+}
+
+#[test]
+fn a_subject_watch_wakes_on_matching_subscriptions_coming_and_going() {
+    let acc = Account::new("A");
+    let n = Arc::new(tokio::sync::Notify::new());
+    let w = acc.watch_subject(b"deliver.x", n.clone());
+    assert_eq!(acc.subject_watches(), 1);
+    let c = conn(1, 1 << 20);
+    // Subscriptions that do not match it.
+    let other = sub(&acc, &c, "deliver.y", None, "1");
+    sub(&acc, &c, "deliver.*.z", None, "2");
+    sub(&acc, &c, "other.>", None, "3");
+    assert!(!woken(&n));
+    // The subject itself, wildcards covering it, a queue group, a peer server's interest.
+    let exact = sub(&acc, &c, "deliver.x", None, "4");
+    assert!(woken(&n));
+    assert!(!woken(&n), "one wake-up per change");
+    sub(&acc, &c, "deliver.*", None, "5");
+    assert!(woken(&n));
+    sub(&acc, &c, ">", None, "6");
+    assert!(woken(&n));
+    sub(&acc, &c, "deliver.x", Some("q"), "7");
+    assert!(woken(&n));
+    let route = Subscription::route(conn(2, 1 << 20), b"deliver.>", None, 0, None);
+    acc.insert(route.clone());
+    assert!(woken(&n));
+    // Going: a matching subscription wakes it, another does not.
+    assert!(acc.remove(&other));
+    assert!(!woken(&n));
+    assert!(acc.remove(&exact));
+    assert!(woken(&n));
+    assert!(acc.remove(&route));
+    assert!(woken(&n));
+    // Dropped: no more wake-ups, and nothing left to look at.
+    drop(w);
+    assert_eq!(acc.subject_watches(), 0);
+    sub(&acc, &c, "deliver.x", None, "8");
+    assert!(!woken(&n));
+}
+
+#[test]
+fn subject_watches_of_one_subject_are_woken_together_and_dropped_apart() {
+    let acc = Account::new("A");
+    let (n1, n2) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let w1 = acc.watch_subject(b"d", n1.clone());
+    let _w2 = acc.watch_subject(b"d", n2.clone());
+    let c = conn(1, 1 << 20);
+    sub(&acc, &c, "d", None, "1");
+    assert!(woken(&n1) && woken(&n2));
+    drop(w1);
+    assert_eq!(acc.subject_watches(), 1);
+    sub(&acc, &c, "*", None, "2");
+    assert!(!woken(&n1));
+    assert!(woken(&n2));
+}

@@ -23,6 +23,7 @@ mod js_limits;
 mod js_nats_py;
 mod js_publish;
 mod js_pull;
+mod js_push_interest;
 mod js_rparity;
 mod js_sources;
 mod js_transform;

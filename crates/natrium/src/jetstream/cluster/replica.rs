@@ -742,6 +742,7 @@ impl Replica {
             store,
             client.clone(),
             false,
+            catalog.interest_poll(),
         );
         let shared = Arc::new(Mutex::new(Shared { replay: None }));
         let consumers = Arc::new(Mutex::new(ConsumerTable::default()));

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use natrium_store::{DocFile, StreamStore};
 use parking_lot::{Mutex, RwLock};
@@ -30,6 +30,10 @@ pub(crate) use start::parse_time;
 use state::{ConsumerState, Identity};
 pub(crate) use state::{Delta, LogProgress, Progress};
 use wire::{parse_ack, Command};
+
+/// How often a push consumer looks whether its deliver subject has interest without being told:
+/// a safety net, since the router wakes it when a matching subscription comes or goes.
+pub(crate) const INTEREST_POLL: Duration = Duration::from_secs(1);
 
 /// Resolves once an appended entry is committed (to whether it was).
 pub(crate) type Committed = Pin<Box<dyn Future<Output = bool> + Send>>;
@@ -62,6 +66,8 @@ pub(crate) struct Consumers {
     /// A replicated stream's log: consumers' progress goes through it, and retention is
     /// decided when it is applied (on every replica), not by the consumers running here.
     log: OnceLock<Arc<dyn ConsumerLog>>,
+    /// Push consumers' interest poll (`INTEREST_POLL` unless a test changes it).
+    interest_poll: Duration,
 }
 
 impl Consumers {
@@ -70,6 +76,7 @@ impl Consumers {
         store: Arc<dyn StreamStore>,
         client: InternalClient,
         retention: Retention,
+        interest_poll: Duration,
     ) -> Arc<Consumers> {
         Arc::new(Consumers {
             stream: stream.to_string(),
@@ -78,6 +85,7 @@ impl Consumers {
             retention,
             map: RwLock::new(BTreeMap::new()),
             log: OnceLock::new(),
+            interest_poll,
         })
     }
 
@@ -224,7 +232,9 @@ pub(crate) struct Consumer {
     store: Arc<dyn StreamStore>,
     client: InternalClient,
     state: Mutex<ConsumerState>,
-    wake: Notify,
+    /// Wakes the task: events, and (for a push consumer) subscriptions matching its deliver
+    /// subject coming or going (the task's `SubjectWatch`).
+    wake: Arc<Notify>,
     stop: Notify,
     stopped: AtomicBool,
     /// Where meta.json and the state slots live; `None` for consumers that are not persisted.
@@ -237,6 +247,7 @@ pub(crate) struct Consumer {
     log: Option<Arc<dyn ConsumerLog>>,
     /// Held from taking a delta to its place in the log, so deltas go in the order taken.
     log_order: tokio::sync::Mutex<()>,
+    interest_poll: Duration,
 }
 
 impl Consumer {
@@ -274,7 +285,7 @@ impl Consumer {
             store: set.store.clone(),
             client: set.client.clone(),
             state: Mutex::new(state),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             stop: Notify::new(),
             stopped: AtomicBool::new(false),
             dir,
@@ -282,6 +293,7 @@ impl Consumer {
             acks: Mutex::new(None),
             log: set.log.get().cloned(),
             log_order: tokio::sync::Mutex::new(()),
+            interest_poll: set.interest_poll,
         })
     }
 

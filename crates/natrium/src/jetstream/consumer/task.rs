@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::state::At;
 use super::wire::{Command, Save};
 use super::{Committed, Consumer};
-use crate::router::Msg;
+use crate::router::{Msg, SubjectWatch};
 use crate::util::time::{rfc3339, unix_nanos};
 
 impl Consumer {
@@ -22,14 +22,25 @@ impl Consumer {
         // without asking the state for its next deadline and arming a timer for it (per tick
         // a lock, clock reads and a timer-wheel entry made and dropped). The first tick runs at
         // once: a push consumer whose deliver subject already has interest (clients subscribe
-        // before they create it) would otherwise wait for its 100 ms interest poll.
+        // before they create it) delivers without waiting to be woken.
         let mut again = true;
+        // A push consumer's watch on its deliver subject: the router wakes the task when a
+        // subscription matching it comes or goes (nats-py subscribes after it creates the
+        // consumer; a client reconnects). The interest poll is only a safety net.
+        let mut watch: Option<DeliverWatch> = None;
         loop {
             if self.stopped.load(Ordering::Acquire) {
                 return;
             }
             if !again {
-                let deadline = self.state.lock().next_deadline(At::now());
+                let at = At::now();
+                let mut deadline = self.state.lock().next_deadline(at);
+                if watch.is_some() {
+                    // A push consumer.
+                    if let Some(poll) = at.mono.checked_add(self.interest_poll) {
+                        deadline = Some(deadline.map_or(poll, |d| d.min(poll)));
+                    }
+                }
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = self.stop.notified() => return,
@@ -40,11 +51,13 @@ impl Consumer {
                 }
             }
             // Interest in a push consumer's deliver subject and in the pull requests' reply
-            // subjects, asked outside the state lock.
+            // subjects, asked outside the state lock (the watch first, so no change after the
+            // look goes unnoticed).
             let (route, replies) = {
                 let st = self.state.lock();
                 (st.push_route(), st.waiting_replies())
             };
+            self.watch_route(&mut watch, route.as_ref());
             let bound = route.is_some_and(|d| self.client.has_interest(&d));
             let gone: Vec<_> = replies
                 .into_iter()
@@ -87,6 +100,19 @@ impl Consumer {
                 tokio::task::yield_now().await;
             }
         }
+    }
+
+    /// Keeps `watch` on the deliver subject `route` (none for a pull consumer; a config update
+    /// may change the subject).
+    fn watch_route(&self, watch: &mut Option<DeliverWatch>, route: Option<&Arc<str>>) {
+        if watch.as_ref().map(|w| &w.subject) == route {
+            return;
+        }
+        *watch = route.map(|d| DeliverWatch {
+            subject: d.clone(),
+            // Only a literal subject can be watched: with another the poll finds the interest.
+            _watch: self.client.watch_subject(d, self.wake.clone()).ok(),
+        });
     }
 
     /// Replicated: appends the progress made since the last delta to the stream's log, once
@@ -288,6 +314,13 @@ impl Consumer {
             );
         }
     }
+}
+
+/// A push consumer's deliver subject and the router's watch on it (held for as long as it is
+/// the subject).
+struct DeliverWatch {
+    subject: Arc<str>,
+    _watch: Option<SubjectWatch>,
 }
 
 /// The message a command sends to a route, if it sends one.

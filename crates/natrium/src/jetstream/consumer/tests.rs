@@ -1013,6 +1013,27 @@ fn ephemeral_consumers_expire_when_inactive() {
 }
 
 #[test]
+fn an_ephemeral_push_consumer_is_inactive_from_when_its_interest_went() {
+    let clock = Clock::new();
+    let store = stream(&[]);
+    let mut st = consumer(
+        &store,
+        r#"{"deliver_subject":"d","inactive_threshold":1000000000}"#,
+        &clock,
+    );
+    // Nobody subscribes yet: its one deadline is the threshold after its creation (no poll).
+    assert_eq!(st.next_deadline(clock.at(0)), Some(clock.mono(1_000)));
+    // Bound: nothing to look at (the task is woken when the interest goes).
+    assert!(!st.inactive(clock.mono(500), true));
+    assert_eq!(st.next_deadline(clock.at(500)), None);
+    // The first look without interest, long after the last one with it, starts the count.
+    assert!(!st.inactive(clock.mono(5_000), false));
+    assert_eq!(st.next_deadline(clock.at(5_000)), Some(clock.mono(6_000)));
+    assert!(!st.inactive(clock.mono(6_000), false));
+    assert!(st.inactive(clock.mono(6_001), false));
+}
+
+#[test]
 fn headers_only_sends_the_size_instead_of_the_payload() {
     let clock = Clock::new();
     let store = stream(&["a"]);

@@ -96,6 +96,7 @@ impl Stream {
         store: Arc<dyn StreamStore>,
         client: InternalClient,
         ack_before_sync: bool,
+        interest_poll: std::time::Duration,
     ) -> Arc<Stream> {
         let ack_prefix = format!(
             "{{\"stream\":{},\"seq\":",
@@ -106,6 +107,7 @@ impl Stream {
             store.clone(),
             client.clone(),
             config.retention,
+            interest_poll,
         );
         Arc::new(Stream {
             ack_prefix,

@@ -129,6 +129,8 @@ pub(crate) struct ConsumerState {
     waiting: VecDeque<PullRequest>,
     num_pending: u64,
     last_active: Instant,
+    /// A push consumer's deliver subject had interest at the last look (`inactive`).
+    was_bound: bool,
     last_delivery: Instant,
     /// Earliest time the next delivery may leave (rate limit, original replay).
     not_before: Option<Instant>,
@@ -194,6 +196,7 @@ impl ConsumerState {
             waiting: VecDeque::new(),
             num_pending: 0,
             last_active: now,
+            was_bound: false,
             last_delivery: now,
             not_before: None,
             replay_mark: None,
@@ -547,7 +550,8 @@ impl ConsumerState {
     }
 
     /// Whether an ephemeral consumer has been inactive past its `inactive_threshold` at `now`
-    /// (a push consumer is active while its deliver subject has interest, `push_bound`).
+    /// (a push consumer is active while its deliver subject has interest, `push_bound`, and
+    /// inactive from the first look that found none).
     pub(crate) fn inactive(&mut self, now: Instant, push_bound: bool) -> bool {
         let cfg = &self.cfg;
         if cfg.is_durable() || cfg.inactive_threshold <= 0 {
@@ -555,7 +559,9 @@ impl ConsumerState {
         }
         let threshold = Duration::from_nanos(cfg.inactive_threshold as u64);
         let active = match &cfg.deliver_subject {
-            Some(_) => push_bound,
+            // The first look without interest counts from now: the task looks when the
+            // last subscription goes (it is woken then), not only at its next poll.
+            Some(_) => std::mem::replace(&mut self.was_bound, push_bound) || push_bound,
             None => !self.waiting.is_empty(),
         };
         if active {

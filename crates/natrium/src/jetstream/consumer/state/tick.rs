@@ -51,7 +51,8 @@ const PIN_PLACEHOLDER: &str = "0000000000000000000000";
 const FLOW_CONTROL_EVERY: u64 = 512;
 
 impl ConsumerState {
-    /// The earliest time a tick has something to do without another event.
+    /// The earliest time a tick has something to do without another event. Interest coming
+    /// to a push consumer's deliver subject is an event (the task watches it; see `task.rs`).
     pub(crate) fn next_deadline(&self, at: At) -> Option<Instant> {
         let cfg = &self.cfg;
         let now = at.mono;
@@ -83,12 +84,16 @@ impl ConsumerState {
             min(self.last_delivery + Duration::from_nanos(cfg.idle_heartbeat as u64));
         }
         if !cfg.is_durable() && cfg.inactive_threshold > 0 {
-            min(now
-                + Duration::from_nanos(cfg.inactive_threshold as u64).min(Duration::from_secs(1)));
-        }
-        if cfg.deliver_subject.is_some() {
-            // Push consumers poll for interest appearing on their delivery subject.
-            min(now + Duration::from_millis(100));
+            let threshold = Duration::from_nanos(cfg.inactive_threshold as u64);
+            if cfg.deliver_subject.is_some() {
+                // The task is woken when its deliver subject's last subscriber goes: only
+                // without interest is there a time to look at.
+                if !self.was_bound {
+                    min(self.last_active + threshold);
+                }
+            } else {
+                min(now + threshold.min(Duration::from_secs(1)));
+            }
         }
         if let Some(p) = self.paused_until {
             if let Ok(d) = p.duration_since(at.wall) {

@@ -7,8 +7,8 @@ use natrium::Options;
 use natrium_examples::common::cli::{finish, Args};
 use natrium_examples::{chat, streamspace, tapio, wegweiser};
 
-const USAGE: &str = "natrium-examples <system> [--url nats://HOST:PORT [--monitor http://HOST:PORT]
-                  [--websocket ws://HOST:PORT]] [--quiet]
+const USAGE: &str = "natrium-examples <system> [--cluster N] [--url nats://HOST:PORT[,...]
+                  [--monitor http://HOST:PORT[,...]] [--websocket ws://HOST:PORT[,...]]] [--quiet]
 
 systems (examples/<system>/README.md says what each shows):
   wegweiser    seeds 000 and 001: tenants, agents, the always-on receiver, the back end
@@ -23,6 +23,9 @@ systems (examples/<system>/README.md says what each shows):
 
 Without --url the system embeds a Natrium started from that same configuration (loopback,
 random ports, the store in a temporary directory) and also restarts it to show an outage.
+--cluster N embeds N such servers n1..nN as one cluster (a store each; every client is given
+all N URLs), its streams replicated as its seed asks, and also stops one node to show a node's
+loss. With --url, --cluster N says the comma-separated URLs are the N nodes of one cluster.
 The embedded server's log goes to stderr (--quiet: not).";
 
 #[tokio::main]

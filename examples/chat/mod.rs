@@ -31,6 +31,11 @@ pub const CHUNKS: usize = 4;
 /// The health check's timeout (the seed waits 2 s; a hung pod costs the example this long).
 pub const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// How long a request handed to a workflow instance may go unacknowledged before it is
+/// delivered again (nats-server's default is 30 s; scaled down, so a request whose ack was lost
+/// with a node comes back in seconds; a workflow that runs longer sends progress acks).
+pub const ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// Which pod holds each session's SSE connection.
 const SESSIONS: [(&str, &str); 4] = [
     ("sess_1", "pod-1"),
@@ -143,16 +148,15 @@ impl Pod {
         })
     }
 
-    /// Publishes a workflow request for `session` (core NATS, as the seed's pods do).
-    async fn request(&self, session: &str, message_id: &str) -> anyhow::Result<()> {
-        let req = json!({
-            "message_id": message_id,
-            "session_id": session,
-            "user_id": "user_789",
-            "message": "What is the weather today?",
-            "context": {"ai_provider": "openai", "model": "gpt-4"},
-            "correlation_id": format!("corr_{message_id}"),
-        });
+    /// Publishes a workflow request for `session`: core NATS, as the seed's pods do, or, with
+    /// `acked`, into the work-queue stream with a PubAck (retried until one comes, the request's
+    /// id as `Nats-Msg-Id`), as a pod must on a cluster where the stream's leader can be
+    /// between elections.
+    async fn request(&self, session: &str, message_id: &str, acked: bool) -> anyhow::Result<()> {
+        if acked {
+            return publish_acked(self.conn.client.clone(), session, message_id).await;
+        }
+        let req = request_body(session, message_id);
         self.conn
             .client
             .publish(
@@ -172,6 +176,57 @@ impl Pod {
             t.abort();
         }
     }
+}
+
+/// How long a pod retries a request the work-queue stream did not acknowledge.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Publishes a request into the work-queue stream and waits for its PubAck, retrying (with the
+/// same `Nats-Msg-Id`, so a retry of a stored request is a duplicate) for up to `RETRY_FOR`.
+async fn publish_acked(
+    client: async_nats::Client,
+    session: &str,
+    message_id: &str,
+) -> anyhow::Result<()> {
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(client);
+    let body = request_body(session, message_id).to_string();
+    let until = Instant::now() + RETRY_FOR;
+    loop {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Msg-Id", message_id);
+        let r = match js
+            .publish_with_headers(
+                format!("chat.workflow.execute.{session}"),
+                h,
+                body.clone().into(),
+            )
+            .await
+        {
+            Ok(f) => f.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= until => {
+                anyhow::bail!("{message_id}: no PubAck within {RETRY_FOR:?}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A WorkflowRequest of the seed.
+fn request_body(session: &str, message_id: &str) -> Value {
+    json!({
+            "message_id": message_id,
+            "session_id": session,
+            "user_id": "user_789",
+            "message": "What is the weather today?",
+            "context": {"ai_provider": "openai", "model": "gpt-4"},
+            "correlation_id": format!("corr_{message_id}"),
+    })
 }
 
 /// How a workflow instance takes requests.
@@ -227,7 +282,7 @@ impl Worker {
                     .get_consumer(PROCESSOR)
                     .await
                     .map_err(|e| anyhow::anyhow!(e))?;
-                let mut messages = pull::messages(&consumer).await?;
+                let mut messages = pull::messages(n, &consumer).await?;
                 tokio::spawn(async move {
                     while let Some(m) = pull::next("workflow", &mut messages).await {
                         if execute(&client, &shared, &m.payload).await && m.ack().await.is_ok() {
@@ -292,6 +347,8 @@ struct Back {
     pods: Vec<Pod>,
     workers: Vec<Worker>,
     shared: Arc<Shared>,
+    /// Pods publish requests with PubAcks (on a cluster, once the work-queue stream exists).
+    acked: bool,
 }
 
 impl Back {
@@ -303,6 +360,16 @@ impl Back {
         for i in 1..=2 {
             self.workers
                 .push(Worker::start(n, i, mode, self.shared.clone()).await?);
+        }
+        Ok(())
+    }
+
+    /// On a cluster, waits until every node knows each pod's subscriptions (its health
+    /// subscription is its last, and a connection's subscriptions reach a node in order).
+    async fn wait_reachable(&self, n: &Natrium) -> anyhow::Result<()> {
+        for p in &self.pods {
+            n.wait_interest("$G", &format!("chat.pod.{}.health", p.id))
+                .await?;
         }
         Ok(())
     }
@@ -319,7 +386,7 @@ impl Back {
         for (session, pod) in SESSIONS {
             for k in 0..per_session {
                 self.pod(pod)
-                    .request(session, &format!("msg_{tag}_{session}_{k}"))
+                    .request(session, &format!("msg_{tag}_{session}_{k}"), self.acked)
                     .await?;
             }
         }
@@ -330,11 +397,14 @@ impl Back {
     }
 
     async fn wait_processed(&self, expect: usize) -> anyhow::Result<()> {
-        wait_until(Duration::from_secs(10), || {
-            (self.shared.processed() >= expect).then_some(())
-        })
-        .await
-        .with_context(|| format!("processed {} of {expect}", self.shared.processed()))
+        self.wait_processed_within(expect, Duration::from_secs(10))
+            .await
+    }
+
+    async fn wait_processed_within(&self, expect: usize, limit: Duration) -> anyhow::Result<()> {
+        wait_until(limit, || (self.shared.processed() >= expect).then_some(()))
+            .await
+            .with_context(|| format!("processed {} of {expect}", self.shared.processed()))
     }
 
     /// Chunks routed by each pod (pod-1, pod-2) and broadcasts ignored by pod-1.
@@ -368,6 +438,7 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
         pods: vec![Pod::start(n, "pod-1").await?, Pod::start(n, "pod-2").await?],
         workers: Vec::new(),
         shared: Arc::new(Shared::default()),
+        acked: false,
     };
     for (session, pod) in SESSIONS {
         if session != UNREGISTERED {
@@ -378,9 +449,13 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
         }
     }
 
+    back.wait_reachable(n).await?;
+
     // 1. Core NATS: the workflow service as a queue group, responses to the session's pod,
     //    broadcast when the registry does not know the session.
     back.start_workers(n, Mode::QueueGroup).await?;
+    n.wait_interest("$G", "chat.workflow.execute.sess_1")
+        .await?;
     let per_session = 5;
     let requests = SESSIONS.len() * per_session;
     back.send("a", per_session).await?;
@@ -394,11 +469,13 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
         SYSTEM,
         format!("queue group {WORKERS_GROUP}: instances processed {split:?}"),
     );
+    // On a cluster a server hands a queue group's message to a member connected to it when
+    // there is one (as nats-server does): which instances share depends on where they landed.
     c.that(
         "queue group: each request processed once, by both instances",
         back.shared.processed() == requests
             && back.shared.unique() == requests
-            && split.iter().all(|k| *k > 0),
+            && (split.iter().all(|k| *k > 0) || n.is_cluster()),
         format!(
             "{} processed, {} unique, split {split:?}",
             back.shared.processed(),
@@ -419,9 +496,13 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
 
     // A request published while no workflow instance runs is lost with core NATS.
     back.stop_workers().await;
-    back.pod("pod-1").request("sess_1", "msg_lost").await?;
+    back.pod("pod-1")
+        .request("sess_1", "msg_lost", false)
+        .await?;
     back.pod("pod-1").conn.client.flush().await?;
     back.start_workers(n, Mode::QueueGroup).await?;
+    n.wait_interest("$G", "chat.workflow.execute.sess_1")
+        .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let lost = !back.shared.processed.lock().iter().any(|m| m == "msg_lost");
     c.that(
@@ -442,15 +523,19 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
         retention: stream::RetentionPolicy::WorkQueue,
         max_age: Duration::from_secs(24 * 3600),
         storage: stream::StorageType::File,
+        // The seed says nothing of replicas; on a cluster, what a 3-node deployment configures.
+        num_replicas: n.replicas(),
         ..Default::default()
     })
     .await?
     .create_consumer(consumer::pull::Config {
         durable_name: Some(PROCESSOR.into()),
         ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
         ..Default::default()
     })
     .await?;
+    back.acked = n.is_cluster();
     let before = back.shared.processed();
     let d0 = back.deliveries();
     let per_session = 3;
@@ -502,9 +587,13 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
         want,
     );
 
-    // 4. Reconnect handling: the server restarts under the running pods and workers.
+    // 4. Reconnect handling: the server restarts under the running pods and workers; on a
+    //    cluster, one node also goes away on its own.
     if n.is_embedded() {
         reconnect(&mut c, n, &back).await?;
+        if n.is_cluster() {
+            node_loss(&mut c, n, &back, &js).await?;
+        }
     } else {
         say(
             SYSTEM,
@@ -593,13 +682,25 @@ async fn reconnect(c: &mut Checks, n: &mut Natrium, back: &Back) -> anyhow::Resu
     let d0 = back.deliveries();
     say(SYSTEM, "stopping the server ...");
     n.stop().await?;
-    // Published while the server is down: the client keeps them until it reconnects.
+    // Published while the server is down: the client keeps them until it reconnects (on a
+    // cluster the pod also waits for their PubAcks, retrying, as the stream's leader is elected
+    // again after the restart: a core publish arriving before that is lost).
+    let mut outage = Vec::new();
     for k in 0..2 {
-        back.pod("pod-1")
-            .request("sess_1", &format!("msg_outage_{k}"))
-            .await?;
+        let id = format!("msg_outage_{k}");
+        if back.acked {
+            let client = back.pod("pod-1").conn.client.clone();
+            outage.push(tokio::spawn(async move {
+                publish_acked(client, "sess_1", &id).await
+            }));
+        } else {
+            back.pod("pod-1").request("sess_1", &id, false).await?;
+        }
     }
     n.start_again().await?;
+    for t in outage {
+        t.await??;
+    }
     say(SYSTEM, "... started again");
     for p in &back.pods {
         p.conn.wait_connected().await?;
@@ -607,6 +708,7 @@ async fn reconnect(c: &mut Checks, n: &mut Natrium, back: &Back) -> anyhow::Resu
     for w in &back.workers {
         w.conn.wait_connected().await?;
     }
+    back.wait_reachable(n).await?;
     let drops: Vec<usize> = back
         .pods
         .iter()
@@ -637,6 +739,127 @@ async fn reconnect(c: &mut Checks, n: &mut Natrium, back: &Back) -> anyhow::Resu
         "after the restart: chunks routed",
         back.wait_deliveries(want).await,
         want,
+    );
+    Ok(())
+}
+
+/// The work-queue stream's leader and its followers as (leader, [(follower, current)]), asked
+/// through `js` (`None` while the answer does not come, as during a reconnect).
+async fn work_queue_peers(
+    js: &jetstream::Context,
+) -> Option<(Option<String>, Vec<(String, bool)>)> {
+    let info = js
+        .get_stream(WORK_QUEUE)
+        .await
+        .ok()?
+        .get_info()
+        .await
+        .ok()?;
+    let cl = info.cluster?;
+    Some((
+        cl.leader,
+        cl.replicas
+            .into_iter()
+            .map(|p| (p.name, p.current))
+            .collect(),
+    ))
+}
+
+/// On an embedded cluster: the node leading the work-queue stream goes away while the pods
+/// publish and the workers (two instances on the shared durable consumer) process; every
+/// request is processed, the work queue ends empty, the stream gets a new leader, and the node
+/// that comes back is current again.
+async fn node_loss(
+    c: &mut Checks,
+    n: &mut Natrium,
+    back: &Back,
+    js: &jetstream::Context,
+) -> anyhow::Result<()> {
+    let old = work_queue_peers(js)
+        .await
+        .and_then(|p| p.0)
+        .context("the work queue has no leader")?;
+    let node = n
+        .node_index(&old)
+        .with_context(|| format!("no node named {old}"))?;
+    let before = back.shared.processed();
+    back.send("d", 2).await?;
+    say(
+        SYSTEM,
+        format!("stopping {old}, the leader of {WORK_QUEUE} ..."),
+    );
+    n.stop_node(node).await?;
+    back.send("e", 3).await?;
+    back.wait_reachable(n).await?;
+    let sent = SESSIONS.len() * (2 + 3);
+    back.wait_processed_within(before + sent, Duration::from_secs(30))
+        .await?;
+    let new = poll(Duration::from_secs(20), || async {
+        Ok(work_queue_peers(js)
+            .await
+            .and_then(|p| p.0)
+            .filter(|l| *l != old))
+    })
+    .await?;
+    // An ack lost with the node leaves its request to be delivered again after ACK_WAIT.
+    let left = poll(ACK_WAIT * 3, || async {
+        let m = match js.get_stream(WORK_QUEUE).await {
+            Ok(s) => s.get_info().await.ok().map(|i| i.state.messages),
+            Err(_) => None,
+        };
+        Ok(m.filter(|m| *m == 0))
+    })
+    .await?;
+    let state = match js.get_stream(WORK_QUEUE).await {
+        Ok(s) => {
+            let i = s.get_info().await?;
+            let ci = s.consumer_info(PROCESSOR).await?;
+            format!(
+                "{} messages (first {}, last {}); {PROCESSOR}: ack floor {}, delivered {}, num_pending {}, num_ack_pending {}",
+                i.state.messages,
+                i.state.first_sequence,
+                i.state.last_sequence,
+                ci.ack_floor.stream_sequence,
+                ci.delivered.stream_sequence,
+                ci.num_pending,
+                ci.num_ack_pending
+            )
+        }
+        Err(e) => e.to_string(),
+    };
+    say(SYSTEM, format!("{WORK_QUEUE} after the loss: {state}"));
+    let processed = back.shared.processed.lock().clone();
+    let missing: Vec<String> = SESSIONS
+        .iter()
+        .flat_map(|(s, _)| {
+            (0..2)
+                .map(move |k| format!("msg_d_{s}_{k}"))
+                .chain((0..3).map(move |k| format!("msg_e_{s}_{k}")))
+        })
+        .filter(|id| !processed.contains(id))
+        .collect();
+    let again = processed.len() - before - (sent - missing.len());
+    say(
+        SYSTEM,
+        format!("{WORK_QUEUE}: new leader {new:?}; {sent} requests sent, {} missing, {again} processed again (redelivered across the loss)", missing.len()),
+    );
+    c.that(
+        "node loss: every request processed, the work queue empty after",
+        missing.is_empty() && left == Some(0),
+        format!("missing {missing:?}, processed again {again}, stream left {left:?}"),
+    );
+    n.start_node(node).await?;
+    let back_again = poll(Duration::from_secs(20), || async {
+        Ok(work_queue_peers(js)
+            .await
+            .filter(|(_, f)| f.iter().any(|(name, current)| *name == old && *current)))
+    })
+    .await?;
+    say(SYSTEM, format!("{old} back: {back_again:?}"));
+    c.that(
+        "work queue: 3 replicas, a new leader, the returning node current again",
+        new.is_some() && back_again.as_ref().is_some_and(|(_, f)| f.len() == 2),
+        format!("old leader {old}, new {new:?}, after the return {back_again:?}"),
     );
     Ok(())
 }

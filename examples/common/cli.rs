@@ -16,6 +16,9 @@ pub struct Args {
     pub url: Option<String>,
     pub monitor: Option<String>,
     pub websocket: Option<String>,
+    /// `--cluster N`: an embedded cluster of N nodes (or, with `--url`, the size of the
+    /// cluster the URLs name); `None`: a single server.
+    pub cluster: Option<usize>,
     /// Print the embedded server's log (on unless `--quiet`).
     pub log: bool,
 }
@@ -28,6 +31,7 @@ impl Args {
             url: None,
             monitor: None,
             websocket: None,
+            cluster: None,
             log: true,
         };
         let mut it = std::env::args().skip(1);
@@ -36,6 +40,13 @@ impl Args {
                 "--url" => a.url = it.next(),
                 "--monitor" => a.monitor = it.next(),
                 "--websocket" => a.websocket = it.next(),
+                "--cluster" => match it.next().and_then(|n| n.parse::<usize>().ok()) {
+                    Some(n) if n >= 1 => a.cluster = Some(n),
+                    _ => {
+                        eprintln!("--cluster takes a number of nodes (1 or more)\n\n{usage}");
+                        std::process::exit(2);
+                    }
+                },
                 "-q" | "--quiet" => a.log = false,
                 "-h" | "--help" => {
                     println!("{usage}");
@@ -60,19 +71,34 @@ impl Args {
         a
     }
 
-    /// The server to play against: the one `--url` names, or an embedded one started from
-    /// `config` over `base`.
+    /// The server to play against: the one `--url` names, or an embedded one (an embedded
+    /// cluster with `--cluster N`) started from `config` over `base`.
     pub async fn natrium(&self, config: &str, base: Options) -> anyhow::Result<Natrium> {
         logs::install(self.log);
-        let n = match &self.url {
-            Some(url) => Natrium::remote(url.clone(), self.monitor.clone(), self.websocket.clone()),
-            None => Natrium::embedded(config, base).await?,
+        let n = match (&self.url, self.cluster) {
+            (Some(url), nodes) => Natrium::remote(
+                url.clone(),
+                self.monitor.clone(),
+                self.websocket.clone(),
+                nodes.unwrap_or(1),
+            ),
+            (None, Some(nodes)) => Natrium::embedded_cluster(config, base, nodes).await?,
+            (None, None) => Natrium::embedded(config, base).await?,
+        };
+        let kind = match (n.is_embedded(), n.is_cluster()) {
+            (true, false) => "embedded".to_string(),
+            (true, true) => format!("embedded cluster of {}", n.nodes()),
+            (false, false) => "--url".to_string(),
+            (false, true) => format!("--url, a cluster of {}", n.nodes()),
         };
         println!(
-            "Natrium at {} ({}); monitoring: {}",
+            "Natrium at {} ({kind}); monitoring: {}",
             n.url(),
-            if n.is_embedded() { "embedded" } else { "--url" },
-            n.monitor().unwrap_or("none")
+            if n.monitors().is_empty() {
+                "none".to_string()
+            } else {
+                n.monitors().join(",")
+            }
         );
         Ok(n)
     }

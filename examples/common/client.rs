@@ -36,14 +36,16 @@ impl Conn {
     /// Connects `name` to `natrium` as `creds` (none: no authentication). Reconnects forever
     /// with a short pause, as the seeds configure their clients (`MaxReconnects(-1)`).
     pub async fn open(natrium: &Natrium, name: &str, creds: Creds<'_>) -> anyhow::Result<Conn> {
-        Conn::open_url(natrium.url(), name, creds).await
+        Conn::open_url(&natrium.url(), name, creds).await
     }
 
-    /// As `open`, to `url` (`nats://`, or `ws://` for a browser's connection).
+    /// As `open`, to `url` (`nats://`, or `ws://` for a browser's connection; a cluster's
+    /// nodes comma-separated, as the seeds' clients are given every server of the service).
     pub async fn open_url(url: &str, name: &str, creds: Creds<'_>) -> anyhow::Result<Conn> {
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let servers: Vec<&str> = url.split(',').map(str::trim).collect();
         let client = options(name, creds, seen.clone())
-            .connect(url)
+            .connect(servers)
             .await
             .with_context(|| format!("{name} connecting to {url}"))?;
         Ok(Conn {

@@ -16,10 +16,17 @@ use tracing_subscriber::Layer;
 /// Most lines kept; older ones are dropped first.
 const KEEP: usize = 20_000;
 
-static LINES: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
+/// The lines kept, each with its number (counting every line ever captured).
+static LINES: OnceLock<Mutex<Lines>> = OnceLock::new();
 
-fn lines() -> &'static Mutex<Vec<String>> {
-    LINES.get_or_init(|| Mutex::new(Vec::new()))
+#[derive(Default)]
+struct Lines {
+    next: u64,
+    kept: Vec<(u64, String)>,
+}
+
+fn lines() -> &'static Mutex<Lines> {
+    LINES.get_or_init(|| Mutex::new(Lines::default()))
 }
 
 /// Installs the process's log subscriber once: the server's warnings and errors are captured;
@@ -46,11 +53,22 @@ pub fn install(echo: bool) {
 
 /// Captured warnings and errors containing every one of `needles`.
 pub fn matching(needles: &[&str]) -> Vec<String> {
+    matching_since(0, needles)
+}
+
+/// Where the log is now: `matching_since` with it sees only the lines captured after.
+pub fn mark() -> u64 {
+    lines().lock().next
+}
+
+/// Captured warnings and errors since `mark` containing every one of `needles`.
+pub fn matching_since(mark: u64, needles: &[&str]) -> Vec<String> {
     lines()
         .lock()
+        .kept
         .iter()
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .cloned()
+        .filter(|(n, l)| *n >= mark && needles.iter().all(|x| l.contains(x)))
+        .map(|(_, l)| l.clone())
         .collect()
 }
 
@@ -66,10 +84,12 @@ impl<S: Subscriber> Layer<S> for Capture {
         let mut text = Text(String::new());
         event.record(&mut text);
         let mut l = lines().lock();
-        if l.len() >= KEEP {
-            l.drain(..KEEP / 2);
+        if l.kept.len() >= KEEP {
+            l.kept.drain(..KEEP / 2);
         }
-        l.push(format!("{level} {}", text.0));
+        let n = l.next;
+        l.next += 1;
+        l.kept.push((n, format!("{level} {}", text.0)));
     }
 }
 

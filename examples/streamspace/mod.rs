@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream, AckKind, Context as Js};
 use futures::StreamExt;
 use natrium::Options;
@@ -17,7 +16,7 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
-use crate::common::{poll, pull, say, wait_until, Checks, Conn, Natrium};
+use crate::common::{check_replicas, poll, pull, say, wait_until, Checks, Conn, Natrium};
 
 const SYSTEM: &str = "streamspace";
 
@@ -108,7 +107,7 @@ impl Controller {
             .get_consumer(&format!("{platform}-controller"))
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        let mut messages = pull::messages(&consumer).await?;
+        let mut messages = pull::messages(n, &consumer).await?;
         let stats = Arc::new(ControllerStats::default());
         let st = stats.clone();
         let work = tokio::spawn(async move {
@@ -236,7 +235,17 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
     let mut c = Checks::new(SYSTEM);
     let api = Conn::open(n, "streamspace-api", None).await?;
     let js = jetstream::new(api.client.clone());
-    provision(&js).await?;
+    provision(&js, n.replicas()).await?;
+    if n.is_cluster() {
+        check_replicas(
+            &mut c,
+            "event and dead-letter streams replicated",
+            &js,
+            &[EVENTS.to_string(), DLQ.to_string()],
+            n.replicas(),
+        )
+        .await?;
+    }
 
     // The API: heartbeats (core NATS) and status events (its durable consumer).
     let state = Arc::new(ApiState::default());
@@ -259,7 +268,7 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
         .get_consumer(API_STATUS)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
-    let mut statuses = pull::messages(&status).await?;
+    let mut statuses = pull::messages(n, &status).await?;
     let st = state.clone();
     let status_task = tokio::spawn(async move {
         while let Some(m) = pull::next("api", &mut statuses).await {
@@ -390,7 +399,7 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
         ),
     );
 
-    monitoring(&mut c, n).await?;
+    monitoring(&mut c, n, &js).await?;
 
     k8s.stop().await;
     docker.stop().await;
@@ -399,8 +408,9 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
     Ok(c)
 }
 
-/// Creates (afresh) the event stream, the dead-letter stream and the durable consumers.
-async fn provision(js: &Js) -> anyhow::Result<()> {
+/// Creates (afresh) the event stream, the dead-letter stream and the durable consumers, the
+/// streams with `replicas` replicas (the seed runs one server; on a cluster, 3).
+async fn provision(js: &Js, replicas: usize) -> anyhow::Result<()> {
     for s in [EVENTS, DLQ] {
         let _ = js.delete_stream(s).await;
     }
@@ -416,6 +426,7 @@ async fn provision(js: &Js) -> anyhow::Result<()> {
             ],
             max_age: Duration::from_secs(7 * 86_400),
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await?;
@@ -423,6 +434,7 @@ async fn provision(js: &Js) -> anyhow::Result<()> {
         name: DLQ.into(),
         subjects: vec!["streamspace.dlq.>".into()],
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await?;
@@ -507,8 +519,23 @@ async fn dead_letter(
             Ok(Some(dlq.get_raw_message(i.state.last_sequence).await?))
         }
     })
-    .await?
-    .context("nothing reached the dead-letter stream")?;
+    .await?;
+    let Some(msg) = msg else {
+        let ci = js
+            .get_stream(EVENTS)
+            .await?
+            .consumer_info("kubernetes-controller")
+            .await?;
+        let attempts: Vec<usize> = k8s.stats.attempts.lock().values().map(Vec::len).collect();
+        anyhow::bail!(
+            "nothing reached the dead-letter stream: the controller saw {attempts:?} attempts; its consumer: delivered {}, ack floor {}, num_ack_pending {}, num_redelivered {}, num_waiting {}",
+            ci.delivered.stream_sequence,
+            ci.ack_floor.stream_sequence,
+            ci.num_ack_pending,
+            ci.num_redelivered,
+            ci.num_waiting
+        );
+    };
     let header = |k: &str| {
         msg.headers
             .get(k)
@@ -575,34 +602,44 @@ async fn dead_letter(
     Ok(())
 }
 
-/// What the seed's operators watch on port 8222.
-async fn monitoring(c: &mut Checks, n: &Natrium) -> anyhow::Result<()> {
+/// What the seed's operators watch on port 8222 (on every node of a cluster).
+async fn monitoring(c: &mut Checks, n: &Natrium, js: &Js) -> anyhow::Result<()> {
     if n.monitor().is_none() {
         return Ok(());
     }
-    let jsz = n.monitor_json("/jsz").await?;
-    let healthz = n.monitor_json("/healthz").await?;
-    say(
-        SYSTEM,
-        format!(
-            "/jsz: store_dir {}; /healthz: {}",
+    let mut seen = Vec::new();
+    let mut ok = true;
+    for i in 0..n.monitors().len() {
+        let jsz = n.monitor_json_on(i, "/jsz").await?;
+        let healthz = n.monitor_json_on(i, "/healthz").await?;
+        // On a cluster, every node is in the meta group of all of them.
+        let size = jsz["meta_cluster"]["cluster_size"].as_u64().unwrap_or(1);
+        ok &= jsz["config"]["store_dir"].is_string()
+            && healthz["status"] == "ok"
+            && size == n.nodes() as u64;
+        seen.push(format!(
+            "store_dir {}, meta cluster of {size}, healthz {}",
             jsz["config"]["store_dir"], healthz["status"]
-        ),
-    );
-    c.that(
-        "/jsz and /healthz",
-        jsz["config"]["store_dir"].is_string() && healthz["status"] == "ok",
-        format!(
-            "jsz config {}, healthz {}",
-            jsz["config"], healthz["status"]
-        ),
+        ));
+    }
+    say(SYSTEM, format!("/jsz and /healthz: {}", seen.join("; ")));
+    c.that("/jsz and /healthz", ok, seen.join("; "));
+    // Each stream's figures from the node that leads it (its consumers run there).
+    let (dlq_node, events_node) = (
+        n.stream_node(js, DLQ).await?,
+        n.stream_node(js, EVENTS).await?,
     );
     let dlq = n
-        .metric("natrium_jetstream_stream_messages", &[("stream", DLQ)])
+        .metric_on(
+            dlq_node,
+            "natrium_jetstream_stream_messages",
+            &[("stream", DLQ)],
+        )
         .await?;
     let unacked = poll(Duration::from_secs(5), || async {
         let l = n
-            .metric(
+            .metric_on(
+                events_node,
                 "natrium_jetstream_consumer_num_ack_pending",
                 &[("stream", EVENTS), ("consumer", "docker-controller")],
             )

@@ -58,8 +58,9 @@ const COLLECTORS: [Collector; 3] = [
     },
 ];
 
-/// Incidents (one event from each collector, correlated into a cascading failure) per round.
-const INCIDENTS: [std::ops::Range<u32>; 2] = [0..5, 5..7];
+/// Incidents (one event from each collector, correlated into a cascading failure) per round;
+/// the third round is the one through a node's loss, on a cluster.
+const INCIDENTS: [std::ops::Range<u32>; 3] = [0..5, 5..7, 7..9];
 
 impl Collector {
     /// The subject and event for `n`-th noise event, or for incident `incident`.
@@ -105,7 +106,10 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
     )
     .await?;
     let js = jetstream::new(admin.client.clone());
-    provision(&js).await?;
+    if !provision(&mut c, n, &js).await? {
+        // On a cluster the seed's 3 replicas are not optional: nothing more to show.
+        return Ok(c);
+    }
 
     // The engine and the exporter run; the collectors send the first round.
     let exported = Arc::new(Mutex::new(Vec::new()));
@@ -192,6 +196,13 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
         Some((total as u64, total as u64)),
     );
 
+    // On a cluster: the stream leader's node goes away while the collectors publish.
+    let total = if n.is_embedded() && n.is_cluster() {
+        total + leader_loss(&mut c, n, &js, &v2, &exported, total).await?
+    } else {
+        total
+    };
+
     metrics(&mut c, n, total).await?;
     engine.stop().await;
     v2.stop().await;
@@ -200,7 +211,10 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
 }
 
 /// Creates (afresh) the event and correlation streams and the services' durable consumers.
-async fn provision(js: &Js) -> anyhow::Result<()> {
+/// On a cluster the events stream must get its 3 replicas (false, with a failed check, when
+/// refused); a single server refuses them (as nats-server outside a cluster) and the stream
+/// keeps one.
+async fn provision(c: &mut Checks, n: &Natrium, js: &Js) -> anyhow::Result<bool> {
     for s in [EVENTS, CORRELATIONS] {
         let _ = js.delete_stream(s).await;
     }
@@ -217,7 +231,33 @@ async fn provision(js: &Js) -> anyhow::Result<()> {
         ..Default::default()
     };
     match js.create_stream(events.clone()).await {
-        Ok(_) => say(SYSTEM, format!("{EVENTS} created with 3 replicas")),
+        Ok(mut s) => {
+            let info = s.info().await?;
+            let peers = info.cluster.as_ref().map_or(0, |c| c.replicas.len());
+            say(
+                SYSTEM,
+                format!(
+                    "{EVENTS} created with {} replicas (leader {:?}, {peers} followers)",
+                    info.config.num_replicas,
+                    info.cluster.as_ref().and_then(|c| c.leader.clone())
+                ),
+            );
+            if n.is_cluster() {
+                c.eq(
+                    "events stream created with 3 replicas",
+                    (info.config.num_replicas, peers),
+                    (3, 2),
+                );
+            }
+        }
+        Err(e) if n.is_cluster() => {
+            c.that(
+                "events stream created with 3 replicas",
+                false,
+                format!("refused: {e}"),
+            );
+            return Ok(false);
+        }
         Err(e) => {
             say(
                 SYSTEM,
@@ -234,6 +274,8 @@ async fn provision(js: &Js) -> anyhow::Result<()> {
             max_age: Duration::from_secs(7 * 86_400),
             storage: stream::StorageType::File,
             duplicate_window: Duration::from_secs(120),
+            // The seed's `replicas: 3` is for its JetStream as a whole.
+            num_replicas: n.replicas(),
             ..Default::default()
         })
         .await?;
@@ -263,7 +305,7 @@ async fn provision(js: &Js) -> anyhow::Result<()> {
             "streams {EVENTS} and {CORRELATIONS}; durable consumers {ENGINE}, {ENGINE_V2}, {SIEM}"
         ),
     );
-    Ok(())
+    Ok(true)
 }
 
 /// The PubAck sequences each collector got in one round.
@@ -380,7 +422,7 @@ impl Engine {
             .get_consumer(durable)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        let mut messages = pull::messages(&consumer).await?;
+        let mut messages = pull::messages(n, &consumer).await?;
         let stats = Arc::new(EngineStats::default());
         let st = stats.clone();
         let task = tokio::spawn(async move {
@@ -468,7 +510,7 @@ impl Siem {
             .get_consumer(SIEM)
             .await
             .map_err(|e| anyhow::anyhow!(e))?;
-        let mut messages = pull::messages(&consumer).await?;
+        let mut messages = pull::messages(n, &consumer).await?;
         let task = tokio::spawn(async move {
             while let Some(m) = pull::next(SIEM, &mut messages).await {
                 let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
@@ -498,8 +540,9 @@ async fn wait_exported(exported: &Mutex<Vec<Value>>, count: usize) -> anyhow::Re
 async fn permissions(c: &mut Checks, n: &Natrium) -> anyhow::Result<()> {
     let violations = || async {
         Ok::<_, anyhow::Error>(match n.monitor() {
+            // Each server counts its own clients' violations: summed over a cluster.
             Some(_) => n
-                .metric(
+                .metric_sum(
                     "natrium_account_permission_violations_total",
                     &[("account", "$G")],
                 )
@@ -564,12 +607,27 @@ async fn metrics(c: &mut Checks, n: &Natrium, total: usize) -> anyhow::Result<()
     if n.monitor().is_none() {
         return Ok(());
     }
+    // A replicated stream's consumers run on its leader: its node reports them.
+    let admin = Conn::open(
+        n,
+        "tapio-admin",
+        Some(("tapio-admin", "tapio-admin-secret")),
+    )
+    .await?;
+    let node = n
+        .stream_node(&jetstream::new(admin.client.clone()), EVENTS)
+        .await?;
     let stored = n
-        .metric("natrium_jetstream_stream_messages", &[("stream", EVENTS)])
+        .metric_on(
+            node,
+            "natrium_jetstream_stream_messages",
+            &[("stream", EVENTS)],
+        )
         .await?;
     let unacked = poll(Duration::from_secs(5), || async {
         let l = n
-            .metric(
+            .metric_on(
+                node,
                 "natrium_jetstream_consumer_num_ack_pending",
                 &[("stream", EVENTS), ("consumer", ENGINE)],
             )
@@ -579,7 +637,8 @@ async fn metrics(c: &mut Checks, n: &Natrium, total: usize) -> anyhow::Result<()
     .await?
     .flatten();
     let lag = n
-        .metric(
+        .metric_on(
+            node,
             "natrium_jetstream_consumer_num_pending",
             &[("stream", EVENTS), ("consumer", ENGINE)],
         )
@@ -594,4 +653,300 @@ async fn metrics(c: &mut Checks, n: &Natrium, total: usize) -> anyhow::Result<()
         (Some(total as f64), Some(0.0)),
     );
     Ok(())
+}
+
+/// Events each collector publishes once it has seen the node go, in the round through the loss.
+const AFTER_LOSS: usize = 100;
+/// Events acknowledged in that round before the node is stopped.
+const BEFORE_LOSS: usize = 200;
+/// How long a collector keeps retrying an event that got no PubAck.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// The node holding the events stream's leader goes away while the collectors publish (on an
+/// embedded cluster): every event acknowledged is in the stream once (the collectors retry
+/// what got no PubAck, with `Nats-Msg-Id` so a retry of a stored event is a duplicate), both
+/// engine versions correlate the round's incidents, the stream has a new leader, and the node
+/// that comes back is current again. Returns the events the round stored.
+async fn leader_loss(
+    c: &mut Checks,
+    n: &mut Natrium,
+    js: &Js,
+    v2: &Engine,
+    exported: &Mutex<Vec<Value>>,
+    before: usize,
+) -> anyhow::Result<usize> {
+    let info = js.get_stream(EVENTS).await?.get_info().await?;
+    let old = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .context("the events stream has no leader")?;
+    let node = n
+        .node_index(&old)
+        .with_context(|| format!("no node named {old}"))?;
+    say(
+        SYSTEM,
+        format!("{EVENTS}: leader {old}; the collectors publish round 3 and {old} goes away"),
+    );
+    let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (i, col) in COLLECTORS.iter().enumerate() {
+        let conn = Conn::open(
+            n,
+            col.source,
+            Some(("tapio-collectors", "collectors-secret")),
+        )
+        .await?;
+        tasks.push(tokio::spawn(collect_through_loss(
+            conn,
+            i,
+            col,
+            lost.clone(),
+            acked.clone(),
+            retries.clone(),
+        )));
+    }
+    wait_until(Duration::from_secs(20), || {
+        (acked.load(Ordering::Relaxed) >= BEFORE_LOSS).then_some(())
+    })
+    .await
+    .context("round 3: the collectors got no PubAcks")?;
+    let at = Instant::now();
+    n.stop_node(node).await?;
+    lost.store(true, Ordering::Relaxed);
+    say(
+        SYSTEM,
+        format!(
+            "{old} stopped after {} PubAcks of round 3",
+            acked.load(Ordering::Relaxed)
+        ),
+    );
+    let new = poll(Duration::from_secs(20), || async {
+        let Ok(s) = js.get_stream(EVENTS).await else {
+            return Ok(None);
+        };
+        let Ok(i) = s.get_info().await else {
+            return Ok(None);
+        };
+        Ok(i.cluster
+            .and_then(|c| c.leader)
+            .filter(|l| *l != old)
+            .map(|l| (l, i.config.num_replicas)))
+    })
+    .await?;
+    say(
+        SYSTEM,
+        format!("{EVENTS}: new leader {new:?} after {:?}", at.elapsed()),
+    );
+    let mut sent = Vec::new();
+    for t in tasks {
+        sent.extend(t.await??);
+    }
+    say(
+        SYSTEM,
+        format!(
+            "round 3: {} events acknowledged, {} publishes retried",
+            sent.len(),
+            retries.load(Ordering::Relaxed)
+        ),
+    );
+    n.start_node(node).await?;
+    let current = poll(Duration::from_secs(20), || async {
+        let Ok(s) = js.get_stream(EVENTS).await else {
+            return Ok(None);
+        };
+        let Ok(i) = s.get_info().await else {
+            return Ok(None);
+        };
+        Ok(i.cluster.and_then(|c| {
+            c.replicas
+                .iter()
+                .find(|p| p.name == old && p.current)
+                .map(|_| (c.leader, c.replicas.len()))
+        }))
+    })
+    .await?;
+    say(
+        SYSTEM,
+        format!("{old} back: {EVENTS} leader and followers {current:?}"),
+    );
+    c.that(
+        "stream info: 3 replicas, a new leader, the returning node current again",
+        matches!(&new, Some((l, 3)) if *l != old)
+            && matches!(&current, Some((Some(l), 2)) if *l != old),
+        format!("old leader {old}, new (leader, replicas) {new:?}, after the return (leader, followers) {current:?}"),
+    );
+
+    // Every acknowledged event once in the stream, nothing else.
+    let stored = read_events(js, before as u64 + 1, sent.len()).await?;
+    let mut count: std::collections::HashMap<&str, usize> = Default::default();
+    for id in &stored {
+        *count.entry(id.as_str()).or_default() += 1;
+    }
+    let missing = sent
+        .iter()
+        .filter(|id| !count.contains_key(id.as_str()))
+        .count();
+    let twice = count.values().filter(|k| **k > 1).count();
+    let distinct: BTreeSet<&String> = sent.iter().collect();
+    c.that(
+        "leader loss: every acknowledged event in the stream once",
+        distinct.len() == sent.len() && stored.len() == sent.len() && missing == 0 && twice == 0,
+        format!(
+            "{} acknowledged ({} distinct), {} stored, {missing} missing, {twice} stored twice",
+            sent.len(),
+            distinct.len(),
+            stored.len()
+        ),
+    );
+
+    // Both engine versions get through the loss and correlate the round's incidents.
+    let last = (before + sent.len()) as u64;
+    for name in [ENGINE, ENGINE_V2] {
+        let floor = poll(Duration::from_secs(30), || async {
+            let Ok(s) = js.get_stream(EVENTS).await else {
+                return Ok(None);
+            };
+            let Ok(i) = s.consumer_info(name).await else {
+                return Ok(None);
+            };
+            Ok((i.ack_floor.stream_sequence >= last).then_some(i.ack_floor.stream_sequence))
+        })
+        .await?;
+        c.eq(
+            &format!("leader loss: {name} acknowledged every event"),
+            floor,
+            Some(last),
+        );
+    }
+    let all = INCIDENTS.iter().map(|r| r.len()).sum::<usize>();
+    wait_exported(exported, all).await?;
+    let v1: BTreeSet<String> = exported
+        .lock()
+        .iter()
+        .map(|v: &Value| v["correlation_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let v2: BTreeSet<String> = v2.stats.found.lock().iter().cloned().collect();
+    c.that(
+        "leader loss: both engines correlate every incident, each exported once",
+        exported.lock().len() == all && v1.len() == all && v2 == v1,
+        format!(
+            "{} exported, {} distinct, v2 found {} of them",
+            exported.lock().len(),
+            v1.len(),
+            v2.len()
+        ),
+    );
+    Ok(sent.len())
+}
+
+/// One collector in the round through the node's loss: publishes with `Nats-Msg-Id` and up to
+/// `IN_FLIGHT` PubAcks outstanding, retrying an event that got no PubAck (for up to
+/// `RETRY_FOR`), until `AFTER_LOSS` events after it saw the node go. Returns the ids
+/// acknowledged.
+async fn collect_through_loss(
+    conn: Conn,
+    i: usize,
+    col: &'static Collector,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    acked: Arc<AtomicUsize>,
+    retries: Arc<AtomicUsize>,
+) -> anyhow::Result<Vec<String>> {
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(conn.client.clone());
+    let mut incidents = INCIDENTS[2].clone();
+    let mut inflight = FuturesUnordered::new();
+    let mut ids = Vec::new();
+    let mut after: Option<usize> = None;
+    let mut k = 0;
+    loop {
+        if after.is_none() && lost.load(Ordering::Relaxed) {
+            after = Some(k);
+        }
+        if after.is_some_and(|a| k >= a + AFTER_LOSS) {
+            break;
+        }
+        anyhow::ensure!(k < 50_000, "{}: the node loss never came", col.source);
+        // One incident before the loss, one after it.
+        let inc = if k == 20 + 7 * i || after.is_some_and(|a| k == a + 10 + 7 * i) {
+            incidents.next()
+        } else {
+            None
+        };
+        let (subject, mut event) = col.event(k, inc);
+        let id = format!("{}-r3-{k}", col.source);
+        event["id"] = json!(id);
+        let (js, acked, retries) = (js.clone(), acked.clone(), retries.clone());
+        inflight.push(async move {
+            let until = Instant::now() + RETRY_FOR;
+            let payload = event.to_string();
+            loop {
+                let mut h = HeaderMap::new();
+                h.insert("Nats-Msg-Id", id.as_str());
+                let r = match js
+                    .publish_with_headers(subject.clone(), h, payload.clone().into())
+                    .await
+                {
+                    Ok(f) => f.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match r {
+                    Ok(_) => {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                        return Ok::<_, anyhow::Error>(id);
+                    }
+                    Err(_) if Instant::now() < until => {
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => anyhow::bail!("{id}: no PubAck within {RETRY_FOR:?}: {e}"),
+                }
+            }
+        });
+        if inflight.len() >= IN_FLIGHT {
+            if let Some(r) = inflight.next().await {
+                ids.push(r?);
+            }
+        }
+        k += 1;
+    }
+    while let Some(r) = inflight.next().await {
+        ids.push(r?);
+    }
+    anyhow::ensure!(
+        incidents.next().is_none(),
+        "{} left incidents unsent",
+        col.source
+    );
+    let _ = conn.client.drain().await;
+    Ok(ids)
+}
+
+/// The ids of the `count` events stored from sequence `from` on, read with an ordered consumer.
+async fn read_events(js: &Js, from: u64, count: usize) -> anyhow::Result<Vec<String>> {
+    let consumer = js
+        .get_stream(EVENTS)
+        .await?
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut ids = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+        let m = m?;
+        let v: Value = serde_json::from_slice(&m.payload)?;
+        ids.push(v["id"].as_str().unwrap_or_default().to_string());
+        let pending = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.pending;
+        if pending == 0 && ids.len() >= count {
+            break;
+        }
+    }
+    Ok(ids)
 }

@@ -29,6 +29,14 @@ async fn embedded(config: &str, base: Options) -> Natrium {
         .expect("server starts")
 }
 
+/// An embedded cluster of three (n1..n3) started from `config` over `base`.
+async fn cluster(config: &str, base: Options) -> Natrium {
+    logs::install(std::env::var_os("EXAMPLES_LOG").is_some());
+    Natrium::embedded_cluster(config, base, 3)
+        .await
+        .expect("cluster starts")
+}
+
 /// No check failed, and each of `expected` was made (a check that was skipped cannot pass).
 fn passed(c: &Checks, expected: &[&str]) {
     let failed = c.failures();
@@ -82,6 +90,36 @@ async fn wegweiser_tenants_receiver_ring_buffer_dlq_replay_and_refusals() {
     );
 }
 
+/// Wegweiser on three nodes: every tenant's streams and bucket with 3 replicas, and everything
+/// the single server shows (the whole service restarting included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wegweiser_on_a_cluster_with_replicated_streams_and_bucket() {
+    let mut n = cluster(wegweiser::CONFIG, Options::default()).await;
+    let c = bounded("wegweiser on a cluster", wegweiser::run(&mut n)).await;
+    n.shutdown().await;
+    let a = wegweiser::TENANTS[0].uuid;
+    let b = wegweiser::TENANTS[1].uuid;
+    passed(
+        &c,
+        &[
+            &format!("tenant {a} streams and bucket replicated"),
+            &format!("tenant {b} streams and bucket replicated"),
+            &format!("tenant {a} heartbeats and monitoring processed"),
+            "dead letter subject and headers",
+            &format!("tenant {a} replayed after the outage, each once"),
+            &format!(
+                "tenant {a} state after the restart (messages, ack floor, KV, unacknowledged)"
+            ),
+            &format!("tenant {b} delivered after the restart: only the new, each once"),
+            "browsers receive their own tenant's live points over WebSocket",
+            "audited in /metrics (A's permission violations, B's auth failures)",
+            "audited in /accountz",
+            &format!("tenant {a} traffic in /metrics"),
+            &format!("tenant {b} traffic in /metrics"),
+        ],
+    );
+}
+
 #[tokio::test]
 async fn tapio_collectors_engine_siem_permissions_and_replay() {
     let mut n = embedded(tapio::CONFIG, Options::default()).await;
@@ -99,6 +137,32 @@ async fn tapio_collectors_engine_siem_permissions_and_replay() {
             "caught up after the outage: every correlation exported once",
             "replayed history gives the same correlations",
             "replay complete (v2 delivered, acknowledged)",
+            "/metrics: stream messages, engine's unacknowledged events",
+        ],
+    );
+}
+
+/// Tapio on the seed's three-node cluster: the events stream gets its 3 replicas, and the
+/// stream leader's node goes away while the collectors publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tapio_on_a_cluster_through_the_stream_leaders_loss() {
+    let mut n = cluster(tapio::CONFIG, Options::default()).await;
+    let c = bounded("tapio on a cluster", tapio::run(&mut n)).await;
+    n.shutdown().await;
+    passed(
+        &c,
+        &[
+            "events stream created with 3 replicas",
+            "round 1: every event acknowledged once, in sequence",
+            "correlations found and exported to the SIEM",
+            "violations counted in /metrics",
+            "caught up after the outage: every correlation exported once",
+            "replayed history gives the same correlations",
+            "stream info: 3 replicas, a new leader, the returning node current again",
+            "leader loss: every acknowledged event in the stream once",
+            "leader loss: correlation acknowledged every event",
+            "leader loss: correlation-v2 acknowledged every event",
+            "leader loss: both engines correlate every incident, each exported once",
             "/metrics: stream messages, engine's unacknowledged events",
         ],
     );
@@ -123,6 +187,45 @@ async fn chat_pods_queue_group_health_work_queue_and_reconnect() {
             "pods saw the disconnect and reconnected",
             "requests published during the outage processed",
             "after the restart: chunks routed",
+        ],
+    );
+}
+
+/// Chat on three nodes: the work queue with 3 replicas keeps working while the node that leads
+/// it goes away, and through a restart of the whole service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_on_a_cluster_through_a_nodes_loss() {
+    let mut n = cluster(chat::CONFIG, Options::default()).await;
+    let c = bounded("chat on a cluster", chat::run(&mut n)).await;
+    n.shutdown().await;
+    passed(
+        &c,
+        &[
+            "queue group: each request processed once, by both instances",
+            "requests kept while no worker runs",
+            "work queue: each request processed once, then removed from the stream",
+            "pods saw the disconnect and reconnected",
+            "requests published during the outage processed",
+            "node loss: every request processed, the work queue empty after",
+            "work queue: 3 replicas, a new leader, the returning node current again",
+        ],
+    );
+}
+
+/// StreamSpace on three nodes: both streams with 3 replicas, monitoring on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamspace_on_a_cluster_with_replicated_streams() {
+    let mut n = cluster("", streamspace::compose_options()).await;
+    let c = bounded("streamspace on a cluster", streamspace::run(&mut n)).await;
+    n.shutdown().await;
+    passed(
+        &c,
+        &[
+            "event and dead-letter streams replicated",
+            "dead letter: subject, reason, deliveries, install",
+            "Docker controller back: healthy again, missed sessions created",
+            "/jsz and /healthz",
+            "/metrics: dead letters, Docker controller's unacknowledged events",
         ],
     );
 }

@@ -16,7 +16,7 @@ use async_nats::jetstream::{self, consumer, kv, stream, Context as Js};
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::common::{logs, poll, say, wait_until, Checks, Conn, Natrium};
+use crate::common::{check_replicas, logs, poll, say, wait_until, Checks, Conn, Natrium};
 use parts::{Agent, Db, Receiver};
 
 /// The server configuration this example runs on (also `natrium -c` for `--url`).
@@ -184,7 +184,23 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
         )
         .await?;
         let js = jetstream::new(app.client.clone());
-        provision(&js, t).await?;
+        provision(&js, t, n.replicas()).await?;
+        if n.is_cluster() {
+            let streams = [
+                t.stream(),
+                METRICS_STREAM.to_string(),
+                DLQ_STREAM.to_string(),
+                format!("KV_{CONNECTIVITY_BUCKET}"),
+            ];
+            check_replicas(
+                &mut c,
+                &format!("tenant {} streams and bucket replicated", t.uuid),
+                &js,
+                &streams,
+                n.replicas(),
+            )
+            .await?;
+        }
         say(SYSTEM, format!("tenant {}: streams {}, {METRICS_STREAM}, {DLQ_STREAM}, bucket {CONNECTIVITY_BUCKET}, durable consumer {RECEIVER}", t.uuid, t.stream()));
         let mut agents = Vec::new();
         for d in t.devices {
@@ -231,8 +247,10 @@ pub async fn run(n: &mut Natrium) -> anyhow::Result<Checks> {
 }
 
 /// Creates (afresh) the tenant's device stream, metrics stream, dead-letter stream,
-/// connectivity bucket and the receiver's durable consumer.
-async fn provision(js: &Js, t: &Tenant) -> anyhow::Result<()> {
+/// connectivity bucket and the receiver's durable consumer, each with `replicas` replicas
+/// (3 on a cluster: the seeds say "NATS clustering for high availability" and nothing of
+/// replicas, so what a 3-node deployment would configure).
+async fn provision(js: &Js, t: &Tenant, replicas: usize) -> anyhow::Result<()> {
     for s in [t.stream(), METRICS_STREAM.into(), DLQ_STREAM.into()] {
         let _ = js.delete_stream(&s).await;
     }
@@ -246,6 +264,7 @@ async fn provision(js: &Js, t: &Tenant) -> anyhow::Result<()> {
             max_age: Duration::from_secs(86_400),
             max_messages: 10_000,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await?;
@@ -257,6 +276,7 @@ async fn provision(js: &Js, t: &Tenant) -> anyhow::Result<()> {
         max_messages_per_subject: METRICS_MAX_POINTS,
         max_age: METRICS_TTL,
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await?;
@@ -264,6 +284,7 @@ async fn provision(js: &Js, t: &Tenant) -> anyhow::Result<()> {
         name: DLQ_STREAM.into(),
         subjects: vec!["dlq.>".into()],
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await?;
@@ -271,6 +292,7 @@ async fn provision(js: &Js, t: &Tenant) -> anyhow::Result<()> {
         bucket: CONNECTIVITY_BUCKET.into(),
         history: 1,
         storage: stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await?;
@@ -476,7 +498,7 @@ async fn live_charts(c: &mut Checks, n: &Natrium, sides: &[Side]) -> anyhow::Res
     for s in sides {
         let t = s.tenant;
         let ui = Conn::open_url(
-            ws,
+            &ws,
             &format!("wegweiser-ui {}", t.uuid),
             Some((&t.ui_user(), t.ui_password)),
         )
@@ -484,6 +506,12 @@ async fn live_charts(c: &mut Checks, n: &Natrium, sides: &[Side]) -> anyhow::Res
         let sub = ui.client.subscribe("demo.system.>").await?;
         ui.client.flush().await?;
         uis.push((ui, sub));
+    }
+    if n.is_cluster() {
+        // The browser's subscription reaches the other nodes over the routes a moment later;
+        // its interest can not be told from the metrics stream's (also `demo.system.>`), so
+        // the points wait a little.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     const POINTS: [usize; 2] = [20, 5];
     for (s, points) in sides.iter().zip(POINTS) {
@@ -767,11 +795,17 @@ async fn server_restart(c: &mut Checks, n: &mut Natrium, sides: &mut [Side]) -> 
 /// Tenant A's agent tries tenant B's subjects and credentials: refused, counted and logged;
 /// tenant A's unscoped back-end user reaches nothing of B either (the account is the wall).
 async fn cross_tenant(c: &mut Checks, n: &Natrium, sides: &[Side]) -> anyhow::Result<()> {
+    // The log is the process's: runs in one process (the tests) take turns here, so the lines
+    // after the mark are this run's.
+    static AUDIT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = AUDIT.lock().await;
+    let mark = logs::mark();
     let (a, b) = (&sides[0], &sides[1]);
     let violations = |acc: String| async move {
         Ok::<_, anyhow::Error>(match n.monitor() {
+            // Each server counts its own clients: summed over a cluster.
             Some(_) => n
-                .metric(
+                .metric_sum(
                     "natrium_account_permission_violations_total",
                     &[("account", &acc)],
                 )
@@ -783,7 +817,7 @@ async fn cross_tenant(c: &mut Checks, n: &Natrium, sides: &[Side]) -> anyhow::Re
     let failures = |acc: String| async move {
         Ok::<_, anyhow::Error>(match n.monitor() {
             Some(_) => n
-                .metric("natrium_account_auth_failures_total", &[("account", &acc)])
+                .metric_sum("natrium_account_auth_failures_total", &[("account", &acc)])
                 .await?
                 .unwrap_or(0.0),
             None => 0.0,
@@ -884,10 +918,16 @@ async fn cross_tenant(c: &mut Checks, n: &Natrium, sides: &[Side]) -> anyhow::Re
             got,
             (2.0, 1.0),
         );
-        let accountz = n
-            .monitor_json(&format!("/accountz?acc={}", a.tenant.account()))
-            .await?;
-        let pv = accountz["account_detail"]["permission_violations"].as_u64();
+        // Summed over the nodes (each counts its own clients').
+        let mut pv = None;
+        for i in 0..n.monitors().len() {
+            let accountz = n
+                .monitor_json_on(i, &format!("/accountz?acc={}", a.tenant.account()))
+                .await?;
+            if let Some(v) = accountz["account_detail"]["permission_violations"].as_u64() {
+                *pv.get_or_insert(0) += v;
+            }
+        }
         c.that(
             "audited in /accountz",
             pv.is_some_and(|v| v >= 2),
@@ -895,11 +935,11 @@ async fn cross_tenant(c: &mut Checks, n: &Natrium, sides: &[Side]) -> anyhow::Re
         );
     }
     if n.is_embedded() {
-        let lines = logs::matching(&["Permissions Violation", &a.tenant.agent_user()]);
+        let lines = logs::matching_since(mark, &["Permissions Violation", &a.tenant.agent_user()]);
         for l in &lines {
             say(SYSTEM, format!("server log: {l}"));
         }
-        let auth = logs::matching(&["authentication error", &b.tenant.account()]);
+        let auth = logs::matching_since(mark, &["authentication error", &b.tenant.account()]);
         for l in &auth {
             say(SYSTEM, format!("server log: {l}"));
         }
@@ -920,11 +960,13 @@ async fn per_tenant_metrics(c: &mut Checks, n: &Natrium, sides: &[Side]) -> anyh
     for s in sides {
         let acc = s.tenant.account();
         let in_msgs = n
-            .metric("natrium_account_in_msgs_total", &[("account", &acc)])
+            .metric_sum("natrium_account_in_msgs_total", &[("account", &acc)])
             .await?
             .unwrap_or(0.0);
+        let node = n.stream_node(&s.js, &s.tenant.stream()).await?;
         let stored = n
-            .metric(
+            .metric_on(
+                node,
                 "natrium_jetstream_stream_messages",
                 &[("account", &acc), ("stream", &s.tenant.stream())],
             )

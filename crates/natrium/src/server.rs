@@ -480,6 +480,24 @@ impl Server {
         self.observed.jetstream.as_ref()?.meta_view()
     }
 
+    /// A hook for tests: the step an R1 -> replicated conversion of `stream` is at here and
+    /// whether it is paused there (`JetStreamOptions::conversion_pause`); None when none runs.
+    #[doc(hidden)]
+    pub fn stream_conversion(&self, account: &str, stream: &str) -> Option<(String, bool)> {
+        self.observed
+            .jetstream
+            .as_ref()?
+            .conversion(account, stream)
+    }
+
+    /// A hook for tests: conversions paused by `JetStreamOptions::conversion_pause` go on.
+    #[doc(hidden)]
+    pub fn continue_conversions(&self) {
+        if let Some(js) = self.observed.jetstream.as_ref() {
+            js.continue_conversions();
+        }
+    }
+
     /// The leader of replicated stream `stream` in `account`, as this server knows it.
     pub fn stream_leader(&self, account: &str, stream: &str) -> Option<String> {
         self.observed

@@ -484,6 +484,41 @@ impl Catalog {
         Ok(())
     }
 
+    /// Where stream `name`'s files are.
+    pub(crate) fn stream_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Moves a removed stream's files out of the account to `to` (its store closed first), in
+    /// one rename made durable: from then on a restart no longer finds the stream. Where the
+    /// rename fails, the files are removed in place.
+    pub(crate) fn retire(&self, s: &Stream, to: &Path) -> Result<(), ApiError> {
+        let _ = s.store.stop();
+        let from = self.dir.join(&s.name);
+        if !from.exists() {
+            return Ok(());
+        }
+        let failed = |e: std::io::Error| ApiError::delete_failed(e.to_string());
+        if let Err(e) = std::fs::rename(&from, to) {
+            tracing::warn!(
+                "stream {:?}: moving {} to {}: {e}; removing it in place",
+                s.name,
+                from.display(),
+                to.display()
+            );
+            std::fs::remove_dir_all(&from).map_err(failed)?;
+        }
+        for d in [Some(self.dir.as_path()), to.parent()]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::File::open(d)
+                .and_then(|f| f.sync_all())
+                .map_err(failed)?;
+        }
+        Ok(())
+    }
+
     /// Adds a consumer with a checked config to stream `s` (or returns or updates the one of
     /// that name, as `action` allows). Whether it was created.
     pub(crate) fn add_consumer(

@@ -40,6 +40,12 @@ pub struct JetStreamOptions {
     /// Entries a replicated stream's Raft group applies between two snapshots (default
     /// 16 Ki). Not in the config file: a knob for tests and measurements.
     pub raft_snapshot_every: Option<u64>,
+    /// A hook for tests, not in the config file: an R1 -> replicated conversion started
+    /// through the API here stops before the step of this name (`assign`, `take`, `import`,
+    /// `import-half`, `retire`, `release`, `grow`, `forget`) until
+    /// `Server::continue_conversions`, or for good when the server stops (a cut there).
+    #[doc(hidden)]
+    pub conversion_pause: Option<String>,
     /// How often a push consumer looks for interest on its deliver subject without being
     /// woken by the router's watch (default 1 s, a safety net). Not in the config file: a knob
     /// for tests (a very long poll shows that the watch alone delivers).
@@ -56,6 +62,7 @@ impl Default for JetStreamOptions {
             sync: SyncPolicy::Always,
             domain: None,
             raft_snapshot_every: None,
+            conversion_pause: None,
             push_interest_poll: None,
         }
     }
@@ -256,6 +263,20 @@ impl JetStream {
             term: st.term,
             members,
         })
+    }
+
+    /// The step an R1 -> replicated conversion of stream `name` is at here, and whether the
+    /// test hook holds it there (None when none runs).
+    pub(crate) fn conversion(&self, account: &str, name: &str) -> Option<(String, bool)> {
+        let p = self.cluster.get()?.conversion(account, name)?;
+        Some((p.step.name().to_string(), p.paused))
+    }
+
+    /// Lets conversions the test hook paused go on.
+    pub(crate) fn continue_conversions(&self) {
+        if let Some(cl) = self.cluster.get() {
+            cl.continue_conversions();
+        }
     }
 
     /// The leader of replicated stream `name` in `account` as this server knows it.

@@ -50,6 +50,7 @@ mod r3_ingest;
 mod reload;
 mod replication;
 mod replication_acks;
+mod replication_convert;
 mod replication_form;
 mod replication_ops;
 mod replication_repair;

@@ -46,8 +46,12 @@ pub(crate) struct Cluster {
     /// `n1..`, in start order.
     pub(crate) names: Vec<String>,
     nodes: Vec<Option<Server>>,
-    opts: fn(&str, &std::path::Path, &[u16]) -> Options,
+    opts: NodeOpts,
 }
+
+/// How a cluster's servers are configured: `opts(name, dir, routes)`.
+pub(crate) type NodeOpts =
+    std::sync::Arc<dyn Fn(&str, &std::path::Path, &[u16]) -> Options + Send + Sync>;
 
 impl Cluster {
     /// `n` JetStream servers `n1..` made by `opts(name, dir, routes)`: the others route to n1;
@@ -55,8 +59,9 @@ impl Cluster {
     pub(crate) async fn start(
         n: usize,
         within: Duration,
-        opts: fn(&str, &std::path::Path, &[u16]) -> Options,
+        opts: impl Fn(&str, &std::path::Path, &[u16]) -> Options + Send + Sync + 'static,
     ) -> Cluster {
+        let opts: NodeOpts = std::sync::Arc::new(opts);
         let dir = tempfile::tempdir().expect("tempdir");
         let n1 = start(opts("n1", dir.path(), &[])).await;
         let p1 = n1.cluster_port().expect("cluster port");
@@ -993,6 +998,88 @@ async fn replicas_are_current_under_steady_publishing() {
     assert!(
         all_current * 10 >= samples * 9,
         "every replica current in only {all_current} of {samples} samples while publishing: {seen:?}"
+    );
+    c.shutdown().await;
+}
+
+/// A stream created while a server is away is placed on the others; the server, back, has not
+/// applied the stream's assignment yet when its first clients ask: it must not say the stream
+/// does not exist (a client told so creates it again); it forwards to the meta leader or
+/// answers "temporarily unavailable" until it knows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_back_from_away_never_says_a_new_stream_is_not_found() {
+    let mut c = Cluster::start(3, Duration::from_secs(30), node_opts).await;
+    let nc = connect(c.node("n1")).await;
+    let mut js = jetstream::new(nc.clone());
+    js.set_timeout(Duration::from_secs(30));
+    // The meta group has committed with all three (a member still being added when n3 stops
+    // would leave it without a quorum for the change).
+    js.create_stream(stream::Config {
+        name: "WARM".into(),
+        subjects: vec!["warm".into()],
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .expect("an R3 stream");
+    c.stop("n3").await;
+    let mut created = js
+        .create_stream(stream::Config {
+            name: "EV".into(),
+            subjects: vec!["ev.>".into()],
+            num_replicas: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("stream on n1 and n2");
+    // Not placed on the server that just shut down (its group would wait for it).
+    let info = created.info().await.expect("info");
+    let cluster = info.cluster.clone().expect("cluster");
+    let mut placed: Vec<String> = cluster.replicas.iter().map(|r| r.name.clone()).collect();
+    placed.extend(cluster.leader.clone());
+    placed.sort();
+    assert_eq!(placed, ["n1", "n2"], "{cluster:?}");
+    js.publish("ev.1", "x".into())
+        .await
+        .expect("sent")
+        .await
+        .expect("acknowledged");
+
+    c.restart("n3").await;
+    let n3 = async_nats::ConnectOptions::new()
+        .connect(c.node("n3").client_url())
+        .await
+        .expect("n3");
+    // Asked at once and again until n3 answers with the stream (bounded).
+    let mut answers = Vec::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            n3.request("$JS.API.STREAM.INFO.EV", "".into()),
+        )
+        .await;
+        let v: Option<serde_json::Value> = match r {
+            Ok(Ok(m)) => serde_json::from_slice(&m.payload).ok(),
+            _ => None,
+        };
+        let found = v.as_ref().is_some_and(|v| v["config"]["name"] == "EV");
+        answers.push(v);
+        if found || Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let not_found: Vec<_> = answers
+        .iter()
+        .flatten()
+        .filter(|v| v["error"]["err_code"] == 10059)
+        .collect();
+    assert!(not_found.is_empty(), "n3 said not found: {not_found:?}");
+    let last = answers.last().cloned().flatten().unwrap_or_default();
+    assert_eq!(
+        last["config"]["name"], "EV",
+        "n3 answers in the end: {last}"
     );
     c.shutdown().await;
 }

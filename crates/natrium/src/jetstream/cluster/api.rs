@@ -31,6 +31,10 @@ const REPLY_INTEREST_WAIT: Duration = Duration::from_secs(1);
 /// How long a meta stepdown waits for another meta leader.
 const META_STEPDOWN_WAIT: Duration = Duration::from_secs(8);
 
+/// How long the meta leader waits to have applied what it committed before it says a stream
+/// does not exist.
+const META_APPLIED_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a request for a stream's leader waits for one before it is asked again.
 const NO_LEADER_WAIT: Duration = Duration::from_secs(2);
 
@@ -543,7 +547,10 @@ impl JsCluster {
     }
 
     /// A request naming an R1 stream this server does not hold: forwarded to the server that
-    /// holds it, else answered by the local API ("not found").
+    /// holds it, else answered "not found" by the meta leader's local API once it has applied
+    /// what it committed. A server whose meta state may lag (just restarted, or back after a
+    /// while away) never says "not found" itself: a client told so may create the stream
+    /// again. With no meta leader: "temporarily unavailable" (as nats-server).
     fn to_r1_holder(
         self: &Arc<Self>,
         client: &InternalClient,
@@ -551,17 +558,29 @@ impl JsCluster {
         hops: u8,
         stream: &str,
     ) {
-        let (cl, account, m) = (self.clone(), client.account().to_string(), m.clone());
+        let (cl, client, m) = (self.clone(), client.clone(), m.clone());
         let stream = stream.to_string();
         tokio::spawn(async move {
-            match cl.locate_r1(&account, &stream).await {
-                Some(holder) => cl.forward(&holder, &account, &m, hops),
-                None => {
-                    if let Some(api) = cl.jetstream().and_then(|js| js.api(&account)) {
-                        api.handle_hop(m, MAX_HOPS);
-                    }
+            let account = client.account().to_string();
+            if let Some(holder) = cl.locate_r1(&account, &stream).await {
+                return cl.forward(&holder, &account, &m, hops);
+            }
+            if !cl.is_meta_leader() {
+                match cl.meta_leader() {
+                    Some(l) => return cl.forward(&l, &account, &m, hops),
+                    None => return unavailable(&client, &m, "no meta leader"),
                 }
             }
+            cl.meta_applied(META_APPLIED_WAIT).await;
+            let Some(api) = cl.jetstream().and_then(|js| js.api(&account)) else {
+                return;
+            };
+            // Assigned meanwhile: taken through the cluster's way again.
+            let hops = match cl.assignment(&account, &stream) {
+                Some(_) => hops + 1,
+                None => MAX_HOPS,
+            };
+            api.handle_hop(m, hops);
         });
     }
 
@@ -625,20 +644,7 @@ impl JsCluster {
                     }
                 });
             }
-            _ => {
-                if m.subject.starts_with("$JS.API.CONSUMER.MSG.NEXT.") {
-                    if let Some(r) = &m.reply {
-                        let _ = client.publish(r, None, Some(b"NATS/1.0 503\r\n\r\n"), b"");
-                    }
-                } else {
-                    respond(
-                        client,
-                        m.reply.as_deref(),
-                        "error_response",
-                        Err(ApiError::cluster_unavailable("stream has no leader")),
-                    );
-                }
-            }
+            _ => unavailable(client, m, "stream has no leader"),
         }
         true
     }
@@ -912,6 +918,22 @@ fn r1_stream<'a>(tokens: &[&'a str]) -> Option<&'a str> {
         ["CONSUMER", "DURABLE", "CREATE", s, ..] | ["CONSUMER", "MSG", "NEXT", s, ..] => Some(s),
         ["CONSUMER", "CREATE" | "INFO" | "DELETE" | "NAMES" | "LIST", s, ..] => Some(s),
         _ => None,
+    }
+}
+
+/// Answers `m` "JetStream system temporarily unavailable" (a pull request: a 503 status).
+fn unavailable(client: &InternalClient, m: &InternalMsg, why: &str) {
+    if m.subject.starts_with("$JS.API.CONSUMER.MSG.NEXT.") {
+        if let Some(r) = &m.reply {
+            let _ = client.publish(r, None, Some(b"NATS/1.0 503\r\n\r\n"), b"");
+        }
+    } else {
+        respond(
+            client,
+            m.reply.as_deref(),
+            "error_response",
+            Err(ApiError::cluster_unavailable(why)),
+        );
     }
 }
 

@@ -106,6 +106,11 @@ impl ConsumerTable {
             })
     }
 
+    /// Whether consumer `name` has its record here.
+    pub(super) fn has_record(&self, name: &str) -> bool {
+        self.map.get(name).is_some_and(|e| e.record.is_some())
+    }
+
     /// The consumers with their configs and progress (snapshots, a new leader's start).
     pub(super) fn records(&self) -> BTreeMap<String, ConsumerRecord> {
         self.map

@@ -86,14 +86,30 @@ pub(crate) struct JsCluster {
     leaders: Mutex<Leaders>,
     /// Catch-up fetches waiting for their answers.
     pending: catchup::Pending,
-    /// Streams (by key) this server is making replicated: their replica is opened by the
-    /// conversion, not by the reconciler.
-    converting: Mutex<HashSet<String>>,
+    /// Streams (by key) this server is making replicated, with the step each conversion is at:
+    /// one task drives each (the reconciler takes up none of them).
+    converting: Mutex<HashMap<String, convert::Progress>>,
+    /// Streams (by key) whose replica is being opened here (one opening at a time).
+    opening: Mutex<HashSet<String>>,
+    /// A conversion paused by the test hook goes on when this is set.
+    conversion_go: watch::Sender<bool>,
     /// Streams (by key) whose replica here is being repaired (not open meanwhile).
     repairing: Mutex<HashSet<String>>,
     /// Bumped whenever a stream leader is announced (waiters re-check).
     leader_news: watch::Sender<u64>,
     stop: watch::Sender<bool>,
+}
+
+/// A replica being opened: its key leaves the set when the opening ends, however it ends.
+struct Opening<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    key: String,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.key);
+    }
 }
 
 /// A server's peer id as `/jsz` and `SERVER.REMOVE` show and take it.
@@ -154,7 +170,9 @@ impl JsCluster {
             replicas: Mutex::new(HashMap::new()),
             leaders: Mutex::new(Leaders::default()),
             pending: catchup::Pending::default(),
-            converting: Mutex::new(HashSet::new()),
+            converting: Mutex::new(HashMap::new()),
+            opening: Mutex::new(HashSet::new()),
+            conversion_go: watch::channel(false).0,
             repairing: Mutex::new(HashSet::new()),
             leader_news,
             stop,
@@ -240,6 +258,19 @@ impl JsCluster {
 
     pub(crate) fn is_meta_leader(&self) -> bool {
         self.meta.status().role == Role::Leader
+    }
+
+    /// Waits (at most `within`) until this server has applied every meta entry it knows to be
+    /// committed (a leader just restarted applies its log again).
+    pub(crate) async fn meta_applied(&self, within: Duration) {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            let st = self.meta.status();
+            if st.last_applied >= st.commit_index || tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The meta group's status (for monitoring and tests).
@@ -452,7 +483,7 @@ impl JsCluster {
         Some(c)
     }
 
-    /// Chooses `n` servers for a new stream: online, in the meta group, of the placement's
+    /// Chooses `n` servers for a new stream: online and routed to, in the meta group, of the placement's
     /// cluster and with its tags, not removed and not in `exclude`; the least loaded first.
     /// nats-server's error when there are too few.
     fn place(
@@ -487,11 +518,13 @@ impl JsCluster {
                 offline = true;
                 continue;
             };
-            if now.duration_since(k.seen) > peers::ONLINE {
+            let h = &k.hello;
+            // Heard from lately, and still routed to: a server that shut down a moment ago is
+            // not chosen (its group would have no quorum until it came back).
+            if now.duration_since(k.seen) > peers::ONLINE || !self.reachable(&h.name) {
                 offline = true;
                 continue;
             }
-            let h = &k.hello;
             if removed.contains(&h.name) || exclude.contains(&h.name) {
                 continue;
             }
@@ -528,9 +561,11 @@ impl JsCluster {
         Ok(candidates.iter().take(n).map(|h| h.name.clone()).collect())
     }
 
-    /// Stops the meta group and every replica.
+    /// Stops the meta group and every replica (conversions under way stop first, at the step
+    /// they are at: nothing of theirs runs once the server is down).
     pub(crate) async fn shutdown(&self) {
         let _ = self.stop.send(true);
+        self.conversions_stopped().await;
         let replicas: Vec<Arc<Replica>> = self.replicas.lock().drain().map(|(_, r)| r).collect();
         for r in replicas {
             r.stop().await;
@@ -544,18 +579,27 @@ impl JsCluster {
         self.open_replica(sa, true).await
     }
 
-    /// Opens this node's replica of `sa` (idempotent); with `resume`, a conversion left
-    /// unfinished in its directory is taken up (not by the conversion that opens it).
+    /// Opens this node's replica of `sa` (idempotent, one opening at a time); with `resume`
+    /// (the reconciler), a conversion left unfinished in its directory is taken up, and a
+    /// stream a conversion task drives is left to it.
     async fn open_replica(self: &Arc<Self>, sa: &StreamAssignment, resume: bool) {
-        if !sa.peers.contains(&self.name) {
+        if !sa.peers.contains(&self.name) || *self.stop.borrow() {
             return;
         }
-        if self.replicas.lock().contains_key(&sa.key())
-            || self.converting.lock().contains(&sa.key())
-            || self.repairing.lock().contains(&sa.key())
+        let key = sa.key();
+        if self.replicas.lock().contains_key(&key)
+            || (resume && self.converting.lock().contains_key(&key))
+            || self.repairing.lock().contains(&key)
         {
             return;
         }
+        if !self.opening.lock().insert(key.clone()) {
+            return;
+        }
+        let _opening = Opening {
+            set: &self.opening,
+            key,
+        };
         let Some(js) = self.jetstream() else { return };
         let Some(catalog) = js.catalog(&sa.account) else {
             tracing::error!(
@@ -590,13 +634,6 @@ impl JsCluster {
         let conversion = resume.then(|| self.pending_conversion(sa, &dir)).flatten();
         match Replica::open(self, &catalog, sa, &dir).await {
             Ok(r) => {
-                if let Some((local, pending)) = conversion {
-                    let (account, name) = (sa.account.clone(), sa.config.name.clone());
-                    tokio::spawn(
-                        self.clone()
-                            .resume_conversion(account, name, local, pending),
-                    );
-                }
                 if let Some(first) = sa.peers.first().filter(|p| **p == self.name) {
                     // The first peer forms the group; the others learn it from the leader.
                     let members: BTreeMap<NodeId, Peer> = sa
@@ -610,13 +647,35 @@ impl JsCluster {
                         }
                     }
                 }
-                self.replicas.lock().insert(sa.key(), r);
+                // Under the map's lock: a shutdown that began meanwhile finds it, or it stops
+                // here.
+                let stopped = {
+                    let mut replicas = self.replicas.lock();
+                    let stopped = *self.stop.borrow();
+                    if !stopped {
+                        replicas.insert(sa.key(), r.clone());
+                    }
+                    stopped
+                };
+                if stopped {
+                    r.stop().await;
+                    return;
+                }
+                if let Some((run, local)) = conversion {
+                    tokio::spawn(self.clone().resume_conversion(run, local));
+                }
             }
-            Err(e) => tracing::error!(
-                "replicated stream {:?} in account {:?}: can not open its replica: {e}",
-                sa.config.name,
-                sa.account
-            ),
+            Err(e) => {
+                tracing::error!(
+                    "replicated stream {:?} in account {:?}: can not open its replica: {e}",
+                    sa.config.name,
+                    sa.account
+                );
+                if let Some((run, local)) = conversion {
+                    // Its task opens the replica again before each attempt.
+                    tokio::spawn(self.clone().resume_conversion(run, local));
+                }
+            }
         }
     }
 

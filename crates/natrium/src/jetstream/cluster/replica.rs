@@ -797,9 +797,13 @@ impl Replica {
                 })
             },
         }));
-        catalog
-            .insert_replicated(stream.clone())
-            .map_err(|e| e.description)?;
+        if let Err(e) = catalog.insert_replicated(stream.clone()) {
+            // Another stream holds the name here: the group opened for nothing is closed.
+            cl.hub.unregister(&sa.group);
+            group.shutdown().await;
+            let _ = stream.store.stop();
+            return Err(e.description);
+        }
         let leading = Arc::new(AtomicBool::new(false));
         let (proposals_tx, proposals) = mpsc::unbounded_channel();
         stream.start_replica(Arc::new(Hook {
@@ -820,7 +824,10 @@ impl Replica {
             dir: dir.to_path_buf(),
             leading,
             listening: Mutex::new(None),
-            ingest_held: watch::channel(super::convert::Pending::read(dir).is_some()).0,
+            ingest_held: watch::channel(
+                super::convert::Pending::read_for(dir, &sa.group).is_some(),
+            )
+            .0,
             proposals: tokio::sync::Mutex::new(proposals),
             led_since: Mutex::new(None),
             reshaping: AtomicBool::new(false),
@@ -846,6 +853,11 @@ impl Replica {
     /// Lets the leader take publishes (a conversion's import is done).
     pub(super) fn release_ingest(&self) {
         self.ingest_held.send_replace(false);
+    }
+
+    /// Whether the leader may take publishes (no conversion holds them back).
+    pub(super) fn ingest_released(&self) -> bool {
+        !*self.ingest_held.borrow()
     }
 
     /// Whether this server leads the stream and its ingest listens on exactly `subjects`.
@@ -1064,15 +1076,22 @@ impl Replica {
 
     /// On this new leader of a stream that was R1 here: replicates the old stream's messages
     /// (with their sequences and timestamps) and its consumers (configs and progress), in
-    /// the group's log before anything else is published to it.
+    /// the group's log before anything else is published to it; `halfway` is awaited once
+    /// half the messages are committed. Again after a cut, it stores nothing twice: messages
+    /// the group holds are recognised when applied, and consumers it has (which may have
+    /// made progress since) are not replaced.
     pub(super) async fn import(
         &self,
         old: &Stream,
         consumers: Vec<(String, ConsumerRecord)>,
+        halfway: impl std::future::Future<Output = Result<(), ApiError>>,
     ) -> Result<(), ApiError> {
         let unavailable = |e: RaftError| ApiError::cluster_unavailable(e.to_string());
         let store = old.store.clone();
-        let last = store.state().last_seq;
+        let st = store.state();
+        let last = st.last_seq;
+        let half = st.first_seq + last.saturating_sub(st.first_seq).div_ceil(2);
+        let mut halfway = Some(Box::pin(halfway));
         let mut at = 1;
         let mut waiting = Vec::new();
         loop {
@@ -1090,9 +1109,15 @@ impl Replica {
                     .await
                     .map_err(unavailable)?,
             );
-            if waiting.len() >= 1024 {
+            let halfway_now = at > half && halfway.is_some();
+            if waiting.len() >= 1024 || halfway_now {
                 for w in waiting.drain(..) {
                     Self::answer_ok(&w.await.map_err(unavailable)?.1)?;
+                }
+            }
+            if halfway_now {
+                if let Some(h) = halfway.take() {
+                    h.await?;
                 }
             }
         }
@@ -1104,6 +1129,9 @@ impl Replica {
                 .await?;
         }
         for (name, record) in consumers {
+            if self.consumers.lock().has_record(&name) {
+                continue;
+            }
             self.propose_control(&Control::Consumer {
                 name,
                 record: Box::new(record),

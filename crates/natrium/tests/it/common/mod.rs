@@ -192,3 +192,14 @@ pub async fn get_json(s: &Server, path: &str) -> serde_json::Value {
     assert_eq!(r.status(), 200, "{url}");
     r.json().await.expect("json")
 }
+
+/// With `NATRIUM_TEST_LOG` set (an env filter such as `info` or `natrium=debug`), the servers'
+/// log goes to the test's captured output (shown when it fails, or with `--nocapture`).
+pub fn test_log() {
+    if let Ok(filter) = std::env::var("NATRIUM_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}

@@ -812,3 +812,22 @@ fn subject_watches_of_one_subject_are_woken_together_and_dropped_apart() {
     assert!(!woken(&n1));
     assert!(woken(&n2));
 }
+
+#[test]
+fn a_subject_watch_tells_wildcard_tokens_from_wildcard_characters() {
+    let acc = Account::new("A");
+    let n = Arc::new(tokio::sync::Notify::new());
+    let _w = acc.watch_subject(b"a.b*.c", n.clone());
+    let c = conn(1, 1 << 20);
+    // `b*` is a literal token: only the same subject, or a wildcard token, matches it.
+    sub(&acc, &c, "a.b.c", None, "1");
+    sub(&acc, &c, "a.b*", None, "2");
+    sub(&acc, &c, "a.c.*", None, "3");
+    assert!(!woken(&n));
+    sub(&acc, &c, "a.b*.c", None, "4");
+    assert!(woken(&n));
+    sub(&acc, &c, "a.*.c", None, "5");
+    assert!(woken(&n));
+    sub(&acc, &c, "a.b*.>", None, "6");
+    assert!(woken(&n));
+}

@@ -2,7 +2,8 @@
 //! when a subscription matching one is added to or removed from the account's trie, whoever
 //! holds it (a client, a route's or a leafnode connection's interest, an internal client).
 //! Without watches an account pays one atomic load per subscription change; with them a literal
-//! subject costs a hash lookup and a wildcard one a match against each watched subject (few).
+//! subject costs a byte scan and a hash lookup, a wildcard one a comparison of its literal prefix
+//! with each watched subject (few) and a match against those it may cover.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -60,14 +61,20 @@ impl SubjectWatches {
         if self.count.load(Ordering::Relaxed) == 0 {
             return;
         }
+        let prefix = wildcard_prefix(subject);
         let map = self.by_subject.lock();
-        // Watched subjects are literal: a literal subscription matches only its own.
-        if let Some(w) = map.get(subject) {
-            to_wake.extend(w.iter().map(|(_, n)| n.clone()));
-        } else if !natrium_subjects::is_literal(subject) {
-            for (watched, w) in map.iter() {
-                if natrium_subjects::matches(subject, watched) {
+        match prefix {
+            // Watched subjects are literal: a literal subscription matches only its own.
+            None => {
+                if let Some(w) = map.get(subject) {
                     to_wake.extend(w.iter().map(|(_, n)| n.clone()));
+                }
+            }
+            Some(prefix) => {
+                for (watched, w) in map.iter() {
+                    if watched.starts_with(prefix) && natrium_subjects::matches(subject, watched) {
+                        to_wake.extend(w.iter().map(|(_, n)| n.clone()));
+                    }
                 }
             }
         }
@@ -77,4 +84,21 @@ impl SubjectWatches {
     pub(super) fn len(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
+}
+
+/// For a subject with wildcard tokens, the bytes before the first of them (every subject it
+/// matches starts with them: most watched subjects are ruled out by a byte comparison); `None`
+/// for a literal subject, which a byte scan tells in most cases.
+fn wildcard_prefix(subject: &[u8]) -> Option<&[u8]> {
+    if !subject.iter().any(|&c| c == b'*' || c == b'>') {
+        return None;
+    }
+    let mut start = 0;
+    for token in subject.split(|&c| c == b'.') {
+        if token == b"*" || token == b">" {
+            return Some(&subject[..start]);
+        }
+        start += token.len() + 1;
+    }
+    None
 }

@@ -77,26 +77,7 @@ fn store_verify_reports_a_clean_store_and_a_damaged_one() {
     let store = dir.path().join("store");
     let (server, port) = start(&store, &dir.path().join("server.log"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let c = async_nats::connect(format!("127.0.0.1:{port}"))
-            .await
-            .expect("connect");
-        let js = async_nats::jetstream::new(c);
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "V".into(),
-            subjects: vec!["v".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("create");
-        for i in 0..50 {
-            js.publish("v", Bytes::from(format!("verify-me-{i:03}")))
-                .await
-                .expect("publish")
-                .await
-                .expect("ack");
-        }
-    });
+    fill(&rt, port, "V", "v", 50, "verify-me");
     stop(server);
 
     let verify = || {
@@ -151,26 +132,7 @@ fn store_verify_reports_sequences_past_the_blocks_up_to_the_high_water_mark() {
     let store = dir.path().join("store");
     let (server, port) = start(&store, &dir.path().join("server.log"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let c = async_nats::connect(format!("127.0.0.1:{port}"))
-            .await
-            .expect("connect");
-        let js = async_nats::jetstream::new(c);
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "H".into(),
-            subjects: vec!["h".into()],
-            ..Default::default()
-        })
-        .await
-        .expect("create");
-        for i in 0..30 {
-            js.publish("h", Bytes::from(format!("mark-me-{i:03}")))
-                .await
-                .expect("publish")
-                .await
-                .expect("ack");
-        }
-    });
+    fill(&rt, port, "H", "h", 30, "mark-me");
     stop(server);
 
     let msgs = store.join("jetstream/$G/streams/H/msgs");
@@ -215,4 +177,36 @@ fn store_verify_reports_sequences_past_the_blocks_up_to_the_high_water_mark() {
     });
     stop(server);
     assert_eq!((info.messages, info.last_sequence), (20, 30));
+}
+
+/// Creates stream `name` on `subject` through the server at `port` and publishes `n`
+/// acknowledged messages `<prefix>-000`, `<prefix>-001`, ...
+fn fill(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    name: &str,
+    subject: &str,
+    n: usize,
+    prefix: &str,
+) {
+    rt.block_on(async {
+        let c = async_nats::connect(format!("127.0.0.1:{port}"))
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(c);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+        for i in 0..n {
+            js.publish(subject.to_string(), Bytes::from(format!("{prefix}-{i:03}")))
+                .await
+                .expect("publish")
+                .await
+                .expect("ack");
+        }
+    });
 }

@@ -139,8 +139,22 @@ fn decode_import(b: &[u8]) -> Option<(u64, MsgEntry<'_>)> {
 /// A published message as an entry: `M`, timestamp (i64 LE), subject (u16 LE length),
 /// headers (u32 LE length, `u32::MAX` for none), payload.
 fn encode_msg(ts: i64, subject: &str, headers: Option<&[u8]>, payload: &[u8]) -> Vec<u8> {
-    let mut v =
-        Vec::with_capacity(19 + subject.len() + headers.map_or(0, <[u8]>::len) + payload.len());
+    encode_msg_after(&[], ts, subject, headers, payload)
+}
+
+/// `encode_msg`'s entry behind `prefix` (a `P` header), in one allocation: a message on the
+/// replicated publish path is copied once into its entry.
+fn encode_msg_after(
+    prefix: &[u8],
+    ts: i64,
+    subject: &str,
+    headers: Option<&[u8]>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(
+        prefix.len() + 19 + subject.len() + headers.map_or(0, <[u8]>::len) + payload.len(),
+    );
+    v.extend_from_slice(prefix);
     v.push(b'M');
     v.extend_from_slice(&ts.to_le_bytes());
     v.extend_from_slice(&(subject.len() as u16).to_le_bytes());
@@ -177,11 +191,17 @@ fn encode_group(msgs: &[Vec<u8>]) -> Vec<u8> {
 /// proposal; a leader elected later that commits it answers when it applies it (as
 /// nats-server's entries carry the reply for whichever server leads when they are applied).
 fn encode_replied(reply: &str, entry: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(3 + reply.len() + entry.len());
+    let mut v = reply_header(reply);
+    v.extend_from_slice(entry);
+    v
+}
+
+/// A `P` entry's header: `P`, then the reply with its u16 LE length.
+fn reply_header(reply: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(3 + reply.len());
     v.push(b'P');
     v.extend_from_slice(&(reply.len() as u16).to_le_bytes());
     v.extend_from_slice(reply.as_bytes());
-    v.extend_from_slice(entry);
     v
 }
 
@@ -198,6 +218,15 @@ fn replied(entry: Vec<u8>, reply: Option<&str>) -> Vec<u8> {
     match reply {
         Some(r) if r.len() <= usize::from(u16::MAX) => encode_replied(r, &entry),
         _ => entry,
+    }
+}
+
+/// The `P` header for `reply`, empty when there is none (or it is too long for the frame: see
+/// `replied`).
+fn reply_prefix(reply: Option<&str>) -> Vec<u8> {
+    match reply {
+        Some(r) if r.len() <= usize::from(u16::MAX) => reply_header(r),
+        _ => Vec::new(),
     }
 }
 
@@ -1474,8 +1503,9 @@ impl Replica {
                 reply,
             ));
         }
-        let entry = encode_msg(ts, subject, hdrs, &m.payload);
-        Some((replied(entry, reply.as_deref()), reply))
+        let prefix = reply_prefix(reply.as_deref());
+        let entry = encode_msg_after(&prefix, ts, subject, hdrs, &m.payload);
+        Some((entry, reply))
     }
 
     /// Creates (and starts) the replicated consumers on this new leader, from their configs
